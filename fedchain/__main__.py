@@ -1,0 +1,3 @@
+from fedchain.cli import main
+
+main()

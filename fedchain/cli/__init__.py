@@ -1,0 +1,38 @@
+"""The ``fedchain`` command line."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from fedchain import __version__
+from fedchain.cli import data, keys
+from fedchain.cli.common import console, make_app
+
+app = make_app(
+    "fedchain: federated learning with encrypted client data, signed model updates and a "
+    "proof-of-stake ledger of who contributed what."
+)
+app.add_typer(data.app, name="data")
+app.command("keygen")(keys.keygen)
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"fedchain {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    pass
+
+
+def main() -> None:
+    app(prog_name="fedchain")

@@ -1,0 +1,48 @@
+"""The one error hierarchy of fedchain.
+
+Every error a user can cause (bad input, wrong key, altered file, missing data) is a
+:class:`FedchainError` whose message says what went wrong and, where it helps, what to do.
+The CLI prints these as one line and exits non-zero; anything else escaping is a bug.
+"""
+
+from __future__ import annotations
+
+
+class FedchainError(Exception):
+    """Base class: a failure with a message a user can act on."""
+
+
+class ConfigError(FedchainError):
+    """A setting, flag or argument is invalid."""
+
+
+class DataSourceError(FedchainError):
+    """A data source cannot be found or read (missing files, unknown name, bad arrays)."""
+
+
+class PartitionError(FedchainError):
+    """A partitioner cannot split the data as asked (too few examples, bad parameters)."""
+
+
+class DatasetFileError(FedchainError):
+    """An encrypted dataset file cannot be opened: not ours, altered, truncated, or wrong key.
+
+    The message always names the file. No partially decrypted data is ever returned.
+    """
+
+    def __init__(self, path: object, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class WrongKeyError(DatasetFileError):
+    """The key or passphrase does not open this dataset file."""
+
+
+class KeyFileError(FedchainError):
+    """A key file (data key or identity key) is missing, unreadable, malformed or locked."""
+
+
+class SignatureError(FedchainError):
+    """A signature does not verify for the given key, domain and message."""

@@ -1,0 +1,345 @@
+"""Ed25519 identities and domain-separated signatures.
+
+A participant's raw 32-byte Ed25519 public key is its ledger identity. Every signature fedchain
+makes or checks covers a *signing root* rather than the message itself::
+
+    signing_root = SHA-256( u8 len(domain) | domain | federation (32 bytes) | SHA-256(message) )
+
+- ``domain`` is one of the closed set of :class:`Domain` tags, so a signature over an update
+  commitment can never be replayed as a block header, an attestation or a registration (the
+  length prefix keeps one tag from being a prefix-extension of another).
+- ``federation`` is the genesis hash of the federation, so a signature made for one federation is
+  worthless in another; before genesis exists it is 32 zero bytes.
+- ``message`` is the object's one canonical encoding, hashed first so the root has a fixed size.
+
+Key files: the private key is PKCS#8 PEM, encrypted with ``cryptography``'s
+``BestAvailableEncryption`` when a passphrase is given (currently PBES2: PBKDF2-HMAC-SHA256, 2048
+iterations, AES-256-CBC; a weak KDF, so pick a long passphrase or keep the file at mode 0600),
+and is always created with mode 0600. The public key sits next to it in ``<name>.pub`` as one
+line of 64 hex characters. Like ssh, an unencrypted private key that others can read is refused.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import os
+import re
+import secrets
+import struct
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+
+from fedchain.errors import ConfigError, KeyFileError, SignatureError
+
+__all__ = [
+    "FEDERATION_ID_SIZE",
+    "NO_FEDERATION",
+    "PUBLIC_KEY_SIZE",
+    "SIGNATURE_SIZE",
+    "Domain",
+    "compute_signing_root",
+    "fingerprint",
+    "generate_identity",
+    "load_identity",
+    "load_public_key",
+    "public_key_bytes",
+    "save_identity",
+    "sign",
+    "verify_signature",
+]
+
+PUBLIC_KEY_SIZE = 32
+SIGNATURE_SIZE = 64
+FEDERATION_ID_SIZE = 32
+NO_FEDERATION = bytes(FEDERATION_ID_SIZE)
+"""The federation id used before a genesis block exists."""
+
+_PEM_LABEL = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----")
+_MAX_KEY_FILE_SIZE = 64 * 1024  # real key files are < 1 KiB; never read a huge file into memory
+_PLAIN_PKCS8_LABEL = b"PRIVATE KEY"
+_ENCRYPTED_PKCS8_LABEL = b"ENCRYPTED PRIVATE KEY"
+
+
+class Domain(bytes, enum.Enum):
+    """The closed set of domain tags; each kind of signed object has its own."""
+
+    UPDATE = b"fedchain/update-commitment/v1"
+    BLOCK = b"fedchain/block-header/v1"
+    ATTESTATION = b"fedchain/attestation/v1"
+    REGISTRATION = b"fedchain/registration/v1"
+
+
+# --------------------------------------------------------------------------------------------------
+# Signing roots and signatures
+
+
+def compute_signing_root(
+    domain: Domain, message: bytes, federation: bytes = NO_FEDERATION
+) -> bytes:
+    """Return the 32-byte digest that is actually signed (layout in the module docstring)."""
+    tag = _check_domain(domain)
+    if not isinstance(federation, bytes) or len(federation) != FEDERATION_ID_SIZE:
+        raise ConfigError(
+            f"federation id must be {FEDERATION_ID_SIZE} bytes (the genesis hash), "
+            f"got {_describe_bytes(federation)}"
+        )
+    root = hashlib.sha256()
+    root.update(struct.pack("<B", len(tag)))
+    root.update(tag)
+    root.update(federation)
+    root.update(hashlib.sha256(message).digest())
+    return root.digest()
+
+
+def sign(
+    private_key: Ed25519PrivateKey,
+    domain: Domain,
+    message: bytes,
+    federation: bytes = NO_FEDERATION,
+) -> bytes:
+    """Sign ``message`` under ``domain`` for ``federation``; returns a 64-byte signature."""
+    return private_key.sign(compute_signing_root(domain, message, federation))
+
+
+def verify_signature(
+    public_key: bytes,
+    signature: bytes,
+    domain: Domain,
+    message: bytes,
+    federation: bytes = NO_FEDERATION,
+) -> None:
+    """Check a signature; return nothing, raise :class:`SignatureError` if it does not verify.
+
+    Malformed keys and signatures (wrong type or length) are signature failures too, so callers
+    handling untrusted input need to catch one error only.
+    """
+    if not isinstance(public_key, bytes) or len(public_key) != PUBLIC_KEY_SIZE:
+        raise SignatureError(
+            f"public key must be {PUBLIC_KEY_SIZE} bytes, got {_describe_bytes(public_key)}"
+        )
+    if not isinstance(signature, bytes) or len(signature) != SIGNATURE_SIZE:
+        raise SignatureError(
+            f"signature must be {SIGNATURE_SIZE} bytes, got {_describe_bytes(signature)}"
+        )
+    root = compute_signing_root(domain, message, federation)
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, root)
+    except (InvalidSignature, ValueError) as exc:
+        raise SignatureError(
+            f"signature does not verify for key {fingerprint(public_key)} "
+            f"under domain {_check_domain(domain).decode()}"
+        ) from exc
+
+
+def _check_domain(domain: Domain) -> bytes:
+    """Map to a :class:`Domain` member (also accepts its exact bytes); refuse anything else."""
+    try:
+        return Domain(domain).value
+    except (ValueError, TypeError):
+        raise ConfigError(f"unknown signature domain {domain!r}") from None
+
+
+def _describe_bytes(value: object) -> str:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return f"{len(value)} bytes"
+    return type(value).__name__
+
+
+# --------------------------------------------------------------------------------------------------
+# Keys
+
+
+def generate_identity() -> Ed25519PrivateKey:
+    """Create a new random identity key (randomness from the OS, via ``cryptography``)."""
+    return Ed25519PrivateKey.generate()
+
+
+def public_key_bytes(private_key: Ed25519PrivateKey) -> bytes:
+    """The raw 32-byte public key: the participant's identity on the ledger."""
+    return private_key.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
+
+
+def fingerprint(public_key: bytes) -> str:
+    """A short id for display: the first 16 hex characters of SHA-256(public key).
+
+    64 bits tell keys apart in logs and reports; they are not meant to resist a deliberate
+    collision, so the ledger always uses the full key.
+    """
+    if not isinstance(public_key, bytes) or len(public_key) != PUBLIC_KEY_SIZE:
+        raise ConfigError(
+            f"public key must be {PUBLIC_KEY_SIZE} bytes, got {_describe_bytes(public_key)}"
+        )
+    return hashlib.sha256(public_key).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------------
+# Key files
+
+
+def save_identity(
+    private_key: Ed25519PrivateKey, path: Path, passphrase: bytes | None
+) -> tuple[Path, Path]:
+    """Write the private key to ``path`` and the public key to ``path.with_suffix(".pub")``.
+
+    Neither file is ever overwritten (:class:`KeyFileError` if one exists). Each is written to a
+    temporary name in the same directory, flushed to disk, then hard-linked into place, which
+    fails instead of clobbering a file that appeared meanwhile; a failure therefore never leaves
+    half a key under the final name. The private key file has mode 0600 from its creation on.
+    Returns ``(private_path, public_path)``.
+    """
+    path = Path(path)
+    public_path = path.with_suffix(".pub")
+    if public_path == path:
+        raise ConfigError(f"{path}: the private key file must not end in .pub")
+    if passphrase is not None and not passphrase:
+        raise ConfigError("the passphrase must not be empty (give None for no encryption)")
+    for target in (path, public_path):
+        if os.path.lexists(target):
+            raise KeyFileError(f"{target}: already exists; refusing to overwrite a key file")
+    pem = private_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, _encryption(passphrase)
+    )
+    _write_new_file(path, pem, mode=0o600)
+    try:
+        _write_new_file(public_path, public_key_bytes(private_key).hex().encode() + b"\n", 0o644)
+    except BaseException:
+        path.unlink(missing_ok=True)  # we created it just above: do not leave a lone half
+        raise
+    return path, public_path
+
+
+def load_identity(path: Path, passphrase: bytes | None) -> Ed25519PrivateKey:
+    """Read an Ed25519 private key written by :func:`save_identity` (any PKCS#8 PEM works).
+
+    Every failure is a :class:`KeyFileError` naming the file: missing or unreadable, not a PKCS#8
+    PEM private key, encrypted but no passphrase given, a passphrase given for an unencrypted key,
+    wrong passphrase, not an Ed25519 key, or unencrypted yet readable by group or others.
+    """
+    path = Path(path)
+    data, mode = _read_key_file(path)
+    encrypted = _is_encrypted_pkcs8(path, data)
+    if encrypted and passphrase is None:
+        raise KeyFileError(f"{path}: is encrypted: give its passphrase")
+    if not encrypted:
+        if passphrase is not None:
+            raise KeyFileError(
+                f"{path}: is not encrypted, but a passphrase was given; "
+                "leave the passphrase out or save the key again with one"
+            )
+        _check_private_permissions(path, mode)
+    key = _parse_private_key(path, data, passphrase)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise KeyFileError(f"{path}: holds a {type(key).__name__}, not an Ed25519 private key")
+    return key
+
+
+def load_public_key(path: Path) -> bytes:
+    """Read a ``.pub`` file: one line of 64 hex characters; returns the raw 32-byte key."""
+    path = Path(path)
+    text = _read_key_file(path)[0].strip()
+    if len(text) != 2 * PUBLIC_KEY_SIZE or re.fullmatch(rb"[0-9a-fA-F]+", text) is None:
+        raise KeyFileError(
+            f"{path}: is not a public key file (expected one line of "
+            f"{2 * PUBLIC_KEY_SIZE} hex characters)"
+        )
+    return bytes.fromhex(text.decode("ascii"))
+
+
+def _encryption(passphrase: bytes | None) -> serialization.KeySerializationEncryption:
+    if passphrase is None:
+        return serialization.NoEncryption()
+    return serialization.BestAvailableEncryption(passphrase)
+
+
+def _write_new_file(path: Path, data: bytes, mode: int) -> None:
+    """Write ``data`` to a new file at ``path`` without ever clobbering an existing one."""
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        raise KeyFileError(f"{path}: cannot create: {exc.strerror}") from exc
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), mode)  # exact mode whatever the umask
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        _link_no_clobber(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    _fsync_directory(path.parent)
+
+
+def _link_no_clobber(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except FileExistsError:
+        raise KeyFileError(f"{target}: already exists; refusing to overwrite a key file") from None
+    except OSError as exc:
+        raise KeyFileError(f"{target}: cannot write: {exc.strerror}") from exc
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make the new directory entry durable (best effort: not every platform allows it)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _read_key_file(path: Path) -> tuple[bytes, int]:
+    """Return the file's content and permission bits, both from one open file (no race)."""
+    try:
+        with path.open("rb") as handle:
+            return handle.read(_MAX_KEY_FILE_SIZE), os.fstat(handle.fileno()).st_mode & 0o777
+    except FileNotFoundError:
+        raise KeyFileError(f"{path}: no such key file") from None
+    except OSError as exc:
+        raise KeyFileError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+
+
+def _is_encrypted_pkcs8(path: Path, data: bytes) -> bool:
+    """Tell an encrypted from a plain PKCS#8 PEM by its label; refuse every other content."""
+    match = _PEM_LABEL.search(data)
+    label = match.group(1) if match else None
+    if label == _ENCRYPTED_PKCS8_LABEL:
+        return True
+    if label == _PLAIN_PKCS8_LABEL:
+        return False
+    found = f" (found a {label.decode()} block)" if label else ""
+    raise KeyFileError(f"{path}: is not a PKCS#8 PEM private key{found}")
+
+
+def _check_private_permissions(path: Path, mode: int) -> None:
+    """Refuse an unencrypted key that group or others can read, as ssh does."""
+    if os.name != "posix":
+        return  # Windows reports no meaningful group/other bits
+    if mode & 0o077:
+        raise KeyFileError(
+            f"{path}: unencrypted private key is accessible by others (mode {mode:04o}); "
+            f"run: chmod 600 {path}"
+        )
+
+
+def _parse_private_key(path: Path, data: bytes, passphrase: bytes | None) -> PrivateKeyTypes:
+    try:
+        return serialization.load_pem_private_key(data, passphrase)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        if passphrase is not None:
+            reason = "cannot decrypt: wrong passphrase (or the file is damaged)"
+        else:
+            reason = "is damaged or not a private key cryptography can read"
+        raise KeyFileError(f"{path}: {reason}") from exc
