@@ -214,7 +214,7 @@ def test_save_load_round_trip(tmp_path: Path, passphrase: bytes | None) -> None:
     assert load_public_key(public_path) == public_key_bytes(key)
     assert public_path.read_text() == public_key_bytes(key).hex() + "\n"
     header = private_path.read_bytes().splitlines()[0]
-    expected = b"ENCRYPTED PRIVATE KEY" if passphrase else b"BEGIN PRIVATE KEY"
+    expected = b"BEGIN OPENSSH PRIVATE KEY" if passphrase else b"BEGIN PRIVATE KEY"
     assert expected in header
     assert sorted(p.name for p in tmp_path.iterdir()) == ["id.key", "id.pub"]  # no temp files
 
@@ -306,9 +306,12 @@ def test_invalid_corrupted_encrypted_key(encrypted_key: Path) -> None:
 @pytest.mark.parametrize(
     ("content", "match"),
     [
-        (b"", "not a PKCS#8 PEM private key"),
-        (b"hello world\n", "not a PKCS#8 PEM private key"),
-        (b"-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n", "found a OPENSSH PRIVATE KEY block"),
+        (b"", "not a PKCS#8 or OpenSSH PEM private key"),
+        (b"hello world\n", "not a PKCS#8 or OpenSSH PEM private key"),
+        (
+            b"-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n-----END OPENSSH PRIVATE KEY-----\n",
+            "is damaged",
+        ),
         (b"-----BEGIN PUBLIC KEY-----\nAAAA\n", "found a PUBLIC KEY block"),
     ],
 )
@@ -375,3 +378,34 @@ def test_public_key_file_tolerates_uppercase_and_no_newline(tmp_path: Path) -> N
     path = tmp_path / "id.pub"
     path.write_bytes(KNOWN_PUBLIC_KEY.upper().encode())
     assert load_public_key(path).hex() == KNOWN_PUBLIC_KEY
+
+
+def test_passphrase_key_uses_bcrypt_kdf_with_configured_rounds(tmp_path: Path) -> None:
+    """Encrypted identities are OpenSSH format with bcrypt-pbkdf (not PKCS#8 with 2048 rounds)."""
+    import base64
+    import struct
+
+    from fedchain.identity import IDENTITY_KDF_ROUNDS
+
+    save_identity(generate_identity(), tmp_path / "id.key", b"pw")
+    pem = (tmp_path / "id.key").read_bytes()
+    blob = base64.b64decode(b"".join(pem.split(b"-----")[2].split()))
+    fields, at = [], len(b"openssh-key-v1\x00")
+    for _ in range(3):  # ciphername, kdfname, kdfoptions
+        (n,) = struct.unpack(">I", blob[at : at + 4])
+        fields.append(blob[at + 4 : at + 4 + n])
+        at += 4 + n
+    assert fields[0] == b"aes256-ctr" and fields[1] == b"bcrypt"
+    assert struct.unpack(">I", fields[2][-4:])[0] == IDENTITY_KDF_ROUNDS
+
+
+def test_encrypted_pkcs8_from_other_tools_still_loads(tmp_path: Path) -> None:
+    key = generate_identity()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"pw"),
+    )
+    (tmp_path / "other.key").write_bytes(pem)
+    loaded = load_identity(tmp_path / "other.key", b"pw")
+    assert public_key_bytes(loaded) == public_key_bytes(key)
