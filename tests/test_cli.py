@@ -258,3 +258,53 @@ def test_keygen_with_passphrase_and_without(tmp_path):
 def test_help_explains_every_command(command):
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0 and "Usage" in result.output
+
+
+def run_in_terminal(args: list[str], answers: list[str], timeout: float = 60.0) -> tuple[int, str]:
+    """Run the CLI on a pseudo-terminal, answering each prompt in turn: (exit code, output)."""
+    import pty
+    import select
+    import time
+
+    pid, fd = pty.fork()
+    if pid == 0:  # child: the pty is its controlling terminal, so getpass reads from it
+        os.execv(sys.executable, [sys.executable, "-m", "fedchain", *args])
+    output, pending, deadline = b"", list(answers), time.monotonic() + timeout
+    answered = 0  # answer only a prompt that appeared after the previous answer
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 0.5)
+            if ready:
+                try:
+                    chunk = os.read(fd, 4096)
+                except OSError:  # EIO: the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                output += chunk
+                if pending and output[answered:].rstrip().endswith(b":"):
+                    os.write(fd, pending.pop(0).encode() + b"\n")
+                    answered = len(output)
+        else:
+            os.kill(pid, 9)
+    finally:
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+    return os.waitstatus_to_exitcode(status), output.decode(errors="replace")
+
+
+def test_keygen_asks_for_passphrase_twice_on_a_terminal(tmp_path):
+    env_before = os.environ.pop("FEDCHAIN_PASSPHRASE", None)
+    try:
+        code, out = run_in_terminal(
+            ["keygen", str(tmp_path / "t.key")], ["s3cret pass", "s3cret pass"]
+        )
+        assert code == 0, out
+        assert "Passphrase for the identity" in out and "Repeat the passphrase" in out
+        assert "s3cret" not in out  # not echoed
+        identity.load_identity(tmp_path / "t.key", b"s3cret pass")
+        code, out = run_in_terminal(["keygen", str(tmp_path / "u.key")], ["one", "two"])
+        assert code == 1 and "do not match" in out and not (tmp_path / "u.key").exists()
+    finally:
+        if env_before is not None:
+            os.environ["FEDCHAIN_PASSPHRASE"] = env_before
