@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 DEMO   ?= runs/demo-data
+CODE    = fedchain clients server experiments tests
 
 .PHONY: install demo test lint clean
 
@@ -24,8 +25,8 @@ demo: install
 	$(BIN)/fedchain data inspect $(DEMO)/client-000.fcd --key-file $(DEMO)/data.key
 
 lint: install
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+	$(BIN)/ruff check $(CODE)
+	$(BIN)/ruff format --check $(CODE)
 	$(BIN)/mypy
 
 test: lint
