@@ -308,3 +308,20 @@ def test_keygen_asks_for_passphrase_twice_on_a_terminal(tmp_path):
     finally:
         if env_before is not None:
             os.environ["FEDCHAIN_PASSPHRASE"] = env_before
+
+
+def test_invalid_missing_source_creates_no_key_file(tmp_path):
+    result = run_cli(
+        "data",
+        "encrypt",
+        "-s",
+        "mnist",
+        "--root",
+        str(tmp_path / "none"),
+        "-o",
+        str(tmp_path / "out"),
+        "-k",
+        str(tmp_path / "new.key"),
+    )
+    assert result.returncode == 1 and "--download" in " ".join(result.stderr.split())
+    assert not (tmp_path / "new.key").exists() and not (tmp_path / "out").exists()

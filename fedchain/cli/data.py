@@ -110,7 +110,6 @@ def encrypt(
     existing = [str(_client_path(out, i)) for i in targets if _client_path(out, i).exists()]
     if existing and not force:
         raise ConfigError(f"{existing[0]}: already exists; use --force to overwrite")
-    unlock = _unlock_for_writing(key_file, passphrase_env)
 
     with console.status(f"loading {source} ({split})…"):
         dataset = load_source(
@@ -119,6 +118,8 @@ def encrypt(
     parts = partition(
         dataset.y, clients, partitioner, seed=seed, alpha=alpha, shards_per_client=shards_per_client
     )
+    # Only now, with the data loaded and split, may a new key file be created.
+    unlock = _unlock_for_writing(key_file, passphrase_env)
     info: dict[str, Any] = {
         "method": partitioner,
         "num_clients": clients,
