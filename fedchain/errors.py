@@ -46,3 +46,23 @@ class KeyFileError(FedchainError):
 
 class SignatureError(FedchainError):
     """A signature does not verify for the given key, domain and message."""
+
+
+class LedgerError(FedchainError):
+    """The ledger refuses an object, a block or a stored chain; the message says which check."""
+
+
+class DecodeError(LedgerError):
+    """Bytes are not the canonical encoding of a ledger object (truncated, trailing, bad tag)."""
+
+
+class InvalidTransaction(LedgerError):
+    """A transaction fails a ledger check (signature, round, binding, stake, replay, ...)."""
+
+
+class InvalidBlock(LedgerError):
+    """A block fails a ledger check (height, parent, proposer, signature, roots, or a tx in it)."""
+
+
+class LedgerStoreError(LedgerError):
+    """The ledger store cannot be opened, read or appended to (missing, damaged, out of order)."""

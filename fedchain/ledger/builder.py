@@ -1,0 +1,179 @@
+"""Helpers that make valid ledger objects: genesis, signed transactions, signed blocks.
+
+Used by tests, benchmarks and the Flower server. Everything signed here binds the federation's
+genesis hash (``genesis_hash``), so the objects are only valid in that federation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from fedchain.errors import InvalidBlock, LedgerError
+from fedchain.identity import Domain, public_key_bytes, sign
+from fedchain.ledger.codec import compute_hash
+from fedchain.ledger.consensus import compute_proposer, get_validators
+from fedchain.ledger.objects import (
+    BAD_COMMITMENT,
+    DOUBLE_SIGN,
+    Attestation,
+    Block,
+    BlockHeader,
+    Genesis,
+    GenesisParticipant,
+    Hash32,
+    Registration,
+    Rules,
+    SignedHeader,
+    Transaction,
+    UpdateCommitment,
+    compute_tx_root,
+    signing_message,
+)
+from fedchain.ledger.state import (
+    LedgerState,
+    compute_state_root,
+    compute_state_with_head,
+    process_transactions,
+)
+
+__all__ = [
+    "build_block",
+    "make_genesis",
+    "make_rules",
+    "sign_attestation",
+    "sign_commitment",
+    "sign_header",
+    "sign_registration",
+]
+
+
+def make_rules(
+    *,
+    min_stake: int = 100,
+    reward_per_round: int = 1_000,
+    slash_bps: Mapping[str, int] | None = None,
+    aggregation_rule: str = "fedavg",
+    aggregation_params: Mapping[str, str] | None = None,
+    contribution_method: str = "leave_one_out",
+    weight_cap_bps: int = 10_000,
+    reputation_penalty_bps: int = 1_000,
+) -> Rules:
+    """:class:`Rules` with mappings turned into sorted tuples.
+
+    The defaults are small round numbers for tests, not recommendations: a real federation
+    picks its own (base units for stakes and rewards, basis points for fractions).
+    """
+    if slash_bps is None:
+        slash_bps = {BAD_COMMITMENT: 1_000, DOUBLE_SIGN: 5_000}
+    return Rules(
+        min_stake=min_stake,
+        reward_per_round=reward_per_round,
+        slash_bps=tuple(sorted(slash_bps.items())),
+        aggregation_rule=aggregation_rule,
+        aggregation_params=tuple(sorted((aggregation_params or {}).items())),
+        contribution_method=contribution_method,
+        weight_cap_bps=weight_cap_bps,
+        reputation_penalty_bps=reputation_penalty_bps,
+    )
+
+
+def make_genesis(
+    run_id: str,
+    participants: Iterable[GenesisParticipant],
+    *,
+    initial_model_hash: Hash32,
+    rules: Rules | None = None,
+) -> Genesis:
+    """A :class:`Genesis` with its participants sorted by public key (rules: :func:`make_rules`)."""
+    return Genesis(
+        run_id=run_id,
+        rules=rules if rules is not None else make_rules(),
+        initial_model_hash=initial_model_hash,
+        participants=tuple(sorted(participants, key=lambda entry: entry.public_key)),
+    )
+
+
+def sign_registration(
+    private_key: Ed25519PrivateKey,
+    genesis_hash: Hash32,
+    *,
+    stake: int,
+    dataset_hash: Hash32,
+    num_examples: int,
+) -> Registration:
+    unsigned = Registration(public_key_bytes(private_key), stake, dataset_hash, num_examples, b"")
+    signature = sign(private_key, Domain.REGISTRATION, signing_message(unsigned), genesis_hash)
+    return Registration(unsigned.public_key, stake, dataset_hash, num_examples, signature)
+
+
+def sign_commitment(
+    private_key: Ed25519PrivateKey,
+    genesis_hash: Hash32,
+    *,
+    run_id: str,
+    round: int,
+    base_model_hash: Hash32,
+    update_hash: Hash32,
+    num_examples: int,
+) -> UpdateCommitment:
+    public_key = public_key_bytes(private_key)
+    fields = (run_id, round, base_model_hash, update_hash, num_examples, public_key)
+    unsigned = UpdateCommitment(*fields, b"")
+    signature = sign(private_key, Domain.UPDATE, signing_message(unsigned), genesis_hash)
+    return UpdateCommitment(*fields, signature)
+
+
+def sign_attestation(
+    private_key: Ed25519PrivateKey, genesis_hash: Hash32, *, height: int, block_hash: Hash32
+) -> Attestation:
+    unsigned = Attestation(public_key_bytes(private_key), height, block_hash, b"")
+    signature = sign(private_key, Domain.ATTESTATION, signing_message(unsigned), genesis_hash)
+    return Attestation(unsigned.validator, height, block_hash, signature)
+
+
+def sign_header(
+    private_key: Ed25519PrivateKey, genesis_hash: Hash32, header: BlockHeader
+) -> SignedHeader:
+    message = signing_message(SignedHeader(header, b""))
+    return SignedHeader(header, sign(private_key, Domain.BLOCK, message, genesis_hash))
+
+
+def build_block(
+    state: LedgerState,
+    transactions: Sequence[Transaction],
+    proposer_key: Ed25519PrivateKey,
+    attempt: int = 0,
+    *,
+    round: int | None = None,
+) -> tuple[Block, LedgerState]:
+    """Build, sign and apply the next block; returns it with the state after it.
+
+    ``round`` defaults to the head's round. Raises :class:`InvalidTransaction` if a
+    transaction does not apply, :class:`InvalidBlock` if ``proposer_key`` was not drawn for
+    ``attempt`` (see :func:`~fedchain.ledger.consensus.get_proposer`).
+    """
+    block_round = state.round if round is None else round
+    proposer = public_key_bytes(proposer_key)
+    try:
+        expected = compute_proposer(state.head_hash, get_validators(state), attempt)
+    except LedgerError as exc:
+        raise InvalidBlock(f"block {state.height + 1}: {exc}") from exc
+    if proposer != expected:
+        raise InvalidBlock(
+            f"block {state.height + 1}: this key was not drawn to propose at attempt {attempt}"
+        )
+    transactions = tuple(transactions)
+    post = process_transactions(state, transactions, block_round)
+    header = BlockHeader(
+        height=state.height + 1,
+        round=block_round,
+        parent_hash=state.head_hash,
+        tx_root=compute_tx_root(transactions),
+        state_root=compute_state_root(post),
+        proposer=proposer,
+        attempt=attempt,
+    )
+    block = Block(sign_header(proposer_key, state.genesis_hash, header), transactions)
+    return block, compute_state_with_head(post, compute_hash(header))

@@ -1,0 +1,369 @@
+"""The ledger's objects: the genesis "contract", transactions, headers and blocks.
+
+All are frozen dataclasses with a unique ``TAG`` and no behaviour; their one byte form is
+:func:`fedchain.ledger.codec.encode`. Derived values (hashes, roots, signing messages) are the
+module-level functions at the end.
+
+Units: stakes, rewards and penalties are integers in base units; fractions are basis points
+(``_bps``, 10_000 = 100 %); contribution scores are integers at :data:`SCORE_SCALE`.
+Sizes: public keys and hashes are 32 bytes, signatures 64 (checked by the state transition, not
+by the codec).
+
+Signatures: a signed object's *signing message* is its encoding with the ``signature`` field
+emptied (``b""``), signed under its :class:`~fedchain.identity.Domain` with the genesis hash as
+the federation (:func:`signing_message`, :data:`SIGNING_DOMAINS`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar, TypeAlias
+
+from fedchain.identity import Domain
+from fedchain.ledger.codec import compute_hash, encode, encode_with_empty
+
+__all__ = [
+    "BAD_COMMITMENT",
+    "DOUBLE_SIGN",
+    "EMPTY_HASH",
+    "HASH_SIZE",
+    "SCORE_SCALE",
+    "SIGNING_DOMAINS",
+    "SLASHING_KINDS",
+    "Attestation",
+    "AttestationPair",
+    "Block",
+    "BlockHeader",
+    "BlockTransaction",
+    "CommitmentMismatch",
+    "ContributionRecord",
+    "Evidence",
+    "Genesis",
+    "GenesisParticipant",
+    "Hash32",
+    "HeaderPair",
+    "ModelVersion",
+    "PublicKey",
+    "Registration",
+    "Rejection",
+    "RewardDeltas",
+    "Rules",
+    "SignedHeader",
+    "SignedObject",
+    "SlashingEvidence",
+    "Transaction",
+    "UpdateCommitment",
+    "compute_block_hash",
+    "compute_tx_root",
+    "compute_tx_root_of_encodings",
+    "signing_message",
+]
+
+PublicKey: TypeAlias = bytes
+"""A raw 32-byte Ed25519 public key: a participant's ledger identity."""
+Hash32: TypeAlias = bytes
+"""A 32-byte SHA-256 digest."""
+
+HASH_SIZE = 32
+EMPTY_HASH = bytes(HASH_SIZE)
+"""32 zero bytes: the genesis block's parent and proposer."""
+
+SCORE_SCALE = 10**6
+"""Contribution scores are recorded as ``round(score * SCORE_SCALE)``."""
+
+DOUBLE_SIGN = "double_sign"
+BAD_COMMITMENT = "bad_commitment"
+SLASHING_KINDS = frozenset({DOUBLE_SIGN, BAD_COMMITMENT})
+
+
+# --------------------------------------------------------------------------------------------------
+# Genesis: the federation's contract
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """The federation's rules, fixed at genesis.
+
+    ``slash_bps`` is ``((kind, basis points), ...)`` sorted by kind (a kind left out slashes 0);
+    ``aggregation_params`` is ``((name, value), ...)`` sorted by name.
+    """
+
+    TAG: ClassVar[int] = 1
+    min_stake: int
+    reward_per_round: int
+    slash_bps: tuple[tuple[str, int], ...]
+    aggregation_rule: str
+    aggregation_params: tuple[tuple[str, str], ...]
+    contribution_method: str
+    weight_cap_bps: int
+    reputation_penalty_bps: int
+
+
+@dataclass(frozen=True, slots=True)
+class GenesisParticipant:
+    TAG: ClassVar[int] = 2
+    public_key: PublicKey
+    stake: int
+    dataset_hash: Hash32
+    num_examples: int
+
+
+@dataclass(frozen=True, slots=True)
+class Genesis:
+    """The federation: ``compute_hash(genesis)`` is the genesis hash that every signature binds.
+
+    ``participants`` are sorted by public key.
+    """
+
+    TAG: ClassVar[int] = 3
+    run_id: str
+    rules: Rules
+    initial_model_hash: Hash32
+    participants: tuple[GenesisParticipant, ...]
+
+
+# --------------------------------------------------------------------------------------------------
+# Transactions
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """A new participant joins with a stake and its dataset commitment; signed by itself."""
+
+    TAG: ClassVar[int] = 10
+    public_key: PublicKey
+    stake: int
+    dataset_hash: Hash32
+    num_examples: int
+    signature: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateCommitment:
+    """A client's signed claim: "in this run and round, from this model, I sent this update"."""
+
+    TAG: ClassVar[int] = 11
+    run_id: str
+    round: int
+    base_model_hash: Hash32
+    update_hash: Hash32
+    num_examples: int
+    public_key: PublicKey
+    signature: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ModelVersion:
+    """The round's new global model; covered by the block proposer's signature.
+
+    ``update_hashes`` (sorted) are the committed updates it aggregates, ``rule`` the rule used.
+    """
+
+    TAG: ClassVar[int] = 12
+    round: int
+    model_hash: Hash32
+    parent_hash: Hash32
+    update_hashes: tuple[Hash32, ...]
+    rule: str
+
+
+@dataclass(frozen=True, slots=True)
+class ContributionRecord:
+    """Quantised contribution scores ``((public key, score * SCORE_SCALE), ...)`` by key."""
+
+    TAG: ClassVar[int] = 13
+    round: int
+    scores: tuple[tuple[PublicKey, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RewardDeltas:
+    """Stake changes ``((public key, delta), ...)`` sorted by key: positive reward, negative
+    penalty, in base units."""
+
+    TAG: ClassVar[int] = 14
+    round: int
+    deltas: tuple[tuple[PublicKey, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderPair:
+    """Double-sign evidence: two different headers of one height signed by one proposer."""
+
+    TAG: ClassVar[int] = 20
+    first: SignedHeader
+    second: SignedHeader
+
+
+@dataclass(frozen=True, slots=True)
+class AttestationPair:
+    """Double-sign evidence: two attestations of one height to different blocks by one signer."""
+
+    TAG: ClassVar[int] = 21
+    first: Attestation
+    second: Attestation
+
+
+@dataclass(frozen=True, slots=True)
+class CommitmentMismatch:
+    """Bad-commitment evidence: a signed commitment and the hash of the update actually sent.
+
+    The ledger checks the signature and that the hashes differ; that ``observed_update_hash``
+    is the hash of what was sent is re-checked against the archived update by ``verify``.
+    """
+
+    TAG: ClassVar[int] = 22
+    commitment: UpdateCommitment
+    observed_update_hash: Hash32
+
+
+Evidence: TypeAlias = HeaderPair | AttestationPair | CommitmentMismatch
+
+
+@dataclass(frozen=True, slots=True)
+class SlashingEvidence:
+    """Proof of a slashable offence by ``offender``, recorded in block round ``round``.
+
+    ``kind`` is :data:`DOUBLE_SIGN` (with a :class:`HeaderPair` or :class:`AttestationPair`) or
+    :data:`BAD_COMMITMENT` (with a :class:`CommitmentMismatch`). Anyone may submit it.
+    """
+
+    TAG: ClassVar[int] = 15
+    kind: str
+    offender: PublicKey
+    round: int
+    evidence: Evidence
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A refusal on record (e.g. a bad signature "from" a key): not slashable, since anyone can
+    forge a bad signature in someone else's name."""
+
+    TAG: ClassVar[int] = 16
+    round: int
+    public_key: PublicKey
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Attestation:
+    """A validator's signed vote for the block ``block_hash`` at ``height`` (and its ancestors)."""
+
+    TAG: ClassVar[int] = 17
+    validator: PublicKey
+    height: int
+    block_hash: Hash32
+    signature: bytes
+
+
+Transaction: TypeAlias = (
+    Registration
+    | UpdateCommitment
+    | ModelVersion
+    | ContributionRecord
+    | RewardDeltas
+    | SlashingEvidence
+    | Rejection
+    | Attestation
+)
+BlockTransaction: TypeAlias = Transaction | Genesis
+"""What a block may carry: transactions, or (block 0 only) the :class:`Genesis`."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Blocks
+
+
+@dataclass(frozen=True, slots=True)
+class BlockHeader:
+    """``attempt`` > 0 means the proposers of the earlier attempts did not show up (see
+    :func:`fedchain.ledger.consensus.compute_proposer`)."""
+
+    TAG: ClassVar[int] = 30
+    height: int
+    round: int
+    parent_hash: Hash32
+    tx_root: Hash32
+    state_root: Hash32
+    proposer: PublicKey
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class SignedHeader:
+    TAG: ClassVar[int] = 31
+    header: BlockHeader
+    signature: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    TAG: ClassVar[int] = 32
+    signed_header: SignedHeader
+    transactions: tuple[BlockTransaction, ...]
+
+    @property
+    def header(self) -> BlockHeader:
+        return self.signed_header.header
+
+
+SignedObject: TypeAlias = Registration | UpdateCommitment | Attestation | SignedHeader
+
+SIGNING_DOMAINS: dict[type, Domain] = {
+    Registration: Domain.REGISTRATION,
+    UpdateCommitment: Domain.UPDATE,
+    Attestation: Domain.ATTESTATION,
+    SignedHeader: Domain.BLOCK,
+}
+"""The signature domain of each signed class."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Derived values
+
+_U32 = struct.Struct("<I")
+_EMPTY_SIGNATURE = _U32.pack(0)
+
+
+def signing_message(obj: SignedObject, encoding: bytes | None = None) -> bytes:
+    """The bytes a signed object's signature covers: its encoding with ``signature = b""``.
+
+    ``encoding``, if given, must be ``encode(obj)``; the message is then cut from it instead of
+    encoding again (the signature is every signed class's last field, checked at import).
+    """
+    if encoding is None:
+        return encode_with_empty(obj, "signature")
+    return encoding[: len(encoding) - _U32.size - len(obj.signature)] + _EMPTY_SIGNATURE
+
+
+def compute_block_hash(block_or_header: Block | BlockHeader) -> Hash32:
+    """A block's hash is the hash of its header (the signature is not part of it)."""
+    header = block_or_header.header if isinstance(block_or_header, Block) else block_or_header
+    return compute_hash(header)
+
+
+def compute_tx_root(transactions: Sequence[BlockTransaction]) -> Hash32:
+    """``sha256(u32 count | compute_hash(tx) for each tx, in block order)``."""
+    return compute_tx_root_of_encodings([encode(tx) for tx in transactions])
+
+
+def compute_tx_root_of_encodings(encodings: Sequence[bytes]) -> Hash32:
+    """:func:`compute_tx_root` from the transactions' encodings (``encode(tx)`` each)."""
+    root = hashlib.sha256(_U32.pack(len(encodings)))
+    for encoding in encodings:
+        root.update(hashlib.sha256(encoding).digest())
+    return root.digest()
+
+
+def _check_signature_is_last_field() -> None:
+    for cls in SIGNING_DOMAINS:
+        if dataclasses.fields(cls)[-1].name != "signature":
+            raise TypeError(f"{cls.__name__}: the signature must be the last field")
+
+
+_check_signature_is_last_field()

@@ -1,0 +1,1044 @@
+"""Tests for fedchain.ledger.state: every transaction kind, blocks, genesis (pre → op → post)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Iterable, Sequence
+from types import MappingProxyType
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from fedchain.errors import InvalidBlock, InvalidTransaction
+from fedchain.identity import public_key_bytes
+from fedchain.ledger.builder import (
+    build_block,
+    make_genesis,
+    make_rules,
+    sign_attestation,
+    sign_commitment,
+    sign_header,
+    sign_registration,
+)
+from fedchain.ledger.codec import compute_hash, decode, encode
+from fedchain.ledger.consensus import (
+    detect_double_sign,
+    get_proposer,
+    get_validators,
+)
+from fedchain.ledger.objects import (
+    BAD_COMMITMENT,
+    DOUBLE_SIGN,
+    Attestation,
+    AttestationPair,
+    Block,
+    BlockHeader,
+    CommitmentMismatch,
+    ContributionRecord,
+    Genesis,
+    GenesisParticipant,
+    HeaderPair,
+    ModelVersion,
+    Rejection,
+    RewardDeltas,
+    SignedHeader,
+    SlashingEvidence,
+    Transaction,
+    compute_block_hash,
+    compute_tx_root,
+)
+from fedchain.ledger.state import (
+    INITIAL_REPUTATION_BPS,
+    LedgerState,
+    ParticipantState,
+    compute_evidence_id,
+    compute_genesis_block,
+    compute_genesis_state,
+    compute_state_root,
+    process_attestation,
+    process_block,
+    process_contribution_record,
+    process_genesis_block,
+    process_model_version,
+    process_registration,
+    process_rejection,
+    process_reward_deltas,
+    process_slashing_evidence,
+    process_transaction,
+    process_transactions,
+    process_update_commitment,
+)
+
+RUN_ID = "state-test"
+KEYS = {i: Ed25519PrivateKey.from_private_bytes(bytes([i]) * 32) for i in range(1, 7)}
+PUB = {i: public_key_bytes(key) for i, key in KEYS.items()}
+KEY_BY_PUBLIC = {public: KEYS[i] for i, public in PUB.items()}
+STAKES = {1: 100, 2: 200, 3: 300, 4: 400}
+REGISTERED_EXAMPLES = 100
+RULES = make_rules(  # every field given: the known answers below must not follow the defaults
+    min_stake=100,
+    reward_per_round=1_000,
+    slash_bps={BAD_COMMITMENT: 1_000, DOUBLE_SIGN: 5_000},
+    aggregation_rule="fedavg",
+    aggregation_params={},
+    contribution_method="leave_one_out",
+    weight_cap_bps=10_000,
+    reputation_penalty_bps=1_500,
+)
+OTHER_FEDERATION = hashlib.sha256(b"another federation").digest()
+
+# Known answers (Ed25519 signatures are deterministic, so whole blocks are).
+KNOWN_GENESIS_BLOCK_HASH = "3fa58f46c75d5ad899e207cd17cdbdfcf27b11ff6f2f802aa3a37e479c2bea57"
+KNOWN_BLOCK_1_HASH = "4218a8a50389cf36f00da56c93bbf3b7d485accc504abcf0da2e1f62054f22e2"
+
+
+def digest(text: str) -> bytes:
+    return hashlib.sha256(text.encode()).digest()
+
+
+MODEL_0 = digest("model-0")
+MODEL_1 = digest("model-1")
+
+
+def update_hash(i: int, round: int) -> bytes:
+    return digest(f"update-{i}-{round}")
+
+
+def by_key(pairs: Iterable[tuple[bytes, int]]) -> tuple[tuple[bytes, int], ...]:
+    return tuple(sorted(pairs))
+
+
+def replace_participants(state: LedgerState, *changed: ParticipantState) -> LedgerState:
+    participants = dict(state.participants)
+    participants.update((p.public_key, p) for p in changed)
+    return dataclasses.replace(
+        state, participants=MappingProxyType(dict(sorted(participants.items())))
+    )
+
+
+def participant(state: LedgerState, i: int) -> ParticipantState:
+    return state.participants[PUB[i]]
+
+
+@pytest.fixture(scope="module")
+def genesis() -> Genesis:
+    participants = [
+        GenesisParticipant(PUB[i], stake, digest(f"dataset-{i}"), REGISTERED_EXAMPLES)
+        for i, stake in STAKES.items()
+    ]
+    return make_genesis(RUN_ID, participants, initial_model_hash=MODEL_0, rules=RULES)
+
+
+@pytest.fixture(scope="module")
+def pre(genesis: Genesis) -> LedgerState:
+    return compute_genesis_state(genesis)
+
+
+def commit(state: LedgerState, i: int, round: int = 1, **overrides: Any) -> Any:
+    fields: dict[str, Any] = {
+        "run_id": RUN_ID,
+        "round": round,
+        "base_model_hash": state.model_head,
+        "update_hash": update_hash(i, round),
+        "num_examples": 50,
+    }
+    fields.update(overrides)
+    genesis_hash = fields.pop("genesis_hash", state.genesis_hash)
+    return sign_commitment(KEYS[i], genesis_hash, **fields)
+
+
+def attest(state: LedgerState, i: int, height: int, block_hash: bytes | None = None) -> Attestation:
+    target = state.block_hashes.get(height) if block_hash is None else block_hash
+    assert target is not None
+    return sign_attestation(KEYS[i], state.genesis_hash, height=height, block_hash=target)
+
+
+def propose(
+    state: LedgerState, transactions: Sequence[Transaction] = (), round: int | None = None
+) -> tuple[Block, LedgerState]:
+    return build_block(state, transactions, KEY_BY_PUBLIC[get_proposer(state)], round=round)
+
+
+def signed_header(i: int, state: LedgerState, **changes: Any) -> SignedHeader:
+    header = BlockHeader(
+        height=state.height + 1,
+        round=state.round,
+        parent_hash=state.head_hash,
+        tx_root=compute_tx_root(()),
+        state_root=compute_state_root(state),
+        proposer=PUB[i],
+        attempt=0,
+    )
+    return sign_header(KEYS[i], state.genesis_hash, dataclasses.replace(header, **changes))
+
+
+# --------------------------------------------------------------------------------------------------
+# Genesis
+
+
+def test_genesis_state(genesis: Genesis, pre: LedgerState) -> None:
+    assert pre.genesis_hash == compute_hash(genesis)
+    assert (pre.height, pre.round, pre.model_head, pre.model_round) == (0, 0, MODEL_0, 0)
+    assert list(pre.participants) == sorted(PUB[i] for i in STAKES)
+    for i, stake in STAKES.items():
+        assert participant(pre, i) == ParticipantState(
+            PUB[i], stake, INITIAL_REPUTATION_BPS, digest(f"dataset-{i}"), 100, True
+        )
+    assert pre.round_commits == frozenset() and pre.evidence_seen == frozenset()
+    assert dict(pre.last_attested) == {}
+    assert pre.head_hash == compute_block_hash(compute_genesis_block(genesis))
+    assert list(pre.block_hashes) == [pre.head_hash]
+
+
+def test_genesis_block(genesis: Genesis, pre: LedgerState) -> None:
+    block = compute_genesis_block(genesis)
+    header = block.header
+    assert (header.height, header.round, header.attempt) == (0, 0, 0)
+    assert header.parent_hash == bytes(32) and header.proposer == bytes(32)
+    assert block.signed_header.signature == b""
+    assert block.transactions == (genesis,)
+    assert header.state_root == compute_state_root(pre)
+    assert compute_block_hash(block) != pre.genesis_hash
+    assert compute_block_hash(block).hex() == KNOWN_GENESIS_BLOCK_HASH
+    assert process_genesis_block(decode(Block, encode(block))) == pre
+
+
+def test_invalid_genesis_block_altered(genesis: Genesis) -> None:
+    block = compute_genesis_block(genesis)
+    with pytest.raises(InvalidBlock, match="not the canonical genesis block"):
+        process_genesis_block(
+            dataclasses.replace(block, signed_header=SignedHeader(block.header, b"x"))
+        )
+    with pytest.raises(InvalidBlock, match="exactly one transaction"):
+        process_genesis_block(dataclasses.replace(block, transactions=(genesis, genesis)))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"run_id": ""}, "run_id"),
+        ({"participants": ()}, "at least one participant"),
+        ({"initial_model_hash": b"short"}, "initial_model_hash"),
+        ({"rules": dataclasses.replace(RULES, min_stake=0)}, "min_stake"),
+        ({"rules": dataclasses.replace(RULES, reward_per_round=-1)}, "reward_per_round"),
+        ({"rules": dataclasses.replace(RULES, slash_bps=(("theft", 10),))}, "unknown slashing"),
+        ({"rules": dataclasses.replace(RULES, slash_bps=(("double_sign", 10_001),))}, "outside"),
+        (
+            {"rules": dataclasses.replace(RULES, slash_bps=tuple(reversed(RULES.slash_bps)))},
+            "sorted by kind",
+        ),
+        (
+            {"rules": dataclasses.replace(RULES, aggregation_params=(("b", "1"), ("a", "2")))},
+            "sorted by name",
+        ),
+        ({"rules": dataclasses.replace(RULES, weight_cap_bps=0)}, "weight_cap_bps"),
+        ({"rules": dataclasses.replace(RULES, reputation_penalty_bps=-1)}, "reputation_penalty"),
+    ],
+)
+def test_invalid_genesis(genesis: Genesis, change: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidBlock, match=message):
+        compute_genesis_state(dataclasses.replace(genesis, **change))
+
+
+def test_invalid_genesis_participants(genesis: Genesis) -> None:
+    entries = genesis.participants
+    with pytest.raises(InvalidBlock, match="sorted by public key"):
+        compute_genesis_state(dataclasses.replace(genesis, participants=entries[::-1]))
+    with pytest.raises(InvalidBlock, match="sorted by public key"):
+        compute_genesis_state(dataclasses.replace(genesis, participants=entries[:1] * 2))
+    low = dataclasses.replace(entries[0], stake=RULES.min_stake - 1)
+    with pytest.raises(InvalidBlock, match="below min_stake"):
+        compute_genesis_state(dataclasses.replace(genesis, participants=(low, *entries[1:])))
+    short = dataclasses.replace(entries[0], dataset_hash=b"x")
+    with pytest.raises(InvalidBlock, match="dataset hash"):
+        compute_genesis_state(dataclasses.replace(genesis, participants=(short, *entries[1:])))
+
+
+# --------------------------------------------------------------------------------------------------
+# Registration
+
+
+def register(state: LedgerState, i: int = 5, stake: int = 150, **overrides: Any) -> Any:
+    genesis_hash = overrides.pop("genesis_hash", state.genesis_hash)
+    fields: dict[str, Any] = {"stake": stake, "dataset_hash": digest(f"dataset-{i}")}
+    fields["num_examples"] = 80
+    fields.update(overrides)
+    return sign_registration(KEYS[i], genesis_hash, **fields)
+
+
+def test_registration(pre: LedgerState) -> None:
+    post = process_registration(pre, register(pre), 0)
+    new = ParticipantState(PUB[5], 150, INITIAL_REPUTATION_BPS, digest("dataset-5"), 80, True)
+    assert post == replace_participants(pre, new)
+    assert list(post.participants) == sorted(post.participants)
+    assert (PUB[5], 150) in get_validators(post)
+
+
+def test_invalid_registration_bad_signature(pre: LedgerState) -> None:
+    tx = dataclasses.replace(register(pre), stake=10_000)
+    with pytest.raises(InvalidTransaction, match="bad signature"):
+        process_registration(pre, tx, 0)
+
+
+def test_invalid_registration_wrong_federation(pre: LedgerState) -> None:
+    with pytest.raises(InvalidTransaction, match="bad signature"):
+        process_registration(pre, register(pre, genesis_hash=OTHER_FEDERATION), 0)
+
+
+def test_invalid_registration_duplicate(pre: LedgerState) -> None:
+    with pytest.raises(InvalidTransaction, match="already registered"):
+        process_registration(pre, register(pre, i=1), 0)
+    post = process_registration(pre, register(pre), 0)
+    with pytest.raises(InvalidTransaction, match="already registered"):
+        process_registration(post, register(post, stake=500), 0)
+
+
+def test_invalid_registration_below_min_stake(pre: LedgerState) -> None:
+    with pytest.raises(InvalidTransaction, match="below min_stake 100"):
+        process_registration(pre, register(pre, stake=99), 0)
+
+
+def test_invalid_registration_fields(pre: LedgerState) -> None:
+    with pytest.raises(InvalidTransaction, match="dataset hash must be 32 bytes"):
+        process_registration(pre, register(pre, dataset_hash=b"x"), 0)
+    with pytest.raises(InvalidTransaction, match="negative"):
+        process_registration(pre, register(pre, num_examples=-1), 0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Update commitments
+
+
+def test_update_commitment(pre: LedgerState) -> None:
+    post = process_update_commitment(pre, commit(pre, 1), 1)
+    assert post == dataclasses.replace(
+        pre,
+        round=1,
+        round_commits=frozenset({PUB[1]}),
+        round_update_hashes=frozenset({update_hash(1, 1)}),
+    )
+
+
+def test_update_commitment_registered_example_count_is_allowed(pre: LedgerState) -> None:
+    post = process_update_commitment(pre, commit(pre, 2, num_examples=REGISTERED_EXAMPLES), 1)
+    assert post.round_commits == {PUB[2]}
+
+
+def test_invalid_update_commitment_bad_signature(pre: LedgerState) -> None:
+    tx = dataclasses.replace(commit(pre, 1), update_hash=digest("something else"))
+    with pytest.raises(InvalidTransaction, match="bad signature"):
+        process_update_commitment(pre, tx, 1)
+
+
+def test_invalid_update_commitment_signed_by_someone_else(pre: LedgerState) -> None:
+    tx = dataclasses.replace(commit(pre, 1), public_key=PUB[2])
+    with pytest.raises(InvalidTransaction, match="bad signature"):
+        process_update_commitment(pre, tx, 1)
+
+
+def test_invalid_update_commitment_wrong_federation(pre: LedgerState) -> None:
+    with pytest.raises(InvalidTransaction, match="bad signature"):
+        process_update_commitment(pre, commit(pre, 1, genesis_hash=OTHER_FEDERATION), 1)
+
+
+def test_invalid_update_commitment_wrong_run(pre: LedgerState) -> None:
+    with pytest.raises(InvalidTransaction, match="run 'other-run'"):
+        process_update_commitment(pre, commit(pre, 1, run_id="other-run"), 1)
+
+
+def test_invalid_update_commitment_wrong_round(pre: LedgerState) -> None:
+    with pytest.raises(InvalidTransaction, match="round 2, but the block is round 1"):
+        process_update_commitment(pre, commit(pre, 1, round=2), 1)
+
+
+def test_invalid_update_commitment_replayed_in_same_round(pre: LedgerState) -> None:
+    tx = commit(pre, 1)
+    post = process_update_commitment(pre, tx, 1)
+    with pytest.raises(InvalidTransaction, match="already committed an update in round 1"):
+        process_update_commitment(post, tx, 1)
+    with pytest.raises(InvalidTransaction, match="already committed"):
+        process_update_commitment(post, commit(pre, 1, update_hash=digest("second")), 1)
+
+
+def test_invalid_update_commitment_replayed_from_earlier_round(pre: LedgerState) -> None:
+    tx = commit(pre, 1)
+    _, post = propose(pre, [tx], round=1)
+    with pytest.raises(InvalidTransaction, match="round 1, but the block is round 2"):
+        process_update_commitment(post, tx, 2)
+
+
+def test_invalid_update_commitment_wrong_base_model(pre: LedgerState) -> None:
+    with pytest.raises(InvalidTransaction, match="trained from model"):
+        process_update_commitment(pre, commit(pre, 1, base_model_hash=MODEL_1), 1)
+
+
+def test_invalid_update_commitment_inflated_example_count(pre: LedgerState) -> None:
+    with pytest.raises(InvalidTransaction, match="claims 101 examples"):
+        process_update_commitment(pre, commit(pre, 1, num_examples=REGISTERED_EXAMPLES + 1), 1)
+    with pytest.raises(InvalidTransaction, match="claims 0 examples"):
+        process_update_commitment(pre, commit(pre, 1, num_examples=0), 1)
+
+
+def test_invalid_update_commitment_unknown_participant(pre: LedgerState) -> None:
+    with pytest.raises(InvalidTransaction, match="is not registered"):
+        process_update_commitment(pre, commit(pre, 5), 1)
+
+
+def test_invalid_update_commitment_inactive_participant(pre: LedgerState) -> None:
+    ejected = process_reward_deltas(pre, RewardDeltas(1, ((PUB[1], -1),)), 1)
+    assert not participant(ejected, 1).active
+    with pytest.raises(InvalidTransaction, match="has been ejected"):
+        process_update_commitment(ejected, commit(ejected, 1), 1)
+
+
+def test_invalid_update_commitment_after_model_version(pre: LedgerState) -> None:
+    state = process_update_commitment(pre, commit(pre, 1), 1)
+    state = process_model_version(
+        state, ModelVersion(1, MODEL_1, MODEL_0, (update_hash(1, 1),), "fedavg"), 1
+    )
+    with pytest.raises(InvalidTransaction, match="round 1 is closed"):
+        process_update_commitment(state, commit(state, 2), 1)
+
+
+def test_invalid_update_commitment_block_round_going_back(pre: LedgerState) -> None:
+    state = process_update_commitment(pre, commit(pre, 1, round=2), 2)
+    with pytest.raises(InvalidTransaction, match="before the head's round 2"):
+        process_update_commitment(state, commit(state, 2), 1)
+
+
+def test_invalid_update_commitment_malformed(pre: LedgerState) -> None:
+    tx = dataclasses.replace(commit(pre, 1), num_examples=2**63)
+    with pytest.raises(InvalidTransaction, match="malformed"):
+        process_update_commitment(pre, tx, 1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Model versions
+
+
+@pytest.fixture(scope="module")
+def committed(pre: LedgerState) -> LedgerState:
+    """Round 1 with commitments from participants 1 and 2."""
+    return process_transactions(pre, [commit(pre, 1), commit(pre, 2)], 1)
+
+
+def model_version(**changes: Any) -> ModelVersion:
+    hashes = tuple(sorted((update_hash(1, 1), update_hash(2, 1))))
+    return dataclasses.replace(ModelVersion(1, MODEL_1, MODEL_0, hashes, "fedavg"), **changes)
+
+
+def test_model_version(committed: LedgerState) -> None:
+    post = process_model_version(committed, model_version(), 1)
+    assert post == dataclasses.replace(committed, model_head=MODEL_1, model_round=1)
+
+
+def test_model_version_of_a_subset(committed: LedgerState) -> None:
+    post = process_model_version(committed, model_version(update_hashes=(update_hash(2, 1),)), 1)
+    assert post.model_head == MODEL_1
+
+
+def test_invalid_model_version_wrong_parent(committed: LedgerState) -> None:
+    with pytest.raises(InvalidTransaction, match="parent"):
+        process_model_version(committed, model_version(parent_hash=digest("x")), 1)
+
+
+def test_invalid_model_version_uncommitted_update(committed: LedgerState) -> None:
+    hashes = tuple(sorted((update_hash(1, 1), update_hash(3, 1))))
+    with pytest.raises(InvalidTransaction, match="was not committed"):
+        process_model_version(committed, model_version(update_hashes=hashes), 1)
+
+
+def test_invalid_model_version_unsorted_or_duplicate(committed: LedgerState) -> None:
+    hashes = model_version().update_hashes
+    with pytest.raises(InvalidTransaction, match="sorted"):
+        process_model_version(committed, model_version(update_hashes=hashes[::-1]), 1)
+    with pytest.raises(InvalidTransaction, match="sorted"):
+        process_model_version(committed, model_version(update_hashes=hashes[:1] * 2), 1)
+
+
+def test_invalid_model_version_wrong_rule(committed: LedgerState) -> None:
+    with pytest.raises(InvalidTransaction, match="not the genesis rule 'fedavg'"):
+        process_model_version(committed, model_version(rule="median"), 1)
+
+
+def test_invalid_model_version_twice_in_a_round(committed: LedgerState) -> None:
+    post = process_model_version(committed, model_version(), 1)
+    again = model_version(model_hash=digest("model-1b"), parent_hash=MODEL_1)
+    with pytest.raises(InvalidTransaction, match="already registered"):
+        process_model_version(post, again, 1)
+
+
+def test_invalid_model_version_wrong_round(committed: LedgerState) -> None:
+    with pytest.raises(InvalidTransaction, match="round 2, but the block is round 1"):
+        process_model_version(committed, model_version(round=2), 1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Contribution records
+
+
+def test_contribution_record(committed: LedgerState) -> None:
+    scores = by_key([(PUB[1], 750_000), (PUB[2], -250_000)])
+    post = process_contribution_record(committed, ContributionRecord(1, scores), 1)
+    assert post == committed
+
+
+@pytest.mark.parametrize(
+    ("scores", "message"),
+    [
+        (lambda: tuple(reversed(by_key([(PUB[1], 1), (PUB[2], 2)]))), "sorted"),
+        (lambda: ((PUB[1], 1), (PUB[1], 2)), "sorted"),
+        (lambda: ((PUB[5], 1),), "not registered"),
+    ],
+    ids=["unsorted", "duplicate", "unregistered"],
+)
+def test_invalid_contribution_record(committed: LedgerState, scores: Any, message: str) -> None:
+    with pytest.raises(InvalidTransaction, match=message):
+        process_contribution_record(committed, ContributionRecord(1, scores()), 1)
+
+
+def test_invalid_contribution_record_wrong_round(committed: LedgerState) -> None:
+    with pytest.raises(InvalidTransaction, match="round"):
+        process_contribution_record(committed, ContributionRecord(0, ((PUB[1], 1),)), 1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Reward deltas
+
+
+def test_reward_deltas(committed: LedgerState) -> None:
+    deltas = by_key([(PUB[1], 300), (PUB[2], -50), (PUB[3], 700)])
+    post = process_reward_deltas(committed, RewardDeltas(1, deltas), 1)
+    expected = replace_participants(
+        committed,
+        dataclasses.replace(participant(committed, 1), stake=400),
+        dataclasses.replace(participant(committed, 2), stake=150),
+        dataclasses.replace(participant(committed, 3), stake=1_000),
+    )
+    assert post == dataclasses.replace(expected, round_rewards_paid=1_000)
+
+
+def test_reward_deltas_penalty_ejects_and_floors_at_zero(committed: LedgerState) -> None:
+    post = process_reward_deltas(committed, RewardDeltas(1, ((PUB[2], -1_000),)), 1)
+    ejected = dataclasses.replace(participant(committed, 2), stake=0, active=False)
+    assert post == replace_participants(committed, ejected)
+    assert PUB[2] not in dict(get_validators(post))
+
+
+def test_reward_deltas_do_not_revive_ejected(committed: LedgerState) -> None:
+    ejected = process_reward_deltas(committed, RewardDeltas(1, ((PUB[1], -1),)), 1)
+    post = process_reward_deltas(ejected, RewardDeltas(1, ((PUB[1], 500),)), 1)
+    assert participant(post, 1).stake == 599 and not participant(post, 1).active
+
+
+def test_reward_pool_resets_each_round(committed: LedgerState) -> None:
+    state = process_reward_deltas(committed, RewardDeltas(1, ((PUB[1], 1_000),)), 1)
+    post = process_reward_deltas(state, RewardDeltas(2, ((PUB[1], 1_000),)), 2)
+    assert participant(post, 1).stake == 2_100
+    assert (post.round, post.round_rewards_paid) == (2, 1_000)
+
+
+def test_invalid_reward_deltas_pool_overrun(committed: LedgerState) -> None:
+    over = by_key([(PUB[1], 600), (PUB[2], 401)])
+    with pytest.raises(InvalidTransaction, match="exceed the pool of 1000"):
+        process_reward_deltas(committed, RewardDeltas(1, over), 1)
+
+
+def test_invalid_reward_deltas_pool_overrun_across_transactions(committed: LedgerState) -> None:
+    state = process_reward_deltas(committed, RewardDeltas(1, ((PUB[1], 600),)), 1)
+    with pytest.raises(InvalidTransaction, match="plus 600 already paid"):
+        process_reward_deltas(state, RewardDeltas(1, ((PUB[2], 401),)), 1)
+
+
+@pytest.mark.parametrize(
+    ("deltas", "message"),
+    [
+        (lambda: tuple(reversed(by_key([(PUB[1], 1), (PUB[2], 2)]))), "sorted"),
+        (lambda: ((PUB[1], 1), (PUB[1], 2)), "sorted"),
+        (lambda: ((PUB[5], 1),), "not registered"),
+    ],
+    ids=["unsorted", "duplicate", "unregistered"],
+)
+def test_invalid_reward_deltas(committed: LedgerState, deltas: Any, message: str) -> None:
+    with pytest.raises(InvalidTransaction, match=message):
+        process_reward_deltas(committed, RewardDeltas(1, deltas()), 1)
+
+
+def test_invalid_reward_deltas_wrong_round(committed: LedgerState) -> None:
+    with pytest.raises(InvalidTransaction, match="round"):
+        process_reward_deltas(committed, RewardDeltas(0, ((PUB[1], 1),)), 1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Slashing evidence
+
+
+@pytest.fixture(scope="module")
+def chain(pre: LedgerState) -> list[LedgerState]:
+    """Genesis and two empty blocks (round 0)."""
+    states = [pre]
+    for _ in range(2):
+        states.append(propose(states[-1])[1])
+    return states
+
+
+def header_double_sign(state: LedgerState, i: int) -> SlashingEvidence:
+    first = signed_header(i, state)
+    second = signed_header(i, state, state_root=digest("another root"))
+    evidence = detect_double_sign(first, second, state.round)
+    assert evidence is not None
+    return evidence
+
+
+def attestation_double_sign(state: LedgerState, i: int) -> SlashingEvidence:
+    first = attest(state, i, 1)
+    second = attest(state, i, 1, block_hash=digest("a fork"))
+    evidence = detect_double_sign(second, first, state.round)
+    assert evidence is not None
+    return evidence
+
+
+def bad_commitment(state: LedgerState, i: int) -> SlashingEvidence:
+    mismatch = CommitmentMismatch(commit(state, i, round=0), digest("what was sent"))
+    return SlashingEvidence(BAD_COMMITMENT, PUB[i], state.round, mismatch)
+
+
+def slashed(p: ParticipantState, stake: int, reputation: int, active: bool = True) -> Any:
+    return dataclasses.replace(p, stake=stake, reputation_bps=reputation, active=active)
+
+
+def test_slashing_double_signed_headers(chain: list[LedgerState]) -> None:
+    state = chain[-1]
+    evidence = header_double_sign(state, 4)
+    assert isinstance(evidence.evidence, HeaderPair)
+    post = process_slashing_evidence(state, evidence, 0)
+    expected = replace_participants(state, slashed(participant(state, 4), 200, 8_500))
+    assert post == dataclasses.replace(
+        expected, evidence_seen=frozenset({compute_evidence_id(evidence)})
+    )
+
+
+def test_slashing_double_signed_attestations(chain: list[LedgerState]) -> None:
+    state = chain[-1]
+    evidence = attestation_double_sign(state, 3)
+    assert isinstance(evidence.evidence, AttestationPair)
+    post = process_slashing_evidence(state, evidence, 0)
+    expected = replace_participants(state, slashed(participant(state, 3), 150, 8_500))
+    assert post == dataclasses.replace(
+        expected, evidence_seen=frozenset({compute_evidence_id(evidence)})
+    )
+
+
+def test_slashing_bad_commitment(pre: LedgerState) -> None:
+    evidence = bad_commitment(pre, 2)
+    post = process_slashing_evidence(pre, evidence, 0)
+    expected = replace_participants(pre, slashed(participant(pre, 2), 180, 8_500))
+    assert post == dataclasses.replace(
+        expected, evidence_seen=frozenset({compute_evidence_id(evidence)})
+    )
+
+
+def test_slashing_below_min_stake_ejects(chain: list[LedgerState]) -> None:
+    state = chain[-1]
+    post = process_slashing_evidence(state, header_double_sign(state, 1), 0)
+    assert participant(post, 1) == slashed(participant(state, 1), 50, 8_500, active=False)
+    assert PUB[1] not in dict(get_validators(post))
+    with pytest.raises(InvalidTransaction, match="not a validator"):
+        process_attestation(post, attest(post, 1, 1), 0)
+    with pytest.raises(InvalidTransaction, match="ejected"):
+        process_update_commitment(post, commit(post, 1), 1)
+
+
+def test_slashing_reputation_floors_at_zero(pre: LedgerState) -> None:
+    state = pre
+    for round in range(1, 8):
+        mismatch = CommitmentMismatch(commit(state, 4, round=round), digest("sent"))
+        state = process_slashing_evidence(
+            state, SlashingEvidence(BAD_COMMITMENT, PUB[4], 0, mismatch), 0
+        )
+    assert participant(state, 4).reputation_bps == 0
+    assert len(state.evidence_seen) == 7
+
+
+def test_invalid_slashing_evidence_seen_twice(chain: list[LedgerState]) -> None:
+    state = chain[-1]
+    evidence = header_double_sign(state, 4)
+    post = process_slashing_evidence(state, evidence, 0)
+    with pytest.raises(InvalidTransaction, match="already been punished"):
+        process_slashing_evidence(post, evidence, 0)
+    assert isinstance(evidence.evidence, HeaderPair)
+    pair = evidence.evidence
+    swapped = dataclasses.replace(evidence, evidence=HeaderPair(pair.second, pair.first))
+    with pytest.raises(InvalidTransaction, match="already been punished"):
+        process_slashing_evidence(post, swapped, 0)
+    third = signed_header(4, state, state_root=digest("a third root"))
+    other_pair = dataclasses.replace(evidence, evidence=HeaderPair(pair.first, third))
+    with pytest.raises(InvalidTransaction, match="already been punished"):
+        process_slashing_evidence(post, other_pair, 0)
+
+
+def test_invalid_slashing_evidence_seen_twice_in_one_block(chain: list[LedgerState]) -> None:
+    state = chain[-1]
+    evidence = attestation_double_sign(state, 2)
+    with pytest.raises(InvalidTransaction, match=r"transaction 1 .*already been punished"):
+        process_transactions(state, [evidence, evidence], 0)
+
+
+def test_invalid_slashing_same_header_twice(chain: list[LedgerState]) -> None:
+    state = chain[-1]
+    header = signed_header(4, state)
+    assert detect_double_sign(header, header, 0) is None
+    evidence = SlashingEvidence(DOUBLE_SIGN, PUB[4], 0, HeaderPair(header, header))
+    with pytest.raises(InvalidTransaction, match="same block: no offence"):
+        process_slashing_evidence(state, evidence, 0)
+
+
+def test_invalid_slashing_different_heights(chain: list[LedgerState]) -> None:
+    state = chain[-1]
+    first, second = signed_header(4, state), signed_header(4, state, height=state.height + 2)
+    evidence = SlashingEvidence(DOUBLE_SIGN, PUB[4], 0, HeaderPair(first, second))
+    with pytest.raises(InvalidTransaction, match="different heights"):
+        process_slashing_evidence(state, evidence, 0)
+
+
+def test_invalid_slashing_forged_signature(chain: list[LedgerState]) -> None:
+    state = chain[-1]
+    evidence = header_double_sign(state, 4)
+    assert isinstance(evidence.evidence, HeaderPair)
+    forged = dataclasses.replace(evidence.evidence.second, signature=bytes(64))
+    bogus = dataclasses.replace(evidence, evidence=HeaderPair(evidence.evidence.first, forged))
+    with pytest.raises(InvalidTransaction, match="bad signature"):
+        process_slashing_evidence(state, bogus, 0)
+
+
+def test_invalid_slashing_headers_signed_by_someone_else(chain: list[LedgerState]) -> None:
+    state = chain[-1]
+    evidence = dataclasses.replace(header_double_sign(state, 4), offender=PUB[3])
+    with pytest.raises(InvalidTransaction, match="signed by the offender"):
+        process_slashing_evidence(state, evidence, 0)
+    # A third party re-signs nothing: a header claiming proposer 3 but signed by 4.
+    pair = header_double_sign(state, 4).evidence
+    assert isinstance(pair, HeaderPair)
+    claims_3 = [
+        SignedHeader(dataclasses.replace(h.header, proposer=PUB[3]), h.signature)
+        for h in (pair.first, pair.second)
+    ]
+    with pytest.raises(InvalidTransaction, match="bad signature"):
+        process_slashing_evidence(
+            state, SlashingEvidence(DOUBLE_SIGN, PUB[3], 0, HeaderPair(*claims_3)), 0
+        )
+
+
+def test_invalid_slashing_kind_does_not_match_evidence(chain: list[LedgerState]) -> None:
+    state = chain[-1]
+    with pytest.raises(InvalidTransaction, match="is double_sign evidence"):
+        evidence = dataclasses.replace(header_double_sign(state, 4), kind=BAD_COMMITMENT)
+        process_slashing_evidence(state, evidence, 0)
+    with pytest.raises(InvalidTransaction, match="is bad_commitment evidence"):
+        process_slashing_evidence(
+            state, dataclasses.replace(bad_commitment(state, 2), kind=DOUBLE_SIGN), 0
+        )
+    with pytest.raises(InvalidTransaction, match="unknown slashing kind"):
+        process_slashing_evidence(
+            state, dataclasses.replace(bad_commitment(state, 2), kind="theft"), 0
+        )
+
+
+def test_invalid_slashing_unregistered_offender(pre: LedgerState) -> None:
+    with pytest.raises(InvalidTransaction, match="not a registered participant"):
+        process_slashing_evidence(pre, bad_commitment(pre, 5), 0)
+
+
+def test_invalid_slashing_commitment_hash_matches(pre: LedgerState) -> None:
+    tx = commit(pre, 2, round=0)
+    evidence = SlashingEvidence(BAD_COMMITMENT, PUB[2], 0, CommitmentMismatch(tx, tx.update_hash))
+    with pytest.raises(InvalidTransaction, match="matches the commitment: no offence"):
+        process_slashing_evidence(pre, evidence, 0)
+
+
+def test_invalid_slashing_commitment_by_someone_else(pre: LedgerState) -> None:
+    evidence = dataclasses.replace(bad_commitment(pre, 2), offender=PUB[3])
+    with pytest.raises(InvalidTransaction, match="not made by the offender"):
+        process_slashing_evidence(pre, evidence, 0)
+
+
+def test_invalid_slashing_commitment_forged(pre: LedgerState) -> None:
+    evidence = bad_commitment(pre, 2)
+    assert isinstance(evidence.evidence, CommitmentMismatch)
+    forged = dataclasses.replace(evidence.evidence.commitment, num_examples=1)
+    bogus = dataclasses.replace(evidence, evidence=CommitmentMismatch(forged, digest("sent")))
+    with pytest.raises(InvalidTransaction, match="bad signature"):
+        process_slashing_evidence(pre, bogus, 0)
+
+
+def test_invalid_slashing_wrong_round(pre: LedgerState) -> None:
+    with pytest.raises(InvalidTransaction, match="round"):
+        process_slashing_evidence(pre, dataclasses.replace(bad_commitment(pre, 2), round=3), 0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Rejections
+
+
+def test_rejection(pre: LedgerState) -> None:
+    post = process_rejection(pre, Rejection(1, PUB[5], "bad signature on update"), 1)
+    assert post == dataclasses.replace(pre, round=1)
+
+
+def test_invalid_rejection(pre: LedgerState) -> None:
+    with pytest.raises(InvalidTransaction, match="reason"):
+        process_rejection(pre, Rejection(1, PUB[5], ""), 1)
+    with pytest.raises(InvalidTransaction, match="round"):
+        process_rejection(pre, Rejection(2, PUB[5], "late"), 1)
+    with pytest.raises(InvalidTransaction, match="32 bytes"):
+        process_rejection(pre, Rejection(1, b"short", "bad key"), 1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Attestations
+
+
+def test_attestation(chain: list[LedgerState]) -> None:
+    state = chain[-1]
+    post = process_attestation(state, attest(state, 1, 1), 0)
+    assert post == dataclasses.replace(state, last_attested=MappingProxyType({PUB[1]: 1}))
+    post = process_attestation(post, attest(state, 1, 2), 0)
+    assert dict(post.last_attested) == {PUB[1]: 2}
+
+
+def test_invalid_attestation_unknown_block(chain: list[LedgerState]) -> None:
+    state = chain[-1]
+    with pytest.raises(InvalidTransaction, match="not this chain's block at height 1"):
+        process_attestation(state, attest(state, 1, 1, block_hash=chain[2].head_hash), 0)
+
+
+@pytest.mark.parametrize("height", [0, 3, -1])
+def test_invalid_attestation_height_out_of_range(chain: list[LedgerState], height: int) -> None:
+    state = chain[-1]
+    tx = attest(state, 1, height, block_hash=digest("anything"))
+    with pytest.raises(InvalidTransaction, match=r"attestable heights are 1\.\.2"):
+        process_attestation(state, tx, 0)
+
+
+def test_invalid_attestation_not_increasing(chain: list[LedgerState]) -> None:
+    state = chain[-1]
+    post = process_attestation(state, attest(state, 1, 2), 0)
+    for height in (1, 2):
+        with pytest.raises(InvalidTransaction, match="already attested height 2"):
+            process_attestation(post, attest(state, 1, height), 0)
+
+
+def test_invalid_attestation_by_non_validator(chain: list[LedgerState]) -> None:
+    state = chain[-1]
+    with pytest.raises(InvalidTransaction, match="not a validator"):
+        process_attestation(state, attest(state, 5, 1), 0)
+
+
+def test_invalid_attestation_bad_signature(chain: list[LedgerState]) -> None:
+    state = chain[-1]
+    tx = dataclasses.replace(attest(state, 1, 1), validator=PUB[2])
+    with pytest.raises(InvalidTransaction, match="bad signature"):
+        process_attestation(state, tx, 0)
+    wrong_federation = sign_attestation(
+        KEYS[1], OTHER_FEDERATION, height=1, block_hash=chain[1].head_hash
+    )
+    with pytest.raises(InvalidTransaction, match="bad signature"):
+        process_attestation(state, wrong_federation, 0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Dispatch
+
+
+def test_process_transaction_dispatches(pre: LedgerState) -> None:
+    tx = commit(pre, 1)
+    assert process_transaction(pre, tx, 1) == process_update_commitment(pre, tx, 1)
+
+
+def test_invalid_transaction_type(pre: LedgerState, genesis: Genesis) -> None:
+    with pytest.raises(InvalidTransaction, match="not a ledger transaction"):
+        process_transaction(pre, genesis, 0)  # type: ignore[arg-type]
+    with pytest.raises(InvalidTransaction, match="expected a Registration"):
+        process_registration(pre, commit(pre, 1), 1)
+    with pytest.raises(InvalidTransaction, match="Genesis may only appear in block 0"):
+        process_transactions(pre, [genesis], 0)  # type: ignore[list-item]
+
+
+# --------------------------------------------------------------------------------------------------
+# Blocks
+
+
+@pytest.fixture(scope="module")
+def history(pre: LedgerState) -> tuple[list[Block], list[LedgerState]]:
+    """Four blocks: a registration; round 1 commitments; round 1 model, scores, rewards;
+    round 2 commitments. Each later block carries attestations to its parent."""
+    blocks: list[Block] = []
+    states = [pre]
+
+    def add(transactions: list[Transaction], round: int) -> None:
+        block, state = propose(states[-1], transactions, round=round)
+        blocks.append(block)
+        states.append(state)
+
+    add([register(pre)], 0)
+    s = states[-1]
+    add([commit(s, i) for i in (1, 2, 3, 5)] + [attest(s, i, 1) for i in (1, 2, 3, 4)], 1)
+    s = states[-1]
+    hashes = tuple(sorted(update_hash(i, 1) for i in (1, 2, 5)))
+    add(
+        [
+            ModelVersion(1, MODEL_1, MODEL_0, hashes, "fedavg"),
+            ContributionRecord(1, by_key([(PUB[1], 500_000), (PUB[2], 300_000), (PUB[5], 0)])),
+            RewardDeltas(1, by_key([(PUB[1], 600), (PUB[2], 400), (PUB[3], -250)])),
+            Rejection(1, PUB[3], "update hash does not match the commitment"),
+            *[attest(s, i, 2) for i in (1, 2, 4, 5)],
+        ],
+        1,
+    )
+    s = states[-1]
+    add([commit(s, i, round=2) for i in (1, 2)] + [attest(s, i, 3) for i in (1, 2, 4)], 2)
+    return blocks, states
+
+
+def test_valid_chain(history: tuple[list[Block], list[LedgerState]]) -> None:
+    blocks, states = history
+    state = states[0]
+    for block, expected in zip(blocks, states[1:], strict=True):
+        state = process_block(state, decode(Block, encode(block)))
+        assert state == expected
+        assert state.head_hash == compute_block_hash(block)
+    assert (state.height, state.round, state.model_head, state.model_round) == (4, 2, MODEL_1, 1)
+    assert {i: participant(state, i).stake for i in (1, 2, 3, 4, 5)} == {
+        1: 700,
+        2: 600,
+        3: 50,
+        4: 400,
+        5: 150,
+    }
+    assert not participant(state, 3).active
+    assert dict(state.last_attested) == {PUB[1]: 3, PUB[2]: 3, PUB[3]: 1, PUB[4]: 3, PUB[5]: 2}
+    assert state.round_commits == {PUB[1], PUB[2]}
+    assert list(state.block_hashes) == [s.head_hash for s in states]
+    assert compute_block_hash(blocks[0]).hex() == KNOWN_BLOCK_1_HASH
+
+
+def test_block_at_a_later_attempt(pre: LedgerState) -> None:
+    attempt = next(a for a in range(1, 50) if get_proposer(pre, a) != get_proposer(pre, 0))
+    block, expected = build_block(pre, [], KEY_BY_PUBLIC[get_proposer(pre, attempt)], attempt)
+    assert process_block(pre, block) == expected
+
+
+def test_blocks_on_one_state_do_not_share_hashes(pre: LedgerState) -> None:
+    first_block, first = propose(pre)
+    second_block, second = propose(pre, round=1)
+    assert first.block_hashes.get(1) == compute_block_hash(first_block)
+    assert second.block_hashes.get(1) == compute_block_hash(second_block)
+    _, third = propose(first)
+    assert second.block_hashes.get(1) == compute_block_hash(second_block)
+    assert third.block_hashes.get(1) == compute_block_hash(first_block)
+    assert len(pre.block_hashes) == 1 and pre.block_hashes.get(1) is None
+
+
+def resigned(state: LedgerState, block: Block, signer: int | None = None, **changes: Any) -> Block:
+    header = dataclasses.replace(block.header, **changes)
+    key = KEY_BY_PUBLIC[header.proposer] if signer is None else KEYS[signer]
+    return Block(sign_header(key, state.genesis_hash, header), block.transactions)
+
+
+@pytest.fixture(scope="module")
+def block_1(pre: LedgerState) -> Block:
+    return propose(pre, [register(pre)])[0]
+
+
+def test_invalid_block_height(pre: LedgerState, block_1: Block) -> None:
+    with pytest.raises(InvalidBlock, match="height 2, expected 1"):
+        process_block(pre, resigned(pre, block_1, height=2))
+    state = process_block(pre, block_1)
+    with pytest.raises(InvalidBlock, match="height 1, expected 2"):
+        process_block(state, block_1)
+
+
+def test_invalid_block_parent(pre: LedgerState, block_1: Block) -> None:
+    with pytest.raises(InvalidBlock, match="is not the head"):
+        process_block(pre, resigned(pre, block_1, parent_hash=digest("elsewhere")))
+
+
+def test_invalid_block_round_going_back(history: tuple[list[Block], list[LedgerState]]) -> None:
+    blocks, states = history
+    with pytest.raises(InvalidBlock, match="round 0 is before the head's 1"):
+        process_block(states[3], resigned(states[3], blocks[3], round=0))
+
+
+def test_invalid_block_proposer_wrong_person(pre: LedgerState, block_1: Block) -> None:
+    impostor = next(i for i in STAKES if PUB[i] != block_1.header.proposer)
+    block = resigned(pre, block_1, signer=impostor, proposer=PUB[impostor])
+    with pytest.raises(InvalidBlock, match="was not drawn for attempt 0"):
+        process_block(pre, block)
+
+
+def test_invalid_block_proposer_wrong_attempt(pre: LedgerState, block_1: Block) -> None:
+    proposer = block_1.header.proposer
+    attempt = next(a for a in range(1, 50) if get_proposer(pre, a) != proposer)
+    with pytest.raises(InvalidBlock, match=f"was not drawn for attempt {attempt}"):
+        process_block(pre, resigned(pre, block_1, attempt=attempt))
+    with pytest.raises(InvalidBlock, match="attempt -1 is outside"):
+        process_block(pre, resigned(pre, block_1, attempt=-1))
+
+
+def test_invalid_block_proposer_signature(pre: LedgerState, block_1: Block) -> None:
+    other = next(i for i in STAKES if PUB[i] != block_1.header.proposer)
+    with pytest.raises(InvalidBlock, match="signature does not verify"):
+        process_block(pre, resigned(pre, block_1, signer=other))
+    unsigned = Block(SignedHeader(block_1.header, b""), block_1.transactions)
+    with pytest.raises(InvalidBlock, match="signature must be 64 bytes"):
+        process_block(pre, unsigned)
+
+
+def test_invalid_block_tx_root(pre: LedgerState, block_1: Block) -> None:
+    with pytest.raises(InvalidBlock, match="tx_root does not match"):
+        process_block(pre, dataclasses.replace(block_1, transactions=()))
+
+
+def test_invalid_block_state_root(pre: LedgerState, block_1: Block) -> None:
+    with pytest.raises(InvalidBlock, match="state_root does not match"):
+        process_block(pre, resigned(pre, block_1, state_root=compute_state_root(pre)))
+
+
+def test_invalid_block_with_invalid_transaction(pre: LedgerState, block_1: Block) -> None:
+    transactions = (commit(pre, 1, num_examples=REGISTERED_EXAMPLES + 1),)
+    block = resigned(pre, block_1, round=1, tx_root=compute_tx_root(transactions))
+    block = dataclasses.replace(block, transactions=transactions)
+    with pytest.raises(
+        InvalidBlock, match=r"block 1: transaction 0 \(UpdateCommitment\): commitment claims 101"
+    ):
+        process_block(pre, block)
+
+
+def test_invalid_block_carrying_genesis(pre: LedgerState, genesis: Genesis, block_1: Block) -> None:
+    block = resigned(pre, block_1, tx_root=compute_tx_root((genesis,)))
+    block = dataclasses.replace(block, transactions=(genesis,))
+    with pytest.raises(InvalidBlock, match="Genesis may only appear in block 0"):
+        process_block(pre, block)
+
+
+def test_invalid_block_not_a_block(pre: LedgerState, block_1: Block) -> None:
+    with pytest.raises(InvalidBlock, match="expected a Block"):
+        process_block(pre, block_1.signed_header)  # type: ignore[arg-type]
+
+
+def test_invalid_build_block_wrong_proposer(pre: LedgerState) -> None:
+    chosen = get_proposer(pre)
+    other = next(i for i in STAKES if PUB[i] != chosen)
+    with pytest.raises(InvalidBlock, match="not drawn to propose"):
+        build_block(pre, [], KEYS[other])
+
+
+def test_invalid_block_no_validators_left(chain: list[LedgerState]) -> None:
+    state = chain[-1]
+    everyone = RewardDeltas(0, by_key((PUB[i], -1_000) for i in STAKES))
+    post = process_reward_deltas(state, everyone, 0)
+    assert get_validators(post) == []
+    with pytest.raises(InvalidBlock, match="no validators left"):
+        process_block(post, propose(state)[0])
