@@ -7,8 +7,8 @@ and prints ``acked <height>`` (flushed) after each append has returned, i.e. aft
 The test kills this process with SIGKILL at an arbitrary point and checks that every acknowledged
 block survived and the chain is whole.
 
-The blocks are fake (random data, SHA-256 of the data as hash). For a cryptographic
-``fedchain verify`` of the crashed ledger, make :func:`make_next_block` build real blocks.
+The blocks are fake (random data, SHA-256 of the data as hash): this tests the store alone.
+``crash_chain_writer.py`` does the same with real signed blocks, checked by ``verify``.
 """
 
 from __future__ import annotations

@@ -1,0 +1,83 @@
+"""A ledger on disk with its current state: the I/O shell around the pure state transition.
+
+:class:`Chain` is what a coordinator holds. Appending a block first runs it through
+:func:`~fedchain.ledger.state.process_block` (so an invalid block never reaches the file) and
+then stores it in one SQLite transaction. Reopening replays the stored blocks from genesis, so a
+coordinator that crashed resumes exactly at the last block it appended, with a state it has
+re-verified rather than trusted.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fedchain.errors import LedgerStoreError
+from fedchain.ledger.codec import compute_hash, encode
+from fedchain.ledger.objects import Block, Genesis, compute_block_hash
+from fedchain.ledger.state import (
+    LedgerState,
+    compute_genesis_block,
+    process_block,
+    process_genesis_block,
+)
+from fedchain.ledger.store import LedgerStore, StoredBlock
+from fedchain.ledger.verify import verify_ledger
+
+
+def compute_stored_block(block: Block) -> StoredBlock:
+    """The row a block becomes: indexed header fields plus its canonical encoding."""
+    header = block.header
+    return StoredBlock(
+        height=header.height,
+        block_hash=compute_block_hash(header),
+        parent_hash=header.parent_hash,
+        round=header.round,
+        proposer=header.proposer,
+        data=encode(block),
+    )
+
+
+class Chain:
+    """An open ledger file and the state after its head block."""
+
+    def __init__(self, store: LedgerStore, state: LedgerState) -> None:
+        self.store = store
+        self.state = state
+
+    @classmethod
+    def create(cls, path: Path, genesis: Genesis) -> Chain:
+        """Start a new ledger file holding only the genesis block."""
+        block = compute_genesis_block(genesis)
+        state = process_genesis_block(block)
+        store = LedgerStore.create(Path(path), compute_hash(genesis), compute_stored_block(block))
+        return cls(store, state)
+
+    @classmethod
+    def open(cls, path: Path) -> Chain:
+        """Reopen a ledger for appending, resuming from the state its full verification ends in."""
+        report = verify_ledger(Path(path))
+        if not report.ok or report.state is None:
+            raise LedgerStoreError(
+                f"{path}: cannot resume a ledger that fails verification: {report.failure}"
+            )
+        store = LedgerStore.open(Path(path))
+        if store.head().block_hash != report.head_hash:
+            store.close()
+            raise LedgerStoreError(f"{path}: the ledger changed while it was being verified")
+        return cls(store, report.state)
+
+    def append(self, block: Block) -> LedgerState:
+        """Validate ``block`` against the head, store it durably, and advance the state."""
+        state = process_block(self.state, block)
+        self.store.append(compute_stored_block(block))
+        self.state = state
+        return state
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> Chain:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

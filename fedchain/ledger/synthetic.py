@@ -1,0 +1,130 @@
+"""Synthetic federations: valid, fully signed ledgers of any size, for tests and benchmarks.
+
+Keys and update hashes derive from a seed, so the same arguments give the same ledger bytes.
+Each round every committing participant signs an update commitment, the round's model version
+aggregates them, the reward pool is split evenly among them (remainder to the smallest keys),
+and every active validator attests to the previous block (as clients do in their replies).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from fedchain.identity import public_key_bytes
+from fedchain.ledger.builder import (
+    build_block,
+    make_genesis,
+    make_rules,
+    sign_attestation,
+    sign_commitment,
+)
+from fedchain.ledger.chain import Chain
+from fedchain.ledger.consensus import get_proposer
+from fedchain.ledger.objects import (
+    Block,
+    GenesisParticipant,
+    ModelVersion,
+    RewardDeltas,
+    Rules,
+    Transaction,
+)
+from fedchain.ledger.state import LedgerState
+
+
+def derive_key(seed: int, index: int) -> Ed25519PrivateKey:
+    """A deterministic identity: never for real use, only for reproducible synthetic ledgers."""
+    material = hashlib.sha256(f"fedchain/synthetic/{seed}/{index}".encode()).digest()
+    return Ed25519PrivateKey.from_private_bytes(material)
+
+
+def _digest(*parts: object) -> bytes:
+    return hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+
+
+class SyntheticFederation:
+    """A federation of ``participants`` equal-stake clients and the blocks it produces."""
+
+    def __init__(
+        self,
+        participants: int,
+        *,
+        seed: int = 0,
+        stake: int = 10_000,
+        num_examples: int = 100,
+        run_id: str = "synthetic",
+        rules: Rules | None = None,
+    ) -> None:
+        self.seed = seed
+        self.keys = [derive_key(seed, i) for i in range(participants)]
+        self.by_public = {public_key_bytes(k): k for k in self.keys}
+        self.num_examples = num_examples
+        self.genesis = make_genesis(
+            run_id,
+            [
+                GenesisParticipant(
+                    public_key_bytes(k), stake, _digest(seed, "data", i), num_examples
+                )
+                for i, k in enumerate(self.keys)
+            ],
+            initial_model_hash=_digest(seed, "model", 0),
+            rules=rules or make_rules(),
+        )
+
+    def make_round(
+        self, state: LedgerState, committers: int | None = None, attest: bool = True
+    ) -> tuple[Block, LedgerState]:
+        """The next round's block on top of ``state`` (which it does not change)."""
+        round_ = state.round + 1
+        run_id, genesis_hash = self.genesis.run_id, state.genesis_hash
+        active = [k for k in self.keys if state.participants[public_key_bytes(k)].active]
+        chosen = active[: len(active) if committers is None else committers]
+        txs: list[Transaction] = []
+        if attest and state.height >= 1:
+            txs += [
+                sign_attestation(k, genesis_hash, height=state.height, block_hash=state.head_hash)
+                for k in active
+            ]
+        commits = [
+            sign_commitment(
+                k,
+                genesis_hash,
+                run_id=run_id,
+                round=round_,
+                base_model_hash=state.model_head,
+                update_hash=_digest(self.seed, "update", round_, i),
+                num_examples=self.num_examples,
+            )
+            for i, k in enumerate(chosen)
+        ]
+        txs += commits
+        if commits:
+            update_hashes = tuple(sorted(c.update_hash for c in commits))
+            model = _digest(self.seed, "model", round_)
+            rule = self.genesis.rules.aggregation_rule
+            txs.append(ModelVersion(round_, model, state.model_head, update_hashes, rule))
+            txs.append(
+                RewardDeltas(round_, _even_split(self.genesis.rules.reward_per_round, commits))
+            )
+        proposer = self.by_public[get_proposer(state)]
+        return build_block(state, txs, proposer, round=round_)
+
+
+def _even_split(pool: int, commits: list) -> tuple[tuple[bytes, int], ...]:  # type: ignore[type-arg]
+    keys = sorted(c.public_key for c in commits)
+    share, extra = divmod(pool, len(keys))
+    return tuple((key, share + (i < extra)) for i, key in enumerate(keys))
+
+
+def write_synthetic_ledger(
+    path: Path, participants: int, rounds: int, *, committers: int | None = None, seed: int = 0
+) -> SyntheticFederation:
+    """Create a ledger file at ``path`` holding genesis plus ``rounds`` round blocks."""
+    federation = SyntheticFederation(participants, seed=seed)
+    with Chain.create(path, federation.genesis) as chain:
+        for _ in range(rounds):
+            block, _ = federation.make_round(chain.state, committers)
+            chain.append(block)
+    return federation
