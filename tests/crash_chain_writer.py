@@ -23,8 +23,8 @@ def main(path: Path, rounds: int) -> None:
     chain = Chain.open(path) if path.exists() else Chain.create(path, federation.genesis)
     with chain:
         for _ in range(rounds):
-            block, _ = federation.make_round(chain.state)
-            chain.append(block)
+            block, state = federation.make_round(chain.state)
+            chain.append(block, state)
             print(f"acked {block.header.height}", flush=True)
 
 

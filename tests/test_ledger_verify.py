@@ -206,7 +206,10 @@ def test_chain_resumes_from_head_and_refuses_invalid_blocks(tmp_path):
             chain.append(stale)  # no longer extends the head: refused, nothing stored
     with Chain.open(path) as chain:
         assert chain.state.height == 4 and chain.state.head_hash == head
-        chain.append(federation.make_round(chain.state)[0])
+        block, state = federation.make_round(chain.state)
+        with pytest.raises(InvalidBlock, match="do not extend"):
+            chain.append(block, federation.make_round(state)[1])  # a state from elsewhere
+        chain.append(block, state)
     assert verify_ledger(path).blocks == 6
 
 

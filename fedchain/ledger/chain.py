@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fedchain.errors import LedgerStoreError
+from fedchain.errors import InvalidBlock, LedgerStoreError
 from fedchain.ledger.codec import compute_hash, encode
 from fedchain.ledger.objects import Block, Genesis, compute_block_hash
 from fedchain.ledger.state import (
@@ -66,12 +66,24 @@ class Chain:
             raise LedgerStoreError(f"{path}: the ledger changed while it was being verified")
         return cls(store, report.state)
 
-    def append(self, block: Block) -> LedgerState:
-        """Validate ``block`` against the head, store it durably, and advance the state."""
-        state = process_block(self.state, block)
+    def append(self, block: Block, post_state: LedgerState | None = None) -> LedgerState:
+        """Validate ``block`` against the head, store it durably, and advance the state.
+
+        ``post_state`` is the state :func:`~fedchain.ledger.builder.build_block` returned with
+        ``block`` when this process built it from ``self.state``: that already ran every check,
+        so it is not run twice. A block from elsewhere is always fully processed.
+        """
+        if post_state is None:
+            post_state = process_block(self.state, block)
+        elif (
+            block.header.parent_hash != self.state.head_hash
+            or post_state.head_hash != compute_block_hash(block)
+            or post_state.height != self.state.height + 1
+        ):
+            raise InvalidBlock("the block and state given do not extend this chain's head")
         self.store.append(compute_stored_block(block))
-        self.state = state
-        return state
+        self.state = post_state
+        return post_state
 
     def close(self) -> None:
         self.store.close()

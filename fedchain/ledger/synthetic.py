@@ -125,6 +125,5 @@ def write_synthetic_ledger(
     federation = SyntheticFederation(participants, seed=seed)
     with Chain.create(path, federation.genesis) as chain:
         for _ in range(rounds):
-            block, _ = federation.make_round(chain.state, committers)
-            chain.append(block)
+            chain.append(*federation.make_round(chain.state, committers))
     return federation
