@@ -20,9 +20,11 @@ import dataclasses
 import functools
 import hashlib
 import itertools
+import os
 import struct
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, ClassVar
@@ -532,6 +534,7 @@ class _Working:
         "new_keys",
         "participants",
         "pre",
+        "preverified",
         "round",
         "round_commits",
         "round_rewards_paid",
@@ -545,6 +548,7 @@ class _Working:
             )
         self.pre = state
         self.round = block_round
+        self.preverified: frozenset[int] = frozenset()  # ids of txs whose signature verified
         self.participants = dict(state.participants)
         self.new_keys = False
         self.last_attested = dict(state.last_attested)
@@ -584,6 +588,7 @@ def _apply_all(
 ) -> LedgerState:
     """Apply ``transactions`` to one working copy (``encodings``: theirs, if already made)."""
     work = _Working(state, block_round)
+    work.preverified = _preverify_signatures(state.genesis_hash, transactions, encodings)
     for index, tx in enumerate(transactions):
         apply = _APPLY.get(type(tx))
         try:
@@ -843,6 +848,8 @@ def _check_signature(
             f"bad signature on the {what}: key and signature must be {PUBLIC_KEY_SIZE} and "
             f"{SIGNATURE_SIZE} bytes, got {len(public_key)} and {len(obj.signature)}"
         )
+    if id(obj) in work.preverified:
+        return
     domain = SIGNING_DOMAINS[type(obj)]
     root = compute_signing_root(domain, signing_message(obj, encoding), work.pre.genesis_hash)
     try:
@@ -852,6 +859,81 @@ def _check_signature(
             f"bad signature on the {what}: it does not verify for key {_short(public_key)} "
             f"in this federation"
         ) from None
+
+
+# --------------------------------------------------------------------------------------------------
+# Signatures of a whole block, checked up front on several threads
+
+_SIGNERS: dict[type, str] = {
+    Registration: "public_key",
+    UpdateCommitment: "public_key",
+    Attestation: "validator",
+}
+_signature_threads = max(1, min(4, os.cpu_count() or 1))
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def configure_signature_threads(threads: int) -> None:
+    """Set how many threads check a block's signatures (default: cores, at most 4).
+
+    ``cryptography`` releases the GIL while it verifies Ed25519, so a block's independent
+    signatures check in parallel. Results do not depend on the setting: each transaction's
+    signature is still accepted or refused exactly as :func:`_check_signature` would.
+    """
+    global _signature_threads, _pool
+    if type(threads) is not int or threads < 1:
+        raise ValueError("threads must be a positive integer")
+    with _pool_lock:
+        _signature_threads = threads
+        if _pool is not None:
+            _pool.shutdown(wait=False)
+            _pool = None
+
+
+def _preverify_signatures(
+    genesis_hash: Hash32,
+    transactions: Sequence[BlockTransaction],
+    encodings: Sequence[bytes] | None,
+) -> frozenset[int]:
+    """Ids of the signed transactions whose signature verifies (the rest are checked, and
+    refused with their message, in order, by the transaction's own processing)."""
+    jobs: list[tuple[int, bytes, bytes, bytes]] = []
+    for index, tx in enumerate(transactions):
+        field = _SIGNERS.get(type(tx))
+        if field is None:
+            continue
+        key, signature = getattr(tx, field), tx.signature  # type: ignore[union-attr]
+        if len(key) != PUBLIC_KEY_SIZE or len(signature) != SIGNATURE_SIZE:
+            continue
+        encoding = None if encodings is None else encodings[index]
+        message = signing_message(tx, encoding)  # type: ignore[arg-type]
+        root = compute_signing_root(SIGNING_DOMAINS[type(tx)], message, genesis_hash)
+        jobs.append((id(tx), key, signature, root))
+    threads = _signature_threads
+    if threads == 1 or len(jobs) < 32:
+        return frozenset(_verify_jobs(jobs))
+    chunks = [jobs[i::threads] for i in range(threads)]
+    return frozenset(itertools.chain.from_iterable(_get_pool().map(_verify_jobs, chunks)))
+
+
+def _verify_jobs(jobs: Sequence[tuple[int, bytes, bytes, bytes]]) -> list[int]:
+    verified = []
+    for tx_id, key, signature, root in jobs:
+        try:
+            _load_public_key(key).verify(signature, root)
+        except (InvalidSignature, ValueError):
+            continue
+        verified.append(tx_id)
+    return verified
+
+
+def _get_pool() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(_signature_threads, thread_name_prefix="fedchain-sig")
+        return _pool
 
 
 @functools.lru_cache(maxsize=4096)
