@@ -66,3 +66,10 @@ class InvalidBlock(LedgerError):
 
 class LedgerStoreError(LedgerError):
     """The ledger store cannot be opened, read or appended to (missing, damaged, out of order)."""
+
+
+class RegistryError(FedchainError):
+    """A run's model files cannot be saved, found, read, or do not match their registered hash.
+
+    The message names the file (or the model asked for) and what is wrong with it.
+    """

@@ -1,9 +1,14 @@
-"""``fedchain verify`` and ``fedchain ledger show``: re-check and read a run's ledger."""
+"""``fedchain verify`` and ``fedchain ledger show``: re-check and read a run's ledger.
+
+Given a run directory, ``verify`` also checks the model files against the verified ledger
+(:func:`fedchain.registry.check_model_files`); given a bare ledger file, it checks the ledger only.
+"""
 
 from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
 
@@ -18,30 +23,85 @@ from fedchain.ledger.objects import Block
 from fedchain.ledger.show import block_to_json, describe_transaction
 from fedchain.ledger.store import LedgerStore, open_ledger_path
 from fedchain.ledger.verify import VerifyReport, verify_ledger
+from fedchain.registry import (
+    MODELS_DIRNAME,
+    check_model_files,
+    find_unregistered_files,
+    get_registered_hashes,
+)
 
 app = make_app("Read a ledger: list its blocks and transactions.")
 
 PathArg = Annotated[Path, typer.Argument(help="A ledger file (ledger.db) or a run directory.")]
 
 
+@dataclass
+class _ModelsVerdict:
+    """The model files' part of ``verify``: its summary row, problems (fail) and warnings."""
+
+    row: str
+    checked: bool = False
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
 def verify(path: PathArg) -> None:
-    """Re-check a ledger from genesis: hash chain, signatures, proposers, state, finality."""
+    """Re-check a ledger from genesis: hash chain, signatures, proposers, state, finality.
+
+    Given a run directory, also check that every registered model's file is there and holds
+    that model, and that the model lineage is unbroken.
+    """
     with Progress(
-        TextColumn("verifying"), BarColumn(), MofNCompleteColumn(), console=console, transient=True
+        TextColumn("verifying {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=console,
+        transient=True,
     ) as progress:
-        task = progress.add_task("verify", total=None)
+        task = progress.add_task("ledger", total=None)
 
         def on_block(height: int, head: int) -> None:
             if height % 16 == 0 or height == head:
                 progress.update(task, completed=height + 1, total=head + 1)
 
         report = verify_ledger(path, on_block=on_block)
-    _print_report(report)
-    if not report.ok:
+        models = _check_models(path, report, progress)
+    _print_report(report, models)
+    if not report.ok or models.problems:
         raise typer.Exit(1)
 
 
-def _print_report(report: VerifyReport) -> None:
+def _check_models(path: Path, report: VerifyReport, progress: Progress) -> _ModelsVerdict:
+    if not path.is_dir():
+        return _ModelsVerdict("not checked (ledger file only)")
+    if not report.ok:
+        return _ModelsVerdict("not checked (the ledger did not verify)")
+    task = progress.add_task("models", total=None)
+
+    def on_file(done: int, total: int) -> None:
+        progress.update(task, completed=done, total=total)
+
+    problems = check_model_files(path, report, on_file=on_file)
+    count = len(get_registered_hashes(report))
+    unregistered = find_unregistered_files(path, report)
+    warnings = (
+        [
+            f"{len(unregistered)} file(s) in {path / MODELS_DIRNAME} that no block registers "
+            "(ignored; e.g. saved just before a crash): "
+            + ", ".join(p.name for p in unregistered[:3])
+            + (", …" if len(unregistered) > 3 else "")
+        ]
+        if unregistered
+        else []
+    )
+    if problems:
+        row = f"{len(problems)} problem(s) with {count} registered model files"
+    else:
+        row = f"{count} model files match their registered hashes and lineage"
+    return _ModelsVerdict(row, checked=True, problems=problems, warnings=warnings)
+
+
+def _print_report(report: VerifyReport, models: _ModelsVerdict) -> None:
     table = Table(show_header=False, title=f"ledger {report.path}")
     table.add_column(style="bold")
     table.add_column()
@@ -68,15 +128,24 @@ def _print_report(report: VerifyReport) -> None:
         ]
         if report.retried_proposals:
             rows.append(("proposer retries", f"{report.retried_proposals} blocks with attempt > 0"))
+        rows.append(("models", models.row))
         for name, value in rows:
             table.add_row(name, value)
         console.print(table)
-    if report.ok:
+    for warning in models.warnings:
+        console.print(f"[bold yellow]warning[/] {warning}")
+    if not report.ok:
+        console.print(f"[bold red]FAILED[/] {report.failure}")
+    elif models.problems:
+        console.print(f"[bold red]FAILED[/] {models.problems[0]}")
+        for problem in models.problems[1:]:
+            console.print(f"  also: {problem}")
+    else:
+        checked = ", and every model file" if models.checked else ""
         console.print(
             "[bold green]verified[/]: every block, signature and state transition checks out"
+            + checked
         )
-    else:
-        console.print(f"[bold red]FAILED[/] {report.failure}")
 
 
 @app.command()

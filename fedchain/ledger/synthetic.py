@@ -1,6 +1,8 @@
 """Synthetic federations: valid, fully signed ledgers of any size, for tests and benchmarks.
 
 Keys and update hashes derive from a seed, so the same arguments give the same ledger bytes.
+Model hashes derive from it too, unless real ones are given (``initial_model_hash``,
+``make_round(model_hash=...)``): tests of the model registry register models saved on disk.
 Each round every committing participant signs an update commitment, the round's model version
 aggregates them, the reward pool is split evenly among them (remainder to the smallest keys),
 and every active validator attests to the previous block (as clients do in their replies).
@@ -13,6 +15,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from fedchain.errors import ConfigError
 from fedchain.identity import public_key_bytes
 from fedchain.ledger.builder import (
     build_block,
@@ -56,6 +59,7 @@ class SyntheticFederation:
         num_examples: int = 100,
         run_id: str = "synthetic",
         rules: Rules | None = None,
+        initial_model_hash: bytes | None = None,
     ) -> None:
         self.seed = seed
         self.keys = [derive_key(seed, i) for i in range(participants)]
@@ -69,14 +73,25 @@ class SyntheticFederation:
                 )
                 for i, k in enumerate(self.keys)
             ],
-            initial_model_hash=_digest(seed, "model", 0),
+            initial_model_hash=(
+                _digest(seed, "model", 0) if initial_model_hash is None else initial_model_hash
+            ),
             rules=rules or make_rules(),
         )
 
     def make_round(
-        self, state: LedgerState, committers: int | None = None, attest: bool = True
+        self,
+        state: LedgerState,
+        committers: int | None = None,
+        attest: bool = True,
+        *,
+        model_hash: bytes | None = None,
     ) -> tuple[Block, LedgerState]:
-        """The next round's block on top of ``state`` (which it does not change)."""
+        """The next round's block on top of ``state`` (which it does not change).
+
+        ``model_hash`` is the round's new global model (default: a digest of seed and round); a
+        round without commitments registers no model, so it then must be None.
+        """
         round_ = state.round + 1
         run_id, genesis_hash = self.genesis.run_id, state.genesis_hash
         active = [k for k in self.keys if state.participants[public_key_bytes(k)].active]
@@ -100,9 +115,11 @@ class SyntheticFederation:
             for i, k in enumerate(chosen)
         ]
         txs += commits
+        if model_hash is not None and not commits:
+            raise ConfigError(f"round {round_} has no commitments, so it registers no model")
         if commits:
             update_hashes = tuple(sorted(c.update_hash for c in commits))
-            model = _digest(self.seed, "model", round_)
+            model = _digest(self.seed, "model", round_) if model_hash is None else model_hash
             rule = self.genesis.rules.aggregation_rule
             txs.append(ModelVersion(round_, model, state.model_head, update_hashes, rule))
             txs.append(

@@ -7,6 +7,10 @@ transition that built it (:func:`fedchain.ledger.state.process_block`: hash chai
 choice, header and transaction signatures, every transaction's checks, transaction and state
 roots). Finality is then recomputed from the attestations on the chain. The first failure stops
 the replay and is reported with its height, since nothing after a bad block can be trusted.
+
+The same pass collects the registered model versions (with the heights of the blocks that carry
+them) and the genesis initial model hash, so the model registry (:mod:`fedchain.registry`) can
+check a run's model files without reading the ledger a second time.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from fedchain.ledger.objects import (
     Block,
     Genesis,
     HeaderPair,
+    ModelVersion,
     PublicKey,
     SlashingEvidence,
     compute_block_hash,
@@ -59,6 +64,9 @@ class VerifyReport:
     head_hash: bytes = b""
     final_height: int = 0
     model_head: bytes = b""
+    initial_model_hash: bytes = b""  # the genesis model (round 0)
+    model_versions: tuple[tuple[int, ModelVersion], ...] = ()
+    """``(height, model version)`` of every verified block's ModelVersion, in chain order."""
     rounds: int = 0
     tx_counts: Mapping[str, int] = field(default_factory=dict)
     signatures: int = 0
@@ -89,6 +97,7 @@ class _Replay:
         self.signatures = 0
         self.retried = 0
         self.blocks = 0
+        self.model_versions: list[tuple[int, ModelVersion]] = []
 
     def apply(self, stored: StoredBlock, genesis_hash: bytes) -> None:
         block = decode(Block, stored.data)
@@ -107,10 +116,12 @@ class _Replay:
             self.state = process_block(self.state, block)
             self.signatures += 1
             self.retried += block.header.attempt > 0
-        for tx in block.transactions:
+        for tx in block.transactions:  # the block is valid: record what it carries
             kind = type(tx).__name__
             self.tx_counts[kind] += 1
             self.signatures += _count_signatures(tx)
+            if isinstance(tx, ModelVersion):
+                self.model_versions.append((stored.height, tx))
         self.blocks += 1
 
 
@@ -184,6 +195,8 @@ def _report(
         head_hash=state.head_hash,
         final_height=final,
         model_head=state.model_head,
+        initial_model_hash=state.genesis.initial_model_hash,
+        model_versions=tuple(replay.model_versions),
         rounds=state.round,
         tx_counts=dict(sorted(replay.tx_counts.items())),
         signatures=replay.signatures,

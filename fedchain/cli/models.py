@@ -1,0 +1,148 @@
+"""``fedchain models list`` and ``fedchain models show``: a run's registered global models.
+
+Both verify the run's ledger first (the registry's index is the verified ledger, see
+:mod:`fedchain.registry`), so a ledger that fails verification is refused here too.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from fedchain.cli.common import console, make_app
+from fedchain.registry import (
+    ModelEntry,
+    find_model,
+    get_lineage,
+    list_models,
+    load_model,
+)
+
+app = make_app("Read a run's registered global models: list them, show one.")
+
+RunDirArg = Annotated[Path, typer.Argument(help="A run directory (holding ledger.db and models/).")]
+HASH_PREFIX_CHARS = 16
+
+
+def _short(model_hash: bytes | None) -> str:
+    return "-" if model_hash is None else model_hash.hex()[:HASH_PREFIX_CHARS]
+
+
+def _entry_to_json(entry: ModelEntry) -> dict[str, Any]:
+    return {
+        "round": entry.round,
+        "height": entry.height,
+        "model_hash": entry.model_hash.hex(),
+        "parent_hash": None if entry.parent_hash is None else entry.parent_hash.hex(),
+        "rule": entry.rule,
+        "num_updates": entry.num_updates,
+        "file": str(entry.path),
+        "file_present": entry.file_present,
+    }
+
+
+def _load_entries(run_dir: Path, quiet: bool) -> list[ModelEntry]:
+    if quiet:
+        return list_models(run_dir)
+    with console.status("verifying the ledger"):
+        return list_models(run_dir)
+
+
+@app.command("list")
+def list_(
+    run_dir: RunDirArg,
+    as_json: Annotated[bool, typer.Option("--json", help="A JSON array of models.")] = False,
+) -> None:
+    """List the registered models in round order, the initial model first.
+
+    The file column says whether each model's file is there; `fedchain verify RUN_DIR` also
+    checks that it holds the registered model.
+    """
+    entries = _load_entries(run_dir, quiet=as_json)
+    if as_json:
+        print(json.dumps([_entry_to_json(e) for e in entries], indent=2))
+        return
+    table = Table(title=f"models of {run_dir}")
+    for column in ("round", "height"):
+        table.add_column(column, justify="right")
+    table.add_column("hash")
+    table.add_column("parent")
+    table.add_column("rule")
+    table.add_column("updates", justify="right")
+    table.add_column("file")
+    for e in entries:
+        table.add_row(
+            str(e.round),
+            str(e.height),
+            _short(e.model_hash),
+            _short(e.parent_hash),
+            e.rule or "(initial)",
+            str(e.num_updates),
+            "ok" if e.file_present else "[bold red]missing[/]",
+        )
+    console.print(table)
+
+
+@app.command()
+def show(
+    run_dir: RunDirArg,
+    model: Annotated[
+        str, typer.Argument(help="A round number, or at least 4 hex characters of the hash.")
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON document.")] = False,
+) -> None:
+    """Show one model: its lineage back to the initial model and its tensors.
+
+    The file is loaded and hashed again, so what is shown is the registered model.
+    """
+    entries = _load_entries(run_dir, quiet=as_json)
+    entry = find_model(entries, model)
+    lineage = get_lineage(entries, entry)
+    arrays = load_model(run_dir, entry.model_hash)  # RegistryError naming the file if bad
+    tensors = [
+        (name, tuple(a.shape), str(a.dtype), int(a.size)) for name, a in sorted(arrays.items())
+    ]
+    total = sum(size for *_, size in tensors)
+    file_size = entry.path.stat().st_size
+    if as_json:
+        document = _entry_to_json(entry) | {
+            "file_size": file_size,
+            "parameters": total,
+            "lineage": [e.model_hash.hex() for e in lineage],
+            "tensors": [
+                {"name": n, "shape": list(s), "dtype": d, "parameters": p} for n, s, d, p in tensors
+            ],
+        }
+        print(json.dumps(document, indent=2))
+        return
+    _print_entry(entry, file_size)
+    _print_lineage(lineage)
+    table = Table(title=f"{len(tensors)} tensors, {total:,} parameters")
+    table.add_column("name")
+    table.add_column("shape")
+    table.add_column("dtype")
+    table.add_column("parameters", justify="right")
+    for name, shape, dtype, size in tensors:
+        table.add_row(name, " x ".join(map(str, shape)) or "scalar", dtype, f"{size:,}")
+    console.print(table)
+
+
+def _print_entry(entry: ModelEntry, file_size: int) -> None:
+    kind = "initial model" if entry.is_initial else f"model of round {entry.round}"
+    console.print(f"[bold]{kind}[/] (block {entry.height})")
+    console.print(f"  hash     {entry.model_hash.hex()}")
+    if entry.parent_hash is not None:
+        console.print(f"  parent   {entry.parent_hash.hex()}")
+        console.print(f"  rule     {entry.rule}, {entry.num_updates} updates")
+    console.print(f"  file     {entry.path} ({file_size:,} bytes, hash verified)", soft_wrap=True)
+
+
+def _print_lineage(lineage: list[ModelEntry]) -> None:
+    console.print("[bold]lineage[/] (newest first)")
+    for e in lineage:
+        what = "initial model" if e.is_initial else f"{e.rule}, {e.num_updates} updates"
+        console.print(f"  round {e.round:>4}  block {e.height:>4}  {_short(e.model_hash)}  {what}")
