@@ -1,0 +1,684 @@
+"""Tests for fedchain.aggregation: weight formulas, the cap, every rule, attacks, refusals."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+
+from fedchain.aggregation import (
+    RULES,
+    AggregationResult,
+    RuleParams,
+    aggregate,
+    apply_weight_cap,
+    compute_krum_scores,
+    compute_weights,
+)
+from fedchain.errors import ConfigError
+
+Update = dict[str, np.ndarray]
+ROBUST = ("median", "trimmed-mean", "multi-krum")
+
+
+def weights_for(
+    rule: str,
+    examples: list[int],
+    stakes: list[int] | None = None,
+    reputations: list[int] | None = None,
+    **params: Any,
+) -> np.ndarray:
+    n = len(examples)
+    return compute_weights(
+        rule,
+        examples=examples,
+        stakes=stakes if stakes is not None else [1] * n,
+        reputations=reputations if reputations is not None else [10_000] * n,
+        params=RuleParams(**params),
+    )
+
+
+def scalar_updates(values: list[float], dtype: Any = np.float32) -> list[Update]:
+    """One single-element tensor per client: easy hand-checked robust statistics."""
+    return [{"x": np.array([v], dtype=dtype)} for v in values]
+
+
+def random_updates(rng: np.random.Generator, n: int, *, big: int = 300_007) -> list[Update]:
+    """Several tensors and dtypes; by default one crossing the internal 2**18-element block."""
+    updates = []
+    for _ in range(n):
+        updates.append(
+            {
+                "conv.weight": rng.standard_normal((8, 3, 3, 3), dtype=np.float32),
+                "big": rng.standard_normal(big, dtype=np.float32),
+                "bias": rng.standard_normal(5, dtype=np.float32),
+                "scalar": np.array(rng.standard_normal(), dtype=np.float32),
+                "empty": np.zeros((0, 4), dtype=np.float32),
+                "double": rng.standard_normal((20, 30)),
+                "double_big": rng.standard_normal(9_000),
+                "half": rng.standard_normal(50).astype(np.float16),
+                "num_batches_tracked": np.array(rng.integers(0, 1_000), dtype=np.int64),
+                "counts": rng.integers(-50, 50, size=(4, 4)).astype(np.int32),
+                "pixels": rng.integers(0, 256, size=17).astype(np.uint8),
+                "mask": rng.random(33) > 0.5,
+            }
+        )
+    return updates
+
+
+def naive_average(updates: list[Update], weights: np.ndarray, name: str) -> np.ndarray:
+    stacked = np.stack([u[name].astype(np.float64) for u in updates])
+    return np.average(stacked, axis=0, weights=weights)
+
+
+# --------------------------------------------------------------------------------------------------
+# Weights
+
+
+def test_fedavg_weights_are_proportional_to_examples() -> None:
+    w = weights_for("fedavg", [10, 30, 60], stakes=[5, 0, 1])
+    assert w.dtype == np.float64
+    assert w.tolist() == [0.1, 0.3, 0.6]  # stake ignored, even a zero stake
+
+
+def test_stake_weights_are_proportional_to_stake() -> None:
+    assert weights_for("stake", [1, 1, 1], stakes=[1, 3, 0]).tolist() == [0.25, 0.75, 0.0]
+
+
+@pytest.mark.parametrize(
+    ("beta", "expected"),
+    [(1.0, [2 / 3, 1 / 3]), (2.0, [8 / 9, 1 / 9]), (0.5, [0.5, 0.5]), (0.0, [1 / 3, 2 / 3])],
+)
+def test_examples_stake_weights(beta: float, expected: list[float]) -> None:
+    # 100 * 4**beta : 200 * 1**beta
+    w = weights_for("examples-stake", [100, 200], stakes=[4, 1], beta=beta)
+    np.testing.assert_allclose(w, expected, rtol=1e-15)
+
+
+def test_reputation_weights_multiply_by_trust() -> None:
+    w = weights_for(
+        "reputation", [100, 100, 100], stakes=[1, 1, 2], reputations=[10_000, 5_000, 2_500]
+    )
+    assert w.tolist() == [0.5, 0.25, 0.25]  # 1 : 0.5 : 2 * 0.25
+
+
+def test_reputation_zero_means_zero_weight() -> None:
+    w = weights_for("reputation", [10, 10], stakes=[1, 1], reputations=[0, 10_000])
+    assert w.tolist() == [0.0, 1.0]
+
+
+@pytest.mark.parametrize("rule", ["median", "trimmed-mean", "multi-krum"])
+def test_robust_rules_use_examples_stake_weights(rule: str) -> None:
+    args: dict[str, Any] = {"examples": [10, 20, 30], "stakes": [3, 2, 1], "beta": 1.5}
+    np.testing.assert_array_equal(weights_for(rule, **args), weights_for("examples-stake", **args))
+
+
+@pytest.mark.parametrize("rule", ["stake", "examples-stake", "reputation", "median"])
+@pytest.mark.parametrize("beta", [0.0, 0.5, 1.0, 2.0])
+def test_zero_stake_gets_zero_weight(rule: str, beta: float) -> None:
+    w = weights_for(rule, [50, 50, 50], stakes=[0, 7, 3], beta=beta)
+    assert w[0] == 0.0
+    assert w[1] > 0 and w[2] > 0
+    assert math.isclose(w.sum(), 1.0, rel_tol=1e-15)
+
+
+def test_huge_stakes_do_not_overflow() -> None:
+    w = weights_for("examples-stake", [1, 1], stakes=[3 * 10**200, 10**200], beta=2.0)
+    np.testing.assert_allclose(w, [0.9, 0.1], rtol=1e-15)
+    w = weights_for("examples-stake", [1, 1], stakes=[4 * 10**300, 10**300], beta=0.5)
+    np.testing.assert_allclose(w, [2 / 3, 1 / 3], rtol=1e-14)
+
+
+def test_integral_beta_weights_are_exact() -> None:
+    # every weight is one correctly rounded division of exact integers
+    w = weights_for("examples-stake", [3, 5, 7], stakes=[11, 13, 17], beta=3.0)
+    raw = [3 * 11**3, 5 * 13**3, 7 * 17**3]
+    assert w.tolist() == [r / sum(raw) for r in raw]
+
+
+def test_large_beta_uses_floats_without_blowing_up() -> None:
+    w = weights_for("examples-stake", [1, 1], stakes=[2 * 10**40, 10**40], beta=1e18)
+    assert w.tolist() == [1.0, 0.0]
+    w = weights_for("examples-stake", [1, 1], stakes=[2, 1], beta=20.0)
+    np.testing.assert_allclose(w, [2**20 / (2**20 + 1), 1 / (2**20 + 1)], rtol=1e-14)
+
+
+def test_weights_accept_numpy_integers() -> None:
+    w = compute_weights(
+        "examples-stake",
+        examples=np.array([1, 3]),
+        stakes=np.array([2, 2], dtype=np.uint64),
+        reputations=[10_000, 10_000],
+    )
+    assert w.tolist() == [0.25, 0.75]
+
+
+def test_cap_applies_inside_compute_weights() -> None:
+    w = weights_for("fedavg", [60, 30, 10], cap=0.4)
+    np.testing.assert_allclose(w, [0.4, 0.4, 0.2], rtol=1e-15)
+
+
+# --------------------------------------------------------------------------------------------------
+# Weight cap (water-filling)
+
+
+def test_cap_redistributes_excess_proportionally() -> None:
+    w = apply_weight_cap([0.5, 0.2, 0.2, 0.1], 0.4)
+    np.testing.assert_allclose(w, [0.4, 0.24, 0.24, 0.12], rtol=1e-15)
+
+
+def test_cap_cascades_when_redistribution_pushes_others_over() -> None:
+    # 0.6 -> 0.4 gives 0.2 to the others 3:1, lifting 0.3 to 0.45 > cap: it is capped too
+    w = apply_weight_cap([0.6, 0.3, 0.1], 0.4)
+    np.testing.assert_allclose(w, [0.4, 0.4, 0.2], rtol=1e-15)
+
+
+def test_cap_above_largest_share_changes_nothing() -> None:
+    w = apply_weight_cap([2.0, 1.0, 1.0], 0.5)  # also normalises
+    assert w.tolist() == [0.5, 0.25, 0.25]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_cap_properties_on_random_weights(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(2, 30))
+    raw = rng.pareto(1.0, n) + 1e-3
+    raw[rng.random(n) < 0.2] = 0.0
+    raw[0] = max(raw[0], 1e-3)
+    positive = int((raw > 0).sum())
+    cap = float(rng.uniform(1.0 / positive, 1.0))
+    w = apply_weight_cap(raw, cap)
+    assert w.max() <= cap * (1 + 1e-12)
+    assert math.isclose(w.sum(), 1.0, rel_tol=1e-12)
+    assert np.all(w[raw == 0] == 0)
+    uncapped = (raw > 0) & (w < cap * (1 - 1e-12))
+    if uncapped.sum() >= 2:  # uncapped clients keep their ratios
+        ratios = w[uncapped] / raw[uncapped]
+        np.testing.assert_allclose(ratios, ratios[0], rtol=1e-12)
+    capped = w >= cap * (1 - 1e-12)
+    if capped.any() and uncapped.any():  # nobody capped was smaller than somebody uncapped
+        assert raw[capped].min() >= raw[uncapped].max()
+
+
+def test_cap_infeasible_falls_back_to_uniform() -> None:
+    # 3 clients cannot all stay at or below 0.3
+    assert apply_weight_cap([0.5, 0.3, 0.2], 0.3).tolist() == [1 / 3, 1 / 3, 1 / 3]
+
+
+def test_cap_infeasible_keeps_zero_weights_at_zero() -> None:
+    assert apply_weight_cap([0.7, 0.3, 0.0], 0.4).tolist() == [0.5, 0.5, 0.0]
+
+
+def test_cap_at_exactly_one_over_n_is_uniform() -> None:
+    w = apply_weight_cap([0.7, 0.2, 0.1], 1 / 3)
+    np.testing.assert_allclose(w, [1 / 3] * 3, rtol=1e-15)
+    w = apply_weight_cap([0.4, 0.3, 0.2, 0.1], 0.25)
+    np.testing.assert_allclose(w, [0.25] * 4, rtol=1e-15)
+
+
+# --------------------------------------------------------------------------------------------------
+# Weighted average
+
+
+@pytest.mark.parametrize("rule", ["fedavg", "stake", "examples-stake", "reputation"])
+def test_weighted_average_matches_naive_reference(rule: str) -> None:
+    rng = np.random.default_rng(7)
+    updates = random_updates(rng, 6)
+    weights = rng.random(6)
+    weights /= weights.sum()
+    result = aggregate(updates, weights, rule=rule)
+    assert list(result.arrays) == list(updates[0])
+    for name, first in updates[0].items():
+        got = result.arrays[name]
+        assert got.dtype == first.dtype and got.shape == first.shape, name
+        ref = naive_average(updates, weights, name)
+        if first.dtype == np.float32:
+            np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6, err_msg=name)
+        elif first.dtype == np.float64:
+            np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-13, err_msg=name)
+        elif first.dtype == np.float16:
+            np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-3, err_msg=name)
+        elif first.dtype == np.bool_:
+            np.testing.assert_array_equal(got, ref > 0.5, err_msg=name)
+        else:  # integers: the float64 average rounded to nearest
+            assert np.all(np.abs(got - ref) <= 0.5 + 1e-9), name
+    assert result.selected == tuple(range(6))
+    assert result.excluded == ()
+    np.testing.assert_allclose(result.weights, weights, rtol=1e-15)
+    assert result.scores is None
+
+
+def test_weighted_average_known_answer() -> None:
+    updates = [
+        {"w": np.array([1.0, 2.0], np.float32), "n": np.array(10, np.int64)},
+        {"w": np.array([3.0, -2.0], np.float32), "n": np.array(13, np.int64)},
+    ]
+    result = aggregate(updates, [0.25, 0.75])
+    np.testing.assert_array_equal(result.arrays["w"], np.array([2.5, -1.0], np.float32))
+    assert result.arrays["n"].dtype == np.int64 and int(result.arrays["n"]) == 12  # 12.25
+
+
+def test_weights_are_normalised() -> None:
+    updates = random_updates(np.random.default_rng(1), 3)
+    a = aggregate(updates, [2.0, 2.0, 4.0]).arrays
+    b = aggregate(updates, [0.25, 0.25, 0.5]).arrays
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name])
+
+
+def test_single_update_is_returned_unchanged_but_copied() -> None:
+    updates = random_updates(np.random.default_rng(2), 1)
+    result = aggregate(updates, [3.0])
+    for name, value in updates[0].items():
+        np.testing.assert_array_equal(result.arrays[name], value)
+        assert not np.shares_memory(result.arrays[name], value)
+
+
+def test_zero_weight_updates_are_ignored() -> None:
+    rng = np.random.default_rng(3)
+    updates = random_updates(rng, 3)
+    poisoned = {name: value.copy() for name, value in updates[1].items()}
+    poisoned["big"][:] = np.nan
+    poisoned["double"][:] = np.inf
+    result = aggregate([updates[0], poisoned, updates[2]], [0.5, 0.0, 0.5])
+    clean = aggregate([updates[0], updates[2]], [0.5, 0.5])
+    for name in clean.arrays:
+        np.testing.assert_array_equal(result.arrays[name], clean.arrays[name])
+    assert result.selected == (0, 2)
+    assert result.excluded == (1,)
+    assert result.weights.tolist() == [0.5, 0.0, 0.5]
+
+
+def test_inputs_are_not_modified_and_outputs_are_fresh() -> None:
+    updates = random_updates(np.random.default_rng(4), 4, big=1_000)
+    before = [{name: value.copy() for name, value in u.items()} for u in updates]
+    for rule in RULES:
+        result = aggregate(updates, [0.1, 0.2, 0.3, 0.4], rule=rule)
+        for name, value in result.arrays.items():
+            assert not any(np.shares_memory(value, u[name]) for u in updates)
+    for u, b in zip(updates, before, strict=True):
+        for name in u:
+            np.testing.assert_array_equal(u[name], b[name])
+
+
+def test_non_contiguous_and_big_endian_inputs() -> None:
+    rng = np.random.default_rng(5)
+    base = [rng.standard_normal((40, 30), dtype=np.float32) for _ in range(3)]
+    strided = [{"t": b.T} for b in base]  # Fortran-ordered views
+    swapped = [{"t": b.astype(">f4")} for b in base]
+    w = [0.2, 0.3, 0.5]
+    expected = aggregate([{"t": np.ascontiguousarray(b.T)} for b in base], w).arrays["t"]
+    np.testing.assert_array_equal(aggregate(strided, w).arrays["t"], expected)
+    reference = sum(wi * b.astype(np.float64) for wi, b in zip(w, base, strict=True))
+    got = aggregate(swapped, w).arrays["t"]
+    np.testing.assert_allclose(got, reference, rtol=1e-5, atol=1e-6)
+
+
+def test_mapping_order_does_not_matter() -> None:
+    updates = random_updates(np.random.default_rng(6), 3)
+    reordered = [updates[0]] + [dict(reversed(list(u.items()))) for u in updates[1:]]
+    a = aggregate(updates, [1, 2, 3]).arrays
+    b = aggregate(reordered, [1, 2, 3]).arrays
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name])
+
+
+# --------------------------------------------------------------------------------------------------
+# Weighted median
+
+
+def median_of(values: list[float], weights: list[float]) -> float:
+    return float(aggregate(scalar_updates(values), weights, rule="median").arrays["x"][0])
+
+
+def test_weighted_median_ignores_a_light_attacker() -> None:
+    assert median_of([1.0, 2.0, 3.0, 1e6], [0.3, 0.3, 0.3, 0.1]) == 2.0
+
+
+def test_weighted_median_follows_a_heavy_attacker() -> None:
+    assert median_of([1.0, 2.0, 3.0, 1e6], [0.1, 0.1, 0.1, 0.7]) == 1e6
+
+
+def test_weighted_median_uses_weights_not_counts() -> None:
+    # sorted 1, 2, 3, 4 with cumulative weight .1 .2 .3 1.0: half is reached at 4
+    assert median_of([4.0, 3.0, 2.0, 1.0], [0.7, 0.1, 0.1, 0.1]) == 4.0
+
+
+def test_weighted_median_at_exact_half_averages_neighbours() -> None:
+    assert median_of([1.0, 3.0], [0.5, 0.5]) == 2.0
+    assert median_of([5.0, 1.0, 3.0, 7.0], [1, 1, 1, 1]) == 4.0
+
+
+def test_weighted_median_ignores_zero_weight_even_at_half() -> None:
+    assert median_of([1.0, 1e9, 3.0], [0.5, 0.0, 0.5]) == 2.0
+
+
+def test_equal_weight_median_matches_numpy() -> None:
+    rng = np.random.default_rng(8)
+    for n in (1, 2, 5, 10):
+        updates = [{"a": rng.standard_normal((7, 9), dtype=np.float32)} for _ in range(n)]
+        got = aggregate(updates, np.ones(n), rule="median").arrays["a"]
+        expected = np.median(np.stack([u["a"] for u in updates]), axis=0)
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_median_keeps_dtypes() -> None:
+    updates = random_updates(np.random.default_rng(9), 5, big=1_000)
+    result = aggregate(updates, [1, 1, 1, 1, 1], rule="median")
+    for name, first in updates[0].items():
+        assert result.arrays[name].dtype == first.dtype
+        assert result.arrays[name].shape == first.shape
+    stacked = np.stack([u["num_batches_tracked"] for u in updates])
+    assert result.arrays["num_batches_tracked"] == np.median(stacked)  # odd n: a real value
+
+
+# --------------------------------------------------------------------------------------------------
+# Weighted trimmed mean
+
+
+def trimmed_of(values: list[float], weights: list[float], trim: float) -> float:
+    params = RuleParams(trim=trim)
+    result = aggregate(
+        scalar_updates(values, np.float64), weights, rule="trimmed-mean", params=params
+    )
+    return float(result.arrays["x"][0])
+
+
+def test_trimmed_mean_drops_both_tails() -> None:
+    assert trimmed_of([1.0, 2.0, 3.0, 4.0, 100.0], [1] * 5, 0.2) == pytest.approx(3.0, rel=1e-15)
+
+
+def test_trimmed_mean_trims_weight_mass_fractionally() -> None:
+    # lower 0.2: all of 1 (0.1) and 0.1 of 2; upper 0.2: all of 100 (0.1) and 0.1 of 4
+    got = trimmed_of([1.0, 2.0, 3.0, 4.0, 100.0], [0.1, 0.2, 0.3, 0.3, 0.1], 0.2)
+    assert got == pytest.approx((2 * 0.1 + 3 * 0.3 + 4 * 0.2) / 0.6, rel=1e-9)
+
+
+def test_trimmed_mean_ignores_a_light_attacker_and_follows_a_heavy_one() -> None:
+    assert trimmed_of([1.0, 2.0, 3.0, 1e6], [0.3, 0.3, 0.3, 0.1], 0.2) == pytest.approx(
+        (1 * 0.1 + 2 * 0.3 + 3 * 0.2) / 0.6, rel=1e-9
+    )
+    # 1e6 holds 0.7 of the weight: 0.5 of it survives the upper cut, next to 0.1 of the value 3
+    got = trimmed_of([1.0, 2.0, 3.0, 1e6], [0.1, 0.1, 0.1, 0.7], 0.2)
+    assert got == pytest.approx((3 * 0.1 + 1e6 * 0.5) / 0.6, rel=1e-9)
+
+
+def test_trimmed_mean_with_zero_trim_is_the_weighted_average() -> None:
+    rng = np.random.default_rng(10)
+    updates = [{"a": rng.standard_normal(50)} for _ in range(4)]
+    w = np.array([0.1, 0.2, 0.3, 0.4])
+    got = aggregate(updates, w, rule="trimmed-mean", params=RuleParams(trim=0.0)).arrays["a"]
+    # weights are counted in units of 2**-40 here, hence the 1e-9 tolerance
+    np.testing.assert_allclose(got, naive_average(updates, w, "a"), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize(("n", "trim"), [(10, 0.2), (10, 0.3), (5, 0.2), (4, 0.25), (3, 0.0)])
+def test_equal_weight_trimmed_mean_matches_the_classic_one(n: int, trim: float) -> None:
+    rng = np.random.default_rng(n)
+    updates = [{"a": rng.standard_normal((6, 11))} for _ in range(n)]
+    got = aggregate(updates, np.ones(n), rule="trimmed-mean", params=RuleParams(trim=trim)).arrays[
+        "a"
+    ]
+    cut = int(trim * n)  # what scipy.stats.trim_mean drops from each end
+    ordered = np.sort(np.stack([u["a"] for u in updates]), axis=0)
+    expected = ordered[cut : n - cut].mean(axis=0)
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-14)
+
+
+# --------------------------------------------------------------------------------------------------
+# Multi-Krum
+
+
+def clustered_updates(rng: np.random.Generator, honest: int, outliers: list[float]) -> list[Update]:
+    updates = [
+        {"a": rng.normal(1.0, 0.1, size=(20, 5)).astype(np.float32), "b": rng.normal(0, 0.1, 7)}
+        for _ in range(honest)
+    ]
+    for scale in outliers:
+        updates.append({"a": np.full((20, 5), scale, np.float32), "b": np.full(7, scale)})
+    return updates
+
+
+def test_multi_krum_drops_obvious_outliers() -> None:
+    updates = clustered_updates(np.random.default_rng(11), 8, [50.0, -40.0])
+    result = aggregate(updates, np.ones(10), rule="multi-krum")
+    # n = 10: f = 3, m = 7 selected, both outliers among the excluded
+    assert len(result.selected) == 7
+    assert {8, 9} <= set(result.excluded)
+    honest_mean = np.mean([u["a"] for u in updates[:8]], axis=0)
+    assert np.abs(result.arrays["a"] - honest_mean).max() < 0.2
+    assert result.scores is not None and len(result.scores) == 10
+    assert min(result.scores[8], result.scores[9]) > max(result.scores[:8])
+    assert math.isclose(result.weights.sum(), 1.0)
+    assert all(result.weights[i] == 0 for i in result.excluded)
+
+
+def test_multi_krum_averages_selected_with_renormalised_weights() -> None:
+    updates = clustered_updates(np.random.default_rng(12), 4, [100.0])
+    w = np.array([0.1, 0.2, 0.3, 0.2, 0.2])
+    result = aggregate(updates, w, rule="multi-krum", params=RuleParams(krum_f=1, krum_m=4))
+    assert result.selected == (0, 1, 2, 3)
+    np.testing.assert_allclose(result.weights, [0.125, 0.25, 0.375, 0.25, 0.0], rtol=1e-15)
+    ref = naive_average(updates[:4], w[:4] / w[:4].sum(), "a")
+    np.testing.assert_allclose(result.arrays["a"], ref, rtol=1e-5, atol=1e-6)
+
+
+def test_krum_scores_match_brute_force() -> None:
+    rng = np.random.default_rng(13)
+    updates = [
+        {"a": rng.standard_normal((30, 4), dtype=np.float32), "b": rng.standard_normal(9)}
+        for _ in range(7)
+    ]
+    flat = np.stack([np.concatenate([u["a"].ravel(), u["b"]]).astype(np.float64) for u in updates])
+    distances = ((flat[:, None, :] - flat[None, :, :]) ** 2).sum(axis=-1)
+    for f in (None, 0, 1, 2):
+        neighbours = 7 - (2 if f is None else f) - 2  # default f = (7 - 3) // 2 = 2
+        expected = [np.sort(np.delete(distances[i], i))[:neighbours].sum() for i in range(7)]
+        np.testing.assert_allclose(compute_krum_scores(updates, f), expected, rtol=1e-10)
+
+
+def test_multi_krum_ties_break_by_index() -> None:
+    same = {"a": np.ones(4, np.float32)}
+    updates = [dict(same) for _ in range(5)]
+    result = aggregate(updates, np.ones(5), rule="multi-krum", params=RuleParams(krum_m=2))
+    assert result.selected == (0, 1)
+
+
+def test_multi_krum_m_above_n_selects_all_and_zero_weight_is_no_candidate() -> None:
+    updates = clustered_updates(np.random.default_rng(14), 3, [1e3])
+    result = aggregate(updates, [1, 1, 1, 0], rule="multi-krum", params=RuleParams(krum_m=10))
+    assert result.selected == (0, 1, 2)
+    assert result.scores is not None and result.scores[3] == math.inf
+
+
+def test_multi_krum_single_candidate() -> None:
+    updates = clustered_updates(np.random.default_rng(15), 2, [])
+    result = aggregate(updates, [0, 1], rule="multi-krum")
+    assert result.selected == (1,)
+    np.testing.assert_array_equal(result.arrays["a"], updates[1]["a"])
+
+
+# --------------------------------------------------------------------------------------------------
+# Attacks against the robust rules
+
+
+def attacked_updates(
+    rng: np.random.Generator, honest: int, attackers: int, attack: str
+) -> tuple[list[Update], np.ndarray]:
+    target = rng.normal(0.0, 1.0, size=200).astype(np.float32)
+    updates = [{"a": (target + rng.normal(0, 0.05, 200)).astype(np.float32)} for _ in range(honest)]
+    for _ in range(attackers):
+        if attack == "sign-flip":
+            bad = -10.0 * target
+        elif attack == "scaled":
+            bad = 100.0 * target
+        else:
+            bad = rng.normal(0.0, 20.0, 200)
+        updates.append({"a": bad.astype(np.float32)})
+    return updates, target
+
+
+@pytest.mark.parametrize("attack", ["sign-flip", "scaled", "noise"])
+@pytest.mark.parametrize("attackers", [3, 4])
+def test_robust_rules_resist_30_and_40_percent_attackers(attack: str, attackers: int) -> None:
+    updates, target = attacked_updates(np.random.default_rng(16), 10 - attackers, attackers, attack)
+    w = np.ones(10)
+    plain = aggregate(updates, w, rule="fedavg").arrays["a"]
+    assert np.abs(plain - target).mean() > 1.0  # FedAvg is dragged away
+    trim = attackers / 10  # trim at least the attackers' weight mass
+    rules = {"median": RuleParams(), "trimmed-mean": RuleParams(trim=trim)}
+    rules["multi-krum"] = RuleParams(krum_f=attackers)
+    for rule, params in rules.items():
+        got = aggregate(updates, w, rule=rule, params=params).arrays["a"]
+        assert np.abs(got - target).mean() < 0.1, (rule, attack)
+
+
+def test_stake_weight_lets_median_resist_a_majority_of_light_attackers() -> None:
+    # 6 attackers out of 10 but holding only 30 % of the stake
+    updates, target = attacked_updates(np.random.default_rng(17), 4, 6, "sign-flip")
+    w = weights_for("median", [100] * 10, stakes=[7] * 4 + [2] * 6)
+    got = aggregate(updates, w, rule="median").arrays["a"]
+    assert np.abs(got - target).mean() < 0.1
+
+
+# --------------------------------------------------------------------------------------------------
+# Determinism
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_same_inputs_give_bit_identical_outputs(rule: str) -> None:
+    updates = random_updates(np.random.default_rng(18), 5, big=1_000 if rule in ROBUST else 300_007)
+    copies = [{name: value.copy() for name, value in u.items()} for u in updates]
+    w = [0.3, 0.1, 0.2, 0.25, 0.15]
+    a = aggregate(updates, w, rule=rule)
+    b = aggregate(copies, w, rule=rule)
+    assert a.selected == b.selected
+    for name in a.arrays:
+        assert a.arrays[name].tobytes() == b.arrays[name].tobytes(), name
+
+
+def test_result_is_an_aggregation_result() -> None:
+    result = aggregate(scalar_updates([1.0, 2.0]), [1, 1])
+    assert isinstance(result, AggregationResult)
+
+
+# --------------------------------------------------------------------------------------------------
+# Refusals
+
+
+def test_invalid_empty_update_list() -> None:
+    with pytest.raises(ConfigError, match="empty"):
+        aggregate([], [])
+
+
+def test_invalid_update_without_tensors() -> None:
+    with pytest.raises(ConfigError, match="no tensors"):
+        aggregate([{}, {}], [1, 1])
+
+
+def test_invalid_mismatched_names() -> None:
+    with pytest.raises(ConfigError, match=r"update 1 .*missing \['b'\].*unexpected \['c'\]"):
+        aggregate([{"a": np.ones(2), "b": np.ones(2)}, {"a": np.ones(2), "c": np.ones(2)}], [1, 1])
+
+
+def test_invalid_mismatched_shapes() -> None:
+    with pytest.raises(ConfigError, match="'a' of update 1"):
+        aggregate([{"a": np.ones(3)}, {"a": np.ones(4)}], [1, 1])
+
+
+def test_invalid_mismatched_dtypes() -> None:
+    with pytest.raises(ConfigError, match="'a' of update 1"):
+        aggregate([{"a": np.ones(3, np.float32)}, {"a": np.ones(3, np.float64)}], [1, 1])
+
+
+@pytest.mark.parametrize("dtype", [np.complex64, object, "U3"])
+def test_invalid_unsupported_dtype(dtype: Any) -> None:
+    with pytest.raises(ConfigError, match="unsupported dtype"):
+        aggregate([{"a": np.zeros(2, dtype=dtype)}], [1])
+
+
+@pytest.mark.parametrize(
+    ("weights", "message"),
+    [
+        ([1.0, math.nan], "finite"),
+        ([1.0, math.inf], "finite"),
+        ([1.0, -0.5], ">= 0"),
+        ([0.0, 0.0], "positive"),
+        ([1.0], "1 weights for 2 updates"),
+        ([[1.0, 1.0]], "1-D"),
+        (["a", "b"], "numbers"),
+    ],
+)
+def test_invalid_weights(weights: Any, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        aggregate(scalar_updates([1.0, 2.0]), weights)
+
+
+def test_invalid_rule() -> None:
+    with pytest.raises(ConfigError, match="unknown aggregation rule 'mean'"):
+        aggregate(scalar_updates([1.0]), [1], rule="mean")
+    with pytest.raises(ConfigError, match="unknown aggregation rule"):
+        weights_for("krum", [1])
+
+
+@pytest.mark.parametrize(
+    ("field", "values", "message"),
+    [
+        ("examples", [10, -1], r"examples\[1\] must be >= 0"),
+        ("stakes", [-5, 1], r"stakes\[0\] must be >= 0"),
+        ("examples", [1.5, 2], r"examples\[0\] must be an integer"),
+        ("stakes", [True, 1], r"stakes\[0\] must be an integer"),
+        ("reputations", [10_001, 0], "basis points"),
+        ("reputations", [-1, 0], r"reputations\[0\] must be >= 0"),
+        ("stakes", [1, 2, 3], "one entry per client"),
+    ],
+)
+def test_invalid_weight_inputs(field: str, values: list[Any], message: str) -> None:
+    args: dict[str, Any] = {"examples": [1, 1], "stakes": [1, 1], "reputations": [1, 1]}
+    args[field] = values
+    with pytest.raises(ConfigError, match=message):
+        compute_weights("reputation", **args)
+
+
+def test_invalid_no_clients_or_no_positive_weight() -> None:
+    with pytest.raises(ConfigError, match="zero clients"):
+        compute_weights("fedavg", examples=[], stakes=[], reputations=[])
+    with pytest.raises(ConfigError, match="no client has positive weight"):
+        weights_for("stake", [10, 10], stakes=[0, 0])
+    with pytest.raises(ConfigError, match="no client has positive weight"):
+        weights_for("examples-stake", [0, 10], stakes=[5, 0], beta=0.5)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"beta": -1.0},
+        {"beta": math.nan},
+        {"beta": math.inf},
+        {"cap": 0.0},
+        {"cap": 1.5},
+        {"cap": math.nan},
+        {"trim": 0.5},
+        {"trim": -0.1},
+        {"krum_f": -1},
+        {"krum_f": 1.5},
+        {"krum_m": 0},
+        {"krum_m": True},
+    ],
+)
+def test_invalid_rule_params(params: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError):
+        RuleParams(**params)
+
+
+@pytest.mark.parametrize("cap", [0.0, -0.1, 1.01, math.nan])
+def test_invalid_cap(cap: float) -> None:
+    with pytest.raises(ConfigError, match="cap"):
+        apply_weight_cap([0.5, 0.5], cap)
+
+
+def test_invalid_krum_attackers() -> None:
+    with pytest.raises(ConfigError, match="num_attackers"):
+        compute_krum_scores(scalar_updates([1.0, 2.0]), -1)
