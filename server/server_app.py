@@ -1,20 +1,170 @@
 """The Flower ServerApp run by the coordinator.
 
-Placeholder until the simulation issue: importable so ``[tool.flwr.app]`` resolves; it logs that no
-federation is configured yet and returns.
+``fedchain simulate`` builds one with :func:`make_server_app` around a prepared run directory;
+``flwr run .`` loads the module-level ``app``, which prepares a run directory from the
+``[tool.flwr.app.config]`` settings (kebab-case keys, see fedchain.config.RunConfig) first.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from logging import INFO
+from pathlib import Path
 
-from flwr.app import Context
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg
+
+from fedchain.aggregation import RuleParams
+from fedchain.config import RunConfig, merge_config
+from fedchain.coordinator import Coordinator, RoundOutcome
+from fedchain.errors import FedchainError
+from fedchain.ledger.chain import Chain
+from fedchain.ledger.store import LEDGER_FILENAME
+from fedchain.registry import load_model
+from fedchain.runs import new_run_id, prepare_run
+from server.strategy import FedchainStrategy, to_array_record
+
+RoundReporter = Callable[[int, RoundOutcome | None, float, float], None]
+
+
+def _wait_for_nodes(grid: Grid, count: int, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while len(list(grid.get_node_ids())) < count:
+        if time.monotonic() > deadline:
+            raise FedchainError(
+                f"only {len(list(grid.get_node_ids()))} of {count} clients connected"
+            )
+        time.sleep(0.2)
+
+
+def train_settings(config: RunConfig, run_dir: Path) -> ConfigRecord:
+    """What every client is told each round besides the model and its ledger view."""
+    return ConfigRecord(
+        {
+            "run-dir": str(run_dir.resolve()),
+            "model": config.model,
+            "local-epochs": config.local_epochs,
+            "batch-size": config.batch_size,
+            "lr": config.lr,
+            "seed": config.seed,
+            "ledger": config.ledger,
+            "threads": 1,
+        }
+    )
+
+
+def run_federation(
+    grid: Grid, config: RunConfig, run_dir: Path, report: RoundReporter | None = None
+) -> MetricRecord | None:
+    """Run the configured rounds on ``grid``; return the last central evaluation."""
+    from fedchain.ledger.codec import decode
+    from fedchain.ledger.objects import Block
+    from fedchain.ledger.store import LedgerStore
+    from fedchain.models import build_model, load_numpy_state
+    from fedchain.sources import load_source
+    from fedchain.training import evaluate
+
+    test = load_source(config.dataset, root=config.data_root or None, split="test")
+    model_net = build_model(config.model, tuple(test.x.shape[1:]), len(test.classes), seed=0)
+    ledger_path = run_dir / LEDGER_FILENAME
+    if config.ledger:
+        with LedgerStore.open(ledger_path, readonly=True) as store:
+            genesis = decode(Block, store.get(0).data).transactions[0]
+        initial = load_model(run_dir, genesis.initial_model_hash)  # type: ignore[union-attr]
+    else:
+        initial = _initial_without_ledger(run_dir)
+    _wait_for_nodes(grid, config.sampled_per_round)
+    last_outcome: list[RoundOutcome | None] = [None]
+    started = [time.perf_counter()]
+
+    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        load_numpy_state(model_net, {k: v.numpy() for k, v in arrays.items()})
+        result = evaluate(model_net, test)
+        if report is not None and server_round > 0:
+            elapsed = time.perf_counter() - started[0]
+            report(server_round, last_outcome[0], result.accuracy, elapsed)
+        started[0] = time.perf_counter()
+        return MetricRecord({"accuracy": result.accuracy, "loss": result.loss})
+
+    fraction = config.sampled_per_round / config.clients
+    settings = train_settings(config, run_dir)
+    if not config.ledger:
+        strategy = FedAvg(
+            fraction_train=fraction,
+            fraction_evaluate=0.0,
+            min_train_nodes=config.sampled_per_round,
+            min_available_nodes=config.sampled_per_round,
+        )
+        result = strategy.start(
+            grid,
+            to_array_record(initial),
+            config.rounds,
+            config.round_timeout,
+            settings,
+            evaluate_fn=evaluate_fn,
+        )
+        return result.evaluate_metrics_serverapp.get(config.rounds)
+
+    params = RuleParams(beta=config.beta, cap=None if config.weight_cap >= 1 else config.weight_cap)
+    with Chain.open(ledger_path) as chain:
+        coordinator = Coordinator(run_dir, chain, initial, rule=config.aggregation, params=params)
+
+        def on_round(outcome: RoundOutcome) -> None:
+            last_outcome[0] = outcome
+
+        strategy = FedchainStrategy(
+            coordinator,
+            fraction_train=fraction,
+            min_nodes=config.sampled_per_round,
+            timeout=config.round_timeout,
+            on_round=on_round,
+        )
+        result = strategy.start(
+            grid,
+            to_array_record(initial),
+            config.rounds,
+            config.round_timeout,
+            settings,
+            evaluate_fn=evaluate_fn,
+        )
+        strategy.close_ledger(settings)
+        log(INFO, "ledger head %s, final height %s", chain.state.height, coordinator.final_height)
+    return result.evaluate_metrics_serverapp.get(config.rounds)
+
+
+def _initial_without_ledger(run_dir: Path) -> dict:  # type: ignore[type-arg]
+    from fedchain.registry import MODEL_SUFFIX, MODELS_DIRNAME
+
+    files = sorted((run_dir / MODELS_DIRNAME).glob(f"*{MODEL_SUFFIX}"))
+    if len(files) != 1:
+        raise FedchainError(f"{run_dir}: expected exactly one initial model file")
+    return load_model(run_dir, bytes.fromhex(files[0].name.removesuffix(MODEL_SUFFIX)))
+
+
+def make_server_app(
+    config: RunConfig, run_dir: Path, report: RoundReporter | None = None
+) -> ServerApp:
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        run_federation(grid, config, run_dir, report)
+
+    return server_app
+
 
 app = ServerApp()
 
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    log(INFO, "fedchain ServerApp: simulated rounds are not implemented yet")
+    """``flwr run .``: prepare a run directory from the run config, then run it."""
+    config = merge_config(RunConfig(), dict(context.run_config))
+    if not config.run_id:
+        config = merge_config(config, {"run-id": new_run_id(config)})
+    setup = prepare_run(config)
+    log(INFO, "fedchain run directory: %s", setup.run_dir.resolve())
+    run_federation(grid, config, setup.run_dir)

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from fedchain import __version__
-from fedchain.cli import data, keys, ledger, models
+from fedchain.cli import data, keys, ledger, models, simulate
 from fedchain.cli.common import console, make_app
 
 app = make_app(
@@ -16,6 +16,7 @@ app = make_app(
 )
 app.add_typer(data.app, name="data")
 app.command("keygen")(keys.keygen)
+app.command("simulate")(simulate.simulate)
 app.command("verify")(ledger.verify)
 app.add_typer(ledger.app, name="ledger")
 app.add_typer(models.app, name="models")

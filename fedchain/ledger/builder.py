@@ -10,8 +10,8 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fedchain.errors import InvalidBlock, LedgerError
-from fedchain.identity import Domain, public_key_bytes, sign
+from fedchain.errors import InvalidBlock, LedgerError, SignatureError
+from fedchain.identity import Domain, public_key_bytes, sign, verify_signature
 from fedchain.ledger.codec import compute_hash
 from fedchain.ledger.consensus import compute_proposer, get_validators
 from fedchain.ledger.objects import (
@@ -42,6 +42,8 @@ __all__ = [
     "build_block",
     "make_genesis",
     "make_rules",
+    "prepare_block",
+    "seal_block",
     "sign_attestation",
     "sign_commitment",
     "sign_header",
@@ -140,6 +142,52 @@ def sign_header(
     return SignedHeader(header, sign(private_key, Domain.BLOCK, message, genesis_hash))
 
 
+def prepare_block(
+    state: LedgerState,
+    transactions: Sequence[Transaction],
+    attempt: int = 0,
+    *,
+    round: int | None = None,
+) -> tuple[BlockHeader, LedgerState]:
+    """The next block's unsigned header, and the state after it (once sealed).
+
+    The proposer drawn for ``attempt`` must sign the header (:func:`seal_block`). ``round``
+    defaults to the head's round. Raises :class:`InvalidTransaction` if a transaction does not
+    apply.
+    """
+    block_round = state.round if round is None else round
+    try:
+        proposer = compute_proposer(state.head_hash, get_validators(state), attempt)
+    except LedgerError as exc:
+        raise InvalidBlock(f"block {state.height + 1}: {exc}") from exc
+    transactions = tuple(transactions)
+    post = process_transactions(state, transactions, block_round)
+    header = BlockHeader(
+        height=state.height + 1,
+        round=block_round,
+        parent_hash=state.head_hash,
+        tx_root=compute_tx_root(transactions),
+        state_root=compute_state_root(post),
+        proposer=proposer,
+        attempt=attempt,
+    )
+    return header, compute_state_with_head(post, compute_hash(header))
+
+
+def seal_block(
+    header: BlockHeader, signature: bytes, transactions: Sequence[Transaction], genesis_hash: Hash32
+) -> Block:
+    """The block, once its proposer's signature over ``header`` checks out."""
+    signed = SignedHeader(header, signature)
+    try:
+        verify_signature(
+            header.proposer, signature, Domain.BLOCK, signing_message(signed), genesis_hash
+        )
+    except SignatureError as exc:
+        raise InvalidBlock(f"block {header.height}: bad proposer signature: {exc}") from exc
+    return Block(signed, tuple(transactions))
+
+
 def build_block(
     state: LedgerState,
     transactions: Sequence[Transaction],
@@ -154,26 +202,10 @@ def build_block(
     transaction does not apply, :class:`InvalidBlock` if ``proposer_key`` was not drawn for
     ``attempt`` (see :func:`~fedchain.ledger.consensus.get_proposer`).
     """
-    block_round = state.round if round is None else round
-    proposer = public_key_bytes(proposer_key)
-    try:
-        expected = compute_proposer(state.head_hash, get_validators(state), attempt)
-    except LedgerError as exc:
-        raise InvalidBlock(f"block {state.height + 1}: {exc}") from exc
-    if proposer != expected:
+    header, post = prepare_block(state, transactions, attempt, round=round)
+    if public_key_bytes(proposer_key) != header.proposer:
         raise InvalidBlock(
             f"block {state.height + 1}: this key was not drawn to propose at attempt {attempt}"
         )
-    transactions = tuple(transactions)
-    post = process_transactions(state, transactions, block_round)
-    header = BlockHeader(
-        height=state.height + 1,
-        round=block_round,
-        parent_hash=state.head_hash,
-        tx_root=compute_tx_root(transactions),
-        state_root=compute_state_root(post),
-        proposer=proposer,
-        attempt=attempt,
-    )
-    block = Block(sign_header(proposer_key, state.genesis_hash, header), transactions)
-    return block, compute_state_with_head(post, compute_hash(header))
+    signed = sign_header(proposer_key, state.genesis_hash, header)
+    return Block(signed, tuple(transactions)), post

@@ -1,0 +1,107 @@
+"""``fedchain simulate``: a federation of simulated data holders on this machine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from fedchain.cli.common import console
+from fedchain.config import RunConfig, load_config_file, merge_config
+from fedchain.coordinator import RoundOutcome
+from fedchain.runs import new_run_id, prepare_run
+
+
+def simulate(
+    config_file: Annotated[
+        Path | None, typer.Option("--config", "-c", help="TOML file of settings (flags win).")
+    ] = None,
+    dataset: Annotated[str | None, typer.Option(help="Data source (default digits).")] = None,
+    data_root: Annotated[str | None, typer.Option(help="Where mnist/cifar10/... live.")] = None,
+    clients: Annotated[
+        int | None, typer.Option("--clients", "-n", help="Clients (default 10).")
+    ] = None,
+    clients_per_round: Annotated[
+        int | None, typer.Option(help="Sampled per round (0 = all).")
+    ] = None,
+    partitioner: Annotated[
+        str | None, typer.Option(help="iid, dirichlet, shards, quantity.")
+    ] = None,
+    alpha: Annotated[float | None, typer.Option(help="Dirichlet concentration.")] = None,
+    rounds: Annotated[
+        int | None, typer.Option("--rounds", "-r", help="Rounds (default 20).")
+    ] = None,
+    local_epochs: Annotated[int | None, typer.Option(help="Local epochs per round.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Local batch size.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Local learning rate.")] = None,
+    model: Annotated[str | None, typer.Option(help="cnn or mlp.")] = None,
+    aggregation: Annotated[
+        str | None,
+        typer.Option(
+            help="fedavg, stake, examples-stake, reputation, median, trimmed-mean, multi-krum."
+        ),
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of split, model and training.")] = None,
+    ledger: Annotated[
+        str | None, typer.Option(help="on (default) or off: plain Flower FedAvg, for comparison.")
+    ] = None,
+    out: Annotated[
+        str | None, typer.Option(help="Folder for run directories (default runs).")
+    ] = None,
+    run_id: Annotated[str | None, typer.Option(help="Name of the run directory.")] = None,
+) -> None:
+    """Run a simulated federation (Flower's simulation engine) and write a run directory."""
+    config = load_config_file(config_file) if config_file else RunConfig()
+    flags: dict[str, Any] = {
+        "dataset": dataset,
+        "data_root": data_root,
+        "clients": clients,
+        "clients_per_round": clients_per_round,
+        "partitioner": partitioner,
+        "alpha": alpha,
+        "rounds": rounds,
+        "local_epochs": local_epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "model": model,
+        "aggregation": aggregation,
+        "seed": seed,
+        "out": out,
+        "run_id": run_id,
+    }
+    if ledger is not None:
+        if ledger not in ("on", "off"):
+            raise typer.BadParameter("--ledger must be on or off")
+        flags["ledger"] = ledger == "on"
+    config = merge_config(config, {k: v for k, v in flags.items() if v is not None})
+    if not config.run_id:
+        config = merge_config(config, {"run_id": new_run_id(config)})
+    with console.status("preparing the run directory (data splits, keys, genesis)…"):
+        setup = prepare_run(config)
+    mode = "ledger on" if config.ledger else "ledger off (plain FedAvg)"
+    console.print(
+        f"run {config.run_id}: {config.clients} clients, {config.rounds} rounds, "
+        f"{config.dataset}/{config.partitioner}, rule {config.aggregation}, {mode}"
+    )
+    final: dict[str, float] = {}
+
+    def report(round_: int, outcome: RoundOutcome | None, accuracy: float, seconds: float) -> None:
+        final["accuracy"] = accuracy
+        line = f"round {round_:>3}/{config.rounds}  accuracy {accuracy:6.2%}  {seconds:5.1f} s"
+        if outcome is not None:
+            line += (
+                f"  accepted {outcome.accepted}  rejected {len(outcome.rejected)}"
+                f"  head {outcome.head_height}  final {outcome.final_height}"
+            )
+            for decision in outcome.rejected:
+                line += f"\n      rejected node {decision.node_id}: {decision.reason}"
+        console.print(line, highlight=False)
+
+    from server.simulation import run_simulated
+
+    run_simulated(config, setup.run_dir, report)
+    console.print(f"final accuracy {final.get('accuracy', float('nan')):.2%}")
+    console.print(f"run directory: [bold]{setup.run_dir}[/]")
+    if config.ledger:
+        console.print(f"check it:      fedchain verify {setup.run_dir}")

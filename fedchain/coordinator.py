@@ -1,0 +1,360 @@
+"""The coordinator's side of a round: admit replies, aggregate, register the model, build blocks.
+
+This is the I/O shell the Flower strategy calls (it holds the ledger file and the run directory);
+every decision it makes comes from the pure protocol: a reply's commitment is admitted exactly
+when :func:`~fedchain.ledger.state.process_transaction` accepts it, so the coordinator can never
+admit what ``fedchain verify`` would refuse.
+
+Blocks are *pipelined* so that no round needs an extra message: block B(r), holding round r's
+commitments, model version and rewards, is prepared unsigned at the end of round r. Round r+1's
+train messages carry its header; the proposer drawn by stake signs it ("seal") and every client
+attests to it in its reply. B(r) is appended when its seal arrives, and B(r+1) carries the
+attestations to B(r). After the last round one closing exchange seals the last round's block and
+records the attestations that make it final.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fedchain.aggregation import RuleParams, aggregate, compute_weights
+from fedchain.errors import FedchainError, LedgerError
+from fedchain.hashing import compute_update_hash
+from fedchain.ledger.builder import prepare_block, seal_block
+from fedchain.ledger.chain import Chain
+from fedchain.ledger.codec import decode, encode
+from fedchain.ledger.consensus import compute_finalized_height, get_validators
+from fedchain.ledger.objects import (
+    BAD_COMMITMENT,
+    Attestation,
+    Block,
+    BlockHeader,
+    CommitmentMismatch,
+    ModelVersion,
+    Rejection,
+    RewardDeltas,
+    SignedHeader,
+    SlashingEvidence,
+    Transaction,
+    UpdateCommitment,
+)
+from fedchain.ledger.state import LedgerState, process_transaction
+from fedchain.registry import save_model
+from fedchain.rewards import compute_reward_split
+
+Arrays = dict[str, np.ndarray]
+MAX_SEAL_ATTEMPTS = 8
+
+
+@dataclass(frozen=True)
+class ClientReply:
+    """One client's reply, as the server adapter decoded it from a Flower message."""
+
+    node_id: int
+    update: Arrays | None = None  # the client's update (trained weights minus the global model)
+    num_examples: int = 0  # what the client's metrics claim
+    commitment: bytes = b""  # an encoded UpdateCommitment
+    attestation: bytes = b""  # an encoded Attestation to the pending block
+    seal: bytes = b""  # the proposer's signature over the pending header, if it is the proposer
+    checkpoint: int = 0  # the final height the client now holds
+    error: str = ""  # why the reply carries no usable content
+
+
+@dataclass(frozen=True)
+class Decision:
+    node_id: int
+    public_key: bytes | None
+    accepted: bool
+    reason: str = ""
+
+
+@dataclass
+class RoundOutcome:
+    round: int
+    decisions: list[Decision] = field(default_factory=list)
+    model_hash: bytes = b""
+    head_height: int = 0
+    final_height: int = 0
+    weights: dict[bytes, float] = field(default_factory=dict)
+
+    @property
+    def accepted(self) -> int:
+        return sum(d.accepted for d in self.decisions)
+
+    @property
+    def rejected(self) -> list[Decision]:
+        return [d for d in self.decisions if not d.accepted]
+
+
+@dataclass
+class Pending:
+    """A prepared block waiting for its proposer's signature."""
+
+    header: BlockHeader
+    transactions: tuple[Transaction, ...]
+    post_state: LedgerState
+
+
+class Coordinator:
+    """Holds the chain, the global model and what each client was last shown."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        chain: Chain,
+        model: Arrays,
+        *,
+        rule: str,
+        params: RuleParams,
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.chain = chain
+        self.model = {name: np.ascontiguousarray(a) for name, a in model.items()}
+        self.model_hash = chain.state.model_head
+        if compute_update_hash(self.model) != self.model_hash:
+            raise FedchainError("the model given is not the ledger's current model")
+        self.rule, self.params = rule, params
+        self.pending: Pending | None = None
+        self.node_keys: dict[int, bytes] = {}
+        self.checkpoints: dict[int, int] = {}
+        self.headers: list[SignedHeader] = [
+            decode(Block, stored.data).signed_header for stored in chain.store.iter_blocks()
+        ]
+        self.validators_by_height: dict[int, dict[bytes, int]] = {}
+        self.final_height = 0
+
+    # -- what clients are sent ------------------------------------------------------------------
+
+    @property
+    def state(self) -> LedgerState:
+        return self.chain.state
+
+    def ledger_view(self, node_id: int) -> dict[str, object]:
+        """The ledger part of a message to ``node_id``: headers from its checkpoint to the head,
+        the final height, and the pending header (if any) with the key drawn to seal it."""
+        start = min(self.checkpoints.get(node_id, 0), self.final_height)
+        view: dict[str, object] = {
+            "genesis-hash": self.state.genesis_hash,
+            "run-id": self.state.genesis.run_id,
+            "headers": [encode(h) for h in self.headers[start:]],
+            "final-height": self.final_height,
+            "pending": b"" if self.pending is None else encode(self.pending.header),
+        }
+        return view
+
+    def node_for(self, public_key: bytes) -> int | None:
+        for node_id, key in self.node_keys.items():
+            if key == public_key:
+                return node_id
+        return None
+
+    # -- a round ----------------------------------------------------------------------------------
+
+    def seal_from(self, replies: Sequence[ClientReply]) -> bool:
+        """Append the pending block if one reply carries its proposer's valid seal."""
+        if self.pending is None:
+            return True
+        return any(reply.seal and self._try_seal(reply.seal) for reply in replies)
+
+    def _try_seal(self, signature: bytes) -> bool:
+        pending = self.pending
+        if pending is None:
+            return True
+        try:
+            block = seal_block(
+                pending.header, signature, pending.transactions, self.state.genesis_hash
+            )
+        except LedgerError:
+            return False
+        validators = dict(get_validators(self.state))
+        self.chain.append(block, pending.post_state)
+        self.validators_by_height[block.header.height] = validators
+        self.headers.append(block.signed_header)
+        self.pending = None
+        self._update_finality()
+        return True
+
+    def reattempt(self, attempt: int) -> BlockHeader:
+        """Re-prepare the pending block for the proposer drawn at ``attempt`` (its first choice
+        did not seal it). Attestations to the old header are void: it never entered the chain."""
+        if self.pending is None:
+            raise FedchainError("no block is pending")
+        txs = self.pending.transactions
+        header, post = prepare_block(self.state, txs, attempt, round=self.pending.header.round)
+        self.pending = Pending(header, txs, post)
+        return header
+
+    def run_round(self, round_: int, replies: Sequence[ClientReply]) -> RoundOutcome:
+        """Admit round ``round_``'s replies, aggregate, register the model, prepare its block.
+
+        The previous round's block must be sealed first (:meth:`seal_from`).
+        """
+        if self.pending is not None:
+            raise FedchainError(f"block {self.pending.header.height} is still waiting for its seal")
+        outcome = RoundOutcome(round_)
+        work = self.state
+        txs: list[Transaction] = []
+        for reply in replies:
+            work = self._admit_attestation(work, reply, round_, txs)
+        accepted: list[tuple[UpdateCommitment, Arrays]] = []
+        for reply in replies:
+            work = self._admit_update(work, reply, round_, txs, accepted, outcome)
+        if accepted:
+            weights = self._aggregate(accepted, round_, txs, outcome)
+            pool = self.state.genesis.rules.reward_per_round
+            deltas = compute_reward_split(pool, weights)
+            if deltas:
+                txs.append(RewardDeltas(round_, deltas))
+        header, post = prepare_block(self.state, txs, round=round_)
+        self.pending = Pending(header, tuple(txs), post)
+        self._update_finality()
+        outcome.model_hash = self.model_hash
+        outcome.head_height = self.state.height
+        outcome.final_height = self.final_height
+        return outcome
+
+    def close(self, replies: Sequence[ClientReply]) -> Pending:
+        """After the last round: a block of the attestations to the last round's block."""
+        txs: list[Transaction] = []
+        work = self.state
+        for reply in replies:
+            work = self._admit_attestation(work, reply, self.state.round, txs)
+        header, post = prepare_block(self.state, txs, round=self.state.round)
+        self.pending = Pending(header, tuple(txs), post)
+        return self.pending
+
+    # -- admission ----------------------------------------------------------------------------
+
+    def _admit_attestation(
+        self, work: LedgerState, reply: ClientReply, round_: int, txs: list[Transaction]
+    ) -> LedgerState:
+        if not reply.attestation:
+            return work
+        try:
+            attestation = decode(Attestation, reply.attestation)
+            work = process_transaction(work, attestation, round_)
+        except LedgerError:
+            return work  # a stale or bogus attestation: it proves nothing, record nothing
+        self.node_keys.setdefault(reply.node_id, attestation.validator)
+        self.checkpoints[reply.node_id] = reply.checkpoint
+        txs.append(attestation)
+        return work
+
+    def _admit_update(
+        self,
+        work: LedgerState,
+        reply: ClientReply,
+        round_: int,
+        txs: list[Transaction],
+        accepted: list[tuple[UpdateCommitment, Arrays]],
+        outcome: RoundOutcome,
+    ) -> LedgerState:
+        known_key = self.node_keys.get(reply.node_id)
+
+        def reject(reason: str, key: bytes | None) -> LedgerState:
+            outcome.decisions.append(Decision(reply.node_id, key, False, reason))
+            if key is not None:
+                txs.append(Rejection(round_, key, reason[:200]))
+            return work
+
+        if reply.error:
+            return reject(f"client error: {reply.error}", known_key)
+        try:
+            commitment = decode(UpdateCommitment, reply.commitment)
+        except LedgerError:
+            return reject("no readable update commitment", known_key)
+        key = commitment.public_key
+        if reply.update is None:
+            return reject("no update arrays", key)
+        shape_problem = _check_shapes(reply.update, self.model)
+        if shape_problem:
+            return reject(shape_problem, key)
+        observed = compute_update_hash(reply.update)
+        try:
+            checked = process_transaction(work, commitment, round_)
+        except LedgerError as e:
+            return reject(f"commitment refused: {_reason(e)}", key)
+        if observed != commitment.update_hash:
+            evidence = SlashingEvidence(
+                BAD_COMMITMENT, key, round_, CommitmentMismatch(commitment, observed)
+            )
+            try:
+                work = process_transaction(work, evidence, round_)
+            except LedgerError:
+                return reject("update does not match its commitment", key)
+            txs.append(evidence)
+            outcome.decisions.append(
+                Decision(reply.node_id, key, False, "update does not match its signed commitment")
+            )
+            return work
+        if reply.num_examples != commitment.num_examples:
+            return reject(
+                f"claims {reply.num_examples} examples but committed to {commitment.num_examples}",
+                key,
+            )
+        if not all(np.isfinite(a).all() for a in reply.update.values()):
+            return reject("update has NaN or infinite values", key)
+        self.node_keys[reply.node_id] = key
+        txs.append(commitment)
+        accepted.append((commitment, reply.update))
+        outcome.decisions.append(Decision(reply.node_id, key, True))
+        return checked
+
+    # -- aggregation and registration -------------------------------------------------------------
+
+    def _aggregate(
+        self,
+        accepted: list[tuple[UpdateCommitment, Arrays]],
+        round_: int,
+        txs: list[Transaction],
+        outcome: RoundOutcome,
+    ) -> dict[bytes, float]:
+        participants = self.state.participants
+        keys = [c.public_key for c, _ in accepted]
+        weights = compute_weights(
+            self.rule if self.rule in _WEIGHT_RULES else "examples-stake",
+            examples=[c.num_examples for c, _ in accepted],
+            stakes=[participants[k].stake for k in keys],
+            reputations=[participants[k].reputation_bps for k in keys],
+            params=self.params,
+        )
+        result = aggregate([u for _, u in accepted], weights, rule=self.rule, params=self.params)
+        new_model = {
+            name: (self.model[name] + delta).astype(self.model[name].dtype, copy=False)
+            for name, delta in result.arrays.items()
+        }
+        model_hash = save_model(self.run_dir, new_model)
+        used = tuple(sorted(accepted[i][0].update_hash for i in result.selected))
+        txs.append(ModelVersion(round_, model_hash, self.model_hash, used, self.rule))
+        self.model, self.model_hash = new_model, model_hash
+        shares = {keys[i]: float(result.weights[i]) for i in range(len(keys))}
+        outcome.weights = shares
+        return shares
+
+    def _update_finality(self) -> None:
+        self.final_height = compute_finalized_height(
+            self.validators_by_height, self.state.last_attested.items(), self.final_height
+        )
+
+
+_WEIGHT_RULES = frozenset({"fedavg", "stake", "examples-stake", "reputation"})
+
+
+def _check_shapes(update: Mapping[str, np.ndarray], model: Mapping[str, np.ndarray]) -> str:
+    if set(update) != set(model):
+        return "update tensors do not match the model's names"
+    for name, array in update.items():
+        if array.shape != model[name].shape:
+            return f"tensor {name} has shape {array.shape}, the model's is {model[name].shape}"
+        if array.dtype != model[name].dtype:
+            return f"tensor {name} has dtype {array.dtype}, the model's is {model[name].dtype}"
+    return ""
+
+
+def _reason(error: Exception) -> str:
+    text = str(error)
+    return text.split(": ", 1)[1] if text.startswith("transaction") and ": " in text else text

@@ -1,0 +1,76 @@
+"""A data holder's resources: its decrypted dataset and identity key, loaded once per process.
+
+In simulation a client finds its files in the run directory by its partition id; in deployment
+the SuperNode's node config names them (``data-path``, ``identity-path``, and ``data-key-path``
+or a passphrase in the environment variable ``passphrase-env`` names, default
+``FEDCHAIN_PASSPHRASE``). Decryption happens only in memory.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from fedchain import datafile, identity
+from fedchain.errors import ConfigError
+from fedchain.runs import client_data_path, client_key_path, data_key_path
+from fedchain.sources import ArrayDataset
+
+
+@dataclass(frozen=True)
+class DataHolder:
+    index: int
+    dataset: ArrayDataset
+    key: Ed25519PrivateKey
+
+    @property
+    def public_key(self) -> bytes:
+        return identity.public_key_bytes(self.key)
+
+
+_CACHE: dict[tuple[str, ...], DataHolder] = {}
+
+
+def load_simulated_holder(run_dir: Path, index: int) -> DataHolder:
+    """Client ``index`` of a simulated federation (files made by ``prepare_run``)."""
+    cache_key = ("sim", str(run_dir), str(index))
+    if cache_key not in _CACHE:
+        unlock = datafile.load_key_file(data_key_path(run_dir))
+        dataset = datafile.load_dataset(client_data_path(run_dir, index), unlock)
+        key = identity.load_identity(client_key_path(run_dir, index), None)
+        _CACHE[cache_key] = DataHolder(index, dataset, key)
+    return _CACHE[cache_key]
+
+
+def load_configured_holder(node_config: Mapping[str, object]) -> DataHolder:
+    """The data holder a deployed SuperNode's ``--node-config`` describes."""
+    try:
+        data_path = Path(str(node_config["data-path"]))
+        identity_path = Path(str(node_config["identity-path"]))
+    except KeyError as e:
+        raise ConfigError(f"node config lacks {e.args[0]!r} (see `fedchain join --help`)") from None
+    cache_key = ("node", str(data_path), str(identity_path))
+    if cache_key in _CACHE:
+        return _CACHE[cache_key]
+    env = str(node_config.get("passphrase-env", "FEDCHAIN_PASSPHRASE"))
+    passphrase = os.environ.get(env)
+    unlock: datafile.Unlock
+    if "data-key-path" in node_config:
+        unlock = datafile.load_key_file(Path(str(node_config["data-key-path"])))
+    elif passphrase:
+        unlock = datafile.Passphrase(passphrase.encode())
+    else:
+        raise ConfigError(f"no data key: set data-key-path in the node config or ${env}")
+    identity_passphrase = os.environ.get(str(node_config.get("identity-passphrase-env", env)))
+    key = identity.load_identity(
+        identity_path, identity_passphrase.encode() if identity_passphrase else None
+    )
+    holder = DataHolder(
+        int(str(node_config.get("index", 0))), datafile.load_dataset(data_path, unlock), key
+    )
+    _CACHE[cache_key] = holder
+    return holder

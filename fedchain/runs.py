@@ -1,0 +1,127 @@
+"""Run directories: what a simulated federation is set up with before its first round.
+
+``runs/<run-id>/`` (DESIGN.md §4)::
+
+    config.toml                 the resolved configuration
+    ledger.db                   the proof-of-stake ledger (absent with --ledger off)
+    models/<hash>.safetensors   every global model version, the initial one included
+    clients/client-NNN.fcd      each simulated data holder's encrypted split
+    clients/client-NNN.key|pub  each data holder's identity (unencrypted, mode 0600: simulated)
+    clients/data.key            the data key of the simulated holders' files (mode 0600)
+
+In a real federation every data holder keeps its own files; a simulation keeps them together so
+one machine can play every part, but each client still only ever opens its own.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedchain import datafile, identity
+from fedchain.config import RunConfig, write_config
+from fedchain.errors import ConfigError
+from fedchain.ledger.builder import make_genesis, make_rules
+from fedchain.ledger.chain import Chain
+from fedchain.ledger.objects import BAD_COMMITMENT, DOUBLE_SIGN, Genesis, GenesisParticipant
+from fedchain.ledger.store import LEDGER_FILENAME
+
+CLIENTS_DIR = "clients"
+DATA_KEY_FILE = "data.key"
+
+
+def client_data_path(run_dir: Path, index: int) -> Path:
+    return Path(run_dir) / CLIENTS_DIR / f"client-{index:03d}.fcd"
+
+
+def client_key_path(run_dir: Path, index: int) -> Path:
+    return Path(run_dir) / CLIENTS_DIR / f"client-{index:03d}.key"
+
+
+def data_key_path(run_dir: Path) -> Path:
+    return Path(run_dir) / CLIENTS_DIR / DATA_KEY_FILE
+
+
+@dataclass(frozen=True)
+class RunSetup:
+    run_dir: Path
+    config: RunConfig
+    genesis: Genesis
+    public_keys: tuple[bytes, ...]  # by client index
+    num_examples: tuple[int, ...]  # by client index
+
+
+def new_run_id(config: RunConfig, now: float | None = None) -> str:
+    """``YYYYmmdd-HHMMSS-s<seed>``: sortable, readable, unique enough for one machine."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(time.time() if now is None else now))
+    return f"{stamp}-s{config.seed}"
+
+
+def make_rules_for(config: RunConfig) -> object:
+    return make_rules(
+        min_stake=config.min_stake,
+        reward_per_round=config.reward_per_round,
+        slash_bps={
+            BAD_COMMITMENT: config.slash_bad_commitment_bps,
+            DOUBLE_SIGN: config.slash_double_sign_bps,
+        },
+        aggregation_rule=config.aggregation,
+        aggregation_params={"beta": repr(config.beta)},
+        contribution_method="none",
+        weight_cap_bps=round(config.weight_cap * 10_000),
+        reputation_penalty_bps=config.reputation_penalty_bps,
+    )
+
+
+def prepare_run(config: RunConfig, *, progress: object = None) -> RunSetup:
+    """Create the run directory: data splits, identities, initial model, genesis, ledger."""
+    from fedchain.models import build_model, state_to_numpy
+    from fedchain.partition import partition
+    from fedchain.registry import save_model
+    from fedchain.sources import load_source
+
+    run_dir = Path(config.out) / config.run_id
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise ConfigError(f"{run_dir}: already exists and is not empty; pick another --run-id")
+    (run_dir / CLIENTS_DIR).mkdir(parents=True, exist_ok=True)
+    write_config(config, run_dir / "config.toml")
+
+    train = load_source(config.dataset, root=config.data_root or None, split="train")
+    parts = partition(
+        train.y,
+        config.clients,
+        config.partitioner,
+        seed=config.seed,
+        alpha=config.alpha,
+        shards_per_client=config.shards_per_client,
+    )
+    data_key = datafile.create_key_file(data_key_path(run_dir))
+    participants, public_keys, sizes = [], [], []
+    for index, indices in enumerate(parts):
+        path = client_data_path(run_dir, index)
+        info = {"method": config.partitioner, "client": index, "num_clients": config.clients}
+        datafile.write_dataset(path, train.subset(indices), data_key, partition=info)
+        commitment = datafile.compute_dataset_commitment(path)
+        key = identity.generate_identity()
+        identity.save_identity(key, client_key_path(run_dir, index), None)
+        public = identity.public_key_bytes(key)
+        participants.append(
+            GenesisParticipant(public, config.stake, commitment.file_hash, commitment.num_examples)
+        )
+        public_keys.append(public)
+        sizes.append(commitment.num_examples)
+
+    model = build_model(
+        config.model, tuple(train.x.shape[1:]), len(train.classes), seed=config.seed
+    )
+    initial_hash = save_model(run_dir, state_to_numpy(model))
+    genesis = make_genesis(
+        config.run_id,
+        participants,
+        initial_model_hash=initial_hash,
+        rules=make_rules_for(config),  # type: ignore[arg-type]
+    )
+    if config.ledger:
+        Chain.create(run_dir / LEDGER_FILENAME, genesis).close()
+    return RunSetup(run_dir, config, genesis, tuple(public_keys), tuple(sizes))
