@@ -81,11 +81,12 @@ class FedchainStrategy(FedAvg):
         self.timeout = timeout
         self.on_round = on_round
         self.grid: Grid | None = None
+        self.settings = ConfigRecord()  # the run settings every message carries
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        self.grid = grid
+        self.grid, self.settings = grid, config
         coordinator = self.coordinator
         config = ConfigRecord(
             {**config, "round": server_round, "base-model-hash": coordinator.model_hash}
@@ -128,17 +129,20 @@ class FedchainStrategy(FedAvg):
         return to_array_record(self.coordinator.model), metrics
 
     def seal_pending(self, replies: list[ClientReply]) -> None:
-        """Append the pending block: with a seal from the replies, else ask later proposers."""
+        """Append the pending block: with a seal from the replies, else ask for one.
+
+        The drawn proposer is asked directly when its node is known, else every node is (only
+        the proposer can answer with a seal). If it cannot seal, the next draw (``attempt``) is
+        asked. Normal rounds never get here: the seal comes with the train replies.
+        """
         coordinator = self.coordinator
         if coordinator.seal_from(replies):
             return
-        for attempt in range(1, MAX_SEAL_ATTEMPTS):
-            header = coordinator.reattempt(attempt)
+        for attempt in range(MAX_SEAL_ATTEMPTS):
+            header = coordinator.reattempt(attempt) if attempt else coordinator.pending.header  # type: ignore[union-attr]
             node_id = coordinator.node_for(header.proposer)
-            if node_id is None:
-                continue
-            answers = self.query([node_id])
-            if coordinator.seal_from(answers):
+            targets = [node_id] if node_id is not None else list(self.grid.get_node_ids())  # type: ignore[union-attr]
+            if coordinator.seal_from(self.query(targets)):
                 return
         pending = coordinator.pending
         height = pending.header.height if pending else "?"
@@ -150,7 +154,7 @@ class FedchainStrategy(FedAvg):
             raise FedchainError("no grid yet")
         messages = [
             self._with_view(
-                Message(RecordDict({"config": base or ConfigRecord()}), node_id, MessageType.QUERY),
+                Message(RecordDict({"config": base or self.settings}), node_id, MessageType.QUERY),
                 MessageType.QUERY,
             )
             for node_id in node_ids

@@ -1,0 +1,209 @@
+"""Federated rounds through the real ServerApp logic and ClientApp, in process (no Ray).
+
+Each misbehaving client is the real ClientApp with its reply altered afterwards, re-signed with
+the client's own key where the attack needs a valid signature.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.common.logger import FLOWER_LOGGER
+
+from clients import client_app as real_client
+from fedchain.config import RunConfig
+from fedchain.coordinator import RoundOutcome
+from fedchain.errors import InvalidBlock
+from fedchain.hashing import compute_update_hash
+from fedchain.holder import load_simulated_holder
+from fedchain.ledger.builder import sign_commitment
+from fedchain.ledger.codec import decode, encode
+from fedchain.ledger.objects import (
+    Block,
+    Rejection,
+    SlashingEvidence,
+    UpdateCommitment,
+)
+from fedchain.ledger.store import LedgerStore
+from fedchain.ledger.verify import verify_ledger
+from fedchain.lightclient import Checkpoint
+from fedchain.runs import prepare_run
+from server.server_app import run_federation
+from tests.inprocess import NODE_BASE, InProcessGrid
+
+FLOWER_LOGGER.setLevel(logging.ERROR)
+
+
+def run(tmp_path: Path, apps, clients: int, rounds: int, down: set[int] = frozenset(), **kw):  # type: ignore[no-untyped-def]
+    config = RunConfig(run_id="t", out=str(tmp_path), clients=clients, rounds=rounds, **kw)
+    setup = prepare_run(config)
+    grid = InProcessGrid(apps, clients)
+    grid.down = {NODE_BASE + i for i in down}
+    outcomes: list[RoundOutcome] = []
+    accuracy = run_federation(
+        grid, config, setup.run_dir, lambda r, o, a, s: outcomes.append(o) if o else None
+    )
+    return setup, grid, outcomes, accuracy
+
+
+def ledger_transactions(run_dir: Path) -> list[object]:
+    with LedgerStore.open(run_dir / "ledger.db", readonly=True) as store:
+        return [tx for s in store.iter_blocks() for tx in decode(Block, s.data).transactions]
+
+
+def test_rounds_register_models_blocks_and_checkpoints(tmp_path):
+    setup, grid, outcomes, accuracy = run(tmp_path, real_client.app, clients=4, rounds=3)
+    report = verify_ledger(setup.run_dir)
+    assert report.ok, report.failure
+    assert [o.accepted for o in outcomes] == [4, 4, 4]
+    # 3 round blocks + the closing block; the closing block finalises round 3's block
+    assert report.head_height == 4 and report.final_height == 3
+    assert report.tx_counts["UpdateCommitment"] == 12 and report.tx_counts["ModelVersion"] == 3
+    assert len(report.model_versions) == 3 and accuracy is not None
+    for context in grid.contexts.values():  # every client holds a checkpoint it checked
+        assert int(context.state["fedchain"]["final-height"]) >= 2
+    assert report.total_stake == 4 * 1_000_000 + 3 * 10_000  # every round's pool paid out
+
+
+def misbehaving(kind: str) -> ClientApp:
+    """The real client, then one attack applied to its train reply."""
+    app = ClientApp()
+    remembered: dict[str, object] = {}
+
+    @app.train()
+    def train(msg: Message, context):  # type: ignore[no-untyped-def]
+        config = msg.content["config"]
+        round_ = int(config["round"])
+        if kind == "raises" and round_ >= 2:
+            raise RuntimeError("disk on fire")
+        reply = real_client.train(msg, context)
+        content = reply.content
+        update = {k: v.numpy() for k, v in content["arrays"].items()}
+        record = dict(content["fedchain"])
+        commitment = decode(UpdateCommitment, record["commitment"])
+        holder = load_simulated_holder(
+            Path(str(config["run-dir"])), int(context.node_config["partition-id"])
+        )
+        examples = commitment.num_examples
+
+        def resign(new_update: dict, num_examples: int = examples) -> bytes:  # type: ignore[type-arg]
+            signed = sign_commitment(
+                holder.key,
+                bytes(config["genesis-hash"]),
+                run_id=commitment.run_id,
+                round=round_,
+                base_model_hash=commitment.base_model_hash,
+                update_hash=compute_update_hash(new_update),
+                num_examples=num_examples,
+            )
+            return encode(signed)
+
+        if kind == "hash-mismatch":
+            first = next(iter(update))
+            update[first] = update[first] + np.float32(0.01)
+        elif kind == "forged-signature":
+            record["commitment"] = encode(dataclasses.replace(commitment, signature=bytes(64)))
+        elif kind == "replay":
+            if round_ == 1:
+                remembered.update(update=update, commitment=record["commitment"])
+            else:
+                update, record["commitment"] = remembered["update"], remembered["commitment"]  # type: ignore[assignment]
+        elif kind == "inflated":
+            examples = examples * 10
+            record["commitment"] = resign(update, examples)
+        elif kind == "nan":
+            first = next(iter(update))
+            update[first] = np.full_like(update[first], np.nan)
+            record["commitment"] = resign(update)
+        elif kind == "shapes":
+            first = next(iter(update))
+            update[first] = update[first].reshape(-1)
+            record["commitment"] = resign(update)
+        metrics = MetricRecord({"num-examples": examples, "train-loss": 0.0})
+        arrays = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in update.items()})
+        return Message(
+            RecordDict({"arrays": arrays, "metrics": metrics, "fedchain": ConfigRecord(record)}),
+            reply_to=msg,
+        )
+
+    @app.query()
+    def query(msg: Message, context):  # type: ignore[no-untyped-def]
+        return real_client.seal_and_attest(msg, context)
+
+    return app
+
+
+ATTACKS = ["hash-mismatch", "forged-signature", "replay", "inflated", "nan", "shapes", "raises"]
+EXPECTED_REASON = {
+    "forged-signature": "bad signature",
+    "replay": "round",
+    "inflated": "examples",
+    "nan": "NaN",
+    "shapes": "shape",
+    "raises": "disk on fire",
+}
+
+
+def test_each_misbehaviour_is_rejected_recorded_and_the_run_goes_on(tmp_path):
+    """Clients 0..6 each misbehave one way; clients 7..9 are honest."""
+    apps = lambda i: misbehaving(ATTACKS[i]) if i < len(ATTACKS) else real_client.app  # noqa: E731
+    setup, _, outcomes, _ = run(tmp_path, apps, clients=10, rounds=2)
+    report = verify_ledger(setup.run_dir)
+    assert report.ok, report.failure
+    assert len(outcomes) == 2
+    # round 1: honest 3 + replay (its first round is honest) + raises (raises from round 2)
+    assert outcomes[0].accepted == 5 and outcomes[1].accepted == 3
+    keys = {i: setup.public_keys[i] for i in range(10)}
+    txs = ledger_transactions(setup.run_dir)
+    rejections = {(tx.public_key, tx.round): tx.reason for tx in txs if isinstance(tx, Rejection)}
+    for i, attack in enumerate(ATTACKS):
+        if attack == "hash-mismatch":
+            continue
+        round_ = 2 if attack in ("replay", "raises") else 1
+        reason = rejections.get((keys[i], round_), "")
+        assert EXPECTED_REASON[attack].lower() in reason.lower(), (attack, reason)
+    evidence = [tx for tx in txs if isinstance(tx, SlashingEvidence)]
+    assert {(e.kind, e.offender) for e in evidence} == {("bad_commitment", keys[0])}
+    stakes = {p.public_key: p.stake for p in report.state.participants.values()}
+    assert stakes[keys[0]] < 1_000_000  # slashed (5 000 bps) and never rewarded
+    assert stakes[keys[9]] > 1_000_000  # honest: rewarded
+    commits = Counter(tx.public_key for tx in txs if isinstance(tx, UpdateCommitment))
+    assert commits[keys[9]] == 2 and commits[keys[0]] == 0 and commits[keys[1]] == 0
+
+
+def test_a_dead_proposer_is_replaced_and_the_round_goes_on(tmp_path):
+    """Client 0 never answers: whenever it is drawn to seal, the next draw seals instead."""
+    setup, _, outcomes, _ = run(tmp_path, real_client.app, clients=3, rounds=4, down={0})
+    report = verify_ledger(setup.run_dir)
+    assert report.ok, report.failure
+    assert [o.accepted for o in outcomes] == [2, 2, 2, 2]
+    assert report.head_height == 5
+
+
+def test_client_refuses_a_head_that_rewrites_its_final_block(tmp_path):
+    from fedchain.lightclient import check_head
+
+    setup, grid, _, _ = run(tmp_path, real_client.app, clients=3, rounds=3)
+    context = next(iter(grid.contexts.values()))
+    saved = Checkpoint(
+        int(context.state["fedchain"]["final-height"]),
+        bytes(context.state["fedchain"]["final-hash"]),
+    )
+    with LedgerStore.open(setup.run_dir / "ledger.db", readonly=True) as store:
+        headers = [decode(Block, s.data).signed_header for s in store.iter_blocks()]
+    genesis_hash = verify_ledger(setup.run_dir).genesis_hash
+    assert check_head(saved, headers, saved.height, None, genesis_hash) == saved
+    forged = list(headers)
+    original = forged[saved.height]
+    forged[saved.height] = dataclasses.replace(
+        original, header=dataclasses.replace(original.header, round=original.header.round + 1)
+    )
+    with pytest.raises(InvalidBlock):
+        check_head(saved, forged, saved.height, None, genesis_hash)
