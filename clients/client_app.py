@@ -86,7 +86,7 @@ def train(msg: Message, context: Context) -> Message:
     data = holder.dataset
     model = build_model(str(config["model"]), tuple(data.x.shape[1:]), len(data.classes), seed=0)
     load_numpy_state(model, base)
-    round_ = int(config["round"])
+    round_ = int(config["server-round"])
     cfg = TrainConfig(
         epochs=int(config["local-epochs"]),
         batch_size=int(config["batch-size"]),

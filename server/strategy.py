@@ -88,9 +88,7 @@ class FedchainStrategy(FedAvg):
     ) -> Iterable[Message]:
         self.grid, self.settings = grid, config
         coordinator = self.coordinator
-        config = ConfigRecord(
-            {**config, "round": server_round, "base-model-hash": coordinator.model_hash}
-        )
+        config = ConfigRecord({**config, "base-model-hash": coordinator.model_hash})
         messages = list(super().configure_train(server_round, arrays, config, grid))
         sampled = {m.metadata.dst_node_id for m in messages}
         pending = coordinator.pending

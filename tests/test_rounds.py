@@ -35,8 +35,8 @@ from fedchain.ledger.store import LedgerStore
 from fedchain.ledger.verify import verify_ledger
 from fedchain.lightclient import Checkpoint
 from fedchain.runs import prepare_run
+from server.inprocess_grid import NODE_BASE, InProcessGrid
 from server.server_app import run_federation
-from tests.inprocess import NODE_BASE, InProcessGrid
 
 FLOWER_LOGGER.setLevel(logging.ERROR)
 
@@ -80,7 +80,7 @@ def misbehaving(kind: str) -> ClientApp:
     @app.train()
     def train(msg: Message, context):  # type: ignore[no-untyped-def]
         config = msg.content["config"]
-        round_ = int(config["round"])
+        round_ = int(config["server-round"])
         if kind == "raises" and round_ >= 2:
             raise RuntimeError("disk on fire")
         reply = real_client.train(msg, context)
@@ -207,3 +207,12 @@ def test_client_refuses_a_head_that_rewrites_its_final_block(tmp_path):
     )
     with pytest.raises(InvalidBlock):
         check_head(saved, forged, saved.height, None, genesis_hash)
+
+
+def test_ledger_off_runs_plain_fedavg_and_writes_no_ledger(tmp_path):
+    setup, grid, outcomes, accuracy = run(
+        tmp_path, real_client.app, clients=3, rounds=2, ledger=False
+    )
+    assert not (setup.run_dir / "ledger.db").exists() and outcomes == []
+    assert accuracy is not None and accuracy["accuracy"] > 0.3
+    assert all("fedchain" not in c.state for c in grid.contexts.values())  # nothing signed

@@ -1,4 +1,5 @@
-"""An in-process Flower Grid: the real ServerApp logic and ClientApp code, without Ray.
+"""An in-process Flower Grid: the real ServerApp logic and ClientApp code, without Ray (fast tests
+and benchmarks; Flower's simulation engine is the real thing for users).
 
 Messages are delivered by calling the ClientApp directly with a per-node ``Context`` that
 persists across rounds (as a SuperNode's does). A ClientApp that raises produces an error
