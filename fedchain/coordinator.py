@@ -22,9 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from fedchain.aggregation import RuleParams, aggregate, compute_weights
-from fedchain.errors import FedchainError, LedgerError, SignatureError
+from fedchain.errors import FedchainError, LedgerError
 from fedchain.hashing import compute_update_hash
-from fedchain.identity import Domain, verify_signature
 from fedchain.ledger.builder import prepare_block, seal_block
 from fedchain.ledger.chain import Chain
 from fedchain.ledger.codec import decode, encode
@@ -42,9 +41,8 @@ from fedchain.ledger.objects import (
     SlashingEvidence,
     Transaction,
     UpdateCommitment,
-    signing_message,
 )
-from fedchain.ledger.state import LedgerState, process_transaction
+from fedchain.ledger.state import LedgerState, is_signed_by, process_transaction
 from fedchain.registry import save_model
 from fedchain.rewards import compute_reward_split
 
@@ -270,7 +268,7 @@ class Coordinator:
         except LedgerError:
             return reject("no readable update commitment", known_key)
         key = commitment.public_key
-        if _is_signed_by_key(commitment, self.state.genesis_hash):
+        if is_signed_by(commitment, key, self.state.genesis_hash):
             self.node_keys[reply.node_id] = key  # this node holds the key, whatever else it did
         if reply.update is None:
             return reject("no update arrays", key)
@@ -345,20 +343,6 @@ class Coordinator:
 
 
 _WEIGHT_RULES = frozenset({"fedavg", "stake", "examples-stake", "reputation"})
-
-
-def _is_signed_by_key(commitment: UpdateCommitment, genesis_hash: bytes) -> bool:
-    try:
-        verify_signature(
-            commitment.public_key,
-            commitment.signature,
-            Domain.UPDATE,
-            signing_message(commitment),
-            genesis_hash,
-        )
-    except SignatureError:
-        return False
-    return True
 
 
 def _check_shapes(update: Mapping[str, np.ndarray], model: Mapping[str, np.ndarray]) -> str:

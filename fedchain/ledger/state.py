@@ -852,13 +852,11 @@ def _check_signature(
         return
     domain = SIGNING_DOMAINS[type(obj)]
     root = compute_signing_root(domain, signing_message(obj, encoding), work.pre.genesis_hash)
-    try:
-        _load_public_key(public_key).verify(obj.signature, root)
-    except (InvalidSignature, ValueError):
+    if not _verify_cached(public_key, obj.signature, root):
         raise InvalidTransaction(
             f"bad signature on the {what}: it does not verify for key {_short(public_key)} "
             f"in this federation"
-        ) from None
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -918,14 +916,36 @@ def _preverify_signatures(
 
 
 def _verify_jobs(jobs: Sequence[tuple[int, bytes, bytes, bytes]]) -> list[int]:
-    verified = []
-    for tx_id, key, signature, root in jobs:
-        try:
-            _load_public_key(key).verify(signature, root)
-        except (InvalidSignature, ValueError):
-            continue
-        verified.append(tx_id)
-    return verified
+    return [tx_id for tx_id, key, signature, root in jobs if _verify_cached(key, signature, root)]
+
+
+# (key, signature, signing root) triples that verified: a coordinator checks each commitment when
+# it admits it and again when it builds the block, so repeats cost a dict lookup. Only exact
+# triples that verified are remembered, so a hit can never accept anything new.
+_VERIFIED: dict[tuple[bytes, bytes, bytes], None] = {}
+_VERIFIED_MAX = 1 << 15
+
+
+def _verify_cached(key: bytes, signature: bytes, root: bytes) -> bool:
+    triple = (key, signature, root)
+    if triple in _VERIFIED:
+        return True
+    try:
+        _load_public_key(key).verify(signature, root)
+    except (InvalidSignature, ValueError):
+        return False
+    if len(_VERIFIED) >= _VERIFIED_MAX:
+        _VERIFIED.clear()
+    _VERIFIED[triple] = None
+    return True
+
+
+def is_signed_by(obj: SignedObject, public_key: PublicKey, genesis_hash: Hash32) -> bool:
+    """Whether ``obj`` carries a valid signature by ``public_key`` in this federation."""
+    if len(public_key) != PUBLIC_KEY_SIZE or len(obj.signature) != SIGNATURE_SIZE:
+        return False
+    root = compute_signing_root(SIGNING_DOMAINS[type(obj)], signing_message(obj), genesis_hash)
+    return _verify_cached(public_key, obj.signature, root)
 
 
 def _get_pool() -> ThreadPoolExecutor:
