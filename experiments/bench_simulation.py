@@ -31,13 +31,13 @@ from pathlib import Path
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 
-from flwr.common.logger import FLOWER_LOGGER  # noqa: E402
+from flwr.common.logger import FLOWER_LOGGER
 
-from clients.client_app import app as client_app  # noqa: E402
-from fedchain.config import RunConfig  # noqa: E402
-from fedchain.runs import prepare_run  # noqa: E402
-from server.inprocess_grid import InProcessGrid  # noqa: E402
-from server.server_app import run_federation  # noqa: E402
+from clients.client_app import app as client_app
+from fedchain.config import RunConfig
+from fedchain.runs import prepare_run
+from server.inprocess_grid import InProcessGrid
+from server.server_app import run_federation
 
 FLOWER_LOGGER.setLevel(logging.ERROR)
 
@@ -127,7 +127,9 @@ def main() -> None:
                 "accuracy_off": round(statistics.median(accuracy[False]), 4),
             }
             print(f"{driver}: ledger on {on:.2f} s, off {off:.2f} s, ratio on/off = {on / off:.3f}")
-        config = RunConfig(run_id="profile", out=str(root), clients=args.clients, rounds=args.rounds)
+        config = RunConfig(
+            run_id="profile", out=str(root), clients=args.clients, rounds=args.rounds
+        )
         areas = profile_ledger(config)
     print("where the ledger-on in-process run spends its time (share of profiled CPU time):")
     for area, share in areas:

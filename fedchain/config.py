@@ -37,8 +37,8 @@ class RunConfig:
     clients: int = 10
     clients_per_round: int = 0  # 0: every client, every round
     rounds: int = 20
-    local_epochs: int = 1
-    batch_size: int = 32
+    local_epochs: int = 2
+    batch_size: int = 16
     lr: float = 0.05
     model: str = "cnn"
     aggregation: str = "fedavg"
