@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
-DEMO   ?= runs/demo-data
+DEMO   ?= runs/demo
 CODE    = fedchain clients server experiments tests
 
 .PHONY: install demo test lint clean
@@ -20,9 +20,8 @@ install: $(BIN)/fedchain
 
 demo: install
 	rm -rf $(DEMO)
-	$(BIN)/fedchain data encrypt --source digits --clients 4 --partitioner dirichlet --alpha 0.5 \
-		--out $(DEMO) --key-file $(DEMO)/data.key
-	$(BIN)/fedchain data inspect $(DEMO)/client-000.fcd --key-file $(DEMO)/data.key
+	$(BIN)/fedchain simulate --out $(dir $(DEMO)) --run-id $(notdir $(DEMO))
+	$(BIN)/fedchain verify $(DEMO)
 
 lint: install
 	$(BIN)/ruff check $(CODE)

@@ -41,6 +41,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
+from fedchain.durable import fsync_directory
 from fedchain.errors import ConfigError, KeyFileError, SignatureError
 
 __all__ = [
@@ -287,7 +288,7 @@ def _write_new_file(path: Path, data: bytes, mode: int) -> None:
         _link_no_clobber(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
-    _fsync_directory(path.parent)
+    fsync_directory(path.parent)
 
 
 def _link_no_clobber(source: Path, target: Path) -> None:
@@ -297,20 +298,6 @@ def _link_no_clobber(source: Path, target: Path) -> None:
         raise KeyFileError(f"{target}: already exists; refusing to overwrite a key file") from None
     except OSError as exc:
         raise KeyFileError(f"{target}: cannot write: {exc.strerror}") from exc
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make the new directory entry durable (best effort: not every platform allows it)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _read_key_file(path: Path) -> tuple[bytes, int]:

@@ -36,6 +36,7 @@ import numpy.typing as npt
 import safetensors.numpy
 from safetensors import SafetensorError
 
+from fedchain.durable import fsync_directory
 from fedchain.errors import ConfigError, RegistryError
 from fedchain.hashing import compute_update_hash
 from fedchain.ledger.objects import HASH_SIZE
@@ -187,7 +188,7 @@ def _make_models_dir(run_dir: Path) -> None:
         models_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise RegistryError(f"{models_dir}: cannot create ({e.strerror or e})") from None
-    _fsync_dir(run_dir)
+    fsync_directory(run_dir)
 
 
 def _write_atomically(path: Path, tensors: dict[str, npt.NDArray[Any]]) -> None:
@@ -208,21 +209,7 @@ def _write_atomically(path: Path, tensors: dict[str, npt.NDArray[Any]]) -> None:
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename or a new entry in ``directory`` durable (a no-op where unsupported)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    fsync_directory(path.parent)
 
 
 def _check_hash(model_hash: bytes) -> None:

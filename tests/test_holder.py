@@ -1,0 +1,63 @@
+"""A deployed data holder finds its files through the SuperNode's node config."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedchain import datafile, identity
+from fedchain.errors import ConfigError, KeyFileError
+from fedchain.holder import load_configured_holder
+from fedchain.sources import load_source
+
+
+@pytest.fixture
+def files(tmp_path):
+    ds = load_source("digits", split="test").subset(np.arange(40))
+    key = datafile.create_key_file(tmp_path / "data.key")
+    datafile.write_dataset(tmp_path / "key.fcd", ds, key)
+    datafile.write_dataset(tmp_path / "pass.fcd", ds, datafile.Passphrase(b"data pw"))
+    identity.save_identity(identity.generate_identity(), tmp_path / "me.key", b"id pw")
+    return tmp_path
+
+
+def test_key_file_and_passphrase_from_environment(files, monkeypatch):
+    monkeypatch.setenv("ID_PASS", "id pw")
+    holder = load_configured_holder(
+        {
+            "data-path": str(files / "key.fcd"),
+            "data-key-path": str(files / "data.key"),
+            "identity-path": str(files / "me.key"),
+            "identity-passphrase-env": "ID_PASS",
+        }
+    )
+    assert len(holder.dataset) == 40
+    assert holder.public_key == identity.load_public_key(files / "me.pub")
+    monkeypatch.setenv("FEDCHAIN_PASSPHRASE", "data pw")
+    monkeypatch.setenv("ID_PASS", "id pw")
+    other = load_configured_holder(
+        {
+            "data-path": str(files / "pass.fcd"),
+            "identity-path": str(files / "me.key"),
+            "identity-passphrase-env": "ID_PASS",
+        }
+    )
+    assert np.array_equal(other.dataset.x, holder.dataset.x)
+
+
+def test_invalid_node_configs_are_explained(files, monkeypatch):
+    monkeypatch.delenv("FEDCHAIN_PASSPHRASE", raising=False)
+    with pytest.raises(ConfigError, match="data-path"):
+        load_configured_holder({"identity-path": str(files / "me.key")})
+    with pytest.raises(ConfigError, match="no data key"):
+        load_configured_holder(
+            {"data-path": str(files / "pass.fcd"), "identity-path": str(files / "me.key")}
+        )
+    with pytest.raises(KeyFileError, match="encrypted"):
+        load_configured_holder(
+            {
+                "data-path": str(files / "key.fcd"),
+                "data-key-path": str(files / "data.key"),
+                "identity-path": str(files / "me.key"),
+            }
+        )
