@@ -15,6 +15,7 @@ one machine can play every part, but each client still only ever opens its own.
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from fedchain.config import RunConfig, write_config
 from fedchain.errors import ConfigError
 from fedchain.ledger.builder import make_genesis, make_rules
 from fedchain.ledger.chain import Chain
-from fedchain.ledger.objects import BAD_COMMITMENT, DOUBLE_SIGN, Genesis, GenesisParticipant
+from fedchain.ledger.objects import BAD_COMMITMENT, DOUBLE_SIGN, Genesis, GenesisParticipant, Rules
 from fedchain.ledger.store import LEDGER_FILENAME
 
 CLIENTS_DIR = "clients"
@@ -58,7 +59,7 @@ def new_run_id(config: RunConfig, now: float | None = None) -> str:
     return f"{stamp}-s{config.seed}"
 
 
-def make_rules_for(config: RunConfig) -> object:
+def make_rules_for(config: RunConfig) -> Rules:
     return make_rules(
         min_stake=config.min_stake,
         reward_per_round=config.reward_per_round,
@@ -74,16 +75,40 @@ def make_rules_for(config: RunConfig) -> object:
     )
 
 
-def prepare_run(config: RunConfig, *, progress: object = None) -> RunSetup:
-    """Create the run directory: data splits, identities, initial model, genesis, ledger."""
+def prepare_run(config: RunConfig) -> RunSetup:
+    """Create the run directory: data splits, identities, initial model, genesis, ledger.
+
+    Settings are checked before anything is written; a failure part-way removes the directory.
+    """
+    from fedchain.aggregation import RULES
+    from fedchain.models import MODELS
+    from fedchain.partition import PARTITIONERS
+    from fedchain.sources import SOURCES
+
+    for name, value, known in (
+        ("aggregation", config.aggregation, RULES),
+        ("model", config.model, MODELS),
+        ("partitioner", config.partitioner, PARTITIONERS),
+        ("dataset", config.dataset, SOURCES),
+    ):
+        if value not in known:
+            raise ConfigError(f"unknown {name} {value!r}; choose one of {', '.join(known)}")
+    run_dir = Path(config.out) / config.run_id
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise ConfigError(f"{run_dir}: already exists and is not empty; pick another --run-id")
+    try:
+        return _populate(run_dir, config)
+    except BaseException:
+        shutil.rmtree(run_dir, ignore_errors=True)  # ours, and half made: leave nothing behind
+        raise
+
+
+def _populate(run_dir: Path, config: RunConfig) -> RunSetup:
     from fedchain.models import build_model, state_to_numpy
     from fedchain.partition import partition
     from fedchain.registry import save_model
     from fedchain.sources import load_source
 
-    run_dir = Path(config.out) / config.run_id
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise ConfigError(f"{run_dir}: already exists and is not empty; pick another --run-id")
     (run_dir / CLIENTS_DIR).mkdir(parents=True, exist_ok=True)
     write_config(config, run_dir / "config.toml")
 
@@ -120,7 +145,7 @@ def prepare_run(config: RunConfig, *, progress: object = None) -> RunSetup:
         config.run_id,
         participants,
         initial_model_hash=initial_hash,
-        rules=make_rules_for(config),  # type: ignore[arg-type]
+        rules=make_rules_for(config),
     )
     if config.ledger:
         Chain.create(run_dir / LEDGER_FILENAME, genesis).close()

@@ -50,3 +50,24 @@ def test_defaults_are_the_documented_main_job():
         20,
         True,
     )
+
+
+def test_invalid_names_are_refused_before_a_run_directory_exists(tmp_path):
+    from fedchain.runs import prepare_run
+
+    for bad in ({"aggregation": "foo"}, {"model": "resnet9000"}, {"dataset": "imagenet"}):
+        with pytest.raises(ConfigError, match="unknown"):
+            prepare_run(merge_config(RunConfig(run_id="r", out=str(tmp_path)), bad))
+        assert not (tmp_path / "r").exists()
+
+
+def test_a_setup_that_fails_part_way_leaves_nothing(tmp_path):
+    from fedchain.errors import DataSourceError
+    from fedchain.runs import prepare_run
+
+    config = RunConfig(
+        run_id="r", out=str(tmp_path), dataset="mnist", data_root=str(tmp_path / "x")
+    )
+    with pytest.raises(DataSourceError):
+        prepare_run(config)
+    assert not (tmp_path / "r").exists()
