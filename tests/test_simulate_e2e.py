@@ -23,7 +23,7 @@ def test_fedchain_simulate_on_ray_produces_a_run_directory_that_verifies(tmp_pat
         stdin=subprocess.DEVNULL,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "round   2/2" in result.stdout and "accepted 3" in result.stdout
+    assert "round   2/2  acc" in result.stdout and "accepted 3" in result.stdout
     run_dir = tmp_path / "ray"
     assert f"run directory: {run_dir}" in result.stdout
     verify = subprocess.run(

@@ -88,7 +88,7 @@ def simulate(
 
     def report(round_: int, outcome: RoundOutcome | None, accuracy: float, seconds: float) -> None:
         final["accuracy"] = accuracy
-        line = f"round {round_:>3}/{config.rounds}  accuracy {accuracy:6.2%}  {seconds:5.1f} s"
+        line = f"round {round_:>3}/{config.rounds}  acc {accuracy:6.2%}  {seconds:5.1f} s"
         if outcome is not None:
             line += (
                 f"  accepted {outcome.accepted}  rejected {len(outcome.rejected)}"
