@@ -15,7 +15,7 @@ records the attestations that make it final.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,10 +30,12 @@ from fedchain.ledger.codec import decode, encode
 from fedchain.ledger.consensus import compute_finalized_height, get_validators
 from fedchain.ledger.objects import (
     BAD_COMMITMENT,
+    SCORE_SCALE,
     Attestation,
     Block,
     BlockHeader,
     CommitmentMismatch,
+    ContributionRecord,
     ModelVersion,
     Rejection,
     RewardDeltas,
@@ -47,6 +49,8 @@ from fedchain.registry import save_model
 from fedchain.rewards import compute_reward_split
 
 Arrays = dict[str, np.ndarray]
+Scorer = Callable[[Arrays, list[Arrays], list[float], int], np.ndarray]
+"""(base model, accepted updates, their aggregation weights, round) -> one raw score each."""
 MAX_SEAL_ATTEMPTS = 8
 
 
@@ -80,6 +84,7 @@ class RoundOutcome:
     head_height: int = 0
     final_height: int = 0
     weights: dict[bytes, float] = field(default_factory=dict)
+    scores: dict[bytes, int] = field(default_factory=dict)  # quantised, as recorded
 
     @property
     def accepted(self) -> int:
@@ -110,6 +115,7 @@ class Coordinator:
         *,
         rule: str,
         params: RuleParams,
+        scorer: Scorer | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.chain = chain
@@ -118,6 +124,7 @@ class Coordinator:
         if compute_update_hash(self.model) != self.model_hash:
             raise FedchainError("the model given is not the ledger's current model")
         self.rule, self.params = rule, params
+        self.scorer = scorer
         self.pending: Pending | None = None
         self.node_keys: dict[int, bytes] = {}
         self.checkpoints: dict[int, int] = {}
@@ -204,9 +211,13 @@ class Coordinator:
         for reply in replies:
             work = self._admit_update(work, reply, round_, txs, accepted, outcome)
         if accepted:
+            base = self.model
             weights = self._aggregate(accepted, round_, txs, outcome)
+            scores = self._score(base, accepted, weights, round_)
+            txs.append(ContributionRecord(round_, scores))
+            outcome.scores = dict(scores)
             pool = self.state.genesis.rules.reward_per_round
-            deltas = compute_reward_split(pool, weights)
+            deltas = compute_reward_split(pool, scores)
             if deltas:
                 txs.append(RewardDeltas(round_, deltas))
         header, post = prepare_block(self.state, txs, round=round_)
@@ -305,7 +316,24 @@ class Coordinator:
         outcome.decisions.append(Decision(reply.node_id, key, True))
         return checked
 
-    # -- aggregation and registration -------------------------------------------------------------
+    # -- aggregation, contribution and registration ----------------------------------------------
+
+    def _score(
+        self,
+        base: Arrays,
+        accepted: list[tuple[UpdateCommitment, Arrays]],
+        weights: dict[bytes, float],
+        round_: int,
+    ) -> tuple[tuple[bytes, int], ...]:
+        """Quantised scores, sorted by key: the scorer's, or (none configured) the aggregation
+        weights. They decide the round's reward split, which the ledger holds to them."""
+        keys = [c.public_key for c, _ in accepted]
+        if self.scorer is None:
+            raw = np.array([weights[k] for k in keys])
+        else:
+            raw = self.scorer(base, [u for _, u in accepted], [weights[k] for k in keys], round_)
+        quantised = quantise_scores(raw)
+        return tuple(sorted(zip(keys, quantised, strict=True)))
 
     def _aggregate(
         self,
@@ -343,6 +371,14 @@ class Coordinator:
 
 
 _WEIGHT_RULES = frozenset({"fedavg", "stake", "examples-stake", "reputation"})
+
+
+def quantise_scores(scores: Sequence[float] | np.ndarray) -> tuple[int, ...]:
+    """Scores as integers at SCORE_SCALE (round half to even); the ledger stores only these."""
+    values = np.asarray(scores, dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise FedchainError("contribution scores must be finite")
+    return tuple(int(v) for v in np.rint(values * SCORE_SCALE))
 
 
 def _check_shapes(update: Mapping[str, np.ndarray], model: Mapping[str, np.ndarray]) -> str:

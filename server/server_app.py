@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections.abc import Callable
 from logging import INFO
@@ -80,12 +82,26 @@ def run_federation(
     last_outcome: list[RoundOutcome | None] = [None]
     started = [time.perf_counter()]
 
+    history: list[dict[str, float | int]] = []
+
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         load_numpy_state(model_net, {k: v.numpy() for k, v in arrays.items()})
         result = evaluate(model_net, test)
+        elapsed = time.perf_counter() - started[0]
+        outcome = last_outcome[0]
+        history.append(
+            {
+                "round": server_round,
+                "accuracy": result.accuracy,
+                "loss": result.loss,
+                "accepted": outcome.accepted if outcome and server_round else 0,
+                "rejected": len(outcome.rejected) if outcome and server_round else 0,
+                "seconds": round(elapsed, 3) if server_round else 0.0,
+            }
+        )
+        write_metrics(run_dir, history)
         if report is not None and server_round > 0:
-            elapsed = time.perf_counter() - started[0]
-            report(server_round, last_outcome[0], result.accuracy, elapsed)
+            report(server_round, outcome, result.accuracy, elapsed)
         started[0] = time.perf_counter()
         return MetricRecord({"accuracy": result.accuracy, "loss": result.loss})
 
@@ -133,6 +149,14 @@ def run_federation(
         strategy.close_ledger(settings)
         log(INFO, "ledger head %s, final height %s", chain.state.height, coordinator.final_height)
     return result.evaluate_metrics_serverapp.get(config.rounds)
+
+
+def write_metrics(run_dir: Path, history: list[dict[str, float | int]]) -> None:
+    """``metrics.json``: central accuracy and loss per round (round 0: the initial model)."""
+    target = run_dir / "metrics.json"
+    scratch = target.with_suffix(".json.tmp")
+    scratch.write_text(json.dumps({"rounds": history}, indent=1) + "\n")
+    os.replace(scratch, target)
 
 
 def _initial_without_ledger(run_dir: Path) -> dict:  # type: ignore[type-arg]

@@ -891,7 +891,7 @@ def history(pre: LedgerState) -> tuple[list[Block], list[LedgerState]]:
         [
             ModelVersion(1, MODEL_1, MODEL_0, hashes, "fedavg"),
             ContributionRecord(1, by_key([(PUB[1], 500_000), (PUB[2], 300_000), (PUB[5], 0)])),
-            RewardDeltas(1, by_key([(PUB[1], 600), (PUB[2], 400), (PUB[3], -250)])),
+            RewardDeltas(1, by_key([(PUB[1], 625), (PUB[2], 375), (PUB[3], -250)])),
             Rejection(1, PUB[3], "update hash does not match the commitment"),
             *[attest(s, i, 2) for i in (1, 2, 4, 5)],
         ],
@@ -911,8 +911,8 @@ def test_valid_chain(history: tuple[list[Block], list[LedgerState]]) -> None:
         assert state.head_hash == compute_block_hash(block)
     assert (state.height, state.round, state.model_head, state.model_round) == (4, 2, MODEL_1, 1)
     assert {i: participant(state, i).stake for i in (1, 2, 3, 4, 5)} == {
-        1: 700,
-        2: 600,
+        1: 725,
+        2: 575,
         3: 50,
         4: 400,
         5: 150,
@@ -1042,3 +1042,27 @@ def test_invalid_block_no_validators_left(chain: list[LedgerState]) -> None:
     assert get_validators(post) == []
     with pytest.raises(InvalidBlock, match="no validators left"):
         process_block(post, propose(state)[0])
+
+
+def test_invalid_rewards_that_do_not_follow_the_blocks_scores(committed: LedgerState) -> None:
+    """Pre: a contribution record (3:1 scores) in the block. Op: rewards split otherwise. Post: refused."""
+    scores = by_key([(PUB[1], 3), (PUB[2], 1)])
+    state = process_transactions(
+        committed,
+        (ContributionRecord(1, scores), RewardDeltas(1, by_key([(PUB[1], 750), (PUB[2], 250)]))),
+        1,
+    )
+    assert participant(state, 1).stake - participant(committed, 1).stake == 750
+    with pytest.raises(InvalidTransaction, match="do not match the split"):
+        process_transactions(
+            committed,
+            (
+                ContributionRecord(1, scores),
+                RewardDeltas(1, by_key([(PUB[1], 500), (PUB[2], 500)])),
+            ),
+            1,
+        )
+    with pytest.raises(InvalidTransaction, match="at most one contribution record"):
+        process_transactions(
+            committed, (ContributionRecord(1, scores), ContributionRecord(1, scores)), 1
+        )

@@ -7,6 +7,7 @@ the client's own key where the attack needs a valid signature.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from collections import Counter
 from pathlib import Path
@@ -70,6 +71,9 @@ def test_rounds_register_models_blocks_and_checkpoints(tmp_path):
     for context in grid.contexts.values():  # every client holds a checkpoint it checked
         assert int(context.state["fedchain"]["final-height"]) >= 2
     assert report.total_stake == 4 * 1_000_000 + 3 * 10_000  # every round's pool paid out
+    assert report.tx_counts["ContributionRecord"] == 3  # rewards follow recorded scores
+    metrics = json.loads((setup.run_dir / "metrics.json").read_text())["rounds"]
+    assert [m["round"] for m in metrics] == [0, 1, 2, 3] and metrics[3]["accepted"] == 4
 
 
 def misbehaving(kind: str) -> ClientApp:

@@ -79,6 +79,7 @@ from fedchain.ledger.objects import (
     compute_tx_root_of_encodings,
     signing_message,
 )
+from fedchain.rewards import compute_reward_split
 
 __all__ = [
     "BPS_DENOMINATOR",
@@ -539,6 +540,7 @@ class _Working:
         "round_commits",
         "round_rewards_paid",
         "round_update_hashes",
+        "scores",
     )
 
     def __init__(self, state: LedgerState, block_round: int) -> None:
@@ -549,6 +551,7 @@ class _Working:
         self.pre = state
         self.round = block_round
         self.preverified: frozenset[int] = frozenset()  # ids of txs whose signature verified
+        self.scores: tuple[tuple[PublicKey, int], ...] | None = None  # this block's record
         self.participants = dict(state.participants)
         self.new_keys = False
         self.last_attested = dict(state.last_attested)
@@ -701,8 +704,13 @@ def _apply_model_version(work: _Working, tx: ModelVersion, encoding: bytes) -> N
 
 
 def _apply_contribution_record(work: _Working, tx: ContributionRecord, encoding: bytes) -> None:
+    """Scores bind the reward split: the :class:`RewardDeltas` after this record in the same
+    block must pay exactly :func:`~fedchain.rewards.compute_reward_split` of its positive scores."""
     _check_round(work, tx.round, "contribution record")
     _check_keyed_entries(work, tx.scores, "scores")
+    if work.scores is not None:
+        raise InvalidTransaction("a block holds at most one contribution record")
+    work.scores = tx.scores
 
 
 def _apply_reward_deltas(work: _Working, tx: RewardDeltas, encoding: bytes) -> None:
@@ -710,6 +718,12 @@ def _apply_reward_deltas(work: _Working, tx: RewardDeltas, encoding: bytes) -> N
     _check_round(work, tx.round, "reward deltas")
     _check_keyed_entries(work, tx.deltas, "deltas")
     paid = sum(delta for _, delta in tx.deltas if delta > 0)
+    if work.scores is not None:
+        expected = compute_reward_split(rules.reward_per_round, work.scores)
+        if tuple((key, delta) for key, delta in tx.deltas if delta > 0) != expected:
+            raise InvalidTransaction(
+                "rewards do not match the split of this block's contribution scores"
+            )
     if work.round_rewards_paid + paid > rules.reward_per_round:
         raise InvalidTransaction(
             f"rewards of {paid} (plus {work.round_rewards_paid} already paid in round "
