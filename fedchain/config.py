@@ -44,6 +44,9 @@ class RunConfig:
     aggregation: str = "fedavg"
     beta: float = 1.0
     weight_cap: float = 1.0  # largest share of one client's weight; 1.0 = no cap
+    contribution: str = "none"  # none (scores = aggregation weights), gradient-similarity,
+    #                              leave-one-out, gtg-shapley, shapley
+    validation_fraction: float = 0.1  # of the training data, held out by the coordinator
     ledger: bool = True
     stake: int = 1_000_000
     min_stake: int = 100_000
@@ -62,6 +65,7 @@ class RunConfig:
             (self.batch_size >= 1, "batch-size must be at least 1"),
             (self.lr > 0, "lr must be positive"),
             (0 < self.weight_cap <= 1, "weight-cap must be in (0, 1]"),
+            (0 <= self.validation_fraction < 0.5, "validation-fraction must be in [0, 0.5)"),
             (self.stake >= self.min_stake >= 1, "stake must be >= min-stake >= 1"),
             (self.reward_per_round >= 0, "reward-per-round must be >= 0"),
             (self.round_timeout > 0, "round-timeout must be positive"),

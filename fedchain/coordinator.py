@@ -45,7 +45,7 @@ from fedchain.ledger.objects import (
     UpdateCommitment,
 )
 from fedchain.ledger.state import LedgerState, is_signed_by, process_transaction
-from fedchain.registry import save_model
+from fedchain.registry import save_model, save_update
 from fedchain.rewards import compute_reward_split
 
 Arrays = dict[str, np.ndarray]
@@ -311,6 +311,7 @@ class Coordinator:
             )
         if not all(np.isfinite(a).all() for a in reply.update.values()):
             return reject("update has NaN or infinite values", key)
+        save_update(self.run_dir, reply.update)  # so anyone can recompute the round's scores
         txs.append(commitment)
         accepted.append((commitment, reply.update))
         outcome.decisions.append(Decision(reply.node_id, key, True))

@@ -281,3 +281,24 @@ def label_histogram(labels: np.ndarray, num_classes: int) -> np.ndarray:
             f"got {int(y.min())}..{int(y.max())}"
         )
     return np.bincount(y, minlength=num_classes).astype(np.int64)
+
+
+def holdout_indices(
+    labels: np.ndarray, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split indices into (kept, held out): ``fraction`` of each class held out, at least one
+    example of every class with two or more, chosen by ``seed``. Both sorted; together they are
+    every index once. The coordinator's validation split comes from here, before clients split
+    the rest, so no client ever holds a validation example."""
+    if not 0 <= fraction < 1:
+        raise PartitionError(f"holdout fraction must be in [0, 1), got {fraction}")
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    held: list[np.ndarray] = []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        count = 0 if fraction == 0 or len(members) < 2 else max(1, round(fraction * len(members)))
+        held.append(rng.permutation(members)[:count])
+    holdout = np.sort(np.concatenate(held)).astype(np.int64) if held else np.array([], np.int64)
+    kept = np.setdiff1d(np.arange(len(labels), dtype=np.int64), holdout)
+    return kept, holdout

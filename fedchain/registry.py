@@ -60,6 +60,7 @@ __all__ = [
 ]
 
 MODELS_DIRNAME = "models"  # inside a run directory
+UPDATES_DIRNAME = "updates"  # archived client updates, by the hash they were committed to
 MODEL_SUFFIX = ".safetensors"
 MIN_PREFIX_HEX = 4
 """The shortest hash prefix (hex characters) that names a model."""
@@ -97,13 +98,13 @@ class ModelEntry:
 # Files
 
 
-def model_path(run_dir: Path, model_hash: bytes) -> Path:
-    """Where the model with ``model_hash`` lives in ``run_dir``."""
+def model_path(run_dir: Path, model_hash: bytes, folder: str = MODELS_DIRNAME) -> Path:
+    """Where the model (or, with ``folder=UPDATES_DIRNAME``, update) with that hash lives."""
     _check_hash(model_hash)
-    return Path(run_dir) / MODELS_DIRNAME / f"{model_hash.hex()}{MODEL_SUFFIX}"
+    return Path(run_dir) / folder / f"{model_hash.hex()}{MODEL_SUFFIX}"
 
 
-def save_model(run_dir: Path, arrays: Arrays) -> bytes:
+def save_model(run_dir: Path, arrays: Arrays, folder: str = MODELS_DIRNAME) -> bytes:
     """Store a model's named numpy arrays in ``run_dir``; return its canonical hash.
 
     The file is written atomically (temporary file, fsync, rename, directory fsync). If the model
@@ -118,26 +119,38 @@ def save_model(run_dir: Path, arrays: Arrays) -> bytes:
     """
     tensors = _as_numpy(arrays)
     model_hash = compute_update_hash(tensors)
-    path = model_path(run_dir, model_hash)
+    path = model_path(run_dir, model_hash, folder)
     if path.exists():
         with contextlib.suppress(RegistryError):  # damaged: fall through and replace it
             _load_verified(path, model_hash)
             return model_hash
-    _make_models_dir(Path(run_dir))
+    _make_models_dir(Path(run_dir), folder)
     # safetensors writes an array's memory as is, so a non-contiguous view would be stored
     # scrambled; asarray(order="C") copies only those (and keeps 0-d arrays 0-d).
     _write_atomically(path, {name: np.asarray(a, order="C") for name, a in tensors.items()})
     return model_hash
 
 
-def load_model(run_dir: Path, model_hash: bytes) -> dict[str, npt.NDArray[Any]]:
+def load_model(
+    run_dir: Path, model_hash: bytes, folder: str = MODELS_DIRNAME
+) -> dict[str, npt.NDArray[Any]]:
     """Load the model with ``model_hash`` from ``run_dir``, checking that it hashes to it.
 
     Raises :class:`~fedchain.errors.RegistryError` naming the file when it is missing, unreadable,
     or holds other tensors than its hash says (altered, or renamed from another model's file).
     """
-    path = model_path(run_dir, model_hash)
+    path = model_path(run_dir, model_hash, folder)
     return _load_verified(path, model_hash)
+
+
+def save_update(run_dir: Path, arrays: Arrays) -> bytes:
+    """Archive a client's update in ``updates/`` by its canonical hash (the one it committed
+    to), so anyone can recompute the round's contribution scores."""
+    return save_model(run_dir, arrays, UPDATES_DIRNAME)
+
+
+def load_update(run_dir: Path, update_hash: bytes) -> dict[str, npt.NDArray[Any]]:
+    return load_model(run_dir, update_hash, UPDATES_DIRNAME)
 
 
 def _as_numpy(arrays: Arrays) -> dict[str, npt.NDArray[Any]]:
@@ -180,8 +193,8 @@ def _load_file(path: Path) -> dict[str, npt.NDArray[Any]]:
     return arrays
 
 
-def _make_models_dir(run_dir: Path) -> None:
-    models_dir = run_dir / MODELS_DIRNAME
+def _make_models_dir(run_dir: Path, folder: str = MODELS_DIRNAME) -> None:
+    models_dir = run_dir / folder
     if models_dir.is_dir():
         return
     try:

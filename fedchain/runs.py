@@ -27,6 +27,7 @@ from fedchain.ledger.builder import make_genesis, make_rules
 from fedchain.ledger.chain import Chain
 from fedchain.ledger.objects import BAD_COMMITMENT, DOUBLE_SIGN, Genesis, GenesisParticipant, Rules
 from fedchain.ledger.store import LEDGER_FILENAME
+from fedchain.sources import ArrayDataset
 
 CLIENTS_DIR = "clients"
 DATA_KEY_FILE = "data.key"
@@ -59,6 +60,20 @@ def new_run_id(config: RunConfig, now: float | None = None) -> str:
     return f"{stamp}-s{config.seed}"
 
 
+def load_split(config: RunConfig) -> tuple[ArrayDataset, ArrayDataset]:
+    """(the clients' share, the coordinator's validation split) of the training data.
+
+    Deterministic from the configuration (source and seed), so the coordinator and anyone
+    re-checking its contribution scores derive the same validation split.
+    """
+    from fedchain.partition import holdout_indices
+    from fedchain.sources import load_source
+
+    train = load_source(config.dataset, root=config.data_root or None, split="train")
+    kept, held = holdout_indices(train.y, config.validation_fraction, seed=config.seed)
+    return train.subset(kept), train.subset(held)
+
+
 def make_rules_for(config: RunConfig) -> Rules:
     return make_rules(
         min_stake=config.min_stake,
@@ -69,7 +84,7 @@ def make_rules_for(config: RunConfig) -> Rules:
         },
         aggregation_rule=config.aggregation,
         aggregation_params={"beta": repr(config.beta)},
-        contribution_method="none",
+        contribution_method=config.contribution,
         weight_cap_bps=round(config.weight_cap * 10_000),
         reputation_penalty_bps=config.reputation_penalty_bps,
     )
@@ -81,6 +96,7 @@ def prepare_run(config: RunConfig) -> RunSetup:
     Settings are checked before anything is written; a failure part-way removes the directory.
     """
     from fedchain.aggregation import RULES
+    from fedchain.contribution import METHODS
     from fedchain.models import MODELS
     from fedchain.partition import PARTITIONERS
     from fedchain.sources import SOURCES
@@ -90,6 +106,7 @@ def prepare_run(config: RunConfig) -> RunSetup:
         ("model", config.model, MODELS),
         ("partitioner", config.partitioner, PARTITIONERS),
         ("dataset", config.dataset, SOURCES),
+        ("contribution method", config.contribution, METHODS),
     ):
         if value not in known:
             raise ConfigError(f"unknown {name} {value!r}; choose one of {', '.join(known)}")
@@ -107,12 +124,11 @@ def _populate(run_dir: Path, config: RunConfig) -> RunSetup:
     from fedchain.models import build_model, state_to_numpy
     from fedchain.partition import partition
     from fedchain.registry import save_model
-    from fedchain.sources import load_source
 
     (run_dir / CLIENTS_DIR).mkdir(parents=True, exist_ok=True)
     write_config(config, run_dir / "config.toml")
 
-    train = load_source(config.dataset, root=config.data_root or None, split="train")
+    train, _ = load_split(config)
     parts = partition(
         train.y,
         config.clients,

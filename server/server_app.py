@@ -126,7 +126,15 @@ def run_federation(
 
     params = RuleParams(beta=config.beta, cap=None if config.weight_cap >= 1 else config.weight_cap)
     with Chain.open(ledger_path) as chain:
-        coordinator = Coordinator(run_dir, chain, initial, rule=config.aggregation, params=params)
+        scorer = None
+        if config.contribution != "none":
+            from fedchain.runs import load_split
+            from fedchain.scoring import RoundScorer
+
+            scorer = RoundScorer(config, load_split(config)[1])
+        coordinator = Coordinator(
+            run_dir, chain, initial, rule=config.aggregation, params=params, scorer=scorer
+        )
 
         def on_round(outcome: RoundOutcome) -> None:
             last_outcome[0] = outcome

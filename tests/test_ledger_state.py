@@ -1045,7 +1045,7 @@ def test_invalid_block_no_validators_left(chain: list[LedgerState]) -> None:
 
 
 def test_invalid_rewards_that_do_not_follow_the_blocks_scores(committed: LedgerState) -> None:
-    """Pre: a contribution record (3:1 scores) in the block. Op: rewards split otherwise. Post: refused."""
+    """Pre: a contribution record (3:1) in the block. Op: rewards split otherwise. Post: refused."""
     scores = by_key([(PUB[1], 3), (PUB[2], 1)])
     state = process_transactions(
         committed,

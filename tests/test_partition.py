@@ -282,3 +282,23 @@ def test_invalid_label_histogram() -> None:
         label_histogram(np.array([0, 3]), 3)
     with pytest.raises(PartitionError, match="num_classes"):
         label_histogram(np.array([0]), 0)
+
+
+def test_holdout_is_stratified_deterministic_and_disjoint():
+    from fedchain.partition import holdout_indices
+
+    labels = np.repeat(np.arange(5), [30, 20, 10, 5, 2])
+    kept, held = holdout_indices(labels, 0.1, seed=3)
+    assert np.array_equal(np.sort(np.concatenate([kept, held])), np.arange(len(labels)))
+    assert [int((labels[held] == c).sum()) for c in range(5)] == [3, 2, 1, 1, 1]
+    again = holdout_indices(labels, 0.1, seed=3)
+    assert np.array_equal(again[1], held)
+    assert not np.array_equal(holdout_indices(labels, 0.1, seed=4)[1], held)
+    assert len(holdout_indices(labels, 0.0, seed=3)[1]) == 0
+
+
+def test_invalid_holdout_fraction():
+    from fedchain.partition import holdout_indices
+
+    with pytest.raises(PartitionError):
+        holdout_indices(np.zeros(10, dtype=np.int64), 1.0, seed=0)

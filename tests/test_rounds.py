@@ -28,6 +28,7 @@ from fedchain.ledger.builder import sign_commitment
 from fedchain.ledger.codec import decode, encode
 from fedchain.ledger.objects import (
     Block,
+    ContributionRecord,
     Rejection,
     SlashingEvidence,
     UpdateCommitment,
@@ -220,3 +221,19 @@ def test_ledger_off_runs_plain_fedavg_and_writes_no_ledger(tmp_path):
     assert not (setup.run_dir / "ledger.db").exists() and outcomes == []
     assert accuracy is not None and accuracy["accuracy"] > 0.3
     assert all("fedchain" not in c.state for c in grid.contexts.values())  # nothing signed
+
+
+@pytest.mark.parametrize("method", ["leave-one-out", "gtg-shapley", "gradient-similarity"])
+def test_contribution_scores_split_rewards_and_updates_are_archived(tmp_path, method):
+    apps = lambda i: misbehaving("raises") if i == 0 else real_client.app  # noqa: E731
+    setup, _, _, _ = run(tmp_path, apps, clients=4, rounds=2, contribution=method)
+    report = verify_ledger(setup.run_dir)
+    assert report.ok, report.failure
+    txs = ledger_transactions(setup.run_dir)
+    records = [tx for tx in txs if isinstance(tx, ContributionRecord)]
+    assert [r.round for r in records] == [1, 2]
+    assert len(records[1].scores) == 3  # client 0 raised in round 2: not scored
+    assert any(score > 0 for _, score in records[1].scores)
+    archived = {p.name.split(".")[0] for p in (setup.run_dir / "updates").iterdir()}
+    committed = {tx.update_hash.hex() for tx in txs if isinstance(tx, UpdateCommitment)}
+    assert committed <= archived

@@ -42,6 +42,13 @@ def simulate(
             help="fedavg, stake, examples-stake, reputation, median, trimmed-mean, multi-krum."
         ),
     ] = None,
+    contribution: Annotated[
+        str | None,
+        typer.Option(
+            help="Contribution scores that split the rewards: none (= aggregation weights), "
+            "gradient-similarity, leave-one-out, gtg-shapley, shapley (exact; small rounds)."
+        ),
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of split, model and training.")] = None,
     ledger: Annotated[
         str | None, typer.Option(help="on (default) or off: plain Flower FedAvg, for comparison.")
@@ -66,6 +73,7 @@ def simulate(
         "lr": lr,
         "model": model,
         "aggregation": aggregation,
+        "contribution": contribution,
         "seed": seed,
         "out": out,
         "run_id": run_id,

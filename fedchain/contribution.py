@@ -1,0 +1,519 @@
+"""Contribution scores for one round's accepted updates (DESIGN.md section 3.5).
+
+Pure and deterministic: no torch, no I/O, no clock, no unseeded randomness. The caller supplies
+the *utility* of a coalition of clients, so this module never touches a model or a data set:
+
+* a :data:`Utility` maps a coalition (a ``frozenset`` of client indices ``0 .. n - 1``) to a
+  number, normally the validation accuracy of the *coalition model* that
+  :func:`compute_coalition_model` builds: the round's base model plus the weighted average of the
+  members' updates, weights renormalised over the coalition (``S = {}`` gives the base model, so
+  ``U({})`` is the accuracy before the round and ``U(all)`` the accuracy after it);
+* :class:`CachedUtility` memoises a utility and counts the distinct coalitions it evaluated,
+  which is the cost that matters (one model evaluation each).
+
+Methods (:data:`METHODS`, chosen by configuration, dispatched by :func:`compute_scores`):
+
+=====================  ==========================================  ===========================
+method                 score of client ``i``                       model evaluations
+=====================  ==========================================  ===========================
+shapley                exact Shapley value                         ``2**n`` (``n`` <= 16)
+gtg-shapley            Monte-Carlo Shapley, GTG-Shapley style      budgeted (see below)
+leave-one-out          ``U(all) - U(all minus i)``                 ``n + 1``
+gradient-similarity    cosine(update ``i``, aggregate), >= 0        none (no validation data)
+none                   0                                           none
+=====================  ==========================================  ===========================
+
+Shapley values split ``U(all) - U({})``, the round's improvement, among the clients (efficiency),
+give equal scores to interchangeable clients (symmetry) and 0 to a client that never changes the
+utility (dummy). A free rider that sends a zero update is *not* a dummy here: in a coalition it
+takes weight and so shrinks the others' step, and it typically scores below zero.
+
+GTG-Shapley (Liu et al., 2022, "GTG-Shapley: Efficient and Accurate Participant Contribution
+Evaluation in Federated Learning") estimates Shapley values from sampled permutations, with
+three savings over plain Monte Carlo:
+
+* between-round truncation: when ``|U(all) - U({})| <= round_tolerance`` the round changed
+  nothing worth sharing and every score is 0 (two evaluations);
+* within-permutation truncation: walking a permutation, once the prefix's utility is within
+  ``truncation_tolerance`` of ``U(all)`` the remaining clients' marginals are taken as 0 and no
+  more coalitions are evaluated for that permutation;
+* guided sampling: permutation ``t`` puts client ``t mod n`` first and shuffles the rest, so every
+  client leads equally often (the first position carries the largest marginals early in
+  training, where the base model is poor).
+
+The estimate is the mean marginal vector over the permutations. It stops after ``n`` permutations
+(one cycle) at the earliest, then at the end of a cycle whose estimate moved by at most
+``convergence_tolerance`` (relative, L1) since the previous cycle's, or when ``max_permutations``
+permutations or ``max_evaluations`` distinct coalitions are reached (both checked between
+permutations, so a started permutation always finishes and the evaluation count may overshoot
+``max_evaluations`` by up to ``n - 2``). Coalitions are memoised, so repeated prefixes are free.
+All randomness is ``numpy.random.default_rng(seed)``; with the same utility values the scores
+are the same on every machine.
+
+The defaults assume the utility is an accuracy in ``[0, 1]`` (the tolerances are in its units)
+and were chosen with ``experiments/contribution_quality.py`` (10 clients on digits with label
+noise and a free rider): see :data:`GTG_DEFAULTS` for the measured cost and agreement.
+
+Leave-one-out is cheap (``n + 1`` evaluations) but blind to redundancy: with many similar good
+clients each one's removal costs little, so it tends to compress scores towards 0.
+
+Gradient similarity needs no validation data (for a coordinator that holds none): the cosine
+similarity between each client's flattened update and the weighted aggregate update of the round,
+negative values clipped to 0. Why this form: cosine is scale-free, so scaling an update up does
+not raise its score; an update pointing against the consensus (sign flip, label flip) earns
+nothing rather than a negative amount a reward split would have to special-case; a zero update (a
+free rider) scores exactly 0. Its limits: the aggregate includes the client itself (with 10
+clients the self-term is small but favours heavy-weight clients), and agreeing with the majority
+is not the same as being useful, so a majority of similarly bad clients defines the consensus.
+
+Scores go onto the ledger as integers by :func:`quantise_scores` (``SCORE_SCALE`` units,
+round-half-even). Exact Shapley sums its terms with :func:`math.fsum`, so given the same utility
+values its result is the same bits everywhere; the utility values themselves (a model evaluated
+in floating point) agree across machines only to rounding, which is why DESIGN.md promises
+recomputed scores within a tolerance, not bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeAlias
+
+import numpy as np
+import numpy.typing as npt
+
+from fedchain.aggregation import aggregate
+from fedchain.errors import ConfigError
+from fedchain.ledger.objects import SCORE_SCALE
+
+__all__ = [
+    "EXACT_SHAPLEY_MAX_CLIENTS",
+    "GTG_DEFAULTS",
+    "METHODS",
+    "CachedUtility",
+    "Utility",
+    "compute_coalition_model",
+    "compute_exact_shapley",
+    "compute_gradient_similarity",
+    "compute_gtg_shapley",
+    "compute_leave_one_out",
+    "compute_scores",
+    "make_coalition_utility",
+    "quantise_scores",
+]
+
+METHODS = ("shapley", "gtg-shapley", "leave-one-out", "gradient-similarity", "none")
+"""Every contribution method name :func:`compute_scores` accepts."""
+
+EXACT_SHAPLEY_MAX_CLIENTS = 16
+"""Exact Shapley evaluates ``2**n`` coalitions; beyond 16 clients (65,536) use GTG-Shapley."""
+
+GTG_DEFAULTS: Mapping[str, float | int | None] = {
+    "max_permutations": 100,
+    "max_evaluations": None,
+    "round_tolerance": 0.001,
+    "truncation_tolerance": 0.01,
+    "convergence_tolerance": 0.05,
+}
+"""Default GTG-Shapley parameters (tolerances in utility units: accuracy in ``[0, 1]``)."""
+
+Utility: TypeAlias = Callable[[frozenset[int]], float]
+"""Utility of a coalition of client indices, e.g. validation accuracy of its coalition model."""
+
+FloatArray: TypeAlias = npt.NDArray[np.float64]
+AnyArray: TypeAlias = npt.NDArray[Any]
+
+
+class CachedUtility:
+    """A utility that evaluates each distinct coalition once and counts the evaluations.
+
+    Calling it with a coalition seen before returns the stored value without calling the wrapped
+    utility. :attr:`evaluations` is the number of distinct coalitions evaluated so far, i.e. the
+    number of coalition models the caller built and scored. A non-finite utility value raises
+    :class:`ConfigError` (it would poison every score it enters).
+    """
+
+    def __init__(self, utility: Utility) -> None:
+        self._utility = utility
+        self._values: dict[frozenset[int], float] = {}
+
+    def __call__(self, coalition: frozenset[int]) -> float:
+        key = frozenset(coalition)
+        value = self._values.get(key)
+        if value is None:
+            value = float(self._utility(key))
+            if not math.isfinite(value):
+                raise ConfigError(
+                    f"the utility of coalition {sorted(key)} is {value}; it must be finite"
+                )
+            self._values[key] = value
+        return value
+
+    @property
+    def evaluations(self) -> int:
+        """Distinct coalitions evaluated so far."""
+        return len(self._values)
+
+    @property
+    def values(self) -> Mapping[frozenset[int], float]:
+        """The values computed so far, by coalition (a copy)."""
+        return dict(self._values)
+
+
+# --------------------------------------------------------------------------------------------------
+# Coalition models
+
+
+def compute_coalition_model(
+    base: Mapping[str, AnyArray],
+    updates: Sequence[Mapping[str, AnyArray]],
+    weights: Sequence[float] | FloatArray,
+    coalition: frozenset[int],
+) -> dict[str, npt.NDArray[np.float32]]:
+    """The model a coalition alone would have produced: ``base + sum w_i d_i / sum w_i``.
+
+    ``updates[i]`` and ``weights[i]`` are client ``i``'s update and aggregation weight (from
+    :func:`fedchain.aggregation.compute_weights`); the sums run over ``i`` in ``coalition``. The
+    average is :func:`fedchain.aggregation.aggregate` with rule ``fedavg`` over the members, so
+    it sums in client index order and the full coalition gives exactly the model a weighted-average
+    round produces. The empty coalition, and a coalition whose members all have weight 0, give a
+    copy of ``base``. The result is float32, in ``base``'s tensor order.
+
+    For robust aggregation rules the coalition model is still the weighted average of the
+    members: scores then measure the accepted updates, not the robust estimator.
+
+    Raises :class:`ConfigError` for indices outside ``0 .. len(updates) - 1``, a weight count
+    that differs from the update count, negative or non-finite weights, or updates whose tensor
+    names or shapes differ from ``base``'s.
+    """
+    w = _check_weights(weights, len(updates))
+    members = _check_coalition(coalition, len(updates))
+    _check_update_shapes(base, updates)
+    active = [i for i in members if w[i] > 0]
+    if not active:
+        return {name: np.array(value, dtype=np.float32) for name, value in base.items()}
+    average = aggregate([updates[i] for i in active], w[active], rule="fedavg").arrays
+    return {
+        name: np.add(np.asarray(value, dtype=np.float32), average[name], dtype=np.float32)
+        for name, value in base.items()
+    }
+
+
+def make_coalition_utility(
+    base: Mapping[str, AnyArray],
+    updates: Sequence[Mapping[str, AnyArray]],
+    weights: Sequence[float] | FloatArray,
+    score_model: Callable[[dict[str, npt.NDArray[np.float32]]], float],
+) -> CachedUtility:
+    """A cached utility: ``score_model`` of each coalition's :func:`compute_coalition_model`.
+
+    ``score_model`` is the caller's I/O side, e.g. load the arrays into a torch model and return
+    its accuracy on the coordinator's validation split.
+    """
+    _check_weights(weights, len(updates))
+    _check_update_shapes(base, updates)
+
+    def utility(coalition: frozenset[int]) -> float:
+        return score_model(compute_coalition_model(base, updates, weights, coalition))
+
+    return CachedUtility(utility)
+
+
+# --------------------------------------------------------------------------------------------------
+# Methods
+
+
+def compute_exact_shapley(n: int, utility: Utility) -> FloatArray:
+    """Exact Shapley values of ``n`` clients from all ``2**n`` coalition utilities.
+
+    ``phi_i = sum over S not containing i of |S|! (n - |S| - 1)! / n! * (U(S + i) - U(S))``.
+    Coalitions are evaluated in the order of their bit masks (client ``i`` is bit ``i``), and each
+    client's terms are summed with :func:`math.fsum`. Raises :class:`ConfigError` for ``n`` above
+    :data:`EXACT_SHAPLEY_MAX_CLIENTS`.
+    """
+    _check_n(n)
+    if n > EXACT_SHAPLEY_MAX_CLIENTS:
+        raise ConfigError(
+            f"exact Shapley needs 2**{n} coalition evaluations for {n} clients; it is limited "
+            f"to {EXACT_SHAPLEY_MAX_CLIENTS} clients: use 'gtg-shapley'"
+        )
+    u = CachedUtility(utility)
+    masks = np.arange(1 << n, dtype=np.int64)
+    values = np.array([u(_members(int(m), n)) for m in masks], dtype=np.float64)
+    sizes = np.zeros(1 << n, dtype=np.int64)
+    for i in range(n):
+        sizes += (masks >> i) & 1
+    # 1 / (n * C(n - 1, s)) = s! (n - s - 1)! / n!
+    size_weight = np.array([1.0 / (n * math.comb(n - 1, s)) for s in range(n)], dtype=np.float64)
+    phi = np.zeros(n, dtype=np.float64)
+    for i in range(n):
+        without = masks[((masks >> i) & 1) == 0]
+        terms = size_weight[sizes[without]] * (values[without | (1 << i)] - values[without])
+        phi[i] = math.fsum(terms.tolist())
+    return phi
+
+
+def compute_gtg_shapley(
+    n: int,
+    utility: Utility,
+    *,
+    seed: int,
+    max_permutations: int = 100,
+    max_evaluations: int | None = None,
+    round_tolerance: float = 0.001,
+    truncation_tolerance: float = 0.01,
+    convergence_tolerance: float = 0.05,
+) -> FloatArray:
+    """GTG-Shapley estimates of the Shapley values (see the module docstring for the algorithm).
+
+    ``seed`` is the only source of randomness (``numpy.random.default_rng(seed)``); derive it from
+    the round (e.g. ``derive_seed(run_seed, round)``) so anyone can recompute the scores.
+    ``max_evaluations`` (``None``: no limit) bounds the distinct coalitions this call evaluates,
+    checked between permutations. Raises :class:`ConfigError` for bad parameters.
+    """
+    _check_n(n)
+    _check_gtg_params(
+        seed, max_permutations, max_evaluations, round_tolerance, truncation_tolerance,
+        convergence_tolerance,
+    )  # fmt: skip
+    if n == 0:
+        return np.zeros(0, dtype=np.float64)
+    u = CachedUtility(utility)
+    v_empty = u(frozenset())
+    v_full = u(frozenset(range(n)))
+    if abs(v_full - v_empty) <= round_tolerance:
+        return np.zeros(n, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    total = np.zeros(n, dtype=np.float64)
+    previous: FloatArray | None = None
+    done = 0
+    while done < max_permutations:
+        if max_evaluations is not None and u.evaluations >= max_evaluations:
+            break
+        first = done % n
+        rest = rng.permutation([i for i in range(n) if i != first]).tolist()
+        total += _permutation_marginals([first, *rest], u, v_empty, v_full, truncation_tolerance)
+        done += 1
+        if done % n == 0:
+            estimate = total / done
+            if previous is not None and _has_converged(previous, estimate, convergence_tolerance):
+                break
+            previous = estimate
+    return total / done
+
+
+def compute_leave_one_out(n: int, utility: Utility) -> FloatArray:
+    """``U(all) - U(all minus i)`` for each client: ``n + 1`` evaluations."""
+    _check_n(n)
+    if n == 0:
+        return np.zeros(0, dtype=np.float64)
+    u = CachedUtility(utility)
+    everyone = frozenset(range(n))
+    v_full = u(everyone)
+    return np.array([v_full - u(everyone - {i}) for i in range(n)], dtype=np.float64)
+
+
+def compute_gradient_similarity(
+    updates: Sequence[Mapping[str, AnyArray]], weights: Sequence[float] | FloatArray
+) -> FloatArray:
+    """Cosine similarity of each flattened update with the weighted aggregate, clipped at 0.
+
+    Needs no validation data (see the module docstring for why this form and its limits). The
+    aggregate is ``sum w_i d_i / sum w_i`` over all updates; everything is computed in float64,
+    tensor by tensor in sorted name order (no flattened copy of a whole update is made). A zero
+    update, or a zero aggregate, scores 0. Raises :class:`ConfigError` for mismatched tensor names
+    or shapes, or bad weights (wrong count, negative, non-finite, all zero).
+    """
+    n = len(updates)
+    w = _check_weights(weights, n)
+    if n == 0:
+        return np.zeros(0, dtype=np.float64)
+    if not math.fsum(w.tolist()) > 0:
+        raise ConfigError("gradient similarity needs at least one positive weight")
+    _check_update_shapes(updates[0], updates)
+    coefs = w / math.fsum(w.tolist())
+    dots = np.zeros(n, dtype=np.float64)
+    norms = np.zeros(n, dtype=np.float64)
+    aggregate_norm = 0.0
+    for name in sorted(updates[0]):
+        flats = [np.asarray(u[name], dtype=np.float64).ravel() for u in updates]
+        mean = np.zeros_like(flats[0])
+        for coef, flat in zip(coefs, flats, strict=True):
+            mean += coef * flat
+        aggregate_norm += float(np.dot(mean, mean))
+        for i, flat in enumerate(flats):
+            dots[i] += float(np.dot(flat, mean))
+            norms[i] += float(np.dot(flat, flat))
+    scale = np.sqrt(norms) * math.sqrt(aggregate_norm)
+    similarity = np.divide(dots, scale, out=np.zeros(n, dtype=np.float64), where=scale > 0)
+    return np.clip(similarity, 0.0, 1.0)
+
+
+def quantise_scores(scores: Sequence[float] | FloatArray) -> tuple[int, ...]:
+    """Scores as ledger integers: ``round(score * SCORE_SCALE)``, ties to even.
+
+    Raises :class:`ConfigError` for a non-finite score (nothing sensible can be recorded).
+    """
+    out = []
+    for i, score in enumerate(np.asarray(scores, dtype=np.float64).ravel().tolist()):
+        if not math.isfinite(score):
+            raise ConfigError(f"contribution score {i} is {score}; scores must be finite")
+        out.append(round(score * SCORE_SCALE))
+    return tuple(out)
+
+
+def compute_scores(
+    method: str,
+    *,
+    n: int,
+    utility: Utility | None = None,
+    updates: Sequence[Mapping[str, AnyArray]] | None = None,
+    weights: Sequence[float] | FloatArray | None = None,
+    seed: int = 0,
+    **params: Any,
+) -> FloatArray:
+    """Scores of ``n`` clients under ``method`` (one of :data:`METHODS`), float64.
+
+    ``utility`` is needed by the Shapley methods and leave-one-out, ``updates`` and ``weights``
+    by gradient similarity; ``seed`` and ``params`` (the keyword arguments of
+    :func:`compute_gtg_shapley`) by GTG-Shapley only. ``none`` returns zeros. Raises
+    :class:`ConfigError` for an unknown method, a missing input, or parameters the method does
+    not take.
+    """
+    if method not in METHODS:
+        raise ConfigError(f"unknown contribution method {method!r}; choose one of {METHODS}")
+    _check_n(n)
+    if method == "gtg-shapley":
+        unknown = sorted(set(params) - set(GTG_DEFAULTS))
+        if unknown:
+            raise ConfigError(
+                f"unknown gtg-shapley parameters {unknown}; allowed: {sorted(GTG_DEFAULTS)}"
+            )
+        return compute_gtg_shapley(n, _need_utility(method, utility), seed=seed, **params)
+    if params:
+        raise ConfigError(f"method {method!r} takes no parameters, got {sorted(params)}")
+    if method == "shapley":
+        return compute_exact_shapley(n, _need_utility(method, utility))
+    if method == "leave-one-out":
+        return compute_leave_one_out(n, _need_utility(method, utility))
+    if method == "gradient-similarity":
+        if updates is None or weights is None:
+            raise ConfigError("gradient-similarity needs the round's updates and weights")
+        if len(updates) != n:
+            raise ConfigError(f"got {len(updates)} updates for n = {n} clients")
+        return compute_gradient_similarity(updates, weights)
+    return np.zeros(n, dtype=np.float64)
+
+
+# --------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _permutation_marginals(
+    order: list[int], u: CachedUtility, v_empty: float, v_full: float, tolerance: float
+) -> FloatArray:
+    """Marginal utility of each client as ``order`` adds them, truncated near ``U(all)``."""
+    marginals = np.zeros(len(order), dtype=np.float64)
+    prefix: frozenset[int] = frozenset()
+    v_prev = v_empty
+    for position, client in enumerate(order):
+        if abs(v_full - v_prev) <= tolerance:
+            break  # the rest of the permutation adds (almost) nothing: marginals stay 0
+        prefix = prefix | {client}
+        v = v_full if position == len(order) - 1 else u(prefix)
+        marginals[client] = v - v_prev
+        v_prev = v
+    return marginals
+
+
+def _has_converged(previous: FloatArray, current: FloatArray, tolerance: float) -> bool:
+    """Relative L1 change of the estimate between two cycle ends is within ``tolerance``."""
+    scale = float(np.abs(current).sum())
+    change = float(np.abs(current - previous).sum())
+    return change <= tolerance * scale if scale > 0 else change == 0
+
+
+def _members(mask: int, n: int) -> frozenset[int]:
+    return frozenset(i for i in range(n) if mask >> i & 1)
+
+
+def _need_utility(method: str, utility: Utility | None) -> Utility:
+    if utility is None:
+        raise ConfigError(f"method {method!r} needs a utility (the coordinator's validation split)")
+    return utility
+
+
+def _check_n(n: int) -> None:
+    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 0:
+        raise ConfigError(f"the number of clients must be an integer >= 0, got {n!r}")
+
+
+def _check_gtg_params(
+    seed: int,
+    max_permutations: int,
+    max_evaluations: int | None,
+    round_tolerance: float,
+    truncation_tolerance: float,
+    convergence_tolerance: float,
+) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise ConfigError(f"seed must be an integer >= 0, got {seed!r}")
+    if isinstance(max_permutations, bool) or not isinstance(max_permutations, int | np.integer):
+        raise ConfigError(f"max_permutations must be an integer >= 1, got {max_permutations!r}")
+    if max_permutations < 1:
+        raise ConfigError(f"max_permutations must be an integer >= 1, got {max_permutations!r}")
+    if max_evaluations is not None and (
+        isinstance(max_evaluations, bool)
+        or not isinstance(max_evaluations, int | np.integer)
+        or max_evaluations < 2
+    ):
+        raise ConfigError(
+            f"max_evaluations must be an integer >= 2 (U(all) and U({{}})) or None, "
+            f"got {max_evaluations!r}"
+        )
+    for name, value in (
+        ("round_tolerance", round_tolerance),
+        ("truncation_tolerance", truncation_tolerance),
+        ("convergence_tolerance", convergence_tolerance),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int | float | np.floating):
+            raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
+        if not (math.isfinite(value) and value >= 0):
+            raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
+def _check_weights(weights: Sequence[float] | FloatArray, n: int) -> FloatArray:
+    try:
+        w = np.array(weights, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"weights must be numbers: {exc}") from exc
+    if w.ndim != 1 or w.size != n:
+        raise ConfigError(f"need one weight per update ({n}), got shape {w.shape}")
+    if not (np.all(np.isfinite(w)) and np.all(w >= 0)):
+        raise ConfigError(f"weights must be finite and >= 0, got {w.tolist()}")
+    return w
+
+
+def _check_coalition(coalition: frozenset[int], n: int) -> list[int]:
+    members = sorted(coalition)
+    for i in members:
+        if isinstance(i, bool) or not isinstance(i, int | np.integer) or not 0 <= i < n:
+            raise ConfigError(f"coalition member {i!r} is not a client index in 0..{n - 1}")
+    return [int(i) for i in members]
+
+
+def _check_update_shapes(
+    reference: Mapping[str, AnyArray], updates: Sequence[Mapping[str, AnyArray]]
+) -> None:
+    names = set(reference)
+    for index, update in enumerate(updates):
+        if set(update) != names:
+            raise ConfigError(
+                f"update {index} has tensors {sorted(update)}, expected {sorted(names)}"
+            )
+        for name, value in update.items():
+            if np.shape(value) != np.shape(reference[name]):
+                raise ConfigError(
+                    f"tensor {name!r} of update {index} has shape {np.shape(value)}, "
+                    f"expected {np.shape(reference[name])}"
+                )
