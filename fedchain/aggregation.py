@@ -778,3 +778,25 @@ def _is_real(value: object) -> bool:
     return isinstance(value, int | float | np.integer | np.floating) and not isinstance(
         value, bool | np.bool_
     )
+
+
+def aggregate_round(
+    rule: str,
+    params: RuleParams | None,
+    updates: Sequence[Mapping[str, AnyArray]],
+    *,
+    examples: Sequence[int],
+    stakes: Sequence[int],
+    reputations: Sequence[int],
+) -> AggregationResult:
+    """A round's aggregation from the ledger values of its accepted clients (in their order).
+
+    Linear rules weigh by their own formula; robust rules estimate with examples x stake^beta
+    weights. The coordinator calls this, and so does anyone re-checking a round from its
+    archived updates, so both get the same weights and the same model.
+    """
+    weight_rule = rule if rule in LINEAR_RULES else "examples-stake"
+    weights = compute_weights(
+        weight_rule, examples=examples, stakes=stakes, reputations=reputations, params=params
+    )
+    return aggregate(updates, weights, rule=rule, params=params)

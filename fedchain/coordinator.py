@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fedchain.aggregation import RuleParams, aggregate, compute_weights
+from fedchain.aggregation import RuleParams, aggregate_round
+from fedchain.contribution import quantise_scores
 from fedchain.errors import FedchainError, LedgerError
 from fedchain.hashing import compute_update_hash
 from fedchain.ledger.builder import prepare_block, seal_block
@@ -30,7 +31,6 @@ from fedchain.ledger.codec import decode, encode
 from fedchain.ledger.consensus import compute_finalized_height, get_validators
 from fedchain.ledger.objects import (
     BAD_COMMITMENT,
-    SCORE_SCALE,
     Attestation,
     Block,
     BlockHeader,
@@ -345,14 +345,14 @@ class Coordinator:
     ) -> dict[bytes, float]:
         participants = self.state.participants
         keys = [c.public_key for c, _ in accepted]
-        weights = compute_weights(
-            self.rule if self.rule in _WEIGHT_RULES else "examples-stake",
+        result = aggregate_round(
+            self.rule,
+            self.params,
+            [u for _, u in accepted],
             examples=[c.num_examples for c, _ in accepted],
             stakes=[participants[k].stake for k in keys],
             reputations=[participants[k].reputation_bps for k in keys],
-            params=self.params,
         )
-        result = aggregate([u for _, u in accepted], weights, rule=self.rule, params=self.params)
         new_model = {
             name: (self.model[name] + delta).astype(self.model[name].dtype, copy=False)
             for name, delta in result.arrays.items()
@@ -369,17 +369,6 @@ class Coordinator:
         self.final_height = compute_finalized_height(
             self.validators_by_height, self.state.last_attested.items(), self.final_height
         )
-
-
-_WEIGHT_RULES = frozenset({"fedavg", "stake", "examples-stake", "reputation"})
-
-
-def quantise_scores(scores: Sequence[float] | np.ndarray) -> tuple[int, ...]:
-    """Scores as integers at SCORE_SCALE (round half to even); the ledger stores only these."""
-    values = np.asarray(scores, dtype=np.float64)
-    if not np.isfinite(values).all():
-        raise FedchainError("contribution scores must be finite")
-    return tuple(int(v) for v in np.rint(values * SCORE_SCALE))
 
 
 def _check_shapes(update: Mapping[str, np.ndarray], model: Mapping[str, np.ndarray]) -> str:

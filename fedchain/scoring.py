@@ -9,11 +9,14 @@ updates to re-check the scores on the ledger.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from fedchain.config import RunConfig
-from fedchain.contribution import compute_scores, make_coalition_utility
+from fedchain.contribution import compute_scores, make_coalition_utility, quantise_scores
+from fedchain.ledger.verify import VerifyReport
 from fedchain.sources import ArrayDataset
 
 Arrays = dict[str, np.ndarray]
@@ -56,3 +59,68 @@ class RoundScorer:
             weights=weights,
             seed=derive_seed(self.seed, round_),
         )
+
+
+SCORE_TOLERANCE = 0.005
+"""Largest difference, in score units, between a recomputed and a recorded score (half a point
+of validation accuracy): floating point may differ across machines, rewards never do — they are
+paid from the recorded, quantised scores and replayed bit-exactly by the ledger."""
+
+
+@dataclass(frozen=True)
+class ScoreCheck:
+    rounds: int
+    max_difference: float  # score units
+    problems: tuple[str, ...]
+
+
+def recheck_scores(
+    run_dir: Path, report: VerifyReport, config: RunConfig, tolerance: float = SCORE_TOLERANCE
+) -> ScoreCheck:
+    """Recompute every round's contribution scores from the archived updates and compare them
+    with the scores on the ledger. Needs a verified ``report`` of the run's ledger."""
+    from fedchain.aggregation import RuleParams, aggregate_round
+    from fedchain.errors import RegistryError
+    from fedchain.ledger.objects import SCORE_SCALE
+    from fedchain.registry import load_model, load_update
+    from fedchain.runs import load_split
+
+    scorer = None if config.contribution == "none" else RoundScorer(config, load_split(config)[1])
+    params = RuleParams(beta=config.beta, cap=None if config.weight_cap >= 1 else config.weight_cap)
+    problems: list[str] = []
+    worst = 0.0
+    for record in report.round_records:
+        round_ = record.model_version.round
+        if record.contribution is None:
+            problems.append(f"round {round_}: no contribution record")
+            continue
+        keys = [c.public_key for c in record.commitments]
+        try:
+            base = load_model(run_dir, record.model_version.parent_hash)
+            updates = [load_update(run_dir, c.update_hash) for c in record.commitments]
+        except RegistryError as e:
+            problems.append(f"round {round_}: {e}")
+            continue
+        result = aggregate_round(
+            record.model_version.rule,
+            params,
+            updates,
+            examples=[c.num_examples for c in record.commitments],
+            stakes=[record.participants[k].stake for k in keys],
+            reputations=[record.participants[k].reputation_bps for k in keys],
+        )
+        weights = [float(w) for w in result.weights]
+        raw = np.asarray(weights) if scorer is None else scorer(base, updates, weights, round_)
+        expected = dict(zip(keys, quantise_scores(raw), strict=True))
+        recorded = dict(record.contribution.scores)
+        if set(expected) != set(recorded):
+            problems.append(f"round {round_}: scores recorded for other clients than committed")
+            continue
+        difference = max(abs(expected[k] - recorded[k]) for k in keys) / SCORE_SCALE
+        worst = max(worst, difference)
+        if difference > tolerance:
+            problems.append(
+                f"round {round_}: recomputed scores differ by {difference:.4g} "
+                f"(tolerance {tolerance})"
+            )
+    return ScoreCheck(len(report.round_records), worst, tuple(problems))

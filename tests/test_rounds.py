@@ -37,6 +37,7 @@ from fedchain.ledger.store import LedgerStore
 from fedchain.ledger.verify import verify_ledger
 from fedchain.lightclient import Checkpoint
 from fedchain.runs import prepare_run
+from fedchain.scoring import recheck_scores
 from server.inprocess_grid import NODE_BASE, InProcessGrid
 from server.server_app import run_federation
 
@@ -237,3 +238,12 @@ def test_contribution_scores_split_rewards_and_updates_are_archived(tmp_path, me
     archived = {p.name.split(".")[0] for p in (setup.run_dir / "updates").iterdir()}
     committed = {tx.update_hash.hex() for tx in txs if isinstance(tx, UpdateCommitment)}
     assert committed <= archived
+    check = recheck_scores(setup.run_dir, report, setup.config)
+    assert check.rounds == 2 and not check.problems and check.max_difference <= 0.005
+    # an archived update that no longer holds what was committed is reported
+    victim = setup.run_dir / "updates" / f"{sorted(committed)[0]}.safetensors"
+    victim.write_bytes(victim.read_bytes()[:-8] + bytes(8))
+    assert any(
+        "altered" in p or "differ" in p
+        for p in recheck_scores(setup.run_dir, report, setup.config).problems
+    )

@@ -45,7 +45,17 @@ class _ModelsVerdict:
     warnings: list[str] = field(default_factory=list)
 
 
-def verify(path: PathArg) -> None:
+def verify(
+    path: PathArg,
+    scores: Annotated[
+        bool,
+        typer.Option(
+            "--scores",
+            help="Also recompute every round's contribution scores from the archived updates "
+            "(run directories; takes model evaluations).",
+        ),
+    ] = False,
+) -> None:
     """Re-check a ledger from genesis: hash chain, signatures, proposers, state, finality.
 
     Given a run directory, also check that every registered model's file is there and holds
@@ -67,8 +77,34 @@ def verify(path: PathArg) -> None:
         report = verify_ledger(path, on_block=on_block)
         models = _check_models(path, report, progress)
     _print_report(report, models)
-    if not report.ok or models.problems:
+    failed = not report.ok or bool(models.problems)
+    if scores and not failed:
+        failed = not _recheck_scores(path, report)
+    if failed:
         raise typer.Exit(1)
+
+
+def _recheck_scores(path: Path, report: VerifyReport) -> bool:
+    from fedchain.config import load_config_file
+    from fedchain.scoring import recheck_scores
+
+    if not path.is_dir():
+        console.print("scores: not checked (ledger file only)")
+        return True
+    config = load_config_file(path / "config.toml")
+    with console.status("recomputing contribution scores from the archived updates…"):
+        check = recheck_scores(path, report, config)
+    if check.problems:
+        console.print(f"[bold red]FAILED[/] scores: {check.problems[0]}")
+        for problem in check.problems[1:]:
+            console.print(f"  {problem}")
+        return False
+    console.print(
+        f"scores: {check.rounds} rounds recomputed from the archived updates "
+        f"({config.contribution}); largest difference {check.max_difference:.4g} "
+        f"score units (tolerance 0.005)"
+    )
+    return True
 
 
 def _check_models(path: Path, report: VerifyReport, progress: Progress) -> _ModelsVerdict:

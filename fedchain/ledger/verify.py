@@ -27,14 +27,21 @@ from fedchain.ledger.consensus import compute_finalized_height, get_validators
 from fedchain.ledger.objects import (
     AttestationPair,
     Block,
+    ContributionRecord,
     Genesis,
     HeaderPair,
     ModelVersion,
     PublicKey,
     SlashingEvidence,
+    UpdateCommitment,
     compute_block_hash,
 )
-from fedchain.ledger.state import LedgerState, process_block, process_genesis_block
+from fedchain.ledger.state import (
+    LedgerState,
+    ParticipantState,
+    process_block,
+    process_genesis_block,
+)
 from fedchain.ledger.store import LedgerStore, StoredBlock, open_ledger_path
 
 # Signatures each transaction kind carries (evidence pairs carry two; commitment mismatches one).
@@ -76,6 +83,7 @@ class VerifyReport:
     retried_proposals: int = 0  # blocks whose proposer is not the first choice (attempt > 0)
     seconds: float = 0.0
     state: LedgerState | None = field(default=None, repr=False, compare=False)
+    round_records: tuple[RoundRecord, ...] = field(default=(), repr=False, compare=False)
     """The state after the last verified block (what a resuming coordinator continues from)."""
 
     @property
@@ -98,6 +106,7 @@ class _Replay:
         self.retried = 0
         self.blocks = 0
         self.model_versions: list[tuple[int, ModelVersion]] = []
+        self.rounds: list[RoundRecord] = []
 
     def apply(self, stored: StoredBlock, genesis_hash: bytes) -> None:
         block = decode(Block, stored.data)
@@ -113,7 +122,9 @@ class _Replay:
             if self.state is None:  # iter_blocks starts at 0 and reports gaps; keep mypy honest
                 raise LedgerError("no genesis block")
             self.validators_by_height[stored.height] = dict(get_validators(self.state))
+            pre = self.state
             self.state = process_block(self.state, block)
+            self._record_round(pre, block)
             self.signatures += 1
             self.retried += block.header.attempt > 0
         for tx in block.transactions:  # the block is valid: record what it carries
@@ -123,6 +134,27 @@ class _Replay:
             if isinstance(tx, ModelVersion):
                 self.model_versions.append((stored.height, tx))
         self.blocks += 1
+
+    def _record_round(self, pre: LedgerState, block: Block) -> None:
+        txs = block.transactions
+        version = next((tx for tx in txs if isinstance(tx, ModelVersion)), None)
+        if version is None:
+            return
+        record = next((tx for tx in txs if isinstance(tx, ContributionRecord)), None)
+        commitments = tuple(tx for tx in txs if isinstance(tx, UpdateCommitment))
+        self.rounds.append(RoundRecord(pre.participants, commitments, version, record))
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """What a round's scores can be recomputed from: the participants as the round began, the
+    accepted commitments in block order (the order the coordinator scored them in), the model
+    version (its parent is the round's starting model) and the recorded scores."""
+
+    participants: Mapping[PublicKey, ParticipantState]
+    commitments: tuple[UpdateCommitment, ...]
+    model_version: ModelVersion
+    contribution: ContributionRecord | None
 
 
 def _check_columns(stored: StoredBlock, block: Block) -> None:
@@ -206,4 +238,5 @@ def _report(
         retried_proposals=replay.retried,
         seconds=seconds,
         state=state,
+        round_records=tuple(replay.rounds),
     )
