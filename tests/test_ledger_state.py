@@ -480,9 +480,13 @@ def test_invalid_model_version_wrong_round(committed: LedgerState) -> None:
 
 
 def test_contribution_record(committed: LedgerState) -> None:
+    """Pre: full reputations. Op: scores +0.75 / -0.25. Post: only the harmed reputation moves."""
     scores = by_key([(PUB[1], 750_000), (PUB[2], -250_000)])
     post = process_contribution_record(committed, ContributionRecord(1, scores), 1)
-    assert post == committed
+    penalty = committed.genesis.rules.reputation_penalty_bps
+    assert participant(post, 2).reputation_bps == participant(committed, 2).reputation_bps - penalty
+    assert participant(post, 1) == participant(committed, 1)  # already at the maximum
+    assert dataclasses.replace(post, participants=committed.participants) == committed
 
 
 @pytest.mark.parametrize(
@@ -1066,3 +1070,16 @@ def test_invalid_rewards_that_do_not_follow_the_blocks_scores(committed: LedgerS
         process_transactions(
             committed, (ContributionRecord(1, scores), ContributionRecord(1, scores)), 1
         )
+
+
+def test_harmful_scores_lower_reputation_and_helpful_ones_restore_it(
+    committed: LedgerState,
+) -> None:
+    """Pre: full reputation. Op: a harmful score, then a helpful one. Post: -penalty, +penalty/2."""
+    penalty = committed.genesis.rules.reputation_penalty_bps
+    harmful = by_key([(PUB[1], -5_000), (PUB[2], -999)])  # PUB[2] is within measurement noise
+    after = process_transactions(committed, (ContributionRecord(1, harmful),), 1)
+    assert participant(after, 1).reputation_bps == 10_000 - penalty
+    assert participant(after, 2).reputation_bps == 10_000
+    helpful = process_transactions(after, (ContributionRecord(1, by_key([(PUB[1], 7)])),), 1)
+    assert participant(helpful, 1).reputation_bps == 10_000 - penalty + penalty // 2

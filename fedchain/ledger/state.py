@@ -111,6 +111,9 @@ __all__ = [
 BPS_DENOMINATOR = 10_000
 """Basis points in a whole."""
 INITIAL_REPUTATION_BPS = 10_000
+MAX_REPUTATION_BPS = 10_000
+HARMFUL_SCORE = -1_000
+"""A recorded score at or below this (-0.001 at SCORE_SCALE) counts as a harmful contribution."""
 """Every participant starts with full reputation."""
 EVIDENCE_ID_DOMAIN = b"fedchain/evidence-id/v1"
 
@@ -705,12 +708,28 @@ def _apply_model_version(work: _Working, tx: ModelVersion, encoding: bytes) -> N
 
 def _apply_contribution_record(work: _Working, tx: ContributionRecord, encoding: bytes) -> None:
     """Scores bind the reward split: the :class:`RewardDeltas` after this record in the same
-    block must pay exactly :func:`~fedchain.rewards.compute_reward_split` of its positive scores."""
+    block must pay exactly :func:`~fedchain.rewards.compute_reward_split` of its positive scores.
+
+    They also move reputation: a score at or below :data:`HARMFUL_SCORE` (harm beyond measurement
+    noise) costs the genesis ``reputation_penalty_bps``; a positive score restores half of that,
+    up to the maximum. So repeated harmful contributions lower a client's reputation, and with it
+    its weight under the ``reputation`` aggregation rule.
+    """
     _check_round(work, tx.round, "contribution record")
     _check_keyed_entries(work, tx.scores, "scores")
     if work.scores is not None:
         raise InvalidTransaction("a block holds at most one contribution record")
     work.scores = tx.scores
+    rules = work.pre.genesis.rules
+    for key, score in tx.scores:
+        participant = work.participants[key]
+        reputation = participant.reputation_bps
+        if score <= HARMFUL_SCORE:
+            reputation = max(0, reputation - rules.reputation_penalty_bps)
+        elif score > 0:
+            reputation = min(MAX_REPUTATION_BPS, reputation + rules.reputation_penalty_bps // 2)
+        if reputation != participant.reputation_bps:
+            work.participants[key] = dataclasses.replace(participant, reputation_bps=reputation)
 
 
 def _apply_reward_deltas(work: _Working, tx: RewardDeltas, encoding: bytes) -> None:
