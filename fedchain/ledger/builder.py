@@ -58,7 +58,7 @@ def make_rules(
     slash_bps: Mapping[str, int] | None = None,
     aggregation_rule: str = "fedavg",
     aggregation_params: Mapping[str, str] | None = None,
-    contribution_method: str = "leave_one_out",
+    contribution_method: str = "leave-one-out",
     weight_cap_bps: int = 10_000,
     reputation_penalty_bps: int = 1_000,
 ) -> Rules:
