@@ -117,6 +117,7 @@ def main() -> None:
                         clients=args.clients,
                         rounds=args.rounds,
                         ledger=ledger,
+                        contribution="none",  # scoring is measured on its own, not ledger cost
                     )
                     seconds, acc = one_run(driver, config, root)
                     times[ledger].append(seconds)
@@ -136,7 +137,11 @@ def main() -> None:
             }
             print(f"{driver}: ledger on {on:.2f} s, off {off:.2f} s, ratio on/off = {on / off:.3f}")
         config = RunConfig(
-            run_id="profile", out=str(root), clients=args.clients, rounds=args.rounds
+            run_id="profile",
+            out=str(root),
+            clients=args.clients,
+            rounds=args.rounds,
+            contribution="none",
         )
         total, rows = profile_ledger(config)
     print(

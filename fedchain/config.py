@@ -44,8 +44,8 @@ class RunConfig:
     aggregation: str = "fedavg"
     beta: float = 1.0
     weight_cap: float = 1.0  # largest share of one client's weight; 1.0 = no cap
-    contribution: str = "none"  # none (scores = aggregation weights), gradient-similarity,
-    #                              leave-one-out, gtg-shapley, shapley
+    contribution: str = "gtg-shapley"  # or shapley, leave-one-out, gradient-similarity,
+    #                                    none (scores = the aggregation weights)
     validation_fraction: float = 0.1  # of the training data, held out by the coordinator
     ledger: bool = True
     stake: int = 1_000_000

@@ -1077,7 +1077,7 @@ def test_harmful_scores_lower_reputation_and_helpful_ones_restore_it(
 ) -> None:
     """Pre: full reputation. Op: a harmful score, then a helpful one. Post: -penalty, +penalty/2."""
     penalty = committed.genesis.rules.reputation_penalty_bps
-    harmful = by_key([(PUB[1], -5_000), (PUB[2], -999)])  # PUB[2] is within measurement noise
+    harmful = by_key([(PUB[1], -50_000), (PUB[2], -9_999)])  # PUB[2] is within measurement noise
     after = process_transactions(committed, (ContributionRecord(1, harmful),), 1)
     assert participant(after, 1).reputation_bps == 10_000 - penalty
     assert participant(after, 2).reputation_bps == 10_000

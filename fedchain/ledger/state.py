@@ -111,10 +111,12 @@ __all__ = [
 BPS_DENOMINATOR = 10_000
 """Basis points in a whole."""
 INITIAL_REPUTATION_BPS = 10_000
-MAX_REPUTATION_BPS = 10_000
-HARMFUL_SCORE = -1_000
-"""A recorded score at or below this (-0.001 at SCORE_SCALE) counts as a harmful contribution."""
 """Every participant starts with full reputation."""
+MAX_REPUTATION_BPS = 10_000
+HARMFUL_SCORE = -10_000
+"""A recorded score at or below this (-0.01 at SCORE_SCALE: 0.01 of validation loss) counts as
+harmful. Honest clients near convergence score small negatives from noise; a client with 80 %
+label noise scores about -0.24 a round (experiments/results/contribution_quality.md)."""
 EVIDENCE_ID_DOMAIN = b"fedchain/evidence-id/v1"
 
 _I64 = struct.Struct("<q")
