@@ -9,11 +9,14 @@ from __future__ import annotations
 import getpass
 import os
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import click
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from fedchain.errors import ConfigError, FedchainError
 
@@ -70,3 +73,18 @@ def read_passphrase(env_var: str, *, confirm: bool, what: str) -> bytes:
     if confirm and getpass.getpass("Repeat the passphrase: ") != first:
         raise ConfigError("the passphrases do not match")
     return first.encode()
+
+
+@contextmanager
+def ledger_progress() -> Iterator[tuple[Progress, Callable[[int, int], None]]]:
+    """A transient progress bar for replaying a ledger: ``(progress, on_block)`` for
+    :func:`fedchain.ledger.verify.verify_ledger`; more tasks may be added to ``progress``."""
+    columns = (TextColumn("verifying {task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("the ledger", total=None)
+
+        def on_block(height: int, head: int) -> None:
+            if height % 16 == 0 or height == head:
+                progress.update(task, completed=height + 1, total=head + 1)
+
+        yield progress, on_block

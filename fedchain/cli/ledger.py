@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.progress import Progress
 from rich.table import Table
 
-from fedchain.cli.common import console, make_app
+from fedchain.cli.common import console, ledger_progress, make_app
 from fedchain.identity import fingerprint
 from fedchain.ledger.codec import decode
 from fedchain.ledger.objects import Block
@@ -61,19 +61,7 @@ def verify(
     Given a run directory, also check that every registered model's file is there and holds
     that model, and that the model lineage is unbroken.
     """
-    with Progress(
-        TextColumn("verifying {task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        console=console,
-        transient=True,
-    ) as progress:
-        task = progress.add_task("ledger", total=None)
-
-        def on_block(height: int, head: int) -> None:
-            if height % 16 == 0 or height == head:
-                progress.update(task, completed=height + 1, total=head + 1)
-
+    with ledger_progress() as (progress, on_block):
         report = verify_ledger(path, on_block=on_block)
         models = _check_models(path, report, progress)
     _print_report(report, models)

@@ -15,10 +15,9 @@ from typing import Annotated, Any
 import typer
 from rich import box
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from fedchain.cli.common import console
+from fedchain.cli.common import console, ledger_progress
 from fedchain.report import build_report, write_report_files
 
 MAX_ROUND_ROWS = 30  # longer runs show their first and last rounds; report.html has them all
@@ -46,19 +45,7 @@ def report(
     Writes report.json and a self-contained report.html (plots inline, nothing fetched) into
     the run directory or --out. Exits 1 if the ledger or the model files fail verification.
     """
-    with Progress(
-        TextColumn("verifying the ledger"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        console=console,
-        transient=True,
-    ) as progress:
-        task = progress.add_task("ledger", total=None)
-
-        def on_block(height: int, head: int) -> None:
-            if height % 16 == 0 or height == head:
-                progress.update(task, completed=height + 1, total=head + 1)
-
+    with ledger_progress() as (_, on_block):
         data = build_report(run_dir, on_block=on_block)
     with console.status("writing the report"):
         paths = write_report_files(data, out or run_dir, html_page=not json_only)
