@@ -62,26 +62,14 @@ def run_federation(
     grid: Grid, config: RunConfig, run_dir: Path, report: RoundReporter | None = None
 ) -> MetricRecord | None:
     """Run the configured rounds on ``grid``; return the last central evaluation."""
-    from fedchain.ledger.codec import decode
-    from fedchain.ledger.objects import Block
-    from fedchain.ledger.store import LedgerStore
     from fedchain.models import build_model, load_numpy_state
     from fedchain.sources import load_source
     from fedchain.training import evaluate
 
     test = load_source(config.dataset, root=config.data_root or None, split="test")
     model_net = build_model(config.model, tuple(test.x.shape[1:]), len(test.classes), seed=0)
-    ledger_path = run_dir / LEDGER_FILENAME
-    if config.ledger:
-        with LedgerStore.open(ledger_path, readonly=True) as store:
-            genesis = decode(Block, store.get(0).data).transactions[0]
-        initial = load_model(run_dir, genesis.initial_model_hash)  # type: ignore[union-attr]
-    else:
-        initial = _initial_without_ledger(run_dir)
-    _wait_for_nodes(grid, config.sampled_per_round)
     last_outcome: list[RoundOutcome | None] = [None]
     started = [time.perf_counter()]
-
     history: list[dict[str, float | int]] = []
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
@@ -108,6 +96,8 @@ def run_federation(
     fraction = config.sampled_per_round / config.clients
     settings = train_settings(config, run_dir)
     if not config.ledger:
+        initial = _initial_without_ledger(run_dir)
+        _wait_for_nodes(grid, config.sampled_per_round)
         strategy = FedAvg(
             fraction_train=fraction,
             fraction_evaluate=0.0,
@@ -125,7 +115,8 @@ def run_federation(
         return result.evaluate_metrics_serverapp.get(config.rounds)
 
     params = RuleParams(beta=config.beta, cap=None if config.weight_cap >= 1 else config.weight_cap)
-    with Chain.open(ledger_path) as chain:
+    with Chain.open(run_dir / LEDGER_FILENAME) as chain:  # verified; resumes at the head
+        model = load_model(run_dir, chain.state.model_head)
         scorer = None
         if config.contribution != "none":
             from fedchain.runs import load_split
@@ -133,7 +124,7 @@ def run_federation(
 
             scorer = RoundScorer(config, load_split(config)[1])
         coordinator = Coordinator(
-            run_dir, chain, initial, rule=config.aggregation, params=params, scorer=scorer
+            run_dir, chain, model, rule=config.aggregation, params=params, scorer=scorer
         )
 
         def on_round(outcome: RoundOutcome) -> None:
@@ -146,9 +137,10 @@ def run_federation(
             timeout=config.round_timeout,
             on_round=on_round,
         )
+        _wait_for_nodes(grid, config.sampled_per_round)
         result = strategy.start(
             grid,
-            to_array_record(initial),
+            to_array_record(model),
             config.rounds,
             config.round_timeout,
             settings,
