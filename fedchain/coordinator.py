@@ -131,8 +131,12 @@ class Coordinator:
         self.headers: list[SignedHeader] = [
             decode(Block, stored.data).signed_header for stored in chain.store.iter_blocks()
         ]
-        self.validators_by_height: dict[int, dict[bytes, int]] = {}
-        self.final_height = 0
+        # Resuming (Chain.open verified the ledger): finality continues from the stored blocks.
+        verified = chain.verified
+        self.validators_by_height: dict[int, dict[bytes, int]] = (
+            {h: dict(v) for h, v in verified.validators_by_height.items()} if verified else {}
+        )
+        self.final_height = verified.final_height if verified else 0
 
     # -- what clients are sent ------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedchain import datafile, identity
-from fedchain.errors import ConfigError
+from fedchain.errors import ConfigError, KeyFileError
 from fedchain.runs import client_data_path, client_key_path, data_key_path
 from fedchain.sources import ArrayDataset
 
@@ -65,7 +65,12 @@ def load_configured_holder(node_config: Mapping[str, object]) -> DataHolder:
         unlock = datafile.Passphrase(passphrase.encode())
     else:
         raise ConfigError(f"no data key: set data-key-path in the node config or ${env}")
-    identity_passphrase = os.environ.get(str(node_config.get("identity-passphrase-env", env)))
+    identity_passphrase = None
+    if identity.is_identity_encrypted(identity_path):
+        identity_env = str(node_config.get("identity-passphrase-env", env))
+        identity_passphrase = os.environ.get(identity_env)
+        if not identity_passphrase:
+            raise KeyFileError(f"{identity_path}: is encrypted: set ${identity_env}")
     key = identity.load_identity(
         identity_path, identity_passphrase.encode() if identity_passphrase else None
     )

@@ -53,6 +53,7 @@ __all__ = [
     "compute_signing_root",
     "fingerprint",
     "generate_identity",
+    "is_identity_encrypted",
     "load_identity",
     "load_public_key",
     "public_key_bytes",
@@ -258,6 +259,13 @@ def load_identity(path: Path, passphrase: bytes | None) -> Ed25519PrivateKey:
     if not isinstance(key, Ed25519PrivateKey):
         raise KeyFileError(f"{path}: holds a {type(key).__name__}, not an Ed25519 private key")
     return key
+
+
+def is_identity_encrypted(path: Path) -> bool:
+    """Whether the private key file at ``path`` needs a passphrase (:class:`KeyFileError` if it
+    is no key file)."""
+    path = Path(path)
+    return _is_encrypted(path, _read_key_file(path)[0])
 
 
 def load_public_key(path: Path) -> bytes:

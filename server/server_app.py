@@ -2,7 +2,8 @@
 
 ``fedchain simulate`` builds one with :func:`make_server_app` around a prepared run directory;
 ``flwr run .`` loads the module-level ``app``, which prepares a run directory from the
-``[tool.flwr.app.config]`` settings (kebab-case keys, see fedchain.config.RunConfig) first.
+``[tool.flwr.app.config]`` settings (kebab-case keys, see fedchain.config.RunConfig) first, or,
+given ``federation-dir``, runs a registered federation (server/deployment.py).
 """
 
 from __future__ import annotations
@@ -185,8 +186,19 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """``flwr run .``: prepare a run directory from the run config, then run it."""
-    config = merge_config(RunConfig(), dict(context.run_config))
+    """``flwr run .``: prepare a run directory from the run config, then run it.
+
+    With ``federation-dir`` set (``fedchain coordinator start`` does), run that registered
+    federation instead: see :mod:`server.deployment`.
+    """
+    run_config = dict(context.run_config)
+    federation_dir = str(run_config.pop("federation-dir", "") or "")
+    if federation_dir:
+        from server.deployment import run_deployment
+
+        run_deployment(grid, Path(federation_dir))
+        return
+    config = merge_config(RunConfig(), run_config)
     if not config.run_id:
         config = merge_config(config, {"run-id": new_run_id(config)})
     setup = prepare_run(config)

@@ -70,6 +70,7 @@ class FedchainStrategy(FedAvg):
         min_nodes: int,
         timeout: float,
         on_round: Callable[[RoundOutcome], None] | None = None,
+        round_offset: int = 0,
     ) -> None:
         super().__init__(
             fraction_train=fraction_train,
@@ -80,6 +81,9 @@ class FedchainStrategy(FedAvg):
         self.coordinator = coordinator
         self.timeout = timeout
         self.on_round = on_round
+        # Flower numbers a run's rounds from 1; a coordinator resuming a ledger whose head is at
+        # round k runs ledger rounds k+1, k+2, ...: Flower round r is ledger round r + offset.
+        self.round_offset = round_offset
         self.grid: Grid | None = None
         self.settings = ConfigRecord()  # the run settings every message carries
 
@@ -89,6 +93,7 @@ class FedchainStrategy(FedAvg):
         self.grid, self.settings = grid, config
         coordinator = self.coordinator
         config = ConfigRecord({**config, "base-model-hash": coordinator.model_hash})
+        server_round += self.round_offset  # what clients sign and the ledger records
         messages = list(super().configure_train(server_round, arrays, config, grid))
         sampled = {m.metadata.dst_node_id for m in messages}
         pending = coordinator.pending
@@ -109,6 +114,7 @@ class FedchainStrategy(FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        server_round += self.round_offset
         parsed = [parse_reply(m) for m in replies]
         for reply in parsed:
             if reply.error:

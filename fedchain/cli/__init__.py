@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from fedchain import __version__
-from fedchain.cli import data, keys, ledger, models, report, simulate
+from fedchain.cli import data, federation, keys, ledger, models, report, simulate
 from fedchain.cli.common import console, make_app
 
 app = make_app(
@@ -21,6 +21,8 @@ app.command("verify")(ledger.verify)
 app.add_typer(ledger.app, name="ledger")
 app.add_typer(models.app, name="models")
 app.command("report")(report.report)
+app.add_typer(federation.app, name="federation")
+app.command("register")(federation.register)
 
 
 def _version(value: bool) -> None:

@@ -21,7 +21,7 @@ from fedchain.ledger.state import (
     process_genesis_block,
 )
 from fedchain.ledger.store import LedgerStore, StoredBlock
-from fedchain.ledger.verify import verify_ledger
+from fedchain.ledger.verify import VerifyReport, verify_ledger
 
 
 def compute_stored_block(block: Block) -> StoredBlock:
@@ -40,9 +40,12 @@ def compute_stored_block(block: Block) -> StoredBlock:
 class Chain:
     """An open ledger file and the state after its head block."""
 
-    def __init__(self, store: LedgerStore, state: LedgerState) -> None:
+    def __init__(
+        self, store: LedgerStore, state: LedgerState, verified: VerifyReport | None = None
+    ) -> None:
         self.store = store
         self.state = state
+        self.verified = verified  # the verification ``open`` resumed from (None after create)
 
     @classmethod
     def create(cls, path: Path, genesis: Genesis) -> Chain:
@@ -64,7 +67,7 @@ class Chain:
         if store.head().block_hash != report.head_hash:
             store.close()
             raise LedgerStoreError(f"{path}: the ledger changed while it was being verified")
-        return cls(store, report.state)
+        return cls(store, report.state, report)
 
     def append(self, block: Block, post_state: LedgerState | None = None) -> LedgerState:
         """Validate ``block`` against the head, store it durably, and advance the state.

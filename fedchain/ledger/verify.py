@@ -85,6 +85,11 @@ class VerifyReport:
     state: LedgerState | None = field(default=None, repr=False, compare=False)
     round_records: tuple[RoundRecord, ...] = field(default=(), repr=False, compare=False)
     """The state after the last verified block (what a resuming coordinator continues from)."""
+    validators_by_height: Mapping[int, Mapping[PublicKey, int]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
+    """Each verified block's pre-state validators and stakes (a resuming coordinator's input to
+    :func:`~fedchain.ledger.consensus.compute_finalized_height`)."""
 
     @property
     def ok(self) -> bool:
@@ -239,4 +244,5 @@ def _report(
         seconds=seconds,
         state=state,
         round_records=tuple(replay.rounds),
+        validators_by_height=replay.validators_by_height,
     )

@@ -1,0 +1,464 @@
+"""A deployed federation: its settings, its registered participants, and its run directory.
+
+A coordinator keeps one folder per federation (``FED_DIR``)::
+
+    federation.toml     settings ([federation], [fedchain]) and the registered [[participants]]
+    run/                the run directory (DESIGN.md §4) once the coordinator first starts:
+                        ledger.db, config.toml, models/, updates/, metrics.json, log.txt
+    certs/              TLS certificates (``fedchain coordinator certs``)
+    supernodes/         each participant's SuperNode authentication public key
+    app/                the Flower app bundle ``flwr run`` submits (written on start)
+
+Registration happens before the ledger exists. A data holder signs a :class:`Registration` (their
+Ed25519 identity, stake deposit and dataset commitment) under the registration domain with the
+"no federation yet" id (:data:`fedchain.identity.NO_FEDERATION`): the genesis hash, which every
+later signature binds, is computed from these registrations. The coordinator checks the
+signature when it adds the participant; the genesis then fixes the participant set, and every
+commitment a client signs binds the genesis hash, so a registration cannot be used elsewhere
+to act for its owner. The participant's name and SuperNode key travel unsigned in the same file:
+they are the coordinator's bookkeeping, not ledger facts.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from fedchain import datafile, identity
+from fedchain.config import RunConfig, merge_config, write_config
+from fedchain.errors import ConfigError, FedchainError, SignatureError
+from fedchain.ledger.builder import sign_registration
+from fedchain.ledger.objects import GenesisParticipant, Registration, signing_message
+from fedchain.ledger.store import LEDGER_FILENAME
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = [
+    "FEDERATION_FILE",
+    "RUN_DIRNAME",
+    "Federation",
+    "ParticipantEntry",
+    "add_participant",
+    "compute_run_config",
+    "create_registration",
+    "decode_registration_file",
+    "encode_registration_file",
+    "has_ledger",
+    "init_federation",
+    "load_federation",
+    "prepare_federation_run",
+    "remove_unregistered_models",
+    "run_dir_of",
+    "verify_registration",
+]
+
+FEDERATION_FILE = "federation.toml"
+RUN_DIRNAME = "run"
+CERTS_DIRNAME = "certs"
+SUPERNODES_DIRNAME = "supernodes"
+REGISTRATION_FORMAT = "fedchain-registration/v1"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+# Settings that describe a simulation only; a federation's data stay with its participants.
+_SIMULATION_ONLY = (
+    "run-id",
+    "clients",
+    "partitioner",
+    "alpha",
+    "shards-per-client",
+    "out",
+    "ledger",
+)
+
+
+@dataclass(frozen=True)
+class ParticipantEntry:
+    """One registered data holder: the signed registration plus the coordinator's bookkeeping.
+
+    ``supernode_key`` is the text of the SuperNode's authentication public key (OpenSSH format,
+    a NIST EC curve, as ``flwr supernode register`` takes it), empty if none was given.
+    """
+
+    name: str
+    registration: Registration
+    supernode_key: str = ""
+
+    @property
+    def public_key(self) -> bytes:
+        return self.registration.public_key
+
+
+@dataclass(frozen=True)
+class Federation:
+    """What ``federation.toml`` holds."""
+
+    path: Path  # FED_DIR
+    name: str  # the genesis run id
+    min_clients: int  # connected SuperNodes needed before a round starts
+    join_timeout: float  # seconds the ServerApp waits for min_clients to connect
+    settings: Mapping[str, Any]  # kebab-case RunConfig settings
+    participants: tuple[ParticipantEntry, ...]
+
+
+def run_dir_of(fed_dir: Path) -> Path:
+    return Path(fed_dir) / RUN_DIRNAME
+
+
+def has_ledger(fed_dir: Path) -> bool:
+    return (run_dir_of(fed_dir) / LEDGER_FILENAME).exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# Registration files (made by a data holder)
+
+
+def create_registration(
+    key: Ed25519PrivateKey, data_path: Path, *, stake: int, name: str, supernode_key: str = ""
+) -> ParticipantEntry:
+    """Sign a registration for the dataset at ``data_path`` (no data key needed: the commitment
+    is the hash of the encrypted file and its header's example count)."""
+    _check_name(name)
+    if stake < 1:
+        raise ConfigError(f"stake must be at least 1, got {stake}")
+    commitment = datafile.compute_dataset_commitment(Path(data_path))
+    registration = sign_registration(
+        key,
+        identity.NO_FEDERATION,
+        stake=stake,
+        dataset_hash=commitment.file_hash,
+        num_examples=commitment.num_examples,
+    )
+    return ParticipantEntry(name, registration, _check_supernode_key(supernode_key))
+
+
+def verify_registration(entry: ParticipantEntry) -> None:
+    """Raise :class:`SignatureError` unless the registration is signed by its own key."""
+    reg = entry.registration
+    identity.verify_signature(
+        reg.public_key, reg.signature, identity.Domain.REGISTRATION, signing_message(reg)
+    )
+
+
+def _entry_to_toml(entry: ParticipantEntry) -> dict[str, Any]:
+    reg = entry.registration
+    table: dict[str, Any] = {
+        "name": entry.name,
+        "public-key": reg.public_key.hex(),
+        "stake": reg.stake,
+        "dataset-hash": reg.dataset_hash.hex(),
+        "num-examples": reg.num_examples,
+        "signature": reg.signature.hex(),
+    }
+    if entry.supernode_key:
+        table["supernode-key"] = entry.supernode_key
+    return table
+
+
+def _entry_from_toml(table: Any, where: str) -> ParticipantEntry:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: a participant must be a table")
+    try:
+        registration = Registration(
+            public_key=_hex(table["public-key"], "public-key", where),
+            stake=_int(table["stake"], "stake", where),
+            dataset_hash=_hex(table["dataset-hash"], "dataset-hash", where),
+            num_examples=_int(table["num-examples"], "num-examples", where),
+            signature=_hex(table["signature"], "signature", where),
+        )
+        name = str(table["name"])
+    except KeyError as e:
+        raise ConfigError(f"{where}: missing {e.args[0]!r}") from None
+    _check_name(name)
+    return ParticipantEntry(name, registration, str(table.get("supernode-key", "")))
+
+
+def encode_registration_file(entry: ParticipantEntry) -> str:
+    import tomli_w
+
+    doc = {"format": REGISTRATION_FORMAT, "participant": _entry_to_toml(entry)}
+    comment = (
+        "# A fedchain registration: give this file to the federation's coordinator\n"
+        "# (`fedchain federation add FED_DIR THIS_FILE`). It holds no secret.\n"
+    )
+    return comment + tomli_w.dumps(doc)
+
+
+def decode_registration_file(path: Path) -> ParticipantEntry:
+    doc = _read_toml(Path(path))
+    if doc.get("format") != REGISTRATION_FORMAT:
+        raise ConfigError(f"{path}: not a fedchain registration file ({REGISTRATION_FORMAT})")
+    return _entry_from_toml(doc.get("participant"), str(path))
+
+
+# --------------------------------------------------------------------------------------------------
+# federation.toml (kept by the coordinator)
+
+
+def init_federation(
+    fed_dir: Path,
+    *,
+    name: str,
+    settings: Mapping[str, Any],
+    min_clients: int = 0,
+    join_timeout: float = 3600.0,
+) -> Federation:
+    """Create ``fed_dir/federation.toml`` with no participants; refuse to overwrite one."""
+    fed_dir = Path(fed_dir)
+    if (fed_dir / FEDERATION_FILE).exists():
+        raise ConfigError(f"{fed_dir / FEDERATION_FILE}: already exists")
+    _check_name(name)
+    federation = Federation(
+        fed_dir, name, min_clients, join_timeout, _check_settings(settings, str(fed_dir)), ()
+    )
+    compute_run_config(federation, check_participants=False)  # settings valid as a RunConfig
+    fed_dir.mkdir(parents=True, exist_ok=True)
+    _write_federation(federation)
+    return federation
+
+
+def load_federation(fed_dir: Path) -> Federation:
+    fed_dir = Path(fed_dir)
+    path = fed_dir / FEDERATION_FILE
+    if not path.exists():
+        raise ConfigError(f"{path}: not found; create it with `fedchain federation init {fed_dir}`")
+    doc = _read_toml(path)
+    meta = doc.get("federation", {})
+    if not isinstance(meta, dict) or "name" not in meta:
+        raise ConfigError(f"{path}: lacks a [federation] table with a name")
+    participants = tuple(
+        _entry_from_toml(table, f"{path}: participant {i + 1}")
+        for i, table in enumerate(doc.get("participants", []))
+    )
+    return Federation(
+        path=fed_dir,
+        name=str(meta["name"]),
+        min_clients=_int(meta.get("min-clients", 0), "min-clients", str(path)),
+        join_timeout=float(meta.get("join-timeout", 3600.0)),
+        settings=_check_settings(doc.get("fedchain", {}), str(path)),
+        participants=participants,
+    )
+
+
+def add_participant(fed_dir: Path, entry: ParticipantEntry) -> Federation:
+    """Verify ``entry`` and add it; refused once the ledger exists (the genesis is fixed)."""
+    federation = load_federation(fed_dir)
+    if has_ledger(fed_dir):
+        raise ConfigError(
+            f"{fed_dir}: the ledger already exists; its genesis fixes the participants, so "
+            "new participants need a new federation"
+        )
+    try:
+        verify_registration(entry)
+    except SignatureError as e:
+        raise SignatureError(f"registration of {entry.name!r} is not validly signed: {e}") from None
+    for other in federation.participants:
+        if other.public_key == entry.public_key:
+            raise ConfigError(f"identity {_short(entry.public_key)} is already registered")
+        if other.name == entry.name:
+            raise ConfigError(f"the name {entry.name!r} is already taken")
+        if entry.supernode_key and other.supernode_key == entry.supernode_key:
+            raise ConfigError(f"{other.name!r} already registered this SuperNode key")
+    config = compute_run_config(federation, check_participants=False)
+    if entry.registration.stake < config.min_stake:
+        raise ConfigError(
+            f"stake {entry.registration.stake} is below the federation's minimum {config.min_stake}"
+        )
+    if entry.registration.num_examples < 1:
+        raise ConfigError(f"{entry.name!r} registered an empty dataset")
+    updated = Federation(
+        federation.path,
+        federation.name,
+        federation.min_clients,
+        federation.join_timeout,
+        federation.settings,
+        (*federation.participants, entry),
+    )
+    _write_federation(updated)
+    return updated
+
+
+def compute_run_config(federation: Federation, *, check_participants: bool = True) -> RunConfig:
+    """The RunConfig the coordinator runs: the settings, one client per participant."""
+    count = len(federation.participants)
+    if check_participants and count == 0:
+        raise ConfigError(
+            f"{federation.path}: no participants yet; add registrations with "
+            "`fedchain federation add`"
+        )
+    min_clients = federation.min_clients or count
+    if check_participants and not 1 <= min_clients <= count:
+        raise ConfigError(f"min-clients {min_clients} must be between 1 and {count}")
+    # RunConfig.stake is a simulated client's deposit; here each registration carries its own,
+    # so it only has to pass RunConfig's stake >= min-stake check.
+    min_stake = federation.settings.get("min-stake", RunConfig.min_stake)
+    stakes = [p.registration.stake for p in federation.participants]
+    base = RunConfig(run_id=federation.name, out=str(federation.path), clients=max(count, 1))
+    return merge_config(base, {**federation.settings, "stake": max([*stakes, min_stake])})
+
+
+def _check_settings(settings: Any, where: str) -> dict[str, Any]:
+    if not isinstance(settings, dict):
+        raise ConfigError(f"{where}: [fedchain] must be a table")
+    for key in settings:
+        if key in _SIMULATION_ONLY or key.replace("_", "-") in _SIMULATION_ONLY:
+            raise ConfigError(f"{where}: {key!r} is a simulation setting, not a federation's")
+    try:
+        merge_config(RunConfig(), settings)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    return dict(settings)
+
+
+def _write_federation(federation: Federation) -> None:
+    import tomli_w
+
+    doc: dict[str, Any] = {
+        "federation": {
+            "name": federation.name,
+            "min-clients": federation.min_clients,
+            "join-timeout": federation.join_timeout,
+        },
+        "fedchain": dict(federation.settings),
+        "participants": [_entry_to_toml(p) for p in federation.participants],
+    }
+    comment = (
+        "# A fedchain federation (see `fedchain federation --help`).\n"
+        "# [federation] min-clients: connected SuperNodes a round waits for (0 = all);\n"
+        "# [fedchain]: run settings (`fedchain simulate --help` lists them, kebab-case).\n"
+        "# Participants are added with `fedchain federation add`, not by hand.\n"
+    )
+    path = federation.path / FEDERATION_FILE
+    scratch = path.with_suffix(".toml.tmp")
+    scratch.write_text(comment + tomli_w.dumps(doc))
+    scratch.replace(path)
+
+
+# --------------------------------------------------------------------------------------------------
+# The run directory
+
+
+def prepare_federation_run(federation: Federation) -> tuple[Path, RunConfig, bool]:
+    """Create the run directory and ledger on first start; return ``(run_dir, config, created)``.
+
+    Creating: the resolved configuration (``config.toml``), the initial model (shaped for the
+    coordinator's test data) and a ledger whose genesis holds every registered participant.
+    """
+    from fedchain.ledger.builder import make_genesis
+    from fedchain.ledger.chain import Chain
+    from fedchain.models import build_model, state_to_numpy
+    from fedchain.registry import save_model
+    from fedchain.runs import make_rules_for
+    from fedchain.sources import load_source
+
+    config = compute_run_config(federation)
+    run_dir = run_dir_of(federation.path)
+    if has_ledger(federation.path):
+        return run_dir, config, False
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_config(config, run_dir / "config.toml")
+    test = load_source(config.dataset, root=config.data_root or None, split="test")
+    model = build_model(config.model, tuple(test.x.shape[1:]), len(test.classes), seed=config.seed)
+    initial_hash = save_model(run_dir, state_to_numpy(model))
+    participants = [
+        GenesisParticipant(
+            p.public_key,
+            p.registration.stake,
+            p.registration.dataset_hash,
+            p.registration.num_examples,
+        )
+        for p in federation.participants
+    ]
+    genesis = make_genesis(
+        federation.name,
+        participants,
+        initial_model_hash=initial_hash,
+        rules=make_rules_for(config),
+    )
+    Chain.create(run_dir / LEDGER_FILENAME, genesis).close()
+    return run_dir, config, True
+
+
+def remove_unregistered_models(run_dir: Path) -> list[Path]:
+    """Delete ``models/`` files that no block of the (verified) ledger registers.
+
+    A coordinator saves a round's model before the block registering it is sealed; a crash in
+    between leaves the file behind. On resume that round runs again, so the file is not part of
+    the federation's history and is removed (``fedchain verify`` would only warn about it).
+    """
+    from fedchain.ledger.verify import verify_ledger
+    from fedchain.registry import find_unregistered_files
+
+    report = verify_ledger(Path(run_dir))
+    if not report.ok:
+        raise FedchainError(f"{run_dir}: the ledger does not verify: {report.failure}")
+    stray = find_unregistered_files(Path(run_dir), report)
+    for path in stray:
+        path.unlink(missing_ok=True)
+    return stray
+
+
+# --------------------------------------------------------------------------------------------------
+# Small checks
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: not found") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"{path}: not a readable TOML file ({e})") from None
+
+
+def _check_name(name: str) -> None:
+    if not _NAME.fullmatch(name):
+        raise ConfigError(
+            f"name {name!r}: use 1-64 letters, digits, '.', '_' or '-' (starting with a letter "
+            "or digit)"
+        )
+
+
+def _check_supernode_key(text: str) -> str:
+    """The SuperNode public key as one OpenSSH line, checked to be a NIST-curve EC key."""
+    if not text:
+        return ""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    line = text.strip()
+    try:
+        key = serialization.load_ssh_public_key(line.encode())
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"the SuperNode public key is not an OpenSSH public key ({e})") from None
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise ConfigError("the SuperNode public key must be an EC key (Flower uses NIST P-384)")
+    return line
+
+
+def _hex(value: Any, what: str, where: str) -> bytes:
+    try:
+        return bytes.fromhex(str(value))
+    except ValueError:
+        raise ConfigError(f"{where}: {what} is not hex") from None
+
+
+def _int(value: Any, what: str, where: str) -> int:
+    if type(value) is not int:
+        raise ConfigError(f"{where}: {what} must be an integer, got {value!r}")
+    return value
+
+
+def _short(public_key: bytes) -> str:
+    return identity.fingerprint(public_key)
+
+
+def names_of(participants: Sequence[ParticipantEntry]) -> dict[bytes, str]:
+    return {p.public_key: p.name for p in participants}
