@@ -22,6 +22,23 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
+FLOWER_RULES = ("flwr-fedavg", "flwr-krum", "flwr-multikrum", "flwr-trimmed-mean", "flwr-median")
+"""Flower's own strategies, unmodified (server.server_app.flower_strategy): baselines that know
+nothing of stake, so they run only with the ledger off."""
+_ATTACKERS_NEED_AN_ATTACK = (
+    "attackers need an attack: name one with how many clients attack (--attack sign-flip "
+    "--attackers 30%); an attack with 0 attackers is a clean run"
+)
+_LEDGER_OFF_RULES = (
+    "with the ledger off there is no stake: aggregation must be fedavg (Flower's FedAvg) or one "
+    f"of Flower's own strategies {', '.join(FLOWER_RULES)}"
+)
+_FLOWER_RULES_NEED_OFF = (
+    "the flwr-* aggregation rules are Flower's own strategies and have no stake: run them with "
+    "the ledger off (--ledger off)"
+)
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Everything that defines a simulated federation. Stakes and rewards are base units."""
@@ -47,7 +64,10 @@ class RunConfig:
     contribution: str = "gtg-shapley"  # or shapley, leave-one-out, gradient-similarity,
     #                                    none (scores = the aggregation weights)
     validation_fraction: float = 0.1  # of the training data, held out by the coordinator
-    ledger: bool = True
+    ledger: bool = True  # off: Flower's own strategies, nothing signed (aggregation flwr-* only)
+    attack: str = "none"  # or one of fedchain.attacks.ATTACKS
+    attackers: int = 0  # how many clients attack (fedchain.attacks.attacker_indices: which)
+    attack_scale: float = 0.0  # 0: the attack's default (see fedchain.attacks)
     stake: int = 1_000_000
     min_stake: int = 100_000
     reward_per_round: int = 10_000
@@ -69,6 +89,14 @@ class RunConfig:
             (self.stake >= self.min_stake >= 1, "stake must be >= min-stake >= 1"),
             (self.reward_per_round >= 0, "reward-per-round must be >= 0"),
             (self.round_timeout > 0, "round-timeout must be positive"),
+            (0 <= self.attackers <= self.clients, "attackers must be 0..clients"),
+            (self.attack != "none" or self.attackers == 0, _ATTACKERS_NEED_AN_ATTACK),
+            (self.attack_scale >= 0, "attack-scale must be >= 0 (0: the attack's default)"),
+            (
+                self.ledger or self.aggregation in FLOWER_RULES or self.aggregation == "fedavg",
+                _LEDGER_OFF_RULES,
+            ),
+            (not self.ledger or self.aggregation not in FLOWER_RULES, _FLOWER_RULES_NEED_OFF),
         ]
         for ok, message in checks:
             if not ok:

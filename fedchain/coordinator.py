@@ -362,7 +362,8 @@ class Coordinator:
             for name, delta in result.arrays.items()
         }
         model_hash = save_model(self.run_dir, new_model)
-        used = tuple(sorted(accepted[i][0].update_hash for i in result.selected))
+        # a set: clients may send byte-identical updates (free riders sending zeros)
+        used = tuple(sorted({accepted[i][0].update_hash for i in result.selected}))
         txs.append(ModelVersion(round_, model_hash, self.model_hash, used, self.rule))
         self.model, self.model_hash = new_model, model_hash
         shares = {keys[i]: float(result.weights[i]) for i in range(len(keys))}

@@ -89,6 +89,7 @@ __all__ = [
     "unregister_supernode",
     "wait_exit",
     "wait_healthy",
+    "wait_supernode_status",
     "write_flwr_connection",
 ]
 
@@ -914,14 +915,18 @@ def run_flwr(
         raise DeployError(f"{what}: no answer within {timeout:g} s") from exc
     answer = _parse_json_answer(result.stdout)
     if result.returncode != 0 or answer is None or answer.get("success") is not True:
-        detail = ""
-        if answer is not None:
-            detail = str(answer.get("error-message") or answer.get("error") or "")
-        output = (result.stdout + result.stderr).strip()[-2000:]
-        raise DeployError(
-            f"{what} failed (exit {result.returncode}): {detail or output or 'no output'}"
-        )
+        detail = str(answer.get("error-message", "")) if answer is not None else ""
+        detail = _clean_cli_message(detail or result.stdout + "\n" + result.stderr)
+        status = f" (exit {result.returncode})" if result.returncode != 0 else ""
+        raise DeployError(f"{what} failed{status}: {detail or 'no output'}")
     return answer
+
+
+def _clean_cli_message(text: str) -> str:
+    """Flower's error text without its progress chatter, on one line, at most 2000 characters."""
+    lines = [line.strip() for line in text.splitlines()]
+    kept = [line for line in lines if line and not line.startswith(("Using SuperLink", "Stopping"))]
+    return " ".join(kept)[-2000:]
 
 
 def _parse_json_answer(stdout: str) -> dict[str, object] | None:
@@ -965,6 +970,28 @@ def list_supernodes(connection: FlwrConnection) -> list[NodeStatus]:
         for node in nodes
         if isinstance(node, dict)
     ]
+
+
+def wait_supernode_status(
+    connection: FlwrConnection, node_id: int, status: str = "online", timeout: float = 60.0
+) -> None:
+    """Poll ``flwr supernode list`` (each call takes about 2 s) until ``node_id`` has ``status``.
+
+    Raises :class:`DeployError` naming the last status seen after ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    seen = "not listed"
+    while True:
+        nodes = {node.node_id: node.status for node in list_supernodes(connection)}
+        seen = nodes.get(node_id, "not listed")
+        if seen == status:
+            return
+        if time.monotonic() >= deadline:
+            raise DeployError(
+                f"SuperNode {node_id} is {seen}, not {status}, after {timeout:g} s; "
+                "see the SuperNode's log"
+            )
+        time.sleep(0.5)
 
 
 def submit_run(

@@ -8,6 +8,8 @@
     clients/client-NNN.fcd      each simulated data holder's encrypted split
     clients/client-NNN.key|pub  each data holder's identity (unencrypted, mode 0600: simulated)
     clients/data.key            the data key of the simulated holders' files (mode 0600)
+    attackers.json              with an attack: its name, scale, and the attackers' indices and
+                                public keys (fedchain.attacks.attacker_indices)
 
 In a real federation every data holder keeps its own files; a simulation keeps them together so
 one machine can play every part, but each client still only ever opens its own.
@@ -15,13 +17,14 @@ one machine can play every part, but each client still only ever opens its own.
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from fedchain import datafile, identity
-from fedchain.config import RunConfig, write_config
+from fedchain.config import FLOWER_RULES, RunConfig, write_config
 from fedchain.errors import ConfigError
 from fedchain.ledger.builder import make_genesis, make_rules
 from fedchain.ledger.chain import Chain
@@ -31,6 +34,7 @@ from fedchain.sources import ArrayDataset
 
 CLIENTS_DIR = "clients"
 DATA_KEY_FILE = "data.key"
+ATTACKERS_FILE = "attackers.json"
 
 
 def client_data_path(run_dir: Path, index: int) -> Path:
@@ -96,13 +100,15 @@ def prepare_run(config: RunConfig) -> RunSetup:
     Settings are checked before anything is written; a failure part-way removes the directory.
     """
     from fedchain.aggregation import RULES
+    from fedchain.attacks import ATTACKS, NO_ATTACK
     from fedchain.contribution import METHODS
     from fedchain.models import MODELS
     from fedchain.partition import PARTITIONERS
     from fedchain.sources import SOURCES
 
     for name, value, known in (
-        ("aggregation", config.aggregation, RULES),
+        ("aggregation", config.aggregation, RULES + FLOWER_RULES),
+        ("attack", config.attack, (NO_ATTACK, *ATTACKS)),
         ("model", config.model, MODELS),
         ("partitioner", config.partitioner, PARTITIONERS),
         ("dataset", config.dataset, SOURCES),
@@ -165,4 +171,20 @@ def _populate(run_dir: Path, config: RunConfig) -> RunSetup:
     )
     if config.ledger:
         Chain.create(run_dir / LEDGER_FILENAME, genesis).close()
+    _write_attackers(run_dir, config, public_keys)
     return RunSetup(run_dir, config, genesis, tuple(public_keys), tuple(sizes))
+
+
+def _write_attackers(run_dir: Path, config: RunConfig, public_keys: list[bytes]) -> None:
+    from fedchain.attacks import Attack, attacker_indices
+
+    indices = attacker_indices(config)
+    if not indices:
+        return
+    doc = {
+        "attack": config.attack,
+        "scale": Attack(config.attack, config.attack_scale).scale,
+        "clients": indices,
+        "public_keys": [public_keys[i].hex() for i in indices],
+    }
+    (run_dir / ATTACKERS_FILE).write_text(json.dumps(doc, indent=1) + "\n")

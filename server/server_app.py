@@ -11,16 +11,24 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from logging import INFO
 from pathlib import Path
+from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, ConfigRecordValues, Context, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import (
+    FedAvg,
+    FedMedian,
+    FedTrimmedAvg,
+    Krum,
+    MultiKrum,
+)
 
-from fedchain.aggregation import RuleParams
+from fedchain.aggregation import RuleParams, _default_krum_f
+from fedchain.attacks import Attack, attacker_indices
 from fedchain.config import RunConfig, merge_config
 from fedchain.coordinator import Coordinator, RoundOutcome
 from fedchain.errors import FedchainError
@@ -44,19 +52,34 @@ def _wait_for_nodes(grid: Grid, count: int, timeout: float = 120.0) -> None:
 
 
 def train_settings(config: RunConfig, run_dir: Path) -> ConfigRecord:
-    """What every client is told each round besides the model and its ledger view."""
-    return ConfigRecord(
-        {
-            "run-dir": str(run_dir.resolve()),
-            "model": config.model,
-            "local-epochs": config.local_epochs,
-            "batch-size": config.batch_size,
-            "lr": config.lr,
-            "seed": config.seed,
-            "ledger": config.ledger,
-            "threads": 1,
-        }
-    )
+    """What every client is told each round besides the model and its ledger view.
+
+    With an attack configured, also the attack and the attackers' partition ids (simulation:
+    each simulated client finds out from these whether it attacks; deployed SuperNodes have no
+    partition id and attack only when their own node config says so).
+    """
+    settings: dict[str, ConfigRecordValues] = {
+        "run-dir": str(run_dir.resolve()),
+        "model": config.model,
+        "local-epochs": config.local_epochs,
+        "batch-size": config.batch_size,
+        "lr": config.lr,
+        "seed": config.seed,
+        "ledger": config.ledger,
+        "threads": 1,
+    }
+    settings.update(attack_settings(config))
+    return ConfigRecord(settings)
+
+
+def attack_settings(config: RunConfig) -> dict[str, ConfigRecordValues]:
+    """``attack``, ``attack-scale`` (the effective one) and ``attackers`` (client indices =
+    simulation partition ids), or nothing when no client attacks."""
+    attackers = attacker_indices(config)
+    if not attackers:
+        return {}
+    scale = Attack(config.attack, config.attack_scale).scale
+    return {"attack": config.attack, "attack-scale": scale, "attackers": attackers}
 
 
 def run_federation(
@@ -88,7 +111,7 @@ def run_federation(
                 "seconds": round(elapsed, 3) if server_round else 0.0,
             }
         )
-        write_metrics(run_dir, history)
+        write_metrics(run_dir, history, attack_settings(config))
         if report is not None and server_round > 0:
             report(server_round, outcome, result.accuracy, elapsed)
         started[0] = time.perf_counter()
@@ -99,12 +122,7 @@ def run_federation(
     if not config.ledger:
         initial = _initial_without_ledger(run_dir)
         _wait_for_nodes(grid, config.sampled_per_round)
-        strategy = FedAvg(
-            fraction_train=fraction,
-            fraction_evaluate=0.0,
-            min_train_nodes=config.sampled_per_round,
-            min_available_nodes=config.sampled_per_round,
-        )
+        strategy = flower_strategy(config)
         result = strategy.start(
             grid,
             to_array_record(initial),
@@ -152,11 +170,50 @@ def run_federation(
     return result.evaluate_metrics_serverapp.get(config.rounds)
 
 
-def write_metrics(run_dir: Path, history: list[dict[str, float | int]]) -> None:
-    """``metrics.json``: central accuracy and loss per round (round 0: the initial model)."""
+def flower_strategy(config: RunConfig) -> FedAvg:
+    """Flower's own strategy for a ledger-off run, unmodified: ``config.aggregation`` is
+    ``flwr-fedavg`` (or ``fedavg``), ``flwr-krum``, ``flwr-multikrum``, ``flwr-trimmed-mean``
+    or ``flwr-median`` (fedchain.config.FLOWER_RULES).
+
+    Krum and Multi-Krum assume the same number of attackers ``f`` as fedchain's multi-krum
+    (``max(0, (n - 3) // 2)`` of the ``n`` sampled clients); Multi-Krum averages ``n - f``.
+    FedTrimmedAvg cuts ``beta = 0.2`` from each tail (Flower's default, as fedchain's trim).
+    """
+    n = config.sampled_per_round
+    common: dict[str, Any] = {
+        "fraction_train": config.sampled_per_round / config.clients,
+        "fraction_evaluate": 0.0,
+        "min_train_nodes": n,
+        "min_available_nodes": n,
+    }
+    f = _default_krum_f(n)
+    rule = config.aggregation
+    if rule in ("fedavg", "flwr-fedavg"):
+        return FedAvg(**common)
+    if rule == "flwr-krum":
+        return Krum(**common, num_malicious_nodes=f)
+    if rule == "flwr-multikrum":
+        return MultiKrum(**common, num_malicious_nodes=f, num_nodes_to_select=n - f)
+    if rule == "flwr-trimmed-mean":
+        return FedTrimmedAvg(**common, beta=0.2)
+    if rule == "flwr-median":
+        return FedMedian(**common)
+    raise FedchainError(f"aggregation {rule!r} is not one of Flower's strategies")
+
+
+def write_metrics(
+    run_dir: Path,
+    history: list[dict[str, float | int]],
+    attack: Mapping[str, ConfigRecordValues] | None = None,
+) -> None:
+    """``metrics.json``: central accuracy and loss per round (round 0: the initial model), and
+    with an attack, which clients attacked (``attack``, ``attack-scale``, ``attackers``)."""
     target = run_dir / "metrics.json"
     scratch = target.with_suffix(".json.tmp")
-    scratch.write_text(json.dumps({"rounds": history}, indent=1) + "\n")
+    doc: dict[str, Any] = {"rounds": history}
+    if attack:
+        doc["attack"] = dict(attack)
+    scratch.write_text(json.dumps(doc, indent=1) + "\n")
     os.replace(scratch, target)
 
 

@@ -9,6 +9,7 @@ import os
 import socket
 import ssl
 import time
+from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -355,6 +356,7 @@ def test_registered_supernode_connects_and_unregistered_is_refused(tls_link):
                     auth_private_key=key,
                     clientappio_port=deploy.free_port(),
                     log_path=base / f"{name}.log",
+                    env={"FEDCHAIN_TEST_SECRET": "s3cret"},
                 )
             )
         good, stranger = started
@@ -366,16 +368,16 @@ def test_registered_supernode_connects_and_unregistered_is_refused(tls_link):
         assert "No SuperNode found with the given public key" in deploy.tail(
             tls_link[2].log_path, 200
         )
-        deadline = time.monotonic() + 60
-        statuses: dict[int, str] = {}
-        while time.monotonic() < deadline:
-            statuses = {n.node_id: n.status for n in deploy.list_supernodes(connection)}
-            if statuses.get(node_id) == "online":
-                break
-            time.sleep(0.5)
-        assert statuses == {node_id: "online"}
+        deploy.wait_supernode_status(connection, node_id, "online", timeout=60)
+        assert [(n.node_id, n.status) for n in deploy.list_supernodes(connection)] == [
+            (node_id, "online")
+        ]
         assert f"SuperNode ID: {node_id}" in deploy.tail(good.log_path)
         assert deploy.is_running(good)
+        # Secrets travel in the environment, never on the (world-readable) command line.
+        assert b"FEDCHAIN_TEST_SECRET=s3cret" in Path(f"/proc/{good.pid}/environ").read_bytes()
+        assert b"s3cret" not in Path(f"/proc/{good.pid}/cmdline").read_bytes()
+        assert b"data-path='/data/good set.fcd'" in Path(f"/proc/{good.pid}/cmdline").read_bytes()
         tree = deploy._descendants(good.pid)
         assert tree  # its SuperExec
         assert deploy.stop_process(good) is True
@@ -408,5 +410,33 @@ def test_submit_run_over_tls_runs_the_app(tls_link):
 @pytest.mark.slow
 def test_invalid_flwr_command_reports_flowers_message(tls_link):
     connection = tls_link[3]
-    with pytest.raises(deploy.DeployError, match="flwr stop"):
+    with pytest.raises(deploy.DeployError, match=r"flwr stop 12345 failed: .*Run ID not found"):
         deploy.stop_run(connection, 12345)
+
+
+@pytest.mark.slow
+def test_registrations_survive_a_superlink_restart(tmp_path):
+    certs = deploy.create_test_certificates(tmp_path / "certs")
+    port = deploy.free_port()
+    address = f"127.0.0.1:{port}"
+    connection = deploy.write_flwr_connection(tmp_path / "flwr", "fc", address, certs.ca_cert)
+    _, public_key = deploy.create_supernode_keys(tmp_path / "keys", "a")
+    link = deploy.start_superlink(tmp_path / "state", port=port, certs=certs, supernode_auth=True)
+    try:
+        deploy.wait_healthy(link, address, timeout=60, root_certificates=certs.ca_cert)
+        node_id = deploy.register_supernode(connection, public_key)
+        with pytest.raises(deploy.DeployError, match="already in use"):
+            deploy.register_supernode(connection, public_key)
+        assert deploy.stop_process(link.pid_file) is True  # by PID file, as a new CLI call would
+        assert not deploy.is_running(link)
+        link = deploy.start_superlink(
+            tmp_path / "state", port=port, certs=certs, supernode_auth=True
+        )
+        deploy.wait_healthy(link, address, timeout=60, root_certificates=certs.ca_cert)
+        assert [(n.node_id, n.status) for n in deploy.list_supernodes(connection)] == [
+            (node_id, "registered")
+        ]
+        deploy.unregister_supernode(connection, node_id)
+        assert [n.status for n in deploy.list_supernodes(connection)] == ["unregistered"]
+    finally:
+        deploy.stop_process(link)

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
+from fedchain.attacks import ATTACKS, Attack, attacker_indices, parse_attackers
 from fedchain.cli.common import console
 from fedchain.config import RunConfig, load_config_file, merge_config
 from fedchain.coordinator import RoundOutcome
@@ -39,7 +40,9 @@ def simulate(
     aggregation: Annotated[
         str | None,
         typer.Option(
-            help="fedavg, stake, examples-stake, reputation, median, trimmed-mean, multi-krum."
+            help="fedavg, stake, examples-stake, reputation, median, trimmed-mean, multi-krum; "
+            "with --ledger off, Flower's own strategies: flwr-fedavg, flwr-krum, flwr-multikrum, "
+            "flwr-trimmed-mean, flwr-median (f = max(0, (n-3)//2) for Krum; beta 0.2 trim)."
         ),
     ] = None,
     contribution: Annotated[
@@ -51,7 +54,32 @@ def simulate(
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of split, model and training.")] = None,
     ledger: Annotated[
-        str | None, typer.Option(help="on (default) or off: plain Flower FedAvg, for comparison.")
+        str | None,
+        typer.Option(
+            help="on (default) or off: Flower's own strategies (fedavg = Flower FedAvg, or a "
+            "flwr-* rule), nothing signed, for comparison."
+        ),
+    ] = None,
+    attack: Annotated[
+        str | None,
+        typer.Option(
+            help="What attackers do: " + ", ".join(ATTACKS) + " (none: no attack; see "
+            "fedchain.attacks for each). Needs --attackers."
+        ),
+    ] = None,
+    attackers: Annotated[
+        str | None,
+        typer.Option(
+            help="How many clients attack: a count (3), a percentage (30%) or a fraction (0.3) "
+            "of --clients, rounded to the nearest (halves up). Which ones follows from --seed."
+        ),
+    ] = None,
+    attack_scale: Annotated[
+        float | None,
+        typer.Option(
+            help="The attack's strength (0 = its default): sign-flip 1, scaled 10, gaussian "
+            "sigma 1, free-rider-noise sigma 1e-3, inflated 10x examples, commit-mismatch 4."
+        ),
     ] = None,
     out: Annotated[
         str | None, typer.Option(help="Folder for run directories (default runs).")
@@ -77,21 +105,34 @@ def simulate(
         "seed": seed,
         "out": out,
         "run_id": run_id,
+        "attack": attack,
+        "attack_scale": attack_scale,
     }
     if ledger is not None:
         if ledger not in ("on", "off"):
             raise typer.BadParameter("--ledger must be on or off")
         flags["ledger"] = ledger == "on"
     config = merge_config(config, {k: v for k, v in flags.items() if v is not None})
+    if attackers is not None:
+        config = merge_config(config, {"attackers": parse_attackers(attackers, config.clients)})
     if not config.run_id:
         config = merge_config(config, {"run_id": new_run_id(config)})
     with console.status("preparing the run directory (data splits, keys, genesis)…"):
         setup = prepare_run(config)
-    mode = "ledger on" if config.ledger else "ledger off (plain FedAvg)"
+    mode = "ledger on" if config.ledger else "ledger off (Flower's own strategy)"
     console.print(
         f"run {config.run_id}: {config.clients} clients, {config.rounds} rounds, "
-        f"{config.dataset}/{config.partitioner}, rule {config.aggregation}, {mode}"
+        f"{config.dataset}/{config.partitioner}, rule {config.aggregation}, {mode}",
+        highlight=False,
     )
+    chosen = attacker_indices(config)
+    if chosen:
+        scale = Attack(config.attack, config.attack_scale).scale
+        console.print(
+            f"attack {config.attack} (scale {scale:g}) by {len(chosen)} of {config.clients} "
+            f"clients: {', '.join(map(str, chosen))}",
+            highlight=False,
+        )
     final: dict[str, float] = {}
 
     def report(round_: int, outcome: RoundOutcome | None, accuracy: float, seconds: float) -> None:
