@@ -13,12 +13,13 @@ saved are removed first (:func:`fedchain.federation.remove_unregistered_models`)
 from __future__ import annotations
 
 import json
+import logging
 import time
 from logging import INFO, WARNING
 from pathlib import Path
 
 from flwr.app import ArrayRecord, MetricRecord
-from flwr.common.logger import log
+from flwr.common.logger import FLOWER_LOGGER, log
 from flwr.serverapp import Grid
 
 from fedchain.aggregation import RuleParams
@@ -80,8 +81,15 @@ def run_deployment(grid: Grid, fed_dir: Path) -> None:
     )
     for path in remove_unregistered_models(run_dir):
         log(INFO, "removed %s (saved by a round the ledger never recorded)", path.name)
-    with Chain.open(run_dir / LEDGER_FILENAME) as chain:  # verified; resumes at the head
-        _run_rounds(grid, federation, config, run_dir, chain)
+    handler = logging.FileHandler(run_dir / "log.txt")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    FLOWER_LOGGER.addHandler(handler)
+    try:
+        with Chain.open(run_dir / LEDGER_FILENAME) as chain:  # verified; resumes at the head
+            _run_rounds(grid, federation, config, run_dir, chain)
+    finally:
+        FLOWER_LOGGER.removeHandler(handler)
+        handler.close()
 
 
 def _run_rounds(grid, federation: Federation, config, run_dir: Path, chain: Chain) -> None:

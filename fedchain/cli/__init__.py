@@ -7,7 +7,17 @@ from typing import Annotated
 import typer
 
 from fedchain import __version__
-from fedchain.cli import data, federation, keys, ledger, models, report, simulate
+from fedchain.cli import (
+    coordinator,
+    data,
+    federation,
+    join,
+    keys,
+    ledger,
+    models,
+    report,
+    simulate,
+)
 from fedchain.cli.common import console, make_app
 
 app = make_app(
@@ -23,6 +33,8 @@ app.add_typer(models.app, name="models")
 app.command("report")(report.report)
 app.add_typer(federation.app, name="federation")
 app.command("register")(federation.register)
+app.add_typer(coordinator.app, name="coordinator")
+app.command("join")(join.join)
 
 
 def _version(value: bool) -> None:

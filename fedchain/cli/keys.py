@@ -27,8 +27,24 @@ def keygen(
             help="Environment variable holding the passphrase; if unset you are asked.",
         ),
     ] = PASSPHRASE_ENV,
+    supernode: Annotated[
+        bool,
+        typer.Option(
+            "--supernode",
+            help="Instead: a SuperNode authentication key pair (EC P-384, unencrypted, mode 0600) "
+            "for `fedchain join --auth-key`; its .pub goes into `fedchain register`.",
+        ),
+    ] = False,
 ) -> None:
     """Create an Ed25519 identity: private key (PKCS#8, passphrase-encrypted) and public key."""
+    if supernode:
+        from fedchain.deploy import create_supernode_keys
+
+        name = path.name.removesuffix(".key")
+        private_path, public_path = create_supernode_keys(path.parent, name)
+        console.print(f"SuperNode private key  {private_path} (mode 0600; Flower reads it)")
+        console.print(f"SuperNode public key   {public_path} (give it to `fedchain register`)")
+        return
     passphrase = (
         None
         if no_passphrase

@@ -1,0 +1,325 @@
+"""``fedchain coordinator``: a federation's SuperLink and ServerApp (certs, start, status, stop).
+
+``start`` creates the ledger on the first start (genesis = the registered participants) or
+checks the existing one, starts Flower's SuperLink in the background (TLS and SuperNode
+authentication on by default), registers each participant's SuperNode key, and submits the
+ServerApp, which runs the rounds still to do (server/deployment.py). Everything it starts is
+recorded in ``FED_DIR`` (PID file, logs, ``coordinator.json``), so ``status`` and ``stop`` work
+from any terminal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from fedchain import deploy
+from fedchain import federation as fed
+from fedchain.cli.common import console, make_app
+from fedchain.errors import ConfigError
+from fedchain.identity import fingerprint
+
+app = make_app("Run a federation's coordinator: Flower SuperLink + fedchain ServerApp.")
+
+FedDirArg = Annotated[Path, typer.Argument(help="The federation folder (holds federation.toml).")]
+DEFAULT_PORT = 9092
+STATE_FILE = "coordinator.json"
+SUPERLINK_DIR = "superlink"
+FLWR_HOME_DIR = "flwr-home"
+APP_DIR = "app"
+CONNECTION = "fedchain"
+
+
+def _certs(fed_dir: Path) -> deploy.CertPaths:
+    certs_dir = fed_dir / fed.CERTS_DIRNAME
+    paths = deploy.CertPaths(
+        certs_dir / deploy.CA_CERT_NAME,
+        certs_dir / deploy.SERVER_CERT_NAME,
+        certs_dir / deploy.SERVER_KEY_NAME,
+    )
+    for path in (paths.ca_cert, paths.server_cert, paths.server_key):
+        if not path.exists():
+            raise ConfigError(
+                f"{path}: missing; create test certificates with `fedchain coordinator certs "
+                f"{fed_dir}` (or put your own there), or run without TLS with --insecure"
+            )
+    return paths
+
+
+def _read_state(fed_dir: Path) -> dict[str, Any]:
+    path = fed_dir / STATE_FILE
+    if not path.exists():
+        return {}
+    try:
+        state = json.loads(path.read_text())
+    except ValueError as e:
+        raise ConfigError(f"{path}: unreadable ({e})") from None
+    return state if isinstance(state, dict) else {}
+
+
+def _write_state(fed_dir: Path, state: dict[str, Any]) -> None:
+    path = fed_dir / STATE_FILE
+    scratch = path.with_suffix(".json.tmp")
+    scratch.write_text(json.dumps(state, indent=1) + "\n")
+    scratch.replace(path)
+
+
+def _connection(fed_dir: Path, state: dict[str, Any]) -> deploy.FlwrConnection:
+    ca = state.get("root-certificates")
+    return deploy.FlwrConnection(
+        (fed_dir / FLWR_HOME_DIR).resolve(),
+        CONNECTION,
+        str(state["address"]),
+        Path(ca) if ca else None,
+    )
+
+
+def write_app_bundle(fed_dir: Path) -> Path:
+    """A minimal Flower app whose components are fedchain's installed ServerApp and ClientApp.
+
+    ``flwr run`` ships a directory with a Flower ``pyproject.toml``; the code itself is imported
+    from the installed ``server`` and ``clients`` packages, so the bundle holds only this file.
+    """
+    app_dir = fed_dir / APP_DIR
+    app_dir.mkdir(parents=True, exist_ok=True)
+    federation_dir = str(fed_dir.resolve()).replace("\\", "\\\\").replace('"', '\\"')
+    (app_dir / "pyproject.toml").write_text(
+        "# Written by `fedchain coordinator start`: the app bundle `flwr run` submits.\n"
+        "[build-system]\n"
+        'requires = ["setuptools>=69"]\n'
+        'build-backend = "setuptools.build_meta"\n\n'
+        "[project]\n"
+        'name = "fedchain-federation"\n'
+        'version = "0.1.0"\n'
+        "dependencies = []\n\n"
+        "[tool.flwr.app]\n"
+        'publisher = "fedchain"\n\n'
+        "[tool.flwr.app.components]\n"
+        'serverapp = "server.server_app:app"\n'
+        'clientapp = "clients.client_app:app"\n\n'
+        "[tool.flwr.app.config]\n"
+        f'federation-dir = "{federation_dir}"\n'
+    )
+    return app_dir
+
+
+@app.command()
+def certs(
+    fed_dir: FedDirArg,
+    host: Annotated[
+        list[str] | None,
+        typer.Option("--host", help="Host name or IP clients dial (repeat; default loopback)."),
+    ] = None,
+    days: Annotated[int, typer.Option(min=1, help="Validity in days.")] = 30,
+    force: Annotated[bool, typer.Option("--force", help="Replace existing certificates.")] = False,
+) -> None:
+    """Create self-signed TLS certificates for testing: a CA (give ca.crt to every participant)
+    and the SuperLink's certificate for the given hosts."""
+    hosts = tuple(host) if host else deploy.DEFAULT_HOSTS
+    paths = deploy.create_test_certificates(
+        fed_dir / fed.CERTS_DIRNAME, hosts, days, overwrite=force
+    )
+    console.print(f"CA certificate   {paths.ca_cert}  (give this file to every participant)")
+    console.print(
+        f"server cert/key  {paths.server_cert}, {paths.server_key} (for {', '.join(hosts)})"
+    )
+
+
+@app.command()
+def start(
+    fed_dir: FedDirArg,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option(min=1, max=65535, help="Port for SuperNodes.")
+    ] = DEFAULT_PORT,
+    insecure: Annotated[
+        bool,
+        typer.Option("--insecure", help="No TLS (and so no SuperNode authentication): tests only."),
+    ] = False,
+    no_auth: Annotated[
+        bool,
+        typer.Option("--no-supernode-auth", help="Let any SuperNode connect (TLS stays on)."),
+    ] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the SuperLink.")] = 60.0,
+) -> None:
+    """Start the SuperLink in the background and submit the federation's ServerApp."""
+    federation = fed.load_federation(fed_dir)
+    fed.compute_run_config(federation)  # participants and settings are complete
+    auth = not insecure and not no_auth
+    if auth:
+        missing = [p.name for p in federation.participants if not p.supernode_key]
+        if missing:
+            raise ConfigError(
+                f"{', '.join(missing)}: registered without a SuperNode key; they must register "
+                "again with --supernode-key, or start with --no-supernode-auth"
+            )
+    cert_paths = None if insecure else _certs(fed_dir)
+    link_dir = fed_dir / SUPERLINK_DIR
+    running = deploy.read_pid_file(link_dir / "superlink.pid")
+    if running is not None and deploy.is_running(running):
+        raise ConfigError(
+            f"the coordinator is already running (pid {running.pid}); "
+            f"`fedchain coordinator stop {fed_dir}` first"
+        )
+
+    with console.status("preparing the ledger…"):
+        run_dir, config, created = fed.prepare_federation_run(federation)
+        report = _verify(run_dir)
+    verb = "created" if created else "resuming"
+    console.print(
+        f"ledger {verb}: {run_dir / 'ledger.db'} (genesis {report.genesis_hash.hex()[:16]}, "
+        f"height {report.head_height}, round {report.rounds} of {config.rounds})"
+    )
+    address = f"{host}:{port}"
+    process = deploy.start_superlink(
+        link_dir, host=host, port=port, certs=cert_paths, supernode_auth=auth, persistent=True
+    )
+    try:
+        deploy.wait_healthy(
+            process, address, timeout, root_certificates=cert_paths.ca_cert if cert_paths else None
+        )
+    except BaseException:
+        deploy.stop_process(process)
+        raise
+    console.print(f"SuperLink listening on {address} (pid {process.pid}, log {process.log_path})")
+    ca = cert_paths.ca_cert if cert_paths else None
+    connection = deploy.write_flwr_connection(fed_dir / FLWR_HOME_DIR, CONNECTION, address, ca)
+    state = _read_state(fed_dir)
+    state.update(
+        {
+            "address": address,
+            "root-certificates": str(ca.resolve()) if ca else "",
+            "supernode-auth": auth,
+        }
+    )
+    try:
+        nodes: dict[str, int] = dict(state.get("nodes", {})) if auth else {}
+        if auth:
+            _register_nodes(fed_dir, federation, connection, nodes)
+        state["nodes"] = nodes
+        _stop_stale_runs(connection)
+        run_id = deploy.submit_run(write_app_bundle(fed_dir), connection)
+    except BaseException:
+        deploy.stop_process(process)
+        raise
+    state["run-id"] = run_id
+    _write_state(fed_dir, state)
+    console.print(f"ServerApp submitted: Flower run {run_id}; rounds log to {run_dir / 'log.txt'}")
+    console.print(
+        f"participants join with: fedchain join --coordinator {address} --data FILE.fcd "
+        f"--identity KEY"
+        + ("" if ca is None else f" --root-cert {ca}")
+        + (" --auth-key SUPERNODE.key" if auth else "")
+        + (" --insecure" if insecure else "")
+    )
+    console.print(f"follow with `fedchain coordinator status {fed_dir}`; stop with `... stop`")
+
+
+def _verify(run_dir: Path) -> Any:
+    from fedchain.ledger.verify import verify_ledger
+
+    report = verify_ledger(run_dir)
+    if not report.ok:
+        raise ConfigError(f"{run_dir}: the ledger does not verify: {report.failure}")
+    return report
+
+
+def _register_nodes(
+    fed_dir: Path,
+    federation: fed.Federation,
+    connection: deploy.FlwrConnection,
+    nodes: dict[str, int],
+) -> None:
+    """Register every participant's SuperNode key (kept by the SuperLink's database across
+    restarts; Flower answers "Public key already in use" for a key it knows)."""
+    keys_dir = fed_dir / fed.SUPERNODES_DIRNAME
+    keys_dir.mkdir(parents=True, exist_ok=True)
+    for participant in federation.participants:
+        key_path = keys_dir / f"{participant.name}.pub"
+        key_path.write_text(participant.supernode_key + "\n")
+        try:
+            nodes[participant.name] = deploy.register_supernode(connection, key_path)
+        except deploy.DeployError as e:
+            if "already in use" not in str(e) or participant.name not in nodes:
+                raise
+        console.print(f"SuperNode of {participant.name}: node {nodes[participant.name]}")
+
+
+def _stop_stale_runs(connection: deploy.FlwrConnection) -> None:
+    """Runs a killed coordinator left "running" in the SuperLink's database: stop them."""
+    for run in deploy.list_runs(connection):
+        status = str(run.get("status", ""))
+        if not status.startswith("finished"):
+            with contextlib.suppress(deploy.DeployError, ValueError):
+                deploy.stop_run(connection, int(str(run.get("run-id"))))
+
+
+@app.command()
+def status(fed_dir: FedDirArg) -> None:
+    """Show the ledger head, final height, round, connected SuperNodes and the processes."""
+    federation = fed.load_federation(fed_dir)
+    state = _read_state(fed_dir)
+    run_dir = fed.run_dir_of(fed_dir)
+    config = fed.compute_run_config(federation)
+    if fed.has_ledger(fed_dir):
+        report = _verify(run_dir)
+        console.print(
+            f"ledger: height {report.head_height}, final height {report.final_height}, "
+            f"round {report.rounds} of {config.rounds}, head {report.head_hash.hex()[:16]}, "
+            f"total stake {report.total_stake}"
+        )
+    else:
+        console.print("ledger: not created yet (the first `coordinator start` creates it)")
+    process = deploy.read_pid_file(fed_dir / SUPERLINK_DIR / "superlink.pid")
+    alive = process is not None and deploy.is_running(process)
+    where = f" on {state.get('address')}" if state.get("address") else ""
+    pid = f" (pid {process.pid})" if process is not None else ""
+    console.print(f"SuperLink: {'running' if alive else 'not running'}{pid}{where}")
+    if not alive or "address" not in state:
+        return
+    connection = _connection(fed_dir, state)
+    run_id = state.get("run-id")
+    if run_id is not None:
+        console.print(
+            f"ServerApp: Flower run {run_id}, {deploy.run_status(connection, int(run_id))}"
+        )
+    names = {node_id: name for name, node_id in state.get("nodes", {}).items()}
+    keys = {p.name: p.public_key for p in federation.participants}
+    table = Table(title="SuperNodes")
+    for column in ("node", "participant", "identity", "status"):
+        table.add_column(column)
+    for node in deploy.list_supernodes(connection):
+        name = names.get(node.node_id, "-")
+        key = keys.get(name)
+        table.add_row(str(node.node_id), name, fingerprint(key) if key else "-", node.status)
+    console.print(table)
+
+
+@app.command()
+def stop(
+    fed_dir: FedDirArg,
+    timeout: Annotated[float, typer.Option(help="Seconds before SIGKILL.")] = 15.0,
+) -> None:
+    """Stop the ServerApp and the SuperLink (SIGTERM, then SIGKILL after the timeout)."""
+    state = _read_state(fed_dir)
+    pid_file = fed_dir / SUPERLINK_DIR / "superlink.pid"
+    process = deploy.read_pid_file(pid_file)
+    if process is None or not deploy.is_running(process):
+        deploy.stop_process(pid_file, timeout)  # removes a stale PID file
+        console.print("the coordinator is not running")
+        return
+    run_id = state.get("run-id")
+    if run_id is not None and "address" in state:
+        try:
+            deploy.stop_run(_connection(fed_dir, state), int(run_id))
+            time.sleep(1.0)  # let the ServerApp go before its SuperLink does
+        except deploy.DeployError:
+            pass  # finished already, or the SuperLink does not answer: stop it anyway
+    deploy.stop_process(process, timeout)
+    console.print(f"stopped the SuperLink (pid {process.pid}) and the ServerApp")
