@@ -86,6 +86,7 @@ class FedchainStrategy(FedAvg):
         self.round_offset = round_offset
         self.grid: Grid | None = None
         self.settings = ConfigRecord()  # the run settings every message carries
+        self.asked: list[int] = []  # the nodes sent this round's train messages
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -100,6 +101,7 @@ class FedchainStrategy(FedAvg):
         proposer_node = coordinator.node_for(pending.header.proposer) if pending else None
         if proposer_node is not None and proposer_node not in sampled:
             messages.append(Message(messages[0].content, proposer_node, MessageType.TRAIN))
+        self.asked = [m.metadata.dst_node_id for m in messages]
         return [self._with_view(m, MessageType.TRAIN) for m in messages]
 
     def _with_view(self, message: Message, message_type: str) -> Message:
@@ -116,6 +118,12 @@ class FedchainStrategy(FedAvg):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         server_round += self.round_offset
         parsed = [parse_reply(m) for m in replies]
+        answered = {reply.node_id for reply in parsed}
+        parsed += [  # Flower drops what did not come back in time; the ledger records it
+            ClientReply(node_id, error=f"no reply within the round timeout ({self.timeout:g} s)")
+            for node_id in self.asked
+            if node_id not in answered
+        ]
         for reply in parsed:
             if reply.error:
                 log(
