@@ -133,6 +133,8 @@ def simulate(
             f"clients: {', '.join(map(str, chosen))}",
             highlight=False,
         )
+    elif config.attack != "none":
+        console.print(f"attack {config.attack} named but no attackers (--attackers): a clean run")
     final: dict[str, float] = {}
 
     def report(round_: int, outcome: RoundOutcome | None, accuracy: float, seconds: float) -> None:
