@@ -21,6 +21,8 @@ reputation         ``e * s**b * r / 10_000``               weighted average
 median             ``e * s**b``                            coordinate-wise weighted median
 trimmed-mean       ``e * s**b``                            coordinate-wise weighted trimmed mean
 multi-krum         ``e * s**b``                            Multi-Krum selection, then average
+screened           ``e * s**b * r / 10_000``               norm and contribution screens, then
+                                                           average (:func:`aggregate_screened`)
 =================  ======================================  =====================================
 
 ``s**b`` is taken as 0 when ``s == 0`` for every ``b`` (also ``b == 0``), so a client without stake
@@ -116,15 +118,27 @@ __all__ = [
     "REPUTATION_SCALE",
     "ROBUST_RULES",
     "RULES",
+    "SCREENED_RULES",
     "AggregationResult",
     "RuleParams",
     "aggregate",
+    "aggregate_round",
+    "aggregate_screened",
     "apply_weight_cap",
     "compute_krum_scores",
     "compute_weights",
 ]
 
-RULES = ("fedavg", "stake", "examples-stake", "reputation", "median", "trimmed-mean", "multi-krum")
+RULES = (
+    "fedavg",
+    "stake",
+    "examples-stake",
+    "reputation",
+    "median",
+    "trimmed-mean",
+    "multi-krum",
+    "screened",
+)
 """Every rule name :func:`compute_weights` and :func:`aggregate` accept."""
 
 LINEAR_RULES = frozenset({"fedavg", "stake", "examples-stake", "reputation"})
@@ -132,6 +146,25 @@ LINEAR_RULES = frozenset({"fedavg", "stake", "examples-stake", "reputation"})
 
 ROBUST_RULES = frozenset({"median", "trimmed-mean", "multi-krum"})
 """Byzantine-robust rules; all weight clients by examples x stake**beta."""
+
+SCREENED_RULES = frozenset({"screened"})
+"""Rules that need the round's contribution scores to decide whom to average (see
+:func:`aggregate_screened`)."""
+
+NORM_SCREEN = 3.0
+"""``screened`` leaves out updates longer than this many times the round's median update norm."""
+
+HARMFUL_SHARE = 0.25
+"""``screened`` leaves out updates scoring below ``-HARMFUL_SHARE`` times the round's mean
+positive score: clearly harmful. Honest updates of skewed (non-IID) data score a little below
+zero now and then; leaving those out too made accuracy swing by points from round to round."""
+
+NEGLIGIBLE_SHARE = 0.05
+"""... and updates whose score is within ``NEGLIGIBLE_SHARE`` of that mean of zero: a free
+rider's zero update (score exactly 0) or noise; averaging them only shortens the step."""
+
+UpdateScorer: TypeAlias = Callable[[Sequence[Mapping[str, Any]], Any], Any]
+"""``(updates, weights) -> one raw contribution score per update`` (higher is better; float64)."""
 
 REPUTATION_SCALE = 10_000
 """Reputation is stored in basis points: 10_000 means full trust, 0 means none."""
@@ -220,6 +253,10 @@ class AggregationResult:
     selected: tuple[int, ...]
     weights: FloatArray
     scores: tuple[float, ...] | None = field(default=None)
+    contributions: FloatArray | None = field(default=None)
+    """``screened`` only: each client's contribution score, measured to decide whom to average
+    (0 for clients left out by the norm screen). The caller records these; it need not score
+    the round again."""
 
     @property
     def excluded(self) -> tuple[int, ...]:
@@ -377,6 +414,8 @@ def aggregate(
     """
     params = RuleParams() if params is None else params
     _check_rule(rule)
+    if rule in SCREENED_RULES:
+        raise ConfigError(f"rule {rule!r} needs contribution scores: use aggregate_screened")
     if len(updates) == 0:
         raise ConfigError("cannot aggregate an empty list of updates")
     w = _check_weight_vector(weights, len(updates))
@@ -788,15 +827,104 @@ def aggregate_round(
     examples: Sequence[int],
     stakes: Sequence[int],
     reputations: Sequence[int],
+    scorer: UpdateScorer | None = None,
 ) -> AggregationResult:
     """A round's aggregation from the ledger values of its accepted clients (in their order).
 
     Linear rules weigh by their own formula; robust rules estimate with examples x stake^beta
-    weights. The coordinator calls this, and so does anyone re-checking a round from its
-    archived updates, so both get the same weights and the same model.
+    weights; ``screened`` weighs like ``reputation`` and needs ``scorer`` (the round's
+    contribution scores). The coordinator calls this, and so does anyone re-checking a round
+    from its archived updates, so both get the same weights and the same model.
     """
+    if rule in SCREENED_RULES:
+        if scorer is None:
+            raise ConfigError(
+                f"rule {rule!r} needs contribution scores: choose a contribution method"
+            )
+        weights = compute_weights(
+            "reputation", examples=examples, stakes=stakes, reputations=reputations, params=params
+        )
+        return aggregate_screened(updates, weights, scorer)
     weight_rule = rule if rule in LINEAR_RULES else "examples-stake"
     weights = compute_weights(
         weight_rule, examples=examples, stakes=stakes, reputations=reputations, params=params
     )
     return aggregate(updates, weights, rule=rule, params=params)
+
+
+def aggregate_screened(
+    updates: Sequence[Mapping[str, AnyArray]],
+    weights: Sequence[float] | FloatArray,
+    scorer: UpdateScorer,
+    *,
+    norm_screen: float = NORM_SCREEN,
+) -> AggregationResult:
+    """Average only the updates that measurably help: a norm screen, then a contribution screen.
+
+    1. Norm screen: updates longer (L2, all tensors) than ``norm_screen`` times the median norm
+       of the round's positive-weight updates are left out. A boosted or noise update cannot
+       hide its length, and the median is the honest majority's as long as it is one.
+    2. Contribution screen: ``scorer`` scores the remaining updates with their weights
+       (renormalised over them). Updates scoring clearly below zero (harmful) or about zero
+       (useless: a free rider's zero update) are left out (:data:`HARMFUL_SHARE`,
+       :data:`NEGLIGIBLE_SHARE`); the rest are averaged with their weights, renormalised. So
+       neither kind moves the model, whatever their number or stake. If no update scores
+       above zero (a round whose total gain is within the scorer's tolerance, late in
+       training), every screened update is averaged.
+
+    Unlike median or Krum this needs no honest majority among the updates, only a validation
+    set the attackers cannot choose. The scores are returned (``contributions``) so the round
+    is scored once; clients the norm screen left out score 0.
+    """
+    n = len(updates)
+    if n == 0:
+        raise ConfigError("cannot aggregate an empty list of updates")
+    w = _check_weight_vector(weights, n)
+    arrays = _check_updates(updates)
+    active = [i for i in range(n) if w[i] > 0]
+    norms = {i: _update_norm(arrays[i]) for i in active}
+    limit = norm_screen * float(np.median([norms[i] for i in active]))
+    screened = [i for i in active if norms[i] <= limit]
+    if not screened:  # every update has the median's norm only when it is 0: nothing to add
+        screened = active
+    sw = np.zeros_like(w)
+    sw[screened] = w[screened] / math.fsum(float(w[i]) for i in screened)
+    measured = np.asarray(
+        scorer([arrays[i] for i in screened], sw[screened]), dtype=np.float64
+    ).reshape(-1)
+    if measured.shape != (len(screened),):
+        raise ConfigError(f"the scorer returned {measured.shape[0]} scores for {len(screened)}")
+    contributions = np.zeros(n, dtype=np.float64)
+    contributions[screened] = measured
+    kept = _helpful(screened, contributions)
+    used = np.zeros_like(w)
+    used[kept] = w[kept] / math.fsum(float(w[i]) for i in kept)
+    with _single_blas_thread():
+        out = _weighted_average(arrays, used, kept)
+    return AggregationResult(
+        arrays=out, selected=tuple(kept), weights=used, contributions=contributions
+    )
+
+
+def _helpful(screened: list[int], contributions: FloatArray) -> list[int]:
+    """The screened clients whose score is neither clearly harmful nor negligible, measured
+    against the round's mean positive score ``m``: kept when ``score > -HARMFUL_SHARE * m`` and
+    ``|score| > NEGLIGIBLE_SHARE * m``. All of them when no score is positive."""
+    positive = [float(contributions[i]) for i in screened if contributions[i] > 0]
+    if not positive:
+        return screened
+    m = math.fsum(positive) / len(positive)
+    return [
+        i
+        for i in screened
+        if contributions[i] > -HARMFUL_SHARE * m and abs(contributions[i]) > NEGLIGIBLE_SHARE * m
+    ]
+
+
+def _update_norm(update: Mapping[str, AnyArray]) -> float:
+    """L2 norm of all tensors of one update together, accumulated in float64."""
+    total = 0.0
+    for array in update.values():
+        flat = _flat(array).astype(np.float64, copy=False)
+        total += float(np.dot(flat, flat))
+    return math.sqrt(total)

@@ -97,6 +97,11 @@ class RunConfig:
                 _LEDGER_OFF_RULES,
             ),
             (not self.ledger or self.aggregation not in FLOWER_RULES, _FLOWER_RULES_NEED_OFF),
+            (
+                self.aggregation != "screened" or self.contribution != "none",
+                "aggregation screened averages the updates that score above zero: it needs a "
+                "contribution method (gtg-shapley, shapley, leave-one-out, gradient-similarity)",
+            ),
         ]
         for ok, message in checks:
             if not ok:

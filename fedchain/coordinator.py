@@ -209,6 +209,7 @@ class Coordinator:
         outcome = RoundOutcome(round_)
         work = self.state
         txs: list[Transaction] = []
+        replies = sorted(replies, key=_reply_order)  # arrival order must not change the model
         for reply in replies:
             work = self._admit_attestation(work, reply, round_, txs)
         accepted: list[tuple[UpdateCommitment, Arrays]] = []
@@ -216,8 +217,8 @@ class Coordinator:
             work = self._admit_update(work, reply, round_, txs, accepted, outcome)
         if accepted:
             base = self.model
-            weights = self._aggregate(accepted, round_, txs, outcome)
-            scores = self._score(base, accepted, weights, round_)
+            weights, measured = self._aggregate(accepted, round_, txs, outcome)
+            scores = self._score(base, accepted, weights, round_, measured)
             txs.append(ContributionRecord(round_, scores))
             outcome.scores = dict(scores)
             pool = self.state.genesis.rules.reward_per_round
@@ -329,11 +330,15 @@ class Coordinator:
         accepted: list[tuple[UpdateCommitment, Arrays]],
         weights: dict[bytes, float],
         round_: int,
+        measured: np.ndarray | None = None,
     ) -> tuple[tuple[bytes, int], ...]:
-        """Quantised scores, sorted by key: the scorer's, or (none configured) the aggregation
-        weights. They decide the round's reward split, which the ledger holds to them."""
+        """Quantised scores, sorted by key: the scorer's (``measured`` when the rule already
+        scored the round), or (none configured) the aggregation weights. They decide the
+        round's reward split, which the ledger holds to them."""
         keys = [c.public_key for c, _ in accepted]
-        if self.scorer is None:
+        if measured is not None:
+            raw = measured
+        elif self.scorer is None:
             raw = np.array([weights[k] for k in keys])
         else:
             raw = self.scorer(base, [u for _, u in accepted], [weights[k] for k in keys], round_)
@@ -346,9 +351,12 @@ class Coordinator:
         round_: int,
         txs: list[Transaction],
         outcome: RoundOutcome,
-    ) -> dict[bytes, float]:
+    ) -> tuple[dict[bytes, float], np.ndarray | None]:
+        """Aggregate, register the new model; return the weights and, for rules that score
+        the round to aggregate it (``screened``), those scores."""
         participants = self.state.participants
         keys = [c.public_key for c, _ in accepted]
+        base, scorer = self.model, self.scorer
         result = aggregate_round(
             self.rule,
             self.params,
@@ -356,6 +364,11 @@ class Coordinator:
             examples=[c.num_examples for c, _ in accepted],
             stakes=[participants[k].stake for k in keys],
             reputations=[participants[k].reputation_bps for k in keys],
+            scorer=(
+                None
+                if scorer is None
+                else lambda ups, ws: scorer(base, [dict(u) for u in ups], list(ws), round_)
+            ),
         )
         new_model = {
             name: (self.model[name] + delta).astype(self.model[name].dtype, copy=False)
@@ -368,12 +381,22 @@ class Coordinator:
         self.model, self.model_hash = new_model, model_hash
         shares = {keys[i]: float(result.weights[i]) for i in range(len(keys))}
         outcome.weights = shares
-        return shares
+        return shares, result.contributions
 
     def _update_finality(self) -> None:
         self.final_height = compute_finalized_height(
             self.validators_by_height, self.state.last_attested.items(), self.final_height
         )
+
+
+def _reply_order(reply: ClientReply) -> tuple[bytes, int]:
+    """Replies in the order of their committed public keys (unreadable ones first, by node):
+    the same updates give the same block and the same floating-point sums however they
+    arrived."""
+    try:
+        return decode(UpdateCommitment, reply.commitment).public_key, reply.node_id
+    except LedgerError:
+        return b"", reply.node_id
 
 
 def _check_shapes(update: Mapping[str, np.ndarray], model: Mapping[str, np.ndarray]) -> str:

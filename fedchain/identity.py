@@ -174,6 +174,17 @@ def generate_identity() -> Ed25519PrivateKey:
     return Ed25519PrivateKey.generate()
 
 
+def derive_simulated_identity(seed: int, index: int) -> Ed25519PrivateKey:
+    """The identity of simulated client ``index`` of a run with ``seed``: derived, not random.
+
+    For simulations only, so that the same seed gives the same keys, the same key order on the
+    ledger and the same contribution-score samples: a simulated run reproduces exactly. Anyone
+    who knows the seed knows these keys, so they must never hold real stake.
+    """
+    material = hashlib.sha256(f"fedchain simulated identity {seed} {index}".encode()).digest()
+    return Ed25519PrivateKey.from_private_bytes(material)
+
+
 def public_key_bytes(private_key: Ed25519PrivateKey) -> bytes:
     """The raw 32-byte public key: the participant's identity on the ledger."""
     return private_key.public_key().public_bytes(

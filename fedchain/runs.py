@@ -150,7 +150,7 @@ def _populate(run_dir: Path, config: RunConfig) -> RunSetup:
         info = {"method": config.partitioner, "client": index, "num_clients": config.clients}
         datafile.write_dataset(path, train.subset(indices), data_key, partition=info)
         commitment = datafile.compute_dataset_commitment(path)
-        key = identity.generate_identity()
+        key = identity.derive_simulated_identity(config.seed, index)
         identity.save_identity(key, client_key_path(run_dir, index), None)
         public = identity.public_key_bytes(key)
         participants.append(

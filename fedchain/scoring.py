@@ -12,6 +12,7 @@ function on the archived updates to re-check the scores on the ledger.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +68,16 @@ class RoundScorer:
         )
 
 
+def _score_with(
+    scorer: RoundScorer,
+    base: Arrays,
+    round_: int,
+    updates: Sequence[Arrays],
+    weights: Sequence[float],
+) -> np.ndarray:
+    return scorer(base, list(updates), [float(w) for w in weights], round_)
+
+
 SCORE_TOLERANCE = 0.005
 """Largest difference, in score units (validation loss), between a recomputed and a recorded
 score: floating point may differ across machines; rewards never do — they are paid from the
@@ -107,6 +118,9 @@ def recheck_scores(
         except RegistryError as e:
             problems.append(f"round {round_}: {e}")
             continue
+        bound = None
+        if scorer is not None:
+            bound = functools.partial(_score_with, scorer, base, round_)
         result = aggregate_round(
             record.model_version.rule,
             params,
@@ -114,9 +128,13 @@ def recheck_scores(
             examples=[c.num_examples for c in record.commitments],
             stakes=[record.participants[k].stake for k in keys],
             reputations=[record.participants[k].reputation_bps for k in keys],
+            scorer=bound,
         )
         weights = [float(w) for w in result.weights]
-        raw = np.asarray(weights) if scorer is None else scorer(base, updates, weights, round_)
+        if result.contributions is not None:  # the rule scored the round to aggregate it
+            raw = result.contributions
+        else:
+            raw = np.asarray(weights) if scorer is None else scorer(base, updates, weights, round_)
         expected = dict(zip(keys, quantise_scores(raw), strict=True))
         recorded = dict(record.contribution.scores)
         if set(expected) != set(recorded):

@@ -10,9 +10,12 @@ import pytest
 
 from fedchain.aggregation import (
     RULES,
+    SCREENED_RULES,
     AggregationResult,
     RuleParams,
     aggregate,
+    aggregate_round,
+    aggregate_screened,
     apply_weight_cap,
     compute_krum_scores,
     compute_weights,
@@ -21,6 +24,7 @@ from fedchain.errors import ConfigError
 
 Update = dict[str, np.ndarray]
 ROBUST = ("median", "trimmed-mean", "multi-krum")
+PLAIN_RULES = tuple(r for r in RULES if r not in SCREENED_RULES)
 
 
 def weights_for(
@@ -294,7 +298,7 @@ def test_zero_weight_updates_are_ignored() -> None:
 def test_inputs_are_not_modified_and_outputs_are_fresh() -> None:
     updates = random_updates(np.random.default_rng(4), 4, big=1_000)
     before = [{name: value.copy() for name, value in u.items()} for u in updates]
-    for rule in RULES:
+    for rule in PLAIN_RULES:
         result = aggregate(updates, [0.1, 0.2, 0.3, 0.4], rule=rule)
         for name, value in result.arrays.items():
             assert not any(np.shares_memory(value, u[name]) for u in updates)
@@ -547,7 +551,7 @@ def test_stake_weight_lets_median_resist_a_majority_of_light_attackers() -> None
 # Determinism
 
 
-@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("rule", PLAIN_RULES)
 def test_same_inputs_give_bit_identical_outputs(rule: str) -> None:
     updates = random_updates(np.random.default_rng(18), 5, big=1_000 if rule in ROBUST else 300_007)
     copies = [{name: value.copy() for name, value in u.items()} for u in updates]
@@ -682,3 +686,118 @@ def test_invalid_cap(cap: float) -> None:
 def test_invalid_krum_attackers() -> None:
     with pytest.raises(ConfigError, match="num_attackers"):
         compute_krum_scores(scalar_updates([1.0, 2.0]), -1)
+
+
+# --------------------------------------------------------------------------------------------------
+# screened: norm screen, then contribution screen
+
+
+def vector_updates(rows: list[list[float]]) -> list[Update]:
+    return [{"w": np.asarray(r, dtype=np.float32)} for r in rows]
+
+
+def alignment_scorer(target: np.ndarray, calls: list[int] | None = None):  # type: ignore[no-untyped-def]
+    """Score = weight x (update . target): positive when the update points the right way."""
+
+    def score(updates, weights):  # type: ignore[no-untyped-def]
+        if calls is not None:
+            calls.append(len(updates))
+        return np.array([w * float(u["w"] @ target) for u, w in zip(updates, weights, strict=True)])
+
+    return score
+
+
+def test_screened_averages_only_the_updates_that_help() -> None:
+    honest = [[1.0, 0.0], [1.2, 0.1], [0.8, -0.1]]
+    flipped = [[-1.0, 0.0], [-1.1, 0.0]]  # 40 %, same length as the honest ones
+    free_rider = [[0.0, 0.0]]
+    updates = vector_updates(honest + flipped + free_rider)
+    result = aggregate_screened(updates, [1.0] * 6, alignment_scorer(np.array([1.0, 0.0])))
+    assert result.selected == (0, 1, 2)
+    np.testing.assert_allclose(result.arrays["w"], np.mean(honest, axis=0), rtol=1e-6)
+    assert result.weights.tolist()[3:] == [0.0, 0.0, 0.0]
+    assert result.contributions is not None
+    assert all(result.contributions[i] > 0 for i in range(3))
+    assert all(result.contributions[i] < 0 for i in (3, 4)) and result.contributions[5] == 0
+
+
+def test_screened_norm_screen_leaves_boosted_updates_out_unscored() -> None:
+    updates = vector_updates([[1.0, 0.0], [0.9, 0.1], [1.1, 0.0], [10.0, 0.0], [0.0, 30.0]])
+    calls: list[int] = []
+    result = aggregate_screened(
+        updates, [1.0] * 5, alignment_scorer(np.array([1.0, 0.0]), calls), norm_screen=3.0
+    )
+    assert calls == [3]  # only the three that passed the norm screen were scored
+    assert result.selected == (0, 1, 2)
+    assert result.contributions is not None and result.contributions[3:].tolist() == [0.0, 0.0]
+
+
+def test_screened_scores_with_weights_renormalised_over_the_screened() -> None:
+    updates = vector_updates([[1.0], [1.0], [100.0]])
+    seen: list[list[float]] = []
+
+    def scorer(ups, weights):  # type: ignore[no-untyped-def]
+        seen.append([float(w) for w in weights])
+        return np.ones(len(ups))
+
+    result = aggregate_screened(updates, [1.0, 3.0, 4.0], scorer)
+    assert seen == [[0.25, 0.75]]
+    assert result.weights.tolist() == [0.25, 0.75, 0.0]
+
+
+def test_screened_with_no_positive_score_averages_every_screened_update() -> None:
+    updates = vector_updates([[1.0], [2.0], [3.0]])
+    result = aggregate_screened(updates, [1.0, 1.0, 2.0], lambda ups, ws: np.zeros(len(ups)))
+    assert result.selected == (0, 1, 2)
+    np.testing.assert_allclose(result.arrays["w"], [2.25])
+
+
+def test_screened_is_deterministic_and_leaves_inputs_alone() -> None:
+    updates = random_updates(np.random.default_rng(7), 5, big=1_000)
+    before = [{k: v.copy() for k, v in u.items()} for u in updates]
+    scorer = lambda ups, ws: np.array([1.0, -1.0, 1.0, 0.0, 1.0])[: len(ups)]  # noqa: E731
+    a = aggregate_screened(updates, [0.2] * 5, scorer, norm_screen=100.0)
+    b = aggregate_screened(updates, [0.2] * 5, scorer, norm_screen=100.0)
+    assert a.selected == b.selected == (0, 2, 4)
+    for name in a.arrays:
+        assert a.arrays[name].tobytes() == b.arrays[name].tobytes()
+        assert not any(np.shares_memory(a.arrays[name], u[name]) for u in updates)
+    for u, orig in zip(updates, before, strict=True):
+        for name in u:
+            np.testing.assert_array_equal(u[name], orig[name])
+
+
+def test_aggregate_round_screened_weighs_by_reputation_and_needs_a_scorer() -> None:
+    updates = vector_updates([[1.0], [1.0], [1.0]])
+    ones = lambda ups, ws: np.ones(len(ups))  # noqa: E731
+    result = aggregate_round(
+        "screened",
+        None,
+        updates,
+        examples=[10, 10, 20],
+        stakes=[1, 1, 1],
+        reputations=[10_000, 5_000, 10_000],
+        scorer=ones,
+    )
+    np.testing.assert_allclose(result.weights, [2 / 7, 1 / 7, 4 / 7])  # e x s x r
+    with pytest.raises(ConfigError, match="contribution"):
+        aggregate_round(
+            "screened", None, updates, examples=[1] * 3, stakes=[1] * 3, reputations=[1] * 3
+        )
+
+
+def test_invalid_screened_through_plain_aggregate() -> None:
+    with pytest.raises(ConfigError, match="aggregate_screened"):
+        aggregate(vector_updates([[1.0]]), [1.0], rule="screened")
+
+
+def test_invalid_screened_scorer_returns_wrong_count() -> None:
+    with pytest.raises(ConfigError, match="scores"):
+        aggregate_screened(vector_updates([[1.0], [1.0]]), [1, 1], lambda u, w: np.ones(3))
+
+
+def test_screened_keeps_slightly_negative_but_drops_harmful_and_negligible() -> None:
+    updates = vector_updates([[1.0], [1.0], [1.0], [1.0], [1.0]])
+    scores = np.array([1.0, 1.0, -0.1, -0.5, 0.01])  # mean positive m = 0.67
+    result = aggregate_screened(updates, [1.0] * 5, lambda ups, ws: scores)
+    assert result.selected == (0, 1, 2)  # -0.1 > -0.25 m kept; -0.5 harmful; 0.01 negligible
