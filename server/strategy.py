@@ -30,9 +30,13 @@ from fedchain.coordinator import MAX_SEAL_ATTEMPTS, ClientReply, Coordinator, Ro
 from fedchain.errors import FedchainError
 
 
-def parse_reply(message: Message) -> ClientReply:
-    """A Flower reply as the coordinator sees it (never raises: defects become ``error``)."""
-    node_id = message.metadata.src_node_id
+def parse_reply(message: Message, node_id: int | None = None) -> ClientReply:
+    """A Flower reply as the coordinator sees it (never raises: defects become ``error``).
+
+    ``node_id`` overrides the sender: an error the SuperLink made for a node (e.g. "Node
+    Unavailable") comes from the SuperLink's own id, not the node's.
+    """
+    node_id = message.metadata.src_node_id if node_id is None else node_id
     if message.has_error():
         return ClientReply(node_id, error=message.error.reason or f"error {message.error.code}")
     try:
@@ -86,7 +90,7 @@ class FedchainStrategy(FedAvg):
         self.round_offset = round_offset
         self.grid: Grid | None = None
         self.settings = ConfigRecord()  # the run settings every message carries
-        self.asked: list[int] = []  # the nodes sent this round's train messages
+        self.sent: list[Message] = []  # this round's train messages
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -101,8 +105,8 @@ class FedchainStrategy(FedAvg):
         proposer_node = coordinator.node_for(pending.header.proposer) if pending else None
         if proposer_node is not None and proposer_node not in sampled:
             messages.append(Message(messages[0].content, proposer_node, MessageType.TRAIN))
-        self.asked = [m.metadata.dst_node_id for m in messages]
-        return [self._with_view(m, MessageType.TRAIN) for m in messages]
+        self.sent = [self._with_view(m, MessageType.TRAIN) for m in messages]
+        return self.sent
 
     def _with_view(self, message: Message, message_type: str) -> Message:
         node_id = message.metadata.dst_node_id
@@ -117,11 +121,16 @@ class FedchainStrategy(FedAvg):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         server_round += self.round_offset
-        parsed = [parse_reply(m) for m in replies]
+        # The grid gave each sent message its id; replies name it in reply_to_message_id.
+        asked = {m.metadata.message_id: m.metadata.dst_node_id for m in self.sent}
+        parsed = [
+            parse_reply(m, asked.get(m.metadata.reply_to_message_id) if m.has_error() else None)
+            for m in replies
+        ]
         answered = {reply.node_id for reply in parsed}
         parsed += [  # Flower drops what did not come back in time; the ledger records it
             ClientReply(node_id, error=f"no reply within the round timeout ({self.timeout:g} s)")
-            for node_id in self.asked
+            for node_id in asked.values()
             if node_id not in answered
         ]
         for reply in parsed:

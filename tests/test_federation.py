@@ -151,3 +151,55 @@ def test_deployment_runs_and_resumes_after_a_crash(tmp_path):
 
     run_deployment(deployed_grid(nodes), fed_dir)  # all rounds done: nothing happens
     assert verify_ledger(run_dir).head_height == after.head_height
+
+
+def test_cli_register_add_show_and_join_checks(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from fedchain.cli import app
+
+    runner = CliRunner()
+    monkeypatch.setenv("FEDCHAIN_PASSPHRASE", "pass phrase")
+    nodes = make_holders(tmp_path, 2)
+    fed_dir = tmp_path / "fed"
+
+    def cli(*args: object) -> object:
+        return runner.invoke(app, [str(a) for a in args])
+
+    assert cli("keygen", tmp_path / "enc.key").exit_code == 0  # passphrase from the environment
+    assert cli("keygen", tmp_path / "node.key", "--supernode").exit_code == 0
+    result = cli(
+        "register", "--identity", tmp_path / "enc.key", "--data", nodes[0]["data-path"],
+        "--stake", 500_000, "--supernode-key", tmp_path / "node.pub", "--name", "alice",
+        "--out", tmp_path / "alice.reg",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert (
+        cli("federation", "init", fed_dir, "--rounds", 2, "--set", "local-epochs=1").exit_code == 0
+    )
+    assert cli("federation", "add", fed_dir, tmp_path / "alice.reg").exit_code == 0
+    again = cli("federation", "add", fed_dir, tmp_path / "alice.reg")
+    assert again.exit_code == 1 and "already registered" in again.output
+    shown = cli("federation", "show", fed_dir)
+    assert "alice" in shown.output and "500000" in shown.output
+    # A tampered registration (stake raised after signing) is refused.
+    text = (tmp_path / "alice.reg").read_text().replace("500000", "900000")
+    (tmp_path / "forged.reg").write_text(text.replace('"alice"', '"mallory"'))
+    forged = cli("federation", "add", fed_dir, tmp_path / "forged.reg")
+    assert forged.exit_code == 1 and "not validly signed" in forged.output
+    # join checks the data and the identity before starting anything.
+    monkeypatch.setenv("FEDCHAIN_PASSPHRASE", "wrong")
+    bad = cli(
+        "join", "--coordinator", "127.0.0.1:1", "--data", nodes[0]["data-path"],
+        "--identity", tmp_path / "enc.key", "--data-key", nodes[0]["data-key-path"],
+        "--insecure",
+    )  # fmt: skip
+    assert bad.exit_code == 1 and "enc.key" in bad.output
+    no_tls = cli(
+        "join", "--coordinator", "127.0.0.1:1", "--data", nodes[0]["data-path"],
+        "--identity", tmp_path / "enc.key",
+    )  # fmt: skip
+    assert no_tls.exit_code == 1 and "--root-cert" in no_tls.output
+    # The coordinator will not start without certificates (TLS is the default).
+    started = cli("coordinator", "start", fed_dir)
+    assert started.exit_code == 1 and "coordinator certs" in started.output

@@ -114,14 +114,18 @@ def certs(
     fed_dir: FedDirArg,
     host: Annotated[
         list[str] | None,
-        typer.Option("--host", help="Host name or IP clients dial (repeat; default loopback)."),
+        typer.Option(
+            "--host",
+            help="Host name or IP clients dial (repeat; 127.0.0.1 and localhost always included).",
+        ),
     ] = None,
     days: Annotated[int, typer.Option(min=1, help="Validity in days.")] = 30,
     force: Annotated[bool, typer.Option("--force", help="Replace existing certificates.")] = False,
 ) -> None:
     """Create self-signed TLS certificates for testing: a CA (give ca.crt to every participant)
     and the SuperLink's certificate for the given hosts."""
-    hosts = tuple(host) if host else deploy.DEFAULT_HOSTS
+    # Loopback always: `coordinator start` and `status` reach the SuperLink through it.
+    hosts = tuple(dict.fromkeys([*(host or []), *deploy.DEFAULT_HOSTS]))
     paths = deploy.create_test_certificates(
         fed_dir / fed.CERTS_DIRNAME, hosts, days, overwrite=force
     )
@@ -176,7 +180,8 @@ def start(
         f"ledger {verb}: {run_dir / 'ledger.db'} (genesis {report.genesis_hash.hex()[:16]}, "
         f"height {report.head_height}, round {report.rounds} of {config.rounds})"
     )
-    address = f"{host}:{port}"
+    # Where this machine reaches the SuperLink (a wildcard listen address is no dial address).
+    address = f"{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{port}"  # noqa: S104
     process = deploy.start_superlink(
         link_dir, host=host, port=port, certs=cert_paths, supernode_auth=auth, persistent=True
     )
@@ -187,7 +192,9 @@ def start(
     except BaseException:
         deploy.stop_process(process)
         raise
-    console.print(f"SuperLink listening on {address} (pid {process.pid}, log {process.log_path})")
+    console.print(
+        f"SuperLink listening on {host}:{port} (pid {process.pid}, log {process.log_path})"
+    )
     ca = cert_paths.ca_cert if cert_paths else None
     connection = deploy.write_flwr_connection(fed_dir / FLWR_HOME_DIR, CONNECTION, address, ca)
     state = _read_state(fed_dir)
@@ -212,7 +219,7 @@ def start(
     _write_state(fed_dir, state)
     console.print(f"ServerApp submitted: Flower run {run_id}; rounds log to {run_dir / 'log.txt'}")
     console.print(
-        f"participants join with: fedchain join --coordinator {address} --data FILE.fcd "
+        f"participants join with: fedchain join --coordinator HOST:{port} --data FILE.fcd "
         f"--identity KEY"
         + ("" if ca is None else f" --root-cert {ca}")
         + (" --auth-key SUPERNODE.key" if auth else "")
