@@ -16,7 +16,7 @@ from fedchain.ledger.objects import Block, Registration
 from fedchain.ledger.store import LedgerStore
 from fedchain.ledger.verify import verify_ledger
 from fedchain.partition import partition
-from fedchain.registry import MODELS_DIRNAME
+from fedchain.registry import MODELS_DIRNAME, find_unregistered_files
 from fedchain.sources import load_source
 from server.deployment import run_deployment
 from server.inprocess_grid import NODE_BASE, InProcessGrid
@@ -138,7 +138,11 @@ def test_deployment_runs_and_resumes_after_a_crash(tmp_path):
     with pytest.raises(ConfigError, match="ledger already exists"):
         federation.add_participant(fed_dir, federation.load_federation(fed_dir).participants[0])
 
+    stray = run_dir / MODELS_DIRNAME / f"{'ab' * 32}.safetensors"
+    stray.write_bytes(b"saved by a round the ledger never recorded")
+
     run_deployment(deployed_grid(nodes), fed_dir)  # a restarted coordinator
+    assert not stray.exists()
     after = verify_ledger(run_dir)
     assert after.ok, after.failure
     assert after.rounds == 3 and after.final_height >= 3
@@ -148,6 +152,7 @@ def test_deployment_runs_and_resumes_after_a_crash(tmp_path):
     rounds = [decode(Block, s.data).header.round for s in blocks]
     assert rounds[:2] == [0, 1] and rounds[-1] == 3 and sorted(rounds) == rounds
     assert [v.round for _, v in after.model_versions] == [1, 2, 3]
+    assert find_unregistered_files(run_dir, after) == []
 
     run_deployment(deployed_grid(nodes), fed_dir)  # all rounds done: nothing happens
     assert verify_ledger(run_dir).head_height == after.head_height

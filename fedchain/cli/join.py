@@ -8,6 +8,7 @@ its environment, and the node config names the variables, never the values.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import time
@@ -105,11 +106,12 @@ def join(
         dataset = datafile.load_dataset(data, unlock)
     passphrase = None
     if identity.is_identity_encrypted(identity_path):
-        passphrase = read_passphrase(
-            identity_passphrase_env, confirm=False, what=f"the identity {identity_path}"
-        )
-        env[identity_passphrase_env] = passphrase.decode()
-        config["identity-passphrase-env"] = identity_passphrase_env
+        env_name = identity_passphrase_env
+        if env_name not in os.environ and data_key is not None and passphrase_env in os.environ:
+            env_name = passphrase_env  # one secret in the environment: the identity's
+        passphrase = read_passphrase(env_name, confirm=False, what=f"the identity {identity_path}")
+        env[env_name] = passphrase.decode()
+        config["identity-passphrase-env"] = env_name
     key = identity.load_identity(identity_path, passphrase)
     config.update(_parse_set(node_config or []))
     public = identity.public_key_bytes(key)
