@@ -117,6 +117,7 @@ def main() -> None:
                         clients=args.clients,
                         rounds=args.rounds,
                         ledger=ledger,
+                        aggregation="fedavg",  # the same rule on and off (Flower's FedAvg)
                         contribution="none",  # scoring is measured on its own, not ledger cost
                     )
                     seconds, acc = one_run(driver, config, root)
@@ -141,6 +142,7 @@ def main() -> None:
             out=str(root),
             clients=args.clients,
             rounds=args.rounds,
+            aggregation="fedavg",
             contribution="none",
         )
         total, rows = profile_ledger(config)

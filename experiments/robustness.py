@@ -391,6 +391,46 @@ def verdicts(rows: Sequence[Mapping[str, str]], rules: Sequence[str]) -> list[di
     return out
 
 
+def _worst_drop_table(
+    s: Mapping[str, Any], rules: Sequence[str], partitions: Sequence[str], fractions: Sequence[str]
+) -> list[str]:
+    """Per rule, the worst mean drop over attacks for each partition and judged fraction, with
+    the honest-only reference's drop in the first row, and the attackers' largest reward share."""
+    judged = [f for f in fractions if float(f) in JUDGED_FRACTIONS]
+    columns = [(p, f) for p in partitions for f in judged]
+    lines = [
+        "Worst mean accuracy drop over all attacks (points below the same rule's clean run):",
+        "",
+        "| rule | clean | "
+        + " | ".join(f"{p} {float(f):.0%}" for p, f in columns)
+        + " | attackers' largest reward share |",
+        "|---|---|" + "---|" * (len(columns) + 1),
+        "| *honest clients only* | | "
+        + " | ".join(f"{_reference_drop(s, p, f):.1f}" for p, f in columns)
+        + " | |",
+    ]
+    for rule in rules:
+        clean = [x for k, v in s["acc"].items() if k[0] == rule and k[2] == "none" for x in v]
+        cells = []
+        for p, f in columns:
+            drops = [
+                statistics.fmean(v)
+                for k, v in s["drop"].items()
+                if k[0] == rule and k[1] == p and k[3] == f and k[2] not in ("none", ABSENT)
+            ]
+            worst = max(drops) if drops else math.nan
+            cells.append("" if math.isnan(worst) else f"{worst:.1f}")
+        shares = [
+            statistics.fmean(v)
+            for k, v in s["share"].items()
+            if k[0] == rule and float(k[3]) in JUDGED_FRACTIONS and k[2] != ABSENT
+        ]
+        share = f"{max(shares):.2%}" if shares else "-"
+        mean_clean = f"{100 * statistics.fmean(clean):.1f}" if clean else ""
+        lines.append(f"| {rule} | {mean_clean} | " + " | ".join(cells) + f" | {share} |")
+    return lines
+
+
 def write_markdown(
     rows: Sequence[Mapping[str, str]], grid_path: Path, out: Path, command: str
 ) -> str:
@@ -433,6 +473,7 @@ def write_markdown(
             f"| {v['rule']} | {v['clean']:.2%} | {v['worst_drop']:.1f} | {v['worst_case']} "
             f"| {v['worst_excess']:.1f} | {failing} | {share} | {'yes' if v['passes'] else 'no'} |"
         )
+    lines += ["", *_worst_drop_table(s, rules, partitions, fractions)]
     lines += [
         "",
         "Reference drop (honest clients only), mean points below the clean FedAvg run: "

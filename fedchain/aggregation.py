@@ -163,6 +163,13 @@ NEGLIGIBLE_SHARE = 0.05
 """... and updates whose score is within ``NEGLIGIBLE_SHARE`` of that mean of zero: a free
 rider's zero update (score exactly 0) or noise; averaging them only shortens the step."""
 
+EVIDENCE_SHARE = 1 / 3
+"""``screened`` moves the model only when the updates it keeps carry at least this share of the
+weight of those that passed the norm screen. Late in training a round's scores are small and
+noisy (at the optimum almost any step raises the validation loss a little); a handful of
+updates that happened to score above zero, one of them an attacker's, then made the whole
+step. Without clear evidence the model stays."""
+
 UpdateScorer: TypeAlias = Callable[[Sequence[Mapping[str, Any]], Any], Any]
 """``(updates, weights) -> one raw contribution score per update`` (higher is better; float64)."""
 
@@ -868,9 +875,11 @@ def aggregate_screened(
        (renormalised over them). Updates scoring clearly below zero (harmful) or about zero
        (useless: a free rider's zero update) are left out (:data:`HARMFUL_SHARE`,
        :data:`NEGLIGIBLE_SHARE`); the rest are averaged with their weights, renormalised. So
-       neither kind moves the model, whatever their number or stake. If no update scores
-       above zero (a round whose total gain is within the scorer's tolerance, late in
-       training), every screened update is averaged.
+       neither kind moves the model, whatever their number or stake.
+    3. Evidence: if no update scores above zero (a round whose total gain is within the
+       scorer's tolerance, late in training) or the kept updates carry less than
+       :data:`EVIDENCE_SHARE` of the screened weight, the round changes nothing (zero arrays,
+       no client selected).
 
     Unlike median or Krum this needs no honest majority among the updates, only a validation
     set the attackers cannot choose. The scores are returned (``contributions``) so the round
@@ -898,6 +907,13 @@ def aggregate_screened(
     contributions[screened] = measured
     kept = _helpful(screened, contributions)
     used = np.zeros_like(w)
+    kept_share = math.fsum(float(sw[i]) for i in kept)  # sw: normalised over the screened
+    if not kept or kept_share < EVIDENCE_SHARE:
+        # no clear evidence this round: the model stays as it is
+        zeros = {name: np.zeros_like(a) for name, a in arrays[0].items()}
+        return AggregationResult(
+            arrays=zeros, selected=(), weights=used, contributions=contributions
+        )
     used[kept] = w[kept] / math.fsum(float(w[i]) for i in kept)
     with _single_blas_thread():
         out = _weighted_average(arrays, used, kept)
@@ -909,10 +925,10 @@ def aggregate_screened(
 def _helpful(screened: list[int], contributions: FloatArray) -> list[int]:
     """The screened clients whose score is neither clearly harmful nor negligible, measured
     against the round's mean positive score ``m``: kept when ``score > -HARMFUL_SHARE * m`` and
-    ``|score| > NEGLIGIBLE_SHARE * m``. All of them when no score is positive."""
+    ``|score| > NEGLIGIBLE_SHARE * m``. None when no score is positive."""
     positive = [float(contributions[i]) for i in screened if contributions[i] > 0]
     if not positive:
-        return screened
+        return []
     m = math.fsum(positive) / len(positive)
     return [
         i

@@ -29,6 +29,8 @@ _ATTACKERS_NEED_AN_ATTACK = (
     "attackers need an attack: name one with how many clients attack (--attack sign-flip "
     "--attackers 30%); an attack with 0 attackers is a clean run"
 )
+LEDGER_OFF_RULES = ("fedavg", *FLOWER_RULES)
+"""The rules a run without a ledger can use: without stake, Flower's own strategies."""
 _LEDGER_OFF_RULES = (
     "with the ledger off there is no stake: aggregation must be fedavg (Flower's FedAvg) or one "
     f"of Flower's own strategies {', '.join(FLOWER_RULES)}"
@@ -58,7 +60,7 @@ class RunConfig:
     batch_size: int = 16
     lr: float = 0.05
     model: str = "cnn"
-    aggregation: str = "fedavg"
+    aggregation: str = "screened"  # chosen by experiments/robustness.py (README, Results)
     beta: float = 1.0
     weight_cap: float = 1.0  # largest share of one client's weight; 1.0 = no cap
     contribution: str = "gtg-shapley"  # or shapley, leave-one-out, gradient-similarity,
@@ -93,7 +95,7 @@ class RunConfig:
             (self.attack != "none" or self.attackers == 0, _ATTACKERS_NEED_AN_ATTACK),
             (self.attack_scale >= 0, "attack-scale must be >= 0 (0: the attack's default)"),
             (
-                self.ledger or self.aggregation in FLOWER_RULES or self.aggregation == "fedavg",
+                self.ledger or self.aggregation in LEDGER_OFF_RULES,
                 _LEDGER_OFF_RULES,
             ),
             (not self.ledger or self.aggregation not in FLOWER_RULES, _FLOWER_RULES_NEED_OFF),

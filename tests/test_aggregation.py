@@ -745,11 +745,20 @@ def test_screened_scores_with_weights_renormalised_over_the_screened() -> None:
     assert result.weights.tolist() == [0.25, 0.75, 0.0]
 
 
-def test_screened_with_no_positive_score_averages_every_screened_update() -> None:
-    updates = vector_updates([[1.0], [2.0], [3.0]])
-    result = aggregate_screened(updates, [1.0, 1.0, 2.0], lambda ups, ws: np.zeros(len(ups)))
-    assert result.selected == (0, 1, 2)
-    np.testing.assert_allclose(result.arrays["w"], [2.25])
+def test_screened_without_clear_evidence_leaves_the_model_alone() -> None:
+    updates = vector_updates([[1.0], [2.0], [3.0], [4.0]])
+    nothing = aggregate_screened(updates, [1.0] * 4, lambda ups, ws: np.zeros(len(ups)))
+    assert nothing.selected == () and nothing.arrays["w"].tolist() == [0.0]
+    assert nothing.weights.tolist() == [0.0] * 4
+    # one update of four helps: a quarter of the weight is not enough evidence...
+    few = aggregate_screened(updates, [1.0] * 4, lambda ups, ws: np.array([1.0, -1, -1, -1]))
+    assert few.selected == () and few.arrays["w"].tolist() == [0.0]
+    # ...a third is
+    enough = aggregate_screened(
+        updates, [1.0, 0.5, 0.5, 1.0], lambda ups, ws: np.array([1.0, -1, -1, -1])
+    )
+    assert enough.selected == (0,)
+    np.testing.assert_allclose(enough.arrays["w"], [1.0])
 
 
 def test_screened_is_deterministic_and_leaves_inputs_alone() -> None:

@@ -323,15 +323,27 @@ def test_attacker_keys_come_from_the_run_setup(tmp_path):
 @pytest.mark.parametrize("attack", ATTACKS)
 def test_each_attack_runs_with_the_ledger_off(tmp_path, attack):
     _, outcomes, accuracy = federate(
-        tmp_path, clients=4, rounds=1, attack=attack, attackers=1, ledger=False
+        tmp_path,
+        clients=4,
+        rounds=1,
+        attack=attack,
+        attackers=1,
+        ledger=False,
+        aggregation="fedavg",
     )
     assert outcomes == [] and accuracy is not None and 0 <= accuracy["accuracy"] <= 1
 
 
 def test_a_scaled_attacker_wrecks_plain_fedavg_without_the_ledger(tmp_path):
-    clean = federate(tmp_path / "a", clients=4, rounds=2, ledger=False)[2]
+    clean = federate(tmp_path / "a", clients=4, rounds=2, ledger=False, aggregation="fedavg")[2]
     attacked_ = federate(
-        tmp_path / "b", clients=4, rounds=2, ledger=False, attack="scaled", attackers=1
+        tmp_path / "b",
+        clients=4,
+        rounds=2,
+        ledger=False,
+        aggregation="fedavg",
+        attack="scaled",
+        attackers=1,
     )[2]
     assert attacked_["accuracy"] < clean["accuracy"] - 0.2
 
@@ -365,3 +377,26 @@ def test_each_flower_baseline_runs_in_the_same_harness(tmp_path, rule):
     )  # fmt: skip
     assert not (setup.run_dir / "ledger.db").exists() and outcomes == []
     assert accuracy is not None and accuracy["accuracy"] > 0.5
+
+
+@pytest.mark.parametrize("attack", ["sign-flip", "scaled", "free-rider"])
+def test_screened_keeps_attackers_out_of_the_model_and_the_rewards(tmp_path, attack):
+    """The default rule: 2 of 5 clients attack for 3 rounds. No attacker's update enters a model
+    version, attackers earn nothing, and the scores on the ledger recompute from the archive."""
+    from fedchain.attacks import attacker_indices
+    from fedchain.scoring import recheck_scores
+
+    setup, outcomes, _ = federate(
+        tmp_path, clients=5, rounds=3, attack=attack, attackers=2, seed=1, aggregation="screened"
+    )
+    report = verify_ledger(setup.run_dir)
+    assert report.ok, report.failure
+    attackers = [setup.public_keys[i] for i in attacker_indices(setup.config)]
+    for outcome in outcomes:
+        assert all(outcome.weights[k] == 0 for k in attackers), outcome.weights
+        assert sum(outcome.weights.values()) == pytest.approx(1.0) or not any(
+            outcome.weights.values()
+        )
+    assert reward_share(report, attackers, setup.config.stake) == 0
+    check = recheck_scores(setup.run_dir, report, setup.config)
+    assert not check.problems and check.rounds == 3

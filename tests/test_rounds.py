@@ -217,7 +217,7 @@ def test_client_refuses_a_head_that_rewrites_its_final_block(tmp_path):
 
 def test_ledger_off_runs_plain_fedavg_and_writes_no_ledger(tmp_path):
     setup, grid, outcomes, accuracy = run(
-        tmp_path, real_client.app, clients=3, rounds=2, ledger=False
+        tmp_path, real_client.app, clients=3, rounds=2, ledger=False, aggregation="fedavg"
     )
     assert not (setup.run_dir / "ledger.db").exists() and outcomes == []
     assert accuracy is not None and accuracy["accuracy"] > 0.3

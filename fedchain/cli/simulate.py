@@ -9,7 +9,7 @@ import typer
 
 from fedchain.attacks import ATTACKS, Attack, attacker_indices, parse_attackers
 from fedchain.cli.common import console
-from fedchain.config import RunConfig, load_config_file, merge_config
+from fedchain.config import LEDGER_OFF_RULES, RunConfig, load_config_file, merge_config
 from fedchain.coordinator import RoundOutcome
 from fedchain.runs import new_run_id, prepare_run
 
@@ -40,9 +40,11 @@ def simulate(
     aggregation: Annotated[
         str | None,
         typer.Option(
-            help="fedavg, stake, examples-stake, reputation, median, trimmed-mean, multi-krum; "
-            "with --ledger off, Flower's own strategies: flwr-fedavg, flwr-krum, flwr-multikrum, "
-            "flwr-trimmed-mean, flwr-median (f = max(0, (n-3)//2) for Krum; beta 0.2 trim)."
+            help="screened (default: averages only updates that pass a norm screen and score "
+            "above zero; needs --contribution), fedavg, stake, examples-stake, reputation, "
+            "median, trimmed-mean, multi-krum; with --ledger off (default then fedavg), Flower's "
+            "own strategies: flwr-fedavg, flwr-krum, flwr-multikrum, flwr-trimmed-mean, "
+            "flwr-median (f = max(0, (n-3)//2) for Krum; beta 0.2 trim)."
         ),
     ] = None,
     contribution: Annotated[
@@ -112,6 +114,8 @@ def simulate(
         if ledger not in ("on", "off"):
             raise typer.BadParameter("--ledger must be on or off")
         flags["ledger"] = ledger == "on"
+        if ledger == "off" and aggregation is None and config.aggregation not in LEDGER_OFF_RULES:
+            flags["aggregation"] = "fedavg"  # no stake without a ledger: Flower's FedAvg
     config = merge_config(config, {k: v for k, v in flags.items() if v is not None})
     if attackers is not None:
         config = merge_config(config, {"attackers": parse_attackers(attackers, config.clients)})
