@@ -431,9 +431,10 @@ def _worst_drop_table(
     return lines
 
 
-def write_markdown(
-    rows: Sequence[Mapping[str, str]], grid_path: Path, out: Path, command: str
-) -> str:
+def _axes(
+    rows: Sequence[Mapping[str, str]], grid_path: Path
+) -> tuple[dict[str, Any], list[str], list[str], list[str], list[str]]:
+    """(grid file, rules, attacks, partitions, fractions) present in ``rows``, in grid order."""
     doc = tomllib.loads(grid_path.read_text())
     rules = _ordered((r["rule"] for r in rows), doc["grid"]["rules"])
     attacks = _ordered(
@@ -441,6 +442,13 @@ def write_markdown(
     )
     partitions = _ordered((r["partition"] for r in rows), [])
     fractions = sorted({r["fraction"] for r in rows}, key=float)
+    return doc, rules, attacks, partitions, fractions
+
+
+def write_markdown(
+    rows: Sequence[Mapping[str, str]], grid_path: Path, out: Path, command: str
+) -> str:
+    doc, rules, attacks, partitions, fractions = _axes(rows, grid_path)
     seeds = sorted({r["seed"] for r in rows}, key=int)
     s = summarise(rows)
     lines = [
@@ -545,13 +553,7 @@ def write_plots(rows: Sequence[Mapping[str, str]], grid_path: Path, out_dir: Pat
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    doc = tomllib.loads(grid_path.read_text())
-    rules = _ordered((r["rule"] for r in rows), doc["grid"]["rules"])
-    attacks = _ordered(
-        (r["attack"] for r in rows if r["attack"] not in ("none", ABSENT)), doc["grid"]["attacks"]
-    )
-    partitions = _ordered((r["partition"] for r in rows), [])
-    fractions = sorted({r["fraction"] for r in rows}, key=float)
+    _, rules, attacks, partitions, fractions = _axes(rows, grid_path)
     s = summarise(rows)
     written = []
     for partition in partitions:
