@@ -21,6 +21,7 @@ they are the coordinator's bookkeeping, not ledger facts.
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from collections.abc import Mapping, Sequence
@@ -65,6 +66,9 @@ FEDERATION_FILE = "federation.toml"
 RUN_DIRNAME = "run"
 CERTS_DIRNAME = "certs"
 SUPERNODES_DIRNAME = "supernodes"
+COORDINATOR_STATE_FILE = "coordinator.json"
+"""What ``fedchain coordinator start`` records: PIDs, the connection, and each participant's
+registered SuperNode id (``"nodes": {name: node id}``)."""
 REGISTRATION_FORMAT = "fedchain-registration/v1"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 # Settings that describe a simulation only; a federation's data stay with its participants.
@@ -384,6 +388,23 @@ def prepare_federation_run(federation: Federation) -> tuple[Path, RunConfig, boo
     )
     Chain.create(run_dir / LEDGER_FILENAME, genesis).close()
     return run_dir, config, True
+
+
+def registered_node_keys(federation: Federation) -> dict[int, bytes]:
+    """Flower node id -> participant public key, for the SuperNodes the coordinator registered
+    (SuperNode authentication binds each id to that participant's key). Lets a resumed
+    coordinator attribute a round to a participant who has not replied since the restart."""
+    path = federation.path / COORDINATOR_STATE_FILE
+    try:
+        nodes = json.loads(path.read_text()).get("nodes", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    keys = {p.name: p.public_key for p in federation.participants}
+    return {
+        int(node_id): keys[name]
+        for name, node_id in nodes.items()
+        if name in keys and isinstance(node_id, int)
+    }
 
 
 def remove_unregistered_models(run_dir: Path) -> list[Path]:

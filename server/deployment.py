@@ -29,6 +29,7 @@ from fedchain.federation import (
     Federation,
     load_federation,
     prepare_federation_run,
+    registered_node_keys,
     remove_unregistered_models,
 )
 from fedchain.ledger.chain import Chain
@@ -122,6 +123,7 @@ def _run_rounds(grid, federation: Federation, config, run_dir: Path, chain: Chai
     coordinator = Coordinator(
         run_dir, chain, model, rule=config.aggregation, params=params, scorer=scorer
     )
+    coordinator.node_keys.update(registered_node_keys(federation))
     history = _load_history(run_dir, done)
     last: list[RoundOutcome | None] = [None]
     started = [time.perf_counter()]

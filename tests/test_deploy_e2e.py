@@ -171,8 +171,10 @@ def test_coordinator_and_joined_clients_over_tls(world):  # type: ignore[no-unty
         assert eve.wait(timeout=PHASE_S) == 1
         assert "Failed to activate SuperNode" in (base / "eve.join.out").read_text()
 
-        # Kill bob's SuperNode as round 2 starts: the round goes on without him.
-        wait_for("round 1", lambda: 1 in metrics_rounds(run_dir))
+        # Kill bob's SuperNode as round 2 starts: the round goes on without him. Round 1's
+        # metrics are written before round 2's messages go out, and a SuperNode needs seconds
+        # (3 s polling, a fresh ClientApp process) to answer, so a quick kill lands mid-round.
+        wait_for("round 1", lambda: 1 in metrics_rounds(run_dir), every=0.1)
         joins.pop("bob").kill()
         kill_tree(base / "bob.pid")
         wait_for("round 2", lambda: 2 in metrics_rounds(run_dir))

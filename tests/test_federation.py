@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -208,3 +209,16 @@ def test_cli_register_add_show_and_join_checks(tmp_path, monkeypatch):
     # The coordinator will not start without certificates (TLS is the default).
     started = cli("coordinator", "start", fed_dir)
     assert started.exit_code == 1 and "coordinator certs" in started.output
+
+
+def test_registered_node_keys_map_flower_node_ids_to_participants(tmp_path):
+    nodes = make_holders(tmp_path, 2)
+    fed_dir = make_federation(tmp_path, nodes)
+    loaded = federation.load_federation(fed_dir)
+    assert federation.registered_node_keys(loaded) == {}  # never started: nothing registered
+    state = {"nodes": {"h0": 11, "h1": 22, "gone": 33, "h2": "x"}}
+    (fed_dir / federation.COORDINATOR_STATE_FILE).write_text(json.dumps(state))
+    keys = {p.name: p.public_key for p in loaded.participants}
+    assert federation.registered_node_keys(loaded) == {11: keys["h0"], 22: keys["h1"]}
+    (fed_dir / federation.COORDINATOR_STATE_FILE).write_text("{not json")
+    assert federation.registered_node_keys(loaded) == {}

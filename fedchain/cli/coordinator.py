@@ -29,7 +29,7 @@ app = make_app("Run a federation's coordinator: Flower SuperLink + fedchain Serv
 
 FedDirArg = Annotated[Path, typer.Argument(help="The federation folder (holds federation.toml).")]
 DEFAULT_PORT = 9092
-STATE_FILE = "coordinator.json"
+STATE_FILE = fed.COORDINATOR_STATE_FILE
 SUPERLINK_DIR = "superlink"
 FLWR_HOME_DIR = "flwr-home"
 APP_DIR = "app"
