@@ -210,6 +210,7 @@ def start(
         if auth:
             _register_nodes(fed_dir, federation, connection, nodes)
         state["nodes"] = nodes
+        _write_state(fed_dir, state)  # before the ServerApp starts: it reads the node ids
         _stop_stale_runs(connection)
         run_id = deploy.submit_run(write_app_bundle(fed_dir), connection)
     except BaseException:
