@@ -31,7 +31,7 @@ _ATTACKERS_NEED_AN_ATTACK = (
 )
 LEDGER_OFF_RULES = ("fedavg", *FLOWER_RULES)
 """The rules a run without a ledger can use: without stake, Flower's own strategies."""
-_LEDGER_OFF_RULES = (
+_LEDGER_OFF_NEEDS_FLOWER_RULE = (
     "with the ledger off there is no stake: aggregation must be fedavg (Flower's FedAvg) or one "
     f"of Flower's own strategies {', '.join(FLOWER_RULES)}"
 )
@@ -96,7 +96,7 @@ class RunConfig:
             (self.attack_scale >= 0, "attack-scale must be >= 0 (0: the attack's default)"),
             (
                 self.ledger or self.aggregation in LEDGER_OFF_RULES,
-                _LEDGER_OFF_RULES,
+                _LEDGER_OFF_NEEDS_FLOWER_RULE,
             ),
             (not self.ledger or self.aggregation not in FLOWER_RULES, _FLOWER_RULES_NEED_OFF),
             (

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedchain.aggregation import RuleParams, aggregate_round
+from fedchain.aggregation import RuleParams, UpdateScorer, aggregate_round
 from fedchain.contribution import quantise_scores
 from fedchain.errors import FedchainError, LedgerError
 from fedchain.hashing import compute_update_hash
@@ -52,6 +52,15 @@ Arrays = dict[str, np.ndarray]
 Scorer = Callable[[Arrays, list[Arrays], list[float], int], np.ndarray]
 """(base model, accepted updates, their aggregation weights, round) -> one raw score each."""
 MAX_SEAL_ATTEMPTS = 8
+
+
+def bind_scorer(scorer: Scorer, base: Arrays, round_: int) -> UpdateScorer:
+    """``scorer`` for one round's base model, as a rule that scores to aggregate calls it."""
+
+    def score(updates: Sequence[Mapping[str, np.ndarray]], weights: Sequence[float]) -> np.ndarray:
+        return scorer(base, [dict(u) for u in updates], [float(w) for w in weights], round_)
+
+    return score
 
 
 @dataclass(frozen=True)
@@ -364,11 +373,7 @@ class Coordinator:
             examples=[c.num_examples for c, _ in accepted],
             stakes=[participants[k].stake for k in keys],
             reputations=[participants[k].reputation_bps for k in keys],
-            scorer=(
-                None
-                if scorer is None
-                else lambda ups, ws: scorer(base, [dict(u) for u in ups], list(ws), round_)
-            ),
+            scorer=None if scorer is None else bind_scorer(scorer, base, round_),
         )
         new_model = {
             name: (self.model[name] + delta).astype(self.model[name].dtype, copy=False)

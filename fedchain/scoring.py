@@ -12,7 +12,6 @@ function on the archived updates to re-check the scores on the ledger.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,16 +67,6 @@ class RoundScorer:
         )
 
 
-def _score_with(
-    scorer: RoundScorer,
-    base: Arrays,
-    round_: int,
-    updates: Sequence[Arrays],
-    weights: Sequence[float],
-) -> np.ndarray:
-    return scorer(base, list(updates), [float(w) for w in weights], round_)
-
-
 SCORE_TOLERANCE = 0.005
 """Largest difference, in score units (validation loss), between a recomputed and a recorded
 score: floating point may differ across machines; rewards never do — they are paid from the
@@ -97,6 +86,7 @@ def recheck_scores(
     """Recompute every round's contribution scores from the archived updates and compare them
     with the scores on the ledger. Needs a verified ``report`` of the run's ledger."""
     from fedchain.aggregation import RuleParams, aggregate_round
+    from fedchain.coordinator import bind_scorer
     from fedchain.errors import RegistryError
     from fedchain.ledger.objects import SCORE_SCALE
     from fedchain.registry import load_model, load_update
@@ -118,9 +108,7 @@ def recheck_scores(
         except RegistryError as e:
             problems.append(f"round {round_}: {e}")
             continue
-        bound = None
-        if scorer is not None:
-            bound = functools.partial(_score_with, scorer, base, round_)
+        bound = None if scorer is None else bind_scorer(scorer, base, round_)
         result = aggregate_round(
             record.model_version.rule,
             params,

@@ -8,11 +8,12 @@ given ``federation-dir``, runs a registered federation (server/deployment.py).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
 from collections.abc import Callable, Mapping
-from logging import INFO
+from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
 
@@ -41,14 +42,33 @@ from server.strategy import FedchainStrategy, to_array_record
 RoundReporter = Callable[[int, RoundOutcome | None, float, float], None]
 
 
-def _wait_for_nodes(grid: Grid, count: int, timeout: float = 120.0) -> None:
+def wait_for_nodes(grid: Grid, count: int, timeout: float = 120.0) -> None:
+    """Wait until ``count`` clients (SuperNodes) are connected, logging progress every 10 s."""
     deadline = time.monotonic() + timeout
-    while len(list(grid.get_node_ids())) < count:
-        if time.monotonic() > deadline:
+    last_log = time.monotonic()
+    while (connected := len(list(grid.get_node_ids()))) < count:
+        now = time.monotonic()
+        if now > deadline:
             raise FedchainError(
-                f"only {len(list(grid.get_node_ids()))} of {count} clients connected"
+                f"only {connected} of {count} clients connected within {timeout:.0f} s"
             )
+        if now - last_log >= 10:
+            log(INFO, "waiting for clients: %d of %d connected", connected, count)
+            last_log = now
         time.sleep(0.2)
+
+
+def load_history(run_dir: Path, done: int) -> list[dict[str, float | int]]:
+    """``metrics.json`` rows of the rounds the ledger holds (a lost round's row is dropped)."""
+    path = run_dir / "metrics.json"
+    if not path.exists():
+        return []
+    try:
+        rows = json.loads(path.read_text())["rounds"]
+    except (OSError, ValueError, KeyError, TypeError):
+        log(WARNING, "%s: unreadable; starting a new metrics history", path)
+        return []
+    return [row for row in rows if int(row.get("round", 0)) <= done]
 
 
 def train_settings(config: RunConfig, run_dir: Path) -> ConfigRecord:
@@ -83,91 +103,127 @@ def attack_settings(config: RunConfig) -> dict[str, ConfigRecordValues]:
 
 
 def run_federation(
-    grid: Grid, config: RunConfig, run_dir: Path, report: RoundReporter | None = None
+    grid: Grid,
+    config: RunConfig,
+    run_dir: Path,
+    report: RoundReporter | None = None,
+    *,
+    min_nodes: int | None = None,
+    fraction_train: float | None = None,
+    join_timeout: float = 120.0,
+    node_keys: Mapping[int, bytes] | None = None,
 ) -> MetricRecord | None:
-    """Run the configured rounds on ``grid``; return the last central evaluation."""
+    """Run the configured rounds still to do on ``grid``; return the last central evaluation.
+
+    A ledger whose head is at round ``k`` (a resumed deployment) runs rounds ``k+1..rounds``:
+    Flower numbers its rounds from 1, the strategy maps them to ledger rounds, and
+    ``metrics.json`` keeps the rows of the rounds the ledger holds. ``report`` gets ledger
+    round numbers. ``min_nodes`` (default: the clients sampled per round) must be connected
+    before the first round; ``node_keys`` (Flower node id -> participant key) lets the
+    coordinator name a registered client that never replies.
+    """
     from fedchain.models import build_model, load_numpy_state
     from fedchain.sources import load_source
     from fedchain.training import evaluate
 
+    min_nodes = min_nodes or config.sampled_per_round
+    if fraction_train is None:
+        fraction_train = config.sampled_per_round / config.clients
     test = load_source(config.dataset, root=config.data_root or None, split="test")
     model_net = build_model(config.model, tuple(test.x.shape[1:]), len(test.classes), seed=0)
     last_outcome: list[RoundOutcome | None] = [None]
     started = [time.perf_counter()]
-    history: list[dict[str, float | int]] = []
-
-    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        load_numpy_state(model_net, {k: v.numpy() for k, v in arrays.items()})
-        result = evaluate(model_net, test)
-        elapsed = time.perf_counter() - started[0]
-        outcome = last_outcome[0]
-        history.append(
-            {
-                "round": server_round,
-                "accuracy": result.accuracy,
-                "loss": result.loss,
-                "accepted": outcome.accepted if outcome and server_round else 0,
-                "rejected": len(outcome.rejected) if outcome and server_round else 0,
-                "seconds": round(elapsed, 3) if server_round else 0.0,
-            }
-        )
-        write_metrics(run_dir, history, attack_settings(config))
-        if report is not None and server_round > 0:
-            report(server_round, outcome, result.accuracy, elapsed)
-        started[0] = time.perf_counter()
-        return MetricRecord({"accuracy": result.accuracy, "loss": result.loss})
-
-    fraction = config.sampled_per_round / config.clients
     settings = train_settings(config, run_dir)
-    if not config.ledger:
-        initial = _initial_without_ledger(run_dir)
-        _wait_for_nodes(grid, config.sampled_per_round)
-        strategy = flower_strategy(config)
+
+    with contextlib.ExitStack() as stack:
+        chain = (
+            stack.enter_context(Chain.open(run_dir / LEDGER_FILENAME)) if config.ledger else None
+        )
+        done = chain.state.round if chain is not None else 0  # rounds already on the ledger
+        if done >= config.rounds:
+            log(INFO, "all %d rounds are on the ledger; nothing to do", config.rounds)
+            return None
+        if done:
+            log(
+                INFO,
+                "ledger head at round %d; running rounds %d..%d",
+                done,
+                done + 1,
+                config.rounds,
+            )
+        history = load_history(run_dir, done) if done else []
+
+        def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+            load_numpy_state(model_net, {k: v.numpy() for k, v in arrays.items()})
+            result = evaluate(model_net, test)
+            elapsed = time.perf_counter() - started[0]
+            outcome = last_outcome[0]
+            if server_round > 0 or not history:  # a resumed run's round 0 is recorded already
+                history.append(
+                    {
+                        "round": done + server_round,
+                        "accuracy": result.accuracy,
+                        "loss": result.loss,
+                        "accepted": outcome.accepted if outcome and server_round else 0,
+                        "rejected": len(outcome.rejected) if outcome and server_round else 0,
+                        "seconds": round(elapsed, 3) if server_round else 0.0,
+                    }
+                )
+                write_metrics(run_dir, history, attack_settings(config))
+            if report is not None and server_round > 0:
+                report(done + server_round, outcome, result.accuracy, elapsed)
+            started[0] = time.perf_counter()
+            return MetricRecord({"accuracy": result.accuracy, "loss": result.loss})
+
+        strategy: FedAvg
+        if chain is None:
+            initial = _initial_without_ledger(run_dir)
+            strategy = flower_strategy(config)
+        else:
+            initial = load_model(run_dir, chain.state.model_head)
+            scorer = None
+            if config.contribution != "none":
+                from fedchain.runs import load_split
+                from fedchain.scoring import RoundScorer
+
+                scorer = RoundScorer(config, load_split(config)[1])
+            params = RuleParams(
+                beta=config.beta, cap=None if config.weight_cap >= 1 else config.weight_cap
+            )
+            coordinator = Coordinator(
+                run_dir, chain, initial, rule=config.aggregation, params=params, scorer=scorer
+            )
+            coordinator.node_keys.update(node_keys or {})
+
+            def on_round(outcome: RoundOutcome) -> None:
+                last_outcome[0] = outcome
+
+            strategy = FedchainStrategy(
+                coordinator,
+                fraction_train=fraction_train,
+                min_nodes=min_nodes,
+                timeout=config.round_timeout,
+                on_round=on_round,
+                round_offset=done,
+            )
+        wait_for_nodes(grid, min_nodes, join_timeout)
         result = strategy.start(
             grid,
             to_array_record(initial),
-            config.rounds,
+            config.rounds - done,
             config.round_timeout,
             settings,
             evaluate_fn=evaluate_fn,
         )
-        return result.evaluate_metrics_serverapp.get(config.rounds)
-
-    params = RuleParams(beta=config.beta, cap=None if config.weight_cap >= 1 else config.weight_cap)
-    with Chain.open(run_dir / LEDGER_FILENAME) as chain:  # verified; resumes at the head
-        model = load_model(run_dir, chain.state.model_head)
-        scorer = None
-        if config.contribution != "none":
-            from fedchain.runs import load_split
-            from fedchain.scoring import RoundScorer
-
-            scorer = RoundScorer(config, load_split(config)[1])
-        coordinator = Coordinator(
-            run_dir, chain, model, rule=config.aggregation, params=params, scorer=scorer
-        )
-
-        def on_round(outcome: RoundOutcome) -> None:
-            last_outcome[0] = outcome
-
-        strategy = FedchainStrategy(
-            coordinator,
-            fraction_train=fraction,
-            min_nodes=config.sampled_per_round,
-            timeout=config.round_timeout,
-            on_round=on_round,
-        )
-        _wait_for_nodes(grid, config.sampled_per_round)
-        result = strategy.start(
-            grid,
-            to_array_record(model),
-            config.rounds,
-            config.round_timeout,
-            settings,
-            evaluate_fn=evaluate_fn,
-        )
-        strategy.close_ledger(settings)
-        log(INFO, "ledger head %s, final height %s", chain.state.height, coordinator.final_height)
-    return result.evaluate_metrics_serverapp.get(config.rounds)
+        if isinstance(strategy, FedchainStrategy):
+            strategy.close_ledger(settings)
+            log(
+                INFO,
+                "ledger head %s, final height %s",
+                strategy.coordinator.state.height,
+                strategy.coordinator.final_height,
+            )
+    return result.evaluate_metrics_serverapp.get(config.rounds - done)
 
 
 def flower_strategy(config: RunConfig) -> FedAvg:
