@@ -40,8 +40,8 @@ def simulate(
     aggregation: Annotated[
         str | None,
         typer.Option(
-            help="screened (default: averages only updates that pass a norm screen and score "
-            "above zero; needs --contribution), fedavg, stake, examples-stake, reputation, "
+            help="screened (default: averages only updates that pass a norm screen and "
+            "measurably help; needs --contribution), fedavg, stake, examples-stake, reputation, "
             "median, trimmed-mean, multi-krum; with --ledger off (default then fedavg), Flower's "
             "own strategies: flwr-fedavg, flwr-krum, flwr-multikrum, flwr-trimmed-mean, "
             "flwr-median (f = max(0, (n-3)//2) for Krum; beta 0.2 trim)."
