@@ -25,6 +25,10 @@ Security properties and how they are obtained:
   Hoang, Reyhanitabar, Rogaway and Vizár, 2015).
 * Decryption fills a private buffer; arrays are built only after every chunk verified, and the
   buffer is wiped on failure, so a caller never sees partially decrypted data.
+* Nothing is allocated from the header's numbers before they are checked: the header's sizes must
+  match the file's length exactly (the chunked ciphertext's length determines the plaintext's),
+  and chunk 0, whose associated data binds the header, is decrypted before the body buffer is
+  allocated. A forged header claiming billions of examples is one error, not gigabytes of memory.
 
 The plaintext body is ``x`` (C order, little-endian, the header's dtype) followed by ``y`` (int64).
 """
@@ -33,8 +37,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import secrets
+import stat
 import struct
 import tempfile
 from collections.abc import Callable, Iterator
@@ -57,6 +63,8 @@ TAG_SIZE = 16
 KEY_SIZE = 32
 MAX_HEADER_SIZE = 1 << 20
 MAX_CHUNKS = 1 << 32  # the nonce holds a 32-bit chunk index
+MAX_CHUNK_SIZE = 1 << 28  # bytes: what one chunk may make a reader hold before it is authenticated
+MAX_DIMS = 32  # feature dimensions per example (numpy's own limit is 32 or 64)
 
 # scrypt cost: n=2^15, r=8 uses 32 MiB and ≈ 60 ms here. Files may carry other parameters; these
 # bounds stop a forged header from asking for absurd memory or time.
@@ -170,7 +178,8 @@ class DatasetMeta:
 
     @property
     def x_nbytes(self) -> int:
-        return self.num_examples * int(np.prod(self.x_shape)) * np.dtype(self.x_dtype).itemsize
+        # math.prod: Python integers, so a forged shape cannot wrap around as numpy's int64 would
+        return self.num_examples * math.prod(self.x_shape) * np.dtype(self.x_dtype).itemsize
 
     @property
     def body_size(self) -> int:
@@ -249,35 +258,49 @@ def _parse_header(path: Path, raw: bytes, doc: Any) -> DatasetHeader:
         if cipher["name"] != "AES-256-GCM":
             raise ValueError(f"unknown cipher {cipher['name']!r}")
         chunk_size = _positive_int(cipher["chunk_size"], "chunk_size")
+        if chunk_size > MAX_CHUNK_SIZE:
+            raise ValueError(f"chunk_size above {MAX_CHUNK_SIZE}")
         prefix = bytes.fromhex(cipher["nonce_prefix"])
         if len(prefix) != 7:
             raise ValueError("bad nonce prefix")
         _check_key_block(key)
         if ds["x_dtype"] not in ALLOWED_DTYPES or ds["y_dtype"] != "int64":
             raise ValueError("unsupported dtype")
+        if not isinstance(ds["x_shape"], list) or len(ds["x_shape"]) > MAX_DIMS:
+            raise ValueError(f"x_shape must be a list of at most {MAX_DIMS} dimensions")
         meta = DatasetMeta(
             name=str(ds["name"]),
             num_examples=_positive_int(ds["num_examples"], "num_examples"),
             x_shape=tuple(_positive_int(d, "x_shape") for d in ds["x_shape"]),
             x_dtype=ds["x_dtype"],
             classes=tuple(str(c) for c in ds["classes"]),
-            labels_present=tuple(int(v) for v in ds["labels_present"]),
+            labels_present=tuple(_int(v, "labels_present") for v in ds["labels_present"]),
             value_max=None if ds["value_max"] is None else float(ds["value_max"]),
             partition=dict(ds["partition"]),
         )
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
         raise DatasetFileError(path, f"the file header is malformed or was altered ({e})") from None
-    header = DatasetHeader(meta, chunk_size, key, prefix, raw)
+    return DatasetHeader(meta, chunk_size, key, prefix, raw)
+
+
+def _check_num_chunks(path: Path, header: DatasetHeader) -> None:
     if header.num_chunks >= MAX_CHUNKS:
         raise DatasetFileError(
             path, "the file header is malformed or was altered (too many chunks)"
         )
-    return header
 
 
 def _positive_int(value: Any, what: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+    number = _int(value, what)
+    if number < 1:
         raise ValueError(f"{what} must be a positive integer")
+    return number
+
+
+def _int(value: Any, what: str) -> int:
+    """An integer as JSON wrote it: ``4e7``, ``1.0``, ``true`` and ``"3"`` are not."""
+    if type(value) is not int:
+        raise ValueError(f"{what} must be an integer, got {value!r:.40}")
     return value
 
 
@@ -299,24 +322,59 @@ def _check_key_block(key: Any) -> None:
 
 
 def read_header(path: Path) -> DatasetHeader:
-    """Read and validate the plain header of a dataset file; needs no key."""
+    """Read and validate the plain header of a dataset file; needs no key.
+
+    The header's sizes are checked against the file's length (:func:`check_file_size`), so what a
+    returned header says about sizes is what the file holds; the rest of it is authenticated
+    only by decrypting (:func:`load_dataset`, :func:`compute_verified_commitment`).
+    """
     with _open_for_reading(path) as f:
         return _read_header_from(path, f)
 
 
-def check_file_size(path: Path, header: DatasetHeader) -> None:
-    """Catch truncation or appended bytes from the size alone (no key needed)."""
-    actual = Path(path).stat().st_size
-    if actual < header.file_size:
-        raise DatasetFileError(
-            path, f"the file is truncated ({actual} of {header.file_size} bytes)"
-        )
-    if actual > header.file_size:
-        raise DatasetFileError(path, "the file has unexpected bytes after its last chunk")
+def compute_plaintext_size(ciphertext_size: int, chunk_size: int) -> int | None:
+    """The plaintext length that ``ciphertext_size`` bytes of chunks hold, or None if no
+    plaintext gives that length (every chunk but the last is full, and none is empty)."""
+    full, rest = divmod(ciphertext_size, chunk_size + TAG_SIZE)
+    if rest == 0:
+        return full * chunk_size if full else None
+    return full * chunk_size + rest - TAG_SIZE if rest > TAG_SIZE else None
+
+
+def check_file_size(path: Path, header: DatasetHeader, actual: int | None = None) -> None:
+    """Refuse a file whose length is not the one its header's sizes give (no key needed).
+
+    This catches truncation and appended bytes, and, before anything is allocated from them, a
+    header whose example count or shape was altered: the sizes are exact Python integers, so
+    absurd claims (``4e7`` examples in a 4 kB file, shapes whose product overflows int64) fail
+    here. ``actual`` is the file's length when the caller already has it (from the open file).
+    """
+    if actual is None:
+        actual = Path(path).stat().st_size
+    expected = header.file_size
+    if actual == expected:
+        return
+    meta = header.meta
+    holds = compute_plaintext_size(actual - len(header.raw), header.chunk_size)
+    holds_text = f"{holds:,} bytes of data" if holds is not None else "a partial chunk"
+    claim = (
+        f"the header describes {meta.num_examples:,} examples of shape {meta.x_shape} "
+        f"{meta.x_dtype} ({meta.body_size:,} bytes of data, {expected:,} bytes in all) but "
+        f"the file has {actual:,} bytes ({holds_text})"
+    )
+    if actual < expected:
+        raise DatasetFileError(path, f"the file is truncated, or its header was altered: {claim}")
+    raise DatasetFileError(
+        path,
+        "the file has unexpected bytes after its last chunk, or its header was altered: " + claim,
+    )
 
 
 def _open_for_reading(path: Path) -> BinaryIO:
+    """Open a regular file (a FIFO or device would block or never end)."""
     try:
+        if not stat.S_ISREG(Path(path).stat().st_mode):
+            raise DatasetFileError(path, "not a regular file")
         return open(path, "rb")
     except FileNotFoundError:
         raise DatasetFileError(path, "file not found") from None
@@ -336,9 +394,12 @@ def _read_header_from(path: Path, f: BinaryIO) -> DatasetHeader:
         raise DatasetFileError(path, "the file is truncated (inside the header)")
     try:
         doc = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise DatasetFileError(path, "the file header is malformed or was altered") from None
-    return _parse_header(path, start + body, doc)
+    header = _parse_header(path, start + body, doc)
+    check_file_size(path, header, os.fstat(f.fileno()).st_size)
+    _check_num_chunks(path, header)
+    return header
 
 
 # --------------------------------------------------------------------------------------------------
@@ -435,6 +496,7 @@ def write_dataset(
     key_block = _wrap_key(data_key, unlock, random_bytes)
     raw = _encode_header(meta, chunk_size, key_block, random_bytes(7))
     header = _parse_header(path, raw, json.loads(raw[8:]))
+    _check_num_chunks(path, header)
     x = np.ascontiguousarray(dataset.x, dtype=dataset.x.dtype.newbyteorder("<"))
     y = np.ascontiguousarray(dataset.y, dtype="<i8")
     aead = AESGCM(data_key)
@@ -489,34 +551,50 @@ def _unwrap_key(path: Path, header: DatasetHeader, unlock: Unlock) -> bytes:
     return data_key
 
 
+def _iter_chunks(
+    path: Path, f: BinaryIO, header: DatasetHeader, aead: AESGCM
+) -> Iterator[tuple[bytes, bytes]]:
+    """Yield each chunk as ``(sealed, plain)`` once it verified, in order; raise on the first
+    chunk that does not (or on bytes after the last). Holds one chunk at a time."""
+    remaining = header.meta.body_size
+    for index in range(header.num_chunks):
+        plain_size = min(header.chunk_size, remaining)
+        sealed = f.read(plain_size + TAG_SIZE)
+        if len(sealed) != plain_size + TAG_SIZE:
+            raise DatasetFileError(
+                path,
+                f"the file is truncated (chunk {index} of {header.num_chunks} is incomplete)",
+            )
+        nonce, ad = _chunk_nonce_and_ad(header, index)
+        try:
+            plain = aead.decrypt(nonce, sealed, ad)
+        except InvalidTag:
+            raise DatasetFileError(
+                path,
+                f"chunk {index} failed authentication: the file (header or data) was altered, "
+                "or its chunks were reordered",
+            ) from None
+        remaining -= plain_size
+        yield sealed, plain
+    if f.read(1):
+        raise DatasetFileError(path, "the file has unexpected bytes after its last chunk")
+
+
 def _decrypt_body(path: Path, f: BinaryIO, header: DatasetHeader, aead: AESGCM) -> bytearray:
+    """The whole plaintext body. The buffer is allocated only after chunk 0 verified, which
+    authenticates the header whose sizes it is allocated from."""
+    chunks = _iter_chunks(path, f, header, aead)
+    _, first = next(chunks)
     body = bytearray(header.meta.body_size)
-    view = memoryview(body)
-    offset = 0
     try:
-        for index in range(header.num_chunks):
-            plain_size = min(header.chunk_size, header.meta.body_size - offset)
-            sealed = f.read(plain_size + TAG_SIZE)
-            if len(sealed) != plain_size + TAG_SIZE:
-                raise DatasetFileError(
-                    path,
-                    f"the file is truncated (chunk {index} of {header.num_chunks} is incomplete)",
-                )
-            nonce, ad = _chunk_nonce_and_ad(header, index)
-            try:
-                view[offset : offset + plain_size] = aead.decrypt(nonce, sealed, ad)
-            except InvalidTag:
-                raise DatasetFileError(
-                    path,
-                    f"chunk {index} failed authentication: the file (header or data) was altered, "
-                    "or its chunks were reordered",
-                ) from None
-            offset += plain_size
-        extra = len(f.read(1 << 16))
-        if extra:
-            raise DatasetFileError(path, "the file has unexpected bytes after its last chunk")
+        body[: len(first)] = first
+        offset = len(first)
+        for _, plain in chunks:
+            body[offset : offset + len(plain)] = plain
+            offset += len(plain)
     except BaseException:
-        view[:] = bytes(len(body))  # wipe: no partially decrypted data outlives a failure
+        # wipe in place (no second buffer): no partially decrypted data outlives a failure
+        np.frombuffer(body, dtype=np.uint8)[:] = 0
         raise
     return body
 
@@ -554,10 +632,26 @@ class DatasetCommitment:
 
 
 def compute_dataset_commitment(path: Path) -> DatasetCommitment:
-    """Hash the encrypted file as stored (no key needed); the example count is the header's."""
-    header = read_header(path)
-    digest = hashlib.sha256()
+    """Hash the encrypted file as stored (no key needed). The example count is the header's
+    *claim*: checked against the file's length, not authenticated. What a participant signs
+    comes from :func:`compute_verified_commitment` instead."""
     with _open_for_reading(path) as f:
+        header = _read_header_from(path, f)
+        digest = hashlib.sha256(header.raw)
         while block := f.read(1 << 20):
             digest.update(block)
+    return DatasetCommitment(digest.digest(), header.meta.num_examples)
+
+
+def compute_verified_commitment(path: Path, unlock: Unlock) -> DatasetCommitment:
+    """The commitment of a file that decrypts with ``unlock``: every chunk is authenticated
+    (so the header's example count is too) while the same bytes are hashed, in one pass over
+    the file and one chunk of memory. Raises like :func:`load_dataset`."""
+    path = Path(path)
+    with _open_for_reading(path) as f:
+        header = _read_header_from(path, f)
+        aead = AESGCM(_unwrap_key(path, header, unlock))
+        digest = hashlib.sha256(header.raw)
+        for sealed, _ in _iter_chunks(path, f, header, aead):
+            digest.update(sealed)
     return DatasetCommitment(digest.digest(), header.meta.num_examples)

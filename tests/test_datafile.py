@@ -6,6 +6,7 @@ import json
 import os
 import stat
 import struct
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -344,7 +345,9 @@ def test_invalid_forged_header_claiming_fewer_examples(sealed, key):
     """A header edited to describe a shorter body (a forged truncation) fails authentication."""
     path, _, _ = sealed
     rewrite_header(path, lambda doc: doc["dataset"].update(num_examples=10))
-    path.write_bytes(path.read_bytes()[: datafile.read_header(path).file_size])
+    body = 10 * (64 + 8)  # ten 1x8x8 uint8 examples and their int64 labels
+    path.write_bytes(path.read_bytes()[: header_len(path) + body + -(-body // CHUNK) * 16])
+    assert datafile.read_header(path).meta.num_examples == 10  # sizes agree: only the key tells
     expect_rejected(path, key, match="chunk 0 failed authentication")
 
 
@@ -365,3 +368,164 @@ def test_failed_decryption_returns_no_partial_data(sealed, key, monkeypatch):
     expect_rejected(path, key, match=f"chunk {header.num_chunks - 1} failed")
     assert len(buffers) == 1 and len(buffers[0]) == header.meta.body_size
     assert not any(buffers[0])
+
+
+# --------------------------------------------------------------------------------------------------
+# Forged header sizes: refused from the file's length, before anything is allocated from them.
+
+PEAK_BOUND = 8 << 20  # bytes; the honest file is 4 kB, a forged claim asked for up to 7 TB
+
+
+def forged_sizes(path: Path, num_examples: object = None, x_shape: object = None) -> None:
+    def edit(doc: dict) -> None:  # type: ignore[type-arg]
+        if num_examples is not None:
+            doc["dataset"]["num_examples"] = num_examples
+        if x_shape is not None:
+            doc["dataset"]["x_shape"] = x_shape
+
+    rewrite_header(path, edit)
+
+
+def peak_of(call) -> int:  # type: ignore[no-untyped-def]
+    tracemalloc.start()
+    try:
+        call()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+@pytest.mark.parametrize(
+    ("num_examples", "x_shape", "match"),
+    [
+        (40_000_000, None, "truncated, or its header was altered: the header describes 40,000,000"),
+        (10**11, None, "truncated, or its header was altered"),
+        (10**40, None, "truncated, or its header was altered"),
+        (-1, None, "num_examples must be a positive integer"),
+        (0, None, "num_examples must be a positive integer"),
+        (4e7, None, "num_examples must be an integer"),
+        (1e11, None, "num_examples must be an integer"),
+        (50.0, None, "num_examples must be an integer"),
+        ("50", None, "num_examples must be an integer"),
+        (True, None, "num_examples must be an integer"),
+        (None, [2**32, 2**32], "truncated, or its header was altered"),  # int64 product wraps to 0
+        (None, [320, 57_646_075_230_342_349], "truncated, or"),  # int64 product wraps to 64
+        (None, [1] * 40, "at most 32 dimensions"),
+        (None, [1, 8.0, 8], "x_shape must be an integer"),
+        (None, "64", "x_shape must be a list"),
+        (1, None, "unexpected bytes after its last chunk, or its header was altered"),
+    ],
+)
+def test_invalid_forged_header_sizes_refused_before_allocation(
+    sealed, key, num_examples, x_shape, match
+):
+    """The header is plain JSON anyone can edit. Its sizes must match the file's length before
+    any buffer is sized from them: each forged claim is one line naming the file, and neither
+    reading the header, hashing the file, nor decrypting it allocates more than a few MB."""
+    path, _, _ = sealed
+    forged_sizes(path, num_examples, x_shape)
+    calls = {
+        "read_header": lambda: datafile.read_header(path),
+        "commitment": lambda: datafile.compute_dataset_commitment(path),
+        "verified": lambda: datafile.compute_verified_commitment(path, key),
+        "load": lambda: datafile.load_dataset(path, key),
+    }
+    for name, call in calls.items():
+        errors: list[DatasetFileError] = []
+
+        def run(call=call, errors=errors):  # type: ignore[no-untyped-def]
+            with pytest.raises(DatasetFileError, match=match) as e:
+                call()
+            errors.append(e.value)
+
+        assert peak_of(run) < PEAK_BOUND, name
+        message = str(errors[0])
+        assert message.startswith(f"{path}: ") and "\n" not in message, name
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "match"),
+    [
+        (
+            "labels_present",
+            [float("inf")],
+            "labels_present must be an integer",
+        ),  # was OverflowError
+        ("chunk_size", 1 << 40, "chunk_size above"),
+    ],
+)
+def test_invalid_forged_header_fields(sealed, key, field, value, match):
+    path, _, _ = sealed
+
+    def edit(doc: dict) -> None:  # type: ignore[type-arg]
+        (doc["cipher"] if field == "chunk_size" else doc["dataset"])[field] = value
+
+    rewrite_header(path, edit)
+    with pytest.raises(DatasetFileError, match=match):
+        datafile.load_dataset(path, key)
+
+
+def test_invalid_deeply_nested_header_is_one_error(tmp_path, key):
+    path = tmp_path / "deep.fcd"
+    body = b"[" * 100_000
+    path.write_bytes(datafile.MAGIC + struct.pack("<I", len(body)) + body)
+    with pytest.raises(DatasetFileError, match="malformed"):
+        datafile.read_header(path)
+
+
+def test_body_buffer_allocated_only_after_the_header_authenticated(sealed, key, monkeypatch):
+    """A header altered with consistent sizes passes the length check; chunk 0, which binds the
+    header, fails before the body buffer is allocated from the header's numbers."""
+    path, _, _ = sealed
+    rewrite_header(path, lambda doc: doc["dataset"].update(name="altered"))
+    buffers: list[int] = []
+
+    def capture(n: int) -> bytearray:
+        buffers.append(n)
+        return bytearray(n)
+
+    monkeypatch.setattr(datafile, "bytearray", capture, raising=False)
+    expect_rejected(path, key, match="chunk 0 failed authentication")
+    assert buffers == []
+
+
+def test_invalid_fifo_is_refused_without_blocking(tmp_path, key):
+    path = tmp_path / "pipe.fcd"
+    os.mkfifo(path)
+    expect_rejected(path, key, match="not a regular file")
+    with pytest.raises(DatasetFileError, match="not a regular file"):
+        datafile.compute_dataset_commitment(path)
+
+
+# --------------------------------------------------------------------------------------------------
+# The verified commitment (what `fedchain register` signs)
+
+
+def test_verified_commitment_matches_and_authenticates(sealed, key, tmp_path):
+    path, ds, _ = sealed
+    verified = datafile.compute_verified_commitment(path, key)
+    assert verified == datafile.compute_dataset_commitment(path)
+    assert verified.num_examples == len(ds)
+    other = datafile.create_key_file(tmp_path / "other.key")
+    with pytest.raises(WrongKeyError):
+        datafile.compute_verified_commitment(path, other)
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 1  # the last chunk: only a full pass finds it
+    path.write_bytes(raw)
+    with pytest.raises(
+        DatasetFileError, match=f"chunk {datafile.read_header(path).num_chunks - 1}"
+    ):
+        datafile.compute_verified_commitment(path, key)
+
+
+def test_verified_commitment_refuses_a_consistently_forged_count(sealed, key):
+    """A header edited to claim fewer examples, with the file cut to match, still hashes (no
+    key) but is refused once decrypted: the count a participant signs is authenticated."""
+    path, _, _ = sealed
+    rewrite_header(path, lambda doc: doc["dataset"].update(num_examples=10))
+    body = 10 * (64 + 8)
+    path.write_bytes(path.read_bytes()[: header_len(path) + body + -(-body // CHUNK) * 16])
+    assert datafile.compute_dataset_commitment(path).num_examples == 10  # the unverified claim
+    with pytest.raises(DatasetFileError, match="chunk 0 failed authentication"):
+        datafile.compute_verified_commitment(path, key)
