@@ -1,13 +1,14 @@
 # Two entry points for a fresh clone (each makes its own virtual environment in .venv):
 #   make demo   install, then run the main job on the embedded default data set
-#   make test   install, then lint, type-check and run the test suite
+#   make test   install, then lint, type-check and run the test suite (installs Chromium when
+#               missing, for the browser test: Debian's chromium package, as root with apt-get)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 DEMO   ?= runs/demo
 CODE    = fedchain clients server experiments tests
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test lint chromium clean
 
 $(BIN)/fedchain: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +29,20 @@ lint: install
 	$(BIN)/ruff format --check $(CODE)
 	$(BIN)/mypy
 
-test: lint
+# tests/test_report.py opens report.html in headless Chromium. Found on PATH, or installed from
+# Debian's packages when we are root with apt-get, or one line saying what to install.
+chromium:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then \
+		:; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing Chromium for the browser test: apt-get install chromium"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else \
+		echo "make test: Chromium is missing (the browser test needs it): install it with 'sudo apt-get install chromium' (Debian/Ubuntu), or run '$(BIN)/pytest -q -m \"not browser\"'" >&2; \
+		exit 1; \
+	fi
+
+test: lint chromium
 	$(BIN)/pytest -q
 
 clean:

@@ -1,0 +1,113 @@
+"""A fresh machine as a newcomer meets it: nothing contacts anyone unasked, the licence is there.
+
+The telemetry test runs the real entry points in a clean interpreter: Flower decides whether to
+send once, when ``flwr`` is first imported, so only a new process without
+``FLWR_TELEMETRY_ENABLED`` in its environment shows what a user's first ``fedchain simulate`` does.
+The network calls are replaced by recorders in that process; nothing leaves the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import fedchain
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Runs in a clean interpreter: record every would-be request, import what `fedchain simulate`
+# imports (flwr is first imported by server.simulation), then ask Flower to send the event
+# `run_simulation` sends first and to run the update check its SuperLink/SuperNode/CLI run.
+PROBE = r"""
+import json, threading, urllib.error, urllib.request
+import requests
+
+sent = []
+
+def urlopen(request, *args, **kwargs):
+    sent.append(getattr(request, "full_url", str(request)))
+    raise urllib.error.URLError("the test blocks the network")
+
+def post(url, *args, **kwargs):
+    sent.append(url)
+    raise requests.ConnectionError("the test blocks the network")
+
+urllib.request.urlopen = urlopen
+requests.post = post
+
+from fedchain.cli import main  # noqa: F401  (the `fedchain` console script's entry point)
+import server.simulation  # noqa: F401  (what `fedchain simulate` runs: the first flwr import)
+from flwr.supercore import telemetry, update_check
+from ray._common.usage import usage_lib
+
+telemetry.event(telemetry.EventType.PYTHON_API_RUN_SIMULATION_ENTER).result(timeout=60)
+update_check.warn_if_flwr_update_available("flower-superlink")
+for thread in threading.enumerate():
+    if thread is not threading.current_thread() and not thread.daemon:
+        thread.join(30)
+print(json.dumps({"sent": sent, "ray_usage_stats": usage_lib.usage_stats_enabled()}))
+"""
+
+
+def run_probe(tmp_path: Path, extra_env: dict[str, str]) -> dict[str, object]:
+    env = {
+        "PATH": str(Path(sys.executable).parent),
+        "HOME": str(tmp_path),
+        "FLWR_HOME": str(tmp_path / "flwr-home"),
+        **extra_env,
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_fedchain_sends_no_telemetry_and_checks_no_updates_by_default(tmp_path):
+    seen = run_probe(tmp_path, {})
+    assert seen == {"sent": [], "ray_usage_stats": False}
+
+
+def test_telemetry_is_sent_when_the_user_opts_in(tmp_path):
+    """An explicit FLWR_TELEMETRY_ENABLED=1 is the user's choice, and fedchain keeps it."""
+    seen = run_probe(tmp_path, {"FLWR_TELEMETRY_ENABLED": "1"})
+    assert seen["sent"] == ["https://telemetry.flower.ai/api/v1/event"]
+
+
+def test_environment_defaults_keep_a_value_the_user_set():
+    assert fedchain.NO_PHONING_HOME == {
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
+
+
+def test_licence_is_apache_2_and_shipped():
+    text = (ROOT / "LICENSE").read_text()
+    assert text.lstrip().startswith("Apache License")
+    assert "Version 2.0, January 2004" in text
+    assert "END OF TERMS AND CONDITIONS" in text
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "Apache-2.0"
+    assert project["license-files"] == ["LICENSE"]
+
+
+@pytest.mark.parametrize("marker", ["slow", "e2e", "browser"])
+def test_markers_are_registered(marker):
+    options = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]
+    assert any(line.startswith(f"{marker}:") for line in options["ini_options"]["markers"])
