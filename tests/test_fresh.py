@@ -9,11 +9,13 @@ The network calls are replaced by recorders in that process; nothing leaves the 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from flwr.supercore.utils import get_flwr_home
 
 import fedchain
 
@@ -95,6 +97,14 @@ def test_environment_defaults_keep_a_value_the_user_set():
         "FLWR_DISABLE_UPDATE_CHECK": "1",
         "RAY_USAGE_STATS_ENABLED": "0",
     }
+
+
+def test_the_suite_runs_with_a_temporary_home(test_home):
+    """Flower's state (connections, local SuperLink, telemetry id) never lands in ~/.flwr."""
+    assert Path.home() == test_home
+    assert get_flwr_home() == test_home / ".flwr"
+    assert Path(os.environ["MPLCONFIGDIR"]).is_relative_to(test_home)
+    assert test_home.name.startswith("fedchain-tests-home-")
 
 
 def test_licence_is_apache_2_and_shipped():
