@@ -10,14 +10,21 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from flwr.supercore.utils import get_flwr_home
+from typer.testing import CliRunner
 
 import fedchain
+from fedchain.cli import app
+from fedchain.datafile import load_dataset, load_key_file
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -121,3 +128,49 @@ def test_licence_is_apache_2_and_shipped():
 def test_markers_are_registered(marker):
     options = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]
     assert any(line.startswith(f"{marker}:") for line in options["ini_options"]["markers"])
+
+
+def readme_commands(prefix: str) -> list[list[str]]:
+    """The README's shell commands starting with ``prefix`` (continuations joined, no comments)."""
+    blocks = re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    lines = "\n".join(blocks).replace("\\\n", " ").splitlines()
+    return [shlex.split(line, comments=True) for line in lines if line.startswith(prefix)]
+
+
+def test_readme_single_client_file_has_the_same_split(tmp_path, monkeypatch):
+    """The README's "only client 3's file" line writes what the full split gave client 3."""
+    monkeypatch.chdir(tmp_path)
+    whole, single = readme_commands("fedchain data encrypt --source digits --clients 10")[:2]
+    assert "--client" not in whole and "--client" in single
+    for argv in (whole, single):
+        result = CliRunner().invoke(app, argv[1:])
+        assert result.exit_code == 0, result.output
+    key = load_key_file(Path(whole[whole.index("--key-file") + 1]))
+    client = int(single[single.index("--client") + 1])
+    full = load_dataset(Path(whole[whole.index("--out") + 1], f"client-{client:03d}.fcd"), key)
+    alone = load_dataset(Path(single[single.index("--out") + 1], f"client-{client:03d}.fcd"), key)
+    assert np.array_equal(full.x, alone.x) and np.array_equal(full.y, alone.y)
+
+
+def test_make_test_finds_or_installs_chromium_or_says_what_to_install(tmp_path):
+    """On a machine without Chromium (and no apt-get to install it), `make test` stops at once
+    with one line naming the package, instead of failing one test after a long run."""
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("make is not installed")
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    result = subprocess.run(
+        [make, "--no-print-directory", "-C", str(ROOT), "chromium"],
+        env={"PATH": str(empty), "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    said = [line for line in result.stderr.splitlines() if not line.startswith("make: ")]
+    assert len(said) == 1 and "apt-get install chromium" in said[0], result.stderr
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^test: .*\bchromium\b", makefile, flags=re.M)
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert ci[-1] == "make test" and not any("apt-get" in line for line in ci)
