@@ -42,7 +42,7 @@ chromium:
 		exit 1; \
 	fi
 
-test: lint chromium
+test: chromium lint
 	$(BIN)/pytest -q
 
 clean:
