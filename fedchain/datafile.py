@@ -332,15 +332,6 @@ def read_header(path: Path) -> DatasetHeader:
         return _read_header_from(path, f)
 
 
-def compute_plaintext_size(ciphertext_size: int, chunk_size: int) -> int | None:
-    """The plaintext length that ``ciphertext_size`` bytes of chunks hold, or None if no
-    plaintext gives that length (every chunk but the last is full, and none is empty)."""
-    full, rest = divmod(ciphertext_size, chunk_size + TAG_SIZE)
-    if rest == 0:
-        return full * chunk_size if full else None
-    return full * chunk_size + rest - TAG_SIZE if rest > TAG_SIZE else None
-
-
 def check_file_size(path: Path, header: DatasetHeader, actual: int | None = None) -> None:
     """Refuse a file whose length is not the one its header's sizes give (no key needed).
 
@@ -355,12 +346,9 @@ def check_file_size(path: Path, header: DatasetHeader, actual: int | None = None
     if actual == expected:
         return
     meta = header.meta
-    holds = compute_plaintext_size(actual - len(header.raw), header.chunk_size)
-    holds_text = f"{holds:,} bytes of data" if holds is not None else "a partial chunk"
     claim = (
-        f"the header describes {meta.num_examples:,} examples of shape {meta.x_shape} "
-        f"{meta.x_dtype} ({meta.body_size:,} bytes of data, {expected:,} bytes in all) but "
-        f"the file has {actual:,} bytes ({holds_text})"
+        f"the header describes {meta.num_examples:,} examples of {meta.x_shape} {meta.x_dtype} "
+        f"({expected:,} bytes) but the file has {actual:,} bytes"
     )
     if actual < expected:
         raise DatasetFileError(path, f"the file is truncated, or its header was altered: {claim}")
@@ -486,8 +474,8 @@ def write_dataset(
     An existing file is kept unless ``overwrite``; if anything fails, no partial file is left.
     ``random_bytes`` exists so tests can pin the randomness (salt, nonces, data key).
     """
-    if chunk_size < 1:
-        raise ConfigError("chunk size must be positive")
+    if not 1 <= chunk_size <= MAX_CHUNK_SIZE:
+        raise ConfigError(f"chunk size must be between 1 and {MAX_CHUNK_SIZE} bytes")
     path = Path(path)
     if path.exists() and not overwrite:
         raise ConfigError(f"{path}: already exists; use --force to overwrite")

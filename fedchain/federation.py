@@ -10,7 +10,8 @@ A coordinator keeps one folder per federation (``FED_DIR``)::
     app/                the Flower app bundle ``flwr run`` submits (written on start)
 
 Registration happens before the ledger exists. A data holder signs a :class:`Registration` (their
-Ed25519 identity, stake deposit and dataset commitment) under the registration domain with the
+Ed25519 identity, stake deposit and dataset commitment, whose example count is read from the
+decrypted, authenticated file) under the registration domain with the
 "no federation yet" id (:data:`fedchain.identity.NO_FEDERATION`): the genesis hash, which every
 later signature binds, is computed from these registrations. The coordinator checks the
 signature when it adds the participant; the genesis then fixes the participant set, and every
@@ -29,13 +30,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedchain import datafile, identity
 from fedchain.config import RunConfig, merge_config, write_config
 from fedchain.errors import ConfigError, FedchainError, SignatureError
 from fedchain.ledger.builder import sign_registration
-from fedchain.ledger.objects import GenesisParticipant, Registration, signing_message
+from fedchain.ledger.codec import MAX_INT
+from fedchain.ledger.objects import HASH_SIZE, GenesisParticipant, Registration, signing_message
 from fedchain.ledger.store import LEDGER_FILENAME
 
 if sys.version_info >= (3, 11):
@@ -70,6 +75,10 @@ COORDINATOR_STATE_FILE = "coordinator.json"
 """What ``fedchain coordinator start`` records: PIDs, the connection, and each participant's
 registered SuperNode id (``"nodes": {name: node id}``)."""
 REGISTRATION_FORMAT = "fedchain-registration/v1"
+MAX_REGISTERED_EXAMPLES = 1 << 40
+"""A sanity bound on a registration's example count: a file holding more (each example carries
+at least its 8-byte label) would be over 8 TiB. The count itself cannot be checked by the
+coordinator, who never sees the data; it bounds the client's aggregation weight."""
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 # Settings that describe a simulation only; a federation's data stay with its participants.
 _SIMULATION_ONLY = (
@@ -125,14 +134,26 @@ def has_ledger(fed_dir: Path) -> bool:
 
 
 def create_registration(
-    key: Ed25519PrivateKey, data_path: Path, *, stake: int, name: str, supernode_key: str = ""
+    key: Ed25519PrivateKey,
+    data_path: Path,
+    *,
+    unlock: datafile.Unlock,
+    stake: int,
+    name: str,
+    supernode_key: str = "",
 ) -> ParticipantEntry:
-    """Sign a registration for the dataset at ``data_path`` (no data key needed: the commitment
-    is the hash of the encrypted file and its header's example count)."""
+    """Sign a registration for the dataset at ``data_path``.
+
+    The commitment is the hash of the encrypted file and its example count, and the count is
+    taken from the file as authenticated by its key (``unlock``; every chunk is decrypted, one
+    at a time): the plain header alone can be edited by anyone, and a signed count is what
+    bounds the weight the ledger gives this participant's updates.
+    """
     _check_name(name)
-    if stake < 1:
-        raise ConfigError(f"stake must be at least 1, got {stake}")
-    commitment = datafile.compute_dataset_commitment(Path(data_path))
+    if not 1 <= stake <= MAX_INT:
+        raise ConfigError(f"stake must be between 1 and {MAX_INT}, got {stake}")
+    supernode_key = _check_supernode_key(supernode_key)
+    commitment = datafile.compute_verified_commitment(Path(data_path), unlock)
     registration = sign_registration(
         key,
         identity.NO_FEDERATION,
@@ -140,7 +161,7 @@ def create_registration(
         dataset_hash=commitment.file_hash,
         num_examples=commitment.num_examples,
     )
-    return ParticipantEntry(name, registration, _check_supernode_key(supernode_key))
+    return ParticipantEntry(name, registration, supernode_key)
 
 
 def verify_registration(entry: ParticipantEntry) -> None:
@@ -252,31 +273,16 @@ def load_federation(fed_dir: Path) -> Federation:
 
 
 def add_participant(fed_dir: Path, entry: ParticipantEntry) -> Federation:
-    """Verify ``entry`` and add it; refused once the ledger exists (the genesis is fixed)."""
+    """Check ``entry`` (:func:`check_new_participant`) and add it; refused once the ledger
+    exists (the genesis is fixed)."""
     federation = load_federation(fed_dir)
     if has_ledger(fed_dir):
         raise ConfigError(
             f"{fed_dir}: the ledger already exists; its genesis fixes the participants, so "
             "new participants need a new federation"
         )
-    try:
-        verify_registration(entry)
-    except SignatureError as e:
-        raise SignatureError(f"registration of {entry.name!r} is not validly signed: {e}") from None
-    for other in federation.participants:
-        if other.public_key == entry.public_key:
-            raise ConfigError(f"identity {_short(entry.public_key)} is already registered")
-        if other.name == entry.name:
-            raise ConfigError(f"the name {entry.name!r} is already taken")
-        if entry.supernode_key and other.supernode_key == entry.supernode_key:
-            raise ConfigError(f"{other.name!r} already registered this SuperNode key")
     config = compute_run_config(federation, check_participants=False)
-    if entry.registration.stake < config.min_stake:
-        raise ConfigError(
-            f"stake {entry.registration.stake} is below the federation's minimum {config.min_stake}"
-        )
-    if entry.registration.num_examples < 1:
-        raise ConfigError(f"{entry.name!r} registered an empty dataset")
+    check_new_participant(federation.participants, entry, min_stake=config.min_stake)
     updated = Federation(
         federation.path,
         federation.name,
@@ -287,6 +293,61 @@ def add_participant(fed_dir: Path, entry: ParticipantEntry) -> Federation:
     )
     _write_federation(updated)
     return updated
+
+
+def check_new_participant(
+    participants: Sequence[ParticipantEntry], entry: ParticipantEntry, *, min_stake: int
+) -> None:
+    """Refuse a registration the coordinator can prove bad, before it reaches a genesis.
+
+    Checked: field sizes, the stake (at least the federation's minimum, and the federation's
+    total within the ledger's integers), the example count (at least 1, at most
+    :data:`MAX_REGISTERED_EXAMPLES`), the signature (by the registration's own key, under the
+    registration domain), the SuperNode key's format, and that no other participant has the
+    same identity, name, SuperNode key or dataset (one data set registered twice would be paid
+    twice). What cannot be checked here is whether the count is true: the data stay with
+    their holder. Raises :class:`ConfigError` or :class:`SignatureError` naming the entry.
+    """
+    reg, who = entry.registration, f"registration of {entry.name!r}"
+    _check_name(entry.name)
+    for field, value, size in (
+        ("public-key", reg.public_key, identity.PUBLIC_KEY_SIZE),
+        ("dataset-hash", reg.dataset_hash, HASH_SIZE),
+        ("signature", reg.signature, identity.SIGNATURE_SIZE),
+    ):
+        if len(value) != size:
+            raise ConfigError(f"{who}: {field} must be {size} bytes, got {len(value)}")
+    if not min_stake <= reg.stake <= MAX_INT:
+        raise ConfigError(
+            f"{who}: stake {reg.stake} is outside the federation's bounds {min_stake}..{MAX_INT}"
+        )
+    if not 1 <= reg.num_examples <= MAX_REGISTERED_EXAMPLES:
+        raise ConfigError(
+            f"{who}: {reg.num_examples} examples is outside 1..{MAX_REGISTERED_EXAMPLES}"
+        )
+    try:
+        verify_registration(entry)
+    except SignatureError as e:
+        raise SignatureError(f"{who} is not validly signed: {e}") from None
+    try:
+        _check_supernode_key(entry.supernode_key)
+    except ConfigError as e:
+        raise ConfigError(f"{who}: {e}") from None
+    for other in participants:
+        if other.public_key == entry.public_key:
+            raise ConfigError(f"identity {_short(entry.public_key)} is already registered")
+        if other.name == entry.name:
+            raise ConfigError(f"the name {entry.name!r} is already taken")
+        if entry.supernode_key and other.supernode_key == entry.supernode_key:
+            raise ConfigError(f"{other.name!r} already registered this SuperNode key")
+        if other.registration.dataset_hash == reg.dataset_hash:
+            raise ConfigError(
+                f"{who}: {other.name!r} already registered this data set "
+                f"(sha256 {reg.dataset_hash.hex()[:16]}…)"
+            )
+    total = sum(p.registration.stake for p in participants) + reg.stake
+    if total > MAX_INT:
+        raise ConfigError(f"{who}: the federation's total stake would exceed {MAX_INT}")
 
 
 def compute_run_config(federation: Federation, *, check_participants: bool = True) -> RunConfig:
@@ -451,14 +512,14 @@ def _check_supernode_key(text: str) -> str:
     """The SuperNode public key as one OpenSSH line, checked to be a NIST-curve EC key."""
     if not text:
         return ""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
     line = text.strip()
     try:
         key = serialization.load_ssh_public_key(line.encode())
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"the SuperNode public key is not an OpenSSH public key ({e})") from None
+    except (ValueError, TypeError, UnicodeEncodeError, UnsupportedAlgorithm):
+        raise ConfigError(
+            "the SuperNode public key is not an OpenSSH public key (one line, as "
+            "`fedchain keygen --supernode` writes to NAME.pub)"
+        ) from None
     if not isinstance(key, ec.EllipticCurvePublicKey):
         raise ConfigError("the SuperNode public key must be an EC key (Flower uses NIST P-384)")
     return line

@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import os
+import struct
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
+from click.testing import Result
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.common.logger import FLOWER_LOGGER
+from typer.testing import CliRunner
 
 from clients import client_app as real_client
 from fedchain import datafile, federation, identity
-from fedchain.errors import ConfigError, SignatureError
+from fedchain.cli import app
+from fedchain.config import RunConfig
+from fedchain.errors import ConfigError, DatasetFileError, SignatureError
+from fedchain.ledger.builder import sign_registration
 from fedchain.ledger.codec import decode
 from fedchain.ledger.objects import Block, Registration
 from fedchain.ledger.store import LedgerStore
@@ -59,10 +70,14 @@ def make_federation(tmp_path: Path, nodes: list[dict[str, str]]) -> Path:
     for i, node in enumerate(nodes):
         key = identity.load_identity(Path(node["identity-path"]), None)
         entry = federation.create_registration(
-            key, Path(node["data-path"]), stake=1_000_000, name=f"h{i}"
+            key, Path(node["data-path"]), unlock=data_key(node), stake=1_000_000, name=f"h{i}"
         )
         federation.add_participant(fed_dir, entry)
     return fed_dir
+
+
+def data_key(node: dict[str, str]) -> datafile.DataKey:
+    return datafile.load_key_file(Path(node["data-key-path"]))
 
 
 def deployed_grid(nodes: list[dict[str, str]]) -> InProcessGrid:
@@ -105,7 +120,9 @@ def test_invalid_registration_signature_refused(tmp_path):
     fed_dir = tmp_path / "fed"
     federation.init_federation(fed_dir, name="f", settings={})
     key = identity.load_identity(Path(nodes[0]["identity-path"]), None)
-    entry = federation.create_registration(key, Path(nodes[0]["data-path"]), stake=10**6, name="a")
+    entry = federation.create_registration(
+        key, Path(nodes[0]["data-path"]), unlock=data_key(nodes[0]), stake=10**6, name="a"
+    )
     reg = entry.registration
     forged = federation.ParticipantEntry(
         "a", Registration(reg.public_key, 10**7, reg.dataset_hash, reg.num_examples, reg.signature)
@@ -176,7 +193,8 @@ def test_cli_register_add_show_and_join_checks(tmp_path, monkeypatch):
     assert cli("keygen", tmp_path / "node.key", "--supernode").exit_code == 0
     result = cli(
         "register", "--identity", tmp_path / "enc.key", "--data", nodes[0]["data-path"],
-        "--stake", 500_000, "--supernode-key", tmp_path / "node.pub", "--name", "alice",
+        "--data-key", nodes[0]["data-key-path"], "--stake", 500_000,
+        "--supernode-key", tmp_path / "node.pub", "--name", "alice",
         "--out", tmp_path / "alice.reg",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -222,3 +240,254 @@ def test_registered_node_keys_map_flower_node_ids_to_participants(tmp_path):
     assert federation.registered_node_keys(loaded) == {11: keys["h0"], 22: keys["h1"]}
     (fed_dir / federation.COORDINATOR_STATE_FILE).write_text("{not json")
     assert federation.registered_node_keys(loaded) == {}
+
+
+# --------------------------------------------------------------------------------------------------
+# Registration takes its count from the authenticated file; `federation add` refuses what it can
+# prove bad.
+
+
+def forge_count(path: Path, num_examples: int, *, cut: bool) -> None:
+    """Edit a file's plain header to claim ``num_examples`` (and, with ``cut``, shorten the file
+    to match, so that only the key can tell)."""
+    raw = path.read_bytes()
+    end = 8 + struct.unpack("<I", raw[4:8])[0]
+    doc = json.loads(raw[8:end])
+    doc["dataset"]["num_examples"] = num_examples
+    body = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    forged = raw[:4] + struct.pack("<I", len(body)) + body + raw[end:]
+    if cut:
+        meta = doc["dataset"]
+        item = np.dtype(meta["x_dtype"]).itemsize
+        plain = num_examples * (math.prod(meta["x_shape"]) * item + 8)  # features + labels
+        chunk = doc["cipher"]["chunk_size"]
+        forged = forged[: 8 + len(body) + plain + -(-plain // chunk) * 16]
+    path.write_bytes(forged)
+
+
+def test_registration_signs_the_authenticated_example_count(tmp_path):
+    nodes = make_holders(tmp_path, 1)
+    node = nodes[0]
+    key = identity.load_identity(Path(node["identity-path"]), None)
+    data = Path(node["data-path"])
+    honest = len(datafile.load_dataset(data, data_key(node)))
+    entry = federation.create_registration(key, data, unlock=data_key(node), stake=10**6, name="a")
+    assert entry.registration.num_examples == honest
+    for count, cut, match in (
+        (40_000_000, False, "truncated, or its header was altered"),
+        (10**11, False, "truncated, or its header was altered"),
+        (3, True, "chunk 0 failed authentication"),  # sizes agree: only the key tells
+    ):
+        forged = tmp_path / f"forged-{count}.fcd"
+        forged.write_bytes(data.read_bytes())
+        forge_count(forged, count, cut=cut)
+        with pytest.raises(DatasetFileError, match=match):
+            federation.create_registration(
+                key, forged, unlock=data_key(node), stake=10**6, name="a"
+            )
+
+
+def signed_entry(
+    name: str,
+    *,
+    key: Ed25519PrivateKey | None = None,
+    stake: int = 10**6,
+    dataset_hash: bytes | None = None,
+    num_examples: int = 100,
+    supernode_key: str = "",
+) -> federation.ParticipantEntry:
+    """A validly signed registration with whatever values an attacker chose."""
+    registration = sign_registration(
+        key or identity.generate_identity(),
+        identity.NO_FEDERATION,
+        stake=stake,
+        dataset_hash=dataset_hash if dataset_hash is not None else os.urandom(32),
+        num_examples=num_examples,
+    )
+    return federation.ParticipantEntry(name, registration, supernode_key)
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda: signed_entry("z", num_examples=0), "0 examples is outside"),
+        (lambda: signed_entry("z", num_examples=2**41), "examples is outside"),
+        (lambda: signed_entry("z", stake=99_999), "stake 99999 is outside"),
+        (
+            lambda: federation.ParticipantEntry(
+                "z", replace(signed_entry("z").registration, stake=2**63)
+            ),
+            "stake 9223372036854775808 is outside",
+        ),
+        (lambda: signed_entry("z", dataset_hash=b"\x01" * 32), "already registered this data"),
+        (lambda: signed_entry("z", stake=2**63 - 1), "total stake would exceed"),
+        (lambda: signed_entry("z", supernode_key="ssh-rsa garbage"), "not an OpenSSH public"),
+        (
+            lambda: federation.ParticipantEntry(
+                "z", replace(signed_entry("z").registration, dataset_hash=b"\x02" * 8)
+            ),
+            "dataset-hash must be 32 bytes",
+        ),
+        (
+            lambda: federation.ParticipantEntry(
+                "z", replace(signed_entry("z").registration, num_examples=7)
+            ),
+            "not validly signed",
+        ),
+    ],
+)
+def test_invalid_add_refuses_provably_bad_registrations(tmp_path, make, match):
+    fed_dir = tmp_path / "fed"
+    federation.init_federation(fed_dir, name="f", settings={})
+    first = signed_entry("first", dataset_hash=b"\x01" * 32)
+    federation.add_participant(fed_dir, first)
+    before = (fed_dir / federation.FEDERATION_FILE).read_text()
+    with pytest.raises((ConfigError, SignatureError), match=match) as e:
+        federation.add_participant(fed_dir, make())
+    assert "\n" not in str(e.value)
+    assert (fed_dir / federation.FEDERATION_FILE).read_text() == before
+
+
+# --------------------------------------------------------------------------------------------------
+# The command line: register, federation init / add / show
+
+
+runner = CliRunner()
+
+
+def cli(*args: object, env: dict[str, str] | None = None) -> Result:
+    return runner.invoke(app, [str(a) for a in args], env=env or {"COLUMNS": "300"})
+
+
+def assert_one_line_error(result: Result, *needles: str) -> None:
+    """Exit 1 with a FedchainError's one-line message in click's error box, no traceback."""
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert "Traceback" not in result.output
+    inside = [line.strip("│ ") for line in result.output.splitlines() if line.startswith("│")]
+    assert len(inside) == 1, result.output
+    for needle in needles:
+        assert needle in inside[0], inside[0]
+
+
+def test_cli_register_needs_and_uses_the_data_key(tmp_path, monkeypatch):
+    monkeypatch.delenv("FEDCHAIN_PASSPHRASE", raising=False)
+    monkeypatch.delenv("FEDCHAIN_IDENTITY_PASSPHRASE", raising=False)
+    node = make_holders(tmp_path, 1)[0]
+    common = ("register", "--identity", node["identity-path"], "--stake", 10**6)
+    # No key and no passphrase: one line saying what to give (the dataset is decrypted).
+    result = cli(*common, "--data", node["data-path"], "--out", tmp_path / "r.reg")
+    assert_one_line_error(result, "no passphrase for", "key file")
+    assert not (tmp_path / "r.reg").exists()
+    # A header forged to claim 4e7 examples: one line naming the file, nothing signed.
+    forged = tmp_path / "forged.fcd"
+    forged.write_bytes(Path(node["data-path"]).read_bytes())
+    forge_count(forged, 40_000_000, cut=False)
+    result = cli(
+        *common, "--data", forged, "--data-key", node["data-key-path"], "--out", tmp_path / "f.reg"
+    )
+    assert_one_line_error(result, str(forged), "40,000,000 examples")
+    assert not (tmp_path / "f.reg").exists()
+    result = cli(
+        *common, "--data", node["data-path"], "--data-key", node["data-key-path"],
+        "--out", tmp_path / "r.reg",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    entry = federation.decode_registration_file(tmp_path / "r.reg")
+    assert entry.registration.num_examples == len(
+        datafile.load_dataset(Path(node["data-path"]), data_key(node))
+    )
+
+
+def test_cli_register_passphrase_dataset_and_identity(tmp_path, monkeypatch):
+    """As `join`: $FEDCHAIN_PASSPHRASE opens the dataset, $FEDCHAIN_IDENTITY_PASSPHRASE the
+    identity."""
+    ds = load_source("digits", split="train").subset(np.arange(30))
+    datafile.write_dataset(tmp_path / "p.fcd", ds, datafile.Passphrase(b"data words"))
+    identity.save_identity(identity.generate_identity(), tmp_path / "id.key", b"id words")
+    monkeypatch.setenv("FEDCHAIN_PASSPHRASE", "data words")
+    monkeypatch.setenv("FEDCHAIN_IDENTITY_PASSPHRASE", "id words")
+    result = cli(
+        "register", "--identity", tmp_path / "id.key", "--data", tmp_path / "p.fcd",
+        "--stake", 10**6, "--out", tmp_path / "r.reg",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert federation.decode_registration_file(tmp_path / "r.reg").registration.num_examples == 30
+    monkeypatch.setenv("FEDCHAIN_PASSPHRASE", "wrong words")
+    result = cli(
+        "register", "--identity", tmp_path / "id.key", "--data", tmp_path / "p.fcd",
+        "--stake", 10**6, "--out", tmp_path / "r2.reg",
+    )  # fmt: skip
+    assert_one_line_error(result, "p.fcd", "wrong passphrase")
+
+
+def test_cli_register_binary_supernode_key_is_one_line(tmp_path):
+    node = make_holders(tmp_path, 1)[0]
+    binary = tmp_path / "node.pub"
+    binary.write_bytes(bytes(range(256)) * 4)
+    result = cli(
+        "register", "--identity", node["identity-path"], "--data", node["data-path"],
+        "--data-key", node["data-key-path"], "--stake", 10**6, "--supernode-key", binary,
+        "--out", tmp_path / "r.reg",
+    )  # fmt: skip
+    assert_one_line_error(result, str(binary), "not an OpenSSH public key")
+    binary.write_text("ssh-ed25519 AAAA not-a-key\n")
+    result = cli(
+        "register", "--identity", node["identity-path"], "--data", node["data-path"],
+        "--data-key", node["data-key-path"], "--stake", 10**6, "--supernode-key", binary,
+        "--out", tmp_path / "r.reg",
+    )  # fmt: skip
+    assert_one_line_error(result, "not an OpenSSH public key")
+
+
+def test_cli_register_help_names_only_real_commands():
+    shown = cli("register", "--help", env={"COLUMNS": "200"}).output
+    assert "--new-auth-key" not in shown
+    assert "fedchain keygen NAME.key --supernode" in shown and "--data-key" in shown
+    keygen = cli("keygen", "--help", env={"COLUMNS": "200"}).output
+    assert "--supernode" in keygen
+    join = cli("join", "--help", env={"COLUMNS": "200"}).output
+    for option in ("--data-key", "--passphrase-env", "--identity-passphrase-env"):
+        assert option in join and option in shown  # register opens the data set as join does
+
+
+def test_cli_federation_init_defaults_to_simulates_rule(tmp_path):
+    """`federation init` and `simulate` share RunConfig's defaults: screened, which a deployment
+    scores on the coordinator's validation split (test_deployment_runs_and_resumes_after_a_crash
+    runs it end to end)."""
+    assert cli("federation", "init", tmp_path / "fed").exit_code == 0
+    loaded = federation.load_federation(tmp_path / "fed")
+    assert loaded.settings["aggregation"] == RunConfig().aggregation == "screened"
+    assert loaded.settings["contribution"] == RunConfig().contribution
+    assert federation.compute_run_config(loaded, check_participants=False).aggregation == (
+        "screened"
+    )
+
+
+def test_cli_federation_show_is_readable_at_80_columns(tmp_path):
+    fed_dir = tmp_path / "fed"
+    federation.init_federation(fed_dir, name="f", settings={})
+    long_name = "hospital-" + "n" * 50
+    big = signed_entry(long_name, stake=1_010_500_000_000, num_examples=987_654_321)
+    small = signed_entry("bob", stake=1_000_000, num_examples=42)
+    widest = signed_entry("carol", stake=2**62, num_examples=2**40)  # the largest add allows
+    for entry in (big, small, widest):
+        federation.add_participant(fed_dir, entry)
+    result = cli("federation", "show", fed_dir, env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert all(len(line) <= 80 for line in lines), result.output
+    assert "…" not in result.output
+    header = next(line for line in lines if "identity" in line).split()
+    assert header == ["name", "identity", "stake", "examples", "dataset", "node"]
+    table = "\n".join(lines)
+    for entry in (big, small, widest):
+        reg = entry.registration
+        for value in (
+            str(reg.stake),
+            str(reg.num_examples),
+            identity.fingerprint(reg.public_key),
+            reg.dataset_hash.hex()[:8],
+        ):
+            assert value in table, (value, result.output)
+    assert long_name in "".join(line.split()[0] for line in lines if line.strip())

@@ -23,8 +23,17 @@ KeyFileOpt = Annotated[
     typer.Option(
         "--key-file",
         "-k",
-        help="Data key file (64 hex digits, mode 0600); encrypt creates it if missing. "
+        help="Data key file (64 hex digits, mode 0600), created if missing. "
         "Without it a passphrase is used.",
+    ),
+]
+ReadKeyFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--key-file",
+        "-k",
+        help="The data key file the dataset was encrypted with (it must exist): decrypt the "
+        "file and count its labels.",
     ),
 ]
 PassEnvOpt = Annotated[
@@ -49,7 +58,9 @@ def _unlock_for_writing(key_file: Path | None, passphrase_env: str) -> datafile.
     return key
 
 
-def _unlock_for_reading(path: Path, key_file: Path | None, passphrase_env: str) -> datafile.Unlock:
+def unlock_for_reading(path: Path, key_file: Path | None, passphrase_env: str) -> datafile.Unlock:
+    """What opens the dataset at ``path``: ``key_file`` if given, else its passphrase
+    (``$passphrase_env`` or a prompt)."""
     if key_file is not None:
         return datafile.load_key_file(key_file)
     return datafile.Passphrase(read_passphrase(passphrase_env, confirm=False, what=str(path)))
@@ -96,7 +107,10 @@ def encrypt(
     key_file: KeyFileOpt = None,
     passphrase_env: PassEnvOpt = PASSPHRASE_ENV,
     chunk_size: Annotated[
-        int, typer.Option(min=1, help="Plaintext bytes per encrypted chunk.")
+        int,
+        typer.Option(
+            min=1, max=datafile.MAX_CHUNK_SIZE, help="Plaintext bytes per encrypted chunk."
+        ),
     ] = datafile.DEFAULT_CHUNK_SIZE,
     force: Annotated[bool, typer.Option("--force", help="Overwrite existing files.")] = False,
 ) -> None:
@@ -161,7 +175,7 @@ def encrypt(
 @app.command()
 def inspect(
     file: Annotated[Path, typer.Argument(help="An encrypted .fcd dataset file.")],
-    key_file: KeyFileOpt = None,
+    key_file: ReadKeyFileOpt = None,
     unlock: Annotated[
         bool,
         typer.Option(
@@ -174,8 +188,7 @@ def inspect(
     """Show a dataset file's header (no key needed); with a key, decrypt it and count labels."""
     from fedchain.partition import label_histogram
 
-    header = datafile.read_header(file)
-    datafile.check_file_size(file, header)
+    header = datafile.read_header(file)  # sizes checked against the file's length
     commitment = datafile.compute_dataset_commitment(file)
     report: dict[str, Any] = {
         "file": str(file),
@@ -184,7 +197,7 @@ def inspect(
         **header.to_json(),
     }
     if key_file is not None or unlock:
-        dataset = datafile.load_dataset(file, _unlock_for_reading(file, key_file, passphrase_env))
+        dataset = datafile.load_dataset(file, unlock_for_reading(file, key_file, passphrase_env))
         counts = label_histogram(dataset.y, len(dataset.classes))
         report["decrypted"] = {
             "num_examples": len(dataset),

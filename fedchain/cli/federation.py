@@ -7,16 +7,20 @@ ledger when the coordinator first starts (``fedchain coordinator start``).
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.table import Table
 
 from fedchain import federation as fed
 from fedchain import identity
 from fedchain.cli.common import PASSPHRASE_ENV, console, make_app, read_passphrase
+from fedchain.cli.data import unlock_for_reading
+from fedchain.config import RunConfig
 from fedchain.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -29,12 +33,48 @@ app = make_app("A federation's settings and registered participants (coordinator
 FedDirArg = Annotated[Path, typer.Argument(help="The federation folder (holds federation.toml).")]
 
 
+IDENTITY_PASSPHRASE_ENV = "FEDCHAIN_IDENTITY_PASSPHRASE"  # noqa: S105 - a variable's name
+MAX_SUPERNODE_KEY_FILE = 16 * 1024  # an OpenSSH EC P-384 public key line is ~250 bytes
+
+
 def load_identity_interactive(path: Path, passphrase_env: str) -> Any:
     """An identity key, asking for its passphrase (``$passphrase_env`` or a prompt) if needed."""
     passphrase = None
     if identity.is_identity_encrypted(path):
         passphrase = read_passphrase(passphrase_env, confirm=False, what=f"the identity {path}")
     return identity.load_identity(path, passphrase)
+
+
+def identity_passphrase_env_for(
+    identity_env: str, data_passphrase_env: str, *, data_key_given: bool
+) -> str:
+    """Where an identity's passphrase comes from, as ``fedchain join`` decides it: its own
+    variable, or, when the data set is opened with a key file (so the data passphrase
+    variable is free) and only that variable is set, the data passphrase variable."""
+    if identity_env not in os.environ and data_key_given and data_passphrase_env in os.environ:
+        return data_passphrase_env
+    return identity_env
+
+
+def read_supernode_key(path: Path) -> str:
+    """The text of a SuperNode public key file; one clear error for a binary or huge file."""
+    try:
+        with path.open("rb") as f:
+            raw = f.read(MAX_SUPERNODE_KEY_FILE + 1)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the SuperNode public key ({e.strerror})") from None
+    try:
+        if len(raw) > MAX_SUPERNODE_KEY_FILE:
+            raise ValueError
+        text = raw.decode("ascii")
+    except (UnicodeDecodeError, ValueError):
+        text = ""
+    if not text.strip():
+        raise ConfigError(
+            f"{path}: not an OpenSSH public key (expected one line of text, as "
+            "`fedchain keygen NAME.key --supernode` writes to NAME.pub)"
+        )
+    return text
 
 
 def _parse_set(items: list[str]) -> dict[str, Any]:
@@ -71,10 +111,22 @@ def init(
         str, typer.Option(help="Where that source lives (folder, or the .npz file).")
     ] = "",
     model: Annotated[str, typer.Option(help="cnn or mlp.")] = "cnn",
-    aggregation: Annotated[str, typer.Option(help="Aggregation rule.")] = "fedavg",
-    contribution: Annotated[str, typer.Option(help="Contribution method.")] = "gtg-shapley",
-    min_stake: Annotated[int, typer.Option(min=1, help="Minimum stake (base units).")] = 100_000,
-    reward_per_round: Annotated[int, typer.Option(min=0, help="Reward pool per round.")] = 10_000,
+    aggregation: Annotated[
+        str,
+        typer.Option(
+            help="Aggregation rule (the same default as `fedchain simulate`: screened, scored "
+            "on the coordinator's validation split)."
+        ),
+    ] = RunConfig.aggregation,
+    contribution: Annotated[
+        str, typer.Option(help="Contribution method.")
+    ] = RunConfig.contribution,
+    min_stake: Annotated[
+        int, typer.Option(min=1, help="Minimum stake (base units).")
+    ] = RunConfig.min_stake,
+    reward_per_round: Annotated[
+        int, typer.Option(min=0, help="Reward pool per round.")
+    ] = RunConfig.reward_per_round,
     round_timeout: Annotated[
         float, typer.Option(help="Seconds a round waits for replies; late clients are dropped.")
     ] = 300.0,
@@ -162,20 +214,43 @@ def show(fed_dir: FedDirArg) -> None:
     console.print(f"min clients per round: {min_clients}; join timeout {federation.join_timeout} s")
     settings = ", ".join(f"{k}={v}" for k, v in sorted(federation.settings.items()))
     console.print(f"settings: {settings or '(defaults)'}")
-    table = Table(title=f"{len(federation.participants)} participants")
-    for column in ("name", "identity", "stake", "examples", "dataset (sha256)", "SuperNode key"):
-        table.add_column(column, no_wrap=True)
-    for p in federation.participants:
-        reg = p.registration
-        table.add_row(
+    console.print(_participants_table(federation.participants))
+
+
+def _participants_table(participants: tuple[fed.ParticipantEntry, ...]) -> Table:
+    """Every value whole at 80 columns: no box edges, numbers and ids never cut (no_wrap with
+    their full width as minimum); only a long name folds onto a second line."""
+    rows = [
+        (
             p.name,
             identity.fingerprint(p.public_key),
-            str(reg.stake),
-            str(reg.num_examples),
-            reg.dataset_hash.hex()[:16],
+            str(p.registration.stake),
+            str(p.registration.num_examples),
+            p.registration.dataset_hash.hex()[:8],
             "yes" if p.supernode_key else "no",
         )
-    console.print(table)
+        for p in participants
+    ]
+    table = Table(
+        title=f"{len(participants)} participants",
+        caption="node: a SuperNode key is registered; dataset: sha256 prefix",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    table.add_column("name", overflow="fold", min_width=8)
+    # widest case: 16 + 19 (2^63 - 1) + 13 (2^40) + 8 + 4 and 10 of padding leave 10 for a name
+    columns = ("identity", "stake", "examples", "dataset", "node")
+    for i, column in enumerate(columns, start=1):
+        width = max([len(column), *(len(row[i]) for row in rows)])
+        right = column in ("stake", "examples")
+        table.add_column(
+            column, no_wrap=True, min_width=width, justify="right" if right else "left"
+        )
+    for row in rows:
+        table.add_row(*row)
+    return table
 
 
 def register(
@@ -185,6 +260,14 @@ def register(
     data: Annotated[Path, typer.Option("--data", "-d", help="Your encrypted dataset (.fcd).")],
     stake: Annotated[int, typer.Option(min=1, help="Stake deposit in base units.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Registration file to write.")],
+    data_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-key",
+            help="The dataset's key file; without it, its passphrase. The dataset is decrypted "
+            "to check it and count its examples (as `fedchain join` does).",
+        ),
+    ] = None,
     name: Annotated[
         str | None, typer.Option(help="Your participant name; default: the identity file's stem.")
     ] = None,
@@ -192,25 +275,44 @@ def register(
         Path | None,
         typer.Option(
             "--supernode-key",
-            help="Your SuperNode authentication public key (.pub, `fedchain join --new-auth-key`"
-            " makes one); needed unless the coordinator runs --insecure.",
+            help="Your SuperNode authentication public key (NAME.pub from `fedchain keygen "
+            "NAME.key --supernode`); needed unless the coordinator runs --insecure.",
         ),
     ] = None,
     passphrase_env: Annotated[
         str,
-        typer.Option(
-            "--passphrase-env", help="Environment variable with the identity's passphrase."
-        ),
+        typer.Option("--passphrase-env", help="Variable holding the dataset's passphrase."),
     ] = PASSPHRASE_ENV,
+    identity_passphrase_env: Annotated[
+        str,
+        typer.Option(
+            "--identity-passphrase-env",
+            help="Variable holding the identity's passphrase (with --data-key, "
+            "$FEDCHAIN_PASSPHRASE serves when this one is unset, as for `fedchain join`).",
+        ),
+    ] = IDENTITY_PASSPHRASE_ENV,
 ) -> None:
-    """Sign a registration (identity, stake, dataset commitment) for a coordinator to add."""
+    """Sign a registration (identity, stake, dataset commitment) for a coordinator to add.
+
+    The dataset is decrypted (one chunk at a time) so that the example count you sign is the
+    authenticated one, not what the file's plain header says."""
     if out.exists():
         raise ConfigError(f"{out}: already exists")
-    key = load_identity_interactive(identity_path, passphrase_env)
-    supernode_text = supernode_key.read_text() if supernode_key is not None else ""
-    entry = fed.create_registration(
-        key, data, stake=stake, name=name or identity_path.stem, supernode_key=supernode_text
+    supernode_text = read_supernode_key(supernode_key) if supernode_key is not None else ""
+    unlock = unlock_for_reading(data, data_key, passphrase_env)
+    identity_env = identity_passphrase_env_for(
+        identity_passphrase_env, passphrase_env, data_key_given=data_key is not None
     )
+    key = load_identity_interactive(identity_path, identity_env)
+    with console.status(f"checking {data}…"):
+        entry = fed.create_registration(
+            key,
+            data,
+            unlock=unlock,
+            stake=stake,
+            name=name or identity_path.stem,
+            supernode_key=supernode_text,
+        )
     out.write_text(fed.encode_registration_file(entry))
     reg = entry.registration
     console.print(f"wrote {out}: {entry.name}, identity {identity.fingerprint(reg.public_key)}")

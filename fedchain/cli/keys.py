@@ -9,12 +9,16 @@ import typer
 
 from fedchain import identity
 from fedchain.cli.common import PASSPHRASE_ENV, console, read_passphrase
+from fedchain.deploy import create_supernode_keys
 
 
 def keygen(
     path: Annotated[
         Path,
-        typer.Argument(help="Private key file to create; the public key goes beside it (.pub)."),
+        typer.Argument(
+            help="Private key file to create (its folder is created if missing, mode 0700); "
+            "the public key goes beside it (.pub)."
+        ),
     ],
     no_passphrase: Annotated[
         bool,
@@ -36,10 +40,11 @@ def keygen(
         ),
     ] = False,
 ) -> None:
-    """Create an Ed25519 identity: private key (PKCS#8, passphrase-encrypted) and public key."""
+    """Create an Ed25519 identity: the private key (OpenSSH format encrypted with your
+    passphrase, or with --no-passphrase unencrypted PKCS#8 PEM; mode 0600 either way) and the
+    public key (NAME.pub, 64 hex characters: your identity on the ledger)."""
     if supernode:
-        from fedchain.deploy import create_supernode_keys
-
+        _make_parent(path)
         name = path.name.removesuffix(".key")
         private_path, public_path = create_supernode_keys(path.parent, name)
         console.print(f"SuperNode private key  {private_path} (mode 0600; Flower reads it)")
@@ -50,6 +55,7 @@ def keygen(
         if no_passphrase
         else read_passphrase(passphrase_env, confirm=True, what=f"the identity {path}")
     )
+    _make_parent(path)
     key = identity.generate_identity()
     private_path, public_path = identity.save_identity(key, path, passphrase)
     public = identity.public_key_bytes(key)
@@ -59,3 +65,10 @@ def keygen(
     console.print(f"public key   {public_path}")
     console.print(f"identity     {public.hex()}")
     console.print(f"fingerprint  {identity.fingerprint(public)}")
+
+
+def _make_parent(path: Path) -> None:
+    """Create the key's folder if missing (mode 0700: it holds secrets), so that
+    `fedchain keygen keys/alice.key` works in a fresh folder."""
+    if not path.parent.exists():
+        path.parent.mkdir(parents=True, mode=0o700)
