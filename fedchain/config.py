@@ -8,6 +8,8 @@ directory always says exactly how it was made.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fedchain.errors import ConfigError
+from fedchain.ledger.codec import MAX_INT
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -25,6 +28,14 @@ else:  # pragma: no cover
 FLOWER_RULES = ("flwr-fedavg", "flwr-krum", "flwr-multikrum", "flwr-trimmed-mean", "flwr-median")
 """Flower's own strategies, unmodified (server.server_app.flower_strategy): baselines that know
 nothing of stake, so they run only with the ledger off."""
+RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+"""A run id is a directory *name* inside ``out``, never a path: no ``/``, no ``.`` or ``..``,
+nothing absolute, so set-up and clean-up can only ever touch ``out/<run-id>`` (fedchain.runs)."""
+CONTRIBUTION_NEEDS_VALIDATION = frozenset({"shapley", "gtg-shapley", "leave-one-out"})
+"""Contribution methods that evaluate coalition models on the coordinator's validation split
+(the others need none): with ``validation-fraction = 0`` that split is empty and the first
+round's scoring would fail, after the run directory was made."""
+BPS_DENOMINATOR = 10_000  # basis points: 10_000 = 100 % (fedchain.ledger.state checks the same)
 _ATTACKERS_NEED_AN_ATTACK = (
     "attackers need an attack: name one with how many clients attack (--attack sign-flip "
     "--attackers 30%); an attack with 0 attackers is a clean run"
@@ -79,17 +90,61 @@ class RunConfig:
     round_timeout: float = 300.0
 
     def __post_init__(self) -> None:
+        """Refuse a configuration that cannot run, before anything is written for it.
+
+        Floats must be finite (``inf``/``nan`` reach training, the scorer or the ledger's rules
+        otherwise, and fail mid-run); integers must fit the ledger's i64 encoding
+        (fedchain.ledger.codec), and so must the most stake there can ever be: every client's
+        deposit plus every round's reward pool.
+        """
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            name = f.name.replace("_", "-")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{name} must be a finite number, got {value}")
+            if type(value) is int and not 0 <= value <= MAX_INT:
+                raise ConfigError(f"{name} must be an integer in 0 .. 2**63 - 1, got {value}")
         checks = [
+            (
+                not self.run_id or RUN_ID_PATTERN.fullmatch(self.run_id) is not None,
+                f"run-id {self.run_id!r} must be a name, not a path: 1-128 letters, digits, "
+                "'.', '_' or '-', starting with a letter or digit",
+            ),
             (self.clients >= 1, "clients must be at least 1"),
             (0 <= self.clients_per_round <= self.clients, "clients-per-round must be 0..clients"),
             (self.rounds >= 1, "rounds must be at least 1"),
             (self.local_epochs >= 1, "local-epochs must be at least 1"),
             (self.batch_size >= 1, "batch-size must be at least 1"),
             (self.lr > 0, "lr must be positive"),
-            (0 < self.weight_cap <= 1, "weight-cap must be in (0, 1]"),
+            (self.alpha > 0, "alpha (the Dirichlet concentration) must be positive"),
+            (self.beta >= 0, "beta (the stake exponent) must be >= 0"),
+            (
+                0 < self.weight_cap <= 1 and round(self.weight_cap * BPS_DENOMINATOR) >= 1,
+                "weight-cap must be in [0.0001, 1] (it is recorded in basis points)",
+            ),
             (0 <= self.validation_fraction < 0.5, "validation-fraction must be in [0, 0.5)"),
+            (
+                self.validation_fraction > 0
+                or self.contribution not in CONTRIBUTION_NEEDS_VALIDATION,
+                f"contribution {self.contribution} scores on the coordinator's validation split: "
+                "validation-fraction must be above 0 (or use gradient-similarity or none)",
+            ),
             (self.stake >= self.min_stake >= 1, "stake must be >= min-stake >= 1"),
-            (self.reward_per_round >= 0, "reward-per-round must be >= 0"),
+            (
+                self.clients * self.stake + self.rounds * self.reward_per_round <= MAX_INT,
+                "stake x clients + reward-per-round x rounds (the most stake there can be) "
+                "must fit the ledger's integers (at most 2**63 - 1)",
+            ),
+            (
+                max(
+                    self.slash_bad_commitment_bps,
+                    self.slash_double_sign_bps,
+                    self.reputation_penalty_bps,
+                )
+                <= BPS_DENOMINATOR,
+                "slash-bad-commitment-bps, slash-double-sign-bps and reputation-penalty-bps "
+                "are basis points: 0 .. 10000",
+            ),
             (self.round_timeout > 0, "round-timeout must be positive"),
             (0 <= self.attackers <= self.clients, "attackers must be 0..clients"),
             (self.attack != "none" or self.attackers == 0, _ATTACKERS_NEED_AN_ATTACK),
@@ -118,6 +173,21 @@ class RunConfig:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+DEFAULTS = RunConfig()
+"""The defaults, for help texts: command-line flags default to None (unset, so a TOML file can
+set them) and say the real default from here."""
+
+
+def check_attack_has_attackers(config: RunConfig) -> None:
+    """Refuse a run that names an attack but has no attacker (``--attack`` without
+    ``--attackers``, or ``--attackers 10%`` of 3 clients): the user asked for an attacked run
+    and would get a clean one. Not a :class:`RunConfig` invariant: programs (the robustness
+    grid, tests) build an attack with 0 attackers on purpose as its clean reference."""
+    if config.attack != "none" and config.attackers == 0:
+        raise ConfigError(
+            f"attack {config.attack} needs attackers: say how many clients attack "
+            "(--attackers 3, 30% or 0.3); with 0 attackers it would be a clean run"
+        )
 
 
 def _coerce(name: str, value: Any) -> Any:

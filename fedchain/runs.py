@@ -17,14 +17,18 @@ one machine can play every part, but each client still only ever opens its own.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
+import os
+import secrets
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from fedchain import datafile, identity
-from fedchain.config import FLOWER_RULES, RunConfig, write_config
+from fedchain.config import FLOWER_RULES, RUN_ID_PATTERN, RunConfig, write_config
 from fedchain.errors import ConfigError
 from fedchain.ledger.builder import make_genesis, make_rules
 from fedchain.ledger.chain import Chain
@@ -95,10 +99,19 @@ def make_rules_for(config: RunConfig) -> Rules:
 
 
 def prepare_run(config: RunConfig) -> RunSetup:
-    """Create the run directory: data splits, identities, initial model, genesis, ledger.
+    """Create the run directory ``out/<run-id>``: data splits, identities, initial model,
+    genesis, ledger.
 
-    Settings are checked before anything is written; a failure part-way removes the directory.
+    Settings are checked before anything is written. The run is built in a fresh temporary
+    sibling, ``out/.<run-id>.partial-<random>`` (made by us alone: :func:`_make_scratch`), and
+    renamed into place at the end: ``os.rename`` replaces nothing but an empty
+    directory, so an existing run is never overwritten, even by a second ``simulate`` racing
+    this one. A failure removes only that temporary folder (and the ``out`` folders this call
+    created, if still empty); a killed set-up leaves at most a hidden ``.partial`` folder, which
+    blocks no run id. The run id is a plain name (:data:`fedchain.config.RUN_ID_PATTERN`, checked
+    by :class:`RunConfig` and again here), so nothing outside ``out`` is ever touched.
     """
+    # torch-heavy modules load on first use, so `fedchain --help` stays fast
     from fedchain.aggregation import RULES
     from fedchain.attacks import ATTACKS, NO_ATTACK
     from fedchain.contribution import METHODS
@@ -116,14 +129,64 @@ def prepare_run(config: RunConfig) -> RunSetup:
     ):
         if value not in known:
             raise ConfigError(f"unknown {name} {value!r}; choose one of {', '.join(known)}")
-    run_dir = Path(config.out) / config.run_id
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise ConfigError(f"{run_dir}: already exists and is not empty; pick another --run-id")
+    if not RUN_ID_PATTERN.fullmatch(config.run_id):
+        raise ConfigError(f"run-id {config.run_id!r} must be a name, not a path")
+    out = Path(config.out)
+    run_dir = out / config.run_id
+    _refuse_existing(run_dir)
+    made = _make_folders(out)
+    scratch: Path | None = None
     try:
-        return _populate(run_dir, config)
+        scratch = _make_scratch(out, config.run_id)
+        setup = _populate(scratch, config)
+        try:
+            os.rename(scratch, run_dir)
+        except OSError as e:  # appeared meanwhile, not empty, or not a directory
+            raise ConfigError(
+                f"{run_dir}: already exists and is not empty; pick another --run-id"
+            ) from e
     except BaseException:
-        shutil.rmtree(run_dir, ignore_errors=True)  # ours, and half made: leave nothing behind
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)  # ours alone, and half made
+        for folder in reversed(made):
+            with contextlib.suppress(OSError):  # only while still empty
+                folder.rmdir()
         raise
+    return dataclasses.replace(setup, run_dir=run_dir)
+
+
+def _refuse_existing(run_dir: Path) -> None:
+    """Refuse a run id whose directory exists and is anything but an empty directory."""
+    if not os.path.lexists(run_dir):
+        return
+    if run_dir.is_symlink() or not run_dir.is_dir() or any(run_dir.iterdir()):
+        raise ConfigError(f"{run_dir}: already exists and is not empty; pick another --run-id")
+
+
+def _make_scratch(out: Path, run_id: str) -> Path:
+    """A new, empty ``out/.<run-id>.partial-<random>``: ``mkdir`` fails rather than reuse one,
+    so the folder is ours alone. (Not :func:`tempfile.mkdtemp`: its mode 0700 would become the
+    run directory's; ``mkdir`` gives the user's umask, as any folder they make.)"""
+    while True:
+        scratch = out / f".{run_id}.partial-{secrets.token_hex(6)}"
+        with contextlib.suppress(FileExistsError):
+            scratch.mkdir()
+            return scratch
+
+
+def _make_folders(out: Path) -> list[Path]:
+    """Create ``out`` and its missing parents; return the folders this call made, outermost
+    first (only those: ``mkdir`` says which, even for an ``out`` spelled with ``..``)."""
+    made = []
+    for folder in reversed((out, *out.parents)):
+        if os.path.lexists(folder):
+            continue
+        with contextlib.suppress(FileExistsError):
+            folder.mkdir()
+            made.append(folder)
+    if not out.is_dir():
+        raise ConfigError(f"{out}: not a directory (--out names the folder for run directories)")
+    return made
 
 
 def _populate(run_dir: Path, config: RunConfig) -> RunSetup:

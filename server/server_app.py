@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Mapping
 from logging import INFO, WARNING
@@ -30,7 +31,7 @@ from flwr.serverapp.strategy import (
 
 from fedchain.aggregation import RuleParams, _default_krum_f
 from fedchain.attacks import Attack, attacker_indices
-from fedchain.config import RunConfig, merge_config
+from fedchain.config import RunConfig, check_attack_has_attackers, merge_config
 from fedchain.coordinator import Coordinator, RoundOutcome
 from fedchain.errors import FedchainError
 from fedchain.ledger.chain import Chain
@@ -40,6 +41,25 @@ from fedchain.runs import new_run_id, prepare_run
 from server.strategy import FedchainStrategy, to_array_record
 
 RoundReporter = Callable[[int, RoundOutcome | None, float, float], None]
+_CONTROL = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|[\x00-\x1f\x7f-\x9f]")
+
+
+def brief_reason(reason: str, limit: int = 160) -> str:
+    """One printable line of a rejection reason, for a console or an error message.
+
+    A client's error text can be a whole Ray traceback (80 lines with terminal colour codes,
+    all of it on the ledger and in ``log.txt``): keep its kind (the text before the first
+    ``:``) and its last line, which in a Python or Ray traceback is the exception's message,
+    drop control characters (a client chooses this text), and cut it to ``limit`` characters.
+    """
+    parts = [part.strip() for part in reason.splitlines() if part.strip()]
+    if len(parts) > 1:
+        kind = parts[0].split(":", 1)[0]
+        text = f"{kind}: … {parts[-1]}"
+    else:
+        text = parts[0] if parts else reason
+    text = " ".join(_CONTROL.sub(" ", text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def wait_for_nodes(grid: Grid, count: int, timeout: float = 120.0) -> None:
@@ -132,6 +152,7 @@ def run_federation(
     test = load_source(config.dataset, root=config.data_root or None, split="test")
     model_net = build_model(config.model, tuple(test.x.shape[1:]), len(test.classes), seed=0)
     last_outcome: list[RoundOutcome | None] = [None]
+    outcomes: list[RoundOutcome] = []
     started = [time.perf_counter()]
     settings = train_settings(config, run_dir)
 
@@ -197,6 +218,7 @@ def run_federation(
 
             def on_round(outcome: RoundOutcome) -> None:
                 last_outcome[0] = outcome
+                outcomes.append(outcome)
 
             strategy = FedchainStrategy(
                 coordinator,
@@ -223,7 +245,24 @@ def run_federation(
                 strategy.coordinator.state.height,
                 strategy.coordinator.final_height,
             )
+            check_some_update_accepted(outcomes, done + 1, config.rounds)
+        elif not result.train_metrics_clientapp:
+            raise FedchainError(
+                f"no client update was aggregated in rounds {done + 1}..{config.rounds}: every "
+                f"client failed (Flower's log: {run_dir / 'log.txt'})"
+            )
     return result.evaluate_metrics_serverapp.get(config.rounds - done)
+
+
+def check_some_update_accepted(outcomes: list[RoundOutcome], first: int, last: int) -> None:
+    """Fail a run in which no round accepted a single update: the model never moved, so
+    whatever printed "final accuracy" would be the initial model's. The ledger keeps every
+    rejection; the error names the first, which is usually the reason for all of them."""
+    if any(outcome.accepted for outcome in outcomes):
+        return
+    rejected = [d for outcome in outcomes for d in outcome.rejected]
+    why = brief_reason(rejected[0].reason) if rejected else "no client replied"
+    raise FedchainError(f"no client update was accepted in rounds {first}..{last}: {why}")
 
 
 def flower_strategy(config: RunConfig) -> FedAvg:
@@ -312,6 +351,7 @@ def main(grid: Grid, context: Context) -> None:
         run_deployment(grid, Path(federation_dir))
         return
     config = merge_config(RunConfig(), run_config)
+    check_attack_has_attackers(config)
     if not config.run_id:
         config = merge_config(config, {"run-id": new_run_id(config)})
     setup = prepare_run(config)

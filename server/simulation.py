@@ -1,12 +1,42 @@
-"""Run a prepared federation on Flower's simulation engine (Ray), on this machine."""
+"""Run a prepared federation on Flower's simulation engine (Ray), on this machine.
+
+Nothing outlives the run, even a ``kill -9``. ``flwr.simulation.run_simulation`` runs the
+ServerApp in a thread of this process and starts Ray with ``ray.init()``, here, in the main
+thread. Ray starts ``gcs_server``, ``raylet``, the dashboard and log monitor with
+``PR_SET_PDEATHSIG`` ("fate sharing"), so those die with this process; but the raylet's own
+children (``ray::DashboardAgent``, ``ray::RuntimeEnvAgent``, the ``ray::ClientAppActor``
+workers) are not bound to it and, seen on Ray 2.55 after a SIGKILL of ``fedchain simulate``,
+keep running for good (the agents) or for seconds (the workers). A process that is killed
+cannot clean up after itself, so a small watchdog process (:data:`_WATCHDOG`) does it:
+
+- every process of this run carries a random mark in its environment (``FEDCHAIN_SIMULATION_MARK``),
+  set before Ray starts: processes inherit it at ``exec`` whatever their parent, session or
+  process group, so the watchdog finds Ray's daemons, agents and workers by the mark and not by
+  a process tree that Ray reparents (or a process group that, in a shell pipeline, holds other
+  programs too). A process started before the mark, or by another run, is never touched;
+- the watchdog waits on a pipe whose only writer is this process: the kernel closes it when
+  this process ends, however it ends (exit, exception, SIGKILL), and it also checks that its
+  parent is still this process every second. It then kills every process that carries the mark
+  (through a pidfd where the kernel has them, so a recycled PID is never hit) until none is left;
+- it runs in its own session, so a Ctrl-C at the terminal reaches the simulation but not it.
+
+Linux only (``/proc``); elsewhere the run is as Ray leaves it. A child process with
+``PR_SET_PDEATHSIG`` would not do: it dies with us but its own children (Ray's) do not.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from fedchain.config import RunConfig
+from fedchain.errors import FedchainError
 from server.server_app import RoundReporter, make_server_app
 
 _QUIET_ENV = {
@@ -14,6 +44,74 @@ _QUIET_ENV = {
     "FLWR_TELEMETRY_ENABLED": "0",
     "RAY_DEDUP_LOGS": "0",
 }
+MARK_ENV = "FEDCHAIN_SIMULATION_MARK"
+"""The environment variable that marks the processes of one simulated run (see above)."""
+
+_WATCHDOG = r"""
+import os, select, signal, sys, time
+marker, parent, pipe = sys.argv[1].encode(), int(sys.argv[2]), int(sys.argv[3])
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+while os.getppid() == parent:
+    ready, _, _ = select.select([pipe], [], [], 1.0)
+    if ready and not os.read(pipe, 64):
+        break
+
+def kill_marked():
+    found = 0
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) in (os.getpid(), parent):
+            continue
+        pidfd = None
+        try:
+            if hasattr(os, "pidfd_open"):
+                pidfd = os.pidfd_open(int(name))
+            with open(f"/proc/{name}/environ", "rb") as f:
+                if marker not in f.read().split(b"\0"):
+                    continue
+            found += 1
+            if pidfd is not None:
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            else:
+                os.kill(int(name), signal.SIGKILL)
+        except OSError:
+            pass
+        finally:
+            if pidfd is not None:
+                os.close(pidfd)
+    return found
+
+deadline = time.monotonic() + 30
+while kill_marked() and time.monotonic() < deadline:
+    time.sleep(0.2)
+"""
+
+
+@contextlib.contextmanager
+def reaped_on_exit(wait: float = 30.0) -> Iterator[None]:
+    """Mark the processes started inside the block and have a watchdog kill them when this
+    process ends or the block is left (see the module docstring)."""
+    if not sys.platform.startswith("linux") or MARK_ENV in os.environ:
+        yield  # not Linux, or already inside a marked run (the outer watchdog reaps)
+        return
+    mark = secrets.token_hex(16)
+    read_end, write_end = os.pipe()  # neither is inherited by Ray's processes (O_CLOEXEC)
+    watchdog = subprocess.Popen(  # noqa: S603 - our interpreter, our code, no shell
+        [sys.executable, "-c", _WATCHDOG, f"{MARK_ENV}={mark}", str(os.getpid()), str(read_end)],
+        pass_fds=(read_end,),
+        start_new_session=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    os.close(read_end)
+    os.environ[MARK_ENV] = mark
+    try:
+        yield
+    finally:
+        del os.environ[MARK_ENV]
+        os.close(write_end)  # the watchdog wakes up and reaps what is left
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            watchdog.wait(timeout=wait)
 
 
 def run_simulated(
@@ -23,13 +121,16 @@ def run_simulated(
     *,
     cpus: int | None = None,
 ) -> None:
-    """Run ``config.rounds`` rounds with ``config.clients`` virtual SuperNodes.
+    """Run the rounds still to do (all of them, or from a resumed ledger's head) with
+    ``config.clients`` virtual SuperNodes.
 
-    Flower's and Ray's logs go to ``run_dir/log.txt``; the console gets ``report``'s lines.
+    Flower's and Ray's logs go to ``run_dir/log.txt``; the console gets ``report``'s lines. A
+    failure is one :class:`FedchainError`: the run's own (every client failed, say), or Flower's
+    simulation raising, with its traceback in ``log.txt``.
     """
     for key, value in _QUIET_ENV.items():
         os.environ.setdefault(key, value)
-    from flwr.common.logger import FLOWER_LOGGER
+    from flwr.common.logger import FLOWER_LOGGER  # after the environment above: read at import
     from flwr.simulation import run_simulation
 
     from clients.client_app import app as client_app
@@ -42,21 +143,31 @@ def run_simulated(
     FLOWER_LOGGER.addHandler(handler)
     cpus = cpus or os.cpu_count() or 1
     try:
-        run_simulation(
-            server_app=make_server_app(config, run_dir, report),
-            client_app=client_app,
-            num_supernodes=config.clients,
-            backend_config={
-                "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                "init_args": {
-                    "num_cpus": cpus,
-                    "num_gpus": 0,
-                    "include_dashboard": False,
-                    "logging_level": logging.ERROR,
-                    "log_to_driver": False,
+        with reaped_on_exit():
+            run_simulation(
+                server_app=make_server_app(config, run_dir, report),
+                client_app=client_app,
+                num_supernodes=config.clients,
+                backend_config={
+                    "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                    "init_args": {
+                        "num_cpus": cpus,
+                        "num_gpus": 0,
+                        "include_dashboard": False,
+                        "logging_level": logging.ERROR,
+                        "log_to_driver": False,
+                    },
                 },
-            },
-        )
+            )
+    except FedchainError:
+        raise
+    except Exception as e:
+        FLOWER_LOGGER.exception("the simulation failed")  # the traceback, into log.txt
+        cause = e.__cause__ or e
+        raise FedchainError(
+            f"Flower's simulation failed: {type(cause).__name__}: {cause} "
+            f"(details in {run_dir / 'log.txt'})"
+        ) from e
     finally:
         FLOWER_LOGGER.removeHandler(handler)
         handler.close()

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
-import pytest
+import dataclasses
 
+import click
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from fedchain.cli import app
+from fedchain.cli.simulate import shown_default
 from fedchain.config import RunConfig, load_config_file, merge_config, write_config
 from fedchain.errors import ConfigError
+from fedchain.runs import prepare_run
+
+runner = CliRunner()
 
 
 def test_toml_file_then_overrides_and_round_trip(tmp_path):
@@ -71,3 +81,106 @@ def test_a_setup_that_fails_part_way_leaves_nothing(tmp_path):
     with pytest.raises(DataSourceError):
         prepare_run(config)
     assert not (tmp_path / "r").exists()
+
+
+# -- refused before anything is written (issue 16) -----------------------------------------------
+
+NON_FINITE_FLOATS = ["lr", "beta", "alpha", "attack-scale", "weight-cap", "round-timeout"]
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"seed": -1}, "seed must be an integer in 0 .. 2\\*\\*63 - 1"),
+        ({"seed": 2**63}, "seed must be an integer"),
+        *[({name: v}, "must be a finite number") for name in NON_FINITE_FLOATS for v in (
+            float("inf"), float("-inf"), float("nan"))],
+        *[({"validation-fraction": 0, "contribution": m}, "validation-fraction must be above 0")
+          for m in ("gtg-shapley", "shapley", "leave-one-out")],
+        ({"stake": 2**63 - 1}, "must fit the ledger's integers"),
+        ({"clients": 1, "stake": 2**63 - 1, "rounds": 1}, "must fit the ledger's integers"),
+        ({"reward-per-round": 2**62, "rounds": 2}, "must fit the ledger's integers"),
+        ({"slash-double-sign-bps": 10_001}, "basis points"),
+        ({"reputation-penalty-bps": 20_000}, "basis points"),
+        ({"weight-cap": 0.00001}, "weight-cap"),
+        ({"run-id": "../baseline"}, "must be a name, not a path"),
+        ({"run-id": "x/../.."}, "must be a name, not a path"),
+        ({"run-id": "/abs"}, "must be a name, not a path"),
+        ({"run-id": ".."}, "must be a name, not a path"),
+    ],
+)  # fmt: skip
+def test_invalid_settings_are_refused(settings, message):
+    with pytest.raises(ConfigError, match=message):
+        merge_config(RunConfig(), settings)
+
+
+def test_valid_edge_settings_are_accepted():
+    merge_config(RunConfig(), {"validation-fraction": 0, "contribution": "gradient-similarity"})
+    merge_config(
+        RunConfig(), {"validation-fraction": 0, "contribution": "none", "aggregation": "fedavg"}
+    )
+    most = merge_config(RunConfig(), {"clients": 1, "reward-per-round": 0, "stake": 2**63 - 1})
+    assert most.stake == 2**63 - 1  # the ledger's largest integer, and nothing can add to it
+    assert merge_config(RunConfig(), {"run-id": "a..b_c-1.2"}).run_id == "a..b_c-1.2"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--seed", "-1"],
+        ["--lr", "inf"],
+        ["--lr", "nan"],
+        ["--beta", "nan"],
+        ["--alpha", "inf"],
+        ["--attack-scale", "nan"],
+        ["--weight-cap", "nan"],
+        ["--round-timeout", "inf"],
+        ["--validation-fraction", "0"],
+        ["--stake", str(2**63 - 1)],
+        ["--attack", "sign-flip"],
+        ["--attack", "sign-flip", "--attackers", "10%", "--clients", "3"],
+    ],
+)
+def test_invalid_simulate_flags_leave_nothing_and_the_run_id_stays_free(tmp_path, args):
+    out = tmp_path / "runs"
+    result = runner.invoke(app, ["simulate", "--out", str(out), "--run-id", "r", *args])
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    assert not out.exists()  # refused before anything was written
+    setup = prepare_run(RunConfig(run_id="r", out=str(out), clients=2, rounds=1, model="mlp"))
+    assert setup.run_dir == out / "r" and (out / "r" / "config.toml").is_file()
+
+
+# -- simulate --help is true -----------------------------------------------------------------------
+
+
+def _simulate_options() -> dict[str, click.Option]:
+    command = typer.main.get_command(app)
+    assert isinstance(command, click.Group)
+    simulate = command.commands["simulate"]
+    return {
+        name.removeprefix("--"): param
+        for param in simulate.params
+        if isinstance(param, click.Option)
+        for name in param.opts
+        if name.startswith("--")
+    }
+
+
+def test_every_setting_has_a_flag_whose_help_says_its_real_default():
+    options = _simulate_options()
+    for field in dataclasses.fields(RunConfig):
+        flag = field.name.replace("_", "-")
+        assert flag in options, f"simulate has no --{flag}"
+        help_text = " ".join((options[flag].help or "").split())
+        if field.name in ("run_id", "data_root"):  # empty: derived or the source's own place
+            assert "(default: " in help_text, flag
+        else:
+            assert f"(default {shown_default(field.name)}" in help_text, (flag, help_text)
+        assert options[flag].default is None  # unset, so a --config file can set it
+
+
+def test_shown_defaults_are_the_config_defaults():
+    assert shown_default("clients") == str(RunConfig().clients) == "10"
+    assert shown_default("ledger") == "on" and shown_default("aggregation") == "screened"
+    assert shown_default("weight_cap") == "1.0"

@@ -1,4 +1,9 @@
-"""``fedchain simulate``: a federation of simulated data holders on this machine."""
+"""``fedchain simulate``: a federation of simulated data holders on this machine.
+
+Every setting of :class:`fedchain.config.RunConfig` has a flag. Flags default to None (unset), so
+that a ``--config`` TOML file can set what the command line leaves out; their help says the real
+default, read from :data:`fedchain.config.DEFAULTS`, so ``--help`` cannot drift from the code.
+"""
 
 from __future__ import annotations
 
@@ -6,90 +11,224 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from fedchain.attacks import ATTACKS, Attack, attacker_indices, parse_attackers
 from fedchain.cli.common import console
-from fedchain.config import LEDGER_OFF_RULES, RunConfig, load_config_file, merge_config
+from fedchain.config import (
+    DEFAULTS,
+    LEDGER_OFF_RULES,
+    RunConfig,
+    check_attack_has_attackers,
+    load_config_file,
+    merge_config,
+)
 from fedchain.coordinator import RoundOutcome
+from fedchain.errors import ConfigError, FedchainError
+from fedchain.federation import remove_unregistered_models
+from fedchain.ledger.chain import Chain
+from fedchain.ledger.store import LEDGER_FILENAME
 from fedchain.runs import new_run_id, prepare_run
+
+CONFIG_FILE = "config.toml"  # written by fedchain.runs.prepare_run (fedchain.config.write_config)
+
+
+def shown_default(name: str) -> str:
+    """The default of setting ``name`` as its flag takes it (``on``/``off`` for switches)."""
+    value = getattr(DEFAULTS, name)
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
+
+
+def _help(name: str, text: str) -> str:
+    """``text`` and the setting's real default: ``Local batch size (default 16).``"""
+    return f"{text.rstrip('.')} (default {shown_default(name)})."
 
 
 def simulate(
     config_file: Annotated[
         Path | None, typer.Option("--config", "-c", help="TOML file of settings (flags win).")
     ] = None,
-    dataset: Annotated[str | None, typer.Option(help="Data source (default digits).")] = None,
-    data_root: Annotated[str | None, typer.Option(help="Where mnist/cifar10/... live.")] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            help="Continue the unfinished run in this run directory from its ledger head, with "
+            "its own config.toml (no other settings; a run with the ledger off cannot resume).",
+        ),
+    ] = None,
+    dataset: Annotated[
+        str | None, typer.Option(help=_help("dataset", "Data source: digits, mnist, cifar10…"))
+    ] = None,
+    data_root: Annotated[
+        str | None,
+        typer.Option(help="Where mnist/cifar10/... live (default: the source's own place)."),
+    ] = None,
     clients: Annotated[
-        int | None, typer.Option("--clients", "-n", help="Clients (default 10).")
+        int | None, typer.Option("--clients", "-n", help=_help("clients", "Clients."))
     ] = None,
     clients_per_round: Annotated[
-        int | None, typer.Option(help="Sampled per round (0 = all).")
+        int | None,
+        typer.Option(help=_help("clients_per_round", "Clients sampled per round (0 = all).")),
     ] = None,
     partitioner: Annotated[
-        str | None, typer.Option(help="iid, dirichlet, shards, quantity.")
+        str | None,
+        typer.Option(
+            help=_help("partitioner", "How data is split: iid, dirichlet, shards, quantity.")
+        ),
     ] = None,
-    alpha: Annotated[float | None, typer.Option(help="Dirichlet concentration.")] = None,
+    alpha: Annotated[
+        float | None,
+        typer.Option(help=_help("alpha", "Dirichlet concentration (smaller: more skewed).")),
+    ] = None,
+    shards_per_client: Annotated[
+        int | None,
+        typer.Option(help=_help("shards_per_client", "Label shards per client (shards).")),
+    ] = None,
     rounds: Annotated[
-        int | None, typer.Option("--rounds", "-r", help="Rounds (default 20).")
+        int | None, typer.Option("--rounds", "-r", help=_help("rounds", "Rounds."))
     ] = None,
-    local_epochs: Annotated[int | None, typer.Option(help="Local epochs per round.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Local batch size.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Local learning rate.")] = None,
-    model: Annotated[str | None, typer.Option(help="cnn or mlp.")] = None,
+    local_epochs: Annotated[
+        int | None, typer.Option(help=_help("local_epochs", "Local epochs per round."))
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help=_help("batch_size", "Local batch size."))
+    ] = None,
+    lr: Annotated[float | None, typer.Option(help=_help("lr", "Local learning rate."))] = None,
+    model: Annotated[str | None, typer.Option(help=_help("model", "cnn or mlp."))] = None,
     aggregation: Annotated[
         str | None,
         typer.Option(
-            help="screened (default: averages only updates that pass a norm screen and "
-            "measurably help; needs --contribution), fedavg, stake, examples-stake, reputation, "
+            help=f"Aggregation rule (default {shown_default('aggregation')}: averages only "
+            "updates that pass a norm screen and measurably help; needs --contribution), fedavg, "
+            "stake, examples-stake, reputation, "
             "median, trimmed-mean, multi-krum; with --ledger off (default then fedavg), Flower's "
             "own strategies: flwr-fedavg, flwr-krum, flwr-multikrum, flwr-trimmed-mean, "
             "flwr-median (f = max(0, (n-3)//2) for Krum; beta 0.2 trim)."
         ),
     ] = None,
+    beta: Annotated[
+        float | None,
+        typer.Option(help=_help("beta", "Exponent on stake in examples x stake^beta weights.")),
+    ] = None,
+    weight_cap: Annotated[
+        float | None,
+        typer.Option(
+            help=_help(
+                "weight_cap", "Largest share of the weight one client can carry (1 = no cap)."
+            )
+        ),
+    ] = None,
     contribution: Annotated[
         str | None,
         typer.Option(
-            help="Contribution scores that split the rewards: none (= aggregation weights), "
-            "gradient-similarity, leave-one-out, gtg-shapley, shapley (exact; small rounds)."
+            help=_help(
+                "contribution",
+                "Contribution scores that split the rewards: none (= aggregation weights), "
+                "gradient-similarity, leave-one-out, gtg-shapley, shapley (exact; small rounds).",
+            )
         ),
     ] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of split, model and training.")] = None,
+    validation_fraction: Annotated[
+        float | None,
+        typer.Option(
+            help=_help(
+                "validation_fraction",
+                "Share of the training data the coordinator holds out to score contributions "
+                "(0 only with gradient-similarity or none).",
+            )
+        ),
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help=_help("seed", "Seed of split, model and training."))
+    ] = None,
     ledger: Annotated[
         str | None,
         typer.Option(
-            help="on (default) or off: Flower's own strategies (fedavg = Flower FedAvg, or a "
-            "flwr-* rule), nothing signed, for comparison."
+            help=f"on or off (default {shown_default('ledger')}); off: Flower's own strategies "
+            "(fedavg = Flower FedAvg, or a flwr-* rule), nothing signed, for comparison."
         ),
+    ] = None,
+    stake: Annotated[
+        int | None, typer.Option(help=_help("stake", "Each client's deposit, in base units."))
+    ] = None,
+    min_stake: Annotated[
+        int | None,
+        typer.Option(
+            help=_help("min_stake", "Stake below which a client is ejected (base units).")
+        ),
+    ] = None,
+    reward_per_round: Annotated[
+        int | None,
+        typer.Option(help=_help("reward_per_round", "Reward pool split each round (base units).")),
+    ] = None,
+    slash_bad_commitment_bps: Annotated[
+        int | None,
+        typer.Option(
+            help=_help(
+                "slash_bad_commitment_bps",
+                "Stake slashed for an update that does not match its commitment (basis points).",
+            )
+        ),
+    ] = None,
+    slash_double_sign_bps: Annotated[
+        int | None,
+        typer.Option(
+            help=_help(
+                "slash_double_sign_bps",
+                "Stake slashed for signing two blocks at one height (basis points).",
+            )
+        ),
+    ] = None,
+    reputation_penalty_bps: Annotated[
+        int | None,
+        typer.Option(
+            help=_help(
+                "reputation_penalty_bps",
+                "Reputation lost per harmful contribution (basis points of 10,000).",
+            )
+        ),
+    ] = None,
+    round_timeout: Annotated[
+        float | None,
+        typer.Option(help=_help("round_timeout", "Seconds a round waits for replies.")),
     ] = None,
     attack: Annotated[
         str | None,
         typer.Option(
-            help="What attackers do: " + ", ".join(ATTACKS) + " (none: no attack; see "
-            "fedchain.attacks for each). Needs --attackers."
+            help=f"What attackers do (default {shown_default('attack')}): "
+            + ", ".join(ATTACKS)
+            + " (see fedchain.attacks for each). Needs --attackers."
         ),
     ] = None,
     attackers: Annotated[
         str | None,
         typer.Option(
-            help="How many clients attack: a count (3), a percentage (30%) or a fraction (0.3) "
-            "of --clients, rounded to the nearest (halves up). Which ones follows from --seed."
+            help=f"How many clients attack (default {shown_default('attackers')}): a count (3), "
+            "a percentage (30%) or a fraction (0.3) of --clients, rounded to the nearest (halves "
+            "up). Which ones follows from --seed."
         ),
     ] = None,
     attack_scale: Annotated[
         float | None,
         typer.Option(
-            help="The attack's strength (0 = its default): sign-flip 1, scaled 10, gaussian "
-            "sigma 1, free-rider-noise sigma 1e-3, inflated 10x examples, commit-mismatch 4."
+            help=f"The attack's strength (default {shown_default('attack_scale')}: the attack's "
+            "own, sign-flip 1, scaled 10, gaussian sigma 1, free-rider-noise sigma 1e-3, "
+            "inflated 10x examples, commit-mismatch 4)."
         ),
     ] = None,
     out: Annotated[
-        str | None, typer.Option(help="Folder for run directories (default runs).")
+        str | None, typer.Option(help=_help("out", "Folder for run directories."))
     ] = None,
-    run_id: Annotated[str | None, typer.Option(help="Name of the run directory.")] = None,
+    run_id: Annotated[
+        str | None,
+        typer.Option(
+            help="Name of the run directory inside --out: letters, digits, '.', '_', '-' "
+            "(default: the time and seed, e.g. 20261130-142501-s0)."
+        ),
+    ] = None,
 ) -> None:
     """Run a simulated federation (Flower's simulation engine) and write a run directory."""
-    config = load_config_file(config_file) if config_file else RunConfig()
     flags: dict[str, Any] = {
         "dataset": dataset,
         "data_root": data_root,
@@ -97,37 +236,106 @@ def simulate(
         "clients_per_round": clients_per_round,
         "partitioner": partitioner,
         "alpha": alpha,
+        "shards_per_client": shards_per_client,
         "rounds": rounds,
         "local_epochs": local_epochs,
         "batch_size": batch_size,
         "lr": lr,
         "model": model,
         "aggregation": aggregation,
+        "beta": beta,
+        "weight_cap": weight_cap,
         "contribution": contribution,
+        "validation_fraction": validation_fraction,
         "seed": seed,
+        "stake": stake,
+        "min_stake": min_stake,
+        "reward_per_round": reward_per_round,
+        "slash_bad_commitment_bps": slash_bad_commitment_bps,
+        "slash_double_sign_bps": slash_double_sign_bps,
+        "reputation_penalty_bps": reputation_penalty_bps,
+        "round_timeout": round_timeout,
         "out": out,
         "run_id": run_id,
         "attack": attack,
         "attack_scale": attack_scale,
     }
+    if resume is not None:
+        others = {**flags, "config": config_file, "ledger": ledger, "attackers": attackers}
+        given = [k for k, v in others.items() if v is not None]
+        if given:
+            names = ", ".join(f"--{k.replace('_', '-')}" for k in given)
+            raise ConfigError(f"--resume continues a run with its own {CONFIG_FILE}; drop {names}")
+        config, run_dir = _resumable(resume)
+    else:
+        config = _configure(config_file, flags, ledger, attackers)
+        with console.status("preparing the run directory (data splits, keys, genesis)…"):
+            run_dir = prepare_run(config).run_dir
+    _announce(config)
+    _run(config, run_dir)
+
+
+def _configure(
+    config_file: Path | None, flags: dict[str, Any], ledger: str | None, attackers: str | None
+) -> RunConfig:
+    """Defaults, then the TOML file, then the flags; refused here, before anything is written."""
+    config = load_config_file(config_file) if config_file else RunConfig()
     if ledger is not None:
         if ledger not in ("on", "off"):
             raise typer.BadParameter("--ledger must be on or off")
         flags["ledger"] = ledger == "on"
-        if ledger == "off" and aggregation is None and config.aggregation not in LEDGER_OFF_RULES:
+        unset = flags["aggregation"] is None and config.aggregation not in LEDGER_OFF_RULES
+        if ledger == "off" and unset:
             flags["aggregation"] = "fedavg"  # no stake without a ledger: Flower's FedAvg
     config = merge_config(config, {k: v for k, v in flags.items() if v is not None})
     if attackers is not None:
         config = merge_config(config, {"attackers": parse_attackers(attackers, config.clients)})
+    check_attack_has_attackers(config)
     if not config.run_id:
         config = merge_config(config, {"run_id": new_run_id(config)})
-    with console.status("preparing the run directory (data splits, keys, genesis)…"):
-        setup = prepare_run(config)
+    return config
+
+
+def _resumable(run_dir: Path) -> tuple[RunConfig, Path]:
+    """The configuration of an unfinished run in ``run_dir``, its lost round's leftovers gone.
+
+    The ledger head's round ``k`` is what was done: a round in progress when the run was killed
+    never reached the ledger and runs again. Its model files are removed
+    (:func:`fedchain.federation.remove_unregistered_models`, as a resumed deployment does);
+    archived updates are named by their hash, so the repeated round writes the same names, and
+    ``metrics.json`` keeps only the rows of rounds on the ledger (server.server_app).
+    """
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise ConfigError(f"{run_dir}: not a run directory (no {CONFIG_FILE})")
+    config = load_config_file(run_dir / CONFIG_FILE)
+    if not config.ledger:
+        raise ConfigError(
+            f"{run_dir}: a run with the ledger off cannot resume: nothing records which rounds "
+            "were done; start a new run"
+        )
+    if not (run_dir / LEDGER_FILENAME).is_file():
+        raise ConfigError(f"{run_dir}: no {LEDGER_FILENAME}; not a fedchain run directory")
+    with Chain.open(run_dir / LEDGER_FILENAME) as chain:
+        done = chain.state.round
+    if done >= config.rounds:
+        raise ConfigError(
+            f"{run_dir}: all {config.rounds} rounds are on the ledger; nothing to resume"
+        )
+    for path in remove_unregistered_models(run_dir):
+        console.print(f"removed {path.name} (saved by round {done + 1}, never on the ledger)")
+    console.print(
+        f"resuming run {config.run_id}: ledger at round {done} of {config.rounds}", highlight=False
+    )
+    return config, run_dir
+
+
+def _announce(config: RunConfig) -> None:
     mode = "ledger on" if config.ledger else "ledger off (Flower's own strategy)"
     console.print(
         f"run {config.run_id}: {config.clients} clients, {config.rounds} rounds, "
         f"{config.dataset}/{config.partitioner}, rule {config.aggregation}, {mode}",
         highlight=False,
+        markup=False,
     )
     chosen = attacker_indices(config)
     if chosen:
@@ -137,8 +345,13 @@ def simulate(
             f"clients: {', '.join(map(str, chosen))}",
             highlight=False,
         )
-    elif config.attack != "none":
-        console.print(f"attack {config.attack} named but no attackers (--attackers): a clean run")
+
+
+def _run(config: RunConfig, run_dir: Path) -> None:
+    # server/ imports Flower (seconds): only when a run really starts, not for --help
+    from server.server_app import brief_reason
+    from server.simulation import run_simulated
+
     final: dict[str, float] = {}
 
     def report(round_: int, outcome: RoundOutcome | None, accuracy: float, seconds: float) -> None:
@@ -149,14 +362,16 @@ def simulate(
                 f"  accepted {outcome.accepted}  rejected {len(outcome.rejected)}"
                 f"  head {outcome.head_height}  final {outcome.final_height}"
             )
-            for decision in outcome.rejected:
-                line += f"\n      rejected node {decision.node_id}: {decision.reason}"
-        console.print(line, highlight=False)
+            for decision in outcome.rejected:  # in full on the ledger and in log.txt
+                line += f"\n      rejected node {decision.node_id}: {brief_reason(decision.reason)}"
+        console.print(line, highlight=False, markup=False)
 
-    from server.simulation import run_simulated
-
-    run_simulated(config, setup.run_dir, report)
-    console.print(f"final accuracy {final.get('accuracy', float('nan')):.2%}")
-    console.print(f"run directory: [bold]{setup.run_dir}[/]")
+    try:
+        run_simulated(config, run_dir, report)
+    except FedchainError as e:
+        raise FedchainError(f"{e} (run directory {run_dir})") from None
+    if "accuracy" in final:
+        console.print(f"final accuracy {final['accuracy']:.2%}")
+    console.print(f"run directory: [bold]{escape(str(run_dir))}[/]", highlight=False)
     if config.ledger:
-        console.print(f"check it:      fedchain verify {setup.run_dir}")
+        console.print(f"check it:      fedchain verify {run_dir}", markup=False)

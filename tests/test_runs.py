@@ -1,0 +1,192 @@
+"""Run directories: a run id is a name, set-up touches only what it made, a run is never removed.
+
+Each path trick of issue 16 is played against the real command and the real set-up, in a folder
+that holds a user's files and a finished run; the whole tree is compared before and after.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+import clients.client_app
+import fedchain.runs
+from fedchain.cli import app
+from fedchain.config import RUN_ID_PATTERN, RunConfig
+from fedchain.errors import ConfigError, FedchainError, PartitionError
+from fedchain.ledger.verify import verify_ledger
+from fedchain.runs import prepare_run
+from server.inprocess_grid import InProcessGrid
+from server.server_app import brief_reason, run_federation
+
+runner = CliRunner()
+SMALL = {"clients": 2, "rounds": 1, "model": "mlp"}
+
+
+def snapshot(root: Path) -> dict[str, tuple[str, str]]:
+    """Every entry under ``root``: kind and content hash (files), target (links)."""
+    entries: dict[str, tuple[str, str]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            key = str(path.relative_to(root))
+            if path.is_symlink():
+                entries[key] = ("link", os.readlink(path))
+            elif path.is_dir():
+                entries[key] = ("dir", "")
+            else:
+                entries[key] = ("file", hashlib.sha256(path.read_bytes()).hexdigest())
+    return entries
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A user's folder: some files, and ``runs/baseline``, a finished run (its files stand in)."""
+    root = tmp_path / "project"
+    (root / "src").mkdir(parents=True)
+    (root / "README.md").write_text("my project\n")
+    (root / "src" / "main.py").write_text("print('hi')\n")
+    baseline = root / "runs" / "baseline"
+    (baseline / "models").mkdir(parents=True)
+    (baseline / "ledger.db").write_bytes(b"ledger")
+    (baseline / "models" / "ab.safetensors").write_bytes(b"model")
+    monkeypatch.chdir(root)
+    return root
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--run-id", "x/../..", "--clients", "100000", "--rounds", "1"],
+        ["--out", "runs/new", "--run-id", "../baseline"],
+        ["--run-id", "../../escape"],
+        ["--run-id", "/tmp/fedchain-absolute-run"],
+        ["--run-id", ".."],
+        ["--run-id", "."],
+        ["--run-id", "a/b"],
+        ["--run-id", "-"],
+    ],
+)
+def test_invalid_run_id_paths_are_refused_and_nothing_changes(project: Path, args: list[str]):
+    before = snapshot(project.parent)
+    result = runner.invoke(app, ["simulate", *args])
+    assert result.exit_code == 1, result.output
+    assert "must be a name, not a path" in " ".join(result.output.split())
+    assert snapshot(project.parent) == before
+    assert not Path("/tmp/fedchain-absolute-run").exists()
+
+
+def test_invalid_run_id_empty_is_refused_by_prepare_run(tmp_path: Path):
+    with pytest.raises(ConfigError, match="must be a name"):
+        prepare_run(RunConfig(out=str(tmp_path), **SMALL))  # run_id "" (the CLI derives one)
+    assert list(tmp_path.iterdir()) == []
+
+
+@given(st.text(max_size=12))
+@settings(max_examples=300, deadline=None)
+def test_an_accepted_run_id_always_names_a_folder_directly_inside_out(run_id: str):
+    out = Path("/srv/runs")
+    try:
+        RunConfig(run_id=run_id)
+    except ConfigError:
+        assert run_id and not RUN_ID_PATTERN.fullmatch(run_id)
+        return
+    if run_id:
+        target = Path(os.path.normpath(out / run_id))
+        assert target.parent == out and target.name == run_id
+
+
+def test_an_existing_run_is_never_removed_or_overwritten(project: Path):
+    before = snapshot(project)
+    with pytest.raises(ConfigError, match="already exists"):
+        prepare_run(RunConfig(run_id="baseline", out="runs", **SMALL))
+    assert snapshot(project) == before
+
+
+def test_a_failing_set_up_removes_only_what_it_made(project: Path):
+    """The issue's first case with a valid name: 100000 clients cannot be split (set-up fails
+    after writing), in a folder holding files and a finished run: only the new run is gone."""
+    before = snapshot(project)
+    with pytest.raises(PartitionError):
+        prepare_run(RunConfig(run_id="new", out="runs", clients=100_000, rounds=1, model="mlp"))
+    assert snapshot(project) == before
+    with pytest.raises(PartitionError):  # an --out that did not exist is made and unmade
+        prepare_run(RunConfig(run_id="new", out="more/runs", clients=100_000, model="mlp"))
+    assert snapshot(project) == before
+
+
+def test_a_run_that_appears_during_set_up_is_kept_and_ours_discarded(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Two set-ups racing for one run id: the rename refuses to replace the other's run."""
+    real = fedchain.runs._populate
+
+    def racing(run_dir: Path, config: RunConfig) -> fedchain.runs.RunSetup:
+        setup = real(run_dir, config)
+        (project / "runs" / "race").mkdir()
+        (project / "runs" / "race" / "theirs.txt").write_text("the other run\n")
+        return setup
+
+    monkeypatch.setattr(fedchain.runs, "_populate", racing)
+    with pytest.raises(ConfigError, match="already exists"):
+        prepare_run(RunConfig(run_id="race", out="runs", **SMALL))
+    assert sorted(p.name for p in (project / "runs").iterdir()) == ["baseline", "race"]
+    assert [p.name for p in (project / "runs" / "race").iterdir()] == ["theirs.txt"]
+
+
+def test_a_new_run_appears_whole_and_nothing_else_changes(project: Path):
+    before = snapshot(project)
+    (project / "runs" / "empty").mkdir()  # an empty folder of that name is fine (as before)
+    setup = prepare_run(RunConfig(run_id="empty", out="runs", **SMALL))
+    assert setup.run_dir == Path("runs") / "empty"
+    after = snapshot(project)
+    new = {k for k in after if k.startswith(os.path.join("runs", "empty"))}
+    assert {k: v for k, v in after.items() if k not in new} == before
+    assert {"config.toml", "ledger.db", "models", "clients"} <= {
+        p.name for p in setup.run_dir.iterdir()
+    }
+    assert [p.name for p in (project / "runs").iterdir() if ".partial-" in p.name] == []
+
+
+# -- a run in which every client fails ----------------------------------------------------------
+
+
+def _training_fails(*args: object, **kwargs: object) -> object:
+    raise RuntimeError("lr must be a finite number > 0, got inf")  # what --lr inf did
+
+
+@pytest.mark.parametrize("ledger", [True, False])
+def test_invalid_run_where_every_client_fails_is_an_error_naming_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ledger: bool
+):
+    """Every client's training raises (the clients still answer the ledger's queries): the run
+    used to print a final accuracy and exit 0; now it fails with the first rejection."""
+    rule = "screened" if ledger else "fedavg"
+    config = RunConfig(run_id="r", out=str(tmp_path), ledger=ledger, aggregation=rule, **SMALL)
+    setup = prepare_run(config)
+    monkeypatch.setattr(clients.client_app, "_train", _training_fails)
+    with pytest.raises(FedchainError, match="no client update was") as error:
+        run_federation(InProcessGrid(clients.client_app.app, 2), config, setup.run_dir)
+    message = str(error.value)
+    assert "\n" not in message
+    if ledger:
+        assert "got inf" in message and verify_ledger(setup.run_dir).ok  # on record, verifiable
+
+
+def test_brief_reason_is_one_printable_line_of_a_ray_traceback():
+    reason = (
+        "client error: <class 'ray.exceptions.RayTaskError(ClientAppException)'>:<'\x1b[36mray::"
+        'ClientAppActor.run()\x1b[39m (pid=8105)\n  File "x.py", line 1, in run\n    raise\n'
+        "flwr.clientapp.client_app.ClientAppException: \nException ClientAppException occurred. "
+        "Message: lr must be a finite number > 0, got inf'>"
+    )
+    brief = brief_reason(reason)
+    assert brief.startswith("client error: ") and brief.endswith("got inf'>")
+    assert "\n" not in brief and "\x1b" not in brief and len(brief) <= 160
+    assert brief_reason("x" * 500).endswith("…") and len(brief_reason("x" * 500)) == 160
