@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import re
+import stat
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -75,6 +76,8 @@ COORDINATOR_STATE_FILE = "coordinator.json"
 """What ``fedchain coordinator start`` records: PIDs, the connection, and each participant's
 registered SuperNode id (``"nodes": {name: node id}``)."""
 REGISTRATION_FORMAT = "fedchain-registration/v1"
+MAX_JOIN_TIMEOUT = 30 * 24 * 3600  # seconds: a month
+MAX_TOML_SIZE = 4 << 20  # bytes: a federation of thousands of participants is well under this
 MAX_REGISTERED_EXAMPLES = 1 << 40
 """A sanity bound on a registration's example count: a file holding more (each example carries
 at least its 8-byte label) would be over 8 TiB. The count itself cannot be checked by the
@@ -241,7 +244,12 @@ def init_federation(
         raise ConfigError(f"{fed_dir / FEDERATION_FILE}: already exists")
     _check_name(name)
     federation = Federation(
-        fed_dir, name, min_clients, join_timeout, _check_settings(settings, str(fed_dir)), ()
+        fed_dir,
+        name,
+        _check_min_clients(min_clients, str(fed_dir)),
+        _check_join_timeout(join_timeout, str(fed_dir)),
+        _check_settings(settings, str(fed_dir)),
+        (),
     )
     compute_run_config(federation, check_participants=False)  # settings valid as a RunConfig
     fed_dir.mkdir(parents=True, exist_ok=True)
@@ -258,15 +266,17 @@ def load_federation(fed_dir: Path) -> Federation:
     meta = doc.get("federation", {})
     if not isinstance(meta, dict) or "name" not in meta:
         raise ConfigError(f"{path}: lacks a [federation] table with a name")
+    tables = doc.get("participants", [])
+    if not isinstance(tables, list):
+        raise ConfigError(f"{path}: participants must be an array of tables ([[participants]])")
     participants = tuple(
-        _entry_from_toml(table, f"{path}: participant {i + 1}")
-        for i, table in enumerate(doc.get("participants", []))
+        _entry_from_toml(table, f"{path}: participant {i + 1}") for i, table in enumerate(tables)
     )
     return Federation(
         path=fed_dir,
         name=str(meta["name"]),
-        min_clients=_int(meta.get("min-clients", 0), "min-clients", str(path)),
-        join_timeout=float(meta.get("join-timeout", 3600.0)),
+        min_clients=_check_min_clients(meta.get("min-clients", 0), str(path)),
+        join_timeout=_check_join_timeout(meta.get("join-timeout", 3600.0), str(path)),
         settings=_check_settings(doc.get("fedchain", {}), str(path)),
         participants=participants,
     )
@@ -492,11 +502,21 @@ def remove_unregistered_models(run_dir: Path) -> list[Path]:
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
+    """A small TOML file: a FIFO or device (which would block or never end) and anything over
+    :data:`MAX_TOML_SIZE` are refused, not read."""
     try:
-        return tomllib.loads(path.read_text())
+        if not stat.S_ISREG(path.stat().st_mode):
+            raise ConfigError(f"{path}: not a regular file")
+        with path.open("rb") as f:
+            raw = f.read(MAX_TOML_SIZE + 1)
+        if len(raw) > MAX_TOML_SIZE:
+            raise ConfigError(f"{path}: too big for a fedchain TOML file (over {MAX_TOML_SIZE})")
+        return tomllib.loads(raw.decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: not found") from None
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError) as e:
         raise ConfigError(f"{path}: not a readable TOML file ({e})") from None
 
 
@@ -523,6 +543,22 @@ def _check_supernode_key(text: str) -> str:
     if not isinstance(key, ec.EllipticCurvePublicKey):
         raise ConfigError("the SuperNode public key must be an EC key (Flower uses NIST P-384)")
     return line
+
+
+def _check_min_clients(value: Any, where: str) -> int:
+    if _int(value, "min-clients", where) < 0:
+        raise ConfigError(f"{where}: min-clients must be 0 (every participant) or more")
+    return int(value)
+
+
+def _check_join_timeout(value: Any, where: str) -> float:
+    """Seconds, positive and at most :data:`MAX_JOIN_TIMEOUT` (a NaN would make the
+    coordinator's wait never end or never start; a huge one overflows timers)."""
+    if type(value) not in (int, float) or not 0 < value <= MAX_JOIN_TIMEOUT:
+        raise ConfigError(
+            f"{where}: join-timeout must be a number of seconds in (0, {MAX_JOIN_TIMEOUT}]"
+        )
+    return float(value)
 
 
 def _hex(value: Any, what: str, where: str) -> bytes:

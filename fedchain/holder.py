@@ -74,8 +74,14 @@ def load_configured_holder(node_config: Mapping[str, object]) -> DataHolder:
     key = identity.load_identity(
         identity_path, identity_passphrase.encode() if identity_passphrase else None
     )
-    holder = DataHolder(
-        int(str(node_config.get("index", 0))), datafile.load_dataset(data_path, unlock), key
-    )
+    holder = DataHolder(_index(node_config), datafile.load_dataset(data_path, unlock), key)
     _CACHE[cache_key] = holder
     return holder
+
+
+def _index(node_config: Mapping[str, object]) -> int:
+    """The holder's display index (``index`` in the node config, default 0)."""
+    value = str(node_config.get("index", 0))
+    if not value.isdigit():
+        raise ConfigError(f"node config index must be a non-negative integer, got {value!r:.40}")
+    return int(value)

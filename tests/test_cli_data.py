@@ -103,3 +103,22 @@ def test_invalid_chunk_size_above_the_readers_bound(tmp_path):
     result = cli("data", "encrypt", "--out", tmp_path / "d", "--chunk-size", too_big)
     assert result.exit_code == 2 and "--chunk-size" in result.output  # click's usage error
     assert not (tmp_path / "d").exists()
+
+
+def test_invalid_forged_header_stops_join_before_anything_starts(sealed, tmp_path):
+    """`fedchain join` decrypts first: a header claiming 4e7 examples allocated 2.9 GB there
+    (1e11: a MemoryError traceback); now it is one line naming the file, and no SuperNode."""
+    path, key_path = sealed
+    set_header(path, "dataset", "num_examples", 10**11)
+    tracemalloc.start()
+    try:
+        result = cli(
+            "join", "--coordinator", "127.0.0.1:1", "--data", path, "--data-key", key_path,
+            "--identity", tmp_path / "none.key", "--insecure", "--log", tmp_path / "sn.log",
+        )  # fmt: skip
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    line = error_line(result)
+    assert line.startswith(f"{path}: ") and "100,000,000,000 examples" in line
+    assert peak < 64 << 20 and not (tmp_path / "sn.log").exists()

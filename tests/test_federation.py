@@ -491,3 +491,38 @@ def test_cli_federation_show_is_readable_at_80_columns(tmp_path):
         ):
             assert value in table, (value, result.output)
     assert long_name in "".join(line.split()[0] for line in lines if line.strip())
+
+
+@pytest.mark.parametrize(
+    ("federation_toml", "match"),
+    [
+        ('[federation]\nname = "x"\njoin-timeout = "b"\n', "join-timeout must be"),  # ValueError
+        ('[federation]\nname = "x"\njoin-timeout = nan\n', "join-timeout must be"),
+        ('[federation]\nname = "x"\njoin-timeout = -5.0\n', "join-timeout must be"),
+        ('[federation]\nname = "x"\nmin-clients = -1\n', "min-clients must be"),
+        ('participants = 3\n[federation]\nname = "x"\n', "array of tables"),  # TypeError
+        ("[federation]\nname = " + "[" * 5000, "not a readable TOML"),
+    ],
+)
+def test_invalid_federation_file_is_one_error(tmp_path, federation_toml, match):
+    (tmp_path / federation.FEDERATION_FILE).write_text(federation_toml)
+    with pytest.raises(ConfigError, match=match) as e:
+        federation.load_federation(tmp_path)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("timeout", [float("nan"), -5.0, 0.0, float("inf"), 1e300])
+def test_invalid_init_join_timeout_leaves_nothing(tmp_path, timeout):
+    with pytest.raises(ConfigError, match="join-timeout must be"):
+        federation.init_federation(tmp_path / "fed", name="f", settings={}, join_timeout=timeout)
+    assert not (tmp_path / "fed").exists()
+
+
+def test_invalid_registration_file_that_is_a_fifo_does_not_block(tmp_path):
+    os.mkfifo(tmp_path / "r.reg")
+    with pytest.raises(ConfigError, match="not a regular file"):
+        federation.decode_registration_file(tmp_path / "r.reg")
+    big = tmp_path / "big.reg"
+    big.write_bytes(b"#" * (federation.MAX_TOML_SIZE + 1))
+    with pytest.raises(ConfigError, match="too big"):
+        federation.decode_registration_file(big)

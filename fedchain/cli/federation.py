@@ -214,7 +214,10 @@ def show(fed_dir: FedDirArg) -> None:
     console.print(f"min clients per round: {min_clients}; join timeout {federation.join_timeout} s")
     settings = ", ".join(f"{k}={v}" for k, v in sorted(federation.settings.items()))
     console.print(f"settings: {settings or '(defaults)'}")
-    console.print(_participants_table(federation.participants))
+    if federation.participants:
+        console.print(_participants_table(federation.participants))
+    else:
+        console.print("no participants yet: add registrations with `fedchain federation add`")
 
 
 def _participants_table(participants: tuple[fed.ParticipantEntry, ...]) -> Table:
