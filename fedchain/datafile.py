@@ -514,12 +514,18 @@ def _unwrap_key(path: Path, header: DatasetHeader, unlock: Unlock) -> bytes:
     key = header.key
     if key["kind"] == "passphrase":
         if not isinstance(unlock, Passphrase):
-            raise WrongKeyError(path, "is encrypted with a passphrase, not a key file")
+            raise WrongKeyError(
+                path, "is encrypted with a passphrase, not a key file: leave the key file out"
+            )
         kek = _derive_passphrase_key(unlock, key)
         failure = "wrong passphrase (or the file's key header was altered)"
     else:
         if not isinstance(unlock, DataKey):
-            raise WrongKeyError(path, "is encrypted with a key file, not a passphrase")
+            raise WrongKeyError(
+                path,
+                f"is encrypted with a key file, not a passphrase: give its key file "
+                f"(key id {key['key_id']})",
+            )
         if unlock.key_id != key["key_id"]:
             raise WrongKeyError(
                 path,

@@ -195,10 +195,17 @@ def test_invalid_wrong_passphrase(tmp_path):
     assert str(path) in str(e.value)
 
 
-def test_invalid_passphrase_for_key_file_encrypted(sealed):
+def test_invalid_passphrase_for_key_file_encrypted(sealed, key, tmp_path):
     path, _, _ = sealed
-    with pytest.raises(WrongKeyError, match="key file, not a passphrase"):
+    key_id = datafile.read_header(path).key["key_id"]
+    with pytest.raises(
+        WrongKeyError, match=f"key file, not a passphrase: give its key file .*{key_id}"
+    ):
         datafile.load_dataset(path, Passphrase(b"x"))
+    other = tmp_path / "p.fcd"
+    datafile.write_dataset(other, make_dataset(5), Passphrase(b"pw"))
+    with pytest.raises(WrongKeyError, match="passphrase, not a key file: leave the key file out"):
+        datafile.load_dataset(other, key)
 
 
 def test_invalid_empty_passphrase():
