@@ -235,7 +235,7 @@ def _participants_table(participants: tuple[fed.ParticipantEntry, ...]) -> Table
         for p in participants
     ]
     table = Table(
-        title=f"{len(participants)} participants",
+        title=f"{len(participants)} participant{'' if len(participants) == 1 else 's'}",
         caption="node: a SuperNode key is registered; dataset: sha256 prefix",
         box=box.SIMPLE_HEAD,
         show_edge=False,
