@@ -170,6 +170,9 @@ def test_deployment_runs_and_resumes_after_a_crash(tmp_path):
     rounds = [decode(Block, s.data).header.round for s in blocks]
     assert rounds[:2] == [0, 1] and rounds[-1] == 3 and sorted(rounds) == rounds
     assert [v.round for _, v in after.model_versions] == [1, 2, 3]
+    # The default rule (simulate's and `federation init`'s): screened, scored on the
+    # coordinator's own validation split.
+    assert {v.rule for _, v in after.model_versions} == {RunConfig().aggregation} == {"screened"}
     assert find_unregistered_files(run_dir, after) == []
 
     run_deployment(deployed_grid(nodes), fed_dir)  # all rounds done: nothing happens
