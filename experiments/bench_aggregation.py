@@ -36,6 +36,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import fedchain  # noqa: F401  (first: Flower's telemetry off before flwr is imported)
+
+# isort: split
+
 import numpy as np
 import threadpoolctl
 import torch

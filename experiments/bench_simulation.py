@@ -31,6 +31,10 @@ from pathlib import Path
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 
+import fedchain  # noqa: F401  (first: Flower's telemetry off before flwr is imported)
+
+# isort: split
+
 from flwr.common.logger import FLOWER_LOGGER
 
 from clients.client_app import app as client_app

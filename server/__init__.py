@@ -1,0 +1,3 @@
+"""The Flower ServerApp, strategy and simulation launcher (the coordinator's adapter)."""
+
+import fedchain  # noqa: F401  (first: turns Flower's telemetry off before flwr is imported)
