@@ -9,15 +9,18 @@ workers) are not bound to it and, seen on Ray 2.55 after a SIGKILL of ``fedchain
 keep running for good (the agents) or for seconds (the workers). A process that is killed
 cannot clean up after itself, so a small watchdog process (:data:`_WATCHDOG`) does it:
 
-- every process of this run carries a random mark in its environment (``FEDCHAIN_SIMULATION_MARK``),
-  set before Ray starts: processes inherit it at ``exec`` whatever their parent, session or
-  process group, so the watchdog finds Ray's daemons, agents and workers by the mark and not by
-  a process tree that Ray reparents (or a process group that, in a shell pipeline, holds other
-  programs too). A process started before the mark, or by another run, is never touched;
+- the processes of this run are found by a random mark in their environment
+  (``FEDCHAIN_SIMULATION_MARK``), set before Ray starts, which Ray's daemons inherit whatever
+  their session or process group, and by descent from those: the agents rewrite their process
+  title over their environment (``setproctitle``), so the watchdog, while this process lives,
+  keeps a list (PID and start time) of the marked processes below it and of everything below
+  them. A process of another run, or one unrelated to Ray (a ``pytest`` child, the other
+  programs of a shell pipeline), is never on it;
 - the watchdog waits on a pipe whose only writer is this process: the kernel closes it when
-  this process ends, however it ends (exit, exception, SIGKILL), and it also checks that its
-  parent is still this process every second. It then kills every process that carries the mark
-  (through a pidfd where the kernel has them, so a recycled PID is never hit) until none is left;
+  this process ends, however it ends (exit, exception, SIGKILL), and it also checks every half
+  second that its parent is still this process. It then kills, until none is left, every listed
+  process still running with its recorded start time (a recycled PID is skipped), whatever is
+  below them, and any process that carries the mark (one started in the last half second);
 - it runs in its own session, so a Ctrl-C at the terminal reaches the simulation but not it.
 
 Linux only (``/proc``); elsewhere the run is as Ray leaves it. A child process with
@@ -50,38 +53,69 @@ MARK_ENV = "FEDCHAIN_SIMULATION_MARK"
 _WATCHDOG = r"""
 import os, select, signal, sys, time
 marker, parent, pipe = sys.argv[1].encode(), int(sys.argv[2]), int(sys.argv[3])
+me = os.getpid()
 signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def table():
+    procs = {}  # pid -> (state, ppid, start time)
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+                procs[int(name)] = (fields[0], int(fields[1]), fields[19])
+            except (OSError, IndexError, ValueError):
+                pass
+    return procs
+
+
+def below(roots, procs):
+    children = {}
+    for pid, (_, ppid, _) in procs.items():
+        children.setdefault(ppid, []).append(pid)
+    found, todo = set(), list(roots)
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def marked(pid):
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return marker in f.read().split(b"\0")
+    except OSError:
+        return False
+
+
+tracked = {}  # pid -> start time: marked processes below the parent, and all below them
 while os.getppid() == parent:
-    ready, _, _ = select.select([pipe], [], [], 1.0)
+    procs = table()
+    for pid in below([parent], procs) - {me}:
+        if tracked.get(pid) != procs[pid][2] and marked(pid):
+            tracked[pid] = procs[pid][2]
+    for pid in below(tracked, procs):
+        tracked[pid] = procs[pid][2]
+    ready, _, _ = select.select([pipe], [], [], 0.5)
     if ready and not os.read(pipe, 64):
         break
 
-def kill_marked():
-    found = 0
-    for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) in (os.getpid(), parent):
-            continue
-        pidfd = None
+deadline = time.monotonic() + 30
+while time.monotonic() < deadline:
+    procs = table()
+    ours = {pid for pid, start in tracked.items() if pid in procs and procs[pid][2] == start}
+    ours |= below(ours, procs) | {pid for pid in procs if marked(pid)}
+    ours = {pid for pid in ours - {me, parent} if procs[pid][0] != b"Z"}
+    if not ours:
+        break
+    for pid in ours:
         try:
-            if hasattr(os, "pidfd_open"):
-                pidfd = os.pidfd_open(int(name))
-            with open(f"/proc/{name}/environ", "rb") as f:
-                if marker not in f.read().split(b"\0"):
-                    continue
-            found += 1
-            if pidfd is not None:
-                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-            else:
-                os.kill(int(name), signal.SIGKILL)
+            os.kill(pid, signal.SIGKILL)
         except OSError:
             pass
-        finally:
-            if pidfd is not None:
-                os.close(pidfd)
-    return found
-
-deadline = time.monotonic() + 30
-while kill_marked() and time.monotonic() < deadline:
     time.sleep(0.2)
 """
 

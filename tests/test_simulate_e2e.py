@@ -1,37 +1,129 @@
-"""One real run on Flower's simulation engine (Ray), through the command a user types."""
+"""One real run on Flower's simulation engine (Ray), through the commands a user types: killed
+with SIGKILL mid-run, it leaves no process behind; ``--resume`` finishes it; it verifies."""
 
 from __future__ import annotations
 
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
 pytestmark = pytest.mark.slow
 
+ENV = {**os.environ, "COLUMNS": "200", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}
 
-def test_fedchain_simulate_on_ray_produces_a_run_directory_that_verifies(tmp_path):
-    env = {**os.environ, "COLUMNS": "200", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}
-    command = [sys.executable, "-m", "fedchain", "simulate", "--clients", "3", "--rounds", "2"]
-    result = subprocess.run(
-        [*command, "--out", str(tmp_path), "--run-id", "ray"],
+
+def fedchain(*args: str) -> list[str]:
+    return [sys.executable, "-m", "fedchain", *args]
+
+
+def _stat(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name (state, ppid, ...), None once gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def descendants(root: int) -> dict[int, str]:
+    """PID -> start time of every process below ``root`` (start time: a reused PID differs)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (fields := _stat(int(entry))) is not None:
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    found: dict[int, str] = {}
+    todo = [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if (fields := _stat(child)) is not None:
+                found[child] = fields[19]
+                todo.append(child)
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+    except OSError:
+        return ""
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def running(processes: dict[int, str]) -> list[int]:
+    """Those still running: same start time and not a zombie (reaped or not, a zombie is gone)."""
+    alive = []
+    for pid, started in processes.items():
+        fields = _stat(pid)
+        if fields is not None and fields[19] == started and fields[0] != "Z":
+            alive.append(pid)
+    return alive
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_killed_simulation_leaves_no_process_and_resumes_to_a_ledger_that_verifies(tmp_path):
+    run_dir = tmp_path / "ray"
+    start = fedchain(
+        "simulate", "--clients", "3", "--rounds", "3", "--model", "mlp", "--local-epochs", "1",
+        "--out", str(tmp_path), "--run-id", "ray",
+    )  # fmt: skip
+    first = subprocess.Popen(
+        start,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=ENV,
+    )
+    assert first.stdout is not None
+    tree: dict[int, str] = {}
+    lines = []
+    try:
+        deadline = time.monotonic() + 240
+        for line in first.stdout:  # round 1's block is on the ledger once round 2 is reported
+            lines.append(line)
+            tree.update(descendants(first.pid))
+            if line.startswith("round   2/3") or time.monotonic() > deadline:
+                break
+        tree.update(descendants(first.pid))
+        assert lines and lines[-1].startswith("round   2/3"), "".join(lines)
+        assert any("ClientAppActor" in _cmdline(pid) for pid in running(tree)), "no Ray worker"
+    finally:
+        first.kill()  # SIGKILL: nothing of fedchain's can run
+        first.wait()
+    deadline = time.monotonic() + 30
+    while running(tree) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    left = running(tree)
+    described = [(pid, _stat(pid), _cmdline(pid), _comm(pid)) for pid in left]
+    for pid in left:  # do not leave them to the next test either
+        os.kill(pid, signal.SIGKILL)
+    assert not left, described
+
+    resumed = subprocess.run(
+        fedchain("simulate", "--resume", str(run_dir)),
         capture_output=True,
         text=True,
-        env=env,
-        timeout=300,
+        env=ENV,
+        timeout=240,
         stdin=subprocess.DEVNULL,
     )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "round   2/2  acc" in result.stdout and "accepted 3" in result.stdout
-    run_dir = tmp_path / "ray"
-    assert f"run directory: {run_dir}" in result.stdout
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert re.search(r"ledger at round [12] of 3", resumed.stdout), resumed.stdout
+    assert "round   1/3" not in resumed.stdout and "round   3/3  acc" in resumed.stdout
+    assert "accepted 3" in resumed.stdout and f"run directory: {run_dir}" in resumed.stdout
     verify = subprocess.run(
-        [sys.executable, "-m", "fedchain", "verify", str(run_dir)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
+        fedchain("verify", str(run_dir)), capture_output=True, text=True, env=ENV, timeout=120
     )
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert "model files match" in verify.stdout
