@@ -52,6 +52,10 @@ Arrays = dict[str, np.ndarray]
 Scorer = Callable[[Arrays, list[Arrays], list[float], int], np.ndarray]
 """(base model, accepted updates, their aggregation weights, round) -> one raw score each."""
 MAX_SEAL_ATTEMPTS = 8
+MAX_REASON_CHARS = 200
+"""Longest reason a rejection records (in characters, after escaping)."""
+MAX_CLIENT_TEXT_CHARS = 120
+"""Longest quotation of a client's own text (an error message) inside a reason."""
 
 
 def bind_scorer(scorer: Scorer, base: Arrays, round_: int) -> UpdateScorer:
@@ -65,7 +69,12 @@ def bind_scorer(scorer: Scorer, base: Arrays, round_: int) -> UpdateScorer:
 
 @dataclass(frozen=True)
 class ClientReply:
-    """One client's reply, as the server adapter decoded it from a Flower message."""
+    """One client's reply, as the server adapter decoded it from a Flower message.
+
+    A reply with an ``error`` is refused, but the fields that did read well still count: its
+    attestation is a vote, its seal can seal the pending block, and a fresh commitment in it
+    names its sender (:meth:`Coordinator._sender`), so the refusal is on record against them.
+    """
 
     node_id: int
     update: Arrays | None = None  # the client's update (trained weights minus the global model)
@@ -74,7 +83,7 @@ class ClientReply:
     attestation: bytes = b""  # an encoded Attestation to the pending block
     seal: bytes = b""  # the proposer's signature over the pending header, if it is the proposer
     checkpoint: int = 0  # the final height the client now holds
-    error: str = ""  # why the reply carries no usable content
+    error: str = ""  # why the reply is refused, in the coordinator's words (a client's quoted)
 
 
 @dataclass(frozen=True)
@@ -264,7 +273,10 @@ class Coordinator:
             work = process_transaction(work, attestation, round_)
         except LedgerError:
             return work  # a stale or bogus attestation: it proves nothing, record nothing
-        self.node_keys.setdefault(reply.node_id, attestation.validator)
+        # A valid vote is recorded whoever carried it (it is the validator's own signature),
+        # but it never tells who the carrier is: an attestation names no round and no node,
+        # so one that never reached the ledger (a void attempt, a lost round) could be
+        # replayed by anyone who saw it. Nodes are bound to keys by fresh commitments only.
         self.checkpoints[reply.node_id] = reply.checkpoint
         txs.append(attestation)
         return work
@@ -278,33 +290,33 @@ class Coordinator:
         accepted: list[tuple[UpdateCommitment, Arrays]],
         outcome: RoundOutcome,
     ) -> LedgerState:
-        known_key = self.node_keys.get(reply.node_id)
+        commitment = _decode_commitment(reply.commitment)
+        sender = self._sender(work, reply.node_id, commitment, round_)
 
-        def reject(reason: str, key: bytes | None) -> LedgerState:
-            outcome.decisions.append(Decision(reply.node_id, key, False, reason))
-            if key is not None:
-                txs.append(Rejection(round_, key, reason[:200]))
+        def reject(reason: str) -> LedgerState:
+            reason = compute_printable(reason, MAX_REASON_CHARS)
+            outcome.decisions.append(Decision(reply.node_id, sender, False, reason))
+            if sender is not None:  # only against a key the sender has shown it holds
+                txs.append(Rejection(round_, sender, reason))
             return work
 
         if reply.error:
-            return reject(f"client error: {reply.error}", known_key)
-        try:
-            commitment = decode(UpdateCommitment, reply.commitment)
-        except LedgerError:
-            return reject("no readable update commitment", known_key)
-        key = commitment.public_key
-        if is_signed_by(commitment, key, self.state.genesis_hash):
-            self.node_keys[reply.node_id] = key  # this node holds the key, whatever else it did
-        if reply.update is None:
-            return reject("no update arrays", key)
-        shape_problem = _check_shapes(reply.update, self.model)
-        if shape_problem:
-            return reject(shape_problem, key)
-        observed = compute_update_hash(reply.update)
+            return reject(reply.error)
+        if commitment is None:
+            return reject("no readable update commitment")
         try:
             checked = process_transaction(work, commitment, round_)
         except LedgerError as e:
-            return reject(f"commitment refused: {_reason(e)}", key)
+            return reject(f"commitment refused: {_reason(e)}")
+        if commitment.public_key != sender:
+            return reject("its commitment is signed by another participant's key")
+        if reply.update is None:
+            return reject("no update arrays")
+        shape_problem = _check_shapes(reply.update, self.model)
+        if shape_problem:
+            return reject(shape_problem)
+        key = commitment.public_key
+        observed = compute_update_hash(reply.update)
         if observed != commitment.update_hash:
             evidence = SlashingEvidence(
                 BAD_COMMITMENT, key, round_, CommitmentMismatch(commitment, observed)
@@ -312,7 +324,7 @@ class Coordinator:
             try:
                 work = process_transaction(work, evidence, round_)
             except LedgerError:
-                return reject("update does not match its commitment", key)
+                return reject("update does not match its commitment")
             txs.append(evidence)
             outcome.decisions.append(
                 Decision(reply.node_id, key, False, "update does not match its signed commitment")
@@ -320,16 +332,33 @@ class Coordinator:
             return work
         if reply.num_examples != commitment.num_examples:
             return reject(
-                f"claims {reply.num_examples} examples but committed to {commitment.num_examples}",
-                key,
+                f"claims {reply.num_examples} examples but committed to {commitment.num_examples}"
             )
         if not all(np.isfinite(a).all() for a in reply.update.values()):
-            return reject("update has NaN or infinite values", key)
+            return reject("update has NaN or infinite values")
         save_update(self.run_dir, reply.update)  # so anyone can recompute the round's scores
         txs.append(commitment)
         accepted.append((commitment, reply.update))
         outcome.decisions.append(Decision(reply.node_id, key, True))
         return checked
+
+    def _sender(
+        self, work: LedgerState, node_id: int, commitment: UpdateCommitment | None, round_: int
+    ) -> bytes | None:
+        """The key a reply comes from: the node's established key (registered, or proven by an
+        earlier fresh commitment), else the key of a fresh commitment in this reply, which
+        from now on is the node's; else none (the reply is reported by node id only).
+
+        A commitment signed for an earlier round or model is public on the ledger and proves
+        nothing about who sends it; only :func:`is_fresh_commitment` binds a node to a key.
+        """
+        known = self.node_keys.get(node_id)
+        if known is not None:
+            return known
+        if commitment is not None and is_fresh_commitment(work, commitment, round_):
+            self.node_keys[node_id] = commitment.public_key
+            return commitment.public_key
+        return None
 
     # -- aggregation, contribution and registration ----------------------------------------------
 
@@ -394,14 +423,70 @@ class Coordinator:
         )
 
 
+def is_fresh_commitment(state: LedgerState, commitment: UpdateCommitment, round_: int) -> bool:
+    """Whether ``commitment`` proves that whoever sends it holds its key now: signed by that
+    key in this federation, for this run, this round and the current global model.
+
+    Nobody but the key's holder can have such a signature before the round's block is out
+    (it names a round and a model that did not exist before), unlike any commitment already
+    on the ledger. Every check here is also one of
+    :func:`~fedchain.ledger.state.process_transaction`'s, so a commitment the ledger accepts
+    is always fresh; one that is fresh but refused for its content (too many examples, a
+    second update) still identifies its sender.
+    """
+    return (
+        commitment.run_id == state.genesis.run_id
+        and commitment.round == round_
+        and commitment.base_model_hash == state.model_head
+        and is_signed_by(commitment, commitment.public_key, state.genesis_hash)
+    )
+
+
+def compute_printable(text: str, limit: int, *, quoting: bool = False) -> str:
+    """``text`` with each non-printable character escaped (``\\n``, ``\\x1b``, ``\\u202e``),
+    cut to at most ``limit`` characters (an escape is never split; ``…`` marks a cut).
+    ``quoting`` also escapes ``"`` and backslashes, for text put between double quotes.
+
+    Reasons end up in logs, terminals and the ledger: nothing in them may move a cursor,
+    colour a terminal, reorder text or be invalid UTF-8 (a lone surrogate).
+    """
+    pieces: list[str] = []
+    size = 0
+    for char in text:
+        if quoting and char in '"\\':
+            piece = "\\" + char
+        elif char.isprintable():
+            piece = char
+        else:
+            piece = char.encode("unicode_escape").decode("ascii")
+        if size + len(piece) > limit - 1:
+            pieces.append("…")
+            break
+        pieces.append(piece)
+        size += len(piece)
+    return "".join(pieces)
+
+
+def quote_client_text(text: object, limit: int = MAX_CLIENT_TEXT_CHARS) -> str:
+    """Text a client wrote, as a quotation a reader cannot mistake for the coordinator's own
+    words: in double quotes, its own quotes and backslashes escaped, printable, capped."""
+    raw = text if isinstance(text, str) else f"<{type(text).__name__}>"
+    return '"' + compute_printable(raw, limit, quoting=True) + '"'
+
+
+def _decode_commitment(data: bytes) -> UpdateCommitment | None:
+    try:
+        return decode(UpdateCommitment, data) if data else None
+    except LedgerError:
+        return None
+
+
 def _reply_order(reply: ClientReply) -> tuple[bytes, int]:
     """Replies in the order of their committed public keys (unreadable ones first, by node):
     the same updates give the same block and the same floating-point sums however they
     arrived."""
-    try:
-        return decode(UpdateCommitment, reply.commitment).public_key, reply.node_id
-    except LedgerError:
-        return b"", reply.node_id
+    commitment = _decode_commitment(reply.commitment)
+    return (b"" if commitment is None else commitment.public_key), reply.node_id
 
 
 def _check_shapes(update: Mapping[str, np.ndarray], model: Mapping[str, np.ndarray]) -> str:

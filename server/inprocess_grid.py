@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -67,8 +68,13 @@ class InProcessGrid(Grid):
             )
             try:
                 reply = self.apps[node](message, self.contexts[node])
+                if not isinstance(reply, Message):
+                    raise TypeError(f"the ClientApp returned a {type(reply).__name__}")
             except Exception as e:  # what Flower's runtime turns into an error reply
-                reply = Message(Error(code=1, reason=f"{type(e).__name__}: {e}"), reply_to=message)
+                reply = Message(
+                    Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, _describe_exception(e)),
+                    reply_to=message,
+                )
             finally:
                 self._act_as_server()
             reply.metadata.__dict__["_src_node_id"] = node
@@ -95,3 +101,12 @@ class InProcessGrid(Grid):
 
     def pull_messages(self, message_ids):  # type: ignore[no-untyped-def,override]
         raise NotImplementedError
+
+
+def _describe_exception(error: Exception) -> str:
+    """``Type: message``, as Flower's runtime reports a ClientApp's exception (an exception
+    whose ``str`` itself fails is named by its type)."""
+    try:
+        return f"{type(error).__name__}: {error}"
+    except Exception:
+        return type(error).__name__

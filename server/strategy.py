@@ -9,8 +9,10 @@ replies are recorded and the round goes on.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import math
+from collections.abc import Callable, Iterable, Mapping
 from logging import WARNING
+from typing import Any
 
 import numpy as np
 from flwr.app import (
@@ -22,41 +24,223 @@ from flwr.app import (
     MetricRecord,
     RecordDict,
 )
+from flwr.common.constant import SType
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
+from numpy.lib import format as npy_format
 
-from fedchain.coordinator import MAX_SEAL_ATTEMPTS, ClientReply, Coordinator, RoundOutcome
+from fedchain.coordinator import (
+    MAX_SEAL_ATTEMPTS,
+    ClientReply,
+    Coordinator,
+    RoundOutcome,
+    quote_client_text,
+)
 from fedchain.errors import FedchainError
 
+MAX_LEDGER_FIELD_BYTES = 4096
+"""Most bytes a reply's commitment, attestation or seal may hold (each is at most a few hundred
+bytes); a longer one is refused before anything is decoded from it."""
+COUNT_LIMIT = 2**63
+"""Counts (examples, heights) are integers in ``[0, COUNT_LIMIT)``: the ledger's i64."""
+MAX_NPY_HEADER_BYTES = 10_000
+"""The largest ``.npy`` header accepted (numpy's own default limit for loading one)."""
+LEDGER_FIELDS = frozenset({"commitment", "attestation", "seal", "checkpoint"})
+TRAIN_RECORDS = frozenset({"arrays", "metrics", "fedchain"})
+QUERY_RECORDS = frozenset({"fedchain"})
 
-def parse_reply(message: Message, node_id: int | None = None) -> ClientReply:
+
+def parse_reply(
+    message: Message, node_id: int | None = None, model: Mapping[str, np.ndarray] | None = None
+) -> ClientReply:
     """A Flower reply as the coordinator sees it (never raises: defects become ``error``).
 
-    ``node_id`` overrides the sender: an error the SuperLink made for a node (e.g. "Node
-    Unavailable") comes from the SuperLink's own id, not the node's.
+    ``model``: the round's global model when this is a train reply (its update must match it),
+    ``None`` for a ledger query. ``node_id`` overrides the sender: an error the SuperLink made
+    for a node (e.g. "Node Unavailable") comes from the SuperLink's own id, not the node's.
     """
     node_id = message.metadata.src_node_id if node_id is None else node_id
     if message.has_error():
-        return ClientReply(node_id, error=message.error.reason or f"error {message.error.code}")
-    try:
-        content = message.content
-        record = content["fedchain"] if "fedchain" in content else ConfigRecord()
-        update = None
-        if "arrays" in content:
-            update = {name: array.numpy() for name, array in content["arrays"].items()}
-        metrics = content["metrics"] if "metrics" in content else MetricRecord()
-        return ClientReply(
-            node_id,
-            update=update,
-            num_examples=int(metrics.get("num-examples", 0)),
-            commitment=bytes(record.get("commitment", b"")),
-            attestation=bytes(record.get("attestation", b"")),
-            seal=bytes(record.get("seal", b"")),
-            checkpoint=int(record.get("checkpoint", 0)),
+        return ClientReply(node_id, error=compute_error_reason(message.error.reason))
+    return compute_client_reply(node_id, message.content, model)
+
+
+def compute_error_reason(text: object) -> str:
+    """An error reply's reason: the text comes from the client (or its runtime), so it is
+    quoted, escaped and capped, never taken for the coordinator's own words."""
+    if not text:
+        return "client error with no message"
+    return f"client error, in its own words: {quote_client_text(text)}"
+
+
+def compute_client_reply(
+    node_id: int, content: object, model: Mapping[str, np.ndarray] | None
+) -> ClientReply:
+    """The one parser of what a client sends: records -> :class:`ClientReply`, total.
+
+    Every field is checked for type, range and size before anything is converted or
+    allocated from it; the update's tensors must have the model's names, dtypes and shapes
+    (``model``; ``None``: a ledger query, which carries no update). Any problem becomes the
+    reply's ``error`` (the first three are named). The fields that did read well are kept
+    even then (see :class:`~fedchain.coordinator.ClientReply`), except the update.
+    """
+    if not isinstance(content, Mapping):
+        return ClientReply(node_id, error="malformed reply: its content is not a record dict")
+    problems: list[str] = []
+    expected = QUERY_RECORDS if model is None else TRAIN_RECORDS
+    extra = [name for name in content if not (type(name) is str and name in expected)]
+    if extra:
+        problems.append(f"unexpected record {quote_client_text(extra[0])}")
+    ledger = _ledger_fields(content.get("fedchain"), problems)
+    update, examples = None, 0
+    if model is not None:
+        examples = _num_examples(content.get("metrics"), problems)
+        update = _update(content.get("arrays"), model, problems)
+    return ClientReply(
+        node_id,
+        update=None if problems else update,
+        num_examples=examples,
+        commitment=ledger["commitment"],
+        attestation=ledger["attestation"],
+        seal=ledger["seal"],
+        checkpoint=ledger["checkpoint"],
+        error="malformed reply: " + "; ".join(problems[:3]) if problems else "",
+    )
+
+
+def _ledger_fields(record: object, problems: list[str]) -> dict[str, Any]:
+    """The ``fedchain`` record's fields; each unreadable one is a problem and left empty."""
+    fields: dict[str, Any] = {"commitment": b"", "attestation": b"", "seal": b"", "checkpoint": 0}
+    if not isinstance(record, Mapping):
+        problems.append("no fedchain record" if record is None else "fedchain is not a record")
+        return fields
+    extra = [key for key in record if not (type(key) is str and key in LEDGER_FIELDS)]
+    if extra:
+        problems.append(f"unexpected field {quote_client_text(extra[0])}")
+    for name in ("commitment", "attestation", "seal"):
+        value = record.get(name, b"")
+        if not isinstance(value, bytes):
+            problems.append(f"{name} is {_describe(value)}, not bytes")
+        elif len(value) > MAX_LEDGER_FIELD_BYTES:
+            problems.append(f"{name} is {len(value)} bytes (at most {MAX_LEDGER_FIELD_BYTES})")
+        else:
+            fields[name] = value
+    checkpoint = _count(record.get("checkpoint", 0), "checkpoint", problems)
+    fields["checkpoint"] = 0 if checkpoint is None else checkpoint
+    return fields
+
+
+def _num_examples(metrics: object, problems: list[str]) -> int:
+    if not isinstance(metrics, Mapping) or "num-examples" not in metrics:
+        problems.append("no num-examples metric")
+        return 0
+    count = _count(metrics["num-examples"], "num-examples", problems)
+    return 0 if count is None else count
+
+
+def _count(value: object, what: str, problems: list[str]) -> int | None:
+    """A whole number in ``[0, COUNT_LIMIT)`` (a float only if finite and integral)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or (isinstance(value, float) and not (math.isfinite(value) and value.is_integer()))
+    ):
+        count = -1
+    else:
+        count = int(value)
+    if not 0 <= count < COUNT_LIMIT:
+        problems.append(f"{what} is {_describe(value)}, not a whole number in [0, 2**63)")
+        return None
+    return count
+
+
+def _update(
+    record: object, model: Mapping[str, np.ndarray], problems: list[str]
+) -> dict[str, np.ndarray] | None:
+    """The update's tensors, checked against ``model`` before any is converted."""
+    if not isinstance(record, Mapping):
+        problems.append("no arrays record" if record is None else "arrays is not a record")
+        return None
+    names = list(record)
+    if len(names) != len(model) or not all(type(n) is str and n in model for n in names):
+        problems.append("update tensors do not match the model's names")
+        return None
+    update = {}
+    for name in names:  # in the sender's order, as sums over the tensors have always run
+        like = model[name]
+        array, problem = _tensor(record[name], like)
+        if array is None:
+            problems.append(f"tensor {name}: {problem}")
+            return None
+        update[name] = array
+    return update
+
+
+def _tensor(value: object, like: np.ndarray) -> tuple[np.ndarray | None, str]:
+    """One Flower ``Array`` as a tensor of ``like``'s dtype and shape, or why not.
+
+    The declared dtype and shape, the ``.npy`` header inside the data and the data's length
+    must all agree with the model before one byte is copied: numpy's own loader would
+    allocate whatever a header claims, and a malformed header can make it raise anything.
+    """
+    stype, dtype, shape, data = (
+        getattr(value, a, None) for a in ("stype", "dtype", "shape", "data")
+    )
+    if stype != SType.NUMPY or not isinstance(data, bytes):
+        return None, "not a serialised numpy array"
+    if dtype != str(like.dtype):
+        return None, f"dtype is {_describe(dtype)}, the model's is {like.dtype}"
+    if (
+        not isinstance(shape, (tuple, list))
+        or len(shape) != like.ndim
+        or any(type(d) is not int for d in shape)
+        or tuple(shape) != like.shape
+    ):
+        return None, f"shape is not the model's {like.shape}"
+    offset, fortran = _npy_layout(data, like)
+    if offset < 0:
+        return None, "its data is not a .npy array of that dtype and shape"
+    flat = np.frombuffer(data, dtype=like.dtype, count=like.size, offset=offset)
+    return np.array(flat.reshape(like.shape, order="F" if fortran else "C"), order="C"), ""
+
+
+def _npy_layout(data: bytes, like: np.ndarray) -> tuple[int, bool]:
+    """(where the values start, Fortran order) if ``data`` is exactly a ``.npy`` file of
+    ``like``'s dtype and shape, else (-1, False). The header is compared with the text numpy
+    writes for that array, never evaluated."""
+    version = data[6:8]
+    if data[:6] != npy_format.MAGIC_PREFIX or version not in _NPY_LENGTH_BYTES:
+        return -1, False
+    start = 8 + _NPY_LENGTH_BYTES[version]
+    end = start + int.from_bytes(data[8:start], "little")
+    if len(data) < start or end - start > MAX_NPY_HEADER_BYTES or len(data) - end != like.nbytes:
+        return -1, False
+    header = data[start:end].rstrip(b" \n")
+    descr = npy_format.dtype_to_descr(like.dtype)
+    for fortran in (False, True):
+        text = f"{{'descr': {descr!r}, 'fortran_order': {fortran!r}, 'shape': {like.shape!r}, }}"
+        if header == text.encode("latin1"):
+            return end, fortran
+    return -1, False
+
+
+_NPY_LENGTH_BYTES = {b"\x01\x00": 2, b"\x02\x00": 4, b"\x03\x00": 4}  # format version -> size
+
+
+def _describe(value: object) -> str:
+    """A short, safe description of a value a client sent (never its full text)."""
+    if isinstance(value, bool) or value is None:
+        return repr(value)
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, int):
+        return (
+            str(int(value)) if abs(value) < 10**18 else f"a {int(value).bit_length()}-bit integer"
         )
-    except (KeyError, TypeError, ValueError) as e:
-        return ClientReply(node_id, error=f"malformed reply: {e}")
+    if isinstance(value, str):
+        return f"text {quote_client_text(value, 24)}"
+    return f"a {type(value).__name__}"
 
 
 def to_array_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
@@ -123,8 +307,11 @@ class FedchainStrategy(FedAvg):
         server_round += self.round_offset
         # The grid gave each sent message its id; replies name it in reply_to_message_id.
         asked = {m.metadata.message_id: m.metadata.dst_node_id for m in self.sent}
+        model = self.coordinator.model  # the round's base: each update must match it
         parsed = [
-            parse_reply(m, asked.get(m.metadata.reply_to_message_id) if m.has_error() else None)
+            parse_reply(
+                m, asked.get(m.metadata.reply_to_message_id) if m.has_error() else None, model
+            )
             for m in replies
         ]
         answered = {reply.node_id for reply in parsed}
