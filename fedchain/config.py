@@ -97,13 +97,10 @@ class RunConfig:
         (fedchain.ledger.codec), and so must the most stake there can ever be: every client's
         deposit plus every round's reward pool.
         """
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            name = f.name.replace("_", "-")
+        fields = {f.name.replace("_", "-"): getattr(self, f.name) for f in dataclasses.fields(self)}
+        for name, value in fields.items():
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{name} must be a finite number, got {value}")
-            if type(value) is int and not 0 <= value <= MAX_INT:
-                raise ConfigError(f"{name} must be an integer in 0 .. 2**63 - 1, got {value}")
         checks = [
             (
                 not self.run_id or RUN_ID_PATTERN.fullmatch(self.run_id) is not None,
@@ -159,6 +156,11 @@ class RunConfig:
                 "aggregation screened averages the updates that score above zero: it needs a "
                 "contribution method (gtg-shapley, shapley, leave-one-out, gradient-similarity)",
             ),
+        ]
+        checks += [  # after the specific checks above, whose messages say more
+            (0 <= value <= MAX_INT, f"{name} must be an integer in 0 .. 2**63 - 1, got {value}")
+            for name, value in fields.items()
+            if type(value) is int
         ]
         for ok, message in checks:
             if not ok:
