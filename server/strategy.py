@@ -69,7 +69,7 @@ def parse_reply(
 def compute_error_reason(text: object) -> str:
     """An error reply's reason: the text comes from the client (or its runtime), so it is
     quoted, escaped and capped, never taken for the coordinator's own words."""
-    if not text:
+    if text is None or (isinstance(text, str) and not text):
         return "client error with no message"
     return f"client error, in its own words: {quote_client_text(text)}"
 
