@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 import clients.client_app
 import fedchain.runs
 from fedchain.cli import app
+from fedchain.cli.simulate import resumable_run
 from fedchain.config import RUN_ID_PATTERN, RunConfig
 from fedchain.errors import ConfigError, FedchainError, PartitionError
 from fedchain.ledger.verify import verify_ledger
@@ -27,6 +28,11 @@ from server.server_app import brief_reason, run_federation
 
 runner = CliRunner()
 SMALL = {"clients": 2, "rounds": 1, "model": "mlp"}
+
+
+def said(output: str) -> str:
+    """The CLI's error as one line of words (rich draws it in a wrapped box)."""
+    return " ".join(output.replace("│", " ").split())
 
 
 def snapshot(root: Path) -> dict[str, tuple[str, str]]:
@@ -77,7 +83,7 @@ def test_invalid_run_id_paths_are_refused_and_nothing_changes(project: Path, arg
     before = snapshot(project.parent)
     result = runner.invoke(app, ["simulate", *args])
     assert result.exit_code == 1, result.output
-    assert "must be a name, not a path" in " ".join(result.output.split())
+    assert "must be a name, not a path" in said(result.output)
     assert snapshot(project.parent) == before
     assert not Path("/tmp/fedchain-absolute-run").exists()
 
@@ -190,3 +196,44 @@ def test_brief_reason_is_one_printable_line_of_a_ray_traceback():
     assert brief.startswith("client error: ") and brief.endswith("got inf'>")
     assert "\n" not in brief and "\x1b" not in brief and len(brief) <= 160
     assert brief_reason("x" * 500).endswith("…") and len(brief_reason("x" * 500)) == 160
+
+
+# -- simulate --resume -----------------------------------------------------------------------------
+
+
+def test_resume_removes_the_lost_rounds_model_and_keeps_the_runs_own_config(tmp_path: Path):
+    setup = prepare_run(RunConfig(run_id="r", out=str(tmp_path), **SMALL))
+    stray = setup.run_dir / "models" / f"{'ab' * 32}.safetensors"  # saved, never on the ledger
+    stray.write_bytes(b"a model of a round the ledger never recorded")
+    config, run_dir = resumable_run(setup.run_dir)
+    assert config == setup.config and run_dir == setup.run_dir
+    assert not stray.exists() and len(list((run_dir / "models").iterdir())) == 1
+
+
+@pytest.mark.parametrize(
+    ("make", "args", "message"),
+    [
+        ({"ledger": False, "aggregation": "fedavg"}, [], "ledger off cannot resume"),
+        (None, [], "not a run directory"),
+        ({}, ["--rounds", "5"], "drop --rounds"),
+        ({}, ["--seed", "0"], "drop --seed"),
+    ],
+)
+def test_invalid_resume_is_one_line(tmp_path: Path, make, args, message):
+    run_dir = tmp_path / "r"
+    if make is not None:
+        run_dir = prepare_run(RunConfig(run_id="r", out=str(tmp_path), **{**SMALL, **make})).run_dir
+    else:
+        run_dir.mkdir()
+    before = snapshot(tmp_path)
+    result = runner.invoke(app, ["simulate", "--resume", str(run_dir), *args])
+    assert result.exit_code == 1 and message in said(result.output), result.output
+    assert snapshot(tmp_path) == before
+
+
+def test_invalid_resume_of_a_finished_run(tmp_path: Path):
+    config = RunConfig(run_id="r", out=str(tmp_path), **SMALL)
+    setup = prepare_run(config)
+    run_federation(InProcessGrid(clients.client_app.app, 2), config, setup.run_dir)
+    with pytest.raises(ConfigError, match="all 1 rounds are on the ledger; nothing to resume"):
+        resumable_run(setup.run_dir)

@@ -266,7 +266,7 @@ def simulate(
         if given:
             names = ", ".join(f"--{k.replace('_', '-')}" for k in given)
             raise ConfigError(f"--resume continues a run with its own {CONFIG_FILE}; drop {names}")
-        config, run_dir = _resumable(resume)
+        config, run_dir = resumable_run(resume)
     else:
         config = _configure(config_file, flags, ledger, attackers)
         with console.status("preparing the run directory (data splits, keys, genesis)…"):
@@ -296,7 +296,7 @@ def _configure(
     return config
 
 
-def _resumable(run_dir: Path) -> tuple[RunConfig, Path]:
+def resumable_run(run_dir: Path) -> tuple[RunConfig, Path]:
     """The configuration of an unfinished run in ``run_dir``, its lost round's leftovers gone.
 
     The ledger head's round ``k`` is what was done: a round in progress when the run was killed
