@@ -229,14 +229,19 @@ def run_federation(
                 round_offset=done,
             )
         wait_for_nodes(grid, min_nodes, join_timeout)
-        result = strategy.start(
-            grid,
-            to_array_record(initial),
-            config.rounds - done,
-            config.round_timeout,
-            settings,
-            evaluate_fn=evaluate_fn,
-        )
+        try:
+            result = strategy.start(
+                grid,
+                to_array_record(initial),
+                config.rounds - done,
+                config.round_timeout,
+                settings,
+                evaluate_fn=evaluate_fn,
+            )
+        except FedchainError as e:  # e.g. no validator could seal: say why if no client worked
+            if outcomes and (why := describe_nothing_accepted(outcomes, done + 1)):
+                raise FedchainError(f"{e}; {why}") from e
+            raise
         if isinstance(strategy, FedchainStrategy):
             strategy.close_ledger(settings)
             log(
@@ -245,7 +250,8 @@ def run_federation(
                 strategy.coordinator.state.height,
                 strategy.coordinator.final_height,
             )
-            check_some_update_accepted(outcomes, done + 1, config.rounds)
+            if why := describe_nothing_accepted(outcomes, done + 1):
+                raise FedchainError(why)
         elif not result.train_metrics_clientapp:
             raise FedchainError(
                 f"no client update was aggregated in rounds {done + 1}..{config.rounds}: every "
@@ -254,15 +260,20 @@ def run_federation(
     return result.evaluate_metrics_serverapp.get(config.rounds - done)
 
 
-def check_some_update_accepted(outcomes: list[RoundOutcome], first: int, last: int) -> None:
-    """Fail a run in which no round accepted a single update: the model never moved, so
-    whatever printed "final accuracy" would be the initial model's. The ledger keeps every
-    rejection; the error names the first, which is usually the reason for all of them."""
+def describe_nothing_accepted(outcomes: list[RoundOutcome], first: int) -> str | None:
+    """Why the run failed if no round from ``first`` on accepted a single update, else None.
+
+    Such a run fails: the model never moved, so its "final accuracy" would be the initial
+    model's. The ledger keeps every rejection; the message names the first, which is usually
+    the reason for all of them (a client error, say).
+    """
     if any(outcome.accepted for outcome in outcomes):
-        return
+        return None
     rejected = [d for outcome in outcomes for d in outcome.rejected]
     why = brief_reason(rejected[0].reason) if rejected else "no client replied"
-    raise FedchainError(f"no client update was accepted in rounds {first}..{last}: {why}")
+    last = first + len(outcomes) - 1
+    rounds = f"round {first}" if last <= first else f"rounds {first}..{last}"
+    return f"no client update was accepted in {rounds}: {why}"
 
 
 def flower_strategy(config: RunConfig) -> FedAvg:

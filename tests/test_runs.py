@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 
 import pytest
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -183,6 +185,23 @@ def test_invalid_run_where_every_client_fails_is_an_error_naming_why(
     assert "\n" not in message
     if ledger:
         assert "got inf" in message and verify_ledger(setup.run_dir).ok  # on record, verifiable
+
+
+broken_app = ClientApp()  # every message fails: no update, and no seal for the round's block
+
+
+@broken_app.train()
+def _broken_train(msg: Message, context: Context) -> Message:
+    raise RuntimeError("cannot open my data: wrong key")
+
+
+def test_invalid_run_where_no_client_can_even_seal_names_the_first_rejection(tmp_path: Path):
+    config = RunConfig(run_id="r", out=str(tmp_path), **{**SMALL, "rounds": 2})
+    setup = prepare_run(config)
+    with pytest.raises(FedchainError) as error:
+        run_federation(InProcessGrid(broken_app, 2), config, setup.run_dir)
+    message = str(error.value)
+    assert "no client update was accepted in round 1" in message and "wrong key" in message
 
 
 def test_brief_reason_is_one_printable_line_of_a_ray_traceback():
