@@ -478,10 +478,8 @@ def test_a_round_with_hostile_replies_goes_on_and_records_them(tmp_path_factory,
     updates are accepted, Mallory's replies each get a decision, nothing names an honest key,
     and the block seals. Mallory's node is registered (deployment) or not (simulation)."""
     w = world()
-    run_dir = tmp_path_factory.mktemp("round")
-    with Chain.create(run_dir / "ledger.db", w.federation.genesis) as chain:
-        chain.append(w.block1, w.state1)
-        coordinator = Coordinator(run_dir, chain, w.base, rule="fedavg", params=RuleParams())
+    chain, coordinator = open_round_2(tmp_path_factory.mktemp("round"))
+    with chain:
         nodes = st.lists(st.sampled_from([0, 5, 99]), min_size=1, max_size=3, unique=True)
         mallory_nodes = data.draw(nodes)
         copyable = w.copyable
@@ -543,3 +541,31 @@ def test_parse_reply_reads_an_honest_flower_reply_as_before():
     for name, array in expected.items():
         assert reply.update[name].tobytes() == array.tobytes()  # type: ignore[index]
         assert reply.update[name].flags.c_contiguous and reply.update[name].flags.writeable  # type: ignore[index]
+
+
+def open_round_2(run_dir: Path):  # type: ignore[no-untyped-def]
+    """A real Coordinator over a real Chain holding the synthetic round 1, before round 2."""
+    w = world()
+    chain = Chain.create(run_dir / "ledger.db", w.federation.genesis)
+    chain.append(w.block1, w.state1)
+    return chain, Coordinator(run_dir, chain, w.base, rule="fedavg", params=RuleParams())
+
+
+def test_invalid_attestation_does_not_claim_a_node(tmp_path):
+    """A valid attestation that never reached the ledger (it names a block, not a round or a
+    node, so whoever saw it could carry it) is recorded as its signer's vote, but the node that
+    carried it is not taken for its signer: its refusal is on nobody's key."""
+    w = world()
+    victim = w.keys[HONEST[0]]
+    stale = next(c for c in w.copyable if decode(UpdateCommitment, c).public_key == victim)
+    chain, coordinator = open_round_2(tmp_path)
+    with chain:
+        carried = ClientReply(99, attestation=w.attestation(HONEST[0]), commitment=stale)
+        outcome = coordinator.run_round(2, [carried])
+        assert coordinator.pending is not None
+        txs = coordinator.pending.transactions
+        assert [tx.validator for tx in txs if isinstance(tx, Attestation)] == [victim]
+        assert not [tx for tx in txs if isinstance(tx, Rejection)]
+        (decision,) = outcome.decisions
+        assert decision.public_key is None and "commitment refused" in decision.reason
+        assert coordinator.node_for(victim) is None
