@@ -184,3 +184,25 @@ def test_shown_defaults_are_the_config_defaults():
     assert shown_default("clients") == str(RunConfig().clients) == "10"
     assert shown_default("ledger") == "on" and shown_default("aggregation") == "screened"
     assert shown_default("weight_cap") == "1.0"
+
+
+def test_each_choice_the_code_knows_is_in_its_flags_help():
+    from fedchain.aggregation import RULES
+    from fedchain.attacks import ATTACKS
+    from fedchain.config import FLOWER_RULES
+    from fedchain.contribution import METHODS
+    from fedchain.models import MODELS
+    from fedchain.partition import PARTITIONERS
+    from fedchain.sources import SOURCES
+
+    options = _simulate_options()
+    for flag, names in [
+        ("dataset", SOURCES),
+        ("partitioner", PARTITIONERS),
+        ("model", MODELS),
+        ("aggregation", RULES + FLOWER_RULES),
+        ("contribution", METHODS),
+        ("attack", ATTACKS),
+    ]:
+        help_text = " ".join((options[flag].help or "").split())
+        assert all(name in help_text for name in names), (flag, names, help_text)

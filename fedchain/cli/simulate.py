@@ -28,7 +28,9 @@ from fedchain.errors import ConfigError, FedchainError
 from fedchain.federation import remove_unregistered_models
 from fedchain.ledger.chain import Chain
 from fedchain.ledger.store import LEDGER_FILENAME
+from fedchain.partition import PARTITIONERS
 from fedchain.runs import new_run_id, prepare_run
+from fedchain.sources import SOURCES
 
 CONFIG_FILE = "config.toml"  # written by fedchain.runs.prepare_run (fedchain.config.write_config)
 
@@ -58,7 +60,7 @@ def simulate(
         ),
     ] = None,
     dataset: Annotated[
-        str | None, typer.Option(help=_help("dataset", "Data source: digits, mnist, cifar10…"))
+        str | None, typer.Option(help=_help("dataset", "Data source: " + ", ".join(SOURCES)))
     ] = None,
     data_root: Annotated[
         str | None,
@@ -73,9 +75,7 @@ def simulate(
     ] = None,
     partitioner: Annotated[
         str | None,
-        typer.Option(
-            help=_help("partitioner", "How data is split: iid, dirichlet, shards, quantity.")
-        ),
+        typer.Option(help=_help("partitioner", "How data is split: " + ", ".join(PARTITIONERS))),
     ] = None,
     alpha: Annotated[
         float | None,
