@@ -18,13 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from fedchain.config import RunConfig
+from fedchain.config import CONTRIBUTION_NEEDS_VALIDATION, RunConfig
 from fedchain.contribution import compute_scores, make_coalition_utility, quantise_scores
 from fedchain.ledger.verify import VerifyReport
 from fedchain.sources import ArrayDataset
 
 Arrays = dict[str, np.ndarray]
-NEEDS_VALIDATION = frozenset({"shapley", "gtg-shapley", "leave-one-out"})
 
 
 class RoundScorer:
@@ -53,7 +52,7 @@ class RoundScorer:
         from fedchain.training import derive_seed
 
         utility = None
-        if self.method in NEEDS_VALIDATION:
+        if self.method in CONTRIBUTION_NEEDS_VALIDATION:
             utility = make_coalition_utility(
                 base, updates, weights, self._utility, renormalise=False
             )

@@ -344,6 +344,9 @@ def make_server_app(
     return server_app
 
 
+NODES_TIMEOUT_S = 30.0
+"""How long ``flwr run .`` waits for its SuperNodes before saying how to start enough."""
+
 app = ServerApp()
 
 
@@ -363,6 +366,15 @@ def main(grid: Grid, context: Context) -> None:
         return
     config = merge_config(RunConfig(), run_config)
     check_attack_has_attackers(config)
+    try:  # before anything is written: Flower's default simulation has 2 SuperNodes, not 10
+        wait_for_nodes(grid, config.clients, timeout=NODES_TIMEOUT_S)
+    except FedchainError:
+        connected = len(list(grid.get_node_ids()))
+        raise FedchainError(
+            f"{connected} SuperNodes connected but clients = {config.clients}: run "
+            f"flwr run . --federation-config 'num-supernodes={config.clients}' (or set "
+            f"--run-config 'clients={connected}')"
+        ) from None
     if not config.run_id:
         config = merge_config(config, {"run-id": new_run_id(config)})
     setup = prepare_run(config)

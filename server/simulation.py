@@ -44,7 +44,6 @@ from server.server_app import RoundReporter, make_server_app
 
 _QUIET_ENV = {
     "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
-    "FLWR_TELEMETRY_ENABLED": "0",
     "RAY_DEDUP_LOGS": "0",
 }
 MARK_ENV = "FEDCHAIN_SIMULATION_MARK"
