@@ -39,12 +39,14 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import tomli_w
 from cryptography import x509
@@ -75,6 +77,7 @@ __all__ = [
     "is_running",
     "list_runs",
     "list_supernodes",
+    "parse_flower_log_line",
     "read_pid_file",
     "register_supernode",
     "run_flwr",
@@ -84,6 +87,7 @@ __all__ = [
     "start_supernode",
     "stop_process",
     "stop_run",
+    "strip_ansi",
     "submit_run",
     "tail",
     "unregister_supernode",
@@ -358,12 +362,20 @@ def start_process(
     pid_file: Path,
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
+    on_line: Callable[[str], None] | None = None,
 ) -> ManagedProcess:
     """Start ``command`` detached, appending its output to ``log_path``, and write ``pid_file``.
 
     The process gets its own session (``start_new_session``): a Ctrl-C in our terminal does not
     reach it and stopping it signals its group, never ours. A PID file naming a live process is
     refused (stop that process first); a stale one is replaced.
+
+    With ``on_line``, the output comes through this interpreter instead (a pipe read by a
+    thread, which ends when the process and every child holding the pipe have exited): each
+    line is written to the log without ANSI escapes (:func:`strip_ansi`; Flower colours its
+    log levels whatever the output is) and handed to ``on_line``. Only for a process whose
+    life this interpreter follows (``fedchain join``): when we exit, its output has nowhere
+    to go.
     """
     pid_file, log_path = Path(pid_file), Path(log_path)
     existing = read_pid_file(pid_file)
@@ -379,7 +391,7 @@ def start_process(
             popen = subprocess.Popen(  # noqa: S603 - argv list, no shell
                 list(command),
                 stdin=subprocess.DEVNULL,
-                stdout=log,
+                stdout=log if on_line is None else subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 env=dict(env) if env is not None else None,
                 cwd=cwd,
@@ -388,6 +400,13 @@ def start_process(
             )
         except OSError as exc:
             raise DeployError(f"cannot start {command[0]}: {exc}") from exc
+    if on_line is not None and popen.stdout is not None:
+        threading.Thread(
+            target=_copy_output,
+            args=(popen.stdout, log_path, on_line),
+            name=f"output of {Path(command[0]).name}",
+            daemon=True,
+        ).start()
     _CHILDREN[popen.pid] = popen
     process = ManagedProcess(
         pid=popen.pid,
@@ -404,6 +423,34 @@ def start_process(
     }
     _write_file(pid_file, (json.dumps(record) + "\n").encode(), 0o644)
     return process
+
+
+_ANSI_ESCAPE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\-_])")
+_FLOWER_LOG_LINE = re.compile(r"(DEBUG|INFO|WARNING|ERROR|CRITICAL)\b[^:]*:\s*(.*)")
+
+
+def strip_ansi(text: str) -> str:
+    """``text`` without ANSI escape sequences (colours, cursor moves, OSC links)."""
+    return _ANSI_ESCAPE.sub("", text)
+
+
+def parse_flower_log_line(line: str) -> tuple[str | None, str]:
+    """``(level, message)`` of a line of Flower's console log (``INFO :      message``);
+    ``(None, line)`` for anything else (a traceback, a child's own output)."""
+    match = _FLOWER_LOG_LINE.fullmatch(strip_ansi(line).rstrip("\r\n"))
+    if match is None:
+        return None, strip_ansi(line).rstrip("\r\n")
+    return match.group(1), match.group(2)
+
+
+def _copy_output(stream: IO[bytes], log_path: Path, on_line: Callable[[str], None]) -> None:
+    with stream, log_path.open("ab") as log:
+        for raw in iter(stream.readline, b""):
+            text = strip_ansi(raw.decode("utf-8", errors="replace"))
+            log.write(text.encode("utf-8"))
+            log.flush()
+            with contextlib.suppress(Exception):  # a console problem must not stop the log
+                on_line(text.rstrip("\r\n"))
 
 
 def read_pid_file(pid_file: Path) -> ManagedProcess | None:
@@ -750,6 +797,7 @@ def start_supernode(
     pid_file: Path | None = None,
     max_wait_time: float | None = None,
     env: Mapping[str, str] | None = None,
+    on_line: Callable[[str], None] | None = None,
 ) -> ManagedProcess:
     """Start ``flower-supernode`` connecting to ``superlink_address`` (``host:port``).
 
@@ -760,6 +808,7 @@ def start_supernode(
     machine). ``max_wait_time`` bounds how long it keeps retrying an unreachable SuperLink
     (default: forever). Nothing secret is put on the command line (argv is world-readable in
     ``/proc``): pass secrets in ``env``. The PID file defaults to ``log_path`` with ``.pid``.
+    ``on_line`` sees every line of its output (see :func:`start_process`).
     """
     command = [flower_executable("flower-supernode"), "--superlink", superlink_address]
     if root_certificates is None:
@@ -779,6 +828,7 @@ def start_supernode(
         log_path=log_path,
         pid_file=Path(pid_file) if pid_file is not None else log_path.with_suffix(".pid"),
         env=flower_env(env),
+        on_line=on_line,
     )
 
 

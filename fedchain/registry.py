@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import stat
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,7 @@ __all__ = [
     "list_models",
     "load_model",
     "model_path",
+    "read_regular_file",
     "save_model",
 ]
 
@@ -183,14 +185,57 @@ def _load_verified(path: Path, model_hash: bytes) -> dict[str, npt.NDArray[Any]]
 
 def _load_file(path: Path) -> dict[str, npt.NDArray[Any]]:
     try:
-        arrays: dict[str, npt.NDArray[Any]] = safetensors.numpy.load_file(path)
+        data = read_regular_file(path, Path(path).parent.parent)
     except FileNotFoundError:
         raise RegistryError(f"{path}: no such model file") from None
     except OSError as e:
         raise RegistryError(f"{path}: cannot read the model file ({e.strerror or e})") from None
+    except ConfigError as e:  # names the file
+        raise RegistryError(str(e)) from None
+    try:
+        arrays: dict[str, npt.NDArray[Any]] = safetensors.numpy.load(data)
     except (SafetensorError, ValueError, TypeError, KeyError) as e:
         raise RegistryError(f"{path}: not a readable safetensors model file ({e})") from None
     return arrays
+
+
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def read_regular_file(path: Path, root: Path) -> bytes:
+    """The bytes of ``path``, which must be a regular file inside ``root`` (a run directory).
+
+    A run directory can come from anyone, so reading it must neither hang nor wander: a FIFO,
+    socket or device is refused without opening it for a blocking read (``O_NONBLOCK``, then
+    ``fstat`` on the open descriptor, so nothing can be swapped in between), and a symbolic
+    link is followed only when its target lies inside ``root`` (a link out of the run
+    directory, to ``/dev/zero`` or to someone's files, is a path trick; a link inside it only
+    names another file of the run, whose contents are checked like any other). Raises
+    :class:`~fedchain.errors.ConfigError` naming the file for both, and ``OSError`` (such as
+    ``FileNotFoundError``) when it cannot be read.
+    """
+    path = Path(path)
+    target = path.resolve(strict=True)
+    inside = Path(root).resolve()
+    if not target.is_relative_to(inside):
+        raise ConfigError(
+            f"{path}: a link to {target}, outside the run directory {inside}: refused "
+            "(a run is checked from its own files only)"
+        )
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(target, flags)
+    with os.fdopen(fd, "rb") as f:
+        mode = os.fstat(f.fileno()).st_mode
+        if not stat.S_ISREG(mode):
+            kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+            raise ConfigError(f"{path}: {kind}, not a regular file: refused")
+        return f.read()
 
 
 def _make_models_dir(run_dir: Path, folder: str = MODELS_DIRNAME) -> None:

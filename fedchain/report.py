@@ -35,6 +35,7 @@ import math
 import os
 import re
 import secrets
+import sys
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,8 +43,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fedchain import __version__
-from fedchain.config import load_config_file
+from fedchain.config import RunConfig, load_config_file
 from fedchain.errors import ConfigError, FedchainError, LedgerError
+from fedchain.federation import (
+    FEDERATION_FILE,
+    RUN_DIRNAME,
+    load_federation,
+    verify_registration,
+)
 from fedchain.identity import fingerprint, load_public_key
 from fedchain.ledger.codec import decode
 from fedchain.ledger.objects import (
@@ -63,6 +70,7 @@ from fedchain.ledger.objects import (
     UpdateCommitment,
     compute_block_hash,
 )
+from fedchain.ledger.show import printable
 from fedchain.ledger.state import (
     BPS_DENOMINATOR,
     LedgerState,
@@ -72,8 +80,13 @@ from fedchain.ledger.state import (
 )
 from fedchain.ledger.store import LedgerStore, open_ledger_path
 from fedchain.ledger.verify import VerifyReport, verify_ledger
-from fedchain.registry import MODEL_SUFFIX, MODELS_DIRNAME, check_model_files
+from fedchain.registry import MODEL_SUFFIX, MODELS_DIRNAME, check_model_files, read_regular_file
 from fedchain.runs import CLIENTS_DIR
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -98,6 +111,7 @@ REPORT_FORMAT = "fedchain-report/1"
 REPORT_JSON = "report.json"
 REPORT_HTML = "report.html"
 METRICS_FILENAME = "metrics.json"
+CONFIG_FILENAME = "config.toml"
 HASH_PREFIX_CHARS = 16
 NO_CONTRIBUTIONS = "no contribution scores recorded"
 _CLIENT_PUB = re.compile(r"client-(\d+)\.pub")
@@ -127,7 +141,9 @@ class ReportInputs:
     verification failed or the first block that cannot be read. ``models_present`` are the
     hashes of the files in ``models/`` (by name; :func:`check_model_files` checked contents).
     ``metrics`` is None when the run has no usable ``metrics.json``; ``notes`` say why inputs
-    that are optional were missing or unreadable.
+    that are optional were missing or unreadable. ``registered_names`` are a deployed
+    federation's participant names (:func:`read_registered_names`) and ``plan`` the rounds the
+    run was meant to have (:func:`read_run_plan`).
     """
 
     run_dir: Path
@@ -139,6 +155,8 @@ class ReportInputs:
     config: Mapping[str, Any] | None = None
     models_present: frozenset[bytes] = frozenset()
     notes: tuple[str, ...] = ()
+    registered_names: Mapping[PublicKey, str] = field(default_factory=dict)
+    plan: RunPlan | None = None
 
 
 def load_report_inputs(
@@ -148,7 +166,10 @@ def load_report_inputs(
 
     A bad ledger is not an error here: the verdict records it and the report shows it. Raises
     :class:`~fedchain.errors.FedchainError` only when there is no run directory with a ledger.
-    ``on_block(height, head_height)`` follows the verification's progress.
+    ``on_block(height, head_height)`` follows the verification's progress. Optional inputs
+    (metrics, config, key files, the federation's settings) are read only when they are
+    regular files inside the run directory or its federation folder: a FIFO must not hang a
+    report, nor a link make it read someone else's files.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -163,8 +184,13 @@ def load_report_inputs(
         model_problems = tuple(check_model_files(run_dir, verification))
     stop = None if verification.failure is None else verification.failure.height
     blocks = _read_blocks(ledger_path, stop)
-    metrics, metrics_note = _read_metrics(run_dir / METRICS_FILENAME)
-    config, config_note = _read_config(run_dir / "config.toml")
+    metrics, metrics_notes = _read_metrics(run_dir / METRICS_FILENAME)
+    config, config_note = _read_config(run_dir / CONFIG_FILENAME)
+    genesis = _genesis_of(blocks)
+    names, names_note = (
+        read_registered_names(run_dir, genesis) if genesis is not None else ({}, None)
+    )
+    plan = read_run_plan(run_dir)
     return ReportInputs(
         run_dir=run_dir,
         verification=verification,
@@ -174,8 +200,108 @@ def load_report_inputs(
         metrics=metrics,
         config=config,
         models_present=_read_model_names(run_dir / MODELS_DIRNAME),
-        notes=tuple(note for note in (metrics_note, config_note) if note),
+        notes=tuple(n for n in (*metrics_notes, config_note, names_note) if n),
+        registered_names=names,
+        plan=plan,
     )
+
+
+def _genesis_of(blocks: Sequence[Block]) -> Genesis | None:
+    first = blocks[0].transactions[0] if blocks and blocks[0].transactions else None
+    return first if isinstance(first, Genesis) else None
+
+
+def _read_text(path: Path, root: Path) -> str:
+    """A small optional input's text: a regular file inside ``root`` (ConfigError, OSError)."""
+    try:
+        return read_regular_file(path, root).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e.reason})") from None
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """How many rounds a run was meant to have, where that was read, and how to continue it."""
+
+    rounds: int
+    source: str
+    resume: str
+
+
+def read_run_plan(run_dir: Path) -> RunPlan | None:
+    """The rounds ``run_dir`` was started for, or None when nothing says.
+
+    A simulated run's ``config.toml`` names them; a deployed run (``FED_DIR/run``) follows its
+    federation's settings (``FED_DIR/federation.toml``), which a coordinator may raise before a
+    restart, so those win when both are there. Only ``rounds`` is read: a run whose other
+    settings a newer fedchain refuses (``lr = inf``) still says how far it got.
+    """
+    run_dir = Path(run_dir)
+    fed_dir = run_dir.parent
+    if run_dir.name == RUN_DIRNAME and (fed_dir / FEDERATION_FILE).exists():
+        rounds = _read_rounds(fed_dir / FEDERATION_FILE, fed_dir)
+        if rounds is not None:
+            resume = f"fedchain coordinator start {fed_dir}"
+            return RunPlan(rounds, str(fed_dir / FEDERATION_FILE), resume)
+    rounds = _read_rounds(run_dir / CONFIG_FILENAME, run_dir)
+    if rounds is not None:
+        resume = f"fedchain simulate --resume {run_dir}"
+        return RunPlan(rounds, str(run_dir / CONFIG_FILENAME), resume)
+    return None
+
+
+def _read_rounds(path: Path, root: Path) -> int | None:
+    """``rounds`` of a TOML settings file (top level or ``[fedchain]``; absent: the default)."""
+    try:
+        doc = tomllib.loads(_read_text(path, root))
+    except (FedchainError, OSError, tomllib.TOMLDecodeError):
+        return None
+    table = doc.get("fedchain", doc)
+    rounds = table.get("rounds", RunConfig.rounds) if isinstance(table, dict) else None
+    return rounds if type(rounds) is int and rounds >= 1 else None
+
+
+def describe_unfinished(ledger_round: int, plan: RunPlan | None) -> str | None:
+    """The line that says a run stopped before its last round (None when it did not)."""
+    if plan is None or ledger_round >= plan.rounds:
+        return None
+    return f"unfinished: ledger at round {ledger_round} of {plan.rounds}; resume with {plan.resume}"
+
+
+def read_registered_names(
+    run_dir: Path, genesis: Genesis
+) -> tuple[dict[PublicKey, str], str | None]:
+    """A deployed run's participant names: ``{public key: name}``, and a note if unreadable.
+
+    They come from the federation's ``federation.toml`` beside the run directory
+    (``FED_DIR/run``). A name is the coordinator's label and is not itself signed; it is used
+    only for an entry whose registration is signed by its key (checked here) and matches that
+    key's genesis entry (stake, dataset commitment, examples), so a name is never attached to
+    a key whose owner did not register with this federation. A name two entries share is
+    dropped (both keep their fingerprints).
+    """
+    run_dir = Path(run_dir)
+    fed_dir = run_dir.parent
+    if run_dir.name != RUN_DIRNAME or not (fed_dir / FEDERATION_FILE).exists():
+        return {}, None
+    try:
+        _read_text(fed_dir / FEDERATION_FILE, fed_dir)
+        entries = load_federation(fed_dir).participants
+    except (FedchainError, OSError) as e:
+        return {}, f"participants' names not shown: {e}"
+    on_genesis = {
+        p.public_key: (p.stake, p.dataset_hash, p.num_examples) for p in genesis.participants
+    }
+    names: dict[PublicKey, str] = {}
+    for entry in entries:
+        reg = entry.registration
+        if on_genesis.get(reg.public_key) != (reg.stake, reg.dataset_hash, reg.num_examples):
+            continue
+        with contextlib.suppress(FedchainError):
+            verify_registration(entry)
+            names[reg.public_key] = entry.name
+    shared = {n for n in names.values() if list(names.values()).count(n) > 1}
+    return {k: n for k, n in names.items() if n not in shared}, None
 
 
 def _read_blocks(ledger_path: Path, stop: int | None) -> tuple[Block, ...]:
@@ -196,7 +322,7 @@ def _read_client_indices(clients_dir: Path) -> dict[PublicKey, int]:
         return indices
     for path in sorted(clients_dir.glob("client-*.pub")):
         match = _CLIENT_PUB.fullmatch(path.name)
-        if match is None:
+        if match is None or path.is_symlink() or not path.is_file():  # no FIFO, no link out
             continue
         with contextlib.suppress(FedchainError, OSError):
             indices[load_public_key(path)] = int(match.group(1))
@@ -212,28 +338,46 @@ def _read_model_names(models_dir: Path) -> frozenset[bytes]:
     return frozenset(names)
 
 
-def _read_metrics(path: Path) -> tuple[tuple[RoundMetrics, ...] | None, str | None]:
-    """The coordinator's per-round metrics, or None and a note saying why there are none."""
+def _read_metrics(path: Path) -> tuple[tuple[RoundMetrics, ...] | None, list[str]]:
+    """The coordinator's per-round metrics, and notes on what is missing from them and why.
+
+    Whatever the file holds, this returns: unreadable or garbled as a whole (not JSON, not
+    UTF-8, nested too deep, a FIFO), the metrics are None with a note; a value that is not a
+    finite number (NaN, Infinity, text) is missing (None), with one note naming where.
+    """
     if not path.exists():
-        return None, f"no {METRICS_FILENAME} in the run directory: accuracy per round not shown"
+        return None, [f"no {METRICS_FILENAME} in the run directory: accuracy per round not shown"]
     try:
-        doc = json.loads(path.read_text())
+        doc = json.loads(_read_text(path, path.parent))
         rounds = doc["rounds"]
         if not isinstance(rounds, list):
             raise TypeError("'rounds' is not a list")
-        parsed = {m.round: m for m in (_parse_round_metrics(entry) for entry in rounds)}
-    except (OSError, ValueError, TypeError, KeyError) as e:
-        return None, f"{path.name} is unreadable ({e}): accuracy per round not shown"
-    return tuple(parsed[r] for r in sorted(parsed)), None
+        parsed: dict[int, RoundMetrics] = {}
+        dropped: list[str] = []
+        for entry in rounds:
+            metrics, missing = _parse_round_metrics(entry)
+            parsed[metrics.round] = metrics
+            dropped += [f"round {metrics.round} {name}" for name in missing]
+    except (FedchainError, OSError, ValueError, TypeError, KeyError, RecursionError) as e:
+        reason = "nested too deep" if isinstance(e, RecursionError) else printable(e)
+        return None, [f"{path.name} is unreadable ({reason}): accuracy per round not shown"]
+    notes = []
+    if dropped:
+        listed = ", ".join(dropped[:4]) + (
+            f" and {len(dropped) - 4} more" if len(dropped) > 4 else ""
+        )
+        notes.append(f"{path.name}: not a finite number, shown as missing: {listed}")
+    return tuple(parsed[r] for r in sorted(parsed)), notes
 
 
-def _parse_round_metrics(entry: Any) -> RoundMetrics:
+def _parse_round_metrics(entry: Any) -> tuple[RoundMetrics, list[str]]:
+    """One round's metrics, and the names of the values present but not finite numbers."""
     if not isinstance(entry, dict):
         raise TypeError(f"a round entry is {type(entry).__name__}, not an object")
     round_ = entry["round"]
     if type(round_) is not int or round_ < 0:
-        raise TypeError(f"round {round_!r} is not a round number")
-    return RoundMetrics(
+        raise TypeError(f"round {printable(repr(round_))[:40]} is not a round number")
+    metrics = RoundMetrics(
         round=round_,
         accuracy=_finite(entry.get("accuracy")),
         loss=_finite(entry.get("loss")),
@@ -241,11 +385,16 @@ def _parse_round_metrics(entry: Any) -> RoundMetrics:
         rejected=_count(entry.get("rejected")),
         seconds=_finite(entry.get("seconds")),
     )
+    fields = ("accuracy", "loss", "accepted", "rejected", "seconds")
+    missing = [k for k in fields if getattr(metrics, k) is None and entry.get(k) is not None]
+    return metrics, missing
 
 
 def _finite(value: Any) -> float | None:
-    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        with contextlib.suppress(OverflowError):  # an int past float's range
+            if math.isfinite(value):
+                return float(value)
     return None
 
 
@@ -254,12 +403,22 @@ def _count(value: Any) -> int | None:
 
 
 def _read_config(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """The run's resolved settings, JSON-ready: a setting that is not a finite number
+    (``lr = inf`` in a run made before such values were refused) is kept as its text."""
     if not path.exists():
         return None, None
     try:
-        return load_config_file(path).to_toml_dict(), None
-    except ConfigError as e:
-        return None, f"config.toml not shown: {e}"
+        _read_text(path, path.parent)  # a regular file inside the run, or refused
+        table = load_config_file(path).to_toml_dict()
+    except (FedchainError, OSError) as e:
+        return None, f"{CONFIG_FILENAME} not shown: {printable(e)}"
+    return {k: _json_value(v) for k, v in table.items()}, None
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
 
 
 # --------------------------------------------------------------------------------------------------
@@ -299,6 +458,8 @@ def compute_report(inputs: ReportInputs) -> dict[str, Any]:
         first = replay.blocks[0].transactions[0]
         genesis = first if isinstance(first, Genesis) else None
     verification = _verification_json(inputs, replay)
+    progress = _progress_json(inputs)
+    unfinished = [progress["unfinished"]] if progress["unfinished"] else []
     if genesis is None:
         return {
             "format": REPORT_FORMAT,
@@ -314,7 +475,8 @@ def compute_report(inputs: ReportInputs) -> dict[str, Any]:
             "contributions_recorded": False,
             "metrics_available": False,
             "initial_model": {"accuracy": None, "loss": None},
-            "notes": [*inputs.notes, "the ledger's genesis block could not be read"],
+            "progress": progress,
+            "notes": [*unfinished, *inputs.notes, "the ledger's genesis block could not be read"],
         }
     ledger_rounds = sorted({b.header.round for b in replay.blocks} - {0})
     metrics = {m.round: m for m in inputs.metrics or () if m.round > 0}
@@ -327,7 +489,7 @@ def compute_report(inputs: ReportInputs) -> dict[str, Any]:
     contributions = any(
         isinstance(tx, ContributionRecord) for b in replay.blocks for tx in b.transactions
     )
-    notes = list(inputs.notes)
+    notes = [*unfinished, *inputs.notes]
     if not contributions:
         notes.append(
             f"{NO_CONTRIBUTIONS} on this ledger (contribution method "
@@ -356,7 +518,23 @@ def compute_report(inputs: ReportInputs) -> dict[str, Any]:
             "accuracy": None if initial is None else initial.accuracy,
             "loss": None if initial is None else initial.loss,
         },
+        "progress": progress,
         "notes": notes,
+    }
+
+
+def _progress_json(inputs: ReportInputs) -> dict[str, Any]:
+    """How far the run got: the verified ledger's round against the rounds it was started for
+    (``planned_rounds`` None when nothing in or beside the run directory says)."""
+    plan = inputs.plan
+    done = inputs.verification.rounds
+    return {
+        "ledger_round": done,
+        "planned_rounds": None if plan is None else plan.rounds,
+        "planned_from": None if plan is None else plan.source,
+        "finished": None if plan is None else done >= plan.rounds,
+        "unfinished": describe_unfinished(done, plan),
+        "resume": None if plan is None or done >= plan.rounds else plan.resume,
     }
 
 
@@ -441,14 +619,17 @@ def _participant_order(
     return sorted(keys, key=lambda k: (client_indices.get(k, math.inf), fingerprint(k)))
 
 
-def _who(key: PublicKey, client_indices: Mapping[PublicKey, int]) -> dict[str, Any]:
-    index = client_indices.get(key)
+def _who(key: PublicKey, inputs: ReportInputs) -> dict[str, Any]:
+    """How the report names a participant: a simulated client by its index, a deployed
+    federation's participant by its registered name (see :func:`read_registered_names`),
+    anyone else by the fingerprint of its key (always given too)."""
+    index = inputs.client_indices.get(key)
+    registered = inputs.registered_names.get(key)
     fp = fingerprint(key) if len(key) == 32 else key.hex()
-    return {
-        "fingerprint": fp,
-        "client": index,
-        "name": f"client {index}" if index is not None else fp,
-    }
+    name = registered or fp
+    if index is not None:
+        name = f"client {index}"
+    return {"fingerprint": fp, "client": index, "registered_name": registered, "name": name}
 
 
 def _participants_json(
@@ -507,7 +688,7 @@ def _participants_json(
         result.append(
             {
                 "public_key": key.hex(),
-                **_who(key, indices),
+                **_who(key, inputs),
                 "num_examples": now.num_examples,
                 "joined_round": joined.get(key, 0),
                 "initial_stake": initial.get(key, now.stake),
@@ -591,13 +772,12 @@ def _events_json(inputs: ReportInputs, replay: _Replay, genesis: Genesis) -> lis
     A slashing's ``stake_lost`` is what its block took from the offender beyond the block's
     explicit reward deltas (several offences of one key in one block: on the first).
     """
-    indices = inputs.client_indices
     events: list[dict[str, Any]] = []
 
     def add(block: Block, kind: str, key: PublicKey, reason: str, **more: Any) -> None:
         where = {"round": block.header.round, "height": block.header.height, "kind": kind}
         empty = {"slashing_kind": None, "evidence_kind": None, "evidence": None, "stake_lost": 0}
-        who = {"public_key": key.hex(), **_who(key, indices)}
+        who = {"public_key": key.hex(), **_who(key, inputs)}
         events.append({**where, **who, "reason": reason, **empty, **more})
 
     for pre, block, post in zip(replay.states, replay.blocks[1:], replay.states[1:], strict=False):
@@ -792,6 +972,7 @@ def render_html(report: Mapping[str, Any]) -> str:
     sections = [
         _html_header(report),
         _html_verdict(report["verification"]),
+        _html_unfinished(report),
         _html_cards(report),
         _html_accuracy(report),
         _html_contributions(report),
@@ -835,6 +1016,8 @@ section .lead { margin: 0 0 12px; color: var(--muted); font-size: 14px; }
 .verdict.ok .badge { background: var(--ok); color: #fff; }
 .verdict.failed { border-color: var(--bad); background: var(--bad-bg); }
 .verdict.failed .badge { background: var(--bad); color: #fff; }
+.verdict.unfinished { border-color: #9a5b00; background: #fff4e5; }
+.verdict.unfinished .badge { background: #9a5b00; color: #fff; }
 .verdict p { margin: 0; }
 .cards { display: grid; grid-template-columns: repeat(auto-fit, minmax(150px, 1fr)); gap: 12px;
   margin-top: 18px; }
@@ -918,6 +1101,17 @@ def _html_header(report: Mapping[str, Any]) -> str:
         "<header>\n<h1>Contribution report</h1>\n"
         f"<p>{' · '.join(facts)}</p>\n"
         f'<p class="mono">{_esc(run.get("run_dir", ""))}</p>\n</header>'
+    )
+
+
+def _html_unfinished(report: Mapping[str, Any]) -> str:
+    line = (report.get("progress") or {}).get("unfinished")
+    if not line:
+        return ""
+    return (
+        '<section class="verdict unfinished" id="unfinished">\n'
+        '<div class="badge">UNFINISHED</div>\n'
+        f"<div><p><strong>The run stopped early.</strong> {_esc(line)}</p></div>\n</section>"
     )
 
 
@@ -1075,7 +1269,7 @@ def _html_participants(report: Mapping[str, Any]) -> str:
         rows.append(
             [
                 f'{swatch}<span class="mono">{_esc(p["fingerprint"])}</span>',
-                _DASH if p["client"] is None else _esc(p["name"]),
+                _DASH if p["name"] == p["fingerprint"] else _esc(p["name"]),
                 _num(p["stake"]),
                 _signed(p["stake_change"]),
                 _num(p["rewards"]),
@@ -1090,7 +1284,7 @@ def _html_participants(report: Mapping[str, Any]) -> str:
     table = _html_table(
         [
             "key fingerprint",
-            "client",
+            "name",
             "final stake",
             "change",
             "rewards",
@@ -1105,14 +1299,17 @@ def _html_participants(report: Mapping[str, Any]) -> str:
         {2, 3, 4, 5, 6, 7, 8, 9},
     )
     lead = "Participants are named by the SHA-256 fingerprint of their ledger key, and by "
-    lead += "client index where the run directory holds their <code>.pub</code> file."
+    lead += "client index where the run directory holds their <code>.pub</code> file, or by "
+    lead += "the name their federation registered them under (<code>federation.toml</code>, "
+    lead += "for a registration signed by that key)."
     return _section("participants", "Participants", lead, table)
 
 
 def _html_who(entry: Mapping[str, Any]) -> str:
-    """A participant cell: the key fingerprint, and the client index where it is known."""
+    """A participant cell: the key fingerprint, and the client index or registered name where
+    one is known."""
     who = f'<span class="mono">{_esc(entry["fingerprint"])}</span>'
-    return who if entry["client"] is None else f"{who}<br>{_esc(entry['name'])}"
+    return who if entry["name"] == entry["fingerprint"] else f"{who}<br>{_esc(entry['name'])}"
 
 
 def _html_events(report: Mapping[str, Any]) -> str:

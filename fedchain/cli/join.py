@@ -9,9 +9,11 @@ its environment, and the node config names the variables, never the values.
 from __future__ import annotations
 
 import os
+import re
 import signal
-import sys
+import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any
@@ -22,6 +24,7 @@ from fedchain import datafile, deploy, identity
 from fedchain.cli.common import PASSPHRASE_ENV, console, read_passphrase
 from fedchain.cli.federation import _parse_set
 from fedchain.errors import ConfigError
+from fedchain.ledger.show import printable
 
 IDENTITY_PASSPHRASE_ENV = "FEDCHAIN_IDENTITY_PASSPHRASE"  # noqa: S105 - a variable's name
 
@@ -81,7 +84,12 @@ def join(
     ] = None,
 ) -> None:
     """Join a federation: check your data and identity, then run a Flower SuperNode that
-    trains on your data with your identity until you press Ctrl-C."""
+    trains on your data with your identity until the federation's run has finished (or you
+    press Ctrl-C).
+
+    The console shows one line per round this node trains in, and Flower's warnings and
+    errors; the SuperNode's full log (without colour codes) goes to --log.
+    """
     address = _check_address(coordinator)
     if insecure == (root_cert is not None):
         raise ConfigError("give --root-cert CA.crt (TLS), or --insecure for a coordinator without")
@@ -117,6 +125,7 @@ def join(
     public = identity.public_key_bytes(key)
     console.print(f"data {data}: {len(dataset)} examples; identity {identity.fingerprint(public)}")
     log_path = log or Path(f"{data.stem}.supernode.log")
+    progress = SupernodeProgress()
     process = deploy.start_supernode(
         superlink_address=address,
         node_config=config,
@@ -126,47 +135,134 @@ def join(
         log_path=log_path,
         max_wait_time=max_wait,
         env=env,
+        on_line=progress.on_line,
     )
     console.print(
         f"SuperNode started (pid {process.pid}), connecting to {address}; log {log_path}. "
         "Ctrl-C stops it."
     )
-    _follow(process)
+    with tempfile.TemporaryDirectory(prefix="fedchain-join-") as flwr_home:
+        connection = deploy.write_flwr_connection(Path(flwr_home), "federation", address, root_cert)
+        _follow(process, progress, connection)
 
 
-def _follow(process: deploy.ManagedProcess) -> None:
-    """Echo the SuperNode's log until it exits; Ctrl-C or SIGTERM stops it (and its children)."""
+@dataclass
+class SupernodeProgress:
+    """What the SuperNode's log says: one console line per round this node takes part in,
+    Flower's warnings and errors, and the Flower run the node last served.
+
+    A Flower round is named by the message's group id where the coordinator sets one
+    (``[RUN r, ROUND k]``); otherwise rounds are counted per run, as the node received them.
+    Fed by the thread that copies the SuperNode's output (:func:`fedchain.deploy.start_process`).
+    """
+
+    run_id: int | None = None
+    round_label: str | None = None
+    rounds_in_run: int = 0
+    rounds_done: int = 0
+    last_line: float = field(default_factory=time.monotonic)
+    started: float = field(default_factory=time.monotonic)
+    printed: list[str] = field(default_factory=list)
+
+    def on_line(self, line: str) -> None:
+        self.last_line = time.monotonic()
+        level, message = deploy.parse_flower_log_line(line)
+        text = self.describe(level, message)
+        if text is not None:
+            self.printed.append(text)
+            console.print(text, markup=False, highlight=False)
+
+    def describe(self, level: str | None, message: str) -> str | None:
+        """The console line for one log line, or None (most of the log stays in the file)."""
+        if level in ("WARNING", "ERROR", "CRITICAL"):
+            return f"{level.lower()}: {printable(message)}"
+        if level != "INFO":
+            return None
+        if match := _RUN_HEADER.fullmatch(message):
+            run_id = int(match.group(1))
+            if run_id != self.run_id:
+                self.run_id, self.rounds_in_run = run_id, 0
+            self.round_label = match.group(2)
+        elif match := _NODE_ID.fullmatch(message):
+            return f"connected to the coordinator (SuperNode id {match.group(1)})"
+        elif _RECEIVING_TRAIN.match(message):
+            self.rounds_in_run += 1
+            self.started = time.monotonic()
+        elif _SENDING_TRAIN.match(message):
+            self.rounds_done += 1
+            label = self.round_label or str(self.rounds_in_run)
+            seconds = time.monotonic() - self.started
+            return (
+                f"round {label}: trained on your data, signed update sent "
+                f"({seconds:.1f} s; Flower run {self.run_id})"
+            )
+        return None
+
+
+_RUN_HEADER = re.compile(r"\[RUN (\d+)(?:, ROUND (\S+))?\]")
+_NODE_ID = re.compile(r"SuperNode ID: (\d+)")
+_RECEIVING_TRAIN = re.compile(r"Receiving: train\b")
+_SENDING_TRAIN = re.compile(r"Sending: train\b")
+STATUS_POLL_S = 15.0
+"""How often, once the node has been idle that long, join asks the coordinator whether the
+Flower run it served has finished (``flwr list``: a SuperNode itself is never told)."""
+
+
+def _follow(
+    process: deploy.ManagedProcess,
+    progress: SupernodeProgress,
+    connection: deploy.FlwrConnection,
+) -> None:
+    """Wait for the SuperNode; stop it and exit 0 once the federation's run has completed.
+
+    A SuperNode serves runs for ever: Flower 1.41 never tells it that a run ended (its loop in
+    ``flwr/supernode/start_client_internal.py`` only pulls messages). So join asks the
+    coordinator's SuperLink (``flwr list --run-id``, the Control API on the address it already
+    dials) whenever the node has been idle for :data:`STATUS_POLL_S`. Only ``finished:completed``
+    ends it: a run that failed or was stopped may be a coordinator about to resume. If the
+    coordinator does not answer, join says so once and asks less often (Ctrl-C still stops).
+    Ctrl-C or SIGTERM stops the SuperNode (and its children).
+    """
 
     def on_term(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, on_term)
-    offset = process.log_path.stat().st_size if process.log_path.exists() else 0
+    next_ask, warned = 0.0, False
     try:
         while deploy.is_running(process):
-            offset = _echo(process.log_path, offset)
             time.sleep(0.5)
-        _echo(process.log_path, offset)
-        status = deploy.wait_exit(process, 5.0)
+            now = time.monotonic()
+            idle = now - progress.last_line >= STATUS_POLL_S
+            if not (idle and now >= next_ask and progress.run_id and progress.rounds_done):
+                continue
+            next_ask = now + STATUS_POLL_S
+            try:
+                status = deploy.run_status(connection, progress.run_id)
+            except deploy.DeployError as e:
+                next_ask = now + 4 * STATUS_POLL_S  # a coordinator restarting, or one that
+                if not warned:  # keeps its Control API to itself: ask less often
+                    warned = True
+                    console.print(
+                        f"cannot ask the coordinator whether run {progress.run_id} has "
+                        f"finished ({printable(e)}); asking again later (Ctrl-C stops)",
+                        markup=False,
+                    )
+                continue
+            if status == "finished:completed":
+                console.print(
+                    f"the federation's run {progress.run_id} has finished "
+                    f"({progress.rounds_done} round(s) trained here); stopping the SuperNode"
+                )
+                deploy.stop_process(process, timeout=10.0)
+                return
+        status_code = deploy.wait_exit(process, 5.0)
         flower_code = deploy.flower_exit_code(process)
         reason = f", Flower exit code {flower_code}" if flower_code is not None else ""
-        console.print(f"the SuperNode exited (status {status}{reason})")
-        raise typer.Exit(1 if status or flower_code else 0)
+        console.print(f"the SuperNode exited (status {status_code}{reason})")
+        raise typer.Exit(1 if status_code or flower_code else 0)
     except KeyboardInterrupt:
         console.print("stopping the SuperNode…")
         deploy.stop_process(process, timeout=10.0)
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def _echo(path: Path, offset: int) -> int:
-    try:
-        with path.open("rb") as f:
-            f.seek(offset)
-            chunk = f.read()
-    except OSError:
-        return offset
-    if chunk:
-        sys.stdout.write(chunk.decode("utf-8", errors="replace"))
-        sys.stdout.flush()
-    return offset + len(chunk)

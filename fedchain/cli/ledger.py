@@ -17,10 +17,11 @@ from rich.progress import Progress
 from rich.table import Table
 
 from fedchain.cli.common import console, ledger_progress, make_app
+from fedchain.errors import ConfigError
 from fedchain.identity import fingerprint
-from fedchain.ledger.codec import decode
+from fedchain.ledger.codec import MAX_INT, decode
 from fedchain.ledger.objects import Block
-from fedchain.ledger.show import block_to_json, describe_transaction
+from fedchain.ledger.show import as_markup_text, block_to_json, describe_transaction
 from fedchain.ledger.store import LedgerStore, open_ledger_path
 from fedchain.ledger.verify import VerifyReport, verify_ledger
 from fedchain.registry import (
@@ -28,7 +29,9 @@ from fedchain.registry import (
     check_model_files,
     find_unregistered_files,
     get_registered_hashes,
+    read_regular_file,
 )
+from fedchain.report import describe_unfinished, read_run_plan
 
 app = make_app("Read a ledger: list its blocks and transactions.")
 
@@ -65,6 +68,9 @@ def verify(
         report = verify_ledger(path, on_block=on_block)
         models = _check_models(path, report, progress)
     _print_report(report, models)
+    unfinished = describe_unfinished(report.rounds, read_run_plan(path)) if path.is_dir() else None
+    if unfinished and report.blocks:
+        console.print(f"[bold yellow]{as_markup_text(unfinished)}[/]")
     failed = not report.ok or bool(models.problems)
     if scores and not failed:
         failed = not _recheck_scores(path, report)
@@ -79,13 +85,14 @@ def _recheck_scores(path: Path, report: VerifyReport) -> bool:
     if not path.is_dir():
         console.print("scores: not checked (ledger file only)")
         return True
+    read_regular_file(path / "config.toml", path)  # a FIFO or a link out: one line, not a hang
     config = load_config_file(path / "config.toml")
     with console.status("recomputing contribution scores from the archived updates…"):
         check = recheck_scores(path, report, config)
     if check.problems:
-        console.print(f"[bold red]FAILED[/] scores: {check.problems[0]}")
+        console.print(f"[bold red]FAILED[/] scores: {as_markup_text(check.problems[0])}")
         for problem in check.problems[1:]:
-            console.print(f"  {problem}")
+            console.print(f"  {as_markup_text(problem)}")
         return False
     console.print(
         f"scores: {check.rounds} rounds recomputed from the archived updates "
@@ -132,7 +139,10 @@ def _print_report(report: VerifyReport, models: _ModelsVerdict) -> None:
     if report.blocks:
         rate = report.signatures / report.seconds if report.seconds else 0.0
         rows = [
-            ("federation", f"{report.genesis_hash.hex()} (run {report.run_id!r})"),
+            (
+                "federation",
+                f"{report.genesis_hash.hex()} (run {as_markup_text(repr(report.run_id))})",
+            ),
             (
                 "blocks",
                 f"{report.blocks} (head height {report.head_height}, round {report.rounds})",
@@ -157,13 +167,13 @@ def _print_report(report: VerifyReport, models: _ModelsVerdict) -> None:
             table.add_row(name, value)
         console.print(table)
     for warning in models.warnings:
-        console.print(f"[bold yellow]warning[/] {warning}")
+        console.print(f"[bold yellow]warning[/] {as_markup_text(warning)}")
     if not report.ok:
-        console.print(f"[bold red]FAILED[/] {report.failure}")
+        console.print(f"[bold red]FAILED[/] {as_markup_text(report.failure)}")
     elif models.problems:
-        console.print(f"[bold red]FAILED[/] {models.problems[0]}")
+        console.print(f"[bold red]FAILED[/] {as_markup_text(models.problems[0])}")
         for problem in models.problems[1:]:
-            console.print(f"  also: {problem}")
+            console.print(f"  also: {as_markup_text(problem)}")
     else:
         checked = ", and every model file" if models.checked else ""
         console.print(
@@ -175,12 +185,25 @@ def _print_report(report: VerifyReport, models: _ModelsVerdict) -> None:
 @app.command()
 def show(
     path: PathArg,
-    start: Annotated[int, typer.Option("--from", min=0, help="First height to show.")] = 0,
-    end: Annotated[int | None, typer.Option("--to", min=0, help="Last height to show.")] = None,
+    start: Annotated[
+        int, typer.Option("--from", min=0, max=MAX_INT, help="First height to show.")
+    ] = 0,
+    end: Annotated[
+        int | None, typer.Option("--to", min=0, max=MAX_INT, help="Last height to show.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON document per block.")] = False,
 ) -> None:
-    """List blocks with their transactions (one line each), or as JSON."""
+    """List blocks with their transactions (one line each), or as JSON.
+
+    What participants wrote (rejection reasons, run ids) is shown as text: markup and control
+    characters in it are never interpreted.
+    """
     with LedgerStore.open(open_ledger_path(path), readonly=True) as store:
+        head = store.head().height
+        if start > head:
+            raise ConfigError(
+                f"--from {start}: past the ledger's head (heights 0..{head} in {path})"
+            )
         for stored in store.iter_blocks(start):
             if end is not None and stored.height > end:
                 break
@@ -197,4 +220,4 @@ def show(
                 + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items()))
             )
             for tx in block.transactions:
-                console.print(f"    {describe_transaction(tx)}", highlight=False)
+                console.print(f"    {describe_transaction(tx)}", markup=False, highlight=False)

@@ -14,6 +14,7 @@ import typer
 from rich.table import Table
 
 from fedchain.cli.common import console, make_app
+from fedchain.ledger.show import as_markup_text
 from fedchain.registry import (
     ModelEntry,
     find_model,
@@ -66,7 +67,7 @@ def list_(
     if as_json:
         print(json.dumps([_entry_to_json(e) for e in entries], indent=2))
         return
-    table = Table(title=f"models of {run_dir}")
+    table = Table(title=f"models of {as_markup_text(run_dir)}")
     for column in ("round", "height"):
         table.add_column(column, justify="right")
     table.add_column("hash")
@@ -80,7 +81,7 @@ def list_(
             str(e.height),
             _short(e.model_hash),
             _short(e.parent_hash),
-            e.rule or "(initial)",
+            as_markup_text(e.rule) if e.rule else "(initial)",
             str(e.num_updates),
             "ok" if e.file_present else "[bold red]missing[/]",
         )
@@ -127,7 +128,9 @@ def show(
     table.add_column("dtype")
     table.add_column("parameters", justify="right")
     for name, shape, dtype, size in tensors:
-        table.add_row(name, " x ".join(map(str, shape)) or "scalar", dtype, f"{size:,}")
+        table.add_row(
+            as_markup_text(name), " x ".join(map(str, shape)) or "scalar", dtype, f"{size:,}"
+        )
     console.print(table)
 
 
@@ -137,12 +140,19 @@ def _print_entry(entry: ModelEntry, file_size: int) -> None:
     console.print(f"  hash     {entry.model_hash.hex()}")
     if entry.parent_hash is not None:
         console.print(f"  parent   {entry.parent_hash.hex()}")
-        console.print(f"  rule     {entry.rule}, {entry.num_updates} updates")
-    console.print(f"  file     {entry.path} ({file_size:,} bytes, hash verified)", soft_wrap=True)
+        console.print(f"  rule     {as_markup_text(entry.rule)}, {entry.num_updates} updates")
+    console.print(
+        f"  file     {as_markup_text(entry.path)} ({file_size:,} bytes, hash verified)",
+        soft_wrap=True,
+    )
 
 
 def _print_lineage(lineage: list[ModelEntry]) -> None:
     console.print("[bold]lineage[/] (newest first)")
     for e in lineage:
-        what = "initial model" if e.is_initial else f"{e.rule}, {e.num_updates} updates"
+        what = (
+            "initial model"
+            if e.is_initial
+            else f"{as_markup_text(e.rule)}, {e.num_updates} updates"
+        )
         console.print(f"  round {e.round:>4}  block {e.height:>4}  {_short(e.model_hash)}  {what}")

@@ -14,10 +14,10 @@ from typing import Annotated, Any
 
 import typer
 from rich import box
-from rich.markup import escape
 from rich.table import Table
 
 from fedchain.cli.common import console, ledger_progress
+from fedchain.ledger.show import as_markup_text
 from fedchain.report import build_report, write_report_files
 
 MAX_ROUND_ROWS = 30  # longer runs show their first and last rounds; report.html has them all
@@ -57,10 +57,23 @@ def report(
 
 
 def print_summary(data: Mapping[str, Any]) -> None:
-    """The terminal half of the report, from the same dict as report.json."""
+    """The terminal half of the report, from the same dict as report.json.
+
+    Everything that comes from the run directory (names, reasons, the run id) is shown as
+    text, never as rich markup; numbers are never cut: on a narrow terminal (below
+    :data:`WIDE_TERMINAL` columns) the participants table folds the key into the name
+    column and the stake lost to penalties and slashing into one column.
+    """
     run = data["run"]
-    name = f"run {run['run_id']!r}" if run.get("run_id") else "a run whose ledger cannot be read"
-    console.print(f"[bold]report of {name}[/] ({escape(run.get('run_dir', ''))})")
+    name = (
+        f"run {as_markup_text(repr(run['run_id']))}"
+        if run.get("run_id")
+        else "a run whose ledger cannot be read"
+    )
+    console.print(f"[bold]report of {name}[/] ({as_markup_text(run.get('run_dir', ''))})")
+    unfinished = (data.get("progress") or {}).get("unfinished")
+    if unfinished:
+        console.print(f"[bold yellow]{as_markup_text(unfinished)}[/]")
     if data["participants"]:
         console.print()
         console.print(_participants_table(data))
@@ -73,7 +86,8 @@ def print_summary(data: Mapping[str, Any]) -> None:
     elif data["participants"]:
         console.print("no rejected updates and no slashing")
     for note in data["notes"]:
-        console.print(f"[yellow]note[/] {escape(note)}", highlight=False)
+        if note != unfinished:
+            console.print(f"[yellow]note[/] {as_markup_text(note)}", highlight=False)
     _print_verdict(data["verification"])
 
 
@@ -82,28 +96,50 @@ def _key_chars() -> int:
     return 16 if console.width >= WIDE_TERMINAL else 8
 
 
+def _number_column(table: Table, header: str, values: Sequence[str]) -> None:
+    """A right-aligned column that is never wrapped or cut: as wide as its widest value."""
+    width = max([len(header), *(len(v) for v in values)])
+    table.add_column(header, justify="right", no_wrap=True, min_width=width)
+
+
 def _participants_table(data: Mapping[str, Any]) -> Table:
+    wide = console.width >= WIDE_TERMINAL
     table = Table(title="participants", title_justify="left", box=box.SIMPLE_HEAD, **_COMPACT)
-    table.add_column("participant", no_wrap=True)
-    table.add_column("key", no_wrap=True)
-    for name in ("stake", "rewards", "penalty", "slashed", "score", "rep.", "ok/ref"):
-        table.add_column(name, justify="right", no_wrap=True)
     chars = _key_chars()
-    for p in data["participants"]:
-        name = p["name"] if p["active"] else f"{p['name']} [red](ejected)[/]"
-        table.add_row(
-            name,
-            p["fingerprint"][:chars],
-            f"{p['stake']:,}",
-            f"{p['rewards']:,}",
-            f"{p['penalties']:,}",
-            f"{p['slashed']:,}",
-            "-" if p["contribution"] is None else f"{p['contribution']:+.4f}",
-            f"{p['reputation'] * 100:.0f}%",
-            f"{p['updates']}/{p['rejections'] + p['slashings']}",
-        )
+    people = data["participants"]
+    names = []
+    for p in people:
+        shown = as_markup_text(p["name"])
+        if not wide and p["name"] != p["fingerprint"]:
+            shown += f" {p['fingerprint'][:chars]}"
+        names.append(shown if p["active"] else f"{shown} [red](ejected)[/]")
+    columns: dict[str, list[str]] = {
+        "stake": [f"{p['stake']:,}" for p in people],
+        "rewards": [f"{p['rewards']:,}" for p in people],
+    }
+    if wide:
+        columns["penalty"] = [f"{p['penalties']:,}" for p in people]
+        columns["slashed"] = [f"{p['slashed']:,}" for p in people]
+    else:
+        columns["lost"] = [f"{p['penalties'] + p['slashed']:,}" for p in people]
+    columns["score"] = [
+        "-" if p["contribution"] is None else f"{p['contribution']:+.4f}" for p in people
+    ]
+    columns["rep."] = [f"{p['reputation'] * 100:.0f}%" for p in people]
+    columns["ok/ref"] = [f"{p['updates']}/{p['rejections'] + p['slashings']}" for p in people]
+    table.add_column("participant", overflow="fold")
+    if wide:
+        table.add_column("key", no_wrap=True)
+    for header, values in columns.items():
+        _number_column(table, header, values)
+    for i, p in enumerate(people):
+        key = [p["fingerprint"][:chars]] if wide else []
+        table.add_row(names[i], *key, *(values[i] for values in columns.values()))
+    lost = (
+        "penalty and slashed: stake lost" if wide else "lost: stake lost to penalties and slashing"
+    )
     table.caption = (
-        "stake: final; penalty and slashed: stake lost; score: total contribution; "
+        f"stake: final; {lost}; score: total contribution; "
         "rep.: reputation; ok/ref: updates accepted/refused"
     )
     table.caption_justify = "left"
@@ -125,27 +161,34 @@ def _count(value: int | None) -> str:
 
 def _rounds_table(rounds: Sequence[Mapping[str, Any]]) -> Table:
     table = Table(title="rounds", title_justify="left", box=box.SIMPLE_HEAD, **_COMPACT)
-    for name in ("round", "accuracy", "loss", "accepted", "refused", "slashed", "rewards"):
-        table.add_column(name, justify="right", no_wrap=True)
-    table.add_column("scores")
-    table.add_column("model", no_wrap=True)
     chars = _key_chars()
     rows, skipped = _pick_rows(rounds, MAX_ROUND_ROWS)
+    cells: list[list[str]] = []
     for r in rows:
         if r is None:
-            table.add_row("…", f"{skipped} more rounds in report.html", *[""] * 7)
+            cells.append(["…", f"{skipped} more rounds in report.html", *[""] * 7])
             continue
-        table.add_row(
-            str(r["round"]),
-            "-" if r["accuracy"] is None else f"{r['accuracy'] * 100:.2f}%",
-            "-" if r["loss"] is None else f"{r['loss']:.4f}",
-            _count(r["accepted"]),
-            _count(r["rejected"]),
-            _count(r["slashing_events"]),
-            _count(r["rewards_paid"]),
-            "yes" if r["contributions_recorded"] else "-",
-            "-" if r["model_hash"] is None else r["model_hash"][:chars],
+        cells.append(
+            [
+                str(r["round"]),
+                "-" if r["accuracy"] is None else f"{r['accuracy'] * 100:.2f}%",
+                "-" if r["loss"] is None else f"{r['loss']:.4f}",
+                _count(r["accepted"]),
+                _count(r["rejected"]),
+                _count(r["slashing_events"]),
+                _count(r["rewards_paid"]),
+                "yes" if r["contributions_recorded"] else "-",
+                "-" if r["model_hash"] is None else r["model_hash"][:chars],
+            ]
         )
+    headers = ("round", "accuracy", "loss", "accepted", "refused", "slashed", "rewards")
+    for i, header in enumerate(headers):
+        values = [row[i] for row, r in zip(cells, rows, strict=True) if r is not None]
+        _number_column(table, header, values)
+    table.add_column("scores", overflow="fold")  # these two give way first, never the numbers
+    table.add_column("model", overflow="fold")
+    for row in cells:
+        table.add_row(*row)
     return table
 
 
@@ -156,14 +199,15 @@ def _events_table(events: Sequence[Mapping[str, Any]]) -> Table:
         box=box.SIMPLE_HEAD,
         **_COMPACT,
     )
-    table.add_column("round", justify="right")
-    table.add_column("event")
-    table.add_column("participant")
-    table.add_column("evidence")
-    table.add_column("reason")
-    table.add_column("stake lost", justify="right")
     colour = {"rejected": "yellow", "slashed": "red", "ejected": "magenta"}
     rows, skipped = _pick_rows(events, MAX_EVENT_ROWS)
+    shown = [e for e in rows if e is not None]
+    _number_column(table, "round", [str(e["round"]) for e in shown])
+    table.add_column("event", no_wrap=True)
+    table.add_column("participant", overflow="fold")
+    table.add_column("evidence", overflow="fold")
+    table.add_column("reason", overflow="fold")
+    _number_column(table, "stake lost", [f"{e['stake_lost']:,}" for e in shown])
     for e in rows:
         if e is None:
             table.add_row("…", f"{skipped} more", "", "", "see report.html", "")
@@ -174,9 +218,11 @@ def _events_table(events: Sequence[Mapping[str, Any]]) -> Table:
         table.add_row(
             str(e["round"]),
             f"[{colour[e['kind']]}]{e['kind']}[/]",
-            e["name"] if e["client"] is None else f"{e['name']} {e['fingerprint'][: _key_chars()]}",
-            evidence,
-            escape(e["reason"]),
+            as_markup_text(e["name"])
+            if e["name"] == e["fingerprint"]
+            else f"{as_markup_text(e['name'])} {e['fingerprint'][: _key_chars()]}",
+            as_markup_text(evidence),
+            as_markup_text(e["reason"]),
             f"{e['stake_lost']:,}" if e["kind"] == "slashed" else "-",
         )
     return table
@@ -190,6 +236,6 @@ def _print_verdict(v: Mapping[str, Any]) -> None:
             highlight=False,
         )
     else:
-        console.print(f"[bold red]FAILED[/] {escape(v['first_failure'])}", highlight=False)
+        console.print(f"[bold red]FAILED[/] {as_markup_text(v['first_failure'])}")
         for problem in v["model_problems"][1:]:
-            console.print(f"  also: {escape(problem)}", highlight=False)
+            console.print(f"  also: {as_markup_text(problem)}")

@@ -1,9 +1,18 @@
-"""Readable and JSON views of ledger objects for ``fedchain ledger show`` (no protocol logic)."""
+"""Readable and JSON views of ledger objects for ``fedchain ledger show`` (no protocol logic).
+
+Much of what a ledger holds was written by someone else: a rejection's reason quotes a client's
+error text, a run id is the coordinator's. Such text reaches a terminal only through
+:func:`printable` (control characters, ANSI escapes among them, shown as escapes) and, where it
+goes through rich, :func:`as_markup_text` (rich markup shown as text, never obeyed), so a client
+can neither crash a reader's command (``[/bold]``) nor plant a link or rewrite the screen.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Any
+
+from rich.markup import escape
 
 from fedchain.identity import fingerprint
 from fedchain.ledger.objects import (
@@ -19,6 +28,20 @@ from fedchain.ledger.objects import (
     UpdateCommitment,
     compute_block_hash,
 )
+
+
+def printable(value: object) -> str:
+    """``str(value)`` with every non-printable character (control codes, ESC, bidi overrides,
+    line breaks) written as a Python escape (``\\x1b``): one line, shown as it is."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
+def as_markup_text(value: object) -> str:
+    """``value`` for a rich markup string: :func:`printable`, with markup escaped."""
+    return escape(printable(value))
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -44,12 +67,16 @@ def _who(key: bytes) -> str:
 
 
 def describe_transaction(tx: object) -> str:
-    """One line per transaction, naming participants by their key fingerprint."""
+    """One line per transaction, naming participants by their key fingerprint.
+
+    Plain text (not rich markup), with what a participant or the coordinator wrote passed
+    through :func:`printable`.
+    """
     match tx:
         case Genesis():
             return (
-                f"genesis run={tx.run_id!r} participants={len(tx.participants)} "
-                f"rule={tx.rules.aggregation_rule} min_stake={tx.rules.min_stake} "
+                f"genesis run={printable(repr(tx.run_id))} participants={len(tx.participants)} "
+                f"rule={printable(tx.rules.aggregation_rule)} min_stake={tx.rules.min_stake} "
                 f"reward/round={tx.rules.reward_per_round}"
             )
         case Registration():
@@ -62,7 +89,7 @@ def describe_transaction(tx: object) -> str:
         case ModelVersion():
             return (
                 f"model {tx.model_hash.hex()[:16]} parent={tx.parent_hash.hex()[:16]} "
-                f"updates={len(tx.update_hashes)} rule={tx.rule}"
+                f"updates={len(tx.update_hashes)} rule={printable(tx.rule)}"
             )
         case ContributionRecord():
             return f"contribution round={tx.round} scores={len(tx.scores)}"
@@ -71,9 +98,9 @@ def describe_transaction(tx: object) -> str:
             fined = -sum(d for _, d in tx.deltas if d < 0)
             return f"rewards round={tx.round} paid={paid} penalties={fined}"
         case SlashingEvidence():
-            return f"slashing {tx.kind} offender={_who(tx.offender)}"
+            return f"slashing {printable(tx.kind)} offender={_who(tx.offender)}"
         case Rejection():
-            return f"rejection {_who(tx.public_key)} round={tx.round}: {tx.reason}"
+            return f"rejection {_who(tx.public_key)} round={tx.round}: {printable(tx.reason)}"
         case Attestation():
             return f"attestation {_who(tx.validator)} → height {tx.height}"
     return type(tx).__name__

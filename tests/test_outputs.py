@@ -1,0 +1,479 @@
+"""What fedchain prints and reads when the run directory is hostile, broken or unfinished.
+
+Issue 16's output cases, each played against the real commands (``ledger show``, ``verify``,
+``report``, ``models``) on real ledgers: out-of-range arguments, client-written text that is
+rich markup or terminal escapes, model files that are FIFOs or links out of the run directory,
+metrics that hold NaN or are garbled, a run in which every client failed, an 80-column
+terminal, a deployed federation's participant names, and a run killed before its last round.
+"""
+
+# ruff: noqa: F811 - test_report's scored_run fixture is imported and then named as an argument
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tomli_w
+from typer.testing import CliRunner, Result
+
+from clients.client_app import app as client_app
+from fedchain import deploy
+from fedchain.cli import app
+from fedchain.cli.join import SupernodeProgress
+from fedchain.config import RunConfig
+from fedchain.errors import FedchainError
+from fedchain.federation import (
+    FEDERATION_FILE,
+    RUN_DIRNAME,
+    ParticipantEntry,
+    add_participant,
+    init_federation,
+)
+from fedchain.identity import NO_FEDERATION, fingerprint, public_key_bytes
+from fedchain.ledger.builder import build_block, make_genesis, make_rules, sign_registration
+from fedchain.ledger.chain import Chain
+from fedchain.ledger.consensus import get_proposer
+from fedchain.ledger.objects import GenesisParticipant, Rejection
+from fedchain.ledger.show import printable
+from fedchain.ledger.synthetic import derive_key
+from fedchain.registry import save_model
+from fedchain.runs import prepare_run
+from server.inprocess_grid import InProcessGrid
+from server.server_app import run_federation
+from tests.test_report import PENALTY, scored_run  # noqa: F401 - scored_run is a fixture
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+runner = CliRunner()
+HOSTILE_REASON = "bad [/bold] update [link=https://evil.example]click[/link] \x1b[2J\x1b]8;;x\x07"
+STAKE = 1_010_512_345  # wide enough that a cut number shows
+NAMES = ("alice", "bob", "carol")
+
+
+def invoke(*args: object, columns: int = 200) -> Result:
+    return runner.invoke(app, [str(a) for a in args], env={"COLUMNS": str(columns)})
+
+
+def assert_one_clean_failure(result: Result, code: int) -> None:
+    assert result.exit_code == code, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(
+        result.exception
+    )
+    assert "Traceback" not in result.output
+
+
+# --------------------------------------------------------------------------------------------------
+# A deployed federation: FED_DIR/federation.toml beside FED_DIR/run, one round of rejections
+
+
+@pytest.fixture(scope="module")
+def fed_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """alice, bob and carol registered (carol's federation.toml entry then forged to name her
+    "mallory" under a broken signature); 4 rounds planned, the ledger killed after round 1, in
+    which every client's update was rejected with text a client wrote."""
+    fed = tmp_path_factory.mktemp("deployed") / "fed"
+    init_federation(fed, name="fed", settings={"rounds": 4, "min-stake": 1_000})
+    keys = [derive_key(16, i) for i in range(3)]
+    entries = []
+    for i, (name, key) in enumerate(zip(NAMES, keys, strict=True)):
+        reg = sign_registration(
+            key,
+            NO_FEDERATION,
+            stake=STAKE,
+            dataset_hash=bytes([i + 1]) * 32,
+            num_examples=100 + i,
+        )
+        entries.append(ParticipantEntry(name, reg))
+        add_participant(fed, entries[-1])
+    doc = tomllib.loads((fed / FEDERATION_FILE).read_text())
+    doc["participants"][2]["name"] = "mallory"
+    doc["participants"][2]["signature"] = "00" * 64  # not carol's: her name must not show
+    (fed / FEDERATION_FILE).write_text(tomli_w.dumps(doc))
+    run_dir = fed / RUN_DIRNAME
+    initial = save_model(run_dir, {"w": np.zeros(4, np.float32)})
+    genesis = make_genesis(
+        "fed",
+        [
+            GenesisParticipant(e.public_key, STAKE, e.registration.dataset_hash, 100 + i)
+            for i, e in enumerate(entries)
+        ],
+        initial_model_hash=initial,
+        rules=make_rules(min_stake=1_000),
+    )
+    by_public = {public_key_bytes(k): k for k in keys}
+    with Chain.create(run_dir / "ledger.db", genesis) as chain:
+        state = chain.state
+        txs = [Rejection(1, public_key_bytes(k), HOSTILE_REASON) for k in keys]
+        chain.append(*build_block(state, txs, by_public[get_proposer(state)], round=1))
+    return fed
+
+
+UNBLOCKER = """
+import os, sys, time
+fifo, marker, delay = sys.argv[1], sys.argv[2], float(sys.argv[3])
+time.sleep(delay)
+while True:  # open and close the write end whenever someone waits to read it
+    try:
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        open(marker, "w").close()
+    except OSError:
+        pass
+    time.sleep(0.1)
+"""
+
+
+def run_unblocked(call: Callable[[], Result], fifo: Path, seconds: float = 20.0) -> Result:
+    """``call()``, with a separate process that unblocks any read of ``fifo`` still waiting
+    after ``seconds`` (the old code's open of a FIFO held the GIL, so no thread of ours
+    could); fails if it had to: the old code hung there."""
+    marker = fifo.with_name(fifo.name + ".unblocked")
+    watchdog = subprocess.Popen([sys.executable, "-c", UNBLOCKER, fifo, marker, str(seconds)])
+    try:
+        result = call()
+    finally:
+        watchdog.kill()
+        watchdog.wait()
+    assert not marker.exists(), f"blocked reading the FIFO {fifo}"
+    return result
+
+
+# --------------------------------------------------------------------------------------------------
+# 1. ledger show: out-of-range heights
+
+
+@pytest.mark.parametrize("value", ["1e20", str(10**30), "-1", "abc"])
+def test_invalid_ledger_show_height_is_a_usage_error(fed_dir, value):
+    result = invoke("ledger", "show", fed_dir / RUN_DIRNAME, "--from", value)
+    assert_one_clean_failure(result, 2)
+    assert "--from" in result.output
+    result = invoke("ledger", "show", fed_dir / RUN_DIRNAME, "--to", value)
+    assert_one_clean_failure(result, 2)
+
+
+def test_invalid_ledger_show_from_past_the_head(fed_dir):
+    result = invoke("ledger", "show", fed_dir / RUN_DIRNAME, "--from", "7")
+    assert_one_clean_failure(result, 1)
+    assert "past the ledger's head (heights 0..1" in result.output
+
+
+# --------------------------------------------------------------------------------------------------
+# 2. Client-written text is text
+
+
+def test_printable_escapes_control_characters():
+    assert printable("plain [b]x[/b]") == "plain [b]x[/b]"
+    assert printable("a\x1b[2Jb\nc\u202ed") == "a\\x1b[2Jb\\nc\\u202ed"
+
+
+def assert_shown_as_text(output: str) -> None:
+    assert "\x1b" not in output and "\x07" not in output
+    assert "bad [/bold] update [link=https://evil.example]click[/link]" in output
+    assert "\\x1b[2J" in output
+
+
+def test_ledger_show_prints_client_text_as_text(fed_dir):
+    result = invoke("ledger", "show", fed_dir / RUN_DIRNAME)
+    assert result.exit_code == 0, result.output
+    assert_shown_as_text(result.output)
+    as_json = invoke("ledger", "show", fed_dir / RUN_DIRNAME, "--json")
+    reasons = [
+        tx["reason"]
+        for line in as_json.output.splitlines()
+        for tx in json.loads(line)["transactions"]
+        if tx["type"] == "Rejection"
+    ]
+    assert reasons == [HOSTILE_REASON] * 3  # JSON keeps the exact text
+
+
+def test_report_prints_client_text_as_text(fed_dir, tmp_path):
+    result = invoke("report", fed_dir / RUN_DIRNAME, "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.output
+    assert "[/bold] update [link=https://evil.example]click[/link]" in result.output
+    page = (tmp_path / "report.html").read_text()
+    assert "evil.example" in page and 'href="https://evil.example' not in page
+
+
+# --------------------------------------------------------------------------------------------------
+# 3. Model files that are not regular files of the run
+
+
+def copy_run(source: Path, tmp_path: Path, name: str = "run") -> Path:
+    target = tmp_path / name
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("report.*"))
+    return target
+
+
+def test_invalid_verify_refuses_a_fifo_model_file(scored_run, tmp_path):
+    run_dir = copy_run(scored_run, tmp_path)
+    victim = sorted((run_dir / "models").iterdir())[0]
+    victim.unlink()
+    os.mkfifo(victim)
+    result = run_unblocked(lambda: invoke("verify", run_dir), victim)
+    assert_one_clean_failure(result, 1)
+    assert f"{victim.name}: a FIFO (named pipe), not a regular file" in result.output.replace(
+        "\n", ""
+    )
+    shown = lambda: invoke("models", "show", run_dir, victim.name[:16])  # noqa: E731
+    result = run_unblocked(shown, victim)
+    assert_one_clean_failure(result, 1)
+
+
+def test_invalid_verify_refuses_a_link_out_of_the_run(scored_run, tmp_path):
+    run_dir = copy_run(scored_run, tmp_path)
+    victim = sorted((run_dir / "models").iterdir())[0]
+    outside = tmp_path / "elsewhere.safetensors"
+    shutil.copy(victim, outside)  # the right bytes, but not the run's own file
+    victim.unlink()
+    victim.symlink_to(outside)
+    result = invoke("verify", run_dir, columns=300)
+    assert_one_clean_failure(result, 1)
+    assert "outside the run directory" in result.output
+
+
+def test_verify_follows_a_link_inside_the_run(scored_run, tmp_path):
+    run_dir = copy_run(scored_run, tmp_path)
+    victim = sorted((run_dir / "models").iterdir())[0]
+    (run_dir / "kept").mkdir()
+    victim.rename(run_dir / "kept" / victim.name)
+    victim.symlink_to(Path("..") / "kept" / victim.name)
+    result = invoke("verify", run_dir)
+    assert result.exit_code == 0, result.output
+
+
+# --------------------------------------------------------------------------------------------------
+# 4. metrics.json with NaN, Infinity, garbage
+
+
+def strict_json(text: str) -> dict:  # type: ignore[type-arg]
+    """JSON as the standard has it: NaN and Infinity are not JSON (Python would take them)."""
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"report.json holds {constant}")
+
+    return json.loads(text, parse_constant=refuse)  # type: ignore[no-any-return]
+
+
+def report_json(run_dir: Path) -> dict:  # type: ignore[type-arg]
+    return strict_json((run_dir / "report.json").read_text())
+
+
+def test_report_marks_non_finite_metrics_missing(scored_run, tmp_path):
+    run_dir = copy_run(scored_run, tmp_path)
+    (run_dir / "metrics.json").write_text(
+        '{"rounds": [{"round": 1, "accuracy": NaN, "loss": Infinity},'
+        ' {"round": 2, "accuracy": 0.5, "loss": -Infinity, "seconds": 1e999},'
+        ' {"round": 3, "accuracy": 0.75, "accepted": 2}]}'
+    )
+    result = invoke("report", run_dir)
+    assert result.exit_code == 0, result.output
+    data = report_json(run_dir)
+    assert [r["accuracy"] for r in data["rounds"]] == [None, 0.5, 0.75]
+    (note,) = [n for n in data["notes"] if "not a finite number" in n]
+    assert "round 1 accuracy, round 1 loss, round 2 loss, round 2 seconds" in note
+    assert "round 1 accuracy" in result.output
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b'{"rounds": [{"round": 1, "accu', b"\xff\xfe\x00", b"[" * 100_000, b'{"rounds": 3}'],
+)
+def test_report_survives_garbled_metrics(scored_run, tmp_path, content):
+    run_dir = copy_run(scored_run, tmp_path)
+    (run_dir / "metrics.json").write_bytes(content)
+    result = invoke("report", run_dir)
+    assert result.exit_code == 0, result.output
+    data = report_json(run_dir)
+    assert not data["metrics_available"]
+    assert any("metrics.json is unreadable" in n for n in data["notes"])
+    assert data["participants"] and data["verification"]["ok"]
+
+
+def test_report_does_not_hang_on_fifo_inputs(scored_run, tmp_path):
+    run_dir = copy_run(scored_run, tmp_path)
+    for name in ("metrics.json", "clients/client-000.pub"):
+        (run_dir / name).unlink()
+        os.mkfifo(run_dir / name)
+        result = run_unblocked(lambda: invoke("report", run_dir), run_dir / name)
+        assert result.exit_code == 0, result.output
+    assert any("FIFO" in n for n in report_json(run_dir)["notes"])
+
+
+# --------------------------------------------------------------------------------------------------
+# 5. A run in which every client failed
+
+
+@pytest.fixture(scope="module")
+def failed_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3 clients x 2 rounds through the real ServerApp logic and ClientApp, in process, with a
+    learning rate that makes every update non-finite: every reply is rejected."""
+    out = tmp_path_factory.mktemp("failed")
+    config = RunConfig(run_id="failed", out=str(out), clients=3, rounds=2, lr=1e30)
+    setup = prepare_run(config)
+    with contextlib.suppress(FedchainError):  # the run fails; its directory is what we read
+        run_federation(InProcessGrid(client_app, 3), config, setup.run_dir, lambda *a: None)
+    return setup.run_dir
+
+
+def test_report_of_a_run_in_which_every_client_failed(failed_run, tmp_path):
+    run_dir = copy_run(failed_run, tmp_path)
+    config = (run_dir / "config.toml").read_text()
+    (run_dir / "config.toml").write_text(config.replace("lr = 1e+30", "lr = inf"))  # older runs
+    result = invoke("report", run_dir, columns=80)
+    assert result.exit_code == 0, result.output
+    data = report_json(run_dir)
+    totals = data["totals"]
+    assert totals["accepted_updates"] == 0 and totals["rejected_updates"] == 6
+    assert totals["rewards_paid"] == 0 and not data["contributions_recorded"]
+    assert all(p["contribution"] is None and p["rewards"] == 0 for p in data["participants"])
+    assert data["progress"]["finished"] is True and data["progress"]["unfinished"] is None
+    page = (run_dir / "report.html").read_text()
+    assert 'id="verdict"' in page and "UNFINISHED" not in page
+
+
+# --------------------------------------------------------------------------------------------------
+# 6. 80 columns
+
+
+def test_report_at_80_columns_shows_whole_numbers(scored_run, tmp_path):
+    run_dir = copy_run(scored_run, tmp_path)
+    result = invoke("report", run_dir, columns=80)
+    assert result.exit_code == 0, result.output
+    assert max(len(line) for line in result.output.splitlines()) <= 80
+    tables = result.output.split("rejected updates")[0]  # reasons quote hashes with "…"
+    assert "…" not in tables
+    data = report_json(run_dir)
+    for p in data["participants"]:
+        assert f"{p['stake']:,}" in result.output and f"{p['rewards']:,}" in result.output
+        assert f"{p['penalties'] + p['slashed']:,}" in result.output
+        if p["contribution"] is not None:
+            assert f"{p['contribution']:+.4f}" in result.output
+    for r in data["rounds"]:
+        assert f"{r['rewards_paid']:,}" in result.output
+
+
+def test_report_at_80_columns_with_large_stakes(fed_dir, tmp_path):
+    result = invoke("report", fed_dir / RUN_DIRNAME, "--out", tmp_path, columns=80)
+    assert result.exit_code == 0, result.output
+    assert f"{STAKE:,}" in result.output and "…" not in result.output
+
+
+# --------------------------------------------------------------------------------------------------
+# 7. A deployed run names its participants
+
+
+def test_report_names_registered_participants(fed_dir, tmp_path):
+    result = invoke("report", fed_dir / RUN_DIRNAME, "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    data = report_json(tmp_path)
+    names = {p["name"] for p in data["participants"]}
+    carol = fingerprint(public_key_bytes(derive_key(16, 2)))
+    assert names == {"alice", "bob", carol}  # the forged entry names nobody
+    assert "mallory" not in result.output and "alice" in result.output
+    assert {e["name"] for e in data["events"]} == names
+    page = (tmp_path / "report.html").read_text()
+    assert "alice" in page and "mallory" not in page
+
+
+# --------------------------------------------------------------------------------------------------
+# 8. An unfinished run
+
+
+def test_verify_says_a_run_is_unfinished(fed_dir):
+    result = invoke("verify", fed_dir / RUN_DIRNAME, columns=300)
+    assert result.exit_code == 0, result.output
+    assert (
+        f"unfinished: ledger at round 1 of 4; resume with fedchain coordinator start {fed_dir}"
+        in (result.output)
+    )
+
+
+def test_report_says_a_simulated_run_is_unfinished(scored_run, tmp_path):
+    run_dir = copy_run(scored_run, tmp_path)
+    (run_dir / "config.toml").write_text('[fedchain]\nrun-id = "scored"\nrounds = 10\n')
+    line = f"unfinished: ledger at round 3 of 10; resume with fedchain simulate --resume {run_dir}"
+    result = invoke("verify", run_dir, columns=300)
+    assert result.exit_code == 0 and line in result.output, result.output
+    result = invoke("report", run_dir, columns=300)
+    assert result.exit_code == 0 and line in result.output, result.output
+    progress = report_json(run_dir)["progress"]
+    assert progress["ledger_round"] == 3 and progress["planned_rounds"] == 10
+    assert not progress["finished"] and progress["unfinished"] == line
+    page = (run_dir / "report.html").read_text()
+    assert 'id="unfinished"' in page and "UNFINISHED" in page
+
+
+def test_a_finished_run_is_not_called_unfinished(scored_run, tmp_path):
+    run_dir = copy_run(scored_run, tmp_path)
+    (run_dir / "config.toml").write_text('[fedchain]\nrun-id = "scored"\nrounds = 3\n')
+    result = invoke("verify", run_dir)
+    assert result.exit_code == 0 and "unfinished" not in result.output
+    assert PENALTY  # the scored run is the one of test_report
+
+
+# --------------------------------------------------------------------------------------------------
+# 9. fedchain join: the SuperNode's log without colour codes, one line per round
+
+
+FLOWER_LINES = [
+    "\x1b[92mINFO \x1b[0m:      Starting Flower SuperNode",
+    "\x1b[92mINFO \x1b[0m:      SuperNode ID: 42",
+    "\x1b[92mINFO \x1b[0m:      ",
+    "\x1b[92mINFO \x1b[0m:      [RUN 7]",
+    "\x1b[92mINFO \x1b[0m:      Receiving: train message (ID: a1)",
+    "\x1b[92mINFO \x1b[0m:      [RUN 7]",
+    "\x1b[92mINFO \x1b[0m:      Sending: train message (ID: b1)",
+    "\x1b[92mINFO \x1b[0m:      [RUN 7]",
+    "\x1b[92mINFO \x1b[0m:      Receiving: query message (ID: c1)",
+    "\x1b[92mINFO \x1b[0m:      [RUN 9, ROUND 3]",
+    "\x1b[92mINFO \x1b[0m:      Receiving: train message (ID: a2)",
+    "\x1b[92mINFO \x1b[0m:      [RUN 9, ROUND 3]",
+    "\x1b[92mINFO \x1b[0m:      Sending: train message (ID: b2)",
+    "\x1b[93mWARNING \x1b[0m:   link [/bold] lost \x1b[2J\x07",
+]
+
+
+def test_join_prints_one_line_per_round():
+    progress = SupernodeProgress()
+    for line in FLOWER_LINES:
+        progress.on_line(line)
+    assert [line.split(" (")[0] for line in progress.printed] == [
+        "connected to the coordinator",
+        "round 1: trained on your data, signed update sent",
+        "round 3: trained on your data, signed update sent",
+        "warning: link [/bold] lost \\x07",
+    ]
+    assert progress.run_id == 9 and progress.rounds_done == 2
+
+
+def test_start_process_writes_its_log_without_ansi_codes(tmp_path):
+    script = "\n".join(f"print({line!r}, flush=True)" for line in FLOWER_LINES)
+    seen: list[str] = []
+    process = deploy.start_process(
+        [sys.executable, "-c", script],
+        log_path=tmp_path / "node.log",
+        pid_file=tmp_path / "node.pid",
+        on_line=seen.append,
+    )
+    assert deploy.wait_exit(process, 30) == 0
+    deadline = time.monotonic() + 10
+    while len(seen) < len(FLOWER_LINES) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    log = (tmp_path / "node.log").read_text()
+    assert "\x1b" not in log and "\x1b" not in "".join(seen)
+    assert log.splitlines() == seen == [deploy.strip_ansi(line) for line in FLOWER_LINES]
+    assert seen[3] == "INFO :      [RUN 7]"
+    assert deploy.parse_flower_log_line(seen[4]) == ("INFO", "Receiving: train message (ID: a1)")
