@@ -15,6 +15,7 @@ records the attestations that make it final.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,7 @@ Scorer = Callable[[Arrays, list[Arrays], list[float], int], np.ndarray]
 MAX_SEAL_ATTEMPTS = 8
 MAX_REASON_CHARS = 200
 """Longest reason a rejection records (in characters, after escaping)."""
+_CONTROL = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|[\x00-\x1f\x7f-\x9f]")
 MAX_CLIENT_TEXT_CHARS = 120
 """Longest quotation of a client's own text (an error message) inside a reason."""
 
@@ -465,6 +467,27 @@ def compute_printable(text: str, limit: int, *, quoting: bool = False) -> str:
         pieces.append(piece)
         size += len(piece)
     return "".join(pieces)
+
+
+def brief_reason(reason: str, limit: int = 160) -> str:
+    """One printable line of a rejection reason, for a console or an error message.
+
+    A client's error text can be a whole Ray traceback (80 lines with terminal colour codes,
+    all of it on the ledger and in ``log.txt``): keep its kind (the text before the first
+    ``:``) and its last line, which in a Python or Ray traceback is the exception's message,
+    drop control characters (a client chooses this text), and cut it to ``limit`` characters.
+    """
+    text = " ".join(_CONTROL.sub(" ", compute_gist(reason)).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def compute_gist(text: str) -> str:
+    """The part of a multi-line text worth keeping: its first line's kind (before ``:``) and its
+    last line, which in a Python or Ray traceback is the exception's message."""
+    parts = [part.strip() for part in text.splitlines() if part.strip()]
+    if len(parts) <= 1:
+        return parts[0] if parts else text
+    return f"{parts[0].split(':', 1)[0]}: … {parts[-1]}"
 
 
 def quote_client_text(text: object, limit: int = MAX_CLIENT_TEXT_CHARS) -> str:

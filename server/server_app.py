@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import time
 from collections.abc import Callable, Mapping
 from logging import INFO, WARNING
@@ -32,7 +31,7 @@ from flwr.serverapp.strategy import (
 from fedchain.aggregation import RuleParams, _default_krum_f
 from fedchain.attacks import Attack, attacker_indices
 from fedchain.config import RunConfig, check_attack_has_attackers, merge_config
-from fedchain.coordinator import Coordinator, RoundOutcome
+from fedchain.coordinator import Coordinator, RoundOutcome, brief_reason
 from fedchain.errors import FedchainError
 from fedchain.ledger.chain import Chain
 from fedchain.ledger.store import LEDGER_FILENAME
@@ -41,25 +40,6 @@ from fedchain.runs import new_run_id, prepare_run
 from server.strategy import FedchainStrategy, to_array_record
 
 RoundReporter = Callable[[int, RoundOutcome | None, float, float], None]
-_CONTROL = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|[\x00-\x1f\x7f-\x9f]")
-
-
-def brief_reason(reason: str, limit: int = 160) -> str:
-    """One printable line of a rejection reason, for a console or an error message.
-
-    A client's error text can be a whole Ray traceback (80 lines with terminal colour codes,
-    all of it on the ledger and in ``log.txt``): keep its kind (the text before the first
-    ``:``) and its last line, which in a Python or Ray traceback is the exception's message,
-    drop control characters (a client chooses this text), and cut it to ``limit`` characters.
-    """
-    parts = [part.strip() for part in reason.splitlines() if part.strip()]
-    if len(parts) > 1:
-        kind = parts[0].split(":", 1)[0]
-        text = f"{kind}: … {parts[-1]}"
-    else:
-        text = parts[0] if parts else reason
-    text = " ".join(_CONTROL.sub(" ", text).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def wait_for_nodes(grid: Grid, count: int, timeout: float = 120.0) -> None:

@@ -35,6 +35,7 @@ from fedchain.coordinator import (
     ClientReply,
     Coordinator,
     RoundOutcome,
+    compute_gist,
     quote_client_text,
 )
 from fedchain.errors import FedchainError
@@ -71,6 +72,8 @@ def compute_error_reason(text: object) -> str:
     quoted, escaped and capped, never taken for the coordinator's own words."""
     if text is None or (isinstance(text, str) and not text):
         return "client error with no message"
+    if isinstance(text, str):
+        text = compute_gist(text)  # a Ray traceback: its kind and the exception's message
     return f"client error, in its own words: {quote_client_text(text)}"
 
 

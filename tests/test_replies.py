@@ -102,9 +102,8 @@ LYING_HEADER_LITERAL = npy(
     "{'descr': '<f4', 'fortran_order': False, 'shape': (1000000000000000,), }"
 )
 UNPARSABLE_HEADER = npy("(" * 300)
-HOSTILE_TEXT = (
-    '\x1b[2J[/bold][link=https://x]click[/link] "coordinator: slash alice"\n' + "A" * 5000
-)
+HOSTILE_LINE = '\x1b[2J[/bold][link=https://x]click[/link] "coordinator: slash alice"\t'
+HOSTILE_TEXT = HOSTILE_LINE + "\n" + HOSTILE_LINE + "A" * 5000  # what is kept: kind, last line
 
 
 # -- in process: hostile values in a real federation ---------------------------------------------
@@ -196,8 +195,8 @@ def test_invalid_error_text_is_quoted_escaped_and_capped(tmp_path):
         for tx in ledger_transactions(setup.run_dir)
         if isinstance(tx, Rejection) and tx.public_key == setup.public_keys[0]
     ]
-    assert reason.startswith('client error, in its own words: "RuntimeError: \\x1b[2J')
-    assert '\\"coordinator: slash alice\\"\\n' in reason and reason.endswith('…"')
+    assert reason.startswith('client error, in its own words: "RuntimeError: … \\x1b[2J')
+    assert '\\"coordinator: slash alice\\"\\t' in reason and reason.endswith('…"')
     assert reason.isprintable() and len(reason) <= MAX_REASON_CHARS
     assert outcomes[1].rejected[0].reason == reason
 
@@ -569,3 +568,17 @@ def test_invalid_attestation_does_not_claim_a_node(tmp_path):
         (decision,) = outcome.decisions
         assert decision.public_key is None and "commitment refused" in decision.reason
         assert coordinator.node_for(victim) is None
+
+
+def test_error_reason_keeps_the_exception_message_of_a_traceback():
+    """A ClientApp failing under Ray replies with a whole traceback (colour codes included);
+    the ledger keeps its kind and the exception's message, not the first 120 characters of
+    the traceback's frames."""
+    traceback = (
+        "\x1b[36mray::ClientAppActor.run()\x1b[39m (pid=1, ip=127.0.0.1)\n"
+        + '  File "/x/y/z.py", line 10, in run\n    do()\n' * 20
+        + "fedchain.errors.ConfigError: lr must be finite, got inf"
+    )
+    reason = compute_error_reason(traceback)
+    assert "lr must be finite, got inf" in reason
+    assert "\x1b" not in reason and "\n" not in reason

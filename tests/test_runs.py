@@ -22,11 +22,12 @@ import fedchain.runs
 from fedchain.cli import app
 from fedchain.cli.simulate import resumable_run
 from fedchain.config import RUN_ID_PATTERN, RunConfig
+from fedchain.coordinator import brief_reason
 from fedchain.errors import ConfigError, FedchainError, PartitionError
 from fedchain.ledger.verify import verify_ledger
 from fedchain.runs import prepare_run
 from server.inprocess_grid import InProcessGrid
-from server.server_app import brief_reason, run_federation
+from server.server_app import run_federation
 
 runner = CliRunner()
 SMALL = {"clients": 2, "rounds": 1, "model": "mlp"}

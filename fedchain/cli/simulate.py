@@ -23,7 +23,7 @@ from fedchain.config import (
     load_config_file,
     merge_config,
 )
-from fedchain.coordinator import RoundOutcome
+from fedchain.coordinator import RoundOutcome, brief_reason
 from fedchain.errors import ConfigError, FedchainError
 from fedchain.federation import remove_unregistered_models
 from fedchain.ledger.chain import Chain
@@ -349,7 +349,6 @@ def _announce(config: RunConfig) -> None:
 
 def _run(config: RunConfig, run_dir: Path) -> None:
     # server/ imports Flower (seconds): only when a run really starts, not for --help
-    from server.server_app import brief_reason
     from server.simulation import run_simulated
 
     final: dict[str, float] = {}
