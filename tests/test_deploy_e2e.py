@@ -119,7 +119,12 @@ def world(tmp_path):  # type: ignore[no-untyped-def]
         _, node_pub = deploy.create_supernode_keys(tmp_path, f"{name}-node")
         if name != "eve":  # eve never registers
             entry = federation.create_registration(
-                key, data, stake=1_000_000, name=name, supernode_key=node_pub.read_text()
+                key,
+                data,
+                unlock=data_key,
+                stake=1_000_000,
+                name=name,
+                supernode_key=node_pub.read_text(),
             )
             federation.add_participant(fed_dir, entry)
     deploy.create_test_certificates(fed_dir / "certs")
@@ -194,6 +199,15 @@ def test_coordinator_and_joined_clients_over_tls(world):  # type: ignore[no-unty
             lambda: "finished" in ok("coordinator", "status", fed_dir, timeout=60),
             every=3.0,
         )
+        # The joined clients see the run finish and stop by themselves, with exit 0; their
+        # consoles had one line per round and their SuperNode logs no colour codes.
+        for name in ("alice", "mallory"):
+            code = joins[name].wait(timeout=PHASE_S)
+            console = (base / f"{name}.join.out").read_text()
+            assert code == 0, console[-3000:]
+            assert "round 1: trained on your data, signed update sent" in console, console
+            assert "has finished" in console and "Receiving: train" not in console
+            assert "\x1b" not in (base / f"{name}.log").read_text()
         after = verify_ledger(run_dir)
         assert after.ok and after.rounds == 3, after.failure
         assert block_hashes(run_dir)[: len(prefix)] == prefix  # nothing lost

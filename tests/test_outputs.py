@@ -443,6 +443,12 @@ FLOWER_LINES = [
     "\x1b[92mINFO \x1b[0m:      [RUN 9, ROUND 3]",
     "\x1b[92mINFO \x1b[0m:      Sending: train message (ID: b2)",
     "\x1b[93mWARNING \x1b[0m:   link [/bold] lost \x1b[2J\x07",
+    "INFO:     Shutting down",
+    "\x1b[91mERROR \x1b[0m:     Exit Code: 305",
+    "[code: 2004] Failed to activate SuperNode.",
+    "",
+    "\x1b[92mINFO \x1b[0m:      FastAPI lifespan: shutdown",
+    "not shown: no problem before it",
 ]
 
 
@@ -455,6 +461,8 @@ def test_join_prints_one_line_per_round():
         "round 1: trained on your data, signed update sent",
         "round 3: trained on your data, signed update sent",
         "warning: link [/bold] lost \\x07",
+        "error: Exit Code: 305",
+        "  [code: 2004] Failed to activate SuperNode.",
     ]
     assert progress.run_id == 9 and progress.rounds_done == 2
 
@@ -475,5 +483,5 @@ def test_start_process_writes_its_log_without_ansi_codes(tmp_path):
     log = (tmp_path / "node.log").read_text()
     assert "\x1b" not in log and "\x1b" not in "".join(seen)
     assert log.splitlines() == seen == [deploy.strip_ansi(line) for line in FLOWER_LINES]
-    assert seen[3] == "INFO :      [RUN 7]"
+    assert seen[3] == "INFO :      [RUN 7]" and seen[-1] == FLOWER_LINES[-1]
     assert deploy.parse_flower_log_line(seen[4]) == ("INFO", "Receiving: train message (ID: a1)")

@@ -163,6 +163,7 @@ class SupernodeProgress:
     last_line: float = field(default_factory=time.monotonic)
     started: float = field(default_factory=time.monotonic)
     printed: list[str] = field(default_factory=list)
+    in_problem: bool = False  # the last leveled line was a warning or an error
 
     def on_line(self, line: str) -> None:
         self.last_line = time.monotonic()
@@ -175,7 +176,11 @@ class SupernodeProgress:
     def describe(self, level: str | None, message: str) -> str | None:
         """The console line for one log line, or None (most of the log stays in the file)."""
         if level in ("WARNING", "ERROR", "CRITICAL"):
+            self.in_problem = True
             return f"{level.lower()}: {printable(message)}"
+        if level is None:  # a problem's further lines (Flower's explanation, a traceback)
+            return f"  {printable(message)}" if self.in_problem and message.strip() else None
+        self.in_problem = False
         if level != "INFO":
             return None
         if match := _RUN_HEADER.fullmatch(message):
