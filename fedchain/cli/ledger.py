@@ -62,7 +62,9 @@ def verify(
     """Re-check a ledger from genesis: hash chain, signatures, proposers, state, finality.
 
     Given a run directory, also check that every registered model's file is there and holds
-    that model, and that the model lineage is unbroken.
+    that model, and that the model lineage is unbroken, and say when the run is unfinished
+    (its ledger stops before the rounds its config.toml or federation.toml set; still exit 0
+    when everything there verifies).
     """
     with ledger_progress() as (progress, on_block):
         report = verify_ledger(path, on_block=on_block)
