@@ -485,3 +485,14 @@ def test_start_process_writes_its_log_without_ansi_codes(tmp_path):
     assert log.splitlines() == seen == [deploy.strip_ansi(line) for line in FLOWER_LINES]
     assert seen[3] == "INFO :      [RUN 7]" and seen[-1] == FLOWER_LINES[-1]
     assert deploy.parse_flower_log_line(seen[4]) == ("INFO", "Receiving: train message (ID: a1)")
+
+
+def test_verify_at_80_columns_shows_whole_hashes(fed_dir):
+    result = invoke("verify", fed_dir / RUN_DIRNAME, columns=80)
+    assert result.exit_code == 0, result.output
+    assert "…" not in result.output
+    cells = "".join(
+        line.split("│")[2].strip() for line in result.output.splitlines() if line.count("│") == 3
+    )
+    with Chain.open(fed_dir / RUN_DIRNAME / "ledger.db") as chain:
+        assert chain.state.genesis_hash.hex() in cells and chain.state.head_hash.hex() in cells

@@ -137,7 +137,7 @@ def _check_models(path: Path, report: VerifyReport, progress: Progress) -> _Mode
 def _print_report(report: VerifyReport, models: _ModelsVerdict) -> None:
     table = Table(show_header=False, title=f"ledger {report.path}")
     table.add_column(style="bold")
-    table.add_column()
+    table.add_column(overflow="fold")  # whole hashes, folded on a narrow terminal
     if report.blocks:
         rate = report.signatures / report.seconds if report.seconds else 0.0
         rows = [
