@@ -496,3 +496,12 @@ def test_verify_at_80_columns_shows_whole_hashes(fed_dir):
     )
     with Chain.open(fed_dir / RUN_DIRNAME / "ledger.db") as chain:
         assert chain.state.genesis_hash.hex() in cells and chain.state.head_hash.hex() in cells
+
+
+def test_models_list_at_80_columns_shows_whole_hash_prefixes(scored_run):
+    result = invoke("models", "list", scored_run, columns=80)
+    assert result.exit_code == 0, result.output
+    assert "…" not in result.output
+    listed = json.loads(invoke("models", "list", scored_run, "--json").output)
+    for model in listed:
+        assert model["model_hash"][:16] in result.output

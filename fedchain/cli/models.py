@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.table import Table
 
 from fedchain.cli.common import console, make_app
@@ -67,14 +68,22 @@ def list_(
     if as_json:
         print(json.dumps([_entry_to_json(e) for e in entries], indent=2))
         return
-    table = Table(title=f"models of {as_markup_text(run_dir)}")
+    table = Table(
+        title=f"models of {as_markup_text(run_dir)}",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    # Hashes and numbers are never cut (80 columns fit them); the rule's name gives way.
     for column in ("round", "height"):
-        table.add_column(column, justify="right")
-    table.add_column("hash")
-    table.add_column("parent")
-    table.add_column("rule")
-    table.add_column("updates", justify="right")
-    table.add_column("file")
+        table.add_column(column, justify="right", no_wrap=True, min_width=len(column))
+    table.add_column("hash", no_wrap=True, min_width=HASH_PREFIX_CHARS)
+    table.add_column("parent", no_wrap=True, min_width=HASH_PREFIX_CHARS)
+    table.add_column("rule", overflow="fold")
+    table.add_column("updates", justify="right", no_wrap=True)
+    table.add_column("file", no_wrap=True)
     for e in entries:
         table.add_row(
             str(e.round),
