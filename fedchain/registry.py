@@ -221,7 +221,10 @@ def read_regular_file(path: Path, root: Path) -> bytes:
     ``FileNotFoundError``) when it cannot be read.
     """
     path = Path(path)
-    target = path.resolve(strict=True)
+    try:
+        target = path.resolve(strict=True)
+    except RuntimeError:  # Python < 3.13 on a loop of links
+        raise ConfigError(f"{path}: a loop of symbolic links") from None
     inside = Path(root).resolve()
     if not target.is_relative_to(inside):
         raise ConfigError(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -31,7 +32,7 @@ from fedchain import deploy
 from fedchain.cli import app
 from fedchain.cli.join import SupernodeProgress
 from fedchain.config import RunConfig
-from fedchain.errors import FedchainError
+from fedchain.errors import ConfigError, FedchainError
 from fedchain.federation import (
     FEDERATION_FILE,
     RUN_DIRNAME,
@@ -46,7 +47,7 @@ from fedchain.ledger.consensus import get_proposer
 from fedchain.ledger.objects import GenesisParticipant, Rejection
 from fedchain.ledger.show import printable
 from fedchain.ledger.synthetic import derive_key
-from fedchain.registry import save_model
+from fedchain.registry import read_regular_file, save_model
 from fedchain.runs import prepare_run
 from server.inprocess_grid import InProcessGrid
 from server.server_app import run_federation
@@ -505,3 +506,27 @@ def test_models_list_at_80_columns_shows_whole_hash_prefixes(scored_run):
     listed = json.loads(invoke("models", "list", scored_run, "--json").output)
     for model in listed:
         assert model["model_hash"][:16] in result.output
+
+
+def test_invalid_read_regular_file_refuses_what_is_not_a_file_of_the_run(tmp_path):
+    run_dir, outside = tmp_path / "run", tmp_path / "outside"
+    run_dir.mkdir()
+    outside.write_bytes(b"x")
+    (run_dir / "file").write_bytes(b"ok")
+    (run_dir / "inside").symlink_to("file")
+    (run_dir / "out").symlink_to(outside)
+    (run_dir / "loop").symlink_to("loop")
+    os.mkfifo(run_dir / "fifo")
+    (run_dir / "dir").mkdir()
+    assert read_regular_file(run_dir / "inside", run_dir) == b"ok"
+    for name, says in [
+        ("out", "outside the run directory"),
+        ("loop", "a loop of symbolic links"),
+        ("fifo", "a FIFO (named pipe), not a regular file"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(says)):
+            read_regular_file(run_dir / name, run_dir)
+    with pytest.raises((ConfigError, IsADirectoryError)):
+        read_regular_file(run_dir / "dir", run_dir)
+    with pytest.raises(FileNotFoundError):
+        read_regular_file(run_dir / "absent", run_dir)
