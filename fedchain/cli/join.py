@@ -123,7 +123,10 @@ def join(
     key = identity.load_identity(identity_path, passphrase)
     config.update(_parse_set(node_config or []))
     public = identity.public_key_bytes(key)
-    console.print(f"data {data}: {len(dataset)} examples; identity {identity.fingerprint(public)}")
+    console.print(
+        f"data {data}: {len(dataset)} examples; identity {identity.fingerprint(public)}",
+        markup=False,
+    )
     log_path = log or Path(f"{data.stem}.supernode.log")
     progress = SupernodeProgress()
     process = deploy.start_supernode(
@@ -139,7 +142,8 @@ def join(
     )
     console.print(
         f"SuperNode started (pid {process.pid}), connecting to {address}; log {log_path}. "
-        "Ctrl-C stops it."
+        "Ctrl-C stops it.",
+        markup=False,
     )
     with tempfile.TemporaryDirectory(prefix="fedchain-join-") as flwr_home:
         connection = deploy.write_flwr_connection(Path(flwr_home), "federation", address, root_cert)

@@ -51,7 +51,7 @@ def report(
         paths = write_report_files(data, out or run_dir, html_page=not json_only)
     print_summary(data)
     for path in paths:
-        console.print(f"wrote {path}", highlight=False)
+        console.print(f"wrote {path}", markup=False, highlight=False)
     if not data["verification"]["ok"]:
         raise typer.Exit(1)
 
