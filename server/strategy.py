@@ -292,17 +292,19 @@ class FedchainStrategy(FedAvg):
         proposer_node = coordinator.node_for(pending.header.proposer) if pending else None
         if proposer_node is not None and proposer_node not in sampled:
             messages.append(Message(messages[0].content, proposer_node, MessageType.TRAIN))
-        self.sent = [self._with_view(m, MessageType.TRAIN) for m in messages]
+        self.sent = [self._with_view(m, MessageType.TRAIN, server_round) for m in messages]
         return self.sent
 
-    def _with_view(self, message: Message, message_type: str) -> Message:
+    def _with_view(self, message: Message, message_type: str, round_: int) -> Message:
+        """``message`` with the node's ledger view, in group ``round_`` (the ledger round: a
+        SuperNode logs it, so a data holder's ``fedchain join`` names the round it served)."""
         node_id = message.metadata.dst_node_id
         content = message.content
         config = ConfigRecord({**content["config"], **self.coordinator.ledger_view(node_id)})
         records = {"config": config}
         if "arrays" in content:
             records["arrays"] = content["arrays"]
-        return Message(RecordDict(records), node_id, message_type)
+        return Message(RecordDict(records), node_id, message_type, group_id=str(round_))
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -367,6 +369,7 @@ class FedchainStrategy(FedAvg):
             self._with_view(
                 Message(RecordDict({"config": base or self.settings}), node_id, MessageType.QUERY),
                 MessageType.QUERY,
+                self.coordinator.state.round,
             )
             for node_id in node_ids
         ]

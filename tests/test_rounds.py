@@ -76,6 +76,9 @@ def test_rounds_register_models_blocks_and_checkpoints(tmp_path):
     assert report.tx_counts["ContributionRecord"] == 3  # rewards follow recorded scores
     metrics = json.loads((setup.run_dir / "metrics.json").read_text())["rounds"]
     assert [m["round"] for m in metrics] == [0, 1, 2, 3] and metrics[3]["accepted"] == 4
+    # each message's group is its ledger round (a SuperNode logs it; fedchain join prints it)
+    train_groups = {m.metadata.group_id for m in grid.sent if m.metadata.message_type == "train"}
+    assert train_groups == {"1", "2", "3"}
 
 
 def misbehaving(kind: str) -> ClientApp:
