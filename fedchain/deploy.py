@@ -336,14 +336,14 @@ def flower_env(overrides: Mapping[str, str] | None = None) -> dict[str, str]:
 
     The SuperLink starts ``flower-superexec`` (and SuperExec ``flwr-serverapp``) by bare name,
     so this interpreter's ``bin`` goes first on ``PATH``. Runtime dependency installation is off
-    (else every run would ``uv sync`` a fresh environment from the internet), telemetry is off,
+    (else every run would ``uv sync`` a fresh environment from the internet), telemetry is off
+    unless the user opted in (``fedchain/__init__`` sets the default in ``os.environ``),
     and output is unbuffered so log files are current. ``overrides`` win.
     """
     env = dict(os.environ)
     bin_dir = str(Path(sys.executable).parent)
     env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", os.defpath)])
     env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
-    env["FLWR_TELEMETRY_ENABLED"] = "0"
     env["PYTHONUNBUFFERED"] = "1"
     env.update(overrides or {})
     return env

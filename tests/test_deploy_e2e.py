@@ -28,7 +28,7 @@ from fedchain.ledger.verify import verify_ledger
 from fedchain.partition import partition
 from fedchain.sources import load_source
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 FEDCHAIN = [sys.executable, "-m", "fedchain"]
 HOLDERS = ("alice", "bob", "mallory")
 PHASE_S = 240.0  # generous: 2 shared cores; every wait below is bounded by it

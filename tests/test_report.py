@@ -424,7 +424,7 @@ def find_chromium() -> str:
     if found is None:
         pytest.fail(
             "Chromium is needed to test report.html in a real browser and is not installed: "
-            "apt-get install -y chromium (CI's .ci/run installs it)"
+            "apt-get install -y chromium (make test installs it when run as root)"
         )
     return found
 
@@ -444,6 +444,7 @@ def console_messages(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if "CONSOLE" in line]
 
 
+@pytest.mark.browser
 def test_report_page_renders_in_headless_chromium(scored_run, tmp_path):
     assert report_of(scored_run)[0] == 0
     page = (scored_run / "report.html").resolve()
