@@ -369,11 +369,16 @@ class FedchainStrategy(FedAvg):
             self._with_view(
                 Message(RecordDict({"config": base or self.settings}), node_id, MessageType.QUERY),
                 MessageType.QUERY,
-                self.coordinator.state.round,
+                self._ledger_round(),
             )
             for node_id in node_ids
         ]
         return [parse_reply(m) for m in self.grid.send_and_receive(messages, timeout=self.timeout)]
+
+    def _ledger_round(self) -> int:
+        """The round a ledger query serves: the pending block's, else the head's."""
+        pending = self.coordinator.pending
+        return pending.header.round if pending is not None else self.coordinator.state.round
 
     def close_ledger(self, base: ConfigRecord) -> None:
         """After the last round: seal its block, then record the attestations that finalise it."""
