@@ -7,7 +7,8 @@ seals it if the stake draw chose this client as its proposer. With the ledger of
 plain Flower FedAvg client (sends trained weights, signs nothing) for comparison runs.
 
 For robustness experiments a client can be told to attack (:func:`configured_attack`): it then
-sends what :mod:`fedchain.attacks` makes of its honest reply, and the honest path is untouched.
+sends what :mod:`fedchain.learning.attacks` makes of its honest reply, and the honest path is
+untouched.
 """
 
 from __future__ import annotations
@@ -19,22 +20,18 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedchain.attacks import (
+from fedchain.crypto.hashing import compute_update_hash
+from fedchain.data.holder import DataHolder, load_configured_holder, load_simulated_holder
+from fedchain.data.sources import ArrayDataset
+from fedchain.learning.architectures import build_model, load_numpy_state, state_to_numpy
+from fedchain.learning.attacks import (
     NO_ATTACK,
     Attack,
     compute_attacked_update,
     compute_claimed_examples,
     flip_labels,
 )
-from fedchain.hashing import compute_update_hash
-from fedchain.holder import DataHolder, load_configured_holder, load_simulated_holder
-from fedchain.ledger.builder import sign_attestation, sign_commitment, sign_header
-from fedchain.ledger.codec import decode, encode
-from fedchain.ledger.objects import BlockHeader, SignedHeader, compute_block_hash
-from fedchain.lightclient import Checkpoint, check_head
-from fedchain.models import build_model, load_numpy_state, state_to_numpy
-from fedchain.sources import ArrayDataset
-from fedchain.training import (
+from fedchain.learning.training import (
     TrainConfig,
     TrainResult,
     compute_update,
@@ -42,6 +39,10 @@ from fedchain.training import (
     derive_seed,
     train_local,
 )
+from fedchain.ledger.builder import sign_attestation, sign_commitment, sign_header
+from fedchain.ledger.codec import decode, encode
+from fedchain.ledger.lightclient import Checkpoint, check_head
+from fedchain.ledger.objects import BlockHeader, SignedHeader, compute_block_hash
 
 Arrays = dict[str, np.ndarray]
 app = ClientApp()
@@ -151,7 +152,7 @@ def _signed_reply(
     return Message(content, reply_to=msg)
 
 
-# -- attackers (robustness experiments; see fedchain.attacks) ------------------------------------
+# -- attackers (robustness experiments; see fedchain.learning.attacks) -----------------------------
 
 
 def configured_attack(context: Context, config: ConfigRecord, index: int) -> Attack | None:

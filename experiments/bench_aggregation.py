@@ -46,7 +46,7 @@ import torch
 import torchvision
 from flwr.server.strategy.aggregate import aggregate as flower_aggregate
 
-from fedchain.aggregation import RuleParams, aggregate, compute_weights
+from fedchain.aggregation.rules import RuleParams, aggregate, compute_weights
 
 Update = dict[str, np.ndarray]
 

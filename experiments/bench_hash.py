@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torchvision
 
-from fedchain.hashing import compute_update_hash
+from fedchain.crypto.hashing import compute_update_hash
 
 
 def build_update() -> dict[str, np.ndarray]:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from fedchain.identity import Domain, compute_signing_root
+from fedchain.crypto.identity import Domain, compute_signing_root
 from fedchain.ledger.chain import Chain, compute_stored_block
 from fedchain.ledger.codec import compute_hash
 from fedchain.ledger.objects import Attestation, UpdateCommitment, signing_message

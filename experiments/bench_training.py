@@ -8,7 +8,7 @@ Two parts, both with the ``cnn`` on scikit-learn's 8x8 digits (1,437 train / 360
    epoch (and cumulative training seconds) at which test accuracy reaches the target, and the
    accuracy after the last epoch.
 2. FedAvg sanity simulation in plain Python (no Flower, no ledger): ``--clients`` clients from
-   ``fedchain.partition.partition`` (IID, then Dirichlet ``--alpha``), each training
+   ``fedchain.data.partition.partition`` (IID, then Dirichlet ``--alpha``), each training
    ``TrainConfig.epochs`` local epochs per round from the global model, averaged by example count,
    for ``--rounds`` rounds. Reports test accuracy per round and the first round at target. Each
    client and round trains with its own seed, ``derive_seed(seed, round, client)``.
@@ -38,10 +38,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedchain.models import build_model, load_numpy_state, state_to_numpy
-from fedchain.partition import partition
-from fedchain.sources import ArrayDataset, load_source
-from fedchain.training import (
+from fedchain.data.partition import partition
+from fedchain.data.sources import ArrayDataset, load_source
+from fedchain.learning.architectures import build_model, load_numpy_state, state_to_numpy
+from fedchain.learning.training import (
     TrainConfig,
     compute_update,
     configure_threads,

@@ -4,14 +4,14 @@ Issue 5, point 4 (DESIGN.md section 6: GTG-Shapley Pearson >= 0.98 against exact
 clients at <= 10 % of its model evaluations).
 
 Set-up: scikit-learn's 8x8 digits; the train split (1,437 images) is split IID over 10 clients
-(``fedchain.partition``). Client ``k`` in 0..8 has a fraction ``k / 10`` of its labels flipped to
-a different class drawn uniformly (0 %, 10 %, ..., 80 %), seeded; client 9 is a free rider that
+(``fedchain.data.partition``). Client ``k`` in 0..8 has a fraction ``k / 10`` of its labels flipped
+to a different class drawn uniformly (0 %, 10 %, ..., 80 %), seeded; client 9 is a free rider that
 returns the global model unchanged (a zero update) while claiming its examples. The coordinator
 holds ``--val`` examples of the digits test split as its validation set; the rest of the test
 split only reports the global model's accuracy. Plain-Python FedAvg (as in
 ``experiments/bench_training.py``): ``--rounds`` rounds, every client trains ``TrainConfig()``
 (2 local epochs, batch 16) from the global model, updates are averaged by example count
-(``fedchain.aggregation``), torch on one thread.
+(``fedchain.aggregation.rules``), torch on one thread.
 
 Every round the same 10 updates are scored in four *settings*: two coalition-model definitions
 (``renormalised``: ``base + sum_S w_i d_i / sum_S w_i``, the issue's definition; ``fixed``:
@@ -61,18 +61,11 @@ import scipy
 import torch
 from scipy import stats
 
-from fedchain.aggregation import compute_weights
-from fedchain.contribution import (
-    GTG_DEFAULTS,
-    CachedUtility,
-    compute_coalition_model,
-    compute_scores,
-    make_coalition_utility,
-)
-from fedchain.models import build_model, load_numpy_state, state_to_numpy
-from fedchain.partition import partition
-from fedchain.sources import ArrayDataset, load_source
-from fedchain.training import (
+from fedchain.aggregation.rules import compute_weights
+from fedchain.data.partition import partition
+from fedchain.data.sources import ArrayDataset, load_source
+from fedchain.learning.architectures import build_model, load_numpy_state, state_to_numpy
+from fedchain.learning.training import (
     EvalResult,
     TrainConfig,
     compute_update,
@@ -80,6 +73,13 @@ from fedchain.training import (
     derive_seed,
     evaluate,
     train_local,
+)
+from fedchain.rounds.contribution import (
+    GTG_DEFAULTS,
+    CachedUtility,
+    compute_coalition_model,
+    compute_scores,
+    make_coalition_utility,
 )
 
 CLIENTS = 10

@@ -126,7 +126,7 @@ def _init_worker() -> None:
     from flwr.common.logger import FLOWER_LOGGER
 
     FLOWER_LOGGER.setLevel(logging.ERROR)
-    from fedchain.training import configure_threads
+    from fedchain.learning.training import configure_threads
 
     configure_threads(1)
 
@@ -134,13 +134,13 @@ def _init_worker() -> None:
 def run_cell(cell: Cell, base: Mapping[str, Any]) -> dict[str, Any]:
     """Run one federation and return its CSV row."""
     from clients.client_app import app as client_app
-    from fedchain.attacks import select_attackers
     from fedchain.config import RunConfig, merge_config
+    from fedchain.learning.attacks import select_attackers
     from fedchain.ledger.codec import decode
     from fedchain.ledger.objects import Block, Rejection, RewardDeltas, SlashingEvidence
     from fedchain.ledger.store import LEDGER_FILENAME, LedgerStore
     from fedchain.ledger.verify import verify_ledger
-    from fedchain.runs import prepare_run
+    from fedchain.runs.prepare import prepare_run
     from server.inprocess_grid import NODE_BASE, InProcessGrid
     from server.server_app import run_federation
 

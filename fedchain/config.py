@@ -30,7 +30,8 @@ FLOWER_RULES = ("flwr-fedavg", "flwr-krum", "flwr-multikrum", "flwr-trimmed-mean
 nothing of stake, so they run only with the ledger off."""
 RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 """A run id is a directory *name* inside ``out``, never a path: no ``/``, no ``.`` or ``..``,
-nothing absolute, so set-up and clean-up can only ever touch ``out/<run-id>`` (fedchain.runs)."""
+nothing absolute, so set-up and clean-up can only ever touch ``out/<run-id>``
+(fedchain.runs.prepare)."""
 CONTRIBUTION_NEEDS_VALIDATION = frozenset({"shapley", "gtg-shapley", "leave-one-out"})
 """Contribution methods that evaluate coalition models on the coordinator's validation split
 (the others need none): with ``validation-fraction = 0`` that split is empty and the first
@@ -78,9 +79,10 @@ class RunConfig:
     #                                    none (scores = the aggregation weights)
     validation_fraction: float = 0.1  # of the training data, held out by the coordinator
     ledger: bool = True  # off: Flower's own strategies, nothing signed (aggregation flwr-* only)
-    attack: str = "none"  # or one of fedchain.attacks.ATTACKS
-    attackers: int = 0  # how many clients attack (fedchain.attacks.attacker_indices: which)
-    attack_scale: float = 0.0  # 0: the attack's default (see fedchain.attacks)
+    attack: str = "none"  # or one of fedchain.learning.attacks.ATTACKS
+    # how many clients attack (fedchain.learning.attacks.attacker_indices: which)
+    attackers: int = 0
+    attack_scale: float = 0.0  # 0: the attack's default (see fedchain.learning.attacks)
     stake: int = 1_000_000
     min_stake: int = 100_000
     reward_per_round: int = 10_000

@@ -7,7 +7,7 @@ on the first start, or resumes the existing ledger at its head, and runs the rou
 Resuming: the ledger head's round ``k`` is the number of rounds done (a block pending at a crash
 was never appended, so its round simply runs again); Flower numbers the new run's rounds from 1,
 and the strategy maps Flower round ``r`` to ledger round ``k + r``. Model files the lost round
-saved are removed first (:func:`fedchain.federation.remove_unregistered_models`).
+saved are removed first (:func:`fedchain.runs.federation.remove_unregistered_models`).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from pathlib import Path
 from flwr.common.logger import FLOWER_LOGGER, log
 from flwr.serverapp import Grid
 
-from fedchain.coordinator import RoundOutcome
-from fedchain.federation import (
+from fedchain.rounds.coordinator import RoundOutcome
+from fedchain.runs.federation import (
     load_federation,
     prepare_federation_run,
     registered_node_keys,

@@ -28,15 +28,15 @@ from flwr.serverapp.strategy import (
     MultiKrum,
 )
 
-from fedchain.aggregation import RuleParams, _default_krum_f
-from fedchain.attacks import Attack, attacker_indices
+from fedchain.aggregation.rules import RuleParams, _default_krum_f
 from fedchain.config import RunConfig, check_attack_has_attackers, merge_config
-from fedchain.coordinator import Coordinator, RoundOutcome, brief_reason
 from fedchain.errors import FedchainError
+from fedchain.learning.attacks import Attack, attacker_indices
 from fedchain.ledger.chain import Chain
 from fedchain.ledger.store import LEDGER_FILENAME
-from fedchain.registry import load_model
-from fedchain.runs import new_run_id, prepare_run
+from fedchain.rounds.coordinator import Coordinator, RoundOutcome, brief_reason
+from fedchain.runs.prepare import new_run_id, prepare_run
+from fedchain.runs.registry import load_model
 from server.strategy import FedchainStrategy, to_array_record
 
 RoundReporter = Callable[[int, RoundOutcome | None, float, float], None]
@@ -122,9 +122,9 @@ def run_federation(
     before the first round; ``node_keys`` (Flower node id -> participant key) lets the
     coordinator name a registered client that never replies.
     """
-    from fedchain.models import build_model, load_numpy_state
-    from fedchain.sources import load_source
-    from fedchain.training import evaluate
+    from fedchain.data.sources import load_source
+    from fedchain.learning.architectures import build_model, load_numpy_state
+    from fedchain.learning.training import evaluate
 
     min_nodes = min_nodes or config.sampled_per_round
     if fraction_train is None:
@@ -184,8 +184,8 @@ def run_federation(
             initial = load_model(run_dir, chain.state.model_head)
             scorer = None
             if config.contribution != "none":
-                from fedchain.runs import load_split
-                from fedchain.scoring import RoundScorer
+                from fedchain.rounds.recheck import RoundScorer
+                from fedchain.runs.prepare import load_split
 
                 scorer = RoundScorer(config, load_split(config)[1])
             params = RuleParams(
@@ -304,7 +304,7 @@ def write_metrics(
 
 
 def _initial_without_ledger(run_dir: Path) -> dict:  # type: ignore[type-arg]
-    from fedchain.registry import MODEL_SUFFIX, MODELS_DIRNAME
+    from fedchain.runs.registry import MODEL_SUFFIX, MODELS_DIRNAME
 
     files = sorted((run_dir / MODELS_DIRNAME).glob(f"*{MODEL_SUFFIX}"))
     if len(files) != 1:

@@ -2,8 +2,8 @@
 
 Only the phase hooks are overridden (``configure_train``, ``aggregate_train``); Flower's own
 ``start()`` drives the rounds. Each train message gets the client's ledger view; each round's
-replies go to :class:`fedchain.coordinator.Coordinator`, which seals the previous block, admits
-or rejects every reply on the record, aggregates by stake and registers the new model. Failed
+replies go to :class:`fedchain.rounds.coordinator.Coordinator`, which seals the previous block,
+admits or rejects every reply on the record, aggregates by stake and registers the new model. Failed
 replies are recorded and the round goes on.
 """
 
@@ -30,7 +30,8 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from numpy.lib import format as npy_format
 
-from fedchain.coordinator import (
+from fedchain.errors import FedchainError
+from fedchain.rounds.coordinator import (
     MAX_SEAL_ATTEMPTS,
     ClientReply,
     Coordinator,
@@ -38,7 +39,6 @@ from fedchain.coordinator import (
     compute_gist,
     quote_client_text,
 )
-from fedchain.errors import FedchainError
 
 MAX_LEDGER_FIELD_BYTES = 4096
 """Most bytes a reply's commitment, attestation or seal may hold (each is at most a few hundred
@@ -86,7 +86,7 @@ def compute_client_reply(
     allocated from it; the update's tensors must have the model's names, dtypes and shapes
     (``model``; ``None``: a ledger query, which carries no update). Any problem becomes the
     reply's ``error`` (the first three are named). The fields that did read well are kept
-    even then (see :class:`~fedchain.coordinator.ClientReply`), except the update.
+    even then (see :class:`~fedchain.rounds.coordinator.ClientReply`), except the update.
     """
     if not isinstance(content, Mapping):
         return ClientReply(node_id, error="malformed reply: its content is not a record dict")

@@ -1,4 +1,4 @@
-"""Tests for fedchain.aggregation: weight formulas, the cap, every rule, attacks, refusals."""
+"""Tests for fedchain.aggregation.rules: weight formulas, the cap, every rule, attacks, refusals."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fedchain.aggregation import (
+from fedchain.aggregation.rules import (
     RULES,
     SCREENED_RULES,
     AggregationResult,

@@ -1,6 +1,6 @@
-"""Attacks (fedchain.attacks): each transformation's maths, who attacks, and short federations
-through the real ServerApp logic and ClientApp in process, with the ledger on and off, and
-Flower's own strategies as baselines."""
+"""Attacks (fedchain.learning.attacks): each transformation's maths, who attacks, and short
+federations through the real ServerApp logic and ClientApp in process, with the ledger on and off,
+and Flower's own strategies as baselines."""
 
 from __future__ import annotations
 
@@ -16,7 +16,10 @@ from typer.testing import CliRunner
 
 from clients import client_app as real_client
 from clients.client_app import configured_attack
-from fedchain.attacks import (
+from fedchain.config import FLOWER_RULES, RunConfig, merge_config
+from fedchain.data.sources import ArrayDataset
+from fedchain.errors import ConfigError
+from fedchain.learning.attacks import (
     ATTACKS,
     DEFAULT_SCALES,
     Attack,
@@ -28,12 +31,9 @@ from fedchain.attacks import (
     parse_attackers,
     select_attackers,
 )
-from fedchain.config import FLOWER_RULES, RunConfig, merge_config
-from fedchain.errors import ConfigError
 from fedchain.ledger.objects import Rejection, SlashingEvidence, UpdateCommitment
 from fedchain.ledger.verify import verify_ledger
-from fedchain.runs import prepare_run
-from fedchain.sources import ArrayDataset
+from fedchain.runs.prepare import prepare_run
 from server.inprocess_grid import InProcessGrid
 from server.server_app import flower_strategy, run_federation, train_settings
 from tests.test_rounds import ledger_transactions
@@ -383,8 +383,8 @@ def test_each_flower_baseline_runs_in_the_same_harness(tmp_path, rule):
 def test_screened_keeps_attackers_out_of_the_model_and_the_rewards(tmp_path, attack):
     """The default rule: 2 of 5 clients attack for 3 rounds. No attacker's update enters a model
     version, attackers earn nothing, and the scores on the ledger recompute from the archive."""
-    from fedchain.attacks import attacker_indices
-    from fedchain.scoring import recheck_scores
+    from fedchain.learning.attacks import attacker_indices
+    from fedchain.rounds.recheck import recheck_scores
 
     setup, outcomes, _ = federate(
         tmp_path, clients=5, rounds=3, attack=attack, attackers=2, seed=1, aggregation="screened"

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from fedchain import datafile, identity
 from fedchain.cli import app
-from fedchain.sources import load_source
+from fedchain.crypto import identity
+from fedchain.data import datafile
+from fedchain.data.sources import load_source
 
 runner = CliRunner()
 

@@ -11,9 +11,9 @@ import pytest
 from click.testing import Result
 from typer.testing import CliRunner
 
-from fedchain import datafile
 from fedchain.cli import app
-from fedchain.sources import load_source
+from fedchain.data import datafile
+from fedchain.data.sources import load_source
 
 runner = CliRunner()
 

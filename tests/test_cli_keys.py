@@ -9,8 +9,8 @@ import pytest
 from click.testing import Result
 from typer.testing import CliRunner
 
-from fedchain import identity
 from fedchain.cli import app
+from fedchain.crypto import identity
 
 runner = CliRunner()
 

@@ -13,7 +13,7 @@ from fedchain.cli import app
 from fedchain.cli.simulate import shown_default
 from fedchain.config import RunConfig, load_config_file, merge_config, write_config
 from fedchain.errors import ConfigError
-from fedchain.runs import prepare_run
+from fedchain.runs.prepare import prepare_run
 
 runner = CliRunner()
 
@@ -63,7 +63,7 @@ def test_defaults_are_the_documented_main_job():
 
 
 def test_invalid_names_are_refused_before_a_run_directory_exists(tmp_path):
-    from fedchain.runs import prepare_run
+    from fedchain.runs.prepare import prepare_run
 
     for bad in ({"aggregation": "foo"}, {"model": "resnet9000"}, {"dataset": "imagenet"}):
         with pytest.raises(ConfigError, match="unknown"):
@@ -73,7 +73,7 @@ def test_invalid_names_are_refused_before_a_run_directory_exists(tmp_path):
 
 def test_a_setup_that_fails_part_way_leaves_nothing(tmp_path):
     from fedchain.errors import DataSourceError
-    from fedchain.runs import prepare_run
+    from fedchain.runs.prepare import prepare_run
 
     config = RunConfig(
         run_id="r", out=str(tmp_path), dataset="mnist", data_root=str(tmp_path / "x")
@@ -187,13 +187,13 @@ def test_shown_defaults_are_the_config_defaults():
 
 
 def test_each_choice_the_code_knows_is_in_its_flags_help():
-    from fedchain.aggregation import RULES
-    from fedchain.attacks import ATTACKS
+    from fedchain.aggregation.rules import RULES
     from fedchain.config import FLOWER_RULES
-    from fedchain.contribution import METHODS
-    from fedchain.models import MODELS
-    from fedchain.partition import PARTITIONERS
-    from fedchain.sources import SOURCES
+    from fedchain.data.partition import PARTITIONERS
+    from fedchain.data.sources import SOURCES
+    from fedchain.learning.architectures import MODELS
+    from fedchain.learning.attacks import ATTACKS
+    from fedchain.rounds.contribution import METHODS
 
     options = _simulate_options()
     for flag, names in [

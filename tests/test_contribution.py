@@ -1,5 +1,5 @@
-"""Tests for fedchain.contribution: Shapley axioms and known games, GTG-Shapley, leave-one-out,
-gradient similarity, coalition models, quantisation, the dispatcher, and refusals."""
+"""Tests for fedchain.rounds.contribution: Shapley axioms and known games, GTG-Shapley,
+leave-one-out, gradient similarity, coalition models, quantisation, the dispatcher, and refusals."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from fedchain.aggregation import aggregate
-from fedchain.contribution import (
+from fedchain.aggregation.rules import aggregate
+from fedchain.errors import ConfigError
+from fedchain.ledger.objects import SCORE_SCALE
+from fedchain.rounds.contribution import (
     EXACT_SHAPLEY_MAX_CLIENTS,
     GTG_DEFAULTS,
     METHODS,
@@ -26,8 +28,6 @@ from fedchain.contribution import (
     make_coalition_utility,
     quantise_scores,
 )
-from fedchain.errors import ConfigError
-from fedchain.ledger.objects import SCORE_SCALE
 
 Game = Callable[[frozenset[int]], float]
 

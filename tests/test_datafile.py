@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedchain import datafile
-from fedchain.datafile import DataKey, Passphrase
+from fedchain.data import datafile
+from fedchain.data.datafile import DataKey, Passphrase
+from fedchain.data.sources import ArrayDataset
 from fedchain.errors import ConfigError, DatasetFileError, KeyFileError, WrongKeyError
-from fedchain.sources import ArrayDataset
 
 CHUNK = 256  # small chunks so that a tiny data set spans many of them
 

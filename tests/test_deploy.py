@@ -1,5 +1,5 @@
-"""fedchain.deploy: certificates, SuperNode keys, PID files, and Flower's real processes on
-loopback (a TLS SuperLink with SuperNode authentication, SuperNodes, the flwr CLI)."""
+"""fedchain.deploy.processes: certificates, SuperNode keys, PID files, and Flower's real processes
+on loopback (a TLS SuperLink with SuperNode authentication, SuperNodes, the flwr CLI)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.serialization import (
     load_ssh_public_key,
 )
 
-from fedchain import deploy
+from fedchain.deploy import processes as deploy
 from fedchain.errors import ConfigError, FedchainError
 
 # --------------------------------------------------------------------------------------------------

@@ -20,13 +20,16 @@ from pathlib import Path
 
 import pytest
 
-from fedchain import datafile, deploy, federation, identity
+from fedchain.crypto import identity
+from fedchain.data import datafile
+from fedchain.data.partition import partition
+from fedchain.data.sources import load_source
+from fedchain.deploy import processes as deploy
 from fedchain.ledger.codec import decode
 from fedchain.ledger.objects import Block, Rejection, SlashingEvidence
 from fedchain.ledger.store import LedgerStore
 from fedchain.ledger.verify import verify_ledger
-from fedchain.partition import partition
-from fedchain.sources import load_source
+from fedchain.runs import federation
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 FEDCHAIN = [sys.executable, "-m", "fedchain"]

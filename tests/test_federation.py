@@ -18,18 +18,20 @@ from flwr.common.logger import FLOWER_LOGGER
 from typer.testing import CliRunner
 
 from clients import client_app as real_client
-from fedchain import datafile, federation, identity
 from fedchain.cli import app
 from fedchain.config import RunConfig
+from fedchain.crypto import identity
+from fedchain.data import datafile
+from fedchain.data.partition import partition
+from fedchain.data.sources import load_source
 from fedchain.errors import ConfigError, DatasetFileError, SignatureError
 from fedchain.ledger.builder import sign_registration
 from fedchain.ledger.codec import decode
 from fedchain.ledger.objects import Block, Registration
 from fedchain.ledger.store import LedgerStore
 from fedchain.ledger.verify import verify_ledger
-from fedchain.partition import partition
-from fedchain.registry import MODELS_DIRNAME, find_unregistered_files
-from fedchain.sources import load_source
+from fedchain.runs import federation
+from fedchain.runs.registry import MODELS_DIRNAME, find_unregistered_files
 from server.deployment import run_deployment
 from server.inprocess_grid import NODE_BASE, InProcessGrid
 

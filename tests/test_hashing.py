@@ -1,4 +1,5 @@
-"""Tests for fedchain.hashing: known answers, invariances, sensitivity, zero copy, refusals."""
+"""Tests for fedchain.crypto.hashing: known answers, invariances, sensitivity, zero copy,
+refusals."""
 
 from __future__ import annotations
 
@@ -11,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from fedchain.errors import ConfigError
-from fedchain.hashing import (
+from fedchain.crypto.hashing import (
     UPDATE_HASH_MAGIC,
     compute_update_hash,
     iter_canonical_chunks,
     tensor_bytes_view,
 )
+from fedchain.errors import ConfigError
 
 # --------------------------------------------------------------------------------------------------
 # Reference encoder: the slow, obvious reading of the layout in DESIGN.md 3.2.

@@ -9,10 +9,11 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from fedchain import datafile, identity
+from fedchain.crypto import identity
+from fedchain.data import datafile
+from fedchain.data.holder import load_configured_holder
+from fedchain.data.sources import load_source
 from fedchain.errors import ConfigError, DatasetFileError, KeyFileError
-from fedchain.holder import load_configured_holder
-from fedchain.sources import load_source
 
 
 @pytest.fixture

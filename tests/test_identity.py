@@ -1,4 +1,4 @@
-"""Tests for fedchain.identity: signing roots, signatures, key files."""
+"""Tests for fedchain.crypto.identity: signing roots, signatures, key files."""
 
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ec import SECP256R1, generate_private_key
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fedchain.errors import ConfigError, KeyFileError, SignatureError
-from fedchain.identity import (
+from fedchain.crypto.identity import (
     NO_FEDERATION,
     Domain,
     compute_signing_root,
@@ -27,6 +26,7 @@ from fedchain.identity import (
     sign,
     verify_signature,
 )
+from fedchain.errors import ConfigError, KeyFileError, SignatureError
 
 SEED = bytes(range(32))
 MESSAGE = b"fedchain known-answer message"
@@ -385,7 +385,7 @@ def test_passphrase_key_uses_bcrypt_kdf_with_configured_rounds(tmp_path: Path) -
     import base64
     import struct
 
-    from fedchain.identity import IDENTITY_KDF_ROUNDS
+    from fedchain.crypto.identity import IDENTITY_KDF_ROUNDS
 
     save_identity(generate_identity(), tmp_path / "id.key", b"pw")
     pem = (tmp_path / "id.key").read_bytes()

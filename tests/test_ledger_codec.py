@@ -13,8 +13,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fedchain.crypto.identity import Domain, public_key_bytes, verify_signature
 from fedchain.errors import DecodeError, LedgerError
-from fedchain.identity import Domain, public_key_bytes, verify_signature
 from fedchain.ledger import objects, state
 from fedchain.ledger.builder import sign_commitment
 from fedchain.ledger.codec import MAX_INT, MIN_INT, compute_hash, decode, encode, encode_with_empty

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from fedchain.crypto.identity import public_key_bytes
 from fedchain.errors import InvalidBlock, LedgerError
-from fedchain.identity import public_key_bytes
 from fedchain.ledger.builder import (
     build_block,
     make_genesis,

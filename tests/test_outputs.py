@@ -28,27 +28,27 @@ import tomli_w
 from typer.testing import CliRunner, Result
 
 from clients.client_app import app as client_app
-from fedchain import deploy
 from fedchain.cli import app
 from fedchain.cli.join import SupernodeProgress
 from fedchain.config import RunConfig
+from fedchain.crypto.identity import NO_FEDERATION, fingerprint, public_key_bytes
+from fedchain.deploy import processes as deploy
 from fedchain.errors import ConfigError, FedchainError
-from fedchain.federation import (
-    FEDERATION_FILE,
-    RUN_DIRNAME,
-    ParticipantEntry,
-    add_participant,
-    init_federation,
-)
-from fedchain.identity import NO_FEDERATION, fingerprint, public_key_bytes
 from fedchain.ledger.builder import build_block, make_genesis, make_rules, sign_registration
 from fedchain.ledger.chain import Chain
 from fedchain.ledger.consensus import get_proposer
 from fedchain.ledger.objects import GenesisParticipant, Rejection
 from fedchain.ledger.show import printable
 from fedchain.ledger.synthetic import derive_key
-from fedchain.registry import read_regular_file, save_model
-from fedchain.runs import prepare_run
+from fedchain.runs.federation import (
+    FEDERATION_FILE,
+    RUN_DIRNAME,
+    ParticipantEntry,
+    add_participant,
+    init_federation,
+)
+from fedchain.runs.prepare import prepare_run
+from fedchain.runs.registry import read_regular_file, save_model
 from server.inprocess_grid import InProcessGrid
 from server.server_app import run_federation
 from tests.test_report import PENALTY, scored_run  # noqa: F401 - scored_run is a fixture

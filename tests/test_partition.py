@@ -1,4 +1,5 @@
-"""Tests for fedchain.partition: coverage, sizes, determinism, skew and parameter validation."""
+"""Tests for fedchain.data.partition: coverage, sizes, determinism, skew and parameter
+validation."""
 
 from __future__ import annotations
 
@@ -7,8 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedchain.errors import PartitionError
-from fedchain.partition import (
+from fedchain.data.partition import (
     PARTITIONERS,
     label_histogram,
     partition,
@@ -17,6 +17,7 @@ from fedchain.partition import (
     partition_quantity,
     partition_shards,
 )
+from fedchain.errors import PartitionError
 
 NUM_CLASSES = 10
 SEEDS = [0, 1, 7]
@@ -285,7 +286,7 @@ def test_invalid_label_histogram() -> None:
 
 
 def test_holdout_is_stratified_deterministic_and_disjoint():
-    from fedchain.partition import holdout_indices
+    from fedchain.data.partition import holdout_indices
 
     labels = np.repeat(np.arange(5), [30, 20, 10, 5, 2])
     kept, held = holdout_indices(labels, 0.1, seed=3)
@@ -298,7 +299,7 @@ def test_holdout_is_stratified_deterministic_and_disjoint():
 
 
 def test_invalid_holdout_fraction():
-    from fedchain.partition import holdout_indices
+    from fedchain.data.partition import holdout_indices
 
     with pytest.raises(PartitionError):
         holdout_indices(np.zeros(10, dtype=np.int64), 1.0, seed=0)

@@ -15,13 +15,13 @@ import safetensors.numpy
 from typer.testing import CliRunner
 
 from fedchain.cli import app
+from fedchain.crypto.hashing import compute_update_hash
 from fedchain.errors import ConfigError, RegistryError
-from fedchain.hashing import compute_update_hash
 from fedchain.ledger.chain import Chain
 from fedchain.ledger.store import LEDGER_FILENAME
 from fedchain.ledger.synthetic import SyntheticFederation
 from fedchain.ledger.verify import verify_ledger
-from fedchain.registry import (
+from fedchain.runs.registry import (
     MODELS_DIRNAME,
     ModelEntry,
     check_model_files,

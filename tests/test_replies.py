@@ -29,18 +29,10 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from clients import client_app as real_client
-from fedchain.aggregation import RuleParams
+from fedchain.aggregation.rules import RuleParams
 from fedchain.config import RunConfig
-from fedchain.coordinator import (
-    MAX_REASON_CHARS,
-    ClientReply,
-    Coordinator,
-    RoundOutcome,
-    compute_printable,
-    quote_client_text,
-)
-from fedchain.hashing import compute_update_hash
-from fedchain.identity import public_key_bytes
+from fedchain.crypto.hashing import compute_update_hash
+from fedchain.crypto.identity import public_key_bytes
 from fedchain.ledger.builder import sign_attestation, sign_commitment, sign_header
 from fedchain.ledger.chain import Chain
 from fedchain.ledger.codec import decode, encode
@@ -54,7 +46,15 @@ from fedchain.ledger.objects import (
 from fedchain.ledger.store import LedgerStore
 from fedchain.ledger.synthetic import SyntheticFederation
 from fedchain.ledger.verify import verify_ledger
-from fedchain.runs import prepare_run
+from fedchain.rounds.coordinator import (
+    MAX_REASON_CHARS,
+    ClientReply,
+    Coordinator,
+    RoundOutcome,
+    compute_printable,
+    quote_client_text,
+)
+from fedchain.runs.prepare import prepare_run
 from server.inprocess_grid import NODE_BASE, InProcessGrid
 from server.server_app import run_federation
 from server.strategy import (

@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 from clients.client_app import app as client_app
 from fedchain.cli import app
 from fedchain.config import RunConfig
-from fedchain.identity import fingerprint, public_key_bytes
+from fedchain.crypto.identity import fingerprint, public_key_bytes
 from fedchain.ledger.builder import build_block, make_rules, sign_attestation, sign_commitment
 from fedchain.ledger.chain import Chain
 from fedchain.ledger.codec import decode
@@ -44,9 +44,9 @@ from fedchain.ledger.objects import (
 from fedchain.ledger.store import LedgerStore
 from fedchain.ledger.synthetic import SyntheticFederation
 from fedchain.ledger.verify import verify_ledger
-from fedchain.registry import save_model
-from fedchain.rewards import compute_reward_split
-from fedchain.runs import prepare_run
+from fedchain.rounds.rewards import compute_reward_split
+from fedchain.runs.prepare import prepare_run
+from fedchain.runs.registry import save_model
 from server.inprocess_grid import InProcessGrid
 from server.server_app import run_federation
 

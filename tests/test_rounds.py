@@ -20,12 +20,12 @@ from flwr.common.logger import FLOWER_LOGGER
 
 from clients import client_app as real_client
 from fedchain.config import RunConfig
-from fedchain.coordinator import RoundOutcome
+from fedchain.crypto.hashing import compute_update_hash
+from fedchain.data.holder import load_simulated_holder
 from fedchain.errors import InvalidBlock
-from fedchain.hashing import compute_update_hash
-from fedchain.holder import load_simulated_holder
 from fedchain.ledger.builder import sign_commitment
 from fedchain.ledger.codec import decode, encode
+from fedchain.ledger.lightclient import Checkpoint
 from fedchain.ledger.objects import (
     Block,
     ContributionRecord,
@@ -35,9 +35,9 @@ from fedchain.ledger.objects import (
 )
 from fedchain.ledger.store import LedgerStore
 from fedchain.ledger.verify import verify_ledger
-from fedchain.lightclient import Checkpoint
-from fedchain.runs import prepare_run
-from fedchain.scoring import recheck_scores
+from fedchain.rounds.coordinator import RoundOutcome
+from fedchain.rounds.recheck import recheck_scores
+from fedchain.runs.prepare import prepare_run
 from server.inprocess_grid import NODE_BASE, InProcessGrid
 from server.server_app import run_federation
 
@@ -203,7 +203,7 @@ def test_a_dead_proposer_is_replaced_and_the_round_goes_on(tmp_path):
 
 
 def test_client_refuses_a_head_that_rewrites_its_final_block(tmp_path):
-    from fedchain.lightclient import check_head
+    from fedchain.ledger.lightclient import check_head
 
     setup, grid, _, _ = run(tmp_path, real_client.app, clients=3, rounds=3)
     context = next(iter(grid.contexts.values()))

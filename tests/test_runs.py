@@ -18,14 +18,14 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 import clients.client_app
-import fedchain.runs
+import fedchain.runs.prepare
 from fedchain.cli import app
 from fedchain.cli.simulate import resumable_run
 from fedchain.config import RUN_ID_PATTERN, RunConfig
-from fedchain.coordinator import brief_reason
 from fedchain.errors import ConfigError, FedchainError, PartitionError
 from fedchain.ledger.verify import verify_ledger
-from fedchain.runs import prepare_run
+from fedchain.rounds.coordinator import brief_reason
+from fedchain.runs.prepare import prepare_run
 from server.inprocess_grid import InProcessGrid
 from server.server_app import run_federation
 
@@ -134,15 +134,15 @@ def test_a_run_that_appears_during_set_up_is_kept_and_ours_discarded(
     project: Path, monkeypatch: pytest.MonkeyPatch
 ):
     """Two set-ups racing for one run id: the rename refuses to replace the other's run."""
-    real = fedchain.runs._populate
+    real = fedchain.runs.prepare._populate
 
-    def racing(run_dir: Path, config: RunConfig) -> fedchain.runs.RunSetup:
+    def racing(run_dir: Path, config: RunConfig) -> fedchain.runs.prepare.RunSetup:
         setup = real(run_dir, config)
         (project / "runs" / "race").mkdir()
         (project / "runs" / "race" / "theirs.txt").write_text("the other run\n")
         return setup
 
-    monkeypatch.setattr(fedchain.runs, "_populate", racing)
+    monkeypatch.setattr(fedchain.runs.prepare, "_populate", racing)
     with pytest.raises(ConfigError, match="already exists"):
         prepare_run(RunConfig(run_id="race", out="runs", **SMALL))
     assert sorted(p.name for p in (project / "runs").iterdir()) == ["baseline", "race"]

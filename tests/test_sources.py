@@ -1,4 +1,5 @@
-"""Tests for fedchain.sources: every loader on tiny data written into tmp_path (no downloads)."""
+"""Tests for fedchain.data.sources: every loader on tiny data written into tmp_path (no
+downloads)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fedchain.data.sources import SOURCES, ArrayDataset, load_source
 from fedchain.errors import DataSourceError
-from fedchain.sources import SOURCES, ArrayDataset, load_source
 
 # --- helpers ----------------------------------------------------------------------------------
 

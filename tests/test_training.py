@@ -1,4 +1,5 @@
-"""Tests for fedchain.models and fedchain.training: shapes, determinism, weights, training."""
+"""Tests for fedchain.learning.architectures and fedchain.learning.training: shapes, determinism,
+weights, training."""
 
 from __future__ import annotations
 
@@ -9,16 +10,16 @@ import numpy as np
 import pytest
 import torch
 
+from fedchain.data.sources import ArrayDataset, load_source
 from fedchain.errors import ConfigError
-from fedchain.models import (
+from fedchain.learning.architectures import (
     MODELS,
     build_model,
     default_model,
     load_numpy_state,
     state_to_numpy,
 )
-from fedchain.sources import ArrayDataset, load_source
-from fedchain.training import (
+from fedchain.learning.training import (
     TrainConfig,
     compute_update,
     configure_threads,

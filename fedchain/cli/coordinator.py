@@ -19,11 +19,11 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from fedchain import deploy
-from fedchain import federation as fed
 from fedchain.cli.common import console, make_app
+from fedchain.crypto.identity import fingerprint
+from fedchain.deploy import processes as deploy
 from fedchain.errors import ConfigError
-from fedchain.identity import fingerprint
+from fedchain.runs import federation as fed
 
 app = make_app("Run a federation's coordinator: Flower SuperLink + fedchain ServerApp.")
 

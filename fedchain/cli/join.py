@@ -20,9 +20,11 @@ from typing import Annotated, Any
 
 import typer
 
-from fedchain import datafile, deploy, identity
 from fedchain.cli.common import PASSPHRASE_ENV, console, read_passphrase
 from fedchain.cli.federation import _parse_set
+from fedchain.crypto import identity
+from fedchain.data import datafile
+from fedchain.deploy import processes as deploy
 from fedchain.errors import ConfigError
 from fedchain.ledger.show import printable
 
@@ -157,7 +159,8 @@ class SupernodeProgress:
 
     A Flower round is named by the message's group id where the coordinator sets one
     (``[RUN r, ROUND k]``); otherwise rounds are counted per run, as the node received them.
-    Fed by the thread that copies the SuperNode's output (:func:`fedchain.deploy.start_process`).
+    Fed by the thread that copies the SuperNode's output
+    (:func:`fedchain.deploy.processes.start_process`).
     """
 
     run_id: int | None = None

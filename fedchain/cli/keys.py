@@ -7,9 +7,9 @@ from typing import Annotated
 
 import typer
 
-from fedchain import identity
 from fedchain.cli.common import PASSPHRASE_ENV, console, read_passphrase
-from fedchain.deploy import create_supernode_keys
+from fedchain.crypto import identity
+from fedchain.deploy.processes import create_supernode_keys
 
 
 def keygen(

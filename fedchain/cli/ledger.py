@@ -1,7 +1,8 @@
 """``fedchain verify`` and ``fedchain ledger show``: re-check and read a run's ledger.
 
 Given a run directory, ``verify`` also checks the model files against the verified ledger
-(:func:`fedchain.registry.check_model_files`); given a bare ledger file, it checks the ledger only.
+(:func:`fedchain.runs.registry.check_model_files`); given a bare ledger file, it checks the ledger
+only.
 """
 
 from __future__ import annotations
@@ -17,21 +18,21 @@ from rich.progress import Progress
 from rich.table import Table
 
 from fedchain.cli.common import console, ledger_progress, make_app
+from fedchain.crypto.identity import fingerprint
 from fedchain.errors import ConfigError
-from fedchain.identity import fingerprint
 from fedchain.ledger.codec import MAX_INT, decode
 from fedchain.ledger.objects import Block
 from fedchain.ledger.show import as_markup_text, block_to_json, describe_transaction
 from fedchain.ledger.store import LedgerStore, open_ledger_path
 from fedchain.ledger.verify import VerifyReport, verify_ledger
-from fedchain.registry import (
+from fedchain.report.build import describe_unfinished, read_run_plan
+from fedchain.runs.registry import (
     MODELS_DIRNAME,
     check_model_files,
     find_unregistered_files,
     get_registered_hashes,
     read_regular_file,
 )
-from fedchain.report import describe_unfinished, read_run_plan
 
 app = make_app("Read a ledger: list its blocks and transactions.")
 
@@ -82,7 +83,7 @@ def verify(
 
 def _recheck_scores(path: Path, report: VerifyReport) -> bool:
     from fedchain.config import load_config_file
-    from fedchain.scoring import recheck_scores
+    from fedchain.rounds.recheck import recheck_scores
 
     if not path.is_dir():
         console.print("scores: not checked (ledger file only)")

@@ -1,7 +1,7 @@
 """``fedchain models list`` and ``fedchain models show``: a run's registered global models.
 
 Both verify the run's ledger first (the registry's index is the verified ledger, see
-:mod:`fedchain.registry`), so a ledger that fails verification is refused here too.
+:mod:`fedchain.runs.registry`), so a ledger that fails verification is refused here too.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from rich.table import Table
 
 from fedchain.cli.common import console, make_app
 from fedchain.ledger.show import as_markup_text
-from fedchain.registry import (
+from fedchain.runs.registry import (
     ModelEntry,
     find_model,
     get_lineage,

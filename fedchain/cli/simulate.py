@@ -13,7 +13,6 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from fedchain.attacks import ATTACKS, Attack, attacker_indices, parse_attackers
 from fedchain.cli.common import console
 from fedchain.config import (
     DEFAULTS,
@@ -23,16 +22,18 @@ from fedchain.config import (
     load_config_file,
     merge_config,
 )
-from fedchain.coordinator import RoundOutcome, brief_reason
+from fedchain.data.partition import PARTITIONERS
+from fedchain.data.sources import SOURCES
 from fedchain.errors import ConfigError, FedchainError
-from fedchain.federation import remove_unregistered_models
+from fedchain.learning.attacks import ATTACKS, Attack, attacker_indices, parse_attackers
 from fedchain.ledger.chain import Chain
 from fedchain.ledger.store import LEDGER_FILENAME
-from fedchain.partition import PARTITIONERS
-from fedchain.runs import new_run_id, prepare_run
-from fedchain.sources import SOURCES
+from fedchain.rounds.coordinator import RoundOutcome, brief_reason
+from fedchain.runs.federation import remove_unregistered_models
+from fedchain.runs.prepare import new_run_id, prepare_run
 
-CONFIG_FILE = "config.toml"  # written by fedchain.runs.prepare_run (fedchain.config.write_config)
+# written by fedchain.runs.prepare.prepare_run (fedchain.config.write_config)
+CONFIG_FILE = "config.toml"
 
 
 def shown_default(name: str) -> str:
@@ -198,7 +199,7 @@ def simulate(
         typer.Option(
             help=f"What attackers do (default {shown_default('attack')}): "
             + ", ".join(ATTACKS)
-            + " (see fedchain.attacks for each). Needs --attackers."
+            + " (see fedchain.learning.attacks for each). Needs --attackers."
         ),
     ] = None,
     attackers: Annotated[
@@ -301,7 +302,7 @@ def resumable_run(run_dir: Path) -> tuple[RunConfig, Path]:
 
     The ledger head's round ``k`` is what was done: a round in progress when the run was killed
     never reached the ledger and runs again. Its model files are removed
-    (:func:`fedchain.federation.remove_unregistered_models`, as a resumed deployment does);
+    (:func:`fedchain.runs.federation.remove_unregistered_models`, as a resumed deployment does);
     archived updates are named by their hash, so the repeated round writes the same names, and
     ``metrics.json`` keeps only the rows of rounds on the ledger (server.server_app).
     """

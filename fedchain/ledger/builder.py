@@ -10,8 +10,8 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from fedchain.crypto.identity import Domain, public_key_bytes, sign, verify_signature
 from fedchain.errors import InvalidBlock, LedgerError, SignatureError
-from fedchain.identity import Domain, public_key_bytes, sign, verify_signature
 from fedchain.ledger.codec import compute_hash
 from fedchain.ledger.consensus import compute_proposer, get_validators
 from fedchain.ledger.objects import (

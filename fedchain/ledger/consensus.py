@@ -14,8 +14,8 @@ import struct
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from fedchain.crypto.identity import fingerprint
 from fedchain.errors import InvalidBlock, LedgerError
-from fedchain.identity import fingerprint
 from fedchain.ledger.codec import compute_hash
 from fedchain.ledger.objects import (
     DOUBLE_SIGN,

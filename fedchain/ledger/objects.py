@@ -10,8 +10,8 @@ Sizes: public keys and hashes are 32 bytes, signatures 64 (checked by the state 
 by the codec).
 
 Signatures: a signed object's *signing message* is its encoding with the ``signature`` field
-emptied (``b""``), signed under its :class:`~fedchain.identity.Domain` with the genesis hash as
-the federation (:func:`signing_message`, :data:`SIGNING_DOMAINS`).
+emptied (``b""``), signed under its :class:`~fedchain.crypto.identity.Domain` with the genesis hash
+as the federation (:func:`signing_message`, :data:`SIGNING_DOMAINS`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, TypeAlias
 
-from fedchain.identity import Domain
+from fedchain.crypto.identity import Domain
 from fedchain.ledger.codec import compute_hash, encode, encode_with_empty
 
 __all__ = [

@@ -14,7 +14,7 @@ from typing import Any
 
 from rich.markup import escape
 
-from fedchain.identity import fingerprint
+from fedchain.crypto.identity import fingerprint
 from fedchain.ledger.objects import (
     Attestation,
     Block,

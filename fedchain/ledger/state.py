@@ -32,8 +32,7 @@ from typing import Any, ClassVar
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from fedchain.errors import InvalidBlock, InvalidTransaction, LedgerError, SignatureError
-from fedchain.identity import (
+from fedchain.crypto.identity import (
     PUBLIC_KEY_SIZE,
     SIGNATURE_SIZE,
     Domain,
@@ -41,6 +40,7 @@ from fedchain.identity import (
     fingerprint,
     verify_signature,
 )
+from fedchain.errors import InvalidBlock, InvalidTransaction, LedgerError, SignatureError
 from fedchain.ledger.codec import MAX_INT, compute_hash, encode
 from fedchain.ledger.consensus import (
     MAX_PROPOSER_ATTEMPT,
@@ -79,7 +79,7 @@ from fedchain.ledger.objects import (
     compute_tx_root_of_encodings,
     signing_message,
 )
-from fedchain.rewards import compute_reward_split
+from fedchain.rounds.rewards import compute_reward_split
 
 __all__ = [
     "BPS_DENOMINATOR",
@@ -710,7 +710,8 @@ def _apply_model_version(work: _Working, tx: ModelVersion, encoding: bytes) -> N
 
 def _apply_contribution_record(work: _Working, tx: ContributionRecord, encoding: bytes) -> None:
     """Scores bind the reward split: the :class:`RewardDeltas` after this record in the same
-    block must pay exactly :func:`~fedchain.rewards.compute_reward_split` of its positive scores.
+    block must pay exactly :func:`~fedchain.rounds.rewards.compute_reward_split` of its positive
+    scores.
 
     They also move reputation: a score at or below :data:`HARMFUL_SCORE` (harm beyond measurement
     noise) costs the genesis ``reputation_penalty_bps``; a positive score restores half of that,
@@ -874,8 +875,8 @@ def _check_signature(
 ) -> None:
     """Verify ``obj``'s signature by ``public_key`` in this federation (``encoding``: encode(obj)).
 
-    The same check as :func:`fedchain.identity.verify_signature`, with parsed keys cached: the
-    ledger verifies every validator's signatures block after block.
+    The same check as :func:`fedchain.crypto.identity.verify_signature`, with parsed keys cached:
+    the ledger verifies every validator's signatures block after block.
     """
     what = type(obj).__name__
     if len(public_key) != PUBLIC_KEY_SIZE or len(obj.signature) != SIGNATURE_SIZE:
@@ -1045,7 +1046,8 @@ def _is_strictly_sorted(items: Sequence[Any]) -> bool:
 
 
 def _short(key: bytes) -> str:
-    """A display id for a key: its :func:`~fedchain.identity.fingerprint`, as the CLI shows."""
+    """A display id for a key: its :func:`~fedchain.crypto.identity.fingerprint`, as the CLI
+    shows."""
     return fingerprint(key) if len(key) == HASH_SIZE else f"<{len(key)}-byte key>"
 
 

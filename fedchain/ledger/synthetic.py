@@ -15,8 +15,8 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from fedchain.crypto.identity import public_key_bytes
 from fedchain.errors import ConfigError
-from fedchain.identity import public_key_bytes
 from fedchain.ledger.builder import (
     build_block,
     make_genesis,

@@ -9,7 +9,7 @@ roots). Finality is then recomputed from the attestations on the chain. The firs
 the replay and is reported with its height, since nothing after a bad block can be trusted.
 
 The same pass collects the registered model versions (with the heights of the blocks that carry
-them) and the genesis initial model hash, so the model registry (:mod:`fedchain.registry`) can
+them) and the genesis initial model hash, so the model registry (:mod:`fedchain.runs.registry`) can
 check a run's model files without reading the ledger a second time.
 """
 

@@ -44,7 +44,7 @@ from fedchain.errors import ConfigError
 
 if TYPE_CHECKING:
     from fedchain.config import RunConfig
-    from fedchain.sources import ArrayDataset
+    from fedchain.data.sources import ArrayDataset
 
 __all__ = [
     "ATTACKS",
@@ -151,7 +151,7 @@ def compute_flipped_labels(y: np.ndarray, num_classes: int) -> np.ndarray:
 
 def flip_labels(data: ArrayDataset) -> ArrayDataset:
     """``data`` with its labels mirrored (:func:`compute_flipped_labels`); features shared."""
-    from fedchain.sources import ArrayDataset
+    from fedchain.data.sources import ArrayDataset
 
     flipped = compute_flipped_labels(data.y, len(data.classes))
     return ArrayDataset(data.name, data.x, flipped, data.classes, data.value_max)

@@ -22,10 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from fedchain.aggregation import RuleParams, UpdateScorer, aggregate_round
-from fedchain.contribution import quantise_scores
+from fedchain.aggregation.rules import RuleParams, UpdateScorer, aggregate_round
+from fedchain.crypto.hashing import compute_update_hash
 from fedchain.errors import FedchainError, LedgerError
-from fedchain.hashing import compute_update_hash
 from fedchain.ledger.builder import prepare_block, seal_block
 from fedchain.ledger.chain import Chain
 from fedchain.ledger.codec import decode, encode
@@ -46,8 +45,9 @@ from fedchain.ledger.objects import (
     UpdateCommitment,
 )
 from fedchain.ledger.state import LedgerState, is_signed_by, process_transaction
-from fedchain.registry import save_model, save_update
-from fedchain.rewards import compute_reward_split
+from fedchain.rounds.contribution import quantise_scores
+from fedchain.rounds.rewards import compute_reward_split
+from fedchain.runs.registry import save_model, save_update
 
 Arrays = dict[str, np.ndarray]
 Scorer = Callable[[Arrays, list[Arrays], list[float], int], np.ndarray]

@@ -15,10 +15,11 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fedchain import datafile, identity
+from fedchain.crypto import identity
+from fedchain.data import datafile
+from fedchain.data.sources import ArrayDataset
 from fedchain.errors import ConfigError, KeyFileError
-from fedchain.runs import client_data_path, client_key_path, data_key_path
-from fedchain.sources import ArrayDataset
+from fedchain.runs.prepare import client_data_path, client_key_path, data_key_path
 
 
 @dataclass(frozen=True)

@@ -53,8 +53,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
+from fedchain.data.sources import ArrayDataset
 from fedchain.errors import ConfigError, DatasetFileError, KeyFileError, WrongKeyError
-from fedchain.sources import ArrayDataset
 
 MAGIC = b"FCD1"
 FORMAT_VERSION = 1

@@ -12,8 +12,8 @@ A coordinator keeps one folder per federation (``FED_DIR``)::
 Registration happens before the ledger exists. A data holder signs a :class:`Registration` (their
 Ed25519 identity, stake deposit and dataset commitment, whose example count is read from the
 decrypted, authenticated file) under the registration domain with the
-"no federation yet" id (:data:`fedchain.identity.NO_FEDERATION`): the genesis hash, which every
-later signature binds, is computed from these registrations. The coordinator checks the
+"no federation yet" id (:data:`fedchain.crypto.identity.NO_FEDERATION`): the genesis hash, which
+every later signature binds, is computed from these registrations. The coordinator checks the
 signature when it adds the participant; the genesis then fixes the participant set, and every
 commitment a client signs binds the genesis hash, so a registration cannot be used elsewhere
 to act for its owner. The participant's name and SuperNode key travel unsigned in the same file:
@@ -36,8 +36,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fedchain import datafile, identity
 from fedchain.config import RunConfig, merge_config, write_config
+from fedchain.crypto import identity
+from fedchain.data import datafile
 from fedchain.errors import ConfigError, FedchainError, SignatureError
 from fedchain.ledger.builder import sign_registration
 from fedchain.ledger.codec import MAX_INT
@@ -426,12 +427,12 @@ def prepare_federation_run(federation: Federation) -> tuple[Path, RunConfig, boo
     Creating: the resolved configuration (``config.toml``), the initial model (shaped for the
     coordinator's test data) and a ledger whose genesis holds every registered participant.
     """
+    from fedchain.data.sources import load_source
+    from fedchain.learning.architectures import build_model, state_to_numpy
     from fedchain.ledger.builder import make_genesis
     from fedchain.ledger.chain import Chain
-    from fedchain.models import build_model, state_to_numpy
-    from fedchain.registry import save_model
-    from fedchain.runs import make_rules_for
-    from fedchain.sources import load_source
+    from fedchain.runs.prepare import make_rules_for
+    from fedchain.runs.registry import save_model
 
     config = compute_run_config(federation)
     run_dir = run_dir_of(federation.path)
@@ -486,7 +487,7 @@ def remove_unregistered_models(run_dir: Path) -> list[Path]:
     the federation's history and is removed (``fedchain verify`` would only warn about it).
     """
     from fedchain.ledger.verify import verify_ledger
-    from fedchain.registry import find_unregistered_files
+    from fedchain.runs.registry import find_unregistered_files
 
     report = verify_ledger(Path(run_dir))
     if not report.ok:

@@ -4,8 +4,8 @@ Every global model of a run, the initial one included, is one file in the run di
 
     runs/<run-id>/models/<64 lowercase hex chars>.safetensors
 
-The name is the model's canonical hash (:func:`fedchain.hashing.compute_update_hash` of its named
-tensors), the same hash the ledger records in ``Genesis.initial_model_hash`` and
+The name is the model's canonical hash (:func:`fedchain.crypto.hashing.compute_update_hash` of its
+named tensors), the same hash the ledger records in ``Genesis.initial_model_hash`` and
 ``ModelVersion.model_hash``. A file is therefore checked by loading it and hashing it again;
 nothing else about it (size, time, safetensors metadata) is trusted.
 
@@ -37,9 +37,9 @@ import numpy.typing as npt
 import safetensors.numpy
 from safetensors import SafetensorError
 
+from fedchain.crypto.hashing import compute_update_hash
 from fedchain.durable import fsync_directory
 from fedchain.errors import ConfigError, RegistryError
-from fedchain.hashing import compute_update_hash
 from fedchain.ledger.objects import HASH_SIZE
 from fedchain.ledger.verify import VerifyReport, verify_ledger
 
@@ -115,7 +115,7 @@ def save_model(run_dir: Path, arrays: Arrays, folder: str = MODELS_DIRNAME) -> b
     model is saved before the ledger (its hash goes into the genesis).
 
     Raises :class:`~fedchain.errors.ConfigError` for arrays that are not numpy, names and dtypes
-    the canonical hash refuses (see :data:`~fedchain.hashing.CANONICAL_DTYPES`), or the name
+    the canonical hash refuses (see :data:`~fedchain.crypto.hashing.CANONICAL_DTYPES`), or the name
     ``__metadata__`` that safetensors reserves, and
     :class:`~fedchain.errors.RegistryError` if the file cannot be written.
     """

@@ -4,9 +4,10 @@ how the model improved, and whether the ledger verifies (DESIGN.md §3.6).
 Three layers, so each can be tested and reused on its own:
 
 * reading (I/O): :func:`load_report_inputs` verifies the run's ledger and model files with
-  :func:`~fedchain.ledger.verify.verify_ledger` and :func:`~fedchain.registry.check_model_files`
-  (the verdict), decodes its blocks, maps public keys to ``clients/client-NNN.pub`` indices, and
-  reads ``metrics.json`` and ``config.toml`` when they are there;
+  :func:`~fedchain.ledger.verify.verify_ledger` and
+  :func:`~fedchain.runs.registry.check_model_files` (the verdict), decodes its blocks, maps public
+  keys to ``clients/client-NNN.pub`` indices, and reads ``metrics.json`` and ``config.toml`` when
+  they are there;
 * building (pure): :func:`compute_report` replays the blocks through the ledger's own state
   transition (:func:`~fedchain.ledger.state.process_block`), so every stake, reward and penalty
   shown is what the protocol computes, never a re-implementation of its rules, and returns a plain
@@ -44,14 +45,8 @@ from typing import TYPE_CHECKING, Any
 
 from fedchain import __version__
 from fedchain.config import RunConfig, load_config_file
+from fedchain.crypto.identity import fingerprint, load_public_key
 from fedchain.errors import ConfigError, FedchainError, LedgerError
-from fedchain.federation import (
-    FEDERATION_FILE,
-    RUN_DIRNAME,
-    load_federation,
-    verify_registration,
-)
-from fedchain.identity import fingerprint, load_public_key
 from fedchain.ledger.codec import decode
 from fedchain.ledger.objects import (
     BAD_COMMITMENT,
@@ -80,8 +75,19 @@ from fedchain.ledger.state import (
 )
 from fedchain.ledger.store import LedgerStore, open_ledger_path
 from fedchain.ledger.verify import VerifyReport, verify_ledger
-from fedchain.registry import MODEL_SUFFIX, MODELS_DIRNAME, check_model_files, read_regular_file
-from fedchain.runs import CLIENTS_DIR
+from fedchain.runs.federation import (
+    FEDERATION_FILE,
+    RUN_DIRNAME,
+    load_federation,
+    verify_registration,
+)
+from fedchain.runs.prepare import CLIENTS_DIR
+from fedchain.runs.registry import (
+    MODEL_SUFFIX,
+    MODELS_DIRNAME,
+    check_model_files,
+    read_regular_file,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -29,8 +29,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch.optim.sgd import sgd
 
+from fedchain.data.sources import ArrayDataset
 from fedchain.errors import ConfigError
-from fedchain.sources import ArrayDataset
 
 __all__ = [
     "EvalResult",

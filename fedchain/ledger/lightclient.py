@@ -17,8 +17,8 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from fedchain.crypto.identity import Domain, verify_signature
 from fedchain.errors import InvalidBlock, SignatureError
-from fedchain.identity import Domain, verify_signature
 from fedchain.ledger.objects import BlockHeader, SignedHeader, compute_block_hash, signing_message
 
 

@@ -1,7 +1,7 @@
 """Contribution scores of a round, measured on the coordinator's validation split.
 
-The pure methods live in :mod:`fedchain.contribution`; this module supplies their utility: minus
-a coalition model's loss on the validation split, evaluated with torch. Loss, not accuracy:
+The pure methods live in :mod:`fedchain.rounds.contribution`; this module supplies their utility:
+minus a coalition model's loss on the validation split, evaluated with torch. Loss, not accuracy:
 accuracy on a few hundred examples moves in steps, and GTG-Shapley tracks exact Shapley far
 better on the smooth loss. Coalitions are not renormalised (each member moves the model by its
 real share), so a free rider's zero update is an exact dummy and scores 0
@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from fedchain.config import CONTRIBUTION_NEEDS_VALIDATION, RunConfig
-from fedchain.contribution import compute_scores, make_coalition_utility, quantise_scores
+from fedchain.data.sources import ArrayDataset
 from fedchain.ledger.verify import VerifyReport
-from fedchain.sources import ArrayDataset
+from fedchain.rounds.contribution import compute_scores, make_coalition_utility, quantise_scores
 
 Arrays = dict[str, np.ndarray]
 
@@ -30,7 +30,7 @@ class RoundScorer:
     """``scorer(base, updates, weights, round) -> raw scores`` for one configured method."""
 
     def __init__(self, config: RunConfig, validation: ArrayDataset) -> None:
-        from fedchain.models import build_model
+        from fedchain.learning.architectures import build_model
 
         self.method, self.seed = config.contribution, config.seed
         self.validation = validation
@@ -39,8 +39,8 @@ class RoundScorer:
         self.evaluations = 0
 
     def _utility(self, arrays: dict[str, np.ndarray]) -> float:
-        from fedchain.models import load_numpy_state
-        from fedchain.training import evaluate
+        from fedchain.learning.architectures import load_numpy_state
+        from fedchain.learning.training import evaluate
 
         load_numpy_state(self.net, arrays)
         self.evaluations += 1
@@ -49,7 +49,7 @@ class RoundScorer:
     def __call__(
         self, base: Arrays, updates: list[Arrays], weights: Sequence[float], round_: int
     ) -> np.ndarray:
-        from fedchain.training import derive_seed
+        from fedchain.learning.training import derive_seed
 
         utility = None
         if self.method in CONTRIBUTION_NEEDS_VALIDATION:
@@ -84,12 +84,12 @@ def recheck_scores(
 ) -> ScoreCheck:
     """Recompute every round's contribution scores from the archived updates and compare them
     with the scores on the ledger. Needs a verified ``report`` of the run's ledger."""
-    from fedchain.aggregation import RuleParams, aggregate_round
-    from fedchain.coordinator import bind_scorer
+    from fedchain.aggregation.rules import RuleParams, aggregate_round
     from fedchain.errors import RegistryError
     from fedchain.ledger.objects import SCORE_SCALE
-    from fedchain.registry import load_model, load_update
-    from fedchain.runs import load_split
+    from fedchain.rounds.coordinator import bind_scorer
+    from fedchain.runs.prepare import load_split
+    from fedchain.runs.registry import load_model, load_update
 
     scorer = None if config.contribution == "none" else RoundScorer(config, load_split(config)[1])
     params = RuleParams(beta=config.beta, cap=None if config.weight_cap >= 1 else config.weight_cap)

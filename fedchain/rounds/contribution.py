@@ -94,7 +94,7 @@ from typing import Any, TypeAlias
 import numpy as np
 import numpy.typing as npt
 
-from fedchain.aggregation import aggregate
+from fedchain.aggregation.rules import aggregate
 from fedchain.errors import ConfigError
 from fedchain.ledger.objects import SCORE_SCALE
 
@@ -189,11 +189,11 @@ def compute_coalition_model(
     """The model a coalition alone would have produced: ``base + sum w_i d_i / sum w_i``.
 
     ``updates[i]`` and ``weights[i]`` are client ``i``'s update and aggregation weight (from
-    :func:`fedchain.aggregation.compute_weights`); the sums run over ``i`` in ``coalition``. The
-    average is :func:`fedchain.aggregation.aggregate` with rule ``fedavg`` over the members, so
-    it sums in client index order and the full coalition gives exactly the model a weighted-average
-    round produces. The empty coalition, and a coalition whose members all have weight 0, give a
-    copy of ``base``. The result is float32, in ``base``'s tensor order.
+    :func:`fedchain.aggregation.rules.compute_weights`); the sums run over ``i`` in ``coalition``.
+    The average is :func:`fedchain.aggregation.rules.aggregate` with rule ``fedavg`` over the
+    members, so it sums in client index order and the full coalition gives exactly the model a
+    weighted-average round produces. The empty coalition, and a coalition whose members all have
+    weight 0, give a copy of ``base``. The result is float32, in ``base``'s tensor order.
 
     ``renormalise=False`` divides by the sum of *all* clients' weights instead: each member moves
     the model by exactly its share of the real round (``base + sum over S of w_i d_i / sum w``,

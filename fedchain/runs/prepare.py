@@ -9,7 +9,7 @@
     clients/client-NNN.key|pub  each data holder's identity (unencrypted, mode 0600: simulated)
     clients/data.key            the data key of the simulated holders' files (mode 0600)
     attackers.json              with an attack: its name, scale, and the attackers' indices and
-                                public keys (fedchain.attacks.attacker_indices)
+                                public keys (fedchain.learning.attacks.attacker_indices)
 
 In a real federation every data holder keeps its own files; a simulation keeps them together so
 one machine can play every part, but each client still only ever opens its own.
@@ -27,14 +27,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedchain import datafile, identity
 from fedchain.config import FLOWER_RULES, RUN_ID_PATTERN, RunConfig, write_config
+from fedchain.crypto import identity
+from fedchain.data import datafile
+from fedchain.data.sources import ArrayDataset
 from fedchain.errors import ConfigError
 from fedchain.ledger.builder import make_genesis, make_rules
 from fedchain.ledger.chain import Chain
 from fedchain.ledger.objects import BAD_COMMITMENT, DOUBLE_SIGN, Genesis, GenesisParticipant, Rules
 from fedchain.ledger.store import LEDGER_FILENAME
-from fedchain.sources import ArrayDataset
 
 CLIENTS_DIR = "clients"
 DATA_KEY_FILE = "data.key"
@@ -74,8 +75,8 @@ def load_split(config: RunConfig) -> tuple[ArrayDataset, ArrayDataset]:
     Deterministic from the configuration (source and seed), so the coordinator and anyone
     re-checking its contribution scores derive the same validation split.
     """
-    from fedchain.partition import holdout_indices
-    from fedchain.sources import load_source
+    from fedchain.data.partition import holdout_indices
+    from fedchain.data.sources import load_source
 
     train = load_source(config.dataset, root=config.data_root or None, split="train")
     kept, held = holdout_indices(train.y, config.validation_fraction, seed=config.seed)
@@ -112,12 +113,12 @@ def prepare_run(config: RunConfig) -> RunSetup:
     by :class:`RunConfig` and again here), so nothing outside ``out`` is ever touched.
     """
     # torch-heavy modules load on first use, so `fedchain --help` stays fast
-    from fedchain.aggregation import RULES
-    from fedchain.attacks import ATTACKS, NO_ATTACK
-    from fedchain.contribution import METHODS
-    from fedchain.models import MODELS
-    from fedchain.partition import PARTITIONERS
-    from fedchain.sources import SOURCES
+    from fedchain.aggregation.rules import RULES
+    from fedchain.data.partition import PARTITIONERS
+    from fedchain.data.sources import SOURCES
+    from fedchain.learning.architectures import MODELS
+    from fedchain.learning.attacks import ATTACKS, NO_ATTACK
+    from fedchain.rounds.contribution import METHODS
 
     for name, value, known in (
         ("aggregation", config.aggregation, RULES + FLOWER_RULES),
@@ -190,9 +191,9 @@ def _make_folders(out: Path) -> list[Path]:
 
 
 def _populate(run_dir: Path, config: RunConfig) -> RunSetup:
-    from fedchain.models import build_model, state_to_numpy
-    from fedchain.partition import partition
-    from fedchain.registry import save_model
+    from fedchain.data.partition import partition
+    from fedchain.learning.architectures import build_model, state_to_numpy
+    from fedchain.runs.registry import save_model
 
     (run_dir / CLIENTS_DIR).mkdir(parents=True, exist_ok=True)
     write_config(config, run_dir / "config.toml")
@@ -239,7 +240,7 @@ def _populate(run_dir: Path, config: RunConfig) -> RunSetup:
 
 
 def _write_attackers(run_dir: Path, config: RunConfig, public_keys: list[bytes]) -> None:
-    from fedchain.attacks import Attack, attacker_indices
+    from fedchain.learning.attacks import Attack, attacker_indices
 
     indices = attacker_indices(config)
     if not indices:

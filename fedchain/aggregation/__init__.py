@@ -1,0 +1,1 @@
+"""Aggregation: weights, numeric kernels and the robust rules."""

@@ -1,0 +1,1 @@
+"""Hashing and signing: canonical update hashes, identities, signing roots."""

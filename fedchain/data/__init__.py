@@ -1,0 +1,1 @@
+"""Data: sources, partitions, encrypted dataset files, a data holder's data."""

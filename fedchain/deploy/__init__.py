@@ -1,0 +1,1 @@
+"""Flower's real processes: certificates, supervision, SuperLink, flwr CLI."""

@@ -1,0 +1,1 @@
+"""Learning: model architectures, local training and evaluation, attacks."""

@@ -1,0 +1,1 @@
+"""The contribution report of a run: inputs, build, HTML, plots."""

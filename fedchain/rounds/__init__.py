@@ -1,0 +1,1 @@
+"""A round: contribution scores, rewards, the coordinator, the re-check."""

@@ -1,0 +1,1 @@
+"""Run directories: their layout, preparation, model registry, federations."""
