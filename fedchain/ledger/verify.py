@@ -7,6 +7,8 @@ transition that built it (:func:`fedchain.ledger.state.process_block`: hash chai
 choice, header and transaction signatures, every transaction's checks, transaction and state
 roots). Finality is then recomputed from the attestations on the chain. The first failure stops
 the replay and is reported with its height, since nothing after a bad block can be trusted.
+The replay itself is :func:`iter_replay`, public so that every reader of a chain (the run
+report too) walks it with the same transition and the same stop-at-first-failure rule.
 
 The same pass collects the registered model versions (with the heights of the blocks that carry
 them) and the genesis initial model hash, so the model registry (:mod:`fedchain.runs.registry`) can
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -100,8 +102,57 @@ class VerifyReport:
         return self.blocks - 1
 
 
-class _Replay:
-    """Accumulates the state and the statistics while blocks are replayed in order."""
+@dataclass(frozen=True, slots=True)
+class ReplayStep:
+    """One block replayed: the state before it (None for the genesis block) and after it."""
+
+    block: Block
+    pre: LedgerState | None
+    post: LedgerState
+
+
+def iter_replay(blocks: Iterable[Block]) -> Iterator[ReplayStep]:
+    """Replay ``blocks`` (genesis first, in height order) through the ledger's state transition.
+
+    This is the one replay: :func:`verify_ledger` and the run report both walk a chain with it.
+    Each step is yielded once its block has passed every check of
+    :func:`~fedchain.ledger.state.process_block` (the genesis block:
+    :func:`~fedchain.ledger.state.process_genesis_block`). The first block that fails raises
+    its :class:`~fedchain.errors.LedgerError` and ends the replay: nothing after a bad block can
+    be trusted. The failing block's height is the number of steps yielded before it.
+    """
+    pre: LedgerState | None = None
+    for block in blocks:
+        post = process_genesis_block(block) if pre is None else process_block(pre, block)
+        yield ReplayStep(block, pre, post)
+        pre = post
+
+
+class _CheckedRows:
+    """The store's rows as decoded blocks whose indexed columns match their contents.
+
+    ``height`` is the height of the row in hand (None between rows, so a failure of the store's
+    own iteration is reported for the file rather than for a block).
+    """
+
+    def __init__(self, rows: Iterator[StoredBlock]) -> None:
+        self._rows = rows
+        self.height: int | None = None
+
+    def __iter__(self) -> Iterator[Block]:
+        return self
+
+    def __next__(self) -> Block:
+        self.height = None
+        stored = next(self._rows)
+        self.height = stored.height
+        block = decode(Block, stored.data)
+        _check_columns(stored, block)
+        return block
+
+
+class _Tally:
+    """The statistics collected while blocks are replayed in order."""
 
     def __init__(self) -> None:
         self.state: LedgerState | None = None
@@ -113,22 +164,18 @@ class _Replay:
         self.model_versions: list[tuple[int, ModelVersion]] = []
         self.rounds: list[RoundRecord] = []
 
-    def apply(self, stored: StoredBlock, genesis_hash: bytes) -> None:
-        block = decode(Block, stored.data)
-        _check_columns(stored, block)
-        if stored.height == 0:
-            self.state = process_genesis_block(block)
+    def add(self, step: ReplayStep, genesis_hash: bytes) -> None:
+        block, pre = step.block, step.pre
+        height = block.header.height
+        self.state = step.post
+        if pre is None:
             genesis = block.transactions[0]
             if not isinstance(genesis, Genesis) or compute_hash(genesis) != genesis_hash:
                 raise LedgerError(
                     "the genesis hash in the file's metadata is not the stored genesis"
                 )
         else:
-            if self.state is None:  # iter_blocks starts at 0 and reports gaps; keep mypy honest
-                raise LedgerError("no genesis block")
-            self.validators_by_height[stored.height] = dict(get_validators(self.state))
-            pre = self.state
-            self.state = process_block(self.state, block)
+            self.validators_by_height[height] = dict(get_validators(pre))
             self._record_round(pre, block)
             self.signatures += 1
             self.retried += block.header.attempt > 0
@@ -137,7 +184,7 @@ class _Replay:
             self.tx_counts[kind] += 1
             self.signatures += _count_signatures(tx)
             if isinstance(tx, ModelVersion):
-                self.model_versions.append((stored.height, tx))
+                self.model_versions.append((height, tx))
         self.blocks += 1
 
     def _record_round(self, pre: LedgerState, block: Block) -> None:
@@ -192,57 +239,57 @@ def verify_ledger(
     """
     started = time.perf_counter()
     path = Path(path)
-    replay = _Replay()
+    tally = _Tally()
     failure: VerifyFailure | None = None
     genesis_hash = b""
-    height: int | None = None
+    rows: _CheckedRows | None = None
     try:
         with LedgerStore.open(open_ledger_path(path), readonly=True) as store:
             genesis_hash = store.genesis_hash
             head = store.head().height
-            for stored in store.iter_blocks():
-                height = stored.height
-                replay.apply(stored, genesis_hash)
+            rows = _CheckedRows(store.iter_blocks())
+            for step in iter_replay(rows):
+                tally.add(step, genesis_hash)
                 if on_block is not None:
-                    on_block(stored.height, head)
-                height = None
+                    on_block(step.block.header.height, head)
+                rows.height = None
     except LedgerError as e:
-        failure = VerifyFailure(height, str(e))
-    return _report(path, replay, failure, genesis_hash, time.perf_counter() - started)
+        failure = VerifyFailure(None if rows is None else rows.height, str(e))
+    return _report(path, tally, failure, genesis_hash, time.perf_counter() - started)
 
 
 def _report(
     path: Path,
-    replay: _Replay,
+    tally: _Tally,
     failure: VerifyFailure | None,
     genesis_hash: bytes,
     seconds: float,
 ) -> VerifyReport:
-    state = replay.state
+    state = tally.state
     if state is None:
         return VerifyReport(path, failure or VerifyFailure(None, "no blocks"), seconds=seconds)
-    final = compute_finalized_height(replay.validators_by_height, state.last_attested.items())
+    final = compute_finalized_height(tally.validators_by_height, state.last_attested.items())
     participants = state.participants.values()
     return VerifyReport(
         path=path,
         failure=failure,
         genesis_hash=genesis_hash,
         run_id=state.genesis.run_id,
-        blocks=replay.blocks,
+        blocks=tally.blocks,
         head_hash=state.head_hash,
         final_height=final,
         model_head=state.model_head,
         initial_model_hash=state.genesis.initial_model_hash,
-        model_versions=tuple(replay.model_versions),
+        model_versions=tuple(tally.model_versions),
         rounds=state.round,
-        tx_counts=dict(sorted(replay.tx_counts.items())),
-        signatures=replay.signatures,
+        tx_counts=dict(sorted(tally.tx_counts.items())),
+        signatures=tally.signatures,
         participants=len(state.participants),
         active=sum(p.active for p in participants),
         total_stake=sum(p.stake for p in participants),
-        retried_proposals=replay.retried,
+        retried_proposals=tally.retried,
         seconds=seconds,
         state=state,
-        round_records=tuple(replay.rounds),
-        validators_by_height=replay.validators_by_height,
+        round_records=tuple(tally.rounds),
+        validators_by_height=tally.validators_by_height,
     )
