@@ -16,13 +16,13 @@ records the attestations that make it final.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from fedchain.aggregation.rules import RuleParams, UpdateScorer, aggregate_round
+from fedchain.aggregation.rules import AggregationResult, RuleParams
 from fedchain.crypto.hashing import compute_update_hash
 from fedchain.errors import FedchainError, LedgerError
 from fedchain.ledger.builder import prepare_block, seal_block
@@ -45,28 +45,22 @@ from fedchain.ledger.objects import (
     UpdateCommitment,
 )
 from fedchain.ledger.state import LedgerState, is_signed_by, process_transaction
-from fedchain.rounds.contribution import quantise_scores
 from fedchain.rounds.rewards import compute_reward_split
+from fedchain.rounds.scores import (
+    Scorer,
+    compute_aggregation,
+    compute_quantised_scores,
+    compute_raw_scores,
+)
 from fedchain.runs.registry import save_model, save_update
 
 Arrays = dict[str, np.ndarray]
-Scorer = Callable[[Arrays, list[Arrays], list[float], int], np.ndarray]
-"""(base model, accepted updates, their aggregation weights, round) -> one raw score each."""
 MAX_SEAL_ATTEMPTS = 8
 MAX_REASON_CHARS = 200
 """Longest reason a rejection records (in characters, after escaping)."""
 _CONTROL = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|[\x00-\x1f\x7f-\x9f]")
 MAX_CLIENT_TEXT_CHARS = 120
 """Longest quotation of a client's own text (an error message) inside a reason."""
-
-
-def bind_scorer(scorer: Scorer, base: Arrays, round_: int) -> UpdateScorer:
-    """``scorer`` for one round's base model, as a rule that scores to aggregate calls it."""
-
-    def score(updates: Sequence[Mapping[str, np.ndarray]], weights: Sequence[float]) -> np.ndarray:
-        return scorer(base, [dict(u) for u in updates], [float(w) for w in weights], round_)
-
-    return score
 
 
 @dataclass(frozen=True)
@@ -237,8 +231,10 @@ class Coordinator:
             work = self._admit_update(work, reply, round_, txs, accepted, outcome)
         if accepted:
             base = self.model
-            weights, measured = self._aggregate(accepted, round_, txs, outcome)
-            scores = self._score(base, accepted, weights, round_, measured)
+            result = self._aggregate(accepted, round_, txs, outcome)
+            updates = [u for _, u in accepted]
+            raw = compute_raw_scores(result, base, updates, self.scorer, round_)
+            scores = compute_quantised_scores([c.public_key for c, _ in accepted], raw)
             txs.append(ContributionRecord(round_, scores))
             outcome.scores = dict(scores)
             pool = self.state.genesis.rules.reward_per_round
@@ -364,47 +360,27 @@ class Coordinator:
 
     # -- aggregation, contribution and registration ----------------------------------------------
 
-    def _score(
-        self,
-        base: Arrays,
-        accepted: list[tuple[UpdateCommitment, Arrays]],
-        weights: dict[bytes, float],
-        round_: int,
-        measured: np.ndarray | None = None,
-    ) -> tuple[tuple[bytes, int], ...]:
-        """Quantised scores, sorted by key: the scorer's (``measured`` when the rule already
-        scored the round), or (none configured) the aggregation weights. They decide the
-        round's reward split, which the ledger holds to them."""
-        keys = [c.public_key for c, _ in accepted]
-        if measured is not None:
-            raw = measured
-        elif self.scorer is None:
-            raw = np.array([weights[k] for k in keys])
-        else:
-            raw = self.scorer(base, [u for _, u in accepted], [weights[k] for k in keys], round_)
-        quantised = quantise_scores(raw)
-        return tuple(sorted(zip(keys, quantised, strict=True)))
-
     def _aggregate(
         self,
         accepted: list[tuple[UpdateCommitment, Arrays]],
         round_: int,
         txs: list[Transaction],
         outcome: RoundOutcome,
-    ) -> tuple[dict[bytes, float], np.ndarray | None]:
-        """Aggregate, register the new model; return the weights and, for rules that score
-        the round to aggregate it (``screened``), those scores."""
+    ) -> AggregationResult:
+        """Aggregate, register the new model; return the aggregation (its weights and, for
+        rules that score the round to aggregate it, such as ``screened``, those scores)."""
         participants = self.state.participants
         keys = [c.public_key for c, _ in accepted]
-        base, scorer = self.model, self.scorer
-        result = aggregate_round(
+        result = compute_aggregation(
             self.rule,
             self.params,
+            self.model,
             [u for _, u in accepted],
             examples=[c.num_examples for c, _ in accepted],
             stakes=[participants[k].stake for k in keys],
             reputations=[participants[k].reputation_bps for k in keys],
-            scorer=None if scorer is None else bind_scorer(scorer, base, round_),
+            scorer=self.scorer,
+            round_=round_,
         )
         new_model = {
             name: (self.model[name] + delta).astype(self.model[name].dtype, copy=False)
@@ -417,7 +393,7 @@ class Coordinator:
         self.model, self.model_hash = new_model, model_hash
         shares = {keys[i]: float(result.weights[i]) for i in range(len(keys))}
         outcome.weights = shares
-        return shares, result.contributions
+        return result
 
     def _update_finality(self) -> None:
         self.final_height = compute_finalized_height(

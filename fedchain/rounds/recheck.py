@@ -18,10 +18,16 @@ from pathlib import Path
 
 import numpy as np
 
+from fedchain.aggregation.rules import RuleParams
 from fedchain.config import CONTRIBUTION_NEEDS_VALIDATION, RunConfig
 from fedchain.data.sources import ArrayDataset
+from fedchain.errors import RegistryError
+from fedchain.ledger.objects import SCORE_SCALE
 from fedchain.ledger.verify import VerifyReport
-from fedchain.rounds.contribution import compute_scores, make_coalition_utility, quantise_scores
+from fedchain.rounds.contribution import compute_scores, make_coalition_utility
+from fedchain.rounds.scores import compute_aggregation, compute_quantised_scores, compute_raw_scores
+from fedchain.runs.prepare import load_split
+from fedchain.runs.registry import load_model, load_update
 
 Arrays = dict[str, np.ndarray]
 
@@ -84,13 +90,6 @@ def recheck_scores(
 ) -> ScoreCheck:
     """Recompute every round's contribution scores from the archived updates and compare them
     with the scores on the ledger. Needs a verified ``report`` of the run's ledger."""
-    from fedchain.aggregation.rules import RuleParams, aggregate_round
-    from fedchain.errors import RegistryError
-    from fedchain.ledger.objects import SCORE_SCALE
-    from fedchain.rounds.coordinator import bind_scorer
-    from fedchain.runs.prepare import load_split
-    from fedchain.runs.registry import load_model, load_update
-
     scorer = None if config.contribution == "none" else RoundScorer(config, load_split(config)[1])
     params = RuleParams(beta=config.beta, cap=None if config.weight_cap >= 1 else config.weight_cap)
     problems: list[str] = []
@@ -107,22 +106,19 @@ def recheck_scores(
         except RegistryError as e:
             problems.append(f"round {round_}: {e}")
             continue
-        bound = None if scorer is None else bind_scorer(scorer, base, round_)
-        result = aggregate_round(
+        result = compute_aggregation(
             record.model_version.rule,
             params,
+            base,
             updates,
             examples=[c.num_examples for c in record.commitments],
             stakes=[record.participants[k].stake for k in keys],
             reputations=[record.participants[k].reputation_bps for k in keys],
-            scorer=bound,
+            scorer=scorer,
+            round_=round_,
         )
-        weights = [float(w) for w in result.weights]
-        if result.contributions is not None:  # the rule scored the round to aggregate it
-            raw = result.contributions
-        else:
-            raw = np.asarray(weights) if scorer is None else scorer(base, updates, weights, round_)
-        expected = dict(zip(keys, quantise_scores(raw), strict=True))
+        raw = compute_raw_scores(result, base, updates, scorer, round_)
+        expected = dict(compute_quantised_scores(keys, raw))
         recorded = dict(record.contribution.scores)
         if set(expected) != set(recorded):
             problems.append(f"round {round_}: scores recorded for other clients than committed")
