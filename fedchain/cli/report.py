@@ -1,9 +1,9 @@
 """``fedchain report RUN_DIR``: who contributed what, who was rewarded or slashed and why.
 
 Prints a terminal summary (participants, rounds, rejections and slashing, the verification
-verdict) and writes ``report.json`` and a self-contained ``report.html``
-(:mod:`fedchain.report.build`). A run whose ledger or model files fail verification still gets its
-report, which shows the failure, and the command then exits 1.
+verdict) built by :mod:`fedchain.report.build`, and writes ``report.json`` and a self-contained
+``report.html`` (:mod:`fedchain.report.files`). A run whose ledger or model files fail verification
+still gets its report, which shows the failure, and the command then exits 1.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from rich.table import Table
 
 from fedchain.cli.common import console, ledger_progress
 from fedchain.ledger.show import as_markup_text
-from fedchain.report.build import build_report, write_report_files
+from fedchain.report.build import build_report
+from fedchain.report.files import write_report_files
 
 MAX_ROUND_ROWS = 30  # longer runs show their first and last rounds; report.html has them all
 MAX_EVENT_ROWS = 20
