@@ -73,3 +73,10 @@ class RegistryError(FedchainError):
 
     The message names the file (or the model asked for) and what is wrong with it.
     """
+
+
+class DeployError(FedchainError):
+    """A Flower process would not start, died, never answered, or a ``flwr`` command failed.
+
+    The message names the process or command and ends with the tail of its log or output.
+    """

@@ -1,4 +1,4 @@
-"""fedchain.deploy.processes: certificates, SuperNode keys, PID files, and Flower's real processes
+"""fedchain.deploy: certificates, SuperNode keys, PID files, and Flower's real processes
 on loopback (a TLS SuperLink with SuperNode authentication, SuperNodes, the flwr CLI)."""
 
 from __future__ import annotations
@@ -20,15 +20,16 @@ from cryptography.hazmat.primitives.serialization import (
     load_ssh_public_key,
 )
 
-from fedchain.deploy import processes as deploy
-from fedchain.errors import ConfigError, FedchainError
+from fedchain.deploy import flower, flwr_cli, logs, processes
+from fedchain.deploy.certs import create_supernode_keys, create_test_certificates
+from fedchain.errors import ConfigError, DeployError, FedchainError
 
 # --------------------------------------------------------------------------------------------------
 # Certificates and keys
 
 
 def test_certificates_chain_verify_and_name_the_hosts(tmp_path):
-    certs = deploy.create_test_certificates(tmp_path, hosts=("127.0.0.1", "localhost", "::1"))
+    certs = create_test_certificates(tmp_path, hosts=("127.0.0.1", "localhost", "::1"))
     assert (certs.ca_cert.name, certs.server_cert.name, certs.server_key.name) == (
         "ca.crt",
         "server.pem",
@@ -58,7 +59,7 @@ def test_certificates_chain_verify_and_name_the_hosts(tmp_path):
 
 
 def test_certificates_pass_a_tls_handshake_for_each_host_name(tmp_path):
-    certs = deploy.create_test_certificates(tmp_path)
+    certs = create_test_certificates(tmp_path)
     server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_context.load_cert_chain(certs.server_cert, certs.server_key)
     client_context = ssl.create_default_context(cafile=str(certs.ca_cert))
@@ -95,26 +96,26 @@ def _handshake(server: ssl.SSLSocket, client: ssl.SSLSocket) -> bool:
 
 
 def test_invalid_certificates_refuse_to_overwrite(tmp_path):
-    first = deploy.create_test_certificates(tmp_path)
+    first = create_test_certificates(tmp_path)
     before = first.ca_cert.read_bytes()
     with pytest.raises(ConfigError, match="already exists"):
-        deploy.create_test_certificates(tmp_path)
+        create_test_certificates(tmp_path)
     assert first.ca_cert.read_bytes() == before
-    again = deploy.create_test_certificates(tmp_path, overwrite=True)
+    again = create_test_certificates(tmp_path, overwrite=True)
     assert again.ca_cert.read_bytes() != before
 
 
 def test_invalid_certificates_without_hosts_or_days(tmp_path):
     with pytest.raises(ConfigError, match="host"):
-        deploy.create_test_certificates(tmp_path, hosts=())
+        create_test_certificates(tmp_path, hosts=())
     with pytest.raises(ConfigError, match="1 day"):
-        deploy.create_test_certificates(tmp_path, days=0)
+        create_test_certificates(tmp_path, days=0)
 
 
 def test_supernode_keys_are_what_flower_reads(tmp_path):
     from flwr.cli.supernode.register import try_load_public_key
 
-    private_path, public_path = deploy.create_supernode_keys(tmp_path, "alice")
+    private_path, public_path = create_supernode_keys(tmp_path, "alice")
     assert (private_path.name, public_path.name) == ("alice.key", "alice.pub")
     assert private_path.stat().st_mode & 0o777 == 0o600
     private = load_ssh_private_key(private_path.read_bytes(), None)  # as flower-supernode does
@@ -125,9 +126,9 @@ def test_supernode_keys_are_what_flower_reads(tmp_path):
     assert public_path.read_text().startswith("ecdsa-sha2-nistp384 ")
     assert try_load_public_key(public_path)  # as `flwr supernode register` does
     with pytest.raises(ConfigError, match="already exists"):
-        deploy.create_supernode_keys(tmp_path, "alice")
+        create_supernode_keys(tmp_path, "alice")
     with pytest.raises(ConfigError, match="letters"):
-        deploy.create_supernode_keys(tmp_path, "../evil")
+        create_supernode_keys(tmp_path, "../evil")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -150,7 +151,7 @@ def test_config_args_round_trip_through_flowers_parser():
         "off": False,
         "empty": "",
     }
-    text = deploy.format_config_args(config)
+    text = flower.format_config_args(config)
     assert parse_config_args([text]) == config
 
 
@@ -166,7 +167,7 @@ def test_config_args_round_trip_through_flowers_parser():
 )
 def test_invalid_config_args(config, match):
     with pytest.raises(ConfigError, match=match):
-        deploy.format_config_args(config)
+        flower.format_config_args(config)
 
 
 def test_flwr_connection_is_what_flwr_reads(tmp_path, monkeypatch):
@@ -175,9 +176,9 @@ def test_flwr_connection_is_what_flwr_reads(tmp_path, monkeypatch):
     home = tmp_path / "flwr"
     home.mkdir()
     (home / "config.toml").write_text('[superlink.other]\naddress = "example.org:9093"\n')
-    certs = deploy.create_test_certificates(tmp_path / "certs")
-    connection = deploy.write_flwr_connection(home, "fedchain", "127.0.0.1:9000", certs.ca_cert)
-    deploy.write_flwr_connection(home, "plain", "127.0.0.1:9001", None, default=False)
+    certs = create_test_certificates(tmp_path / "certs")
+    connection = flwr_cli.write_flwr_connection(home, "fedchain", "127.0.0.1:9000", certs.ca_cert)
+    flwr_cli.write_flwr_connection(home, "plain", "127.0.0.1:9001", None, default=False)
     monkeypatch.setenv("FLWR_HOME", str(home))
     parsed = read_superlink_connection(None)  # the default connection
     assert (parsed.name, parsed.address, parsed.insecure) == ("fedchain", "127.0.0.1:9000", False)
@@ -193,7 +194,7 @@ def test_flwr_connection_is_what_flwr_reads(tmp_path, monkeypatch):
 
 
 def test_free_port_can_be_bound():
-    port = deploy.free_port()
+    port = processes.free_port()
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", port))
 
@@ -207,25 +208,25 @@ def test_stale_pid_file_is_removed_and_never_signalled(tmp_path):
     # Our own PID with another start time: a recycled PID that must never be signalled.
     record = {"pid": os.getpid(), "start-time": 1, "command": ["sleep"], "log": "x.log"}
     pid_file.write_text(json.dumps(record))
-    process = deploy.read_pid_file(pid_file)
-    assert process is not None and not deploy.is_running(process)
-    assert deploy.stop_process(pid_file) is False
+    process = processes.read_pid_file(pid_file)
+    assert process is not None and not processes.is_running(process)
+    assert processes.stop_process(pid_file) is False
     assert not pid_file.exists()
-    assert deploy.stop_process(pid_file) is False  # idempotent: no file at all
+    assert processes.stop_process(pid_file) is False  # idempotent: no file at all
 
 
 def test_invalid_pid_file_is_an_error(tmp_path):
     pid_file = tmp_path / "x.pid"
     pid_file.write_text("12345\n")
-    with pytest.raises(deploy.DeployError, match="not a fedchain PID file") as info:
-        deploy.stop_process(pid_file)
+    with pytest.raises(DeployError, match="not a fedchain PID file") as info:
+        processes.stop_process(pid_file)
     assert isinstance(info.value, FedchainError)
     assert pid_file.exists()
 
 
 def test_invalid_superlink_auth_without_tls(tmp_path):
     with pytest.raises(ConfigError, match="TLS"):
-        deploy.start_superlink(tmp_path, port=1, certs=None, supernode_auth=True)
+        flower.start_superlink(tmp_path, port=1, certs=None, supernode_auth=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -235,26 +236,28 @@ def test_invalid_superlink_auth_without_tls(tmp_path):
 @pytest.mark.slow
 def test_stop_process_ends_the_whole_tree_even_other_sessions(tmp_path):
     script = "sleep 300 & setsid sleep 300 & trap '' TERM; wait"  # ignores SIGTERM: needs KILL
-    process = deploy.start_process(
+    process = processes.start_process(
         ["/bin/sh", "-c", script], log_path=tmp_path / "x.log", pid_file=tmp_path / "x.pid"
     )
     try:
         deadline = time.monotonic() + 5
-        while len(deploy._descendants(process.pid)) < 2 and time.monotonic() < deadline:
+        while len(processes._descendants(process.pid)) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
-        tree = deploy._descendants(process.pid)
+        tree = processes._descendants(process.pid)
         assert len(tree) == 2
-        with pytest.raises(deploy.DeployError, match="still running"):
-            deploy.start_process(["true"], log_path=tmp_path / "y.log", pid_file=process.pid_file)
+        with pytest.raises(DeployError, match="still running"):
+            processes.start_process(
+                ["true"], log_path=tmp_path / "y.log", pid_file=process.pid_file
+            )
         started = time.monotonic()
-        assert deploy.stop_process(process, timeout=0.5) is True
+        assert processes.stop_process(process, timeout=0.5) is True
         assert time.monotonic() - started < 4
-        assert not deploy.is_running(process)
-        assert not any(deploy._same_process(pid, start) for pid, start in tree)
+        assert not processes.is_running(process)
+        assert not any(processes._same_process(pid, start) for pid, start in tree)
         assert not process.pid_file.exists()
-        assert deploy.stop_process(process) is False
+        assert processes.stop_process(process) is False
     finally:
-        deploy.stop_process(process, timeout=1)
+        processes.stop_process(process, timeout=1)
 
 
 @pytest.mark.slow
@@ -263,14 +266,14 @@ def test_invalid_superlink_that_dies_reports_its_log(tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        link = deploy.start_superlink(tmp_path, port=port, certs=None)
+        link = flower.start_superlink(tmp_path, port=port, certs=None)
         try:
-            with pytest.raises(deploy.DeployError, match="exited before") as info:
-                deploy.wait_healthy(link, f"127.0.0.1:{port}", timeout=30)
+            with pytest.raises(DeployError, match="exited before") as info:
+                processes.wait_healthy(link, f"127.0.0.1:{port}", timeout=30)
             assert "superlink.log" in str(info.value)
             assert "address already in use" in str(info.value).lower()
         finally:
-            deploy.stop_process(link)
+            processes.stop_process(link)
 
 
 APP_PYPROJECT = """\
@@ -312,49 +315,51 @@ def main(grid, context):
 def tls_link(tmp_path_factory):
     """One TLS SuperLink with SuperNode authentication, and a flwr connection to it."""
     base = tmp_path_factory.mktemp("link")
-    certs = deploy.create_test_certificates(base / "certs")
-    port = deploy.free_port()
-    link = deploy.start_superlink(base / "state", port=port, certs=certs, supernode_auth=True)
+    certs = create_test_certificates(base / "certs")
+    port = processes.free_port()
+    link = flower.start_superlink(base / "state", port=port, certs=certs, supernode_auth=True)
     try:
-        deploy.wait_healthy(link, f"127.0.0.1:{port}", timeout=60, root_certificates=certs.ca_cert)
-        connection = deploy.write_flwr_connection(
+        processes.wait_healthy(
+            link, f"127.0.0.1:{port}", timeout=60, root_certificates=certs.ca_cert
+        )
+        connection = flwr_cli.write_flwr_connection(
             base / "flwr", "fedchain", f"127.0.0.1:{port}", certs.ca_cert
         )
         yield base, certs, link, connection
     finally:
-        deploy.stop_process(link)
-        assert not deploy.is_running(link)
+        processes.stop_process(link)
+        assert not processes.is_running(link)
 
 
 @pytest.mark.slow
 def test_tls_superlink_is_healthy_only_over_verified_https(tls_link):
     _, _, link, connection = tls_link
-    assert deploy.is_running(link)
-    assert link.pid_file.exists() and deploy.read_pid_file(link.pid_file) == link
-    with pytest.raises(deploy.DeployError, match="did not answer"):  # an unknown CA is refused
-        other = deploy.create_test_certificates(link.log_path.parent.parent / "other")
-        deploy.wait_healthy(link, connection.address, timeout=1, root_certificates=other.ca_cert)
+    assert processes.is_running(link)
+    assert link.pid_file.exists() and processes.read_pid_file(link.pid_file) == link
+    with pytest.raises(DeployError, match="did not answer"):  # an unknown CA is refused
+        other = create_test_certificates(link.log_path.parent.parent / "other")
+        processes.wait_healthy(link, connection.address, timeout=1, root_certificates=other.ca_cert)
 
 
 @pytest.mark.slow
 def test_registered_supernode_connects_and_unregistered_is_refused(tls_link):
     base, certs, _, connection = tls_link
-    good_key, good_pub = deploy.create_supernode_keys(base / "keys", "good")
-    bad_key, _ = deploy.create_supernode_keys(base / "keys", "stranger")
-    node_id = deploy.register_supernode(connection, good_pub)
-    assert [(n.node_id, n.status) for n in deploy.list_supernodes(connection)] == [
+    good_key, good_pub = create_supernode_keys(base / "keys", "good")
+    bad_key, _ = create_supernode_keys(base / "keys", "stranger")
+    node_id = flwr_cli.register_supernode(connection, good_pub)
+    assert [(n.node_id, n.status) for n in flwr_cli.list_supernodes(connection)] == [
         (node_id, "registered")
     ]
     started = []
     try:
         for name, key in (("good", good_key), ("stranger", bad_key)):
             started.append(
-                deploy.start_supernode(
+                flower.start_supernode(
                     superlink_address=connection.address,
                     node_config={"data-path": f"/data/{name} set.fcd", "partition-id": 0},
                     root_certificates=certs.ca_cert,
                     auth_private_key=key,
-                    clientappio_port=deploy.free_port(),
+                    clientappio_port=processes.free_port(),
                     log_path=base / f"{name}.log",
                     env={"FEDCHAIN_TEST_SECRET": "s3cret"},
                 )
@@ -362,30 +367,30 @@ def test_registered_supernode_connects_and_unregistered_is_refused(tls_link):
         good, stranger = started
         # The unregistered node is refused when it activates: it exits (status 1) and logs
         # Flower's exit code 305 with the SuperLink's error 2004.
-        assert deploy.wait_exit(stranger, timeout=60) == 1
-        assert deploy.flower_exit_code(stranger) == 305
-        assert "Failed to activate SuperNode" in deploy.tail(stranger.log_path)
-        assert "No SuperNode found with the given public key" in deploy.tail(
+        assert processes.wait_exit(stranger, timeout=60) == 1
+        assert flower.flower_exit_code(stranger) == 305
+        assert "Failed to activate SuperNode" in logs.tail(stranger.log_path)
+        assert "No SuperNode found with the given public key" in logs.tail(
             tls_link[2].log_path, 200
         )
-        deploy.wait_supernode_status(connection, node_id, "online", timeout=60)
-        assert [(n.node_id, n.status) for n in deploy.list_supernodes(connection)] == [
+        flwr_cli.wait_supernode_status(connection, node_id, "online", timeout=60)
+        assert [(n.node_id, n.status) for n in flwr_cli.list_supernodes(connection)] == [
             (node_id, "online")
         ]
-        assert f"SuperNode ID: {node_id}" in deploy.tail(good.log_path)
-        assert deploy.is_running(good)
+        assert f"SuperNode ID: {node_id}" in logs.tail(good.log_path)
+        assert processes.is_running(good)
         # Secrets travel in the environment, never on the (world-readable) command line.
         assert b"FEDCHAIN_TEST_SECRET=s3cret" in Path(f"/proc/{good.pid}/environ").read_bytes()
         assert b"s3cret" not in Path(f"/proc/{good.pid}/cmdline").read_bytes()
         assert b"data-path='/data/good set.fcd'" in Path(f"/proc/{good.pid}/cmdline").read_bytes()
-        tree = deploy._descendants(good.pid)
+        tree = processes._descendants(good.pid)
         assert tree  # its SuperExec
-        assert deploy.stop_process(good) is True
-        assert not any(deploy._same_process(pid, start) for pid, start in tree)
+        assert processes.stop_process(good) is True
+        assert not any(processes._same_process(pid, start) for pid, start in tree)
         assert not good.pid_file.exists()
     finally:
         for process in started:
-            deploy.stop_process(process)
+            processes.stop_process(process)
 
 
 @pytest.mark.slow
@@ -395,12 +400,12 @@ def test_submit_run_over_tls_runs_the_app(tls_link):
     app.mkdir()
     (app / "pyproject.toml").write_text(APP_PYPROJECT)
     (app / "deploytest_app.py").write_text(APP_CODE)
-    run_id = deploy.submit_run(app, connection, {"greeting": "it's me"})
-    assert run_id in [int(str(run["run-id"])) for run in deploy.list_runs(connection)]
+    run_id = flwr_cli.submit_run(app, connection, {"greeting": "it's me"})
+    assert run_id in [int(str(run["run-id"])) for run in flwr_cli.list_runs(connection)]
     deadline = time.monotonic() + 90
     status = ""
     while time.monotonic() < deadline:
-        status = deploy.run_status(connection, run_id)
+        status = flwr_cli.run_status(connection, run_id)
         if status.startswith("finished"):
             break
         time.sleep(1)
@@ -410,33 +415,33 @@ def test_submit_run_over_tls_runs_the_app(tls_link):
 @pytest.mark.slow
 def test_invalid_flwr_command_reports_flowers_message(tls_link):
     connection = tls_link[3]
-    with pytest.raises(deploy.DeployError, match=r"flwr stop 12345 failed: .*Run ID not found"):
-        deploy.stop_run(connection, 12345)
+    with pytest.raises(DeployError, match=r"flwr stop 12345 failed: .*Run ID not found"):
+        flwr_cli.stop_run(connection, 12345)
 
 
 @pytest.mark.slow
 def test_registrations_survive_a_superlink_restart(tmp_path):
-    certs = deploy.create_test_certificates(tmp_path / "certs")
-    port = deploy.free_port()
+    certs = create_test_certificates(tmp_path / "certs")
+    port = processes.free_port()
     address = f"127.0.0.1:{port}"
-    connection = deploy.write_flwr_connection(tmp_path / "flwr", "fc", address, certs.ca_cert)
-    _, public_key = deploy.create_supernode_keys(tmp_path / "keys", "a")
-    link = deploy.start_superlink(tmp_path / "state", port=port, certs=certs, supernode_auth=True)
+    connection = flwr_cli.write_flwr_connection(tmp_path / "flwr", "fc", address, certs.ca_cert)
+    _, public_key = create_supernode_keys(tmp_path / "keys", "a")
+    link = flower.start_superlink(tmp_path / "state", port=port, certs=certs, supernode_auth=True)
     try:
-        deploy.wait_healthy(link, address, timeout=60, root_certificates=certs.ca_cert)
-        node_id = deploy.register_supernode(connection, public_key)
-        with pytest.raises(deploy.DeployError, match="already in use"):
-            deploy.register_supernode(connection, public_key)
-        assert deploy.stop_process(link.pid_file) is True  # by PID file, as a new CLI call would
-        assert not deploy.is_running(link)
-        link = deploy.start_superlink(
+        processes.wait_healthy(link, address, timeout=60, root_certificates=certs.ca_cert)
+        node_id = flwr_cli.register_supernode(connection, public_key)
+        with pytest.raises(DeployError, match="already in use"):
+            flwr_cli.register_supernode(connection, public_key)
+        assert processes.stop_process(link.pid_file) is True  # by PID file, as a new CLI call would
+        assert not processes.is_running(link)
+        link = flower.start_superlink(
             tmp_path / "state", port=port, certs=certs, supernode_auth=True
         )
-        deploy.wait_healthy(link, address, timeout=60, root_certificates=certs.ca_cert)
-        assert [(n.node_id, n.status) for n in deploy.list_supernodes(connection)] == [
+        processes.wait_healthy(link, address, timeout=60, root_certificates=certs.ca_cert)
+        assert [(n.node_id, n.status) for n in flwr_cli.list_supernodes(connection)] == [
             (node_id, "registered")
         ]
-        deploy.unregister_supernode(connection, node_id)
-        assert [n.status for n in deploy.list_supernodes(connection)] == ["unregistered"]
+        flwr_cli.unregister_supernode(connection, node_id)
+        assert [n.status for n in flwr_cli.list_supernodes(connection)] == ["unregistered"]
     finally:
-        deploy.stop_process(link)
+        processes.stop_process(link)

@@ -24,7 +24,8 @@ from fedchain.crypto import identity
 from fedchain.data import datafile
 from fedchain.data.partition import partition
 from fedchain.data.sources import load_source
-from fedchain.deploy import processes as deploy
+from fedchain.deploy import processes
+from fedchain.deploy.certs import create_supernode_keys, create_test_certificates
 from fedchain.ledger.codec import decode
 from fedchain.ledger.objects import Block, Rejection, SlashingEvidence
 from fedchain.ledger.store import LedgerStore
@@ -83,13 +84,13 @@ def block_hashes(run_dir: Path) -> list[bytes]:
 
 def kill_tree(pid_file: Path) -> None:
     """SIGKILL a process we started (recorded in its PID file) and all its descendants."""
-    process = deploy.read_pid_file(pid_file)
-    assert process is not None and deploy.is_running(process)
-    tree = deploy._descendants(process.pid) | {(process.pid, process.start_time)}
+    process = processes.read_pid_file(pid_file)
+    assert process is not None and processes.is_running(process)
+    tree = processes._descendants(process.pid) | {(process.pid, process.start_time)}
     for pid, start in tree:
-        if deploy._same_process(pid, start):
+        if processes._same_process(pid, start):
             os.kill(pid, signal.SIGKILL)
-    deploy.wait_exit(process, 10)
+    processes.wait_exit(process, 10)
 
 
 @pytest.fixture
@@ -119,7 +120,7 @@ def world(tmp_path):  # type: ignore[no-untyped-def]
         datafile.write_dataset(data, train.subset(parts[i % len(HOLDERS)]), data_key)
         key = identity.generate_identity()
         identity.save_identity(key, tmp_path / f"{name}.key", None)
-        _, node_pub = deploy.create_supernode_keys(tmp_path, f"{name}-node")
+        _, node_pub = create_supernode_keys(tmp_path, f"{name}-node")
         if name != "eve":  # eve never registers
             entry = federation.create_registration(
                 key,
@@ -130,7 +131,7 @@ def world(tmp_path):  # type: ignore[no-untyped-def]
                 supernode_key=node_pub.read_text(),
             )
             federation.add_participant(fed_dir, entry)
-    deploy.create_test_certificates(fed_dir / "certs")
+    create_test_certificates(fed_dir / "certs")
     return tmp_path, fed_dir
 
 
@@ -167,7 +168,7 @@ def test_coordinator_and_joined_clients_over_tls(world):  # type: ignore[no-unty
     joins: dict[str, subprocess.Popen[bytes]] = {}
     started = time.monotonic()
     try:
-        address = f"127.0.0.1:{deploy.free_port()}"
+        address = f"127.0.0.1:{processes.free_port()}"
         port = address.rsplit(":", 1)[1]
         assert "ledger created" in ok("coordinator", "start", fed_dir, "--port", port)
         joins["alice"] = join(base, "alice", address, ca)
@@ -232,7 +233,7 @@ def test_coordinator_and_joined_clients_over_tls(world):  # type: ignore[no-unty
         assert participants[keys["mallory"]].stake < 1_000_000 < participants[keys["alice"]].stake
         assert metrics_rounds(run_dir)[-1] == 3
         ok("coordinator", "stop", fed_dir)
-        assert deploy.read_pid_file(link_pid) is None
+        assert processes.read_pid_file(link_pid) is None
     finally:
         for process in joins.values():
             process.terminate()  # `fedchain join` stops its SuperNode on SIGTERM
@@ -242,6 +243,6 @@ def test_coordinator_and_joined_clients_over_tls(world):  # type: ignore[no-unty
             except subprocess.TimeoutExpired:
                 process.kill()
         for name in HOLDERS:
-            deploy.stop_process(base / f"{name}.pid", timeout=5)
-        deploy.stop_process(link_pid, timeout=5)
+            processes.stop_process(base / f"{name}.pid", timeout=5)
+        processes.stop_process(link_pid, timeout=5)
         print(f"deployment journey: {time.monotonic() - started:.0f} s")

@@ -21,8 +21,17 @@ from rich.table import Table
 
 from fedchain.cli.common import console, make_app
 from fedchain.crypto.identity import fingerprint
-from fedchain.deploy import processes as deploy
-from fedchain.errors import ConfigError
+from fedchain.deploy import flower, flwr_cli, processes
+from fedchain.deploy.certs import (
+    CA_CERT_NAME,
+    DEFAULT_HOSTS,
+    SERVER_CERT_NAME,
+    SERVER_KEY_NAME,
+    CertPaths,
+    create_test_certificates,
+)
+from fedchain.errors import ConfigError, DeployError
+from fedchain.ledger.verify import verify_ledger
 from fedchain.runs import federation as fed
 
 app = make_app("Run a federation's coordinator: Flower SuperLink + fedchain ServerApp.")
@@ -36,12 +45,12 @@ APP_DIR = "app"
 CONNECTION = "fedchain"
 
 
-def _certs(fed_dir: Path) -> deploy.CertPaths:
+def _certs(fed_dir: Path) -> CertPaths:
     certs_dir = fed_dir / fed.CERTS_DIRNAME
-    paths = deploy.CertPaths(
-        certs_dir / deploy.CA_CERT_NAME,
-        certs_dir / deploy.SERVER_CERT_NAME,
-        certs_dir / deploy.SERVER_KEY_NAME,
+    paths = CertPaths(
+        certs_dir / CA_CERT_NAME,
+        certs_dir / SERVER_CERT_NAME,
+        certs_dir / SERVER_KEY_NAME,
     )
     for path in (paths.ca_cert, paths.server_cert, paths.server_key):
         if not path.exists():
@@ -70,9 +79,9 @@ def _write_state(fed_dir: Path, state: dict[str, Any]) -> None:
     scratch.replace(path)
 
 
-def _connection(fed_dir: Path, state: dict[str, Any]) -> deploy.FlwrConnection:
+def _connection(fed_dir: Path, state: dict[str, Any]) -> flwr_cli.FlwrConnection:
     ca = state.get("root-certificates")
-    return deploy.FlwrConnection(
+    return flwr_cli.FlwrConnection(
         (fed_dir / FLWR_HOME_DIR).resolve(),
         CONNECTION,
         str(state["address"]),
@@ -125,10 +134,8 @@ def certs(
     """Create self-signed TLS certificates for testing: a CA (give ca.crt to every participant)
     and the SuperLink's certificate for the given hosts."""
     # Loopback always: `coordinator start` and `status` reach the SuperLink through it.
-    hosts = tuple(dict.fromkeys([*(host or []), *deploy.DEFAULT_HOSTS]))
-    paths = deploy.create_test_certificates(
-        fed_dir / fed.CERTS_DIRNAME, hosts, days, overwrite=force
-    )
+    hosts = tuple(dict.fromkeys([*(host or []), *DEFAULT_HOSTS]))
+    paths = create_test_certificates(fed_dir / fed.CERTS_DIRNAME, hosts, days, overwrite=force)
     console.print(f"CA certificate   {paths.ca_cert}  (give this file to every participant)")
     console.print(
         f"server cert/key  {paths.server_cert}, {paths.server_key} (for {', '.join(hosts)})"
@@ -165,8 +172,8 @@ def start(
             )
     cert_paths = None if insecure else _certs(fed_dir)
     link_dir = fed_dir / SUPERLINK_DIR
-    running = deploy.read_pid_file(link_dir / "superlink.pid")
-    if running is not None and deploy.is_running(running):
+    running = processes.read_pid_file(link_dir / "superlink.pid")
+    if running is not None and processes.is_running(running):
         raise ConfigError(
             f"the coordinator is already running (pid {running.pid}); "
             f"`fedchain coordinator stop {fed_dir}` first"
@@ -182,21 +189,21 @@ def start(
     )
     # Where this machine reaches the SuperLink (a wildcard listen address is no dial address).
     address = f"{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{port}"  # noqa: S104
-    process = deploy.start_superlink(
+    process = flower.start_superlink(
         link_dir, host=host, port=port, certs=cert_paths, supernode_auth=auth, persistent=True
     )
     try:
-        deploy.wait_healthy(
+        processes.wait_healthy(
             process, address, timeout, root_certificates=cert_paths.ca_cert if cert_paths else None
         )
     except BaseException:
-        deploy.stop_process(process)
+        processes.stop_process(process)
         raise
     console.print(
         f"SuperLink listening on {host}:{port} (pid {process.pid}, log {process.log_path})"
     )
     ca = cert_paths.ca_cert if cert_paths else None
-    connection = deploy.write_flwr_connection(fed_dir / FLWR_HOME_DIR, CONNECTION, address, ca)
+    connection = flwr_cli.write_flwr_connection(fed_dir / FLWR_HOME_DIR, CONNECTION, address, ca)
     state = _read_state(fed_dir)
     state.update(
         {
@@ -212,9 +219,9 @@ def start(
         state["nodes"] = nodes
         _write_state(fed_dir, state)  # before the ServerApp starts: it reads the node ids
         _stop_stale_runs(connection)
-        run_id = deploy.submit_run(write_app_bundle(fed_dir), connection)
+        run_id = flwr_cli.submit_run(write_app_bundle(fed_dir), connection)
     except BaseException:
-        deploy.stop_process(process)
+        processes.stop_process(process)
         raise
     state["run-id"] = run_id
     _write_state(fed_dir, state)
@@ -230,8 +237,6 @@ def start(
 
 
 def _verify(run_dir: Path) -> Any:
-    from fedchain.ledger.verify import verify_ledger
-
     report = verify_ledger(run_dir)
     if not report.ok:
         raise ConfigError(f"{run_dir}: the ledger does not verify: {report.failure}")
@@ -241,7 +246,7 @@ def _verify(run_dir: Path) -> Any:
 def _register_nodes(
     fed_dir: Path,
     federation: fed.Federation,
-    connection: deploy.FlwrConnection,
+    connection: flwr_cli.FlwrConnection,
     nodes: dict[str, int],
 ) -> None:
     """Register every participant's SuperNode key (kept by the SuperLink's database across
@@ -252,20 +257,20 @@ def _register_nodes(
         key_path = keys_dir / f"{participant.name}.pub"
         key_path.write_text(participant.supernode_key + "\n")
         try:
-            nodes[participant.name] = deploy.register_supernode(connection, key_path)
-        except deploy.DeployError as e:
+            nodes[participant.name] = flwr_cli.register_supernode(connection, key_path)
+        except DeployError as e:
             if "already in use" not in str(e) or participant.name not in nodes:
                 raise
         console.print(f"SuperNode of {participant.name}: node {nodes[participant.name]}")
 
 
-def _stop_stale_runs(connection: deploy.FlwrConnection) -> None:
+def _stop_stale_runs(connection: flwr_cli.FlwrConnection) -> None:
     """Runs a killed coordinator left "running" in the SuperLink's database: stop them."""
-    for run in deploy.list_runs(connection):
+    for run in flwr_cli.list_runs(connection):
         status = str(run.get("status", ""))
         if not status.startswith("finished"):
-            with contextlib.suppress(deploy.DeployError, ValueError):
-                deploy.stop_run(connection, int(str(run.get("run-id"))))
+            with contextlib.suppress(DeployError, ValueError):
+                flwr_cli.stop_run(connection, int(str(run.get("run-id"))))
 
 
 @app.command()
@@ -284,8 +289,8 @@ def status(fed_dir: FedDirArg) -> None:
         )
     else:
         console.print("ledger: not created yet (the first `coordinator start` creates it)")
-    process = deploy.read_pid_file(fed_dir / SUPERLINK_DIR / "superlink.pid")
-    alive = process is not None and deploy.is_running(process)
+    process = processes.read_pid_file(fed_dir / SUPERLINK_DIR / "superlink.pid")
+    alive = process is not None and processes.is_running(process)
     where = f" on {state.get('address')}" if state.get("address") else ""
     pid = f" (pid {process.pid})" if process is not None else ""
     console.print(f"SuperLink: {'running' if alive else 'not running'}{pid}{where}")
@@ -295,14 +300,14 @@ def status(fed_dir: FedDirArg) -> None:
     run_id = state.get("run-id")
     if run_id is not None:
         console.print(
-            f"ServerApp: Flower run {run_id}, {deploy.run_status(connection, int(run_id))}"
+            f"ServerApp: Flower run {run_id}, {flwr_cli.run_status(connection, int(run_id))}"
         )
     names = {node_id: name for name, node_id in state.get("nodes", {}).items()}
     keys = {p.name: p.public_key for p in federation.participants}
     table = Table(title="SuperNodes")
     for column in ("node", "participant", "identity", "status"):
         table.add_column(column)
-    for node in deploy.list_supernodes(connection):
+    for node in flwr_cli.list_supernodes(connection):
         name = names.get(node.node_id, "-")
         key = keys.get(name)
         table.add_row(str(node.node_id), name, fingerprint(key) if key else "-", node.status)
@@ -317,17 +322,17 @@ def stop(
     """Stop the ServerApp and the SuperLink (SIGTERM, then SIGKILL after the timeout)."""
     state = _read_state(fed_dir)
     pid_file = fed_dir / SUPERLINK_DIR / "superlink.pid"
-    process = deploy.read_pid_file(pid_file)
-    if process is None or not deploy.is_running(process):
-        deploy.stop_process(pid_file, timeout)  # removes a stale PID file
+    process = processes.read_pid_file(pid_file)
+    if process is None or not processes.is_running(process):
+        processes.stop_process(pid_file, timeout)  # removes a stale PID file
         console.print("the coordinator is not running")
         return
     run_id = state.get("run-id")
     if run_id is not None and "address" in state:
         try:
-            deploy.stop_run(_connection(fed_dir, state), int(run_id))
+            flwr_cli.stop_run(_connection(fed_dir, state), int(run_id))
             time.sleep(1.0)  # let the ServerApp go before its SuperLink does
-        except deploy.DeployError:
+        except DeployError:
             pass  # finished already, or the SuperLink does not answer: stop it anyway
-    deploy.stop_process(process, timeout)
+    processes.stop_process(process, timeout)
     console.print(f"stopped the SuperLink (pid {process.pid}) and the ServerApp")

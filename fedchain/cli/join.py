@@ -24,8 +24,8 @@ from fedchain.cli.common import PASSPHRASE_ENV, console, read_passphrase
 from fedchain.cli.federation import _parse_set
 from fedchain.crypto import identity
 from fedchain.data import datafile
-from fedchain.deploy import processes as deploy
-from fedchain.errors import ConfigError
+from fedchain.deploy import flower, flwr_cli, logs, processes
+from fedchain.errors import ConfigError, DeployError
 from fedchain.ledger.show import printable
 
 IDENTITY_PASSPHRASE_ENV = "FEDCHAIN_IDENTITY_PASSPHRASE"  # noqa: S105 - a variable's name
@@ -131,12 +131,12 @@ def join(
     )
     log_path = log or Path(f"{data.stem}.supernode.log")
     progress = SupernodeProgress()
-    process = deploy.start_supernode(
+    process = flower.start_supernode(
         superlink_address=address,
         node_config=config,
         root_certificates=root_cert,
         auth_private_key=auth_key,
-        clientappio_port=deploy.free_port(),
+        clientappio_port=processes.free_port(),
         log_path=log_path,
         max_wait_time=max_wait,
         env=env,
@@ -148,7 +148,9 @@ def join(
         markup=False,
     )
     with tempfile.TemporaryDirectory(prefix="fedchain-join-") as flwr_home:
-        connection = deploy.write_flwr_connection(Path(flwr_home), "federation", address, root_cert)
+        connection = flwr_cli.write_flwr_connection(
+            Path(flwr_home), "federation", address, root_cert
+        )
         _follow(process, progress, connection)
 
 
@@ -174,7 +176,7 @@ class SupernodeProgress:
 
     def on_line(self, line: str) -> None:
         self.last_line = time.monotonic()
-        level, message = deploy.parse_flower_log_line(line)
+        level, message = logs.parse_flower_log_line(line)
         text = self.describe(level, message)
         if text is not None:
             self.printed.append(text)
@@ -221,9 +223,9 @@ Flower run it served has finished (``flwr list``: a SuperNode itself is never to
 
 
 def _follow(
-    process: deploy.ManagedProcess,
+    process: processes.ManagedProcess,
     progress: SupernodeProgress,
-    connection: deploy.FlwrConnection,
+    connection: flwr_cli.FlwrConnection,
 ) -> None:
     """Wait for the SuperNode; stop it and exit 0 once the federation's run has completed.
 
@@ -242,7 +244,7 @@ def _follow(
     previous = signal.signal(signal.SIGTERM, on_term)
     next_ask, warned = 0.0, False
     try:
-        while deploy.is_running(process):
+        while processes.is_running(process):
             time.sleep(0.5)
             now = time.monotonic()
             idle = now - progress.last_line >= STATUS_POLL_S
@@ -250,8 +252,8 @@ def _follow(
                 continue
             next_ask = now + STATUS_POLL_S
             try:
-                status = deploy.run_status(connection, progress.run_id)
-            except deploy.DeployError as e:
+                status = flwr_cli.run_status(connection, progress.run_id)
+            except DeployError as e:
                 next_ask = now + 4 * STATUS_POLL_S  # a coordinator restarting, or one that
                 if not warned:  # keeps its Control API to itself: ask less often
                     warned = True
@@ -266,15 +268,15 @@ def _follow(
                     f"the federation's run {progress.run_id} has finished "
                     f"({progress.rounds_done} round(s) trained here); stopping the SuperNode"
                 )
-                deploy.stop_process(process, timeout=10.0)
+                processes.stop_process(process, timeout=10.0)
                 return
-        status_code = deploy.wait_exit(process, 5.0)
-        flower_code = deploy.flower_exit_code(process)
+        status_code = processes.wait_exit(process, 5.0)
+        flower_code = flower.flower_exit_code(process)
         reason = f", Flower exit code {flower_code}" if flower_code is not None else ""
         console.print(f"the SuperNode exited (status {status_code}{reason})")
         raise typer.Exit(1 if status_code or flower_code else 0)
     except KeyboardInterrupt:
         console.print("stopping the SuperNode…")
-        deploy.stop_process(process, timeout=10.0)
+        processes.stop_process(process, timeout=10.0)
     finally:
         signal.signal(signal.SIGTERM, previous)

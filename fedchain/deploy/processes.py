@@ -1,44 +1,20 @@
-"""Run Flower's real processes (SuperLink, SuperNodes, the ``flwr`` CLI) for a deployment.
+"""POSIX supervision of detached processes: start with a PID file and a log, wait, stop.
 
-This is the thin I/O shell under ``fedchain coordinator`` and ``fedchain join``: it makes test
-certificates and SuperNode keys, starts ``flower-superlink`` / ``flower-supernode`` as detached
-processes with PID files and log files, waits for them to answer, drives the ``flwr`` CLI with a
-private ``FLWR_HOME`` (the user's ``~/.flwr`` is never read or written), and stops what it started.
-
-Facts about Flower 1.41 this module relies on (checked against ``site-packages/flwr``):
-
-* The SuperLink serves the Fleet, Control and ServerAppIo ("Runtime") APIs on **one** HTTP(S)
-  port (``--host``/``--port``; the old ``--fleet-api-address`` and ``--control-api-address`` are
-  deprecated, ``--serverappio-api-address`` is rejected). ``GET /health`` answers on that port,
-  over HTTPS when the SuperLink has certificates. SuperNodes, ``flwr`` and the SuperLink's own
-  SuperExec all use that one address.
-* TLS: ``--ssl-ca-certfile --ssl-certfile --ssl-keyfile`` on the SuperLink, ``--root-certificates``
-  on SuperNodes, ``root-certificates`` (an absolute path) in a ``flwr`` connection. The server
-  certificate must name the address clients dial in its SubjectAltNames.
-* SuperNode authentication (``--enable-supernode-auth``, TLS required): the SuperNode's key is an
-  EC key on a NIST curve (we use SECP384R1); ``flower-supernode --auth-supernode-private-key``
-  reads an **unencrypted OpenSSH** private key and ``flwr supernode register`` an OpenSSH public
-  key (``ecdsa-sha2-nistp384 ...``). Flower cannot read an encrypted auth key, so that file's
-  protection is its 0600 mode.
-* The SuperLink starts ``flower-superexec`` by bare name from ``PATH`` and in its own session:
-  we put this interpreter's ``bin`` directory first on ``PATH`` and stop a process together with
-  all its descendants, not only its process group.
+A process is started in its own session, recorded in a PID file (with its kernel start time, so
+a recycled PID is never signalled), and stopped together with all its descendants, not only its
+process group: the SuperLink starts ``flower-superexec`` in a session of its own. Nothing here
+knows Flower; :mod:`fedchain.deploy.flower` builds the command lines.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime
-import ipaddress
 import json
 import os
-import re
-import shutil
 import signal
 import socket
 import ssl
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -48,252 +24,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-import tomli_w
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-from fedchain.errors import ConfigError, FedchainError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
+from fedchain.deploy.atomic import write_file
+from fedchain.deploy.certs import (  # re-exported until fedchain/cli/keys.py imports it from certs
+    create_supernode_keys as create_supernode_keys,
+)
+from fedchain.deploy.logs import (  # re-exported until tests/test_outputs.py imports it from logs
+    parse_flower_log_line as parse_flower_log_line,
+)
+from fedchain.deploy.logs import strip_ansi, tail
+from fedchain.errors import DeployError
 
 __all__ = [
-    "CertPaths",
-    "DeployError",
-    "FlwrConnection",
     "ManagedProcess",
-    "NodeStatus",
-    "create_supernode_keys",
-    "create_test_certificates",
-    "flower_env",
-    "flower_executable",
-    "flower_exit_code",
-    "format_config_args",
     "free_port",
     "is_running",
-    "list_runs",
-    "list_supernodes",
-    "parse_flower_log_line",
     "read_pid_file",
-    "register_supernode",
-    "run_flwr",
-    "run_status",
     "start_process",
-    "start_superlink",
-    "start_supernode",
     "stop_process",
-    "stop_run",
-    "strip_ansi",
-    "submit_run",
-    "tail",
-    "unregister_supernode",
     "wait_exit",
     "wait_healthy",
-    "wait_supernode_status",
-    "write_flwr_connection",
 ]
-
-CA_CERT_NAME = "ca.crt"
-SERVER_CERT_NAME = "server.pem"
-SERVER_KEY_NAME = "server.key"
-DEFAULT_HOSTS = ("127.0.0.1", "localhost")
-LOG_TAIL_LINES = 30
-FLWR_CLI_TIMEOUT_S = 60.0
-_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
-
-
-class DeployError(FedchainError):
-    """A Flower process would not start, died, never answered, or a ``flwr`` command failed.
-
-    The message names the process or command and ends with the tail of its log or output.
-    """
-
-
-# --------------------------------------------------------------------------------------------------
-# Certificates and keys
-
-
-@dataclass(frozen=True)
-class CertPaths:
-    """The three PEM files a TLS SuperLink and its clients need.
-
-    ``ca_cert`` goes to SuperNodes (``--root-certificates``), to ``flwr`` connections
-    (``root-certificates``) and to the SuperLink (``--ssl-ca-certfile``); ``server_cert`` and
-    ``server_key`` (mode 0600) stay with the SuperLink.
-    """
-
-    ca_cert: Path
-    server_cert: Path
-    server_key: Path
-
-
-def create_test_certificates(
-    directory: Path,
-    hosts: Sequence[str] = DEFAULT_HOSTS,
-    days: int = 30,
-    *,
-    overwrite: bool = False,
-) -> CertPaths:
-    """Write a fresh self-signed CA and a server certificate it signs for ``hosts``.
-
-    For testing and for federations without a real PKI: every client must be given ``ca.crt``
-    out of band. Each host becomes a SubjectAltName (an IP address entry when it parses as one,
-    else a DNS entry); TLS clients check the address they dial against these. Keys are EC
-    SECP384R1. The CA's private key is never written, so nothing else can be signed with this CA
-    later: make new certificates (``overwrite=True``) to add a host. Existing files are refused
-    (:class:`ConfigError`) unless ``overwrite`` is true.
-    """
-    if not hosts:
-        raise ConfigError("give at least one host name or IP address for the certificate")
-    if days < 1:
-        raise ConfigError(f"certificate lifetime must be at least 1 day, got {days}")
-    directory = Path(directory)
-    paths = CertPaths(
-        directory / CA_CERT_NAME, directory / SERVER_CERT_NAME, directory / SERVER_KEY_NAME
-    )
-    if not overwrite:
-        for path in (paths.ca_cert, paths.server_cert, paths.server_key):
-            if os.path.lexists(path):
-                raise ConfigError(f"{path}: already exists; pass overwrite to replace it")
-    directory.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=5)
-    ca_key = ec.generate_private_key(ec.SECP384R1())
-    ca_cert = _build_ca_certificate(ca_key, now, days)
-    server_key = ec.generate_private_key(ec.SECP384R1())
-    server_cert = _build_server_certificate(server_key, ca_key, ca_cert, hosts, now, days)
-    pem = serialization.Encoding.PEM
-    _write_file(paths.ca_cert, ca_cert.public_bytes(pem), 0o644)
-    _write_file(paths.server_cert, server_cert.public_bytes(pem), 0o644)
-    key_bytes = server_key.private_bytes(
-        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    _write_file(paths.server_key, key_bytes, 0o600)
-    return paths
-
-
-def _build_ca_certificate(
-    key: ec.EllipticCurvePrivateKey, not_before: datetime.datetime, days: int
-) -> x509.Certificate:
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fedchain test CA")])
-    return (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_before + datetime.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-
-
-def _build_server_certificate(
-    key: ec.EllipticCurvePrivateKey,
-    ca_key: ec.EllipticCurvePrivateKey,
-    ca_cert: x509.Certificate,
-    hosts: Sequence[str],
-    not_before: datetime.datetime,
-    days: int,
-) -> x509.Certificate:
-    names: list[x509.GeneralName] = []
-    for host in hosts:
-        try:
-            names.append(x509.IPAddress(ipaddress.ip_address(host)))
-        except ValueError:
-            names.append(x509.DNSName(host))
-    ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])])
-    return (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_before + datetime.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-
-
-def create_supernode_keys(
-    directory: Path, name: str, *, overwrite: bool = False
-) -> tuple[Path, Path]:
-    """Write a SuperNode authentication key pair: ``NAME.key`` (0600) and ``NAME.pub``.
-
-    Flower 1.41 wants an EC key on a NIST curve; this is SECP384R1, the private key in unencrypted
-    OpenSSH format (what ``flower-supernode --auth-supernode-private-key`` reads) and the public key
-    as one OpenSSH line (what ``flwr supernode register`` reads). This key only proves to the
-    SuperLink which registered node is connecting; the fedchain identity key that signs updates is
-    separate. Returns ``(private_path, public_path)``.
-    """
-    if not _BARE_KEY.fullmatch(name):
-        raise ConfigError(f"SuperNode key name {name!r}: use letters, digits, '-' and '_' only")
-    directory = Path(directory)
-    private_path, public_path = directory / f"{name}.key", directory / f"{name}.pub"
-    if not overwrite:
-        for path in (private_path, public_path):
-            if os.path.lexists(path):
-                raise ConfigError(f"{path}: already exists; pass overwrite to replace it")
-    directory.mkdir(parents=True, exist_ok=True)
-    key = ec.generate_private_key(ec.SECP384R1())
-    private_bytes = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.OpenSSH,
-        serialization.NoEncryption(),
-    )
-    public_bytes = key.public_key().public_bytes(
-        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-    )
-    _write_file(private_path, private_bytes, 0o600)
-    _write_file(public_path, public_bytes + f" fedchain-{name}\n".encode(), 0o644)
-    return private_path, public_path
-
-
-def _write_file(path: Path, data: bytes, mode: int) -> None:
-    """Replace ``path`` with ``data`` through a temporary file created with ``mode`` (so a key is
-    never readable by others, not even for a moment), then rename it into place."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), mode)
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
-# --------------------------------------------------------------------------------------------------
-# Processes: start detached, record in a PID file, stop by PID
 
 
 @dataclass(frozen=True)
@@ -313,43 +63,6 @@ class ManagedProcess:
     pid_file: Path
 
 
-def flower_executable(name: str) -> str:
-    """The path of a Flower console script (``flower-superlink``, ``flwr``, ...).
-
-    Looked up next to this interpreter first (the venv's ``bin``, even when that venv is not
-    activated), then on ``PATH``.
-    """
-    candidate = Path(sys.executable).parent / name
-    if candidate.is_file() and os.access(candidate, os.X_OK):
-        return str(candidate)
-    found = shutil.which(name)
-    if found is None:
-        raise DeployError(
-            f"{name}: not found next to {sys.executable} nor on PATH; install flwr in this "
-            "environment (pip install 'flwr>=1.41,<1.42')"
-        )
-    return found
-
-
-def flower_env(overrides: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment for Flower processes: ours, with Flower's helpers findable and quiet.
-
-    The SuperLink starts ``flower-superexec`` (and SuperExec ``flwr-serverapp``) by bare name,
-    so this interpreter's ``bin`` goes first on ``PATH``. Runtime dependency installation is off
-    (else every run would ``uv sync`` a fresh environment from the internet), telemetry is off
-    unless the user opted in (``fedchain/__init__`` sets the default in ``os.environ``),
-    and output is unbuffered so log files are current. ``overrides`` win.
-    """
-    env = dict(os.environ)
-    bin_dir = str(Path(sys.executable).parent)
-    env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", os.defpath)])
-    env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(overrides or {})
-    return env
-
-
-# Popen objects of the processes started by this interpreter, so they are reaped (no zombies, no
 # ResourceWarning) when stopped; a process started by another interpreter is only known by PID.
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 _EXITED: dict[int, subprocess.Popen[bytes]] = {}
@@ -370,12 +83,11 @@ def start_process(
     reach it and stopping it signals its group, never ours. A PID file naming a live process is
     refused (stop that process first); a stale one is replaced.
 
-    With ``on_line``, the output comes through this interpreter instead (a pipe read by a
-    thread, which ends when the process and every child holding the pipe have exited): each
-    line is written to the log without ANSI escapes (:func:`strip_ansi`; Flower colours its
-    log levels whatever the output is) and handed to ``on_line``. Only for a process whose
-    life this interpreter follows (``fedchain join``): when we exit, its output has nowhere
-    to go.
+    With ``on_line``, the output comes through this interpreter instead (a pipe read by a thread,
+    which ends when the process and every child holding the pipe have exited): each line is written
+    to the log without ANSI escapes (:func:`~fedchain.deploy.logs.strip_ansi`; Flower colours its
+    log levels whatever the output is) and handed to ``on_line``. Only for a process whose life this
+    interpreter follows (``fedchain join``): when we exit, its output has nowhere to go.
     """
     pid_file, log_path = Path(pid_file), Path(log_path)
     existing = read_pid_file(pid_file)
@@ -421,26 +133,8 @@ def start_process(
         "command": list(process.command),
         "log": str(log_path),
     }
-    _write_file(pid_file, (json.dumps(record) + "\n").encode(), 0o644)
+    write_file(pid_file, (json.dumps(record) + "\n").encode(), 0o644)
     return process
-
-
-_ANSI_ESCAPE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\-_])")
-_FLOWER_LOG_LINE = re.compile(r"(DEBUG|INFO|WARNING|ERROR|CRITICAL)\b[^:]*:\s*(.*)")
-
-
-def strip_ansi(text: str) -> str:
-    """``text`` without ANSI escape sequences (colours, cursor moves, OSC links)."""
-    return _ANSI_ESCAPE.sub("", text)
-
-
-def parse_flower_log_line(line: str) -> tuple[str | None, str]:
-    """``(level, message)`` of a line of Flower's console log (``INFO :      message``);
-    ``(None, line)`` for anything else (a traceback, a child's own output)."""
-    match = _FLOWER_LOG_LINE.fullmatch(strip_ansi(line).rstrip("\r\n"))
-    if match is None:
-        return None, strip_ansi(line).rstrip("\r\n")
-    return match.group(1), match.group(2)
 
 
 def _copy_output(stream: IO[bytes], log_path: Path, on_line: Callable[[str], None]) -> None:
@@ -653,27 +347,6 @@ def wait_exit(process: ManagedProcess, timeout: float) -> int | None:
     return None
 
 
-def flower_exit_code(process: ManagedProcess) -> int | None:
-    """The last Flower exit code in the process's log (``Exit Code: N``), or None.
-
-    Flower processes exit with status 1 on any error and log the precise reason as an exit code
-    (https://flower.ai/docs/framework/ref-exit-codes/): e.g. 305 for a SuperNode the SuperLink
-    refused (an unregistered authentication key shows as 305 with ``[code: 2004] Failed to
-    activate SuperNode``).
-    """
-    codes = re.findall(r"Exit Code: (\d+)", tail(process.log_path, 200))
-    return int(codes[-1]) if codes else None
-
-
-def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
-    """The last ``lines`` lines of a log file ('' when it does not exist)."""
-    try:
-        data = Path(path).read_bytes()[-64 * 1024 :]
-    except OSError:
-        return ""
-    return "\n".join(data.decode("utf-8", errors="replace").splitlines()[-lines:])
-
-
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that was free on ``host`` a moment ago (the kernel's pick for port 0).
 
@@ -730,366 +403,3 @@ def wait_healthy(
 def _describe(process: ManagedProcess) -> str:
     name = os.path.basename(process.command[0]) if process.command else "process"
     return f"{name} (pid {process.pid})"
-
-
-# --------------------------------------------------------------------------------------------------
-# SuperLink and SuperNodes
-
-ConfigValue = str | int | float | bool
-
-
-def start_superlink(
-    state_dir: Path,
-    *,
-    host: str = "127.0.0.1",
-    port: int,
-    certs: CertPaths | None,
-    supernode_auth: bool = False,
-    persistent: bool = True,
-    env: Mapping[str, str] | None = None,
-) -> ManagedProcess:
-    """Start ``flower-superlink`` serving all its APIs on ``host:port``.
-
-    ``certs=None`` means ``--insecure`` (plain HTTP; loopback tests only). ``supernode_auth``
-    turns on ``--enable-supernode-auth``: only SuperNodes whose public key was registered with
-    :func:`register_supernode` may connect; Flower requires TLS for it. With ``persistent`` the
-    link state (runs, registered nodes) lives in ``state_dir/superlink.db`` and survives a
-    restart. Logs go to ``state_dir/superlink.log``, the PID file is ``state_dir/superlink.pid``.
-    Call :func:`wait_healthy` before using it.
-    """
-    if supernode_auth and certs is None:
-        raise ConfigError("SuperNode authentication needs TLS: give certificates")
-    state_dir = Path(state_dir)
-    command = [flower_executable("flower-superlink"), "--host", host, "--port", str(port)]
-    if certs is None:
-        command.append("--insecure")
-    else:
-        command += [
-            "--ssl-ca-certfile",
-            str(Path(certs.ca_cert).resolve()),
-            "--ssl-certfile",
-            str(Path(certs.server_cert).resolve()),
-            "--ssl-keyfile",
-            str(Path(certs.server_key).resolve()),
-        ]
-    if supernode_auth:
-        command.append("--enable-supernode-auth")
-    if persistent:
-        command += ["--database", str((state_dir / "superlink.db").resolve())]
-    command.append("--disable-runtime-dependency-installation")
-    return start_process(
-        command,
-        log_path=state_dir / "superlink.log",
-        pid_file=state_dir / "superlink.pid",
-        env=flower_env(env),
-        cwd=state_dir,
-    )
-
-
-def start_supernode(
-    *,
-    superlink_address: str,
-    node_config: Mapping[str, ConfigValue],
-    root_certificates: Path | None,
-    auth_private_key: Path | None = None,
-    clientappio_port: int,
-    log_path: Path,
-    pid_file: Path | None = None,
-    max_wait_time: float | None = None,
-    env: Mapping[str, str] | None = None,
-    on_line: Callable[[str], None] | None = None,
-) -> ManagedProcess:
-    """Start ``flower-supernode`` connecting to ``superlink_address`` (``host:port``).
-
-    ``node_config`` reaches the ClientApp as ``context.node_config``; values are written as
-    TOML (see :func:`format_config_args`). ``root_certificates=None`` means ``--insecure``.
-    ``auth_private_key`` is the key from :func:`create_supernode_keys` whose public half was
-    registered. ``clientappio_port`` is the SuperNode's own local API port (one per SuperNode on a
-    machine). ``max_wait_time`` bounds how long it keeps retrying an unreachable SuperLink
-    (default: forever). Nothing secret is put on the command line (argv is world-readable in
-    ``/proc``): pass secrets in ``env``. The PID file defaults to ``log_path`` with ``.pid``.
-    ``on_line`` sees every line of its output (see :func:`start_process`).
-    """
-    command = [flower_executable("flower-supernode"), "--superlink", superlink_address]
-    if root_certificates is None:
-        command.append("--insecure")
-    else:
-        command += ["--root-certificates", str(Path(root_certificates).resolve())]
-    if auth_private_key is not None:
-        command += ["--auth-supernode-private-key", str(Path(auth_private_key).resolve())]
-    command += ["--host", "127.0.0.1", "--port", str(clientappio_port)]
-    if node_config:
-        command += ["--node-config", format_config_args(node_config)]
-    if max_wait_time is not None:
-        command += ["--max-wait-time", f"{max_wait_time:g}"]
-    log_path = Path(log_path)
-    return start_process(
-        command,
-        log_path=log_path,
-        pid_file=Path(pid_file) if pid_file is not None else log_path.with_suffix(".pid"),
-        env=flower_env(env),
-        on_line=on_line,
-    )
-
-
-def format_config_args(config: Mapping[str, ConfigValue]) -> str:
-    """Write ``config`` as the ``k=v k2=v2`` string of ``--node-config`` and ``--run-config``.
-
-    Flower splits that string with a regular expression (a value is ``'...'``, ``"..."`` or a run
-    of non-spaces) and reads each pair as TOML, so strings are quoted as TOML literal strings
-    (``'...'``, no escapes) or, when they contain a single quote, as basic strings. A string with
-    both quote kinds, a key that is not a bare TOML key, or another value type cannot pass
-    through intact: :class:`ConfigError`.
-    """
-    parts = []
-    for key, value in config.items():
-        if not _BARE_KEY.fullmatch(key):
-            raise ConfigError(f"config key {key!r}: use letters, digits, '-' and '_' only")
-        parts.append(f"{key}={_toml_value(key, value)}")
-    return " ".join(parts)
-
-
-def _toml_value(key: str, value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return repr(value)  # 'inf', '-inf', 'nan' and '1e+100' are TOML floats too
-    if not isinstance(value, str):
-        raise ConfigError(f"config {key}: {type(value).__name__} values are not supported")
-    if "'" not in value and not any(ord(c) < 32 or ord(c) == 127 for c in value):
-        return f"'{value}'"
-    if '"' not in value:
-        return json.dumps(value, ensure_ascii=False)  # a valid TOML basic string
-    raise ConfigError(f"config {key}: a string cannot hold both ' and \" quotes here")
-
-
-# --------------------------------------------------------------------------------------------------
-# The flwr CLI, with a private FLWR_HOME
-
-
-@dataclass(frozen=True)
-class FlwrConnection:
-    """A SuperLink connection for the ``flwr`` CLI: a name in ``FLWR_HOME/config.toml``.
-
-    ``root_certificates=None`` means an insecure (plain HTTP) connection.
-    """
-
-    flwr_home: Path
-    name: str
-    address: str
-    root_certificates: Path | None
-
-
-@dataclass(frozen=True)
-class NodeStatus:
-    """One SuperNode as ``flwr supernode list`` reports it.
-
-    ``status`` is Flower's: ``registered`` (key known, never connected), ``online``, ``offline``
-    or ``unregistered``.
-    """
-
-    node_id: int
-    status: str
-    owner: str
-
-
-def write_flwr_connection(
-    flwr_home: Path,
-    name: str,
-    address: str,
-    root_certificates: Path | None,
-    *,
-    default: bool = True,
-) -> FlwrConnection:
-    """Add (or replace) connection ``name`` in ``flwr_home/config.toml``; return it.
-
-    Other entries in that file are kept. fedchain gives ``flwr`` its own ``FLWR_HOME`` so that a
-    user's ``~/.flwr`` is never read or changed, and so the ``local`` connection (which would
-    start a SuperLink nothing stops) is not the default.
-    """
-    if not _BARE_KEY.fullmatch(name):
-        raise ConfigError(f"connection name {name!r}: use letters, digits, '-' and '_' only")
-    flwr_home = Path(flwr_home).resolve()
-    flwr_home.mkdir(parents=True, exist_ok=True)
-    path = flwr_home / "config.toml"
-    try:
-        config = tomllib.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read the flwr configuration: {exc}") from exc
-    superlink = config.setdefault("superlink", {})
-    entry: dict[str, str | bool] = {"address": address}
-    if root_certificates is None:
-        entry["insecure"] = True
-    else:
-        entry["root-certificates"] = str(Path(root_certificates).resolve())
-    superlink[name] = entry
-    if default:
-        superlink["default"] = name
-    _write_file(path, tomli_w.dumps(config).encode(), 0o644)
-    ca = None if root_certificates is None else Path(root_certificates).resolve()
-    return FlwrConnection(flwr_home, name, address, ca)
-
-
-def run_flwr(
-    connection: FlwrConnection,
-    arguments: Sequence[str],
-    *,
-    timeout: float = FLWR_CLI_TIMEOUT_S,
-    cwd: Path | None = None,
-) -> dict[str, object]:
-    """Run ``flwr ARGUMENTS... CONNECTION --format json`` and return its JSON answer.
-
-    ``arguments`` are the subcommand and its positional arguments/options (the connection name
-    and ``--format json`` are appended). A failure (non-zero exit, ``"success": false``, no JSON,
-    or ``timeout``) is a :class:`DeployError` carrying Flower's message.
-    """
-    command = [flower_executable("flwr"), *arguments, connection.name, "--format", "json"]
-    env = flower_env(
-        {"FLWR_HOME": str(connection.flwr_home), "NO_COLOR": "1", "COLUMNS": "200", "TERM": "dumb"}
-    )
-    what = f"flwr {' '.join(arguments[:2])}"
-    try:
-        result = subprocess.run(  # noqa: S603 - argv list, no shell
-            command,
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=cwd,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise DeployError(f"{what}: no answer within {timeout:g} s") from exc
-    answer = _parse_json_answer(result.stdout)
-    if result.returncode != 0 or answer is None or answer.get("success") is not True:
-        detail = str(answer.get("error-message", "")) if answer is not None else ""
-        detail = _clean_cli_message(detail or result.stdout + "\n" + result.stderr)
-        status = f" (exit {result.returncode})" if result.returncode != 0 else ""
-        raise DeployError(f"{what} failed{status}: {detail or 'no output'}")
-    return answer
-
-
-def _clean_cli_message(text: str) -> str:
-    """Flower's error text without its progress chatter, on one line, at most 2000 characters."""
-    lines = [line.strip() for line in text.splitlines()]
-    kept = [line for line in lines if line and not line.startswith(("Using SuperLink", "Stopping"))]
-    return " ".join(kept)[-2000:]
-
-
-def _parse_json_answer(stdout: str) -> dict[str, object] | None:
-    start = stdout.find("{")
-    if start < 0:
-        return None
-    try:
-        answer = json.loads(stdout[start:])
-    except ValueError:
-        return None
-    return answer if isinstance(answer, dict) else None
-
-
-def register_supernode(connection: FlwrConnection, public_key: Path) -> int:
-    """Register a SuperNode's public key (``flwr supernode register``); return its node id.
-
-    Only with a SuperLink started with ``supernode_auth``; a SuperNode holding the matching
-    private key may then connect, and keeps this node id across reconnects.
-    """
-    answer = run_flwr(connection, ["supernode", "register", str(Path(public_key).resolve())])
-    return _as_int(answer.get("node-id"), "flwr supernode register: node-id")
-
-
-def unregister_supernode(connection: FlwrConnection, node_id: int) -> None:
-    """Remove a registered SuperNode; its key is refused from then on."""
-    run_flwr(connection, ["supernode", "unregister", str(node_id)])
-
-
-def list_supernodes(connection: FlwrConnection) -> list[NodeStatus]:
-    """The SuperNodes the SuperLink knows (``flwr supernode list``), oldest first."""
-    answer = run_flwr(connection, ["supernode", "list"])
-    nodes = answer.get("nodes")
-    if not isinstance(nodes, list):
-        raise DeployError(f"flwr supernode list: unexpected answer {answer!r}")
-    return [
-        NodeStatus(
-            node_id=_as_int(node.get("node-id"), "node-id"),
-            status=str(node.get("status")),
-            owner=str(node.get("owner-name")),
-        )
-        for node in nodes
-        if isinstance(node, dict)
-    ]
-
-
-def wait_supernode_status(
-    connection: FlwrConnection, node_id: int, status: str = "online", timeout: float = 60.0
-) -> None:
-    """Poll ``flwr supernode list`` (each call takes about 2 s) until ``node_id`` has ``status``.
-
-    Raises :class:`DeployError` naming the last status seen after ``timeout`` seconds.
-    """
-    deadline = time.monotonic() + timeout
-    seen = "not listed"
-    while True:
-        nodes = {node.node_id: node.status for node in list_supernodes(connection)}
-        seen = nodes.get(node_id, "not listed")
-        if seen == status:
-            return
-        if time.monotonic() >= deadline:
-            raise DeployError(
-                f"SuperNode {node_id} is {seen}, not {status}, after {timeout:g} s; "
-                "see the SuperNode's log"
-            )
-        time.sleep(0.5)
-
-
-def submit_run(
-    app_dir: Path,
-    connection: FlwrConnection,
-    run_config: Mapping[str, ConfigValue] | None = None,
-    *,
-    timeout: float = 120.0,
-) -> int:
-    """Submit the Flower app in ``app_dir`` (``flwr run APP_DIR CONNECTION``); return the run id.
-
-    ``flwr`` bundles the app's code and config files (a FAB) and returns once the SuperLink has
-    accepted the run. ``run_config`` overrides keys of ``[tool.flwr.app.config]`` (only existing
-    keys may be overridden).
-    """
-    arguments = ["run", str(Path(app_dir).resolve())]
-    if run_config:
-        arguments += ["--run-config", format_config_args(run_config)]
-    answer = run_flwr(connection, arguments, timeout=timeout, cwd=Path(app_dir))
-    return _as_int(answer.get("run-id"), "flwr run: run-id")
-
-
-def list_runs(connection: FlwrConnection) -> list[dict[str, object]]:
-    """The runs the SuperLink knows, as ``flwr list`` reports them (``run-id``, ``status``, ...)."""
-    answer = run_flwr(connection, ["list"])
-    runs = answer.get("runs")
-    if not isinstance(runs, list):
-        raise DeployError(f"flwr list: unexpected answer {answer!r}")
-    return [run for run in runs if isinstance(run, dict)]
-
-
-def run_status(connection: FlwrConnection, run_id: int) -> str:
-    """Flower's status of run ``run_id``: ``pending``, ``starting``, ``running`` or
-    ``finished:completed`` / ``finished:failed`` / ``finished:stopped``."""
-    answer = run_flwr(connection, ["list", "--run-id", str(run_id)])
-    runs = answer.get("runs")
-    if not isinstance(runs, list) or len(runs) != 1 or not isinstance(runs[0], dict):
-        raise DeployError(f"flwr list --run-id {run_id}: unexpected answer {answer!r}")
-    return str(runs[0].get("status"))
-
-
-def stop_run(connection: FlwrConnection, run_id: int) -> None:
-    """Ask the SuperLink to stop run ``run_id`` (``flwr stop``)."""
-    run_flwr(connection, ["stop", str(run_id)])
-
-
-def _as_int(value: object, what: str) -> int:
-    try:
-        return int(str(value))
-    except ValueError:
-        raise DeployError(f"{what}: expected an integer, got {value!r}") from None
