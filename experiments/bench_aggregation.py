@@ -46,7 +46,8 @@ import torch
 import torchvision
 from flwr.server.strategy.aggregate import aggregate as flower_aggregate
 
-from fedchain.aggregation.rules import RuleParams, aggregate, compute_weights
+from fedchain.aggregation.rules import aggregate
+from fedchain.aggregation.weights import RuleParams, compute_weights
 
 Update = dict[str, np.ndarray]
 

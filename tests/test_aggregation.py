@@ -1,4 +1,5 @@
-"""Tests for fedchain.aggregation.rules: weight formulas, the cap, every rule, attacks, refusals."""
+"""Tests for fedchain.aggregation (weights, rules): weight formulas, the cap, every rule, attacks,
+refusals."""
 
 from __future__ import annotations
 
@@ -9,17 +10,22 @@ import numpy as np
 import pytest
 
 from fedchain.aggregation.rules import (
-    RULES,
     SCREENED_RULES,
     AggregationResult,
-    RuleParams,
     aggregate,
     aggregate_round,
     aggregate_screened,
-    apply_weight_cap,
     compute_krum_scores,
-    compute_weights,
+    default_krum_f,
 )
+from fedchain.aggregation.weights import (
+    RULES,
+    RuleParams,
+    apply_weight_cap,
+    compute_weights,
+    make_rule_params,
+)
+from fedchain.config import RunConfig
 from fedchain.errors import ConfigError
 
 Update = dict[str, np.ndarray]
@@ -162,6 +168,12 @@ def test_weights_accept_numpy_integers() -> None:
 def test_cap_applies_inside_compute_weights() -> None:
     w = weights_for("fedavg", [60, 30, 10], cap=0.4)
     np.testing.assert_allclose(w, [0.4, 0.4, 0.2], rtol=1e-15)
+
+
+def test_make_rule_params_reads_beta_and_cap_from_the_config() -> None:
+    assert make_rule_params(RunConfig()) == RuleParams(beta=1.0, cap=None)
+    assert make_rule_params(RunConfig(beta=2.0, weight_cap=0.3)) == RuleParams(beta=2.0, cap=0.3)
+    assert make_rule_params(RunConfig(weight_cap=1.0)).cap is None  # 1: no cap
 
 
 # --------------------------------------------------------------------------------------------------
@@ -481,6 +493,12 @@ def test_krum_scores_match_brute_force() -> None:
         neighbours = 7 - (2 if f is None else f) - 2  # default f = (7 - 3) // 2 = 2
         expected = [np.sort(np.delete(distances[i], i))[:neighbours].sum() for i in range(7)]
         np.testing.assert_allclose(compute_krum_scores(updates, f), expected, rtol=1e-10)
+
+
+def test_default_krum_f_is_the_most_krum_tolerates() -> None:
+    # Krum needs n >= 2f + 3 candidates
+    assert [default_krum_f(n) for n in range(1, 10)] == [0, 0, 0, 0, 1, 1, 2, 2, 3]
+    assert all(n >= 2 * default_krum_f(n) + 3 for n in range(3, 50))
 
 
 def test_multi_krum_ties_break_by_index() -> None:

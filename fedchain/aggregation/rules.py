@@ -1,74 +1,21 @@
-"""Stake-weighted aggregation of client updates (DESIGN.md section 3.4).
+"""The named aggregation rules: weighted average, median, trimmed mean, Multi-Krum, screened.
 
 Two pure steps, both deterministic and free of I/O:
 
-1. :func:`compute_weights` turns plain per-client numbers read from the ledger state at the start
-   of the round (examples, stake, reputation) into one float64 weight per client, summing to 1,
-   optionally capped by :func:`apply_weight_cap`.
+1. :func:`~fedchain.aggregation.weights.compute_weights` turns the clients' ledger values into one
+   float64 weight per client (:mod:`fedchain.aggregation.weights`: the formulas per rule).
 2. :func:`aggregate` combines the clients' updates (named tensors) with those weights under one
    of :data:`RULES` and returns an :class:`AggregationResult`: the new tensors plus which clients
-   entered the estimate, so the caller can record who was excluded.
+   entered the estimate, so the caller can record who was excluded. :func:`aggregate_round` does
+   both for a round; ``screened`` goes through :func:`aggregate_screened`.
 
-Weight formulas (``e`` examples, ``s`` stake, ``r`` reputation in basis points, ``b`` = beta):
-
-=================  ======================================  =====================================
-rule               weight proportional to                  estimator
-=================  ======================================  =====================================
-fedavg             ``e`` (stake is ignored: the baseline)  weighted average
-stake              ``s``                                   weighted average
-examples-stake     ``e * s**b``                            weighted average
-reputation         ``e * s**b * r / 10_000``               weighted average
-median             ``e * s**b``                            coordinate-wise weighted median
-trimmed-mean       ``e * s**b``                            coordinate-wise weighted trimmed mean
-multi-krum         ``e * s**b``                            Multi-Krum selection, then average
-screened           ``e * s**b * r / 10_000``               norm and contribution screens, then
-                                                           average (:func:`aggregate_screened`)
-=================  ======================================  =====================================
-
-``s**b`` is taken as 0 when ``s == 0`` for every ``b`` (also ``b == 0``), so a client without stake
-carries no weight under any rule but ``fedavg``. For integral ``b`` up to 16 (the usual 0, 1, 2)
-the weights are computed with exact integer arithmetic and one correctly rounded division each,
-so they are the same bits on every platform; any other ``b`` goes through float64 ``pow`` on
-values scaled by the largest (same bits on one platform; no overflow for huge stakes).
+The arithmetic (BLAS axpy sums, blocking and packing, precision, order statistics, Krum's Gram
+matrix) is in :mod:`fedchain.aggregation.kernels`, whose docstring says what is bit-identical.
 
 Updates with weight 0 are ignored by every rule: they are not read, they do not enter Multi-Krum
 distances, and they are never listed in :attr:`AggregationResult.selected`.
 
-Speed (DESIGN.md section 6, LIMITS.md): the weighted average reads every client tensor exactly
-once and writes one output. For each tensor it allocates the output and accumulates into it in
-place, client by client in index order, with BLAS ``axpy`` (``y += a * x``, fused) on flat views
-of the clients' own memory, in blocks of ``_AXPY_BLOCK`` elements so the block being summed stays
-in cache while the inputs stream past. Nothing is stacked, and no per-client temporary is made
-for a tensor above ``_SMALL_TENSOR`` elements (a C-contiguous float32/float64 input is never
-copied); small tensors (biases, norms) are packed into one buffer per client of at most
-``_PACK_LIMIT`` elements, so they cost one BLAS call per client instead of one per tensor.
-
-BLAS is held to one thread for the call (``threadpoolctl``): on a busy machine OpenBLAS's
-threads spin against other processes, and axpy with its default two threads was measured 40x
-slower than with one; one thread already runs at the speed of numpy's ``w @ stacked``. Candidates
-measured on the project's 2-core machine, ResNet-18-sized updates, alternating runs: scipy
-``saxpy`` (chosen), torch ``add_(alpha=)`` (about 1.2x slower, and it too needs its threads
-pinned), ``np.multiply`` + ``np.add`` through a cached scratch block (1.2-1.5x slower). See
-``experiments/bench_aggregation.py`` for the comparison with Flower.
-
-BLAS's thread count is process-wide state: while :func:`aggregate` runs, BLAS calls made by other
-threads of the same process also run on one thread. Call it from one thread at a time.
-
-Precision and determinism: float32 tensors are accumulated in float32, float64 in float64.
-Against a float64 reference the largest float32 error measured was 1.1e-6 (10 clients) and
-4.6e-6 (100 clients) of the tensor's largest magnitude, the same as Flower's own float32
-arithmetic (1.3e-6 and 4.3e-6), far below the noise of SGD; a float64 accumulator would double
-the output traffic for nothing. float16 tensors are accumulated in float32 and rounded back.
-Integer and bool tensors (e.g. BatchNorm ``num_batches_tracked``) are averaged in float64 and
-rounded half-to-even back to their dtype (for bool: true where the weight of true values is above
-one half), so every output keeps its input dtype, unlike Flower's ``aggregate()``, which turns
-integers into float64. Each element is summed in client index order, and the blocking and packing
-depend only on names, shapes and dtypes, so the same inputs give bit-identical outputs on the same
-machine and library build. They are not promised bit-identical across machines: BLAS kernels fuse
-multiply-add in their vector body but may not in their scalar tail, and differ between CPUs.
-
-Robust rules stack a bounded block of each tensor at a time (at most ``_ROBUST_BLOCK`` values),
-never whole updates:
+The robust rules:
 
 * median: the weighted median per coordinate: the smallest value whose cumulative weight (values
   sorted ascending) reaches one half; where the cumulative weight hits exactly one half, the mean
@@ -81,10 +28,8 @@ never whole updates:
   the ``m`` lowest scores are selected (ties by client index) and averaged with their weights,
   renormalised. Weights do not enter the scores, only which updates are candidates (weight > 0).
 
-Median and trimmed mean cut weight at exact integer boundaries: the normalised weights are first
-quantised to integers in units of ``2**-40`` (a client below ``2**-41`` counts as weight 0 there),
-so cumulative sums are exact and do not depend on the order values happen to sort in. (A trimmed
-mean with ``trim=0`` therefore equals the weighted average to about 1e-11 relative, not exactly.)
+Median and trimmed mean cut weight at exact integer boundaries (weights quantised to units of
+``2**-40``, see the kernels).
 
 The robust rules are not memory-speed: they sort ``n`` values per coordinate. On the project's
 2-core machine, ResNet-18-sized updates: 10 clients, median 3-5 s, trimmed mean 4 s, Multi-Krum
@@ -98,48 +43,50 @@ a second pass over all the data.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
-import operator
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 import numpy as np
-import numpy.typing as npt
-import scipy.linalg.blas as _blas
-import threadpoolctl
 
+from fedchain.aggregation.kernels import (
+    AnyArray,
+    FloatArray,
+    flat,
+    median_of_block,
+    single_blas_thread,
+    squared_distances,
+    trimmed_mean_of_block,
+    weighted_average,
+    weighted_order_statistic,
+)
+from fedchain.aggregation.weights import (
+    RULES,
+    RuleParams,
+    check_rule,
+    check_weight_vector,
+    compute_weights,
+    is_int,
+)
 from fedchain.errors import ConfigError
 
 __all__ = [
     "LINEAR_RULES",
-    "REPUTATION_SCALE",
     "ROBUST_RULES",
     "RULES",
     "SCREENED_RULES",
     "AggregationResult",
     "RuleParams",
+    "UpdateScorer",
     "aggregate",
     "aggregate_round",
     "aggregate_screened",
-    "apply_weight_cap",
     "compute_krum_scores",
     "compute_weights",
+    "default_krum_f",
 ]
-
-RULES = (
-    "fedavg",
-    "stake",
-    "examples-stake",
-    "reputation",
-    "median",
-    "trimmed-mean",
-    "multi-krum",
-    "screened",
-)
-"""Every rule name :func:`compute_weights` and :func:`aggregate` accept."""
 
 LINEAR_RULES = frozenset({"fedavg", "stake", "examples-stake", "reputation"})
 """Rules whose estimator is the weighted average (they differ only in the weights)."""
@@ -173,78 +120,14 @@ step. Without clear evidence the model stays."""
 UpdateScorer: TypeAlias = Callable[[Sequence[Mapping[str, Any]], Any], Any]
 """``(updates, weights) -> one raw contribution score per update`` (higher is better; float64)."""
 
-REPUTATION_SCALE = 10_000
-"""Reputation is stored in basis points: 10_000 means full trust, 0 means none."""
-
-FloatArray: TypeAlias = npt.NDArray[np.float64]
-AnyArray: TypeAlias = npt.NDArray[Any]
-
-_AXPY_BLOCK = 1 << 18
-"""Elements summed per block (1 MiB of float32): the block stays in L2/L3 while clients stream."""
-
-_SMALL_TENSOR = 1 << 13
-"""Tensors up to this many elements are packed together before averaging (call overhead)."""
-
-_PACK_LIMIT = 1 << 16
-"""Most elements packed into one buffer per client (bounds the packing copies)."""
-
-_ROBUST_BLOCK = 1 << 20
-"""Values (clients x elements) stacked at a time by the robust rules: about 8 MiB as float64."""
-
-_EXACT_BETA_MAX = 16
-"""Integral beta up to this uses exact integer powers; beyond, float64 (integers would explode)."""
-
-_QUANTUM_BITS = 40
-"""Median and trimmed mean count weight in integer units of 2**-40 (see the module docstring)."""
-
-
-@dataclass(frozen=True)
-class RuleParams:
-    """Parameters of the aggregation rules (genesis "contract" values, see DESIGN.md 3.3).
-
-    beta:
-        Exponent on stake in ``examples * stake**beta`` (>= 0; 0 ignores stake size, though a
-        zero stake still gives zero weight).
-    cap:
-        Largest share of the total weight any one client may hold, in (0, 1], or ``None`` for
-        no cap. The excess is redistributed by :func:`apply_weight_cap`.
-    trim:
-        Weight mass removed from each tail by ``trimmed-mean``, in [0, 0.5).
-    krum_f:
-        Number of attackers Multi-Krum assumes. ``None``: the most Krum tolerates,
-        ``max(0, (n - 3) // 2)`` for ``n`` candidates (Krum needs ``n >= 2f + 3``).
-    krum_m:
-        Number of updates Multi-Krum selects. ``None``: ``n - f``. Values above ``n`` select all.
-    """
-
-    beta: float = 1.0
-    cap: float | None = None
-    trim: float = 0.2
-    krum_f: int | None = None
-    krum_m: int | None = None
-
-    def __post_init__(self) -> None:
-        if not _is_real(self.beta) or not math.isfinite(self.beta) or self.beta < 0:
-            raise ConfigError(f"beta must be a finite number >= 0, got {self.beta!r}")
-        if self.cap is not None and (
-            not _is_real(self.cap) or not math.isfinite(self.cap) or not 0 < self.cap <= 1
-        ):
-            raise ConfigError(f"cap must be in (0, 1] or None, got {self.cap!r}")
-        if not _is_real(self.trim) or not 0 <= self.trim < 0.5:
-            raise ConfigError(f"trim must be in [0, 0.5), got {self.trim!r}")
-        if self.krum_f is not None and (not _is_int(self.krum_f) or self.krum_f < 0):
-            raise ConfigError(f"krum_f must be an integer >= 0 or None, got {self.krum_f!r}")
-        if self.krum_m is not None and (not _is_int(self.krum_m) or self.krum_m < 1):
-            raise ConfigError(f"krum_m must be an integer >= 1 or None, got {self.krum_m!r}")
-
 
 @dataclass(frozen=True, eq=False)
 class AggregationResult:
     """What :func:`aggregate` returns.
 
     arrays:
-        The aggregated tensors, same names (in the first update's order), shapes and dtypes as
-        the inputs. Freshly allocated; they share no memory with the inputs.
+        The aggregated tensors, same names (in the first active update's order), shapes and
+        dtypes as the inputs. Freshly allocated; they share no memory with the inputs.
     selected:
         Indices into the ``updates`` argument of the clients whose update entered the estimate
         (weight > 0, and for ``multi-krum`` chosen by Krum), ascending.
@@ -273,131 +156,6 @@ class AggregationResult:
 
 
 # --------------------------------------------------------------------------------------------------
-# Weights
-
-
-def compute_weights(
-    rule: str,
-    *,
-    examples: Sequence[int],
-    stakes: Sequence[int],
-    reputations: Sequence[int],
-    params: RuleParams | None = None,
-) -> FloatArray:
-    """Return each client's aggregation weight under ``rule``: float64, >= 0, summing to 1.
-
-    ``examples`` (claimed and registered example counts), ``stakes`` (base units) and
-    ``reputations`` (basis points, 0..10_000) are the ledger values at the start of the round, one
-    per client, in the order the updates will be passed to :func:`aggregate`. All three are
-    validated whatever the rule. ``params.cap``, when set, is applied last.
-
-    Raises :class:`ConfigError` for an unknown rule, mismatched lengths, no clients, negative or
-    non-integer counts, reputations outside 0..10_000, or when every client's weight is 0.
-    """
-    params = RuleParams() if params is None else params
-    _check_rule(rule)
-    n = len(examples)
-    if n == 0:
-        raise ConfigError("cannot compute weights for zero clients")
-    if len(stakes) != n or len(reputations) != n:
-        raise ConfigError(
-            f"examples, stakes and reputations must have one entry per client: got "
-            f"{n}, {len(stakes)} and {len(reputations)}"
-        )
-    ex = _check_counts(examples, "examples")
-    st = _check_counts(stakes, "stakes")
-    rep = _check_counts(reputations, "reputations")
-    if any(r > REPUTATION_SCALE for r in rep):
-        raise ConfigError(f"reputations are basis points in 0..{REPUTATION_SCALE}, got {rep}")
-
-    if rule == "fedavg":
-        weights = _exact_proportions(ex)
-    elif rule == "stake":
-        weights = _exact_proportions(st)
-    else:
-        reps = rep if rule == "reputation" else None
-        weights = _examples_stake_weights(ex, st, params.beta, reps)
-    if weights is None:
-        raise ConfigError(
-            f"no client has positive weight under rule {rule!r} "
-            f"(examples={ex}, stakes={st}, reputations={rep})"
-        )
-    if params.cap is not None:
-        weights = apply_weight_cap(weights, params.cap)
-    return weights
-
-
-def apply_weight_cap(weights: Sequence[float] | FloatArray, cap: float) -> FloatArray:
-    """Cap every client's share at ``cap`` and hand the excess to the others (water-filling).
-
-    The weights are normalised first. Clients above the cap are set to exactly ``cap``; the
-    remaining mass is shared among the others in proportion to their weights, repeating until no
-    share exceeds the cap, so uncapped clients keep their ratios to each other. Clients with
-    weight 0 stay at 0 (stake, not the cap, decides who takes part).
-
-    If the cap is infeasible, i.e. ``cap * k < 1`` for ``k`` clients with positive weight, no
-    assignment can respect it; the result is then the uniform split ``1/k`` over those clients,
-    which is the smallest largest share there is. The same happens when capping everyone would be
-    needed (``cap * k == 1`` up to rounding).
-
-    Exact and deterministic: ties in size are broken by client index and sums use ``math.fsum``.
-    Raises :class:`ConfigError` for a cap outside (0, 1] or invalid weights.
-    """
-    if not _is_real(cap) or not math.isfinite(cap) or not 0 < cap <= 1:
-        raise ConfigError(f"cap must be in (0, 1], got {cap!r}")
-    w = _check_weight_vector(weights, None)
-    positive = [i for i in range(len(w)) if w[i] > 0]
-    out = np.zeros(len(w), dtype=np.float64)
-    if cap * len(positive) < 1:
-        out[positive] = 1.0 / len(positive)
-        return out
-    order = sorted(positive, key=lambda i: (-w[i], i))
-    for capped in range(len(order)):
-        rest = order[capped:]
-        rest_sum = math.fsum(float(w[i]) for i in rest)
-        scale = (1.0 - capped * cap) / rest_sum
-        if w[rest[0]] * scale <= cap:
-            out[order[:capped]] = cap
-            out[rest] = w[rest] * scale
-            return out
-    out[positive] = 1.0 / len(positive)
-    return out
-
-
-def _exact_proportions(values: Sequence[int]) -> FloatArray | None:
-    """``v_i / sum(v)`` from Python integers: one correctly rounded division each."""
-    total = sum(values)
-    if total == 0:
-        return None
-    return np.array([v / total for v in values], dtype=np.float64)
-
-
-def _examples_stake_weights(
-    examples: list[int], stakes: list[int], beta: float, reputations: list[int] | None
-) -> FloatArray | None:
-    """Weights proportional to ``examples * stake**beta`` (times reputation when given)."""
-    reps = reputations if reputations is not None else [1] * len(examples)
-    if float(beta).is_integer() and beta <= _EXACT_BETA_MAX:
-        power = int(beta)
-        raw = [
-            e * s**power * r if s > 0 else 0 for e, s, r in zip(examples, stakes, reps, strict=True)
-        ]
-        return _exact_proportions(raw)
-    # Fractional beta: scale by the largest values first so huge stakes cannot overflow float64.
-    max_e, max_s, max_r = max(examples), max(stakes), max(reps)
-    if max_e == 0 or max_s == 0 or max_r == 0:
-        return None
-    terms = [
-        (e / max_e) * (s / max_s) ** beta * (r / max_r) if s > 0 else 0.0
-        for e, s, r in zip(examples, stakes, reps, strict=True)
-    ]
-    total = math.fsum(terms)
-    if total == 0:
-        return None
-    return np.array([t / total for t in terms], dtype=np.float64)
-
-
-# --------------------------------------------------------------------------------------------------
 # Aggregation
 
 
@@ -420,28 +178,28 @@ def aggregate(
     or all zero.
     """
     params = RuleParams() if params is None else params
-    _check_rule(rule)
+    check_rule(rule)
     if rule in SCREENED_RULES:
         raise ConfigError(f"rule {rule!r} needs contribution scores: use aggregate_screened")
     if len(updates) == 0:
         raise ConfigError("cannot aggregate an empty list of updates")
-    w = _check_weight_vector(weights, len(updates))
+    w = check_weight_vector(weights, len(updates))
     arrays = _check_updates(updates)
     active = [i for i in range(len(updates)) if w[i] > 0]
 
-    with _single_blas_thread():
+    with single_blas_thread():
         if rule == "multi-krum":
             return _aggregate_multi_krum(arrays, w, active, params)
         used = np.zeros_like(w)
         used[active] = w[active]
         if rule == "median":
-            out = _weighted_order_statistic(arrays, w, active, _median_of_block)
+            out = weighted_order_statistic(arrays, w, active, median_of_block)
         elif rule == "trimmed-mean":
-            out = _weighted_order_statistic(
-                arrays, w, active, functools.partial(_trimmed_mean_of_block, trim=params.trim)
+            out = weighted_order_statistic(
+                arrays, w, active, functools.partial(trimmed_mean_of_block, trim=params.trim)
             )
         else:
-            out = _weighted_average(arrays, w, active)
+            out = weighted_average(arrays, w, active)
     return AggregationResult(arrays=out, selected=tuple(active), weights=used)
 
 
@@ -456,10 +214,10 @@ def compute_krum_scores(
     """
     if len(updates) == 0:
         raise ConfigError("cannot score an empty list of updates")
-    if num_attackers is not None and (not _is_int(num_attackers) or num_attackers < 0):
+    if num_attackers is not None and (not is_int(num_attackers) or num_attackers < 0):
         raise ConfigError(f"num_attackers must be an integer >= 0, got {num_attackers!r}")
     arrays = _check_updates(updates)
-    with _single_blas_thread():
+    with single_blas_thread():
         return _krum_scores(arrays, list(range(len(arrays))), num_attackers)
 
 
@@ -467,7 +225,7 @@ def _aggregate_multi_krum(
     arrays: list[dict[str, AnyArray]], w: FloatArray, active: list[int], params: RuleParams
 ) -> AggregationResult:
     n = len(active)
-    f = _default_krum_f(n) if params.krum_f is None else params.krum_f
+    f = default_krum_f(n) if params.krum_f is None else params.krum_f
     m = max(1, n - f) if params.krum_m is None else params.krum_m
     m = min(m, n)
     scores = _krum_scores(arrays, active, f)
@@ -478,202 +236,18 @@ def _aggregate_multi_krum(
     all_scores = [math.inf] * len(w)
     for j, i in enumerate(active):
         all_scores[i] = float(scores[j])
-    out = _weighted_average(arrays, used, selected)
+    out = weighted_average(arrays, used, selected)
     return AggregationResult(
         arrays=out, selected=tuple(selected), weights=used, scores=tuple(all_scores)
     )
 
 
-def _default_krum_f(n: int) -> int:
+def default_krum_f(n: int) -> int:
+    """The most attackers Krum tolerates among ``n`` candidates: ``n >= 2f + 3``."""
     return max(0, (n - 3) // 2)
 
 
-# --- weighted average --------------------------------------------------------------------------
-
-
-def _weighted_average(
-    arrays: list[dict[str, AnyArray]], w: FloatArray, active: list[int]
-) -> dict[str, AnyArray]:
-    """Weighted average over ``active`` (weights renormalised over them), one tensor at a time.
-
-    Small tensors (biases, norms, counters) are packed per dtype into one short buffer per client
-    and averaged together: one BLAS call per client instead of one per tensor per client, which
-    otherwise costs a tenth of the time on a ResNet. Each element still sees the same operations
-    in the same client order; only where it falls relative to BLAS's vector body and scalar tail
-    can move (one FMA rounding or two), and that depends only on names, shapes and dtypes.
-    """
-    total = math.fsum(float(w[i]) for i in active)
-    coefs = [float(w[i]) / total for i in active]
-    reference = arrays[active[0]]
-    out: dict[str, AnyArray] = {}
-    small: dict[np.dtype[Any], list[str]] = {}
-    for name, first in reference.items():
-        if first.size <= _SMALL_TENSOR:
-            small.setdefault(first.dtype, []).append(name)
-            continue
-        flats = [_flat(arrays[i][name]) for i in active]
-        out[name] = _average_flat(flats, coefs, first.dtype).reshape(first.shape)
-    for dtype, names in small.items():
-        for group in _pack_groups(names, [reference[name].size for name in names]):
-            packed = [np.concatenate([_flat(arrays[i][name]) for name in group]) for i in active]
-            result = _average_flat(packed, coefs, dtype)
-            offset = 0
-            for name in group:
-                first = reference[name]
-                out[name] = result[offset : offset + first.size].reshape(first.shape).copy()
-                offset += first.size
-    return {name: out[name] for name in reference}
-
-
-def _pack_groups(names: list[str], sizes: list[int]) -> Iterator[list[str]]:
-    """Consecutive runs of ``names`` holding at most ``_PACK_LIMIT`` elements each."""
-    group: list[str] = []
-    held = 0
-    for name, size in zip(names, sizes, strict=True):
-        if group and held + size > _PACK_LIMIT:
-            yield group
-            group, held = [], 0
-        group.append(name)
-        held += size
-    if group:
-        yield group
-
-
-def _average_flat(flats: list[AnyArray], coefs: list[float], dtype: np.dtype[Any]) -> AnyArray:
-    if dtype == np.float32:
-        return _axpy_sum(flats, coefs, np.dtype(np.float32), _blas.saxpy)
-    if dtype == np.float64:
-        return _axpy_sum(flats, coefs, np.dtype(np.float64), _blas.daxpy)
-    if dtype.kind == "f":  # float16 (and any other small float): accumulate in float32
-        return _ufunc_sum(flats, coefs, np.dtype(np.float32)).astype(dtype)
-    total = _ufunc_sum(flats, coefs, np.dtype(np.float64))  # integers and bool
-    return np.rint(total, out=total).astype(dtype)
-
-
-def _axpy_sum(
-    flats: list[AnyArray],
-    coefs: list[float],
-    dtype: np.dtype[Any],
-    axpy: Callable[..., AnyArray],
-) -> AnyArray:
-    """``sum_i coefs[i] * flats[i]`` accumulated in place by BLAS axpy, block by block.
-
-    The first client is written with ``np.multiply`` (identical to ``0 + a * x``), the others are
-    added in index order, so each element sees the same operations in the same order whatever the
-    block size.
-    """
-    size = flats[0].size
-    out = np.empty(size, dtype=dtype)
-    scaled = [dtype.type(c) for c in coefs]
-    first, rest = flats[0], list(zip(flats[1:], [float(c) for c in scaled[1:]], strict=True))
-    for start in range(0, size, _AXPY_BLOCK):
-        stop = min(size, start + _AXPY_BLOCK)
-        np.multiply(first[start:stop], scaled[0], out=out[start:stop])
-        for x, a in rest:
-            axpy(x, out, n=stop - start, a=a, offx=start, offy=start)
-    return out
-
-
-def _ufunc_sum(flats: list[AnyArray], coefs: list[float], acc: np.dtype[Any]) -> AnyArray:
-    """Same sum for dtypes BLAS lacks: multiply into a cached scratch block, then add in place."""
-    size = flats[0].size
-    out = np.empty(size, dtype=acc)
-    scratch = np.empty(min(size, _AXPY_BLOCK), dtype=acc)
-    scaled = [acc.type(c) for c in coefs]
-    for start in range(0, size, _AXPY_BLOCK):
-        stop = min(size, start + _AXPY_BLOCK)
-        block, tmp = out[start:stop], scratch[: stop - start]
-        np.multiply(flats[0][start:stop], scaled[0], out=block, casting="unsafe")
-        for x, a in zip(flats[1:], scaled[1:], strict=True):
-            np.multiply(x[start:stop], a, out=tmp, casting="unsafe")
-            np.add(block, tmp, out=block)
-    return out
-
-
-# --- median and trimmed mean -------------------------------------------------------------------
-
-_BlockEstimator: TypeAlias = Callable[[AnyArray, npt.NDArray[np.int64], int], FloatArray]
-
-
-def _weighted_order_statistic(
-    arrays: list[dict[str, AnyArray]],
-    w: FloatArray,
-    active: list[int],
-    estimator: _BlockEstimator,
-) -> dict[str, AnyArray]:
-    """Apply a coordinate-wise estimator to blocks of ``(elements, clients)`` values."""
-    quanta = _quantise(w[active])
-    keep = [j for j in range(len(active)) if quanta[j] > 0]
-    clients, quanta = [active[j] for j in keep], quanta[keep]
-    total = int(quanta.sum())
-    n = len(clients)
-    out: dict[str, AnyArray] = {}
-    for name, first in arrays[clients[0]].items():
-        flats = [_flat(arrays[i][name]) for i in clients]
-        size = flats[0].size
-        result = np.empty(size, dtype=np.float64)
-        for start, stop in _blocks(size, max(1, _ROBUST_BLOCK // n)):
-            values = np.empty((stop - start, n), dtype=first.dtype)
-            for j, x in enumerate(flats):
-                values[:, j] = x[start:stop]
-            result[start:stop] = estimator(values, quanta, total)
-        out[name] = _cast_back(result, first.dtype).reshape(first.shape)
-    return out
-
-
-def _sort_block(
-    values: AnyArray, quanta: npt.NDArray[np.int64]
-) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-    """Sort each row; return the sorting order, weights in that order and their running sum.
-
-    numpy's default sort (introsort) is deterministic but not stable, and three times faster than
-    the stable one here. The order of equal values cannot change a median, and changes a trimmed
-    mean only in rounding (the kept weight of a run of equal values is fixed by the run's ends).
-    """
-    order = np.argsort(values, axis=1)
-    weights = quanta[order]
-    return order, weights, np.cumsum(weights, axis=1)
-
-
-def _median_of_block(values: AnyArray, quanta: npt.NDArray[np.int64], total: int) -> FloatArray:
-    order, _, cumulative = _sort_block(values, quanta)
-    rows = np.arange(values.shape[0])
-    # first position whose running weight reaches half the total, and first that passes it
-    lower = np.argmax(cumulative >= (total + 1) // 2, axis=1)
-    upper = np.argmax(cumulative >= total // 2 + 1, axis=1)
-    low = values[rows, order[rows, lower]].astype(np.float64)
-    high = values[rows, order[rows, upper]].astype(np.float64)
-    median: FloatArray = np.where(low == high, low, low * 0.5 + high * 0.5)
-    return median
-
-
-def _trimmed_mean_of_block(
-    values: AnyArray, quanta: npt.NDArray[np.int64], total: int, *, trim: float
-) -> FloatArray:
-    order, weights, cumulative = _sort_block(values, quanta)
-    cut = min(round(trim * total), (total - 1) // 2)  # weight units dropped from each tail
-    kept = np.minimum(cumulative, total - cut)
-    kept -= np.maximum(cumulative - weights, cut)
-    np.maximum(kept, 0, out=kept)
-    ordered = np.take_along_axis(values, order, axis=1).astype(np.float64)
-    mean: FloatArray = np.einsum("ij,ij->i", kept.astype(np.float64), ordered)
-    mean /= float(total - 2 * cut)
-    return mean
-
-
-def _quantise(w: FloatArray) -> npt.NDArray[np.int64]:
-    """Normalised weights as integers in units of 2**-40 (exact cumulative sums)."""
-    scaled = np.rint(w / math.fsum(w.tolist()) * float(1 << _QUANTUM_BITS))
-    return scaled.astype(np.int64)
-
-
-def _cast_back(result: FloatArray, dtype: np.dtype[Any]) -> AnyArray:
-    if dtype.kind == "f":
-        return result.astype(dtype)
-    return np.rint(result).astype(dtype)
-
-
-# --- Multi-Krum ----------------------------------------------------------------------------------
+_default_krum_f = default_krum_f  # re-exported until server/server_app.py imports default_krum_f
 
 
 def _krum_scores(
@@ -682,9 +256,9 @@ def _krum_scores(
     n = len(candidates)
     if n == 1:
         return np.zeros(1, dtype=np.float64)
-    f = _default_krum_f(n) if f is None else f
+    f = default_krum_f(n) if f is None else f
     neighbours = min(n - 1, max(1, n - f - 2))
-    distances = _squared_distances(arrays, candidates)
+    distances = squared_distances(arrays, candidates)
     scores = np.empty(n, dtype=np.float64)
     for j in range(n):
         others = np.sort(np.delete(distances[j], j))
@@ -692,72 +266,8 @@ def _krum_scores(
     return scores
 
 
-def _squared_distances(arrays: list[dict[str, AnyArray]], candidates: list[int]) -> FloatArray:
-    """Pairwise squared distances of the flattened updates, from a float64 Gram matrix.
-
-    Each block is centred on its per-coordinate mean first (distances do not change), so the
-    Gram identity ``|a - b|^2 = |a|^2 + |b|^2 - 2 a.b`` does not cancel away the differences.
-    """
-    n = len(candidates)
-    gram = np.zeros((n, n), dtype=np.float64, order="F")
-    width = max(1, _ROBUST_BLOCK // n)
-    buffer = np.empty(n * width, dtype=np.float64)
-    for name in arrays[candidates[0]]:
-        flats = [_flat(arrays[i][name]) for i in candidates]
-        for start, stop in _blocks(flats[0].size, width):
-            block = buffer[: n * (stop - start)].reshape(n, stop - start)
-            for j, x in enumerate(flats):
-                block[j] = x[start:stop]
-            block -= block.mean(axis=0)
-            # block.T is Fortran-ordered (elements x clients): C += block @ block.T, upper half.
-            gram = _blas.dsyrk(1.0, block.T, beta=1.0, c=gram, trans=1, overwrite_c=1)
-    upper = np.triu(gram)
-    gram = upper + np.triu(upper, 1).T
-    norms = np.diag(gram)
-    distances: FloatArray = norms[:, None] + norms[None, :] - 2.0 * gram
-    np.maximum(distances, 0.0, out=distances)
-    np.fill_diagonal(distances, 0.0)
-    return distances
-
-
 # --------------------------------------------------------------------------------------------------
-# Validation and helpers
-
-
-def _check_rule(rule: str) -> None:
-    if rule not in RULES:
-        raise ConfigError(f"unknown aggregation rule {rule!r}; choose one of {', '.join(RULES)}")
-
-
-def _check_counts(values: Sequence[int], what: str) -> list[int]:
-    out = []
-    for i, value in enumerate(values):
-        if isinstance(value, bool | np.bool_) or not _is_int(value):
-            raise ConfigError(f"{what}[{i}] must be an integer, got {value!r}")
-        number = operator.index(value)
-        if number < 0:
-            raise ConfigError(f"{what}[{i}] must be >= 0, got {number}")
-        out.append(number)
-    return out
-
-
-def _check_weight_vector(weights: Sequence[float] | FloatArray, n: int | None) -> FloatArray:
-    try:
-        w = np.array(weights, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"weights must be numbers: {exc}") from exc
-    if w.ndim != 1 or w.size == 0:
-        raise ConfigError(f"weights must be a non-empty 1-D sequence, got shape {w.shape}")
-    if n is not None and w.size != n:
-        raise ConfigError(f"got {w.size} weights for {n} updates")
-    if not np.all(np.isfinite(w)):
-        raise ConfigError(f"weights must be finite, got {w.tolist()}")
-    if np.any(w < 0):
-        raise ConfigError(f"weights must be >= 0, got {w.tolist()}")
-    total = math.fsum(w.tolist())
-    if total <= 0:
-        raise ConfigError("at least one weight must be positive")
-    return w / total
+# Validation and the round
 
 
 def _check_updates(updates: Sequence[Mapping[str, AnyArray]]) -> list[dict[str, AnyArray]]:
@@ -789,41 +299,6 @@ def _check_updates(updates: Sequence[Mapping[str, AnyArray]]) -> list[dict[str, 
                     f"update 0 has {expected.dtype}{list(expected.shape)}"
                 )
     return arrays
-
-
-def _flat(array: AnyArray) -> AnyArray:
-    """1-D view of a C-contiguous array (a copy only for strided or non-native-order input)."""
-    if not array.dtype.isnative:
-        array = array.astype(array.dtype.newbyteorder("="))
-    return array.ravel()  # a view when C-contiguous
-
-
-def _blocks(size: int, width: int) -> Iterator[tuple[int, int]]:
-    for start in range(0, size, width):
-        yield start, min(size, start + width)
-
-
-@functools.cache
-def _blas_controller() -> Any:
-    return threadpoolctl.ThreadpoolController()
-
-
-def _single_blas_thread() -> contextlib.AbstractContextManager[Any]:
-    """Hold BLAS to one thread (see the module docstring: speed on a busy machine)."""
-    limiter: contextlib.AbstractContextManager[Any] = _blas_controller().limit(
-        limits=1, user_api="blas"
-    )
-    return limiter
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_)
-
-
-def _is_real(value: object) -> bool:
-    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(
-        value, bool | np.bool_
-    )
 
 
 def aggregate_round(
@@ -888,7 +363,7 @@ def aggregate_screened(
     n = len(updates)
     if n == 0:
         raise ConfigError("cannot aggregate an empty list of updates")
-    w = _check_weight_vector(weights, n)
+    w = check_weight_vector(weights, n)
     arrays = _check_updates(updates)
     active = [i for i in range(n) if w[i] > 0]
     norms = {i: _update_norm(arrays[i]) for i in active}
@@ -915,8 +390,8 @@ def aggregate_screened(
             arrays=zeros, selected=(), weights=used, contributions=contributions
         )
     used[kept] = w[kept] / math.fsum(float(w[i]) for i in kept)
-    with _single_blas_thread():
-        out = _weighted_average(arrays, used, kept)
+    with single_blas_thread():
+        out = weighted_average(arrays, used, kept)
     return AggregationResult(
         arrays=out, selected=tuple(kept), weights=used, contributions=contributions
     )
@@ -941,6 +416,6 @@ def _update_norm(update: Mapping[str, AnyArray]) -> float:
     """L2 norm of all tensors of one update together, accumulated in float64."""
     total = 0.0
     for array in update.values():
-        flat = _flat(array).astype(np.float64, copy=False)
-        total += float(np.dot(flat, flat))
+        values = flat(array).astype(np.float64, copy=False)
+        total += float(np.dot(values, values))
     return math.sqrt(total)
