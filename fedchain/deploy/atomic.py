@@ -1,6 +1,7 @@
 """Replace a file atomically, never readable beyond its final mode, not even for a moment.
 
 Certificates, SuperNode keys, PID files and the ``flwr`` configuration are all written this way.
+This is deploy's own until :mod:`fedchain.durable` grows the one shared atomic write (issue 11).
 """
 
 from __future__ import annotations
