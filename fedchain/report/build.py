@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +45,8 @@ from fedchain.ledger.state import (
     BPS_DENOMINATOR,
     LedgerState,
     ParticipantState,
-    process_block,
-    process_genesis_block,
 )
+from fedchain.ledger.verify import ReplayStep, iter_replay
 from fedchain.report.inputs import ReportInputs, RoundMetrics, load_report_inputs
 
 # re-exported until fedchain/cli/ledger.py imports them from fedchain.report.inputs
@@ -61,39 +60,24 @@ HASH_PREFIX_CHARS = 16
 NO_CONTRIBUTIONS = "no contribution scores recorded"
 
 
-@dataclass(frozen=True)
-class _Replay:
-    """Blocks with the state after each (genesis first); ``stopped`` says why it ended early."""
-
-    blocks: tuple[Block, ...]
-    states: tuple[LedgerState, ...]
-    stopped: str | None
-
-
-def _compute_replay(blocks: Sequence[Block]) -> _Replay:
-    """Replay ``blocks`` through the ledger's state transition, stopping at the first failure."""
-    states: list[LedgerState] = []
-    stopped = None
+def _replay(blocks: Sequence[Block]) -> tuple[list[ReplayStep], str | None]:
+    """The steps of :func:`~fedchain.ledger.verify.iter_replay` up to the first block that
+    fails, and why the replay stopped there (None when every block passed)."""
+    steps: list[ReplayStep] = []
     try:
-        for block in blocks:
-            if not states:
-                states.append(process_genesis_block(block))
-            else:
-                states.append(process_block(states[-1], block))
+        for step in iter_replay(blocks):
+            steps.append(step)
     except LedgerError as e:
-        stopped = f"block {len(states)}: {e}"
-    return _Replay(tuple(blocks[: len(states)]), tuple(states), stopped)
+        return steps, f"block {len(steps)}: {e}"
+    return steps, None
 
 
 def compute_report(inputs: ReportInputs) -> dict[str, Any]:
     """The report as a JSON-ready dict (see the module docstring for what it holds)."""
-    replay = _compute_replay(inputs.blocks)
-    if not replay.states:
-        genesis = None
-    else:
-        first = replay.blocks[0].transactions[0]
-        genesis = first if isinstance(first, Genesis) else None
-    verification = _verification_json(inputs, replay)
+    steps, stopped = _replay(inputs.blocks)
+    first = steps[0].block.transactions[0] if steps else None
+    genesis = first if isinstance(first, Genesis) else None
+    verification = _verification_json(inputs, steps, stopped)
     progress = _progress_json(inputs)
     unfinished = [progress["unfinished"]] if progress["unfinished"] else []
     if genesis is None:
@@ -114,16 +98,16 @@ def compute_report(inputs: ReportInputs) -> dict[str, Any]:
             "progress": progress,
             "notes": [*unfinished, *inputs.notes, "the ledger's genesis block could not be read"],
         }
-    ledger_rounds = sorted({b.header.round for b in replay.blocks} - {0})
+    ledger_rounds = sorted({s.block.header.round for s in steps} - {0})
     metrics = {m.round: m for m in inputs.metrics or () if m.round > 0}
     initial = next((m for m in inputs.metrics or () if m.round == 0), None)
     rounds = sorted(set(ledger_rounds) | set(metrics))
     timeline = [0, *rounds]
-    events = _events_json(inputs, replay, genesis)
-    participants = _participants_json(inputs, replay, genesis, timeline, events)
-    rounds_json = _rounds_json(replay, timeline[1:], metrics, events)
+    events = _events_json(inputs, steps, genesis)
+    participants = _participants_json(inputs, steps, genesis, timeline, events)
+    rounds_json = _rounds_json(steps, timeline[1:], metrics, events)
     contributions = any(
-        isinstance(tx, ContributionRecord) for b in replay.blocks for tx in b.transactions
+        isinstance(tx, ContributionRecord) for s in steps for tx in s.block.transactions
     )
     notes = [*unfinished, *inputs.notes]
     if not contributions:
@@ -131,8 +115,8 @@ def compute_report(inputs: ReportInputs) -> dict[str, Any]:
             f"{NO_CONTRIBUTIONS} on this ledger (contribution method "
             f"{genesis.rules.contribution_method!r}): rewards were not split by contribution"
         )
-    if replay.stopped is not None or not inputs.verification.ok:
-        last = replay.blocks[-1].header
+    if stopped is not None or not inputs.verification.ok:
+        last = steps[-1].block.header
         notes.append(
             f"ledger data is shown up to block {last.height} (round {last.round}), the last "
             "block that verified"
@@ -146,8 +130,8 @@ def compute_report(inputs: ReportInputs) -> dict[str, Any]:
         "rounds": rounds_json,
         "participants": participants,
         "events": events,
-        "lineage": _lineage_json(inputs, replay, genesis),
-        "totals": _totals_json(participants, rounds_json, events, replay),
+        "lineage": _lineage_json(inputs, steps, genesis),
+        "totals": _totals_json(participants, rounds_json, events, steps),
         "contributions_recorded": contributions,
         "metrics_available": bool(metrics),
         "initial_model": {
@@ -194,7 +178,9 @@ def _run_json(inputs: ReportInputs, genesis: Genesis) -> dict[str, Any]:
     }
 
 
-def _verification_json(inputs: ReportInputs, replay: _Replay) -> dict[str, Any]:
+def _verification_json(
+    inputs: ReportInputs, steps: Sequence[ReplayStep], stopped: str | None
+) -> dict[str, Any]:
     v = inputs.verification
     failure = (
         None if v.failure is None else {"height": v.failure.height, "reason": v.failure.reason}
@@ -207,8 +193,8 @@ def _verification_json(inputs: ReportInputs, replay: _Replay) -> dict[str, Any]:
         )
     elif inputs.model_problems:
         first_failure = f"model files: {inputs.model_problems[0]}"
-    elif replay.stopped is not None:  # verify accepted what the replay refused: never expected
-        first_failure = f"replay: {replay.stopped}"
+    elif stopped is not None:  # verify accepted what the replay refused: never expected
+        first_failure = f"replay: {stopped}"
     else:
         first_failure = None
     return {
@@ -229,22 +215,22 @@ def _verification_json(inputs: ReportInputs, replay: _Replay) -> dict[str, Any]:
         "participants": v.participants,
         "active": v.active,
         "total_stake": v.total_stake,
-        "report_blocks": len(replay.blocks),
+        "report_blocks": len(steps),
     }
 
 
-def _state_at(replay: _Replay, round_: int) -> LedgerState | None:
+def _state_at(steps: Sequence[ReplayStep], round_: int) -> LedgerState | None:
     """The state at the end of ``round_``: after the last replayed block of a round <= it.
 
     None past the last replayed round, where the ledger says nothing (or nothing verified).
     """
-    if not replay.states or round_ > replay.blocks[-1].header.round:
+    if not steps or round_ > steps[-1].block.header.round:
         return None
-    found = replay.states[0]
-    for block, state in zip(replay.blocks, replay.states, strict=True):
-        if block.header.round > round_:
+    found = steps[0].post
+    for step in steps:
+        if step.block.header.round > round_:
             break
-        found = state
+        found = step.post
     return found
 
 
@@ -270,20 +256,20 @@ def _who(key: PublicKey, inputs: ReportInputs) -> dict[str, Any]:
 
 def _participants_json(
     inputs: ReportInputs,
-    replay: _Replay,
+    steps: Sequence[ReplayStep],
     genesis: Genesis,
     timeline: Sequence[int],
     events: Sequence[Mapping[str, Any]],
 ) -> list[dict[str, Any]]:
     indices = inputs.client_indices
-    final = replay.states[-1]
+    final = steps[-1].post
     initial = {p.public_key: p.stake for p in genesis.participants}
     joined = dict.fromkeys(initial, 0)
     rewards: dict[PublicKey, dict[int, int]] = defaultdict(dict)
     penalties: dict[PublicKey, int] = defaultdict(int)
     scores: dict[PublicKey, dict[int, int]] = defaultdict(dict)  # quantised, summed per round
     counts: dict[str, dict[PublicKey, int]] = defaultdict(lambda: defaultdict(int))
-    for block in replay.blocks[1:]:
+    for block in (s.block for s in steps[1:]):
         round_ = block.header.round
         for tx in block.transactions:
             if isinstance(tx, Registration):
@@ -307,7 +293,7 @@ def _participants_json(
     slashed: dict[str, int] = defaultdict(int)
     for event in events:
         slashed[event["public_key"]] += event["stake_lost"]
-    states = [_state_at(replay, r) for r in timeline]
+    states = [_state_at(steps, r) for r in timeline]
     result = []
     for key in _participant_order(final.participants, indices):
         now = final.participants[key]
@@ -402,7 +388,9 @@ def _describe_evidence(tx: SlashingEvidence) -> tuple[str, dict[str, Any]]:
     )
 
 
-def _events_json(inputs: ReportInputs, replay: _Replay, genesis: Genesis) -> list[dict[str, Any]]:
+def _events_json(
+    inputs: ReportInputs, steps: Sequence[ReplayStep], genesis: Genesis
+) -> list[dict[str, Any]]:
     """Rejected updates, slashing (with its evidence) and ejections, in ledger order.
 
     A slashing's ``stake_lost`` is what its block took from the offender beyond the block's
@@ -416,7 +404,8 @@ def _events_json(inputs: ReportInputs, replay: _Replay, genesis: Genesis) -> lis
         who = {"public_key": key.hex(), **_who(key, inputs)}
         events.append({**where, **who, "reason": reason, **empty, **more})
 
-    for pre, block, post in zip(replay.states, replay.blocks[1:], replay.states[1:], strict=False):
+    for prev, step in pairwise(steps):
+        pre, block, post = prev.post, step.block, step.post
         charged: set[PublicKey] = set()
         for tx in block.transactions:
             if isinstance(tx, Rejection):
@@ -450,13 +439,13 @@ def _events_json(inputs: ReportInputs, replay: _Replay, genesis: Genesis) -> lis
 
 
 def _rounds_json(
-    replay: _Replay,
+    steps: Sequence[ReplayStep],
     rounds: Sequence[int],
     metrics: Mapping[int, RoundMetrics],
     events: Sequence[Mapping[str, Any]],
 ) -> list[dict[str, Any]]:
     by_round: dict[int, list[Block]] = defaultdict(list)
-    for block in replay.blocks[1:]:
+    for block in (s.block for s in steps[1:]):
         by_round[block.header.round].append(block)
     result = []
     for r in rounds:
@@ -496,7 +485,9 @@ def _rounds_json(
     return result
 
 
-def _lineage_json(inputs: ReportInputs, replay: _Replay, genesis: Genesis) -> list[dict[str, Any]]:
+def _lineage_json(
+    inputs: ReportInputs, steps: Sequence[ReplayStep], genesis: Genesis
+) -> list[dict[str, Any]]:
     present = inputs.models_present
     lineage = [
         {
@@ -509,7 +500,7 @@ def _lineage_json(inputs: ReportInputs, replay: _Replay, genesis: Genesis) -> li
             "file_present": genesis.initial_model_hash in present,
         }
     ]
-    for block in replay.blocks[1:]:
+    for block in (s.block for s in steps[1:]):
         for tx in block.transactions:
             if isinstance(tx, ModelVersion):
                 lineage.append(
@@ -530,7 +521,7 @@ def _totals_json(
     participants: Sequence[Mapping[str, Any]],
     rounds: Sequence[Mapping[str, Any]],
     events: Sequence[Mapping[str, Any]],
-    replay: _Replay,
+    steps: Sequence[ReplayStep],
 ) -> dict[str, Any]:
     accuracies = [r["accuracy"] for r in rounds if r["accuracy"] is not None]
     return {
@@ -547,7 +538,7 @@ def _totals_json(
         "ejections": sum(e["kind"] == "ejected" for e in events),
         "final_accuracy": accuracies[-1] if accuracies else None,
         "best_accuracy": max(accuracies) if accuracies else None,
-        "model_head": replay.states[-1].model_head.hex(),
+        "model_head": steps[-1].post.model_head.hex(),
     }
 
 
