@@ -34,7 +34,8 @@ from fedchain.errors import FedchainError
 from fedchain.learning.attacks import Attack, attacker_indices
 from fedchain.ledger.chain import Chain
 from fedchain.ledger.store import LEDGER_FILENAME
-from fedchain.rounds.coordinator import Coordinator, RoundOutcome, brief_reason
+from fedchain.rounds.admission import brief_reason
+from fedchain.rounds.coordinator import Coordinator, RoundOutcome
 from fedchain.runs.prepare import new_run_id, prepare_run
 from fedchain.runs.registry import load_model
 from server.strategy import FedchainStrategy, to_array_record

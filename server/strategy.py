@@ -31,14 +31,8 @@ from flwr.serverapp.strategy import FedAvg
 from numpy.lib import format as npy_format
 
 from fedchain.errors import FedchainError
-from fedchain.rounds.coordinator import (
-    MAX_SEAL_ATTEMPTS,
-    ClientReply,
-    Coordinator,
-    RoundOutcome,
-    compute_gist,
-    quote_client_text,
-)
+from fedchain.rounds.admission import ClientReply, compute_gist, quote_client_text
+from fedchain.rounds.coordinator import MAX_SEAL_ATTEMPTS, Coordinator, RoundOutcome
 
 MAX_LEDGER_FIELD_BYTES = 4096
 """Most bytes a reply's commitment, attestation or seal may hold (each is at most a few hundred
@@ -86,7 +80,7 @@ def compute_client_reply(
     allocated from it; the update's tensors must have the model's names, dtypes and shapes
     (``model``; ``None``: a ledger query, which carries no update). Any problem becomes the
     reply's ``error`` (the first three are named). The fields that did read well are kept
-    even then (see :class:`~fedchain.rounds.coordinator.ClientReply`), except the update.
+    even then (see :class:`~fedchain.rounds.admission.ClientReply`), except the update.
     """
     if not isinstance(content, Mapping):
         return ClientReply(node_id, error="malformed reply: its content is not a record dict")

@@ -46,14 +46,13 @@ from fedchain.ledger.objects import (
 from fedchain.ledger.store import LedgerStore
 from fedchain.ledger.synthetic import SyntheticFederation
 from fedchain.ledger.verify import verify_ledger
-from fedchain.rounds.coordinator import (
+from fedchain.rounds.admission import (
     MAX_REASON_CHARS,
     ClientReply,
-    Coordinator,
-    RoundOutcome,
     compute_printable,
     quote_client_text,
 )
+from fedchain.rounds.coordinator import Coordinator, RoundOutcome
 from fedchain.runs.prepare import prepare_run
 from server.inprocess_grid import NODE_BASE, InProcessGrid
 from server.server_app import run_federation

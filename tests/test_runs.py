@@ -24,7 +24,7 @@ from fedchain.cli.simulate import resumable_run
 from fedchain.config import RUN_ID_PATTERN, RunConfig
 from fedchain.errors import ConfigError, FedchainError, PartitionError
 from fedchain.ledger.verify import verify_ledger
-from fedchain.rounds.coordinator import brief_reason
+from fedchain.rounds.admission import brief_reason
 from fedchain.runs.prepare import prepare_run
 from server.inprocess_grid import InProcessGrid
 from server.server_app import run_federation

@@ -28,7 +28,8 @@ from fedchain.errors import ConfigError, FedchainError
 from fedchain.learning.attacks import ATTACKS, Attack, attacker_indices, parse_attackers
 from fedchain.ledger.chain import Chain
 from fedchain.ledger.store import LEDGER_FILENAME
-from fedchain.rounds.coordinator import RoundOutcome, brief_reason
+from fedchain.rounds.admission import brief_reason
+from fedchain.rounds.coordinator import RoundOutcome
 from fedchain.runs.federation import remove_unregistered_models
 from fedchain.runs.prepare import new_run_id, prepare_run
 

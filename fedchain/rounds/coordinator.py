@@ -1,9 +1,11 @@
 """The coordinator's side of a round: admit replies, aggregate, register the model, build blocks.
 
 This is the I/O shell the Flower strategy calls (it holds the ledger file and the run directory);
-every decision it makes comes from the pure protocol: a reply's commitment is admitted exactly
-when :func:`~fedchain.ledger.state.process_transaction` accepts it, so the coordinator can never
-admit what ``fedchain verify`` would refuse.
+every decision it makes comes from the pure protocol: admission from
+:mod:`fedchain.rounds.admission` (a reply's commitment is admitted exactly when the ledger's
+transition accepts it, so the coordinator can never admit what ``fedchain verify`` would refuse),
+scores from :mod:`fedchain.rounds.scores`. It applies them: binds nodes to keys, writes the
+accepted updates and the new model, and prepares, seals and finalises blocks.
 
 Blocks are *pipelined* so that no round needs an extra message: block B(r), holding round r's
 commitments, model version and rewards, is prepared unsigned at the end of round r. Round r+1's
@@ -15,8 +17,7 @@ records the attestations that make it final.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,21 +31,25 @@ from fedchain.ledger.chain import Chain
 from fedchain.ledger.codec import decode, encode
 from fedchain.ledger.consensus import compute_finalized_height, get_validators
 from fedchain.ledger.objects import (
-    BAD_COMMITMENT,
-    Attestation,
     Block,
     BlockHeader,
-    CommitmentMismatch,
     ContributionRecord,
     ModelVersion,
-    Rejection,
     RewardDeltas,
     SignedHeader,
-    SlashingEvidence,
     Transaction,
     UpdateCommitment,
 )
-from fedchain.ledger.state import LedgerState, is_signed_by, process_transaction
+from fedchain.ledger.state import LedgerState
+from fedchain.rounds.admission import (
+    ClientReply,
+    Decision,
+    admit_attestation,
+    admit_update,
+    compute_reply_order,
+    compute_sender,
+    decode_commitment,
+)
 from fedchain.rounds.rewards import compute_reward_split
 from fedchain.rounds.scores import (
     Scorer,
@@ -56,38 +61,6 @@ from fedchain.runs.registry import save_model, save_update
 
 Arrays = dict[str, np.ndarray]
 MAX_SEAL_ATTEMPTS = 8
-MAX_REASON_CHARS = 200
-"""Longest reason a rejection records (in characters, after escaping)."""
-_CONTROL = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|[\x00-\x1f\x7f-\x9f]")
-MAX_CLIENT_TEXT_CHARS = 120
-"""Longest quotation of a client's own text (an error message) inside a reason."""
-
-
-@dataclass(frozen=True)
-class ClientReply:
-    """One client's reply, as the server adapter decoded it from a Flower message.
-
-    A reply with an ``error`` is refused, but the fields that did read well still count: its
-    attestation is a vote, its seal can seal the pending block, and a fresh commitment in it
-    names its sender (:meth:`Coordinator._sender`), so the refusal is on record against them.
-    """
-
-    node_id: int
-    update: Arrays | None = None  # the client's update (trained weights minus the global model)
-    num_examples: int = 0  # what the client's metrics claim
-    commitment: bytes = b""  # an encoded UpdateCommitment
-    attestation: bytes = b""  # an encoded Attestation to the pending block
-    seal: bytes = b""  # the proposer's signature over the pending header, if it is the proposer
-    checkpoint: int = 0  # the final height the client now holds
-    error: str = ""  # why the reply is refused, in the coordinator's words (a client's quoted)
-
-
-@dataclass(frozen=True)
-class Decision:
-    node_id: int
-    public_key: bytes | None
-    accepted: bool
-    reason: str = ""
 
 
 @dataclass
@@ -223,7 +196,9 @@ class Coordinator:
         outcome = RoundOutcome(round_)
         work = self.state
         txs: list[Transaction] = []
-        replies = sorted(replies, key=_reply_order)  # arrival order must not change the model
+        replies = sorted(
+            replies, key=compute_reply_order
+        )  # arrival order must not change the model
         for reply in replies:
             work = self._admit_attestation(work, reply, round_, txs)
         accepted: list[tuple[UpdateCommitment, Arrays]] = []
@@ -264,19 +239,10 @@ class Coordinator:
     def _admit_attestation(
         self, work: LedgerState, reply: ClientReply, round_: int, txs: list[Transaction]
     ) -> LedgerState:
-        if not reply.attestation:
-            return work
-        try:
-            attestation = decode(Attestation, reply.attestation)
-            work = process_transaction(work, attestation, round_)
-        except LedgerError:
-            return work  # a stale or bogus attestation: it proves nothing, record nothing
-        # A valid vote is recorded whoever carried it (it is the validator's own signature),
-        # but it never tells who the carrier is: an attestation names no round and no node,
-        # so one that never reached the ledger (a void attempt, a lost round) could be
-        # replayed by anyone who saw it. Nodes are bound to keys by fresh commitments only.
-        self.checkpoints[reply.node_id] = reply.checkpoint
-        txs.append(attestation)
+        work, attestation = admit_attestation(work, reply, round_)
+        if attestation is not None:
+            self.checkpoints[reply.node_id] = reply.checkpoint
+            txs.append(attestation)
         return work
 
     def _admit_update(
@@ -288,75 +254,19 @@ class Coordinator:
         accepted: list[tuple[UpdateCommitment, Arrays]],
         outcome: RoundOutcome,
     ) -> LedgerState:
-        commitment = _decode_commitment(reply.commitment)
-        sender = self._sender(work, reply.node_id, commitment, round_)
-
-        def reject(reason: str) -> LedgerState:
-            reason = compute_printable(reason, MAX_REASON_CHARS)
-            outcome.decisions.append(Decision(reply.node_id, sender, False, reason))
-            if sender is not None:  # only against a key the sender has shown it holds
-                txs.append(Rejection(round_, sender, reason))
-            return work
-
-        if reply.error:
-            return reject(reply.error)
-        if commitment is None:
-            return reject("no readable update commitment")
-        try:
-            checked = process_transaction(work, commitment, round_)
-        except LedgerError as e:
-            return reject(f"commitment refused: {_reason(e)}")
-        if commitment.public_key != sender:
-            return reject("its commitment is signed by another participant's key")
-        if reply.update is None:
-            return reject("no update arrays")
-        shape_problem = _check_shapes(reply.update, self.model)
-        if shape_problem:
-            return reject(shape_problem)
-        key = commitment.public_key
-        observed = compute_update_hash(reply.update)
-        if observed != commitment.update_hash:
-            evidence = SlashingEvidence(
-                BAD_COMMITMENT, key, round_, CommitmentMismatch(commitment, observed)
-            )
-            try:
-                work = process_transaction(work, evidence, round_)
-            except LedgerError:
-                return reject("update does not match its commitment")
-            txs.append(evidence)
-            outcome.decisions.append(
-                Decision(reply.node_id, key, False, "update does not match its signed commitment")
-            )
-            return work
-        if reply.num_examples != commitment.num_examples:
-            return reject(
-                f"claims {reply.num_examples} examples but committed to {commitment.num_examples}"
-            )
-        if not all(np.isfinite(a).all() for a in reply.update.values()):
-            return reject("update has NaN or infinite values")
-        save_update(self.run_dir, reply.update)  # so anyone can recompute the round's scores
-        txs.append(commitment)
-        accepted.append((commitment, reply.update))
-        outcome.decisions.append(Decision(reply.node_id, key, True))
-        return checked
-
-    def _sender(
-        self, work: LedgerState, node_id: int, commitment: UpdateCommitment | None, round_: int
-    ) -> bytes | None:
-        """The key a reply comes from: the node's established key (registered, or proven by an
-        earlier fresh commitment), else the key of a fresh commitment in this reply, which
-        from now on is the node's; else none (the reply is reported by node id only).
-
-        A commitment signed for an earlier round or model is public on the ledger and proves
-        nothing about who sends it; only :func:`is_fresh_commitment` binds a node to a key.
-        """
-        known = self.node_keys.get(node_id)
-        if known is not None:
-            return known
-        if commitment is not None and is_fresh_commitment(work, commitment, round_):
-            self.node_keys[node_id] = commitment.public_key
-            return commitment.public_key
-        return None
+        commitment = decode_commitment(reply.commitment)
+        sender, newly_bound = compute_sender(
+            self.node_keys, work, reply.node_id, commitment, round_
+        )
+        if newly_bound and sender is not None:
+            self.node_keys[reply.node_id] = sender
+        admission = admit_update(work, reply, round_, sender, self.model)
+        if admission.accepted is not None:
+            save_update(self.run_dir, admission.accepted[1])  # so anyone can recompute the scores
+            accepted.append(admission.accepted)
+        txs.extend(admission.txs)
+        outcome.decisions.append(admission.decision)
+        return admission.state
 
     # -- aggregation, contribution and registration ----------------------------------------------
 
@@ -399,106 +309,3 @@ class Coordinator:
         self.final_height = compute_finalized_height(
             self.validators_by_height, self.state.last_attested.items(), self.final_height
         )
-
-
-def is_fresh_commitment(state: LedgerState, commitment: UpdateCommitment, round_: int) -> bool:
-    """Whether ``commitment`` proves that whoever sends it holds its key now: signed by that
-    key in this federation, for this run, this round and the current global model.
-
-    Nobody but the key's holder can have such a signature before the round's block is out
-    (it names a round and a model that did not exist before), unlike any commitment already
-    on the ledger. Every check here is also one of
-    :func:`~fedchain.ledger.state.process_transaction`'s, so a commitment the ledger accepts
-    is always fresh; one that is fresh but refused for its content (too many examples, a
-    second update) still identifies its sender.
-    """
-    return (
-        commitment.run_id == state.genesis.run_id
-        and commitment.round == round_
-        and commitment.base_model_hash == state.model_head
-        and is_signed_by(commitment, commitment.public_key, state.genesis_hash)
-    )
-
-
-def compute_printable(text: str, limit: int, *, quoting: bool = False) -> str:
-    """``text`` with each non-printable character escaped (``\\n``, ``\\x1b``, ``\\u202e``),
-    cut to at most ``limit`` characters (an escape is never split; ``…`` marks a cut).
-    ``quoting`` also escapes ``"`` and backslashes, for text put between double quotes.
-
-    Reasons end up in logs, terminals and the ledger: nothing in them may move a cursor,
-    colour a terminal, reorder text or be invalid UTF-8 (a lone surrogate).
-    """
-    pieces: list[str] = []
-    size = 0
-    for char in text:
-        if quoting and char in '"\\':
-            piece = "\\" + char
-        elif char.isprintable():
-            piece = char
-        else:
-            piece = char.encode("unicode_escape").decode("ascii")
-        if size + len(piece) > limit - 1:
-            pieces.append("…")
-            break
-        pieces.append(piece)
-        size += len(piece)
-    return "".join(pieces)
-
-
-def brief_reason(reason: str, limit: int = 160) -> str:
-    """One printable line of a rejection reason, for a console or an error message.
-
-    A client's error text can be a whole Ray traceback (80 lines with terminal colour codes,
-    all of it on the ledger and in ``log.txt``): keep its kind (the text before the first
-    ``:``) and its last line, which in a Python or Ray traceback is the exception's message,
-    drop control characters (a client chooses this text), and cut it to ``limit`` characters.
-    """
-    text = " ".join(_CONTROL.sub(" ", compute_gist(reason)).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def compute_gist(text: str) -> str:
-    """The part of a multi-line text worth keeping: its first line's kind (before ``:``) and its
-    last line, which in a Python or Ray traceback is the exception's message."""
-    parts = [part.strip() for part in text.splitlines() if part.strip()]
-    if len(parts) <= 1:
-        return parts[0] if parts else text
-    return f"{parts[0].split(':', 1)[0]}: … {parts[-1]}"
-
-
-def quote_client_text(text: object, limit: int = MAX_CLIENT_TEXT_CHARS) -> str:
-    """Text a client wrote, as a quotation a reader cannot mistake for the coordinator's own
-    words: in double quotes, its own quotes and backslashes escaped, printable, capped."""
-    raw = text if isinstance(text, str) else f"<{type(text).__name__}>"
-    return '"' + compute_printable(raw, limit, quoting=True) + '"'
-
-
-def _decode_commitment(data: bytes) -> UpdateCommitment | None:
-    try:
-        return decode(UpdateCommitment, data) if data else None
-    except LedgerError:
-        return None
-
-
-def _reply_order(reply: ClientReply) -> tuple[bytes, int]:
-    """Replies in the order of their committed public keys (unreadable ones first, by node):
-    the same updates give the same block and the same floating-point sums however they
-    arrived."""
-    commitment = _decode_commitment(reply.commitment)
-    return (b"" if commitment is None else commitment.public_key), reply.node_id
-
-
-def _check_shapes(update: Mapping[str, np.ndarray], model: Mapping[str, np.ndarray]) -> str:
-    if set(update) != set(model):
-        return "update tensors do not match the model's names"
-    for name, array in update.items():
-        if array.shape != model[name].shape:
-            return f"tensor {name} has shape {array.shape}, the model's is {model[name].shape}"
-        if array.dtype != model[name].dtype:
-            return f"tensor {name} has dtype {array.dtype}, the model's is {model[name].dtype}"
-    return ""
-
-
-def _reason(error: Exception) -> str:
-    text = str(error)
-    return text.split(": ", 1)[1] if text.startswith("transaction") and ": " in text else text

@@ -1,0 +1,283 @@
+"""Pure admission of a round's client replies: which are recorded, accepted or refused, and why.
+
+Every decision here comes from the ledger's own transition: a reply's commitment is admitted
+exactly when :func:`~fedchain.ledger.state.process_transaction` accepts it, so the coordinator
+can never admit what ``fedchain verify`` would refuse. Functions take a working ledger state
+and return the next one with the transactions to record; the coordinator (the I/O shell)
+applies them, binds nodes to keys and writes the accepted updates to disk.
+
+Reasons end up in logs, terminals and the ledger: a client's own words are quoted, escaped and
+capped (:func:`quote_client_text`), and every reason is printable (:func:`compute_printable`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedchain.crypto.hashing import compute_update_hash
+from fedchain.errors import LedgerError
+from fedchain.ledger.codec import decode
+from fedchain.ledger.objects import (
+    BAD_COMMITMENT,
+    Attestation,
+    CommitmentMismatch,
+    Rejection,
+    SlashingEvidence,
+    Transaction,
+    UpdateCommitment,
+)
+from fedchain.ledger.state import LedgerState, is_signed_by, process_transaction
+
+Arrays = dict[str, np.ndarray]
+MAX_REASON_CHARS = 200
+"""Longest reason a rejection records (in characters, after escaping)."""
+_CONTROL = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|[\x00-\x1f\x7f-\x9f]")
+MAX_CLIENT_TEXT_CHARS = 120
+"""Longest quotation of a client's own text (an error message) inside a reason."""
+
+
+@dataclass(frozen=True)
+class ClientReply:
+    """One client's reply, as the server adapter decoded it from a Flower message.
+
+    A reply with an ``error`` is refused, but the fields that did read well still count: its
+    attestation is a vote, its seal can seal the pending block, and a fresh commitment in it
+    names its sender (:func:`compute_sender`), so the refusal is on record against them.
+    """
+
+    node_id: int
+    update: Arrays | None = None  # the client's update (trained weights minus the global model)
+    num_examples: int = 0  # what the client's metrics claim
+    commitment: bytes = b""  # an encoded UpdateCommitment
+    attestation: bytes = b""  # an encoded Attestation to the pending block
+    seal: bytes = b""  # the proposer's signature over the pending header, if it is the proposer
+    checkpoint: int = 0  # the final height the client now holds
+    error: str = ""  # why the reply is refused, in the coordinator's words (a client's quoted)
+
+
+@dataclass(frozen=True)
+class Decision:
+    node_id: int
+    public_key: bytes | None
+    accepted: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What admitting one reply's update did: the next working state, the transactions to
+    record, the decision, and the accepted (commitment, update) if it was accepted."""
+
+    state: LedgerState
+    txs: tuple[Transaction, ...]
+    decision: Decision
+    accepted: tuple[UpdateCommitment, Arrays] | None = None
+
+
+def admit_attestation(
+    state: LedgerState, reply: ClientReply, round_: int
+) -> tuple[LedgerState, Attestation | None]:
+    """``reply``'s attestation applied to ``state`` if it is a valid vote, else nothing.
+
+    A valid vote is recorded whoever carried it (it is the validator's own signature), but it
+    never tells who the carrier is: an attestation names no round and no node, so one that
+    never reached the ledger (a void attempt, a lost round) could be replayed by anyone who saw
+    it. Nodes are bound to keys by fresh commitments only (:func:`compute_sender`).
+    """
+    if not reply.attestation:
+        return state, None
+    try:
+        attestation = decode(Attestation, reply.attestation)
+        return process_transaction(state, attestation, round_), attestation
+    except LedgerError:
+        return state, None  # a stale or bogus attestation: it proves nothing, record nothing
+
+
+def admit_update(
+    state: LedgerState,
+    reply: ClientReply,
+    round_: int,
+    sender: bytes | None,
+    model: Mapping[str, np.ndarray],
+) -> Admission:
+    """Admit or refuse ``reply``'s update to the round over global ``model``.
+
+    ``sender``: the key the reply comes from (:func:`compute_sender`); a refusal is recorded on
+    the ledger only against such a key, one the sender has shown it holds. An update that does
+    not match its signed commitment is slashing evidence instead of a refusal.
+    """
+    commitment = decode_commitment(reply.commitment)
+
+    def reject(reason: str) -> Admission:
+        reason = compute_printable(reason, MAX_REASON_CHARS)
+        txs = () if sender is None else (Rejection(round_, sender, reason),)
+        return Admission(state, txs, Decision(reply.node_id, sender, False, reason))
+
+    if reply.error:
+        return reject(reply.error)
+    if commitment is None:
+        return reject("no readable update commitment")
+    try:
+        checked = process_transaction(state, commitment, round_)
+    except LedgerError as e:
+        return reject(f"commitment refused: {compute_reason(e)}")
+    if commitment.public_key != sender:
+        return reject("its commitment is signed by another participant's key")
+    if reply.update is None:
+        return reject("no update arrays")
+    shape_problem = check_shapes(reply.update, model)
+    if shape_problem:
+        return reject(shape_problem)
+    key = commitment.public_key
+    observed = compute_update_hash(reply.update)
+    if observed != commitment.update_hash:
+        evidence = SlashingEvidence(
+            BAD_COMMITMENT, key, round_, CommitmentMismatch(commitment, observed)
+        )
+        try:
+            slashed = process_transaction(state, evidence, round_)
+        except LedgerError:
+            return reject("update does not match its commitment")
+        why = "update does not match its signed commitment"
+        return Admission(slashed, (evidence,), Decision(reply.node_id, key, False, why))
+    if reply.num_examples != commitment.num_examples:
+        return reject(
+            f"claims {reply.num_examples} examples but committed to {commitment.num_examples}"
+        )
+    if not all(np.isfinite(a).all() for a in reply.update.values()):
+        return reject("update has NaN or infinite values")
+    decision = Decision(reply.node_id, key, True)
+    return Admission(checked, (commitment,), decision, (commitment, reply.update))
+
+
+def compute_sender(
+    node_keys: Mapping[int, bytes],
+    state: LedgerState,
+    node_id: int,
+    commitment: UpdateCommitment | None,
+    round_: int,
+) -> tuple[bytes | None, bool]:
+    """(the key a reply comes from, whether this reply newly binds ``node_id`` to it).
+
+    The node's established key (registered, or proven by an earlier fresh commitment), else
+    the key of a fresh commitment in this reply, which from now on is the node's; else none
+    (the reply is reported by node id only). A commitment signed for an earlier round or model
+    is public on the ledger and proves nothing about who sends it; only
+    :func:`is_fresh_commitment` binds a node to a key.
+    """
+    known = node_keys.get(node_id)
+    if known is not None:
+        return known, False
+    if commitment is not None and is_fresh_commitment(state, commitment, round_):
+        return commitment.public_key, True
+    return None, False
+
+
+def is_fresh_commitment(state: LedgerState, commitment: UpdateCommitment, round_: int) -> bool:
+    """Whether ``commitment`` proves that whoever sends it holds its key now: signed by that
+    key in this federation, for this run, this round and the current global model.
+
+    Nobody but the key's holder can have such a signature before the round's block is out
+    (it names a round and a model that did not exist before), unlike any commitment already
+    on the ledger. Every check here is also one of
+    :func:`~fedchain.ledger.state.process_transaction`'s, so a commitment the ledger accepts
+    is always fresh; one that is fresh but refused for its content (too many examples, a
+    second update) still identifies its sender.
+    """
+    return (
+        commitment.run_id == state.genesis.run_id
+        and commitment.round == round_
+        and commitment.base_model_hash == state.model_head
+        and is_signed_by(commitment, commitment.public_key, state.genesis_hash)
+    )
+
+
+def decode_commitment(data: bytes) -> UpdateCommitment | None:
+    """The reply's commitment, or None if it has none or it does not decode."""
+    try:
+        return decode(UpdateCommitment, data) if data else None
+    except LedgerError:
+        return None
+
+
+def compute_reply_order(reply: ClientReply) -> tuple[bytes, int]:
+    """Replies in the order of their committed public keys (unreadable ones first, by node):
+    the same updates give the same block and the same floating-point sums however they
+    arrived."""
+    commitment = decode_commitment(reply.commitment)
+    return (b"" if commitment is None else commitment.public_key), reply.node_id
+
+
+def check_shapes(update: Mapping[str, np.ndarray], model: Mapping[str, np.ndarray]) -> str:
+    """Why ``update``'s tensors do not fit ``model`` (names, shapes, dtypes), or ``""``."""
+    if set(update) != set(model):
+        return "update tensors do not match the model's names"
+    for name, array in update.items():
+        if array.shape != model[name].shape:
+            return f"tensor {name} has shape {array.shape}, the model's is {model[name].shape}"
+        if array.dtype != model[name].dtype:
+            return f"tensor {name} has dtype {array.dtype}, the model's is {model[name].dtype}"
+    return ""
+
+
+def compute_reason(error: Exception) -> str:
+    """A ledger refusal's text without its ``transaction ...:`` prefix."""
+    text = str(error)
+    return text.split(": ", 1)[1] if text.startswith("transaction") and ": " in text else text
+
+
+def compute_printable(text: str, limit: int, *, quoting: bool = False) -> str:
+    """``text`` with each non-printable character escaped (``\\n``, ``\\x1b``, ``\\u202e``),
+    cut to at most ``limit`` characters (an escape is never split; ``…`` marks a cut).
+    ``quoting`` also escapes ``"`` and backslashes, for text put between double quotes.
+
+    Reasons end up in logs, terminals and the ledger: nothing in them may move a cursor,
+    colour a terminal, reorder text or be invalid UTF-8 (a lone surrogate).
+    """
+    pieces: list[str] = []
+    size = 0
+    for char in text:
+        if quoting and char in '"\\':
+            piece = "\\" + char
+        elif char.isprintable():
+            piece = char
+        else:
+            piece = char.encode("unicode_escape").decode("ascii")
+        if size + len(piece) > limit - 1:
+            pieces.append("…")
+            break
+        pieces.append(piece)
+        size += len(piece)
+    return "".join(pieces)
+
+
+def brief_reason(reason: str, limit: int = 160) -> str:
+    """One printable line of a rejection reason, for a console or an error message.
+
+    A client's error text can be a whole Ray traceback (80 lines with terminal colour codes,
+    all of it on the ledger and in ``log.txt``): keep its kind (the text before the first
+    ``:``) and its last line, which in a Python or Ray traceback is the exception's message,
+    drop control characters (a client chooses this text), and cut it to ``limit`` characters.
+    """
+    text = " ".join(_CONTROL.sub(" ", compute_gist(reason)).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def compute_gist(text: str) -> str:
+    """The part of a multi-line text worth keeping: its first line's kind (before ``:``) and its
+    last line, which in a Python or Ray traceback is the exception's message."""
+    parts = [part.strip() for part in text.splitlines() if part.strip()]
+    if len(parts) <= 1:
+        return parts[0] if parts else text
+    return f"{parts[0].split(':', 1)[0]}: … {parts[-1]}"
+
+
+def quote_client_text(text: object, limit: int = MAX_CLIENT_TEXT_CHARS) -> str:
+    """Text a client wrote, as a quotation a reader cannot mistake for the coordinator's own
+    words: in double quotes, its own quotes and backslashes escaped, printable, capped."""
+    raw = text if isinstance(text, str) else f"<{type(text).__name__}>"
+    return '"' + compute_printable(raw, limit, quoting=True) + '"'
