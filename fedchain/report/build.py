@@ -1,12 +1,13 @@
 """The report of a run as a plain JSON-ready dict, built from its inputs by replaying its blocks.
 
 :func:`compute_report` (pure) replays the blocks that verified through the ledger's own state
-transition (:func:`~fedchain.ledger.state.process_block`), so every stake, reward and penalty
-shown is what the protocol computes, never a re-implementation of its rules, and returns a dict
-with bytes as hex and no NaN. :func:`build_report` reads a run directory
-(:func:`~fedchain.report.inputs.load_report_inputs`) and builds its report. Writing it is
-:mod:`fedchain.report.files`; the page, :mod:`fedchain.report.html`; the terminal summary,
-:mod:`fedchain.cli.report`.
+transition (:func:`~fedchain.ledger.verify.iter_replay`, the replay ``fedchain verify`` runs),
+so every stake, reward and penalty shown is what the protocol computes, never a
+re-implementation of its rules, and returns a dict with bytes as hex and no NaN; the
+participants and their events are :mod:`fedchain.report.participants`. :func:`build_report`
+reads a run directory (:func:`~fedchain.report.inputs.load_report_inputs`) and builds its
+report. Writing it is :mod:`fedchain.report.files`; the page, :mod:`fedchain.report.html`; the
+terminal summary, :mod:`fedchain.cli.report`.
 
 Time series are aligned with the report's ``timeline``: round 0 (the genesis) then every round,
 each value taken at the end of the round (after its last block).
@@ -14,37 +15,21 @@ each value taken at the end of the round (after its last block).
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from itertools import pairwise
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from fedchain import __version__
-from fedchain.crypto.identity import fingerprint
 from fedchain.errors import LedgerError
 from fedchain.ledger.objects import (
     BAD_COMMITMENT,
-    SCORE_SCALE,
     Block,
-    CommitmentMismatch,
     ContributionRecord,
     Genesis,
-    HeaderPair,
     ModelVersion,
-    PublicKey,
-    Registration,
-    Rejection,
     RewardDeltas,
-    SlashingEvidence,
     UpdateCommitment,
-    compute_block_hash,
-)
-from fedchain.ledger.state import (
-    BPS_DENOMINATOR,
-    LedgerState,
-    ParticipantState,
 )
 from fedchain.ledger.verify import ReplayStep, iter_replay
 from fedchain.report.inputs import ReportInputs, RoundMetrics, load_report_inputs
@@ -52,11 +37,11 @@ from fedchain.report.inputs import ReportInputs, RoundMetrics, load_report_input
 # re-exported until fedchain/cli/ledger.py imports them from fedchain.report.inputs
 from fedchain.report.inputs import describe_unfinished as describe_unfinished
 from fedchain.report.inputs import read_run_plan as read_run_plan
+from fedchain.report.participants import compute_events, compute_participants
 
 __all__ = ["REPORT_FORMAT", "build_report", "compute_report"]
 
 REPORT_FORMAT = "fedchain-report/1"
-HASH_PREFIX_CHARS = 16
 NO_CONTRIBUTIONS = "no contribution scores recorded"
 
 
@@ -103,8 +88,8 @@ def compute_report(inputs: ReportInputs) -> dict[str, Any]:
     initial = next((m for m in inputs.metrics or () if m.round == 0), None)
     rounds = sorted(set(ledger_rounds) | set(metrics))
     timeline = [0, *rounds]
-    events = _events_json(inputs, steps, genesis)
-    participants = _participants_json(inputs, steps, genesis, timeline, events)
+    events = compute_events(inputs, steps, genesis)
+    participants = compute_participants(inputs, steps, genesis, timeline, events)
     rounds_json = _rounds_json(steps, timeline[1:], metrics, events)
     contributions = any(
         isinstance(tx, ContributionRecord) for s in steps for tx in s.block.transactions
@@ -217,225 +202,6 @@ def _verification_json(
         "total_stake": v.total_stake,
         "report_blocks": len(steps),
     }
-
-
-def _state_at(steps: Sequence[ReplayStep], round_: int) -> LedgerState | None:
-    """The state at the end of ``round_``: after the last replayed block of a round <= it.
-
-    None past the last replayed round, where the ledger says nothing (or nothing verified).
-    """
-    if not steps or round_ > steps[-1].block.header.round:
-        return None
-    found = steps[0].post
-    for step in steps:
-        if step.block.header.round > round_:
-            break
-        found = step.post
-    return found
-
-
-def _participant_order(
-    keys: Iterable[PublicKey], client_indices: Mapping[PublicKey, int]
-) -> list[PublicKey]:
-    """Simulated clients by index, then everyone else by fingerprint (deterministic)."""
-    return sorted(keys, key=lambda k: (client_indices.get(k, math.inf), fingerprint(k)))
-
-
-def _who(key: PublicKey, inputs: ReportInputs) -> dict[str, Any]:
-    """How the report names a participant: a simulated client by its index, a deployed
-    federation's participant by its registered name (see :func:`read_registered_names`),
-    anyone else by the fingerprint of its key (always given too)."""
-    index = inputs.client_indices.get(key)
-    registered = inputs.registered_names.get(key)
-    fp = fingerprint(key) if len(key) == 32 else key.hex()
-    name = registered or fp
-    if index is not None:
-        name = f"client {index}"
-    return {"fingerprint": fp, "client": index, "registered_name": registered, "name": name}
-
-
-def _participants_json(
-    inputs: ReportInputs,
-    steps: Sequence[ReplayStep],
-    genesis: Genesis,
-    timeline: Sequence[int],
-    events: Sequence[Mapping[str, Any]],
-) -> list[dict[str, Any]]:
-    indices = inputs.client_indices
-    final = steps[-1].post
-    initial = {p.public_key: p.stake for p in genesis.participants}
-    joined = dict.fromkeys(initial, 0)
-    rewards: dict[PublicKey, dict[int, int]] = defaultdict(dict)
-    penalties: dict[PublicKey, int] = defaultdict(int)
-    scores: dict[PublicKey, dict[int, int]] = defaultdict(dict)  # quantised, summed per round
-    counts: dict[str, dict[PublicKey, int]] = defaultdict(lambda: defaultdict(int))
-    for block in (s.block for s in steps[1:]):
-        round_ = block.header.round
-        for tx in block.transactions:
-            if isinstance(tx, Registration):
-                initial.setdefault(tx.public_key, tx.stake)
-                joined.setdefault(tx.public_key, round_)
-            elif isinstance(tx, RewardDeltas):
-                for key, delta in tx.deltas:
-                    if delta > 0:
-                        rewards[key][round_] = rewards[key].get(round_, 0) + delta
-                    else:
-                        penalties[key] -= delta
-            elif isinstance(tx, ContributionRecord):
-                for key, score in tx.scores:
-                    scores[key][round_] = scores[key].get(round_, 0) + score
-            elif isinstance(tx, UpdateCommitment):
-                counts["updates"][tx.public_key] += 1
-            elif isinstance(tx, Rejection):
-                counts["rejections"][tx.public_key] += 1
-            elif isinstance(tx, SlashingEvidence):
-                counts["slashings"][tx.offender] += 1
-    slashed: dict[str, int] = defaultdict(int)
-    for event in events:
-        slashed[event["public_key"]] += event["stake_lost"]
-    states = [_state_at(steps, r) for r in timeline]
-    result = []
-    for key in _participant_order(final.participants, indices):
-        now = final.participants[key]
-        stake_series: list[int | None] = []
-        for r, state in zip(timeline, states, strict=True):
-            p = None if state is None or r < joined.get(key, 0) else state.participants.get(key)
-            stake_series.append(None if p is None else p.stake)
-        cumulative: list[int | None] = []
-        running = 0
-        for r, stake in zip(timeline, stake_series, strict=True):
-            running += rewards[key].get(r, 0)
-            cumulative.append(None if stake is None else running)
-        contribution = [_unquantise(scores[key].get(r)) for r in timeline]
-        result.append(
-            {
-                "public_key": key.hex(),
-                **_who(key, inputs),
-                "num_examples": now.num_examples,
-                "joined_round": joined.get(key, 0),
-                "initial_stake": initial.get(key, now.stake),
-                "stake": now.stake,
-                "stake_change": now.stake - initial.get(key, now.stake),
-                "rewards": sum(rewards[key].values()),
-                "penalties": penalties[key],
-                "slashed": slashed[key.hex()],
-                "updates": counts["updates"][key],
-                "rejections": counts["rejections"][key],
-                "slashings": counts["slashings"][key],
-                "contribution": _unquantise(sum(scores[key].values()) if scores[key] else None),
-                "reputation_bps": now.reputation_bps,
-                "reputation": now.reputation_bps / BPS_DENOMINATOR,
-                "active": now.active,
-                "stake_by_round": stake_series,
-                "rewards_by_round": cumulative,
-                "contribution_by_round": contribution,
-            }
-        )
-    return result
-
-
-def _unquantise(score: int | None) -> float | None:
-    return None if score is None else score / SCORE_SCALE
-
-
-def _stake_lost(pre: ParticipantState | None, post: ParticipantState | None, block: Block) -> int:
-    """Stake a participant lost in ``block`` beyond its explicit reward deltas: slashing."""
-    if pre is None or post is None:
-        return 0
-    explicit = sum(
-        delta
-        for tx in block.transactions
-        if isinstance(tx, RewardDeltas)
-        for key, delta in tx.deltas
-        if key == pre.public_key
-    )
-    return max(0, max(0, pre.stake + explicit) - post.stake)
-
-
-def _describe_evidence(tx: SlashingEvidence) -> tuple[str, dict[str, Any]]:
-    """A sentence saying what the offence was, and the evidence's checkable details (hex)."""
-    evidence = tx.evidence
-    if isinstance(evidence, CommitmentMismatch):
-        c = evidence.commitment
-        return (
-            f"sent an update that does not match its signed commitment in round {c.round} "
-            f"(committed {c.update_hash.hex()[:HASH_PREFIX_CHARS]}…, received "
-            f"{evidence.observed_update_hash.hex()[:HASH_PREFIX_CHARS]}…)",
-            {
-                "commitment_round": c.round,
-                "committed_update_hash": c.update_hash.hex(),
-                "observed_update_hash": evidence.observed_update_hash.hex(),
-                "num_examples": c.num_examples,
-            },
-        )
-    if isinstance(evidence, HeaderPair):
-        first, second = evidence.first.header, evidence.second.header
-        return (
-            f"signed two different block headers at height {first.height}",
-            {
-                "height": first.height,
-                "first_block_hash": compute_block_hash(first).hex(),
-                "second_block_hash": compute_block_hash(second).hex(),
-            },
-        )
-    return (  # an AttestationPair: the codec admits no other evidence
-        f"attested to two different blocks at height {evidence.first.height}",
-        {
-            "height": evidence.first.height,
-            "first_block_hash": evidence.first.block_hash.hex(),
-            "second_block_hash": evidence.second.block_hash.hex(),
-        },
-    )
-
-
-def _events_json(
-    inputs: ReportInputs, steps: Sequence[ReplayStep], genesis: Genesis
-) -> list[dict[str, Any]]:
-    """Rejected updates, slashing (with its evidence) and ejections, in ledger order.
-
-    A slashing's ``stake_lost`` is what its block took from the offender beyond the block's
-    explicit reward deltas (several offences of one key in one block: on the first).
-    """
-    events: list[dict[str, Any]] = []
-
-    def add(block: Block, kind: str, key: PublicKey, reason: str, **more: Any) -> None:
-        where = {"round": block.header.round, "height": block.header.height, "kind": kind}
-        empty = {"slashing_kind": None, "evidence_kind": None, "evidence": None, "stake_lost": 0}
-        who = {"public_key": key.hex(), **_who(key, inputs)}
-        events.append({**where, **who, "reason": reason, **empty, **more})
-
-    for prev, step in pairwise(steps):
-        pre, block, post = prev.post, step.block, step.post
-        charged: set[PublicKey] = set()
-        for tx in block.transactions:
-            if isinstance(tx, Rejection):
-                add(block, "rejected", tx.public_key, tx.reason)
-            elif isinstance(tx, SlashingEvidence):
-                reason, details = _describe_evidence(tx)
-                key = tx.offender
-                lost = 0
-                if key not in charged:
-                    charged.add(key)
-                    lost = _stake_lost(pre.participants.get(key), post.participants.get(key), block)
-                add(
-                    block,
-                    "slashed",
-                    key,
-                    reason,
-                    slashing_kind=tx.kind,
-                    evidence_kind=type(tx.evidence).__name__,
-                    evidence=details,
-                    stake_lost=lost,
-                )
-        for key, after in post.participants.items():
-            before = pre.participants.get(key)
-            if before is not None and before.active and not after.active:
-                reason = (
-                    f"stake {after.stake:,} fell below the minimum stake "
-                    f"{genesis.rules.min_stake:,}"
-                )
-                add(block, "ejected", key, reason)
-    return events
 
 
 def _rounds_json(

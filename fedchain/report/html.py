@@ -6,8 +6,9 @@ import html
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from fedchain.report.build import HASH_PREFIX_CHARS, NO_CONTRIBUTIONS, REPORT_FORMAT
+from fedchain.report.build import NO_CONTRIBUTIONS, REPORT_FORMAT
 from fedchain.report.inputs import METRICS_FILENAME
+from fedchain.report.participants import HASH_PREFIX_CHARS
 from fedchain.report.plots import (
     draw_accuracy,
     draw_contributions,
