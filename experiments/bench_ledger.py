@@ -36,12 +36,12 @@ from fedchain.crypto.identity import Domain, compute_signing_root
 from fedchain.ledger.chain import Chain, compute_stored_block
 from fedchain.ledger.codec import compute_hash
 from fedchain.ledger.objects import Attestation, UpdateCommitment, signing_message
-from fedchain.ledger.state import configure_signature_threads
+from fedchain.ledger.signatures import CachingVerifier, Verifier
 from fedchain.ledger.synthetic import SyntheticFederation
 from fedchain.ledger.verify import verify_ledger
 
 
-def build_blocks(federation: SyntheticFederation, rounds: int) -> list:  # type: ignore[type-arg]
+def build_blocks(federation: SyntheticFederation, rounds: int, verifier: Verifier) -> list:  # type: ignore[type-arg]
     """The blocks of ``rounds`` rounds, built in memory on top of the genesis state."""
     with tempfile.TemporaryDirectory() as scratch:
         chain = Chain.create(Path(scratch) / "build.db", federation.genesis)
@@ -49,7 +49,7 @@ def build_blocks(federation: SyntheticFederation, rounds: int) -> list:  # type:
         chain.close()
     started = time.perf_counter()
     for r in range(rounds):
-        block, state = federation.make_round(state)
+        block, state = federation.make_round(state, verifier=verifier)
         blocks.append(block)
         if (r + 1) % 100 == 0:
             print(
@@ -136,7 +136,9 @@ def main() -> None:
         f"{args.threads} signature thread(s): building…"
     )
     federation = SyntheticFederation(args.participants, seed=1)
-    blocks = build_blocks(federation, args.rounds)
+    # One verifier for the whole run, as one process would hold (building fills its cache too).
+    verifier = CachingVerifier(threads=args.threads)
+    blocks = build_blocks(federation, args.rounds, verifier)
     txs = sum(len(b.transactions) for b in blocks)
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -153,10 +155,9 @@ def main() -> None:
         sample = raw_sample(blocks, compute_hash(federation.genesis), args.raw_sample)
         sigs_per_block = max(1, report_sigs(blocks) // len(blocks))
         verify_rates, raw_rates, ratios, seconds = [], [], [], []
-        configure_signature_threads(args.threads)
         for i in range(args.repeats):
             raw = Interleaved(sample, sigs_per_block * args.every, args.every, args.threads)
-            report = verify_ledger(path, on_block=raw)
+            report = verify_ledger(path, on_block=raw, verifier=verifier)
             if not report.ok:
                 raise SystemExit(f"verify failed: {report.failure}")
             verify_s = report.seconds - raw.raw_seconds
@@ -171,6 +172,7 @@ def main() -> None:
                 f"ratio {rate / raw_rate:.3f}",
                 flush=True,
             )
+    verifier.close()
 
     result = {
         "rounds": args.rounds,

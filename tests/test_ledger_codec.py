@@ -15,9 +15,10 @@ from hypothesis import strategies as st
 
 from fedchain.crypto.identity import Domain, public_key_bytes, verify_signature
 from fedchain.errors import DecodeError, LedgerError
-from fedchain.ledger import objects, state
+from fedchain.ledger import containers, objects
 from fedchain.ledger.builder import sign_commitment
 from fedchain.ledger.codec import MAX_INT, MIN_INT, compute_hash, decode, encode, encode_with_empty
+from fedchain.ledger.containers import ParticipantState, StateRootBody
 from fedchain.ledger.objects import (
     Attestation,
     AttestationPair,
@@ -39,7 +40,6 @@ from fedchain.ledger.objects import (
     UpdateCommitment,
     signing_message,
 )
-from fedchain.ledger.state import ParticipantState, StateRootBody
 
 ALL_CLASSES: list[type] = [
     Rules,
@@ -203,7 +203,7 @@ def test_tags_are_unique() -> None:
 def test_all_ledger_classes_are_listed() -> None:
     found = {
         value
-        for module in (objects, state)
+        for module in (objects, containers)
         for value in vars(module).values()
         if isinstance(value, type) and dataclasses.is_dataclass(value) and hasattr(value, "TAG")
     }

@@ -33,6 +33,8 @@ from fedchain.ledger.consensus import (
     get_validators,
     is_descendant,
 )
+from fedchain.ledger.containers import LedgerState
+from fedchain.ledger.genesis import compute_genesis_state
 from fedchain.ledger.objects import (
     DOUBLE_SIGN,
     Attestation,
@@ -44,7 +46,7 @@ from fedchain.ledger.objects import (
     SignedHeader,
     Transaction,
 )
-from fedchain.ledger.state import LedgerState, compute_genesis_state, process_reward_deltas
+from fedchain.ledger.state import process_reward_deltas
 
 KEYS = {i: Ed25519PrivateKey.from_private_bytes(bytes([i]) * 32) for i in range(1, 5)}
 PUB = {i: public_key_bytes(key) for i, key in KEYS.items()}

@@ -28,6 +28,18 @@ from fedchain.ledger.consensus import (
     get_proposer,
     get_validators,
 )
+from fedchain.ledger.containers import (
+    INITIAL_REPUTATION_BPS,
+    LedgerState,
+    ParticipantState,
+    compute_evidence_id,
+    compute_state_root,
+)
+from fedchain.ledger.genesis import (
+    compute_genesis_block,
+    compute_genesis_state,
+    process_genesis_block,
+)
 from fedchain.ledger.objects import (
     BAD_COMMITMENT,
     DOUBLE_SIGN,
@@ -50,17 +62,9 @@ from fedchain.ledger.objects import (
     compute_tx_root,
 )
 from fedchain.ledger.state import (
-    INITIAL_REPUTATION_BPS,
-    LedgerState,
-    ParticipantState,
-    compute_evidence_id,
-    compute_genesis_block,
-    compute_genesis_state,
-    compute_state_root,
     process_attestation,
     process_block,
     process_contribution_record,
-    process_genesis_block,
     process_model_version,
     process_registration,
     process_rejection,

@@ -18,14 +18,17 @@ from rich.progress import Progress
 from rich.table import Table
 
 from fedchain.cli.common import console, ledger_progress, make_app
+from fedchain.config import load_config_file
 from fedchain.crypto.identity import fingerprint
 from fedchain.errors import ConfigError
 from fedchain.ledger.codec import MAX_INT, decode
 from fedchain.ledger.objects import Block
 from fedchain.ledger.show import as_markup_text, block_to_json, describe_transaction
+from fedchain.ledger.signatures import CachingVerifier
 from fedchain.ledger.store import LedgerStore, open_ledger_path
 from fedchain.ledger.verify import VerifyReport, verify_ledger
-from fedchain.report.build import describe_unfinished, read_run_plan
+from fedchain.report.inputs import describe_unfinished, read_run_plan
+from fedchain.rounds.recheck import recheck_scores
 from fedchain.runs.registry import (
     MODELS_DIRNAME,
     check_model_files,
@@ -67,8 +70,8 @@ def verify(
     (its ledger stops before the rounds its config.toml or federation.toml set; still exit 0
     when everything there verifies).
     """
-    with ledger_progress() as (progress, on_block):
-        report = verify_ledger(path, on_block=on_block)
+    with ledger_progress() as (progress, on_block), CachingVerifier() as verifier:
+        report = verify_ledger(path, on_block=on_block, verifier=verifier)
         models = _check_models(path, report, progress)
     _print_report(report, models)
     unfinished = describe_unfinished(report.rounds, read_run_plan(path)) if path.is_dir() else None
@@ -82,9 +85,6 @@ def verify(
 
 
 def _recheck_scores(path: Path, report: VerifyReport) -> bool:
-    from fedchain.config import load_config_file
-    from fedchain.rounds.recheck import recheck_scores
-
     if not path.is_dir():
         console.print("scores: not checked (ledger file only)")
         return True

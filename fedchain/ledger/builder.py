@@ -14,6 +14,7 @@ from fedchain.crypto.identity import Domain, public_key_bytes, sign, verify_sign
 from fedchain.errors import InvalidBlock, LedgerError, SignatureError
 from fedchain.ledger.codec import compute_hash
 from fedchain.ledger.consensus import compute_proposer, get_validators
+from fedchain.ledger.containers import LedgerState, compute_state_root
 from fedchain.ledger.objects import (
     BAD_COMMITMENT,
     DOUBLE_SIGN,
@@ -31,12 +32,8 @@ from fedchain.ledger.objects import (
     compute_tx_root,
     signing_message,
 )
-from fedchain.ledger.state import (
-    LedgerState,
-    compute_state_root,
-    compute_state_with_head,
-    process_transactions,
-)
+from fedchain.ledger.signatures import PLAIN, Verifier
+from fedchain.ledger.state import compute_state_with_head, process_transactions
 
 __all__ = [
     "build_block",
@@ -148,12 +145,13 @@ def prepare_block(
     attempt: int = 0,
     *,
     round: int | None = None,
+    verifier: Verifier = PLAIN,
 ) -> tuple[BlockHeader, LedgerState]:
     """The next block's unsigned header, and the state after it (once sealed).
 
     The proposer drawn for ``attempt`` must sign the header (:func:`seal_block`). ``round``
     defaults to the head's round. Raises :class:`InvalidTransaction` if a transaction does not
-    apply.
+    apply. ``verifier`` checks the transactions' signatures (:mod:`fedchain.ledger.signatures`).
     """
     block_round = state.round if round is None else round
     try:
@@ -161,7 +159,7 @@ def prepare_block(
     except LedgerError as exc:
         raise InvalidBlock(f"block {state.height + 1}: {exc}") from exc
     transactions = tuple(transactions)
-    post = process_transactions(state, transactions, block_round)
+    post = process_transactions(state, transactions, block_round, verifier=verifier)
     header = BlockHeader(
         height=state.height + 1,
         round=block_round,
@@ -195,6 +193,7 @@ def build_block(
     attempt: int = 0,
     *,
     round: int | None = None,
+    verifier: Verifier = PLAIN,
 ) -> tuple[Block, LedgerState]:
     """Build, sign and apply the next block; returns it with the state after it.
 
@@ -202,7 +201,7 @@ def build_block(
     transaction does not apply, :class:`InvalidBlock` if ``proposer_key`` was not drawn for
     ``attempt`` (see :func:`~fedchain.ledger.consensus.get_proposer`).
     """
-    header, post = prepare_block(state, transactions, attempt, round=round)
+    header, post = prepare_block(state, transactions, attempt, round=round, verifier=verifier)
     if public_key_bytes(proposer_key) != header.proposer:
         raise InvalidBlock(
             f"block {state.height + 1}: this key was not drawn to propose at attempt {attempt}"

@@ -13,13 +13,11 @@ from pathlib import Path
 
 from fedchain.errors import InvalidBlock, LedgerStoreError
 from fedchain.ledger.codec import compute_hash, encode
+from fedchain.ledger.containers import LedgerState
+from fedchain.ledger.genesis import compute_genesis_block, process_genesis_block
 from fedchain.ledger.objects import Block, Genesis, compute_block_hash
-from fedchain.ledger.state import (
-    LedgerState,
-    compute_genesis_block,
-    process_block,
-    process_genesis_block,
-)
+from fedchain.ledger.signatures import PLAIN, Verifier
+from fedchain.ledger.state import process_block
 from fedchain.ledger.store import LedgerStore, StoredBlock
 from fedchain.ledger.verify import VerifyReport, verify_ledger
 
@@ -38,27 +36,39 @@ def compute_stored_block(block: Block) -> StoredBlock:
 
 
 class Chain:
-    """An open ledger file and the state after its head block."""
+    """An open ledger file and the state after its head block.
+
+    ``verifier`` checks the signatures of every block appended (and, for :meth:`open`, of the
+    stored ones): :data:`~fedchain.ledger.signatures.PLAIN` unless the caller passes a faster
+    one, which the chain keeps (``chain.verifier``) so that whoever builds blocks for it can
+    share it. The caller owns it: closing the chain does not close the verifier.
+    """
 
     def __init__(
-        self, store: LedgerStore, state: LedgerState, verified: VerifyReport | None = None
+        self,
+        store: LedgerStore,
+        state: LedgerState,
+        verified: VerifyReport | None = None,
+        *,
+        verifier: Verifier = PLAIN,
     ) -> None:
         self.store = store
         self.state = state
         self.verified = verified  # the verification ``open`` resumed from (None after create)
+        self.verifier = verifier
 
     @classmethod
-    def create(cls, path: Path, genesis: Genesis) -> Chain:
+    def create(cls, path: Path, genesis: Genesis, *, verifier: Verifier = PLAIN) -> Chain:
         """Start a new ledger file holding only the genesis block."""
         block = compute_genesis_block(genesis)
         state = process_genesis_block(block)
         store = LedgerStore.create(Path(path), compute_hash(genesis), compute_stored_block(block))
-        return cls(store, state)
+        return cls(store, state, verifier=verifier)
 
     @classmethod
-    def open(cls, path: Path) -> Chain:
+    def open(cls, path: Path, *, verifier: Verifier = PLAIN) -> Chain:
         """Reopen a ledger for appending, resuming from the state its full verification ends in."""
-        report = verify_ledger(Path(path))
+        report = verify_ledger(Path(path), verifier=verifier)
         if not report.ok or report.state is None:
             raise LedgerStoreError(
                 f"{path}: cannot resume a ledger that fails verification: {report.failure}"
@@ -67,7 +77,7 @@ class Chain:
         if store.head().block_hash != report.head_hash:
             store.close()
             raise LedgerStoreError(f"{path}: the ledger changed while it was being verified")
-        return cls(store, report.state, report)
+        return cls(store, report.state, report, verifier=verifier)
 
     def append(self, block: Block, post_state: LedgerState | None = None) -> LedgerState:
         """Validate ``block`` against the head, store it durably, and advance the state.
@@ -77,7 +87,7 @@ class Chain:
         so it is not run twice. A block from elsewhere is always fully processed.
         """
         if post_state is None:
-            post_state = process_block(self.state, block)
+            post_state = process_block(self.state, block, verifier=self.verifier)
         elif (
             block.header.parent_hash != self.state.head_hash
             or post_state.head_hash != compute_block_hash(block)

@@ -12,11 +12,11 @@ from __future__ import annotations
 import hashlib
 import struct
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING
 
 from fedchain.crypto.identity import fingerprint
 from fedchain.errors import InvalidBlock, LedgerError
 from fedchain.ledger.codec import compute_hash
+from fedchain.ledger.containers import LedgerState, ParticipantState
 from fedchain.ledger.objects import (
     DOUBLE_SIGN,
     Attestation,
@@ -29,9 +29,6 @@ from fedchain.ledger.objects import (
     SignedHeader,
     SlashingEvidence,
 )
-
-if TYPE_CHECKING:
-    from fedchain.ledger.state import LedgerState, ParticipantState
 
 __all__ = [
     "FINALITY_DENOMINATOR",

@@ -26,6 +26,7 @@ from fedchain.ledger.builder import (
 )
 from fedchain.ledger.chain import Chain
 from fedchain.ledger.consensus import get_proposer
+from fedchain.ledger.containers import LedgerState
 from fedchain.ledger.objects import (
     Block,
     GenesisParticipant,
@@ -34,7 +35,7 @@ from fedchain.ledger.objects import (
     Rules,
     Transaction,
 )
-from fedchain.ledger.state import LedgerState
+from fedchain.ledger.signatures import PLAIN, Verifier
 
 
 def derive_key(seed: int, index: int) -> Ed25519PrivateKey:
@@ -86,6 +87,7 @@ class SyntheticFederation:
         attest: bool = True,
         *,
         model_hash: bytes | None = None,
+        verifier: Verifier = PLAIN,
     ) -> tuple[Block, LedgerState]:
         """The next round's block on top of ``state`` (which it does not change).
 
@@ -126,7 +128,7 @@ class SyntheticFederation:
                 RewardDeltas(round_, _even_split(self.genesis.rules.reward_per_round, commits))
             )
         proposer = self.by_public[get_proposer(state)]
-        return build_block(state, txs, proposer, round=round_)
+        return build_block(state, txs, proposer, round=round_, verifier=verifier)
 
 
 def _even_split(pool: int, commits: list) -> tuple[tuple[bytes, int], ...]:  # type: ignore[type-arg]

@@ -26,6 +26,8 @@ from pathlib import Path
 from fedchain.errors import LedgerError
 from fedchain.ledger.codec import compute_hash, decode
 from fedchain.ledger.consensus import compute_finalized_height, get_validators
+from fedchain.ledger.containers import LedgerState, ParticipantState
+from fedchain.ledger.genesis import process_genesis_block
 from fedchain.ledger.objects import (
     AttestationPair,
     Block,
@@ -38,12 +40,8 @@ from fedchain.ledger.objects import (
     UpdateCommitment,
     compute_block_hash,
 )
-from fedchain.ledger.state import (
-    LedgerState,
-    ParticipantState,
-    process_block,
-    process_genesis_block,
-)
+from fedchain.ledger.signatures import PLAIN, Verifier
+from fedchain.ledger.state import process_block
 from fedchain.ledger.store import LedgerStore, StoredBlock, open_ledger_path
 
 # Signatures each transaction kind carries (evidence pairs carry two; commitment mismatches one).
@@ -111,19 +109,23 @@ class ReplayStep:
     post: LedgerState
 
 
-def iter_replay(blocks: Iterable[Block]) -> Iterator[ReplayStep]:
+def iter_replay(blocks: Iterable[Block], *, verifier: Verifier = PLAIN) -> Iterator[ReplayStep]:
     """Replay ``blocks`` (genesis first, in height order) through the ledger's state transition.
 
     This is the one replay: :func:`verify_ledger` and the run report both walk a chain with it.
     Each step is yielded once its block has passed every check of
     :func:`~fedchain.ledger.state.process_block` (the genesis block:
-    :func:`~fedchain.ledger.state.process_genesis_block`). The first block that fails raises
+    :func:`~fedchain.ledger.genesis.process_genesis_block`). The first block that fails raises
     its :class:`~fedchain.errors.LedgerError` and ends the replay: nothing after a bad block can
     be trusted. The failing block's height is the number of steps yielded before it.
+    ``verifier`` checks the signatures (:mod:`fedchain.ledger.signatures`).
     """
     pre: LedgerState | None = None
     for block in blocks:
-        post = process_genesis_block(block) if pre is None else process_block(pre, block)
+        if pre is None:
+            post = process_genesis_block(block)
+        else:
+            post = process_block(pre, block, verifier=verifier)
         yield ReplayStep(block, pre, post)
         pre = post
 
@@ -230,12 +232,17 @@ def _count_signatures(tx: object) -> int:
 
 
 def verify_ledger(
-    path: Path, *, on_block: Callable[[int, int], None] | None = None
+    path: Path,
+    *,
+    on_block: Callable[[int, int], None] | None = None,
+    verifier: Verifier = PLAIN,
 ) -> VerifyReport:
     """Verify the ledger at ``path`` (a ledger file or a run directory) from genesis.
 
     Never raises for a bad ledger: the report's ``failure`` says what is wrong and where.
     ``on_block(height, head_height)`` is called after each verified block (progress display).
+    ``verifier`` checks the signatures: pass a
+    :class:`~fedchain.ledger.signatures.CachingVerifier` for speed on a long chain.
     """
     started = time.perf_counter()
     path = Path(path)
@@ -248,7 +255,7 @@ def verify_ledger(
             genesis_hash = store.genesis_hash
             head = store.head().height
             rows = _CheckedRows(store.iter_blocks())
-            for step in iter_replay(rows):
+            for step in iter_replay(rows, verifier=verifier):
                 tally.add(step, genesis_hash)
                 if on_block is not None:
                     on_block(step.block.header.height, head)

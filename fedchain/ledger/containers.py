@@ -1,0 +1,205 @@
+"""The ledger's state as values: LedgerState and its parts, the state root, the evidence id.
+
+Plain containers with no behaviour beyond equality (states are values; nothing is mutated), the
+two hashes derived from them (:func:`compute_state_root`, :func:`compute_evidence_id`) and the
+constants of the state (basis points, reputation bounds). The transition that produces states is
+:mod:`fedchain.ledger.state`; consensus reads states through these types without importing it.
+
+Speed. Block hashes by height live in :class:`BlockHashes`, shared between a state and its
+successors, so an attestation's target is checked in O(1) with no per-block copy of the chain.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import ClassVar
+
+from fedchain.ledger.codec import compute_hash
+from fedchain.ledger.objects import (
+    AttestationPair,
+    Genesis,
+    Hash32,
+    HeaderPair,
+    PublicKey,
+    SlashingEvidence,
+)
+
+__all__ = [
+    "BPS_DENOMINATOR",
+    "EVIDENCE_ID_DOMAIN",
+    "HARMFUL_SCORE",
+    "INITIAL_REPUTATION_BPS",
+    "MAX_REPUTATION_BPS",
+    "BlockHashes",
+    "LedgerState",
+    "ParticipantState",
+    "StateRootBody",
+    "compute_evidence_id",
+    "compute_state_root",
+    "compute_state_root_of",
+]
+
+BPS_DENOMINATOR = 10_000
+"""Basis points in a whole."""
+INITIAL_REPUTATION_BPS = 10_000
+"""Every participant starts with full reputation."""
+MAX_REPUTATION_BPS = 10_000
+HARMFUL_SCORE = -10_000
+"""A recorded score at or below this (-0.01 at SCORE_SCALE: 0.01 of validation loss) counts as
+harmful. Honest clients near convergence score small negatives from noise; a client with 80 %
+label noise scores about -0.24 a round (experiments/results/contribution_quality.md)."""
+EVIDENCE_ID_DOMAIN = b"fedchain/evidence-id/v1"
+
+_I64 = struct.Struct("<q")
+
+
+# --------------------------------------------------------------------------------------------------
+# State containers
+
+
+@dataclass(frozen=True, slots=True)
+class ParticipantState:
+    """A registered participant. ``active`` turns False for good when its stake falls below the
+    minimum (ejection); reputation is in basis points, starting at 10_000."""
+
+    TAG: ClassVar[int] = 40
+    public_key: PublicKey
+    stake: int
+    reputation_bps: int
+    dataset_hash: Hash32
+    num_examples: int
+    active: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StateRootBody:
+    """What the state root commits to: participants (sorted by key), model head and round."""
+
+    TAG: ClassVar[int] = 41
+    participants: tuple[ParticipantState, ...]
+    model_head: Hash32
+    round: int
+
+
+class BlockHashes:
+    """Block hashes by height (0 = the genesis block), as seen by one state.
+
+    Successive states share one append-only list; each instance sees only its first ``len``
+    entries. Extending an instance that is not the newest view of its list (a fork: two blocks
+    processed on one state) copies its prefix first, so no instance ever sees another's
+    extension. Lookups are O(1); extension is amortised O(1), with no per-block copy of the
+    chain.
+    """
+
+    __slots__ = ("_hashes", "_length", "_lock")
+    __hash__ = None  # type: ignore[assignment]
+
+    def __init__(self, hashes: Iterable[Hash32] = ()) -> None:
+        self._hashes = list(hashes)
+        self._length = len(self._hashes)
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __iter__(self) -> Iterator[Hash32]:
+        return iter(self._hashes[: self._length])
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, BlockHashes):
+            return NotImplemented
+        return self._length == other._length and all(
+            a == b
+            for a, b in zip(
+                self._hashes[: self._length], other._hashes[: other._length], strict=True
+            )
+        )
+
+    def __repr__(self) -> str:
+        return f"BlockHashes(<{self._length} hashes>)"
+
+    def get(self, height: int) -> Hash32 | None:
+        """The hash of the block at ``height``, or None if this chain has no such block."""
+        return self._hashes[height] if 0 <= height < self._length else None
+
+    def appended(self, block_hash: Hash32) -> BlockHashes:
+        """A view with ``block_hash`` as the next height."""
+        with self._lock:
+            if len(self._hashes) == self._length:
+                self._hashes.append(block_hash)
+                view = BlockHashes.__new__(BlockHashes)
+                view._hashes, view._length, view._lock = self._hashes, self._length + 1, self._lock
+                return view
+        return BlockHashes([*self._hashes[: self._length], block_hash])
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerState:
+    """The ledger after block ``height`` (whose hash is ``head_hash``).
+
+    - ``round``: the round of the latest block (or of the block being built, for the state
+      :func:`~fedchain.ledger.state.process_transaction` returns).
+    - ``participants``: every registered participant, ejected ones included, sorted by key.
+    - ``round_commits`` / ``round_update_hashes``: who committed, and which update hashes, in
+      ``round``; ``round_rewards_paid``: positive reward deltas paid in ``round``.
+    - ``model_head``: the current global model's hash; ``model_round``: the round that
+      registered it (0 for the initial model).
+    - ``last_attested``: each validator's highest attested height.
+    - ``evidence_seen``: ids (:func:`compute_evidence_id`) of slashing evidence already applied.
+    - ``block_hashes``: block hashes by height, genesis block included.
+    """
+
+    genesis_hash: Hash32
+    genesis: Genesis
+    height: int
+    round: int
+    head_hash: Hash32
+    model_head: Hash32
+    participants: Mapping[PublicKey, ParticipantState]
+    round_commits: frozenset[PublicKey]
+    last_attested: Mapping[PublicKey, int]
+    evidence_seen: frozenset[Hash32]
+    round_update_hashes: frozenset[Hash32]
+    round_rewards_paid: int
+    model_round: int
+    block_hashes: BlockHashes
+
+
+# --------------------------------------------------------------------------------------------------
+# Roots and ids
+
+
+def compute_state_root(state: LedgerState) -> Hash32:
+    """Hash of participants (key, stake, reputation, dataset hash, examples, active), sorted by
+    key, plus the model head and the round."""
+    return compute_state_root_of(state.participants.values(), state.model_head, state.round)
+
+
+def compute_state_root_of(
+    participants: Iterable[ParticipantState], model_head: Hash32, round: int
+) -> Hash32:
+    """The state root of these parts (participants sorted by key), before a state exists."""
+    return compute_hash(StateRootBody(tuple(participants), model_head, round))
+
+
+def compute_evidence_id(evidence: SlashingEvidence) -> Hash32:
+    """The identity of the *offence*, so one offence is punished once however it is presented.
+
+    Double signing is identified by (offender, header-or-attestation, height), a bad commitment
+    by (offender, commitment round): swapping the pair, or showing a third conflicting header of
+    the same height, is the same offence.
+    """
+    payload = evidence.evidence
+    if isinstance(payload, HeaderPair):
+        label, number = b"double_sign/header", payload.first.header.height
+    elif isinstance(payload, AttestationPair):
+        label, number = b"double_sign/attestation", payload.first.height
+    else:
+        label, number = b"bad_commitment", payload.commitment.round
+    digest = hashlib.sha256(EVIDENCE_ID_DOMAIN)
+    digest.update(bytes((len(label),)) + label + evidence.offender + _I64.pack(number))
+    return digest.digest()

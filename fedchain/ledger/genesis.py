@@ -1,0 +1,156 @@
+"""Genesis: the state after block 0, the canonical block 0, and the checks a Genesis must pass.
+
+Block 0 is fully determined by its :class:`~fedchain.ledger.objects.Genesis` (zero parent and
+proposer, no signature), so a stored block 0 is accepted only if it is exactly
+:func:`compute_genesis_block` of the genesis it holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from types import MappingProxyType
+
+from fedchain.errors import InvalidBlock, InvalidTransaction, LedgerError
+from fedchain.ledger.codec import compute_hash, encode
+from fedchain.ledger.containers import (
+    BPS_DENOMINATOR,
+    INITIAL_REPUTATION_BPS,
+    BlockHashes,
+    LedgerState,
+    ParticipantState,
+    compute_state_root_of,
+)
+from fedchain.ledger.objects import (
+    EMPTY_HASH,
+    HASH_SIZE,
+    SLASHING_KINDS,
+    Block,
+    BlockHeader,
+    Genesis,
+    SignedHeader,
+    compute_tx_root,
+)
+from fedchain.ledger.transactions import check_size, describe_key, is_strictly_sorted
+
+__all__ = ["compute_genesis_block", "compute_genesis_state", "process_genesis_block"]
+
+
+def compute_genesis_state(genesis: Genesis) -> LedgerState:
+    """The state after block 0. Raises :class:`InvalidBlock` if the genesis is malformed."""
+    _check_genesis(genesis)
+    participants = {
+        entry.public_key: ParticipantState(
+            entry.public_key,
+            entry.stake,
+            INITIAL_REPUTATION_BPS,
+            entry.dataset_hash,
+            entry.num_examples,
+            True,
+        )
+        for entry in genesis.participants
+    }
+    block_hash = compute_hash(_genesis_header(genesis, participants.values()))
+    return LedgerState(
+        genesis_hash=compute_hash(genesis),
+        genesis=genesis,
+        height=0,
+        round=0,
+        head_hash=block_hash,
+        model_head=genesis.initial_model_hash,
+        participants=MappingProxyType(participants),
+        round_commits=frozenset(),
+        last_attested=MappingProxyType({}),
+        evidence_seen=frozenset(),
+        round_update_hashes=frozenset(),
+        round_rewards_paid=0,
+        model_round=0,
+        block_hashes=BlockHashes([block_hash]),
+    )
+
+
+def compute_genesis_block(genesis: Genesis) -> Block:
+    """Block 0: the genesis as its one transaction, zero parent and proposer, no signature."""
+    state = compute_genesis_state(genesis)
+    header = _genesis_header(genesis, state.participants.values())
+    return Block(SignedHeader(header, b""), (genesis,))
+
+
+def process_genesis_block(block: Block) -> LedgerState:
+    """Check a stored block 0 (it must be exactly :func:`compute_genesis_block` of its genesis)
+    and return the genesis state."""
+    if len(block.transactions) != 1 or not isinstance(block.transactions[0], Genesis):
+        raise InvalidBlock("block 0 must hold exactly one transaction, the Genesis")
+    genesis = block.transactions[0]
+    if block != compute_genesis_block(genesis):
+        raise InvalidBlock(
+            "block 0 is not the canonical genesis block of its Genesis "
+            "(height, round, parent, roots, proposer, attempt or signature differ)"
+        )
+    return compute_genesis_state(genesis)
+
+
+def _genesis_header(genesis: Genesis, participants: Iterable[ParticipantState]) -> BlockHeader:
+    return BlockHeader(
+        height=0,
+        round=0,
+        parent_hash=EMPTY_HASH,
+        tx_root=compute_tx_root((genesis,)),
+        state_root=compute_state_root_of(participants, genesis.initial_model_hash, 0),
+        proposer=EMPTY_HASH,
+        attempt=0,
+    )
+
+
+def _check_genesis(genesis: Genesis) -> None:
+    def fail(reason: str) -> InvalidBlock:
+        return InvalidBlock(f"genesis: {reason}")
+
+    if not isinstance(genesis, Genesis):
+        raise fail(f"expected a Genesis, got {type(genesis).__name__}")
+    try:
+        encode(genesis)
+    except LedgerError as exc:
+        raise fail(str(exc)) from exc
+    rules = genesis.rules
+    if not genesis.run_id:
+        raise fail("run_id must not be empty")
+    if rules.min_stake < 1:
+        raise fail(f"min_stake must be at least 1 base unit, got {rules.min_stake}")
+    if rules.reward_per_round < 0:
+        raise fail(f"reward_per_round must not be negative, got {rules.reward_per_round}")
+    kinds = [kind for kind, _ in rules.slash_bps]
+    if not is_strictly_sorted(kinds):
+        raise fail("slash_bps must be sorted by kind, each kind once")
+    for kind, bps in rules.slash_bps:
+        if kind not in SLASHING_KINDS:
+            raise fail(f"unknown slashing kind {kind!r} (known: {sorted(SLASHING_KINDS)})")
+        if not 0 <= bps <= BPS_DENOMINATOR:
+            raise fail(f"slash_bps[{kind!r}] = {bps} is outside 0..{BPS_DENOMINATOR}")
+    if not is_strictly_sorted([name for name, _ in rules.aggregation_params]):
+        raise fail("aggregation_params must be sorted by name, each name once")
+    if not 1 <= rules.weight_cap_bps <= BPS_DENOMINATOR:
+        raise fail(f"weight_cap_bps = {rules.weight_cap_bps} is outside 1..{BPS_DENOMINATOR}")
+    if not 0 <= rules.reputation_penalty_bps <= BPS_DENOMINATOR:
+        raise fail(
+            f"reputation_penalty_bps = {rules.reputation_penalty_bps} is outside "
+            f"0..{BPS_DENOMINATOR}"
+        )
+    if len(genesis.initial_model_hash) != HASH_SIZE:
+        raise fail(f"initial_model_hash must be {HASH_SIZE} bytes")
+    if not genesis.participants:
+        raise fail("needs at least one participant: someone must propose block 1")
+    if not is_strictly_sorted([entry.public_key for entry in genesis.participants]):
+        raise fail("participants must be sorted by public key, each key once")
+    for entry in genesis.participants:
+        try:
+            check_size(entry.public_key, "public key")
+            check_size(entry.dataset_hash, "dataset hash")
+        except InvalidTransaction as exc:
+            raise fail(str(exc)) from None
+        if entry.stake < rules.min_stake:
+            raise fail(
+                f"participant {describe_key(entry.public_key)} has stake {entry.stake}, below "
+                f"min_stake {rules.min_stake}"
+            )
+        if entry.num_examples < 0:
+            raise fail(f"participant {describe_key(entry.public_key)} has a negative example count")

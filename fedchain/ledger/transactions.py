@@ -1,0 +1,463 @@
+"""The per-kind transaction rules: each checks a transaction on a working copy, then applies it.
+
+:class:`Working` is a private mutable copy of a :class:`~fedchain.ledger.containers.LedgerState`
+for one block's transactions (frozen once per block by :mod:`fedchain.ledger.state`, which owns
+the order and the error context). Each ``apply_<kind>(work, tx, encoding)`` validates its
+transaction, raising :class:`InvalidTransaction` with a message saying which check failed, and
+then records its effect on ``work``; :data:`APPLY` maps each transaction type to its rule.
+Signatures are checked through the working copy's verifier (:mod:`fedchain.ledger.signatures`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Callable, Sequence
+from types import MappingProxyType
+from typing import Any
+
+from fedchain.crypto.identity import (
+    PUBLIC_KEY_SIZE,
+    SIGNATURE_SIZE,
+    compute_signing_root,
+    fingerprint,
+)
+from fedchain.errors import InvalidTransaction
+from fedchain.ledger.codec import MAX_INT, compute_hash
+from fedchain.ledger.consensus import is_active_validator
+from fedchain.ledger.containers import (
+    BPS_DENOMINATOR,
+    HARMFUL_SCORE,
+    INITIAL_REPUTATION_BPS,
+    MAX_REPUTATION_BPS,
+    LedgerState,
+    ParticipantState,
+    compute_evidence_id,
+)
+from fedchain.ledger.objects import (
+    BAD_COMMITMENT,
+    DOUBLE_SIGN,
+    HASH_SIZE,
+    SIGNING_DOMAINS,
+    SLASHING_KINDS,
+    Attestation,
+    CommitmentMismatch,
+    ContributionRecord,
+    HeaderPair,
+    ModelVersion,
+    PublicKey,
+    Registration,
+    Rejection,
+    RewardDeltas,
+    SignedObject,
+    SlashingEvidence,
+    UpdateCommitment,
+    signing_message,
+)
+from fedchain.ledger.signatures import Verifier
+from fedchain.rounds.rewards import compute_reward_split
+
+__all__ = [
+    "APPLY",
+    "Apply",
+    "Working",
+    "check_size",
+    "describe_hash",
+    "describe_key",
+    "is_strictly_sorted",
+]
+
+
+# --------------------------------------------------------------------------------------------------
+# The working copy
+
+
+class Working:
+    """A private mutable copy of a state, for applying one block's transactions."""
+
+    __slots__ = (
+        "evidence_seen",
+        "last_attested",
+        "model_head",
+        "model_round",
+        "new_keys",
+        "participants",
+        "pre",
+        "preverified",
+        "round",
+        "round_commits",
+        "round_rewards_paid",
+        "round_update_hashes",
+        "scores",
+        "verifier",
+    )
+
+    def __init__(self, state: LedgerState, block_round: int, verifier: Verifier) -> None:
+        if type(block_round) is not int or block_round < state.round:
+            raise InvalidTransaction(
+                f"block round {block_round} is before the head's round {state.round}"
+            )
+        self.pre = state
+        self.round = block_round
+        self.verifier = verifier
+        self.preverified: frozenset[int] = frozenset()  # ids of txs whose signature verified
+        self.scores: tuple[tuple[PublicKey, int], ...] | None = None  # this block's record
+        self.participants = dict(state.participants)
+        self.new_keys = False
+        self.last_attested = dict(state.last_attested)
+        self.evidence_seen = state.evidence_seen  # copied on write: rarely changes
+        self.model_head = state.model_head
+        self.model_round = state.model_round
+        if block_round == state.round:
+            self.round_commits = set(state.round_commits)
+            self.round_update_hashes = set(state.round_update_hashes)
+            self.round_rewards_paid = state.round_rewards_paid
+        else:
+            self.round_commits, self.round_update_hashes, self.round_rewards_paid = set(), set(), 0
+
+    def freeze(self) -> LedgerState:
+        participants = self.participants
+        if self.new_keys:
+            participants = dict(sorted(participants.items()))
+        return dataclasses.replace(
+            self.pre,
+            round=self.round,
+            model_head=self.model_head,
+            participants=MappingProxyType(participants),
+            round_commits=frozenset(self.round_commits),
+            last_attested=MappingProxyType(dict(sorted(self.last_attested.items()))),
+            evidence_seen=self.evidence_seen,
+            round_update_hashes=frozenset(self.round_update_hashes),
+            round_rewards_paid=self.round_rewards_paid,
+            model_round=self.model_round,
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# The rules: checks and effects
+
+
+def apply_registration(work: Working, tx: Registration, encoding: bytes) -> None:
+    rules = work.pre.genesis.rules
+    check_size(tx.public_key, "public key")
+    if tx.public_key in work.participants:
+        raise InvalidTransaction(f"participant {describe_key(tx.public_key)} is already registered")
+    if tx.stake < rules.min_stake:
+        raise InvalidTransaction(f"stake {tx.stake} is below min_stake {rules.min_stake}")
+    check_size(tx.dataset_hash, "dataset hash")
+    if tx.num_examples < 0:
+        raise InvalidTransaction(f"num_examples must not be negative, got {tx.num_examples}")
+    _check_signature(work, tx, tx.public_key, encoding)
+    work.participants[tx.public_key] = ParticipantState(
+        tx.public_key, tx.stake, INITIAL_REPUTATION_BPS, tx.dataset_hash, tx.num_examples, True
+    )
+    work.new_keys = True
+
+
+def apply_update_commitment(work: Working, tx: UpdateCommitment, encoding: bytes) -> None:
+    participant = _get_active(work, tx.public_key)
+    if tx.run_id != work.pre.genesis.run_id:
+        raise InvalidTransaction(
+            f"commitment is for run {tx.run_id!r}, this ledger is run {work.pre.genesis.run_id!r}"
+        )
+    _check_round(work, tx.round, "commitment")
+    if tx.round <= work.model_round:
+        raise InvalidTransaction(f"round {tx.round} is closed: its model version is registered")
+    if tx.public_key in work.round_commits:
+        raise InvalidTransaction(
+            f"participant {describe_key(tx.public_key)} already committed an update in round "
+            f"{tx.round}"
+        )
+    if tx.base_model_hash != work.model_head:
+        raise InvalidTransaction(
+            f"update was trained from model {describe_hash(tx.base_model_hash)}, but the current "
+            f"global model is {describe_hash(work.model_head)}"
+        )
+    check_size(tx.update_hash, "update hash")
+    if not 1 <= tx.num_examples <= participant.num_examples:
+        raise InvalidTransaction(
+            f"commitment claims {tx.num_examples} examples; participant "
+            f"{describe_key(tx.public_key)} registered {participant.num_examples} (need 1..that)"
+        )
+    _check_signature(work, tx, tx.public_key, encoding)
+    work.round_commits.add(tx.public_key)
+    work.round_update_hashes.add(tx.update_hash)
+
+
+def apply_model_version(work: Working, tx: ModelVersion, encoding: bytes) -> None:
+    _check_round(work, tx.round, "model version")
+    if tx.round <= work.model_round:
+        raise InvalidTransaction(
+            f"a model version for round {work.model_round} is already registered; one per round"
+        )
+    if tx.parent_hash != work.model_head:
+        raise InvalidTransaction(
+            f"model version's parent {describe_hash(tx.parent_hash)} is not the current global "
+            f"model {describe_hash(work.model_head)}"
+        )
+    check_size(tx.model_hash, "model hash")
+    if not is_strictly_sorted(tx.update_hashes):
+        raise InvalidTransaction("update_hashes must be sorted, each hash once")
+    for update_hash in tx.update_hashes:
+        if update_hash not in work.round_update_hashes:
+            raise InvalidTransaction(
+                f"update {describe_hash(update_hash)} was not committed and accepted in round "
+                f"{tx.round}"
+            )
+    rule = work.pre.genesis.rules.aggregation_rule
+    if tx.rule != rule:
+        raise InvalidTransaction(f"aggregation rule {tx.rule!r} is not the genesis rule {rule!r}")
+    work.model_head = tx.model_hash
+    work.model_round = tx.round
+
+
+def apply_contribution_record(work: Working, tx: ContributionRecord, encoding: bytes) -> None:
+    """Scores bind the reward split: the :class:`RewardDeltas` after this record in the same
+    block must pay exactly :func:`~fedchain.rounds.rewards.compute_reward_split` of its positive
+    scores.
+
+    They also move reputation: a score at or below :data:`HARMFUL_SCORE` (harm beyond measurement
+    noise) costs the genesis ``reputation_penalty_bps``; a positive score restores half of that,
+    up to the maximum. So repeated harmful contributions lower a client's reputation, and with it
+    its weight under the ``reputation`` aggregation rule.
+    """
+    _check_round(work, tx.round, "contribution record")
+    _check_keyed_entries(work, tx.scores, "scores")
+    if work.scores is not None:
+        raise InvalidTransaction("a block holds at most one contribution record")
+    work.scores = tx.scores
+    rules = work.pre.genesis.rules
+    for key, score in tx.scores:
+        participant = work.participants[key]
+        reputation = participant.reputation_bps
+        if score <= HARMFUL_SCORE:
+            reputation = max(0, reputation - rules.reputation_penalty_bps)
+        elif score > 0:
+            reputation = min(MAX_REPUTATION_BPS, reputation + rules.reputation_penalty_bps // 2)
+        if reputation != participant.reputation_bps:
+            work.participants[key] = dataclasses.replace(participant, reputation_bps=reputation)
+
+
+def apply_reward_deltas(work: Working, tx: RewardDeltas, encoding: bytes) -> None:
+    rules = work.pre.genesis.rules
+    _check_round(work, tx.round, "reward deltas")
+    _check_keyed_entries(work, tx.deltas, "deltas")
+    paid = sum(delta for _, delta in tx.deltas if delta > 0)
+    if work.scores is not None:
+        expected = compute_reward_split(rules.reward_per_round, work.scores)
+        if tuple((key, delta) for key, delta in tx.deltas if delta > 0) != expected:
+            raise InvalidTransaction(
+                "rewards do not match the split of this block's contribution scores"
+            )
+    if work.round_rewards_paid + paid > rules.reward_per_round:
+        raise InvalidTransaction(
+            f"rewards of {paid} (plus {work.round_rewards_paid} already paid in round "
+            f"{tx.round}) exceed the pool of {rules.reward_per_round} per round"
+        )
+    updated = []
+    for key, delta in tx.deltas:
+        participant = work.participants[key]
+        stake = max(0, participant.stake + delta)  # a penalty takes at most the whole stake
+        if stake > MAX_INT:
+            raise InvalidTransaction(f"stake of {describe_key(key)} would overflow")
+        updated.append(_with_stake(participant, stake, participant.reputation_bps, rules.min_stake))
+    for participant in updated:
+        work.participants[participant.public_key] = participant
+    work.round_rewards_paid += paid
+
+
+def apply_slashing_evidence(work: Working, tx: SlashingEvidence, encoding: bytes) -> None:
+    rules = work.pre.genesis.rules
+    _check_round(work, tx.round, "slashing evidence")
+    if tx.kind not in SLASHING_KINDS:
+        raise InvalidTransaction(f"unknown slashing kind {tx.kind!r}")
+    participant = work.participants.get(tx.offender)
+    if participant is None:
+        raise InvalidTransaction(
+            f"offender {describe_key(tx.offender)} is not a registered participant"
+        )
+    _check_evidence(work, tx)
+    evidence_id = compute_evidence_id(tx)
+    if evidence_id in work.evidence_seen:
+        raise InvalidTransaction("this offence has already been punished (evidence seen before)")
+    slash_bps = dict(rules.slash_bps).get(tx.kind, 0)
+    stake = participant.stake - participant.stake * slash_bps // BPS_DENOMINATOR
+    reputation = max(0, participant.reputation_bps - rules.reputation_penalty_bps)
+    work.participants[tx.offender] = _with_stake(participant, stake, reputation, rules.min_stake)
+    work.evidence_seen = work.evidence_seen | {evidence_id}
+
+
+def apply_rejection(work: Working, tx: Rejection, encoding: bytes) -> None:
+    _check_round(work, tx.round, "rejection")
+    check_size(tx.public_key, "public key")
+    if not tx.reason:
+        raise InvalidTransaction("a rejection must give its reason")
+
+
+def apply_attestation(work: Working, tx: Attestation, encoding: bytes) -> None:
+    participant = work.participants.get(tx.validator)
+    if participant is None or not is_active_validator(participant, work.pre.genesis.rules):
+        raise InvalidTransaction(f"attester {describe_key(tx.validator)} is not a validator")
+    parent_height = work.pre.height
+    if not 1 <= tx.height <= parent_height:
+        raise InvalidTransaction(
+            f"attestation to height {tx.height}; attestable heights are 1..{parent_height}"
+        )
+    if work.pre.block_hashes.get(tx.height) != tx.block_hash:
+        raise InvalidTransaction(
+            f"block {describe_hash(tx.block_hash)} is not this chain's block at height {tx.height}"
+        )
+    previous = work.last_attested.get(tx.validator, 0)
+    if tx.height <= previous:
+        raise InvalidTransaction(
+            f"validator {describe_key(tx.validator)} already attested height {previous}; "
+            "attestations must move up"
+        )
+    _check_signature(work, tx, tx.validator, encoding)
+    work.last_attested[tx.validator] = tx.height
+
+
+# --------------------------------------------------------------------------------------------------
+# Evidence checks
+
+
+def _check_evidence(work: Working, tx: SlashingEvidence) -> None:
+    payload = tx.evidence
+    if isinstance(payload, CommitmentMismatch):
+        if tx.kind != BAD_COMMITMENT:
+            raise InvalidTransaction(f"a CommitmentMismatch is {BAD_COMMITMENT} evidence")
+        commitment = payload.commitment
+        if commitment.public_key != tx.offender:
+            raise InvalidTransaction("the commitment was not made by the offender")
+        if commitment.run_id != work.pre.genesis.run_id:
+            raise InvalidTransaction(f"the commitment is for another run ({commitment.run_id!r})")
+        check_size(payload.observed_update_hash, "observed update hash")
+        if payload.observed_update_hash == commitment.update_hash:
+            raise InvalidTransaction("the observed update hash matches the commitment: no offence")
+        _check_signature(work, commitment, tx.offender)
+        return
+    if tx.kind != DOUBLE_SIGN:
+        raise InvalidTransaction(f"a {type(payload).__name__} is {DOUBLE_SIGN} evidence")
+    if isinstance(payload, HeaderPair):
+        first, second = payload.first.header, payload.second.header
+        signers, heights = (first.proposer, second.proposer), (first.height, second.height)
+        distinct = compute_hash(first) != compute_hash(second)
+    else:
+        signers = (payload.first.validator, payload.second.validator)
+        heights = (payload.first.height, payload.second.height)
+        distinct = payload.first.block_hash != payload.second.block_hash
+    if signers != (tx.offender, tx.offender):
+        raise InvalidTransaction("both signed objects must be signed by the offender")
+    if heights[0] != heights[1]:
+        raise InvalidTransaction(f"the two votes are for different heights {heights}")
+    if not distinct:
+        raise InvalidTransaction("the two votes are for the same block: no offence")
+    _check_signature(work, payload.first, tx.offender)
+    _check_signature(work, payload.second, tx.offender)
+
+
+# --------------------------------------------------------------------------------------------------
+# The table and the signature check
+
+
+Apply = Callable[[Working, Any, bytes], None]
+"""``apply(work, tx, encode(tx))``: check ``tx`` against ``work`` and change ``work``."""
+
+APPLY: dict[type, Apply] = {
+    Registration: apply_registration,
+    UpdateCommitment: apply_update_commitment,
+    ModelVersion: apply_model_version,
+    ContributionRecord: apply_contribution_record,
+    RewardDeltas: apply_reward_deltas,
+    SlashingEvidence: apply_slashing_evidence,
+    Rejection: apply_rejection,
+    Attestation: apply_attestation,
+}
+
+
+def _check_signature(
+    work: Working, obj: SignedObject, public_key: PublicKey, encoding: bytes | None = None
+) -> None:
+    """Verify ``obj``'s signature by ``public_key`` in this federation (``encoding``: encode(obj)).
+
+    The same check as :func:`fedchain.crypto.identity.verify_signature`, by the working copy's
+    verifier (which may cache: the ledger verifies every validator's signatures block after
+    block), skipped for the transactions whose signature the block's batch already verified.
+    """
+    what = type(obj).__name__
+    if len(public_key) != PUBLIC_KEY_SIZE or len(obj.signature) != SIGNATURE_SIZE:
+        raise InvalidTransaction(
+            f"bad signature on the {what}: key and signature must be {PUBLIC_KEY_SIZE} and "
+            f"{SIGNATURE_SIZE} bytes, got {len(public_key)} and {len(obj.signature)}"
+        )
+    if id(obj) in work.preverified:
+        return
+    domain = SIGNING_DOMAINS[type(obj)]
+    root = compute_signing_root(domain, signing_message(obj, encoding), work.pre.genesis_hash)
+    if not work.verifier.verify(public_key, obj.signature, root):
+        raise InvalidTransaction(
+            f"bad signature on the {what}: it does not verify for key {describe_key(public_key)} "
+            f"in this federation"
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# Small helpers
+
+
+def _check_round(work: Working, round: int, what: str) -> None:
+    if round != work.round:
+        raise InvalidTransaction(
+            f"{what} is for round {round}, but the block is round {work.round}"
+        )
+
+
+def check_size(value: bytes, what: str) -> None:
+    if len(value) != HASH_SIZE:
+        raise InvalidTransaction(f"{what} must be {HASH_SIZE} bytes, got {len(value)}")
+
+
+def _get_active(work: Working, key: PublicKey) -> ParticipantState:
+    participant = work.participants.get(key)
+    if participant is None:
+        raise InvalidTransaction(f"participant {describe_key(key)} is not registered")
+    if not participant.active:
+        raise InvalidTransaction(f"participant {describe_key(key)} has been ejected")
+    return participant
+
+
+def _check_keyed_entries(
+    work: Working, entries: Sequence[tuple[PublicKey, int]], what: str
+) -> None:
+    keys = [key for key, _ in entries]
+    if not is_strictly_sorted(keys):
+        raise InvalidTransaction(f"{what} must be sorted by public key, each key once")
+    for key in keys:
+        if key not in work.participants:
+            raise InvalidTransaction(f"{what} name {describe_key(key)}, who is not registered")
+
+
+def _with_stake(
+    participant: ParticipantState, stake: int, reputation_bps: int, min_stake: int
+) -> ParticipantState:
+    """The participant with a new stake and reputation, ejected if below ``min_stake``."""
+    return dataclasses.replace(
+        participant,
+        stake=stake,
+        reputation_bps=reputation_bps,
+        active=participant.active and stake >= min_stake,
+    )
+
+
+def is_strictly_sorted(items: Sequence[Any]) -> bool:
+    return all(a < b for a, b in itertools.pairwise(items))
+
+
+def describe_key(key: bytes) -> str:
+    """A display id for a key: its :func:`~fedchain.crypto.identity.fingerprint`, as the CLI
+    shows."""
+    return fingerprint(key) if len(key) == HASH_SIZE else f"<{len(key)}-byte key>"
+
+
+def describe_hash(value: bytes) -> str:
+    return value[:8].hex() + "…" if len(value) == HASH_SIZE else f"<{len(value)} bytes>"
