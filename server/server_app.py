@@ -31,11 +31,11 @@ from flwr.serverapp.strategy import (
 from fedchain.aggregation.rules import RuleParams, _default_krum_f
 from fedchain.config import RunConfig, check_attack_has_attackers, merge_config
 from fedchain.errors import FedchainError
-from fedchain.learning.attacks import Attack, attacker_indices
 from fedchain.ledger.chain import Chain
 from fedchain.ledger.store import LEDGER_FILENAME
 from fedchain.rounds.admission import brief_reason
 from fedchain.rounds.coordinator import Coordinator, RoundOutcome
+from fedchain.rounds.messages import encode_attack_settings, encode_train_settings
 from fedchain.runs.prepare import new_run_id, prepare_run
 from fedchain.runs.registry import load_model
 from server.strategy import FedchainStrategy, to_array_record
@@ -73,34 +73,9 @@ def load_history(run_dir: Path, done: int) -> list[dict[str, float | int]]:
 
 
 def train_settings(config: RunConfig, run_dir: Path) -> ConfigRecord:
-    """What every client is told each round besides the model and its ledger view.
-
-    With an attack configured, also the attack and the attackers' partition ids (simulation:
-    each simulated client finds out from these whether it attacks; deployed SuperNodes have no
-    partition id and attack only when their own node config says so).
-    """
-    settings: dict[str, ConfigRecordValues] = {
-        "run-dir": str(run_dir.resolve()),
-        "model": config.model,
-        "local-epochs": config.local_epochs,
-        "batch-size": config.batch_size,
-        "lr": config.lr,
-        "seed": config.seed,
-        "ledger": config.ledger,
-        "threads": 1,
-    }
-    settings.update(attack_settings(config))
-    return ConfigRecord(settings)
-
-
-def attack_settings(config: RunConfig) -> dict[str, ConfigRecordValues]:
-    """``attack``, ``attack-scale`` (the effective one) and ``attackers`` (client indices =
-    simulation partition ids), or nothing when no client attacks."""
-    attackers = attacker_indices(config)
-    if not attackers:
-        return {}
-    scale = Attack(config.attack, config.attack_scale).scale
-    return {"attack": config.attack, "attack-scale": scale, "attackers": attackers}
+    """What every client is told each round besides the model and its ledger view
+    (:func:`fedchain.rounds.messages.encode_train_settings`)."""
+    return ConfigRecord(encode_train_settings(config, run_dir))
 
 
 def run_federation(
@@ -171,7 +146,7 @@ def run_federation(
                         "seconds": round(elapsed, 3) if server_round else 0.0,
                     }
                 )
-                write_metrics(run_dir, history, attack_settings(config))
+                write_metrics(run_dir, history, encode_attack_settings(config))
             if report is not None and server_round > 0:
                 report(done + server_round, outcome, result.accuracy, elapsed)
             started[0] = time.perf_counter()

@@ -9,10 +9,8 @@ replies are recorded and the round goes on.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Mapping
 from logging import WARNING
-from typing import Any
 
 import numpy as np
 from flwr.app import (
@@ -31,19 +29,14 @@ from flwr.serverapp.strategy import FedAvg
 from numpy.lib import format as npy_format
 
 from fedchain.errors import FedchainError
+from fedchain.rounds import messages as m
 from fedchain.rounds.admission import ClientReply, compute_gist, quote_client_text
 from fedchain.rounds.coordinator import MAX_SEAL_ATTEMPTS, Coordinator, RoundOutcome
 
-MAX_LEDGER_FIELD_BYTES = 4096
-"""Most bytes a reply's commitment, attestation or seal may hold (each is at most a few hundred
-bytes); a longer one is refused before anything is decoded from it."""
-COUNT_LIMIT = 2**63
-"""Counts (examples, heights) are integers in ``[0, COUNT_LIMIT)``: the ledger's i64."""
 MAX_NPY_HEADER_BYTES = 10_000
 """The largest ``.npy`` header accepted (numpy's own default limit for loading one)."""
-LEDGER_FIELDS = frozenset({"commitment", "attestation", "seal", "checkpoint"})
-TRAIN_RECORDS = frozenset({"arrays", "metrics", "fedchain"})
-QUERY_RECORDS = frozenset({"fedchain"})
+TRAIN_RECORDS = frozenset({m.ARRAYS, m.METRICS, m.DUTIES})
+QUERY_RECORDS = frozenset({m.DUTIES})
 
 
 def parse_reply(
@@ -89,67 +82,21 @@ def compute_client_reply(
     extra = [name for name in content if not (type(name) is str and name in expected)]
     if extra:
         problems.append(f"unexpected record {quote_client_text(extra[0])}")
-    ledger = _ledger_fields(content.get("fedchain"), problems)
+    duties = m.decode_duties(content.get(m.DUTIES), problems)
     update, examples = None, 0
     if model is not None:
-        examples = _num_examples(content.get("metrics"), problems)
-        update = _update(content.get("arrays"), model, problems)
+        examples = m.decode_num_examples(content.get(m.METRICS), problems)
+        update = _update(content.get(m.ARRAYS), model, problems)
     return ClientReply(
         node_id,
         update=None if problems else update,
         num_examples=examples,
-        commitment=ledger["commitment"],
-        attestation=ledger["attestation"],
-        seal=ledger["seal"],
-        checkpoint=ledger["checkpoint"],
+        commitment=duties.commitment,
+        attestation=duties.attestation,
+        seal=duties.seal,
+        checkpoint=duties.checkpoint,
         error="malformed reply: " + "; ".join(problems[:3]) if problems else "",
     )
-
-
-def _ledger_fields(record: object, problems: list[str]) -> dict[str, Any]:
-    """The ``fedchain`` record's fields; each unreadable one is a problem and left empty."""
-    fields: dict[str, Any] = {"commitment": b"", "attestation": b"", "seal": b"", "checkpoint": 0}
-    if not isinstance(record, Mapping):
-        problems.append("no fedchain record" if record is None else "fedchain is not a record")
-        return fields
-    extra = [key for key in record if not (type(key) is str and key in LEDGER_FIELDS)]
-    if extra:
-        problems.append(f"unexpected field {quote_client_text(extra[0])}")
-    for name in ("commitment", "attestation", "seal"):
-        value = record.get(name, b"")
-        if not isinstance(value, bytes):
-            problems.append(f"{name} is {_describe(value)}, not bytes")
-        elif len(value) > MAX_LEDGER_FIELD_BYTES:
-            problems.append(f"{name} is {len(value)} bytes (at most {MAX_LEDGER_FIELD_BYTES})")
-        else:
-            fields[name] = value
-    checkpoint = _count(record.get("checkpoint", 0), "checkpoint", problems)
-    fields["checkpoint"] = 0 if checkpoint is None else checkpoint
-    return fields
-
-
-def _num_examples(metrics: object, problems: list[str]) -> int:
-    if not isinstance(metrics, Mapping) or "num-examples" not in metrics:
-        problems.append("no num-examples metric")
-        return 0
-    count = _count(metrics["num-examples"], "num-examples", problems)
-    return 0 if count is None else count
-
-
-def _count(value: object, what: str, problems: list[str]) -> int | None:
-    """A whole number in ``[0, COUNT_LIMIT)`` (a float only if finite and integral)."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or (isinstance(value, float) and not (math.isfinite(value) and value.is_integer()))
-    ):
-        count = -1
-    else:
-        count = int(value)
-    if not 0 <= count < COUNT_LIMIT:
-        problems.append(f"{what} is {_describe(value)}, not a whole number in [0, 2**63)")
-        return None
-    return count
 
 
 def _update(
@@ -187,7 +134,7 @@ def _tensor(value: object, like: np.ndarray) -> tuple[np.ndarray | None, str]:
     if stype != SType.NUMPY or not isinstance(data, bytes):
         return None, "not a serialised numpy array"
     if dtype != str(like.dtype):
-        return None, f"dtype is {_describe(dtype)}, the model's is {like.dtype}"
+        return None, f"dtype is {m.describe_value(dtype)}, the model's is {like.dtype}"
     if (
         not isinstance(shape, (tuple, list))
         or len(shape) != like.ndim
@@ -223,21 +170,6 @@ def _npy_layout(data: bytes, like: np.ndarray) -> tuple[int, bool]:
 
 
 _NPY_LENGTH_BYTES = {b"\x01\x00": 2, b"\x02\x00": 4, b"\x03\x00": 4}  # format version -> size
-
-
-def _describe(value: object) -> str:
-    """A short, safe description of a value a client sent (never its full text)."""
-    if isinstance(value, bool) or value is None:
-        return repr(value)
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, int):
-        return (
-            str(int(value)) if abs(value) < 10**18 else f"a {int(value).bit_length()}-bit integer"
-        )
-    if isinstance(value, str):
-        return f"text {quote_client_text(value, 24)}"
-    return f"a {type(value).__name__}"
 
 
 def to_array_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
@@ -278,7 +210,7 @@ class FedchainStrategy(FedAvg):
     ) -> Iterable[Message]:
         self.grid, self.settings = grid, config
         coordinator = self.coordinator
-        config = ConfigRecord({**config, "base-model-hash": coordinator.model_hash})
+        config = ConfigRecord({**config, m.BASE_MODEL_HASH: coordinator.model_hash})
         server_round += self.round_offset  # what clients sign and the ledger records
         messages = list(super().configure_train(server_round, arrays, config, grid))
         sampled = {m.metadata.dst_node_id for m in messages}
@@ -294,10 +226,10 @@ class FedchainStrategy(FedAvg):
         SuperNode logs it, so a data holder's ``fedchain join`` names the round it served)."""
         node_id = message.metadata.dst_node_id
         content = message.content
-        config = ConfigRecord({**content["config"], **self.coordinator.ledger_view(node_id)})
-        records = {"config": config}
-        if "arrays" in content:
-            records["arrays"] = content["arrays"]
+        config = ConfigRecord({**content[m.CONFIG], **self.coordinator.ledger_view(node_id)})
+        records = {m.CONFIG: config}
+        if m.ARRAYS in content:
+            records[m.ARRAYS] = content[m.ARRAYS]
         return Message(RecordDict(records), node_id, message_type, group_id=str(round_))
 
     def aggregate_train(
@@ -361,7 +293,7 @@ class FedchainStrategy(FedAvg):
             raise FedchainError("no grid yet")
         messages = [
             self._with_view(
-                Message(RecordDict({"config": base or self.settings}), node_id, MessageType.QUERY),
+                Message(RecordDict({m.CONFIG: base or self.settings}), node_id, MessageType.QUERY),
                 MessageType.QUERY,
                 self._ledger_round(),
             )

@@ -51,10 +51,14 @@ __all__ = [
     "DEFAULT_SCALES",
     "NO_ATTACK",
     "Attack",
+    "AttackedReply",
     "attacker_indices",
+    "compute_attacked_reply",
     "compute_attacked_update",
     "compute_claimed_examples",
     "compute_flipped_labels",
+    "compute_sent_weights",
+    "compute_zero_update",
     "flip_labels",
     "parse_attackers",
     "select_attackers",
@@ -142,6 +146,43 @@ def compute_claimed_examples(attack: Attack, num_examples: int) -> int:
     if attack.name == "inflated":
         return max(1, round(num_examples * attack.scale))
     return num_examples
+
+
+@dataclass(frozen=True)
+class AttackedReply:
+    """What an attacker replies in place of its honest update."""
+
+    sent: Arrays  # the update it sends
+    committed: Arrays  # the update its signed commitment is for (the honest one if mismatching)
+    num_examples: int  # the example count it claims and signs
+
+
+def compute_attacked_reply(
+    attack: Attack,
+    honest: Mapping[str, np.ndarray],
+    num_examples: int,
+    *,
+    seed: int,
+    round: int,
+    client: int,
+) -> AttackedReply:
+    """``attack`` applied to one round's ``honest`` update over its real ``num_examples``
+    (an attacker that does not train passes a zero update and its data's size)."""
+    sent = compute_attacked_update(attack, honest, seed=seed, round=round, client=client)
+    committed = dict(honest) if attack.commits_honest_update else sent
+    return AttackedReply(sent, committed, compute_claimed_examples(attack, num_examples))
+
+
+def compute_zero_update(base: Mapping[str, np.ndarray]) -> Arrays:
+    """The update of a client that does not train: zeros shaped like the global model."""
+    return {k: np.zeros_like(a) for k, a in base.items()}
+
+
+def compute_sent_weights(
+    base: Mapping[str, np.ndarray], update: Mapping[str, np.ndarray]
+) -> Arrays:
+    """What a ledger-off (FedAvg) client sends: the global model plus its update."""
+    return {k: (base[k] + d).astype(base[k].dtype, copy=False) for k, d in update.items()}
 
 
 def compute_flipped_labels(y: np.ndarray, num_classes: int) -> np.ndarray:

@@ -28,7 +28,7 @@ from fedchain.crypto.hashing import compute_update_hash
 from fedchain.errors import FedchainError, LedgerError
 from fedchain.ledger.builder import prepare_block, seal_block
 from fedchain.ledger.chain import Chain
-from fedchain.ledger.codec import decode, encode
+from fedchain.ledger.codec import decode
 from fedchain.ledger.consensus import compute_finalized_height, get_validators
 from fedchain.ledger.objects import (
     Block,
@@ -50,6 +50,7 @@ from fedchain.rounds.admission import (
     compute_sender,
     decode_commitment,
 )
+from fedchain.rounds.messages import encode_ledger_view
 from fedchain.rounds.rewards import compute_reward_split
 from fedchain.rounds.scores import (
     Scorer,
@@ -135,14 +136,13 @@ class Coordinator:
         """The ledger part of a message to ``node_id``: headers from its checkpoint to the head,
         the final height, and the pending header (if any) with the key drawn to seal it."""
         start = min(self.checkpoints.get(node_id, 0), self.final_height)
-        view: dict[str, object] = {
-            "genesis-hash": self.state.genesis_hash,
-            "run-id": self.state.genesis.run_id,
-            "headers": [encode(h) for h in self.headers[start:]],
-            "final-height": self.final_height,
-            "pending": b"" if self.pending is None else encode(self.pending.header),
-        }
-        return view
+        return encode_ledger_view(
+            self.state.genesis_hash,
+            self.state.genesis.run_id,
+            self.headers[start:],
+            self.final_height,
+            None if self.pending is None else self.pending.header,
+        )
 
     def node_for(self, public_key: bytes) -> int | None:
         for node_id, key in self.node_keys.items():

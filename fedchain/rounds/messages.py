@@ -1,0 +1,301 @@
+"""The client-coordinator wire contract: every message key, spelled once, and its encode/decode.
+
+Plain dicts of plain values (no Flower import): the server adapter wraps them in Flower's
+``ConfigRecord``/``RecordDict`` and the ClientApp unwraps them, and nothing else. A train
+message's ``config`` record carries the train settings (:func:`encode_train_settings`) and the
+receiving node's ledger view (:func:`encode_ledger_view`); every reply carries a ``fedchain``
+record of the client's ledger duties (:func:`encode_duties`), which the coordinator reads with
+the total parser :func:`decode_duties` (a client chooses these bytes: every field is checked for
+type, range and size before anything is decoded from it).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedchain.config import RunConfig
+from fedchain.learning.attacks import NO_ATTACK, Attack, attacker_indices
+from fedchain.ledger.codec import decode, encode
+from fedchain.ledger.lightclient import Checkpoint
+from fedchain.ledger.objects import BlockHeader, SignedHeader
+from fedchain.rounds.admission import quote_client_text
+
+# -- records of a message ------------------------------------------------------------------------
+CONFIG = "config"
+ARRAYS = "arrays"
+METRICS = "metrics"
+DUTIES = "fedchain"
+"""The reply's record of ledger duties (and the client's own state record's name)."""
+
+# -- ledger view, coordinator -> client (in ``config``) -------------------------------------------
+GENESIS_HASH = "genesis-hash"
+RUN_ID = "run-id"
+HEADERS = "headers"
+FINAL_HEIGHT = "final-height"
+PENDING = "pending"
+BASE_MODEL_HASH = "base-model-hash"
+SERVER_ROUND = "server-round"  # Flower's own: the round of a train message
+
+# -- duties, client -> coordinator (the ``fedchain`` record) ------------------------------------
+COMMITMENT = "commitment"
+ATTESTATION = "attestation"
+SEAL = "seal"
+CHECKPOINT = "checkpoint"
+DUTY_FIELDS = frozenset({COMMITMENT, ATTESTATION, SEAL, CHECKPOINT})
+
+# -- metrics of a train reply -----------------------------------------------------------------
+NUM_EXAMPLES = "num-examples"
+TRAIN_LOSS = "train-loss"
+
+# -- train settings, coordinator -> client (in ``config``) ----------------------------------------
+RUN_DIR = "run-dir"
+MODEL = "model"
+LOCAL_EPOCHS = "local-epochs"
+BATCH_SIZE = "batch-size"
+LR = "lr"
+SEED = "seed"
+LEDGER = "ledger"
+THREADS = "threads"
+ATTACK = "attack"
+ATTACK_SCALE = "attack-scale"
+ATTACKERS = "attackers"
+
+# -- the client's own state between messages --------------------------------------------------
+FINAL_HASH = "final-hash"
+
+MAX_LEDGER_FIELD_BYTES = 4096
+"""Most bytes a reply's commitment, attestation or seal may hold (each is at most a few hundred
+bytes); a longer one is refused before anything is decoded from it."""
+COUNT_LIMIT = 2**63
+"""Counts (examples, heights) are integers in ``[0, COUNT_LIMIT)``: the ledger's i64."""
+
+
+@dataclass(frozen=True)
+class LedgerView:
+    """What a client is shown of the ledger: headers from its checkpoint to the head, the final
+    height, and the block waiting for its seal (if any)."""
+
+    genesis_hash: bytes
+    run_id: str
+    headers: tuple[SignedHeader, ...]
+    final_height: int
+    pending: BlockHeader | None
+
+
+@dataclass(frozen=True)
+class Duties:
+    """A client's ledger duties in one reply: its new checkpoint, its attestation to the
+    pending block, the pending block's seal (from its proposer only), and the commitment to
+    its update (train replies only). Empty bytes: none."""
+
+    checkpoint: int = 0
+    attestation: bytes = b""
+    seal: bytes = b""
+    commitment: bytes = b""
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """What every client is told each round besides the model and its ledger view."""
+
+    model: str
+    local_epochs: int
+    batch_size: int
+    lr: float
+    seed: int
+
+
+def encode_ledger_view(
+    genesis_hash: bytes,
+    run_id: str,
+    headers: Sequence[SignedHeader],
+    final_height: int,
+    pending: BlockHeader | None,
+) -> dict[str, object]:
+    return {
+        GENESIS_HASH: genesis_hash,
+        RUN_ID: run_id,
+        HEADERS: [encode(h) for h in headers],
+        FINAL_HEIGHT: final_height,
+        PENDING: b"" if pending is None else encode(pending),
+    }
+
+
+def decode_ledger_view(config: Mapping[str, Any]) -> LedgerView:
+    """The ledger view in a message's ``config`` (raises a LedgerError if it does not decode)."""
+    pending = bytes(config[PENDING])
+    return LedgerView(
+        genesis_hash=bytes(config[GENESIS_HASH]),
+        run_id=str(config[RUN_ID]),
+        headers=tuple(decode(SignedHeader, h) for h in config[HEADERS]),
+        final_height=int(config[FINAL_HEIGHT]),
+        pending=decode(BlockHeader, pending) if pending else None,
+    )
+
+
+def encode_duties(duties: Duties) -> dict[str, object]:
+    """The ``fedchain`` record: a query reply has no commitment field."""
+    record: dict[str, object] = {
+        CHECKPOINT: duties.checkpoint,
+        ATTESTATION: duties.attestation,
+        SEAL: duties.seal,
+    }
+    if duties.commitment:
+        record[COMMITMENT] = duties.commitment
+    return record
+
+
+def decode_duties(record: object, problems: list[str]) -> Duties:
+    """The ``fedchain`` record's fields; each unreadable one is a problem and left empty."""
+    if not isinstance(record, Mapping):
+        problems.append("no fedchain record" if record is None else "fedchain is not a record")
+        return Duties()
+    extra = [key for key in record if not (type(key) is str and key in DUTY_FIELDS)]
+    if extra:
+        problems.append(f"unexpected field {quote_client_text(extra[0])}")
+    fields: dict[str, bytes] = {}
+    for name in (COMMITMENT, ATTESTATION, SEAL):
+        value = record.get(name, b"")
+        if not isinstance(value, bytes):
+            problems.append(f"{name} is {describe_value(value)}, not bytes")
+        elif len(value) > MAX_LEDGER_FIELD_BYTES:
+            problems.append(f"{name} is {len(value)} bytes (at most {MAX_LEDGER_FIELD_BYTES})")
+        else:
+            fields[name] = value
+    checkpoint = decode_count(record.get(CHECKPOINT, 0), CHECKPOINT, problems)
+    return Duties(
+        checkpoint=0 if checkpoint is None else checkpoint,
+        attestation=fields.get(ATTESTATION, b""),
+        seal=fields.get(SEAL, b""),
+        commitment=fields.get(COMMITMENT, b""),
+    )
+
+
+def encode_metrics(num_examples: int, loss: float) -> dict[str, int | float]:
+    return {NUM_EXAMPLES: num_examples, TRAIN_LOSS: loss}
+
+
+def decode_num_examples(metrics: object, problems: list[str]) -> int:
+    """A train reply's example count (0 and a problem if missing or not a count)."""
+    if not isinstance(metrics, Mapping) or NUM_EXAMPLES not in metrics:
+        problems.append("no num-examples metric")
+        return 0
+    count = decode_count(metrics[NUM_EXAMPLES], NUM_EXAMPLES, problems)
+    return 0 if count is None else count
+
+
+def decode_count(value: object, what: str, problems: list[str]) -> int | None:
+    """A whole number in ``[0, COUNT_LIMIT)`` (a float only if finite and integral)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or (isinstance(value, float) and not (math.isfinite(value) and value.is_integer()))
+    ):
+        count = -1
+    else:
+        count = int(value)
+    if not 0 <= count < COUNT_LIMIT:
+        problems.append(f"{what} is {describe_value(value)}, not a whole number in [0, 2**63)")
+        return None
+    return count
+
+
+def describe_value(value: object) -> str:
+    """A short, safe description of a value a client sent (never its full text)."""
+    if isinstance(value, bool) or value is None:
+        return repr(value)
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, int):
+        return (
+            str(int(value)) if abs(value) < 10**18 else f"a {int(value).bit_length()}-bit integer"
+        )
+    if isinstance(value, str):
+        return f"text {quote_client_text(value, 24)}"
+    return f"a {type(value).__name__}"
+
+
+def encode_train_settings(config: RunConfig, run_dir: Path) -> dict[str, Any]:
+    """What every client is told each round besides the model and its ledger view.
+
+    With an attack configured, also the attack and the attackers' partition ids (simulation:
+    each simulated client finds out from these whether it attacks; deployed SuperNodes have no
+    partition id and attack only when their own node config says so).
+    """
+    settings: dict[str, Any] = {
+        RUN_DIR: str(run_dir.resolve()),
+        MODEL: config.model,
+        LOCAL_EPOCHS: config.local_epochs,
+        BATCH_SIZE: config.batch_size,
+        LR: config.lr,
+        SEED: config.seed,
+        LEDGER: config.ledger,
+        THREADS: 1,
+    }
+    settings.update(encode_attack_settings(config))
+    return settings
+
+
+def encode_attack_settings(config: RunConfig) -> dict[str, Any]:
+    """``attack``, ``attack-scale`` (the effective one) and ``attackers`` (client indices =
+    simulation partition ids), or nothing when no client attacks."""
+    attackers = attacker_indices(config)
+    if not attackers:
+        return {}
+    scale = Attack(config.attack, config.attack_scale).scale
+    return {ATTACK: config.attack, ATTACK_SCALE: scale, ATTACKERS: attackers}
+
+
+def decode_train_settings(config: Mapping[str, Any]) -> TrainSettings:
+    return TrainSettings(
+        model=str(config[MODEL]),
+        local_epochs=int(config[LOCAL_EPOCHS]),
+        batch_size=int(config[BATCH_SIZE]),
+        lr=float(config[LR]),
+        seed=int(config[SEED]),
+    )
+
+
+def is_ledger_on(config: Mapping[str, Any]) -> bool:
+    return bool(config.get(LEDGER, True))
+
+
+def decode_threads(config: Mapping[str, Any]) -> int:
+    return int(config.get(THREADS, 1))
+
+
+def decode_run_dir(config: Mapping[str, Any]) -> Path | None:
+    """The simulated run's directory (deployed clients get none: their data is their own)."""
+    value = config.get(RUN_DIR)
+    return Path(str(value)) if value else None
+
+
+def decode_attack(
+    node_config: Mapping[str, Any], config: Mapping[str, Any], partition_id: int | None
+) -> Attack | None:
+    """This client's attack, if it is an attacker: a deployed SuperNode's node config says so
+    (``attack``, optional ``attack-scale``); in simulation, the server's train settings name the
+    attackers' partition ids (``attackers``) with ``attack`` and ``attack-scale``."""
+    if ATTACK in node_config:
+        name = str(node_config[ATTACK])
+        if name == NO_ATTACK:
+            return None
+        return Attack(name, float(str(node_config.get(ATTACK_SCALE, 0.0))))
+    if ATTACK not in config or partition_id is None:
+        return None
+    if partition_id not in [int(i) for i in config[ATTACKERS]]:
+        return None
+    return Attack(str(config[ATTACK]), float(config.get(ATTACK_SCALE, 0.0)))
+
+
+def encode_checkpoint(checkpoint: Checkpoint) -> dict[str, object]:
+    """The client's own state between messages: the last final block it saw."""
+    return {FINAL_HEIGHT: checkpoint.height, FINAL_HASH: checkpoint.block_hash}
+
+
+def decode_checkpoint(record: Mapping[str, Any]) -> Checkpoint:
+    return Checkpoint(int(record[FINAL_HEIGHT]), bytes(record[FINAL_HASH]))

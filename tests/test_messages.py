@@ -1,0 +1,145 @@
+"""fedchain.rounds.messages (the wire contract) and fedchain.rounds.participant (client duties).
+
+The literal keys here are the wire format: a renamed constant must fail these tests.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fedchain.config import RunConfig
+from fedchain.crypto.identity import public_key_bytes
+from fedchain.learning.attacks import Attack
+from fedchain.ledger.builder import prepare_block
+from fedchain.ledger.chain import Chain
+from fedchain.ledger.codec import decode
+from fedchain.ledger.lightclient import Checkpoint
+from fedchain.ledger.objects import Attestation, UpdateCommitment
+from fedchain.ledger.synthetic import SyntheticFederation
+from fedchain.rounds import messages as m
+from fedchain.rounds.participant import check_view, compute_duties, sign_update_commitment
+
+
+def test_the_keys_on_the_wire() -> None:
+    view = m.encode_ledger_view(b"g" * 32, "run", [], 0, None)
+    assert list(view) == ["genesis-hash", "run-id", "headers", "final-height", "pending"]
+    assert view["pending"] == b"" and view["headers"] == []
+    duties = m.encode_duties(m.Duties(3, b"a", b"s", b"c"))
+    assert duties == {"checkpoint": 3, "attestation": b"a", "seal": b"s", "commitment": b"c"}
+    assert m.encode_duties(m.Duties(3)) == {"checkpoint": 3, "attestation": b"", "seal": b""}
+    assert m.encode_metrics(5, 0.5) == {"num-examples": 5, "train-loss": 0.5}
+    assert (m.CONFIG, m.ARRAYS, m.METRICS, m.DUTIES) == ("config", "arrays", "metrics", "fedchain")
+    assert (m.BASE_MODEL_HASH, m.SERVER_ROUND) == ("base-model-hash", "server-round")
+
+
+def test_train_settings_round_trip(tmp_path: Path) -> None:
+    config = RunConfig(model="mlp", local_epochs=2, batch_size=16, lr=0.1, seed=7)
+    settings = m.encode_train_settings(config, tmp_path)
+    assert settings == {
+        "run-dir": str(tmp_path.resolve()),
+        "model": "mlp",
+        "local-epochs": 2,
+        "batch-size": 16,
+        "lr": 0.1,
+        "seed": 7,
+        "ledger": True,
+        "threads": 1,
+    }
+    assert m.decode_train_settings(settings) == m.TrainSettings("mlp", 2, 16, 0.1, 7)
+    assert m.decode_run_dir(settings) == tmp_path.resolve() and m.decode_run_dir({}) is None
+    assert m.is_ledger_on(settings) and m.is_ledger_on({}) and m.decode_threads({}) == 1
+
+
+def test_attack_settings_name_the_attackers() -> None:
+    config = RunConfig(clients=5, attack="sign-flip", attackers=2)
+    settings = m.encode_attack_settings(config)
+    assert settings["attack"] == "sign-flip" and settings["attack-scale"] == 1.0
+    attackers = settings["attackers"]
+    assert len(attackers) == 2
+    assert m.decode_attack({}, settings, attackers[0]) == Attack("sign-flip", 1.0)
+    honest = next(i for i in range(5) if i not in attackers)
+    assert m.decode_attack({}, settings, honest) is None
+    assert m.decode_attack({}, settings, None) is None  # a deployed node without its own attack
+    assert m.decode_attack({"attack": "none"}, settings, attackers[0]) is None
+    assert m.decode_attack({"attack": "scaled", "attack-scale": "3"}, {}, None) == Attack(
+        "scaled", 3.0
+    )
+    assert m.encode_attack_settings(RunConfig()) == {}
+
+
+def test_duties_decode_what_they_encode() -> None:
+    problems: list[str] = []
+    duties = m.Duties(4, b"att", b"seal", b"commit")
+    assert m.decode_duties(m.encode_duties(duties), problems) == duties and problems == []
+
+
+@pytest.mark.parametrize(
+    ("record", "problem"),
+    [
+        (None, "no fedchain record"),
+        ("x", "fedchain is not a record"),
+        ({"other": 1}, 'unexpected field "other"'),
+        ({"seal": "text"}, 'seal is text "text", not bytes'),
+        ({"attestation": b"x" * 4097}, "attestation is 4097 bytes (at most 4096)"),
+        ({"checkpoint": -1}, "checkpoint is -1, not a whole number in [0, 2**63)"),
+        ({"checkpoint": 1.5}, "checkpoint is 1.5, not a whole number in [0, 2**63)"),
+        ({"checkpoint": True}, "checkpoint is True, not a whole number in [0, 2**63)"),
+    ],
+)
+def test_invalid_duties_are_problems_and_left_empty(record: object, problem: str) -> None:
+    problems: list[str] = []
+    duties = m.decode_duties(record, problems)
+    assert problems == [problem]
+    assert duties.seal == b"" and duties.attestation == b"" and duties.checkpoint == 0
+
+
+def test_invalid_num_examples() -> None:
+    problems: list[str] = []
+    assert m.decode_num_examples({}, problems) == 0 and problems == ["no num-examples metric"]
+    assert m.decode_num_examples({"num-examples": 2**63}, problems) == 0
+    assert problems[-1] == "num-examples is a 64-bit integer, not a whole number in [0, 2**63)"
+    assert m.decode_num_examples({"num-examples": 12.0}, []) == 12
+
+
+def test_checkpoint_state_round_trip() -> None:
+    checkpoint = Checkpoint(3, b"h" * 32)
+    record = m.encode_checkpoint(checkpoint)
+    assert record == {"final-height": 3, "final-hash": b"h" * 32}
+    assert m.decode_checkpoint(record) == checkpoint
+
+
+def test_participant_attests_seals_and_commits(tmp_path: Path) -> None:
+    """Round 2's view of a synthetic federation after round 1: every client attests to the
+    pending block, only its proposer seals it, and a commitment names the view's run."""
+    federation = SyntheticFederation(3, run_id="wire")
+    with Chain.create(tmp_path / "ledger.db", federation.genesis) as chain:
+        block, state = federation.make_round(chain.state)
+        chain.append(block, state)
+        header, _ = prepare_block(state, [], round=2)
+        wire = m.encode_ledger_view(state.genesis_hash, "wire", [block.signed_header], 1, header)
+    view = m.decode_ledger_view(wire)
+    assert view.pending == header and view.headers == (block.signed_header,)
+    checkpoint = check_view(None, view)
+    assert checkpoint.height <= 1
+    sealed = 0
+    for key in federation.keys:
+        public = public_key_bytes(key)
+        duties = compute_duties(key, public, view, checkpoint)
+        assert decode(Attestation, duties.attestation).validator == public
+        sealed += bool(duties.seal)
+        assert bool(duties.seal) == (header.proposer == public)
+    assert sealed == 1
+    commitment = decode(
+        UpdateCommitment,
+        sign_update_commitment(
+            federation.keys[0],
+            view,
+            round_=2,
+            base_model_hash=state.model_head,
+            update={},
+            num_examples=10,
+        ),
+    )
+    assert commitment.run_id == "wire" and commitment.round == 2 and commitment.num_examples == 10
