@@ -32,7 +32,6 @@ from fedchain.ledger.containers import BPS_DENOMINATOR as BPS_DENOMINATOR
 from fedchain.ledger.containers import LedgerState as LedgerState
 from fedchain.ledger.containers import ParticipantState as ParticipantState
 from fedchain.ledger.containers import compute_state_root
-from fedchain.ledger.genesis import process_genesis_block as process_genesis_block
 from fedchain.ledger.objects import (
     Attestation,
     Block,
@@ -52,7 +51,6 @@ from fedchain.ledger.objects import (
     signing_message,
 )
 from fedchain.ledger.signatures import PLAIN, Verifier, compute_preverified
-from fedchain.ledger.signatures import is_signed_by as is_signed_by
 from fedchain.ledger.transactions import (
     APPLY,
     Apply,
@@ -69,10 +67,9 @@ from fedchain.ledger.transactions import (
     describe_key,
 )
 
-# Re-exported (the `X as X` imports) until fedchain/report/build.py (BPS_DENOMINATOR,
-# LedgerState, ParticipantState, process_genesis_block), fedchain/rounds/coordinator.py and
-# fedchain/rounds/admission.py (LedgerState, is_signed_by) import them from their new homes:
-# fedchain.ledger.containers / .genesis / .signatures.
+# Re-exported (the `X as X` imports) until fedchain/report/participants.py (BPS_DENOMINATOR,
+# LedgerState, ParticipantState), fedchain/rounds/coordinator.py and tests/test_admission.py
+# (LedgerState) import them from fedchain.ledger.containers.
 
 __all__ = [
     "compute_state_with_head",
