@@ -26,7 +26,7 @@ from fedchain.runs.federation import (
     registered_node_keys,
     remove_unregistered_models,
 )
-from server.server_app import run_federation
+from server.federate import run_federation
 
 
 def run_deployment(grid: Grid, fed_dir: Path) -> None:

@@ -40,7 +40,8 @@ from pathlib import Path
 
 from fedchain.config import RunConfig
 from fedchain.errors import FedchainError
-from server.server_app import RoundReporter, make_server_app
+from fedchain.runs.session import RoundReporter
+from server.server_app import make_server_app
 
 _QUIET_ENV = {
     "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",

@@ -15,13 +15,13 @@ from fedchain.crypto.hashing import compute_update_hash
 from fedchain.ledger.builder import sign_attestation, sign_commitment
 from fedchain.ledger.chain import Chain
 from fedchain.ledger.codec import decode, encode
+from fedchain.ledger.containers import LedgerState
 from fedchain.ledger.objects import (
     Attestation,
     Rejection,
     SlashingEvidence,
     UpdateCommitment,
 )
-from fedchain.ledger.state import LedgerState
 from fedchain.ledger.synthetic import SyntheticFederation
 from fedchain.rounds.admission import (
     MAX_REASON_CHARS,

@@ -34,8 +34,8 @@ from fedchain.learning.attacks import (
 from fedchain.ledger.objects import Rejection, SlashingEvidence, UpdateCommitment
 from fedchain.ledger.verify import verify_ledger
 from fedchain.runs.prepare import prepare_run
+from server.federate import flower_strategy, run_federation, train_settings
 from server.inprocess_grid import InProcessGrid
-from server.server_app import flower_strategy, run_federation, train_settings
 from tests.test_rounds import ledger_transactions
 
 FLOWER_LOGGER.setLevel(logging.ERROR)

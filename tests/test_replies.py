@@ -55,8 +55,8 @@ from fedchain.rounds.admission import (
 from fedchain.rounds.coordinator import Coordinator, RoundOutcome
 from fedchain.rounds.messages import MAX_LEDGER_FIELD_BYTES
 from fedchain.runs.prepare import prepare_run
+from server.federate import run_federation
 from server.inprocess_grid import NODE_BASE, InProcessGrid
-from server.server_app import run_federation
 from server.strategy import (
     compute_client_reply,
     compute_error_reason,

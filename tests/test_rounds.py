@@ -38,8 +38,8 @@ from fedchain.ledger.verify import verify_ledger
 from fedchain.rounds.coordinator import RoundOutcome
 from fedchain.rounds.recheck import recheck_scores
 from fedchain.runs.prepare import prepare_run
+from server.federate import run_federation
 from server.inprocess_grid import NODE_BASE, InProcessGrid
-from server.server_app import run_federation
 
 FLOWER_LOGGER.setLevel(logging.ERROR)
 

@@ -26,8 +26,8 @@ from fedchain.errors import ConfigError, FedchainError, PartitionError
 from fedchain.ledger.verify import verify_ledger
 from fedchain.rounds.admission import brief_reason
 from fedchain.runs.prepare import prepare_run
+from server.federate import run_federation
 from server.inprocess_grid import InProcessGrid
-from server.server_app import run_federation
 
 runner = CliRunner()
 SMALL = {"clients": 2, "rounds": 1, "model": "mlp"}

@@ -305,7 +305,7 @@ def resumable_run(run_dir: Path) -> tuple[RunConfig, Path]:
     never reached the ledger and runs again. Its model files are removed
     (:func:`fedchain.runs.federation.remove_unregistered_models`, as a resumed deployment does);
     archived updates are named by their hash, so the repeated round writes the same names, and
-    ``metrics.json`` keeps only the rows of rounds on the ledger (server.server_app).
+    ``metrics.json`` keeps only the rows of rounds on the ledger (fedchain.runs.session).
     """
     if not (run_dir / CONFIG_FILE).is_file():
         raise ConfigError(f"{run_dir}: not a run directory (no {CONFIG_FILE})")

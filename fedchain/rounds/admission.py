@@ -21,6 +21,7 @@ import numpy as np
 from fedchain.crypto.hashing import compute_update_hash
 from fedchain.errors import LedgerError
 from fedchain.ledger.codec import decode
+from fedchain.ledger.containers import LedgerState
 from fedchain.ledger.objects import (
     BAD_COMMITMENT,
     Attestation,
@@ -30,7 +31,8 @@ from fedchain.ledger.objects import (
     Transaction,
     UpdateCommitment,
 )
-from fedchain.ledger.state import LedgerState, is_signed_by, process_transaction
+from fedchain.ledger.signatures import PLAIN, Verifier, is_signed_by
+from fedchain.ledger.state import process_transaction
 
 Arrays = dict[str, np.ndarray]
 MAX_REASON_CHARS = 200
@@ -79,7 +81,7 @@ class Admission:
 
 
 def admit_attestation(
-    state: LedgerState, reply: ClientReply, round_: int
+    state: LedgerState, reply: ClientReply, round_: int, *, verifier: Verifier = PLAIN
 ) -> tuple[LedgerState, Attestation | None]:
     """``reply``'s attestation applied to ``state`` if it is a valid vote, else nothing.
 
@@ -92,7 +94,7 @@ def admit_attestation(
         return state, None
     try:
         attestation = decode(Attestation, reply.attestation)
-        return process_transaction(state, attestation, round_), attestation
+        return process_transaction(state, attestation, round_, verifier=verifier), attestation
     except LedgerError:
         return state, None  # a stale or bogus attestation: it proves nothing, record nothing
 
@@ -103,6 +105,8 @@ def admit_update(
     round_: int,
     sender: bytes | None,
     model: Mapping[str, np.ndarray],
+    *,
+    verifier: Verifier = PLAIN,
 ) -> Admission:
     """Admit or refuse ``reply``'s update to the round over global ``model``.
 
@@ -122,7 +126,7 @@ def admit_update(
     if commitment is None:
         return reject("no readable update commitment")
     try:
-        checked = process_transaction(state, commitment, round_)
+        checked = process_transaction(state, commitment, round_, verifier=verifier)
     except LedgerError as e:
         return reject(f"commitment refused: {compute_reason(e)}")
     if commitment.public_key != sender:
@@ -139,7 +143,7 @@ def admit_update(
             BAD_COMMITMENT, key, round_, CommitmentMismatch(commitment, observed)
         )
         try:
-            slashed = process_transaction(state, evidence, round_)
+            slashed = process_transaction(state, evidence, round_, verifier=verifier)
         except LedgerError:
             return reject("update does not match its commitment")
         why = "update does not match its signed commitment"
@@ -160,6 +164,8 @@ def compute_sender(
     node_id: int,
     commitment: UpdateCommitment | None,
     round_: int,
+    *,
+    verifier: Verifier = PLAIN,
 ) -> tuple[bytes | None, bool]:
     """(the key a reply comes from, whether this reply newly binds ``node_id`` to it).
 
@@ -172,12 +178,14 @@ def compute_sender(
     known = node_keys.get(node_id)
     if known is not None:
         return known, False
-    if commitment is not None and is_fresh_commitment(state, commitment, round_):
+    if commitment is not None and is_fresh_commitment(state, commitment, round_, verifier=verifier):
         return commitment.public_key, True
     return None, False
 
 
-def is_fresh_commitment(state: LedgerState, commitment: UpdateCommitment, round_: int) -> bool:
+def is_fresh_commitment(
+    state: LedgerState, commitment: UpdateCommitment, round_: int, *, verifier: Verifier = PLAIN
+) -> bool:
     """Whether ``commitment`` proves that whoever sends it holds its key now: signed by that
     key in this federation, for this run, this round and the current global model.
 
@@ -192,7 +200,7 @@ def is_fresh_commitment(state: LedgerState, commitment: UpdateCommitment, round_
         commitment.run_id == state.genesis.run_id
         and commitment.round == round_
         and commitment.base_model_hash == state.model_head
-        and is_signed_by(commitment, commitment.public_key, state.genesis_hash)
+        and is_signed_by(commitment, commitment.public_key, state.genesis_hash, verifier=verifier)
     )
 
 

@@ -30,6 +30,7 @@ from fedchain.ledger.builder import prepare_block, seal_block
 from fedchain.ledger.chain import Chain
 from fedchain.ledger.codec import decode
 from fedchain.ledger.consensus import compute_finalized_height, get_validators
+from fedchain.ledger.containers import LedgerState
 from fedchain.ledger.objects import (
     Block,
     BlockHeader,
@@ -40,7 +41,6 @@ from fedchain.ledger.objects import (
     Transaction,
     UpdateCommitment,
 )
-from fedchain.ledger.state import LedgerState
 from fedchain.rounds.admission import (
     ClientReply,
     Decision,
@@ -182,7 +182,9 @@ class Coordinator:
         if self.pending is None:
             raise FedchainError("no block is pending")
         txs = self.pending.transactions
-        header, post = prepare_block(self.state, txs, attempt, round=self.pending.header.round)
+        header, post = prepare_block(
+            self.state, txs, attempt, round=self.pending.header.round, verifier=self.chain.verifier
+        )
         self.pending = Pending(header, txs, post)
         return header
 
@@ -216,7 +218,7 @@ class Coordinator:
             deltas = compute_reward_split(pool, scores)
             if deltas:
                 txs.append(RewardDeltas(round_, deltas))
-        header, post = prepare_block(self.state, txs, round=round_)
+        header, post = prepare_block(self.state, txs, round=round_, verifier=self.chain.verifier)
         self.pending = Pending(header, tuple(txs), post)
         self._update_finality()
         outcome.model_hash = self.model_hash
@@ -230,7 +232,9 @@ class Coordinator:
         work = self.state
         for reply in replies:
             work = self._admit_attestation(work, reply, self.state.round, txs)
-        header, post = prepare_block(self.state, txs, round=self.state.round)
+        header, post = prepare_block(
+            self.state, txs, round=self.state.round, verifier=self.chain.verifier
+        )
         self.pending = Pending(header, tuple(txs), post)
         return self.pending
 
@@ -239,7 +243,7 @@ class Coordinator:
     def _admit_attestation(
         self, work: LedgerState, reply: ClientReply, round_: int, txs: list[Transaction]
     ) -> LedgerState:
-        work, attestation = admit_attestation(work, reply, round_)
+        work, attestation = admit_attestation(work, reply, round_, verifier=self.chain.verifier)
         if attestation is not None:
             self.checkpoints[reply.node_id] = reply.checkpoint
             txs.append(attestation)
@@ -255,12 +259,13 @@ class Coordinator:
         outcome: RoundOutcome,
     ) -> LedgerState:
         commitment = decode_commitment(reply.commitment)
+        verifier = self.chain.verifier
         sender, newly_bound = compute_sender(
-            self.node_keys, work, reply.node_id, commitment, round_
+            self.node_keys, work, reply.node_id, commitment, round_, verifier=verifier
         )
         if newly_bound and sender is not None:
             self.node_keys[reply.node_id] = sender
-        admission = admit_update(work, reply, round_, sender, self.model)
+        admission = admit_update(work, reply, round_, sender, self.model, verifier=verifier)
         if admission.accepted is not None:
             save_update(self.run_dir, admission.accepted[1])  # so anyone can recompute the scores
             accepted.append(admission.accepted)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedchain.aggregation.rules import RuleParams
+from fedchain.aggregation.weights import make_rule_params
 from fedchain.config import CONTRIBUTION_NEEDS_VALIDATION, RunConfig
 from fedchain.data.sources import ArrayDataset
 from fedchain.errors import RegistryError
@@ -91,7 +91,7 @@ def recheck_scores(
     """Recompute every round's contribution scores from the archived updates and compare them
     with the scores on the ledger. Needs a verified ``report`` of the run's ledger."""
     scorer = None if config.contribution == "none" else RoundScorer(config, load_split(config)[1])
-    params = RuleParams(beta=config.beta, cap=None if config.weight_cap >= 1 else config.weight_cap)
+    params = make_rule_params(config)
     problems: list[str] = []
     worst = 0.0
     for record in report.round_records:
