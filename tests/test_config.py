@@ -191,8 +191,8 @@ def test_each_choice_the_code_knows_is_in_its_flags_help():
     from fedchain.config import FLOWER_RULES
     from fedchain.data.partition import PARTITIONERS
     from fedchain.data.sources import SOURCES
-    from fedchain.learning.architectures import MODELS
     from fedchain.learning.attacks import ATTACKS
+    from fedchain.learning.catalog import MODELS
     from fedchain.rounds.contribution import METHODS
 
     options = _simulate_options()

@@ -32,7 +32,8 @@ from fedchain.cli import app
 from fedchain.cli.join import SupernodeProgress
 from fedchain.config import RunConfig
 from fedchain.crypto.identity import NO_FEDERATION, fingerprint, public_key_bytes
-from fedchain.deploy import processes as deploy
+from fedchain.deploy import processes
+from fedchain.deploy.logs import parse_flower_log_line, strip_ansi
 from fedchain.errors import ConfigError, FedchainError
 from fedchain.ledger.builder import build_block, make_genesis, make_rules, sign_registration
 from fedchain.ledger.chain import Chain
@@ -471,21 +472,21 @@ def test_join_prints_one_line_per_round():
 def test_start_process_writes_its_log_without_ansi_codes(tmp_path):
     script = "\n".join(f"print({line!r}, flush=True)" for line in FLOWER_LINES)
     seen: list[str] = []
-    process = deploy.start_process(
+    process = processes.start_process(
         [sys.executable, "-c", script],
         log_path=tmp_path / "node.log",
         pid_file=tmp_path / "node.pid",
         on_line=seen.append,
     )
-    assert deploy.wait_exit(process, 30) == 0
+    assert processes.wait_exit(process, 30) == 0
     deadline = time.monotonic() + 10
     while len(seen) < len(FLOWER_LINES) and time.monotonic() < deadline:
         time.sleep(0.05)
     log = (tmp_path / "node.log").read_text()
     assert "\x1b" not in log and "\x1b" not in "".join(seen)
-    assert log.splitlines() == seen == [deploy.strip_ansi(line) for line in FLOWER_LINES]
+    assert log.splitlines() == seen == [strip_ansi(line) for line in FLOWER_LINES]
     assert seen[3] == "INFO :      [RUN 7]" and seen[-1] == FLOWER_LINES[-1]
-    assert deploy.parse_flower_log_line(seen[4]) == ("INFO", "Receiving: train message (ID: a1)")
+    assert parse_flower_log_line(seen[4]) == ("INFO", "Receiving: train message (ID: a1)")
 
 
 def test_verify_at_80_columns_shows_whole_hashes(fed_dir):

@@ -16,11 +16,15 @@ import typer
 from rich import box
 from rich.table import Table
 
+from fedchain.aggregation.rules import RULES
 from fedchain.cli.common import PASSPHRASE_ENV, console, make_app, read_passphrase
 from fedchain.cli.data import unlock_for_reading
 from fedchain.config import RunConfig
 from fedchain.crypto import identity
+from fedchain.data.sources import SOURCES
 from fedchain.errors import ConfigError
+from fedchain.learning.catalog import MODELS
+from fedchain.rounds.contribution import METHODS
 from fedchain.runs import federation as fed
 
 if sys.version_info >= (3, 11):
@@ -171,10 +175,6 @@ def init(
 
 
 def _check_names(settings: dict[str, Any]) -> None:
-    from fedchain.aggregation.rules import RULES
-    from fedchain.data.sources import SOURCES
-    from fedchain.learning.architectures import MODELS
-    from fedchain.rounds.contribution import METHODS
 
     for key, known in (
         ("aggregation", RULES),

@@ -9,7 +9,7 @@ import typer
 
 from fedchain.cli.common import PASSPHRASE_ENV, console, read_passphrase
 from fedchain.crypto import identity
-from fedchain.deploy.processes import create_supernode_keys
+from fedchain.deploy.certs import create_supernode_keys
 
 
 def keygen(

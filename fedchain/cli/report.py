@@ -18,6 +18,7 @@ from rich.table import Table
 
 from fedchain.cli.common import console, ledger_progress
 from fedchain.ledger.show import as_markup_text
+from fedchain.ledger.signatures import CachingVerifier
 from fedchain.report.build import build_report
 from fedchain.report.files import write_report_files
 
@@ -46,8 +47,8 @@ def report(
     Writes report.json and a self-contained report.html (plots inline, nothing fetched) into
     the run directory or --out. Exits 1 if the ledger or the model files fail verification.
     """
-    with ledger_progress() as (_, on_block):
-        data = build_report(run_dir, on_block=on_block)
+    with ledger_progress() as (_, on_block), CachingVerifier() as verifier:
+        data = build_report(run_dir, on_block=on_block, verifier=verifier)
     with console.status("writing the report"):
         paths = write_report_files(data, out or run_dir, html_page=not json_only)
     print_summary(data)

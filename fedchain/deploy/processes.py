@@ -25,12 +25,6 @@ from pathlib import Path
 from typing import IO
 
 from fedchain.deploy.atomic import write_file
-from fedchain.deploy.certs import (  # re-exported until fedchain/cli/keys.py imports it from certs
-    create_supernode_keys as create_supernode_keys,
-)
-from fedchain.deploy.logs import (  # re-exported until tests/test_outputs.py imports it from logs
-    parse_flower_log_line as parse_flower_log_line,
-)
 from fedchain.deploy.logs import strip_ansi, tail
 from fedchain.errors import DeployError
 

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from fedchain.errors import ConfigError
+from fedchain.learning.catalog import MODELS
 
 __all__ = [
     "MODELS",
@@ -46,7 +47,6 @@ __all__ = [
     "state_to_numpy",
 ]
 
-MODELS: tuple[str, ...] = ("cnn", "mlp")
 
 _CNN_CHANNELS = (16, 32)
 _CNN_POOLED_SIDE = 4  # adaptive average pool output: 4x4 per channel

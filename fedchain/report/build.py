@@ -31,6 +31,7 @@ from fedchain.ledger.objects import (
     RewardDeltas,
     UpdateCommitment,
 )
+from fedchain.ledger.signatures import PLAIN, Verifier
 from fedchain.ledger.verify import ReplayStep, iter_replay
 from fedchain.report.inputs import ReportInputs, RoundMetrics, load_report_inputs
 
@@ -45,21 +46,25 @@ REPORT_FORMAT = "fedchain-report/1"
 NO_CONTRIBUTIONS = "no contribution scores recorded"
 
 
-def _replay(blocks: Sequence[Block]) -> tuple[list[ReplayStep], str | None]:
+def _replay(blocks: Sequence[Block], verifier: Verifier) -> tuple[list[ReplayStep], str | None]:
     """The steps of :func:`~fedchain.ledger.verify.iter_replay` up to the first block that
     fails, and why the replay stopped there (None when every block passed)."""
     steps: list[ReplayStep] = []
     try:
-        for step in iter_replay(blocks):
+        for step in iter_replay(blocks, verifier=verifier):
             steps.append(step)
     except LedgerError as e:
         return steps, f"block {len(steps)}: {e}"
     return steps, None
 
 
-def compute_report(inputs: ReportInputs) -> dict[str, Any]:
-    """The report as a JSON-ready dict (see the module docstring for what it holds)."""
-    steps, stopped = _replay(inputs.blocks)
+def compute_report(inputs: ReportInputs, *, verifier: Verifier = PLAIN) -> dict[str, Any]:
+    """The report as a JSON-ready dict (see the module docstring for what it holds).
+
+    ``verifier`` checks the replay's signatures: the one that verified ``inputs`` answers from
+    its cache (:class:`~fedchain.ledger.signatures.CachingVerifier`), so nothing is checked twice.
+    """
+    steps, stopped = _replay(inputs.blocks, verifier)
     first = steps[0].block.transactions[0] if steps else None
     genesis = first if isinstance(first, Genesis) else None
     verification = _verification_json(inputs, steps, stopped)
@@ -309,7 +314,11 @@ def _totals_json(
 
 
 def build_report(
-    run_dir: Path, *, on_block: Callable[[int, int], None] | None = None
+    run_dir: Path,
+    *,
+    on_block: Callable[[int, int], None] | None = None,
+    verifier: Verifier = PLAIN,
 ) -> dict[str, Any]:
-    """:func:`compute_report` of :func:`load_report_inputs`."""
-    return compute_report(load_report_inputs(run_dir, on_block=on_block))
+    """:func:`compute_report` of :func:`load_report_inputs`, both with ``verifier``."""
+    inputs = load_report_inputs(run_dir, on_block=on_block, verifier=verifier)
+    return compute_report(inputs, verifier=verifier)

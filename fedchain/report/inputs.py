@@ -37,6 +37,7 @@ from fedchain.ledger.objects import (
     PublicKey,
 )
 from fedchain.ledger.show import printable
+from fedchain.ledger.signatures import PLAIN, Verifier
 from fedchain.ledger.store import LedgerStore, open_ledger_path
 from fedchain.ledger.verify import VerifyReport, verify_ledger
 from fedchain.runs.federation import (
@@ -114,7 +115,10 @@ class ReportInputs:
 
 
 def load_report_inputs(
-    run_dir: Path, *, on_block: Callable[[int, int], None] | None = None
+    run_dir: Path,
+    *,
+    on_block: Callable[[int, int], None] | None = None,
+    verifier: Verifier = PLAIN,
 ) -> ReportInputs:
     """Read and verify ``run_dir`` (see :class:`ReportInputs`).
 
@@ -132,7 +136,7 @@ def load_report_inputs(
             "holding ledger.db)"
         )
     ledger_path = open_ledger_path(run_dir)  # raises when there is no ledger.db
-    verification = verify_ledger(run_dir, on_block=on_block)
+    verification = verify_ledger(run_dir, on_block=on_block, verifier=verifier)
     model_problems: tuple[str, ...] = ()
     if verification.ok:
         model_problems = tuple(check_model_files(run_dir, verification))

@@ -15,6 +15,11 @@ from itertools import pairwise
 from typing import Any
 
 from fedchain.crypto.identity import fingerprint
+from fedchain.ledger.containers import (
+    BPS_DENOMINATOR,
+    LedgerState,
+    ParticipantState,
+)
 from fedchain.ledger.objects import (
     SCORE_SCALE,
     Block,
@@ -29,11 +34,6 @@ from fedchain.ledger.objects import (
     SlashingEvidence,
     UpdateCommitment,
     compute_block_hash,
-)
-from fedchain.ledger.state import (
-    BPS_DENOMINATOR,
-    LedgerState,
-    ParticipantState,
 )
 from fedchain.ledger.verify import ReplayStep
 from fedchain.report.inputs import ReportInputs

@@ -39,11 +39,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fedchain.config import RunConfig, merge_config, write_config
 from fedchain.crypto import identity
 from fedchain.data import datafile
+from fedchain.data.sources import load_source
 from fedchain.errors import ConfigError, FedchainError, SignatureError
-from fedchain.ledger.builder import sign_registration
+from fedchain.ledger.builder import make_genesis, sign_registration
+from fedchain.ledger.chain import Chain
 from fedchain.ledger.codec import MAX_INT
 from fedchain.ledger.objects import HASH_SIZE, GenesisParticipant, Registration, signing_message
 from fedchain.ledger.store import LEDGER_FILENAME
+from fedchain.ledger.verify import verify_ledger
+from fedchain.runs.prepare import make_rules_for
+from fedchain.runs.registry import find_unregistered_files, save_model
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -427,12 +432,8 @@ def prepare_federation_run(federation: Federation) -> tuple[Path, RunConfig, boo
     Creating: the resolved configuration (``config.toml``), the initial model (shaped for the
     coordinator's test data) and a ledger whose genesis holds every registered participant.
     """
-    from fedchain.data.sources import load_source
+    # torch (about 3 s): only when a federation's run is created, not for every CLI command
     from fedchain.learning.architectures import build_model, state_to_numpy
-    from fedchain.ledger.builder import make_genesis
-    from fedchain.ledger.chain import Chain
-    from fedchain.runs.prepare import make_rules_for
-    from fedchain.runs.registry import save_model
 
     config = compute_run_config(federation)
     run_dir = run_dir_of(federation.path)
@@ -486,9 +487,6 @@ def remove_unregistered_models(run_dir: Path) -> list[Path]:
     between leaves the file behind. On resume that round runs again, so the file is not part of
     the federation's history and is removed (``fedchain verify`` would only warn about it).
     """
-    from fedchain.ledger.verify import verify_ledger
-    from fedchain.runs.registry import find_unregistered_files
-
     report = verify_ledger(Path(run_dir))
     if not report.ok:
         raise FedchainError(f"{run_dir}: the ledger does not verify: {report.failure}")

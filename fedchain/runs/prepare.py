@@ -27,15 +27,21 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedchain.aggregation.rules import RULES
 from fedchain.config import FLOWER_RULES, RUN_ID_PATTERN, RunConfig, write_config
 from fedchain.crypto import identity
 from fedchain.data import datafile
-from fedchain.data.sources import ArrayDataset
+from fedchain.data.partition import PARTITIONERS, holdout_indices, partition
+from fedchain.data.sources import SOURCES, ArrayDataset, load_source
 from fedchain.errors import ConfigError
+from fedchain.learning.attacks import ATTACKS, NO_ATTACK, Attack, attacker_indices
+from fedchain.learning.catalog import MODELS
 from fedchain.ledger.builder import make_genesis, make_rules
 from fedchain.ledger.chain import Chain
 from fedchain.ledger.objects import BAD_COMMITMENT, DOUBLE_SIGN, Genesis, GenesisParticipant, Rules
 from fedchain.ledger.store import LEDGER_FILENAME
+from fedchain.rounds.contribution import METHODS
+from fedchain.runs.registry import save_model
 
 CLIENTS_DIR = "clients"
 DATA_KEY_FILE = "data.key"
@@ -75,9 +81,6 @@ def load_split(config: RunConfig) -> tuple[ArrayDataset, ArrayDataset]:
     Deterministic from the configuration (source and seed), so the coordinator and anyone
     re-checking its contribution scores derive the same validation split.
     """
-    from fedchain.data.partition import holdout_indices
-    from fedchain.data.sources import load_source
-
     train = load_source(config.dataset, root=config.data_root or None, split="train")
     kept, held = holdout_indices(train.y, config.validation_fraction, seed=config.seed)
     return train.subset(kept), train.subset(held)
@@ -112,14 +115,6 @@ def prepare_run(config: RunConfig) -> RunSetup:
     blocks no run id. The run id is a plain name (:data:`fedchain.config.RUN_ID_PATTERN`, checked
     by :class:`RunConfig` and again here), so nothing outside ``out`` is ever touched.
     """
-    # torch-heavy modules load on first use, so `fedchain --help` stays fast
-    from fedchain.aggregation.rules import RULES
-    from fedchain.data.partition import PARTITIONERS
-    from fedchain.data.sources import SOURCES
-    from fedchain.learning.architectures import MODELS
-    from fedchain.learning.attacks import ATTACKS, NO_ATTACK
-    from fedchain.rounds.contribution import METHODS
-
     for name, value, known in (
         ("aggregation", config.aggregation, RULES + FLOWER_RULES),
         ("attack", config.attack, (NO_ATTACK, *ATTACKS)),
@@ -191,9 +186,8 @@ def _make_folders(out: Path) -> list[Path]:
 
 
 def _populate(run_dir: Path, config: RunConfig) -> RunSetup:
-    from fedchain.data.partition import partition
+    # torch (about 3 s): only when a run is made, not for `fedchain --help` or any other command
     from fedchain.learning.architectures import build_model, state_to_numpy
-    from fedchain.runs.registry import save_model
 
     (run_dir / CLIENTS_DIR).mkdir(parents=True, exist_ok=True)
     write_config(config, run_dir / "config.toml")
@@ -240,8 +234,6 @@ def _populate(run_dir: Path, config: RunConfig) -> RunSetup:
 
 
 def _write_attackers(run_dir: Path, config: RunConfig, public_keys: list[bytes]) -> None:
-    from fedchain.learning.attacks import Attack, attacker_indices
-
     indices = attacker_indices(config)
     if not indices:
         return
