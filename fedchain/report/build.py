@@ -34,10 +34,6 @@ from fedchain.ledger.objects import (
 from fedchain.ledger.signatures import PLAIN, Verifier
 from fedchain.ledger.verify import ReplayStep, iter_replay
 from fedchain.report.inputs import ReportInputs, RoundMetrics, load_report_inputs
-
-# re-exported until fedchain/cli/ledger.py imports them from fedchain.report.inputs
-from fedchain.report.inputs import describe_unfinished as describe_unfinished
-from fedchain.report.inputs import read_run_plan as read_run_plan
 from fedchain.report.participants import compute_events, compute_participants
 
 __all__ = ["REPORT_FORMAT", "build_report", "compute_report"]
