@@ -33,7 +33,12 @@ from fedchain.ledger.objects import (
 )
 from fedchain.ledger.signatures import PLAIN, Verifier
 from fedchain.ledger.verify import ReplayStep, iter_replay
-from fedchain.report.inputs import ReportInputs, RoundMetrics, load_report_inputs
+from fedchain.report.inputs import (
+    ReportInputs,
+    RoundMetrics,
+    describe_unfinished,
+    load_report_inputs,
+)
 from fedchain.report.participants import compute_events, compute_participants
 
 __all__ = ["REPORT_FORMAT", "build_report", "compute_report"]
