@@ -27,8 +27,9 @@ from flwr.serverapp.strategy import (
 from fedchain.aggregation.rules import default_krum_f
 from fedchain.config import RunConfig
 from fedchain.errors import FedchainError
+from fedchain.rounds.coordinator import RoundReporter
 from fedchain.rounds.messages import encode_train_settings
-from fedchain.runs.session import METRICS_FILENAME, RoundReporter, open_session
+from fedchain.runs.session import METRICS_FILENAME, open_session
 from server.strategy import FedchainStrategy, to_array_record
 
 

@@ -17,8 +17,8 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedchain.config import RunConfig, check_attack_has_attackers, merge_config
 from fedchain.errors import FedchainError
+from fedchain.rounds.coordinator import RoundReporter
 from fedchain.runs.prepare import new_run_id, prepare_run
-from fedchain.runs.session import RoundReporter
 from server.deployment import run_deployment
 from server.federate import run_federation, wait_for_nodes
 

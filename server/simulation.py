@@ -40,7 +40,7 @@ from pathlib import Path
 
 from fedchain.config import RunConfig
 from fedchain.errors import FedchainError
-from fedchain.runs.session import RoundReporter
+from fedchain.rounds.coordinator import RoundReporter
 from server.server_app import make_server_app
 
 _QUIET_ENV = {

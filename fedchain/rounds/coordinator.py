@@ -17,7 +17,7 @@ records the attestations that make it final.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,6 +81,10 @@ class RoundOutcome:
     @property
     def rejected(self) -> list[Decision]:
         return [d for d in self.decisions if not d.accepted]
+
+
+RoundReporter = Callable[[int, RoundOutcome | None, float, float], None]
+"""(ledger round, its outcome (None with the ledger off), accuracy, seconds) after each round."""
 
 
 @dataclass

@@ -14,7 +14,7 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +30,13 @@ from fedchain.ledger.chain import Chain
 from fedchain.ledger.signatures import CachingVerifier
 from fedchain.ledger.store import LEDGER_FILENAME
 from fedchain.rounds.admission import brief_reason
-from fedchain.rounds.coordinator import Coordinator, RoundOutcome
+from fedchain.rounds.coordinator import Coordinator, RoundOutcome, RoundReporter
 from fedchain.rounds.messages import encode_attack_settings
 from fedchain.rounds.recheck import RoundScorer
 from fedchain.runs.prepare import load_split
 from fedchain.runs.registry import MODEL_SUFFIX, MODELS_DIRNAME, load_model
 
 Arrays = dict[str, np.ndarray]
-RoundReporter = Callable[[int, RoundOutcome | None, float, float], None]
-"""(ledger round, its outcome (None with the ledger off), accuracy, seconds) after each round."""
 METRICS_FILENAME = "metrics.json"
 
 
