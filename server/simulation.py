@@ -167,7 +167,7 @@ def run_simulated(
     from flwr.common.logger import FLOWER_LOGGER  # after the environment above: read at import
     from flwr.simulation import run_simulation
 
-    from clients.client_app import app as client_app
+    from clients.client_app import app as client_app  # imports torch; after the env above too
 
     handler = logging.FileHandler(run_dir / "log.txt")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))

@@ -33,7 +33,11 @@ Arrays = dict[str, np.ndarray]
 
 
 class RoundScorer:
-    """``scorer(base, updates, weights, round) -> raw scores`` for one configured method."""
+    """``scorer(base, updates, weights, round) -> raw scores`` for one configured method.
+
+    Its methods import torch (learning.architectures, learning.training: ~3 s) when called, not
+    at the top: fedchain/cli/ledger.py imports this module for every ``ledger`` command.
+    """
 
     def __init__(self, config: RunConfig, validation: ArrayDataset) -> None:
         from fedchain.learning.architectures import build_model
