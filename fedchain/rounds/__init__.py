@@ -1,1 +1,7 @@
-"""A round: contribution scores, rewards, the coordinator, the re-check."""
+"""A round: the wire contract, client duties, admission, scores, rewards, the coordinator shell.
+
+messages (every client-coordinator key, encode/decode), participant (a client's ledger duties),
+admission (pure: which replies are recorded, accepted or refused), scores (pure: the rule's, else
+the scorer's, else the weights), contribution (Shapley and friends), rewards (integer split),
+coordinator (the I/O shell over chain, model and pending block), recheck (``verify --scores``).
+"""
