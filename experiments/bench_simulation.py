@@ -40,8 +40,8 @@ from flwr.common.logger import FLOWER_LOGGER
 from clients.client_app import app as client_app
 from fedchain.config import RunConfig
 from fedchain.runs.prepare import prepare_run
+from server.federate import run_federation
 from server.inprocess_grid import InProcessGrid
-from server.server_app import run_federation
 
 FLOWER_LOGGER.setLevel(logging.ERROR)
 

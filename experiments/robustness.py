@@ -141,8 +141,8 @@ def run_cell(cell: Cell, base: Mapping[str, Any]) -> dict[str, Any]:
     from fedchain.ledger.store import LEDGER_FILENAME, LedgerStore
     from fedchain.ledger.verify import verify_ledger
     from fedchain.runs.prepare import prepare_run
+    from server.federate import run_federation
     from server.inprocess_grid import NODE_BASE, InProcessGrid
-    from server.server_app import run_federation
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="fedchain-robust-") as scratch:

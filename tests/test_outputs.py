@@ -50,8 +50,8 @@ from fedchain.runs.federation import (
 )
 from fedchain.runs.prepare import prepare_run
 from fedchain.runs.registry import read_regular_file, save_model
+from server.federate import run_federation
 from server.inprocess_grid import InProcessGrid
-from server.server_app import run_federation
 from tests.test_report import PENALTY, scored_run  # noqa: F401 - scored_run is a fixture
 
 if sys.version_info >= (3, 11):

@@ -47,8 +47,8 @@ from fedchain.ledger.verify import verify_ledger
 from fedchain.rounds.rewards import compute_reward_split
 from fedchain.runs.prepare import prepare_run
 from fedchain.runs.registry import save_model
+from server.federate import run_federation
 from server.inprocess_grid import InProcessGrid
-from server.server_app import run_federation
 
 FLOWER_LOGGER.setLevel(logging.ERROR)
 runner = CliRunner()

@@ -247,9 +247,6 @@ def default_krum_f(n: int) -> int:
     return max(0, (n - 3) // 2)
 
 
-_default_krum_f = default_krum_f  # re-exported until server/server_app.py imports default_krum_f
-
-
 def _krum_scores(
     arrays: list[dict[str, AnyArray]], candidates: list[int], f: int | None
 ) -> FloatArray:

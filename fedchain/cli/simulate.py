@@ -7,8 +7,9 @@ default, read from :data:`fedchain.config.DEFAULTS`, so ``--help`` cannot drift 
 
 from __future__ import annotations
 
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 import typer
 from rich.markup import escape
@@ -29,7 +30,7 @@ from fedchain.learning.attacks import ATTACKS, Attack, attacker_indices, parse_a
 from fedchain.ledger.chain import Chain
 from fedchain.ledger.store import LEDGER_FILENAME
 from fedchain.rounds.admission import brief_reason
-from fedchain.rounds.coordinator import RoundOutcome
+from fedchain.rounds.coordinator import RoundOutcome, RoundReporter
 from fedchain.runs.federation import remove_unregistered_models
 from fedchain.runs.prepare import new_run_id, prepare_run
 
@@ -269,12 +270,14 @@ def simulate(
             names = ", ".join(f"--{k.replace('_', '-')}" for k in given)
             raise ConfigError(f"--resume continues a run with its own {CONFIG_FILE}; drop {names}")
         config, run_dir = resumable_run(resume)
+        launcher = find_launcher()
     else:
         config = _configure(config_file, flags, ledger, attackers)
+        launcher = find_launcher()  # before the run directory is written
         with console.status("preparing the run directory (data splits, keys, genesis)…"):
             run_dir = prepare_run(config).run_dir
     _announce(config)
-    _run(config, run_dir)
+    _run(config, run_dir, launcher)
 
 
 def _configure(
@@ -349,10 +352,34 @@ def _announce(config: RunConfig) -> None:
         )
 
 
-def _run(config: RunConfig, run_dir: Path) -> None:
-    # server/ imports Flower (seconds): only when a run really starts, not for --help
-    from server.simulation import run_simulated
+class Launcher(Protocol):
+    """Runs a prepared run directory's rounds (``server.simulation.run_simulated``)."""
 
+    def __call__(
+        self, config: RunConfig, run_dir: Path, report: RoundReporter | None = None
+    ) -> None: ...
+
+
+LAUNCHERS = "fedchain.launchers"
+"""The entry-point group of launchers: ``simulation = "server.simulation:run_simulated"`` in
+pyproject.toml. fedchain never imports the Flower adapters (server/, clients/); the install
+binds them, and loading one imports Flower (seconds) only when a run really starts."""
+
+
+def find_launcher(name: str = "simulation") -> EntryPoint:
+    """The launcher the install registered as ``name`` (not loaded yet: loading it imports
+    Flower), or one line saying how to get it; asked before anything is written."""
+    found = entry_points(group=LAUNCHERS, name=name)
+    if not found:
+        raise FedchainError(
+            f"no {name} launcher is installed (entry point {LAUNCHERS}:{name}): reinstall "
+            "fedchain from its checkout with pip install -e . (make install)"
+        )
+    return next(iter(found))
+
+
+def _run(config: RunConfig, run_dir: Path, launcher: EntryPoint) -> None:
+    run_simulated: Launcher = launcher.load()
     final: dict[str, float] = {}
 
     def report(round_: int, outcome: RoundOutcome | None, accuracy: float, seconds: float) -> None:
