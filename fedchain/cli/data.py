@@ -12,6 +12,8 @@ from rich.table import Table
 
 from fedchain.cli.common import PASSPHRASE_ENV, console, make_app, read_passphrase
 from fedchain.data import datafile
+from fedchain.data.partition import label_histogram, partition
+from fedchain.data.sources import load_source
 from fedchain.errors import ConfigError
 
 app = make_app(
@@ -115,8 +117,6 @@ def encrypt(
     force: Annotated[bool, typer.Option("--force", help="Overwrite existing files.")] = False,
 ) -> None:
     """Split a data source among clients and write one encrypted .fcd file per client."""
-    from fedchain.data.partition import partition
-    from fedchain.data.sources import load_source
 
     if client is not None and client >= clients:
         raise ConfigError(f"--client {client} is out of range for --clients {clients}")
@@ -186,7 +186,6 @@ def inspect(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
 ) -> None:
     """Show a dataset file's header (no key needed); with a key, decrypt it and count labels."""
-    from fedchain.data.partition import label_histogram
 
     header = datafile.read_header(file)  # sizes checked against the file's length
     commitment = datafile.compute_dataset_commitment(file)

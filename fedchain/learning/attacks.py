@@ -36,15 +36,12 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from fedchain.config import RunConfig
+from fedchain.data.sources import ArrayDataset
 from fedchain.errors import ConfigError
-
-if TYPE_CHECKING:
-    from fedchain.config import RunConfig
-    from fedchain.data.sources import ArrayDataset
 
 __all__ = [
     "ATTACKS",
@@ -192,8 +189,6 @@ def compute_flipped_labels(y: np.ndarray, num_classes: int) -> np.ndarray:
 
 def flip_labels(data: ArrayDataset) -> ArrayDataset:
     """``data`` with its labels mirrored (:func:`compute_flipped_labels`); features shared."""
-    from fedchain.data.sources import ArrayDataset
-
     flipped = compute_flipped_labels(data.y, len(data.classes))
     return ArrayDataset(data.name, data.x, flipped, data.classes, data.value_max)
 
