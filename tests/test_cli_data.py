@@ -12,7 +12,7 @@ from click.testing import Result
 from typer.testing import CliRunner
 
 from fedchain.cli import app
-from fedchain.data import datafile
+from fedchain.data import datafile, keys
 from fedchain.data.sources import load_source
 
 runner = CliRunner()
@@ -34,7 +34,7 @@ def error_line(result: Result) -> str:
 @pytest.fixture
 def sealed(tmp_path: Path) -> tuple[Path, Path]:
     key_path = tmp_path / "data.key"
-    key = datafile.create_key_file(key_path)
+    key = keys.create_key_file(key_path)
     path = tmp_path / "client-000.fcd"
     datafile.write_dataset(path, load_source("digits", split="train").subset(range(40)), key)
     return path, key_path

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedchain.data import datafile
-from fedchain.data.datafile import DataKey, Passphrase
+from fedchain.data import datafile, keys
+from fedchain.data.keys import DataKey, Passphrase
 from fedchain.data.sources import ArrayDataset
 from fedchain.errors import ConfigError, DatasetFileError, KeyFileError, WrongKeyError
 
@@ -31,7 +31,7 @@ def make_dataset(n: int = 50, seed: int = 0) -> ArrayDataset:
     )
 
 
-def counter_bytes() -> datafile.RandomBytes:
+def counter_bytes() -> keys.RandomBytes:
     """Deterministic 'randomness' so a file's bytes are reproducible in tests."""
     state = {"i": 0}
 
@@ -44,7 +44,7 @@ def counter_bytes() -> datafile.RandomBytes:
 
 @pytest.fixture
 def key(tmp_path: Path) -> DataKey:
-    return datafile.create_key_file(tmp_path / "data.key")
+    return keys.create_key_file(tmp_path / "data.key")
 
 
 @pytest.fixture
@@ -145,19 +145,19 @@ def test_invalid_empty_dataset(tmp_path, key):
 
 def test_key_file_mode_0600_and_no_overwrite(tmp_path):
     path = tmp_path / "k.key"
-    key = datafile.create_key_file(path)
+    key = keys.create_key_file(path)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert datafile.load_key_file(path) == key
+    assert keys.load_key_file(path) == key
     with pytest.raises(KeyFileError, match="already exists"):
-        datafile.create_key_file(path)
+        keys.create_key_file(path)
 
 
 def test_invalid_key_file_readable_by_others(tmp_path):
     path = tmp_path / "k.key"
-    datafile.create_key_file(path)
+    keys.create_key_file(path)
     path.chmod(0o644)
     with pytest.raises(KeyFileError, match="chmod 600"):
-        datafile.load_key_file(path)
+        keys.load_key_file(path)
 
 
 @pytest.mark.parametrize("content", ["", "zz" * 32, "ab" * 31, "ab" * 33])
@@ -167,12 +167,12 @@ def test_invalid_key_file_content(tmp_path, content):
     os.write(fd, content.encode())
     os.close(fd)
     with pytest.raises(KeyFileError, match="not a fedchain data key"):
-        datafile.load_key_file(path)
+        keys.load_key_file(path)
 
 
 def test_invalid_key_file_missing(tmp_path):
     with pytest.raises(KeyFileError, match="not found"):
-        datafile.load_key_file(tmp_path / "nope.key")
+        keys.load_key_file(tmp_path / "nope.key")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -181,7 +181,7 @@ def test_invalid_key_file_missing(tmp_path):
 
 def test_invalid_wrong_key_file(sealed, tmp_path):
     path, _, _ = sealed
-    other = datafile.create_key_file(tmp_path / "other.key")
+    other = keys.create_key_file(tmp_path / "other.key")
     with pytest.raises(WrongKeyError, match="wrong key file") as e:
         datafile.load_dataset(path, other)
     assert str(path) in str(e.value)
@@ -514,7 +514,7 @@ def test_verified_commitment_matches_and_authenticates(sealed, key, tmp_path):
     verified = datafile.compute_verified_commitment(path, key)
     assert verified == datafile.compute_dataset_commitment(path)
     assert verified.num_examples == len(ds)
-    other = datafile.create_key_file(tmp_path / "other.key")
+    other = keys.create_key_file(tmp_path / "other.key")
     with pytest.raises(WrongKeyError):
         datafile.compute_verified_commitment(path, other)
     raw = bytearray(path.read_bytes())

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from fedchain.crypto import identity
-from fedchain.data import datafile
+from fedchain.data import datafile, keys
 from fedchain.data.holder import load_configured_holder
 from fedchain.data.sources import load_source
 from fedchain.errors import ConfigError, DatasetFileError, KeyFileError
@@ -19,9 +19,9 @@ from fedchain.errors import ConfigError, DatasetFileError, KeyFileError
 @pytest.fixture
 def files(tmp_path):
     ds = load_source("digits", split="test").subset(np.arange(40))
-    key = datafile.create_key_file(tmp_path / "data.key")
+    key = keys.create_key_file(tmp_path / "data.key")
     datafile.write_dataset(tmp_path / "key.fcd", ds, key)
-    datafile.write_dataset(tmp_path / "pass.fcd", ds, datafile.Passphrase(b"data pw"))
+    datafile.write_dataset(tmp_path / "pass.fcd", ds, keys.Passphrase(b"data pw"))
     identity.save_identity(identity.generate_identity(), tmp_path / "me.key", b"id pw")
     identity.save_identity(identity.generate_identity(), tmp_path / "bob.key", None)
     return tmp_path

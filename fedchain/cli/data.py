@@ -11,7 +11,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from fedchain.cli.common import PASSPHRASE_ENV, console, make_app, read_passphrase
-from fedchain.data import datafile
+from fedchain.data import datafile, keys
 from fedchain.data.partition import label_histogram, partition
 from fedchain.data.sources import load_source
 from fedchain.errors import ConfigError
@@ -47,25 +47,25 @@ PassEnvOpt = Annotated[
 ]
 
 
-def _unlock_for_writing(key_file: Path | None, passphrase_env: str) -> datafile.Unlock:
+def _unlock_for_writing(key_file: Path | None, passphrase_env: str) -> keys.Unlock:
     if key_file is None:
         secret = read_passphrase(passphrase_env, confirm=True, what="the new dataset files")
-        return datafile.Passphrase(secret)
+        return keys.Passphrase(secret)
     if key_file.exists():
-        return datafile.load_key_file(key_file)
-    key = datafile.create_key_file(key_file)
+        return keys.load_key_file(key_file)
+    key = keys.create_key_file(key_file)
     console.print(
         f"created key file [bold]{key_file}[/] (mode 0600, key id {key.key_id}); keep it secret"
     )
     return key
 
 
-def unlock_for_reading(path: Path, key_file: Path | None, passphrase_env: str) -> datafile.Unlock:
+def unlock_for_reading(path: Path, key_file: Path | None, passphrase_env: str) -> keys.Unlock:
     """What opens the dataset at ``path``: ``key_file`` if given, else its passphrase
     (``$passphrase_env`` or a prompt)."""
     if key_file is not None:
-        return datafile.load_key_file(key_file)
-    return datafile.Passphrase(read_passphrase(passphrase_env, confirm=False, what=str(path)))
+        return keys.load_key_file(key_file)
+    return keys.Passphrase(read_passphrase(passphrase_env, confirm=False, what=str(path)))
 
 
 def _client_path(out: Path, index: int) -> Path:
@@ -256,7 +256,7 @@ def keygen(
     path: Annotated[Path, typer.Argument(help="Where to write the new key file (mode 0600).")],
 ) -> None:
     """Create a random data key file for `data encrypt --key-file`; never overwrites."""
-    key = datafile.create_key_file(path)
+    key = keys.create_key_file(path)
     console.print(
         f"created key file [bold]{path}[/] (mode 0600, key id {key.key_id}); keep it secret"
     )

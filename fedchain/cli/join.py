@@ -23,7 +23,7 @@ import typer
 from fedchain.cli.common import PASSPHRASE_ENV, console, read_passphrase
 from fedchain.cli.federation import _parse_set
 from fedchain.crypto import identity
-from fedchain.data import datafile
+from fedchain.data import datafile, keys
 from fedchain.deploy import flower, flwr_cli, logs, processes
 from fedchain.errors import ConfigError, DeployError
 from fedchain.ledger.show import printable
@@ -103,13 +103,13 @@ def join(
         "identity-path": str(identity_path.resolve()),
     }
     # Unlock everything once, here: wrong keys and passphrases fail now, clearly.
-    unlock: datafile.Unlock
+    unlock: keys.Unlock
     if data_key is not None:
-        unlock = datafile.load_key_file(data_key)
+        unlock = keys.load_key_file(data_key)
         config["data-key-path"] = str(data_key.resolve())
     else:
         secret = read_passphrase(passphrase_env, confirm=False, what=str(data))
-        unlock = datafile.Passphrase(secret)
+        unlock = keys.Passphrase(secret)
         env[passphrase_env] = secret.decode()
         config["passphrase-env"] = passphrase_env
     with console.status(f"decrypting {data}…"):

@@ -43,24 +43,33 @@ import secrets
 import stat
 import struct
 import tempfile
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
+from fedchain.data.keys import KEY_SIZE, RandomBytes, derive_passphrase_key
+
+# Re-exported until these import them from fedchain.data.keys: DataKey, Passphrase (used here too)
+# tests/test_federation.py; Unlock (used here too) fedchain/runs/federation.py, or registration.py
+# where it moves; create_key_file tests/test_cli.py, test_deploy_e2e.py, test_federation.py;
+# load_key_file tests/test_cli.py, test_fresh.py, test_federation.py and README.md's example.
+from fedchain.data.keys import DataKey as DataKey  # re-exported (see above)
+from fedchain.data.keys import Passphrase as Passphrase  # re-exported (see above)
+from fedchain.data.keys import Unlock as Unlock  # re-exported (see above)
+from fedchain.data.keys import create_key_file as create_key_file  # re-exported (see above)
+from fedchain.data.keys import load_key_file as load_key_file  # re-exported (see above)
 from fedchain.data.sources import ArrayDataset
-from fedchain.errors import ConfigError, DatasetFileError, KeyFileError, WrongKeyError
+from fedchain.errors import ConfigError, DatasetFileError, WrongKeyError
 
 MAGIC = b"FCD1"
 FORMAT_VERSION = 1
 DEFAULT_CHUNK_SIZE = 1 << 20  # plaintext bytes per chunk
 TAG_SIZE = 16
-KEY_SIZE = 32
 MAX_HEADER_SIZE = 1 << 20
 MAX_CHUNKS = 1 << 32  # the nonce holds a 32-bit chunk index
 MAX_CHUNK_SIZE = 1 << 28  # bytes: what one chunk may make a reader hold before it is authenticated
@@ -72,92 +81,9 @@ SCRYPT_N, SCRYPT_R, SCRYPT_P = 1 << 15, 8, 1
 SCRYPT_BOUNDS = {"n": (1 << 10, 1 << 22), "r": (1, 32), "p": (1, 16)}
 
 KEY_WRAP_AD = b"fedchain/fcd/key-wrap/v1"
-KEY_ID_DOMAIN = b"fedchain/fcd/key-id/v1"
 ALLOWED_DTYPES = frozenset(
     {"uint8", "int8", "int16", "int32", "int64", "float16", "float32", "float64", "bool"}
 )
-
-RandomBytes = Callable[[int], bytes]
-
-
-# --------------------------------------------------------------------------------------------------
-# Keys
-
-
-@dataclass(frozen=True)
-class Passphrase:
-    """A passphrase that unlocks a dataset file through scrypt. Never printed."""
-
-    secret: bytes = field(repr=False)
-
-    def __post_init__(self) -> None:
-        if not self.secret:
-            raise ConfigError("the passphrase is empty")
-
-
-@dataclass(frozen=True)
-class DataKey:
-    """A 256-bit key read from a key file; its id (not secret) tells key files apart."""
-
-    secret: bytes = field(repr=False)
-
-    def __post_init__(self) -> None:
-        if len(self.secret) != KEY_SIZE:
-            raise ConfigError(f"a data key is {KEY_SIZE} bytes, got {len(self.secret)}")
-
-    @property
-    def key_id(self) -> str:
-        return hashlib.sha256(KEY_ID_DOMAIN + self.secret).hexdigest()[:16]
-
-
-Unlock = Passphrase | DataKey
-
-
-def create_key_file(path: Path, random_bytes: RandomBytes = secrets.token_bytes) -> DataKey:
-    """Write a new random data key as one hex line, mode 0600; never overwrite an existing file."""
-    key = DataKey(random_bytes(KEY_SIZE))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        raise KeyFileError(f"{path}: already exists; refusing to overwrite a key") from None
-    with os.fdopen(fd, "w") as f:
-        f.write(key.secret.hex() + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    return key
-
-
-def load_key_file(path: Path) -> DataKey:
-    """Read a data key file; refuse one that group or others can read (as ssh does)."""
-    try:
-        mode = path.stat().st_mode
-        text = path.read_text(encoding="ascii").strip()
-    except FileNotFoundError:
-        raise KeyFileError(f"{path}: key file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise KeyFileError(f"{path}: cannot read key file ({e})") from None
-    if mode & 0o077:
-        raise KeyFileError(
-            f"{path}: key file is readable by others (mode {mode & 0o777:o}); run chmod 600 on it"
-        )
-    try:
-        secret = bytes.fromhex(text)
-    except ValueError:
-        secret = b""
-    if len(secret) != KEY_SIZE:
-        raise KeyFileError(
-            f"{path}: not a fedchain data key file (expected {2 * KEY_SIZE} hex digits)"
-        )
-    return DataKey(secret)
-
-
-def _derive_passphrase_key(passphrase: Passphrase, params: dict[str, Any]) -> bytes:
-    salt = bytes.fromhex(params["salt"])
-    kdf = Scrypt(salt=salt, length=KEY_SIZE, n=params["n"], r=params["r"], p=params["p"])
-    return kdf.derive(passphrase.secret)
-
 
 # --------------------------------------------------------------------------------------------------
 # Header
@@ -405,7 +331,7 @@ def _wrap_key(data_key: bytes, unlock: Unlock, random_bytes: RandomBytes) -> dic
             "p": SCRYPT_P,
             "salt": random_bytes(16).hex(),
         }
-        kek = _derive_passphrase_key(unlock, block)
+        kek = derive_passphrase_key(unlock, block)
     else:
         block = {"kind": "keyfile", "key_id": unlock.key_id}
         kek = unlock.secret
@@ -517,7 +443,7 @@ def _unwrap_key(path: Path, header: DatasetHeader, unlock: Unlock) -> bytes:
             raise WrongKeyError(
                 path, "is encrypted with a passphrase, not a key file: leave the key file out"
             )
-        kek = _derive_passphrase_key(unlock, key)
+        kek = derive_passphrase_key(unlock, key)
         failure = "wrong passphrase (or the file's key header was altered)"
     else:
         if not isinstance(unlock, DataKey):

@@ -16,7 +16,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedchain.crypto import identity
-from fedchain.data import datafile
+from fedchain.data import datafile, keys
 from fedchain.data.sources import ArrayDataset
 from fedchain.errors import ConfigError, KeyFileError
 from fedchain.runs.prepare import client_data_path, client_key_path, data_key_path
@@ -40,7 +40,7 @@ def load_simulated_holder(run_dir: Path, index: int) -> DataHolder:
     """Client ``index`` of a simulated federation (files made by ``prepare_run``)."""
     cache_key = ("sim", str(run_dir), str(index))
     if cache_key not in _CACHE:
-        unlock = datafile.load_key_file(data_key_path(run_dir))
+        unlock = keys.load_key_file(data_key_path(run_dir))
         dataset = datafile.load_dataset(client_data_path(run_dir, index), unlock)
         key = identity.load_identity(client_key_path(run_dir, index), None)
         _CACHE[cache_key] = DataHolder(index, dataset, key)
@@ -59,11 +59,11 @@ def load_configured_holder(node_config: Mapping[str, object]) -> DataHolder:
         return _CACHE[cache_key]
     env = str(node_config.get("passphrase-env", "FEDCHAIN_PASSPHRASE"))
     passphrase = os.environ.get(env)
-    unlock: datafile.Unlock
+    unlock: keys.Unlock
     if "data-key-path" in node_config:
-        unlock = datafile.load_key_file(Path(str(node_config["data-key-path"])))
+        unlock = keys.load_key_file(Path(str(node_config["data-key-path"])))
     elif passphrase:
-        unlock = datafile.Passphrase(passphrase.encode())
+        unlock = keys.Passphrase(passphrase.encode())
     else:
         raise ConfigError(f"no data key: set data-key-path in the node config or ${env}")
     identity_passphrase = None

@@ -30,7 +30,7 @@ from pathlib import Path
 from fedchain.aggregation.rules import RULES
 from fedchain.config import FLOWER_RULES, RUN_ID_PATTERN, RunConfig, write_config
 from fedchain.crypto import identity
-from fedchain.data import datafile
+from fedchain.data import datafile, keys
 from fedchain.data.partition import PARTITIONERS, holdout_indices, partition
 from fedchain.data.sources import SOURCES, ArrayDataset, load_source
 from fedchain.errors import ConfigError
@@ -201,7 +201,7 @@ def _populate(run_dir: Path, config: RunConfig) -> RunSetup:
         alpha=config.alpha,
         shards_per_client=config.shards_per_client,
     )
-    data_key = datafile.create_key_file(data_key_path(run_dir))
+    data_key = keys.create_key_file(data_key_path(run_dir))
     participants, public_keys, sizes = [], [], []
     for index, indices in enumerate(parts):
         path = client_data_path(run_dir, index)
