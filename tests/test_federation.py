@@ -31,6 +31,13 @@ from fedchain.ledger.objects import Block, Registration
 from fedchain.ledger.store import LedgerStore
 from fedchain.ledger.verify import verify_ledger
 from fedchain.runs import federation
+from fedchain.runs.registration import (
+    MAX_TOML_SIZE,
+    ParticipantEntry,
+    create_registration,
+    decode_registration_file,
+    encode_registration_file,
+)
 from fedchain.runs.registry import MODELS_DIRNAME, find_unregistered_files
 from server.deployment import run_deployment
 from server.inprocess_grid import NODE_BASE, InProcessGrid
@@ -71,7 +78,7 @@ def make_federation(tmp_path: Path, nodes: list[dict[str, str]]) -> Path:
     federation.init_federation(fed_dir, name="fed-test", settings=SETTINGS)
     for i, node in enumerate(nodes):
         key = identity.load_identity(Path(node["identity-path"]), None)
-        entry = federation.create_registration(
+        entry = create_registration(
             key, Path(node["data-path"]), unlock=data_key(node), stake=1_000_000, name=f"h{i}"
         )
         federation.add_participant(fed_dir, entry)
@@ -108,9 +115,9 @@ def test_registration_round_trip_and_refusals(tmp_path):
     loaded = federation.load_federation(fed_dir)
     assert [p.name for p in loaded.participants] == ["h0", "h1"]
     entry = loaded.participants[0]
-    text = federation.encode_registration_file(entry)
+    text = encode_registration_file(entry)
     (tmp_path / "r.toml").write_text(text)
-    assert federation.decode_registration_file(tmp_path / "r.toml") == entry
+    assert decode_registration_file(tmp_path / "r.toml") == entry
     commitment = datafile.compute_dataset_commitment(Path(nodes[0]["data-path"]))
     assert entry.registration.dataset_hash == commitment.file_hash
     with pytest.raises(ConfigError, match="already registered"):
@@ -122,11 +129,11 @@ def test_invalid_registration_signature_refused(tmp_path):
     fed_dir = tmp_path / "fed"
     federation.init_federation(fed_dir, name="f", settings={})
     key = identity.load_identity(Path(nodes[0]["identity-path"]), None)
-    entry = federation.create_registration(
+    entry = create_registration(
         key, Path(nodes[0]["data-path"]), unlock=data_key(nodes[0]), stake=10**6, name="a"
     )
     reg = entry.registration
-    forged = federation.ParticipantEntry(
+    forged = ParticipantEntry(
         "a", Registration(reg.public_key, 10**7, reg.dataset_hash, reg.num_examples, reg.signature)
     )
     with pytest.raises(SignatureError, match="not validly signed"):
@@ -276,7 +283,7 @@ def test_registration_signs_the_authenticated_example_count(tmp_path):
     key = identity.load_identity(Path(node["identity-path"]), None)
     data = Path(node["data-path"])
     honest = len(datafile.load_dataset(data, data_key(node)))
-    entry = federation.create_registration(key, data, unlock=data_key(node), stake=10**6, name="a")
+    entry = create_registration(key, data, unlock=data_key(node), stake=10**6, name="a")
     assert entry.registration.num_examples == honest
     for count, cut, match in (
         (40_000_000, False, "truncated, or its header was altered"),
@@ -287,9 +294,7 @@ def test_registration_signs_the_authenticated_example_count(tmp_path):
         forged.write_bytes(data.read_bytes())
         forge_count(forged, count, cut=cut)
         with pytest.raises(DatasetFileError, match=match):
-            federation.create_registration(
-                key, forged, unlock=data_key(node), stake=10**6, name="a"
-            )
+            create_registration(key, forged, unlock=data_key(node), stake=10**6, name="a")
 
 
 def signed_entry(
@@ -300,7 +305,7 @@ def signed_entry(
     dataset_hash: bytes | None = None,
     num_examples: int = 100,
     supernode_key: str = "",
-) -> federation.ParticipantEntry:
+) -> ParticipantEntry:
     """A validly signed registration with whatever values an attacker chose."""
     registration = sign_registration(
         key or identity.generate_identity(),
@@ -309,7 +314,7 @@ def signed_entry(
         dataset_hash=dataset_hash if dataset_hash is not None else os.urandom(32),
         num_examples=num_examples,
     )
-    return federation.ParticipantEntry(name, registration, supernode_key)
+    return ParticipantEntry(name, registration, supernode_key)
 
 
 @pytest.mark.parametrize(
@@ -319,24 +324,20 @@ def signed_entry(
         (lambda: signed_entry("z", num_examples=2**41), "examples is outside"),
         (lambda: signed_entry("z", stake=99_999), "stake 99999 is outside"),
         (
-            lambda: federation.ParticipantEntry(
-                "z", replace(signed_entry("z").registration, stake=2**63)
-            ),
+            lambda: ParticipantEntry("z", replace(signed_entry("z").registration, stake=2**63)),
             "stake 9223372036854775808 is outside",
         ),
         (lambda: signed_entry("z", dataset_hash=b"\x01" * 32), "already registered this data"),
         (lambda: signed_entry("z", stake=2**63 - 1), "total stake would exceed"),
         (lambda: signed_entry("z", supernode_key="ssh-rsa garbage"), "not an OpenSSH public"),
         (
-            lambda: federation.ParticipantEntry(
+            lambda: ParticipantEntry(
                 "z", replace(signed_entry("z").registration, dataset_hash=b"\x02" * 8)
             ),
             "dataset-hash must be 32 bytes",
         ),
         (
-            lambda: federation.ParticipantEntry(
-                "z", replace(signed_entry("z").registration, num_examples=7)
-            ),
+            lambda: ParticipantEntry("z", replace(signed_entry("z").registration, num_examples=7)),
             "not validly signed",
         ),
     ],
@@ -398,7 +399,7 @@ def test_cli_register_needs_and_uses_the_data_key(tmp_path, monkeypatch):
         "--out", tmp_path / "r.reg",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    entry = federation.decode_registration_file(tmp_path / "r.reg")
+    entry = decode_registration_file(tmp_path / "r.reg")
     assert entry.registration.num_examples == len(
         datafile.load_dataset(Path(node["data-path"]), data_key(node))
     )
@@ -417,7 +418,7 @@ def test_cli_register_passphrase_dataset_and_identity(tmp_path, monkeypatch):
         "--stake", 10**6, "--out", tmp_path / "r.reg",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert federation.decode_registration_file(tmp_path / "r.reg").registration.num_examples == 30
+    assert decode_registration_file(tmp_path / "r.reg").registration.num_examples == 30
     monkeypatch.setenv("FEDCHAIN_PASSPHRASE", "wrong words")
     result = cli(
         "register", "--identity", tmp_path / "id.key", "--data", tmp_path / "p.fcd",
@@ -526,8 +527,8 @@ def test_invalid_init_join_timeout_leaves_nothing(tmp_path, timeout):
 def test_invalid_registration_file_that_is_a_fifo_does_not_block(tmp_path):
     os.mkfifo(tmp_path / "r.reg")
     with pytest.raises(ConfigError, match="not a regular file"):
-        federation.decode_registration_file(tmp_path / "r.reg")
+        decode_registration_file(tmp_path / "r.reg")
     big = tmp_path / "big.reg"
-    big.write_bytes(b"#" * (federation.MAX_TOML_SIZE + 1))
+    big.write_bytes(b"#" * (MAX_TOML_SIZE + 1))
     with pytest.raises(ConfigError, match="too big"):
-        federation.decode_registration_file(big)
+        decode_registration_file(big)

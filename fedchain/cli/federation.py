@@ -26,6 +26,12 @@ from fedchain.errors import ConfigError
 from fedchain.learning.catalog import MODELS
 from fedchain.rounds.contribution import METHODS
 from fedchain.runs import federation as fed
+from fedchain.runs.registration import (
+    ParticipantEntry,
+    create_registration,
+    decode_registration_file,
+    encode_registration_file,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -195,7 +201,7 @@ def add(
 ) -> None:
     """Check a registration's signature and add the participant (before the first start)."""
     for path in registration:
-        entry = fed.decode_registration_file(path)
+        entry = decode_registration_file(path)
         fed.add_participant(fed_dir, entry)
         console.print(
             f"added {entry.name}: identity {identity.fingerprint(entry.public_key)}, stake "
@@ -220,7 +226,7 @@ def show(fed_dir: FedDirArg) -> None:
         console.print("no participants yet: add registrations with `fedchain federation add`")
 
 
-def _participants_table(participants: tuple[fed.ParticipantEntry, ...]) -> Table:
+def _participants_table(participants: tuple[ParticipantEntry, ...]) -> Table:
     """Every value whole at 80 columns: no box edges, numbers and ids never cut (no_wrap with
     their full width as minimum); only a long name folds onto a second line."""
     rows = [
@@ -308,7 +314,7 @@ def register(
     )
     key = load_identity_interactive(identity_path, identity_env)
     with console.status(f"checking {data}…"):
-        entry = fed.create_registration(
+        entry = create_registration(
             key,
             data,
             unlock=unlock,
@@ -316,7 +322,7 @@ def register(
             name=name or identity_path.stem,
             supernode_key=supernode_text,
         )
-    out.write_text(fed.encode_registration_file(entry))
+    out.write_text(encode_registration_file(entry))
     reg = entry.registration
     console.print(f"wrote {out}: {entry.name}, identity {identity.fingerprint(reg.public_key)}")
     console.print(f"dataset {data}: {reg.num_examples} examples, sha256 {reg.dataset_hash.hex()}")

@@ -9,51 +9,47 @@ A coordinator keeps one folder per federation (``FED_DIR``)::
     supernodes/         each participant's SuperNode authentication public key
     app/                the Flower app bundle ``flwr run`` submits (written on start)
 
-Registration happens before the ledger exists. A data holder signs a :class:`Registration` (their
-Ed25519 identity, stake deposit and dataset commitment, whose example count is read from the
-decrypted, authenticated file) under the registration domain with the
-"no federation yet" id (:data:`fedchain.crypto.identity.NO_FEDERATION`): the genesis hash, which
-every later signature binds, is computed from these registrations. The coordinator checks the
-signature when it adds the participant; the genesis then fixes the participant set, and every
-commitment a client signs binds the genesis hash, so a registration cannot be used elsewhere
-to act for its owner. The participant's name and SuperNode key travel unsigned in the same file:
-they are the coordinator's bookkeeping, not ledger facts.
+A data holder's registration file (``fedchain register``) is
+:mod:`fedchain.runs.registration`'s; this module checks one before adding it
+(:func:`check_new_participant`) and keeps the participants in ``federation.toml``.
 """
 
 from __future__ import annotations
 
 import json
-import re
-import stat
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from fedchain.config import RunConfig, merge_config, write_config
 from fedchain.crypto import identity
-from fedchain.data import datafile
 from fedchain.data.sources import load_source
 from fedchain.errors import ConfigError, FedchainError, SignatureError
-from fedchain.ledger.builder import make_genesis, sign_registration
+from fedchain.ledger.builder import make_genesis
 from fedchain.ledger.chain import Chain
 from fedchain.ledger.codec import MAX_INT
-from fedchain.ledger.objects import HASH_SIZE, GenesisParticipant, Registration, signing_message
+from fedchain.ledger.objects import HASH_SIZE, GenesisParticipant
 from fedchain.ledger.store import LEDGER_FILENAME
 from fedchain.ledger.verify import verify_ledger
 from fedchain.runs.prepare import make_rules_for
-from fedchain.runs.registry import find_unregistered_files, save_model
+from fedchain.runs.registration import (
+    MAX_REGISTERED_EXAMPLES,
+    check_int,
+    check_name,
+    check_supernode_key,
+    entry_from_toml,
+    entry_to_toml,
+    read_toml,
+)
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+# Re-exported until these import them from fedchain.runs.registration: ParticipantEntry
+# (tests/test_outputs.py), create_registration (tests/test_deploy_e2e.py), verify_registration
+# (fedchain/report/inputs.py). ParticipantEntry is used here too.
+from fedchain.runs.registration import ParticipantEntry as ParticipantEntry
+from fedchain.runs.registration import create_registration as create_registration
+from fedchain.runs.registration import verify_registration as verify_registration
+from fedchain.runs.registry import find_unregistered_files, save_model
 
 __all__ = [
     "FEDERATION_FILE",
@@ -62,16 +58,12 @@ __all__ = [
     "ParticipantEntry",
     "add_participant",
     "compute_run_config",
-    "create_registration",
-    "decode_registration_file",
-    "encode_registration_file",
     "has_ledger",
     "init_federation",
     "load_federation",
     "prepare_federation_run",
     "remove_unregistered_models",
     "run_dir_of",
-    "verify_registration",
 ]
 
 FEDERATION_FILE = "federation.toml"
@@ -81,14 +73,7 @@ SUPERNODES_DIRNAME = "supernodes"
 COORDINATOR_STATE_FILE = "coordinator.json"
 """What ``fedchain coordinator start`` records: PIDs, the connection, and each participant's
 registered SuperNode id (``"nodes": {name: node id}``)."""
-REGISTRATION_FORMAT = "fedchain-registration/v1"
 MAX_JOIN_TIMEOUT = 30 * 24 * 3600  # seconds: a month
-MAX_TOML_SIZE = 4 << 20  # bytes: a federation of thousands of participants is well under this
-MAX_REGISTERED_EXAMPLES = 1 << 40
-"""A sanity bound on a registration's example count: a file holding more (each example carries
-at least its 8-byte label) would be over 8 TiB. The count itself cannot be checked by the
-coordinator, who never sees the data; it bounds the client's aggregation weight."""
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 # Settings that describe a simulation only; a federation's data stay with its participants.
 _SIMULATION_ONLY = (
     "run-id",
@@ -99,23 +84,6 @@ _SIMULATION_ONLY = (
     "out",
     "ledger",
 )
-
-
-@dataclass(frozen=True)
-class ParticipantEntry:
-    """One registered data holder: the signed registration plus the coordinator's bookkeeping.
-
-    ``supernode_key`` is the text of the SuperNode's authentication public key (OpenSSH format,
-    a NIST EC curve, as ``flwr supernode register`` takes it), empty if none was given.
-    """
-
-    name: str
-    registration: Registration
-    supernode_key: str = ""
-
-    @property
-    def public_key(self) -> bytes:
-        return self.registration.public_key
 
 
 @dataclass(frozen=True)
@@ -139,100 +107,6 @@ def has_ledger(fed_dir: Path) -> bool:
 
 
 # --------------------------------------------------------------------------------------------------
-# Registration files (made by a data holder)
-
-
-def create_registration(
-    key: Ed25519PrivateKey,
-    data_path: Path,
-    *,
-    unlock: datafile.Unlock,
-    stake: int,
-    name: str,
-    supernode_key: str = "",
-) -> ParticipantEntry:
-    """Sign a registration for the dataset at ``data_path``.
-
-    The commitment is the hash of the encrypted file and its example count, and the count is
-    taken from the file as authenticated by its key (``unlock``; every chunk is decrypted, one
-    at a time): the plain header alone can be edited by anyone, and a signed count is what
-    bounds the weight the ledger gives this participant's updates.
-    """
-    _check_name(name)
-    if not 1 <= stake <= MAX_INT:
-        raise ConfigError(f"stake must be between 1 and {MAX_INT}, got {stake}")
-    supernode_key = _check_supernode_key(supernode_key)
-    commitment = datafile.compute_verified_commitment(Path(data_path), unlock)
-    registration = sign_registration(
-        key,
-        identity.NO_FEDERATION,
-        stake=stake,
-        dataset_hash=commitment.file_hash,
-        num_examples=commitment.num_examples,
-    )
-    return ParticipantEntry(name, registration, supernode_key)
-
-
-def verify_registration(entry: ParticipantEntry) -> None:
-    """Raise :class:`SignatureError` unless the registration is signed by its own key."""
-    reg = entry.registration
-    identity.verify_signature(
-        reg.public_key, reg.signature, identity.Domain.REGISTRATION, signing_message(reg)
-    )
-
-
-def _entry_to_toml(entry: ParticipantEntry) -> dict[str, Any]:
-    reg = entry.registration
-    table: dict[str, Any] = {
-        "name": entry.name,
-        "public-key": reg.public_key.hex(),
-        "stake": reg.stake,
-        "dataset-hash": reg.dataset_hash.hex(),
-        "num-examples": reg.num_examples,
-        "signature": reg.signature.hex(),
-    }
-    if entry.supernode_key:
-        table["supernode-key"] = entry.supernode_key
-    return table
-
-
-def _entry_from_toml(table: Any, where: str) -> ParticipantEntry:
-    if not isinstance(table, dict):
-        raise ConfigError(f"{where}: a participant must be a table")
-    try:
-        registration = Registration(
-            public_key=_hex(table["public-key"], "public-key", where),
-            stake=_int(table["stake"], "stake", where),
-            dataset_hash=_hex(table["dataset-hash"], "dataset-hash", where),
-            num_examples=_int(table["num-examples"], "num-examples", where),
-            signature=_hex(table["signature"], "signature", where),
-        )
-        name = str(table["name"])
-    except KeyError as e:
-        raise ConfigError(f"{where}: missing {e.args[0]!r}") from None
-    _check_name(name)
-    return ParticipantEntry(name, registration, str(table.get("supernode-key", "")))
-
-
-def encode_registration_file(entry: ParticipantEntry) -> str:
-    import tomli_w
-
-    doc = {"format": REGISTRATION_FORMAT, "participant": _entry_to_toml(entry)}
-    comment = (
-        "# A fedchain registration: give this file to the federation's coordinator\n"
-        "# (`fedchain federation add FED_DIR THIS_FILE`). It holds no secret.\n"
-    )
-    return comment + tomli_w.dumps(doc)
-
-
-def decode_registration_file(path: Path) -> ParticipantEntry:
-    doc = _read_toml(Path(path))
-    if doc.get("format") != REGISTRATION_FORMAT:
-        raise ConfigError(f"{path}: not a fedchain registration file ({REGISTRATION_FORMAT})")
-    return _entry_from_toml(doc.get("participant"), str(path))
-
-
-# --------------------------------------------------------------------------------------------------
 # federation.toml (kept by the coordinator)
 
 
@@ -248,7 +122,7 @@ def init_federation(
     fed_dir = Path(fed_dir)
     if (fed_dir / FEDERATION_FILE).exists():
         raise ConfigError(f"{fed_dir / FEDERATION_FILE}: already exists")
-    _check_name(name)
+    check_name(name)
     federation = Federation(
         fed_dir,
         name,
@@ -268,7 +142,7 @@ def load_federation(fed_dir: Path) -> Federation:
     path = fed_dir / FEDERATION_FILE
     if not path.exists():
         raise ConfigError(f"{path}: not found; create it with `fedchain federation init {fed_dir}`")
-    doc = _read_toml(path)
+    doc = read_toml(path)
     meta = doc.get("federation", {})
     if not isinstance(meta, dict) or "name" not in meta:
         raise ConfigError(f"{path}: lacks a [federation] table with a name")
@@ -276,7 +150,7 @@ def load_federation(fed_dir: Path) -> Federation:
     if not isinstance(tables, list):
         raise ConfigError(f"{path}: participants must be an array of tables ([[participants]])")
     participants = tuple(
-        _entry_from_toml(table, f"{path}: participant {i + 1}") for i, table in enumerate(tables)
+        entry_from_toml(table, f"{path}: participant {i + 1}") for i, table in enumerate(tables)
     )
     return Federation(
         path=fed_dir,
@@ -325,7 +199,7 @@ def check_new_participant(
     their holder. Raises :class:`ConfigError` or :class:`SignatureError` naming the entry.
     """
     reg, who = entry.registration, f"registration of {entry.name!r}"
-    _check_name(entry.name)
+    check_name(entry.name)
     for field, value, size in (
         ("public-key", reg.public_key, identity.PUBLIC_KEY_SIZE),
         ("dataset-hash", reg.dataset_hash, HASH_SIZE),
@@ -346,7 +220,7 @@ def check_new_participant(
     except SignatureError as e:
         raise SignatureError(f"{who} is not validly signed: {e}") from None
     try:
-        _check_supernode_key(entry.supernode_key)
+        check_supernode_key(entry.supernode_key)
     except ConfigError as e:
         raise ConfigError(f"{who}: {e}") from None
     for other in participants:
@@ -408,7 +282,7 @@ def _write_federation(federation: Federation) -> None:
             "join-timeout": federation.join_timeout,
         },
         "fedchain": dict(federation.settings),
-        "participants": [_entry_to_toml(p) for p in federation.participants],
+        "participants": [entry_to_toml(p) for p in federation.participants],
     }
     comment = (
         "# A fedchain federation (see `fedchain federation --help`).\n"
@@ -500,52 +374,8 @@ def remove_unregistered_models(run_dir: Path) -> list[Path]:
 # Small checks
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
-    """A small TOML file: a FIFO or device (which would block or never end) and anything over
-    :data:`MAX_TOML_SIZE` are refused, not read."""
-    try:
-        if not stat.S_ISREG(path.stat().st_mode):
-            raise ConfigError(f"{path}: not a regular file")
-        with path.open("rb") as f:
-            raw = f.read(MAX_TOML_SIZE + 1)
-        if len(raw) > MAX_TOML_SIZE:
-            raise ConfigError(f"{path}: too big for a fedchain TOML file (over {MAX_TOML_SIZE})")
-        return tomllib.loads(raw.decode("utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: not found") from None
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError) as e:
-        raise ConfigError(f"{path}: not a readable TOML file ({e})") from None
-
-
-def _check_name(name: str) -> None:
-    if not _NAME.fullmatch(name):
-        raise ConfigError(
-            f"name {name!r}: use 1-64 letters, digits, '.', '_' or '-' (starting with a letter "
-            "or digit)"
-        )
-
-
-def _check_supernode_key(text: str) -> str:
-    """The SuperNode public key as one OpenSSH line, checked to be a NIST-curve EC key."""
-    if not text:
-        return ""
-    line = text.strip()
-    try:
-        key = serialization.load_ssh_public_key(line.encode())
-    except (ValueError, TypeError, UnicodeEncodeError, UnsupportedAlgorithm):
-        raise ConfigError(
-            "the SuperNode public key is not an OpenSSH public key (one line, as "
-            "`fedchain keygen --supernode` writes to NAME.pub)"
-        ) from None
-    if not isinstance(key, ec.EllipticCurvePublicKey):
-        raise ConfigError("the SuperNode public key must be an EC key (Flower uses NIST P-384)")
-    return line
-
-
 def _check_min_clients(value: Any, where: str) -> int:
-    if _int(value, "min-clients", where) < 0:
+    if check_int(value, "min-clients", where) < 0:
         raise ConfigError(f"{where}: min-clients must be 0 (every participant) or more")
     return int(value)
 
@@ -558,19 +388,6 @@ def _check_join_timeout(value: Any, where: str) -> float:
             f"{where}: join-timeout must be a number of seconds in (0, {MAX_JOIN_TIMEOUT}]"
         )
     return float(value)
-
-
-def _hex(value: Any, what: str, where: str) -> bytes:
-    try:
-        return bytes.fromhex(str(value))
-    except ValueError:
-        raise ConfigError(f"{where}: {what} is not hex") from None
-
-
-def _int(value: Any, what: str, where: str) -> int:
-    if type(value) is not int:
-        raise ConfigError(f"{where}: {what} must be an integer, got {value!r}")
-    return value
 
 
 def _short(public_key: bytes) -> str:

@@ -1,0 +1,241 @@
+"""Registration files: a participant's signed stake deposit and dataset commitment.
+
+Registration happens before the ledger exists. A data holder signs a :class:`Registration` (their
+Ed25519 identity, stake deposit and dataset commitment, whose example count is read from the
+decrypted, authenticated file) under the registration domain with the
+"no federation yet" id (:data:`fedchain.crypto.identity.NO_FEDERATION`): the genesis hash, which
+every later signature binds, is computed from these registrations. The coordinator checks the
+signature when it adds the participant; the genesis then fixes the participant set, and every
+commitment a client signs binds the genesis hash, so a registration cannot be used elsewhere
+to act for its owner. The participant's name and SuperNode key travel unsigned in the same file:
+they are the coordinator's bookkeeping, not ledger facts.
+
+This module also owns what a registration file and ``federation.toml`` share: a participant's
+TOML table, the name and SuperNode key checks, and the bounded TOML reader.
+"""
+
+from __future__ import annotations
+
+import re
+import stat
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from fedchain.crypto import identity
+from fedchain.data import datafile
+from fedchain.errors import ConfigError
+from fedchain.ledger.builder import sign_registration
+from fedchain.ledger.codec import MAX_INT
+from fedchain.ledger.objects import Registration, signing_message
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = [
+    "MAX_REGISTERED_EXAMPLES",
+    "MAX_TOML_SIZE",
+    "REGISTRATION_FORMAT",
+    "ParticipantEntry",
+    "check_int",
+    "check_name",
+    "check_supernode_key",
+    "create_registration",
+    "decode_registration_file",
+    "encode_registration_file",
+    "entry_from_toml",
+    "entry_to_toml",
+    "read_toml",
+    "verify_registration",
+]
+
+REGISTRATION_FORMAT = "fedchain-registration/v1"
+MAX_TOML_SIZE = 4 << 20  # bytes: a federation of thousands of participants is well under this
+MAX_REGISTERED_EXAMPLES = 1 << 40
+"""A sanity bound on a registration's example count: a file holding more (each example carries
+at least its 8-byte label) would be over 8 TiB. The count itself cannot be checked by the
+coordinator, who never sees the data; it bounds the client's aggregation weight."""
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+@dataclass(frozen=True)
+class ParticipantEntry:
+    """One registered data holder: the signed registration plus the coordinator's bookkeeping.
+
+    ``supernode_key`` is the text of the SuperNode's authentication public key (OpenSSH format,
+    a NIST EC curve, as ``flwr supernode register`` takes it), empty if none was given.
+    """
+
+    name: str
+    registration: Registration
+    supernode_key: str = ""
+
+    @property
+    def public_key(self) -> bytes:
+        return self.registration.public_key
+
+
+# --------------------------------------------------------------------------------------------------
+# Registration files (made by a data holder)
+
+
+def create_registration(
+    key: Ed25519PrivateKey,
+    data_path: Path,
+    *,
+    unlock: datafile.Unlock,
+    stake: int,
+    name: str,
+    supernode_key: str = "",
+) -> ParticipantEntry:
+    """Sign a registration for the dataset at ``data_path``.
+
+    The commitment is the hash of the encrypted file and its example count, and the count is
+    taken from the file as authenticated by its key (``unlock``; every chunk is decrypted, one
+    at a time): the plain header alone can be edited by anyone, and a signed count is what
+    bounds the weight the ledger gives this participant's updates.
+    """
+    check_name(name)
+    if not 1 <= stake <= MAX_INT:
+        raise ConfigError(f"stake must be between 1 and {MAX_INT}, got {stake}")
+    supernode_key = check_supernode_key(supernode_key)
+    commitment = datafile.compute_verified_commitment(Path(data_path), unlock)
+    registration = sign_registration(
+        key,
+        identity.NO_FEDERATION,
+        stake=stake,
+        dataset_hash=commitment.file_hash,
+        num_examples=commitment.num_examples,
+    )
+    return ParticipantEntry(name, registration, supernode_key)
+
+
+def verify_registration(entry: ParticipantEntry) -> None:
+    """Raise :class:`SignatureError` unless the registration is signed by its own key."""
+    reg = entry.registration
+    identity.verify_signature(
+        reg.public_key, reg.signature, identity.Domain.REGISTRATION, signing_message(reg)
+    )
+
+
+def entry_to_toml(entry: ParticipantEntry) -> dict[str, Any]:
+    """A participant's TOML table, as a registration file and ``federation.toml`` hold it."""
+    reg = entry.registration
+    table: dict[str, Any] = {
+        "name": entry.name,
+        "public-key": reg.public_key.hex(),
+        "stake": reg.stake,
+        "dataset-hash": reg.dataset_hash.hex(),
+        "num-examples": reg.num_examples,
+        "signature": reg.signature.hex(),
+    }
+    if entry.supernode_key:
+        table["supernode-key"] = entry.supernode_key
+    return table
+
+
+def entry_from_toml(table: Any, where: str) -> ParticipantEntry:
+    """The inverse of :func:`entry_to_toml`; :class:`ConfigError` naming ``where`` if malformed."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: a participant must be a table")
+    try:
+        registration = Registration(
+            public_key=_hex(table["public-key"], "public-key", where),
+            stake=check_int(table["stake"], "stake", where),
+            dataset_hash=_hex(table["dataset-hash"], "dataset-hash", where),
+            num_examples=check_int(table["num-examples"], "num-examples", where),
+            signature=_hex(table["signature"], "signature", where),
+        )
+        name = str(table["name"])
+    except KeyError as e:
+        raise ConfigError(f"{where}: missing {e.args[0]!r}") from None
+    check_name(name)
+    return ParticipantEntry(name, registration, str(table.get("supernode-key", "")))
+
+
+def encode_registration_file(entry: ParticipantEntry) -> str:
+    import tomli_w
+
+    doc = {"format": REGISTRATION_FORMAT, "participant": entry_to_toml(entry)}
+    comment = (
+        "# A fedchain registration: give this file to the federation's coordinator\n"
+        "# (`fedchain federation add FED_DIR THIS_FILE`). It holds no secret.\n"
+    )
+    return comment + tomli_w.dumps(doc)
+
+
+def decode_registration_file(path: Path) -> ParticipantEntry:
+    doc = read_toml(Path(path))
+    if doc.get("format") != REGISTRATION_FORMAT:
+        raise ConfigError(f"{path}: not a fedchain registration file ({REGISTRATION_FORMAT})")
+    return entry_from_toml(doc.get("participant"), str(path))
+
+
+# --------------------------------------------------------------------------------------------------
+# Small checks (shared with federation.toml)
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """A small TOML file: a FIFO or device (which would block or never end) and anything over
+    :data:`MAX_TOML_SIZE` are refused, not read."""
+    try:
+        if not stat.S_ISREG(path.stat().st_mode):
+            raise ConfigError(f"{path}: not a regular file")
+        with path.open("rb") as f:
+            raw = f.read(MAX_TOML_SIZE + 1)
+        if len(raw) > MAX_TOML_SIZE:
+            raise ConfigError(f"{path}: too big for a fedchain TOML file (over {MAX_TOML_SIZE})")
+        return tomllib.loads(raw.decode("utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: not found") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError) as e:
+        raise ConfigError(f"{path}: not a readable TOML file ({e})") from None
+
+
+def check_name(name: str) -> None:
+    if not _NAME.fullmatch(name):
+        raise ConfigError(
+            f"name {name!r}: use 1-64 letters, digits, '.', '_' or '-' (starting with a letter "
+            "or digit)"
+        )
+
+
+def check_supernode_key(text: str) -> str:
+    """The SuperNode public key as one OpenSSH line, checked to be a NIST-curve EC key."""
+    if not text:
+        return ""
+    line = text.strip()
+    try:
+        key = serialization.load_ssh_public_key(line.encode())
+    except (ValueError, TypeError, UnicodeEncodeError, UnsupportedAlgorithm):
+        raise ConfigError(
+            "the SuperNode public key is not an OpenSSH public key (one line, as "
+            "`fedchain keygen --supernode` writes to NAME.pub)"
+        ) from None
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise ConfigError("the SuperNode public key must be an EC key (Flower uses NIST P-384)")
+    return line
+
+
+def check_int(value: Any, what: str, where: str) -> int:
+    """``value`` itself if it is an int (not a bool, float or string), else :class:`ConfigError`."""
+    if type(value) is not int:
+        raise ConfigError(f"{where}: {what} must be an integer, got {value!r}")
+    return value
+
+
+def _hex(value: Any, what: str, where: str) -> bytes:
+    try:
+        return bytes.fromhex(str(value))
+    except ValueError:
+        raise ConfigError(f"{where}: {what} is not hex") from None
