@@ -74,13 +74,12 @@ from fedchain.learning.training import (
     evaluate,
     train_local,
 )
-from fedchain.rounds.contribution import (
-    GTG_DEFAULTS,
+from fedchain.rounds.coalitions import (
     CachedUtility,
     compute_coalition_model,
-    compute_scores,
     make_coalition_utility,
 )
+from fedchain.rounds.contribution import GTG_DEFAULTS, compute_scores
 
 CLIENTS = 10
 FREE_RIDER = 9

@@ -1,5 +1,6 @@
-"""Tests for fedchain.rounds.contribution: Shapley axioms and known games, GTG-Shapley,
-leave-one-out, gradient similarity, coalition models, quantisation, the dispatcher, and refusals."""
+"""Tests for fedchain.rounds.contribution and fedchain.rounds.coalitions: Shapley axioms and known
+games, GTG-Shapley, leave-one-out, gradient similarity, coalition models, quantisation, the
+dispatcher, and refusals."""
 
 from __future__ import annotations
 
@@ -14,18 +15,20 @@ import pytest
 from fedchain.aggregation.rules import aggregate
 from fedchain.errors import ConfigError
 from fedchain.ledger.objects import SCORE_SCALE
+from fedchain.rounds.coalitions import (
+    CachedUtility,
+    compute_coalition_model,
+    make_coalition_utility,
+)
 from fedchain.rounds.contribution import (
     EXACT_SHAPLEY_MAX_CLIENTS,
     GTG_DEFAULTS,
     METHODS,
-    CachedUtility,
-    compute_coalition_model,
     compute_exact_shapley,
     compute_gradient_similarity,
     compute_gtg_shapley,
     compute_leave_one_out,
     compute_scores,
-    make_coalition_utility,
     quantise_scores,
 )
 

@@ -1,80 +1,25 @@
-"""Contribution scores of a round, measured on the coordinator's validation split.
+"""The scores re-check: recompute every round's contribution scores and compare with the ledger.
 
-The pure methods live in :mod:`fedchain.rounds.contribution`; this module supplies their utility:
-minus a coalition model's loss on the validation split, evaluated with torch. Loss, not accuracy:
-accuracy on a few hundred examples moves in steps, and GTG-Shapley tracks exact Shapley far
-better on the smooth loss. Coalitions are not renormalised (each member moves the model by its
-real share), so a free rider's zero update is an exact dummy and scores 0
-(experiments/results/contribution_quality.md: Pearson 0.9987 at 8.1 % of exact's evaluations).
-The coordinator uses it to score each round, and ``fedchain verify --scores`` uses the same
-function on the archived updates to re-check the scores on the ledger.
+``fedchain verify --scores`` recomputes each round from the archived updates with the same pure
+decisions the coordinator used (:mod:`fedchain.rounds.scores`) and the same scorer
+(:class:`fedchain.learning.validation.RoundScorer`: minus a coalition model's loss on the
+validation split), and compares the quantised result with the scores on the ledger, within
+:data:`SCORE_TOLERANCE`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from fedchain.aggregation.weights import make_rule_params
-from fedchain.config import CONTRIBUTION_NEEDS_VALIDATION, RunConfig
-from fedchain.data.sources import ArrayDataset
+from fedchain.config import RunConfig
 from fedchain.errors import RegistryError
 from fedchain.ledger.objects import SCORE_SCALE
 from fedchain.ledger.verify import VerifyReport
-from fedchain.rounds.contribution import compute_scores, make_coalition_utility
 from fedchain.rounds.scores import compute_aggregation, compute_quantised_scores, compute_raw_scores
 from fedchain.runs.prepare import load_split
 from fedchain.runs.registry import load_model, load_update
-
-Arrays = dict[str, np.ndarray]
-
-
-class RoundScorer:
-    """``scorer(base, updates, weights, round) -> raw scores`` for one configured method.
-
-    Its methods import torch (learning.architectures, learning.training: ~3 s) when called, not
-    at the top: fedchain/cli/ledger.py imports this module for every ``ledger`` command.
-    """
-
-    def __init__(self, config: RunConfig, validation: ArrayDataset) -> None:
-        from fedchain.learning.architectures import build_model
-
-        self.method, self.seed = config.contribution, config.seed
-        self.validation = validation
-        shape, classes = tuple(validation.x.shape[1:]), len(validation.classes)
-        self.net = build_model(config.model, shape, classes, seed=0)
-        self.evaluations = 0
-
-    def _utility(self, arrays: dict[str, np.ndarray]) -> float:
-        from fedchain.learning.architectures import load_numpy_state
-        from fedchain.learning.training import evaluate
-
-        load_numpy_state(self.net, arrays)
-        self.evaluations += 1
-        return -evaluate(self.net, self.validation).loss
-
-    def __call__(
-        self, base: Arrays, updates: list[Arrays], weights: Sequence[float], round_: int
-    ) -> np.ndarray:
-        from fedchain.learning.training import derive_seed
-
-        utility = None
-        if self.method in CONTRIBUTION_NEEDS_VALIDATION:
-            utility = make_coalition_utility(
-                base, updates, weights, self._utility, renormalise=False
-            )
-        return compute_scores(
-            self.method,
-            n=len(updates),
-            utility=utility,
-            updates=updates,
-            weights=weights,
-            seed=derive_seed(self.seed, round_),
-        )
-
 
 SCORE_TOLERANCE = 0.005
 """Largest difference, in score units (validation loss), between a recomputed and a recorded
@@ -94,7 +39,12 @@ def recheck_scores(
 ) -> ScoreCheck:
     """Recompute every round's contribution scores from the archived updates and compare them
     with the scores on the ledger. Needs a verified ``report`` of the run's ledger."""
-    scorer = None if config.contribution == "none" else RoundScorer(config, load_split(config)[1])
+    scorer = None
+    if config.contribution != "none":
+        # imported here to keep torch (~3 s) out of CLI start-up: cli/ledger imports this module
+        from fedchain.learning.validation import RoundScorer
+
+        scorer = RoundScorer(config, load_split(config)[1])
     params = make_rule_params(config)
     problems: list[str] = []
     worst = 0.0
