@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from fedchain.cli import app
 from fedchain.crypto import identity
-from fedchain.data import datafile
+from fedchain.data import datafile, keys
 from fedchain.data.sources import load_source
 
 runner = CliRunner()
@@ -60,7 +60,7 @@ def test_encrypt_writes_one_file_per_client_covering_the_split(encrypted):
     files = sorted(encrypted.glob("client-*.fcd"))
     assert [f.name for f in files] == ["client-000.fcd", "client-001.fcd", "client-002.fcd"]
     assert stat.S_IMODE((encrypted / "k.key").stat().st_mode) == 0o600
-    key = datafile.load_key_file(encrypted / "k.key")
+    key = keys.load_key_file(encrypted / "k.key")
     loaded = [datafile.load_dataset(f, key) for f in files]
     train = load_source("digits", split="train")
     assert sum(len(d) for d in loaded) == len(train)
@@ -115,7 +115,7 @@ def test_encrypt_single_client_matches_full_split(encrypted, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert [p.name for p in tmp_path.iterdir()] == ["client-002.fcd"]
-    key = datafile.load_key_file(encrypted / "k.key")
+    key = keys.load_key_file(encrypted / "k.key")
     one = datafile.load_dataset(tmp_path / "client-002.fcd", key)
     full = datafile.load_dataset(encrypted / "client-002.fcd", key)
     assert np.array_equal(one.x, full.x) and np.array_equal(one.y, full.y)
@@ -204,7 +204,7 @@ def test_invalid_altered_file_fails_cleanly(encrypted, tmp_path, case):
 
 
 def test_invalid_wrong_key_file_fails_cleanly(encrypted, tmp_path):
-    datafile.create_key_file(tmp_path / "other.key")
+    keys.create_key_file(tmp_path / "other.key")
     path = encrypted / "client-000.fcd"
     result = run_cli("data", "inspect", str(path), "-k", str(tmp_path / "other.key"))
     assert_clean_failure(result, path, "wrong key file")

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from fedchain.crypto import identity
-from fedchain.data import datafile
+from fedchain.data import datafile, keys
 from fedchain.data.partition import partition
 from fedchain.data.sources import load_source
 from fedchain.deploy import processes
@@ -30,7 +30,7 @@ from fedchain.ledger.codec import decode
 from fedchain.ledger.objects import Block, Rejection, SlashingEvidence
 from fedchain.ledger.store import LedgerStore
 from fedchain.ledger.verify import verify_ledger
-from fedchain.runs import federation
+from fedchain.runs import federation, registration
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 FEDCHAIN = [sys.executable, "-m", "fedchain"]
@@ -100,7 +100,7 @@ def world(tmp_path):  # type: ignore[no-untyped-def]
     same commands' command-line forms are tested in test_federation.py.)"""
     train = load_source("digits", split="train")
     parts = partition(train.y, len(HOLDERS), "iid", seed=1)
-    data_key = datafile.create_key_file(tmp_path / "data.key")
+    data_key = keys.create_key_file(tmp_path / "data.key")
     fed_dir = tmp_path / "fed"
     federation.init_federation(
         fed_dir,
@@ -122,7 +122,7 @@ def world(tmp_path):  # type: ignore[no-untyped-def]
         identity.save_identity(key, tmp_path / f"{name}.key", None)
         _, node_pub = create_supernode_keys(tmp_path, f"{name}-node")
         if name != "eve":  # eve never registers
-            entry = federation.create_registration(
+            entry = registration.create_registration(
                 key,
                 data,
                 unlock=data_key,

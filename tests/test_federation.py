@@ -21,7 +21,7 @@ from clients import client_app as real_client
 from fedchain.cli import app
 from fedchain.config import RunConfig
 from fedchain.crypto import identity
-from fedchain.data import datafile
+from fedchain.data import datafile, keys
 from fedchain.data.partition import partition
 from fedchain.data.sources import load_source
 from fedchain.errors import ConfigError, DatasetFileError, SignatureError
@@ -56,7 +56,7 @@ def make_holders(tmp_path: Path, count: int) -> list[dict[str, str]]:
     """``count`` data holders' files and the node config each one's SuperNode would get."""
     train = load_source("digits", split="train")
     parts = partition(train.y, count, "iid", seed=0)
-    key = datafile.create_key_file(tmp_path / "data.key")
+    key = keys.create_key_file(tmp_path / "data.key")
     nodes = []
     for i, indices in enumerate(parts):
         data = tmp_path / f"h{i}.fcd"
@@ -85,8 +85,8 @@ def make_federation(tmp_path: Path, nodes: list[dict[str, str]]) -> Path:
     return fed_dir
 
 
-def data_key(node: dict[str, str]) -> datafile.DataKey:
-    return datafile.load_key_file(Path(node["data-key-path"]))
+def data_key(node: dict[str, str]) -> keys.DataKey:
+    return keys.load_key_file(Path(node["data-key-path"]))
 
 
 def deployed_grid(nodes: list[dict[str, str]]) -> InProcessGrid:
@@ -409,7 +409,7 @@ def test_cli_register_passphrase_dataset_and_identity(tmp_path, monkeypatch):
     """As `join`: $FEDCHAIN_PASSPHRASE opens the dataset, $FEDCHAIN_IDENTITY_PASSPHRASE the
     identity."""
     ds = load_source("digits", split="train").subset(np.arange(30))
-    datafile.write_dataset(tmp_path / "p.fcd", ds, datafile.Passphrase(b"data words"))
+    datafile.write_dataset(tmp_path / "p.fcd", ds, keys.Passphrase(b"data words"))
     identity.save_identity(identity.generate_identity(), tmp_path / "id.key", b"id words")
     monkeypatch.setenv("FEDCHAIN_PASSPHRASE", "data words")
     monkeypatch.setenv("FEDCHAIN_IDENTITY_PASSPHRASE", "id words")

@@ -24,7 +24,8 @@ from typer.testing import CliRunner
 
 import fedchain
 from fedchain.cli import app
-from fedchain.data.datafile import load_dataset, load_key_file
+from fedchain.data.datafile import load_dataset
+from fedchain.data.keys import load_key_file
 
 if sys.version_info >= (3, 11):
     import tomllib

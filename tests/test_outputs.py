@@ -44,11 +44,11 @@ from fedchain.ledger.synthetic import derive_key
 from fedchain.runs.federation import (
     FEDERATION_FILE,
     RUN_DIRNAME,
-    ParticipantEntry,
     add_participant,
     init_federation,
 )
 from fedchain.runs.prepare import prepare_run
+from fedchain.runs.registration import ParticipantEntry
 from fedchain.runs.registry import read_regular_file, save_model
 from server.federate import run_federation
 from server.inprocess_grid import InProcessGrid

@@ -1,1 +1,1 @@
-"""Data: sources, partitions, encrypted dataset files, a data holder's data."""
+"""Data: sources, partitions, data keys, encrypted dataset files, a data holder's data."""

@@ -52,17 +52,14 @@ import numpy as np
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from fedchain.data.keys import KEY_SIZE, RandomBytes, derive_passphrase_key
-
-# Re-exported until these import them from fedchain.data.keys: DataKey, Passphrase (used here too)
-# tests/test_federation.py; Unlock (used here too) fedchain/runs/federation.py, or registration.py
-# where it moves; create_key_file tests/test_cli.py, test_deploy_e2e.py, test_federation.py;
-# load_key_file tests/test_cli.py, test_fresh.py, test_federation.py and README.md's example.
-from fedchain.data.keys import DataKey as DataKey  # re-exported (see above)
-from fedchain.data.keys import Passphrase as Passphrase  # re-exported (see above)
-from fedchain.data.keys import Unlock as Unlock  # re-exported (see above)
-from fedchain.data.keys import create_key_file as create_key_file  # re-exported (see above)
-from fedchain.data.keys import load_key_file as load_key_file  # re-exported (see above)
+from fedchain.data.keys import (
+    KEY_SIZE,
+    DataKey,
+    Passphrase,
+    RandomBytes,
+    Unlock,
+    derive_passphrase_key,
+)
 from fedchain.data.sources import ArrayDataset
 from fedchain.errors import ConfigError, DatasetFileError, WrongKeyError
 

@@ -44,9 +44,9 @@ from fedchain.runs.federation import (
     FEDERATION_FILE,
     RUN_DIRNAME,
     load_federation,
-    verify_registration,
 )
 from fedchain.runs.prepare import CLIENTS_DIR
+from fedchain.runs.registration import verify_registration
 from fedchain.runs.registry import (
     MODEL_SUFFIX,
     MODELS_DIRNAME,

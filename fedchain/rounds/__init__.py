@@ -2,6 +2,8 @@
 
 messages (every client-coordinator key, encode/decode), participant (a client's ledger duties),
 admission (pure: which replies are recorded, accepted or refused), scores (pure: the rule's, else
-the scorer's, else the weights), contribution (Shapley and friends), rewards (integer split),
-coordinator (the I/O shell over chain, model and pending block), recheck (``verify --scores``).
+the scorer's, else the weights), contribution (Shapley and friends), coalitions (coalition models
+and their cached utility), validation (the coordinator's validation scorer), rewards (integer
+split), coordinator (the I/O shell over chain, model and pending block), recheck
+(``verify --scores``).
 """

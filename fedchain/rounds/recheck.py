@@ -2,7 +2,7 @@
 
 ``fedchain verify --scores`` recomputes each round from the archived updates with the same pure
 decisions the coordinator used (:mod:`fedchain.rounds.scores`) and the same scorer
-(:class:`fedchain.learning.validation.RoundScorer`: minus a coalition model's loss on the
+(:class:`fedchain.rounds.validation.RoundScorer`: minus a coalition model's loss on the
 validation split), and compares the quantised result with the scores on the ledger, within
 :data:`SCORE_TOLERANCE`.
 """
@@ -42,7 +42,7 @@ def recheck_scores(
     scorer = None
     if config.contribution != "none":
         # imported here to keep torch (~3 s) out of CLI start-up: cli/ledger imports this module
-        from fedchain.learning.validation import RoundScorer
+        from fedchain.rounds.validation import RoundScorer
 
         scorer = RoundScorer(config, load_split(config)[1])
     params = make_rule_params(config)

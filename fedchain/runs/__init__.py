@@ -1,1 +1,1 @@
-"""Run directories: their layout, preparation, model registry, federations."""
+"""Run directories: preparation, the model registry, a run's session, federations, registrations."""

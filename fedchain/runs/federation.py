@@ -35,27 +35,21 @@ from fedchain.ledger.verify import verify_ledger
 from fedchain.runs.prepare import make_rules_for
 from fedchain.runs.registration import (
     MAX_REGISTERED_EXAMPLES,
+    ParticipantEntry,
     check_int,
     check_name,
     check_supernode_key,
     entry_from_toml,
     entry_to_toml,
     read_toml,
+    verify_registration,
 )
-
-# Re-exported until these import them from fedchain.runs.registration: ParticipantEntry
-# (tests/test_outputs.py), create_registration (tests/test_deploy_e2e.py), verify_registration
-# (fedchain/report/inputs.py). ParticipantEntry is used here too.
-from fedchain.runs.registration import ParticipantEntry as ParticipantEntry
-from fedchain.runs.registration import create_registration as create_registration
-from fedchain.runs.registration import verify_registration as verify_registration
 from fedchain.runs.registry import find_unregistered_files, save_model
 
 __all__ = [
     "FEDERATION_FILE",
     "RUN_DIRNAME",
     "Federation",
-    "ParticipantEntry",
     "add_participant",
     "compute_run_config",
     "has_ledger",

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedchain.crypto import identity
-from fedchain.data import datafile
+from fedchain.data import datafile, keys
 from fedchain.errors import ConfigError
 from fedchain.ledger.builder import sign_registration
 from fedchain.ledger.codec import MAX_INT
@@ -91,7 +91,7 @@ def create_registration(
     key: Ed25519PrivateKey,
     data_path: Path,
     *,
-    unlock: datafile.Unlock,
+    unlock: keys.Unlock,
     stake: int,
     name: str,
     supernode_key: str = "",

@@ -26,13 +26,13 @@ from fedchain.data.sources import ArrayDataset, load_source
 from fedchain.errors import FedchainError
 from fedchain.learning.architectures import build_model, load_numpy_state
 from fedchain.learning.training import evaluate
-from fedchain.learning.validation import RoundScorer
 from fedchain.ledger.chain import Chain
 from fedchain.ledger.signatures import CachingVerifier
 from fedchain.ledger.store import LEDGER_FILENAME
 from fedchain.rounds.admission import brief_reason
 from fedchain.rounds.coordinator import Coordinator, RoundOutcome, RoundReporter
 from fedchain.rounds.messages import encode_attack_settings
+from fedchain.rounds.validation import RoundScorer
 from fedchain.runs.prepare import load_split
 from fedchain.runs.registry import MODEL_SUFFIX, MODELS_DIRNAME, load_model
 
