@@ -28,15 +28,13 @@ from fedchain.ledger.objects import (
     UpdateCommitment,
     compute_block_hash,
 )
+from fedchain.text import compute_printable
 
 
 def printable(value: object) -> str:
     """``str(value)`` with every non-printable character (control codes, ESC, bidi overrides,
     line breaks) written as a Python escape (``\\x1b``): one line, shown as it is."""
-    text = str(value)
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+    return compute_printable(str(value))
 
 
 def as_markup_text(value: object) -> str:

@@ -33,6 +33,7 @@ from fedchain.ledger.objects import (
 )
 from fedchain.ledger.signatures import PLAIN, Verifier, is_signed_by
 from fedchain.ledger.state import process_transaction
+from fedchain.text import compute_printable
 
 Arrays = dict[str, np.ndarray]
 MAX_REASON_CHARS = 200
@@ -236,31 +237,6 @@ def compute_reason(error: Exception) -> str:
     """A ledger refusal's text without its ``transaction ...:`` prefix."""
     text = str(error)
     return text.split(": ", 1)[1] if text.startswith("transaction") and ": " in text else text
-
-
-def compute_printable(text: str, limit: int, *, quoting: bool = False) -> str:
-    """``text`` with each non-printable character escaped (``\\n``, ``\\x1b``, ``\\u202e``),
-    cut to at most ``limit`` characters (an escape is never split; ``…`` marks a cut).
-    ``quoting`` also escapes ``"`` and backslashes, for text put between double quotes.
-
-    Reasons end up in logs, terminals and the ledger: nothing in them may move a cursor,
-    colour a terminal, reorder text or be invalid UTF-8 (a lone surrogate).
-    """
-    pieces: list[str] = []
-    size = 0
-    for char in text:
-        if quoting and char in '"\\':
-            piece = "\\" + char
-        elif char.isprintable():
-            piece = char
-        else:
-            piece = char.encode("unicode_escape").decode("ascii")
-        if size + len(piece) > limit - 1:
-            pieces.append("…")
-            break
-        pieces.append(piece)
-        size += len(piece)
-    return "".join(pieces)
 
 
 def brief_reason(reason: str, limit: int = 160) -> str:
