@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from fedchain.cli import app
 from fedchain.data import datafile, keys
+from fedchain.data.header import MAX_CHUNK_SIZE
 from fedchain.data.sources import load_source
 
 runner = CliRunner()
@@ -99,7 +100,7 @@ def test_inspect_decrypts_with_the_key(sealed):
 
 
 def test_invalid_chunk_size_above_the_readers_bound(tmp_path):
-    too_big = datafile.MAX_CHUNK_SIZE + 1
+    too_big = MAX_CHUNK_SIZE + 1
     result = cli("data", "encrypt", "--out", tmp_path / "d", "--chunk-size", too_big)
     assert result.exit_code == 2 and "--chunk-size" in result.output  # click's usage error
     assert not (tmp_path / "d").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 
 from fedchain.data import datafile, keys
+from fedchain.data.header import MAGIC, DatasetHeader
 from fedchain.data.keys import DataKey, Passphrase
 from fedchain.data.sources import ArrayDataset
 from fedchain.errors import ConfigError, DatasetFileError, KeyFileError, WrongKeyError
@@ -48,7 +50,7 @@ def key(tmp_path: Path) -> DataKey:
 
 
 @pytest.fixture
-def sealed(tmp_path: Path, key: DataKey) -> tuple[Path, ArrayDataset, datafile.DatasetHeader]:
+def sealed(tmp_path: Path, key: DataKey) -> tuple[Path, ArrayDataset, DatasetHeader]:
     ds = make_dataset()
     path = tmp_path / "client-000.fcd"
     header = datafile.write_dataset(
@@ -113,9 +115,39 @@ def test_deterministic_randomness_gives_identical_files(tmp_path, key):
     assert datafile.compute_dataset_commitment(a) == datafile.compute_dataset_commitment(b)
 
 
-def test_commitment_is_hash_of_encrypted_file(sealed):
-    import hashlib
+def test_known_answer_bytes(tmp_path):
+    """The byte format, pinned: fixed randomness and key give these exact files (SHA-256)."""
+    a, b = tmp_path / "a.fcd", tmp_path / "b.fcd"
+    datafile.write_dataset(
+        a,
+        make_dataset(20),
+        DataKey(bytes(range(32))),
+        partition={"method": "iid", "client": 3},
+        chunk_size=100,
+        random_bytes=counter_bytes(),
+    )
+    datafile.write_dataset(
+        b, make_dataset(7), Passphrase(b"pw"), chunk_size=64, random_bytes=counter_bytes()
+    )
+    assert hashlib.sha256(a.read_bytes()).hexdigest() == (
+        "2ddac336e283bee6ef9426ea98b498d40b2662b68f7780d199473c9342b5cb1a"
+    )
+    assert hashlib.sha256(b.read_bytes()).hexdigest() == (
+        "e58d647b158120e34c5d9b8907d3786e62ef941304a4ef4ff3242baa56ca04af"
+    )
 
+
+@pytest.mark.parametrize("umask", [0o000, 0o022, 0o077])
+def test_data_file_mode_is_0600_whatever_the_umask(tmp_path, key, umask):
+    old = os.umask(umask)
+    try:
+        datafile.write_dataset(tmp_path / "m.fcd", make_dataset(5), key)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "m.fcd").stat().st_mode) == 0o600
+
+
+def test_commitment_is_hash_of_encrypted_file(sealed):
     path, ds, _ = sealed
     c = datafile.compute_dataset_commitment(path)
     assert c.file_hash == hashlib.sha256(path.read_bytes()).digest()
@@ -476,7 +508,7 @@ def test_invalid_forged_header_fields(sealed, key, field, value, match):
 def test_invalid_deeply_nested_header_is_one_error(tmp_path, key):
     path = tmp_path / "deep.fcd"
     body = b"[" * 100_000
-    path.write_bytes(datafile.MAGIC + struct.pack("<I", len(body)) + body)
+    path.write_bytes(MAGIC + struct.pack("<I", len(body)) + body)
     with pytest.raises(DatasetFileError, match="malformed"):
         datafile.read_header(path)
 

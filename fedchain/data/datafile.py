@@ -1,4 +1,5 @@
-"""Encrypted dataset files (``.fcd``): one file per data holder, decrypted only in memory.
+"""Encrypted dataset files (``.fcd``): writing, reading and streaming the encrypted body, one file
+per data holder, decrypted only in memory.
 
 Byte layout (integers little-endian)::
 
@@ -7,10 +8,8 @@ Byte layout (integers little-endian)::
     header                       canonical JSON (sorted keys, no spaces), UTF-8
     chunk 0 .. chunk k-1         AES-256-GCM ciphertext + 16-byte tag each
 
-The header is plain so that anyone can inspect a file without its key: format version, cipher and
-chunk size, how the data key is wrapped (KDF and its parameters, salt), and dataset metadata (name,
-number of examples, feature shape and dtype, class names, the labels present, how it was
-partitioned). The label *histogram* is not in the header: it is only shown once decrypted.
+The header is plain so that anyone can inspect a file without its key; its fields, encoding and
+checks are :mod:`fedchain.data.header`'s. This module does the file I/O and the cryptography.
 
 Security properties and how they are obtained:
 
@@ -36,8 +35,6 @@ The plaintext body is ``x`` (C order, little-endian, the header's dtype) followe
 from __future__ import annotations
 
 import hashlib
-import json
-import math
 import os
 import secrets
 import stat
@@ -52,6 +49,18 @@ import numpy as np
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from fedchain.data.header import (  # re-exported until fedchain/cli/data.py imports it from header
+    MAX_CHUNK_SIZE as MAX_CHUNK_SIZE,
+)
+from fedchain.data.header import (
+    TAG_SIZE,
+    DatasetHeader,
+    check_num_chunks,
+    compute_dataset_meta,
+    decode_header,
+    decode_header_length,
+    encode_header,
+)
 from fedchain.data.keys import (
     KEY_SIZE,
     DataKey,
@@ -63,185 +72,16 @@ from fedchain.data.keys import (
 from fedchain.data.sources import ArrayDataset
 from fedchain.errors import ConfigError, DatasetFileError, WrongKeyError
 
-MAGIC = b"FCD1"
-FORMAT_VERSION = 1
 DEFAULT_CHUNK_SIZE = 1 << 20  # plaintext bytes per chunk
-TAG_SIZE = 16
-MAX_HEADER_SIZE = 1 << 20
-MAX_CHUNKS = 1 << 32  # the nonce holds a 32-bit chunk index
-MAX_CHUNK_SIZE = 1 << 28  # bytes: what one chunk may make a reader hold before it is authenticated
-MAX_DIMS = 32  # feature dimensions per example (numpy's own limit is 32 or 64)
 
-# scrypt cost: n=2^15, r=8 uses 32 MiB and ≈ 60 ms here. Files may carry other parameters; these
-# bounds stop a forged header from asking for absurd memory or time.
+# scrypt cost of a new file: n=2^15, r=8 uses 32 MiB and ≈ 60 ms here (the bounds a reader accepts
+# are header.SCRYPT_BOUNDS).
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 1 << 15, 8, 1
-SCRYPT_BOUNDS = {"n": (1 << 10, 1 << 22), "r": (1, 32), "p": (1, 16)}
 
 KEY_WRAP_AD = b"fedchain/fcd/key-wrap/v1"
-ALLOWED_DTYPES = frozenset(
-    {"uint8", "int8", "int16", "int32", "int64", "float16", "float32", "float64", "bool"}
-)
 
 # --------------------------------------------------------------------------------------------------
-# Header
-
-
-@dataclass(frozen=True)
-class DatasetMeta:
-    """What a file says about its data in the clear (the header), without the key."""
-
-    name: str
-    num_examples: int
-    x_shape: tuple[int, ...]  # per example
-    x_dtype: str
-    classes: tuple[str, ...]
-    labels_present: tuple[int, ...]
-    value_max: float | None
-    partition: dict[str, Any]
-
-    @property
-    def x_nbytes(self) -> int:
-        # math.prod: Python integers, so a forged shape cannot wrap around as numpy's int64 would
-        return self.num_examples * math.prod(self.x_shape) * np.dtype(self.x_dtype).itemsize
-
-    @property
-    def body_size(self) -> int:
-        return self.x_nbytes + self.num_examples * 8
-
-
-@dataclass(frozen=True)
-class DatasetHeader:
-    """A parsed header, plus the exact bytes it came from (bound into every chunk)."""
-
-    meta: DatasetMeta
-    chunk_size: int
-    key: dict[str, Any]
-    nonce_prefix: bytes
-    raw: bytes  # magic + length + JSON, exactly as in the file
-
-    @property
-    def digest(self) -> bytes:
-        return hashlib.sha256(self.raw).digest()
-
-    @property
-    def num_chunks(self) -> int:
-        return max(1, -(-self.meta.body_size // self.chunk_size))
-
-    @property
-    def file_size(self) -> int:
-        return len(self.raw) + self.meta.body_size + self.num_chunks * TAG_SIZE
-
-    def to_json(self) -> dict[str, Any]:
-        """The header as shown by ``fedchain data inspect`` (nothing secret in it)."""
-        key = {k: v for k, v in self.key.items() if k not in ("wrapped_key", "wrap_nonce")}
-        return {
-            "format_version": FORMAT_VERSION,
-            "cipher": "AES-256-GCM",
-            "chunk_size": self.chunk_size,
-            "num_chunks": self.num_chunks,
-            "key": key,
-            "dataset": _meta_to_json(self.meta),
-        }
-
-
-def _meta_to_json(meta: DatasetMeta) -> dict[str, Any]:
-    return {
-        "name": meta.name,
-        "num_examples": meta.num_examples,
-        "x_shape": list(meta.x_shape),
-        "x_dtype": meta.x_dtype,
-        "y_dtype": "int64",
-        "classes": list(meta.classes),
-        "labels_present": list(meta.labels_present),
-        "value_max": meta.value_max,
-        "partition": meta.partition,
-    }
-
-
-def _encode_header(meta: DatasetMeta, chunk_size: int, key: dict[str, Any], prefix: bytes) -> bytes:
-    doc = {
-        "format": "fedchain-dataset",
-        "version": FORMAT_VERSION,
-        "cipher": {"name": "AES-256-GCM", "chunk_size": chunk_size, "nonce_prefix": prefix.hex()},
-        "key": key,
-        "dataset": _meta_to_json(meta),
-    }
-    body = json.dumps(doc, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
-    return MAGIC + struct.pack("<I", len(body)) + body
-
-
-def _parse_header(path: Path, raw: bytes, doc: Any) -> DatasetHeader:
-    """Validate every header field a reader relies on; any defect is one DatasetFileError."""
-    try:
-        if doc["format"] != "fedchain-dataset":
-            raise ValueError("not a fedchain dataset header")
-        if doc["version"] != FORMAT_VERSION:
-            raise ValueError(f"format version {doc['version']} is not supported")
-        cipher, key, ds = doc["cipher"], doc["key"], doc["dataset"]
-        if cipher["name"] != "AES-256-GCM":
-            raise ValueError(f"unknown cipher {cipher['name']!r}")
-        chunk_size = _positive_int(cipher["chunk_size"], "chunk_size")
-        if chunk_size > MAX_CHUNK_SIZE:
-            raise ValueError(f"chunk_size above {MAX_CHUNK_SIZE}")
-        prefix = bytes.fromhex(cipher["nonce_prefix"])
-        if len(prefix) != 7:
-            raise ValueError("bad nonce prefix")
-        _check_key_block(key)
-        if ds["x_dtype"] not in ALLOWED_DTYPES or ds["y_dtype"] != "int64":
-            raise ValueError("unsupported dtype")
-        if not isinstance(ds["x_shape"], list) or len(ds["x_shape"]) > MAX_DIMS:
-            raise ValueError(f"x_shape must be a list of at most {MAX_DIMS} dimensions")
-        meta = DatasetMeta(
-            name=str(ds["name"]),
-            num_examples=_positive_int(ds["num_examples"], "num_examples"),
-            x_shape=tuple(_positive_int(d, "x_shape") for d in ds["x_shape"]),
-            x_dtype=ds["x_dtype"],
-            classes=tuple(str(c) for c in ds["classes"]),
-            labels_present=tuple(_int(v, "labels_present") for v in ds["labels_present"]),
-            value_max=None if ds["value_max"] is None else float(ds["value_max"]),
-            partition=dict(ds["partition"]),
-        )
-    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
-        raise DatasetFileError(path, f"the file header is malformed or was altered ({e})") from None
-    return DatasetHeader(meta, chunk_size, key, prefix, raw)
-
-
-def _check_num_chunks(path: Path, header: DatasetHeader) -> None:
-    if header.num_chunks >= MAX_CHUNKS:
-        raise DatasetFileError(
-            path, "the file header is malformed or was altered (too many chunks)"
-        )
-
-
-def _positive_int(value: Any, what: str) -> int:
-    number = _int(value, what)
-    if number < 1:
-        raise ValueError(f"{what} must be a positive integer")
-    return number
-
-
-def _int(value: Any, what: str) -> int:
-    """An integer as JSON wrote it: ``4e7``, ``1.0``, ``true`` and ``"3"`` are not."""
-    if type(value) is not int:
-        raise ValueError(f"{what} must be an integer, got {value!r:.40}")
-    return value
-
-
-def _check_key_block(key: Any) -> None:
-    for name in ("wrap_nonce", "wrapped_key"):
-        bytes.fromhex(key[name])
-    if key["kind"] == "passphrase":
-        if key["kdf"] != "scrypt":
-            raise ValueError(f"unknown KDF {key['kdf']!r}")
-        for name, (low, high) in SCRYPT_BOUNDS.items():
-            value = key[name]
-            if not isinstance(value, int) or not low <= value <= high:
-                raise ValueError(f"scrypt parameter {name} out of range")
-        bytes.fromhex(key["salt"])
-    elif key["kind"] == "keyfile":
-        str(key["key_id"])
-    else:
-        raise ValueError(f"unknown key kind {key['kind']!r}")
+# Reading the header
 
 
 def read_header(path: Path) -> DatasetHeader:
@@ -295,21 +135,13 @@ def _open_for_reading(path: Path) -> BinaryIO:
 
 def _read_header_from(path: Path, f: BinaryIO) -> DatasetHeader:
     start = f.read(8)
-    if len(start) < 8 or start[:4] != MAGIC:
-        raise DatasetFileError(path, "not a fedchain dataset file (bad magic bytes)")
-    (length,) = struct.unpack("<I", start[4:])
-    if length > MAX_HEADER_SIZE:
-        raise DatasetFileError(path, "the file header is malformed or was altered (header too big)")
+    length = decode_header_length(path, start)
     body = f.read(length)
     if len(body) != length:
         raise DatasetFileError(path, "the file is truncated (inside the header)")
-    try:
-        doc = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise DatasetFileError(path, "the file header is malformed or was altered") from None
-    header = _parse_header(path, start + body, doc)
+    header = decode_header(path, start + body)
     check_file_size(path, header, os.fstat(f.fileno()).st_size)
-    _check_num_chunks(path, header)
+    check_num_chunks(path, header)
     return header
 
 
@@ -362,26 +194,6 @@ def _iter_body(views: list[memoryview], chunk_size: int) -> Iterator[bytes]:
         yield b"".join(pending)
 
 
-def _meta_for(dataset: ArrayDataset, partition: dict[str, Any]) -> DatasetMeta:
-    x = dataset.x
-    if x.dtype.name not in ALLOWED_DTYPES:
-        raise ConfigError(
-            f"features of dtype {x.dtype} cannot be stored; use one of {sorted(ALLOWED_DTYPES)}"
-        )
-    if len(dataset) == 0:
-        raise ConfigError("refusing to write an empty dataset")
-    return DatasetMeta(
-        name=dataset.name,
-        num_examples=len(dataset),
-        x_shape=tuple(int(d) for d in x.shape[1:]),
-        x_dtype=x.dtype.name,
-        classes=tuple(dataset.classes),
-        labels_present=tuple(int(v) for v in np.unique(dataset.y)),
-        value_max=dataset.value_max,
-        partition=partition,
-    )
-
-
 def write_dataset(
     path: Path,
     dataset: ArrayDataset,
@@ -402,24 +214,28 @@ def write_dataset(
     path = Path(path)
     if path.exists() and not overwrite:
         raise ConfigError(f"{path}: already exists; use --force to overwrite")
-    meta = _meta_for(dataset, partition or {})
+    meta = compute_dataset_meta(dataset, partition or {})
     data_key = random_bytes(KEY_SIZE)
     key_block = _wrap_key(data_key, unlock, random_bytes)
-    raw = _encode_header(meta, chunk_size, key_block, random_bytes(7))
-    header = _parse_header(path, raw, json.loads(raw[8:]))
-    _check_num_chunks(path, header)
+    raw = encode_header(meta, chunk_size, key_block, random_bytes(7))
+    header = decode_header(path, raw)
+    check_num_chunks(path, header)
     x = np.ascontiguousarray(dataset.x, dtype=dataset.x.dtype.newbyteorder("<"))
     y = np.ascontiguousarray(dataset.y, dtype="<i8")
     aead = AESGCM(data_key)
+
+    def write_file(f: BinaryIO) -> None:
+        f.write(raw)
+        chunks = _iter_body([x.data.cast("B"), y.data.cast("B")], chunk_size)
+        for index, chunk in enumerate(chunks):
+            nonce, ad = _chunk_nonce_and_ad(header, index)
+            f.write(aead.encrypt(nonce, chunk, ad))
+
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(raw)
-            chunks = _iter_body([x.data.cast("B"), y.data.cast("B")], chunk_size)
-            for index, chunk in enumerate(chunks):
-                nonce, ad = _chunk_nonce_and_ad(header, index)
-                f.write(aead.encrypt(nonce, chunk, ad))
+            write_file(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
