@@ -184,6 +184,22 @@ def test_key_file_mode_0600_and_no_overwrite(tmp_path):
         keys.create_key_file(path)
 
 
+@pytest.mark.parametrize("umask", [0o000, 0o077])
+def test_key_file_mode_is_0600_whatever_the_umask_and_a_refusal_leaves_no_scratch(tmp_path, umask):
+    path = tmp_path / "k.key"
+    old = os.umask(umask)
+    try:
+        keys.create_key_file(path)
+    finally:
+        os.umask(old)
+    before = path.read_bytes()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    with pytest.raises(KeyFileError, match="refusing to overwrite a key"):
+        keys.create_key_file(path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k.key"]
+
+
 def test_invalid_key_file_readable_by_others(tmp_path):
     path = tmp_path / "k.key"
     keys.create_key_file(path)

@@ -39,7 +39,6 @@ import os
 import secrets
 import stat
 import struct
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +69,7 @@ from fedchain.data.keys import (
     derive_passphrase_key,
 )
 from fedchain.data.sources import ArrayDataset
+from fedchain.durable import write_atomically
 from fedchain.errors import ConfigError, DatasetFileError, WrongKeyError
 
 DEFAULT_CHUNK_SIZE = 1 << 20  # plaintext bytes per chunk
@@ -232,16 +232,7 @@ def write_dataset(
             f.write(aead.encrypt(nonce, chunk, ad))
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write_file(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, write_file, mode=0o600)  # 0600: data at rest is the holder's alone
     return header
 
 

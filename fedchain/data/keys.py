@@ -7,7 +7,6 @@ key scrypt derives from a passphrase, wraps the file's own random data key.
 from __future__ import annotations
 
 import hashlib
-import os
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
+from fedchain.durable import write_atomically
 from fedchain.errors import ConfigError, KeyFileError
 
 KEY_SIZE = 32
@@ -59,13 +59,9 @@ def create_key_file(path: Path, random_bytes: RandomBytes = secrets.token_bytes)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        write_atomically(path, (key.secret.hex() + "\n").encode(), mode=0o600, overwrite=False)
     except FileExistsError:
         raise KeyFileError(f"{path}: already exists; refusing to overwrite a key") from None
-    with os.fdopen(fd, "w") as f:
-        f.write(key.secret.hex() + "\n")
-        f.flush()
-        os.fsync(f.fileno())
     return key
 
 
