@@ -1,546 +1,55 @@
-"""The test vectors and golden ledger of docs/ledger-spec.md: regenerated from the code, checked
-byte for byte against tests/vectors/.
+"""The ledger spec's test vectors and golden ledger: checked against the code byte for byte, and
+re-derived by an independent reader written from docs/ledger-spec.md alone.
 
-- ``tests/vectors/ledger-vectors.json``: known answers for every object encoding, hash, root,
-  signing message and signing root, the proposer draw, finality, evidence ids, the reward split,
-  the canonical update hash, and byte strings the decoder must refuse.
-- ``tests/vectors/golden-ledger.json``: a tiny deterministic run (3 genesis participants and one
-  that registers later, 3 rounds, 5 blocks) that uses every transaction kind: each block's bytes,
-  hash, roots, and the final height, head and state.
+- ``tests/vectors/ledger-vectors.json`` and ``tests/vectors/golden-ledger.json`` must equal what
+  :mod:`tests.vectors.generate` builds from the code now: a format change that does not update
+  them fails here.
+- The second half of this module re-derives the vectors and replays the golden ledger *without*
+  the ledger package: a decoder driven by the spec's tag/field table (§3), the hashes and roots
+  of §4-5, the proposer draw of §8, the effects of §9, the finality rule of §10, the reward split
+  and the update hash. It checks that the spec says enough, and says it right.
 
-A format change that does not update the files fails here. After a deliberate change, regenerate
-them and review the diff (and the spec)::
+Regenerate the files after a deliberate format change (then review the diff and the spec)::
 
     .venv/bin/python -m tests.test_ledger_spec --regenerate
 
-(``FEDCHAIN_REGENERATE_VECTORS=1`` with pytest does the same.) Everything is deterministic: keys
-derive from fixed seeds and Ed25519 signatures are deterministic (RFC 8032). No Flower or torch.
+or run pytest with ``FEDCHAIN_REGENERATE_VECTORS=1``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
 import struct
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from fedchain.crypto.hashing import compute_update_hash, iter_canonical_chunks
-from fedchain.crypto.identity import compute_signing_root, public_key_bytes
 from fedchain.errors import DecodeError
-from fedchain.ledger.builder import (
-    build_block,
-    make_genesis,
-    make_rules,
-    sign_attestation,
-    sign_commitment,
-    sign_header,
-    sign_registration,
-)
 from fedchain.ledger.chain import Chain
-from fedchain.ledger.codec import compute_hash, decode, encode
-from fedchain.ledger.consensus import (
-    compute_finalized_height,
-    compute_proposer,
-    detect_double_sign,
-    get_proposer,
-)
-from fedchain.ledger.containers import (
-    LedgerState,
-    ParticipantState,
-    StateRootBody,
-    compute_evidence_id,
-    compute_state_root,
-)
-from fedchain.ledger.genesis import compute_genesis_block, compute_genesis_state
-from fedchain.ledger.objects import (
-    BAD_COMMITMENT,
-    SIGNING_DOMAINS,
-    Attestation,
-    Block,
-    BlockTransaction,
-    CommitmentMismatch,
-    ContributionRecord,
-    GenesisParticipant,
-    ModelVersion,
-    Registration,
-    Rejection,
-    RewardDeltas,
-    SignedHeader,
-    SlashingEvidence,
-    Transaction,
-    UpdateCommitment,
-    compute_block_hash,
-    compute_tx_root,
-    signing_message,
-)
-from fedchain.ledger.synthetic import derive_key
+from fedchain.ledger.codec import decode
+from fedchain.ledger.containers import ParticipantState
+from fedchain.ledger.objects import Attestation, Block, BlockTransaction, Rejection, Rules
 from fedchain.ledger.verify import verify_ledger
-from fedchain.rounds.rewards import compute_reward_split
+from tests.vectors.generate import (
+    GOLDEN_FILE,
+    VECTORS_FILE,
+    dump,
+    golden_document,
+    vectors_document,
+    write_files,
+)
 
-VECTORS_DIR = Path(__file__).parent / "vectors"
-VECTORS_FILE = VECTORS_DIR / "ledger-vectors.json"
-GOLDEN_FILE = VECTORS_DIR / "golden-ledger.json"
 REGENERATE_ENV = "FEDCHAIN_REGENERATE_VECTORS"
-SEED = 7
-"""Keys are ``derive_key(SEED, i)``: Ed25519 secret seed ``sha256(f"fedchain/synthetic/7/{i}")``."""
-
-
-# --------------------------------------------------------------------------------------------------
-# JSON form of ledger objects
-
-
-def to_json(value: Any) -> Any:
-    """A ledger value as JSON: bytes as lowercase hex, tuples as lists, an object as its class
-    name and tag followed by its fields in encoding order."""
-    if isinstance(value, bytes):
-        return value.hex()
-    if isinstance(value, tuple):
-        return [to_json(item) for item in value]
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        out: dict[str, Any] = {"_type": type(value).__name__, "_tag": type(value).TAG}  # type: ignore[attr-defined]
-        for field in dataclasses.fields(value):
-            out[field.name] = to_json(getattr(value, field.name))
-        return out
-    return value
-
-
-def dump(document: dict[str, Any]) -> str:
-    return json.dumps(document, indent=1, ensure_ascii=True) + "\n"
-
-
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _digest(label: str) -> bytes:
-    return hashlib.sha256(label.encode()).digest()
-
-
-def _model(*values: float) -> dict[str, np.ndarray]:
-    return {"w": np.array(values, dtype=np.float32)}
-
-
-# --------------------------------------------------------------------------------------------------
-# The golden ledger
-
-
-@dataclasses.dataclass
-class Golden:
-    blocks: list[Block]
-    states: list[LedgerState]
-    keys: dict[bytes, Any]
-    double_sign: SlashingEvidence  # also used by the vectors
-    attestation_pair: SlashingEvidence
-    mismatch: SlashingEvidence
-
-
-def build_golden() -> Golden:
-    """Genesis + 3 rounds + a closing block of attestations, as a coordinator would write them."""
-    keys = [derive_key(SEED, i) for i in range(4)]
-    pub = [public_key_bytes(k) for k in keys]
-    by_public = dict(zip(pub, keys, strict=True))
-    stakes, examples = (10_000, 6_000, 3_000), (100, 200, 300)
-    genesis = make_genesis(
-        "golden",
-        [
-            GenesisParticipant(pub[i], stakes[i], _digest(f"data/{i}"), examples[i])
-            for i in range(3)
-        ],
-        initial_model_hash=compute_update_hash(_model(0.0, 0.0)),
-        rules=make_rules(),
-    )
-    state = compute_genesis_state(genesis)
-    gh = state.genesis_hash
-    blocks, states = [compute_genesis_block(genesis)], [state]
-
-    def commit(i: int, round_: int, update: float) -> Any:
-        return sign_commitment(
-            keys[i],
-            gh,
-            run_id="golden",
-            round=round_,
-            base_model_hash=states[-1].model_head,
-            update_hash=compute_update_hash(_model(update, -update)),
-            num_examples=examples[i],
-        )
-
-    def attest(i: int) -> Any:
-        last = states[-1]
-        return sign_attestation(keys[i], gh, height=last.height, block_hash=last.head_hash)
-
-    def close_round(round_: int, commits: list[Any], scores: dict[int, int]) -> list[Transaction]:
-        model = ModelVersion(
-            round_,
-            compute_update_hash(_model(float(round_), 0.5)),
-            states[-1].model_head,
-            tuple(sorted(c.update_hash for c in commits)),
-            "fedavg",
-        )
-        record = ContributionRecord(round_, tuple(sorted((pub[i], s) for i, s in scores.items())))
-        return [model, record, RewardDeltas(round_, compute_reward_split(1_000, record.scores))]
-
-    def add(txs: list[Transaction], round_: int, attempt: int = 0) -> None:
-        proposer = by_public[get_proposer(states[-1], attempt)]
-        block, post = build_block(states[-1], txs, proposer, attempt, round=round_)
-        blocks.append(block)
-        states.append(post)
-
-    # Block 1, round 1: three commitments, the model, scores, rewards.
-    commits = [commit(i, 1, 0.1 * (i + 1)) for i in range(3)]
-    add([*commits, *close_round(1, commits, {0: 120_000, 1: 80_000, 2: 0})], 1)
-
-    # Block 2, round 2: attestations to block 1; a rejection; a harmful score; a penalty.
-    commits = [commit(i, 2, 0.2 * (i + 1)) for i in range(2)]
-    rejection = Rejection(2, pub[2], "update has NaN or infinite values")
-    model, record, rewards = close_round(2, commits, {0: 50_000, 1: -20_000})
-    assert isinstance(rewards, RewardDeltas)
-    penalised = RewardDeltas(2, tuple(sorted((*rewards.deltas, (pub[1], -50)))))
-    add([*(attest(i) for i in range(3)), *commits, rejection, model, record, penalised], 2)
-
-    # Block 3, round 3, proposed at attempt 1: a registration and all three kinds of evidence.
-    block2 = blocks[2].signed_header
-    offender = by_public[block2.header.proposer]
-    forged = dataclasses.replace(block2.header, tx_root=bytes(32))
-    double_sign = _evidence_pair(block2, sign_header(offender, gh, forged), 3)
-    real = sign_attestation(keys[1], gh, height=1, block_hash=blocks[1].header.parent_hash)
-    other = sign_attestation(keys[1], gh, height=1, block_hash=compute_block_hash(blocks[1]))
-    attestation_pair = _evidence_pair(real, other, 3)
-    lie = sign_commitment(
-        keys[2],
-        gh,
-        run_id="golden",
-        round=3,
-        base_model_hash=states[-1].model_head,
-        update_hash=compute_update_hash(_model(9.0, 9.0)),
-        num_examples=examples[2],
-    )
-    observed = compute_update_hash(_model(-9.0, -9.0))
-    mismatch = SlashingEvidence(BAD_COMMITMENT, pub[2], 3, CommitmentMismatch(lie, observed))
-    registration = sign_registration(
-        keys[3], gh, stake=4_000, dataset_hash=_digest("data/3"), num_examples=150
-    )
-    commits = [commit(i, 3, 0.3 * (i + 1)) for i in range(2)]
-    add(
-        [
-            *(attest(i) for i in range(3)),
-            registration,
-            mismatch,
-            double_sign,
-            attestation_pair,
-            *commits,
-            *close_round(3, commits, {0: 30_000, 1: 10_000}),
-        ],
-        3,
-        attempt=1,
-    )
-
-    # Block 4, round 3: the closing block, attestations to block 3 (the new participant's too).
-    add([attest(i) for i in range(4)], 3)
-    return Golden(blocks, states, by_public, double_sign, attestation_pair, mismatch)
-
-
-def _evidence_pair(first: Any, second: Any, round_: int) -> SlashingEvidence:
-    evidence = detect_double_sign(first, second, round_)
-    if evidence is None:
-        raise AssertionError("the pair is not a double sign")
-    return evidence
-
-
-def _state_json(state: LedgerState) -> dict[str, Any]:
-    return {
-        "height": state.height,
-        "round": state.round,
-        "head_hash": state.head_hash.hex(),
-        "state_root": compute_state_root(state).hex(),
-        "model_head": state.model_head.hex(),
-        "model_round": state.model_round,
-        "participants": [to_json(p) for p in state.participants.values()],
-        "last_attested": {key.hex(): h for key, h in state.last_attested.items()},
-        "evidence_seen": sorted(e.hex() for e in state.evidence_seen),
-    }
-
-
-def golden_document() -> dict[str, Any]:
-    golden = build_golden()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "ledger.db"
-        with Chain.create(path, golden.states[0].genesis) as chain:
-            for block in golden.blocks[1:]:
-                chain.append(block)
-        report = verify_ledger(path)
-    if not report.ok:
-        raise AssertionError(f"the golden ledger does not verify: {report.failure}")
-    head = golden.states[-1]
-    return {
-        "about": "A tiny deterministic run (tests/test_ledger_spec.py build_golden): genesis, "
-        "rounds 1-3, a closing block. Secret keys are Ed25519 seeds "
-        f"sha256('fedchain/synthetic/{SEED}/<i>'). 'data' is the block's canonical encoding "
-        "(the ledger.db data column).",
-        "secret_seeds": [
-            hashlib.sha256(f"fedchain/synthetic/{SEED}/{i}".encode()).hexdigest() for i in range(4)
-        ],
-        "public_keys": [public_key_bytes(derive_key(SEED, i)).hex() for i in range(4)],
-        "genesis_hash": head.genesis_hash.hex(),
-        "blocks": [
-            {
-                "height": block.header.height,
-                "round": block.header.round,
-                "attempt": block.header.attempt,
-                "proposer": block.header.proposer.hex(),
-                "block_hash": compute_block_hash(block).hex(),
-                "tx_root": block.header.tx_root.hex(),
-                "state_root": block.header.state_root.hex(),
-                "transactions": [type(tx).__name__ for tx in block.transactions],
-                "data": encode(block).hex(),
-            }
-            for block in golden.blocks
-        ],
-        "head_height": report.head_height,
-        "head_hash": report.head_hash.hex(),
-        "final_height": report.final_height,
-        "total_stake": report.total_stake,
-        "final_state": _state_json(head),
-    }
-
-
-# --------------------------------------------------------------------------------------------------
-# Known-answer vectors
-
-
-def _encoding_vector(name: str, obj: Any) -> dict[str, Any]:
-    data = encode(obj)
-    return {"name": name, "object": to_json(obj), "encoding": data.hex(), "sha256": _sha(data)}
-
-
-def _signed_vector(name: str, obj: Any, genesis_hash: bytes) -> dict[str, Any]:
-    domain = SIGNING_DOMAINS[type(obj)]
-    message = signing_message(obj)
-    if isinstance(obj, SignedHeader):
-        signer = obj.header.proposer
-    elif isinstance(obj, Attestation):
-        signer = obj.validator
-    else:
-        signer = obj.public_key
-    return {
-        "name": name,
-        "domain": domain.value.decode(),
-        "federation": genesis_hash.hex(),
-        "public_key": signer.hex(),
-        "signing_message": message.hex(),
-        "message_sha256": _sha(message),
-        "signing_root": compute_signing_root(domain, message, genesis_hash).hex(),
-        "signature": obj.signature.hex(),
-    }
-
-
-def _first(block: Block, cls: type) -> Any:
-    return next(tx for tx in block.transactions if isinstance(tx, cls))
-
-
-def vectors_document() -> dict[str, Any]:
-    golden = build_golden()
-    genesis = golden.states[0].genesis
-    gh = golden.states[0].genesis_hash
-    b1, b2, b3 = golden.blocks[1], golden.blocks[2], golden.blocks[3]
-    objects: list[tuple[str, Any]] = [
-        ("Rules", genesis.rules),
-        ("GenesisParticipant", genesis.participants[0]),
-        ("Genesis", genesis),
-        ("Registration", _first(b3, Registration)),
-        ("UpdateCommitment", _first(b1, UpdateCommitment)),
-        ("ModelVersion", _first(b1, ModelVersion)),
-        ("ContributionRecord", _first(b2, ContributionRecord)),
-        ("RewardDeltas (with a penalty)", _first(b2, RewardDeltas)),
-        ("Rejection", _first(b2, Rejection)),
-        ("Attestation", _first(b2, Attestation)),
-        ("SlashingEvidence bad_commitment", golden.mismatch),
-        ("SlashingEvidence double_sign HeaderPair", golden.double_sign),
-        ("SlashingEvidence double_sign AttestationPair", golden.attestation_pair),
-        ("BlockHeader", b1.header),
-        ("SignedHeader", b1.signed_header),
-        ("Block 0 (genesis block)", golden.blocks[0]),
-        ("ParticipantState", next(iter(golden.states[2].participants.values()))),
-        (
-            "StateRootBody",
-            StateRootBody(
-                tuple(golden.states[2].participants.values()),
-                golden.states[2].model_head,
-                golden.states[2].round,
-            ),
-        ),
-        ("codec edge cases: negative i64, empty and non-ASCII strings", _edge_cases()),
-    ]
-    signed: list[tuple[str, Any]] = [
-        ("Registration", b3.transactions[3]),
-        ("UpdateCommitment", b1.transactions[0]),
-        ("Attestation", _first(b2, Attestation)),
-        ("SignedHeader (block 1)", b1.signed_header),
-    ]
-    tx_roots: list[tuple[str, tuple[BlockTransaction, ...]]] = [
-        ("empty body", ()),
-        ("block 0: the genesis alone", golden.blocks[0].transactions),
-        ("block 2", b2.transactions),
-    ]
-    tensors: dict[str, np.ndarray] = {
-        "layer.bias": np.array([1.5, -2.0], dtype=np.float32),
-        "layer.weight": np.arange(4, dtype=np.int64).reshape(2, 2),
-        "flag": np.array(True),
-        "half": np.array([0.25], dtype=np.float16),
-    }
-    return {
-        "about": "Known answers for docs/ledger-spec.md, generated by tests/test_ledger_spec.py "
-        "from the golden ledger's objects. Bytes are lowercase hex; objects list their fields in "
-        "encoding order after _type/_tag.",
-        "encoding": [_encoding_vector(name, obj) for name, obj in objects],
-        "signing": [_signed_vector(name, obj, gh) for name, obj in signed],
-        "block_hash": [
-            {
-                "height": b.header.height,
-                "header": encode(b.header).hex(),
-                "block_hash": _sha(encode(b.header)),
-            }
-            for b in golden.blocks[:2]
-        ],
-        "tx_root": [
-            {
-                "name": name,
-                "tx_sha256": [compute_hash(tx).hex() for tx in txs],
-                "tx_root": compute_tx_root(txs).hex(),
-            }
-            for name, txs in tx_roots
-        ],
-        "evidence_id": [
-            {
-                "name": name,
-                "evidence_sha256": compute_hash(ev).hex(),
-                "evidence_id": compute_evidence_id(ev).hex(),
-            }
-            for name, ev in (
-                ("bad_commitment", golden.mismatch),
-                ("double_sign/header", golden.double_sign),
-                ("double_sign/attestation", golden.attestation_pair),
-            )
-        ],
-        "proposer": _proposer_vectors(golden),
-        "finality": _finality_vectors(),
-        "reward_split": _reward_vectors(),
-        "update_hash": [
-            {
-                "tensors": {
-                    name: {"dtype": str(a.dtype), "shape": list(a.shape), "values": a.tolist()}
-                    for name, a in tensors.items()
-                },
-                "encoding": b"".join(bytes(c) for c in iter_canonical_chunks(tensors)).hex(),
-                "update_hash": compute_update_hash(tensors).hex(),
-            }
-        ],
-        "decode_rejects": _reject_vectors(golden),
-    }
-
-
-def _edge_cases() -> Rejection:
-    return Rejection(-(2**63), bytes(range(32)), "é ✓ \x00")
-
-
-def _proposer_vectors(golden: Golden) -> list[dict[str, Any]]:
-    state = golden.states[2]
-    validators = sorted((k, p.stake) for k, p in state.participants.items() if p.active)
-    out = []
-    for attempt in (0, 1, 2, 2**32 - 1):
-        seed = hashlib.sha256(
-            b"fedchain/proposer/v1" + state.head_hash + struct.pack("<I", attempt)
-        ).digest()
-        out.append(
-            {
-                "parent_hash": state.head_hash.hex(),
-                "validators": [[k.hex(), s] for k, s in validators],
-                "attempt": attempt,
-                "seed": seed.hex(),
-                "target": int.from_bytes(seed, "big") % sum(s for _, s in validators),
-                "proposer": compute_proposer(state.head_hash, validators, attempt).hex(),
-            }
-        )
-    return out
-
-
-def _finality_vectors() -> list[dict[str, Any]]:
-    a, b, c = (bytes([i]) * 32 for i in (1, 2, 3))
-    cases = [
-        ({1: {a: 2, b: 1}, 2: {a: 2, b: 1}}, [(a, 2)], "exactly 2/3 of stake is enough"),
-        ({1: {a: 1, b: 1, c: 1}, 2: {a: 1, b: 1, c: 1}}, [(a, 2), (b, 1)], "1 and 2 short"),
-        ({1: {a: 1, b: 1, c: 1}, 2: {a: 1, b: 1, c: 1}}, [(a, 2), (b, 2), (c, 1)], "a descendant"),
-        ({1: {a: 1, b: 1, c: 1}, 2: {a: 5, b: 1}}, [(b, 2), (c, 2)], "c is no validator of 2"),
-    ]
-    return [
-        {
-            "name": name,
-            "validators_by_height": {
-                str(h): {k.hex(): s for k, s in v.items()} for h, v in validators.items()
-            },
-            "last_attested": [[k.hex(), h] for k, h in attested],
-            "final_height": compute_finalized_height(validators, attested),
-        }
-        for validators, attested, name in cases
-    ]
-
-
-def _reward_vectors() -> list[dict[str, Any]]:
-    a, b, c = (bytes([i]) * 32 for i in (1, 2, 3))
-    cases = [
-        (1_000, [(a, 1), (b, 1), (c, 1)]),
-        (1_000, [(a, 120_000), (b, 80_000), (c, 0)]),
-        (7, [(c, 2), (a, 2), (b, -5)]),
-        (10, [(a, -1)]),
-    ]
-    return [
-        {
-            "pool": pool,
-            "scores": [[k.hex(), s] for k, s in shares],
-            "deltas": [[k.hex(), d] for k, d in compute_reward_split(pool, shares)],
-        }
-        for pool, shares in cases
-    ]
-
-
-def _reject_vectors(golden: Golden) -> list[dict[str, Any]]:
-    attestation = encode(golden.blocks[2].transactions[0])
-    participant = encode(next(iter(golden.states[1].participants.values())))
-    rejection = encode(Rejection(1, bytes(32), "x"))
-    rules = encode(golden.states[0].genesis.rules)
-    return [
-        {"why": "trailing byte", "type": "Attestation", "bytes": (attestation + b"\0").hex()},
-        {"why": "truncated", "type": "Attestation", "bytes": attestation[:-1].hex()},
-        {"why": "unknown tag 99", "type": "BlockTransaction", "bytes": "63"},
-        {
-            "why": "tag of another class",
-            "type": "Attestation",
-            "bytes": "10" + attestation[1:].hex(),
-        },
-        {
-            "why": "bool byte 2",
-            "type": "ParticipantState",
-            "bytes": (participant[:-1] + b"\2").hex(),
-        },
-        {"why": "invalid UTF-8", "type": "Rejection", "bytes": (rejection[:-1] + b"\xff").hex()},
-        {"why": "pair count 3", "type": "Rules", "bytes": (rules[:21] + b"\3" + rules[22:]).hex()},
-    ]
-
-
-# --------------------------------------------------------------------------------------------------
-# Tests
 
 
 def _check_file(path: Path, text: str) -> None:
     if os.environ.get(REGENERATE_ENV):
-        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
     assert path.read_text() == text, (
         f"{path} is stale: the ledger format changed. Regenerate it with "
@@ -557,36 +66,352 @@ def test_golden_ledger_matches_the_code() -> None:
     _check_file(GOLDEN_FILE, dump(golden_document()))
 
 
-def test_refused_encodings_are_refused() -> None:
+def test_invalid_encodings_are_refused_by_the_code() -> None:
     types = {
         "Attestation": Attestation,
         "ParticipantState": ParticipantState,
         "Rejection": Rejection,
+        "Rules": Rules,
+        "BlockTransaction": BlockTransaction,
     }
-    document = json.loads(VECTORS_FILE.read_text())
-    for case in document["decode_rejects"]:
-        target = types.get(case["type"], BlockTransaction)
+    for case in _vectors()["decode_rejects"]:
         with pytest.raises(DecodeError):
-            decode(target, bytes.fromhex(case["bytes"]))
+            decode(types[case["type"]], bytes.fromhex(case["bytes"]))
 
 
-def test_golden_blocks_replay_from_their_bytes(tmp_path: Path) -> None:
-    """The stored hex alone rebuilds a ledger.db that verifies to the recorded head."""
-    document = json.loads(GOLDEN_FILE.read_text())
+def test_golden_blocks_verify_from_their_bytes(tmp_path: Path) -> None:
+    document = _golden()
     blocks = [decode(Block, bytes.fromhex(b["data"])) for b in document["blocks"]]
     with Chain.create(tmp_path / "ledger.db", blocks[0].transactions[0]) as chain:  # type: ignore[arg-type]
         for block in blocks[1:]:
             chain.append(block)
     report = verify_ledger(tmp_path)
     assert report.ok, report.failure
-    assert report.head_hash.hex() == document["head_hash"]
-    assert report.final_height == document["final_height"]
+    assert (report.head_hash.hex(), report.final_height) == (
+        document["head_hash"],
+        document["final_height"],
+    )
+
+
+def _vectors() -> dict[str, Any]:
+    return dict(json.loads(VECTORS_FILE.read_text()))
+
+
+def _golden() -> dict[str, Any]:
+    return dict(json.loads(GOLDEN_FILE.read_text()))
+
+
+# --------------------------------------------------------------------------------------------------
+# An independent reader, from docs/ledger-spec.md only (no fedchain.ledger import below this line)
+
+INT, BYTES, STR, BOOL = "i64", "bytes", "str", "bool"
+TX_TAGS = (3, 10, 11, 12, 13, 14, 15, 16, 17)
+FIELDS: dict[int, tuple[tuple[str, Any], ...]] = {  # spec §3, transcribed
+    1: (
+        ("min_stake", INT),
+        ("reward_per_round", INT),
+        ("slash_bps", ("seq", ("pair", STR, INT))),
+        ("aggregation_rule", STR),
+        ("aggregation_params", ("seq", ("pair", STR, STR))),
+        ("contribution_method", STR),
+        ("weight_cap_bps", INT),
+        ("reputation_penalty_bps", INT),
+    ),
+    2: (("public_key", BYTES), ("stake", INT), ("dataset_hash", BYTES), ("num_examples", INT)),
+    3: (
+        ("run_id", STR),
+        ("rules", (1,)),
+        ("initial_model_hash", BYTES),
+        ("participants", ("seq", (2,))),
+    ),
+    10: (
+        ("public_key", BYTES),
+        ("stake", INT),
+        ("dataset_hash", BYTES),
+        ("num_examples", INT),
+        ("signature", BYTES),
+    ),
+    11: (
+        ("run_id", STR),
+        ("round", INT),
+        ("base_model_hash", BYTES),
+        ("update_hash", BYTES),
+        ("num_examples", INT),
+        ("public_key", BYTES),
+        ("signature", BYTES),
+    ),
+    12: (
+        ("round", INT),
+        ("model_hash", BYTES),
+        ("parent_hash", BYTES),
+        ("update_hashes", ("seq", BYTES)),
+        ("rule", STR),
+    ),
+    13: (("round", INT), ("scores", ("seq", ("pair", BYTES, INT)))),
+    14: (("round", INT), ("deltas", ("seq", ("pair", BYTES, INT)))),
+    15: (("kind", STR), ("offender", BYTES), ("round", INT), ("evidence", (20, 21, 22))),
+    16: (("round", INT), ("public_key", BYTES), ("reason", STR)),
+    17: (("validator", BYTES), ("height", INT), ("block_hash", BYTES), ("signature", BYTES)),
+    20: (("first", (31,)), ("second", (31,))),
+    21: (("first", (17,)), ("second", (17,))),
+    22: (("commitment", (11,)), ("observed_update_hash", BYTES)),
+    30: (
+        ("height", INT),
+        ("round", INT),
+        ("parent_hash", BYTES),
+        ("tx_root", BYTES),
+        ("state_root", BYTES),
+        ("proposer", BYTES),
+        ("attempt", INT),
+    ),
+    31: (("header", (30,)), ("signature", BYTES)),
+    32: (("signed_header", (31,)), ("transactions", ("seq", TX_TAGS))),
+    40: (
+        ("public_key", BYTES),
+        ("stake", INT),
+        ("reputation_bps", INT),
+        ("dataset_hash", BYTES),
+        ("num_examples", INT),
+        ("active", BOOL),
+    ),
+    41: (("participants", ("seq", (40,))), ("model_head", BYTES), ("round", INT)),
+}
+DOMAINS = {
+    10: b"fedchain/registration/v1",
+    11: b"fedchain/update-commitment/v1",
+    17: b"fedchain/attestation/v1",
+    31: b"fedchain/block-header/v1",
+}
+SIGNER = {10: "public_key", 11: "public_key", 17: "validator"}
+
+
+def H(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def read(kind: Any, data: bytes, pos: int) -> tuple[Any, int]:
+    """One value of ``kind`` at ``pos``; objects are dicts with ``_tag`` and ``_raw``."""
+    if kind == INT:
+        return struct.unpack_from("<q", data, pos)[0], pos + 8
+    if kind == BOOL:
+        assert data[pos] in (0, 1)
+        return data[pos] == 1, pos + 1
+    if kind in (BYTES, STR):
+        (n,) = struct.unpack_from("<I", data, pos)
+        raw = data[pos + 4 : pos + 4 + n]
+        assert len(raw) == n
+        return (raw.decode("utf-8") if kind == STR else raw), pos + 4 + n
+    (count,) = struct.unpack_from("<I", data, pos) if isinstance(kind[0], str) else (0,)
+    if kind[0] == "seq":
+        items, pos = [], pos + 4
+        for _ in range(count):
+            item, pos = read(kind[1], data, pos)
+            items.append(item)
+        return items, pos
+    if kind[0] == "pair":
+        assert count == 2
+        a, pos = read(kind[1], data, pos + 4)
+        b, pos = read(kind[2], data, pos)
+        return (a, b), pos
+    tag, start = data[pos], pos  # an object of one of the tags in ``kind``
+    assert tag in kind, f"tag {tag} not in {kind}"
+    obj: dict[str, Any] = {"_tag": tag}
+    pos += 1
+    for name, field_kind in FIELDS[tag]:
+        obj[name], pos = read(field_kind, data, pos)
+    obj["_raw"] = data[start:pos]
+    return obj, pos
+
+
+def read_all(data: bytes) -> dict[str, Any]:
+    obj, end = read(tuple(FIELDS), data, 0)
+    assert end == len(data)
+    return dict(obj)
+
+
+def signing_root(obj: dict[str, Any], federation: bytes) -> bytes:
+    message = obj["_raw"][: -(4 + len(obj["signature"]))] + bytes(4)
+    domain = DOMAINS[obj["_tag"]]
+    return H(bytes([len(domain)]) + domain + federation + H(message))
+
+
+def check_signed(obj: dict[str, Any], federation: bytes) -> None:
+    signer = obj["header"]["proposer"] if obj["_tag"] == 31 else obj[SIGNER[obj["_tag"]]]
+    key = Ed25519PublicKey.from_public_bytes(signer)
+    key.verify(obj["signature"], signing_root(obj, federation))  # raises if invalid
+
+
+def draw(parent: bytes, validators: list[tuple[bytes, int]], attempt: int) -> bytes:
+    seed = H(b"fedchain/proposer/v1" + parent + struct.pack("<I", attempt))
+    target = int.from_bytes(seed, "big") % sum(s for _, s in validators)
+    total = 0
+    for key, stake in sorted(validators):
+        total += stake
+        if target < total:
+            return key
+    raise AssertionError
+
+
+def split(pool: int, scores: list[tuple[bytes, int]]) -> list[tuple[bytes, int]]:
+    positive = [(k, s) for k, s in scores if s > 0]
+    if not positive or pool == 0:
+        return []
+    total = sum(s for _, s in positive)
+    paid = {k: pool * s // total for k, s in positive}
+    rem = {k: pool * s % total for k, s in positive}
+    for k in sorted(rem, key=lambda k: (-rem[k], k))[: pool - sum(paid.values())]:
+        paid[k] += 1
+    return [(k, v) for k, v in sorted(paid.items()) if v > 0]
+
+
+def evidence_id(ev: dict[str, Any]) -> bytes:
+    payload = ev["evidence"]
+    if payload["_tag"] == 20:
+        label, number = b"double_sign/header", payload["first"]["header"]["height"]
+    elif payload["_tag"] == 21:
+        label, number = b"double_sign/attestation", payload["first"]["height"]
+    else:
+        label, number = b"bad_commitment", payload["commitment"]["round"]
+    body = bytes([len(label)]) + label + ev["offender"] + struct.pack("<q", number)
+    return H(b"fedchain/evidence-id/v1" + body)
+
+
+def final_height(validators_by_height: dict[int, dict[bytes, int]], last: dict[bytes, int]) -> int:
+    for h in range(max(last.values(), default=0), 0, -1):
+        vals = validators_by_height.get(h, {})
+        attesting = sum(s for k, s in vals.items() if last.get(k, -1) >= h)
+        if vals and 3 * attesting >= 2 * sum(vals.values()):
+            return h
+    return 0
+
+
+def b(x: bytes) -> bytes:
+    return struct.pack("<I", len(x)) + x
+
+
+def state_root(people: dict[bytes, list[Any]], model_head: bytes, round_: int) -> bytes:
+    body = bytes([41]) + struct.pack("<I", len(people))
+    for key in sorted(people):
+        stake, rep, data_hash, examples, active = people[key]
+        body += bytes([40]) + b(key) + struct.pack("<qq", stake, rep) + b(data_hash)
+        body += struct.pack("<q", examples) + bytes([active])
+    return H(body + b(model_head) + struct.pack("<q", round_))
+
+
+def test_independent_reader_replays_the_golden_ledger() -> None:
+    golden = _golden()
+    blocks = [read_all(bytes.fromhex(entry["data"])) for entry in golden["blocks"]]
+    genesis = blocks[0]["transactions"][0]
+    rules, federation = genesis["rules"], H(genesis["_raw"])
+    assert federation.hex() == golden["genesis_hash"]
+    slash, penalty = dict(rules["slash_bps"]), rules["reputation_penalty_bps"]
+    people = {
+        p["public_key"]: [p["stake"], 10_000, p["dataset_hash"], p["num_examples"], True]
+        for p in genesis["participants"]
+    }
+    model_head, parent, last, by_height, seen = genesis["initial_model_hash"], bytes(32), {}, {}, []
+    scores: list[tuple[bytes, int]] = []  # this block's contribution record, if any
+    for entry, block in zip(golden["blocks"], blocks, strict=True):
+        header = block["signed_header"]["header"]
+        assert H(header["_raw"]).hex() == entry["block_hash"] and header["parent_hash"] == parent
+        txs = block["transactions"]
+        tx_root = H(struct.pack("<I", len(txs)) + b"".join(H(tx["_raw"]) for tx in txs))
+        assert header["tx_root"] == tx_root
+        validators = [(k, p[0]) for k, p in people.items() if p[4] and p[0] >= rules["min_stake"]]
+        if header["height"] > 0:
+            assert header["proposer"] == draw(parent, validators, header["attempt"])
+            check_signed(block["signed_header"], federation)
+            by_height[header["height"]] = dict(validators)
+        for tx in txs:
+            tag = tx["_tag"]
+            if tag in SIGNER:
+                check_signed(tx, federation)
+            if tag == 10:
+                entry_ = [tx["stake"], 10_000, tx["dataset_hash"], tx["num_examples"], True]
+                people[tx["public_key"]] = entry_
+            elif tag == 12:
+                model_head = tx["model_hash"]
+            elif tag == 13:
+                scores = tx["scores"]
+                for key, score in scores:
+                    rep = people[key][1]
+                    rep = max(0, rep - penalty) if score <= -10_000 else rep
+                    people[key][1] = min(10_000, rep + penalty // 2) if score > 0 else rep
+            elif tag == 14:
+                paid = [d for d in tx["deltas"] if d[1] > 0]
+                assert paid == split(rules["reward_per_round"], scores)
+                for key, delta in tx["deltas"]:
+                    people[key][0] = max(0, people[key][0] + delta)
+                    people[key][4] = people[key][4] and people[key][0] >= rules["min_stake"]
+            elif tag == 15:
+                for signed in ("first", "second", "commitment"):
+                    if signed in tx["evidence"]:
+                        check_signed(tx["evidence"][signed], federation)
+                p = people[tx["offender"]]
+                p[0] -= p[0] * slash.get(tx["kind"], 0) // 10_000
+                p[1] = max(0, p[1] - penalty)
+                p[4] = p[4] and p[0] >= rules["min_stake"]
+                seen.append(evidence_id(tx).hex())
+            elif tag == 17:
+                last[tx["validator"]] = tx["height"]
+        assert header["state_root"] == state_root(people, model_head, header["round"])
+        assert header["state_root"].hex() == entry["state_root"]
+        parent = H(header["_raw"])
+        scores = []
+    assert final_height(by_height, last) == golden["final_height"]
+    assert sorted(seen) == golden["final_state"]["evidence_seen"]
+    assert sum(p[0] for p in people.values()) == golden["total_stake"]
+
+
+def test_independent_reader_reproduces_the_vectors() -> None:
+    vectors = _vectors()
+    for case in vectors["encoding"]:
+        data = bytes.fromhex(case["encoding"])
+        assert read_all(data)["_tag"] == case["object"]["_tag"]
+        assert H(data).hex() == case["sha256"]
+    for case in vectors["signing"]:
+        domain = case["domain"].encode()
+        message = bytes.fromhex(case["signing_message"])
+        root = H(bytes([len(domain)]) + domain + bytes.fromhex(case["federation"]) + H(message))
+        assert root.hex() == case["signing_root"]
+        key = Ed25519PublicKey.from_public_bytes(bytes.fromhex(case["public_key"]))
+        key.verify(bytes.fromhex(case["signature"]), root)
+    evidence = [read_all(bytes.fromhex(c["encoding"])) for c in vectors["encoding"]]
+    ids = {evidence_id(e).hex() for e in evidence if e["_tag"] == 15}
+    assert ids == {case["evidence_id"] for case in vectors["evidence_id"]}
+    for case in vectors["proposer"]:
+        validators = [(bytes.fromhex(k), s) for k, s in case["validators"]]
+        chosen = draw(bytes.fromhex(case["parent_hash"]), validators, case["attempt"])
+        assert chosen.hex() == case["proposer"]
+    for case in vectors["reward_split"]:
+        scores = [(bytes.fromhex(k), s) for k, s in case["scores"]]
+        assert [[k.hex(), v] for k, v in split(case["pool"], scores)] == case["deltas"]
+    for case in vectors["finality"]:
+        by_height = {
+            int(h): {bytes.fromhex(k): s for k, s in v.items()}
+            for h, v in case["validators_by_height"].items()
+        }
+        last = {bytes.fromhex(k): h for k, h in case["last_attested"]}
+        assert final_height(by_height, last) == case["final_height"]
+    for case in vectors["update_hash"]:
+        assert _update_encoding(case["tensors"]).hex() == case["encoding"]
+        assert H(_update_encoding(case["tensors"])).hex() == case["update_hash"]
+
+
+def _update_encoding(tensors: dict[str, Any]) -> bytes:
+    out = b"FCUPD\x01" + struct.pack("<I", len(tensors))
+    for name in sorted(tensors, key=lambda n: n.encode()):
+        spec = tensors[name]
+        data = np.asarray(spec["values"], dtype=np.dtype(spec["dtype"]).newbyteorder("<")).tobytes()
+        dtype, shape = spec["dtype"].encode(), spec["shape"]
+        out += struct.pack("<I", len(name.encode())) + name.encode() + bytes([len(dtype)]) + dtype
+        out += struct.pack(f"<B{len(shape)}Q", len(shape), *shape) + struct.pack("<Q", len(data))
+        out += data
+    return out
 
 
 if __name__ == "__main__":
     if sys.argv[1:] != ["--regenerate"]:
         sys.exit("usage: python -m tests.test_ledger_spec --regenerate")
-    VECTORS_DIR.mkdir(parents=True, exist_ok=True)
-    VECTORS_FILE.write_text(dump(vectors_document()))
-    GOLDEN_FILE.write_text(dump(golden_document()))
+    write_files()
     print(f"wrote {VECTORS_FILE} and {GOLDEN_FILE}")

@@ -1,0 +1,526 @@
+"""Builds the ledger test vectors and the golden ledger of docs/ledger-spec.md from the code.
+
+``vectors_document()`` and ``golden_document()`` return the JSON documents that
+``tests/vectors/ledger-vectors.json`` and ``tests/vectors/golden-ledger.json`` hold;
+``tests/test_ledger_spec.py`` checks the files against them byte for byte. Deterministic: keys
+derive from fixed seeds and Ed25519 signatures are deterministic (RFC 8032). No Flower or torch.
+
+Regenerate the files (after a deliberate format change; review the diff, update the spec)::
+
+    .venv/bin/python -m tests.test_ledger_spec --regenerate
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import struct
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedchain.crypto.hashing import compute_update_hash, iter_canonical_chunks
+from fedchain.crypto.identity import compute_signing_root, public_key_bytes
+from fedchain.ledger.builder import (
+    build_block,
+    make_genesis,
+    make_rules,
+    sign_attestation,
+    sign_commitment,
+    sign_header,
+    sign_registration,
+)
+from fedchain.ledger.chain import Chain
+from fedchain.ledger.codec import compute_hash, encode
+from fedchain.ledger.consensus import (
+    compute_finalized_height,
+    compute_proposer,
+    detect_double_sign,
+    get_proposer,
+)
+from fedchain.ledger.containers import (
+    LedgerState,
+    StateRootBody,
+    compute_evidence_id,
+    compute_state_root,
+)
+from fedchain.ledger.genesis import compute_genesis_block, compute_genesis_state
+from fedchain.ledger.objects import (
+    BAD_COMMITMENT,
+    SIGNING_DOMAINS,
+    Attestation,
+    Block,
+    BlockTransaction,
+    CommitmentMismatch,
+    ContributionRecord,
+    GenesisParticipant,
+    ModelVersion,
+    Registration,
+    Rejection,
+    RewardDeltas,
+    SignedHeader,
+    SlashingEvidence,
+    Transaction,
+    UpdateCommitment,
+    compute_block_hash,
+    compute_tx_root,
+    signing_message,
+)
+from fedchain.ledger.synthetic import derive_key
+from fedchain.ledger.verify import verify_ledger
+from fedchain.rounds.rewards import compute_reward_split
+
+VECTORS_DIR = Path(__file__).parent
+VECTORS_FILE = VECTORS_DIR / "ledger-vectors.json"
+GOLDEN_FILE = VECTORS_DIR / "golden-ledger.json"
+SEED = 7
+"""Keys are ``derive_key(SEED, i)``: Ed25519 secret seed ``sha256(f"fedchain/synthetic/7/{i}")``."""
+
+
+# --------------------------------------------------------------------------------------------------
+# JSON form of ledger objects
+
+
+def to_json(value: Any) -> Any:
+    """A ledger value as JSON: bytes as lowercase hex, tuples as lists, an object as its class
+    name and tag followed by its fields in encoding order."""
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, tuple):
+        return [to_json(item) for item in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        out: dict[str, Any] = {"_type": type(value).__name__, "_tag": type(value).TAG}  # type: ignore[attr-defined]
+        for field in dataclasses.fields(value):
+            out[field.name] = to_json(getattr(value, field.name))
+        return out
+    return value
+
+
+def dump(document: dict[str, Any]) -> str:
+    return json.dumps(document, indent=1, ensure_ascii=True) + "\n"
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _digest(label: str) -> bytes:
+    return hashlib.sha256(label.encode()).digest()
+
+
+def _model(*values: float) -> dict[str, np.ndarray]:
+    return {"w": np.array(values, dtype=np.float32)}
+
+
+# --------------------------------------------------------------------------------------------------
+# The golden ledger
+
+
+@dataclasses.dataclass
+class Golden:
+    blocks: list[Block]
+    states: list[LedgerState]
+    keys: dict[bytes, Any]
+    double_sign: SlashingEvidence  # also used by the vectors
+    attestation_pair: SlashingEvidence
+    mismatch: SlashingEvidence
+
+
+def build_golden() -> Golden:
+    """Genesis + 3 rounds + a closing block of attestations, as a coordinator would write them."""
+    keys = [derive_key(SEED, i) for i in range(4)]
+    pub = [public_key_bytes(k) for k in keys]
+    by_public = dict(zip(pub, keys, strict=True))
+    stakes, examples = (10_000, 6_000, 3_000), (100, 200, 300)
+    genesis = make_genesis(
+        "golden",
+        [
+            GenesisParticipant(pub[i], stakes[i], _digest(f"data/{i}"), examples[i])
+            for i in range(3)
+        ],
+        initial_model_hash=compute_update_hash(_model(0.0, 0.0)),
+        rules=make_rules(),
+    )
+    state = compute_genesis_state(genesis)
+    gh = state.genesis_hash
+    blocks, states = [compute_genesis_block(genesis)], [state]
+
+    def commit(i: int, round_: int, update: float) -> Any:
+        return sign_commitment(
+            keys[i],
+            gh,
+            run_id="golden",
+            round=round_,
+            base_model_hash=states[-1].model_head,
+            update_hash=compute_update_hash(_model(update, -update)),
+            num_examples=examples[i],
+        )
+
+    def attest(i: int) -> Any:
+        last = states[-1]
+        return sign_attestation(keys[i], gh, height=last.height, block_hash=last.head_hash)
+
+    def close_round(round_: int, commits: list[Any], scores: dict[int, int]) -> list[Transaction]:
+        model = ModelVersion(
+            round_,
+            compute_update_hash(_model(float(round_), 0.5)),
+            states[-1].model_head,
+            tuple(sorted(c.update_hash for c in commits)),
+            "fedavg",
+        )
+        record = ContributionRecord(round_, tuple(sorted((pub[i], s) for i, s in scores.items())))
+        return [model, record, RewardDeltas(round_, compute_reward_split(1_000, record.scores))]
+
+    def add(txs: list[Transaction], round_: int, attempt: int = 0) -> None:
+        proposer = by_public[get_proposer(states[-1], attempt)]
+        block, post = build_block(states[-1], txs, proposer, attempt, round=round_)
+        blocks.append(block)
+        states.append(post)
+
+    # Block 1, round 1: three commitments, the model, scores, rewards.
+    commits = [commit(i, 1, 0.1 * (i + 1)) for i in range(3)]
+    add([*commits, *close_round(1, commits, {0: 120_000, 1: 80_000, 2: 0})], 1)
+
+    # Block 2, round 2: attestations to block 1; a rejection; a harmful score; a penalty.
+    commits = [commit(i, 2, 0.2 * (i + 1)) for i in range(2)]
+    rejection = Rejection(2, pub[2], "update has NaN or infinite values")
+    model, record, rewards = close_round(2, commits, {0: 50_000, 1: -20_000})
+    assert isinstance(rewards, RewardDeltas)
+    penalised = RewardDeltas(2, tuple(sorted((*rewards.deltas, (pub[1], -50)))))
+    add([*(attest(i) for i in range(3)), *commits, rejection, model, record, penalised], 2)
+
+    # Block 3, round 3, proposed at attempt 1: a registration and all three kinds of evidence.
+    block2 = blocks[2].signed_header
+    offender = by_public[block2.header.proposer]
+    forged = dataclasses.replace(block2.header, tx_root=bytes(32))
+    double_sign = _evidence_pair(block2, sign_header(offender, gh, forged), 3)
+    real = sign_attestation(keys[1], gh, height=1, block_hash=blocks[1].header.parent_hash)
+    other = sign_attestation(keys[1], gh, height=1, block_hash=compute_block_hash(blocks[1]))
+    attestation_pair = _evidence_pair(real, other, 3)
+    lie = sign_commitment(
+        keys[2],
+        gh,
+        run_id="golden",
+        round=3,
+        base_model_hash=states[-1].model_head,
+        update_hash=compute_update_hash(_model(9.0, 9.0)),
+        num_examples=examples[2],
+    )
+    observed = compute_update_hash(_model(-9.0, -9.0))
+    mismatch = SlashingEvidence(BAD_COMMITMENT, pub[2], 3, CommitmentMismatch(lie, observed))
+    registration = sign_registration(
+        keys[3], gh, stake=4_000, dataset_hash=_digest("data/3"), num_examples=150
+    )
+    commits = [commit(i, 3, 0.3 * (i + 1)) for i in range(2)]
+    add(
+        [
+            *(attest(i) for i in range(3)),
+            registration,
+            mismatch,
+            double_sign,
+            attestation_pair,
+            *commits,
+            *close_round(3, commits, {0: 30_000, 1: 10_000}),
+        ],
+        3,
+        attempt=1,
+    )
+
+    # Block 4, round 3: the closing block, attestations to block 3 (the new participant's too).
+    add([attest(i) for i in range(4)], 3)
+    return Golden(blocks, states, by_public, double_sign, attestation_pair, mismatch)
+
+
+def _evidence_pair(first: Any, second: Any, round_: int) -> SlashingEvidence:
+    evidence = detect_double_sign(first, second, round_)
+    if evidence is None:
+        raise AssertionError("the pair is not a double sign")
+    return evidence
+
+
+def _state_json(state: LedgerState) -> dict[str, Any]:
+    return {
+        "height": state.height,
+        "round": state.round,
+        "head_hash": state.head_hash.hex(),
+        "state_root": compute_state_root(state).hex(),
+        "model_head": state.model_head.hex(),
+        "model_round": state.model_round,
+        "participants": [to_json(p) for p in state.participants.values()],
+        "last_attested": {key.hex(): h for key, h in state.last_attested.items()},
+        "evidence_seen": sorted(e.hex() for e in state.evidence_seen),
+    }
+
+
+def golden_document() -> dict[str, Any]:
+    golden = build_golden()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "ledger.db"
+        with Chain.create(path, golden.states[0].genesis) as chain:
+            for block in golden.blocks[1:]:
+                chain.append(block)
+        report = verify_ledger(path)
+    if not report.ok:
+        raise AssertionError(f"the golden ledger does not verify: {report.failure}")
+    head = golden.states[-1]
+    return {
+        "about": "A tiny deterministic run (tests/vectors/generate.py build_golden): genesis, "
+        "rounds 1-3, a closing block. Secret keys are Ed25519 seeds "
+        f"sha256('fedchain/synthetic/{SEED}/<i>'). 'data' is the block's canonical encoding "
+        "(the ledger.db data column).",
+        "secret_seeds": [
+            hashlib.sha256(f"fedchain/synthetic/{SEED}/{i}".encode()).hexdigest() for i in range(4)
+        ],
+        "public_keys": [public_key_bytes(derive_key(SEED, i)).hex() for i in range(4)],
+        "genesis_hash": head.genesis_hash.hex(),
+        "blocks": [
+            {
+                "height": block.header.height,
+                "round": block.header.round,
+                "attempt": block.header.attempt,
+                "proposer": block.header.proposer.hex(),
+                "block_hash": compute_block_hash(block).hex(),
+                "tx_root": block.header.tx_root.hex(),
+                "state_root": block.header.state_root.hex(),
+                "transactions": [type(tx).__name__ for tx in block.transactions],
+                "data": encode(block).hex(),
+            }
+            for block in golden.blocks
+        ],
+        "head_height": report.head_height,
+        "head_hash": report.head_hash.hex(),
+        "final_height": report.final_height,
+        "total_stake": report.total_stake,
+        "final_state": _state_json(head),
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# Known-answer vectors
+
+
+def _encoding_vector(name: str, obj: Any) -> dict[str, Any]:
+    data = encode(obj)
+    return {"name": name, "object": to_json(obj), "encoding": data.hex(), "sha256": _sha(data)}
+
+
+def _signed_vector(name: str, obj: Any, genesis_hash: bytes) -> dict[str, Any]:
+    domain = SIGNING_DOMAINS[type(obj)]
+    message = signing_message(obj)
+    if isinstance(obj, SignedHeader):
+        signer = obj.header.proposer
+    elif isinstance(obj, Attestation):
+        signer = obj.validator
+    else:
+        signer = obj.public_key
+    return {
+        "name": name,
+        "domain": domain.value.decode(),
+        "federation": genesis_hash.hex(),
+        "public_key": signer.hex(),
+        "signing_message": message.hex(),
+        "message_sha256": _sha(message),
+        "signing_root": compute_signing_root(domain, message, genesis_hash).hex(),
+        "signature": obj.signature.hex(),
+    }
+
+
+def _first(block: Block, cls: type) -> Any:
+    return next(tx for tx in block.transactions if isinstance(tx, cls))
+
+
+def vectors_document() -> dict[str, Any]:
+    golden = build_golden()
+    genesis = golden.states[0].genesis
+    gh = golden.states[0].genesis_hash
+    b1, b2, b3 = golden.blocks[1], golden.blocks[2], golden.blocks[3]
+    objects: list[tuple[str, Any]] = [
+        ("Rules", genesis.rules),
+        ("GenesisParticipant", genesis.participants[0]),
+        ("Genesis", genesis),
+        ("Registration", _first(b3, Registration)),
+        ("UpdateCommitment", _first(b1, UpdateCommitment)),
+        ("ModelVersion", _first(b1, ModelVersion)),
+        ("ContributionRecord", _first(b2, ContributionRecord)),
+        ("RewardDeltas (with a penalty)", _first(b2, RewardDeltas)),
+        ("Rejection", _first(b2, Rejection)),
+        ("Attestation", _first(b2, Attestation)),
+        ("SlashingEvidence bad_commitment", golden.mismatch),
+        ("SlashingEvidence double_sign HeaderPair", golden.double_sign),
+        ("SlashingEvidence double_sign AttestationPair", golden.attestation_pair),
+        ("BlockHeader", b1.header),
+        ("SignedHeader", b1.signed_header),
+        ("Block 0 (genesis block)", golden.blocks[0]),
+        ("ParticipantState", next(iter(golden.states[2].participants.values()))),
+        (
+            "StateRootBody",
+            StateRootBody(
+                tuple(golden.states[2].participants.values()),
+                golden.states[2].model_head,
+                golden.states[2].round,
+            ),
+        ),
+        ("codec edge cases: negative i64, empty and non-ASCII strings", _edge_cases()),
+    ]
+    signed: list[tuple[str, Any]] = [
+        ("Registration", b3.transactions[3]),
+        ("UpdateCommitment", b1.transactions[0]),
+        ("Attestation", _first(b2, Attestation)),
+        ("SignedHeader (block 1)", b1.signed_header),
+    ]
+    tx_roots: list[tuple[str, tuple[BlockTransaction, ...]]] = [
+        ("empty body", ()),
+        ("block 0: the genesis alone", golden.blocks[0].transactions),
+        ("block 2", b2.transactions),
+    ]
+    tensors: dict[str, np.ndarray] = {
+        "layer.bias": np.array([1.5, -2.0], dtype=np.float32),
+        "layer.weight": np.arange(4, dtype=np.int64).reshape(2, 2),
+        "flag": np.array(True),
+        "half": np.array([0.25], dtype=np.float16),
+    }
+    return {
+        "about": "Known answers for docs/ledger-spec.md, generated by tests/vectors/generate.py "
+        "from the golden ledger's objects. Bytes are lowercase hex; objects list their fields in "
+        "encoding order after _type/_tag.",
+        "encoding": [_encoding_vector(name, obj) for name, obj in objects],
+        "signing": [_signed_vector(name, obj, gh) for name, obj in signed],
+        "block_hash": [
+            {
+                "height": b.header.height,
+                "header": encode(b.header).hex(),
+                "block_hash": _sha(encode(b.header)),
+            }
+            for b in golden.blocks[:2]
+        ],
+        "tx_root": [
+            {
+                "name": name,
+                "tx_sha256": [compute_hash(tx).hex() for tx in txs],
+                "tx_root": compute_tx_root(txs).hex(),
+            }
+            for name, txs in tx_roots
+        ],
+        "evidence_id": [
+            {
+                "name": name,
+                "evidence_sha256": compute_hash(ev).hex(),
+                "evidence_id": compute_evidence_id(ev).hex(),
+            }
+            for name, ev in (
+                ("bad_commitment", golden.mismatch),
+                ("double_sign/header", golden.double_sign),
+                ("double_sign/attestation", golden.attestation_pair),
+            )
+        ],
+        "proposer": _proposer_vectors(golden),
+        "finality": _finality_vectors(),
+        "reward_split": _reward_vectors(),
+        "update_hash": [
+            {
+                "tensors": {
+                    name: {"dtype": str(a.dtype), "shape": list(a.shape), "values": a.tolist()}
+                    for name, a in tensors.items()
+                },
+                "encoding": b"".join(bytes(c) for c in iter_canonical_chunks(tensors)).hex(),
+                "update_hash": compute_update_hash(tensors).hex(),
+            }
+        ],
+        "decode_rejects": _reject_vectors(golden),
+    }
+
+
+def _edge_cases() -> Rejection:
+    return Rejection(-(2**63), bytes(range(32)), "é ✓ \x00")
+
+
+def _proposer_vectors(golden: Golden) -> list[dict[str, Any]]:
+    state = golden.states[2]
+    validators = sorted((k, p.stake) for k, p in state.participants.items() if p.active)
+    out = []
+    for attempt in (0, 1, 2, 2**32 - 1):
+        seed = hashlib.sha256(
+            b"fedchain/proposer/v1" + state.head_hash + struct.pack("<I", attempt)
+        ).digest()
+        out.append(
+            {
+                "parent_hash": state.head_hash.hex(),
+                "validators": [[k.hex(), s] for k, s in validators],
+                "attempt": attempt,
+                "seed": seed.hex(),
+                "target": int.from_bytes(seed, "big") % sum(s for _, s in validators),
+                "proposer": compute_proposer(state.head_hash, validators, attempt).hex(),
+            }
+        )
+    return out
+
+
+def _finality_vectors() -> list[dict[str, Any]]:
+    a, b, c = (bytes([i]) * 32 for i in (1, 2, 3))
+    cases = [
+        ({1: {a: 2, b: 1}, 2: {a: 2, b: 1}}, [(a, 2)], "exactly 2/3 of stake is enough"),
+        ({1: {a: 1, b: 1, c: 1}, 2: {a: 1, b: 1, c: 1}}, [(a, 2), (b, 1)], "1 and 2 short"),
+        ({1: {a: 1, b: 1, c: 1}, 2: {a: 1, b: 1, c: 1}}, [(a, 2), (b, 2), (c, 1)], "a descendant"),
+        ({1: {a: 1, b: 1, c: 1}, 2: {a: 5, b: 1}}, [(b, 2), (c, 2)], "c is no validator of 2"),
+    ]
+    return [
+        {
+            "name": name,
+            "validators_by_height": {
+                str(h): {k.hex(): s for k, s in v.items()} for h, v in validators.items()
+            },
+            "last_attested": [[k.hex(), h] for k, h in attested],
+            "final_height": compute_finalized_height(validators, attested),
+        }
+        for validators, attested, name in cases
+    ]
+
+
+def _reward_vectors() -> list[dict[str, Any]]:
+    a, b, c = (bytes([i]) * 32 for i in (1, 2, 3))
+    cases = [
+        (1_000, [(a, 1), (b, 1), (c, 1)]),
+        (1_000, [(a, 120_000), (b, 80_000), (c, 0)]),
+        (7, [(c, 2), (a, 2), (b, -5)]),
+        (10, [(a, -1)]),
+    ]
+    return [
+        {
+            "pool": pool,
+            "scores": [[k.hex(), s] for k, s in shares],
+            "deltas": [[k.hex(), d] for k, d in compute_reward_split(pool, shares)],
+        }
+        for pool, shares in cases
+    ]
+
+
+def _reject_vectors(golden: Golden) -> list[dict[str, Any]]:
+    attestation = encode(golden.blocks[2].transactions[0])
+    participant = encode(next(iter(golden.states[1].participants.values())))
+    rejection = encode(Rejection(1, bytes(32), "x"))
+    rules = encode(golden.states[0].genesis.rules)
+    return [
+        {"why": "trailing byte", "type": "Attestation", "bytes": (attestation + b"\0").hex()},
+        {"why": "truncated", "type": "Attestation", "bytes": attestation[:-1].hex()},
+        {"why": "unknown tag 99", "type": "BlockTransaction", "bytes": "63"},
+        {
+            "why": "tag of another class",
+            "type": "Attestation",
+            "bytes": "10" + attestation[1:].hex(),
+        },
+        {
+            "why": "bool byte 2",
+            "type": "ParticipantState",
+            "bytes": (participant[:-1] + b"\2").hex(),
+        },
+        {"why": "invalid UTF-8", "type": "Rejection", "bytes": (rejection[:-1] + b"\xff").hex()},
+        {"why": "pair count 3", "type": "Rules", "bytes": (rules[:21] + b"\3" + rules[22:]).hex()},
+    ]
+
+
+def write_files() -> None:
+    VECTORS_FILE.write_text(dump(vectors_document()))
+    GOLDEN_FILE.write_text(dump(golden_document()))
