@@ -26,6 +26,7 @@ from fedchain.runs.federation import (
     registered_node_keys,
     remove_unregistered_models,
 )
+from fedchain.runs.layout import LOG_FILENAME
 from server.federate import run_federation
 
 
@@ -42,7 +43,7 @@ def run_deployment(grid: Grid, fed_dir: Path) -> None:
     )
     for path in remove_unregistered_models(run_dir):
         log(INFO, "removed %s (saved by a round the ledger never recorded)", path.name)
-    handler = logging.FileHandler(run_dir / "log.txt")
+    handler = logging.FileHandler(run_dir / LOG_FILENAME)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     FLOWER_LOGGER.addHandler(handler)
     try:

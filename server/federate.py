@@ -29,7 +29,8 @@ from fedchain.config import RunConfig
 from fedchain.errors import FedchainError
 from fedchain.rounds.coordinator import RoundReporter
 from fedchain.rounds.messages import encode_train_settings
-from fedchain.runs.session import METRICS_FILENAME, open_session
+from fedchain.runs.layout import LOG_FILENAME, METRICS_FILENAME
+from fedchain.runs.session import open_session
 from server.strategy import FedchainStrategy, to_array_record
 
 
@@ -141,7 +142,7 @@ def run_federation(
         elif not result.train_metrics_clientapp:
             raise FedchainError(
                 f"no client update was aggregated in rounds {done + 1}..{config.rounds}: every "
-                f"client failed (Flower's log: {run_dir / 'log.txt'})"
+                f"client failed (Flower's log: {run_dir / LOG_FILENAME})"
             )
     return result.evaluate_metrics_serverapp.get(config.rounds - done)
 

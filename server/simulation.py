@@ -41,6 +41,7 @@ from pathlib import Path
 from fedchain.config import RunConfig
 from fedchain.errors import FedchainError
 from fedchain.rounds.coordinator import RoundReporter
+from fedchain.runs.layout import LOG_FILENAME
 from server.server_app import make_server_app
 
 _QUIET_ENV = {
@@ -169,7 +170,7 @@ def run_simulated(
 
     from clients.client_app import app as client_app  # imports torch; after the env above too
 
-    handler = logging.FileHandler(run_dir / "log.txt")
+    handler = logging.FileHandler(run_dir / LOG_FILENAME)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     console_handlers = [h for h in FLOWER_LOGGER.handlers if not isinstance(h, logging.FileHandler)]
     for h in console_handlers:
@@ -200,7 +201,7 @@ def run_simulated(
         cause = e.__cause__ or e
         raise FedchainError(
             f"Flower's simulation failed: {type(cause).__name__}: {cause} "
-            f"(details in {run_dir / 'log.txt'})"
+            f"(details in {run_dir / LOG_FILENAME})"
         ) from e
     finally:
         FLOWER_LOGGER.removeHandler(handler)

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import sqlite3
 from pathlib import Path
 
 import numpy as np
 import pytest
-import safetensors.numpy
 from typer.testing import CliRunner
 
 from fedchain.cli import app
@@ -21,8 +21,8 @@ from fedchain.ledger.chain import Chain
 from fedchain.ledger.store import LEDGER_FILENAME
 from fedchain.ledger.synthetic import SyntheticFederation
 from fedchain.ledger.verify import verify_ledger
+from fedchain.runs.layout import MODELS_DIRNAME
 from fedchain.runs.registry import (
-    MODELS_DIRNAME,
     ModelEntry,
     check_model_files,
     find_model,
@@ -120,11 +120,10 @@ def test_save_model_replaces_a_damaged_file(tmp_path):
 
 
 def test_invalid_save_model_failure_leaves_neither_file_nor_temporary(tmp_path, monkeypatch):
-    def fail_half_way(tensors, filename, metadata=None):
-        Path(filename).write_bytes(b"partial")
+    def fail_half_way(fd):  # the temporary file is written, not yet durable
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(safetensors.numpy, "save_file", fail_half_way)
+    monkeypatch.setattr(os, "fsync", fail_half_way)
     with pytest.raises(RegistryError, match="No space left"):
         save_model(tmp_path, make_model(4))
     assert list((tmp_path / MODELS_DIRNAME).iterdir()) == []

@@ -22,35 +22,44 @@ from rich.table import Table
 from fedchain.cli.common import console, make_app
 from fedchain.crypto.identity import fingerprint
 from fedchain.deploy import flower, flwr_cli, processes
-from fedchain.deploy.certs import (
-    CA_CERT_NAME,
-    DEFAULT_HOSTS,
-    SERVER_CERT_NAME,
-    SERVER_KEY_NAME,
-    CertPaths,
-    create_test_certificates,
-)
+from fedchain.deploy.certs import DEFAULT_HOSTS, CertPaths, create_test_certificates
+from fedchain.durable import write_atomically
 from fedchain.errors import ConfigError, DeployError
 from fedchain.ledger.verify import verify_ledger
 from fedchain.runs import federation as fed
+from fedchain.runs.layout import (
+    APP_DIRNAME,
+    CA_CERT_FILENAME,
+    CERTS_DIRNAME,
+    COORDINATOR_STATE_FILENAME,
+    FEDERATION_FILENAME,
+    FLWR_HOME_DIRNAME,
+    LEDGER_FILENAME,
+    LOG_FILENAME,
+    SERVER_CERT_FILENAME,
+    SERVER_KEY_FILENAME,
+    SUPERLINK_DIRNAME,
+    SUPERLINK_PID_FILENAME,
+    SUPERNODES_DIRNAME,
+    run_dir_of,
+    supernode_key_path,
+)
 
 app = make_app("Run a federation's coordinator: Flower SuperLink + fedchain ServerApp.")
 
-FedDirArg = Annotated[Path, typer.Argument(help="The federation folder (holds federation.toml).")]
+FedDirArg = Annotated[
+    Path, typer.Argument(help=f"The federation folder (holds {FEDERATION_FILENAME}).")
+]
 DEFAULT_PORT = 9092
-STATE_FILE = fed.COORDINATOR_STATE_FILE
-SUPERLINK_DIR = "superlink"
-FLWR_HOME_DIR = "flwr-home"
-APP_DIR = "app"
 CONNECTION = "fedchain"
 
 
 def _certs(fed_dir: Path) -> CertPaths:
-    certs_dir = fed_dir / fed.CERTS_DIRNAME
+    certs_dir = fed_dir / CERTS_DIRNAME
     paths = CertPaths(
-        certs_dir / CA_CERT_NAME,
-        certs_dir / SERVER_CERT_NAME,
-        certs_dir / SERVER_KEY_NAME,
+        certs_dir / CA_CERT_FILENAME,
+        certs_dir / SERVER_CERT_FILENAME,
+        certs_dir / SERVER_KEY_FILENAME,
     )
     for path in (paths.ca_cert, paths.server_cert, paths.server_key):
         if not path.exists():
@@ -62,7 +71,7 @@ def _certs(fed_dir: Path) -> CertPaths:
 
 
 def _read_state(fed_dir: Path) -> dict[str, Any]:
-    path = fed_dir / STATE_FILE
+    path = fed_dir / COORDINATOR_STATE_FILENAME
     if not path.exists():
         return {}
     try:
@@ -73,16 +82,15 @@ def _read_state(fed_dir: Path) -> dict[str, Any]:
 
 
 def _write_state(fed_dir: Path, state: dict[str, Any]) -> None:
-    path = fed_dir / STATE_FILE
-    scratch = path.with_suffix(".json.tmp")
-    scratch.write_text(json.dumps(state, indent=1) + "\n")
-    scratch.replace(path)
+    write_atomically(
+        fed_dir / COORDINATOR_STATE_FILENAME, (json.dumps(state, indent=1) + "\n").encode()
+    )
 
 
 def _connection(fed_dir: Path, state: dict[str, Any]) -> flwr_cli.FlwrConnection:
     ca = state.get("root-certificates")
     return flwr_cli.FlwrConnection(
-        (fed_dir / FLWR_HOME_DIR).resolve(),
+        (fed_dir / FLWR_HOME_DIRNAME).resolve(),
         CONNECTION,
         str(state["address"]),
         Path(ca) if ca else None,
@@ -95,7 +103,7 @@ def write_app_bundle(fed_dir: Path) -> Path:
     ``flwr run`` ships a directory with a Flower ``pyproject.toml``; the code itself is imported
     from the installed ``server`` and ``clients`` packages, so the bundle holds only this file.
     """
-    app_dir = fed_dir / APP_DIR
+    app_dir = fed_dir / APP_DIRNAME
     app_dir.mkdir(parents=True, exist_ok=True)
     federation_dir = str(fed_dir.resolve()).replace("\\", "\\\\").replace('"', '\\"')
     (app_dir / "pyproject.toml").write_text(
@@ -135,7 +143,7 @@ def certs(
     and the SuperLink's certificate for the given hosts."""
     # Loopback always: `coordinator start` and `status` reach the SuperLink through it.
     hosts = tuple(dict.fromkeys([*(host or []), *DEFAULT_HOSTS]))
-    paths = create_test_certificates(fed_dir / fed.CERTS_DIRNAME, hosts, days, overwrite=force)
+    paths = create_test_certificates(fed_dir / CERTS_DIRNAME, hosts, days, overwrite=force)
     console.print(f"CA certificate   {paths.ca_cert}  (give this file to every participant)")
     console.print(
         f"server cert/key  {paths.server_cert}, {paths.server_key} (for {', '.join(hosts)})"
@@ -171,8 +179,8 @@ def start(
                 "again with --supernode-key, or start with --no-supernode-auth"
             )
     cert_paths = None if insecure else _certs(fed_dir)
-    link_dir = fed_dir / SUPERLINK_DIR
-    running = processes.read_pid_file(link_dir / "superlink.pid")
+    link_dir = fed_dir / SUPERLINK_DIRNAME
+    running = processes.read_pid_file(link_dir / SUPERLINK_PID_FILENAME)
     if running is not None and processes.is_running(running):
         raise ConfigError(
             f"the coordinator is already running (pid {running.pid}); "
@@ -184,7 +192,7 @@ def start(
         report = _verify(run_dir)
     verb = "created" if created else "resuming"
     console.print(
-        f"ledger {verb}: {run_dir / 'ledger.db'} (genesis {report.genesis_hash.hex()[:16]}, "
+        f"ledger {verb}: {run_dir / LEDGER_FILENAME} (genesis {report.genesis_hash.hex()[:16]}, "
         f"height {report.head_height}, round {report.rounds} of {config.rounds})"
     )
     # Where this machine reaches the SuperLink (a wildcard listen address is no dial address).
@@ -203,7 +211,9 @@ def start(
         f"SuperLink listening on {host}:{port} (pid {process.pid}, log {process.log_path})"
     )
     ca = cert_paths.ca_cert if cert_paths else None
-    connection = flwr_cli.write_flwr_connection(fed_dir / FLWR_HOME_DIR, CONNECTION, address, ca)
+    connection = flwr_cli.write_flwr_connection(
+        fed_dir / FLWR_HOME_DIRNAME, CONNECTION, address, ca
+    )
     state = _read_state(fed_dir)
     state.update(
         {
@@ -225,7 +235,9 @@ def start(
         raise
     state["run-id"] = run_id
     _write_state(fed_dir, state)
-    console.print(f"ServerApp submitted: Flower run {run_id}; rounds log to {run_dir / 'log.txt'}")
+    console.print(
+        f"ServerApp submitted: Flower run {run_id}; rounds log to {run_dir / LOG_FILENAME}"
+    )
     console.print(
         f"participants join with: fedchain join --coordinator HOST:{port} --data FILE.fcd "
         f"--identity KEY"
@@ -251,10 +263,9 @@ def _register_nodes(
 ) -> None:
     """Register every participant's SuperNode key (kept by the SuperLink's database across
     restarts; Flower answers "Public key already in use" for a key it knows)."""
-    keys_dir = fed_dir / fed.SUPERNODES_DIRNAME
-    keys_dir.mkdir(parents=True, exist_ok=True)
+    (fed_dir / SUPERNODES_DIRNAME).mkdir(parents=True, exist_ok=True)
     for participant in federation.participants:
-        key_path = keys_dir / f"{participant.name}.pub"
+        key_path = supernode_key_path(fed_dir, participant.name)
         key_path.write_text(participant.supernode_key + "\n")
         try:
             nodes[participant.name] = flwr_cli.register_supernode(connection, key_path)
@@ -278,7 +289,7 @@ def status(fed_dir: FedDirArg) -> None:
     """Show the ledger head, final height, round, connected SuperNodes and the processes."""
     federation = fed.load_federation(fed_dir)
     state = _read_state(fed_dir)
-    run_dir = fed.run_dir_of(fed_dir)
+    run_dir = run_dir_of(fed_dir)
     config = fed.compute_run_config(federation)
     if fed.has_ledger(fed_dir):
         report = _verify(run_dir)
@@ -289,7 +300,7 @@ def status(fed_dir: FedDirArg) -> None:
         )
     else:
         console.print("ledger: not created yet (the first `coordinator start` creates it)")
-    process = processes.read_pid_file(fed_dir / SUPERLINK_DIR / "superlink.pid")
+    process = processes.read_pid_file(fed_dir / SUPERLINK_DIRNAME / SUPERLINK_PID_FILENAME)
     alive = process is not None and processes.is_running(process)
     where = f" on {state.get('address')}" if state.get("address") else ""
     pid = f" (pid {process.pid})" if process is not None else ""
@@ -321,7 +332,7 @@ def stop(
 ) -> None:
     """Stop the ServerApp and the SuperLink (SIGTERM, then SIGKILL after the timeout)."""
     state = _read_state(fed_dir)
-    pid_file = fed_dir / SUPERLINK_DIR / "superlink.pid"
+    pid_file = fed_dir / SUPERLINK_DIRNAME / SUPERLINK_PID_FILENAME
     process = processes.read_pid_file(pid_file)
     if process is None or not processes.is_running(process):
         processes.stop_process(pid_file, timeout)  # removes a stale PID file

@@ -15,6 +15,7 @@ from fedchain.data import datafile, keys
 from fedchain.data.partition import label_histogram, partition
 from fedchain.data.sources import load_source
 from fedchain.errors import ConfigError
+from fedchain.runs.layout import client_data_name
 
 app = make_app(
     "Encrypted client datasets: split a source into per-client .fcd files, inspect them."
@@ -69,7 +70,7 @@ def unlock_for_reading(path: Path, key_file: Path | None, passphrase_env: str) -
 
 
 def _client_path(out: Path, index: int) -> Path:
-    return out / f"client-{index:03d}.fcd"
+    return out / client_data_name(index)
 
 
 @app.command()

@@ -26,6 +26,7 @@ from fedchain.errors import ConfigError
 from fedchain.learning.catalog import MODELS
 from fedchain.rounds.contribution import METHODS
 from fedchain.runs import federation as fed
+from fedchain.runs.layout import FEDERATION_FILENAME
 from fedchain.runs.registration import (
     ParticipantEntry,
     create_registration,
@@ -40,7 +41,9 @@ else:  # pragma: no cover
 
 app = make_app("A federation's settings and registered participants (coordinator side).")
 
-FedDirArg = Annotated[Path, typer.Argument(help="The federation folder (holds federation.toml).")]
+FedDirArg = Annotated[
+    Path, typer.Argument(help=f"The federation folder (holds {FEDERATION_FILENAME}).")
+]
 
 
 IDENTITY_PASSPHRASE_ENV = "FEDCHAIN_IDENTITY_PASSPHRASE"  # noqa: S105 - a variable's name
@@ -173,7 +176,7 @@ def init(
         min_clients=min_clients,
         join_timeout=join_timeout,
     )
-    console.print(f"created {fed_dir / fed.FEDERATION_FILE} (federation {federation.name})")
+    console.print(f"created {fed_dir / FEDERATION_FILENAME} (federation {federation.name})")
     console.print(
         "next: participants run `fedchain register ...` and you add each file with "
         f"`fedchain federation add {fed_dir} FILE`"

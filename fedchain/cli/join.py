@@ -27,6 +27,7 @@ from fedchain.data import datafile, keys
 from fedchain.deploy import flower, flwr_cli, logs, processes
 from fedchain.errors import ConfigError, DeployError
 from fedchain.ledger.show import printable
+from fedchain.runs.layout import CA_CERT_FILENAME
 
 IDENTITY_PASSPHRASE_ENV = "FEDCHAIN_IDENTITY_PASSPHRASE"  # noqa: S105 - a variable's name
 
@@ -52,7 +53,9 @@ def join(
     ] = None,
     root_cert: Annotated[
         Path | None,
-        typer.Option("--root-cert", help="The coordinator's CA certificate (ca.crt) for TLS."),
+        typer.Option(
+            "--root-cert", help=f"The coordinator's CA certificate ({CA_CERT_FILENAME}) for TLS."
+        ),
     ] = None,
     auth_key: Annotated[
         Path | None,

@@ -29,8 +29,8 @@ from fedchain.ledger.store import LedgerStore, open_ledger_path
 from fedchain.ledger.verify import VerifyReport, verify_ledger
 from fedchain.report.inputs import describe_unfinished, read_run_plan
 from fedchain.rounds.recheck import recheck_scores
+from fedchain.runs.layout import CONFIG_FILENAME, LEDGER_FILENAME, MODELS_DIRNAME
 from fedchain.runs.registry import (
-    MODELS_DIRNAME,
     check_model_files,
     find_unregistered_files,
     get_registered_hashes,
@@ -39,7 +39,9 @@ from fedchain.runs.registry import (
 
 app = make_app("Read a ledger: list its blocks and transactions.")
 
-PathArg = Annotated[Path, typer.Argument(help="A ledger file (ledger.db) or a run directory.")]
+PathArg = Annotated[
+    Path, typer.Argument(help=f"A ledger file ({LEDGER_FILENAME}) or a run directory.")
+]
 
 
 @dataclass
@@ -88,8 +90,8 @@ def _recheck_scores(path: Path, report: VerifyReport) -> bool:
     if not path.is_dir():
         console.print("scores: not checked (ledger file only)")
         return True
-    read_regular_file(path / "config.toml", path)  # a FIFO or a link out: one line, not a hang
-    config = load_config_file(path / "config.toml")
+    read_regular_file(path / CONFIG_FILENAME, path)  # a FIFO or a link out: one line, not a hang
+    config = load_config_file(path / CONFIG_FILENAME)
     with console.status("recomputing contribution scores from the archived updates…"):
         check = recheck_scores(path, report, config)
     if check.problems:

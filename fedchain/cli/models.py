@@ -18,6 +18,7 @@ from fedchain.cli.common import console, make_app
 from fedchain.ledger.show import as_markup_text
 from fedchain.ledger.signatures import CachingVerifier
 from fedchain.ledger.verify import verify_ledger
+from fedchain.runs.layout import LEDGER_FILENAME, MODELS_DIRNAME
 from fedchain.runs.registry import (
     ModelEntry,
     find_model,
@@ -28,7 +29,10 @@ from fedchain.runs.registry import (
 
 app = make_app("Read a run's registered global models: list them, show one.")
 
-RunDirArg = Annotated[Path, typer.Argument(help="A run directory (holding ledger.db and models/).")]
+RunDirArg = Annotated[
+    Path,
+    typer.Argument(help=f"A run directory (holding {LEDGER_FILENAME} and {MODELS_DIRNAME}/)."),
+]
 HASH_PREFIX_CHARS = 16
 
 

@@ -21,6 +21,13 @@ from fedchain.ledger.show import as_markup_text
 from fedchain.ledger.signatures import CachingVerifier
 from fedchain.report.build import build_report
 from fedchain.report.files import write_report_files
+from fedchain.runs.layout import (
+    CLIENTS_DIRNAME,
+    LEDGER_FILENAME,
+    MODELS_DIRNAME,
+    REPORT_HTML_FILENAME,
+    REPORT_JSON_FILENAME,
+)
 
 MAX_ROUND_ROWS = 30  # longer runs show their first and last rounds; report.html has them all
 MAX_EVENT_ROWS = 20
@@ -30,16 +37,23 @@ _COMPACT: dict[str, Any] = {"show_edge": False, "pad_edge": False, "collapse_pad
 
 def report(
     run_dir: Annotated[
-        Path, typer.Argument(help="A run directory (holding ledger.db, models/, clients/).")
+        Path,
+        typer.Argument(
+            help=f"A run directory (holding {LEDGER_FILENAME}, {MODELS_DIRNAME}/, "
+            f"{CLIENTS_DIRNAME}/)."
+        ),
     ],
     out: Annotated[
         Path | None,
         typer.Option(
-            "--out", "-o", help="Folder for report.json and report.html (default RUN_DIR)."
+            "--out",
+            "-o",
+            help=f"Folder for {REPORT_JSON_FILENAME} and {REPORT_HTML_FILENAME} (default RUN_DIR).",
         ),
     ] = None,
     json_only: Annotated[
-        bool, typer.Option("--json-only", help="Write report.json only (no HTML, no plots).")
+        bool,
+        typer.Option("--json-only", help=f"Write {REPORT_JSON_FILENAME} only (no HTML, no plots)."),
     ] = False,
 ) -> None:
     """Summarise a run: contributions, rewards, stake, slashing, model lineage, verification.
@@ -168,7 +182,7 @@ def _rounds_table(rounds: Sequence[Mapping[str, Any]]) -> Table:
     cells: list[list[str]] = []
     for r in rows:
         if r is None:
-            cells.append(["…", f"{skipped} more rounds in report.html", *[""] * 7])
+            cells.append(["…", f"{skipped} more rounds in {REPORT_HTML_FILENAME}", *[""] * 7])
             continue
         cells.append(
             [
@@ -212,7 +226,7 @@ def _events_table(events: Sequence[Mapping[str, Any]]) -> Table:
     _number_column(table, "stake lost", [f"{e['stake_lost']:,}" for e in shown])
     for e in rows:
         if e is None:
-            table.add_row("…", f"{skipped} more", "", "", "see report.html", "")
+            table.add_row("…", f"{skipped} more", "", "", f"see {REPORT_HTML_FILENAME}", "")
             continue
         evidence = (
             "-" if e["evidence_kind"] is None else f"{e['slashing_kind']} ({e['evidence_kind']})"

@@ -28,14 +28,11 @@ from fedchain.data.sources import SOURCES
 from fedchain.errors import ConfigError, FedchainError
 from fedchain.learning.attacks import ATTACKS, Attack, attacker_indices, parse_attackers
 from fedchain.ledger.chain import Chain
-from fedchain.ledger.store import LEDGER_FILENAME
 from fedchain.rounds.admission import brief_reason
 from fedchain.rounds.coordinator import RoundOutcome, RoundReporter
 from fedchain.runs.federation import remove_unregistered_models
+from fedchain.runs.layout import CONFIG_FILENAME, LEDGER_FILENAME
 from fedchain.runs.prepare import new_run_id, prepare_run
-
-# written by fedchain.runs.prepare.prepare_run (fedchain.config.write_config)
-CONFIG_FILE = "config.toml"
 
 
 def shown_default(name: str) -> str:
@@ -59,7 +56,8 @@ def simulate(
         Path | None,
         typer.Option(
             help="Continue the unfinished run in this run directory from its ledger head, with "
-            "its own config.toml (no other settings; a run with the ledger off cannot resume).",
+            f"its own {CONFIG_FILENAME} (no other settings; a run with the ledger off cannot "
+            "resume).",
         ),
     ] = None,
     dataset: Annotated[
@@ -268,7 +266,9 @@ def simulate(
         given = [k for k, v in others.items() if v is not None]
         if given:
             names = ", ".join(f"--{k.replace('_', '-')}" for k in given)
-            raise ConfigError(f"--resume continues a run with its own {CONFIG_FILE}; drop {names}")
+            raise ConfigError(
+                f"--resume continues a run with its own {CONFIG_FILENAME}; drop {names}"
+            )
         config, run_dir = resumable_run(resume)
         launcher = find_launcher()
     else:
@@ -310,9 +310,9 @@ def resumable_run(run_dir: Path) -> tuple[RunConfig, Path]:
     archived updates are named by their hash, so the repeated round writes the same names, and
     ``metrics.json`` keeps only the rows of rounds on the ledger (fedchain.runs.session).
     """
-    if not (run_dir / CONFIG_FILE).is_file():
-        raise ConfigError(f"{run_dir}: not a run directory (no {CONFIG_FILE})")
-    config = load_config_file(run_dir / CONFIG_FILE)
+    if not (run_dir / CONFIG_FILENAME).is_file():
+        raise ConfigError(f"{run_dir}: not a run directory (no {CONFIG_FILENAME})")
+    config = load_config_file(run_dir / CONFIG_FILENAME)
     if not config.ledger:
         raise ConfigError(
             f"{run_dir}: a run with the ledger off cannot resume: nothing records which rounds "

@@ -27,22 +27,17 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from fedchain.deploy.atomic import write_file
+from fedchain.durable import write_atomically
 from fedchain.errors import ConfigError
+from fedchain.runs.layout import CA_CERT_FILENAME, SERVER_CERT_FILENAME, SERVER_KEY_FILENAME
 
 __all__ = [
-    "CA_CERT_NAME",
     "DEFAULT_HOSTS",
-    "SERVER_CERT_NAME",
-    "SERVER_KEY_NAME",
     "CertPaths",
     "create_supernode_keys",
     "create_test_certificates",
 ]
 
-CA_CERT_NAME = "ca.crt"
-SERVER_CERT_NAME = "server.pem"
-SERVER_KEY_NAME = "server.key"
 DEFAULT_HOSTS = ("127.0.0.1", "localhost")
 _KEY_NAME = re.compile(r"[A-Za-z0-9_-]+")  # a key pair's file name stem
 
@@ -83,7 +78,9 @@ def create_test_certificates(
         raise ConfigError(f"certificate lifetime must be at least 1 day, got {days}")
     directory = Path(directory)
     paths = CertPaths(
-        directory / CA_CERT_NAME, directory / SERVER_CERT_NAME, directory / SERVER_KEY_NAME
+        directory / CA_CERT_FILENAME,
+        directory / SERVER_CERT_FILENAME,
+        directory / SERVER_KEY_FILENAME,
     )
     if not overwrite:
         for path in (paths.ca_cert, paths.server_cert, paths.server_key):
@@ -96,12 +93,12 @@ def create_test_certificates(
     server_key = ec.generate_private_key(ec.SECP384R1())
     server_cert = _build_server_certificate(server_key, ca_key, ca_cert, hosts, now, days)
     pem = serialization.Encoding.PEM
-    write_file(paths.ca_cert, ca_cert.public_bytes(pem), 0o644)
-    write_file(paths.server_cert, server_cert.public_bytes(pem), 0o644)
+    write_atomically(paths.ca_cert, ca_cert.public_bytes(pem), mode=0o644)
+    write_atomically(paths.server_cert, server_cert.public_bytes(pem), mode=0o644)
     key_bytes = server_key.private_bytes(
         pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    write_file(paths.server_key, key_bytes, 0o600)
+    write_atomically(paths.server_key, key_bytes, mode=0o600)
     return paths
 
 
@@ -201,6 +198,6 @@ def create_supernode_keys(
     public_bytes = key.public_key().public_bytes(
         serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
     )
-    write_file(private_path, private_bytes, 0o600)
-    write_file(public_path, public_bytes + f" fedchain-{name}\n".encode(), 0o644)
+    write_atomically(private_path, private_bytes, mode=0o600)
+    write_atomically(public_path, public_bytes + f" fedchain-{name}\n".encode(), mode=0o644)
     return private_path, public_path

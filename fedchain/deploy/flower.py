@@ -26,6 +26,11 @@ from fedchain.deploy.certs import CertPaths
 from fedchain.deploy.logs import tail
 from fedchain.deploy.processes import ManagedProcess, start_process
 from fedchain.errors import ConfigError, DeployError
+from fedchain.runs.layout import (
+    SUPERLINK_DB_FILENAME,
+    SUPERLINK_LOG_FILENAME,
+    SUPERLINK_PID_FILENAME,
+)
 
 __all__ = [
     "BARE_KEY",
@@ -110,8 +115,8 @@ def start_superlink(
     :func:`~fedchain.deploy.flwr_cli.register_supernode` may connect; Flower requires TLS for it.
     With ``persistent`` the link state (runs, registered nodes) lives in ``state_dir/superlink.db``
     and survives a restart. Logs go to ``state_dir/superlink.log``, the PID file is
-    ``state_dir/superlink.pid``. Call :func:`~fedchain.deploy.processes.wait_healthy` before using
-    it.
+    ``state_dir/superlink.pid`` (names: :mod:`fedchain.runs.layout`). Call
+    :func:`~fedchain.deploy.processes.wait_healthy` before using it.
     """
     if supernode_auth and certs is None:
         raise ConfigError("SuperNode authentication needs TLS: give certificates")
@@ -131,12 +136,12 @@ def start_superlink(
     if supernode_auth:
         command.append("--enable-supernode-auth")
     if persistent:
-        command += ["--database", str((state_dir / "superlink.db").resolve())]
+        command += ["--database", str((state_dir / SUPERLINK_DB_FILENAME).resolve())]
     command.append("--disable-runtime-dependency-installation")
     return start_process(
         command,
-        log_path=state_dir / "superlink.log",
-        pid_file=state_dir / "superlink.pid",
+        log_path=state_dir / SUPERLINK_LOG_FILENAME,
+        pid_file=state_dir / SUPERLINK_PID_FILENAME,
         env=flower_env(env),
         cwd=state_dir,
     )

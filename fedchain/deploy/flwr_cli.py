@@ -17,7 +17,6 @@ from pathlib import Path
 
 import tomli_w
 
-from fedchain.deploy.atomic import write_file
 from fedchain.deploy.flower import (
     BARE_KEY,
     ConfigValue,
@@ -25,6 +24,7 @@ from fedchain.deploy.flower import (
     flower_executable,
     format_config_args,
 )
+from fedchain.durable import write_atomically
 from fedchain.errors import ConfigError, DeployError
 
 if sys.version_info >= (3, 11):
@@ -109,7 +109,7 @@ def write_flwr_connection(
     superlink[name] = entry
     if default:
         superlink["default"] = name
-    write_file(path, tomli_w.dumps(config).encode(), 0o644)
+    write_atomically(path, tomli_w.dumps(config).encode(), mode=0o644)
     ca = None if root_certificates is None else Path(root_certificates).resolve()
     return FlwrConnection(flwr_home, name, address, ca)
 

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from fedchain.deploy.atomic import write_file
 from fedchain.deploy.logs import strip_ansi, tail
+from fedchain.durable import write_atomically
 from fedchain.errors import DeployError
 
 __all__ = [
@@ -127,7 +127,7 @@ def start_process(
         "command": list(process.command),
         "log": str(log_path),
     }
-    write_file(pid_file, (json.dumps(record) + "\n").encode(), 0o644)
+    write_atomically(pid_file, (json.dumps(record) + "\n").encode(), mode=0o644)
     return process
 
 

@@ -38,7 +38,7 @@ from fedchain.errors import LedgerStoreError
 APPLICATION_ID = 0x46434C44  # b"FCLD" (FedChain LeDger) in SQLite's application_id header field
 FORMAT_VERSION = 1
 HASH_SIZE = 32  # bytes: SHA-256 block hashes, Ed25519 public keys
-LEDGER_FILENAME = "ledger.db"  # inside a run directory
+LEDGER_FILENAME = "ledger.db"  # inside a run directory (fedchain.runs.layout re-exports it)
 BUSY_TIMEOUT_S = 10.0  # how long to wait for a lock (a checkpoint, another writer) before failing
 READ_BATCH_BLOCKS = 128  # blocks fetched per query by iter_blocks (≈ 3 MiB at 25 KiB per block)
 MAX_INT64 = 2**63 - 1

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
-import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from fedchain.durable import write_atomically
 from fedchain.errors import ConfigError
 from fedchain.report.html import render_html
+from fedchain.runs.layout import REPORT_HTML_FILENAME, REPORT_JSON_FILENAME
 
-__all__ = ["REPORT_HTML", "REPORT_JSON", "render_json", "write_report_files"]
-
-REPORT_JSON = "report.json"
-REPORT_HTML = "report.html"
+__all__ = ["render_json", "write_report_files"]
 
 
 def render_json(report: Mapping[str, Any]) -> str:
@@ -35,19 +32,12 @@ def write_report_files(
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ConfigError(f"{out_dir}: cannot create the output folder ({e.strerror})") from None
-    files = [(out_dir / REPORT_JSON, render_json(report))]
+    files = [(out_dir / REPORT_JSON_FILENAME, render_json(report))]
     if html_page:
-        files.append((out_dir / REPORT_HTML, render_html(report)))
+        files.append((out_dir / REPORT_HTML_FILENAME, render_html(report)))
     for path, text in files:
-        _write_atomically(path, text)
+        try:
+            write_atomically(path, text.encode("utf-8"))
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot write ({e.strerror or e})") from None
     return [path for path, _ in files]
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    temp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    try:
-        temp.write_text(text, encoding="utf-8")
-        os.replace(temp, path)
-    except OSError as e:
-        temp.unlink(missing_ok=True)
-        raise ConfigError(f"{path}: cannot write ({e.strerror or e})") from None

@@ -7,7 +7,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from fedchain.report.build import NO_CONTRIBUTIONS, REPORT_FORMAT
-from fedchain.report.inputs import METRICS_FILENAME
 from fedchain.report.participants import HASH_PREFIX_CHARS
 from fedchain.report.plots import (
     draw_accuracy,
@@ -17,6 +16,7 @@ from fedchain.report.plots import (
     participant_colours,
     plot_svg,
 )
+from fedchain.runs.layout import FEDERATION_FILENAME, METRICS_FILENAME
 
 __all__ = ["render_html"]
 
@@ -356,7 +356,7 @@ def _html_participants(report: Mapping[str, Any]) -> str:
     )
     lead = "Participants are named by the SHA-256 fingerprint of their ledger key, and by "
     lead += "client index where the run directory holds their <code>.pub</code> file, or by "
-    lead += "the name their federation registered them under (<code>federation.toml</code>, "
+    lead += f"the name their federation registered them under (<code>{FEDERATION_FILENAME}</code>, "
     lead += "for a registration signed by that key)."
     return _section("participants", "Participants", lead, table)
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,19 +39,21 @@ from fedchain.ledger.show import printable
 from fedchain.ledger.signatures import PLAIN, Verifier
 from fedchain.ledger.store import LedgerStore, open_ledger_path
 from fedchain.ledger.verify import VerifyReport, verify_ledger
-from fedchain.runs.federation import (
-    FEDERATION_FILE,
-    RUN_DIRNAME,
-    load_federation,
-)
-from fedchain.runs.prepare import CLIENTS_DIR
-from fedchain.runs.registration import verify_registration
-from fedchain.runs.registry import (
+from fedchain.runs.federation import load_federation
+from fedchain.runs.layout import (
+    CLIENT_PUBLIC_KEY_GLOB,
+    CLIENTS_DIRNAME,
+    CONFIG_FILENAME,
+    FEDERATION_FILENAME,
+    LEDGER_FILENAME,
+    METRICS_FILENAME,
     MODEL_SUFFIX,
     MODELS_DIRNAME,
-    check_model_files,
-    read_regular_file,
+    RUN_DIRNAME,
+    parse_client_public_key_name,
 )
+from fedchain.runs.registration import verify_registration
+from fedchain.runs.registry import check_model_files, read_regular_file
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -61,7 +62,6 @@ else:  # pragma: no cover
 
 
 __all__ = [
-    "METRICS_FILENAME",
     "ReportInputs",
     "RoundMetrics",
     "RunPlan",
@@ -70,10 +70,6 @@ __all__ = [
     "read_registered_names",
     "read_run_plan",
 ]
-
-METRICS_FILENAME = "metrics.json"
-CONFIG_FILENAME = "config.toml"
-_CLIENT_PUB = re.compile(r"client-(\d+)\.pub")
 
 
 @dataclass(frozen=True)
@@ -133,7 +129,7 @@ def load_report_inputs(
     if not run_dir.is_dir():
         raise ConfigError(
             f"{run_dir}: not a run directory (give the folder that `fedchain simulate` wrote, "
-            "holding ledger.db)"
+            f"holding {LEDGER_FILENAME})"
         )
     ledger_path = open_ledger_path(run_dir)  # raises when there is no ledger.db
     verification = verify_ledger(run_dir, on_block=on_block, verifier=verifier)
@@ -154,7 +150,7 @@ def load_report_inputs(
         verification=verification,
         model_problems=model_problems,
         blocks=blocks,
-        client_indices=_read_client_indices(run_dir / CLIENTS_DIR),
+        client_indices=_read_client_indices(run_dir / CLIENTS_DIRNAME),
         metrics=metrics,
         config=config,
         models_present=_read_model_names(run_dir / MODELS_DIRNAME),
@@ -196,11 +192,11 @@ def read_run_plan(run_dir: Path) -> RunPlan | None:
     """
     run_dir = Path(run_dir)
     fed_dir = run_dir.parent
-    if run_dir.name == RUN_DIRNAME and (fed_dir / FEDERATION_FILE).exists():
-        rounds = _read_rounds(fed_dir / FEDERATION_FILE, fed_dir)
+    if run_dir.name == RUN_DIRNAME and (fed_dir / FEDERATION_FILENAME).exists():
+        rounds = _read_rounds(fed_dir / FEDERATION_FILENAME, fed_dir)
         if rounds is not None:
             resume = f"fedchain coordinator start {fed_dir}"
-            return RunPlan(rounds, str(fed_dir / FEDERATION_FILE), resume)
+            return RunPlan(rounds, str(fed_dir / FEDERATION_FILENAME), resume)
     rounds = _read_rounds(run_dir / CONFIG_FILENAME, run_dir)
     if rounds is not None:
         resume = f"fedchain simulate --resume {run_dir}"
@@ -240,10 +236,10 @@ def read_registered_names(
     """
     run_dir = Path(run_dir)
     fed_dir = run_dir.parent
-    if run_dir.name != RUN_DIRNAME or not (fed_dir / FEDERATION_FILE).exists():
+    if run_dir.name != RUN_DIRNAME or not (fed_dir / FEDERATION_FILENAME).exists():
         return {}, None
     try:
-        _read_text(fed_dir / FEDERATION_FILE, fed_dir)
+        _read_text(fed_dir / FEDERATION_FILENAME, fed_dir)
         entries = load_federation(fed_dir).participants
     except (FedchainError, OSError) as e:
         return {}, f"participants' names not shown: {e}"
@@ -278,12 +274,12 @@ def _read_client_indices(clients_dir: Path) -> dict[PublicKey, int]:
     indices: dict[PublicKey, int] = {}
     if not clients_dir.is_dir():
         return indices
-    for path in sorted(clients_dir.glob("client-*.pub")):
-        match = _CLIENT_PUB.fullmatch(path.name)
-        if match is None or path.is_symlink() or not path.is_file():  # no FIFO, no link out
+    for path in sorted(clients_dir.glob(CLIENT_PUBLIC_KEY_GLOB)):
+        index = parse_client_public_key_name(path.name)
+        if index is None or path.is_symlink() or not path.is_file():  # no FIFO, no link out
             continue
         with contextlib.suppress(FedchainError, OSError):
-            indices[load_public_key(path)] = int(match.group(1))
+            indices[load_public_key(path)] = index
     return indices
 
 

@@ -1,1 +1,2 @@
-"""Run directories: preparation, the model registry, a run's session, federations, registrations."""
+"""Run directories: their file names (layout), preparation, the model registry, a run's session,
+federations, registrations."""

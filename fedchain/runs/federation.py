@@ -1,13 +1,10 @@
 """A deployed federation: its settings, its registered participants, and its run directory.
 
-A coordinator keeps one folder per federation (``FED_DIR``)::
-
-    federation.toml     settings ([federation], [fedchain]) and the registered [[participants]]
-    run/                the run directory (DESIGN.md §4) once the coordinator first starts:
-                        ledger.db, config.toml, models/, updates/, metrics.json, log.txt
-    certs/              TLS certificates (``fedchain coordinator certs``)
-    supernodes/         each participant's SuperNode authentication public key
-    app/                the Flower app bundle ``flwr run`` submits (written on start)
+A coordinator keeps one folder per federation (``FED_DIR``): ``federation.toml`` (settings,
+[federation] and [fedchain], and the registered [[participants]]), the run directory ``run/``
+(DESIGN.md §4) once the coordinator first starts, and what ``fedchain coordinator`` writes
+(certificates, SuperNode keys, the SuperLink's state, the app bundle); :mod:`fedchain.runs.layout`
+names every file and draws the tree.
 
 A data holder's registration file (``fedchain register``) is
 :mod:`fedchain.runs.registration`'s; this module checks one before adding it
@@ -25,13 +22,29 @@ from typing import Any
 from fedchain.config import RunConfig, merge_config, write_config
 from fedchain.crypto import identity
 from fedchain.data.sources import load_source
+from fedchain.durable import write_atomically
 from fedchain.errors import ConfigError, FedchainError, SignatureError
 from fedchain.ledger.builder import make_genesis
 from fedchain.ledger.chain import Chain
 from fedchain.ledger.codec import MAX_INT
 from fedchain.ledger.objects import HASH_SIZE, GenesisParticipant
-from fedchain.ledger.store import LEDGER_FILENAME
 from fedchain.ledger.verify import verify_ledger
+from fedchain.runs.layout import (
+    CONFIG_FILENAME,
+    COORDINATOR_STATE_FILENAME,
+    FEDERATION_FILENAME,
+    LEDGER_FILENAME,
+    run_dir_of,
+)
+from fedchain.runs.layout import (  # re-exported until test_federation.py imports it from layout
+    COORDINATOR_STATE_FILENAME as COORDINATOR_STATE_FILE,
+)
+from fedchain.runs.layout import (  # re-exported until test_federation, test_outputs import it
+    FEDERATION_FILENAME as FEDERATION_FILE,
+)
+from fedchain.runs.layout import (  # re-exported until test_outputs.py imports it from layout
+    RUN_DIRNAME as RUN_DIRNAME,
+)
 from fedchain.runs.prepare import make_rules_for
 from fedchain.runs.registration import (
     MAX_REGISTERED_EXAMPLES,
@@ -47,6 +60,7 @@ from fedchain.runs.registration import (
 from fedchain.runs.registry import find_unregistered_files, save_model
 
 __all__ = [
+    "COORDINATOR_STATE_FILE",
     "FEDERATION_FILE",
     "RUN_DIRNAME",
     "Federation",
@@ -57,16 +71,9 @@ __all__ = [
     "load_federation",
     "prepare_federation_run",
     "remove_unregistered_models",
-    "run_dir_of",
+    "run_dir_of",  # re-exported until test_federation, test_deploy_e2e import it from layout
 ]
 
-FEDERATION_FILE = "federation.toml"
-RUN_DIRNAME = "run"
-CERTS_DIRNAME = "certs"
-SUPERNODES_DIRNAME = "supernodes"
-COORDINATOR_STATE_FILE = "coordinator.json"
-"""What ``fedchain coordinator start`` records: PIDs, the connection, and each participant's
-registered SuperNode id (``"nodes": {name: node id}``)."""
 MAX_JOIN_TIMEOUT = 30 * 24 * 3600  # seconds: a month
 # Settings that describe a simulation only; a federation's data stay with its participants.
 _SIMULATION_ONLY = (
@@ -92,10 +99,6 @@ class Federation:
     participants: tuple[ParticipantEntry, ...]
 
 
-def run_dir_of(fed_dir: Path) -> Path:
-    return Path(fed_dir) / RUN_DIRNAME
-
-
 def has_ledger(fed_dir: Path) -> bool:
     return (run_dir_of(fed_dir) / LEDGER_FILENAME).exists()
 
@@ -114,8 +117,8 @@ def init_federation(
 ) -> Federation:
     """Create ``fed_dir/federation.toml`` with no participants; refuse to overwrite one."""
     fed_dir = Path(fed_dir)
-    if (fed_dir / FEDERATION_FILE).exists():
-        raise ConfigError(f"{fed_dir / FEDERATION_FILE}: already exists")
+    if (fed_dir / FEDERATION_FILENAME).exists():
+        raise ConfigError(f"{fed_dir / FEDERATION_FILENAME}: already exists")
     check_name(name)
     federation = Federation(
         fed_dir,
@@ -133,7 +136,7 @@ def init_federation(
 
 def load_federation(fed_dir: Path) -> Federation:
     fed_dir = Path(fed_dir)
-    path = fed_dir / FEDERATION_FILE
+    path = fed_dir / FEDERATION_FILENAME
     if not path.exists():
         raise ConfigError(f"{path}: not found; create it with `fedchain federation init {fed_dir}`")
     doc = read_toml(path)
@@ -284,10 +287,7 @@ def _write_federation(federation: Federation) -> None:
         "# [fedchain]: run settings (`fedchain simulate --help` lists them, kebab-case).\n"
         "# Participants are added with `fedchain federation add`, not by hand.\n"
     )
-    path = federation.path / FEDERATION_FILE
-    scratch = path.with_suffix(".toml.tmp")
-    scratch.write_text(comment + tomli_w.dumps(doc))
-    scratch.replace(path)
+    write_atomically(federation.path / FEDERATION_FILENAME, (comment + tomli_w.dumps(doc)).encode())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -308,7 +308,7 @@ def prepare_federation_run(federation: Federation) -> tuple[Path, RunConfig, boo
     if has_ledger(federation.path):
         return run_dir, config, False
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_config(config, run_dir / "config.toml")
+    write_config(config, run_dir / CONFIG_FILENAME)
     test = load_source(config.dataset, root=config.data_root or None, split="test")
     model = build_model(config.model, tuple(test.x.shape[1:]), len(test.classes), seed=config.seed)
     initial_hash = save_model(run_dir, state_to_numpy(model))
@@ -335,7 +335,7 @@ def registered_node_keys(federation: Federation) -> dict[int, bytes]:
     """Flower node id -> participant public key, for the SuperNodes the coordinator registered
     (SuperNode authentication binds each id to that participant's key). Lets a resumed
     coordinator attribute a round to a participant who has not replied since the restart."""
-    path = federation.path / COORDINATOR_STATE_FILE
+    path = federation.path / COORDINATOR_STATE_FILENAME
     try:
         nodes = json.loads(path.read_text()).get("nodes", {})
     except (OSError, ValueError, AttributeError):

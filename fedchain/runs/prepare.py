@@ -1,15 +1,9 @@
 """Run directories: what a simulated federation is set up with before its first round.
 
-``runs/<run-id>/`` (DESIGN.md §4)::
-
-    config.toml                 the resolved configuration
-    ledger.db                   the proof-of-stake ledger (absent with --ledger off)
-    models/<hash>.safetensors   every global model version, the initial one included
-    clients/client-NNN.fcd      each simulated data holder's encrypted split
-    clients/client-NNN.key|pub  each data holder's identity (unencrypted, mode 0600: simulated)
-    clients/data.key            the data key of the simulated holders' files (mode 0600)
-    attackers.json              with an attack: its name, scale, and the attackers' indices and
-                                public keys (fedchain.learning.attacks.attacker_indices)
+``runs/<run-id>/`` (DESIGN.md §4) holds the resolved configuration, the ledger (absent with
+--ledger off), the initial model, each simulated data holder's encrypted split and identity,
+their data key and, with an attack, ``attackers.json``; :mod:`fedchain.runs.layout` names every
+file and draws the tree.
 
 In a real federation every data holder keeps its own files; a simulation keeps them together so
 one machine can play every part, but each client still only ever opens its own.
@@ -39,25 +33,23 @@ from fedchain.learning.catalog import MODELS
 from fedchain.ledger.builder import make_genesis, make_rules
 from fedchain.ledger.chain import Chain
 from fedchain.ledger.objects import BAD_COMMITMENT, DOUBLE_SIGN, Genesis, GenesisParticipant, Rules
-from fedchain.ledger.store import LEDGER_FILENAME
 from fedchain.rounds.contribution import METHODS
+from fedchain.runs.layout import (
+    ATTACKERS_FILENAME,
+    CLIENTS_DIRNAME,
+    CONFIG_FILENAME,
+    LEDGER_FILENAME,
+)
+from fedchain.runs.layout import (  # re-exported until data/holder.py imports it from layout
+    client_data_path as client_data_path,
+)
+from fedchain.runs.layout import (  # re-exported until data/holder.py imports it from layout
+    client_key_path as client_key_path,
+)
+from fedchain.runs.layout import (  # re-exported until data/holder.py imports it from layout
+    data_key_path as data_key_path,
+)
 from fedchain.runs.registry import save_model
-
-CLIENTS_DIR = "clients"
-DATA_KEY_FILE = "data.key"
-ATTACKERS_FILE = "attackers.json"
-
-
-def client_data_path(run_dir: Path, index: int) -> Path:
-    return Path(run_dir) / CLIENTS_DIR / f"client-{index:03d}.fcd"
-
-
-def client_key_path(run_dir: Path, index: int) -> Path:
-    return Path(run_dir) / CLIENTS_DIR / f"client-{index:03d}.key"
-
-
-def data_key_path(run_dir: Path) -> Path:
-    return Path(run_dir) / CLIENTS_DIR / DATA_KEY_FILE
 
 
 @dataclass(frozen=True)
@@ -189,8 +181,8 @@ def _populate(run_dir: Path, config: RunConfig) -> RunSetup:
     # torch (about 3 s): only when a run is made, not for `fedchain --help` or any other command
     from fedchain.learning.architectures import build_model, state_to_numpy
 
-    (run_dir / CLIENTS_DIR).mkdir(parents=True, exist_ok=True)
-    write_config(config, run_dir / "config.toml")
+    (run_dir / CLIENTS_DIRNAME).mkdir(parents=True, exist_ok=True)
+    write_config(config, run_dir / CONFIG_FILENAME)
 
     train, _ = load_split(config)
     parts = partition(
@@ -243,4 +235,4 @@ def _write_attackers(run_dir: Path, config: RunConfig, public_keys: list[bytes])
         "clients": indices,
         "public_keys": [public_keys[i].hex() for i in indices],
     }
-    (run_dir / ATTACKERS_FILE).write_text(json.dumps(doc, indent=1) + "\n")
+    (run_dir / ATTACKERS_FILENAME).write_text(json.dumps(doc, indent=1) + "\n")

@@ -16,16 +16,16 @@ block registers is a warning, not a failure: a coordinator saves a model before 
 block that registers it (so that every registered model has its file), and a crash in between
 leaves such a file behind, harmlessly.
 
-Writes are atomic: a model is written to a temporary file in ``models/``, fsynced and renamed
-over its final name, and the directory is fsynced, so a reader or a crash sees either no file or
-the whole file. A model already on disk is not written again (same hash, same content).
+Writes are atomic (:func:`fedchain.durable.write_atomically`): a model is written to a temporary
+file in ``models/``, fsynced and renamed over its final name, and the directory is fsynced, so a
+reader or a crash sees either no file or the whole file. A model already on disk is not written
+again (same hash, same content).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import stat
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -38,15 +38,18 @@ import safetensors.numpy
 from safetensors import SafetensorError
 
 from fedchain.crypto.hashing import compute_update_hash
-from fedchain.durable import fsync_directory
+from fedchain.durable import fsync_directory, write_atomically
 from fedchain.errors import ConfigError, RegistryError
 from fedchain.ledger.objects import HASH_SIZE
 from fedchain.ledger.verify import VerifyReport, verify_ledger
+from fedchain.runs.layout import MODEL_SUFFIX, UPDATES_DIRNAME
+from fedchain.runs.layout import (  # re-exported until test_federation.py imports it from layout
+    MODELS_DIRNAME as MODELS_DIRNAME,
+)
 
 __all__ = [
     "MIN_PREFIX_HEX",
     "MODELS_DIRNAME",
-    "MODEL_SUFFIX",
     "ModelEntry",
     "check_model_files",
     "find_model",
@@ -61,9 +64,6 @@ __all__ = [
     "save_model",
 ]
 
-MODELS_DIRNAME = "models"  # inside a run directory
-UPDATES_DIRNAME = "updates"  # archived client updates, by the hash they were committed to
-MODEL_SUFFIX = ".safetensors"
 MIN_PREFIX_HEX = 4
 """The shortest hash prefix (hex characters) that names a model."""
 
@@ -129,7 +129,7 @@ def save_model(run_dir: Path, arrays: Arrays, folder: str = MODELS_DIRNAME) -> b
     _make_models_dir(Path(run_dir), folder)
     # safetensors writes an array's memory as is, so a non-contiguous view would be stored
     # scrambled; asarray(order="C") copies only those (and keeps 0-d arrays 0-d).
-    _write_atomically(path, {name: np.asarray(a, order="C") for name, a in tensors.items()})
+    _write_model_file(path, {name: np.asarray(a, order="C") for name, a in tensors.items()})
     return model_hash
 
 
@@ -252,25 +252,13 @@ def _make_models_dir(run_dir: Path, folder: str = MODELS_DIRNAME) -> None:
     fsync_directory(run_dir)
 
 
-def _write_atomically(path: Path, tensors: dict[str, npt.NDArray[Any]]) -> None:
-    # A random name rather than mkstemp, so the file gets the umask's mode rather than 0600.
-    temp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+def _write_model_file(path: Path, tensors: dict[str, npt.NDArray[Any]]) -> None:
+    # safetensors.numpy.save gives the very bytes save_file writes; the file gets the umask's mode.
     try:
-        safetensors.numpy.save_file(tensors, temp)
-        fd = os.open(temp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temp, path)
+        write_atomically(path, safetensors.numpy.save(tensors))
     except (OSError, SafetensorError) as e:
-        temp.unlink(missing_ok=True)
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
         raise RegistryError(f"{path}: cannot write the model file ({reason})") from None
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    fsync_directory(path.parent)
 
 
 def _check_hash(model_hash: bytes) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -23,21 +22,21 @@ import numpy as np
 from fedchain.aggregation.weights import make_rule_params
 from fedchain.config import RunConfig
 from fedchain.data.sources import ArrayDataset, load_source
+from fedchain.durable import write_atomically
 from fedchain.errors import FedchainError
 from fedchain.learning.architectures import build_model, load_numpy_state
 from fedchain.learning.training import evaluate
 from fedchain.ledger.chain import Chain
 from fedchain.ledger.signatures import CachingVerifier
-from fedchain.ledger.store import LEDGER_FILENAME
 from fedchain.rounds.admission import brief_reason
 from fedchain.rounds.coordinator import Coordinator, RoundOutcome, RoundReporter
 from fedchain.rounds.messages import encode_attack_settings
 from fedchain.rounds.validation import RoundScorer
+from fedchain.runs.layout import LEDGER_FILENAME, METRICS_FILENAME, MODEL_SUFFIX, MODELS_DIRNAME
 from fedchain.runs.prepare import load_split
-from fedchain.runs.registry import MODEL_SUFFIX, MODELS_DIRNAME, load_model
+from fedchain.runs.registry import load_model
 
 Arrays = dict[str, np.ndarray]
-METRICS_FILENAME = "metrics.json"
 
 
 class Session:
@@ -193,10 +192,7 @@ def write_metrics(
 ) -> None:
     """``metrics.json``: central accuracy and loss per round (round 0: the initial model), and
     with an attack, which clients attacked (``attack``, ``attack-scale``, ``attackers``)."""
-    target = run_dir / METRICS_FILENAME
-    scratch = target.with_suffix(".json.tmp")
     doc: dict[str, Any] = {"rounds": history}
     if attack:
         doc["attack"] = dict(attack)
-    scratch.write_text(json.dumps(doc, indent=1) + "\n")
-    os.replace(scratch, target)
+    write_atomically(run_dir / METRICS_FILENAME, (json.dumps(doc, indent=1) + "\n").encode())
