@@ -176,6 +176,32 @@ def test_invalid_non_point_public_key(signed: tuple[bytes, bytes]) -> None:
         verify_signature(b"\xff" * 32, signed[1], Domain.UPDATE, MESSAGE, FEDERATION)
 
 
+IDENTITY_POINT = bytes([1]) + bytes(31)
+UNIVERSAL_SIGNATURE = IDENTITY_POINT + bytes(32)  # R = identity, S = 0: OpenSSL accepts it for any
+
+
+def test_invalid_small_order_key_with_its_universal_signature() -> None:
+    for domain in Domain:
+        with pytest.raises(SignatureError, match="small-order point"):
+            verify_signature(IDENTITY_POINT, UNIVERSAL_SIGNATURE, domain, MESSAGE, FEDERATION)
+
+
+def test_invalid_non_canonical_signatures(signed: tuple[bytes, bytes]) -> None:
+    public, signature = signed
+    group_order = 2**252 + 27742317777372353535851937790883648493
+    malleated = int.from_bytes(signature[32:], "little") + group_order
+    with pytest.raises(SignatureError, match="S is not below the group order"):
+        verify_signature(
+            public,
+            signature[:32] + malleated.to_bytes(32, "little"),
+            Domain.UPDATE,
+            MESSAGE,
+            FEDERATION,
+        )
+    with pytest.raises(SignatureError, match="R is a small-order point"):
+        verify_signature(public, UNIVERSAL_SIGNATURE, Domain.UPDATE, MESSAGE, FEDERATION)
+
+
 def test_domain_accepts_exact_tag_bytes_only() -> None:
     tag: Any = b"fedchain/block-header/v1"
     assert compute_signing_root(tag, b"m") == compute_signing_root(Domain.BLOCK, b"m")
@@ -235,6 +261,13 @@ def test_invalid_overwrite_refused(tmp_path: Path, existing: str) -> None:
         save_identity(generate_identity(), tmp_path / "id.key", None)
     assert (tmp_path / existing).read_bytes() == b"precious"
     assert [p.name for p in tmp_path.iterdir()] == [existing]
+
+
+def test_invalid_unwritable_folder(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-folder" / "id.key"
+    with pytest.raises(KeyFileError, match="cannot create: No such file or directory"):
+        save_identity(generate_identity(), missing, None)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_invalid_private_path_ending_in_pub(tmp_path: Path) -> None:
@@ -365,6 +398,27 @@ def test_invalid_public_key_file(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "id.pub"
     path.write_bytes(content)
     with pytest.raises(KeyFileError, match="not a public key file") as info:
+        load_public_key(path)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("key", "reason"),
+    [
+        (IDENTITY_POINT, "small-order point"),
+        (bytes(32), "small-order point"),
+        (b"\xec" + b"\xff" * 30 + b"\x7f", "small-order point"),
+        (b"\xee" + b"\xff" * 30 + b"\x7f", "non-canonical"),
+        (b"\xff" * 32, "non-canonical"),
+    ],
+    ids=["identity", "order-4", "order-2", "identity-non-canonical", "non-canonical"],
+)
+def test_invalid_public_key_file_refused_by_the_ed25519_rule(
+    tmp_path: Path, key: bytes, reason: str
+) -> None:
+    path = tmp_path / "id.pub"
+    path.write_text(key.hex() + "\n")
+    with pytest.raises(KeyFileError, match=f"refused as an identity: .*{reason}") as info:
         load_public_key(path)
     assert str(path) in str(info.value)
 

@@ -92,3 +92,32 @@ def test_invalid_verifier_settings() -> None:
         CachingVerifier(cache_size=0)
     assert isinstance(PLAIN, PlainVerifier)
     assert not hasattr(PLAIN, "__dict__")  # stateless: sharing the default is safe
+
+
+def test_invalid_small_order_key_and_malleated_signature_refused_by_every_verifier() -> None:
+    """The identity point's universal signature (R = identity, S = 0), which OpenSSL accepts for
+    every message, and a valid signature with S + L: refused by both verifiers, cached or not."""
+    federation, blocks = _two_rounds(3)
+    genesis_hash = compute_hash(federation.genesis)
+    commitment = next(tx for tx in blocks[2].transactions if isinstance(tx, UpdateCommitment))
+    identity_point = bytes([1]) + bytes(31)
+    universal = identity_point + bytes(32)
+    group_order = 2**252 + 27742317777372353535851937790883648493
+    s = int.from_bytes(commitment.signature[32:], "little") + group_order
+    malleated = commitment.signature[:32] + s.to_bytes(32, "little")
+    roots = [bytes(32), b"\xab" * 32]
+    with CachingVerifier(threads=2) as caching:
+        for verifier in (PLAIN, caching):
+            for root in roots:
+                assert not verifier.verify(identity_point, universal, root)
+            jobs = [(i, identity_point, universal, root) for i, root in enumerate(roots * 20)]
+            assert verifier.verify_batch(jobs) == frozenset()  # 40 jobs: the threaded path
+            forged = dataclasses.replace(commitment, public_key=identity_point, signature=universal)
+            assert not is_signed_by(forged, identity_point, genesis_hash, verifier=verifier)
+            assert not is_signed_by(
+                dataclasses.replace(commitment, signature=malleated),
+                commitment.public_key,
+                genesis_hash,
+                verifier=verifier,
+            )
+            assert is_signed_by(commitment, commitment.public_key, genesis_hash, verifier=verifier)

@@ -5,23 +5,27 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from fedchain.crypto import ed25519
 from fedchain.crypto.identity import public_key_bytes
 from fedchain.errors import InvalidBlock, InvalidTransaction
 from fedchain.ledger.builder import (
     build_block,
     make_genesis,
     make_rules,
+    prepare_block,
     sign_attestation,
     sign_commitment,
     sign_header,
     sign_registration,
 )
+from fedchain.ledger.chain import Chain
 from fedchain.ledger.codec import compute_hash, decode, encode
 from fedchain.ledger.consensus import (
     detect_double_sign,
@@ -53,6 +57,7 @@ from fedchain.ledger.objects import (
     GenesisParticipant,
     HeaderPair,
     ModelVersion,
+    Registration,
     Rejection,
     RewardDeltas,
     SignedHeader,
@@ -74,6 +79,7 @@ from fedchain.ledger.state import (
     process_transactions,
     process_update_commitment,
 )
+from fedchain.ledger.verify import verify_ledger
 
 RUN_ID = "state-test"
 KEYS = {i: Ed25519PrivateKey.from_private_bytes(bytes([i]) * 32) for i in range(1, 7)}
@@ -1087,3 +1093,65 @@ def test_harmful_scores_lower_reputation_and_helpful_ones_restore_it(
     assert participant(after, 2).reputation_bps == 10_000
     helpful = process_transactions(after, (ContributionRecord(1, by_key([(PUB[1], 7)])),), 1)
     assert participant(helpful, 1).reputation_bps == 10_000 - penalty + penalty // 2
+
+
+# --------------------------------------------------------------------------------------------------
+# Attack: a small-order identity. The identity point's "universal" signature (R = identity, S = 0)
+# verifies every message under OpenSSL's rule, so whoever registers it lets anyone sign as it.
+
+IDENTITY_POINT = bytes([1]) + bytes(31)
+UNIVERSAL_SIGNATURE = IDENTITY_POINT + bytes(32)
+NON_CANONICAL_KEY = b"\xff" * 32
+
+
+@pytest.mark.parametrize(
+    ("key", "reason"),
+    [(IDENTITY_POINT, "small-order point"), (NON_CANONICAL_KEY, "non-canonical")],
+)
+def test_invalid_genesis_participant_key(genesis: Genesis, key: bytes, reason: str) -> None:
+    entries = [*genesis.participants, dataclasses.replace(genesis.participants[0], public_key=key)]
+    entries.sort(key=lambda entry: entry.public_key)
+    with pytest.raises(InvalidBlock, match=f"genesis: participant key .* is refused: .*{reason}"):
+        compute_genesis_state(dataclasses.replace(genesis, participants=tuple(entries)))
+
+
+def test_invalid_registration_of_a_small_order_key(pre: LedgerState) -> None:
+    tx = Registration(IDENTITY_POINT, 150, digest("attacker"), 80, UNIVERSAL_SIGNATURE)
+    with pytest.raises(InvalidTransaction, match="is refused: the public key is a small-order"):
+        process_registration(pre, tx, 0)
+
+
+def _lenient(key: object, *_: object) -> None:
+    return None
+
+
+def test_invalid_ledger_built_under_the_lenient_rule_fails_verify(
+    pre: LedgerState, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A coordinator on OpenSSL's rule registers the identity point, then anyone attests (and
+    proposes, if drawn) as it with the one universal signature. ``verify`` refuses block 1."""
+    path = tmp_path / "ledger.db"
+    registration = Registration(IDENTITY_POINT, 400, digest("attacker"), 80, UNIVERSAL_SIGNATURE)
+    with monkeypatch.context() as lenient:
+        lenient.setattr(ed25519, "check_public_key", _lenient)
+        lenient.setattr(ed25519, "check_signature", _lenient)
+        with Chain.create(path, pre.genesis) as chain:
+            state = chain.append(*_propose_as_anyone(chain.state, [registration]))
+            assert IDENTITY_POINT in state.participants  # the old rule took it
+            attestation = Attestation(IDENTITY_POINT, 1, state.head_hash, UNIVERSAL_SIGNATURE)
+            chain.append(*_propose_as_anyone(state, [attestation]))
+        assert verify_ledger(path).ok
+    report = verify_ledger(path)
+    assert report.failure is not None
+    assert report.failure.height == 1
+    assert "small-order point" in report.failure.reason
+    assert "participant key" in report.failure.reason
+
+
+def _propose_as_anyone(
+    state: LedgerState, transactions: Sequence[Transaction]
+) -> tuple[Block, LedgerState]:
+    header, post = prepare_block(state, transactions)
+    if header.proposer == IDENTITY_POINT:
+        return Block(SignedHeader(header, UNIVERSAL_SIGNATURE), tuple(transactions)), post
+    return propose(state, transactions)

@@ -22,6 +22,9 @@ Key files, always created with mode 0600:
 
 Both formats (and encrypted PKCS#8 from other tools) are read back. The public key sits next to
 the private key in ``<name>.pub`` as one line of 64 hex characters.
+
+Which keys and signatures are accepted is :mod:`fedchain.crypto.ed25519`'s one rule (libsodium's:
+no small-order or non-canonical keys, R or S); a ``.pub`` file holding a key it refuses is refused.
 """
 
 from __future__ import annotations
@@ -32,16 +35,16 @@ import enum
 import hashlib
 import os
 import re
-import secrets
 import struct
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
-from fedchain.durable import fsync_directory
+from fedchain.crypto import ed25519
+from fedchain.durable import write_atomically
 from fedchain.errors import ConfigError, KeyFileError, SignatureError
 
 __all__ = [
@@ -62,8 +65,8 @@ __all__ = [
     "verify_signature",
 ]
 
-PUBLIC_KEY_SIZE = 32
-SIGNATURE_SIZE = 64
+PUBLIC_KEY_SIZE = ed25519.PUBLIC_KEY_SIZE
+SIGNATURE_SIZE = ed25519.SIGNATURE_SIZE
 FEDERATION_ID_SIZE = 32
 NO_FEDERATION = bytes(FEDERATION_ID_SIZE)
 """The federation id used before a genesis block exists."""
@@ -130,8 +133,9 @@ def verify_signature(
 ) -> None:
     """Check a signature; return nothing, raise :class:`SignatureError` if it does not verify.
 
-    Malformed keys and signatures (wrong type or length) are signature failures too, so callers
-    handling untrusted input need to catch one error only.
+    The acceptance rule is :mod:`fedchain.crypto.ed25519`'s. Malformed keys and signatures (wrong
+    type or length, small-order or non-canonical) are signature failures too, each with its
+    reason, so callers handling untrusted input need to catch one error only.
     """
     if not isinstance(public_key, bytes) or len(public_key) != PUBLIC_KEY_SIZE:
         raise SignatureError(
@@ -142,13 +146,13 @@ def verify_signature(
             f"signature must be {SIGNATURE_SIZE} bytes, got {_describe_bytes(signature)}"
         )
     root = compute_signing_root(domain, message, federation)
-    try:
-        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, root)
-    except (InvalidSignature, ValueError) as exc:
-        raise SignatureError(
-            f"signature does not verify for key {fingerprint(public_key)} "
-            f"under domain {_check_domain(domain).decode()}"
-        ) from exc
+    if ed25519.verify(public_key, signature, root):
+        return
+    reason = ed25519.explain_refusal(public_key, signature)
+    raise SignatureError(
+        f"signature does not verify for key {fingerprint(public_key)} "
+        f"under domain {_check_domain(domain).decode()}" + ("" if reason is None else f": {reason}")
+    )
 
 
 def _check_domain(domain: Domain) -> bytes:
@@ -280,7 +284,11 @@ def is_identity_encrypted(path: Path) -> bool:
 
 
 def load_public_key(path: Path) -> bytes:
-    """Read a ``.pub`` file: one line of 64 hex characters; returns the raw 32-byte key."""
+    """Read a ``.pub`` file: one line of 64 hex characters; returns the raw 32-byte key.
+
+    A key that :mod:`fedchain.crypto.ed25519` refuses (small order, non-canonical) is refused
+    here already: no registration can be made for it.
+    """
     path = Path(path)
     text = _read_key_file(path)[0].strip()
     if len(text) != 2 * PUBLIC_KEY_SIZE or re.fullmatch(rb"[0-9a-fA-F]+", text) is None:
@@ -288,35 +296,21 @@ def load_public_key(path: Path) -> bytes:
             f"{path}: is not a public key file (expected one line of "
             f"{2 * PUBLIC_KEY_SIZE} hex characters)"
         )
-    return bytes.fromhex(text.decode("ascii"))
+    key = bytes.fromhex(text.decode("ascii"))
+    reason = ed25519.check_public_key(key)
+    if reason is not None:
+        raise KeyFileError(f"{path}: refused as an identity: {reason}")
+    return key
 
 
 def _write_new_file(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` to a new file at ``path`` without ever clobbering an existing one."""
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    """Write ``data`` to a new file at ``path`` (exact ``mode``) without ever clobbering one."""
     try:
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except OSError as exc:
-        raise KeyFileError(f"{path}: cannot create: {exc.strerror}") from exc
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), mode)  # exact mode whatever the umask
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        _link_no_clobber(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    fsync_directory(path.parent)
-
-
-def _link_no_clobber(source: Path, target: Path) -> None:
-    try:
-        os.link(source, target)
+        write_atomically(path, data, mode=mode, overwrite=False)
     except FileExistsError:
-        raise KeyFileError(f"{target}: already exists; refusing to overwrite a key file") from None
+        raise KeyFileError(f"{path}: already exists; refusing to overwrite a key file") from None
     except OSError as exc:
-        raise KeyFileError(f"{target}: cannot write: {exc.strerror}") from exc
+        raise KeyFileError(f"{path}: cannot create: {exc.strerror or exc}") from exc
 
 
 def _read_key_file(path: Path) -> tuple[bytes, int]:

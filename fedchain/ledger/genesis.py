@@ -30,7 +30,12 @@ from fedchain.ledger.objects import (
     SignedHeader,
     compute_tx_root,
 )
-from fedchain.ledger.transactions import check_size, describe_key, is_strictly_sorted
+from fedchain.ledger.transactions import (
+    check_participant_key,
+    check_size,
+    describe_key,
+    is_strictly_sorted,
+)
 
 __all__ = ["compute_genesis_block", "compute_genesis_state", "process_genesis_block"]
 
@@ -143,7 +148,7 @@ def _check_genesis(genesis: Genesis) -> None:
         raise fail("participants must be sorted by public key, each key once")
     for entry in genesis.participants:
         try:
-            check_size(entry.public_key, "public key")
+            check_participant_key(entry.public_key)
             check_size(entry.dataset_hash, "dataset hash")
         except InvalidTransaction as exc:
             raise fail(str(exc)) from None

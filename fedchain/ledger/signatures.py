@@ -1,8 +1,10 @@
 """Signature checks for the ledger: a plain serial verifier by default, a caching one on request.
 
 A :class:`Verifier` answers one question: does this exact (public key, signature, signing root)
-triple verify under Ed25519? Both implementations give the same answer for every triple, so the
-choice changes speed only, never which blocks and transactions the ledger accepts.
+triple verify under Ed25519, by fedchain's one acceptance rule (:mod:`fedchain.crypto.ed25519`:
+libsodium's, so no small-order or non-canonical key, R or S)? Both implementations give the same
+answer for every triple, so the choice changes speed only, never which blocks and transactions
+the ledger accepts.
 
 - :data:`PLAIN` (the default everywhere): serial, no cache, no threads, no state. The pure
   transition uses it unless a caller passes something else.
@@ -24,9 +26,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
+from fedchain.crypto import ed25519
 from fedchain.crypto.identity import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, compute_signing_root
 from fedchain.ledger.objects import (
     SIGNING_DOMAINS,
@@ -65,29 +65,13 @@ class Verifier(Protocol):
     def verify_batch(self, jobs: Sequence[SignatureJob]) -> frozenset[int]: ...
 
 
-def _verify_raw(key: Ed25519PublicKey, signature: bytes, root: bytes) -> bool:
-    try:
-        key.verify(signature, root)
-    except (InvalidSignature, ValueError):
-        return False
-    return True
-
-
-def _load_key(key: bytes) -> Ed25519PublicKey | None:
-    try:
-        return Ed25519PublicKey.from_public_bytes(key)
-    except ValueError:
-        return None
-
-
 class PlainVerifier:
     """Serial, uncached verification: every triple is checked from scratch, on this thread."""
 
     __slots__ = ()
 
     def verify(self, key: bytes, signature: bytes, root: bytes) -> bool:
-        loaded = _load_key(key)
-        return loaded is not None and _verify_raw(loaded, signature, root)
+        return ed25519.verify(key, signature, root)
 
     def verify_batch(self, jobs: Sequence[SignatureJob]) -> frozenset[int]:
         return frozenset(
@@ -119,7 +103,8 @@ class CachingVerifier:
         self.threads = threads
         self._cache_size = cache_size
         self._verified: dict[tuple[bytes, bytes, bytes], None] = {}
-        self._load_key = functools.lru_cache(maxsize=4096)(_load_key)
+        # parsed keys, and None for the keys the acceptance rule refuses (nothing verifies then)
+        self._load_key = functools.lru_cache(maxsize=4096)(ed25519.load_public_key)
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
 
@@ -128,7 +113,7 @@ class CachingVerifier:
         if triple in self._verified:
             return True
         loaded = self._load_key(key)
-        if loaded is None or not _verify_raw(loaded, signature, root):
+        if loaded is None or not ed25519.verify_with(loaded, signature, root):
             return False
         if len(self._verified) >= self._cache_size:
             self._verified.clear()

@@ -5,7 +5,9 @@ for one block's transactions (frozen once per block by :mod:`fedchain.ledger.sta
 the order and the error context). Each ``apply_<kind>(work, tx, encoding)`` validates its
 transaction, raising :class:`InvalidTransaction` with a message saying which check failed, and
 then records its effect on ``work``; :data:`APPLY` maps each transaction type to its rule.
-Signatures are checked through the working copy's verifier (:mod:`fedchain.ledger.signatures`).
+Signatures are checked through the working copy's verifier (:mod:`fedchain.ledger.signatures`),
+and a participant key enters the ledger only if :mod:`fedchain.crypto.ed25519` accepts it
+(:func:`check_participant_key`, for genesis participants and registrations alike).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Callable, Sequence
 from types import MappingProxyType
 from typing import Any
 
+from fedchain.crypto import ed25519
 from fedchain.crypto.identity import (
     PUBLIC_KEY_SIZE,
     SIGNATURE_SIZE,
@@ -61,6 +64,7 @@ __all__ = [
     "APPLY",
     "Apply",
     "Working",
+    "check_participant_key",
     "check_size",
     "describe_hash",
     "describe_key",
@@ -139,7 +143,7 @@ class Working:
 
 def apply_registration(work: Working, tx: Registration, encoding: bytes) -> None:
     rules = work.pre.genesis.rules
-    check_size(tx.public_key, "public key")
+    check_participant_key(tx.public_key)
     if tx.public_key in work.participants:
         raise InvalidTransaction(f"participant {describe_key(tx.public_key)} is already registered")
     if tx.stake < rules.min_stake:
@@ -395,9 +399,10 @@ def _check_signature(
     domain = SIGNING_DOMAINS[type(obj)]
     root = compute_signing_root(domain, signing_message(obj, encoding), work.pre.genesis_hash)
     if not work.verifier.verify(public_key, obj.signature, root):
+        reason = ed25519.explain_refusal(public_key, obj.signature)
         raise InvalidTransaction(
             f"bad signature on the {what}: it does not verify for key {describe_key(public_key)} "
-            f"in this federation"
+            f"in this federation" + ("" if reason is None else f": {reason}")
         )
 
 
@@ -410,6 +415,16 @@ def _check_round(work: Working, round: int, what: str) -> None:
         raise InvalidTransaction(
             f"{what} is for round {round}, but the block is round {work.round}"
         )
+
+
+def check_participant_key(key: PublicKey) -> None:
+    """Refuse a participant key the Ed25519 acceptance rule refuses (wrong size, small order,
+    non-canonical): every signature by it would be refused, and a small-order key would let
+    anyone sign as it under a lenient verifier."""
+    check_size(key, "public key")
+    reason = ed25519.check_public_key(key)
+    if reason is not None:
+        raise InvalidTransaction(f"participant key {describe_key(key)} is refused: {reason}")
 
 
 def check_size(value: bytes, what: str) -> None:
