@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -14,7 +15,6 @@ from flwr.app import ConfigRecord, Context, RecordDict
 from flwr.common.logger import FLOWER_LOGGER
 from typer.testing import CliRunner
 
-from clients import client_app as real_client
 from clients.client_app import configured_attack
 from fedchain.config import FLOWER_RULES, RunConfig, merge_config
 from fedchain.data.sources import ArrayDataset
@@ -34,9 +34,11 @@ from fedchain.learning.attacks import (
 from fedchain.ledger.objects import Rejection, SlashingEvidence, UpdateCommitment
 from fedchain.ledger.verify import verify_ledger
 from fedchain.runs.prepare import prepare_run
-from server.federate import flower_strategy, run_federation, train_settings
-from server.inprocess_grid import InProcessGrid
+from server.federate import flower_strategy, train_settings
 from tests.test_rounds import ledger_transactions
+
+if TYPE_CHECKING:
+    from tests.conftest import MakeFederation
 
 FLOWER_LOGGER.setLevel(logging.ERROR)
 
@@ -263,15 +265,16 @@ def test_a_deployed_supernode_attacks_when_its_node_config_says_so():
 # -- short federations, in process ------------------------------------------------------------
 
 
-def federate(tmp_path: Path, **settings: object):  # type: ignore[no-untyped-def]
-    config = RunConfig(run_id="t", out=str(tmp_path), model="mlp", **settings)  # type: ignore[arg-type]
-    setup = prepare_run(config)
-    grid = InProcessGrid(real_client.app, config.clients)
-    outcomes: list = []
-    accuracy = run_federation(
-        grid, config, setup.run_dir, lambda r, o, a, s: o and outcomes.append(o)
-    )
-    return setup, outcomes, accuracy
+@pytest.fixture(scope="module")
+def federate(inprocess_federation: MakeFederation):  # type: ignore[no-untyped-def]
+    """``federate(out, **settings)``: an in-process run of the real ClientApp with the small
+    model; returns (setup, outcomes, accuracy)."""
+
+    def run(out: Path, **settings: object):  # type: ignore[no-untyped-def]
+        fed = inprocess_federation(out, model="mlp", **settings).run()
+        return fed.setup, fed.outcomes, fed.accuracy
+
+    return run
 
 
 def reward_share(report, keys: list[bytes], start: int) -> float:  # type: ignore[no-untyped-def]
@@ -281,7 +284,7 @@ def reward_share(report, keys: list[bytes], start: int) -> float:  # type: ignor
 
 
 @pytest.mark.parametrize("attack", ATTACKS)
-def test_each_attack_runs_with_the_ledger_and_the_ledger_verifies(tmp_path, attack):
+def test_each_attack_runs_with_the_ledger_and_the_ledger_verifies(federate, tmp_path, attack):
     """5 clients, 2 of them attackers, 2 rounds: what the ledger makes of each attack."""
     setup, outcomes, accuracy = federate(
         tmp_path, clients=5, rounds=2, attack=attack, attackers=2, seed=1
@@ -312,7 +315,7 @@ def test_each_attack_runs_with_the_ledger_and_the_ledger_verifies(tmp_path, atta
         assert reward_share(report, keys, setup.config.stake) < 0.01
 
 
-def test_attacker_keys_come_from_the_run_setup(tmp_path):
+def test_attacker_keys_come_from_the_run_setup(federate, tmp_path):
     setup, _, _ = federate(tmp_path, clients=4, rounds=1, attack="sign-flip", attackers=1)
     (index,) = attacker_indices(setup.config)
     txs = ledger_transactions(setup.run_dir)
@@ -321,7 +324,7 @@ def test_attacker_keys_come_from_the_run_setup(tmp_path):
 
 
 @pytest.mark.parametrize("attack", ATTACKS)
-def test_each_attack_runs_with_the_ledger_off(tmp_path, attack):
+def test_each_attack_runs_with_the_ledger_off(federate, tmp_path, attack):
     _, outcomes, accuracy = federate(
         tmp_path,
         clients=4,
@@ -334,7 +337,7 @@ def test_each_attack_runs_with_the_ledger_off(tmp_path, attack):
     assert outcomes == [] and accuracy is not None and 0 <= accuracy["accuracy"] <= 1
 
 
-def test_a_scaled_attacker_wrecks_plain_fedavg_without_the_ledger(tmp_path):
+def test_a_scaled_attacker_wrecks_plain_fedavg_without_the_ledger(federate, tmp_path):
     clean = federate(tmp_path / "a", clients=4, rounds=2, ledger=False, aggregation="fedavg")[2]
     attacked_ = federate(
         tmp_path / "b",
@@ -370,7 +373,7 @@ def test_flower_strategies_are_flowers_own_classes_with_fedchains_assumptions():
 
 
 @pytest.mark.parametrize("rule", FLOWER_RULES)
-def test_each_flower_baseline_runs_in_the_same_harness(tmp_path, rule):
+def test_each_flower_baseline_runs_in_the_same_harness(federate, tmp_path, rule):
     setup, outcomes, accuracy = federate(
         tmp_path, clients=5, rounds=2, ledger=False, aggregation=rule, attack="sign-flip",
         attackers=1,
@@ -380,7 +383,7 @@ def test_each_flower_baseline_runs_in_the_same_harness(tmp_path, rule):
 
 
 @pytest.mark.parametrize("attack", ["sign-flip", "scaled", "free-rider"])
-def test_screened_keeps_attackers_out_of_the_model_and_the_rewards(tmp_path, attack):
+def test_screened_keeps_attackers_out_of_the_model_and_the_rewards(federate, tmp_path, attack):
     """The default rule: 2 of 5 clients attack for 3 rounds. No attacker's update enters a model
     version, attackers earn nothing, and the scores on the ledger recompute from the archive."""
     from fedchain.learning.attacks import attacker_indices

@@ -21,16 +21,15 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 import tomli_w
 from typer.testing import CliRunner, Result
 
-from clients.client_app import app as client_app
 from fedchain.cli import app
 from fedchain.cli.join import SupernodeProgress
-from fedchain.config import RunConfig
 from fedchain.crypto.identity import NO_FEDERATION, fingerprint, public_key_bytes
 from fedchain.deploy import processes
 from fedchain.deploy.logs import parse_flower_log_line, strip_ansi
@@ -47,12 +46,12 @@ from fedchain.runs.federation import (
     add_participant,
     init_federation,
 )
-from fedchain.runs.prepare import prepare_run
 from fedchain.runs.registration import ParticipantEntry
 from fedchain.runs.registry import read_regular_file, save_model
-from server.federate import run_federation
-from server.inprocess_grid import InProcessGrid
 from tests.test_report import PENALTY, scored_run  # noqa: F401 - scored_run is a fixture
+
+if TYPE_CHECKING:
+    from tests.conftest import MakeFederation
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -319,15 +318,16 @@ def test_report_does_not_hang_on_fifo_inputs(scored_run, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def failed_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def failed_run(
+    tmp_path_factory: pytest.TempPathFactory, inprocess_federation: MakeFederation
+) -> Path:
     """3 clients x 2 rounds through the real ServerApp logic and ClientApp, in process, with a
     learning rate that makes every update non-finite: every reply is rejected."""
     out = tmp_path_factory.mktemp("failed")
-    config = RunConfig(run_id="failed", out=str(out), clients=3, rounds=2, lr=1e30)
-    setup = prepare_run(config)
+    federation = inprocess_federation(out, run_id="failed", clients=3, rounds=2, lr=1e30)
     with contextlib.suppress(FedchainError):  # the run fails; its directory is what we read
-        run_federation(InProcessGrid(client_app, 3), config, setup.run_dir, lambda *a: None)
-    return setup.run_dir
+        federation.run()
+    return federation.setup.run_dir
 
 
 def test_report_of_a_run_in_which_every_client_failed(failed_run, tmp_path):

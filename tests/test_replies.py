@@ -52,11 +52,10 @@ from fedchain.rounds.admission import (
     compute_printable,
     quote_client_text,
 )
-from fedchain.rounds.coordinator import Coordinator, RoundOutcome
+from fedchain.rounds.coordinator import Coordinator
 from fedchain.rounds.messages import MAX_LEDGER_FIELD_BYTES
 from fedchain.runs.prepare import prepare_run
-from server.federate import run_federation
-from server.inprocess_grid import NODE_BASE, InProcessGrid
+from server.inprocess_grid import NODE_BASE
 from server.strategy import (
     compute_client_reply,
     compute_error_reason,
@@ -65,20 +64,6 @@ from server.strategy import (
 
 FLOWER_LOGGER.setLevel(logging.ERROR)
 FAST = {"aggregation": "fedavg", "contribution": "none"}
-
-
-def federate(tmp_path: Path, apps, clients: int, rounds: int, **kw):  # type: ignore[no-untyped-def]
-    config = RunConfig(run_id="t", out=str(tmp_path), clients=clients, rounds=rounds, **FAST)
-    setup = prepare_run(config)
-    outcomes: list[RoundOutcome] = []
-    run_federation(
-        InProcessGrid(apps, clients),
-        config,
-        setup.run_dir,
-        lambda r, o, a, s: outcomes.append(o) if o else None,
-        **kw,
-    )
-    return setup, outcomes
 
 
 def ledger_transactions(run_dir: Path) -> list[object]:
@@ -158,22 +143,22 @@ EXPECTED = {
 }
 
 
-def test_invalid_values_are_refused_on_record_and_the_rounds_go_on(tmp_path):
+def test_invalid_values_are_refused_on_record_and_the_rounds_go_on(inprocess_federation, tmp_path):
     """Each hostile client once stopped the round loop (OverflowError, MemoryError, TokenError)
     before round 1 was recorded; now each is one refusal and the honest clients carry on."""
     apps = lambda i: hostile(KINDS[i]) if i < len(KINDS) else real_client.app  # noqa: E731
-    setup, outcomes = federate(tmp_path, apps, clients=len(KINDS) + 2, rounds=2)
-    report = verify_ledger(setup.run_dir)
+    fed = inprocess_federation(tmp_path, apps, clients=len(KINDS) + 2, rounds=2, **FAST).run()
+    report = verify_ledger(fed.setup.run_dir)
     assert report.ok, report.failure
-    assert [o.accepted for o in outcomes] == [2, 2]
+    assert [o.accepted for o in fed.outcomes] == [2, 2]
     rejections = {
         (tx.public_key, tx.round): tx.reason
-        for tx in ledger_transactions(setup.run_dir)
+        for tx in ledger_transactions(fed.setup.run_dir)
         if isinstance(tx, Rejection)
     }
     for i, kind in enumerate(KINDS):
-        key = setup.public_keys[i]
-        for outcome in outcomes:
+        key = fed.setup.public_keys[i]
+        for outcome in fed.outcomes:
             (decision,) = [d for d in outcome.decisions if d.node_id == NODE_BASE + i]
             assert not decision.accepted and EXPECTED[kind] in decision.reason, decision
             if kind == "commitment-int":  # no readable commitment: it never showed a key
@@ -183,21 +168,21 @@ def test_invalid_values_are_refused_on_record_and_the_rounds_go_on(tmp_path):
                 assert EXPECTED[kind] in rejections[(key, outcome.round)]
 
 
-def test_invalid_error_text_is_quoted_escaped_and_capped(tmp_path):
+def test_invalid_error_text_is_quoted_escaped_and_capped(inprocess_federation, tmp_path):
     """Round 1 honest (its key is proven), round 2 an error reply with text written to look
     like the coordinator's words and to drive a terminal."""
     apps = lambda i: hostile("error-text") if i == 0 else real_client.app  # noqa: E731
-    setup, outcomes = federate(tmp_path, apps, clients=3, rounds=2)
-    assert verify_ledger(setup.run_dir).ok
+    fed = inprocess_federation(tmp_path, apps, clients=3, rounds=2, **FAST).run()
+    assert verify_ledger(fed.setup.run_dir).ok
     (reason,) = [
         tx.reason
-        for tx in ledger_transactions(setup.run_dir)
-        if isinstance(tx, Rejection) and tx.public_key == setup.public_keys[0]
+        for tx in ledger_transactions(fed.setup.run_dir)
+        if isinstance(tx, Rejection) and tx.public_key == fed.setup.public_keys[0]
     ]
     assert reason.startswith('client error, in its own words: "RuntimeError: … \\x1b[2J')
     assert '\\"coordinator: slash alice\\"\\t' in reason and reason.endswith('…"')
     assert reason.isprintable() and len(reason) <= MAX_REASON_CHARS
-    assert outcomes[1].rejected[0].reason == reason
+    assert fed.outcomes[1].rejected[0].reason == reason
 
 
 # -- in process: a replayed public commitment must not smear its signer --------------------------
@@ -245,7 +230,9 @@ def simulated_keys(tmp_path: Path) -> list[bytes]:
 
 
 @pytest.mark.parametrize("registered", [False, True])
-def test_invalid_replayed_commitment_puts_nothing_on_its_signer(tmp_path, registered):
+def test_invalid_replayed_commitment_puts_nothing_on_its_signer(
+    inprocess_federation, tmp_path, registered
+):
     """Client 0 replays client 1's public commitment (and attestation), then writes its own
     accusation. Nothing is recorded against client 1; what client 0 did is recorded against
     client 0's key when its node is registered (deployment), else reported by node id."""
@@ -253,18 +240,18 @@ def test_invalid_replayed_commitment_puts_nothing_on_its_signer(tmp_path, regist
     attacker, victim = keys[0], keys[1]
     apps = lambda i: replayer(victim) if i == 0 else real_client.app  # noqa: E731
     kw = {"node_keys": {NODE_BASE + i: key for i, key in enumerate(keys)}} if registered else {}
-    setup, outcomes = federate(tmp_path / "run", apps, clients=3, rounds=5, **kw)
-    assert list(setup.public_keys) == keys
-    report = verify_ledger(setup.run_dir)
+    fed = inprocess_federation(tmp_path / "run", apps, clients=3, rounds=5, **FAST).run(**kw)
+    assert list(fed.setup.public_keys) == keys
+    report = verify_ledger(fed.setup.run_dir)
     assert report.ok, report.failure
-    txs = ledger_transactions(setup.run_dir)
+    txs = ledger_transactions(fed.setup.run_dir)
     against = [tx for tx in txs if isinstance(tx, Rejection | SlashingEvidence)]
     assert victim not in [named_key(tx) for tx in against]
     commits = [
         tx.round for tx in txs if isinstance(tx, UpdateCommitment) and tx.public_key == victim
     ]
     assert commits == [1, 2, 3, 4, 5]
-    decisions = [d for o in outcomes for d in o.decisions if d.node_id == NODE_BASE]
+    decisions = [d for o in fed.outcomes for d in o.decisions if d.node_id == NODE_BASE]
     assert len(decisions) == 5 and not any(d.accepted for d in decisions)
     assert all("commitment refused" in d.reason for d in decisions[2:4])
     assert "in its own words" in decisions[4].reason and "slash them" in decisions[4].reason

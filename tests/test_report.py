@@ -14,15 +14,14 @@ import shutil
 import sqlite3
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 from flwr.common.logger import FLOWER_LOGGER
 from typer.testing import CliRunner
 
-from clients.client_app import app as client_app
 from fedchain.cli import app
-from fedchain.config import RunConfig
 from fedchain.crypto.identity import fingerprint, public_key_bytes
 from fedchain.ledger.builder import build_block, make_rules, sign_attestation, sign_commitment
 from fedchain.ledger.chain import Chain
@@ -45,10 +44,10 @@ from fedchain.ledger.store import LedgerStore
 from fedchain.ledger.synthetic import SyntheticFederation
 from fedchain.ledger.verify import verify_ledger
 from fedchain.rounds.rewards import compute_reward_split
-from fedchain.runs.prepare import prepare_run
 from fedchain.runs.registry import save_model
-from server.federate import run_federation
-from server.inprocess_grid import InProcessGrid
+
+if TYPE_CHECKING:
+    from tests.conftest import MakeFederation
 
 FLOWER_LOGGER.setLevel(logging.ERROR)
 runner = CliRunner()
@@ -73,17 +72,19 @@ PLOTS = ("plot-accuracy", "plot-contributions", "plot-rewards", "plot-stake")
 
 
 @pytest.fixture(scope="module")
-def clean_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def clean_run(
+    tmp_path_factory: pytest.TempPathFactory, inprocess_federation: MakeFederation
+) -> Path:
     """3 honest clients x 3 rounds through the real ServerApp logic and ClientApp, in process."""
     out = tmp_path_factory.mktemp("clean")
-    config = RunConfig(run_id="clean", out=str(out), clients=3, rounds=3)
-    setup = prepare_run(config)
+    federation = inprocess_federation(out, run_id="clean", clients=3, rounds=3)
+    setup = federation.setup
     metrics: list[dict[str, object]] = []
 
     def on_round(round_, outcome, accuracy, seconds):  # type: ignore[no-untyped-def]
         metrics.append({"round": round_, "accuracy": accuracy, "seconds": seconds})
 
-    run_federation(InProcessGrid(client_app, 3), config, setup.run_dir, on_round)
+    federation.run(report=on_round)
     metrics_file = setup.run_dir / "metrics.json"
     if not metrics_file.exists():  # a coordinator that does not write it yet: as it would
         metrics_file.write_text(json.dumps({"rounds": metrics}))

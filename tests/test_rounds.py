@@ -19,7 +19,6 @@ from flwr.clientapp import ClientApp
 from flwr.common.logger import FLOWER_LOGGER
 
 from clients import client_app as real_client
-from fedchain.config import RunConfig
 from fedchain.crypto.hashing import compute_update_hash
 from fedchain.data.holder import load_simulated_holder
 from fedchain.errors import InvalidBlock
@@ -35,25 +34,10 @@ from fedchain.ledger.objects import (
 )
 from fedchain.ledger.store import LedgerStore
 from fedchain.ledger.verify import verify_ledger
-from fedchain.rounds.coordinator import RoundOutcome
 from fedchain.rounds.recheck import recheck_scores
-from fedchain.runs.prepare import prepare_run
-from server.federate import run_federation
-from server.inprocess_grid import NODE_BASE, InProcessGrid
+from server.inprocess_grid import NODE_BASE
 
 FLOWER_LOGGER.setLevel(logging.ERROR)
-
-
-def run(tmp_path: Path, apps, clients: int, rounds: int, down: set[int] = frozenset(), **kw):  # type: ignore[no-untyped-def]
-    config = RunConfig(run_id="t", out=str(tmp_path), clients=clients, rounds=rounds, **kw)
-    setup = prepare_run(config)
-    grid = InProcessGrid(apps, clients)
-    grid.down = {NODE_BASE + i for i in down}
-    outcomes: list[RoundOutcome] = []
-    accuracy = run_federation(
-        grid, config, setup.run_dir, lambda r, o, a, s: outcomes.append(o) if o else None
-    )
-    return setup, grid, outcomes, accuracy
 
 
 def ledger_transactions(run_dir: Path) -> list[object]:
@@ -61,23 +45,25 @@ def ledger_transactions(run_dir: Path) -> list[object]:
         return [tx for s in store.iter_blocks() for tx in decode(Block, s.data).transactions]
 
 
-def test_rounds_register_models_blocks_and_checkpoints(tmp_path):
-    setup, grid, outcomes, accuracy = run(tmp_path, real_client.app, clients=4, rounds=3)
-    report = verify_ledger(setup.run_dir)
+def test_rounds_register_models_blocks_and_checkpoints(inprocess_federation, tmp_path):
+    fed = inprocess_federation(tmp_path, real_client.app, clients=4, rounds=3).run()
+    report = verify_ledger(fed.setup.run_dir)
     assert report.ok, report.failure
-    assert [o.accepted for o in outcomes] == [4, 4, 4]
+    assert [o.accepted for o in fed.outcomes] == [4, 4, 4]
     # 3 round blocks + the closing block; the closing block finalises round 3's block
     assert report.head_height == 4 and report.final_height == 3
     assert report.tx_counts["UpdateCommitment"] == 12 and report.tx_counts["ModelVersion"] == 3
-    assert len(report.model_versions) == 3 and accuracy is not None
-    for context in grid.contexts.values():  # every client holds a checkpoint it checked
+    assert len(report.model_versions) == 3 and fed.accuracy is not None
+    for context in fed.grid.contexts.values():  # every client holds a checkpoint it checked
         assert int(context.state["fedchain"]["final-height"]) >= 2
     assert report.total_stake == 4 * 1_000_000 + 3 * 10_000  # every round's pool paid out
     assert report.tx_counts["ContributionRecord"] == 3  # rewards follow recorded scores
-    metrics = json.loads((setup.run_dir / "metrics.json").read_text())["rounds"]
+    metrics = json.loads((fed.setup.run_dir / "metrics.json").read_text())["rounds"]
     assert [m["round"] for m in metrics] == [0, 1, 2, 3] and metrics[3]["accepted"] == 4
     # each message's group is its ledger round (a SuperNode logs it; fedchain join prints it)
-    train_groups = {m.metadata.group_id for m in grid.sent if m.metadata.message_type == "train"}
+    train_groups = {
+        m.metadata.group_id for m in fed.grid.sent if m.metadata.message_type == "train"
+    }
     assert train_groups == {"1", "2", "3"}
 
 
@@ -160,24 +146,24 @@ EXPECTED_REASON = {
 }
 
 
-def test_each_misbehaviour_is_rejected_recorded_and_the_run_goes_on(tmp_path):
+def test_each_misbehaviour_is_rejected_recorded_and_the_run_goes_on(inprocess_federation, tmp_path):
     """Clients 0..6 each misbehave one way; clients 7..9 are honest."""
     apps = lambda i: misbehaving(ATTACKS[i]) if i < len(ATTACKS) else real_client.app  # noqa: E731
-    setup, _, outcomes, _ = run(tmp_path, apps, clients=10, rounds=2)
-    report = verify_ledger(setup.run_dir)
+    fed = inprocess_federation(tmp_path, apps, clients=10, rounds=2).run()
+    report = verify_ledger(fed.setup.run_dir)
     assert report.ok, report.failure
-    assert len(outcomes) == 2
+    assert len(fed.outcomes) == 2
     # round 1: honest 3 + replay (its first round is honest) + raises (raises from round 2)
-    assert outcomes[0].accepted == 5 and outcomes[1].accepted == 3
-    keys = {i: setup.public_keys[i] for i in range(10)}
-    txs = ledger_transactions(setup.run_dir)
+    assert fed.outcomes[0].accepted == 5 and fed.outcomes[1].accepted == 3
+    keys = {i: fed.setup.public_keys[i] for i in range(10)}
+    txs = ledger_transactions(fed.setup.run_dir)
     rejections = {(tx.public_key, tx.round): tx.reason for tx in txs if isinstance(tx, Rejection)}
     for i, attack in enumerate(ATTACKS):
         if attack == "hash-mismatch":
             continue
         if attack == "forged-signature":  # it never proved it holds a key: named by node only
             assert not any(key == keys[i] for key, _ in rejections)
-            refused = [d for o in outcomes for d in o.rejected if d.node_id == NODE_BASE + i]
+            refused = [d for o in fed.outcomes for d in o.rejected if d.node_id == NODE_BASE + i]
             assert len(refused) == 2 and all(d.public_key is None for d in refused)
             assert all("bad signature" in d.reason for d in refused)
             continue
@@ -193,27 +179,27 @@ def test_each_misbehaviour_is_rejected_recorded_and_the_run_goes_on(tmp_path):
     assert commits[keys[9]] == 2 and commits[keys[0]] == 0 and commits[keys[1]] == 0
 
 
-def test_a_dead_proposer_is_replaced_and_the_round_goes_on(tmp_path):
+def test_a_dead_proposer_is_replaced_and_the_round_goes_on(inprocess_federation, tmp_path):
     """Client 0 never answers: whenever it is drawn to seal, the next draw seals instead."""
-    setup, _, outcomes, _ = run(tmp_path, real_client.app, clients=3, rounds=4, down={0})
-    report = verify_ledger(setup.run_dir)
+    fed = inprocess_federation(tmp_path, real_client.app, clients=3, rounds=4, down={0}).run()
+    report = verify_ledger(fed.setup.run_dir)
     assert report.ok, report.failure
-    assert [o.accepted for o in outcomes] == [2, 2, 2, 2]
+    assert [o.accepted for o in fed.outcomes] == [2, 2, 2, 2]
     assert report.head_height == 5
 
 
-def test_client_refuses_a_head_that_rewrites_its_final_block(tmp_path):
+def test_client_refuses_a_head_that_rewrites_its_final_block(inprocess_federation, tmp_path):
     from fedchain.ledger.lightclient import check_head
 
-    setup, grid, _, _ = run(tmp_path, real_client.app, clients=3, rounds=3)
-    context = next(iter(grid.contexts.values()))
+    fed = inprocess_federation(tmp_path, real_client.app, clients=3, rounds=3).run()
+    context = next(iter(fed.grid.contexts.values()))
     saved = Checkpoint(
         int(context.state["fedchain"]["final-height"]),
         bytes(context.state["fedchain"]["final-hash"]),
     )
-    with LedgerStore.open(setup.run_dir / "ledger.db", readonly=True) as store:
+    with LedgerStore.open(fed.setup.run_dir / "ledger.db", readonly=True) as store:
         headers = [decode(Block, s.data).signed_header for s in store.iter_blocks()]
-    genesis_hash = verify_ledger(setup.run_dir).genesis_hash
+    genesis_hash = verify_ledger(fed.setup.run_dir).genesis_hash
     assert check_head(saved, headers, saved.height, None, genesis_hash) == saved
     forged = list(headers)
     original = forged[saved.height]
@@ -224,35 +210,37 @@ def test_client_refuses_a_head_that_rewrites_its_final_block(tmp_path):
         check_head(saved, forged, saved.height, None, genesis_hash)
 
 
-def test_ledger_off_runs_plain_fedavg_and_writes_no_ledger(tmp_path):
-    setup, grid, outcomes, accuracy = run(
+def test_ledger_off_runs_plain_fedavg_and_writes_no_ledger(inprocess_federation, tmp_path):
+    fed = inprocess_federation(
         tmp_path, real_client.app, clients=3, rounds=2, ledger=False, aggregation="fedavg"
-    )
-    assert not (setup.run_dir / "ledger.db").exists() and outcomes == []
-    assert accuracy is not None and accuracy["accuracy"] > 0.3
-    assert all("fedchain" not in c.state for c in grid.contexts.values())  # nothing signed
+    ).run()
+    assert not (fed.setup.run_dir / "ledger.db").exists() and fed.outcomes == []
+    assert fed.accuracy is not None and fed.accuracy["accuracy"] > 0.3
+    assert all("fedchain" not in c.state for c in fed.grid.contexts.values())  # nothing signed
 
 
 @pytest.mark.parametrize("method", ["leave-one-out", "gtg-shapley", "gradient-similarity"])
-def test_contribution_scores_split_rewards_and_updates_are_archived(tmp_path, method):
+def test_contribution_scores_split_rewards_and_updates_are_archived(
+    inprocess_federation, tmp_path, method
+):
     apps = lambda i: misbehaving("raises") if i == 0 else real_client.app  # noqa: E731
-    setup, _, _, _ = run(tmp_path, apps, clients=4, rounds=2, contribution=method)
-    report = verify_ledger(setup.run_dir)
+    fed = inprocess_federation(tmp_path, apps, clients=4, rounds=2, contribution=method).run()
+    report = verify_ledger(fed.setup.run_dir)
     assert report.ok, report.failure
-    txs = ledger_transactions(setup.run_dir)
+    txs = ledger_transactions(fed.setup.run_dir)
     records = [tx for tx in txs if isinstance(tx, ContributionRecord)]
     assert [r.round for r in records] == [1, 2]
     assert len(records[1].scores) == 3  # client 0 raised in round 2: not scored
     assert any(score > 0 for _, score in records[1].scores)
-    archived = {p.name.split(".")[0] for p in (setup.run_dir / "updates").iterdir()}
+    archived = {p.name.split(".")[0] for p in (fed.setup.run_dir / "updates").iterdir()}
     committed = {tx.update_hash.hex() for tx in txs if isinstance(tx, UpdateCommitment)}
     assert committed <= archived
-    check = recheck_scores(setup.run_dir, report, setup.config)
+    check = recheck_scores(fed.setup.run_dir, report, fed.setup.config)
     assert check.rounds == 2 and not check.problems and check.max_difference <= 0.005
     # an archived update that no longer holds what was committed is reported
-    victim = setup.run_dir / "updates" / f"{sorted(committed)[0]}.safetensors"
+    victim = fed.setup.run_dir / "updates" / f"{sorted(committed)[0]}.safetensors"
     victim.write_bytes(victim.read_bytes()[:-8] + bytes(8))
     assert any(
         "altered" in p or "differ" in p
-        for p in recheck_scores(setup.run_dir, report, setup.config).problems
+        for p in recheck_scores(fed.setup.run_dir, report, fed.setup.config).problems
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from flwr.app import Context, Message
@@ -26,8 +27,9 @@ from fedchain.errors import ConfigError, FedchainError, PartitionError
 from fedchain.ledger.verify import verify_ledger
 from fedchain.rounds.admission import brief_reason
 from fedchain.runs.prepare import prepare_run
-from server.federate import run_federation
-from server.inprocess_grid import InProcessGrid
+
+if TYPE_CHECKING:
+    from tests.conftest import MakeFederation
 
 runner = CliRunner()
 SMALL = {"clients": 2, "rounds": 1, "model": "mlp"}
@@ -172,16 +174,21 @@ def _training_fails(*args: object, **kwargs: object) -> object:
 
 @pytest.mark.parametrize("ledger", [True, False])
 def test_invalid_run_where_every_client_fails_is_an_error_naming_why(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ledger: bool
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    inprocess_federation: MakeFederation,
+    ledger: bool,
 ):
     """Every client's training raises (the clients still answer the ledger's queries): the run
     used to print a final accuracy and exit 0; now it fails with the first rejection."""
     rule = "screened" if ledger else "fedavg"
-    config = RunConfig(run_id="r", out=str(tmp_path), ledger=ledger, aggregation=rule, **SMALL)
-    setup = prepare_run(config)
+    federation = inprocess_federation(
+        tmp_path, run_id="r", ledger=ledger, aggregation=rule, **SMALL
+    )
+    setup = federation.setup
     monkeypatch.setattr(clients.client_app, "_train", _training_fails)
     with pytest.raises(FedchainError, match="no client update was") as error:
-        run_federation(InProcessGrid(clients.client_app.app, 2), config, setup.run_dir)
+        federation.run()
     message = str(error.value)
     assert "\n" not in message
     if ledger:
@@ -196,11 +203,12 @@ def _broken_train(msg: Message, context: Context) -> Message:
     raise RuntimeError("cannot open my data: wrong key")
 
 
-def test_invalid_run_where_no_client_can_even_seal_names_the_first_rejection(tmp_path: Path):
-    config = RunConfig(run_id="r", out=str(tmp_path), **{**SMALL, "rounds": 2})
-    setup = prepare_run(config)
+def test_invalid_run_where_no_client_can_even_seal_names_the_first_rejection(
+    tmp_path: Path, inprocess_federation: MakeFederation
+):
+    federation = inprocess_federation(tmp_path, broken_app, run_id="r", **{**SMALL, "rounds": 2})
     with pytest.raises(FedchainError) as error:
-        run_federation(InProcessGrid(broken_app, 2), config, setup.run_dir)
+        federation.run()
     message = str(error.value)
     assert "no client update was accepted in round 1" in message and "wrong key" in message
 
@@ -251,9 +259,7 @@ def test_invalid_resume_is_one_line(tmp_path: Path, make, args, message):
     assert snapshot(tmp_path) == before
 
 
-def test_invalid_resume_of_a_finished_run(tmp_path: Path):
-    config = RunConfig(run_id="r", out=str(tmp_path), **SMALL)
-    setup = prepare_run(config)
-    run_federation(InProcessGrid(clients.client_app.app, 2), config, setup.run_dir)
+def test_invalid_resume_of_a_finished_run(tmp_path: Path, inprocess_federation: MakeFederation):
+    setup = inprocess_federation(tmp_path, run_id="r", **SMALL).run().setup
     with pytest.raises(ConfigError, match="all 1 rounds are on the ledger; nothing to resume"):
         resumable_run(setup.run_dir)

@@ -1,0 +1,126 @@
+"""clients.client_app: a Flower Message -> decode, check, train, sign -> the reply Message.
+
+Pre -> op -> post: a prepared run of two clients at genesis (its data, keys and initial model);
+a train or query Message as the coordinator words it (:mod:`fedchain.rounds.messages`), delivered
+to the real ClientApp on an in-process grid; then the reply's records, as the coordinator reads
+them (:func:`server.strategy.parse_reply`), and the client's saved checkpoint.
+Negative cases are named ``test_invalid_*``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+
+from clients import client_app
+from fedchain.config import RunConfig
+from fedchain.crypto.hashing import compute_update_hash
+from fedchain.ledger.builder import prepare_block
+from fedchain.ledger.codec import decode
+from fedchain.ledger.genesis import compute_genesis_block, compute_genesis_state
+from fedchain.ledger.lightclient import Checkpoint
+from fedchain.ledger.objects import Attestation, BlockHeader, UpdateCommitment
+from fedchain.rounds import messages as m
+from fedchain.runs.prepare import RunSetup, prepare_run
+from fedchain.runs.registry import load_model
+from server.inprocess_grid import NODE_BASE, InProcessGrid
+from server.strategy import parse_reply, to_array_record
+
+Arrays = dict[str, np.ndarray]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> RunSetup:
+    out = tmp_path_factory.mktemp("client")
+    return prepare_run(RunConfig(run_id="client", out=str(out), clients=2, rounds=1, model="mlp"))
+
+
+@pytest.fixture(scope="module")
+def model(setup: RunSetup) -> Arrays:
+    return load_model(setup.run_dir, setup.genesis.initial_model_hash)
+
+
+def config(setup: RunSetup, pending: BlockHeader | None = None, **settings: Any) -> ConfigRecord:
+    """Round 1's config: the run settings, the base model and the ledger view at genesis."""
+    genesis = compute_genesis_block(setup.genesis)
+    state = compute_genesis_state(setup.genesis)
+    view = m.encode_ledger_view(
+        state.genesis_hash, setup.genesis.run_id, [genesis.signed_header], 0, pending
+    )
+    return ConfigRecord(
+        {
+            **m.encode_train_settings(setup.config, setup.run_dir),
+            m.SERVER_ROUND: 1,
+            m.BASE_MODEL_HASH: setup.genesis.initial_model_hash,
+            **view,
+            **settings,
+        }
+    )
+
+
+def deliver(grid: InProcessGrid, client: int, content: RecordDict, kind: str) -> Message:
+    (reply,) = grid.send_and_receive([Message(content, NODE_BASE + client, kind)])
+    return reply
+
+
+def train(grid: InProcessGrid, client: int, record: ConfigRecord, model: Arrays) -> Message:
+    content = RecordDict({m.CONFIG: record, m.ARRAYS: to_array_record(model)})
+    return deliver(grid, client, content, MessageType.TRAIN)
+
+
+def test_a_train_message_is_answered_with_an_update_and_its_signed_commitment(setup, model):
+    grid = InProcessGrid(client_app.app, 2)
+    reply = train(grid, 0, config(setup), model)
+    assert not reply.has_error() and set(reply.content) == {m.ARRAYS, m.METRICS, m.DUTIES}
+    read = parse_reply(reply, model=model)  # as the coordinator reads it: nothing wrong
+    assert read.error == "" and read.update is not None and read.seal == read.attestation == b""
+    assert read.num_examples == setup.num_examples[0] and read.checkpoint == 0
+    commitment = decode(UpdateCommitment, read.commitment)
+    assert commitment.public_key == setup.public_keys[0] and commitment.round == 1
+    assert commitment.run_id == "client"
+    assert commitment.base_model_hash == setup.genesis.initial_model_hash
+    assert commitment.update_hash == compute_update_hash(read.update)
+    assert commitment.num_examples == read.num_examples
+    saved = grid.contexts[NODE_BASE].state[m.DUTIES]
+    assert m.decode_checkpoint(saved).height == 0  # the checkpoint it now holds
+
+
+def test_ledger_off_sends_the_trained_weights_and_signs_nothing(setup, model):
+    on = parse_reply(train(InProcessGrid(client_app.app, 2), 0, config(setup), model), model=model)
+    grid = InProcessGrid(client_app.app, 2)
+    reply = train(grid, 0, config(setup, ledger=False), model)
+    assert not reply.has_error() and set(reply.content) == {m.ARRAYS, m.METRICS}
+    assert m.DUTIES not in grid.contexts[NODE_BASE].state
+    assert on.update is not None
+    for name, array in reply.content[m.ARRAYS].items():  # the same training, sent as weights
+        np.testing.assert_allclose(array.numpy(), model[name] + on.update[name], atol=1e-6)
+
+
+def test_a_query_is_answered_with_ledger_duties_and_only_the_proposer_seals(setup, model):
+    state = compute_genesis_state(setup.genesis)
+    pending, _ = prepare_block(state, [], round=1)
+    grid = InProcessGrid(client_app.app, 2)
+    seals = []
+    for client in range(2):
+        content = RecordDict({m.CONFIG: config(setup, pending)})
+        reply = deliver(grid, client, content, MessageType.QUERY)
+        assert not reply.has_error() and set(reply.content) == {m.DUTIES}
+        read = parse_reply(reply)
+        attestation = decode(Attestation, read.attestation)
+        assert attestation.validator == setup.public_keys[client] and attestation.height == 1
+        seals.append(bool(read.seal))
+        assert bool(read.seal) == (pending.proposer == setup.public_keys[client])
+    assert sum(seals) == 1
+
+
+def test_invalid_a_view_that_rewrites_the_clients_final_block_is_refused(setup, model):
+    grid = InProcessGrid(client_app.app, 2)
+    context = grid.contexts[NODE_BASE]
+    forged = Checkpoint(0, b"\x07" * 32)  # it saw another block 0 final
+    context.state[m.DUTIES] = ConfigRecord(m.encode_checkpoint(forged))
+    reply = train(grid, 0, config(setup), model)
+    assert reply.has_error() and "does not extend the last final block" in reply.error.reason
+    assert m.decode_checkpoint(context.state[m.DUTIES]) == forged  # kept, not moved
