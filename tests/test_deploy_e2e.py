@@ -30,7 +30,7 @@ from fedchain.ledger.codec import decode
 from fedchain.ledger.objects import Block, Rejection, SlashingEvidence
 from fedchain.ledger.store import LedgerStore
 from fedchain.ledger.verify import verify_ledger
-from fedchain.runs import federation, registration
+from fedchain.runs import federation, layout, registration
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 FEDCHAIN = [sys.executable, "-m", "fedchain"]
@@ -162,7 +162,7 @@ def join(base: Path, name: str, address: str, ca: Path, **extra: str) -> subproc
 
 def test_coordinator_and_joined_clients_over_tls(world):  # type: ignore[no-untyped-def]
     base, fed_dir = world
-    run_dir = federation.run_dir_of(fed_dir)
+    run_dir = layout.run_dir_of(fed_dir)
     ca = fed_dir / "certs" / "ca.crt"
     link_pid = fed_dir / "superlink" / "superlink.pid"
     joins: dict[str, subprocess.Popen[bytes]] = {}

@@ -30,7 +30,8 @@ from fedchain.ledger.codec import decode
 from fedchain.ledger.objects import Block, Registration
 from fedchain.ledger.store import LedgerStore
 from fedchain.ledger.verify import verify_ledger
-from fedchain.runs import federation
+from fedchain.runs import federation, layout
+from fedchain.runs.layout import MODELS_DIRNAME
 from fedchain.runs.registration import (
     MAX_TOML_SIZE,
     ParticipantEntry,
@@ -38,7 +39,7 @@ from fedchain.runs.registration import (
     decode_registration_file,
     encode_registration_file,
 )
-from fedchain.runs.registry import MODELS_DIRNAME, find_unregistered_files
+from fedchain.runs.registry import find_unregistered_files
 from server.deployment import run_deployment
 from server.inprocess_grid import NODE_BASE, InProcessGrid
 
@@ -148,7 +149,7 @@ def test_invalid_simulation_setting_refused(tmp_path):
 def test_deployment_runs_and_resumes_after_a_crash(tmp_path):
     nodes = make_holders(tmp_path, 3)
     fed_dir = make_federation(tmp_path, nodes)
-    run_dir = federation.run_dir_of(fed_dir)
+    run_dir = layout.run_dir_of(fed_dir)
 
     crashing = CrashingGrid(real_client.app, 3)
     for i, node in enumerate(nodes):
@@ -247,10 +248,10 @@ def test_registered_node_keys_map_flower_node_ids_to_participants(tmp_path):
     loaded = federation.load_federation(fed_dir)
     assert federation.registered_node_keys(loaded) == {}  # never started: nothing registered
     state = {"nodes": {"h0": 11, "h1": 22, "gone": 33, "h2": "x"}}
-    (fed_dir / federation.COORDINATOR_STATE_FILE).write_text(json.dumps(state))
+    (fed_dir / layout.COORDINATOR_STATE_FILENAME).write_text(json.dumps(state))
     keys = {p.name: p.public_key for p in loaded.participants}
     assert federation.registered_node_keys(loaded) == {11: keys["h0"], 22: keys["h1"]}
-    (fed_dir / federation.COORDINATOR_STATE_FILE).write_text("{not json")
+    (fed_dir / layout.COORDINATOR_STATE_FILENAME).write_text("{not json")
     assert federation.registered_node_keys(loaded) == {}
 
 
@@ -347,11 +348,11 @@ def test_invalid_add_refuses_provably_bad_registrations(tmp_path, make, match):
     federation.init_federation(fed_dir, name="f", settings={})
     first = signed_entry("first", dataset_hash=b"\x01" * 32)
     federation.add_participant(fed_dir, first)
-    before = (fed_dir / federation.FEDERATION_FILE).read_text()
+    before = (fed_dir / layout.FEDERATION_FILENAME).read_text()
     with pytest.raises((ConfigError, SignatureError), match=match) as e:
         federation.add_participant(fed_dir, make())
     assert "\n" not in str(e.value)
-    assert (fed_dir / federation.FEDERATION_FILE).read_text() == before
+    assert (fed_dir / layout.FEDERATION_FILENAME).read_text() == before
 
 
 # --------------------------------------------------------------------------------------------------
@@ -511,7 +512,7 @@ def test_cli_federation_show_is_readable_at_80_columns(tmp_path):
     ],
 )
 def test_invalid_federation_file_is_one_error(tmp_path, federation_toml, match):
-    (tmp_path / federation.FEDERATION_FILE).write_text(federation_toml)
+    (tmp_path / layout.FEDERATION_FILENAME).write_text(federation_toml)
     with pytest.raises(ConfigError, match=match) as e:
         federation.load_federation(tmp_path)
     assert "\n" not in str(e.value)

@@ -40,12 +40,8 @@ from fedchain.ledger.consensus import get_proposer
 from fedchain.ledger.objects import GenesisParticipant, Rejection
 from fedchain.ledger.show import printable
 from fedchain.ledger.synthetic import derive_key
-from fedchain.runs.federation import (
-    FEDERATION_FILE,
-    RUN_DIRNAME,
-    add_participant,
-    init_federation,
-)
+from fedchain.runs.federation import add_participant, init_federation
+from fedchain.runs.layout import FEDERATION_FILENAME, RUN_DIRNAME
 from fedchain.runs.registration import ParticipantEntry
 from fedchain.runs.registry import read_regular_file, save_model
 from tests.test_report import PENALTY, scored_run  # noqa: F401 - scored_run is a fixture
@@ -99,10 +95,10 @@ def fed_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         )
         entries.append(ParticipantEntry(name, reg))
         add_participant(fed, entries[-1])
-    doc = tomllib.loads((fed / FEDERATION_FILE).read_text())
+    doc = tomllib.loads((fed / FEDERATION_FILENAME).read_text())
     doc["participants"][2]["name"] = "mallory"
     doc["participants"][2]["signature"] = "00" * 64  # not carol's: her name must not show
-    (fed / FEDERATION_FILE).write_text(tomli_w.dumps(doc))
+    (fed / FEDERATION_FILENAME).write_text(tomli_w.dumps(doc))
     run_dir = fed / RUN_DIRNAME
     initial = save_model(run_dir, {"w": np.zeros(4, np.float32)})
     genesis = make_genesis(

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from fedchain.cli.common import PASSPHRASE_ENV, console, make_app, read_passphrase
 from fedchain.data import datafile, keys
+from fedchain.data.header import MAX_CHUNK_SIZE
 from fedchain.data.partition import label_histogram, partition
 from fedchain.data.sources import load_source
 from fedchain.errors import ConfigError
@@ -111,9 +112,7 @@ def encrypt(
     passphrase_env: PassEnvOpt = PASSPHRASE_ENV,
     chunk_size: Annotated[
         int,
-        typer.Option(
-            min=1, max=datafile.MAX_CHUNK_SIZE, help="Plaintext bytes per encrypted chunk."
-        ),
+        typer.Option(min=1, max=MAX_CHUNK_SIZE, help="Plaintext bytes per encrypted chunk."),
     ] = datafile.DEFAULT_CHUNK_SIZE,
     force: Annotated[bool, typer.Option("--force", help="Overwrite existing files.")] = False,
 ) -> None:

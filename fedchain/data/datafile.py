@@ -48,10 +48,8 @@ import numpy as np
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from fedchain.data.header import (  # re-exported until fedchain/cli/data.py imports it from header
-    MAX_CHUNK_SIZE as MAX_CHUNK_SIZE,
-)
 from fedchain.data.header import (
+    MAX_CHUNK_SIZE,
     TAG_SIZE,
     DatasetHeader,
     check_num_chunks,

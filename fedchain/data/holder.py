@@ -19,7 +19,7 @@ from fedchain.crypto import identity
 from fedchain.data import datafile, keys
 from fedchain.data.sources import ArrayDataset
 from fedchain.errors import ConfigError, KeyFileError
-from fedchain.runs.prepare import client_data_path, client_key_path, data_key_path
+from fedchain.runs.layout import client_data_path, client_key_path, data_key_path
 
 
 @dataclass(frozen=True)

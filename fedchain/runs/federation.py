@@ -36,15 +36,6 @@ from fedchain.runs.layout import (
     LEDGER_FILENAME,
     run_dir_of,
 )
-from fedchain.runs.layout import (  # re-exported until test_federation.py imports it from layout
-    COORDINATOR_STATE_FILENAME as COORDINATOR_STATE_FILE,
-)
-from fedchain.runs.layout import (  # re-exported until test_federation, test_outputs import it
-    FEDERATION_FILENAME as FEDERATION_FILE,
-)
-from fedchain.runs.layout import (  # re-exported until test_outputs.py imports it from layout
-    RUN_DIRNAME as RUN_DIRNAME,
-)
 from fedchain.runs.prepare import make_rules_for
 from fedchain.runs.registration import (
     MAX_REGISTERED_EXAMPLES,
@@ -60,9 +51,6 @@ from fedchain.runs.registration import (
 from fedchain.runs.registry import find_unregistered_files, save_model
 
 __all__ = [
-    "COORDINATOR_STATE_FILE",
-    "FEDERATION_FILE",
-    "RUN_DIRNAME",
     "Federation",
     "add_participant",
     "compute_run_config",
@@ -71,7 +59,6 @@ __all__ = [
     "load_federation",
     "prepare_federation_run",
     "remove_unregistered_models",
-    "run_dir_of",  # re-exported until test_federation, test_deploy_e2e import it from layout
 ]
 
 MAX_JOIN_TIMEOUT = 30 * 24 * 3600  # seconds: a month

@@ -39,15 +39,9 @@ from fedchain.runs.layout import (
     CLIENTS_DIRNAME,
     CONFIG_FILENAME,
     LEDGER_FILENAME,
-)
-from fedchain.runs.layout import (  # re-exported until data/holder.py imports it from layout
-    client_data_path as client_data_path,
-)
-from fedchain.runs.layout import (  # re-exported until data/holder.py imports it from layout
-    client_key_path as client_key_path,
-)
-from fedchain.runs.layout import (  # re-exported until data/holder.py imports it from layout
-    data_key_path as data_key_path,
+    client_data_path,
+    client_key_path,
+    data_key_path,
 )
 from fedchain.runs.registry import save_model
 

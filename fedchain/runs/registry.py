@@ -42,14 +42,10 @@ from fedchain.durable import fsync_directory, write_atomically
 from fedchain.errors import ConfigError, RegistryError
 from fedchain.ledger.objects import HASH_SIZE
 from fedchain.ledger.verify import VerifyReport, verify_ledger
-from fedchain.runs.layout import MODEL_SUFFIX, UPDATES_DIRNAME
-from fedchain.runs.layout import (  # re-exported until test_federation.py imports it from layout
-    MODELS_DIRNAME as MODELS_DIRNAME,
-)
+from fedchain.runs.layout import MODEL_SUFFIX, MODELS_DIRNAME, UPDATES_DIRNAME
 
 __all__ = [
     "MIN_PREFIX_HEX",
-    "MODELS_DIRNAME",
     "ModelEntry",
     "check_model_files",
     "find_model",
