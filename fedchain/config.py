@@ -14,7 +14,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from fedchain.errors import ConfigError
 from fedchain.ledger.codec import MAX_INT
@@ -47,6 +47,14 @@ _LEDGER_OFF_NEEDS_FLOWER_RULE = (
     "with the ledger off there is no stake: aggregation must be fedavg (Flower's FedAvg) or one "
     f"of Flower's own strategies {', '.join(FLOWER_RULES)}"
 )
+RETIRED_SETTINGS = {
+    "slash_bad_commitment_bps": (
+        "slash-bad-commitment-bps is no longer a setting: an update that does not match its "
+        "signed commitment is rejected, not slashed (only the coordinator saw it, so it cannot "
+        "be proven to anyone else); remove it"
+    ),
+}
+"""Settings that once existed, each with the one line that says why it is refused now."""
 _FLOWER_RULES_NEED_OFF = (
     "the flwr-* aggregation rules are Flower's own strategies and have no stake: run them with "
     "the ledger off (--ledger off)"
@@ -86,10 +94,12 @@ class RunConfig:
     stake: int = 1_000_000
     min_stake: int = 100_000
     reward_per_round: int = 10_000
-    slash_bad_commitment_bps: int = 5_000
     slash_double_sign_bps: int = 10_000
     reputation_penalty_bps: int = 2_000
     round_timeout: float = 300.0
+    # Not a setting (RETIRED_SETTINGS refuses it): kept as a class attribute until
+    # fedchain/cli/simulate.py drops its --slash-bad-commitment-bps flag, whose help reads it.
+    slash_bad_commitment_bps: ClassVar[int] = 0
 
     def __post_init__(self) -> None:
         """Refuse a configuration that cannot run, before anything is written for it.
@@ -135,14 +145,8 @@ class RunConfig:
                 "must fit the ledger's integers (at most 2**63 - 1)",
             ),
             (
-                max(
-                    self.slash_bad_commitment_bps,
-                    self.slash_double_sign_bps,
-                    self.reputation_penalty_bps,
-                )
-                <= BPS_DENOMINATOR,
-                "slash-bad-commitment-bps, slash-double-sign-bps and reputation-penalty-bps "
-                "are basis points: 0 .. 10000",
+                max(self.slash_double_sign_bps, self.reputation_penalty_bps) <= BPS_DENOMINATOR,
+                "slash-double-sign-bps and reputation-penalty-bps are basis points: 0 .. 10000",
             ),
             (self.round_timeout > 0, "round-timeout must be positive"),
             (0 <= self.attackers <= self.clients, "attackers must be 0..clients"),
@@ -205,10 +209,13 @@ def _coerce(name: str, value: Any) -> Any:
 
 
 def merge_config(base: RunConfig, overrides: Mapping[str, Any]) -> RunConfig:
-    """``base`` with ``overrides`` (kebab- or snake-case keys) applied; unknown keys refused."""
+    """``base`` with ``overrides`` (kebab- or snake-case keys) applied; unknown keys refused,
+    retired ones (:data:`RETIRED_SETTINGS`) with the reason."""
     values: dict[str, Any] = {}
     for key, value in overrides.items():
         name = key.replace("-", "_")
+        if name in RETIRED_SETTINGS:
+            raise ConfigError(RETIRED_SETTINGS[name])
         if name not in _FIELDS:
             known = ", ".join(sorted(k.replace("_", "-") for k in _FIELDS))
             raise ConfigError(f"unknown setting {key!r}; known settings: {known}")

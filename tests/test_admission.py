@@ -19,12 +19,12 @@ from fedchain.ledger.containers import LedgerState
 from fedchain.ledger.objects import (
     Attestation,
     Rejection,
-    SlashingEvidence,
     UpdateCommitment,
 )
 from fedchain.ledger.synthetic import SyntheticFederation
 from fedchain.rounds.admission import (
     MAX_REASON_CHARS,
+    MISMATCH_REASON,
     ClientReply,
     admit_attestation,
     admit_update,
@@ -175,13 +175,14 @@ def test_invalid_update_shape(w: World) -> None:
     assert reason == "tensor b has shape (4,), the model's is (3,)"
 
 
-def test_invalid_update_not_matching_its_commitment_is_slashing_evidence(w: World) -> None:
+def test_invalid_update_not_matching_its_commitment_is_a_rejection(w: World) -> None:
+    """Only the coordinator saw the bytes that arrived, so the mismatch is a refusal on record,
+    never slashing evidence: the state (stakes, reputations, commitments) is unchanged."""
     reply = w.reply(0, update=w.update(1))
     admission = admit_update(w.state, reply, ROUND, w.public[0], BASE)
-    (evidence,) = admission.txs
-    assert isinstance(evidence, SlashingEvidence) and evidence.offender == w.public[0]
-    assert admission.decision.reason == "update does not match its signed commitment"
-    assert admission.state is not w.state and admission.accepted is None
+    assert admission.decision.reason == MISMATCH_REASON
+    assert admission.txs == (Rejection(ROUND, w.public[0], MISMATCH_REASON),)
+    assert admission.state is w.state and admission.accepted is None
 
 
 def test_invalid_example_count_differs_from_the_commitment(w: World) -> None:

@@ -47,6 +47,24 @@ def test_invalid_settings_are_explained(tmp_path, content, message):
     assert str(path) in str(error.value)
 
 
+def test_invalid_retired_bad_commitment_setting_gets_one_clear_line(tmp_path):
+    """slash-bad-commitment-bps is gone (a mismatching update is rejected, not slashed): a file
+    or flag that still sets it is refused with the reason, in one line, before anything runs."""
+    path = tmp_path / "old.toml"
+    path.write_text("[fedchain]\nslash-bad-commitment-bps = 5000\n")
+    with pytest.raises(ConfigError, match=r"no longer a setting.*rejected, not slashed") as error:
+        load_config_file(path)
+    assert "\n" not in str(error.value)
+    with pytest.raises(ConfigError, match="slash-bad-commitment-bps is no longer a setting"):
+        merge_config(RunConfig(), {"slash_bad_commitment_bps": 0})
+    assert "slash-bad-commitment-bps" not in RunConfig().to_toml_dict()
+    out = tmp_path / "runs"
+    args = ["simulate", "--out", str(out), "--slash-bad-commitment-bps", "1"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "no longer a setting" in result.output and not out.exists()
+
+
 def test_invalid_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config_file(tmp_path / "none.toml")

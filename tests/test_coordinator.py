@@ -24,12 +24,13 @@ from fedchain.ledger.chain import Chain
 from fedchain.ledger.objects import (
     ContributionRecord,
     ModelVersion,
+    Rejection,
     RewardDeltas,
     SlashingEvidence,
     UpdateCommitment,
 )
 from fedchain.ledger.synthetic import SyntheticFederation
-from fedchain.rounds.admission import ClientReply
+from fedchain.rounds.admission import MISMATCH_REASON, ClientReply
 from fedchain.rounds.coordinator import Coordinator
 from fedchain.rounds.messages import decode_ledger_view
 from fedchain.rounds.participant import check_view, compute_duties, sign_update_commitment
@@ -159,9 +160,11 @@ def test_reply_order_does_not_change_the_model_or_the_block(
     assert outcomes[0] == outcomes[1]
 
 
-def test_a_commitment_to_another_update_is_slashed_and_paid_nothing(
+def test_a_commitment_to_another_update_is_rejected_unpaid_and_keeps_its_stake(
     coordinator: Coordinator, federation: SyntheticFederation
 ) -> None:
+    """The mismatch is the coordinator's observation alone: a rejection on record, the update
+    unused, no stake or reputation lost (no slashing evidence exists for it)."""
     sent = replies(coordinator, federation, 1)
     sent[2] = reply(coordinator, federation, 2, 1, committed=update(7))
     outcome = coordinator.run_round(1, sent)
@@ -169,10 +172,13 @@ def test_a_commitment_to_another_update_is_slashed_and_paid_nothing(
     assert outcome.accepted == 2 and [d.public_key for d in outcome.rejected] == [cheat]
     pending = coordinator.pending
     assert pending is not None
-    evidence = [tx for tx in pending.transactions if isinstance(tx, SlashingEvidence)]
-    assert [e.offender for e in evidence] == [cheat]
+    assert not any(isinstance(tx, SlashingEvidence) for tx in pending.transactions)
+    (rejection,) = [tx for tx in pending.transactions if isinstance(tx, Rejection)]
+    assert (rejection.public_key, rejection.reason) == (cheat, MISMATCH_REASON)
     (deltas,) = [tx for tx in pending.transactions if isinstance(tx, RewardDeltas)]
     assert cheat not in dict(deltas.deltas) and cheat not in outcome.scores
+    before, after = coordinator.state.participants[cheat], pending.post_state.participants[cheat]
+    assert after == before
 
 
 def test_a_round_with_no_accepted_update_registers_no_model(

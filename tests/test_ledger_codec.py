@@ -24,7 +24,6 @@ from fedchain.ledger.objects import (
     AttestationPair,
     Block,
     BlockHeader,
-    CommitmentMismatch,
     ContributionRecord,
     Genesis,
     GenesisParticipant,
@@ -55,7 +54,6 @@ ALL_CLASSES: list[type] = [
     Attestation,
     HeaderPair,
     AttestationPair,
-    CommitmentMismatch,
     BlockHeader,
     SignedHeader,
     Block,
@@ -128,6 +126,28 @@ def known_commitment() -> UpdateCommitment:
         update_hash=hashlib.sha256(b"update-2-1").digest(),
         num_examples=50,
     )
+
+
+def test_invalid_retired_commitment_mismatch_tag() -> None:
+    """Tag 22 was bad-commitment evidence (a commitment and an "observed" hash only the
+    coordinator saw); it is retired, so such evidence no longer decodes at all."""
+    commitment = known_commitment()
+    evidence = (
+        bytes([SlashingEvidence.TAG])
+        + struct.pack("<I", len(b"bad_commitment"))
+        + b"bad_commitment"
+        + struct.pack("<I", 32)
+        + commitment.public_key
+        + struct.pack("<q", 1)
+        + bytes([22])
+        + encode(commitment)
+        + struct.pack("<I", 32)
+        + bytes(32)
+    )
+    with pytest.raises(DecodeError):
+        decode(SlashingEvidence, evidence)
+    with pytest.raises(DecodeError):
+        decode(Transaction, evidence)
 
 
 def test_known_genesis_encoding_and_hash() -> None:

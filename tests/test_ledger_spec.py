@@ -149,12 +149,11 @@ FIELDS: dict[int, tuple[tuple[str, Any], ...]] = {  # spec §3, transcribed
     ),
     13: (("round", INT), ("scores", ("seq", ("pair", BYTES, INT)))),
     14: (("round", INT), ("deltas", ("seq", ("pair", BYTES, INT)))),
-    15: (("kind", STR), ("offender", BYTES), ("round", INT), ("evidence", (20, 21, 22))),
+    15: (("kind", STR), ("offender", BYTES), ("round", INT), ("evidence", (20, 21))),
     16: (("round", INT), ("public_key", BYTES), ("reason", STR)),
     17: (("validator", BYTES), ("height", INT), ("block_hash", BYTES), ("signature", BYTES)),
     20: (("first", (31,)), ("second", (31,))),
     21: (("first", (17,)), ("second", (17,))),
-    22: (("commitment", (11,)), ("observed_update_hash", BYTES)),
     30: (
         ("height", INT),
         ("round", INT),
@@ -268,10 +267,8 @@ def evidence_id(ev: dict[str, Any]) -> bytes:
     payload = ev["evidence"]
     if payload["_tag"] == 20:
         label, number = b"double_sign/header", payload["first"]["header"]["height"]
-    elif payload["_tag"] == 21:
-        label, number = b"double_sign/attestation", payload["first"]["height"]
     else:
-        label, number = b"bad_commitment", payload["commitment"]["round"]
+        label, number = b"double_sign/attestation", payload["first"]["height"]
     body = bytes([len(label)]) + label + ev["offender"] + struct.pack("<q", number)
     return H(b"fedchain/evidence-id/v1" + body)
 
@@ -310,7 +307,9 @@ def test_independent_reader_replays_the_golden_ledger() -> None:
         for p in genesis["participants"]
     }
     model_head, parent, last, by_height, seen = genesis["initial_model_hash"], bytes(32), {}, {}, []
-    scores: list[tuple[bytes, int]] = []  # this block's contribution record, if any
+    scores: list[tuple[bytes, int]] | None = None  # this block's contribution record, if any
+    commits: set[bytes] = set()  # who committed in the current round
+    round_ = 0
     for entry, block in zip(golden["blocks"], blocks, strict=True):
         header = block["signed_header"]["header"]
         assert H(header["_raw"]).hex() == entry["block_hash"] and header["parent_hash"] == parent
@@ -318,6 +317,8 @@ def test_independent_reader_replays_the_golden_ledger() -> None:
         tx_root = H(struct.pack("<I", len(txs)) + b"".join(H(tx["_raw"]) for tx in txs))
         assert header["tx_root"] == tx_root
         validators = [(k, p[0]) for k, p in people.items() if p[4] and p[0] >= rules["min_stake"]]
+        if header["round"] > round_:
+            commits, round_ = set(), header["round"]
         if header["height"] > 0:
             assert header["proposer"] == draw(parent, validators, header["attempt"])
             check_signed(block["signed_header"], federation)
@@ -326,27 +327,36 @@ def test_independent_reader_replays_the_golden_ledger() -> None:
             tag = tx["_tag"]
             if tag in SIGNER:
                 check_signed(tx, federation)
-            if tag == 10:
+            if tag == 11:
+                commits.add(tx["public_key"])
+            elif tag == 10:
                 entry_ = [tx["stake"], 10_000, tx["dataset_hash"], tx["num_examples"], True]
                 people[tx["public_key"]] = entry_
             elif tag == 12:
                 model_head = tx["model_hash"]
-            elif tag == 13:
+            elif tag == 13:  # the round's committers, each scored once
                 scores = tx["scores"]
+                assert sorted(key for key, _ in scores) == sorted(commits)
                 for key, score in scores:
                     rep = people[key][1]
                     rep = max(0, rep - penalty) if score <= -10_000 else rep
                     people[key][1] = min(10_000, rep + penalty // 2) if score > 0 else rep
-            elif tag == 14:
-                paid = [d for d in tx["deltas"] if d[1] > 0]
-                assert paid == split(rules["reward_per_round"], scores)
+            elif tag == 14:  # exactly the split of this block's record: never a penalty
+                assert scores is not None
+                assert tx["deltas"] == split(rules["reward_per_round"], scores)
                 for key, delta in tx["deltas"]:
-                    people[key][0] = max(0, people[key][0] + delta)
+                    people[key][0] += delta
                     people[key][4] = people[key][4] and people[key][0] >= rules["min_stake"]
-            elif tag == 15:
-                for signed in ("first", "second", "commitment"):
-                    if signed in tx["evidence"]:
-                        check_signed(tx["evidence"][signed], federation)
+            elif tag == 15:  # double signing: two votes, one height of this chain's past
+                first, second = tx["evidence"]["first"], tx["evidence"]["second"]
+                for signed in (first, second):
+                    check_signed(signed, federation)
+                votes = [v.get("header", v) for v in (first, second)]
+                assert votes[0]["height"] == votes[1]["height"] <= header["height"] - 1
+                if tx["evidence"]["_tag"] == 20:
+                    assert H(votes[0]["_raw"]) < H(votes[1]["_raw"])
+                else:
+                    assert votes[0]["block_hash"] < votes[1]["block_hash"]
                 p = people[tx["offender"]]
                 p[0] -= p[0] * slash.get(tx["kind"], 0) // 10_000
                 p[1] = max(0, p[1] - penalty)
@@ -357,7 +367,7 @@ def test_independent_reader_replays_the_golden_ledger() -> None:
         assert header["state_root"] == state_root(people, model_head, header["round"])
         assert header["state_root"].hex() == entry["state_root"]
         parent = H(header["_raw"])
-        scores = []
+        scores = None
     assert final_height(by_height, last) == golden["final_height"]
     assert sorted(seen) == golden["final_state"]["evidence_seen"]
     assert sum(p[0] for p in people.values()) == golden["total_stake"]

@@ -26,18 +26,15 @@ from fedchain.crypto.identity import fingerprint, public_key_bytes
 from fedchain.ledger.builder import build_block, make_rules, sign_attestation, sign_commitment
 from fedchain.ledger.chain import Chain
 from fedchain.ledger.codec import decode
-from fedchain.ledger.consensus import get_proposer
+from fedchain.ledger.consensus import detect_double_sign, get_proposer
 from fedchain.ledger.objects import (
-    BAD_COMMITMENT,
     DOUBLE_SIGN,
     SCORE_SCALE,
     Block,
-    CommitmentMismatch,
     ContributionRecord,
     ModelVersion,
     Rejection,
     RewardDeltas,
-    SlashingEvidence,
     Transaction,
 )
 from fedchain.ledger.store import LedgerStore
@@ -97,9 +94,8 @@ SCORES = {
     2: [0.40, 0.35, 0.25],
     3: [0.60, 0.40],
 }
-PENALTY = 50
 REJECTION_REASON = "bad signature [red]on[/] the <b>update</b>"  # markup is shown, not obeyed
-BAD_COMMITMENT_BPS = 5_000
+DOUBLE_SIGN_BPS = 5_000
 
 
 def _digest(*parts: object) -> bytes:
@@ -110,14 +106,15 @@ def _digest(*parts: object) -> bytes:
 
 @pytest.fixture(scope="module")
 def scored_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A valid signed ledger of 4 clients x 3 rounds with scores, a penalty, a slashing (which
-    ejects client 3), and a rejection (client 2 in round 3); clients 0..2 have .pub files."""
+    """A valid signed ledger of 4 clients x 3 rounds with scores, a slashing for double signing
+    (which ejects client 3), and a rejection (client 2 in round 3); clients 0..2 have .pub
+    files."""
     run_dir = tmp_path_factory.mktemp("scored") / "scored"
     initial = save_model(run_dir, {"w": np.zeros(4, np.float32)})
     rules = make_rules(
         min_stake=600,
         reward_per_round=1_000,
-        slash_bps={BAD_COMMITMENT: BAD_COMMITMENT_BPS, DOUBLE_SIGN: 10_000},
+        slash_bps={DOUBLE_SIGN: DOUBLE_SIGN_BPS},
         contribution_method="shapley",
     )
     fed = SyntheticFederation(
@@ -154,19 +151,12 @@ def scored_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 for i, k in enumerate(committers)
             ]
             txs += commits
-            if round_ == 2:  # client 3 committed to one update and sent another
-                claimed = sign_commitment(
-                    keys[3],
-                    gh,
-                    run_id="scored",
-                    round=2,
-                    base_model_hash=state.model_head,
-                    update_hash=_digest("claimed"),
-                    num_examples=100,
-                )
-                evidence = CommitmentMismatch(claimed, _digest("sent"))
-                offender = public_key_bytes(keys[3])
-                txs.append(SlashingEvidence(BAD_COMMITMENT, offender, 2, evidence))
+            if round_ == 2:  # client 3 also attested to a fork of block 1
+                fork = sign_attestation(keys[3], gh, height=1, block_hash=_digest("fork"))
+                real = sign_attestation(keys[3], gh, height=1, block_hash=state.head_hash)
+                evidence = detect_double_sign(fork, real, 2)
+                assert evidence is not None
+                txs.append(evidence)
             if round_ == 3:
                 txs.append(Rejection(3, public_key_bytes(keys[2]), REJECTION_REASON))
             model = save_model(run_dir, {"w": np.full(4, round_, np.float32)})
@@ -179,9 +169,7 @@ def scored_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 )
             )
             txs.append(ContributionRecord(round_, scores))
-            deltas = dict(compute_reward_split(rules.reward_per_round, scores))
-            deltas.update({key: -PENALTY for key, score in scores if score < 0})
-            txs.append(RewardDeltas(round_, tuple(sorted(deltas.items()))))
+            txs.append(RewardDeltas(round_, compute_reward_split(rules.reward_per_round, scores)))
             proposer = fed.by_public[get_proposer(state)]
             chain.append(*build_block(state, txs, proposer, round=round_))
     (run_dir / "metrics.json").write_text(
@@ -190,7 +178,7 @@ def scored_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 "rounds": [
                     {"round": 0, "accuracy": 0.1, "loss": 2.3, "accepted": 0, "rejected": 0},
                     {"round": 1, "accuracy": 0.62, "loss": 1.1, "accepted": 4, "rejected": 0},
-                    {"round": 2, "accuracy": 0.78, "loss": 0.7, "accepted": 3, "rejected": 1},
+                    {"round": 2, "accuracy": 0.78, "loss": 0.7, "accepted": 3, "rejected": 0},
                     {"round": 3, "accuracy": 0.84, "loss": 0.5, "accepted": 2, "rejected": 1},
                 ]
             }
@@ -304,12 +292,13 @@ def test_report_shows_contributions_rewards_and_slashing(scored_run):
     assert by_name["client 2"]["contribution_by_round"] == [None, 0.2, 0.25, None]
     assert by_name[unmapped]["contribution_by_round"] == [None, -0.05, None, None]
     assert by_name["client 1"]["contribution"] == pytest.approx(0.3 + 0.35 + 0.4)
-    # rewards: the round pools split by positive score; the free rider is fined, then slashed
+    # rewards: the round pools split by positive score; the free rider earns nothing, and is
+    # slashed for double signing (a penalty is only ever slashing evidence)
     assert sum(p["rewards"] for p in data["participants"]) == 3 * 1_000
     rider = by_name[unmapped]
-    assert rider["rewards"] == 0 and rider["penalties"] == PENALTY
-    before = 1_000 - PENALTY
-    lost = before * BAD_COMMITMENT_BPS // 10_000  # 475: leaves 475, below the minimum of 600
+    assert rider["rewards"] == 0 and rider["penalties"] == 0
+    before = 1_000
+    lost = before * DOUBLE_SIGN_BPS // 10_000  # 500: leaves 500, below the minimum of 600
     assert rider["stake_by_round"] == [1_000, before, before - lost, before - lost]
     assert rider["slashed"] == lost
     assert not rider["active"] and rider["reputation_bps"] < 10_000
@@ -321,28 +310,29 @@ def test_report_shows_contributions_rewards_and_slashing(scored_run):
         (3, "rejected", "client 2"),
     ]
     slash = data["events"][0]
-    assert (
-        slash["slashing_kind"] == BAD_COMMITMENT and slash["evidence_kind"] == "CommitmentMismatch"
-    )
+    assert slash["slashing_kind"] == DOUBLE_SIGN and slash["evidence_kind"] == "AttestationPair"
     assert slash["stake_lost"] == rider["slashed"]
-    assert slash["evidence"]["observed_update_hash"] == _digest("sent").hex()
-    assert "does not match its signed commitment" in slash["reason"]
+    assert _digest("fork").hex() in (
+        slash["evidence"]["first_block_hash"],
+        slash["evidence"]["second_block_hash"],
+    )
+    assert "attested to two different blocks at height 1" in slash["reason"]
     assert data["events"][2]["reason"] == REJECTION_REASON
     rounds = {r["round"]: r for r in data["rounds"]}
-    assert (rounds[2]["accepted"], rounds[2]["rejected"], rounds[2]["slashing_events"]) == (3, 1, 1)
+    assert (rounds[2]["accepted"], rounds[2]["rejected"], rounds[2]["slashing_events"]) == (3, 0, 1)
     assert (rounds[3]["accepted"], rounds[3]["rejected"]) == (2, 1)
     assert data["initial_model"] == {"accuracy": 0.1, "loss": 2.3}  # round 0 of metrics.json
     assert [r["accuracy"] for r in data["rounds"]] == [0.62, 0.78, 0.84]
     assert data["totals"]["ejections"] == 1 and data["totals"]["stake_slashed"] == rider["slashed"]
     # the terminal and the page say the same
-    assert "CommitmentMismatch" in output and "ejected" in output
+    assert "AttestationPair" in output and "ejected" in output
     assert "bad signature [red]on[/] the <b>update</b>" in output
     page = (scored_run / "report.html").read_text()
     assert_self_contained(page)
     for plot in PLOTS:
         assert f'<figure class="plot" id="{plot}"' in page
     assert "<b>" not in page and "&lt;b&gt;update&lt;/b&gt;" in page
-    for text in ("CommitmentMismatch", "bad_commitment", "ejected"):
+    for text in ("AttestationPair", "double_sign", "ejected"):
         assert text in page
 
 
@@ -479,4 +469,4 @@ def test_report_page_renders_in_headless_chromium(scored_run, tmp_path):
         start = dom.stdout.index(f'id="{plot}"')
         assert dom.stdout.index("<svg", start) < dom.stdout.index("</figure>", start)
     assert dom.stdout.count("<svg") == len(PLOTS)
-    assert "VERIFIED" in dom.stdout and "CommitmentMismatch" in dom.stdout
+    assert "VERIFIED" in dom.stdout and "AttestationPair" in dom.stdout

@@ -16,7 +16,6 @@ from fedchain.ledger.codec import compute_hash
 from fedchain.ledger.consensus import compute_proposer, get_validators
 from fedchain.ledger.containers import LedgerState, compute_state_root
 from fedchain.ledger.objects import (
-    BAD_COMMITMENT,
     DOUBLE_SIGN,
     Attestation,
     Block,
@@ -65,7 +64,7 @@ def make_rules(
     picks its own (base units for stakes and rewards, basis points for fractions).
     """
     if slash_bps is None:
-        slash_bps = {BAD_COMMITMENT: 1_000, DOUBLE_SIGN: 5_000}
+        slash_bps = {DOUBLE_SIGN: 5_000}
     return Rules(
         min_stake=min_stake,
         reward_per_round=reward_per_round,

@@ -145,9 +145,11 @@ class LedgerState:
       :func:`~fedchain.ledger.state.process_transaction` returns).
     - ``participants``: every registered participant, ejected ones included, sorted by key.
     - ``round_commits`` / ``round_update_hashes``: who committed, and which update hashes, in
-      ``round``; ``round_rewards_paid``: positive reward deltas paid in ``round``.
+      ``round`` (the keys a :class:`~fedchain.ledger.objects.ContributionRecord` must score).
     - ``model_head``: the current global model's hash; ``model_round``: the round that
       registered it (0 for the initial model).
+    - ``scores_round``: the round of the latest contribution record (0 before any): one per
+      round, and the round's rewards are paid in its block.
     - ``last_attested``: each validator's highest attested height.
     - ``evidence_seen``: ids (:func:`compute_evidence_id`) of slashing evidence already applied.
     - ``block_hashes``: block hashes by height, genesis block included.
@@ -164,7 +166,7 @@ class LedgerState:
     last_attested: Mapping[PublicKey, int]
     evidence_seen: frozenset[Hash32]
     round_update_hashes: frozenset[Hash32]
-    round_rewards_paid: int
+    scores_round: int
     model_round: int
     block_hashes: BlockHashes
 
@@ -189,17 +191,16 @@ def compute_state_root_of(
 def compute_evidence_id(evidence: SlashingEvidence) -> Hash32:
     """The identity of the *offence*, so one offence is punished once however it is presented.
 
-    Double signing is identified by (offender, header-or-attestation, height), a bad commitment
-    by (offender, commitment round): swapping the pair, or showing a third conflicting header of
-    the same height, is the same offence.
+    Double signing is identified by (offender, header-or-attestation, height): showing a third
+    conflicting header of the same height is the same offence.
     """
     payload = evidence.evidence
     if isinstance(payload, HeaderPair):
         label, number = b"double_sign/header", payload.first.header.height
     elif isinstance(payload, AttestationPair):
         label, number = b"double_sign/attestation", payload.first.height
-    else:
-        label, number = b"bad_commitment", payload.commitment.round
+    else:  # the codec admits no other evidence; a hand-made object has no id
+        raise TypeError(f"{type(payload).__name__} is not slashing evidence")
     digest = hashlib.sha256(EVIDENCE_ID_DOMAIN)
     digest.update(bytes((len(label),)) + label + evidence.offender + _I64.pack(number))
     return digest.digest()

@@ -67,7 +67,7 @@ def compute_genesis_state(genesis: Genesis) -> LedgerState:
         last_attested=MappingProxyType({}),
         evidence_seen=frozenset(),
         round_update_hashes=frozenset(),
-        round_rewards_paid=0,
+        scores_round=0,
         model_round=0,
         block_hashes=BlockHashes([block_hash]),
     )

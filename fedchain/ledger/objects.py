@@ -4,7 +4,7 @@ All are frozen dataclasses with a unique ``TAG`` and no behaviour; their one byt
 :func:`fedchain.ledger.codec.encode`. Derived values (hashes, roots, signing messages) are the
 module-level functions at the end.
 
-Units: stakes, rewards and penalties are integers in base units; fractions are basis points
+Units: stakes, rewards and slashed amounts are integers in base units; fractions are basis points
 (``_bps``, 10_000 = 100 %); contribution scores are integers at :data:`SCORE_SCALE`.
 Sizes: public keys and hashes are 32 bytes, signatures 64 (checked by the state transition, not
 by the codec).
@@ -27,7 +27,6 @@ from fedchain.crypto.identity import Domain
 from fedchain.ledger.codec import compute_hash, encode, encode_with_empty
 
 __all__ = [
-    "BAD_COMMITMENT",
     "DOUBLE_SIGN",
     "EMPTY_HASH",
     "HASH_SIZE",
@@ -39,7 +38,6 @@ __all__ = [
     "Block",
     "BlockHeader",
     "BlockTransaction",
-    "CommitmentMismatch",
     "ContributionRecord",
     "Evidence",
     "Genesis",
@@ -76,8 +74,13 @@ SCORE_SCALE = 10**6
 """Contribution scores are recorded as ``round(score * SCORE_SCALE)``."""
 
 DOUBLE_SIGN = "double_sign"
-BAD_COMMITMENT = "bad_commitment"
-SLASHING_KINDS = frozenset({DOUBLE_SIGN, BAD_COMMITMENT})
+SLASHING_KINDS = frozenset({DOUBLE_SIGN})
+"""The offences that cost stake: only those a third party can re-check from the ledger alone.
+
+Double signing is two signatures by one key, so it is provable. An update that does not match
+its signed commitment is not: only the coordinator saw the bytes that arrived (the client signs
+the hash it commits to, not what it sends), so such an update is a :class:`Rejection`, never a
+penalty."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -173,7 +176,10 @@ class ModelVersion:
 
 @dataclass(frozen=True, slots=True)
 class ContributionRecord:
-    """Quantised contribution scores ``((public key, score * SCORE_SCALE), ...)`` by key."""
+    """Quantised contribution scores ``((public key, score * SCORE_SCALE), ...)`` by key.
+
+    One per round, after the round's :class:`ModelVersion`, scoring exactly the keys that
+    committed in the round."""
 
     TAG: ClassVar[int] = 13
     round: int
@@ -182,8 +188,11 @@ class ContributionRecord:
 
 @dataclass(frozen=True, slots=True)
 class RewardDeltas:
-    """Stake changes ``((public key, delta), ...)`` sorted by key: positive reward, negative
-    penalty, in base units."""
+    """The round's rewards ``((public key, amount), ...)`` sorted by key, in base units.
+
+    Valid only right after the round's :class:`ContributionRecord` in the same block, and only
+    as exactly :func:`~fedchain.rounds.rewards.compute_reward_split` of its scores: no amount is
+    negative (stake is lost only to :class:`SlashingEvidence`), at most one per round."""
 
     TAG: ClassVar[int] = 14
     round: int
@@ -192,7 +201,8 @@ class RewardDeltas:
 
 @dataclass(frozen=True, slots=True)
 class HeaderPair:
-    """Double-sign evidence: two different headers of one height signed by one proposer."""
+    """Double-sign evidence: two different headers of one height signed by one proposer,
+    ordered by block hash (``compute_hash(first.header) < compute_hash(second.header)``)."""
 
     TAG: ClassVar[int] = 20
     first: SignedHeader
@@ -201,35 +211,24 @@ class HeaderPair:
 
 @dataclass(frozen=True, slots=True)
 class AttestationPair:
-    """Double-sign evidence: two attestations of one height to different blocks by one signer."""
+    """Double-sign evidence: two attestations of one height to different blocks by one signer,
+    ordered by ``block_hash`` (``first.block_hash < second.block_hash``)."""
 
     TAG: ClassVar[int] = 21
     first: Attestation
     second: Attestation
 
 
-@dataclass(frozen=True, slots=True)
-class CommitmentMismatch:
-    """Bad-commitment evidence: a signed commitment and the hash of the update actually sent.
-
-    The ledger checks the signature and that the hashes differ; that ``observed_update_hash``
-    is the hash of what was sent is re-checked against the archived update by ``verify``.
-    """
-
-    TAG: ClassVar[int] = 22
-    commitment: UpdateCommitment
-    observed_update_hash: Hash32
-
-
-Evidence: TypeAlias = HeaderPair | AttestationPair | CommitmentMismatch
+Evidence: TypeAlias = HeaderPair | AttestationPair
 
 
 @dataclass(frozen=True, slots=True)
 class SlashingEvidence:
     """Proof of a slashable offence by ``offender``, recorded in block round ``round``.
 
-    ``kind`` is :data:`DOUBLE_SIGN` (with a :class:`HeaderPair` or :class:`AttestationPair`) or
-    :data:`BAD_COMMITMENT` (with a :class:`CommitmentMismatch`). Anyone may submit it.
+    ``kind`` is :data:`DOUBLE_SIGN`, with a :class:`HeaderPair` or :class:`AttestationPair` of
+    heights on this chain's past. Anyone may submit it, and anyone can re-check it: the two
+    signatures are the proof.
     """
 
     TAG: ClassVar[int] = 15
@@ -241,8 +240,10 @@ class SlashingEvidence:
 
 @dataclass(frozen=True, slots=True)
 class Rejection:
-    """A refusal on record (e.g. a bad signature "from" a key): not slashable, since anyone can
-    forge a bad signature in someone else's name."""
+    """A refusal on record (e.g. a bad signature "from" a key, or an update whose hash differs
+    from its signed commitment): never a penalty, since nobody but the coordinator can check
+    it (anyone can forge a bad signature in someone else's name; only the coordinator saw the
+    bytes that arrived)."""
 
     TAG: ClassVar[int] = 16
     round: int

@@ -4,8 +4,10 @@ Keys and update hashes derive from a seed, so the same arguments give the same l
 Model hashes derive from it too, unless real ones are given (``initial_model_hash``,
 ``make_round(model_hash=...)``): tests of the model registry register models saved on disk.
 Each round every committing participant signs an update commitment, the round's model version
-aggregates them, the reward pool is split evenly among them (remainder to the smallest keys),
-and every active validator attests to the previous block (as clients do in their replies).
+aggregates them, a contribution record gives them equal scores, the reward pool is split by
+those scores (evenly: :func:`~fedchain.rounds.rewards.compute_reward_split` of equal shares,
+the remainder one unit each to the smallest keys), and every active validator attests to the
+previous block (as clients do in their replies).
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ from fedchain.ledger.chain import Chain
 from fedchain.ledger.consensus import get_proposer
 from fedchain.ledger.containers import LedgerState
 from fedchain.ledger.objects import (
+    SCORE_SCALE,
     Block,
+    ContributionRecord,
     GenesisParticipant,
     ModelVersion,
     RewardDeltas,
@@ -36,6 +40,7 @@ from fedchain.ledger.objects import (
     Transaction,
 )
 from fedchain.ledger.signatures import PLAIN, Verifier
+from fedchain.rounds.rewards import compute_reward_split
 
 
 def derive_key(seed: int, index: int) -> Ed25519PrivateKey:
@@ -124,17 +129,12 @@ class SyntheticFederation:
             model = _digest(self.seed, "model", round_) if model_hash is None else model_hash
             rule = self.genesis.rules.aggregation_rule
             txs.append(ModelVersion(round_, model, state.model_head, update_hashes, rule))
-            txs.append(
-                RewardDeltas(round_, _even_split(self.genesis.rules.reward_per_round, commits))
-            )
+            scores = tuple(sorted((c.public_key, SCORE_SCALE) for c in commits))
+            txs.append(ContributionRecord(round_, scores))
+            pool = self.genesis.rules.reward_per_round
+            txs.append(RewardDeltas(round_, compute_reward_split(pool, scores)))
         proposer = self.by_public[get_proposer(state)]
         return build_block(state, txs, proposer, round=round_, verifier=verifier)
-
-
-def _even_split(pool: int, commits: list) -> tuple[tuple[bytes, int], ...]:  # type: ignore[type-arg]
-    keys = sorted(c.public_key for c in commits)
-    share, extra = divmod(pool, len(keys))
-    return tuple((key, share + (i < extra)) for i, key in enumerate(keys))
 
 
 def write_synthetic_ledger(

@@ -38,13 +38,12 @@ from fedchain.ledger.containers import (
     compute_evidence_id,
 )
 from fedchain.ledger.objects import (
-    BAD_COMMITMENT,
     DOUBLE_SIGN,
     HASH_SIZE,
     SIGNING_DOMAINS,
     SLASHING_KINDS,
     Attestation,
-    CommitmentMismatch,
+    AttestationPair,
     ContributionRecord,
     HeaderPair,
     ModelVersion,
@@ -88,11 +87,12 @@ class Working:
         "participants",
         "pre",
         "preverified",
+        "rewarded",
         "round",
         "round_commits",
-        "round_rewards_paid",
         "round_update_hashes",
         "scores",
+        "scores_round",
         "verifier",
     )
 
@@ -106,6 +106,8 @@ class Working:
         self.verifier = verifier
         self.preverified: frozenset[int] = frozenset()  # ids of txs whose signature verified
         self.scores: tuple[tuple[PublicKey, int], ...] | None = None  # this block's record
+        self.rewarded = False  # whether this block paid its record's rewards
+        self.scores_round = state.scores_round
         self.participants = dict(state.participants)
         self.new_keys = False
         self.last_attested = dict(state.last_attested)
@@ -115,9 +117,8 @@ class Working:
         if block_round == state.round:
             self.round_commits = set(state.round_commits)
             self.round_update_hashes = set(state.round_update_hashes)
-            self.round_rewards_paid = state.round_rewards_paid
         else:
-            self.round_commits, self.round_update_hashes, self.round_rewards_paid = set(), set(), 0
+            self.round_commits, self.round_update_hashes = set(), set()
 
     def freeze(self) -> LedgerState:
         participants = self.participants
@@ -132,7 +133,7 @@ class Working:
             last_attested=MappingProxyType(dict(sorted(self.last_attested.items()))),
             evidence_seen=self.evidence_seen,
             round_update_hashes=frozenset(self.round_update_hashes),
-            round_rewards_paid=self.round_rewards_paid,
+            scores_round=self.scores_round,
             model_round=self.model_round,
         )
 
@@ -216,9 +217,11 @@ def apply_model_version(work: Working, tx: ModelVersion, encoding: bytes) -> Non
 
 
 def apply_contribution_record(work: Working, tx: ContributionRecord, encoding: bytes) -> None:
-    """Scores bind the reward split: the :class:`RewardDeltas` after this record in the same
-    block must pay exactly :func:`~fedchain.rounds.rewards.compute_reward_split` of its positive
-    scores.
+    """The round's scores: one record per round, after its model version, scoring exactly the
+    keys that committed an accepted update in the round (none left out, none added, each once).
+
+    Scores bind the reward split: the :class:`RewardDeltas` after this record in the same block
+    must pay exactly :func:`~fedchain.rounds.rewards.compute_reward_split` of them.
 
     They also move reputation: a score at or below :data:`HARMFUL_SCORE` (harm beyond measurement
     noise) costs the genesis ``reputation_penalty_bps``; a positive score restores half of that,
@@ -226,10 +229,29 @@ def apply_contribution_record(work: Working, tx: ContributionRecord, encoding: b
     its weight under the ``reputation`` aggregation rule.
     """
     _check_round(work, tx.round, "contribution record")
-    _check_keyed_entries(work, tx.scores, "scores")
-    if work.scores is not None:
-        raise InvalidTransaction("a block holds at most one contribution record")
+    if tx.round <= work.scores_round:
+        raise InvalidTransaction(
+            f"a contribution record for round {work.scores_round} is already registered; one "
+            "per round"
+        )
+    if work.model_round != tx.round:
+        raise InvalidTransaction(f"round {tx.round} has no model version yet: scores come after it")
+    keys = [key for key, _ in tx.scores]
+    if not is_strictly_sorted(keys):
+        raise InvalidTransaction("scores must be sorted by public key, each key once")
+    for key in keys:
+        if key not in work.round_commits:
+            raise InvalidTransaction(
+                f"scores name {describe_key(key)}, who has no accepted commitment in round "
+                f"{tx.round}"
+            )
+    if len(keys) != len(work.round_commits):
+        missing = min(work.round_commits - set(keys))
+        raise InvalidTransaction(
+            f"scores leave out {describe_key(missing)}, who committed in round {tx.round}"
+        )
     work.scores = tx.scores
+    work.scores_round = tx.round
     rules = work.pre.genesis.rules
     for key, score in tx.scores:
         participant = work.participants[key]
@@ -243,38 +265,64 @@ def apply_contribution_record(work: Working, tx: ContributionRecord, encoding: b
 
 
 def apply_reward_deltas(work: Working, tx: RewardDeltas, encoding: bytes) -> None:
+    """The round's rewards: right after its contribution record in the same block, exactly
+    :func:`~fedchain.rounds.rewards.compute_reward_split` of its scores, once.
+
+    No amount may be negative: a stake is lost only to :class:`SlashingEvidence`, which anyone
+    can re-check, never on the coordinator's word.
+    """
     rules = work.pre.genesis.rules
     _check_round(work, tx.round, "reward deltas")
-    _check_keyed_entries(work, tx.deltas, "deltas")
-    paid = sum(delta for _, delta in tx.deltas if delta > 0)
-    if work.scores is not None:
-        expected = compute_reward_split(rules.reward_per_round, work.scores)
-        if tuple((key, delta) for key, delta in tx.deltas if delta > 0) != expected:
+    for key, delta in tx.deltas:
+        if delta < 0:
             raise InvalidTransaction(
-                "rewards do not match the split of this block's contribution scores"
+                f"negative delta {delta} for {describe_key(key)}: a penalty without evidence "
+                "(stake is lost only to slashing evidence)"
             )
-    if work.round_rewards_paid + paid > rules.reward_per_round:
+    if work.scores is None:
         raise InvalidTransaction(
-            f"rewards of {paid} (plus {work.round_rewards_paid} already paid in round "
-            f"{tx.round}) exceed the pool of {rules.reward_per_round} per round"
+            f"rewards must follow round {tx.round}'s contribution record in the same block"
+        )
+    if work.rewarded:
+        raise InvalidTransaction(f"round {tx.round}'s rewards are already paid; once per round")
+    expected = compute_reward_split(rules.reward_per_round, work.scores)
+    if tx.deltas != expected:
+        raise InvalidTransaction(
+            "rewards are not the split of the round's contribution scores: "
+            + _describe_difference(tx.deltas, expected)
         )
     updated = []
     for key, delta in tx.deltas:
         participant = work.participants[key]
-        stake = max(0, participant.stake + delta)  # a penalty takes at most the whole stake
+        stake = participant.stake + delta
         if stake > MAX_INT:
             raise InvalidTransaction(f"stake of {describe_key(key)} would overflow")
         updated.append(_with_stake(participant, stake, participant.reputation_bps, rules.min_stake))
     for participant in updated:
         work.participants[participant.public_key] = participant
-    work.round_rewards_paid += paid
+    work.rewarded = True
+
+
+def _describe_difference(
+    deltas: Sequence[tuple[PublicKey, int]], expected: Sequence[tuple[PublicKey, int]]
+) -> str:
+    """The first entry where ``deltas`` and the ``expected`` split differ, in words."""
+    got, due = dict(deltas), dict(expected)
+    for key in sorted(got.keys() | due.keys()):
+        if got.get(key) != due.get(key):
+            return (
+                f"{describe_key(key)} is paid {got.get(key, 0)}, the split gives {due.get(key, 0)}"
+            )
+    return "the entries must be sorted by key, each key once, zero amounts left out"
 
 
 def apply_slashing_evidence(work: Working, tx: SlashingEvidence, encoding: bytes) -> None:
     rules = work.pre.genesis.rules
     _check_round(work, tx.round, "slashing evidence")
     if tx.kind not in SLASHING_KINDS:
-        raise InvalidTransaction(f"unknown slashing kind {tx.kind!r}")
+        raise InvalidTransaction(
+            f"unknown slashing kind {tx.kind!r} (known: {', '.join(sorted(SLASHING_KINDS))})"
+        )
     participant = work.participants.get(tx.offender)
     if participant is None:
         raise InvalidTransaction(
@@ -326,36 +374,36 @@ def apply_attestation(work: Working, tx: Attestation, encoding: bytes) -> None:
 
 
 def _check_evidence(work: Working, tx: SlashingEvidence) -> None:
+    """Double-sign evidence: two different votes of the offender at one height of this chain's
+    past, in canonical order (so one offence has one encoding), both signatures valid here."""
     payload = tx.evidence
-    if isinstance(payload, CommitmentMismatch):
-        if tx.kind != BAD_COMMITMENT:
-            raise InvalidTransaction(f"a CommitmentMismatch is {BAD_COMMITMENT} evidence")
-        commitment = payload.commitment
-        if commitment.public_key != tx.offender:
-            raise InvalidTransaction("the commitment was not made by the offender")
-        if commitment.run_id != work.pre.genesis.run_id:
-            raise InvalidTransaction(f"the commitment is for another run ({commitment.run_id!r})")
-        check_size(payload.observed_update_hash, "observed update hash")
-        if payload.observed_update_hash == commitment.update_hash:
-            raise InvalidTransaction("the observed update hash matches the commitment: no offence")
-        _check_signature(work, commitment, tx.offender)
-        return
-    if tx.kind != DOUBLE_SIGN:
-        raise InvalidTransaction(f"a {type(payload).__name__} is {DOUBLE_SIGN} evidence")
+    if tx.kind != DOUBLE_SIGN or not isinstance(payload, HeaderPair | AttestationPair):
+        raise InvalidTransaction(f"a {type(payload).__name__} is not {DOUBLE_SIGN} evidence")
     if isinstance(payload, HeaderPair):
         first, second = payload.first.header, payload.second.header
         signers, heights = (first.proposer, second.proposer), (first.height, second.height)
+        ordered = compute_hash(first) < compute_hash(second)
         distinct = compute_hash(first) != compute_hash(second)
+        order = "headers by block hash"
     else:
         signers = (payload.first.validator, payload.second.validator)
         heights = (payload.first.height, payload.second.height)
+        ordered = payload.first.block_hash < payload.second.block_hash
         distinct = payload.first.block_hash != payload.second.block_hash
+        order = "attestations by block_hash"
     if signers != (tx.offender, tx.offender):
         raise InvalidTransaction("both signed objects must be signed by the offender")
     if heights[0] != heights[1]:
         raise InvalidTransaction(f"the two votes are for different heights {heights}")
+    if not 1 <= heights[0] <= work.pre.height:
+        raise InvalidTransaction(
+            f"the votes are for height {heights[0]}; evidence covers this chain's past, "
+            f"heights 1..{work.pre.height}"
+        )
     if not distinct:
         raise InvalidTransaction("the two votes are for the same block: no offence")
+    if not ordered:
+        raise InvalidTransaction(f"the pair must be in canonical order ({order}, ascending)")
     _check_signature(work, payload.first, tx.offender)
     _check_signature(work, payload.second, tx.offender)
 
@@ -439,17 +487,6 @@ def _get_active(work: Working, key: PublicKey) -> ParticipantState:
     if not participant.active:
         raise InvalidTransaction(f"participant {describe_key(key)} has been ejected")
     return participant
-
-
-def _check_keyed_entries(
-    work: Working, entries: Sequence[tuple[PublicKey, int]], what: str
-) -> None:
-    keys = [key for key, _ in entries]
-    if not is_strictly_sorted(keys):
-        raise InvalidTransaction(f"{what} must be sorted by public key, each key once")
-    for key in keys:
-        if key not in work.participants:
-            raise InvalidTransaction(f"{what} name {describe_key(key)}, who is not registered")
 
 
 def _with_stake(

@@ -23,7 +23,6 @@ from typing import Any
 from fedchain import __version__
 from fedchain.errors import LedgerError
 from fedchain.ledger.objects import (
-    BAD_COMMITMENT,
     Block,
     ContributionRecord,
     Genesis,
@@ -229,11 +228,7 @@ def _rounds_json(
         m = metrics.get(r)
         ledger: dict[str, Any] = {
             "accepted": sum(isinstance(tx, UpdateCommitment) for tx in txs),
-            "rejected": sum(
-                e["kind"] == "rejected"
-                or (e["kind"] == "slashed" and e["slashing_kind"] == BAD_COMMITMENT)
-                for e in round_events
-            ),
+            "rejected": sum(e["kind"] == "rejected" for e in round_events),
             "slashing_events": sum(e["kind"] == "slashed" for e in round_events),
             "stake_slashed": sum(e["stake_lost"] for e in round_events),
             "rewards_paid": sum(d for d in deltas if d > 0),

@@ -23,7 +23,6 @@ from fedchain.ledger.containers import (
 from fedchain.ledger.objects import (
     SCORE_SCALE,
     Block,
-    CommitmentMismatch,
     ContributionRecord,
     Genesis,
     HeaderPair,
@@ -183,19 +182,6 @@ def _stake_lost(pre: ParticipantState | None, post: ParticipantState | None, blo
 def _describe_evidence(tx: SlashingEvidence) -> tuple[str, dict[str, Any]]:
     """A sentence saying what the offence was, and the evidence's checkable details (hex)."""
     evidence = tx.evidence
-    if isinstance(evidence, CommitmentMismatch):
-        c = evidence.commitment
-        return (
-            f"sent an update that does not match its signed commitment in round {c.round} "
-            f"(committed {c.update_hash.hex()[:HASH_PREFIX_CHARS]}…, received "
-            f"{evidence.observed_update_hash.hex()[:HASH_PREFIX_CHARS]}…)",
-            {
-                "commitment_round": c.round,
-                "committed_update_hash": c.update_hash.hex(),
-                "observed_update_hash": evidence.observed_update_hash.hex(),
-                "num_examples": c.num_examples,
-            },
-        )
     if isinstance(evidence, HeaderPair):
         first, second = evidence.first.header, evidence.second.header
         return (

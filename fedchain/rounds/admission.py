@@ -23,11 +23,8 @@ from fedchain.errors import LedgerError
 from fedchain.ledger.codec import decode
 from fedchain.ledger.containers import LedgerState
 from fedchain.ledger.objects import (
-    BAD_COMMITMENT,
     Attestation,
-    CommitmentMismatch,
     Rejection,
-    SlashingEvidence,
     Transaction,
     UpdateCommitment,
 )
@@ -41,6 +38,8 @@ MAX_REASON_CHARS = 200
 _CONTROL = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|[\x00-\x1f\x7f-\x9f]")
 MAX_CLIENT_TEXT_CHARS = 120
 """Longest quotation of a client's own text (an error message) inside a reason."""
+MISMATCH_REASON = "the hash of the update that arrived differs from its signed commitment"
+"""The rejection of an update that does not match its commitment (not a penalty: unprovable)."""
 
 
 @dataclass(frozen=True)
@@ -112,8 +111,12 @@ def admit_update(
     """Admit or refuse ``reply``'s update to the round over global ``model``.
 
     ``sender``: the key the reply comes from (:func:`compute_sender`); a refusal is recorded on
-    the ledger only against such a key, one the sender has shown it holds. An update that does
-    not match its signed commitment is slashing evidence instead of a refusal.
+    the ledger only against such a key, one the sender has shown it holds.
+
+    An update whose hash differs from its signed commitment is refused like any other reply
+    (:data:`MISMATCH_REASON`), at no cost in stake or reputation: only the coordinator saw the
+    bytes that arrived (the client signs the hash it commits to, not what it sends), so a third
+    party could not tell an honest coordinator's record of it from an invented one.
     """
     commitment = decode_commitment(reply.commitment)
 
@@ -138,17 +141,8 @@ def admit_update(
     if shape_problem:
         return reject(shape_problem)
     key = commitment.public_key
-    observed = compute_update_hash(reply.update)
-    if observed != commitment.update_hash:
-        evidence = SlashingEvidence(
-            BAD_COMMITMENT, key, round_, CommitmentMismatch(commitment, observed)
-        )
-        try:
-            slashed = process_transaction(state, evidence, round_, verifier=verifier)
-        except LedgerError:
-            return reject("update does not match its commitment")
-        why = "update does not match its signed commitment"
-        return Admission(slashed, (evidence,), Decision(reply.node_id, key, False, why))
+    if compute_update_hash(reply.update) != commitment.update_hash:
+        return reject(MISMATCH_REASON)
     if reply.num_examples != commitment.num_examples:
         return reject(
             f"claims {reply.num_examples} examples but committed to {commitment.num_examples}"

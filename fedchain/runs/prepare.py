@@ -32,7 +32,7 @@ from fedchain.learning.attacks import ATTACKS, NO_ATTACK, Attack, attacker_indic
 from fedchain.learning.catalog import MODELS
 from fedchain.ledger.builder import make_genesis, make_rules
 from fedchain.ledger.chain import Chain
-from fedchain.ledger.objects import BAD_COMMITMENT, DOUBLE_SIGN, Genesis, GenesisParticipant, Rules
+from fedchain.ledger.objects import DOUBLE_SIGN, Genesis, GenesisParticipant, Rules
 from fedchain.rounds.contribution import METHODS
 from fedchain.runs.layout import (
     ATTACKERS_FILENAME,
@@ -76,10 +76,7 @@ def make_rules_for(config: RunConfig) -> Rules:
     return make_rules(
         min_stake=config.min_stake,
         reward_per_round=config.reward_per_round,
-        slash_bps={
-            BAD_COMMITMENT: config.slash_bad_commitment_bps,
-            DOUBLE_SIGN: config.slash_double_sign_bps,
-        },
+        slash_bps={DOUBLE_SIGN: config.slash_double_sign_bps},
         aggregation_rule=config.aggregation,
         aggregation_params={"beta": repr(config.beta)},
         contribution_method=config.contribution,

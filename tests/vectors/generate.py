@@ -49,12 +49,10 @@ from fedchain.ledger.containers import (
 )
 from fedchain.ledger.genesis import compute_genesis_block, compute_genesis_state
 from fedchain.ledger.objects import (
-    BAD_COMMITMENT,
     SIGNING_DOMAINS,
     Attestation,
     Block,
     BlockTransaction,
-    CommitmentMismatch,
     ContributionRecord,
     GenesisParticipant,
     ModelVersion,
@@ -71,6 +69,7 @@ from fedchain.ledger.objects import (
 )
 from fedchain.ledger.synthetic import derive_key
 from fedchain.ledger.verify import verify_ledger
+from fedchain.rounds.admission import MISMATCH_REASON
 from fedchain.rounds.rewards import compute_reward_split
 
 VECTORS_DIR = Path(__file__).parent
@@ -126,7 +125,6 @@ class Golden:
     keys: dict[bytes, Any]
     double_sign: SlashingEvidence  # also used by the vectors
     attestation_pair: SlashingEvidence
-    mismatch: SlashingEvidence
 
 
 def build_golden() -> Golden:
@@ -184,15 +182,22 @@ def build_golden() -> Golden:
     commits = [commit(i, 1, 0.1 * (i + 1)) for i in range(3)]
     add([*commits, *close_round(1, commits, {0: 120_000, 1: 80_000, 2: 0})], 1)
 
-    # Block 2, round 2: attestations to block 1; a rejection; a harmful score; a penalty.
+    # Block 2, round 2: attestations to block 1; a rejection; a harmful score (reputation).
     commits = [commit(i, 2, 0.2 * (i + 1)) for i in range(2)]
     rejection = Rejection(2, pub[2], "update has NaN or infinite values")
-    model, record, rewards = close_round(2, commits, {0: 50_000, 1: -20_000})
-    assert isinstance(rewards, RewardDeltas)
-    penalised = RewardDeltas(2, tuple(sorted((*rewards.deltas, (pub[1], -50)))))
-    add([*(attest(i) for i in range(3)), *commits, rejection, model, record, penalised], 2)
+    add(
+        [
+            *(attest(i) for i in range(3)),
+            *commits,
+            rejection,
+            *close_round(2, commits, {0: 50_000, 1: -20_000}),
+        ],
+        2,
+    )
 
-    # Block 3, round 3, proposed at attempt 1: a registration and all three kinds of evidence.
+    # Block 3, round 3, proposed at attempt 1: a registration, both kinds of double-sign
+    # evidence (heights 2 and 1 of this chain), and the rejection of an update that did not
+    # match its commitment (a record only: no stake moves on the coordinator's word).
     block2 = blocks[2].signed_header
     offender = by_public[block2.header.proposer]
     forged = dataclasses.replace(block2.header, tx_root=bytes(32))
@@ -200,17 +205,7 @@ def build_golden() -> Golden:
     real = sign_attestation(keys[1], gh, height=1, block_hash=blocks[1].header.parent_hash)
     other = sign_attestation(keys[1], gh, height=1, block_hash=compute_block_hash(blocks[1]))
     attestation_pair = _evidence_pair(real, other, 3)
-    lie = sign_commitment(
-        keys[2],
-        gh,
-        run_id="golden",
-        round=3,
-        base_model_hash=states[-1].model_head,
-        update_hash=compute_update_hash(_model(9.0, 9.0)),
-        num_examples=examples[2],
-    )
-    observed = compute_update_hash(_model(-9.0, -9.0))
-    mismatch = SlashingEvidence(BAD_COMMITMENT, pub[2], 3, CommitmentMismatch(lie, observed))
+    mismatch = Rejection(3, pub[2], MISMATCH_REASON)
     registration = sign_registration(
         keys[3], gh, stake=4_000, dataset_hash=_digest("data/3"), num_examples=150
     )
@@ -231,7 +226,7 @@ def build_golden() -> Golden:
 
     # Block 4, round 3: the closing block, attestations to block 3 (the new participant's too).
     add([attest(i) for i in range(4)], 3)
-    return Golden(blocks, states, by_public, double_sign, attestation_pair, mismatch)
+    return Golden(blocks, states, by_public, double_sign, attestation_pair)
 
 
 def _evidence_pair(first: Any, second: Any, round_: int) -> SlashingEvidence:
@@ -345,10 +340,9 @@ def vectors_document() -> dict[str, Any]:
         ("UpdateCommitment", _first(b1, UpdateCommitment)),
         ("ModelVersion", _first(b1, ModelVersion)),
         ("ContributionRecord", _first(b2, ContributionRecord)),
-        ("RewardDeltas (with a penalty)", _first(b2, RewardDeltas)),
+        ("RewardDeltas", _first(b2, RewardDeltas)),
         ("Rejection", _first(b2, Rejection)),
         ("Attestation", _first(b2, Attestation)),
-        ("SlashingEvidence bad_commitment", golden.mismatch),
         ("SlashingEvidence double_sign HeaderPair", golden.double_sign),
         ("SlashingEvidence double_sign AttestationPair", golden.attestation_pair),
         ("BlockHeader", b1.header),
@@ -366,7 +360,7 @@ def vectors_document() -> dict[str, Any]:
         ("codec edge cases: negative i64, empty and non-ASCII strings", _edge_cases()),
     ]
     signed: list[tuple[str, Any]] = [
-        ("Registration", b3.transactions[3]),
+        ("Registration", _first(b3, Registration)),
         ("UpdateCommitment", b1.transactions[0]),
         ("Attestation", _first(b2, Attestation)),
         ("SignedHeader (block 1)", b1.signed_header),
@@ -411,7 +405,6 @@ def vectors_document() -> dict[str, Any]:
                 "evidence_id": compute_evidence_id(ev).hex(),
             }
             for name, ev in (
-                ("bad_commitment", golden.mismatch),
                 ("double_sign/header", golden.double_sign),
                 ("double_sign/attestation", golden.attestation_pair),
             )
@@ -518,7 +511,31 @@ def _reject_vectors(golden: Golden) -> list[dict[str, Any]]:
         },
         {"why": "invalid UTF-8", "type": "Rejection", "bytes": (rejection[:-1] + b"\xff").hex()},
         {"why": "pair count 3", "type": "Rules", "bytes": (rules[:21] + b"\3" + rules[22:]).hex()},
+        {
+            "why": "retired tag 22 (bad-commitment evidence, no longer a ledger object)",
+            "type": "BlockTransaction",
+            "bytes": _retired_bad_commitment(golden).hex(),
+        },
     ]
+
+
+def _retired_bad_commitment(golden: Golden) -> bytes:
+    """The encoding bad-commitment evidence had (format version 1 before issue 12): a
+    SlashingEvidence of kind "bad_commitment" holding tag 22, a commitment and an observed hash."""
+    commitment = _first(golden.blocks[1], UpdateCommitment)
+
+    def field(data: bytes) -> bytes:
+        return struct.pack("<I", len(data)) + data
+
+    return (
+        bytes([SlashingEvidence.TAG])
+        + field(b"bad_commitment")
+        + field(commitment.public_key)
+        + struct.pack("<q", 1)
+        + bytes([22])
+        + encode(commitment)
+        + field(_digest("observed"))
+    )
 
 
 def write_files() -> None:
