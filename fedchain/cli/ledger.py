@@ -1,8 +1,11 @@
 """``fedchain verify`` and ``fedchain ledger show``: re-check and read a run's ledger.
 
-Given a run directory, ``verify`` also checks the model files against the verified ledger
-(:func:`fedchain.runs.registry.check_model_files`); given a bare ledger file, it checks the ledger
-only.
+Given a run directory, ``verify`` also checks the model files and the archived updates against
+the verified ledger (:func:`fedchain.runs.registry.check_model_files`,
+:func:`~fedchain.runs.registry.check_update_files`) and the files newer than its head
+(:mod:`fedchain.runs.leftovers`); given a bare ledger file, it checks the ledger only. Each
+``--checkpoint`` file (:mod:`fedchain.ledger.checkpoints`) must be extended by the ledger
+(:func:`fedchain.ledger.verify.check_checkpoint`).
 """
 
 from __future__ import annotations
@@ -21,18 +24,20 @@ from fedchain.cli.common import console, ledger_progress, make_app
 from fedchain.config import load_config_file
 from fedchain.crypto.identity import fingerprint
 from fedchain.errors import ConfigError
+from fedchain.ledger.checkpoints import load_checkpoint
 from fedchain.ledger.codec import MAX_INT, decode
 from fedchain.ledger.objects import Block
 from fedchain.ledger.show import as_markup_text, block_to_json, describe_transaction
 from fedchain.ledger.signatures import CachingVerifier
 from fedchain.ledger.store import LedgerStore, open_ledger_path
-from fedchain.ledger.verify import VerifyReport, verify_ledger
+from fedchain.ledger.verify import VerifyReport, check_checkpoint, verify_ledger
 from fedchain.report.inputs import describe_unfinished, read_run_plan
-from fedchain.rounds.recheck import recheck_scores
-from fedchain.runs.layout import CONFIG_FILENAME, LEDGER_FILENAME, MODELS_DIRNAME
+from fedchain.rounds.recheck import describe_score_tolerance, recheck_scores
+from fedchain.runs.layout import CONFIG_FILENAME, LEDGER_FILENAME
+from fedchain.runs.leftovers import find_leftovers
 from fedchain.runs.registry import (
     check_model_files,
-    find_unregistered_files,
+    check_update_files,
     get_registered_hashes,
     read_regular_file,
 )
@@ -45,10 +50,10 @@ PathArg = Annotated[
 
 
 @dataclass
-class _ModelsVerdict:
-    """The model files' part of ``verify``: its summary row, problems (fail) and warnings."""
+class _FilesVerdict:
+    """The run directory's part of ``verify``: summary rows, problems (fail) and warnings."""
 
-    row: str
+    rows: list[tuple[str, str]] = field(default_factory=list)
     checked: bool = False
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -64,22 +69,40 @@ def verify(
             "(run directories; takes model evaluations).",
         ),
     ] = False,
+    checkpoint: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--checkpoint",
+            help="A data holder's saved checkpoint file (repeatable): fail unless the ledger "
+            "is its federation's, holds its block at its height and proves it final.",
+        ),
+    ] = None,
 ) -> None:
     """Re-check a ledger from genesis: hash chain, signatures, proposers, state, finality.
 
-    Given a run directory, also check that every registered model's file is there and holds
-    that model, and that the model lineage is unbroken, and say when the run is unfinished
-    (its ledger stops before the rounds its config.toml or federation.toml set; still exit 0
-    when everything there verifies).
+    Given a run directory, also check that every registered model's file and every archived
+    update the ledger names are there and hold what their hashes say, that the model lineage
+    is unbroken, and report files newer than the ledger's head (a warning for what a stopped
+    round leaves; a failure for metrics of rounds the ledger lost). Say when the run is
+    unfinished (its ledger stops before the rounds its config.toml or federation.toml set;
+    still exit 0 when everything there verifies).
     """
+    saved = [(p, *load_checkpoint(p)) for p in checkpoint or ()]  # a bad file: fail at once
     with ledger_progress() as (progress, on_block), CachingVerifier() as verifier:
         report = verify_ledger(path, on_block=on_block, verifier=verifier)
-        models = _check_models(path, report, progress)
-    _print_report(report, models)
+        files = _check_files(path, report, progress)
+    for file, genesis_hash, point in saved:
+        reason = check_checkpoint(report, genesis_hash, point) if report.ok else None
+        if reason is not None:
+            files.problems.insert(0, f"checkpoint {file} (height {point.height}): {reason}")
+    if saved and report.ok:
+        highest = max(point.height for _, _, point in saved)
+        files.rows.append(("checkpoints", f"{len(saved)} given, up to height {highest}"))
+    _print_report(report, files)
     unfinished = describe_unfinished(report.rounds, read_run_plan(path)) if path.is_dir() else None
     if unfinished and report.blocks:
         console.print(f"[bold yellow]{as_markup_text(unfinished)}[/]")
-    failed = not report.ok or bool(models.problems)
+    failed = not report.ok or bool(files.problems)
     if scores and not failed:
         failed = not _recheck_scores(path, report)
     if failed:
@@ -101,43 +124,48 @@ def _recheck_scores(path: Path, report: VerifyReport) -> bool:
         return False
     console.print(
         f"scores: {check.rounds} rounds recomputed from the archived updates "
-        f"({config.contribution}); largest difference {check.max_difference:.4g} "
-        f"score units (tolerance 0.005)"
+        f"({config.contribution}); largest difference {check.max_difference:.3g} score units, "
+        f"{check.max_tolerance_used:.2g} of its round's tolerance "
+        f"({describe_score_tolerance()})"
     )
     return True
 
 
-def _check_models(path: Path, report: VerifyReport, progress: Progress) -> _ModelsVerdict:
+def _check_files(path: Path, report: VerifyReport, progress: Progress) -> _FilesVerdict:
     if not path.is_dir():
-        return _ModelsVerdict("not checked (ledger file only)")
+        return _FilesVerdict([("models", "not checked (ledger file only)")])
     if not report.ok:
-        return _ModelsVerdict("not checked (the ledger did not verify)")
-    task = progress.add_task("models", total=None)
+        return _FilesVerdict([("models", "not checked (the ledger did not verify)")])
+    task = progress.add_task("files", total=None)
+    counted = 0
 
     def on_file(done: int, total: int) -> None:
-        progress.update(task, completed=done, total=total)
+        progress.update(task, completed=counted + done, total=counted + total)
 
-    problems = check_model_files(path, report, on_file=on_file)
-    count = len(get_registered_hashes(report))
-    unregistered = find_unregistered_files(path, report)
-    warnings = (
-        [
-            f"{len(unregistered)} file(s) in {path / MODELS_DIRNAME} that no block registers "
-            "(ignored; e.g. saved just before a crash): "
-            + ", ".join(p.name for p in unregistered[:3])
-            + (", …" if len(unregistered) > 3 else "")
-        ]
-        if unregistered
-        else []
+    models = check_model_files(path, report, on_file=on_file)
+    counted = len(get_registered_hashes(report))
+    updates, missing = check_update_files(path, report, on_file=on_file)
+    leftovers = find_leftovers(path, report)
+    verdict = _FilesVerdict(checked=True, warnings=[*missing, *leftovers.warnings])
+    verdict.problems = [*models, *updates, *leftovers.problems]
+    verdict.rows.append(
+        ("models", f"{len(models)} problem(s) with {counted} registered model files")
+        if models
+        else ("models", f"{counted} model files match their registered hashes and lineage")
     )
-    if problems:
-        row = f"{len(problems)} problem(s) with {count} registered model files"
-    else:
-        row = f"{count} model files match their registered hashes and lineage"
-    return _ModelsVerdict(row, checked=True, problems=problems, warnings=warnings)
+    count = len(report.update_hashes)
+    verdict.rows.append(
+        ("updates", f"{len(updates)} problem(s) with {count} archived updates")
+        if updates
+        else (
+            "updates",
+            "not archived" if missing else f"{count} archived updates match their hashes",
+        )
+    )
+    return verdict
 
 
-def _print_report(report: VerifyReport, models: _ModelsVerdict) -> None:
+def _print_report(report: VerifyReport, files: _FilesVerdict) -> None:
     table = Table(show_header=False, title=f"ledger {report.path}")
     table.add_column(style="bold")
     table.add_column(overflow="fold")  # whole hashes, folded on a narrow terminal
@@ -167,20 +195,20 @@ def _print_report(report: VerifyReport, models: _ModelsVerdict) -> None:
         ]
         if report.retried_proposals:
             rows.append(("proposer retries", f"{report.retried_proposals} blocks with attempt > 0"))
-        rows.append(("models", models.row))
+        rows += files.rows
         for name, value in rows:
             table.add_row(name, value)
         console.print(table)
-    for warning in models.warnings:
+    for warning in files.warnings:
         console.print(f"[bold yellow]warning[/] {as_markup_text(warning)}")
     if not report.ok:
         console.print(f"[bold red]FAILED[/] {as_markup_text(report.failure)}")
-    elif models.problems:
-        console.print(f"[bold red]FAILED[/] {as_markup_text(models.problems[0])}")
-        for problem in models.problems[1:]:
+    elif files.problems:
+        console.print(f"[bold red]FAILED[/] {as_markup_text(files.problems[0])}")
+        for problem in files.problems[1:]:
             console.print(f"  also: {as_markup_text(problem)}")
     else:
-        checked = ", and every model file" if models.checked else ""
+        checked = ", and every model file and archived update" if files.checked else ""
         console.print(
             "[bold green]verified[/]: every block, signature and state transition checks out"
             + checked

@@ -11,8 +11,10 @@ The replay itself is :func:`iter_replay`, public so that every reader of a chain
 report too) walks it with the same transition and the same stop-at-first-failure rule.
 
 The same pass collects the registered model versions (with the heights of the blocks that carry
-them) and the genesis initial model hash, so the model registry (:mod:`fedchain.runs.registry`) can
-check a run's model files without reading the ledger a second time.
+them), the genesis initial model hash and the updates the ledger names, so the model registry
+(:mod:`fedchain.runs.registry`) can check a run's model and update files without reading the
+ledger a second time, and every block's hash, so that a data holder's saved checkpoint can be
+checked against the ledger (:func:`check_checkpoint`).
 """
 
 from __future__ import annotations
@@ -24,10 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedchain.errors import LedgerError
+from fedchain.ledger.checkpoints import check_extends
 from fedchain.ledger.codec import compute_hash, decode
 from fedchain.ledger.consensus import compute_finalized_height, get_validators
 from fedchain.ledger.containers import LedgerState, ParticipantState
 from fedchain.ledger.genesis import process_genesis_block
+from fedchain.ledger.lightclient import Checkpoint
 from fedchain.ledger.objects import (
     AttestationPair,
     Block,
@@ -74,6 +78,12 @@ class VerifyReport:
     initial_model_hash: bytes = b""  # the genesis model (round 0)
     model_versions: tuple[tuple[int, ModelVersion], ...] = ()
     """``(height, model version)`` of every verified block's ModelVersion, in chain order."""
+    update_hashes: tuple[tuple[int, bytes], ...] = ()
+    """``(height, update hash)`` of every update a verified block names (its UpdateCommitments
+    and its ModelVersion's ``update_hashes``), each hash once, where first named: the updates
+    the run directory must archive (``updates/``)."""
+    block_hashes: tuple[bytes, ...] = field(default=(), repr=False)
+    """Every verified block's hash, by height."""
     rounds: int = 0
     tx_counts: Mapping[str, int] = field(default_factory=dict)
     signatures: int = 0
@@ -164,6 +174,8 @@ class _Tally:
         self.retried = 0
         self.blocks = 0
         self.model_versions: list[tuple[int, ModelVersion]] = []
+        self.update_hashes: dict[bytes, int] = {}
+        self.block_hashes: list[bytes] = []
         self.rounds: list[RoundRecord] = []
 
     def add(self, step: ReplayStep, genesis_hash: bytes) -> None:
@@ -187,6 +199,11 @@ class _Tally:
             self.signatures += _count_signatures(tx)
             if isinstance(tx, ModelVersion):
                 self.model_versions.append((height, tx))
+                for update_hash in tx.update_hashes:
+                    self.update_hashes.setdefault(update_hash, height)
+            elif isinstance(tx, UpdateCommitment):
+                self.update_hashes.setdefault(tx.update_hash, height)
+        self.block_hashes.append(step.post.head_hash)
         self.blocks += 1
 
     def _record_round(self, pre: LedgerState, block: Block) -> None:
@@ -288,6 +305,8 @@ def _report(
         model_head=state.model_head,
         initial_model_hash=state.genesis.initial_model_hash,
         model_versions=tuple(tally.model_versions),
+        update_hashes=tuple((height, h) for h, height in tally.update_hashes.items()),
+        block_hashes=tuple(tally.block_hashes),
         rounds=state.round,
         tx_counts=dict(sorted(tally.tx_counts.items())),
         signatures=tally.signatures,
@@ -300,3 +319,33 @@ def _report(
         round_records=tuple(tally.rounds),
         validators_by_height=tally.validators_by_height,
     )
+
+
+def check_checkpoint(
+    report: VerifyReport, genesis_hash: bytes, checkpoint: Checkpoint
+) -> str | None:
+    """Why the verified ledger of ``report`` does not extend a data holder's saved checkpoint
+    (:mod:`fedchain.ledger.checkpoints`), or None if it does.
+
+    Only verified blocks count (a block past the first failure is not trusted). Besides holding
+    the checkpoint's block (:func:`~fedchain.ledger.checkpoints.check_extends`), the ledger must
+    prove it final: a coordinator tells a client a height is final only once the attestations on
+    its stored chain make it so (:func:`~fedchain.ledger.consensus.compute_finalized_height`), so
+    an honest ledger's final height is never below a checkpoint its clients saved; a lower one
+    means the blocks carrying those attestations are gone.
+    """
+    hashes = report.block_hashes
+
+    def block_hash_at(height: int) -> bytes | None:
+        return hashes[height] if 0 <= height < len(hashes) else None
+
+    reason = check_extends(
+        genesis_hash, checkpoint, block_hash_at, ledger_genesis_hash=report.genesis_hash
+    )
+    if reason is None and report.final_height < checkpoint.height:
+        reason = (
+            f"the ledger proves blocks final only up to height {report.final_height}, below the "
+            f"checkpoint's height {checkpoint.height}: the blocks whose attestations made it "
+            "final were deleted"
+        )
+    return reason

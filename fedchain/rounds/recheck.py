@@ -3,28 +3,59 @@
 ``fedchain verify --scores`` recomputes each round from the archived updates with the same pure
 decisions the coordinator used (:mod:`fedchain.rounds.scores`) and the same scorer
 (:class:`fedchain.rounds.validation.RoundScorer`: minus a coalition model's loss on the
-validation split), and compares the quantised result with the scores on the ledger, within
-:data:`SCORE_TOLERANCE`.
+validation split), and compares the quantised result with the scores on the ledger.
+
+Floating point may differ across machines (thread counts, vector units and BLAS kernels change
+the order of float32 reductions), so the comparison has a tolerance; rewards never differ, since
+they are paid from the recorded, quantised scores and replayed bit-exactly by the ledger. The
+tolerance is what limits a dishonest coordinator: any recorded score within it of the honest
+one passes, and the reward split follows the recorded scores. A fixed 0.005 let a late round's
+scores (0.002-0.07 in the default run) move by more than the smallest of them, enough to double
+a reward. So the tolerance is relative to the round (:func:`compute_score_tolerance`)::
+
+    |recorded - recomputed| <= max(SCORE_TOLERANCE_QUANTA / SCORE_SCALE,
+                                   SCORE_TOLERANCE_RELATIVE * max |recomputed score of the round|)
+
+in score units, per score. The recomputed scores set the scale, not the recorded ones, so
+inflating one recorded score does not widen its own tolerance. The constants come from
+``experiments/score_tolerance.py`` (``experiments/results/score_tolerance.md``), which recomputes
+the default run under configurations that reorder float reductions.
+
+A limit the tolerance cannot remove: GTG-Shapley's truncations compare utility differences with
+thresholds, so a machine whose loss differs in the last bits can, when a comparison sits within
+that noise of its threshold, truncate differently and move a score by a jump; ``verify --scores``
+then reports that round (a false alarm, named by round).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from fedchain.aggregation.weights import make_rule_params
 from fedchain.config import RunConfig
 from fedchain.errors import RegistryError
 from fedchain.ledger.objects import SCORE_SCALE
 from fedchain.ledger.verify import VerifyReport
-from fedchain.rounds.scores import compute_aggregation, compute_quantised_scores, compute_raw_scores
+from fedchain.rounds.scores import (
+    Scorer,
+    compute_aggregation,
+    compute_quantised_scores,
+    compute_raw_scores,
+)
 from fedchain.runs.prepare import load_split
 from fedchain.runs.registry import load_model, load_update
 
-SCORE_TOLERANCE = 0.005
-"""Largest difference, in score units (validation loss), between a recomputed and a recorded
-score: floating point may differ across machines; rewards never do — they are paid from the
-recorded, quantised scores and replayed bit-exactly by the ledger."""
+SCORE_TOLERANCE_QUANTA = 2
+"""The tolerance's floor, in quanta (1 / SCORE_SCALE score units): a score recomputed to a hair
+either side of a rounding boundary quantises one quantum away; two leave room for that."""
+
+SCORE_TOLERANCE_RELATIVE = 1e-4
+"""The tolerance per score, as a fraction of the round's largest recomputed |score|: ≥ 100 times
+the largest difference measured across float orders (see the module docstring)."""
 
 
 @dataclass(frozen=True)
@@ -32,33 +63,60 @@ class ScoreCheck:
     rounds: int
     max_difference: float  # score units
     problems: tuple[str, ...]
+    max_tolerance_used: float = 0.0  # the largest difference / its round's tolerance
 
 
-def recheck_scores(
-    run_dir: Path, report: VerifyReport, config: RunConfig, tolerance: float = SCORE_TOLERANCE
-) -> ScoreCheck:
-    """Recompute every round's contribution scores from the archived updates and compare them
-    with the scores on the ledger. Needs a verified ``report`` of the run's ledger."""
-    scorer = None
-    if config.contribution != "none":
-        # imported here to keep torch (~3 s) out of CLI start-up: cli/ledger imports this module
-        from fedchain.rounds.validation import RoundScorer
+@dataclass(frozen=True)
+class RoundScores:
+    """One round recomputed: the committed keys (block order), their raw recomputed scores, and
+    the scores on the ledger; or ``problem`` when it could not be recomputed."""
 
-        scorer = RoundScorer(config, load_split(config)[1])
+    round: int
+    keys: tuple[bytes, ...] = ()
+    raw: tuple[float, ...] = ()
+    recorded: Mapping[bytes, int] | None = None
+    problem: str | None = None
+
+
+def compute_score_tolerance(recomputed: Mapping[bytes, int]) -> float:
+    """The round's tolerance, in score units, from its recomputed quantised scores."""
+    largest = max((abs(v) for v in recomputed.values()), default=0) / SCORE_SCALE
+    return max(SCORE_TOLERANCE_QUANTA / SCORE_SCALE, SCORE_TOLERANCE_RELATIVE * largest)
+
+
+def describe_score_tolerance() -> str:
+    return (
+        f"tolerance per round: max({SCORE_TOLERANCE_QUANTA} quanta, "
+        f"{SCORE_TOLERANCE_RELATIVE:g} x its largest |score|)"
+    )
+
+
+def make_scorer(config: RunConfig) -> Scorer | None:
+    """The run's validation scorer (None when it scores without one)."""
+    if config.contribution == "none":
+        return None
+    # imported here to keep torch (~3 s) out of CLI start-up: cli/ledger imports this module
+    from fedchain.rounds.validation import RoundScorer
+
+    return RoundScorer(config, load_split(config)[1])
+
+
+def iter_round_scores(
+    run_dir: Path, report: VerifyReport, config: RunConfig, scorer: Scorer | None
+) -> Iterator[RoundScores]:
+    """Recompute each round of a verified ``report`` from the archived updates, in order."""
     params = make_rule_params(config)
-    problems: list[str] = []
-    worst = 0.0
     for record in report.round_records:
         round_ = record.model_version.round
         if record.contribution is None:
-            problems.append(f"round {round_}: no contribution record")
+            yield RoundScores(round_, problem=f"round {round_}: no contribution record")
             continue
         keys = [c.public_key for c in record.commitments]
         try:
             base = load_model(run_dir, record.model_version.parent_hash)
             updates = [load_update(run_dir, c.update_hash) for c in record.commitments]
         except RegistryError as e:
-            problems.append(f"round {round_}: {e}")
+            yield RoundScores(round_, problem=f"round {round_}: {e}")
             continue
         result = compute_aggregation(
             record.model_version.rule,
@@ -72,16 +130,33 @@ def recheck_scores(
             round_=round_,
         )
         raw = compute_raw_scores(result, base, updates, scorer, round_)
-        expected = dict(compute_quantised_scores(keys, raw))
-        recorded = dict(record.contribution.scores)
-        if set(expected) != set(recorded):
-            problems.append(f"round {round_}: scores recorded for other clients than committed")
+        raw_floats = tuple(float(x) for x in np.asarray(raw, dtype=np.float64).ravel())
+        yield RoundScores(round_, tuple(keys), raw_floats, dict(record.contribution.scores))
+
+
+def recheck_scores(run_dir: Path, report: VerifyReport, config: RunConfig) -> ScoreCheck:
+    """Recompute every round's contribution scores from the archived updates and compare them
+    with the scores on the ledger, each within its round's :func:`compute_score_tolerance`.
+    Needs a verified ``report`` of the run's ledger."""
+    problems: list[str] = []
+    worst = used = 0.0
+    for scores in iter_round_scores(run_dir, report, config, make_scorer(config)):
+        if scores.problem is not None or scores.recorded is None:
+            problems.append(scores.problem or f"round {scores.round}: nothing recorded")
             continue
-        difference = max(abs(expected[k] - recorded[k]) for k in keys) / SCORE_SCALE
-        worst = max(worst, difference)
+        expected = dict(compute_quantised_scores(scores.keys, scores.raw))
+        recorded = scores.recorded
+        if set(expected) != set(recorded):
+            problems.append(
+                f"round {scores.round}: scores recorded for other clients than committed"
+            )
+            continue
+        tolerance = compute_score_tolerance(expected)
+        difference = max(abs(expected[k] - recorded[k]) for k in expected) / SCORE_SCALE
+        worst, used = max(worst, difference), max(used, difference / tolerance)
         if difference > tolerance:
             problems.append(
-                f"round {round_}: recomputed scores differ by {difference:.4g} "
-                f"(tolerance {tolerance})"
+                f"round {scores.round}: a recorded score differs from its recomputed value by "
+                f"{difference:.3g} (this round's tolerance {tolerance:.3g})"
             )
-    return ScoreCheck(len(report.round_records), worst, tuple(problems))
+    return ScoreCheck(len(report.round_records), worst, tuple(problems), used)

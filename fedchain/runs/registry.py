@@ -48,6 +48,7 @@ __all__ = [
     "MIN_PREFIX_HEX",
     "ModelEntry",
     "check_model_files",
+    "check_update_files",
     "find_model",
     "find_unregistered_files",
     "get_lineage",
@@ -409,6 +410,45 @@ def check_model_files(
         if on_file is not None:
             on_file(done, len(hashes))
     return problems
+
+
+def check_update_files(
+    run_dir: Path,
+    report: VerifyReport,
+    *,
+    on_file: Callable[[int, int], None] | None = None,
+) -> tuple[list[str], list[str]]:
+    """``(problems, warnings)`` of ``run_dir``'s archived updates against a verified ledger.
+
+    Every update the ledger names (:attr:`VerifyReport.update_hashes`: each accepted commitment
+    and each model version's inputs) must have its file in ``updates/``, which must load and hash
+    to its name. The coordinator archives an update when it accepts it, before the block naming
+    it exists, so a missing or altered file is never a crash's doing: it withholds or replaces
+    evidence that the round's scores and model are recomputed from (a problem). A run directory
+    without any ``updates/`` folder (copied without its archive, or written before updates were
+    archived) is a warning: its ledger and models still verify, its scores cannot be re-checked
+    (``--scores`` fails). Raises :class:`~fedchain.errors.RegistryError` if the ledger itself
+    did not verify.
+    """
+    _require_verified(report)
+    updates_dir = Path(run_dir) / UPDATES_DIRNAME
+    count = len(report.update_hashes)
+    if count and not updates_dir.is_dir():
+        return [], [
+            f"no {updates_dir}: the {count} updates the ledger names are not archived here, so "
+            "the scores cannot be re-checked (--scores)"
+        ]
+    problems: list[str] = []
+    names = {h: f"update named by block {height}" for height, h in report.update_hashes}
+    for done, (_, update_hash) in enumerate(report.update_hashes, start=1):
+        path = model_path(run_dir, update_hash, UPDATES_DIRNAME)
+        if not path.exists():
+            problems.append(f"{path}: missing ({names[update_hash]})")
+        else:
+            problems += _check_file(path, update_hash, names)
+        if on_file is not None:
+            on_file(done, count)
+    return problems, []
 
 
 def _check_file(path: Path, model_hash: bytes, names: Mapping[bytes, str]) -> list[str]:
