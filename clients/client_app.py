@@ -1,11 +1,24 @@
 """The Flower ClientApp run by each data holder: decode the message, call fedchain, encode a reply.
 
 Each train message carries the global model and a view of the ledger. The client checks that the
-ledger extends the last final block it saw (kept in ``context.state``), trains on its decrypted
-data, and replies with its update and its ledger duties (:mod:`fedchain.rounds.participant`: the
-signed commitment, the attestation to the pending block, and its seal if the stake draw chose
-this client as its proposer). With the ledger off it behaves as a plain Flower FedAvg client
-(sends trained weights, signs nothing) for comparison runs. The keys of every record are
+ledger extends the last final block it saw, replays the new blocks on its own replica of the
+ledger and re-derives the pending block from its transactions (:mod:`fedchain.rounds.replica`;
+a view that fails is refused: logged, and answered with an error that the coordinator's round
+log shows, with no attestation and no seal), trains on its decrypted data, and replies with its
+update and its ledger duties (:mod:`fedchain.rounds.participant`: the signed commitment, the
+attestation to the pending block, and its seal if the stake draw chose this client as its
+proposer).
+
+The replica and the checkpoint live in ``context.state`` (the SuperNode keeps it between
+messages); a deployed data holder also keeps them on its own disk
+(:mod:`fedchain.rounds.replica_files`, the folder its node config names), so that a restarted
+SuperNode resumes from what it had checked and a coordinator cannot rewind it. Replaying a
+stored replica from genesis is the one slow step, so the states replayed in this process are
+kept by (genesis hash, head hash) (:data:`_REPLAYED`, an explicit speed-up: a head hash fixes
+every block before it, so the state after it is the same whoever replayed it).
+
+With the ledger off the client behaves as a plain Flower FedAvg client (sends trained weights,
+signs nothing, keeps no replica) for comparison runs. The keys of every record are
 :mod:`fedchain.rounds.messages`'.
 
 For robustness experiments a client can be told to attack (:func:`configured_attack`): it then
@@ -15,14 +28,21 @@ untouched.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from logging import WARNING
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.logger import log
 
+from fedchain.crypto.identity import public_key_bytes
 from fedchain.data.holder import DataHolder, load_configured_holder, load_simulated_holder
 from fedchain.data.sources import ArrayDataset
+from fedchain.errors import LedgerError
 from fedchain.learning.architectures import build_model, load_numpy_state, state_to_numpy
 from fedchain.learning.attacks import (
     Attack,
@@ -39,12 +59,26 @@ from fedchain.learning.training import (
     derive_seed,
     train_local,
 )
+from fedchain.ledger.codec import compute_hash, decode
+from fedchain.ledger.containers import LedgerState
+from fedchain.ledger.lightclient import Checkpoint
+from fedchain.ledger.objects import Block, compute_block_hash
 from fedchain.rounds import messages as m
-from fedchain.rounds.participant import check_view, compute_duties, sign_update_commitment
+from fedchain.rounds import replica_files
+from fedchain.rounds.participant import (
+    CheckedView,
+    check_view_replayed,
+    compute_duties,
+    sign_update_commitment,
+)
+from fedchain.rounds.replica import Replica, replay_replica
 
 Arrays = dict[str, np.ndarray]
 app = ClientApp()
 _threads_set = False
+MAX_REPLAYED = 16
+_REPLAYED: OrderedDict[tuple[bytes, bytes], LedgerState] = OrderedDict()
+"""States this process replayed, by (genesis hash, head hash); the newest MAX_REPLAYED."""
 
 
 def _holder(context: Context, config: ConfigRecord) -> DataHolder:
@@ -58,13 +92,68 @@ def _holder(context: Context, config: ConfigRecord) -> DataHolder:
     return load_configured_holder(context.node_config)
 
 
-def _ledger_duties(context: Context, holder: DataHolder, config: ConfigRecord) -> m.Duties:
-    """Check the ledger view, move the checkpoint, attest to and maybe seal the pending block."""
-    view = m.decode_ledger_view(config)
-    saved = m.decode_checkpoint(context.state[m.DUTIES]) if m.DUTIES in context.state else None
-    checkpoint = check_view(saved, view)
-    context.state[m.DUTIES] = ConfigRecord(m.encode_checkpoint(checkpoint))
-    return compute_duties(holder.key, holder.public_key, view, checkpoint)
+def ledger_duties(
+    context: Context, key: Ed25519PrivateKey, config: ConfigRecord, replica_dir: Path | None = None
+) -> m.Duties:
+    """Check the ledger view against the client's replica, save the replica and checkpoint,
+    then attest to and maybe seal the pending block. A view that fails any check is refused
+    (logged, and raised: Flower answers with an error reply) and nothing is saved or signed."""
+    try:
+        view = m.decode_ledger_view(config)
+        replica, saved = _load_replica(context, replica_dir)
+        checked = check_view_replayed(replica, saved, view)
+    except LedgerError as e:
+        log(WARNING, "refusing to attest or seal: %s", e)
+        raise
+    _save_replica(context, checked, replica_dir)
+    return compute_duties(key, public_key_bytes(key), view, checked.checkpoint)
+
+
+def _load_replica(
+    context: Context, replica_dir: Path | None
+) -> tuple[Replica | None, Checkpoint | None]:
+    """The client's replica and checkpoint: from ``context.state``, else (a restarted
+    SuperNode) from its disk, else none (a first view)."""
+    state = context.state
+    saved = m.decode_checkpoint(state[m.DUTIES]) if m.DUTIES in state else None
+    if m.REPLICA in state:
+        return _replayed(m.decode_replica(state[m.REPLICA])), saved
+    if replica_dir is not None and (stored := replica_files.load_replica(replica_dir)):
+        return _replayed(stored.encodings), stored.checkpoint
+    return None, saved
+
+
+def _replayed(encodings: tuple[bytes, ...]) -> Replica:
+    """The replica of ``encodings``: its state from this process's memo, else replayed."""
+    genesis = decode(Block, encodings[0]).transactions[0]
+    key = (compute_hash(genesis), compute_block_hash(decode(Block, encodings[-1])))
+    state = _REPLAYED.get(key)
+    if state is None:
+        replica = replay_replica(encodings)
+        _remember(replica)
+        return replica
+    return Replica(encodings, state)
+
+
+def _remember(replica: Replica) -> None:
+    state = replica.state
+    _REPLAYED[(state.genesis_hash, state.head_hash)] = state
+    _REPLAYED.move_to_end((state.genesis_hash, state.head_hash))
+    while len(_REPLAYED) > MAX_REPLAYED:
+        _REPLAYED.popitem(last=False)
+
+
+def _save_replica(context: Context, checked: CheckedView, replica_dir: Path | None) -> None:
+    """Disk first (a deployed holder's), then ``context.state``, before anything is signed."""
+    if replica_dir is not None:
+        replica_files.save_replica(replica_dir, checked.replica, checked.checkpoint)
+    context.state[m.REPLICA] = ConfigRecord(m.encode_replica(checked.replica.encodings))
+    context.state[m.DUTIES] = ConfigRecord(m.encode_checkpoint(checked.checkpoint))
+    _remember(checked.replica)
+
+
+def _holder_duties(context: Context, holder: DataHolder, config: ConfigRecord) -> m.Duties:
+    return ledger_duties(context, holder.key, config, holder.replica_dir)
 
 
 @app.train()
@@ -72,7 +161,7 @@ def train(msg: Message, context: Context) -> Message:
     config = msg.content[m.CONFIG]
     holder = _holder(context, config)
     ledger = m.is_ledger_on(config)
-    duties = _ledger_duties(context, holder, config) if ledger else None
+    duties = _holder_duties(context, holder, config) if ledger else None
     base = {name: array.numpy() for name, array in msg.content[m.ARRAYS].items()}
     attack = configured_attack(context, config, holder.index)
     if attack is not None:
@@ -183,5 +272,5 @@ def seal_and_attest(msg: Message, context: Context) -> Message:
     """Outside training (a fallback proposer, or the closing exchange): ledger duties only."""
     config = msg.content[m.CONFIG]
     holder = _holder(context, config)
-    duties = m.encode_duties(_ledger_duties(context, holder, config))
+    duties = m.encode_duties(_holder_duties(context, holder, config))
     return Message(RecordDict({m.DUTIES: ConfigRecord(duties)}), reply_to=msg)

@@ -47,9 +47,7 @@ def config(setup: RunSetup, pending: BlockHeader | None = None, **settings: Any)
     """Round 1's config: the run settings, the base model and the ledger view at genesis."""
     genesis = compute_genesis_block(setup.genesis)
     state = compute_genesis_state(setup.genesis)
-    view = m.encode_ledger_view(
-        state.genesis_hash, setup.genesis.run_id, [genesis.signed_header], 0, pending
-    )
+    view = m.encode_ledger_view(state.genesis_hash, setup.genesis.run_id, [genesis], 0, pending)
     return ConfigRecord(
         {
             **m.encode_train_settings(setup.config, setup.run_dir),

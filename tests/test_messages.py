@@ -16,16 +16,28 @@ from fedchain.ledger.builder import prepare_block
 from fedchain.ledger.chain import Chain
 from fedchain.ledger.codec import decode
 from fedchain.ledger.lightclient import Checkpoint
-from fedchain.ledger.objects import Attestation, UpdateCommitment
+from fedchain.ledger.objects import Attestation, Block, UpdateCommitment
 from fedchain.ledger.synthetic import SyntheticFederation
 from fedchain.rounds import messages as m
-from fedchain.rounds.participant import check_view, compute_duties, sign_update_commitment
+from fedchain.rounds.participant import (
+    check_view_replayed,
+    compute_duties,
+    sign_update_commitment,
+)
 
 
 def test_the_keys_on_the_wire() -> None:
     view = m.encode_ledger_view(b"g" * 32, "run", [], 0, None)
-    assert list(view) == ["genesis-hash", "run-id", "headers", "final-height", "pending"]
-    assert view["pending"] == b"" and view["headers"] == []
+    assert list(view) == [
+        "genesis-hash",
+        "run-id",
+        "blocks",
+        "final-height",
+        "pending",
+        "pending-transactions",
+    ]
+    assert view["pending"] == b"" and view["blocks"] == view["pending-transactions"] == []
+    assert m.encode_replica([b"b0"]) == {"blocks": [b"b0"]} and m.REPLICA == "fedchain-replica"
     duties = m.encode_duties(m.Duties(3, b"a", b"s", b"c"))
     assert duties == {"checkpoint": 3, "attestation": b"a", "seal": b"s", "commitment": b"c"}
     assert m.encode_duties(m.Duties(3)) == {"checkpoint": 3, "attestation": b"", "seal": b""}
@@ -118,11 +130,14 @@ def test_participant_attests_seals_and_commits(tmp_path: Path) -> None:
         block, state = federation.make_round(chain.state)
         chain.append(block, state)
         header, _ = prepare_block(state, [], round=2)
-        wire = m.encode_ledger_view(state.genesis_hash, "wire", [block.signed_header], 1, header)
+        genesis = decode(Block, next(chain.store.iter_blocks()).data)
+        wire = m.encode_ledger_view(state.genesis_hash, "wire", [genesis, block], 1, header)
     view = m.decode_ledger_view(wire)
-    assert view.pending == header and view.headers == (block.signed_header,)
-    checkpoint = check_view(None, view)
-    assert checkpoint.height <= 1
+    assert view.pending == header and view.blocks == (genesis, block)
+    assert view.headers == (genesis.signed_header, block.signed_header)
+    checked = check_view_replayed(None, None, view)
+    checkpoint = checked.checkpoint
+    assert checkpoint.height == 1 and checked.replica.state == state
     sealed = 0
     for key in federation.keys:
         public = public_key_bytes(key)

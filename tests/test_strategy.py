@@ -2,7 +2,8 @@
 
 Pre -> op -> post on an in-process grid: a coordinator at genesis (test_coordinator's synthetic
 federation of three and its small model), clients that do a participant's real duties
-(:mod:`fedchain.rounds.participant`) but send a fixed update instead of training, then one hook:
+(:func:`clients.client_app.ledger_duties`: replica, attestation, seal) but send a fixed update
+instead of training, then one hook:
 ``configure_train`` (what each node is sent), ``aggregate_train`` (what the coordinator makes of
 the replies), ``close_ledger``. The parser of replies is test_replies'.
 Negative cases are named ``test_invalid_*``.
@@ -18,13 +19,14 @@ import pytest
 from flwr.app import ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from clients.client_app import ledger_duties
 from fedchain.crypto.hashing import compute_update_hash
 from fedchain.crypto.identity import public_key_bytes
 from fedchain.errors import FedchainError
 from fedchain.ledger.synthetic import SyntheticFederation
 from fedchain.rounds import messages as m
 from fedchain.rounds.coordinator import Coordinator, RoundOutcome
-from fedchain.rounds.participant import check_view, compute_duties, sign_update_commitment
+from fedchain.rounds.participant import sign_update_commitment
 from server.inprocess_grid import NODE_BASE, InProcessGrid
 from server.strategy import FedchainStrategy, to_array_record
 from tests.test_coordinator import CLIENTS, MODEL, RUN_ID, open_coordinator, update
@@ -33,17 +35,13 @@ SETTINGS = ConfigRecord({"lr": 0.1})  # the run settings every message carries
 
 
 def participant(federation: SyntheticFederation, i: int) -> ClientApp:
-    """Client ``i``: checks its view, attests, seals when drawn, commits to ``update(i)``."""
+    """Client ``i``: checks its view on its replica, attests, seals when drawn, commits to
+    ``update(i)``."""
     app = ClientApp()
     key = federation.keys[i]
 
-    def duties(msg: Message, context: Context) -> m.Duties:
-        view = m.decode_ledger_view(msg.content[m.CONFIG])
-        state = context.state
-        saved = m.decode_checkpoint(state[m.DUTIES]) if m.DUTIES in state else None
-        checkpoint = check_view(saved, view)
-        state[m.DUTIES] = ConfigRecord(m.encode_checkpoint(checkpoint))
-        return compute_duties(key, public_key_bytes(key), view, checkpoint)
+    def duties(msg: Message, context: Context) -> m.Duties:  # the real client's ledger duties
+        return ledger_duties(context, key, msg.content[m.CONFIG])
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:

@@ -3,7 +3,10 @@
 Before anything starts, the dataset is decrypted and the identity unlocked once here, so a wrong
 key or passphrase is one clear error, not a failure inside every round. Secrets never go on a
 command line: passphrases reach the SuperNode (and the ClientApp processes it starts) through
-its environment, and the node config names the variables, never the values.
+its environment, and the node config names the variables, never the values. The holder's own
+copy of the ledger (the blocks it replayed before signing, and the last final block it saw) is
+kept beside the dataset (``NAME.ledger/``, :func:`fedchain.runs.layout.holder_ledger_dir`;
+``--node-config replica-dir=DIR`` puts it elsewhere), so a restarted node cannot be rewound.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from fedchain.data import datafile, keys
 from fedchain.deploy import flower, flwr_cli, logs, processes
 from fedchain.errors import ConfigError, DeployError
 from fedchain.ledger.show import printable
-from fedchain.runs.layout import CA_CERT_FILENAME
+from fedchain.runs.layout import CA_CERT_FILENAME, holder_ledger_dir
 
 IDENTITY_PASSPHRASE_ENV = "FEDCHAIN_IDENTITY_PASSPHRASE"  # noqa: S105 - a variable's name
 
@@ -104,6 +107,8 @@ def join(
     config: dict[str, Any] = {
         "data-path": str(data.resolve()),
         "identity-path": str(identity_path.resolve()),
+        # the holder's own copy of the ledger (what it replayed and its checkpoint)
+        "replica-dir": str(holder_ledger_dir(data.resolve())),
     }
     # Unlock everything once, here: wrong keys and passphrases fail now, clearly.
     unlock: keys.Unlock
@@ -129,7 +134,8 @@ def join(
     config.update(_parse_set(node_config or []))
     public = identity.public_key_bytes(key)
     console.print(
-        f"data {data}: {len(dataset)} examples; identity {identity.fingerprint(public)}",
+        f"data {data}: {len(dataset)} examples; identity {identity.fingerprint(public)}; "
+        f"ledger copy {config['replica-dir']}",
         markup=False,
     )
     log_path = log or Path(f"{data.stem}.supernode.log")

@@ -3,7 +3,9 @@
 In simulation a client finds its files in the run directory by its partition id; in deployment
 the SuperNode's node config names them (``data-path``, ``identity-path``, and ``data-key-path``
 or a passphrase in the environment variable ``passphrase-env`` names, default
-``FEDCHAIN_PASSPHRASE``). Decryption happens only in memory.
+``FEDCHAIN_PASSPHRASE``). Decryption happens only in memory. A deployed holder also keeps its
+own copy of the ledger in the folder ``replica-dir`` names (``fedchain join`` sets it beside the
+dataset); a simulated one keeps it in its Flower context only.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ class DataHolder:
     index: int
     dataset: ArrayDataset
     key: Ed25519PrivateKey
+    replica_dir: Path | None = None
+    """Where this holder keeps its replica of the ledger on disk (None: in memory only)."""
 
     @property
     def public_key(self) -> bytes:
@@ -54,7 +58,8 @@ def load_configured_holder(node_config: Mapping[str, object]) -> DataHolder:
         identity_path = Path(str(node_config["identity-path"]))
     except KeyError as e:
         raise ConfigError(f"node config lacks {e.args[0]!r} (see `fedchain join --help`)") from None
-    cache_key = ("node", str(data_path), str(identity_path))
+    replica = node_config.get("replica-dir")
+    cache_key = ("node", str(data_path), str(identity_path), str(replica or ""))
     if cache_key in _CACHE:
         return _CACHE[cache_key]
     env = str(node_config.get("passphrase-env", "FEDCHAIN_PASSPHRASE"))
@@ -75,7 +80,12 @@ def load_configured_holder(node_config: Mapping[str, object]) -> DataHolder:
     key = identity.load_identity(
         identity_path, identity_passphrase.encode() if identity_passphrase else None
     )
-    holder = DataHolder(_index(node_config), datafile.load_dataset(data_path, unlock), key)
+    holder = DataHolder(
+        _index(node_config),
+        datafile.load_dataset(data_path, unlock),
+        key,
+        Path(str(replica)) if replica else None,
+    )
     _CACHE[cache_key] = holder
     return holder
 

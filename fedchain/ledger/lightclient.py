@@ -7,8 +7,10 @@ chain that starts at its checkpoint, links parent by parent, carries valid propo
 and ends where the pending block begins; then it moves its checkpoint forward. So a coordinator
 can never make a client attest to a history that rewrites a block the client saw as final.
 
-A light client cannot check proposer *choice* (that needs the stakes) or the transactions: that
-is what anyone holding the ledger does with ``fedchain verify``.
+A light client cannot check proposer *choice* (that needs the stakes) or the transactions. A
+client that signs does both before it attests or seals: it replays the blocks on its own replica
+of the ledger and re-derives the pending block (``fedchain.rounds.replica``, which runs this check
+first); anyone holding the ledger does the same with ``fedchain verify``.
 """
 
 from __future__ import annotations

@@ -9,10 +9,11 @@ accepted updates and the new model, and prepares, seals and finalises blocks.
 
 Blocks are *pipelined* so that no round needs an extra message: block B(r), holding round r's
 commitments, model version and rewards, is prepared unsigned at the end of round r. Round r+1's
-train messages carry its header; the proposer drawn by stake signs it ("seal") and every client
-attests to it in its reply. B(r) is appended when its seal arrives, and B(r+1) carries the
-attestations to B(r). After the last round one closing exchange seals the last round's block and
-records the attestations that make it final.
+train messages carry its header and transactions; every client re-executes it on its own replica
+of the ledger (:mod:`fedchain.rounds.replica`), then the proposer drawn by stake signs it
+("seal") and every client attests to it in its reply. B(r) is appended when its seal arrives,
+and B(r+1) carries the attestations to B(r). After the last round one closing exchange seals
+the last round's block and records the attestations that make it final.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from fedchain.crypto.hashing import compute_update_hash
 from fedchain.errors import FedchainError, LedgerError
 from fedchain.ledger.builder import prepare_block, seal_block
 from fedchain.ledger.chain import Chain
-from fedchain.ledger.codec import decode
+from fedchain.ledger.codec import decode, encode
 from fedchain.ledger.consensus import compute_finalized_height, get_validators
 from fedchain.ledger.containers import LedgerState
 from fedchain.ledger.objects import (
@@ -120,9 +121,9 @@ class Coordinator:
         self.pending: Pending | None = None
         self.node_keys: dict[int, bytes] = {}
         self.checkpoints: dict[int, int] = {}
-        self.headers: list[SignedHeader] = [
-            decode(Block, stored.data).signed_header for stored in chain.store.iter_blocks()
-        ]
+        # Every block as stored (its canonical encoding: what clients replay) and its header.
+        self.blocks: list[bytes] = [stored.data for stored in chain.store.iter_blocks()]
+        self.headers: list[SignedHeader] = [decode(Block, b).signed_header for b in self.blocks]
         # Resuming (Chain.open verified the ledger): finality continues from the stored blocks.
         verified = chain.verified
         self.validators_by_height: dict[int, dict[bytes, int]] = (
@@ -137,15 +138,19 @@ class Coordinator:
         return self.chain.state
 
     def ledger_view(self, node_id: int) -> dict[str, object]:
-        """The ledger part of a message to ``node_id``: headers from its checkpoint to the head,
-        the final height, and the pending header (if any) with the key drawn to seal it."""
+        """The ledger part of a message to ``node_id``: the blocks from its checkpoint to the
+        head (whole: the client replays them), the final height, and the pending block (if any):
+        its header, naming the key drawn to seal it, and its transactions, which every client
+        re-executes before it attests or seals (:mod:`fedchain.rounds.replica`)."""
         start = min(self.checkpoints.get(node_id, 0), self.final_height)
+        pending = self.pending
         return encode_ledger_view(
             self.state.genesis_hash,
             self.state.genesis.run_id,
-            self.headers[start:],
+            self.blocks[start:],
             self.final_height,
-            None if self.pending is None else self.pending.header,
+            None if pending is None else pending.header,
+            () if pending is None else pending.transactions,
         )
 
     def node_for(self, public_key: bytes) -> int | None:
@@ -175,6 +180,7 @@ class Coordinator:
         validators = dict(get_validators(self.state))
         self.chain.append(block, pending.post_state)
         self.validators_by_height[block.header.height] = validators
+        self.blocks.append(encode(block))
         self.headers.append(block.signed_header)
         self.pending = None
         self._update_finality()
@@ -251,6 +257,8 @@ class Coordinator:
         if attestation is not None:
             self.checkpoints[reply.node_id] = reply.checkpoint
             txs.append(attestation)
+        elif reply.error:  # it refused its view, or lost its replica: show it the whole chain
+            self.checkpoints.pop(reply.node_id, None)
         return work
 
     def _admit_update(

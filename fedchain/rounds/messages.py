@@ -3,10 +3,12 @@
 Plain dicts of plain values (no Flower import): the server adapter wraps them in Flower's
 ``ConfigRecord``/``RecordDict`` and the ClientApp unwraps them, and nothing else. A train
 message's ``config`` record carries the train settings (:func:`encode_train_settings`) and the
-receiving node's ledger view (:func:`encode_ledger_view`); every reply carries a ``fedchain``
-record of the client's ledger duties (:func:`encode_duties`), which the coordinator reads with
-the total parser :func:`decode_duties` (a client chooses these bytes: every field is checked for
-type, range and size before anything is decoded from it).
+receiving node's ledger view (:func:`encode_ledger_view`: whole blocks, bodies included, so
+that the client can replay them, and the pending block's transactions); every reply carries a
+``fedchain`` record of the client's ledger duties (:func:`encode_duties`), which the coordinator
+reads with the total parser :func:`decode_duties` (a client chooses these bytes: every field is
+checked for type, range and size before anything is decoded from it). The client reads its view
+the same way (:func:`decode_ledger_view`): the coordinator chooses those bytes.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from fedchain.config import RunConfig
+from fedchain.errors import DecodeError
 from fedchain.learning.attacks import NO_ATTACK, Attack, attacker_indices
 from fedchain.ledger.codec import decode, encode
 from fedchain.ledger.lightclient import Checkpoint
-from fedchain.ledger.objects import BlockHeader, SignedHeader
+from fedchain.ledger.objects import Block, BlockHeader, SignedHeader, Transaction
 from fedchain.rounds.admission import quote_client_text
 
 # -- records of a message ------------------------------------------------------------------------
@@ -34,9 +37,10 @@ DUTIES = "fedchain"
 # -- ledger view, coordinator -> client (in ``config``) -------------------------------------------
 GENESIS_HASH = "genesis-hash"
 RUN_ID = "run-id"
-HEADERS = "headers"
+BLOCKS = "blocks"
 FINAL_HEIGHT = "final-height"
 PENDING = "pending"
+PENDING_TRANSACTIONS = "pending-transactions"
 BASE_MODEL_HASH = "base-model-hash"
 SERVER_ROUND = "server-round"  # Flower's own: the round of a train message
 
@@ -66,24 +70,41 @@ ATTACKERS = "attackers"
 
 # -- the client's own state between messages --------------------------------------------------
 FINAL_HASH = "final-hash"
+REPLICA = "fedchain-replica"
+"""The client's state record holding its replica of the ledger (:data:`BLOCKS`: every block it
+has replayed, genesis first, each encoded)."""
 
 MAX_LEDGER_FIELD_BYTES = 4096
 """Most bytes a reply's commitment, attestation or seal may hold (each is at most a few hundred
 bytes); a longer one is refused before anything is decoded from it."""
 COUNT_LIMIT = 2**63
 """Counts (examples, heights) are integers in ``[0, COUNT_LIMIT)``: the ledger's i64."""
+MAX_VIEW_BLOCK_BYTES = 16 * 2**20
+"""Most bytes one block of a ledger view may hold (a block of 1,000 participants' commitments,
+scores, rewards and attestations is about 0.5 MiB; blocks carry no tensors)."""
+MAX_VIEW_BLOCKS = 100_000
+"""Most blocks one ledger view may carry (a first view carries the chain from genesis)."""
+MAX_VIEW_TRANSACTIONS = 100_000
+"""Most transactions a view's pending block may carry."""
 
 
 @dataclass(frozen=True)
 class LedgerView:
-    """What a client is shown of the ledger: headers from its checkpoint to the head, the final
-    height, and the block waiting for its seal (if any)."""
+    """What a client is shown of the ledger: the blocks (bodies included) from its checkpoint to
+    the head, the final height, and the block waiting for its seal (if any): its header and its
+    transactions."""
 
     genesis_hash: bytes
     run_id: str
-    headers: tuple[SignedHeader, ...]
+    blocks: tuple[Block, ...]
     final_height: int
     pending: BlockHeader | None
+    pending_transactions: tuple[Transaction, ...] = ()
+
+    @property
+    def headers(self) -> tuple[SignedHeader, ...]:
+        """The blocks' signed headers (what a light client checks)."""
+        return tuple(block.signed_header for block in self.blocks)
 
 
 @dataclass(frozen=True)
@@ -112,29 +133,70 @@ class TrainSettings:
 def encode_ledger_view(
     genesis_hash: bytes,
     run_id: str,
-    headers: Sequence[SignedHeader],
+    blocks: Sequence[Block | bytes],
     final_height: int,
     pending: BlockHeader | None,
+    pending_transactions: Sequence[Transaction] = (),
 ) -> dict[str, object]:
+    """``blocks``: the blocks themselves, or their encodings (``encode(block)``, as stored)."""
     return {
         GENESIS_HASH: genesis_hash,
         RUN_ID: run_id,
-        HEADERS: [encode(h) for h in headers],
+        BLOCKS: [b if isinstance(b, bytes) else encode(b) for b in blocks],
         FINAL_HEIGHT: final_height,
         PENDING: b"" if pending is None else encode(pending),
+        PENDING_TRANSACTIONS: [encode(tx) for tx in pending_transactions],
     }
 
 
 def decode_ledger_view(config: Mapping[str, Any]) -> LedgerView:
-    """The ledger view in a message's ``config`` (raises a LedgerError if it does not decode)."""
-    pending = bytes(config[PENDING])
+    """The ledger view in a message's ``config``; raises :class:`DecodeError` (a LedgerError)
+    if it does not decode. Sizes and types are checked before anything is decoded."""
+    genesis_hash = _field(config, GENESIS_HASH, bytes)
+    run_id = _field(config, RUN_ID, str)
+    final_height = _field(config, FINAL_HEIGHT, int)
+    if isinstance(final_height, bool) or not 0 <= final_height < COUNT_LIMIT:
+        raise DecodeError(f"ledger view: {FINAL_HEIGHT} is not a height")
+    pending = _field(config, PENDING, bytes)
+    _check_size(PENDING, pending, MAX_LEDGER_FIELD_BYTES)
+    blocks = _byte_list(config, BLOCKS, MAX_VIEW_BLOCKS, MAX_VIEW_BLOCK_BYTES)
+    txs = _byte_list(config, PENDING_TRANSACTIONS, MAX_VIEW_TRANSACTIONS, MAX_VIEW_BLOCK_BYTES)
+    if sum(map(len, txs)) > MAX_VIEW_BLOCK_BYTES:
+        raise DecodeError(f"ledger view: the pending block is over {MAX_VIEW_BLOCK_BYTES} bytes")
+    if txs and not pending:
+        raise DecodeError("ledger view: pending transactions without a pending block")
     return LedgerView(
-        genesis_hash=bytes(config[GENESIS_HASH]),
-        run_id=str(config[RUN_ID]),
-        headers=tuple(decode(SignedHeader, h) for h in config[HEADERS]),
-        final_height=int(config[FINAL_HEIGHT]),
+        genesis_hash=genesis_hash,
+        run_id=run_id,
+        blocks=tuple(decode(Block, b) for b in blocks),
+        final_height=final_height,
         pending=decode(BlockHeader, pending) if pending else None,
+        pending_transactions=tuple(decode(Transaction, tx) for tx in txs),
     )
+
+
+def _field(config: Mapping[str, Any], key: str, kind: type) -> Any:
+    value = config.get(key)
+    if not isinstance(value, kind):
+        raise DecodeError(f"ledger view: {key} is {describe_value(value)}, not {kind.__name__}")
+    return value
+
+
+def _check_size(key: str, value: bytes, limit: int) -> None:
+    if len(value) > limit:
+        raise DecodeError(f"ledger view: {key} is {len(value)} bytes (at most {limit})")
+
+
+def _byte_list(config: Mapping[str, Any], key: str, count: int, size: int) -> list[bytes]:
+    """A list of at most ``count`` byte strings of at most ``size`` bytes each."""
+    values: list[bytes] = _field(config, key, list)
+    if len(values) > count:
+        raise DecodeError(f"ledger view: {key} has {len(values)} items (at most {count})")
+    for value in values:
+        if not isinstance(value, bytes):
+            raise DecodeError(f"ledger view: an item of {key} is {describe_value(value)}")
+        _check_size(key, value, size)
+    return values
 
 
 def encode_duties(duties: Duties) -> dict[str, object]:
@@ -299,3 +361,12 @@ def encode_checkpoint(checkpoint: Checkpoint) -> dict[str, object]:
 
 def decode_checkpoint(record: Mapping[str, Any]) -> Checkpoint:
     return Checkpoint(int(record[FINAL_HEIGHT]), bytes(record[FINAL_HASH]))
+
+
+def encode_replica(encodings: Sequence[bytes]) -> dict[str, object]:
+    """The client's own state record of its replica: its blocks' encodings, genesis first."""
+    return {BLOCKS: list(encodings)}
+
+
+def decode_replica(record: Mapping[str, Any]) -> tuple[bytes, ...]:
+    return tuple(bytes(b) for b in record[BLOCKS])

@@ -1,15 +1,19 @@
 """A data holder's ledger duties in a round: check the view, attest, seal, commit to the update.
 
-Each message a client gets shows it the ledger from its last final block to the head and the
-block waiting for its seal. The client checks that view with the light client (it must extend
-the last final block the client saw), signs an attestation to the pending block, seals it when
-the stake draw chose this client as its proposer, and signs the commitment to its update. Pure
-given the key: no Flower, no disk.
+Each message a client gets shows it the ledger's blocks (bodies included) from its last final
+block to the head, and the block waiting for its seal with its transactions. The client checks
+that view (:func:`check_view_replayed`): the light client's rules (it must extend the last final
+block the client saw) and its own replica's (:mod:`fedchain.rounds.replica`: every new block
+replayed with the ledger's state transition, nothing it holds rewritten, and the pending block's
+header re-derived from its transactions). Only then does it sign an attestation to the pending
+block, seal it when the stake draw chose this client as its proposer, and sign the commitment to
+its update. Pure given the key: no Flower, no disk.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -19,12 +23,44 @@ from fedchain.ledger.builder import sign_attestation, sign_commitment, sign_head
 from fedchain.ledger.codec import encode
 from fedchain.ledger.lightclient import Checkpoint, check_head
 from fedchain.ledger.objects import compute_block_hash
+from fedchain.ledger.signatures import PLAIN, Verifier
 from fedchain.rounds.messages import Duties, LedgerView
+from fedchain.rounds.replica import Replica, compute_pending_post_state, extend_replica
+
+
+@dataclass(frozen=True)
+class CheckedView:
+    """A view that passed every check: the client's new checkpoint and replica."""
+
+    checkpoint: Checkpoint
+    replica: Replica
 
 
 def check_view(saved: Checkpoint | None, view: LedgerView) -> Checkpoint:
-    """The client's new checkpoint once ``view`` extends ``saved`` (raises InvalidBlock if not)."""
+    """The light client's check alone: the client's new checkpoint once ``view``'s headers
+    extend ``saved`` (raises InvalidBlock if not). A client that signs calls
+    :func:`check_view_replayed`."""
     return check_head(saved, view.headers, view.final_height, view.pending, view.genesis_hash)
+
+
+def check_view_replayed(
+    replica: Replica | None,
+    saved: Checkpoint | None,
+    view: LedgerView,
+    *,
+    verifier: Verifier = PLAIN,
+) -> CheckedView:
+    """Everything a client checks before it signs: ``view`` extends its checkpoint ``saved``
+    (:func:`check_view`), its blocks replay onto its ``replica`` (None: a first view, from
+    genesis), and the pending block re-derives from its transactions. Raises InvalidBlock (a
+    LedgerError) saying which check failed; then the client must not attest or seal."""
+    checkpoint = check_view(saved, view)
+    replica = extend_replica(replica, view.blocks, view.genesis_hash, verifier=verifier)
+    if view.pending is not None:
+        compute_pending_post_state(
+            replica.state, view.pending, view.pending_transactions, verifier=verifier
+        )
+    return CheckedView(checkpoint, replica)
 
 
 def compute_duties(

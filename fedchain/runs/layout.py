@@ -38,6 +38,12 @@ A federation folder (``FED_DIR``), kept by its coordinator::
     flwr-home/                   FLWR_HOME_DIRNAME   the ``flwr`` CLI's private FLWR_HOME
     app/                         APP_DIRNAME         the Flower app bundle ``flwr run`` submits
 
+A deployed data holder's own copy of the ledger, beside its dataset ``NAME.fcd``::
+
+    NAME.ledger/                 holder_ledger_dir   (HOLDER_LEDGER_SUFFIX)
+        ledger.db                LEDGER_FILENAME     the blocks it replayed, in the store's format
+        checkpoint.json          HOLDER_CHECKPOINT_FILENAME  the last final block it saw
+
 Names another program dictates stay with the code that speaks to it: ``config.toml`` inside
 ``flwr-home/`` (Flower's, not a run's configuration) and ``pyproject.toml`` inside ``app/``
 (a Flower app's), SQLite's ``-wal``/``-shm`` side files, and the scratch names of
@@ -65,6 +71,8 @@ __all__ = [
     "DATA_KEY_FILENAME",
     "FEDERATION_FILENAME",
     "FLWR_HOME_DIRNAME",
+    "HOLDER_CHECKPOINT_FILENAME",
+    "HOLDER_LEDGER_SUFFIX",
     "LEDGER_FILENAME",
     "LOG_FILENAME",
     "METRICS_FILENAME",
@@ -85,6 +93,7 @@ __all__ = [
     "client_data_path",
     "client_key_path",
     "data_key_path",
+    "holder_ledger_dir",
     "parse_client_public_key_name",
     "run_dir_of",
     "supernode_key_path",
@@ -144,6 +153,18 @@ def parse_client_public_key_name(name: str) -> int | None:
     """The index NNN of a ``client-NNN.pub`` file name, or None for any other name."""
     match = _CLIENT_PUBLIC_KEY.fullmatch(name)
     return None if match is None else int(match.group(1))
+
+
+HOLDER_LEDGER_SUFFIX = ".ledger"
+HOLDER_CHECKPOINT_FILENAME = "checkpoint.json"
+
+
+def holder_ledger_dir(data_path: Path) -> Path:
+    """A deployed data holder's own copy of the ledger, beside its dataset (``client-003.fcd`` ->
+    ``client-003.ledger/``): the blocks it replayed in LEDGER_FILENAME and the last final block
+    it saw in HOLDER_CHECKPOINT_FILENAME (:mod:`fedchain.rounds.replica_files`)."""
+    data_path = Path(data_path)
+    return data_path.with_name(data_path.stem + HOLDER_LEDGER_SUFFIX)
 
 
 def run_dir_of(fed_dir: Path) -> Path:

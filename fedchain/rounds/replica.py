@@ -1,0 +1,197 @@
+"""A data holder's own replica of the ledger: replay every block shown, re-derive what it signs.
+
+DESIGN.md §7.2: whoever seals or attests a block has re-executed it, so that 2/3 of stake
+attesting means 2/3 of stake checked it. A client therefore keeps its own copy of the ledger (a
+:class:`Replica`: the encodings of every block it has replayed, genesis first, and the state after
+them) and checks each view the coordinator sends against it before it signs anything:
+
+1. **Genesis.** A client with no replica accepts only a view that starts at block 0, the
+   canonical genesis block of a Genesis whose hash is the view's federation id (the genesis hash
+   every signature binds); from then on its replica is pinned to that federation.
+2. **Sealed blocks.** Every block past the replica's head is applied with the ledger's one state
+   transition, :func:`fedchain.ledger.state.process_block` (hash chain, proposer draw, proposer
+   signature, transactions root, every transaction's rule, state root): the replica's state is
+   exactly the state ``fedchain verify`` computes for the same blocks.
+3. **No rewrites.** A block at a height the replica holds must be the block it holds (same block
+   hash), and a view may not end below the replica's head: nothing the client has replayed can be
+   rewritten or cut off. An honest coordinator never does either (it appends sealed blocks
+   durably and shows them as they are), so this costs an honest run nothing.
+4. **The pending block.** Its header must equal, field for field, the header
+   :func:`fedchain.ledger.builder.prepare_block` derives from the replica's head state and the
+   transactions sent, at the header's own attempt and round: same height and parent (it extends
+   the replica's head), transactions root (the transactions are the ones the header commits to),
+   state root (they produce the state the header commits to), proposer (drawn for that attempt),
+   and a round not before the head's. Every transaction is checked by the ledger's own rules on the
+   way. The sealed block is that header with those transactions, so what a client signs is what it
+   re-executed.
+
+Why replay rather than accept a state (or a state root) from the coordinator: the state root
+commits to the participants, the model head and the round only, while the transition also reads
+each validator's last attested height, the evidence already applied, the round's commits, update
+hashes and rewards paid, the model's round and the block hashes (docs/ledger-spec.md). A state sent
+by the coordinator could match the root and still differ in those parts (an emptied evidence set
+lets one offence be slashed twice; emptied round commits let a key commit twice), and a client
+checking against it would approve what ``verify`` refuses. Replaying from genesis with the same pure
+transition leaves nothing to trust but the genesis hash, and two honest clients shown the same view
+reach the same verdict, since the transition is deterministic.
+
+What this does not check: that the coordinator included every honest commitment (censorship is
+recorded, not prevented) or that the contribution scores are what the validation data gives
+(``fedchain verify --scores`` re-checks them offline). Whatever the ledger's rules accept, a
+replica accepts. Pure: no disk, no clock; the caller stores the encodings (``context.state``, and a
+deployed holder's disk: :mod:`fedchain.rounds.replica_files`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from fedchain.errors import InvalidBlock, LedgerError
+from fedchain.ledger.builder import prepare_block
+from fedchain.ledger.codec import decode, encode
+from fedchain.ledger.containers import LedgerState
+from fedchain.ledger.genesis import process_genesis_block
+from fedchain.ledger.objects import Block, BlockHeader, Transaction, compute_block_hash
+from fedchain.ledger.signatures import PLAIN, Verifier
+from fedchain.ledger.state import process_block
+
+__all__ = [
+    "Replica",
+    "compute_genesis_replica",
+    "compute_pending_post_state",
+    "extend_replica",
+    "replay_replica",
+]
+
+_HEADER_FIELDS = {
+    "height": "height",
+    "round": "round",
+    "parent_hash": "parent (it does not extend this client's head)",
+    "tx_root": "tx_root (the transactions sent are not the ones the header commits to)",
+    "state_root": "state_root (the transactions sent do not produce the state it commits to)",
+    "proposer": "proposer (not the one drawn for its attempt)",
+    "attempt": "attempt",
+}
+
+
+@dataclass(frozen=True)
+class Replica:
+    """A client's copy of the ledger: ``encodings`` of blocks 0..head (``encode(block)``, as the
+    ledger store keeps them) and ``state``, the state after the head (every part of it derived by
+    replay)."""
+
+    encodings: tuple[bytes, ...]
+    state: LedgerState
+
+
+def compute_genesis_replica(block: Block, genesis_hash: bytes) -> Replica:
+    """A new replica holding only block 0, which must be federation ``genesis_hash``'s."""
+    if block.header.height != 0:
+        raise InvalidBlock(
+            f"this client holds no replica of the ledger yet: the view must start at the genesis "
+            f"block, not at block {block.header.height}"
+        )
+    state = process_genesis_block(block)
+    if state.genesis_hash != genesis_hash:
+        raise InvalidBlock(
+            f"the genesis block shown is federation {state.genesis_hash.hex()[:16]}'s, not "
+            f"{genesis_hash.hex()[:16]}'s"
+        )
+    return Replica((encode(block),), state)
+
+
+def replay_replica(encodings: Sequence[bytes], *, verifier: Verifier = PLAIN) -> Replica:
+    """A stored replica replayed from genesis with every check (a replica read back from
+    storage is re-derived, never trusted)."""
+    if not encodings:
+        raise InvalidBlock("a replica holds at least the genesis block")
+    state = process_genesis_block(decode(Block, encodings[0]))
+    for encoding in encodings[1:]:
+        state = process_block(state, decode(Block, encoding), verifier=verifier)
+    return Replica(tuple(encodings), state)
+
+
+def extend_replica(
+    replica: Replica | None,
+    blocks: Sequence[Block],
+    genesis_hash: bytes,
+    *,
+    verifier: Verifier = PLAIN,
+) -> Replica:
+    """``replica`` (None: a client's first view) with the view's ``blocks`` replayed.
+
+    Blocks the replica holds must be unchanged; later ones are applied in height order, with no
+    gap; the view must reach at least the replica's head. Raises :class:`InvalidBlock` saying
+    which block failed and why.
+    """
+    if not blocks:
+        raise InvalidBlock("the view holds no blocks")
+    if replica is None:
+        replica = compute_genesis_replica(blocks[0], genesis_hash)
+    state = replica.state
+    if state.genesis_hash != genesis_hash:
+        raise InvalidBlock(
+            f"the view is of federation {genesis_hash.hex()[:16]}, this client's replica of "
+            f"{state.genesis_hash.hex()[:16]}"
+        )
+    encodings = list(replica.encodings)
+    for block in blocks:
+        height = block.header.height
+        if height <= state.height:
+            held = state.block_hashes.get(height)
+            if held is None or compute_block_hash(block) != held:
+                raise InvalidBlock(
+                    f"block {height} of the view is not the block {height} this client replayed"
+                    f" ({'none' if held is None else held.hex()[:16]}): history it holds cannot"
+                    f" be rewritten"
+                )
+            continue
+        if height != state.height + 1:
+            raise InvalidBlock(f"the view skips from block {state.height} to block {height}")
+        state = process_block(state, block, verifier=verifier)
+        encodings.append(encode(block))
+    shown = blocks[-1].header.height
+    if shown < state.height:
+        raise InvalidBlock(
+            f"the view's head is block {shown}, but this client has replayed blocks up to "
+            f"{state.height}: the ledger it was shown before was cut short"
+        )
+    return Replica(tuple(encodings), state)
+
+
+def compute_pending_post_state(
+    state: LedgerState,
+    header: BlockHeader,
+    transactions: Sequence[Transaction],
+    *,
+    verifier: Verifier = PLAIN,
+) -> LedgerState:
+    """The state after the pending block, once ``header`` is exactly what ``transactions``
+    re-derive to from ``state`` (the replica's head). Raises :class:`InvalidBlock` naming the
+    header fields that differ, or the transaction the ledger's rules refuse."""
+    where = f"pending block {header.height}"
+    if header.round < state.round:
+        raise InvalidBlock(f"{where}: round {header.round} is before the head's {state.round}")
+    try:
+        expected, post = prepare_block(
+            state, transactions, header.attempt, round=header.round, verifier=verifier
+        )
+    except LedgerError as exc:
+        raise InvalidBlock(f"{where}: {exc}") from exc
+    differ = [
+        why
+        for name, why in _HEADER_FIELDS.items()
+        if getattr(expected, name) != getattr(header, name)
+    ]
+    if differ:
+        raise InvalidBlock(
+            f"{where} does not re-derive from its transactions and this client's replica: "
+            f"its {'; '.join(differ)}"
+        )
+    return post
+
+
+if [f.name for f in dataclasses.fields(BlockHeader)] != list(_HEADER_FIELDS):  # pragma: no cover
+    raise TypeError("replica._HEADER_FIELDS must name every BlockHeader field")
