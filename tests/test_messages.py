@@ -11,6 +11,7 @@ import pytest
 
 from fedchain.config import RunConfig
 from fedchain.crypto.identity import public_key_bytes
+from fedchain.errors import DecodeError
 from fedchain.learning.attacks import Attack
 from fedchain.ledger.builder import prepare_block
 from fedchain.ledger.chain import Chain
@@ -158,3 +159,32 @@ def test_participant_attests_seals_and_commits(tmp_path: Path) -> None:
         ),
     )
     assert commitment.run_id == "wire" and commitment.round == 2 and commitment.num_examples == 10
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"genesis-hash": "g"}, "genesis-hash is text"),
+        ({"final-height": -1}, "final-height is not a height"),
+        ({"final-height": True}, "final-height is not a height"),
+        ({"blocks": b"x"}, "blocks is a bytes, not list"),
+        ({"blocks": ["x"]}, "an item of blocks is text"),
+        ({"blocks": [bytes(m.MAX_VIEW_BLOCK_BYTES + 1)]}, "blocks is 16777217 bytes"),
+        ({"pending": bytes(m.MAX_LEDGER_FIELD_BYTES + 1)}, "pending is 4097 bytes"),
+        ({"pending-transactions": [b"t"]}, "pending transactions without a pending block"),
+        ({"pending-transactions": None}, "pending-transactions is None"),
+    ],
+)
+def test_invalid_ledger_views_are_refused_before_anything_is_decoded(
+    change: dict[str, object], reason: str
+) -> None:
+    """The coordinator chooses a view's bytes: types and sizes first, then the ledger decoder."""
+    view = {**m.encode_ledger_view(b"g" * 32, "run", [], 0, None), **change}
+    with pytest.raises(DecodeError, match=reason):
+        m.decode_ledger_view(view)
+
+
+def test_invalid_a_view_with_more_blocks_than_allowed() -> None:
+    view = m.encode_ledger_view(b"g" * 32, "run", [b""] * (m.MAX_VIEW_BLOCKS + 1), 0, None)
+    with pytest.raises(DecodeError, match=f"blocks has {m.MAX_VIEW_BLOCKS + 1} items"):
+        m.decode_ledger_view(view)

@@ -216,6 +216,21 @@ def test_invalid_a_block_the_ledger_refuses_is_not_replayed(chain) -> None:
         extend_replica(replica_at(chain, 1), [unsigned], chain[0][1].genesis_hash)
 
 
+def test_blocks_the_replica_holds_may_come_without_their_bodies(chain) -> None:
+    """What a coordinator sends a node that has attested past them: the header decides."""
+    genesis_hash = chain[0][1].genesis_hash
+    stubs = [Block(b.signed_header, ()) for b, _ in chain[:3]]
+    assert extend_replica(replica_at(chain, 2), [*stubs, chain[3][0]], genesis_hash) == (
+        replica_at(chain, 3)
+    )
+
+
+def test_invalid_a_block_without_its_body_that_the_replica_does_not_hold(chain) -> None:
+    stub = Block(chain[2][0].signed_header, ())
+    with pytest.raises(InvalidBlock, match="tx_root"):
+        extend_replica(replica_at(chain, 1), [stub], chain[0][1].genesis_hash)
+
+
 # -- in process: the real ClientApp, coordinator and strategy ------------------------------------
 
 CLIENTS = 3
@@ -319,6 +334,11 @@ def test_the_honest_block_is_replayed_attested_and_sealed(world: World) -> None:
     for context in world.grid.contexts.values():
         encodings = m.decode_replica(context.state[m.REPLICA])
         assert len(encodings) == 1  # block 1 was pending: replayed next time it is shown
+    for msg in world.configure(3):  # each node attested to block 1, so it holds block 0
+        genesis, block_1 = m.decode_ledger_view(msg.content[m.CONFIG]).blocks
+        assert genesis.transactions == () and block_1.transactions != ()
+    world.train(3)
+    assert world.coordinator.state.height == 2
 
 
 # -- deployment: the replica on the holder's disk survives a restart ----------------------------

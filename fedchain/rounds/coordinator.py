@@ -121,6 +121,7 @@ class Coordinator:
         self.pending: Pending | None = None
         self.node_keys: dict[int, bytes] = {}
         self.checkpoints: dict[int, int] = {}
+        self.replayed: dict[int, int] = {}  # node -> the highest block its attestation shows held
         # Every block as stored (its canonical encoding: what clients replay) and its header.
         self.blocks: list[bytes] = [stored.data for stored in chain.store.iter_blocks()]
         self.headers: list[SignedHeader] = [decode(Block, b).signed_header for b in self.blocks]
@@ -141,13 +142,22 @@ class Coordinator:
         """The ledger part of a message to ``node_id``: the blocks from its checkpoint to the
         head (whole: the client replays them), the final height, and the pending block (if any):
         its header, naming the key drawn to seal it, and its transactions, which every client
-        re-executes before it attests or seals (:mod:`fedchain.rounds.replica`)."""
+        re-executes before it attests or seals (:mod:`fedchain.rounds.replica`).
+
+        A block the node has already replayed goes without its transactions: the client only
+        compares its hash (the header's) with the block it holds, and a body left out of a block
+        it does not hold fails its transactions root, so this saves bytes and trusts nothing.
+        """
         start = min(self.checkpoints.get(node_id, 0), self.final_height)
+        held = self.replayed.get(node_id, -1)
         pending = self.pending
         return encode_ledger_view(
             self.state.genesis_hash,
             self.state.genesis.run_id,
-            self.blocks[start:],
+            [
+                Block(self.headers[height], ()) if height <= held else self.blocks[height]
+                for height in range(start, len(self.blocks))
+            ],
             self.final_height,
             None if pending is None else pending.header,
             () if pending is None else pending.transactions,
@@ -256,9 +266,12 @@ class Coordinator:
         work, attestation = admit_attestation(work, reply, round_, verifier=self.chain.verifier)
         if attestation is not None:
             self.checkpoints[reply.node_id] = reply.checkpoint
+            # it attested to the block after the head it had replayed
+            self.replayed[reply.node_id] = attestation.height - 1
             txs.append(attestation)
         elif reply.error:  # it refused its view, or lost its replica: show it the whole chain
             self.checkpoints.pop(reply.node_id, None)
+            self.replayed.pop(reply.node_id, None)
         return work
 
     def _admit_update(
