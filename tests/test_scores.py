@@ -1,17 +1,32 @@
-"""fedchain.rounds.scores: where a round's scores come from, and how the ledger records them.
+"""fedchain.rounds.scores: where a round's scores come from, and how the ledger records them;
+and fedchain.rounds.recheck: how ``verify --scores`` holds the ledger to them.
 
 Pre -> op -> post: a round's accepted updates and aggregation, then the scores. The same
-functions serve the coordinator and ``verify --scores``, so these cases fix both.
+functions serve the coordinator and ``verify --scores``, so these cases fix both. The recheck
+cases play a coordinator that nudges a score inside the old fixed tolerance.
 """
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
+
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
+import fedchain.rounds.coordinator as coordinator_module
 from fedchain.aggregation.rules import RuleParams
+from fedchain.cli import app
 from fedchain.errors import ConfigError
 from fedchain.ledger.objects import SCORE_SCALE
+from fedchain.ledger.verify import verify_ledger
+from fedchain.rounds.recheck import (
+    SCORE_TOLERANCE_QUANTA,
+    SCORE_TOLERANCE_RELATIVE,
+    compute_score_tolerances,
+    recheck_scores,
+)
 from fedchain.rounds.scores import (
     bind_scorer,
     compute_aggregation,
@@ -98,3 +113,77 @@ def test_invalid_non_finite_score_is_refused() -> None:
 def test_invalid_score_count_is_refused() -> None:
     with pytest.raises(ValueError):
         compute_quantised_scores([b"\x01" * 32, b"\x02" * 32], [0.5])
+
+
+# -- the scores re-check (fedchain.rounds.recheck) -------------------------------------------------
+
+
+def test_the_tolerance_is_relative_to_the_rounds_largest_recomputed_score() -> None:
+    a, b = b"\x01" * 32, b"\x02" * 32
+    assert compute_score_tolerances({a: 0.07, b: 0.002}) == {
+        a: pytest.approx(SCORE_TOLERANCE_RELATIVE * 0.07),
+        b: pytest.approx(SCORE_TOLERANCE_RELATIVE * 0.07),
+    }
+    floor = SCORE_TOLERANCE_QUANTA / SCORE_SCALE
+    assert compute_score_tolerances({a: 1e-5, b: -2e-5}) == {a: floor, b: floor}
+    assert compute_score_tolerances({a: -0.07, b: 0.01}) == compute_score_tolerances(
+        {a: 0.07, b: 0.01}
+    )
+
+
+def test_a_score_recomputed_as_exactly_zero_has_no_tolerance() -> None:
+    """A truncated round scores everyone exactly 0 on every machine and pays nothing; one quantum
+    recorded for anyone would hand them the whole pool."""
+    a, b = b"\x01" * 32, b"\x02" * 32
+    assert compute_score_tolerances({a: 0.0, b: 0.0}) == {a: 0.0, b: 0.0}
+    assert compute_score_tolerances({a: 0.0, b: 0.05})[a] == 0.0
+    assert compute_score_tolerances({}) == {}
+
+
+SCORED = {"clients": 4, "rounds": 2}  # the default rule (screened) and scores (GTG-Shapley)
+
+
+def test_the_honest_run_rechecks_with_room(inprocess_federation, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    fed = inprocess_federation(tmp_path, **SCORED).run()
+    report = verify_ledger(fed.setup.run_dir)
+    check = recheck_scores(fed.setup.run_dir, report, fed.setup.config)
+    assert check.rounds == 2 and check.problems == ()
+    assert check.max_tolerance_used <= 0.5  # half the tolerance unused, at least
+
+
+def test_invalid_score_nudged_inside_the_old_tolerance(
+    inprocess_federation,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A dishonest coordinator records, in the last round, the smallest positive score raised by
+    just more than the new tolerance (and far less than the old fixed 0.005), and pays rewards
+    from it: a valid ledger whose rewards follow the nudged score. ``verify --scores`` refuses
+    it, naming the round; the old rule would not have."""
+    nudged: dict[str, int] = {}
+    calls = []
+
+    def nudge(keys, raw):  # type: ignore[no-untyped-def]
+        honest = compute_quantised_scores(keys, raw)
+        calls.append(len(calls) + 1)  # the coordinator scores each round once
+        if len(calls) != SCORED["rounds"]:
+            return honest
+        victim = min((s, k) for k, s in honest if s > 0)[1]
+        tolerance = compute_score_tolerances(dict(zip(keys, map(float, raw), strict=True)))[victim]
+        step = math.floor(tolerance * SCORE_SCALE) + 3  # quanta: just past the tolerance
+        nudged["step"] = step
+        return tuple((k, s + step if k == victim else s) for k, s in honest)
+
+    monkeypatch.setattr(coordinator_module, "compute_quantised_scores", nudge)
+    fed = inprocess_federation(tmp_path, **SCORED).run()
+    monkeypatch.undo()
+    report = verify_ledger(fed.setup.run_dir)
+    assert report.ok, report.failure  # the ledger itself is consistent
+    step = nudged["step"]
+    assert 0 < step / SCORE_SCALE < 0.005
+    check = recheck_scores(fed.setup.run_dir, report, fed.setup.config)
+    assert len(check.problems) == 1 and check.problems[0].startswith("round 2: ")
+    assert check.max_difference == pytest.approx(step / SCORE_SCALE)
+    assert check.max_difference < 0.005  # the old fixed tolerance let it through
+    result = CliRunner().invoke(app, ["verify", str(fed.setup.run_dir), "--scores"])
+    assert result.exit_code == 1 and "FAILED scores: round 2: " in result.output
