@@ -12,10 +12,14 @@ proposer).
 The replica and the checkpoint live in ``context.state`` (the SuperNode keeps it between
 messages); a deployed data holder also keeps them on its own disk
 (:mod:`fedchain.rounds.replica_files`, the folder its node config names), so that a restarted
-SuperNode resumes from what it had checked and a coordinator cannot rewind it. Replaying a
-stored replica from genesis is the one slow step, so the states replayed in this process are
-kept by (genesis hash, head hash) (:data:`_REPLAYED`, an explicit speed-up: a head hash fixes
-every block before it, so the state after it is the same whoever replayed it).
+SuperNode resumes from what it had checked and a coordinator cannot rewind it.
+
+Two explicit speed-ups, shared by the clients of one process (a simulation's): the states after
+the blocks checked here, by (genesis hash, block hash) (:data:`_REPLAYED`, passed as
+``known``: a block hash fixes all history before it, so a stored replica is not replayed from
+genesis again and a block is re-executed once per process, not once per client;
+:mod:`fedchain.rounds.replica` says why that is sound), and one caching signature verifier
+(:data:`_VERIFIER`, no threads: it remembers only triples that verified).
 
 With the ledger off the client behaves as a plain Flower FedAvg client (sends trained weights,
 signs nothing, keeps no replica) for comparison runs. The keys of every record are
@@ -63,6 +67,7 @@ from fedchain.ledger.codec import compute_hash, decode
 from fedchain.ledger.containers import LedgerState
 from fedchain.ledger.lightclient import Checkpoint
 from fedchain.ledger.objects import Block, compute_block_hash
+from fedchain.ledger.signatures import CachingVerifier
 from fedchain.rounds import messages as m
 from fedchain.rounds import replica_files
 from fedchain.rounds.participant import (
@@ -78,7 +83,11 @@ app = ClientApp()
 _threads_set = False
 MAX_REPLAYED = 16
 _REPLAYED: OrderedDict[tuple[bytes, bytes], LedgerState] = OrderedDict()
-"""States this process replayed, by (genesis hash, head hash); the newest MAX_REPLAYED."""
+"""States after blocks this process checked, by (genesis hash, block hash); the newest
+MAX_REPLAYED (:data:`fedchain.rounds.replica.KnownStates`)."""
+_VERIFIER = CachingVerifier(threads=1)
+"""Remembers only exact (key, signature, message) triples that verified: a hit accepts nothing
+new (:mod:`fedchain.ledger.signatures`)."""
 
 
 def _holder(context: Context, config: ConfigRecord) -> DataHolder:
@@ -101,10 +110,12 @@ def ledger_duties(
     try:
         view = m.decode_ledger_view(config)
         replica, saved = _load_replica(context, replica_dir)
-        checked = check_view_replayed(replica, saved, view)
+        checked = check_view_replayed(replica, saved, view, verifier=_VERIFIER, known=_REPLAYED)
     except LedgerError as e:
         log(WARNING, "refusing to attest or seal: %s", e)
         raise
+    finally:
+        _forget_oldest()
     _save_replica(context, checked, replica_dir)
     return compute_duties(key, public_key_bytes(key), view, checked.checkpoint)
 
@@ -129,7 +140,7 @@ def _replayed(encodings: tuple[bytes, ...]) -> Replica:
     key = (compute_hash(genesis), compute_block_hash(decode(Block, encodings[-1])))
     state = _REPLAYED.get(key)
     if state is None:
-        replica = replay_replica(encodings)
+        replica = replay_replica(encodings, verifier=_VERIFIER)
         _remember(replica)
         return replica
     return Replica(encodings, state)
@@ -139,6 +150,10 @@ def _remember(replica: Replica) -> None:
     state = replica.state
     _REPLAYED[(state.genesis_hash, state.head_hash)] = state
     _REPLAYED.move_to_end((state.genesis_hash, state.head_hash))
+    _forget_oldest()
+
+
+def _forget_oldest() -> None:
     while len(_REPLAYED) > MAX_REPLAYED:
         _REPLAYED.popitem(last=False)
 
@@ -152,7 +167,7 @@ def _save_replica(context: Context, checked: CheckedView, replica_dir: Path | No
     _remember(checked.replica)
 
 
-def _holder_duties(context: Context, holder: DataHolder, config: ConfigRecord) -> m.Duties:
+def _ledger_duties(context: Context, holder: DataHolder, config: ConfigRecord) -> m.Duties:
     return ledger_duties(context, holder.key, config, holder.replica_dir)
 
 
@@ -161,7 +176,7 @@ def train(msg: Message, context: Context) -> Message:
     config = msg.content[m.CONFIG]
     holder = _holder(context, config)
     ledger = m.is_ledger_on(config)
-    duties = _holder_duties(context, holder, config) if ledger else None
+    duties = _ledger_duties(context, holder, config) if ledger else None
     base = {name: array.numpy() for name, array in msg.content[m.ARRAYS].items()}
     attack = configured_attack(context, config, holder.index)
     if attack is not None:
@@ -272,5 +287,5 @@ def seal_and_attest(msg: Message, context: Context) -> Message:
     """Outside training (a fallback proposer, or the closing exchange): ledger duties only."""
     config = msg.content[m.CONFIG]
     holder = _holder(context, config)
-    duties = m.encode_duties(_holder_duties(context, holder, config))
+    duties = m.encode_duties(_ledger_duties(context, holder, config))
     return Message(RecordDict({m.DUTIES: ConfigRecord(duties)}), reply_to=msg)

@@ -231,6 +231,34 @@ def test_invalid_a_block_without_its_body_that_the_replica_does_not_hold(chain) 
         extend_replica(replica_at(chain, 1), [stub], chain[0][1].genesis_hash)
 
 
+def test_known_states_skip_re_execution_but_never_a_check(chain) -> None:
+    """The speed-up clients of one process share: a state known by (genesis, block hash) is
+    reused only for a block of that hash, with a body of its root and a valid seal."""
+    genesis_hash = chain[0][1].genesis_hash
+    block = chain[3][0]
+    known: dict[tuple[bytes, bytes], LedgerState] = {}
+    post = compute_pending_post_state(chain[2][1], block.header, block.transactions, known=known)
+    assert known == {(genesis_hash, compute_block_hash(block)): post}
+    assert (
+        compute_pending_post_state(chain[2][1], block.header, block.transactions, known=known)
+        is post
+    )
+    for header, txs in (f(block.header, block.transactions) for f in FORGERIES):
+        with pytest.raises(InvalidBlock, match="pending block 3"):
+            compute_pending_post_state(chain[2][1], header, txs, known=known)
+    sealed = extend_replica(replica_at(chain, 2), [block], genesis_hash, known=known)
+    assert sealed == replica_at(chain, 3) and sealed.state is post
+    unsealed = Block(
+        dataclasses.replace(block.signed_header, signature=bytes(64)), block.transactions
+    )
+    other_body = Block(
+        block.signed_header, dropped_transaction(block.header, block.transactions)[1]
+    )
+    for bad in (unsealed, other_body):
+        with pytest.raises(InvalidBlock, match="block 3"):
+            extend_replica(replica_at(chain, 2), [bad], genesis_hash, known=known)
+
+
 # -- in process: the real ClientApp, coordinator and strategy ------------------------------------
 
 CLIENTS = 3

@@ -25,7 +25,12 @@ from fedchain.ledger.lightclient import Checkpoint, check_head
 from fedchain.ledger.objects import compute_block_hash
 from fedchain.ledger.signatures import PLAIN, Verifier
 from fedchain.rounds.messages import Duties, LedgerView
-from fedchain.rounds.replica import Replica, compute_pending_post_state, extend_replica
+from fedchain.rounds.replica import (
+    KnownStates,
+    Replica,
+    compute_pending_post_state,
+    extend_replica,
+)
 
 
 @dataclass(frozen=True)
@@ -49,16 +54,19 @@ def check_view_replayed(
     view: LedgerView,
     *,
     verifier: Verifier = PLAIN,
+    known: KnownStates | None = None,
 ) -> CheckedView:
     """Everything a client checks before it signs: ``view`` extends its checkpoint ``saved``
     (:func:`check_view`), its blocks replay onto its ``replica`` (None: a first view, from
     genesis), and the pending block re-derives from its transactions. Raises InvalidBlock (a
-    LedgerError) saying which check failed; then the client must not attest or seal."""
+    LedgerError) saying which check failed; then the client must not attest or seal.
+    ``verifier`` and ``known`` are speed-ups (:mod:`fedchain.rounds.replica`)."""
     checkpoint = check_view(saved, view)
-    replica = extend_replica(replica, view.blocks, view.genesis_hash, verifier=verifier)
+    genesis_hash = view.genesis_hash
+    replica = extend_replica(replica, view.blocks, genesis_hash, verifier=verifier, known=known)
     if view.pending is not None:
         compute_pending_post_state(
-            replica.state, view.pending, view.pending_transactions, verifier=verifier
+            replica.state, view.pending, view.pending_transactions, verifier=verifier, known=known
         )
     return CheckedView(checkpoint, replica)
 
