@@ -45,6 +45,7 @@ def test_synthetic_ledger_verifies_with_expected_summary(tmp_path):
     assert report.final_height == 5
     assert report.tx_counts == {
         "Attestation": 25,
+        "ContributionRecord": 6,
         "Genesis": 1,
         "ModelVersion": 6,
         "RewardDeltas": 6,
@@ -52,6 +53,9 @@ def test_synthetic_ledger_verifies_with_expected_summary(tmp_path):
     }
     assert report.signatures == 6 + 25 + 30  # headers + attestations + commitments
     assert report.total_stake == 5 * 10_000 + 6 * 1_000
+    # every block's hash by height, and every update named (commitments = model inputs here)
+    assert report.block_hashes[-1] == report.head_hash and len(report.block_hashes) == 7
+    assert len(report.update_hashes) == 30 and [h for h, _ in report.update_hashes][:5] == [1] * 5
 
 
 def test_run_directory_is_accepted(tmp_path):
