@@ -91,10 +91,12 @@ def verify(
     with ledger_progress() as (progress, on_block), CachingVerifier() as verifier:
         report = verify_ledger(path, on_block=on_block, verifier=verifier)
         files = _check_files(path, report, progress)
-    for file, genesis_hash, point in saved:
-        reason = check_checkpoint(report, genesis_hash, point) if report.ok else None
-        if reason is not None:
-            files.problems.insert(0, f"checkpoint {file} (height {point.height}): {reason}")
+    refused = [
+        f"checkpoint {file} (height {point.height}): {reason}"
+        for file, genesis_hash, point in saved
+        if report.ok and (reason := check_checkpoint(report, genesis_hash, point)) is not None
+    ]
+    files.problems[:0] = refused
     if saved and report.ok:
         highest = max(point.height for _, _, point in saved)
         files.rows.append(("checkpoints", f"{len(saved)} given, up to height {highest}"))
