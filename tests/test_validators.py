@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import pickle
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -482,3 +485,40 @@ def test_invalid_a_restarted_holder_refuses_a_view_cut_below_what_it_replayed(de
     view = m.encode_ledger_view(genesis_hash, setup.config.run_id, blocks, checkpoint.height, None)
     reply = query(deployed_grid(setup, folder), setup, view)
     assert reply.has_error() and "cut short" in reply.error.reason
+
+
+RESTARTED_HOLDER = """
+import pickle, sys
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from clients import client_app
+from server.inprocess_grid import NODE_BASE, InProcessGrid
+
+node_config, config = pickle.loads(open(sys.argv[1], "rb").read())
+grid = InProcessGrid(client_app.app, 1)
+grid.contexts[NODE_BASE].node_config = node_config
+message = Message(RecordDict({"config": ConfigRecord(config)}), NODE_BASE, MessageType.QUERY)
+(reply,) = grid.send_and_receive([message])
+print(reply.error.reason if reply.has_error() else "accepted")
+"""
+
+
+def test_invalid_a_holder_restarted_as_a_new_process_refuses_a_rewritten_history(
+    deployed, tmp_path: Path
+) -> None:
+    """A new Python process: nothing in memory, the holder's folder is all it has."""
+    setup, folder = deployed
+    genesis_hash = verify_ledger(setup.run_dir).genesis_hash
+    view = m.encode_ledger_view(genesis_hash, setup.config.run_id, forged_history(setup), 1, None)
+    config = {**m.encode_train_settings(setup.config, setup.run_dir), **view}
+    message = tmp_path / "message.pickle"
+    message.write_bytes(pickle.dumps((deployed_node_config(setup, 0, folder), config)))
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, "-c", RESTARTED_HOLDER, str(message)],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    assert "does not extend the last final block" in result.stdout, result.stdout + result.stderr
