@@ -14,7 +14,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from fedchain.errors import ConfigError
 from fedchain.ledger.codec import MAX_INT
@@ -97,9 +97,6 @@ class RunConfig:
     slash_double_sign_bps: int = 10_000
     reputation_penalty_bps: int = 2_000
     round_timeout: float = 300.0
-    # Not a setting (RETIRED_SETTINGS refuses it): kept as a class attribute until
-    # fedchain/cli/simulate.py drops its --slash-bad-commitment-bps flag, whose help reads it.
-    slash_bad_commitment_bps: ClassVar[int] = 0
 
     def __post_init__(self) -> None:
         """Refuse a configuration that cannot run, before anything is written for it.

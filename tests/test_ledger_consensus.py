@@ -42,11 +42,9 @@ from fedchain.ledger.objects import (
     BlockHeader,
     GenesisParticipant,
     HeaderPair,
-    RewardDeltas,
     SignedHeader,
     Transaction,
 )
-from fedchain.ledger.state import process_reward_deltas
 
 KEYS = {i: Ed25519PrivateKey.from_private_bytes(bytes([i]) * 32) for i in range(1, 5)}
 PUB = {i: public_key_bytes(key) for i, key in KEYS.items()}
@@ -148,7 +146,8 @@ def pre() -> LedgerState:
 
 def test_validators_are_active_and_sorted(pre: LedgerState) -> None:
     assert get_validators(pre) == sorted(validators(STAKES))
-    post = process_reward_deltas(pre, RewardDeltas(0, ((PUB[2], -101),)), 0)
+    ejected = dataclasses.replace(pre.participants[PUB[2]], stake=99, active=False)
+    post = dataclasses.replace(pre, participants={**pre.participants, PUB[2]: ejected})
     assert get_validators(post) == sorted(validators({1: 100, 3: 300, 4: 400}))
     assert get_proposer(post, 3) == compute_proposer(post.head_hash, get_validators(post), 3)
 

@@ -166,10 +166,8 @@ def simulate(
     slash_bad_commitment_bps: Annotated[
         int | None,
         typer.Option(
-            help=_help(
-                "slash_bad_commitment_bps",
-                "Stake slashed for an update that does not match its commitment (basis points).",
-            )
+            hidden=True,  # retired: refused with its reason (fedchain.config.RETIRED_SETTINGS)
+            help="Retired: an update that does not match its commitment is rejected, not slashed.",
         ),
     ] = None,
     slash_double_sign_bps: Annotated[

@@ -16,7 +16,7 @@ free-rider-noise   noise ``N(0, s²)`` per coordinate [s = 1e-3]: the global mod
 inflated           the honest ``Δ``, claiming ``s`` times [s = 10] its examples everywhere, the
                    signed commitment included (the ledger's registered count refuses it)
 commit-mismatch    signs a commitment for the honest ``Δ`` but sends ``-s·Δ`` [s = 4]: the
-                   coordinator holds signed evidence of the mismatch and slashes it
+                   coordinator rejects it (the mismatch is its observation alone: no penalty)
 =================  =========================================================================
 
 With the ledger off a client sends weights, not updates: the global model plus the attacked
