@@ -96,10 +96,6 @@ SCORES = {
 }
 REJECTION_REASON = "bad signature [red]on[/] the <b>update</b>"  # markup is shown, not obeyed
 DOUBLE_SIGN_BPS = 5_000
-# tests/test_outputs.py imports PENALTY only to assert it is set; the scored run has no penalty
-# any more (stake is lost only to slashing evidence), so until it drops that import the name
-# stands for the slashing rate the scored run uses.
-PENALTY = DOUBLE_SIGN_BPS
 
 
 def _digest(*parts: object) -> bytes:
