@@ -103,7 +103,7 @@ def world(tmp_path):  # type: ignore[no-untyped-def]
     parts = partition(train.y, len(HOLDERS), "iid", seed=1)
     data_key = keys.create_key_file(tmp_path / "data.key")
     fed_dir = tmp_path / "fed"
-    federation.init_federation(
+    fed_id = federation.init_federation(
         fed_dir,
         name="e2e",
         settings={
@@ -115,7 +115,7 @@ def world(tmp_path):  # type: ignore[no-untyped-def]
         },
         min_clients=2,
         join_timeout=PHASE_S,
-    )
+    ).federation_id
     for i, name in enumerate((*HOLDERS, "eve")):
         data = tmp_path / f"{name}.fcd"
         datafile.write_dataset(data, train.subset(parts[i % len(HOLDERS)]), data_key)
@@ -126,6 +126,7 @@ def world(tmp_path):  # type: ignore[no-untyped-def]
             entry = registration.create_registration(
                 key,
                 data,
+                federation_id=fed_id,
                 unlock=data_key,
                 stake=1_000_000,
                 name=name,

@@ -9,6 +9,7 @@ import os
 import struct
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -25,9 +26,9 @@ from fedchain.data import datafile, keys
 from fedchain.data.partition import partition
 from fedchain.data.sources import load_source
 from fedchain.errors import ConfigError, DatasetFileError, SignatureError
-from fedchain.ledger.builder import sign_registration
+from fedchain.ledger.builder import sign_genesis_participant
 from fedchain.ledger.codec import decode
-from fedchain.ledger.objects import Block, Registration
+from fedchain.ledger.objects import Block
 from fedchain.ledger.store import LedgerStore
 from fedchain.ledger.verify import verify_ledger
 from fedchain.runs import federation, layout
@@ -44,6 +45,8 @@ from server.deployment import run_deployment
 from server.inprocess_grid import NODE_BASE, InProcessGrid
 
 FLOWER_LOGGER.setLevel(logging.ERROR)
+FED_ID = bytes.fromhex("5e" * 32)  # a federation id for registrations no federation adds
+FED_ARGS = ("--federation-id", FED_ID.hex())
 SETTINGS = {
     "rounds": 3,
     "model": "mlp",
@@ -76,11 +79,16 @@ def make_holders(tmp_path: Path, count: int) -> list[dict[str, str]]:
 
 def make_federation(tmp_path: Path, nodes: list[dict[str, str]]) -> Path:
     fed_dir = tmp_path / "fed"
-    federation.init_federation(fed_dir, name="fed-test", settings=SETTINGS)
+    fed_id = federation.init_federation(fed_dir, name="fed-test", settings=SETTINGS).federation_id
     for i, node in enumerate(nodes):
         key = identity.load_identity(Path(node["identity-path"]), None)
         entry = create_registration(
-            key, Path(node["data-path"]), unlock=data_key(node), stake=1_000_000, name=f"h{i}"
+            key,
+            Path(node["data-path"]),
+            federation_id=fed_id,
+            unlock=data_key(node),
+            stake=1_000_000,
+            name=f"h{i}",
         )
         federation.add_participant(fed_dir, entry)
     return fed_dir
@@ -128,15 +136,17 @@ def test_registration_round_trip_and_refusals(tmp_path):
 def test_invalid_registration_signature_refused(tmp_path):
     nodes = make_holders(tmp_path, 1)
     fed_dir = tmp_path / "fed"
-    federation.init_federation(fed_dir, name="f", settings={})
+    fed_id = federation.init_federation(fed_dir, name="f", settings={}).federation_id
     key = identity.load_identity(Path(nodes[0]["identity-path"]), None)
     entry = create_registration(
-        key, Path(nodes[0]["data-path"]), unlock=data_key(nodes[0]), stake=10**6, name="a"
+        key,
+        Path(nodes[0]["data-path"]),
+        federation_id=fed_id,
+        unlock=data_key(nodes[0]),
+        stake=10**6,
+        name="a",
     )
-    reg = entry.registration
-    forged = ParticipantEntry(
-        "a", Registration(reg.public_key, 10**7, reg.dataset_hash, reg.num_examples, reg.signature)
-    )
+    forged = ParticipantEntry(replace(entry.participant, stake=10**7), fed_id)
     with pytest.raises(SignatureError, match="not validly signed"):
         federation.add_participant(fed_dir, forged)
 
@@ -204,16 +214,17 @@ def test_cli_register_add_show_and_join_checks(tmp_path, monkeypatch):
 
     assert cli("keygen", tmp_path / "enc.key").exit_code == 0  # passphrase from the environment
     assert cli("keygen", tmp_path / "node.key", "--supernode").exit_code == 0
+    created = cli("federation", "init", fed_dir, "--rounds", 2, "--set", "local-epochs=1")
+    assert created.exit_code == 0
+    fed_id = federation.load_federation(fed_dir).federation_id.hex()
+    assert f"federation id: {fed_id}" in created.output  # what the coordinator hands out
     result = cli(
         "register", "--identity", tmp_path / "enc.key", "--data", nodes[0]["data-path"],
         "--data-key", nodes[0]["data-key-path"], "--stake", 500_000,
         "--supernode-key", tmp_path / "node.pub", "--name", "alice",
-        "--out", tmp_path / "alice.reg",
+        "--out", tmp_path / "alice.reg", "--federation-id", fed_id,
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert (
-        cli("federation", "init", fed_dir, "--rounds", 2, "--set", "local-epochs=1").exit_code == 0
-    )
     assert cli("federation", "add", fed_dir, tmp_path / "alice.reg").exit_code == 0
     again = cli("federation", "add", fed_dir, tmp_path / "alice.reg")
     assert again.exit_code == 1 and "already registered" in again.output
@@ -284,7 +295,9 @@ def test_registration_signs_the_authenticated_example_count(tmp_path):
     key = identity.load_identity(Path(node["identity-path"]), None)
     data = Path(node["data-path"])
     honest = len(datafile.load_dataset(data, data_key(node)))
-    entry = create_registration(key, data, unlock=data_key(node), stake=10**6, name="a")
+    entry = create_registration(
+        key, data, federation_id=FED_ID, unlock=data_key(node), stake=10**6, name="a"
+    )
     assert entry.registration.num_examples == honest
     for count, cut, match in (
         (40_000_000, False, "truncated, or its header was altered"),
@@ -295,11 +308,14 @@ def test_registration_signs_the_authenticated_example_count(tmp_path):
         forged.write_bytes(data.read_bytes())
         forge_count(forged, count, cut=cut)
         with pytest.raises(DatasetFileError, match=match):
-            create_registration(key, forged, unlock=data_key(node), stake=10**6, name="a")
+            create_registration(
+                key, forged, federation_id=FED_ID, unlock=data_key(node), stake=10**6, name="a"
+            )
 
 
 def signed_entry(
     name: str,
+    federation_id: bytes,
     *,
     key: Ed25519PrivateKey | None = None,
     stake: int = 10**6,
@@ -308,49 +324,47 @@ def signed_entry(
     supernode_key: str = "",
 ) -> ParticipantEntry:
     """A validly signed registration with whatever values an attacker chose."""
-    registration = sign_registration(
+    participant = sign_genesis_participant(
         key or identity.generate_identity(),
-        identity.NO_FEDERATION,
+        federation_id,
         stake=stake,
         dataset_hash=dataset_hash if dataset_hash is not None else os.urandom(32),
         num_examples=num_examples,
+        name=name,
+        supernode_key=supernode_key,
     )
-    return ParticipantEntry(name, registration, supernode_key)
+    return ParticipantEntry(participant, federation_id)
+
+
+def altered(entry: ParticipantEntry, **fields: Any) -> ParticipantEntry:
+    """``entry`` with fields changed after it was signed."""
+    return ParticipantEntry(replace(entry.participant, **fields), entry.federation_id)
 
 
 @pytest.mark.parametrize(
     ("make", "match"),
     [
-        (lambda: signed_entry("z", num_examples=0), "0 examples is outside"),
-        (lambda: signed_entry("z", num_examples=2**41), "examples is outside"),
-        (lambda: signed_entry("z", stake=99_999), "stake 99999 is outside"),
-        (
-            lambda: ParticipantEntry("z", replace(signed_entry("z").registration, stake=2**63)),
-            "stake 9223372036854775808 is outside",
-        ),
-        (lambda: signed_entry("z", dataset_hash=b"\x01" * 32), "already registered this data"),
-        (lambda: signed_entry("z", stake=2**63 - 1), "total stake would exceed"),
-        (lambda: signed_entry("z", supernode_key="ssh-rsa garbage"), "not an OpenSSH public"),
-        (
-            lambda: ParticipantEntry(
-                "z", replace(signed_entry("z").registration, dataset_hash=b"\x02" * 8)
-            ),
-            "dataset-hash must be 32 bytes",
-        ),
-        (
-            lambda: ParticipantEntry("z", replace(signed_entry("z").registration, num_examples=7)),
-            "not validly signed",
-        ),
+        (lambda f: signed_entry("z", f, num_examples=0), "0 examples is outside"),
+        (lambda f: signed_entry("z", f, num_examples=2**41), "examples is outside"),
+        (lambda f: signed_entry("z", f, stake=99_999), "stake 99999 is outside"),
+        (lambda f: altered(signed_entry("z", f), stake=2**63), "stake 9223372036854775808 is"),
+        (lambda f: signed_entry("z", f, dataset_hash=b"\x01" * 32), "already registered this"),
+        (lambda f: signed_entry("z", f, stake=2**63 - 1), "total stake would exceed"),
+        (lambda f: signed_entry("z", f, supernode_key="ssh-rsa garbage"), "not an OpenSSH"),
+        (lambda f: altered(signed_entry("z", f), dataset_hash=b"\x02" * 8), "dataset-hash must"),
+        (lambda f: altered(signed_entry("z", f), num_examples=7), "not validly signed"),
+        (lambda f: altered(signed_entry("z", f), name="y"), "not validly signed"),
+        (lambda f: signed_entry("z", bytes(32)), "made for another federation"),
     ],
 )
 def test_invalid_add_refuses_provably_bad_registrations(tmp_path, make, match):
     fed_dir = tmp_path / "fed"
-    federation.init_federation(fed_dir, name="f", settings={})
-    first = signed_entry("first", dataset_hash=b"\x01" * 32)
+    fed_id = federation.init_federation(fed_dir, name="f", settings={}).federation_id
+    first = signed_entry("first", fed_id, dataset_hash=b"\x01" * 32)
     federation.add_participant(fed_dir, first)
     before = (fed_dir / layout.FEDERATION_FILENAME).read_text()
     with pytest.raises((ConfigError, SignatureError), match=match) as e:
-        federation.add_participant(fed_dir, make())
+        federation.add_participant(fed_dir, make(fed_id))
     assert "\n" not in str(e.value)
     assert (fed_dir / layout.FEDERATION_FILENAME).read_text() == before
 
@@ -381,7 +395,7 @@ def test_cli_register_needs_and_uses_the_data_key(tmp_path, monkeypatch):
     monkeypatch.delenv("FEDCHAIN_PASSPHRASE", raising=False)
     monkeypatch.delenv("FEDCHAIN_IDENTITY_PASSPHRASE", raising=False)
     node = make_holders(tmp_path, 1)[0]
-    common = ("register", "--identity", node["identity-path"], "--stake", 10**6)
+    common = ("register", "--identity", node["identity-path"], "--stake", 10**6, *FED_ARGS)
     # No key and no passphrase: one line saying what to give (the dataset is decrypted).
     result = cli(*common, "--data", node["data-path"], "--out", tmp_path / "r.reg")
     assert_one_line_error(result, "no passphrase for", "key file")
@@ -416,14 +430,14 @@ def test_cli_register_passphrase_dataset_and_identity(tmp_path, monkeypatch):
     monkeypatch.setenv("FEDCHAIN_IDENTITY_PASSPHRASE", "id words")
     result = cli(
         "register", "--identity", tmp_path / "id.key", "--data", tmp_path / "p.fcd",
-        "--stake", 10**6, "--out", tmp_path / "r.reg",
+        "--stake", 10**6, "--out", tmp_path / "r.reg", *FED_ARGS,
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert decode_registration_file(tmp_path / "r.reg").registration.num_examples == 30
     monkeypatch.setenv("FEDCHAIN_PASSPHRASE", "wrong words")
     result = cli(
         "register", "--identity", tmp_path / "id.key", "--data", tmp_path / "p.fcd",
-        "--stake", 10**6, "--out", tmp_path / "r2.reg",
+        "--stake", 10**6, "--out", tmp_path / "r2.reg", *FED_ARGS,
     )  # fmt: skip
     assert_one_line_error(result, "p.fcd", "wrong passphrase")
 
@@ -435,14 +449,14 @@ def test_cli_register_binary_supernode_key_is_one_line(tmp_path):
     result = cli(
         "register", "--identity", node["identity-path"], "--data", node["data-path"],
         "--data-key", node["data-key-path"], "--stake", 10**6, "--supernode-key", binary,
-        "--out", tmp_path / "r.reg",
+        "--out", tmp_path / "r.reg", *FED_ARGS,
     )  # fmt: skip
     assert_one_line_error(result, str(binary), "not an OpenSSH public key")
     binary.write_text("ssh-ed25519 AAAA not-a-key\n")
     result = cli(
         "register", "--identity", node["identity-path"], "--data", node["data-path"],
         "--data-key", node["data-key-path"], "--stake", 10**6, "--supernode-key", binary,
-        "--out", tmp_path / "r.reg",
+        "--out", tmp_path / "r.reg", *FED_ARGS,
     )  # fmt: skip
     assert_one_line_error(result, "not an OpenSSH public key")
 
@@ -473,11 +487,13 @@ def test_cli_federation_init_defaults_to_simulates_rule(tmp_path):
 
 def test_cli_federation_show_is_readable_at_80_columns(tmp_path):
     fed_dir = tmp_path / "fed"
-    federation.init_federation(fed_dir, name="f", settings={})
+    fed_id = federation.init_federation(fed_dir, name="f", settings={}).federation_id
     long_name = "hospital-" + "n" * 50
-    big = signed_entry(long_name, stake=1_010_500_000_000, num_examples=987_654_321)
-    small = signed_entry("bob", stake=1_000_000, num_examples=42)
-    widest = signed_entry("carol", stake=2**62, num_examples=2**40)  # the largest add allows
+    big = signed_entry(long_name, fed_id, stake=1_010_500_000_000, num_examples=987_654_321)
+    small = signed_entry("bob", fed_id, stake=1_000_000, num_examples=42)
+    widest = signed_entry(
+        "carol", fed_id, stake=2**62, num_examples=2**40
+    )  # the largest add allows
     for entry in (big, small, widest):
         federation.add_participant(fed_dir, entry)
     result = cli("federation", "show", fed_dir, env={"COLUMNS": "80"})

@@ -13,10 +13,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedchain.crypto.identity import Domain, public_key_bytes, verify_signature
+from fedchain.crypto.identity import Domain, verify_signature
 from fedchain.errors import DecodeError, LedgerError
 from fedchain.ledger import containers, objects
-from fedchain.ledger.builder import sign_commitment
+from fedchain.ledger.builder import sign_commitment, sign_genesis_participant
 from fedchain.ledger.codec import MAX_INT, MIN_INT, compute_hash, decode, encode, encode_with_empty
 from fedchain.ledger.containers import ParticipantState, StateRootBody
 from fedchain.ledger.objects import (
@@ -37,6 +37,7 @@ from fedchain.ledger.objects import (
     SlashingEvidence,
     Transaction,
     UpdateCommitment,
+    compute_federation_id,
     signing_message,
 )
 
@@ -72,20 +73,22 @@ KNOWN_GENESIS_ENCODING = (
     "00ec0644226350697ec6ac68945b2f5c7243df067836473819076d2909997ba07201000000022000"
     "00008a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c640000000000"
     "0000200000008b39793d95ce9e9571a79b45048e3731c480de5d80ed4536c2ff461ef0df7dc13c00"
-    "000000000000"
+    "00000000000008000000686f6c6465722d3100000000400000008eafeb1756793080e0ac001c978f"
+    "1eed8c1c2d17f4c516f038be573e1913f963ac1eb7e6d6886af8cab71571203733ed74310327fba2"
+    "f4a306ffc3594b9f550f"
 )
-KNOWN_GENESIS_HASH = "3f3db4844a7806666a58f51a2c96b45ef864eac5913f7ebaa1a49553dc981f95"
+KNOWN_GENESIS_HASH = "3aa4348c6f57fbf5084419a728ef3cba25293c73dc71fb51eef09572d441de18"
 KNOWN_COMMITMENT_ENCODING = (
     "0b0800000066697865642d3031010000000000000020000000ec0644226350697ec6ac68945b2f5c"
     "7243df067836473819076d2909997ba07220000000d952941b25b0d61ede498c9aa511f590346095"
     "8973127ac773cb80236aa49efd3200000000000000200000008139770ea87d175f56a35466c34c7e"
-    "cccb8d8a91b4ee37a25df60f5b8fc9b39440000000575eb43e9dfd7b6b07162257bcbed4d810b2d6"
-    "9702654697b67abb6b28d7aa589c6b117baef85b7c734502ff1ff64a97e70d6d5667de0df05a8191"
-    "97e015e000"
+    "cccb8d8a91b4ee37a25df60f5b8fc9b39440000000c3bcb6cabed523604df539f3b9c2e26da437c6"
+    "e5802ffe7b44bdcd1e61c16fa60813a03678f33f95aa0bd51b730f617f3417d8b9ce812d3b8ee4d9"
+    "d1f094330d"
 )
 KNOWN_COMMITMENT_SIGNATURE = (
-    "575eb43e9dfd7b6b07162257bcbed4d810b2d69702654697b67abb6b28d7aa589c6b117baef85b7c"
-    "734502ff1ff64a97e70d6d5667de0df05a819197e015e000"
+    "c3bcb6cabed523604df539f3b9c2e26da437c6e5802ffe7b44bdcd1e61c16fa60813a03678f33f95"
+    "aa0bd51b730f617f3417d8b9ce812d3b8ee4d9d1f094330d"
 )
 
 
@@ -101,11 +104,13 @@ def known_genesis() -> Genesis:
         reputation_penalty_bps=1_000,
     )
     key = Ed25519PrivateKey.from_private_bytes(bytes([1]) * 32)
-    participant = GenesisParticipant(
-        public_key=public_key_bytes(key),
+    participant = sign_genesis_participant(
+        key,
+        compute_federation_id("fixed-01", rules),
         stake=100,
         dataset_hash=hashlib.sha256(b"dataset-1").digest(),
         num_examples=60,
+        name="holder-1",
     )
     return Genesis(
         run_id="fixed-01",

@@ -117,7 +117,15 @@ FIELDS: dict[int, tuple[tuple[str, Any], ...]] = {  # spec §3, transcribed
         ("weight_cap_bps", INT),
         ("reputation_penalty_bps", INT),
     ),
-    2: (("public_key", BYTES), ("stake", INT), ("dataset_hash", BYTES), ("num_examples", INT)),
+    2: (
+        ("public_key", BYTES),
+        ("stake", INT),
+        ("dataset_hash", BYTES),
+        ("num_examples", INT),
+        ("name", STR),
+        ("supernode_key", STR),
+        ("signature", BYTES),
+    ),
     3: (
         ("run_id", STR),
         ("rules", (1,)),
@@ -176,12 +184,13 @@ FIELDS: dict[int, tuple[tuple[str, Any], ...]] = {  # spec §3, transcribed
     41: (("participants", ("seq", (40,))), ("model_head", BYTES), ("round", INT)),
 }
 DOMAINS = {
+    2: b"fedchain/registration/v1",
     10: b"fedchain/registration/v1",
     11: b"fedchain/update-commitment/v1",
     17: b"fedchain/attestation/v1",
     31: b"fedchain/block-header/v1",
 }
-SIGNER = {10: "public_key", 11: "public_key", 17: "validator"}
+SIGNER = {2: "public_key", 10: "public_key", 11: "public_key", 17: "validator"}
 
 
 def H(data: bytes) -> bytes:
@@ -238,6 +247,11 @@ def check_signed(obj: dict[str, Any], federation: bytes) -> None:
     signer = obj["header"]["proposer"] if obj["_tag"] == 31 else obj[SIGNER[obj["_tag"]]]
     key = Ed25519PublicKey.from_public_bytes(signer)
     key.verify(obj["signature"], signing_root(obj, federation))  # raises if invalid
+
+
+def federation_id(run_id: str, rules: dict[str, Any]) -> bytes:
+    """H of the Genesis with this run id and rules, a zero model hash and no participants."""
+    return H(bytes([3]) + b(run_id.encode()) + rules["_raw"] + b(bytes(32)) + bytes(4))
 
 
 def draw(parent: bytes, validators: list[tuple[bytes, int]], attempt: int) -> bytes:
@@ -301,6 +315,8 @@ def test_independent_reader_replays_the_golden_ledger() -> None:
     genesis = blocks[0]["transactions"][0]
     rules, federation = genesis["rules"], H(genesis["_raw"])
     assert federation.hex() == golden["genesis_hash"]
+    for p in genesis["participants"]:  # each registration signed for the federation id
+        check_signed(p, federation_id(genesis["run_id"], rules))
     slash, penalty = dict(rules["slash_bps"]), rules["reputation_penalty_bps"]
     people = {
         p["public_key"]: [p["stake"], 10_000, p["dataset_hash"], p["num_examples"], True]
@@ -379,6 +395,11 @@ def test_independent_reader_reproduces_the_vectors() -> None:
         data = bytes.fromhex(case["encoding"])
         assert read_all(data)["_tag"] == case["object"]["_tag"]
         assert H(data).hex() == case["sha256"]
+    contract = read_all(bytes.fromhex(vectors["federation_id"]["contract_encoding"]))
+    assert contract["run_id"] == vectors["federation_id"]["run_id"] and not contract["participants"]
+    fed_id = federation_id(contract["run_id"], contract["rules"])
+    assert fed_id.hex() == vectors["federation_id"]["federation_id"]
+    assert fed_id.hex() in {case["federation"] for case in vectors["signing"]}
     for case in vectors["signing"]:
         domain = case["domain"].encode()
         message = bytes.fromhex(case["signing_message"])

@@ -22,6 +22,7 @@ from fedchain.ledger.builder import (
     prepare_block,
     sign_attestation,
     sign_commitment,
+    sign_genesis_participant,
     sign_header,
     sign_registration,
 )
@@ -52,7 +53,6 @@ from fedchain.ledger.objects import (
     BlockHeader,
     ContributionRecord,
     Genesis,
-    GenesisParticipant,
     HeaderPair,
     ModelVersion,
     Registration,
@@ -62,6 +62,7 @@ from fedchain.ledger.objects import (
     SlashingEvidence,
     Transaction,
     compute_block_hash,
+    compute_federation_id,
     compute_tx_root,
 )
 from fedchain.ledger.state import (
@@ -98,8 +99,8 @@ RULES = make_rules(  # every field given: the known answers below must not follo
 OTHER_FEDERATION = hashlib.sha256(b"another federation").digest()
 
 # Known answers (Ed25519 signatures are deterministic, so whole blocks are).
-KNOWN_GENESIS_BLOCK_HASH = "8edb8f25b1d1fa0430b3895d1ebf222dd063ea733bbde13a64f00666dc3ac434"
-KNOWN_BLOCK_1_HASH = "ba80b87f71d2c397a49c01f94ebe4ffdc3f16199b4edfb68f573fc416e4b68c7"
+KNOWN_GENESIS_BLOCK_HASH = "3c52061d43bf0e4c57b643479f1e544783de1f963f442b40de832b106b03e721"
+KNOWN_BLOCK_1_HASH = "b0059dbc69268f07673c62c5b3f234edbd109b727dbbb57fe6c92ab9cd1d8f54"
 
 
 def digest(text: str) -> bytes:
@@ -140,8 +141,15 @@ def ejected(state: LedgerState, *indices: int) -> LedgerState:
 
 @pytest.fixture(scope="module")
 def genesis() -> Genesis:
+    federation_id = compute_federation_id(RUN_ID, RULES)
     participants = [
-        GenesisParticipant(PUB[i], stake, digest(f"dataset-{i}"), REGISTERED_EXAMPLES)
+        sign_genesis_participant(
+            KEYS[i],
+            federation_id,
+            stake=stake,
+            dataset_hash=digest(f"dataset-{i}"),
+            num_examples=REGISTERED_EXAMPLES,
+        )
         for i, stake in STAKES.items()
     ]
     return make_genesis(RUN_ID, participants, initial_model_hash=MODEL_0, rules=RULES)

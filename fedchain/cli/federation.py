@@ -32,6 +32,7 @@ from fedchain.runs.registration import (
     create_registration,
     decode_registration_file,
     encode_registration_file,
+    parse_federation_id,
 )
 
 if sys.version_info >= (3, 11):
@@ -177,8 +178,11 @@ def init(
         join_timeout=join_timeout,
     )
     console.print(f"created {fed_dir / FEDERATION_FILENAME} (federation {federation.name})")
+    # soft_wrap: the id must stay one line, whole, to be copied
+    console.print(f"federation id: {federation.federation_id.hex()}", soft_wrap=True)
     console.print(
-        "next: participants run `fedchain register ...` and you add each file with "
+        "next: give participants the federation id; they run `fedchain register "
+        "--federation-id ID ...` and you add each file with "
         f"`fedchain federation add {fed_dir} FILE`"
     )
 
@@ -219,6 +223,7 @@ def show(fed_dir: FedDirArg) -> None:
     federation = fed.load_federation(fed_dir)
     state = "ledger created" if fed.has_ledger(fed_dir) else "no ledger yet (participants open)"
     console.print(f"federation [bold]{federation.name}[/] in {fed_dir}: {state}")
+    console.print(f"federation id: {federation.federation_id.hex()}", soft_wrap=True)
     min_clients = federation.min_clients or len(federation.participants)
     console.print(f"min clients per round: {min_clients}; join timeout {federation.join_timeout} s")
     settings = ", ".join(f"{k}={v}" for k, v in sorted(federation.settings.items()))
@@ -272,6 +277,14 @@ def register(
     data: Annotated[Path, typer.Option("--data", "-d", help="Your encrypted dataset (.fcd).")],
     stake: Annotated[int, typer.Option(min=1, help="Stake deposit in base units.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Registration file to write.")],
+    federation_id: Annotated[
+        str,
+        typer.Option(
+            "--federation-id",
+            help="The federation's id (64 hex digits), from its coordinator (`fedchain "
+            "federation init` and `show` print it): the registration is valid for it alone.",
+        ),
+    ],
     data_key: Annotated[
         Path | None,
         typer.Option(
@@ -304,12 +317,14 @@ def register(
         ),
     ] = IDENTITY_PASSPHRASE_ENV,
 ) -> None:
-    """Sign a registration (identity, stake, dataset commitment) for a coordinator to add.
+    """Sign a registration (identity, stake, dataset commitment, name, SuperNode key) for one
+    federation, for its coordinator to add.
 
     The dataset is decrypted (one chunk at a time) so that the example count you sign is the
     authenticated one, not what the file's plain header says."""
     if out.exists():
         raise ConfigError(f"{out}: already exists")
+    federation = parse_federation_id(federation_id, "--federation-id")
     supernode_text = read_supernode_key(supernode_key) if supernode_key is not None else ""
     unlock = unlock_for_reading(data, data_key, passphrase_env)
     identity_env = identity_passphrase_env_for(
@@ -320,6 +335,7 @@ def register(
         entry = create_registration(
             key,
             data,
+            federation_id=federation,
             unlock=unlock,
             stake=stake,
             name=name or identity_path.stem,

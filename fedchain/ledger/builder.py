@@ -1,7 +1,8 @@
 """Helpers that make valid ledger objects: genesis, signed transactions, signed blocks.
 
 Used by tests, benchmarks and the Flower server. Everything signed here binds the federation's
-genesis hash (``genesis_hash``), so the objects are only valid in that federation.
+genesis hash (``genesis_hash``), so the objects are only valid in that federation; a genesis
+participant's registration, made before the genesis exists, binds the federation id instead.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ __all__ = [
     "seal_block",
     "sign_attestation",
     "sign_commitment",
+    "sign_genesis_participant",
     "sign_header",
     "sign_registration",
 ]
@@ -91,6 +93,24 @@ def make_genesis(
         initial_model_hash=initial_model_hash,
         participants=tuple(sorted(participants, key=lambda entry: entry.public_key)),
     )
+
+
+def sign_genesis_participant(
+    private_key: Ed25519PrivateKey,
+    federation_id: Hash32,
+    *,
+    stake: int,
+    dataset_hash: Hash32,
+    num_examples: int,
+    name: str = "",
+    supernode_key: str = "",
+) -> GenesisParticipant:
+    """A registration for the genesis of the federation ``federation_id``
+    (:func:`~fedchain.ledger.objects.compute_federation_id`), signed by ``private_key``."""
+    fields = (public_key_bytes(private_key), stake, dataset_hash, num_examples, name, supernode_key)
+    unsigned = GenesisParticipant(*fields, b"")
+    signature = sign(private_key, Domain.REGISTRATION, signing_message(unsigned), federation_id)
+    return GenesisParticipant(*fields, signature)
 
 
 def sign_registration(

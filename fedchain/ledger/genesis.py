@@ -1,5 +1,9 @@
 """Genesis: the state after block 0, the canonical block 0, and the checks a Genesis must pass.
 
+Every participant's registration must carry its own signature under the registration domain
+with the federation id (:func:`~fedchain.ledger.objects.compute_federation_id`, recomputed from
+the genesis's run id and rules), so the genesis alone proves who registered what.
+
 Block 0 is fully determined by its :class:`~fedchain.ledger.objects.Genesis` (zero parent and
 proposer, no signature), so a stored block 0 is accepted only if it is exactly
 :func:`compute_genesis_block` of the genesis it holds.
@@ -28,8 +32,10 @@ from fedchain.ledger.objects import (
     BlockHeader,
     Genesis,
     SignedHeader,
+    compute_federation_id,
     compute_tx_root,
 )
+from fedchain.ledger.signatures import is_signed_by
 from fedchain.ledger.transactions import (
     check_participant_key,
     check_size,
@@ -146,6 +152,7 @@ def _check_genesis(genesis: Genesis) -> None:
         raise fail("needs at least one participant: someone must propose block 1")
     if not is_strictly_sorted([entry.public_key for entry in genesis.participants]):
         raise fail("participants must be sorted by public key, each key once")
+    federation_id = compute_federation_id(genesis.run_id, rules)
     for entry in genesis.participants:
         try:
             check_participant_key(entry.public_key)
@@ -159,3 +166,9 @@ def _check_genesis(genesis: Genesis) -> None:
             )
         if entry.num_examples < 0:
             raise fail(f"participant {describe_key(entry.public_key)} has a negative example count")
+        if not is_signed_by(entry, entry.public_key, federation_id):
+            raise fail(
+                f"participant {describe_key(entry.public_key)}'s registration is not signed by "
+                f"its key for this federation (id {federation_id.hex()[:16]}…): missing, forged, "
+                "made for another federation, or its fields changed since it was signed"
+            )

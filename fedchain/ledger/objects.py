@@ -11,7 +11,9 @@ by the codec).
 
 Signatures: a signed object's *signing message* is its encoding with the ``signature`` field
 emptied (``b""``), signed under its :class:`~fedchain.crypto.identity.Domain` with the genesis hash
-as the federation (:func:`signing_message`, :data:`SIGNING_DOMAINS`).
+as the federation (:func:`signing_message`, :data:`SIGNING_DOMAINS`); a genesis participant's
+registration, made before the genesis exists, with the federation id
+(:func:`compute_federation_id`) instead.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ __all__ = [
     "Transaction",
     "UpdateCommitment",
     "compute_block_hash",
+    "compute_federation_id",
     "compute_tx_root",
     "compute_tx_root_of_encodings",
     "signing_message",
@@ -108,11 +111,22 @@ class Rules:
 
 @dataclass(frozen=True, slots=True)
 class GenesisParticipant:
+    """A registration as the genesis holds it, signed by ``public_key`` under the registration
+    domain with the federation id (:func:`compute_federation_id`) as the federation: the genesis
+    hash, which every later signature binds, is computed from these registrations.
+
+    ``name`` is the participant's name (empty in a simulation), ``supernode_key`` the text of its
+    SuperNode's authentication public key (one OpenSSH line; empty if none).
+    """
+
     TAG: ClassVar[int] = 2
     public_key: PublicKey
     stake: int
     dataset_hash: Hash32
     num_examples: int
+    name: str
+    supernode_key: str
+    signature: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,15 +327,20 @@ class Block:
         return self.signed_header.header
 
 
-SignedObject: TypeAlias = Registration | UpdateCommitment | Attestation | SignedHeader
+SignedObject: TypeAlias = (
+    GenesisParticipant | Registration | UpdateCommitment | Attestation | SignedHeader
+)
 
 SIGNING_DOMAINS: dict[type, Domain] = {
+    GenesisParticipant: Domain.REGISTRATION,
     Registration: Domain.REGISTRATION,
     UpdateCommitment: Domain.UPDATE,
     Attestation: Domain.ATTESTATION,
     SignedHeader: Domain.BLOCK,
 }
-"""The signature domain of each signed class."""
+"""The signature domain of each signed class. A :class:`GenesisParticipant` signs with the
+federation id (:func:`compute_federation_id`) as the federation, every other one with the
+genesis hash."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -340,6 +359,14 @@ def signing_message(obj: SignedObject, encoding: bytes | None = None) -> bytes:
     if encoding is None:
         return encode_with_empty(obj, "signature")
     return encoding[: len(encoding) - _U32.size - len(obj.signature)] + _EMPTY_SIGNATURE
+
+
+def compute_federation_id(run_id: str, rules: Rules) -> Hash32:
+    """The id a genesis participant's registration signs: the hash of the federation's contract
+    as fixed before anyone registers, ``compute_hash(Genesis(run_id, rules, EMPTY_HASH, ()))``
+    (the initial model is made only when the run starts, and the participants are what is
+    being signed)."""
+    return compute_hash(Genesis(run_id, rules, EMPTY_HASH, ()))
 
 
 def compute_block_hash(block_or_header: Block | BlockHeader) -> Hash32:

@@ -25,6 +25,7 @@ from fedchain.ledger.builder import (
     make_rules,
     sign_attestation,
     sign_commitment,
+    sign_genesis_participant,
 )
 from fedchain.ledger.chain import Chain
 from fedchain.ledger.consensus import get_proposer
@@ -33,11 +34,11 @@ from fedchain.ledger.objects import (
     SCORE_SCALE,
     Block,
     ContributionRecord,
-    GenesisParticipant,
     ModelVersion,
     RewardDeltas,
     Rules,
     Transaction,
+    compute_federation_id,
 )
 from fedchain.ledger.signatures import PLAIN, Verifier
 from fedchain.rounds.rewards import compute_reward_split
@@ -71,18 +72,24 @@ class SyntheticFederation:
         self.keys = [derive_key(seed, i) for i in range(participants)]
         self.by_public = {public_key_bytes(k): k for k in self.keys}
         self.num_examples = num_examples
+        rules = rules or make_rules()
+        federation_id = compute_federation_id(run_id, rules)
         self.genesis = make_genesis(
             run_id,
             [
-                GenesisParticipant(
-                    public_key_bytes(k), stake, _digest(seed, "data", i), num_examples
+                sign_genesis_participant(
+                    k,
+                    federation_id,
+                    stake=stake,
+                    dataset_hash=_digest(seed, "data", i),
+                    num_examples=num_examples,
                 )
                 for i, k in enumerate(self.keys)
             ],
             initial_model_hash=(
                 _digest(seed, "model", 0) if initial_model_hash is None else initial_model_hash
             ),
-            rules=rules or make_rules(),
+            rules=rules,
         )
 
     def make_round(

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from fedchain.errors import ConfigError, FedchainError, SignatureError
 from fedchain.ledger.builder import make_genesis
 from fedchain.ledger.chain import Chain
 from fedchain.ledger.codec import MAX_INT
-from fedchain.ledger.objects import HASH_SIZE, GenesisParticipant
+from fedchain.ledger.objects import HASH_SIZE, Hash32, compute_federation_id
 from fedchain.ledger.verify import verify_ledger
 from fedchain.runs.layout import (
     CONFIG_FILENAME,
@@ -45,6 +45,7 @@ from fedchain.runs.registration import (
     check_supernode_key,
     entry_from_toml,
     entry_to_toml,
+    parse_federation_id,
     read_toml,
     verify_registration,
 )
@@ -53,6 +54,7 @@ from fedchain.runs.registry import find_unregistered_files, save_model
 __all__ = [
     "Federation",
     "add_participant",
+    "compute_federation_id_of",
     "compute_run_config",
     "has_ledger",
     "init_federation",
@@ -84,6 +86,7 @@ class Federation:
     join_timeout: float  # seconds the ServerApp waits for min_clients to connect
     settings: Mapping[str, Any]  # kebab-case RunConfig settings
     participants: tuple[ParticipantEntry, ...]
+    federation_id: Hash32  # what registrations sign: compute_federation_id_of(name, settings)
 
 
 def has_ledger(fed_dir: Path) -> bool:
@@ -107,15 +110,16 @@ def init_federation(
     if (fed_dir / FEDERATION_FILENAME).exists():
         raise ConfigError(f"{fed_dir / FEDERATION_FILENAME}: already exists")
     check_name(name)
+    checked = _check_settings(settings, str(fed_dir))
     federation = Federation(
         fed_dir,
         name,
         _check_min_clients(min_clients, str(fed_dir)),
         _check_join_timeout(join_timeout, str(fed_dir)),
-        _check_settings(settings, str(fed_dir)),
+        checked,
         (),
+        compute_federation_id_of(fed_dir, name, checked),  # settings valid as a RunConfig
     )
-    compute_run_config(federation, check_participants=False)  # settings valid as a RunConfig
     fed_dir.mkdir(parents=True, exist_ok=True)
     _write_federation(federation)
     return federation
@@ -136,14 +140,50 @@ def load_federation(fed_dir: Path) -> Federation:
     participants = tuple(
         entry_from_toml(table, f"{path}: participant {i + 1}") for i, table in enumerate(tables)
     )
+    name, settings = str(meta["name"]), _check_settings(doc.get("fedchain", {}), str(path))
+    min_clients = _check_min_clients(meta.get("min-clients", 0), str(path))
+    join_timeout = _check_join_timeout(meta.get("join-timeout", 3600.0), str(path))
+    if "id" not in meta:
+        raise ConfigError(
+            f"{path}: lacks the federation id (made by an older fedchain); create the federation "
+            "again with `fedchain federation init` and have its participants register for it"
+        )
+    federation_id = parse_federation_id(str(meta["id"]), f"{path}: [federation] id")
+    if compute_federation_id_of(fed_dir, name, settings) != federation_id:
+        raise ConfigError(
+            f"{path}: the name or rule settings changed since `fedchain federation init`: the "
+            f"registrations are signed for federation {federation_id.hex()}, which these settings "
+            "no longer give; restore them, or create a new federation"
+        )
+    for entry in participants:
+        if entry.federation_id != federation_id:
+            raise ConfigError(
+                f"{path}: the registration of {entry.name!r} is for another federation "
+                f"({entry.federation_id.hex()[:16]}…)"
+            )
     return Federation(
         path=fed_dir,
-        name=str(meta["name"]),
-        min_clients=_check_min_clients(meta.get("min-clients", 0), str(path)),
-        join_timeout=_check_join_timeout(meta.get("join-timeout", 3600.0), str(path)),
-        settings=_check_settings(doc.get("fedchain", {}), str(path)),
+        name=name,
+        min_clients=min_clients,
+        join_timeout=join_timeout,
+        settings=settings,
         participants=participants,
+        federation_id=federation_id,
     )
+
+
+def compute_federation_id_of(fed_dir: Path, name: str, settings: Mapping[str, Any]) -> Hash32:
+    """The federation id (:func:`~fedchain.ledger.objects.compute_federation_id`) of the genesis
+    these settings make: the name is its run id, the settings fix its rules (the participants
+    and the initial model, made at first start, are not part of it)."""
+    base = RunConfig(run_id=name, out=str(fed_dir), clients=1)
+    # RunConfig.stake only has to pass its stake >= min-stake check (as in compute_run_config)
+    stake = settings.get("min-stake", RunConfig.min_stake)
+    try:
+        config = merge_config(base, {**settings, "stake": stake})
+    except ConfigError as e:
+        raise ConfigError(f"{fed_dir}: {e}") from None
+    return compute_federation_id(name, make_rules_for(config))
 
 
 def add_participant(fed_dir: Path, entry: ParticipantEntry) -> Federation:
@@ -156,33 +196,43 @@ def add_participant(fed_dir: Path, entry: ParticipantEntry) -> Federation:
             "new participants need a new federation"
         )
     config = compute_run_config(federation, check_participants=False)
-    check_new_participant(federation.participants, entry, min_stake=config.min_stake)
-    updated = Federation(
-        federation.path,
-        federation.name,
-        federation.min_clients,
-        federation.join_timeout,
-        federation.settings,
-        (*federation.participants, entry),
+    check_new_participant(
+        federation.participants,
+        entry,
+        min_stake=config.min_stake,
+        federation_id=federation.federation_id,
     )
+    updated = replace(federation, participants=(*federation.participants, entry))
     _write_federation(updated)
     return updated
 
 
 def check_new_participant(
-    participants: Sequence[ParticipantEntry], entry: ParticipantEntry, *, min_stake: int
+    participants: Sequence[ParticipantEntry],
+    entry: ParticipantEntry,
+    *,
+    min_stake: int,
+    federation_id: Hash32,
 ) -> None:
     """Refuse a registration the coordinator can prove bad, before it reaches a genesis.
 
-    Checked: field sizes, the stake (at least the federation's minimum, and the federation's
-    total within the ledger's integers), the example count (at least 1, at most
-    :data:`MAX_REGISTERED_EXAMPLES`), the signature (by the registration's own key, under the
-    registration domain), the SuperNode key's format, and that no other participant has the
-    same identity, name, SuperNode key or dataset (one data set registered twice would be paid
-    twice). What cannot be checked here is whether the count is true: the data stay with
-    their holder. Raises :class:`ConfigError` or :class:`SignatureError` naming the entry.
+    Checked: that it was made for this federation (``federation_id``), field sizes, the stake
+    (at least the federation's minimum, and the federation's total within the ledger's
+    integers), the example count (at least 1, at most :data:`MAX_REGISTERED_EXAMPLES`), the
+    signature (by the registration's own key, under the registration domain, for this
+    federation: it covers the name and SuperNode key too), the SuperNode key's format, and that
+    no other participant has the same identity, name, SuperNode key or dataset (one data set
+    registered twice would be paid twice). What cannot be checked here is whether the count is
+    true: the data stay with their holder. Raises :class:`ConfigError` or
+    :class:`SignatureError` naming the entry.
     """
     reg, who = entry.registration, f"registration of {entry.name!r}"
+    if entry.federation_id != federation_id:
+        raise ConfigError(
+            f"{who} was made for another federation (id {entry.federation_id.hex()}), not this "
+            f"one ({federation_id.hex()}): its holder must register again with "
+            f"`fedchain register --federation-id {federation_id.hex()} ...`"
+        )
     check_name(entry.name)
     for field, value, size in (
         ("public-key", reg.public_key, identity.PUBLIC_KEY_SIZE),
@@ -262,6 +312,7 @@ def _write_federation(federation: Federation) -> None:
     doc: dict[str, Any] = {
         "federation": {
             "name": federation.name,
+            "id": federation.federation_id.hex(),
             "min-clients": federation.min_clients,
             "join-timeout": federation.join_timeout,
         },
@@ -299,15 +350,7 @@ def prepare_federation_run(federation: Federation) -> tuple[Path, RunConfig, boo
     test = load_source(config.dataset, root=config.data_root or None, split="test")
     model = build_model(config.model, tuple(test.x.shape[1:]), len(test.classes), seed=config.seed)
     initial_hash = save_model(run_dir, state_to_numpy(model))
-    participants = [
-        GenesisParticipant(
-            p.public_key,
-            p.registration.stake,
-            p.registration.dataset_hash,
-            p.registration.num_examples,
-        )
-        for p in federation.participants
-    ]
+    participants = [p.participant for p in federation.participants]
     genesis = make_genesis(
         federation.name,
         participants,

@@ -30,9 +30,9 @@ from fedchain.data.sources import SOURCES, ArrayDataset, load_source
 from fedchain.errors import ConfigError
 from fedchain.learning.attacks import ATTACKS, NO_ATTACK, Attack, attacker_indices
 from fedchain.learning.catalog import MODELS
-from fedchain.ledger.builder import make_genesis, make_rules
+from fedchain.ledger.builder import make_genesis, make_rules, sign_genesis_participant
 from fedchain.ledger.chain import Chain
-from fedchain.ledger.objects import DOUBLE_SIGN, Genesis, GenesisParticipant, Rules
+from fedchain.ledger.objects import DOUBLE_SIGN, Genesis, Rules, compute_federation_id
 from fedchain.rounds.contribution import METHODS
 from fedchain.runs.layout import (
     ATTACKERS_FILENAME,
@@ -185,6 +185,9 @@ def _populate(run_dir: Path, config: RunConfig) -> RunSetup:
         shards_per_client=config.shards_per_client,
     )
     data_key = keys.create_key_file(data_key_path(run_dir))
+    rules = make_rules_for(config)
+    # each simulated client signs its registration, as a data holder does (runs.registration)
+    federation_id = compute_federation_id(config.run_id, rules)
     participants, public_keys, sizes = [], [], []
     for index, indices in enumerate(parts):
         path = client_data_path(run_dir, index)
@@ -195,7 +198,13 @@ def _populate(run_dir: Path, config: RunConfig) -> RunSetup:
         identity.save_identity(key, client_key_path(run_dir, index), None)
         public = identity.public_key_bytes(key)
         participants.append(
-            GenesisParticipant(public, config.stake, commitment.file_hash, commitment.num_examples)
+            sign_genesis_participant(
+                key,
+                federation_id,
+                stake=config.stake,
+                dataset_hash=commitment.file_hash,
+                num_examples=commitment.num_examples,
+            )
         )
         public_keys.append(public)
         sizes.append(commitment.num_examples)
@@ -208,7 +217,7 @@ def _populate(run_dir: Path, config: RunConfig) -> RunSetup:
         config.run_id,
         participants,
         initial_model_hash=initial_hash,
-        rules=make_rules_for(config),
+        rules=rules,
     )
     if config.ledger:
         Chain.create(run_dir / LEDGER_FILENAME, genesis).close()

@@ -1,14 +1,14 @@
-"""Registration files: a participant's signed stake deposit and dataset commitment.
+"""Registration files: a participant's signed stake deposit, dataset commitment and names.
 
-Registration happens before the ledger exists. A data holder signs a :class:`Registration` (their
-Ed25519 identity, stake deposit and dataset commitment, whose example count is read from the
-decrypted, authenticated file) under the registration domain with the
-"no federation yet" id (:data:`fedchain.crypto.identity.NO_FEDERATION`): the genesis hash, which
-every later signature binds, is computed from these registrations. The coordinator checks the
-signature when it adds the participant; the genesis then fixes the participant set, and every
-commitment a client signs binds the genesis hash, so a registration cannot be used elsewhere
-to act for its owner. The participant's name and SuperNode key travel unsigned in the same file:
-they are the coordinator's bookkeeping, not ledger facts.
+Registration happens before the ledger exists. A data holder signs a
+:class:`~fedchain.ledger.objects.GenesisParticipant` (their Ed25519 identity, stake deposit,
+dataset commitment, whose example count is read from the decrypted, authenticated file, their
+participant name and SuperNode key) under the registration domain with the federation id the
+coordinator gave them (:func:`~fedchain.ledger.objects.compute_federation_id`: the hash of the
+federation's name and rules, fixed by ``fedchain federation init``). The coordinator checks the
+signature and the id when it adds the participant; the genesis then holds the signed
+registration as it is, so ``fedchain verify`` re-checks it from the run directory alone, and a
+registration made for one federation is refused by any other.
 
 This module also owns what a registration file and ``federation.toml`` share: a participant's
 TOML table, the name and SuperNode key checks, and the bounded TOML reader.
@@ -30,10 +30,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedchain.crypto import identity
 from fedchain.data import datafile, keys
-from fedchain.errors import ConfigError
-from fedchain.ledger.builder import sign_registration
+from fedchain.errors import ConfigError, SignatureError
+from fedchain.ledger.builder import sign_genesis_participant
 from fedchain.ledger.codec import MAX_INT
-from fedchain.ledger.objects import Registration, signing_message
+from fedchain.ledger.objects import HASH_SIZE, GenesisParticipant, Hash32
+from fedchain.ledger.signatures import is_signed_by
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -53,11 +54,13 @@ __all__ = [
     "encode_registration_file",
     "entry_from_toml",
     "entry_to_toml",
+    "parse_federation_id",
     "read_toml",
     "verify_registration",
 ]
 
-REGISTRATION_FORMAT = "fedchain-registration/v1"
+REGISTRATION_FORMAT = "fedchain-registration/v2"
+_OLD_FORMATS = ("fedchain-registration/v1",)  # signed for no federation: refused
 MAX_TOML_SIZE = 4 << 20  # bytes: a federation of thousands of participants is well under this
 MAX_REGISTERED_EXAMPLES = 1 << 40
 """A sanity bound on a registration's example count: a file holding more (each example carries
@@ -68,19 +71,31 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 @dataclass(frozen=True)
 class ParticipantEntry:
-    """One registered data holder: the signed registration plus the coordinator's bookkeeping.
+    """One registered data holder: the signed registration, as the genesis will hold it, and
+    the id of the federation it was signed for.
 
     ``supernode_key`` is the text of the SuperNode's authentication public key (OpenSSH format,
     a NIST EC curve, as ``flwr supernode register`` takes it), empty if none was given.
     """
 
-    name: str
-    registration: Registration
-    supernode_key: str = ""
+    participant: GenesisParticipant
+    federation_id: Hash32
+
+    @property
+    def registration(self) -> GenesisParticipant:
+        return self.participant
 
     @property
     def public_key(self) -> bytes:
-        return self.registration.public_key
+        return self.participant.public_key
+
+    @property
+    def name(self) -> str:
+        return self.participant.name
+
+    @property
+    def supernode_key(self) -> str:
+        return self.participant.supernode_key
 
 
 # --------------------------------------------------------------------------------------------------
@@ -91,12 +106,14 @@ def create_registration(
     key: Ed25519PrivateKey,
     data_path: Path,
     *,
+    federation_id: Hash32,
     unlock: keys.Unlock,
     stake: int,
     name: str,
     supernode_key: str = "",
 ) -> ParticipantEntry:
-    """Sign a registration for the dataset at ``data_path``.
+    """Sign a registration for the dataset at ``data_path``, for the federation
+    ``federation_id`` (which the coordinator gives out: ``fedchain federation init`` prints it).
 
     The commitment is the hash of the encrypted file and its example count, and the count is
     taken from the file as authenticated by its key (``unlock``; every chunk is decrypted, one
@@ -108,29 +125,50 @@ def create_registration(
         raise ConfigError(f"stake must be between 1 and {MAX_INT}, got {stake}")
     supernode_key = check_supernode_key(supernode_key)
     commitment = datafile.compute_verified_commitment(Path(data_path), unlock)
-    registration = sign_registration(
+    if len(federation_id) != HASH_SIZE:
+        raise ConfigError(f"a federation id is {HASH_SIZE} bytes, got {len(federation_id)}")
+    participant = sign_genesis_participant(
         key,
-        identity.NO_FEDERATION,
+        federation_id,
         stake=stake,
         dataset_hash=commitment.file_hash,
         num_examples=commitment.num_examples,
+        name=name,
+        supernode_key=supernode_key,
     )
-    return ParticipantEntry(name, registration, supernode_key)
+    return ParticipantEntry(participant, federation_id)
 
 
 def verify_registration(entry: ParticipantEntry) -> None:
-    """Raise :class:`SignatureError` unless the registration is signed by its own key."""
-    reg = entry.registration
-    identity.verify_signature(
-        reg.public_key, reg.signature, identity.Domain.REGISTRATION, signing_message(reg)
-    )
+    """Raise :class:`SignatureError` unless the registration is signed by its own key for the
+    federation it names (whether that is the right federation is the caller's check)."""
+    if not is_signed_by(entry.participant, entry.public_key, entry.federation_id):
+        raise SignatureError(
+            f"the signature does not verify for identity {identity.fingerprint(entry.public_key)} "
+            f"and federation {entry.federation_id.hex()[:16]}…"
+        )
+
+
+def parse_federation_id(text: str, where: str = "federation id") -> Hash32:
+    """A federation id from its hex text (64 hex digits), else :class:`ConfigError`."""
+    try:
+        value = bytes.fromhex(text.strip())
+    except ValueError:
+        value = b""
+    if len(value) != HASH_SIZE:
+        raise ConfigError(
+            f"{where}: {text!r} is not a federation id ({2 * HASH_SIZE} hex digits, as "
+            "`fedchain federation init` prints it)"
+        )
+    return value
 
 
 def entry_to_toml(entry: ParticipantEntry) -> dict[str, Any]:
     """A participant's TOML table, as a registration file and ``federation.toml`` hold it."""
-    reg = entry.registration
+    reg = entry.participant
     table: dict[str, Any] = {
         "name": entry.name,
+        "federation-id": entry.federation_id.hex(),
         "public-key": reg.public_key.hex(),
         "stake": reg.stake,
         "dataset-hash": reg.dataset_hash.hex(),
@@ -147,18 +185,21 @@ def entry_from_toml(table: Any, where: str) -> ParticipantEntry:
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: a participant must be a table")
     try:
-        registration = Registration(
+        name = str(table["name"])
+        participant = GenesisParticipant(
             public_key=_hex(table["public-key"], "public-key", where),
             stake=check_int(table["stake"], "stake", where),
             dataset_hash=_hex(table["dataset-hash"], "dataset-hash", where),
             num_examples=check_int(table["num-examples"], "num-examples", where),
+            name=name,
+            supernode_key=str(table.get("supernode-key", "")),
             signature=_hex(table["signature"], "signature", where),
         )
-        name = str(table["name"])
+        federation_id = parse_federation_id(str(table["federation-id"]), f"{where}: federation-id")
     except KeyError as e:
         raise ConfigError(f"{where}: missing {e.args[0]!r}") from None
     check_name(name)
-    return ParticipantEntry(name, registration, str(table.get("supernode-key", "")))
+    return ParticipantEntry(participant, federation_id)
 
 
 def encode_registration_file(entry: ParticipantEntry) -> str:
@@ -174,6 +215,11 @@ def encode_registration_file(entry: ParticipantEntry) -> str:
 
 def decode_registration_file(path: Path) -> ParticipantEntry:
     doc = read_toml(Path(path))
+    if doc.get("format") in _OLD_FORMATS:
+        raise ConfigError(
+            f"{path}: an old registration, signed for no federation; sign a new one with "
+            "`fedchain register --federation-id ID` (the id `fedchain federation init` printed)"
+        )
     if doc.get("format") != REGISTRATION_FORMAT:
         raise ConfigError(f"{path}: not a fedchain registration file ({REGISTRATION_FORMAT})")
     return entry_from_toml(doc.get("participant"), str(path))

@@ -30,6 +30,7 @@ from fedchain.ledger.builder import (
     make_rules,
     sign_attestation,
     sign_commitment,
+    sign_genesis_participant,
     sign_header,
     sign_registration,
 )
@@ -54,7 +55,7 @@ from fedchain.ledger.objects import (
     Block,
     BlockTransaction,
     ContributionRecord,
-    GenesisParticipant,
+    Genesis,
     ModelVersion,
     Registration,
     Rejection,
@@ -64,6 +65,7 @@ from fedchain.ledger.objects import (
     Transaction,
     UpdateCommitment,
     compute_block_hash,
+    compute_federation_id,
     compute_tx_root,
     signing_message,
 )
@@ -76,6 +78,8 @@ VECTORS_DIR = Path(__file__).parent
 VECTORS_FILE = VECTORS_DIR / "ledger-vectors.json"
 GOLDEN_FILE = VECTORS_DIR / "golden-ledger.json"
 SEED = 7
+SUPERNODE_KEY = "ecdsa-sha2-nistp384 AAAA-golden-holder-0"
+"""Genesis checks do not parse it (``federation add`` does): any text is a valid field."""
 """Keys are ``derive_key(SEED, i)``: Ed25519 secret seed ``sha256(f"fedchain/synthetic/7/{i}")``."""
 
 
@@ -133,14 +137,24 @@ def build_golden() -> Golden:
     pub = [public_key_bytes(k) for k in keys]
     by_public = dict(zip(pub, keys, strict=True))
     stakes, examples = (10_000, 6_000, 3_000), (100, 200, 300)
+    rules = make_rules()
+    federation_id = compute_federation_id("golden", rules)
     genesis = make_genesis(
         "golden",
         [
-            GenesisParticipant(pub[i], stakes[i], _digest(f"data/{i}"), examples[i])
+            sign_genesis_participant(
+                keys[i],
+                federation_id,
+                stake=stakes[i],
+                dataset_hash=_digest(f"data/{i}"),
+                num_examples=examples[i],
+                name=f"holder-{i}",
+                supernode_key=SUPERNODE_KEY if i == 0 else "",
+            )
             for i in range(3)
         ],
         initial_model_hash=compute_update_hash(_model(0.0, 0.0)),
-        rules=make_rules(),
+        rules=rules,
     )
     state = compute_genesis_state(genesis)
     gh = state.genesis_hash
@@ -302,7 +316,7 @@ def _encoding_vector(name: str, obj: Any) -> dict[str, Any]:
     return {"name": name, "object": to_json(obj), "encoding": data.hex(), "sha256": _sha(data)}
 
 
-def _signed_vector(name: str, obj: Any, genesis_hash: bytes) -> dict[str, Any]:
+def _signed_vector(name: str, obj: Any, federation: bytes) -> dict[str, Any]:
     domain = SIGNING_DOMAINS[type(obj)]
     message = signing_message(obj)
     if isinstance(obj, SignedHeader):
@@ -314,11 +328,11 @@ def _signed_vector(name: str, obj: Any, genesis_hash: bytes) -> dict[str, Any]:
     return {
         "name": name,
         "domain": domain.value.decode(),
-        "federation": genesis_hash.hex(),
+        "federation": federation.hex(),
         "public_key": signer.hex(),
         "signing_message": message.hex(),
         "message_sha256": _sha(message),
-        "signing_root": compute_signing_root(domain, message, genesis_hash).hex(),
+        "signing_root": compute_signing_root(domain, message, federation).hex(),
         "signature": obj.signature.hex(),
     }
 
@@ -331,6 +345,8 @@ def vectors_document() -> dict[str, Any]:
     golden = build_golden()
     genesis = golden.states[0].genesis
     gh = golden.states[0].genesis_hash
+    federation_id = compute_federation_id(genesis.run_id, genesis.rules)
+    contract = Genesis(genesis.run_id, genesis.rules, bytes(32), ())
     b1, b2, b3 = golden.blocks[1], golden.blocks[2], golden.blocks[3]
     objects: list[tuple[str, Any]] = [
         ("Rules", genesis.rules),
@@ -359,11 +375,16 @@ def vectors_document() -> dict[str, Any]:
         ),
         ("codec edge cases: negative i64, empty and non-ASCII strings", _edge_cases()),
     ]
-    signed: list[tuple[str, Any]] = [
-        ("Registration", _first(b3, Registration)),
-        ("UpdateCommitment", b1.transactions[0]),
-        ("Attestation", _first(b2, Attestation)),
-        ("SignedHeader (block 1)", b1.signed_header),
+    signed: list[tuple[str, Any, bytes]] = [
+        (
+            "GenesisParticipant (federation: the federation id)",
+            genesis.participants[0],
+            federation_id,
+        ),
+        ("Registration", _first(b3, Registration), gh),
+        ("UpdateCommitment", b1.transactions[0], gh),
+        ("Attestation", _first(b2, Attestation), gh),
+        ("SignedHeader (block 1)", b1.signed_header, gh),
     ]
     tx_roots: list[tuple[str, tuple[BlockTransaction, ...]]] = [
         ("empty body", ()),
@@ -381,7 +402,12 @@ def vectors_document() -> dict[str, Any]:
         "from the golden ledger's objects. Bytes are lowercase hex; objects list their fields in "
         "encoding order after _type/_tag.",
         "encoding": [_encoding_vector(name, obj) for name, obj in objects],
-        "signing": [_signed_vector(name, obj, gh) for name, obj in signed],
+        "federation_id": {
+            "run_id": genesis.run_id,
+            "contract_encoding": encode(contract).hex(),
+            "federation_id": federation_id.hex(),
+        },
+        "signing": [_signed_vector(name, obj, federation) for name, obj, federation in signed],
         "block_hash": [
             {
                 "height": b.header.height,
