@@ -52,7 +52,7 @@ ENTRY_POINTS = {
     "server: save model file (safetensors, fsync)": ("registry.py", "save_model"),
     "server: decode replies (Flower arrays)": ("strategy.py", "parse_reply"),
     "server: ledger view in each message": ("coordinator.py", "ledger_view"),
-    "client: check headers, attest, seal": ("client_app.py", "_ledger_duties"),
+    "client: replay blocks, re-derive pending, attest, seal": ("client_app.py", "_ledger_duties"),
     "client: hash update": ("hashing.py", "compute_update_hash"),
     "client: sign commitment": ("builder.py", "sign_commitment"),
 }
