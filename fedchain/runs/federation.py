@@ -321,7 +321,9 @@ def _write_federation(federation: Federation) -> None:
     }
     comment = (
         "# A fedchain federation (see `fedchain federation --help`).\n"
-        "# [federation] min-clients: connected SuperNodes a round waits for (0 = all);\n"
+        "# [federation] id: what registrations sign (`fedchain register --federation-id`),\n"
+        "# the hash of the name and the rules the settings give: neither may change;\n"
+        "# min-clients: connected SuperNodes a round waits for (0 = all);\n"
         "# [fedchain]: run settings (`fedchain simulate --help` lists them, kebab-case).\n"
         "# Participants are added with `fedchain federation add`, not by hand.\n"
     )
