@@ -20,6 +20,7 @@ from fedchain.ledger.builder import (
     make_genesis,
     make_rules,
     sign_attestation,
+    sign_genesis_participant,
     sign_header,
 )
 from fedchain.ledger.codec import compute_hash
@@ -40,10 +41,10 @@ from fedchain.ledger.objects import (
     Attestation,
     AttestationPair,
     BlockHeader,
-    GenesisParticipant,
     HeaderPair,
     SignedHeader,
     Transaction,
+    compute_federation_id,
 )
 
 KEYS = {i: Ed25519PrivateKey.from_private_bytes(bytes([i]) * 32) for i in range(1, 5)}
@@ -131,15 +132,20 @@ def test_invalid_proposer_inputs(
 
 @pytest.fixture(scope="module")
 def pre() -> LedgerState:
+    rules = make_rules(min_stake=100, reward_per_round=0)
+    federation_id = compute_federation_id("consensus-test", rules)
     participants = [
-        GenesisParticipant(PUB[i], stake, hashlib.sha256(bytes([i])).digest(), 10)
+        sign_genesis_participant(
+            KEYS[i],
+            federation_id,
+            stake=stake,
+            dataset_hash=hashlib.sha256(bytes([i])).digest(),
+            num_examples=10,
+        )
         for i, stake in STAKES.items()
     ]
     genesis = make_genesis(
-        "consensus-test",
-        participants,
-        initial_model_hash=bytes(32),
-        rules=make_rules(min_stake=100, reward_per_round=0),
+        "consensus-test", participants, initial_model_hash=bytes(32), rules=rules
     )
     return compute_genesis_state(genesis)
 

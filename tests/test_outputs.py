@@ -30,18 +30,24 @@ from typer.testing import CliRunner, Result
 
 from fedchain.cli import app
 from fedchain.cli.join import SupernodeProgress
-from fedchain.crypto.identity import NO_FEDERATION, fingerprint, public_key_bytes
+from fedchain.crypto.identity import fingerprint, public_key_bytes
 from fedchain.deploy import processes
 from fedchain.deploy.logs import parse_flower_log_line, strip_ansi
 from fedchain.errors import ConfigError, FedchainError
-from fedchain.ledger.builder import build_block, make_genesis, make_rules, sign_registration
+from fedchain.ledger.builder import build_block, make_genesis, sign_genesis_participant
 from fedchain.ledger.chain import Chain
 from fedchain.ledger.consensus import get_proposer
-from fedchain.ledger.objects import GenesisParticipant, Rejection
+from fedchain.ledger.objects import Rejection
 from fedchain.ledger.show import printable
 from fedchain.ledger.synthetic import derive_key
-from fedchain.runs.federation import add_participant, init_federation
+from fedchain.runs.federation import (
+    add_participant,
+    compute_run_config,
+    init_federation,
+    load_federation,
+)
 from fedchain.runs.layout import FEDERATION_FILENAME, RUN_DIRNAME
+from fedchain.runs.prepare import make_rules_for
 from fedchain.runs.registration import ParticipantEntry
 from fedchain.runs.registry import read_regular_file, save_model
 from tests.test_report import scored_run  # noqa: F401 - scored_run is a fixture
@@ -82,18 +88,21 @@ def fed_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     "mallory" under a broken signature); 4 rounds planned, the ledger killed after round 1, in
     which every client's update was rejected with text a client wrote."""
     fed = tmp_path_factory.mktemp("deployed") / "fed"
-    init_federation(fed, name="fed", settings={"rounds": 4, "min-stake": 1_000})
+    fed_id = init_federation(
+        fed, name="fed", settings={"rounds": 4, "min-stake": 1_000}
+    ).federation_id
     keys = [derive_key(16, i) for i in range(3)]
     entries = []
     for i, (name, key) in enumerate(zip(NAMES, keys, strict=True)):
-        reg = sign_registration(
+        participant = sign_genesis_participant(
             key,
-            NO_FEDERATION,
+            fed_id,
             stake=STAKE,
             dataset_hash=bytes([i + 1]) * 32,
             num_examples=100 + i,
+            name=name,
         )
-        entries.append(ParticipantEntry(name, reg))
+        entries.append(ParticipantEntry(participant, fed_id))
         add_participant(fed, entries[-1])
     doc = tomllib.loads((fed / FEDERATION_FILENAME).read_text())
     doc["participants"][2]["name"] = "mallory"
@@ -101,14 +110,12 @@ def fed_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (fed / FEDERATION_FILENAME).write_text(tomli_w.dumps(doc))
     run_dir = fed / RUN_DIRNAME
     initial = save_model(run_dir, {"w": np.zeros(4, np.float32)})
+    config = compute_run_config(load_federation(fed), check_participants=False)
     genesis = make_genesis(
         "fed",
-        [
-            GenesisParticipant(e.public_key, STAKE, e.registration.dataset_hash, 100 + i)
-            for i, e in enumerate(entries)
-        ],
+        [e.participant for e in entries],  # the registrations as signed, names included
         initial_model_hash=initial,
-        rules=make_rules(min_stake=1_000),
+        rules=make_rules_for(config),
     )
     by_public = {public_key_bytes(k): k for k in keys}
     with Chain.create(run_dir / "ledger.db", genesis) as chain:
