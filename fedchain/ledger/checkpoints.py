@@ -9,10 +9,10 @@ object with exactly these keys::
     {"format": "fedchain-checkpoint/1", "genesis-hash": "<64 hex>", "height": <int>,
      "block-hash": "<64 hex>"}
 
-``genesis-hash`` is the federation id (the hash of the Genesis transaction, as signed messages
-use it), ``block-hash`` the hash of the header at ``height``; hex is lowercase. Readers refuse
-anything else (other keys, duplicate keys, upper case, a float or boolean height, a file over
-:data:`MAX_CHECKPOINT_FILE_BYTES`).
+``genesis-hash`` is the genesis hash (the hash of the Genesis transaction, which every signed
+message binds; not the federation id a registration signs), ``block-hash`` the hash of the
+header at ``height``; hex is lowercase. Readers refuse anything else (other keys, duplicate keys,
+upper case, a float or boolean height, a file over :data:`MAX_CHECKPOINT_FILE_BYTES`).
 
 The format and the checks are pure (:func:`encode_checkpoint`, :func:`decode_checkpoint`,
 :func:`check_advance`, :func:`check_extends`); :func:`save_checkpoint` and
@@ -143,7 +143,7 @@ def check_extends(
 
     ``genesis_hash`` and ``checkpoint`` are the saved file's; ``block_hash_at(height)`` is the
     ledger's block hash at ``height`` (None past its head) and ``ledger_genesis_hash`` its
-    federation id (the genesis *transaction's* hash, which no block hash reveals, hence a
+    genesis hash (the genesis *transaction's* hash, which no block hash reveals, hence a
     separate argument). A ledger extends the checkpoint when it belongs to the same federation
     and holds the checkpoint's block at the checkpoint's height.
     """

@@ -33,7 +33,9 @@ the largest |score| being a positive one).
 
 What the tolerance cannot bound: where the floor applies, a nudge of two quanta per score moves
 a reward by up to ``pool * 2e-6 * (n + 1) / (sum of positive scores)``; in the default run's
-round 19 (positive scores summing to 0.0004) that is 70 of 10,000 units. Honest float noise
+round 19 (positive scores summing to 0.0004) that bound is about 560 of 10,000 units, and the
+largest movement a nudge inside the tolerance achieves on that round's actual scores is 70
+(``experiments/results/score_tolerance.md``). Honest float noise
 of the same size would move it as much: paying a split of small, float-derived scores is that
 ill-conditioned, and only the reward rule (for example, no split below a minimum sum) can bound
 it.

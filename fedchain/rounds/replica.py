@@ -6,8 +6,8 @@ attesting means 2/3 of stake checked it. A client therefore keeps its own copy o
 them) and checks each view the coordinator sends against it before it signs anything:
 
 1. **Genesis.** A client with no replica accepts only a view that starts at block 0, the
-   canonical genesis block of a Genesis whose hash is the view's federation id (the genesis hash
-   every signature binds); from then on its replica is pinned to that federation.
+   canonical genesis block of a Genesis whose hash is the view's genesis hash (the one every
+   signature binds); from then on its replica is pinned to that federation.
 2. **Sealed blocks.** Every block past the replica's head is applied with the ledger's one state
    transition, :func:`fedchain.ledger.state.process_block` (hash chain, proposer draw, proposer
    signature, transactions root, every transaction's rule, state root): the replica's state is
