@@ -345,9 +345,8 @@ def test_independent_reader_replays_the_golden_ledger() -> None:
                 check_signed(tx, federation)
             if tag == 11:
                 commits.add(tx["public_key"])
-            elif tag == 10:
-                entry_ = [tx["stake"], 10_000, tx["dataset_hash"], tx["num_examples"], True]
-                people[tx["public_key"]] = entry_
+            elif tag == 10:  # participants join in the genesis only (§9.3)
+                raise AssertionError("a Registration after the genesis is refused")
             elif tag == 12:
                 model_head = tx["model_hash"]
             elif tag == 13:  # the round's committers, each scored once

@@ -13,7 +13,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedchain.crypto import ed25519
-from fedchain.crypto.identity import public_key_bytes
+from fedchain.crypto.identity import Domain, public_key_bytes, sign
 from fedchain.errors import InvalidBlock, InvalidTransaction
 from fedchain.ledger.builder import (
     build_block,
@@ -24,7 +24,6 @@ from fedchain.ledger.builder import (
     sign_commitment,
     sign_genesis_participant,
     sign_header,
-    sign_registration,
 )
 from fedchain.ledger.chain import Chain
 from fedchain.ledger.codec import compute_hash, decode, encode
@@ -53,6 +52,7 @@ from fedchain.ledger.objects import (
     BlockHeader,
     ContributionRecord,
     Genesis,
+    GenesisParticipant,
     HeaderPair,
     ModelVersion,
     Registration,
@@ -64,6 +64,7 @@ from fedchain.ledger.objects import (
     compute_block_hash,
     compute_federation_id,
     compute_tx_root,
+    signing_message,
 )
 from fedchain.ledger.state import (
     process_attestation,
@@ -100,7 +101,7 @@ OTHER_FEDERATION = hashlib.sha256(b"another federation").digest()
 
 # Known answers (Ed25519 signatures are deterministic, so whole blocks are).
 KNOWN_GENESIS_BLOCK_HASH = "3c52061d43bf0e4c57b643479f1e544783de1f963f442b40de832b106b03e721"
-KNOWN_BLOCK_1_HASH = "b0059dbc69268f07673c62c5b3f234edbd109b727dbbb57fe6c92ab9cd1d8f54"
+KNOWN_BLOCK_1_HASH = "ef6f9bda21e9329bccad2eeadbe75bf13de2177e6a46a6dac623d7e0e89e274b"
 
 
 def digest(text: str) -> bytes:
@@ -285,54 +286,24 @@ def test_invalid_genesis_participants(genesis: Genesis) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# Registration
+# Registration: participants join in the genesis; a Registration after it is refused whatever it
+# holds (the attack, a minted validator, is in tests/test_stake_rules.py)
 
 
-def register(state: LedgerState, i: int = 5, stake: int = 150, **overrides: Any) -> Any:
-    genesis_hash = overrides.pop("genesis_hash", state.genesis_hash)
-    fields: dict[str, Any] = {"stake": stake, "dataset_hash": digest(f"dataset-{i}")}
-    fields["num_examples"] = 80
-    fields.update(overrides)
-    return sign_registration(KEYS[i], genesis_hash, **fields)
-
-
-def test_registration(pre: LedgerState) -> None:
-    post = process_registration(pre, register(pre), 0)
-    new = ParticipantState(PUB[5], 150, INITIAL_REPUTATION_BPS, digest("dataset-5"), 80, True)
-    assert post == replace_participants(pre, new)
-    assert list(post.participants) == sorted(post.participants)
-    assert (PUB[5], 150) in get_validators(post)
-
-
-def test_invalid_registration_bad_signature(pre: LedgerState) -> None:
-    tx = dataclasses.replace(register(pre), stake=10_000)
-    with pytest.raises(InvalidTransaction, match="bad signature"):
+def test_invalid_registration_after_genesis(pre: LedgerState) -> None:
+    unsigned = Registration(PUB[5], 150, digest("dataset-5"), 80, b"")
+    signature = sign(KEYS[5], Domain.REGISTRATION, signing_message(unsigned), pre.genesis_hash)
+    tx = dataclasses.replace(unsigned, signature=signature)
+    with pytest.raises(InvalidTransaction, match="participants join in the genesis"):
         process_registration(pre, tx, 0)
+    with pytest.raises(InvalidBlock, match=r"transaction 0 \(Registration\): participants join"):
+        process_block(pre, Block(_header_over(pre, (tx,)), (tx,)))
 
 
-def test_invalid_registration_wrong_federation(pre: LedgerState) -> None:
-    with pytest.raises(InvalidTransaction, match="bad signature"):
-        process_registration(pre, register(pre, genesis_hash=OTHER_FEDERATION), 0)
-
-
-def test_invalid_registration_duplicate(pre: LedgerState) -> None:
-    with pytest.raises(InvalidTransaction, match="already registered"):
-        process_registration(pre, register(pre, i=1), 0)
-    post = process_registration(pre, register(pre), 0)
-    with pytest.raises(InvalidTransaction, match="already registered"):
-        process_registration(post, register(post, stake=500), 0)
-
-
-def test_invalid_registration_below_min_stake(pre: LedgerState) -> None:
-    with pytest.raises(InvalidTransaction, match="below min_stake 100"):
-        process_registration(pre, register(pre, stake=99), 0)
-
-
-def test_invalid_registration_fields(pre: LedgerState) -> None:
-    with pytest.raises(InvalidTransaction, match="dataset hash must be 32 bytes"):
-        process_registration(pre, register(pre, dataset_hash=b"x"), 0)
-    with pytest.raises(InvalidTransaction, match="negative"):
-        process_registration(pre, register(pre, num_examples=-1), 0)
+def _header_over(state: LedgerState, transactions: tuple[Transaction, ...]) -> SignedHeader:
+    """The drawn proposer's signed header over ``transactions`` (its state root unchecked here)."""
+    proposer = next(i for i, key in PUB.items() if key == get_proposer(state))
+    return signed_header(proposer, state, tx_root=compute_tx_root(transactions))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -779,7 +750,10 @@ def test_invalid_slashing_pair_out_of_canonical_order(chain: list[LedgerState]) 
         (attestation_double_sign(state, 4), "attestations by block_hash"),
     ):
         pair = evidence.evidence
-        swapped = dataclasses.replace(evidence, evidence=type(pair)(pair.second, pair.first))
+        swapped = dataclasses.replace(
+            evidence,
+            evidence=type(pair)(pair.second, pair.first),  # type: ignore[arg-type]
+        )
         with pytest.raises(InvalidTransaction, match=f"canonical order \\({order}"):
             process_slashing_evidence(state, swapped, 0)
 
@@ -963,9 +937,22 @@ def test_invalid_transaction_type(pre: LedgerState, genesis: Genesis) -> None:
 
 
 @pytest.fixture(scope="module")
-def history(pre: LedgerState) -> tuple[list[Block], list[LedgerState]]:
-    """Four blocks: a registration; round 1 commitments and a rejection; round 1 model,
-    scores, rewards; round 2 commitments. Each later block carries attestations to its parent."""
+def pre_with_5(genesis: Genesis) -> LedgerState:
+    """The genesis with a fifth participant (stake 150, 80 examples)."""
+    federation_id = compute_federation_id(RUN_ID, RULES)
+    fifth = sign_genesis_participant(
+        KEYS[5], federation_id, stake=150, dataset_hash=digest("dataset-5"), num_examples=80
+    )
+    entries = sorted((*genesis.participants, fifth), key=lambda entry: entry.public_key)
+    return compute_genesis_state(dataclasses.replace(genesis, participants=tuple(entries)))
+
+
+@pytest.fixture(scope="module")
+def history(pre_with_5: LedgerState) -> tuple[list[Block], list[LedgerState]]:
+    """Four blocks from a genesis of five: an empty one; round 1 commitments and a rejection;
+    round 1 model, scores, rewards; round 2 commitments. Each later block carries attestations
+    to its parent."""
+    pre = pre_with_5
     blocks: list[Block] = []
     states = [pre]
 
@@ -974,7 +961,7 @@ def history(pre: LedgerState) -> tuple[list[Block], list[LedgerState]]:
         blocks.append(block)
         states.append(state)
 
-    add([register(pre)], 0)
+    add([], 0)
     s = states[-1]
     mismatch = Rejection(
         1, PUB[3], "the hash of the update that arrived differs from its commitment"
@@ -1043,7 +1030,7 @@ def resigned(state: LedgerState, block: Block, signer: int | None = None, **chan
 
 @pytest.fixture(scope="module")
 def block_1(pre: LedgerState) -> Block:
-    return propose(pre, [register(pre)])[0]
+    return propose(pre, [commit(pre, 1)], round=1)[0]
 
 
 def test_invalid_block_height(pre: LedgerState, block_1: Block) -> None:
@@ -1157,35 +1144,34 @@ def test_invalid_genesis_participant_key(genesis: Genesis, key: bytes, reason: s
         compute_genesis_state(dataclasses.replace(genesis, participants=tuple(entries)))
 
 
-def test_invalid_registration_of_a_small_order_key(pre: LedgerState) -> None:
-    tx = Registration(IDENTITY_POINT, 150, digest("attacker"), 80, UNIVERSAL_SIGNATURE)
-    with pytest.raises(InvalidTransaction, match="is refused: the public key is a small-order"):
-        process_registration(pre, tx, 0)
-
-
 def _lenient(key: object, *_: object) -> None:
     return None
 
 
 def test_invalid_ledger_built_under_the_lenient_rule_fails_verify(
-    pre: LedgerState, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    genesis: Genesis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A coordinator on OpenSSL's rule registers the identity point, then anyone attests (and
-    proposes, if drawn) as it with the one universal signature. ``verify`` refuses block 1."""
+    """A coordinator on OpenSSL's rule puts the identity point in the genesis (its registration
+    "signed" with the universal signature), then anyone attests (and proposes, if drawn) as it
+    with that one signature. ``verify`` refuses the genesis (block 0)."""
     path = tmp_path / "ledger.db"
-    registration = Registration(IDENTITY_POINT, 400, digest("attacker"), 80, UNIVERSAL_SIGNATURE)
+    entry = GenesisParticipant(
+        IDENTITY_POINT, 400, digest("attacker"), 80, "", "", UNIVERSAL_SIGNATURE
+    )
+    entries = sorted((*genesis.participants, entry), key=lambda e: e.public_key)
+    bad_genesis = dataclasses.replace(genesis, participants=tuple(entries))
     with monkeypatch.context() as lenient:
         lenient.setattr(ed25519, "check_public_key", _lenient)
         lenient.setattr(ed25519, "check_signature", _lenient)
-        with Chain.create(path, pre.genesis) as chain:
-            state = chain.append(*_propose_as_anyone(chain.state, [registration]))
-            assert IDENTITY_POINT in state.participants  # the old rule took it
+        with Chain.create(path, bad_genesis) as chain:
+            assert IDENTITY_POINT in chain.state.participants  # the old rule took it
+            state = chain.append(*_propose_as_anyone(chain.state, []))
             attestation = Attestation(IDENTITY_POINT, 1, state.head_hash, UNIVERSAL_SIGNATURE)
             chain.append(*_propose_as_anyone(state, [attestation]))
         assert verify_ledger(path).ok
     report = verify_ledger(path)
     assert report.failure is not None
-    assert report.failure.height == 1
+    assert report.failure.height == 0
     assert "small-order point" in report.failure.reason
     assert "participant key" in report.failure.reason
 

@@ -19,15 +19,21 @@ from pathlib import Path
 from types import MappingProxyType
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from typer.testing import CliRunner
 
-from fedchain.crypto.identity import public_key_bytes
+from fedchain.crypto.identity import Domain, public_key_bytes, sign
 from fedchain.errors import InvalidBlock
 from fedchain.ledger.builder import sign_attestation, sign_commitment, sign_header
 from fedchain.ledger.chain import Chain, compute_stored_block
 from fedchain.ledger.codec import compute_hash, encode
 from fedchain.ledger.consensus import detect_double_sign, get_proposer
-from fedchain.ledger.containers import LedgerState, ParticipantState, compute_state_root_of
+from fedchain.ledger.containers import (
+    INITIAL_REPUTATION_BPS,
+    LedgerState,
+    ParticipantState,
+    compute_state_root_of,
+)
 from fedchain.ledger.objects import (
     DOUBLE_SIGN,
     SCORE_SCALE,
@@ -35,12 +41,14 @@ from fedchain.ledger.objects import (
     BlockHeader,
     ContributionRecord,
     ModelVersion,
+    Registration,
     RewardDeltas,
     SlashingEvidence,
     Transaction,
     UpdateCommitment,
     compute_tx_root,
     compute_tx_root_of_encodings,
+    signing_message,
 )
 from fedchain.ledger.state import compute_state_with_head, process_block
 from fedchain.ledger.store import StoredBlock
@@ -120,6 +128,35 @@ class Attacker:
             post, compute_hash(header)
         )
 
+    def forge_joining(
+        self, registration: Registration, *, round_: int
+    ) -> tuple[Block, LedgerState]:
+        """A block holding ``registration`` with the state root the old rule gave (the key
+        added with the stake it names), signed by the drawn proposer's key."""
+        state = self.state
+        participants = dict(state.participants)
+        participants[registration.public_key] = ParticipantState(
+            registration.public_key,
+            registration.stake,
+            INITIAL_REPUTATION_BPS,
+            registration.dataset_hash,
+            registration.num_examples,
+            True,
+        )
+        post = _with_participants(state, participants, round_, state.model_head)
+        transactions = (registration,)
+        header = BlockHeader(
+            height=state.height + 1,
+            round=round_,
+            parent_hash=state.head_hash,
+            tx_root=compute_tx_root(transactions),
+            state_root=compute_state_root_of(post.participants.values(), state.model_head, round_),
+            proposer=get_proposer(state),
+            attempt=0,
+        )
+        signed = sign_header(self.federation.by_public[header.proposer], state.genesis_hash, header)
+        return Block(signed, transactions), compute_state_with_head(post, compute_hash(header))
+
     def round_body(
         self, committers: Sequence[int], round_: int
     ) -> tuple[list[Transaction], bytes, list[UpdateCommitment]]:
@@ -164,6 +201,24 @@ def assert_refused(attacker: Attacker, block: Block, post: LedgerState, reason: 
     assert not report.ok and report.failure is not None
     assert report.failure.height == height
     assert re.search(reason, report.failure.reason)
+
+
+# --------------------------------------------------------------------------------------------------
+# A minted validator: a Registration after the genesis
+
+
+def test_invalid_registration_after_genesis_is_refused(attacker: Attacker) -> None:
+    """The review's attack: a fresh key's self-signed ``Registration`` with a "deposit" of 2^62
+    would hold nearly all validator stake, propose every block and finalise alone. Participants
+    join in the signed genesis only: the transition refuses any registration after it."""
+    sybil = Ed25519PrivateKey.from_private_bytes(digest("sybil"))
+    unsigned = Registration(public_key_bytes(sybil), 2**62, digest("no data"), 10**9, b"")
+    genesis_hash = attacker.state.genesis_hash
+    signature = sign(sybil, Domain.REGISTRATION, signing_message(unsigned), genesis_hash)
+    registration = dataclasses.replace(unsigned, signature=signature)
+    block, post = attacker.forge_joining(registration, round_=attacker.state.round)
+    assert post.participants[registration.public_key].stake == 2**62  # what the old rule gave
+    assert_refused(attacker, block, post, "participants join in the genesis; a registration")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -294,9 +349,9 @@ def test_invalid_double_sign_evidence_not_signed_by_the_offender(attacker: Attac
     """The coordinator pins a double sign on client 1 with a second vote it signed itself."""
     state = attacker.state
     victim, forger = attacker.federation.keys[1], attacker.federation.keys[0]
-    real = sign_attestation(
-        victim, state.genesis_hash, height=1, block_hash=state.block_hashes.get(1)
-    )  # type: ignore[arg-type]
+    block_1 = state.block_hashes.get(1)
+    assert block_1 is not None
+    real = sign_attestation(victim, state.genesis_hash, height=1, block_hash=block_1)
     fake = sign_attestation(forger, state.genesis_hash, height=1, block_hash=digest("fork"))
     fake = dataclasses.replace(fake, validator=public_key_bytes(victim))
     evidence = detect_double_sign(real, fake, state.round)

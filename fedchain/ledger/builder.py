@@ -24,7 +24,6 @@ from fedchain.ledger.objects import (
     Genesis,
     GenesisParticipant,
     Hash32,
-    Registration,
     Rules,
     SignedHeader,
     Transaction,
@@ -45,7 +44,6 @@ __all__ = [
     "sign_commitment",
     "sign_genesis_participant",
     "sign_header",
-    "sign_registration",
 ]
 
 
@@ -111,19 +109,6 @@ def sign_genesis_participant(
     unsigned = GenesisParticipant(*fields, b"")
     signature = sign(private_key, Domain.REGISTRATION, signing_message(unsigned), federation_id)
     return GenesisParticipant(*fields, signature)
-
-
-def sign_registration(
-    private_key: Ed25519PrivateKey,
-    genesis_hash: Hash32,
-    *,
-    stake: int,
-    dataset_hash: Hash32,
-    num_examples: int,
-) -> Registration:
-    unsigned = Registration(public_key_bytes(private_key), stake, dataset_hash, num_examples, b"")
-    signature = sign(private_key, Domain.REGISTRATION, signing_message(unsigned), genesis_hash)
-    return Registration(unsigned.public_key, stake, dataset_hash, num_examples, signature)
 
 
 def sign_commitment(

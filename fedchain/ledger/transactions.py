@@ -7,7 +7,8 @@ transaction, raising :class:`InvalidTransaction` with a message saying which che
 then records its effect on ``work``; :data:`APPLY` maps each transaction type to its rule.
 Signatures are checked through the working copy's verifier (:mod:`fedchain.ledger.signatures`),
 and a participant key enters the ledger only if :mod:`fedchain.crypto.ed25519` accepts it
-(:func:`check_participant_key`, for genesis participants and registrations alike).
+(:func:`check_participant_key`, for genesis participants). A ``Registration`` after the
+genesis is refused (:func:`apply_registration`): participants join in the genesis.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from fedchain.ledger.consensus import is_active_validator
 from fedchain.ledger.containers import (
     BPS_DENOMINATOR,
     HARMFUL_SCORE,
-    INITIAL_REPUTATION_BPS,
     MAX_REPUTATION_BPS,
     LedgerState,
     ParticipantState,
@@ -83,7 +83,6 @@ class Working:
         "last_attested",
         "model_head",
         "model_round",
-        "new_keys",
         "participants",
         "pre",
         "preverified",
@@ -109,7 +108,6 @@ class Working:
         self.rewarded = False  # whether this block paid its record's rewards
         self.scores_round = state.scores_round
         self.participants = dict(state.participants)
-        self.new_keys = False
         self.last_attested = dict(state.last_attested)
         self.evidence_seen = state.evidence_seen  # copied on write: rarely changes
         self.model_head = state.model_head
@@ -121,9 +119,7 @@ class Working:
             self.round_commits, self.round_update_hashes = set(), set()
 
     def freeze(self) -> LedgerState:
-        participants = self.participants
-        if self.new_keys:
-            participants = dict(sorted(participants.items()))
+        participants = self.participants  # no transaction adds a key, so still sorted
         return dataclasses.replace(
             self.pre,
             round=self.round,
@@ -142,21 +138,16 @@ class Working:
 # The rules: checks and effects
 
 
+REGISTRATION_REFUSED = (
+    "participants join in the genesis; a registration after it is refused (it would bring stake "
+    "nobody deposited)"
+)
+
+
 def apply_registration(work: Working, tx: Registration, encoding: bytes) -> None:
-    rules = work.pre.genesis.rules
-    check_participant_key(tx.public_key)
-    if tx.public_key in work.participants:
-        raise InvalidTransaction(f"participant {describe_key(tx.public_key)} is already registered")
-    if tx.stake < rules.min_stake:
-        raise InvalidTransaction(f"stake {tx.stake} is below min_stake {rules.min_stake}")
-    check_size(tx.dataset_hash, "dataset hash")
-    if tx.num_examples < 0:
-        raise InvalidTransaction(f"num_examples must not be negative, got {tx.num_examples}")
-    _check_signature(work, tx, tx.public_key, encoding)
-    work.participants[tx.public_key] = ParticipantState(
-        tx.public_key, tx.stake, INITIAL_REPUTATION_BPS, tx.dataset_hash, tx.num_examples, True
-    )
-    work.new_keys = True
+    """Refused: a participant joins only in the signed genesis. A registration after it would
+    bring any stake it names (nobody deposited it) and with it the proposer draw and finality."""
+    raise InvalidTransaction(REGISTRATION_REFUSED)
 
 
 def apply_update_commitment(work: Working, tx: UpdateCommitment, encoding: bytes) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from fedchain.crypto.hashing import compute_update_hash, iter_canonical_chunks
-from fedchain.crypto.identity import compute_signing_root, public_key_bytes
+from fedchain.crypto.identity import Domain, compute_signing_root, public_key_bytes, sign
 from fedchain.ledger.builder import (
     build_block,
     make_genesis,
@@ -32,7 +32,6 @@ from fedchain.ledger.builder import (
     sign_commitment,
     sign_genesis_participant,
     sign_header,
-    sign_registration,
 )
 from fedchain.ledger.chain import Chain
 from fedchain.ledger.codec import compute_hash, encode
@@ -133,7 +132,7 @@ class Golden:
 
 def build_golden() -> Golden:
     """Genesis + 3 rounds + a closing block of attestations, as a coordinator would write them."""
-    keys = [derive_key(SEED, i) for i in range(4)]
+    keys = [derive_key(SEED, i) for i in range(3)]
     pub = [public_key_bytes(k) for k in keys]
     by_public = dict(zip(pub, keys, strict=True))
     stakes, examples = (10_000, 6_000, 3_000), (100, 200, 300)
@@ -209,7 +208,7 @@ def build_golden() -> Golden:
         2,
     )
 
-    # Block 3, round 3, proposed at attempt 1: a registration, both kinds of double-sign
+    # Block 3, round 3, proposed at attempt 1: both kinds of double-sign
     # evidence (heights 2 and 1 of this chain), and the rejection of an update that did not
     # match its commitment (a record only: no stake moves on the coordinator's word).
     block2 = blocks[2].signed_header
@@ -220,14 +219,10 @@ def build_golden() -> Golden:
     other = sign_attestation(keys[1], gh, height=1, block_hash=compute_block_hash(blocks[1]))
     attestation_pair = _evidence_pair(real, other, 3)
     mismatch = Rejection(3, pub[2], MISMATCH_REASON)
-    registration = sign_registration(
-        keys[3], gh, stake=4_000, dataset_hash=_digest("data/3"), num_examples=150
-    )
     commits = [commit(i, 3, 0.3 * (i + 1)) for i in range(2)]
     add(
         [
             *(attest(i) for i in range(3)),
-            registration,
             mismatch,
             double_sign,
             attestation_pair,
@@ -238,8 +233,8 @@ def build_golden() -> Golden:
         attempt=1,
     )
 
-    # Block 4, round 3: the closing block, attestations to block 3 (the new participant's too).
-    add([attest(i) for i in range(4)], 3)
+    # Block 4, round 3: the closing block, attestations to block 3.
+    add([attest(i) for i in range(3)], 3)
     return Golden(blocks, states, by_public, double_sign, attestation_pair)
 
 
@@ -281,9 +276,9 @@ def golden_document() -> dict[str, Any]:
         f"sha256('fedchain/synthetic/{SEED}/<i>'). 'data' is the block's canonical encoding "
         "(the ledger.db data column).",
         "secret_seeds": [
-            hashlib.sha256(f"fedchain/synthetic/{SEED}/{i}".encode()).hexdigest() for i in range(4)
+            hashlib.sha256(f"fedchain/synthetic/{SEED}/{i}".encode()).hexdigest() for i in range(3)
         ],
-        "public_keys": [public_key_bytes(derive_key(SEED, i)).hex() for i in range(4)],
+        "public_keys": [public_key_bytes(derive_key(SEED, i)).hex() for i in range(3)],
         "genesis_hash": head.genesis_hash.hex(),
         "blocks": [
             {
@@ -337,6 +332,14 @@ def _signed_vector(name: str, obj: Any, federation: bytes) -> dict[str, Any]:
     }
 
 
+def _refused_registration(genesis_hash: bytes) -> Registration:
+    """A signed ``Registration`` (tag 10): it still decodes, and the transition refuses it."""
+    key = derive_key(SEED, 3)
+    unsigned = Registration(public_key_bytes(key), 4_000, _digest("data/3"), 150, b"")
+    signature = sign(key, Domain.REGISTRATION, signing_message(unsigned), genesis_hash)
+    return dataclasses.replace(unsigned, signature=signature)
+
+
 def _first(block: Block, cls: type) -> Any:
     return next(tx for tx in block.transactions if isinstance(tx, cls))
 
@@ -347,12 +350,13 @@ def vectors_document() -> dict[str, Any]:
     gh = golden.states[0].genesis_hash
     federation_id = compute_federation_id(genesis.run_id, genesis.rules)
     contract = Genesis(genesis.run_id, genesis.rules, bytes(32), ())
-    b1, b2, b3 = golden.blocks[1], golden.blocks[2], golden.blocks[3]
+    b1, b2 = golden.blocks[1], golden.blocks[2]
+    registration = _refused_registration(gh)
     objects: list[tuple[str, Any]] = [
         ("Rules", genesis.rules),
         ("GenesisParticipant", genesis.participants[0]),
         ("Genesis", genesis),
-        ("Registration", _first(b3, Registration)),
+        ("Registration (decodes; refused by the transition, §9.3)", registration),
         ("UpdateCommitment", _first(b1, UpdateCommitment)),
         ("ModelVersion", _first(b1, ModelVersion)),
         ("ContributionRecord", _first(b2, ContributionRecord)),
@@ -381,7 +385,7 @@ def vectors_document() -> dict[str, Any]:
             genesis.participants[0],
             federation_id,
         ),
-        ("Registration", _first(b3, Registration), gh),
+        ("Registration (refused by the transition, §9.3)", registration, gh),
         ("UpdateCommitment", b1.transactions[0], gh),
         ("Attestation", _first(b2, Attestation), gh),
         ("SignedHeader (block 1)", b1.signed_header, gh),
