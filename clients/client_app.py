@@ -74,6 +74,7 @@ from fedchain.rounds.participant import (
     CheckedView,
     check_view_replayed,
     compute_duties,
+    plan_signing,
     sign_update_commitment,
 )
 from fedchain.rounds.replica import Replica, replay_replica
@@ -106,7 +107,9 @@ def ledger_duties(
 ) -> m.Duties:
     """Check the ledger view against the client's replica, save the replica and checkpoint,
     then attest to and maybe seal the pending block. A view that fails any check is refused
-    (logged, and raised: Flower answers with an error reply) and nothing is saved or signed."""
+    (logged, and raised: Flower answers with an error reply) and nothing is saved or signed.
+    A pending block at a height the client already attested or sealed for another block gets
+    no second signature (logged; not an error): what it signs is recorded first."""
     try:
         view = m.decode_ledger_view(config)
         replica, saved = _load_replica(context, replica_dir)
@@ -117,7 +120,35 @@ def ledger_duties(
     finally:
         _forget_oldest()
     _save_replica(context, checked, replica_dir)
-    return compute_duties(key, public_key_bytes(key), view, checked.checkpoint)
+    public_key = public_key_bytes(key)
+    plan = plan_signing(_load_signed(context, replica_dir), public_key, view)
+    for refusal in plan.refusals:
+        log(WARNING, "not signing block %s again: %s", _pending_height(view), refusal)
+    _save_signed(context, plan.record, replica_dir)
+    return compute_duties(key, public_key, view, checked.checkpoint, plan)
+
+
+def _pending_height(view: m.LedgerView) -> int | None:
+    return view.pending.height if view.pending is not None else None
+
+
+def _load_signed(context: Context, replica_dir: Path | None) -> m.SignedHeights | None:
+    """What the client last signed: from ``context.state``, else (a restarted SuperNode) from
+    its disk, else nothing."""
+    if m.SIGNED in context.state:
+        return m.decode_signed(context.state[m.SIGNED])
+    if replica_dir is not None:
+        return replica_files.load_signed(replica_dir)
+    return None
+
+
+def _save_signed(context: Context, signed: m.SignedHeights, replica_dir: Path | None) -> None:
+    """Disk first (durably), then ``context.state``: before any signature leaves the client."""
+    if m.SIGNED in context.state and m.decode_signed(context.state[m.SIGNED]) == signed:
+        return
+    if replica_dir is not None:
+        replica_files.save_signed(replica_dir, signed)
+    context.state[m.SIGNED] = ConfigRecord(m.encode_signed(signed))
 
 
 def _load_replica(

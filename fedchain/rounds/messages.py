@@ -120,6 +120,17 @@ class Duties:
 
 
 @dataclass(frozen=True)
+class SignedHeights:
+    """What a validator last signed in federation ``genesis_hash``, so that it never signs two
+    different blocks at one height: the (height, block hash) it last attested and the (height,
+    header hash) it last sealed; None: nothing yet."""
+
+    genesis_hash: bytes
+    attested: tuple[int, bytes] | None = None
+    sealed: tuple[int, bytes] | None = None
+
+
+@dataclass(frozen=True)
 class TrainSettings:
     """What every client is told each round besides the model and its ledger view."""
 
@@ -361,6 +372,33 @@ def encode_checkpoint(checkpoint: Checkpoint) -> dict[str, object]:
 
 def decode_checkpoint(record: Mapping[str, Any]) -> Checkpoint:
     return Checkpoint(int(record[FINAL_HEIGHT]), bytes(record[FINAL_HASH]))
+
+
+SIGNED = "fedchain-signed"
+"""The client's state record of what it last signed (:class:`SignedHeights`)."""
+
+
+def encode_signed(signed: SignedHeights) -> dict[str, object]:
+    """:class:`SignedHeights` as plain values (a state record, or JSON once bytes are hex)."""
+    record: dict[str, object] = {"genesis-hash": signed.genesis_hash}
+    for name, entry in (("attested", signed.attested), ("sealed", signed.sealed)):
+        if entry is not None:
+            record[f"{name}-height"], record[f"{name}-hash"] = entry
+    return record
+
+
+def decode_signed(record: Mapping[str, Any]) -> SignedHeights:
+    """The inverse of :func:`encode_signed` (raises DecodeError on a malformed record)."""
+    try:
+        entries = [
+            (int(record[f"{name}-height"]), bytes(record[f"{name}-hash"]))
+            if f"{name}-height" in record
+            else None
+            for name in ("attested", "sealed")
+        ]
+        return SignedHeights(bytes(record["genesis-hash"]), entries[0], entries[1])
+    except (KeyError, TypeError, ValueError) as e:
+        raise DecodeError(f"malformed record of signed heights: {e}") from None
 
 
 def encode_replica(encodings: Sequence[bytes]) -> dict[str, object]:

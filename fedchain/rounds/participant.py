@@ -7,7 +7,9 @@ block the client saw) and its own replica's (:mod:`fedchain.rounds.replica`: eve
 replayed with the ledger's state transition, nothing it holds rewritten, and the pending block's
 header re-derived from its transactions). Only then does it sign an attestation to the pending
 block, seal it when the stake draw chose this client as its proposer, and sign the commitment to
-its update. Pure given the key: no Flower, no disk.
+its update. A validator never signs two different blocks at one height (:func:`plan_signing`):
+a re-attempted header at a height it already attested or sealed gets no second signature. Pure
+given the key: no Flower, no disk.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from fedchain.ledger.codec import encode
 from fedchain.ledger.lightclient import Checkpoint, check_head
 from fedchain.ledger.objects import compute_block_hash
 from fedchain.ledger.signatures import PLAIN, Verifier
-from fedchain.rounds.messages import Duties, LedgerView
+from fedchain.rounds.messages import Duties, LedgerView, SignedHeights
 from fedchain.rounds.replica import (
     KnownStates,
     Replica,
@@ -71,20 +73,81 @@ def check_view_replayed(
     return CheckedView(checkpoint, replica)
 
 
+@dataclass(frozen=True)
+class SigningPlan:
+    """What a validator may sign for a view's pending block: ``record`` (what it has signed
+    once it does; saved before any signature leaves it), whether it attests and seals, and
+    why it does not (one line each)."""
+
+    record: SignedHeights
+    attest: bool
+    seal: bool
+    refusals: tuple[str, ...] = ()
+
+
+def _may_sign(last: tuple[int, bytes] | None, height: int, block_hash: bytes) -> str | None:
+    """Why signing ``block_hash`` at ``height`` after signing ``last`` would double-sign, or
+    None when it would not (a greater height, or the very block signed before)."""
+    if last is None or last[0] < height or last == (height, block_hash):
+        return None
+    if last[0] == height:
+        return f"already signed another block at height {height}"
+    return f"already signed height {last[0]}, above {height}"
+
+
+def plan_signing(signed: SignedHeights | None, public_key: bytes, view: LedgerView) -> SigningPlan:
+    """Never two different attestations, nor two different headers, at one height: given what
+    the validator last signed (``signed``; None or another federation's: nothing), what it
+    may sign for ``view.pending``. Signing the same block again is allowed (the same bytes)."""
+    genesis_hash = view.genesis_hash
+    if signed is None or signed.genesis_hash != genesis_hash:
+        signed = SignedHeights(genesis_hash)
+    pending = view.pending
+    if pending is None:
+        return SigningPlan(signed, False, False)
+    height, block_hash = pending.height, compute_block_hash(pending)
+    refusals = []
+    attested, sealed = signed.attested, signed.sealed
+    attest = (why := _may_sign(attested, height, block_hash)) is None
+    if attest:
+        attested = (height, block_hash)
+    else:
+        refusals.append(f"no attestation: {why}")
+    seal = pending.proposer == public_key
+    if seal and (why := _may_sign(sealed, height, block_hash)) is not None:
+        seal = False
+        refusals.append(f"no seal: {why}")
+    if seal:
+        sealed = (height, block_hash)
+    return SigningPlan(SignedHeights(genesis_hash, attested, sealed), attest, seal, tuple(refusals))
+
+
 def compute_duties(
-    key: Ed25519PrivateKey, public_key: bytes, view: LedgerView, checkpoint: Checkpoint
+    key: Ed25519PrivateKey,
+    public_key: bytes,
+    view: LedgerView,
+    checkpoint: Checkpoint,
+    plan: SigningPlan | None = None,
 ) -> Duties:
-    """The attestation to the pending block and, from its drawn proposer, its seal."""
+    """The attestation to the pending block and, from its drawn proposer, its seal, as far as
+    ``plan`` (:func:`plan_signing`) allows: a client saves ``plan.record`` first. None: a
+    validator that has signed nothing yet in this federation."""
     pending = view.pending
     if pending is None:
         return Duties(checkpoint.height)
-    attestation = sign_attestation(
-        key, view.genesis_hash, height=pending.height, block_hash=compute_block_hash(pending)
-    )
+    if plan is None:
+        plan = plan_signing(None, public_key, view)
+    attestation = b""
+    if plan.attest:
+        block_hash = compute_block_hash(pending)
+        signed = sign_attestation(
+            key, view.genesis_hash, height=pending.height, block_hash=block_hash
+        )
+        attestation = encode(signed)
     seal = b""
-    if pending.proposer == public_key:
+    if plan.seal:
         seal = sign_header(key, view.genesis_hash, pending).signature
-    return Duties(checkpoint.height, encode(attestation), seal)
+    return Duties(checkpoint.height, attestation, seal)
 
 
 def sign_update_commitment(
