@@ -126,9 +126,37 @@ def test_the_tolerance_is_relative_to_the_rounds_largest_recomputed_score() -> N
     }
     floor = SCORE_TOLERANCE_QUANTA / SCORE_SCALE
     assert compute_score_tolerances({a: 1e-5, b: -2e-5}) == {a: floor, b: floor}
-    assert compute_score_tolerances({a: -0.07, b: 0.01}) == compute_score_tolerances(
-        {a: 0.07, b: 0.01}
-    )
+    # a negative score never sets the scale (it used to count as |score|, so -0.07 gave the
+    # tolerance of +0.07): the relative term follows the largest positive score, here 0.05
+    assert compute_score_tolerances({a: -0.07, b: 0.05}) == {
+        a: pytest.approx(SCORE_TOLERANCE_RELATIVE * 0.05),
+        b: pytest.approx(SCORE_TOLERANCE_RELATIVE * 0.05),
+    }
+    assert compute_score_tolerances({a: -0.07, b: 0.01}) == {a: floor, b: floor}
+    assert compute_score_tolerances({a: -0.07, b: -0.01}) == {a: floor, b: floor}
+
+
+def test_a_large_negative_score_does_not_widen_the_tolerance_for_the_positive_ones() -> None:
+    """The attack the |score| scale allowed: a harmful client recomputed at -0.24 widened every
+    score's tolerance to 24 quanta, so a coordinator could record two honest 0.002 scores as
+    0.002024 / 0.001976 and move their 5000/5000 split to 5060/4940. Played against the real
+    quantisation and tolerance, compared as ``recheck_scores`` compares: that nudge now fails,
+    and so does one just past the floor."""
+    harmful, a, b = b"\x01" * 32, b"\x02" * 32, b"\x03" * 32
+    recomputed = {harmful: -0.24, a: 0.002, b: 0.002}
+    tolerances = compute_score_tolerances(recomputed)
+    floor = SCORE_TOLERANCE_QUANTA / SCORE_SCALE
+    assert tolerances == {harmful: floor, a: floor, b: floor}
+    for step in (24, SCORE_TOLERANCE_QUANTA + 1):  # quanta: the old tolerance, just past the new
+        expected = dict(compute_quantised_scores(list(recomputed), list(recomputed.values())))
+        assert expected == {harmful: -240_000, a: 2000, b: 2000}
+        recorded = {harmful: -240_000, a: 2000 + step, b: 2000 - step}
+        failed = [
+            k for k in expected if abs(expected[k] - recorded[k]) / SCORE_SCALE > tolerances[k]
+        ]
+        assert failed == [a, b], step
+    # the old rule (largest |score|) would have let the 24-quanta nudge through
+    assert 24 / SCORE_SCALE <= SCORE_TOLERANCE_RELATIVE * 0.24
 
 
 def test_a_score_recomputed_as_exactly_zero_has_no_tolerance() -> None:

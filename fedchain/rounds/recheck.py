@@ -14,11 +14,15 @@ scores (0.002-0.07 in the default run) move by more than the smallest of them, e
 a reward. So the tolerance is relative to the round (:func:`compute_score_tolerances`)::
 
     |recorded - recomputed| <= max(SCORE_TOLERANCE_QUANTA / SCORE_SCALE,
-                                   SCORE_TOLERANCE_RELATIVE * max |recomputed score of the round|)
+                                   SCORE_TOLERANCE_RELATIVE * largest positive recomputed score)
 
 in score units, per score, and 0 for a score recomputed as exactly 0.0. The recomputed scores
 set the scale, not the recorded ones, so inflating one recorded score does not widen its own
-tolerance. The constants come from
+tolerance. The scale is the largest POSITIVE score (0 when none is positive, so the floor
+applies), not the largest |score|: negative scores are paid nothing, so the reward split's scale
+is set by the positive ones alone, and one harmful client scoring -0.24 would otherwise widen
+every score's tolerance to 24 quanta, enough to move a split of two 0.002 scores from
+5000/5000 to 5060/4940. The constants come from
 ``experiments/score_tolerance.py`` (``experiments/results/score_tolerance.md``), which recomputed
 the default run under five configurations that reorder float reductions (1 and 2 torch threads,
 ATen's scalar kernels instead of AVX2, oneDNN and MKL held to SSE4.1, oneDNN off): raw scores
@@ -26,10 +30,10 @@ moved by at most 1.2e-7 score units (0.12 of a quantum) whatever the round's sca
 0.16: the noise is the float32 loss's last bits, not a fraction of the score), quantised scores
 by at most one quantum (a rounding boundary crossed, once in 200 scores), and the exact zeros
 were the same everywhere. Two quanta hold raw differences up to 17 times the largest measured;
-the relative term only widens the tolerance in rounds whose largest score exceeds 0.02, where
-the measured differences are below 1.9e-6 of it (50 times margin), and there it bounds a
-client's reward movement to about ``(n + 1) * SCORE_TOLERANCE_RELATIVE`` of the pool (n clients;
-the largest |score| being a positive one).
+the relative term only widens the tolerance in rounds whose largest positive score exceeds
+0.02, where the measured differences are below 1.9e-6 of it (50 times margin), and there it
+bounds a client's reward movement to about ``(n + 1) * SCORE_TOLERANCE_RELATIVE`` of the pool
+(n clients), since the split divides by the sum of positive scores, at least the largest.
 
 What the tolerance cannot bound: where the floor applies, a nudge of two quanta per score moves
 a reward by up to ``pool * 2e-6 * (n + 1) / (sum of positive scores)``; in the default run's
@@ -75,8 +79,8 @@ either side of a rounding boundary quantises one quantum away (measured once in 
 raw differences up to 2e-6, 17 times the largest measured."""
 
 SCORE_TOLERANCE_RELATIVE = 1e-4
-"""The tolerance per score, as a fraction of the round's largest recomputed |score| (50 times the
-largest relative difference measured where it applies; see the module docstring)."""
+"""The tolerance per score, as a fraction of the round's largest positive recomputed score (50
+times the largest relative difference measured where it applies; see the module docstring)."""
 
 
 @dataclass(frozen=True)
@@ -102,14 +106,16 @@ class RoundScores:
 def compute_score_tolerances(recomputed: Mapping[bytes, float]) -> dict[bytes, float]:
     """Each score's tolerance, in score units, from the round's raw recomputed scores.
 
-    ``max(SCORE_TOLERANCE_QUANTA / SCORE_SCALE, SCORE_TOLERANCE_RELATIVE * largest |score|)``,
-    except for a score recomputed as exactly 0.0, whose tolerance is 0: such a score is the
-    outcome of a decision (a truncated GTG-Shapley round or permutation tail, a dummy client
-    whose update changes nothing, an update the rule screened out), not of float arithmetic, so
-    every machine gets exactly 0; and any positive score recorded for it would be paid, the
-    whole pool when the round's every score is 0.
+    ``max(SCORE_TOLERANCE_QUANTA / SCORE_SCALE, SCORE_TOLERANCE_RELATIVE * largest positive
+    score)`` (the floor alone when no score is positive: a negative score, however large, never
+    widens the tolerance; see the module docstring), except for a score recomputed as exactly
+    0.0, whose tolerance is 0: such a score is the outcome of a decision (a truncated
+    GTG-Shapley round or permutation tail, a dummy client whose update changes nothing, an
+    update the rule screened out), not of float arithmetic, so every machine gets exactly 0; and
+    any positive score recorded for it would be paid, the whole pool when the round's every
+    score is 0.
     """
-    largest = max((abs(v) for v in recomputed.values()), default=0.0)
+    largest = max((v for v in recomputed.values() if v > 0.0), default=0.0)
     tolerance = max(SCORE_TOLERANCE_QUANTA / SCORE_SCALE, SCORE_TOLERANCE_RELATIVE * largest)
     return {k: 0.0 if v == 0.0 else tolerance for k, v in recomputed.items()}
 
@@ -117,7 +123,7 @@ def compute_score_tolerances(recomputed: Mapping[bytes, float]) -> dict[bytes, f
 def describe_score_tolerance() -> str:
     return (
         f"tolerance per round: max({SCORE_TOLERANCE_QUANTA} quanta, "
-        f"{SCORE_TOLERANCE_RELATIVE:g} x its largest |score|); 0 for a score recomputed as 0"
+        f"{SCORE_TOLERANCE_RELATIVE:g} x its largest positive score); 0 for a score recomputed as 0"
     )
 
 
