@@ -9,6 +9,10 @@ update and its ledger duties (:mod:`fedchain.rounds.participant`: the signed com
 attestation to the pending block, and its seal if the stake draw chose this client as its
 proposer).
 
+The checkpoint is the last block the client's own replica makes final (the ledger's finality rule
+applied to what it replayed); a view claiming a higher final height is refused, a lower claim is
+ignored, so a coordinator can neither hold a holder's checkpoint back nor push it past finality.
+
 The replica and the checkpoint live in ``context.state`` (the SuperNode keeps it between
 messages); a deployed data holder also keeps them on its own disk
 (:mod:`fedchain.rounds.replica_files`, the folder its node config names), so that a restarted
@@ -17,7 +21,8 @@ SuperNode resumes from what it had checked and a coordinator cannot rewind it.
 Two explicit speed-ups, shared by the clients of one process (a simulation's): the states after
 the blocks checked here, by (genesis hash, block hash) (:data:`_REPLAYED`, passed as
 ``known``: a block hash fixes all history before it, so a stored replica is not replayed from
-genesis again and a block is re-executed once per process, not once per client;
+genesis again, nor is the finality it derives (:data:`_FINALITY`), and a block is re-executed
+once per process, not once per client;
 :mod:`fedchain.rounds.replica` says why that is sound), and one caching signature verifier
 (:data:`_VERIFIER`, no threads: it remembers only triples that verified).
 
@@ -33,6 +38,7 @@ untouched.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Mapping
 from logging import WARNING
 from pathlib import Path
 from typing import Any
@@ -86,6 +92,12 @@ MAX_REPLAYED = 16
 _REPLAYED: OrderedDict[tuple[bytes, bytes], LedgerState] = OrderedDict()
 """States after blocks this process checked, by (genesis hash, block hash); the newest
 MAX_REPLAYED (:data:`fedchain.rounds.replica.KnownStates`)."""
+_FINALITY: OrderedDict[tuple[bytes, bytes], tuple[Mapping[int, Mapping[bytes, int]], int]] = (
+    OrderedDict()
+)
+"""What a replica derives beside its state, by the same key as :data:`_REPLAYED`: its validators
+by height and final height (:class:`fedchain.rounds.replica.Replica`); a stored replica is taken
+from the memo only when both are there, and both are fixed by the head's hash as the state is."""
 _VERIFIER = CachingVerifier(threads=1)
 """Remembers only exact (key, signature, message) triples that verified: a hit accepts nothing
 new (:mod:`fedchain.ledger.signatures`)."""
@@ -170,23 +182,31 @@ def _replayed(encodings: tuple[bytes, ...]) -> Replica:
     genesis = decode(Block, encodings[0]).transactions[0]
     key = (compute_hash(genesis), compute_block_hash(decode(Block, encodings[-1])))
     state = _REPLAYED.get(key)
-    if state is None:
+    finality = _FINALITY.get(key)
+    if state is None or finality is None:
         replica = replay_replica(encodings, verifier=_VERIFIER)
         _remember(replica)
         return replica
-    return Replica(encodings, state)
+    return Replica(encodings, state, *finality)
 
 
 def _remember(replica: Replica) -> None:
     state = replica.state
     _REPLAYED[(state.genesis_hash, state.head_hash)] = state
     _REPLAYED.move_to_end((state.genesis_hash, state.head_hash))
+    _FINALITY[(state.genesis_hash, state.head_hash)] = (
+        replica.validators_by_height,
+        replica.final_height,
+    )
+    _FINALITY.move_to_end((state.genesis_hash, state.head_hash))
     _forget_oldest()
 
 
 def _forget_oldest() -> None:
     while len(_REPLAYED) > MAX_REPLAYED:
         _REPLAYED.popitem(last=False)
+    while len(_FINALITY) > MAX_REPLAYED:
+        _FINALITY.popitem(last=False)
 
 
 def _save_replica(context: Context, checked: CheckedView, replica_dir: Path | None) -> None:

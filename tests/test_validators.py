@@ -142,7 +142,7 @@ def chain(synthetic_federation: SyntheticFederation) -> list[tuple[Block, Ledger
 
 
 def replica_at(chain: list[tuple[Block, LedgerState]], height: int) -> Replica:
-    return Replica(tuple(encode(b) for b, _ in chain[: height + 1]), chain[height][1])
+    return replay_replica(tuple(encode(b) for b, _ in chain[: height + 1]))
 
 
 def test_the_honest_pending_block_re_derives_to_the_state_its_seal_leads_to(chain) -> None:
@@ -390,6 +390,7 @@ def deployed_grid(setup: RunSetup, folder: Path) -> InProcessGrid:
     """The real ClientApp as deployed SuperNodes: holders configured by their node config (no
     partition id), each with its own replica folder; a fresh grid is a restart of all of them."""
     client_app._REPLAYED.clear()  # a new process holds nothing in memory
+    client_app._FINALITY.clear()
     grid = InProcessGrid(client_app.app, setup.config.clients)
     for node, context in grid.contexts.items():
         context.node_config = deployed_node_config(setup, node - NODE_BASE, folder)
@@ -467,9 +468,9 @@ def test_invalid_a_restarted_holder_refuses_a_view_that_rewrites_its_final_block
 ) -> None:
     setup, folder = deployed
     genesis_hash = verify_ledger(setup.run_dir).genesis_hash
-    view = m.encode_ledger_view(genesis_hash, setup.config.run_id, forged_history(setup), 1, None)
+    view = m.encode_ledger_view(genesis_hash, setup.config.run_id, forged_history(setup), 0, None)
     reply = query(deployed_grid(setup, folder), setup, view)
-    assert reply.has_error() and "does not extend the last final block" in reply.error.reason
+    assert reply.has_error() and "history it holds cannot be rewritten" in reply.error.reason
     # the same view to a holder with nothing on disk is accepted: the disk is what refused it
     fresh = deployed_grid(setup, tmp_path / "empty")
     assert not query(fresh, setup, view).has_error()
@@ -521,4 +522,4 @@ def test_invalid_a_holder_restarted_as_a_new_process_refuses_a_rewritten_history
         timeout=300,
         check=True,
     )
-    assert "does not extend the last final block" in result.stdout, result.stdout + result.stderr
+    assert "history it holds cannot be rewritten" in result.stdout, result.stdout + result.stderr

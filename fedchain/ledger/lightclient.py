@@ -41,6 +41,10 @@ def check_head(
 ) -> Checkpoint:
     """Check the chain a coordinator shows; return the client's new checkpoint.
 
+    ``final_height`` is the height the caller takes as final: a client holding a replica passes
+    the one its replica proves (:func:`fedchain.rounds.participant.check_view_replayed`), never
+    the coordinator's claim, which it only compares with it; the light check alone
+    (:func:`fedchain.rounds.participant.check_view`) can do no better than the claim.
     ``headers`` must contain the client's checkpoint block and link from there to the head.
     Raises :class:`InvalidBlock` if they do not extend ``saved`` (or are malformed).
     With no checkpoint yet the first header is trusted (the client joined the federation

@@ -21,6 +21,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedchain.crypto.hashing import compute_update_hash
+from fedchain.errors import InvalidBlock
 from fedchain.ledger.builder import sign_attestation, sign_commitment, sign_header
 from fedchain.ledger.codec import encode
 from fedchain.ledger.lightclient import Checkpoint, check_head
@@ -58,14 +59,23 @@ def check_view_replayed(
     verifier: Verifier = PLAIN,
     known: KnownStates | None = None,
 ) -> CheckedView:
-    """Everything a client checks before it signs: ``view`` extends its checkpoint ``saved``
-    (:func:`check_view`), its blocks replay onto its ``replica`` (None: a first view, from
-    genesis), and the pending block re-derives from its transactions. Raises InvalidBlock (a
+    """Everything a client checks before it signs: its blocks replay onto its ``replica``
+    (None: a first view, from genesis), its headers extend its checkpoint ``saved`` (the light
+    client's rules), and the pending block re-derives from its transactions. The new checkpoint
+    is the replica's own final height (:mod:`fedchain.rounds.replica`, item 5), never the
+    view's claim: a claim above it is refused (the coordinator lies upward), one below it is
+    ignored. Raises InvalidBlock (a
     LedgerError) saying which check failed; then the client must not attest or seal.
     ``verifier`` and ``known`` are speed-ups (:mod:`fedchain.rounds.replica`)."""
-    checkpoint = check_view(saved, view)
     genesis_hash = view.genesis_hash
     replica = extend_replica(replica, view.blocks, genesis_hash, verifier=verifier, known=known)
+    proven = replica.final_height
+    if view.final_height > proven:
+        raise InvalidBlock(
+            f"the view claims block {view.final_height} final, but this client's replica makes "
+            f"only block {proven} final"
+        )
+    checkpoint = check_head(saved, view.headers, proven, view.pending, genesis_hash)
     if view.pending is not None:
         compute_pending_post_state(
             replica.state, view.pending, view.pending_transactions, verifier=verifier, known=known

@@ -25,6 +25,13 @@ them) and checks each view the coordinator sends against it before it signs anyt
    way. The sealed block is that header with those transactions, so what a client signs is what it
    re-executed.
 
+5. **Finality.** The replica also derives which of its blocks are final, with the ledger's one
+   rule, :func:`fedchain.ledger.consensus.compute_finalized_height` (as ``fedchain verify`` and
+   the coordinator do): it keeps, for every block it replays, the validators of that block's
+   pre-state and their stakes, and after each block it moves its ``final_height`` forward from
+   the state's last attested heights. A client takes its checkpoint from this, never from the
+   height a coordinator claims final (:func:`fedchain.rounds.participant.check_view_replayed`).
+
 Why replay rather than accept a state (or a state root) from the coordinator: the state root
 commits to the participants, the model head and the round only, while the transition also reads
 each validator's last attested height, the evidence already applied, the round's commits, update
@@ -53,18 +60,20 @@ deployed holder's disk: :mod:`fedchain.rounds.replica_files`).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 
 from fedchain.crypto.identity import Domain, verify_signature
 from fedchain.errors import InvalidBlock, LedgerError, SignatureError
 from fedchain.ledger.builder import prepare_block
 from fedchain.ledger.codec import decode, encode
+from fedchain.ledger.consensus import compute_finalized_height, get_validators
 from fedchain.ledger.containers import LedgerState
 from fedchain.ledger.genesis import process_genesis_block
 from fedchain.ledger.objects import (
     Block,
     BlockHeader,
+    PublicKey,
     Transaction,
     compute_block_hash,
     compute_tx_root,
@@ -100,11 +109,15 @@ KnownStates = MutableMapping[tuple[bytes, bytes], LedgerState]
 @dataclass(frozen=True)
 class Replica:
     """A client's copy of the ledger: ``encodings`` of blocks 0..head (``encode(block)``, as the
-    ledger store keeps them) and ``state``, the state after the head (every part of it derived by
-    replay)."""
+    ledger store keeps them), ``state``, the state after the head (every part of it derived by
+    replay), ``validators_by_height`` (block ``h``'s pre-state validators and stakes, for every
+    replayed block past genesis) and ``final_height``, the highest block they and the head's
+    last attested heights make final (docstring item 5)."""
 
     encodings: tuple[bytes, ...]
     state: LedgerState
+    validators_by_height: Mapping[int, Mapping[PublicKey, int]]
+    final_height: int
 
 
 def compute_genesis_replica(block: Block, genesis_hash: bytes) -> Replica:
@@ -120,7 +133,7 @@ def compute_genesis_replica(block: Block, genesis_hash: bytes) -> Replica:
             f"the genesis block shown is federation {state.genesis_hash.hex()[:16]}'s, not "
             f"{genesis_hash.hex()[:16]}'s"
         )
-    return Replica((encode(block),), state)
+    return Replica((encode(block),), state, {}, 0)
 
 
 def replay_replica(encodings: Sequence[bytes], *, verifier: Verifier = PLAIN) -> Replica:
@@ -129,9 +142,14 @@ def replay_replica(encodings: Sequence[bytes], *, verifier: Verifier = PLAIN) ->
     if not encodings:
         raise InvalidBlock("a replica holds at least the genesis block")
     state = process_genesis_block(decode(Block, encodings[0]))
+    validators: dict[int, Mapping[PublicKey, int]] = {}
+    final = 0
     for encoding in encodings[1:]:
-        state = process_block(state, decode(Block, encoding), verifier=verifier)
-    return Replica(tuple(encodings), state)
+        block = decode(Block, encoding)
+        validators[block.header.height] = dict(get_validators(state))
+        state = process_block(state, block, verifier=verifier)
+        final = compute_finalized_height(validators, state.last_attested.items(), final)
+    return Replica(tuple(encodings), state, validators, final)
 
 
 def extend_replica(
@@ -159,6 +177,8 @@ def extend_replica(
             f"{state.genesis_hash.hex()[:16]}"
         )
     encodings = list(replica.encodings)
+    validators = dict(replica.validators_by_height)
+    final = replica.final_height
     for block in blocks:
         height = block.header.height
         if height <= state.height:
@@ -172,15 +192,17 @@ def extend_replica(
             continue
         if height != state.height + 1:
             raise InvalidBlock(f"the view skips from block {state.height} to block {height}")
+        validators[height] = dict(get_validators(state))
         state = _apply_block(state, block, verifier, known)
         encodings.append(encode(block))
+        final = compute_finalized_height(validators, state.last_attested.items(), final)
     shown = blocks[-1].header.height
     if shown < state.height:
         raise InvalidBlock(
             f"the view's head is block {shown}, but this client has replayed blocks up to "
             f"{state.height}: the ledger it was shown before was cut short"
         )
-    return Replica(tuple(encodings), state)
+    return Replica(tuple(encodings), state, validators, final)
 
 
 def _apply_block(
