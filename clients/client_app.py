@@ -192,21 +192,19 @@ def _replayed(encodings: tuple[bytes, ...]) -> Replica:
 
 def _remember(replica: Replica) -> None:
     state = replica.state
-    _REPLAYED[(state.genesis_hash, state.head_hash)] = state
-    _REPLAYED.move_to_end((state.genesis_hash, state.head_hash))
-    _FINALITY[(state.genesis_hash, state.head_hash)] = (
-        replica.validators_by_height,
-        replica.final_height,
-    )
-    _FINALITY.move_to_end((state.genesis_hash, state.head_hash))
+    key = (state.genesis_hash, state.head_hash)
+    _REPLAYED[key] = state
+    _FINALITY[key] = (replica.validators_by_height, replica.final_height)
+    for memo in (_REPLAYED, _FINALITY):
+        memo.move_to_end(key)
     _forget_oldest()
 
 
 def _forget_oldest() -> None:
-    while len(_REPLAYED) > MAX_REPLAYED:
-        _REPLAYED.popitem(last=False)
-    while len(_FINALITY) > MAX_REPLAYED:
-        _FINALITY.popitem(last=False)
+    """Both memos keep their newest MAX_REPLAYED entries."""
+    for memo in (_REPLAYED, _FINALITY):
+        while len(memo) > MAX_REPLAYED:
+            memo.popitem(last=False)
 
 
 def _save_replica(context: Context, checked: CheckedView, replica_dir: Path | None) -> None:
