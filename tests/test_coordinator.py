@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedchain.aggregation.rules import RuleParams
 from fedchain.crypto.hashing import compute_update_hash
@@ -32,7 +33,7 @@ from fedchain.ledger.objects import (
 from fedchain.ledger.synthetic import SyntheticFederation
 from fedchain.rounds.admission import MISMATCH_REASON, ClientReply
 from fedchain.rounds.coordinator import Coordinator
-from fedchain.rounds.messages import decode_ledger_view
+from fedchain.rounds.messages import Duties, decode_ledger_view
 from fedchain.rounds.participant import check_view, compute_duties, sign_update_commitment
 from fedchain.runs.registry import load_model
 
@@ -80,6 +81,21 @@ def reply(
     view = decode_ledger_view(coordinator.ledger_view(NODE + i))
     key = federation.keys[i]
     duties = compute_duties(key, public_key_bytes(key), view, check_view(None, view))
+    return reply_with(coordinator, key, i, round_, duties, committed=committed)
+
+
+def reply_with(
+    coordinator: Coordinator,
+    key: Ed25519PrivateKey,
+    i: int,
+    round_: int,
+    duties: Duties,
+    *,
+    committed: dict[str, np.ndarray] | None = None,
+) -> ClientReply:
+    """Client ``i``'s train reply with ``duties``: its update and a signed commitment to it (or to
+    ``committed``) on the view the coordinator sends it."""
+    view = decode_ledger_view(coordinator.ledger_view(NODE + i))
     commitment = sign_update_commitment(
         key,
         view,

@@ -14,7 +14,6 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
-import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Context, RecordDict
 
@@ -32,19 +31,13 @@ from fedchain.rounds import messages as m
 from fedchain.rounds import replica_files
 from fedchain.rounds.admission import ClientReply
 from fedchain.rounds.coordinator import Coordinator
-from fedchain.rounds.participant import compute_duties, plan_signing, sign_update_commitment
+from fedchain.rounds.participant import compute_duties, plan_signing
+from tests.test_coordinator import MODEL, NODE, reply_with
 
-MODEL = {"w": np.zeros((2, 3), dtype=np.float32), "b": np.zeros(3, dtype=np.float32)}
-NODE = 100  # client i is node NODE + i
 CLIENTS = 3
 ATTEMPTS = 12
 Signed = list[tuple[BlockHeader, m.Duties]]
 """What one client signed: each header it was shown, and its duties for it."""
-
-
-def update(i: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(i)
-    return {k: rng.normal(size=v.shape).astype(np.float32) for k, v in MODEL.items()}
 
 
 class Federation:
@@ -73,25 +66,7 @@ class Federation:
         return [public_key_bytes(k) for k in self.fed.keys].index(public_key)
 
     def train_reply(self, i: int, round_: int) -> ClientReply:
-        duties = self.duties(i)
-        view = m.decode_ledger_view(self.coordinator.ledger_view(NODE + i))
-        commitment = sign_update_commitment(
-            self.fed.keys[i],
-            view,
-            round_=round_,
-            base_model_hash=self.coordinator.model_hash,
-            update=update(i),
-            num_examples=50,
-        )
-        return ClientReply(
-            NODE + i,
-            update=update(i),
-            num_examples=50,
-            commitment=commitment,
-            attestation=duties.attestation,
-            seal=duties.seal,
-            checkpoint=duties.checkpoint,
-        )
+        return reply_with(self.coordinator, self.fed.keys[i], i, round_, self.duties(i))
 
     def close(self) -> None:
         self.coordinator.chain.close()
