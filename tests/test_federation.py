@@ -14,7 +14,9 @@ from typing import Any
 import numpy as np
 import pytest
 from click.testing import Result
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from flwr.common.logger import FLOWER_LOGGER
 from typer.testing import CliRunner
 
@@ -36,6 +38,7 @@ from fedchain.runs.layout import MODELS_DIRNAME
 from fedchain.runs.registration import (
     MAX_TOML_SIZE,
     ParticipantEntry,
+    check_supernode_key,
     create_registration,
     decode_registration_file,
     encode_registration_file,
@@ -367,6 +370,62 @@ def test_invalid_add_refuses_provably_bad_registrations(tmp_path, make, match):
         federation.add_participant(fed_dir, make(fed_id))
     assert "\n" not in str(e.value)
     assert (fed_dir / layout.FEDERATION_FILENAME).read_text() == before
+
+
+def supernode_public_line() -> str:
+    """A fresh SuperNode public key in its canonical OpenSSH form (type and base64, no comment)."""
+    key = ec.generate_private_key(ec.SECP384R1()).public_key()
+    return key.public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH).decode()
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        lambda k: k + " another-comment",
+        lambda k: k + "  two spaces then a comment",
+        lambda k: "  " + k + " fedchain-alice\n",
+        lambda k: k,
+    ],
+)
+def test_invalid_add_refuses_the_same_supernode_key_spelt_differently(tmp_path, variant):
+    """The attacker re-registers a SuperNode key already in the federation, with another comment
+    or spacing: the text differs, the key does not, so ``add`` refuses it (before, it passed and
+    stopped the coordinator's start)."""
+    fed_dir = tmp_path / "fed"
+    fed_id = federation.init_federation(fed_dir, name="f", settings={}).federation_id
+    key = supernode_public_line()
+    federation.add_participant(fed_dir, signed_entry("first", fed_id, supernode_key=key + " a"))
+    before = (fed_dir / layout.FEDERATION_FILENAME).read_text()
+    with pytest.raises(ConfigError, match="'first' already registered this SuperNode key"):
+        federation.add_participant(fed_dir, signed_entry("z", fed_id, supernode_key=variant(key)))
+    assert (fed_dir / layout.FEDERATION_FILENAME).read_text() == before
+    other = supernode_public_line() + " a"  # another key with the same comment is fine
+    federation.add_participant(fed_dir, signed_entry("second", fed_id, supernode_key=other))
+
+
+@pytest.mark.parametrize(
+    ("variant", "match"),
+    [
+        (lambda k: k + "\nssh-ed25519 AAAA second-line", "one line of printable text"),
+        (lambda k: k + " comment\nsecond line", "one line of printable text"),
+        (lambda k: k + "\x00", "one line of printable text"),
+        (lambda k: k.replace(" ", "\t"), "one line of printable text"),
+        (lambda k: k + "==", "extra characters in its key fields"),
+        (lambda k: k.replace(" ", "  ", 1), "extra characters in its key fields"),
+        (lambda k: k + "é", "one line of printable text"),
+    ],
+)
+def test_invalid_supernode_key_with_embedded_lines_or_trailing_garbage(tmp_path, variant, match):
+    """Text OpenSSL's parser alone accepts (a second line, a NUL, extra padding) is refused by
+    ``add`` and by ``register``, with a one-line error."""
+    key = supernode_public_line()
+    fed_dir = tmp_path / "fed"
+    fed_id = federation.init_federation(fed_dir, name="f", settings={}).federation_id
+    with pytest.raises(ConfigError, match=match) as e:
+        federation.add_participant(fed_dir, signed_entry("z", fed_id, supernode_key=variant(key)))
+    assert "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match=match):
+        check_supernode_key(variant(key))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ from fedchain.runs.registration import (
     ParticipantEntry,
     check_int,
     check_name,
-    check_supernode_key,
+    compute_supernode_key_bytes,
     entry_from_toml,
     entry_to_toml,
     parse_federation_id,
@@ -254,7 +254,7 @@ def check_new_participant(
     except SignatureError as e:
         raise SignatureError(f"{who} is not validly signed: {e}") from None
     try:
-        check_supernode_key(entry.supernode_key)
+        supernode_key = compute_supernode_key_bytes(entry.supernode_key)
     except ConfigError as e:
         raise ConfigError(f"{who}: {e}") from None
     for other in participants:
@@ -262,7 +262,7 @@ def check_new_participant(
             raise ConfigError(f"identity {_short(entry.public_key)} is already registered")
         if other.name == entry.name:
             raise ConfigError(f"the name {entry.name!r} is already taken")
-        if entry.supernode_key and other.supernode_key == entry.supernode_key:
+        if supernode_key and _supernode_key_bytes(other) == supernode_key:
             raise ConfigError(f"{other.name!r} already registered this SuperNode key")
         if other.registration.dataset_hash == reg.dataset_hash:
             raise ConfigError(
@@ -414,6 +414,15 @@ def _check_join_timeout(value: Any, where: str) -> float:
             f"{where}: join-timeout must be a number of seconds in (0, {MAX_JOIN_TIMEOUT}]"
         )
     return float(value)
+
+
+def _supernode_key_bytes(entry: ParticipantEntry) -> bytes:
+    """``entry``'s SuperNode key as bytes; ``b""`` for none, or for a key text that no longer
+    parses (an entry added before the key check was strict), which then matches no new key."""
+    try:
+        return compute_supernode_key_bytes(entry.supernode_key)
+    except ConfigError:
+        return b""
 
 
 def _short(public_key: bytes) -> str:

@@ -49,6 +49,7 @@ __all__ = [
     "check_int",
     "check_name",
     "check_supernode_key",
+    "compute_supernode_key_bytes",
     "create_registration",
     "decode_registration_file",
     "encode_registration_file",
@@ -257,10 +258,22 @@ def check_name(name: str) -> None:
 
 
 def check_supernode_key(text: str) -> str:
-    """The SuperNode public key as one OpenSSH line, checked to be a NIST-curve EC key."""
+    """The SuperNode public key as one OpenSSH line, checked to be a NIST-curve EC key.
+
+    Leading and trailing whitespace is dropped; what is left must be one line of printable ASCII
+    (no newline, tab or other control character) whose type and base64 fields are exactly the
+    key's canonical OpenSSH form, then at most a comment. OpenSSL's parser alone accepts a line
+    with a second line, a NUL or extra base64 padding after the key; those would reach the
+    coordinator's key file and Flower, so they are refused here.
+    """
     if not text:
         return ""
     line = text.strip()
+    if not line.isascii() or not line.isprintable():
+        raise ConfigError(
+            "the SuperNode public key must be one line of printable text (it holds a newline, "
+            "tab or other control character)"
+        )
     try:
         key = serialization.load_ssh_public_key(line.encode())
     except (ValueError, TypeError, UnicodeEncodeError, UnsupportedAlgorithm):
@@ -270,7 +283,25 @@ def check_supernode_key(text: str) -> str:
         ) from None
     if not isinstance(key, ec.EllipticCurvePublicKey):
         raise ConfigError("the SuperNode public key must be an EC key (Flower uses NIST P-384)")
+    canonical = key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    if line.split(" ", 2)[:2] != canonical.decode().split(" "):
+        raise ConfigError(
+            "the SuperNode public key has extra characters in its key fields (only a comment, "
+            "after one space, may follow the key)"
+        )
     return line
+
+
+def compute_supernode_key_bytes(text: str) -> bytes:
+    """The SuperNode key itself (its DER SubjectPublicKeyInfo), for comparing two keys: the same
+    key with another comment or spacing is the same key. ``b""`` for no key."""
+    line = check_supernode_key(text)
+    if not line:
+        return b""
+    key = serialization.load_ssh_public_key(line.encode())
+    return key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
 def check_int(value: Any, what: str, where: str) -> int:
