@@ -72,7 +72,7 @@ from fedchain.learning.training import (
 from fedchain.ledger.codec import compute_hash, decode
 from fedchain.ledger.containers import LedgerState
 from fedchain.ledger.lightclient import Checkpoint
-from fedchain.ledger.objects import Block, compute_block_hash
+from fedchain.ledger.objects import Block, SignedHeader, compute_block_hash
 from fedchain.ledger.signatures import CachingVerifier
 from fedchain.rounds import messages as m
 from fedchain.rounds import replica_files
@@ -83,7 +83,7 @@ from fedchain.rounds.participant import (
     plan_signing,
     sign_update_commitment,
 )
-from fedchain.rounds.replica import Replica, replay_replica
+from fedchain.rounds.replica import Replica, compute_held_forms, replay_replica
 
 Arrays = dict[str, np.ndarray]
 app = ClientApp()
@@ -92,12 +92,14 @@ MAX_REPLAYED = 16
 _REPLAYED: OrderedDict[tuple[bytes, bytes], LedgerState] = OrderedDict()
 """States after blocks this process checked, by (genesis hash, block hash); the newest
 MAX_REPLAYED (:data:`fedchain.rounds.replica.KnownStates`)."""
-_FINALITY: OrderedDict[tuple[bytes, bytes], tuple[Mapping[int, Mapping[bytes, int]], int]] = (
-    OrderedDict()
-)
+_FINALITY: OrderedDict[
+    tuple[bytes, bytes],
+    tuple[Mapping[int, Mapping[bytes, int]], int, tuple[SignedHeader, ...]],
+] = OrderedDict()
 """What a replica derives beside its state, by the same key as :data:`_REPLAYED`: its validators
-by height and final height (:class:`fedchain.rounds.replica.Replica`); a stored replica is taken
-from the memo only when both are there, and both are fixed by the head's hash as the state is."""
+by height, final height and headers (:class:`fedchain.rounds.replica.Replica`); a stored replica
+is taken from the memo only when both are there, and both are fixed by the head's hash as the
+state is."""
 _VERIFIER = CachingVerifier(threads=1)
 """Remembers only exact (key, signature, message) triples that verified: a hit accepts nothing
 new (:mod:`fedchain.ledger.signatures`)."""
@@ -123,8 +125,8 @@ def ledger_duties(
     A pending block at a height the client already attested or sealed for another block gets
     no second signature (logged; not an error): what it signs is recorded first."""
     try:
-        view = m.decode_ledger_view(config)
         replica, saved = _load_replica(context, replica_dir)
+        view = m.decode_ledger_view(config, compute_held_forms(replica))
         checked = check_view_replayed(replica, saved, view, verifier=_VERIFIER, known=_REPLAYED)
     except LedgerError as e:
         log(WARNING, "refusing to attest or seal: %s", e)
@@ -194,7 +196,7 @@ def _remember(replica: Replica) -> None:
     state = replica.state
     key = (state.genesis_hash, state.head_hash)
     _REPLAYED[key] = state
-    _FINALITY[key] = (replica.validators_by_height, replica.final_height)
+    _FINALITY[key] = (replica.validators_by_height, replica.final_height, replica.headers)
     for memo in (_REPLAYED, _FINALITY):
         memo.move_to_end(key)
     _forget_oldest()
@@ -281,7 +283,7 @@ def _signed_reply(
     config = msg.content[m.CONFIG]
     commitment = sign_update_commitment(
         holder.key,
-        m.decode_ledger_view(config),
+        m.decode_view_federation(config),
         round_=int(config[m.SERVER_ROUND]),
         base_model_hash=bytes(config[m.BASE_MODEL_HASH]),
         update=committed,

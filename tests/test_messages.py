@@ -5,13 +5,14 @@ The literal keys here are the wire format: a renamed constant must fail these te
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from fedchain.config import RunConfig
 from fedchain.crypto.identity import public_key_bytes
-from fedchain.errors import DecodeError
+from fedchain.errors import DecodeError, InvalidBlock
 from fedchain.learning.attacks import Attack
 from fedchain.ledger.builder import prepare_block
 from fedchain.ledger.chain import Chain
@@ -25,6 +26,7 @@ from fedchain.rounds.participant import (
     compute_duties,
     sign_update_commitment,
 )
+from fedchain.rounds.replica import compute_held_forms
 
 
 def test_the_keys_on_the_wire() -> None:
@@ -190,3 +192,66 @@ def test_invalid_a_view_with_more_blocks_than_allowed() -> None:
     view = m.encode_ledger_view(b"g" * 32, "run", [b""] * (m.MAX_VIEW_BLOCKS + 1), 0, None)
     with pytest.raises(DecodeError, match=f"blocks has {m.MAX_VIEW_BLOCKS + 1} items"):
         m.decode_ledger_view(view)
+
+
+def test_invalid_a_view_over_the_total_size_cap_is_refused_before_decoding() -> None:
+    """Each item under its own cap, together over :data:`MAX_VIEW_BYTES`: one 16 MiB bytes
+    object listed 17 times (so the test holds 16 MiB, not 272)."""
+    item = bytes(m.MAX_VIEW_BLOCK_BYTES)
+    count = m.MAX_VIEW_BYTES // len(item) + 1
+    view = m.encode_ledger_view(b"g" * 32, "run", [item] * count, 0, None)
+    with pytest.raises(DecodeError, match=f"at most {m.MAX_VIEW_BYTES}"):
+        m.decode_ledger_view(view)
+
+
+@pytest.fixture(scope="module")
+def three_blocks(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Block], bytes]:
+    """Blocks 0..2 of a synthetic federation, and its genesis hash."""
+    federation = SyntheticFederation(3, run_id="held")
+    with Chain.create(tmp_path_factory.mktemp("held") / "ledger.db", federation.genesis) as chain:
+        for _ in range(2):
+            block, state = federation.make_round(chain.state)
+            chain.append(block, state)
+        blocks = [decode(Block, stored.data) for stored in chain.store.iter_blocks()]
+    return blocks, state.genesis_hash
+
+
+def test_blocks_the_client_holds_are_taken_by_their_bytes_without_decoding(three_blocks) -> None:
+    """Re-sent whole or as headers alone, a held block is the client's own object (not decoded
+    from the coordinator's bytes); the next block is decoded and replayed."""
+    blocks, genesis_hash = three_blocks
+    replica = check_view_replayed(
+        None,
+        None,
+        m.decode_ledger_view(m.encode_ledger_view(genesis_hash, "held", blocks[:2], 0, None)),
+    ).replica
+    forms = compute_held_forms(replica)
+    assert len(forms) == 4  # blocks 0 and 1, each whole and bare
+    for resent in (blocks[:2], [Block(b.signed_header, ()) for b in blocks[:2]]):
+        wire = m.encode_ledger_view(genesis_hash, "held", [*resent, blocks[2]], 0, None)
+        view = m.decode_ledger_view(wire, forms)
+        assert all(view.blocks[i] is forms[wire["blocks"][i]] for i in range(2))
+        assert view.blocks[2] == blocks[2]
+        assert check_view_replayed(replica, None, view).replica.state.height == 2
+
+
+def test_invalid_a_held_block_re_sent_with_another_body_or_signature(three_blocks) -> None:
+    """The coordinator re-sends block 1, which the client holds, with junk in its body (before,
+    the body was decoded and never read), or with the header re-signed: both refused."""
+    blocks, genesis_hash = three_blocks
+    first = m.encode_ledger_view(genesis_hash, "held", blocks[:2], 0, None)
+    replica = check_view_replayed(None, None, m.decode_ledger_view(first)).replica
+    forms = compute_held_forms(replica)
+    block1 = blocks[1]
+    junk_body = Block(block1.signed_header, (*block1.transactions, *blocks[2].transactions))
+    other_body = Block(block1.signed_header, blocks[2].transactions)
+    resigned = Block(replace(block1.signed_header, signature=bytes(64)), ())
+    for forged, reason in (
+        (junk_body, "carries a body other than the one this client replayed"),
+        (other_body, "carries a body other than the one this client replayed"),
+        (resigned, "not the block 1 this client replayed"),
+    ):
+        wire = m.encode_ledger_view(genesis_hash, "held", [forged, blocks[2]], 0, None)
+        view = m.decode_ledger_view(wire, forms)
+        with pytest.raises(InvalidBlock, match=reason):
+            check_view_replayed(replica, None, view)

@@ -86,6 +86,11 @@ MAX_VIEW_BLOCKS = 100_000
 """Most blocks one ledger view may carry (a first view carries the chain from genesis)."""
 MAX_VIEW_TRANSACTIONS = 100_000
 """Most transactions a view's pending block may carry."""
+MAX_VIEW_BYTES = 256 * 2**20
+"""Most bytes a view's ``blocks``, ``pending`` and ``pending-transactions`` may hold in all
+(a first view carries the chain from genesis: 20 rounds of the default run are about 40 KiB; at
+0.5 MiB a block, 256 MiB is about 500 rounds of 1,000 participants). A longer view is refused
+before anything is decoded from it."""
 
 
 @dataclass(frozen=True)
@@ -160,9 +165,18 @@ def encode_ledger_view(
     }
 
 
-def decode_ledger_view(config: Mapping[str, Any]) -> LedgerView:
+def decode_ledger_view(
+    config: Mapping[str, Any], held: Mapping[bytes, Block] | None = None
+) -> LedgerView:
     """The ledger view in a message's ``config``; raises :class:`DecodeError` (a LedgerError)
-    if it does not decode. Sizes and types are checked before anything is decoded."""
+    if it does not decode. Sizes and types are checked before anything is decoded, the total
+    included (:data:`MAX_VIEW_BYTES`).
+
+    ``held``: the client's own blocks by the exact bytes a coordinator may re-send them as
+    (:func:`fedchain.rounds.replica.compute_held_forms`). An item of ``blocks`` with those
+    bytes is that block, taken without decoding it; any other item is decoded, and one at a
+    height the client holds is then refused by the replica (its bytes are not the block held).
+    """
     genesis_hash = _field(config, GENESIS_HASH, bytes)
     run_id = _field(config, RUN_ID, str)
     final_height = _field(config, FINAL_HEIGHT, int)
@@ -174,15 +188,31 @@ def decode_ledger_view(config: Mapping[str, Any]) -> LedgerView:
     txs = _byte_list(config, PENDING_TRANSACTIONS, MAX_VIEW_TRANSACTIONS, MAX_VIEW_BLOCK_BYTES)
     if sum(map(len, txs)) > MAX_VIEW_BLOCK_BYTES:
         raise DecodeError(f"ledger view: the pending block is over {MAX_VIEW_BLOCK_BYTES} bytes")
+    total = sum(map(len, blocks)) + sum(map(len, txs)) + len(pending)
+    if total > MAX_VIEW_BYTES:
+        raise DecodeError(f"ledger view: {total} bytes of blocks (at most {MAX_VIEW_BYTES})")
     if txs and not pending:
         raise DecodeError("ledger view: pending transactions without a pending block")
+    held = held or {}
     return LedgerView(
         genesis_hash=genesis_hash,
         run_id=run_id,
-        blocks=tuple(decode(Block, b) for b in blocks),
+        blocks=tuple(held[b] if b in held else decode(Block, b) for b in blocks),
         final_height=final_height,
         pending=decode(BlockHeader, pending) if pending else None,
         pending_transactions=tuple(decode(Transaction, tx) for tx in txs),
+    )
+
+
+def decode_view_federation(config: Mapping[str, Any]) -> LedgerView:
+    """The view's genesis hash and run id alone (what a commitment signs), with no blocks and no
+    pending block: for a client that has already checked the whole view."""
+    return LedgerView(
+        genesis_hash=_field(config, GENESIS_HASH, bytes),
+        run_id=_field(config, RUN_ID, str),
+        blocks=(),
+        final_height=0,
+        pending=None,
     )
 
 

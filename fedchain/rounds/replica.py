@@ -12,10 +12,13 @@ them) and checks each view the coordinator sends against it before it signs anyt
    transition, :func:`fedchain.ledger.state.process_block` (hash chain, proposer draw, proposer
    signature, transactions root, every transaction's rule, state root): the replica's state is
    exactly the state ``fedchain verify`` computes for the same blocks.
-3. **No rewrites.** A block at a height the replica holds must be the block it holds (same block
-   hash), and a view may not end below the replica's head: nothing the client has replayed can be
-   rewritten or cut off. An honest coordinator never does either (it appends sealed blocks
-   durably and shows them as they are), so this costs an honest run nothing.
+3. **No rewrites.** A block at a height the replica holds must be, byte for byte, the block it
+   holds or that block with an empty body (its header alone), and a view may not end below the
+   replica's head: nothing the client has replayed can be rewritten or cut off, and no body is
+   accepted unread. An honest coordinator never does either (it appends sealed blocks durably
+   and shows them as they are, or as headers alone), so this costs an honest run nothing. The
+   client recognises such re-sent blocks by their bytes (:func:`compute_held_forms`), without
+   decoding them.
 4. **The pending block.** Its header must equal, field for field, the header
    :func:`fedchain.ledger.builder.prepare_block` derives from the replica's head state and the
    transactions sent, at the header's own attempt and round: same height and parent (it extends
@@ -74,6 +77,7 @@ from fedchain.ledger.objects import (
     Block,
     BlockHeader,
     PublicKey,
+    SignedHeader,
     Transaction,
     compute_block_hash,
     compute_tx_root,
@@ -86,6 +90,7 @@ __all__ = [
     "KnownStates",
     "Replica",
     "compute_genesis_replica",
+    "compute_held_forms",
     "compute_pending_post_state",
     "extend_replica",
     "replay_replica",
@@ -111,13 +116,28 @@ class Replica:
     """A client's copy of the ledger: ``encodings`` of blocks 0..head (``encode(block)``, as the
     ledger store keeps them), ``state``, the state after the head (every part of it derived by
     replay), ``validators_by_height`` (block ``h``'s pre-state validators and stakes, for every
-    replayed block past genesis) and ``final_height``, the highest block they and the head's
-    last attested heights make final (docstring item 5)."""
+    replayed block past genesis), ``final_height``, the highest block they and the head's
+    last attested heights make final (docstring item 5), and ``headers``, the signed headers of
+    blocks 0..head (so that re-sent blocks need not be decoded)."""
 
     encodings: tuple[bytes, ...]
     state: LedgerState
     validators_by_height: Mapping[int, Mapping[PublicKey, int]]
     final_height: int
+    headers: tuple[SignedHeader, ...]
+
+
+def compute_held_forms(replica: Replica | None) -> dict[bytes, Block]:
+    """The replica's blocks by the bytes a coordinator may re-send each as: its encoding as
+    held, and its encoding with an empty body; each maps to the block with an empty body (what
+    :func:`extend_replica` compares with the block held). None: nothing held."""
+    if replica is None:
+        return {}
+    forms: dict[bytes, Block] = {}
+    for encoding, header in zip(replica.encodings, replica.headers, strict=True):
+        bare = Block(header, ())
+        forms[encoding] = forms[encode(bare)] = bare
+    return forms
 
 
 def compute_genesis_replica(block: Block, genesis_hash: bytes) -> Replica:
@@ -133,7 +153,7 @@ def compute_genesis_replica(block: Block, genesis_hash: bytes) -> Replica:
             f"the genesis block shown is federation {state.genesis_hash.hex()[:16]}'s, not "
             f"{genesis_hash.hex()[:16]}'s"
         )
-    return Replica((encode(block),), state, {}, 0)
+    return Replica((encode(block),), state, {}, 0, (block.signed_header,))
 
 
 def replay_replica(encodings: Sequence[bytes], *, verifier: Verifier = PLAIN) -> Replica:
@@ -141,15 +161,18 @@ def replay_replica(encodings: Sequence[bytes], *, verifier: Verifier = PLAIN) ->
     storage is re-derived, never trusted)."""
     if not encodings:
         raise InvalidBlock("a replica holds at least the genesis block")
-    state = process_genesis_block(decode(Block, encodings[0]))
+    genesis_block = decode(Block, encodings[0])
+    state = process_genesis_block(genesis_block)
     validators: dict[int, Mapping[PublicKey, int]] = {}
+    headers = [genesis_block.signed_header]
     final = 0
     for encoding in encodings[1:]:
         block = decode(Block, encoding)
         validators[block.header.height] = dict(get_validators(state))
         state = process_block(state, block, verifier=verifier)
+        headers.append(block.signed_header)
         final = compute_finalized_height(validators, state.last_attested.items(), final)
-    return Replica(tuple(encodings), state, validators, final)
+    return Replica(tuple(encodings), state, validators, final, tuple(headers))
 
 
 def extend_replica(
@@ -162,8 +185,9 @@ def extend_replica(
 ) -> Replica:
     """``replica`` (None: a client's first view) with the view's ``blocks`` replayed.
 
-    Blocks the replica holds must be unchanged; later ones are applied in height order, with no
-    gap; the view must reach at least the replica's head. Raises :class:`InvalidBlock` saying
+    Blocks the replica holds must be re-sent as held or as their header alone (docstring item
+    3); later ones are applied in height order, with no gap; the view must reach at least the
+    replica's head. Raises :class:`InvalidBlock` saying
     which block failed and why. ``known``: see the module docstring (read and added to).
     """
     if not blocks:
@@ -177,24 +201,20 @@ def extend_replica(
             f"{state.genesis_hash.hex()[:16]}"
         )
     encodings = list(replica.encodings)
+    headers = list(replica.headers)
     validators = dict(replica.validators_by_height)
     final = replica.final_height
     for block in blocks:
         height = block.header.height
         if height <= state.height:
-            held = state.block_hashes.get(height)
-            if held is None or compute_block_hash(block) != held:
-                raise InvalidBlock(
-                    f"block {height} of the view is not the block {height} this client replayed"
-                    f" ({'none' if held is None else held.hex()[:16]}): history it holds cannot"
-                    f" be rewritten"
-                )
+            _check_held(block, height, encodings, headers)
             continue
         if height != state.height + 1:
             raise InvalidBlock(f"the view skips from block {state.height} to block {height}")
         validators[height] = dict(get_validators(state))
         state = _apply_block(state, block, verifier, known)
         encodings.append(encode(block))
+        headers.append(block.signed_header)
         final = compute_finalized_height(validators, state.last_attested.items(), final)
     shown = blocks[-1].header.height
     if shown < state.height:
@@ -202,7 +222,26 @@ def extend_replica(
             f"the view's head is block {shown}, but this client has replayed blocks up to "
             f"{state.height}: the ledger it was shown before was cut short"
         )
-    return Replica(tuple(encodings), state, validators, final)
+    return Replica(tuple(encodings), state, validators, final, tuple(headers))
+
+
+def _check_held(
+    block: Block, height: int, encodings: Sequence[bytes], headers: Sequence[SignedHeader]
+) -> None:
+    """A re-sent block at a ``height`` the replica holds: its header must be the one held, and
+    its body empty or, byte for byte, the one held (a body the client would not read is not
+    accepted either)."""
+    held = headers[height] if 0 <= height < len(headers) else None
+    if held is None or block.signed_header != held:
+        held_hash = "none" if held is None else compute_block_hash(held.header).hex()[:16]
+        raise InvalidBlock(
+            f"block {height} of the view is not the block {height} this client replayed"
+            f" ({held_hash}): history it holds cannot be rewritten"
+        )
+    if block.transactions and encode(block) != encodings[height]:
+        raise InvalidBlock(
+            f"block {height} of the view carries a body other than the one this client replayed"
+        )
 
 
 def _apply_block(
