@@ -4,7 +4,9 @@ Each train message carries the global model and a view of the ledger. The client
 ledger extends the last final block it saw, replays the new blocks on its own replica of the
 ledger and re-derives the pending block from its transactions (:mod:`fedchain.rounds.replica`;
 a view that fails is refused: logged, and answered with an error that the coordinator's round
-log shows, with no attestation and no seal), trains on its decrypted data, and replies with its
+log shows, with no attestation and no seal), checks that the global model it was sent is the one
+the ledger names (:func:`fedchain.rounds.participant.check_base_model`; refused the same way if
+not), trains on its decrypted data, and replies with its
 update and its ledger duties (:mod:`fedchain.rounds.participant`: the signed commitment, the
 attestation to the pending block, and its seal if the stake draw chose this client as its
 proposer).
@@ -78,6 +80,7 @@ from fedchain.rounds import messages as m
 from fedchain.rounds import replica_files
 from fedchain.rounds.participant import (
     CheckedView,
+    check_base_model,
     check_view_replayed,
     compute_duties,
     plan_signing,
@@ -117,19 +120,29 @@ def _holder(context: Context, config: ConfigRecord) -> DataHolder:
 
 
 def ledger_duties(
-    context: Context, key: Ed25519PrivateKey, config: ConfigRecord, replica_dir: Path | None = None
+    context: Context,
+    key: Ed25519PrivateKey,
+    config: ConfigRecord,
+    replica_dir: Path | None = None,
+    model: Mapping[str, np.ndarray] | None = None,
 ) -> m.Duties:
     """Check the ledger view against the client's replica, save the replica and checkpoint,
     then attest to and maybe seal the pending block. A view that fails any check is refused
     (logged, and raised: Flower answers with an error reply) and nothing is saved or signed.
+    ``model``: a train message's global model, which must be the model the ledger names once
+    the pending block is sealed, as must the message's ``base-model-hash``
+    (:func:`~fedchain.rounds.participant.check_base_model`); otherwise the message is refused
+    the same way, so no update is trained or sent.
     A pending block at a height the client already attested or sealed for another block gets
     no second signature (logged; not an error): what it signs is recorded first."""
     try:
         replica, saved = _load_replica(context, replica_dir)
         view = m.decode_ledger_view(config, compute_held_forms(replica))
         checked = check_view_replayed(replica, saved, view, verifier=_VERIFIER, known=_REPLAYED)
+        if model is not None:
+            check_base_model(checked, m.decode_base_model_hash(config), model)
     except LedgerError as e:
-        log(WARNING, "refusing to attest or seal: %s", e)
+        log(WARNING, "refusing to attest, seal or train: %s", e)
         raise
     finally:
         _forget_oldest()
@@ -218,8 +231,10 @@ def _save_replica(context: Context, checked: CheckedView, replica_dir: Path | No
     _remember(checked.replica)
 
 
-def _ledger_duties(context: Context, holder: DataHolder, config: ConfigRecord) -> m.Duties:
-    return ledger_duties(context, holder.key, config, holder.replica_dir)
+def _ledger_duties(
+    context: Context, holder: DataHolder, config: ConfigRecord, model: Arrays | None = None
+) -> m.Duties:
+    return ledger_duties(context, holder.key, config, holder.replica_dir, model)
 
 
 @app.train()
@@ -227,8 +242,8 @@ def train(msg: Message, context: Context) -> Message:
     config = msg.content[m.CONFIG]
     holder = _holder(context, config)
     ledger = m.is_ledger_on(config)
-    duties = _ledger_duties(context, holder, config) if ledger else None
     base = {name: array.numpy() for name, array in msg.content[m.ARRAYS].items()}
+    duties = _ledger_duties(context, holder, config, base) if ledger else None
     attack = configured_attack(context, config, holder.index)
     if attack is not None:
         return _attacked_reply(msg, holder, base, duties, attack)

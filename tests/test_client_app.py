@@ -122,3 +122,39 @@ def test_invalid_a_view_that_rewrites_the_clients_final_block_is_refused(setup, 
     reply = train(grid, 0, config(setup), model)
     assert reply.has_error() and "does not extend the last final block" in reply.error.reason
     assert m.decode_checkpoint(context.state[m.DUTIES]) == forged  # kept, not moved
+
+
+def tampered(model: Arrays) -> Arrays:
+    """``model`` with one weight moved by 1e-3: another model, one a coordinator might push."""
+    name = sorted(model)[0]
+    changed = model[name].copy()
+    changed.flat[0] += np.float32(1e-3)
+    return {**model, name: changed}
+
+
+@pytest.mark.parametrize("claim", ["the ledger's model", "the tampered model"])
+def test_invalid_a_model_other_than_the_one_the_ledger_names_is_not_trained(
+    setup, model, claim, caplog
+):
+    """The coordinator sends another model than genesis's (the ledger's model head at round
+    1), claiming either the ledger's hash or the tampered model's own: refused with a logged
+    reason, no update, no commitment, nothing signed."""
+    other = tampered(model)
+    assert compute_update_hash(other) != setup.genesis.initial_model_hash
+    claimed = setup.genesis.initial_model_hash
+    if claim == "the tampered model":
+        claimed = compute_update_hash(other)
+    grid = InProcessGrid(client_app.app, 2)
+    reply = train(grid, 0, config(setup, **{m.BASE_MODEL_HASH: claimed}), other)
+    assert reply.has_error() and "is not the model the ledger names" in reply.error.reason
+    assert not reply.has_content()  # no update, no commitment
+    assert "refusing to attest, seal or train" in caplog.text
+    assert m.DUTIES not in grid.contexts[NODE_BASE].state  # nothing saved either
+
+
+def test_invalid_a_base_model_hash_claim_other_than_the_ledgers_is_not_trained(setup, model):
+    """The right model, but a commitment would sign another base-model-hash: refused."""
+    grid = InProcessGrid(client_app.app, 2)
+    for claimed, reason in ((b"\x01" * 32, "base-model-hash 0101"), (7, "base-model-hash is 7")):
+        reply = train(grid, 0, config(setup, **{m.BASE_MODEL_HASH: claimed}), model)
+        assert reply.has_error() and reason in reply.error.reason

@@ -216,6 +216,12 @@ def decode_view_federation(config: Mapping[str, Any]) -> LedgerView:
     )
 
 
+def decode_base_model_hash(config: Mapping[str, Any]) -> bytes:
+    """A train message's ``base-model-hash`` (raises :class:`DecodeError` if it is not bytes)."""
+    value: bytes = _field(config, BASE_MODEL_HASH, bytes)
+    return value
+
+
 def _field(config: Mapping[str, Any], key: str, kind: type) -> Any:
     value = config.get(key)
     if not isinstance(value, kind):

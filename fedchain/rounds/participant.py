@@ -38,10 +38,13 @@ from fedchain.rounds.replica import (
 
 @dataclass(frozen=True)
 class CheckedView:
-    """A view that passed every check: the client's new checkpoint and replica."""
+    """A view that passed every check: the client's new checkpoint and replica, and
+    ``model_head``, the global model the ledger names once the pending block is sealed (the
+    replica's head state's, with no pending block): the model this round trains on."""
 
     checkpoint: Checkpoint
     replica: Replica
+    model_head: bytes
 
 
 def check_view(saved: Checkpoint | None, view: LedgerView) -> Checkpoint:
@@ -76,11 +79,35 @@ def check_view_replayed(
             f"only block {proven} final"
         )
     checkpoint = check_head(saved, view.headers, proven, view.pending, genesis_hash)
+    state = replica.state
     if view.pending is not None:
-        compute_pending_post_state(
-            replica.state, view.pending, view.pending_transactions, verifier=verifier, known=known
+        state = compute_pending_post_state(
+            state, view.pending, view.pending_transactions, verifier=verifier, known=known
         )
-    return CheckedView(checkpoint, replica)
+    return CheckedView(checkpoint, replica, state.model_head)
+
+
+def check_base_model(
+    checked: CheckedView, claimed_hash: bytes, model: Mapping[str, np.ndarray]
+) -> None:
+    """Refuse to train on a model the ledger does not name: the model received must hash
+    (:func:`~fedchain.crypto.hashing.compute_update_hash`, the canonical model hash) to the
+    model head the client's replica derives (``checked.model_head``), and the hash the
+    coordinator claims (the commitment signs it) must be that one too. Raises
+    :class:`~fedchain.errors.InvalidBlock` saying which differs; the client then sends no
+    update and signs no commitment."""
+    expected = checked.model_head
+    received = compute_update_hash(model)
+    if received != expected:
+        raise InvalidBlock(
+            f"the model received (hash {received.hex()[:16]}) is not the model the ledger names "
+            f"({expected.hex()[:16]}): not training on it"
+        )
+    if claimed_hash != expected:
+        raise InvalidBlock(
+            f"the coordinator's base-model-hash {claimed_hash.hex()[:16]} is not the model the "
+            f"ledger names ({expected.hex()[:16]}): not training"
+        )
 
 
 @dataclass(frozen=True)
