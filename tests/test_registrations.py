@@ -211,13 +211,64 @@ def test_federation_settings_changed_after_init_are_refused(tmp_path: Path) -> N
         fed.load_federation(fed_dir)
 
 
-def test_federation_id_binds_name_and_rules_only(tmp_path: Path) -> None:
-    a = fed.init_federation(tmp_path / "a", name="a", settings={}).federation_id
-    b = fed.init_federation(tmp_path / "b", name="b", settings={}).federation_id
-    c = fed.init_federation(tmp_path / "c", name="a", settings={"min-stake": 7}).federation_id
-    assert len({a, b, c}) == 3
-    config = fed.compute_run_config(fed.load_federation(tmp_path / "a"), check_participants=False)
-    assert a == compute_federation_id("a", make_rules_for(config))
+def test_federation_id_binds_name_salt_and_rules(tmp_path: Path) -> None:
+    salt = "0123456789abcdef" * 2
+    a = fed.init_federation(tmp_path / "a", name="a", settings={}, salt=salt)
+    b = fed.init_federation(tmp_path / "b", name="b", settings={}, salt=salt).federation_id
+    c = fed.init_federation(tmp_path / "c", name="a", settings={"min-stake": 7}, salt=salt)
+    d = fed.init_federation(tmp_path / "d", name="a", settings={}, salt=salt[::-1]).federation_id
+    assert len({a.federation_id, b, c.federation_id, d}) == 4
+    assert a.run_id == f"a-{salt}" and fed.load_federation(tmp_path / "a") == a
+    config = fed.compute_run_config(a, check_participants=False)
+    assert config.run_id == a.run_id
+    assert a.federation_id == compute_federation_id(f"a-{salt}", make_rules_for(config))
+
+
+def test_invalid_a_registration_replayed_into_a_federation_of_the_same_name_and_rules(
+    tmp_path: Path,
+) -> None:
+    """Two coordinators run `federation init` with the same name and settings: each draws its
+    own salt, so the ids differ, and a registration signed for the first is refused by the
+    second (before the salt, both ids were H(name, rules) and it was accepted)."""
+    first = fed.init_federation(tmp_path / "one", name="same", settings={})
+    second = fed.init_federation(tmp_path / "two", name="same", settings={})
+    assert first.name == second.name and first.settings == second.settings
+    assert first.run_id != second.run_id and first.federation_id != second.federation_id
+    participant = sign_genesis_participant(
+        derive_key(7, 0),
+        first.federation_id,
+        stake=10**6,
+        dataset_hash=b"\x05" * 32,
+        num_examples=50,
+        name="holder",
+    )
+    fed.add_participant(tmp_path / "one", ParticipantEntry(participant, first.federation_id))
+    with pytest.raises(ConfigError, match="made for another federation"):
+        fed.add_participant(tmp_path / "two", ParticipantEntry(participant, first.federation_id))
+    # claiming the second federation's id in the file does not help: the signature binds the first
+    with pytest.raises(SignatureError, match="not validly signed"):
+        fed.add_participant(tmp_path / "two", ParticipantEntry(participant, second.federation_id))
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (lambda t: t.replace('run-id = "f-', 'run-id = "g-'), "is not the name 'f' and a salt"),
+        (lambda t: t.replace('run-id = "f-', 'run-id = "f-0'), "32 lowercase hex digits"),
+        (lambda t: t.replace('run-id = "f-0', 'run-id = "f-1'), "run id or rule settings changed"),
+        (
+            lambda t: "\n".join(x for x in t.split("\n") if "run-id" not in x),
+            "lacks the federation",
+        ),
+    ],
+)
+def test_invalid_a_federation_whose_run_id_was_edited(tmp_path: Path, edit, match) -> None:
+    fed_dir = tmp_path / "fed"
+    fed.init_federation(fed_dir, name="f", settings={}, salt="0" * 32)
+    path = fed_dir / layout.FEDERATION_FILENAME
+    path.write_text(edit(path.read_text()))
+    with pytest.raises(ConfigError, match=match):
+        fed.load_federation(fed_dir)
 
 
 def test_invalid_cli_add_refuses_a_registration_for_another_federation(

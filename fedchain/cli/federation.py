@@ -177,7 +177,11 @@ def init(
         min_clients=min_clients,
         join_timeout=join_timeout,
     )
-    console.print(f"created {fed_dir / FEDERATION_FILENAME} (federation {federation.name})")
+    console.print(
+        f"created {fed_dir / FEDERATION_FILENAME} (federation {federation.name}, run id "
+        f"{federation.run_id}: the name and a random salt, so the id below is this "
+        "federation's alone)"
+    )
     # soft_wrap: the id must stay one line, whole, to be copied
     console.print(f"federation id: {federation.federation_id.hex()}", soft_wrap=True)
     console.print(

@@ -14,6 +14,7 @@ A data holder's registration file (``fedchain register``) is
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -56,6 +57,7 @@ __all__ = [
     "add_participant",
     "compute_federation_id_of",
     "compute_run_config",
+    "compute_run_id_of",
     "has_ledger",
     "init_federation",
     "load_federation",
@@ -64,6 +66,8 @@ __all__ = [
 ]
 
 MAX_JOIN_TIMEOUT = 30 * 24 * 3600  # seconds: a month
+SALT_HEX_CHARS = 32
+"""A federation's salt: 128 random bits, as hex (:func:`compute_run_id_of`)."""
 # Settings that describe a simulation only; a federation's data stay with its participants.
 _SIMULATION_ONLY = (
     "run-id",
@@ -81,12 +85,13 @@ class Federation:
     """What ``federation.toml`` holds."""
 
     path: Path  # FED_DIR
-    name: str  # the genesis run id
+    name: str  # what people call it
+    run_id: str  # the genesis run id: the name and the salt drawn at init (compute_run_id_of)
     min_clients: int  # connected SuperNodes needed before a round starts
     join_timeout: float  # seconds the ServerApp waits for min_clients to connect
     settings: Mapping[str, Any]  # kebab-case RunConfig settings
     participants: tuple[ParticipantEntry, ...]
-    federation_id: Hash32  # what registrations sign: compute_federation_id_of(name, settings)
+    federation_id: Hash32  # what registrations sign: compute_federation_id_of(run_id, settings)
 
 
 def has_ledger(fed_dir: Path) -> bool:
@@ -104,21 +109,31 @@ def init_federation(
     settings: Mapping[str, Any],
     min_clients: int = 0,
     join_timeout: float = 3600.0,
+    salt: str | None = None,
 ) -> Federation:
-    """Create ``fed_dir/federation.toml`` with no participants; refuse to overwrite one."""
+    """Create ``fed_dir/federation.toml`` with no participants; refuse to overwrite one.
+
+    ``salt``: :data:`SALT_HEX_CHARS` hex digits, drawn from the system's random source when
+    None (a test may pin it). It makes the genesis run id (:func:`compute_run_id_of`), hence
+    the federation id, differ between two federations of the same name and rules, so that a
+    registration signed for one is refused by the other."""
     fed_dir = Path(fed_dir)
     if (fed_dir / FEDERATION_FILENAME).exists():
         raise ConfigError(f"{fed_dir / FEDERATION_FILENAME}: already exists")
     check_name(name)
+    run_id = compute_run_id_of(
+        name, secrets.token_hex(SALT_HEX_CHARS // 2) if salt is None else salt
+    )
     checked = _check_settings(settings, str(fed_dir))
     federation = Federation(
         fed_dir,
         name,
+        run_id,
         _check_min_clients(min_clients, str(fed_dir)),
         _check_join_timeout(join_timeout, str(fed_dir)),
         checked,
         (),
-        compute_federation_id_of(fed_dir, name, checked),  # settings valid as a RunConfig
+        compute_federation_id_of(fed_dir, run_id, checked),  # settings valid as a RunConfig
     )
     fed_dir.mkdir(parents=True, exist_ok=True)
     _write_federation(federation)
@@ -143,15 +158,20 @@ def load_federation(fed_dir: Path) -> Federation:
     name, settings = str(meta["name"]), _check_settings(doc.get("fedchain", {}), str(path))
     min_clients = _check_min_clients(meta.get("min-clients", 0), str(path))
     join_timeout = _check_join_timeout(meta.get("join-timeout", 3600.0), str(path))
-    if "id" not in meta:
+    if "id" not in meta or "run-id" not in meta:
         raise ConfigError(
-            f"{path}: lacks the federation id (made by an older fedchain); create the federation "
-            "again with `fedchain federation init` and have its participants register for it"
+            f"{path}: lacks the federation id or run id (made by an older fedchain); create the "
+            "federation again with `fedchain federation init` and have its participants "
+            "register for it"
         )
     federation_id = parse_federation_id(str(meta["id"]), f"{path}: [federation] id")
-    if compute_federation_id_of(fed_dir, name, settings) != federation_id:
+    run_id = str(meta["run-id"])
+    if not run_id.startswith(f"{name}-"):
+        raise ConfigError(f"{path}: the run id {run_id!r} is not the name {name!r} and a salt")
+    compute_run_id_of(name, run_id[len(name) + 1 :])  # the salt's form
+    if compute_federation_id_of(fed_dir, run_id, settings) != federation_id:
         raise ConfigError(
-            f"{path}: the name or rule settings changed since `fedchain federation init`: the "
+            f"{path}: the run id or rule settings changed since `fedchain federation init`: the "
             f"registrations are signed for federation {federation_id.hex()}, which these settings "
             "no longer give; restore them, or create a new federation"
         )
@@ -164,6 +184,7 @@ def load_federation(fed_dir: Path) -> Federation:
     return Federation(
         path=fed_dir,
         name=name,
+        run_id=run_id,
         min_clients=min_clients,
         join_timeout=join_timeout,
         settings=settings,
@@ -172,18 +193,28 @@ def load_federation(fed_dir: Path) -> Federation:
     )
 
 
-def compute_federation_id_of(fed_dir: Path, name: str, settings: Mapping[str, Any]) -> Hash32:
+def compute_run_id_of(name: str, salt: str) -> str:
+    """A federation's genesis run id: ``NAME-SALT``, SALT being :data:`SALT_HEX_CHARS` lowercase
+    hex digits drawn at ``fedchain federation init``. The run id is part of the federation id,
+    so the salt gives each federation its own id even where name and rules are the same."""
+    if len(salt) != SALT_HEX_CHARS or salt.strip("0123456789abcdef"):
+        raise ConfigError(f"a federation's salt is {SALT_HEX_CHARS} lowercase hex digits")
+    return f"{name}-{salt}"
+
+
+def compute_federation_id_of(fed_dir: Path, run_id: str, settings: Mapping[str, Any]) -> Hash32:
     """The federation id (:func:`~fedchain.ledger.objects.compute_federation_id`) of the genesis
-    these settings make: the name is its run id, the settings fix its rules (the participants
-    and the initial model, made at first start, are not part of it)."""
-    base = RunConfig(run_id=name, out=str(fed_dir), clients=1)
+    these settings make: ``run_id`` (:func:`compute_run_id_of`) is its run id, the settings fix
+    its rules (the participants and the initial model, made at first start, are not part of
+    it)."""
+    base = RunConfig(run_id=run_id, out=str(fed_dir), clients=1)
     # RunConfig.stake only has to pass its stake >= min-stake check (as in compute_run_config)
     stake = settings.get("min-stake", RunConfig.min_stake)
     try:
         config = merge_config(base, {**settings, "stake": stake})
     except ConfigError as e:
         raise ConfigError(f"{fed_dir}: {e}") from None
-    return compute_federation_id(name, make_rules_for(config))
+    return compute_federation_id(run_id, make_rules_for(config))
 
 
 def add_participant(fed_dir: Path, entry: ParticipantEntry) -> Federation:
@@ -289,7 +320,7 @@ def compute_run_config(federation: Federation, *, check_participants: bool = Tru
     # so it only has to pass RunConfig's stake >= min-stake check.
     min_stake = federation.settings.get("min-stake", RunConfig.min_stake)
     stakes = [p.registration.stake for p in federation.participants]
-    base = RunConfig(run_id=federation.name, out=str(federation.path), clients=max(count, 1))
+    base = RunConfig(run_id=federation.run_id, out=str(federation.path), clients=max(count, 1))
     return merge_config(base, {**federation.settings, "stake": max([*stakes, min_stake])})
 
 
@@ -312,6 +343,7 @@ def _write_federation(federation: Federation) -> None:
     doc: dict[str, Any] = {
         "federation": {
             "name": federation.name,
+            "run-id": federation.run_id,
             "id": federation.federation_id.hex(),
             "min-clients": federation.min_clients,
             "join-timeout": federation.join_timeout,
@@ -322,7 +354,8 @@ def _write_federation(federation: Federation) -> None:
     comment = (
         "# A fedchain federation (see `fedchain federation --help`).\n"
         "# [federation] id: what registrations sign (`fedchain register --federation-id`),\n"
-        "# the hash of the name and the rules the settings give: neither may change;\n"
+        "# the hash of the run id (the name and a random salt) and the rules the settings\n"
+        "# give: neither may change;\n"
         "# min-clients: connected SuperNodes a round waits for (0 = all);\n"
         "# [fedchain]: run settings (`fedchain simulate --help` lists them, kebab-case).\n"
         "# Participants are added with `fedchain federation add`, not by hand.\n"
@@ -354,7 +387,7 @@ def prepare_federation_run(federation: Federation) -> tuple[Path, RunConfig, boo
     initial_hash = save_model(run_dir, state_to_numpy(model))
     participants = [p.participant for p in federation.participants]
     genesis = make_genesis(
-        federation.name,
+        federation.run_id,
         participants,
         initial_model_hash=initial_hash,
         rules=make_rules_for(config),
