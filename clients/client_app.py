@@ -54,7 +54,7 @@ from flwr.common.logger import log
 from fedchain.crypto.identity import public_key_bytes
 from fedchain.data.holder import DataHolder, load_configured_holder, load_simulated_holder
 from fedchain.data.sources import ArrayDataset
-from fedchain.errors import LedgerError
+from fedchain.errors import ConfigError, LedgerError
 from fedchain.learning.architectures import build_model, load_numpy_state, state_to_numpy
 from fedchain.learning.attacks import (
     Attack,
@@ -86,11 +86,15 @@ from fedchain.rounds.participant import (
     plan_signing,
     sign_update_commitment,
 )
-from fedchain.rounds.replica import Replica, compute_held_forms, replay_replica
+from fedchain.rounds.replica import GenesisPin, Replica, compute_held_forms, replay_replica
+from fedchain.runs.layout import holder_ledger_dir
+from fedchain.runs.registration import parse_federation_id
 
 Arrays = dict[str, np.ndarray]
 app = ClientApp()
 _threads_set = False
+FEDERATION_ID_KEY = "federation-id"
+"""The node config key of the federation id a deployed holder registered under (hex)."""
 MAX_REPLAYED = 16
 _REPLAYED: OrderedDict[tuple[bytes, bytes], LedgerState] = OrderedDict()
 """States after blocks this process checked, by (genesis hash, block hash); the newest
@@ -114,9 +118,14 @@ def _holder(context: Context, config: ConfigRecord) -> DataHolder:
         configure_threads(m.decode_threads(config))
         _threads_set = True
     run_dir = m.decode_run_dir(config)
-    if "partition-id" in context.node_config and run_dir is not None:
+    if run_dir is not None and _is_simulated(context, config):
         return load_simulated_holder(run_dir, int(context.node_config["partition-id"]))
     return load_configured_holder(context.node_config)
+
+
+def _is_simulated(context: Context, config: ConfigRecord) -> bool:
+    """A simulated client (a partition of a run directory), not a deployed data holder."""
+    return "partition-id" in context.node_config and m.decode_run_dir(config) is not None
 
 
 def ledger_duties(
@@ -125,6 +134,7 @@ def ledger_duties(
     config: ConfigRecord,
     replica_dir: Path | None = None,
     model: Mapping[str, np.ndarray] | None = None,
+    pin: GenesisPin | None = None,
 ) -> m.Duties:
     """Check the ledger view against the client's replica, save the replica and checkpoint,
     then attest to and maybe seal the pending block. A view that fails any check is refused
@@ -132,13 +142,16 @@ def ledger_duties(
     ``model``: a train message's global model, which must be the model the ledger names once
     the pending block is sealed, as must the message's ``base-model-hash``
     (:func:`~fedchain.rounds.participant.check_base_model`); otherwise the message is refused
-    the same way, so no update is trained or sent.
+    the same way, so no update is trained or sent. ``pin``: a deployed holder's federation
+    (:func:`~fedchain.rounds.replica.check_genesis_pin`), checked on every view.
     A pending block at a height the client already attested or sealed for another block gets
     no second signature (logged; not an error): what it signs is recorded first."""
     try:
         replica, saved = _load_replica(context, replica_dir)
         view = m.decode_ledger_view(config, compute_held_forms(replica))
-        checked = check_view_replayed(replica, saved, view, verifier=_VERIFIER, known=_REPLAYED)
+        checked = check_view_replayed(
+            replica, saved, view, verifier=_VERIFIER, known=_REPLAYED, pin=pin
+        )
         if model is not None:
             check_base_model(checked, m.decode_base_model_hash(config), model)
     except LedgerError as e:
@@ -234,7 +247,28 @@ def _save_replica(context: Context, checked: CheckedView, replica_dir: Path | No
 def _ledger_duties(
     context: Context, holder: DataHolder, config: ConfigRecord, model: Arrays | None = None
 ) -> m.Duties:
-    return ledger_duties(context, holder.key, config, holder.replica_dir, model)
+    if _is_simulated(context, config):
+        return ledger_duties(context, holder.key, config, holder.replica_dir, model)
+    replica_dir, pin = deployed_ledger_settings(context.node_config, holder)
+    return ledger_duties(context, holder.key, config, replica_dir, model, pin)
+
+
+def deployed_ledger_settings(
+    node_config: Mapping[str, Any], holder: DataHolder
+) -> tuple[Path, GenesisPin]:
+    """A deployed holder's replica folder (``replica-dir``; absent or empty: the default beside
+    its dataset, :func:`fedchain.runs.layout.holder_ledger_dir`, so that a restarted SuperNode
+    never starts over trusting whatever genesis it is shown) and its genesis pin: the
+    ``federation-id`` it registered under (required) and its own key."""
+    text = node_config.get(FEDERATION_ID_KEY)
+    if not text:
+        raise ConfigError(
+            f"node config lacks {FEDERATION_ID_KEY!r}: the id of the federation this holder "
+            "registered for (`fedchain join --federation-id ID` sets it)"
+        )
+    federation_id = parse_federation_id(str(text), f"node config {FEDERATION_ID_KEY}")
+    default = holder_ledger_dir(Path(str(node_config["data-path"])).resolve())
+    return holder.replica_dir or default, GenesisPin(federation_id, holder.public_key)
 
 
 @app.train()

@@ -9,11 +9,13 @@ Negative cases are named ``test_invalid_*``.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.common.logger import FLOWER_LOGGER
 
 from clients import client_app
 from fedchain.config import RunConfig
@@ -145,7 +147,8 @@ def test_invalid_a_model_other_than_the_one_the_ledger_names_is_not_trained(
     if claim == "the tampered model":
         claimed = compute_update_hash(other)
     grid = InProcessGrid(client_app.app, 2)
-    reply = train(grid, 0, config(setup, **{m.BASE_MODEL_HASH: claimed}), other)
+    with caplog.at_level(logging.WARNING, logger=FLOWER_LOGGER.name):
+        reply = train(grid, 0, config(setup, **{m.BASE_MODEL_HASH: claimed}), other)
     assert reply.has_error() and "is not the model the ledger names" in reply.error.reason
     assert not reply.has_content()  # no update, no commitment
     assert "refusing to attest, seal or train" in caplog.text

@@ -155,6 +155,8 @@ def join(base: Path, name: str, address: str, ca: Path, **extra: str) -> subproc
         base / f"{name}-node.key",
         "--log",
         base / f"{name}.log",
+        "--federation-id",  # the one every holder registered for (eve: she would have, too)
+        federation.load_federation(base / "fed").federation_id.hex(),
     ]
     for key, value in extra.items():
         args += ["--node-config", f"{key}={value}"]

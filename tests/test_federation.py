@@ -94,6 +94,7 @@ def make_federation(tmp_path: Path, nodes: list[dict[str, str]]) -> Path:
             name=f"h{i}",
         )
         federation.add_participant(fed_dir, entry)
+        node["federation-id"] = fed_id.hex()  # what `fedchain join --federation-id` sets
     return fed_dir
 
 
@@ -608,3 +609,25 @@ def test_invalid_registration_file_that_is_a_fifo_does_not_block(tmp_path):
     big.write_bytes(b"#" * (MAX_TOML_SIZE + 1))
     with pytest.raises(ConfigError, match="too big"):
         decode_registration_file(big)
+
+
+def test_invalid_join_without_a_federation_id_or_a_replica_dir(tmp_path):
+    """`fedchain join` pins the federation the holder registered for and always keeps its copy
+    of the ledger: without --federation-id, or told to drop either, it starts nothing."""
+    node = make_holders(tmp_path, 1)[0]
+    common = (
+        "join", "--coordinator", "127.0.0.1:1", "--data", node["data-path"],
+        "--identity", node["identity-path"], "--data-key", node["data-key-path"], "--insecure",
+        "--log", tmp_path / "sn.log",
+    )  # fmt: skip
+    fed_id = "ab" * 32
+    for extra, shown in (
+        ((), "give --federation-id ID"),
+        (("--federation-id", "xyz"), "is not a federation id"),
+        (("--federation-id", fed_id, "--node-config", "replica-dir="), "replica-dir may change"),
+        (("--federation-id", fed_id, "--node-config", 'federation-id=""'), "federation-id may"),
+        (("--federation-id", fed_id, "--node-config", f"federation-id={'cd' * 32}"), "differs"),
+    ):
+        result = cli(*common, *extra)
+        assert result.exit_code == 1 and shown in result.output, result.output
+    assert not (tmp_path / "sn.log").exists()

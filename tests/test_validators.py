@@ -46,6 +46,7 @@ from fedchain.ledger.objects import (
     RewardDeltas,
     Transaction,
     compute_block_hash,
+    compute_federation_id,
 )
 from fedchain.ledger.state import process_block
 from fedchain.ledger.store import LedgerStore
@@ -383,6 +384,7 @@ def deployed_node_config(setup: RunSetup, index: int, folder: Path) -> dict[str,
         "data-key-path": str(data_key_path(run_dir)),
         "index": index,
         "replica-dir": str(folder / f"holder-{index}"),
+        "federation-id": compute_federation_id(setup.genesis.run_id, setup.genesis.rules).hex(),
     }
 
 

@@ -6,7 +6,10 @@ command line: passphrases reach the SuperNode (and the ClientApp processes it st
 its environment, and the node config names the variables, never the values. The holder's own
 copy of the ledger (the blocks it replayed before signing, and the last final block it saw) is
 kept beside the dataset (``NAME.ledger/``, :func:`fedchain.runs.layout.holder_ledger_dir`;
-``--node-config replica-dir=DIR`` puts it elsewhere), so a restarted node cannot be rewound.
+``--node-config replica-dir=DIR`` puts it elsewhere, and nothing removes it), so a restarted node
+cannot be rewound. ``--federation-id`` (the id the holder registered under) pins the federation:
+the node refuses a ledger whose genesis does not give that id or does not hold the holder's own
+registration, on first contact too.
 """
 
 from __future__ import annotations
@@ -31,8 +34,10 @@ from fedchain.deploy import flower, flwr_cli, logs, processes
 from fedchain.errors import ConfigError, DeployError
 from fedchain.ledger.show import printable
 from fedchain.runs.layout import CA_CERT_FILENAME, holder_ledger_dir
+from fedchain.runs.registration import parse_federation_id
 
 IDENTITY_PASSPHRASE_ENV = "FEDCHAIN_IDENTITY_PASSPHRASE"  # noqa: S105 - a variable's name
+FEDERATION_ID_KEY = "federation-id"  # the ClientApp's node config key (clients/client_app.py)
 
 
 def _check_address(address: str) -> str:
@@ -50,6 +55,14 @@ def join(
     identity_path: Annotated[
         Path, typer.Option("--identity", "-i", help="Your identity key (the one you registered).")
     ],
+    federation_id: Annotated[
+        str | None,
+        typer.Option(
+            "--federation-id",
+            help="The federation id you registered under (as given to `fedchain register`): "
+            "your node refuses any other federation's ledger.",
+        ),
+    ] = None,
     data_key: Annotated[
         Path | None,
         typer.Option("--data-key", help="The dataset's key file; without it, its passphrase."),
@@ -99,6 +112,9 @@ def join(
     errors; the SuperNode's full log (without colour codes) goes to --log.
     """
     address = _check_address(coordinator)
+    federation = (
+        None if federation_id is None else parse_federation_id(federation_id, "--federation-id")
+    )
     if insecure == (root_cert is not None):
         raise ConfigError("give --root-cert CA.crt (TLS), or --insecure for a coordinator without")
     if insecure and auth_key is not None:
@@ -131,7 +147,22 @@ def join(
         env[env_name] = passphrase.decode()
         config["identity-passphrase-env"] = env_name
     key = identity.load_identity(identity_path, passphrase)
+    if federation is None:  # after the data and identity checks: their errors come first
+        raise ConfigError(
+            "give --federation-id ID: the id of the federation you registered for (the one "
+            "you gave `fedchain register`); your node refuses any other federation's ledger"
+        )
+    # the federation the holder registered for: its node refuses any other genesis
+    config[FEDERATION_ID_KEY] = federation.hex()
     config.update(_parse_set(node_config or []))
+    for name in ("replica-dir", FEDERATION_ID_KEY):
+        if not str(config.get(name, "")):
+            raise ConfigError(
+                f"--node-config {name} may change it, not remove it: a holder always keeps its "
+                "copy of the ledger and its federation id, so a restart never trusts a new genesis"
+            )
+    if str(config[FEDERATION_ID_KEY]) != federation.hex():
+        raise ConfigError("--node-config federation-id differs from --federation-id")
     public = identity.public_key_bytes(key)
     console.print(
         f"data {data}: {len(dataset)} examples; identity {identity.fingerprint(public)}; "

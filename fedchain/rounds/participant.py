@@ -29,6 +29,7 @@ from fedchain.ledger.objects import compute_block_hash
 from fedchain.ledger.signatures import PLAIN, Verifier
 from fedchain.rounds.messages import Duties, LedgerView, SignedHeights
 from fedchain.rounds.replica import (
+    GenesisPin,
     KnownStates,
     Replica,
     compute_pending_post_state,
@@ -61,6 +62,7 @@ def check_view_replayed(
     *,
     verifier: Verifier = PLAIN,
     known: KnownStates | None = None,
+    pin: GenesisPin | None = None,
 ) -> CheckedView:
     """Everything a client checks before it signs: its blocks replay onto its ``replica``
     (None: a first view, from genesis), its headers extend its checkpoint ``saved`` (the light
@@ -69,9 +71,12 @@ def check_view_replayed(
     view's claim: a claim above it is refused (the coordinator lies upward), one below it is
     ignored. Raises InvalidBlock (a
     LedgerError) saying which check failed; then the client must not attest or seal.
-    ``verifier`` and ``known`` are speed-ups (:mod:`fedchain.rounds.replica`)."""
+    ``verifier`` and ``known`` are speed-ups (:mod:`fedchain.rounds.replica`); ``pin``, a
+    deployed holder's federation (:func:`fedchain.rounds.replica.check_genesis_pin`)."""
     genesis_hash = view.genesis_hash
-    replica = extend_replica(replica, view.blocks, genesis_hash, verifier=verifier, known=known)
+    replica = extend_replica(
+        replica, view.blocks, genesis_hash, verifier=verifier, known=known, pin=pin
+    )
     proven = replica.final_height
     if view.final_height > proven:
         raise InvalidBlock(

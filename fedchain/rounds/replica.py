@@ -7,7 +7,13 @@ them) and checks each view the coordinator sends against it before it signs anyt
 
 1. **Genesis.** A client with no replica accepts only a view that starts at block 0, the
    canonical genesis block of a Genesis whose hash is the view's genesis hash (the one every
-   signature binds); from then on its replica is pinned to that federation.
+   signature binds); from then on its replica is pinned to that federation. A deployed data
+   holder also pins the federation it registered for (a :class:`GenesisPin`): the genesis's run
+   id and rules must give the federation id its registration signed, and its own key must be a
+   genesis participant (whose registration the genesis checks is signed by that key for that
+   id), so a coordinator cannot start it on another federation, nor on one without it, even on
+   first contact; this is checked on every view, so a replica from another federation on its
+   disk is refused too.
 2. **Sealed blocks.** Every block past the replica's head is applied with the ledger's one state
    transition, :func:`fedchain.ledger.state.process_block` (hash chain, proposer draw, proposer
    signature, transactions root, every transaction's rule, state root): the replica's state is
@@ -80,6 +86,7 @@ from fedchain.ledger.objects import (
     SignedHeader,
     Transaction,
     compute_block_hash,
+    compute_federation_id,
     compute_tx_root,
     signing_message,
 )
@@ -87,8 +94,10 @@ from fedchain.ledger.signatures import PLAIN, Verifier
 from fedchain.ledger.state import process_block
 
 __all__ = [
+    "GenesisPin",
     "KnownStates",
     "Replica",
+    "check_genesis_pin",
     "compute_genesis_replica",
     "compute_held_forms",
     "compute_pending_post_state",
@@ -125,6 +134,36 @@ class Replica:
     validators_by_height: Mapping[int, Mapping[PublicKey, int]]
     final_height: int
     headers: tuple[SignedHeader, ...]
+
+
+@dataclass(frozen=True)
+class GenesisPin:
+    """What a deployed data holder knows of its federation before it ever sees a block: the
+    federation id it registered under and its own public key."""
+
+    federation_id: bytes
+    public_key: bytes
+
+
+def check_genesis_pin(state: LedgerState, pin: GenesisPin) -> None:
+    """Refuse a ledger (``state``, any state of it) that is not the federation ``pin`` names:
+    its genesis's run id and rules must give ``pin.federation_id``
+    (:func:`~fedchain.ledger.objects.compute_federation_id`), and ``pin.public_key`` must be a
+    genesis participant (the genesis checks each participant's registration signature under
+    that id, so this is the holder's own signed registration). Raises :class:`InvalidBlock`."""
+    genesis = state.genesis
+    federation_id = compute_federation_id(genesis.run_id, genesis.rules)
+    if federation_id != pin.federation_id:
+        raise InvalidBlock(
+            f"the ledger shown is federation {federation_id.hex()[:16]} (run id "
+            f"{genesis.run_id!r:.80}), not {pin.federation_id.hex()[:16]}, the one this holder "
+            f"registered for"
+        )
+    if all(p.public_key != pin.public_key for p in genesis.participants):
+        raise InvalidBlock(
+            f"this holder's key {pin.public_key.hex()[:16]} is not a participant of the ledger's "
+            f"genesis: it is not the federation this holder registered for"
+        )
 
 
 def compute_held_forms(replica: Replica | None) -> dict[bytes, Block]:
@@ -182,18 +221,22 @@ def extend_replica(
     *,
     verifier: Verifier = PLAIN,
     known: KnownStates | None = None,
+    pin: GenesisPin | None = None,
 ) -> Replica:
     """``replica`` (None: a client's first view) with the view's ``blocks`` replayed.
 
     Blocks the replica holds must be re-sent as held or as their header alone (docstring item
     3); later ones are applied in height order, with no gap; the view must reach at least the
-    replica's head. Raises :class:`InvalidBlock` saying
-    which block failed and why. ``known``: see the module docstring (read and added to).
+    replica's head. Raises :class:`InvalidBlock` saying which block failed and why. ``known``:
+    see the module docstring (read and added to). ``pin``: a deployed holder's federation
+    (:func:`check_genesis_pin`), checked before any block past genesis is replayed.
     """
     if not blocks:
         raise InvalidBlock("the view holds no blocks")
     if replica is None:
         replica = compute_genesis_replica(blocks[0], genesis_hash)
+    if pin is not None:
+        check_genesis_pin(replica.state, pin)
     state = replica.state
     if state.genesis_hash != genesis_hash:
         raise InvalidBlock(
