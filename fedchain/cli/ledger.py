@@ -125,7 +125,8 @@ def _recheck_scores(path: Path, report: VerifyReport) -> bool:
             console.print(f"  {as_markup_text(problem)}")
         return False
     console.print(
-        f"scores: {check.rounds} rounds recomputed from the archived updates "
+        f"scores: {check.rounds} rounds recomputed from the archived updates, "
+        f"{check.models_matched} re-aggregated to their ModelVersion's model "
         f"({config.contribution}); largest difference {check.max_difference:.3g} score units, "
         f"{check.max_tolerance_used:.2g} of its round's tolerance "
         f"({describe_score_tolerance()})"

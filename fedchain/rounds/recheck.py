@@ -5,6 +5,20 @@ decisions the coordinator used (:mod:`fedchain.rounds.scores`) and the same scor
 (:class:`fedchain.rounds.validation.RoundScorer`: minus a coalition model's loss on the
 validation split), and compares the quantised result with the scores on the ledger.
 
+It also re-aggregates each round: the round's rule (the ``ModelVersion``'s), the run's rule
+parameters and the weights the ledger gives (example counts from the commitments, stakes and
+reputations as the round began) over the archived updates, added to the parent model
+(:func:`compute_aggregated_model`, the coordinator's formula). The result must hash to the
+``ModelVersion``'s model hash, and the updates the rule used must be exactly the ones it lists:
+a model that is not the aggregation of its round's updates (a tampered model file and its
+``ModelVersion``, or a ``ModelVersion`` listing no updates) fails. The comparison is exact:
+aggregation is float32 arithmetic over the same updates in the same order, bit-identical on the
+machine that ran it (the default run's 20 rounds all match); a machine whose float reductions
+differ, or a ``screened`` round whose selection sits within float noise of its threshold, can
+report a round falsely, and the message gives the largest difference so that one can tell float
+noise (about 1e-7) from a change. A round whose updates are not all archived cannot be
+re-aggregated or rescored, and says so.
+
 Floating point may differ across machines (thread counts, vector units and BLAS kernels change
 the order of float32 reductions), so the comparison has a tolerance; rewards never differ, since
 they are paid from the recorded, quantised scores and replayed bit-exactly by the ledger. The
@@ -58,12 +72,14 @@ from pathlib import Path
 
 import numpy as np
 
+from fedchain.aggregation.rules import AggregationResult, RuleParams
 from fedchain.aggregation.weights import make_rule_params
 from fedchain.config import RunConfig
+from fedchain.crypto.hashing import compute_update_hash
 from fedchain.crypto.identity import fingerprint
 from fedchain.errors import RegistryError
 from fedchain.ledger.objects import SCORE_SCALE
-from fedchain.ledger.verify import VerifyReport
+from fedchain.ledger.verify import RoundRecord, VerifyReport
 from fedchain.rounds.scores import (
     Scorer,
     compute_aggregation,
@@ -72,6 +88,8 @@ from fedchain.rounds.scores import (
 )
 from fedchain.runs.prepare import load_split
 from fedchain.runs.registry import load_model, load_update
+
+Arrays = dict[str, np.ndarray]
 
 SCORE_TOLERANCE_QUANTA = 2
 """The tolerance's floor, in quanta (1 / SCORE_SCALE score units): a score recomputed a hair
@@ -89,6 +107,7 @@ class ScoreCheck:
     max_difference: float  # score units
     problems: tuple[str, ...]
     max_tolerance_used: float = 0.0  # the largest difference / its round's tolerance
+    models_matched: int = 0  # rounds whose re-aggregated model is the ModelVersion's
 
 
 @dataclass(frozen=True)
@@ -101,6 +120,10 @@ class RoundScores:
     raw: tuple[float, ...] = ()
     recorded: Mapping[bytes, int] | None = None
     problem: str | None = None
+    model_problem: str | None = None
+    """Why the round's model is not the re-aggregation of its updates (None: it is, or it was
+    not re-aggregated: see ``model_checked``)."""
+    model_checked: bool = False
 
 
 def compute_score_tolerances(recomputed: Mapping[bytes, float]) -> dict[bytes, float]:
@@ -137,37 +160,144 @@ def make_scorer(config: RunConfig) -> Scorer | None:
     return RoundScorer(config, load_split(config)[1])
 
 
+def compute_aggregated_model(base: Arrays, result: AggregationResult) -> Arrays:
+    """The round's new global model: ``base`` plus the aggregated update, in ``base``'s dtypes
+    (the coordinator's formula, ``Coordinator._aggregate``)."""
+    return {
+        name: (base[name] + delta).astype(base[name].dtype, copy=False)
+        for name, delta in result.arrays.items()
+    }
+
+
+def check_round_model(
+    record: RoundRecord, base: Arrays, result: AggregationResult, run_dir: Path
+) -> str | None:
+    """Why ``record``'s ModelVersion is not the re-aggregation ``result`` of its round's archived
+    updates over ``base`` (None when it is): another set of updates used, or another model (with
+    the largest difference from the stored model file, when there is one)."""
+    version, round_ = record.model_version, record.model_version.round
+    used = tuple(sorted({record.commitments[i].update_hash for i in result.selected}))
+    if used != tuple(version.update_hashes):
+        return (
+            f"round {round_}: its ModelVersion lists {len(version.update_hashes)} updates, but "
+            f"the rule {version.rule!r} uses {len(used)} of the round's archived updates"
+            + ("" if set(version.update_hashes) == set(used) else " (other ones)")
+        )
+    model = compute_aggregated_model(base, result)
+    recomputed = compute_update_hash(model)
+    if recomputed == version.model_hash:
+        return None
+    try:
+        stored = load_model(run_dir, version.model_hash)
+        difference = max(
+            float(np.max(np.abs(stored[n].astype(np.float64) - model[n].astype(np.float64))))
+            for n in model
+        )
+        how = f"; largest difference {difference:.3g}"
+    except (RegistryError, KeyError, ValueError):
+        how = ""
+    return (
+        f"round {round_}: its model {version.model_hash.hex()[:16]} is not the aggregation of its "
+        f"updates (re-aggregated: {recomputed.hex()[:16]}{how})"
+    )
+
+
+def make_tensor_order(config: RunConfig, scorer: Scorer | None) -> tuple[str, ...]:
+    """The run's model tensors in ``state_dict`` order: the order of the initial model, hence of
+    every model a coordinator that never restarted holds and of the updates its clients send.
+    The aggregation kernels pack small tensors in that order, and a model file keeps none, so
+    re-aggregating bit for bit needs it (:mod:`fedchain.aggregation.kernels`, "known wart")."""
+    net = getattr(scorer, "net", None)
+    if net is None:
+        # imported here to keep torch (~3 s) out of CLI start-up: cli/ledger imports this module
+        from fedchain.learning.architectures import build_model
+
+        validation = load_split(config)[1]
+        shape, classes = tuple(validation.x.shape[1:]), len(validation.classes)
+        net = build_model(config.model, shape, classes, seed=0)
+    return tuple(net.state_dict())
+
+
+def _in_order(
+    base: Arrays, updates: list[Arrays], order: tuple[str, ...]
+) -> tuple[Arrays, list[Arrays]]:
+    """``base`` and ``updates`` with their tensors in ``order`` (as loaded when the names are
+    other than ``order``'s: the hash comparison then fails on its own)."""
+    if set(order) != set(base) or any(set(u) != set(order) for u in updates):
+        return base, updates
+    return {n: base[n] for n in order}, [{n: u[n] for n in order} for u in updates]
+
+
+def _aggregate(
+    record: RoundRecord,
+    params: RuleParams,
+    base: Arrays,
+    updates: list[Arrays],
+    scorer: Scorer | None,
+) -> AggregationResult:
+    """The round's aggregation with its rule and the weights the ledger gives."""
+    keys = [c.public_key for c in record.commitments]
+    return compute_aggregation(
+        record.model_version.rule,
+        params,
+        base,
+        updates,
+        examples=[c.num_examples for c in record.commitments],
+        stakes=[record.participants[k].stake for k in keys],
+        reputations=[record.participants[k].reputation_bps for k in keys],
+        scorer=scorer,
+        round_=record.model_version.round,
+    )
+
+
 def iter_round_scores(
     run_dir: Path, report: VerifyReport, config: RunConfig, scorer: Scorer | None
 ) -> Iterator[RoundScores]:
-    """Recompute each round of a verified ``report`` from the archived updates, in order."""
+    """Recompute each round of a verified ``report`` from the archived updates, in order: its
+    aggregation (compared with its ModelVersion: ``model_problem``) and its scores."""
     params = make_rule_params(config)
+    order = make_tensor_order(config, scorer)
     for record in report.round_records:
         round_ = record.model_version.round
-        if record.contribution is None:
-            yield RoundScores(round_, problem=f"round {round_}: no contribution record")
-            continue
         keys = [c.public_key for c in record.commitments]
         try:
-            base = load_model(run_dir, record.model_version.parent_hash)
-            updates = [load_update(run_dir, c.update_hash) for c in record.commitments]
+            loaded = load_model(run_dir, record.model_version.parent_hash)
+            loaded_updates = [load_update(run_dir, c.update_hash) for c in record.commitments]
         except RegistryError as e:
-            yield RoundScores(round_, problem=f"round {round_}: {e}")
+            yield RoundScores(
+                round_,
+                problem=f"round {round_}: not all its updates (or its base model) are archived, "
+                f"so neither its model nor its scores can be re-checked: {e}",
+            )
             continue
-        result = compute_aggregation(
-            record.model_version.rule,
-            params,
-            base,
-            updates,
-            examples=[c.num_examples for c in record.commitments],
-            stakes=[record.participants[k].stake for k in keys],
-            reputations=[record.participants[k].reputation_bps for k in keys],
-            scorer=scorer,
-            round_=round_,
-        )
+        base, updates = _in_order(loaded, loaded_updates, order)
+        result = _aggregate(record, params, base, updates, scorer)
+        model_problem = check_round_model(record, base, result, run_dir)
+        if model_problem is not None:
+            # a coordinator that resumed from the parent's model file aggregated in its order
+            in_file = _in_order(loaded, loaded_updates, tuple(loaded))
+            resumed = _aggregate(record, params, *in_file, scorer)
+            if check_round_model(record, in_file[0], resumed, run_dir) is None:
+                model_problem = None
+        if record.contribution is None:
+            yield RoundScores(
+                round_,
+                problem=f"round {round_}: no contribution record",
+                model_problem=model_problem,
+                model_checked=True,
+            )
+            continue
         raw = compute_raw_scores(result, base, updates, scorer, round_)
         raw_floats = tuple(float(x) for x in np.asarray(raw, dtype=np.float64).ravel())
-        yield RoundScores(round_, tuple(keys), raw_floats, dict(record.contribution.scores))
+        yield RoundScores(
+            round_,
+            tuple(keys),
+            raw_floats,
+            dict(record.contribution.scores),
+            None,
+            model_problem,
+            True,
+        )
 
 
 def recheck_scores(run_dir: Path, report: VerifyReport, config: RunConfig) -> ScoreCheck:
@@ -176,7 +306,12 @@ def recheck_scores(run_dir: Path, report: VerifyReport, config: RunConfig) -> Sc
     Needs a verified ``report`` of the run's ledger."""
     problems: list[str] = []
     worst = used = 0.0
+    matched = 0
     for scores in iter_round_scores(run_dir, report, config, make_scorer(config)):
+        if scores.model_problem is not None:
+            problems.append(scores.model_problem)
+        elif scores.model_checked:
+            matched += 1
         if scores.problem is not None or scores.recorded is None:
             problems.append(scores.problem or f"round {scores.round}: nothing recorded")
             continue
@@ -200,4 +335,4 @@ def recheck_scores(run_dir: Path, report: VerifyReport, config: RunConfig) -> Sc
                 break  # one problem a round
             if tolerance:
                 used = max(used, difference / tolerance)
-    return ScoreCheck(len(report.round_records), worst, tuple(problems), used)
+    return ScoreCheck(len(report.round_records), worst, tuple(problems), used, matched)
