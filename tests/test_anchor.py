@@ -32,6 +32,7 @@ from fedchain.ledger.codec import compute_hash, decode
 from fedchain.ledger.consensus import get_proposer
 from fedchain.ledger.containers import LedgerState
 from fedchain.ledger.objects import AnchorReceipt, AnchorStatement, Block, Transaction
+from fedchain.ledger.show import describe_transaction
 from fedchain.ledger.state import process_transaction
 from fedchain.ledger.synthetic import SyntheticFederation
 from fedchain.ledger.verify import VerifyReport, verify_ledger
@@ -178,6 +179,7 @@ def test_anchored_ledger_verifies_and_reports_last_anchored_height(
     assert report.ok, report.failure
     heights = [r.statement.height for _, r in report.anchor_receipts]
     assert heights == [2, 4]  # final heights 2 and 4 anchored, in blocks 4 and 6
+    assert describe_transaction(report.anchor_receipts[0][1]).startswith("anchor evm height=2 ")
     assert [p.name for p, _ in load_receipt_files(run_dir)] == [
         "00000002.receipt",
         "00000004.receipt",

@@ -17,7 +17,12 @@ import pytest
 
 from fedchain.anchor.check import check_anchors
 from fedchain.anchor.local_tsa import LocalTsa
-from fedchain.anchor.receipts import Anchoring, compute_statement, load_receipt_files
+from fedchain.anchor.receipts import (
+    MAX_PUBLISH_FAILURES,
+    Anchoring,
+    compute_statement,
+    load_receipt_files,
+)
 from fedchain.anchor.rfc3161 import Rfc3161Witness, http_transport, load_certificates
 from fedchain.errors import AnchorError
 from fedchain.ledger.codec import decode
@@ -130,3 +135,17 @@ def test_invalid_bytes_are_no_token(witness: Rfc3161Witness) -> None:
 def test_statement_of_a_block_is_what_the_token_stamps(anchored: Path) -> None:
     _, (_, later) = load_receipt_files(anchored)
     assert later.statement == compute_statement(read_blocks(anchored).__getitem__, 4)
+
+
+def test_publish_failures_are_retried_then_stop_the_run(tmp_path: Path, tsa: LocalTsa) -> None:
+    with tsa.serve() as url:
+        pass  # the TSA has gone: its port no longer answers
+    witness = Rfc3161Witness([tsa.root], http_transport(url, timeout=2))
+    anchoring = Anchoring(witness, 1, tmp_path)
+    blocks = build_ledger(tmp_path / "run", None, rounds=3)
+    for attempt in range(1, MAX_PUBLISH_FAILURES):
+        assert anchoring.receipts_due(blocks.__getitem__, 2) == []  # retried at the next block
+        assert len(anchoring.failures) == attempt and "did not answer" in anchoring.failures[-1]
+    with pytest.raises(AnchorError, match=f"failed {MAX_PUBLISH_FAILURES} times in a row"):
+        anchoring.receipts_due(blocks.__getitem__, 2)
+    assert anchoring.anchored_height == 0

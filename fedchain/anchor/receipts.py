@@ -30,6 +30,7 @@ from fedchain.ledger.objects import (
 from fedchain.runs.layout import ANCHORS_DIRNAME, anchor_receipt_path
 
 __all__ = [
+    "MAX_PUBLISH_FAILURES",
     "Anchoring",
     "BlockAt",
     "compute_model_head_at",
@@ -74,10 +75,15 @@ def compute_statement(block_at: BlockAt, height: int) -> AnchorStatement:
     )
 
 
+MAX_PUBLISH_FAILURES = 3
+"""Publishing may fail this many times in a row (a node or TSA briefly away: the anchor is
+retried at the next block) before the run stops rather than go on unanchored."""
+
+
 class Anchoring:
     """A coordinator's anchoring: its witness, its interval in final blocks, the run directory
     its receipt copies go to, and the highest height anchored so far (from the ledger when a
-    run resumes)."""
+    run resumes). ``failures`` are the publish errors so far, in words."""
 
     def __init__(
         self, witness: Witness, every: int, run_dir: Path, anchored_height: int = 0
@@ -87,6 +93,8 @@ class Anchoring:
         self.witness, self.every, self.run_dir = witness, every, Path(run_dir)
         self.anchored_height = anchored_height
         self.seconds: list[float] = []  # per publish, for the cost benchmark
+        self.failures: list[str] = []
+        self._failed_in_a_row = 0
 
     def receipts_due(self, block_at: BlockAt, final_height: int) -> list[AnchorReceipt]:
         """Publish the statement of block ``final_height`` if an anchor is due; its receipt."""
@@ -94,7 +102,17 @@ class Anchoring:
             return []
         statement = compute_statement(block_at, final_height)
         started = time.perf_counter()
-        proof = self.witness.publish(statement)
+        try:
+            proof = self.witness.publish(statement)
+        except AnchorError as e:
+            self.failures.append(f"height {final_height}: {e}")
+            self._failed_in_a_row += 1
+            if self._failed_in_a_row >= MAX_PUBLISH_FAILURES:
+                raise AnchorError(
+                    f"anchoring failed {self._failed_in_a_row} times in a row; last: {e}"
+                ) from e
+            return []  # retried at the next block
+        self._failed_in_a_row = 0
         self.seconds.append(time.perf_counter() - started)
         receipt = AnchorReceipt(self.witness.kind, statement, proof)
         save_receipt_file(self.run_dir, receipt)
