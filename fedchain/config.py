@@ -103,7 +103,7 @@ class RunConfig:
     # test chain) or the TSA's URL; anchor-contract: the EVM anchor contract (empty: deploy one);
     # anchor-tsa-cert: the PEM certificate the TSA's tokens must verify against.
     anchor: str = "off"
-    anchor_every: int = 4
+    anchor_every: int = 10  # experiments/bench_anchor.py: keeps anchoring near 1 % of a run
     anchor_url: str = ""
     anchor_contract: str = ""
     anchor_tsa_cert: str = ""

@@ -5,7 +5,8 @@ the verified ledger (:func:`fedchain.runs.registry.check_model_files`,
 :func:`~fedchain.runs.registry.check_update_files`) and the files newer than its head
 (:mod:`fedchain.runs.leftovers`); given a bare ledger file, it checks the ledger only. Each
 ``--checkpoint`` file (:mod:`fedchain.ledger.checkpoints`) must be extended by the ledger
-(:func:`fedchain.ledger.verify.check_checkpoint`).
+(:func:`fedchain.ledger.verify.check_checkpoint`). With ``--anchors`` every anchor is checked
+with its witness and against the ledger (:func:`fedchain.anchor.check.check_anchors`).
 """
 
 from __future__ import annotations
