@@ -32,6 +32,7 @@ RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 """A run id is a directory *name* inside ``out``, never a path: no ``/``, no ``.`` or ``..``,
 nothing absolute, so set-up and clean-up can only ever touch ``out/<run-id>``
 (fedchain.runs.prepare)."""
+ANCHOR_CHOICES = ("off", "evm", "rfc3161")
 CONTRIBUTION_NEEDS_VALIDATION = frozenset({"shapley", "gtg-shapley", "leave-one-out"})
 """Contribution methods that evaluate coalition models on the coordinator's validation split
 (the others need none): with ``validation-fraction = 0`` that split is empty and the first
@@ -97,6 +98,15 @@ class RunConfig:
     slash_double_sign_bps: int = 10_000
     reputation_penalty_bps: int = 2_000
     round_timeout: float = 300.0
+    # Anchoring the ledger to an outside witness (fedchain.anchor): off, evm or rfc3161; every
+    # anchor-every final blocks; anchor-url: the EVM node's JSON-RPC URL ("memory": an in-process
+    # test chain) or the TSA's URL; anchor-contract: the EVM anchor contract (empty: deploy one);
+    # anchor-tsa-cert: the PEM certificate the TSA's tokens must verify against.
+    anchor: str = "off"
+    anchor_every: int = 10  # experiments/bench_anchor.py: keeps anchoring near 1 % of a run
+    anchor_url: str = ""
+    anchor_contract: str = ""
+    anchor_tsa_cert: str = ""
 
     def __post_init__(self) -> None:
         """Refuse a configuration that cannot run, before anything is written for it.
@@ -146,6 +156,21 @@ class RunConfig:
                 "slash-double-sign-bps and reputation-penalty-bps are basis points: 0 .. 10000",
             ),
             (self.round_timeout > 0, "round-timeout must be positive"),
+            (self.anchor in ANCHOR_CHOICES, f"anchor must be one of {', '.join(ANCHOR_CHOICES)}"),
+            (self.anchor_every >= 1, "anchor-every must be at least 1 (blocks)"),
+            (
+                self.anchor == "off" or self.ledger,
+                "anchoring anchors the ledger: it needs the ledger on",
+            ),
+            (
+                self.anchor == "off" or bool(self.anchor_url),
+                "anchor needs anchor-url: the EVM node (or memory) or the TSA to publish to",
+            ),
+            (
+                self.anchor != "rfc3161" or bool(self.anchor_tsa_cert),
+                "anchor rfc3161 needs anchor-tsa-cert: the TSA certificate its tokens must "
+                "verify against",
+            ),
             (0 <= self.attackers <= self.clients, "attackers must be 0..clients"),
             (self.attack != "none" or self.attackers == 0, _ATTACKERS_NEED_AN_ATTACK),
             (self.attack_scale >= 0, "attack-scale must be >= 0 (0: the attack's default)"),

@@ -80,3 +80,8 @@ class DeployError(FedchainError):
 
     The message names the process or command and ends with the tail of its log or output.
     """
+
+
+class AnchorError(FedchainError):
+    """A ledger anchor cannot be published, or a receipt does not check out with its witness
+    (wrong digest, wrong contract, untrusted timestamp authority, witness unreachable)."""

@@ -20,6 +20,8 @@ from fedchain.ledger.builder import sign_commitment, sign_genesis_participant
 from fedchain.ledger.codec import MAX_INT, MIN_INT, compute_hash, decode, encode, encode_with_empty
 from fedchain.ledger.containers import ParticipantState, StateRootBody
 from fedchain.ledger.objects import (
+    AnchorReceipt,
+    AnchorStatement,
     Attestation,
     AttestationPair,
     Block,
@@ -60,6 +62,8 @@ ALL_CLASSES: list[type] = [
     Block,
     ParticipantState,
     StateRootBody,
+    AnchorReceipt,
+    AnchorStatement,
 ]
 
 # --------------------------------------------------------------------------------------------------

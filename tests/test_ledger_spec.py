@@ -105,7 +105,7 @@ def _golden() -> dict[str, Any]:
 # An independent reader, from docs/ledger-spec.md only (no fedchain.ledger import below this line)
 
 INT, BYTES, STR, BOOL = "i64", "bytes", "str", "bool"
-TX_TAGS = (3, 10, 11, 12, 13, 14, 15, 16, 17)
+TX_TAGS = (3, 10, 11, 12, 13, 14, 15, 16, 17, 18)
 FIELDS: dict[int, tuple[tuple[str, Any], ...]] = {  # spec §3, transcribed
     1: (
         ("min_stake", INT),
@@ -160,6 +160,8 @@ FIELDS: dict[int, tuple[tuple[str, Any], ...]] = {  # spec §3, transcribed
     15: (("kind", STR), ("offender", BYTES), ("round", INT), ("evidence", (20, 21))),
     16: (("round", INT), ("public_key", BYTES), ("reason", STR)),
     17: (("validator", BYTES), ("height", INT), ("block_hash", BYTES), ("signature", BYTES)),
+    18: (("witness", STR), ("statement", (19,)), ("proof", BYTES)),
+    19: (("genesis_hash", BYTES), ("height", INT), ("block_hash", BYTES), ("model_head", BYTES)),
     20: (("first", (31,)), ("second", (31,))),
     21: (("first", (17,)), ("second", (17,))),
     30: (

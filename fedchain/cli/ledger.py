@@ -5,7 +5,8 @@ the verified ledger (:func:`fedchain.runs.registry.check_model_files`,
 :func:`~fedchain.runs.registry.check_update_files`) and the files newer than its head
 (:mod:`fedchain.runs.leftovers`); given a bare ledger file, it checks the ledger only. Each
 ``--checkpoint`` file (:mod:`fedchain.ledger.checkpoints`) must be extended by the ledger
-(:func:`fedchain.ledger.verify.check_checkpoint`).
+(:func:`fedchain.ledger.verify.check_checkpoint`). With ``--anchors`` every anchor is checked
+with its witness and against the ledger (:func:`fedchain.anchor.check.check_anchors`).
 """
 
 from __future__ import annotations
@@ -77,6 +78,37 @@ def verify(
             "is its federation's, holds its block at its height and proves it final.",
         ),
     ] = None,
+    anchors: Annotated[
+        bool,
+        typer.Option(
+            "--anchors",
+            help="Also check every anchor (in the ledger, in anchors/ or --receipts, and listed "
+            "by the EVM witness) with its witness: fail if one is forged, or the ledger was "
+            "shortened below or rewritten at an anchored height.",
+        ),
+    ] = False,
+    evm_url: Annotated[
+        str,
+        typer.Option(help="--anchors: the EVM node's JSON-RPC URL (memory: this process's)."),
+    ] = "",
+    evm_contract: Annotated[
+        str, typer.Option(help="--anchors: the anchor contract to trust (default: the receipts').")
+    ] = "",
+    evm_sender: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="--anchors: the coordinator's EVM account (repeatable): its anchors count even "
+            "if the ledger lost every receipt."
+        ),
+    ] = None,
+    tsa_cert: Annotated[
+        Path | None,
+        typer.Option(help="--anchors: the PEM certificate RFC 3161 tokens must verify against."),
+    ] = None,
+    receipts: Annotated[
+        Path | None,
+        typer.Option(help="--anchors: a folder of kept receipt files (default: RUN/anchors)."),
+    ] = None,
 ) -> None:
     """Re-check a ledger from genesis: hash chain, signatures, proposers, state, finality.
 
@@ -105,10 +137,64 @@ def verify(
     if unfinished and report.blocks:
         console.print(f"[bold yellow]{as_markup_text(unfinished)}[/]")
     failed = not report.ok or bool(files.problems)
+    if anchors and report.ok:  # whatever the files say: a shortened ledger fails both
+        options = AnchorOptions(evm_url, evm_contract, tuple(evm_sender or ()), tsa_cert)
+        failed = not _check_anchors(path, report, receipts, options) or failed
     if scores and not failed:
         failed = not _recheck_scores(path, report)
     if failed:
         raise typer.Exit(1)
+
+
+@dataclass(frozen=True)
+class AnchorOptions:
+    """``verify``'s witness options for ``--anchors``."""
+
+    evm_url: str = ""
+    evm_contract: str = ""
+    evm_senders: tuple[str, ...] = ()
+    tsa_cert: Path | None = None
+
+
+def _check_anchors(
+    path: Path, report: VerifyReport, folder: Path | None, options: AnchorOptions
+) -> bool:
+    # fedchain.anchor loads web3 / rfc3161-client (seconds): only for --anchors
+    from fedchain.anchor.check import check_anchors
+    from fedchain.anchor.connect import make_verify_witnesses
+    from fedchain.anchor.receipts import load_receipt_files
+
+    kept = load_receipt_files(folder if folder is not None else path)
+    in_hand = [r for _, r in report.anchor_receipts] + [r for _, r in kept]
+    witnesses, notes = make_verify_witnesses(
+        in_hand,
+        evm_url=options.evm_url,
+        evm_contract=options.evm_contract,
+        evm_senders=options.evm_senders,
+        tsa_cert=options.tsa_cert,
+    )
+    for note in notes:
+        console.print(f"anchors: {as_markup_text(note)}")
+    with console.status("checking anchors with their witnesses…"):
+        check = check_anchors(report, witnesses, kept)
+    if check.failures:
+        console.print(f"[bold red]FAILED[/] anchors: {as_markup_text(check.failures[0])}")
+        for failure in check.failures[1:]:
+            console.print(f"  {as_markup_text(failure)}")
+        return False
+    if not check.findings:
+        console.print(
+            "[bold red]FAILED[/] anchors: none found (the run was not anchored, its receipts "
+            "were removed, or no witness that lists anchors was given)"
+        )
+        return False
+    latest = max(check.findings, key=lambda f: f.height)
+    console.print(
+        f"anchors: {len(check.findings)} checked ({', '.join(check.witnesses) or 'no witness'}); "
+        f"last anchored height {check.anchored_height}, stamped by "
+        f"{as_markup_text(latest.stamp.where)} at {latest.stamp.time}"
+    )
+    return True
 
 
 def _recheck_scores(path: Path, report: VerifyReport) -> bool:

@@ -216,6 +216,35 @@ def simulate(
             "inflated 10x examples, commit-mismatch 4)."
         ),
     ] = None,
+    anchor: Annotated[
+        str | None,
+        typer.Option(
+            help=_help("anchor", "Anchor final blocks to an outside witness: off, evm or rfc3161.")
+        ),
+    ] = None,
+    anchor_every: Annotated[
+        int | None,
+        typer.Option(help=_help("anchor_every", "Anchor every this many final blocks.")),
+    ] = None,
+    anchor_url: Annotated[
+        str | None,
+        typer.Option(
+            help=_help(
+                "anchor_url",
+                "The EVM node's JSON-RPC URL (memory: an in-process test chain) or the TSA's URL.",
+            )
+        ),
+    ] = None,
+    anchor_contract: Annotated[
+        str | None,
+        typer.Option(help=_help("anchor_contract", "The EVM anchor contract (empty: deploy one).")),
+    ] = None,
+    anchor_tsa_cert: Annotated[
+        str | None,
+        typer.Option(
+            help=_help("anchor_tsa_cert", "PEM certificate the TSA's tokens must verify against.")
+        ),
+    ] = None,
     out: Annotated[
         str | None, typer.Option(help=_help("out", "Folder for run directories."))
     ] = None,
@@ -258,6 +287,11 @@ def simulate(
         "run_id": run_id,
         "attack": attack,
         "attack_scale": attack_scale,
+        "anchor": anchor,
+        "anchor_every": anchor_every,
+        "anchor_url": anchor_url,
+        "anchor_contract": anchor_contract,
+        "anchor_tsa_cert": anchor_tsa_cert,
     }
     if resume is not None:
         others = {**flags, "config": config_file, "ledger": ledger, "attackers": attackers}

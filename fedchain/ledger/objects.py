@@ -29,12 +29,16 @@ from fedchain.crypto.identity import Domain
 from fedchain.ledger.codec import compute_hash, encode, encode_with_empty
 
 __all__ = [
+    "ANCHOR_WITNESSES",
     "DOUBLE_SIGN",
     "EMPTY_HASH",
     "HASH_SIZE",
+    "MAX_ANCHOR_PROOF_SIZE",
     "SCORE_SCALE",
     "SIGNING_DOMAINS",
     "SLASHING_KINDS",
+    "AnchorReceipt",
+    "AnchorStatement",
     "Attestation",
     "AttestationPair",
     "Block",
@@ -276,6 +280,42 @@ class Attestation:
     signature: bytes
 
 
+ANCHOR_WITNESSES = frozenset({"evm", "rfc3161"})
+"""The witnesses an :class:`AnchorReceipt` may name: an EVM chain's anchor contract, or an
+RFC 3161 timestamping authority (see :mod:`fedchain.anchor`)."""
+
+MAX_ANCHOR_PROOF_SIZE = 65_536
+"""The largest witness proof a receipt may carry, in bytes (an RFC 3161 response with its
+certificate chain is a few KiB)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AnchorStatement:
+    """What an anchor publishes: "this federation's block ``height`` is ``block_hash``, and the
+    global model after it is ``model_head``". Its witness digest is ``compute_hash(statement)``
+    (32 bytes: the tag makes it a fedchain anchor, not any other SHA-256)."""
+
+    TAG: ClassVar[int] = 19
+    genesis_hash: Hash32
+    height: int
+    block_hash: Hash32
+    model_head: Hash32
+
+
+@dataclass(frozen=True, slots=True)
+class AnchorReceipt:
+    """A witness outside the coordinator has seen ``statement``'s digest: ``proof`` is the
+    witness's evidence (``witness`` ``"evm"``: the contract call's chain, contract and
+    transaction, as JSON; ``"rfc3161"``: the DER ``TimeStampResp``). The state transition checks
+    that the statement names a block of this chain; the proof is checked against the witness
+    itself by ``fedchain verify --anchors`` (the ledger cannot reach the witness)."""
+
+    TAG: ClassVar[int] = 18
+    witness: str
+    statement: AnchorStatement
+    proof: bytes
+
+
 Transaction: TypeAlias = (
     Registration
     | UpdateCommitment
@@ -285,6 +325,7 @@ Transaction: TypeAlias = (
     | SlashingEvidence
     | Rejection
     | Attestation
+    | AnchorReceipt
 )
 BlockTransaction: TypeAlias = Transaction | Genesis
 """What a block may carry: transactions, or (block 0 only) the :class:`Genesis`."""

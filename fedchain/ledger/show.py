@@ -16,6 +16,7 @@ from rich.markup import escape
 
 from fedchain.crypto.identity import fingerprint
 from fedchain.ledger.objects import (
+    AnchorReceipt,
     Attestation,
     Block,
     ContributionRecord,
@@ -101,4 +102,9 @@ def describe_transaction(tx: object) -> str:
             return f"rejection {_who(tx.public_key)} round={tx.round}: {printable(tx.reason)}"
         case Attestation():
             return f"attestation {_who(tx.validator)} → height {tx.height}"
+        case AnchorReceipt():
+            return (
+                f"anchor {printable(tx.witness)} height={tx.statement.height} "
+                f"block={tx.statement.block_hash.hex()[:16]} proof={len(tx.proof)} bytes"
+            )
     return type(tx).__name__

@@ -38,10 +38,13 @@ from fedchain.ledger.containers import (
     compute_evidence_id,
 )
 from fedchain.ledger.objects import (
+    ANCHOR_WITNESSES,
     DOUBLE_SIGN,
     HASH_SIZE,
+    MAX_ANCHOR_PROOF_SIZE,
     SIGNING_DOMAINS,
     SLASHING_KINDS,
+    AnchorReceipt,
     Attestation,
     AttestationPair,
     ContributionRecord,
@@ -360,6 +363,39 @@ def apply_attestation(work: Working, tx: Attestation, encoding: bytes) -> None:
     work.last_attested[tx.validator] = tx.height
 
 
+def apply_anchor_receipt(work: Working, tx: AnchorReceipt, encoding: bytes) -> None:
+    """A witness's receipt for a statement about this chain's past: its genesis, a block height
+    below this block and that height's block hash. Its proof is opaque here (bounded in size):
+    ``fedchain verify --anchors`` checks it with the witness, and checks that the height was
+    final and the statement's model head was the global model after it (the per-height history
+    those need is not in the state). Changes nothing but the record."""
+    if tx.witness not in ANCHOR_WITNESSES:
+        raise InvalidTransaction(
+            f"unknown anchor witness {tx.witness!r} (known: {', '.join(sorted(ANCHOR_WITNESSES))})"
+        )
+    statement = tx.statement
+    if statement.genesis_hash != work.pre.genesis_hash:
+        raise InvalidTransaction(
+            f"anchor receipt is for federation {describe_hash(statement.genesis_hash)}, this "
+            f"ledger is {describe_hash(work.pre.genesis_hash)}"
+        )
+    if not 0 <= statement.height <= work.pre.height:
+        raise InvalidTransaction(
+            f"anchor receipt names height {statement.height}; anchorable heights are "
+            f"0..{work.pre.height}"
+        )
+    if work.pre.block_hashes.get(statement.height) != statement.block_hash:
+        raise InvalidTransaction(
+            f"anchored block {describe_hash(statement.block_hash)} is not this chain's block at "
+            f"height {statement.height}"
+        )
+    check_size(statement.model_head, "anchored model head")
+    if not 1 <= len(tx.proof) <= MAX_ANCHOR_PROOF_SIZE:
+        raise InvalidTransaction(
+            f"anchor proof must be 1..{MAX_ANCHOR_PROOF_SIZE} bytes, got {len(tx.proof)}"
+        )
+
+
 # --------------------------------------------------------------------------------------------------
 # Evidence checks
 
@@ -415,6 +451,7 @@ APPLY: dict[type, Apply] = {
     SlashingEvidence: apply_slashing_evidence,
     Rejection: apply_rejection,
     Attestation: apply_attestation,
+    AnchorReceipt: apply_anchor_receipt,
 }
 
 

@@ -33,6 +33,7 @@ from fedchain.ledger.containers import LedgerState, ParticipantState
 from fedchain.ledger.genesis import process_genesis_block
 from fedchain.ledger.lightclient import Checkpoint
 from fedchain.ledger.objects import (
+    AnchorReceipt,
     Block,
     ContributionRecord,
     Genesis,
@@ -98,6 +99,9 @@ class VerifyReport:
     )
     """Each verified block's pre-state validators and stakes (a resuming coordinator's input to
     :func:`~fedchain.ledger.consensus.compute_finalized_height`)."""
+    anchor_receipts: tuple[tuple[int, AnchorReceipt], ...] = field(default=(), repr=False)
+    """``(height, receipt)`` of every verified block's AnchorReceipt, in chain order (checked
+    against their witnesses by :mod:`fedchain.anchor.check`)."""
 
     @property
     def ok(self) -> bool:
@@ -175,6 +179,7 @@ class _Tally:
         self.update_hashes: dict[bytes, int] = {}
         self.block_hashes: list[bytes] = []
         self.rounds: list[RoundRecord] = []
+        self.anchor_receipts: list[tuple[int, AnchorReceipt]] = []
 
     def add(self, step: ReplayStep, genesis_hash: bytes) -> None:
         block, pre = step.block, step.pre
@@ -201,6 +206,8 @@ class _Tally:
                     self.update_hashes.setdefault(update_hash, height)
             elif isinstance(tx, UpdateCommitment):
                 self.update_hashes.setdefault(tx.update_hash, height)
+            elif isinstance(tx, AnchorReceipt):
+                self.anchor_receipts.append((height, tx))
         self.block_hashes.append(step.post.head_hash)
         self.blocks += 1
 
@@ -316,6 +323,7 @@ def _report(
         state=state,
         round_records=tuple(tally.rounds),
         validators_by_height=tally.validators_by_height,
+        anchor_receipts=tuple(tally.anchor_receipts),
     )
 
 

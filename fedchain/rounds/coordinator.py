@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from fedchain.aggregation.rules import AggregationResult, RuleParams
+from fedchain.anchor.receipts import Anchoring
 from fedchain.crypto.hashing import compute_update_hash
 from fedchain.errors import FedchainError, LedgerError
 from fedchain.ledger.builder import prepare_block, seal_block
@@ -33,6 +34,7 @@ from fedchain.ledger.codec import decode, encode
 from fedchain.ledger.consensus import compute_finalized_height, get_validators
 from fedchain.ledger.containers import LedgerState
 from fedchain.ledger.objects import (
+    AnchorReceipt,
     Block,
     BlockHeader,
     ContributionRecord,
@@ -109,8 +111,10 @@ class Coordinator:
         rule: str,
         params: RuleParams,
         scorer: Scorer | None = None,
+        anchoring: Anchoring | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
+        self.anchoring = anchoring  # publishes final heights to a witness (fedchain.anchor)
         self.chain = chain
         self.model = {name: np.ascontiguousarray(a) for name, a in model.items()}
         self.model_hash = chain.state.model_head
@@ -238,6 +242,7 @@ class Coordinator:
             deltas = compute_reward_split(pool, scores)
             if deltas:
                 txs.append(RewardDeltas(round_, deltas))
+        txs.extend(self._anchor_receipts())
         header, post = prepare_block(self.state, txs, round=round_, verifier=self.chain.verifier)
         self.pending = Pending(header, tuple(txs), post)
         self._update_finality()
@@ -252,6 +257,7 @@ class Coordinator:
         work = self.state
         for reply in replies:
             work = self._admit_attestation(work, reply, self.state.round, txs)
+        txs.extend(self._anchor_receipts())
         header, post = prepare_block(
             self.state, txs, round=self.state.round, verifier=self.chain.verifier
         )
@@ -334,6 +340,15 @@ class Coordinator:
         shares = {keys[i]: float(result.weights[i]) for i in range(len(keys))}
         outcome.weights = shares
         return result
+
+    def _anchor_receipts(self) -> list[AnchorReceipt]:
+        """The receipt of an anchor published now, if the anchoring interval says one is due."""
+        if self.anchoring is None:
+            return []
+        return self.anchoring.receipts_due(self._block_at, self.final_height)
+
+    def _block_at(self, height: int) -> Block:
+        return decode(Block, self.blocks[height])
 
     def _update_finality(self) -> None:
         self.final_height = compute_finalized_height(

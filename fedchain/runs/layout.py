@@ -16,6 +16,9 @@ federation; DESIGN.md §4)::
                                                      ``--out`` may put them elsewhere)
     attackers.json               ATTACKERS_FILENAME  with an attack: its name, scale, and the
                                                      attackers' indices and public keys
+    anchors/NNNNNNNN.receipt     ANCHORS_DIRNAME     with anchoring on: each anchor receipt,
+                                 anchor_receipt_path by anchored height (a copy an outsider can
+                                                     keep: ``fedchain verify --anchors``)
     clients/                     CLIENTS_DIRNAME     a simulation's data holders, together:
         client-NNN.fcd           client_data_path    each one's encrypted split
         client-NNN.key, .pub     client_key_path     each one's identity (unencrypted, mode
@@ -60,6 +63,7 @@ from pathlib import Path
 from fedchain.ledger.store import LEDGER_FILENAME as LEDGER_FILENAME
 
 __all__ = [
+    "ANCHORS_DIRNAME",
     "APP_DIRNAME",
     "ATTACKERS_FILENAME",
     "CA_CERT_FILENAME",
@@ -89,6 +93,7 @@ __all__ = [
     "SUPERLINK_PID_FILENAME",
     "SUPERNODES_DIRNAME",
     "UPDATES_DIRNAME",
+    "anchor_receipt_path",
     "client_data_name",
     "client_data_path",
     "client_key_path",
@@ -113,6 +118,7 @@ CLIENTS_DIRNAME = "clients"
 DATA_KEY_FILENAME = "data.key"
 CLIENT_PUBLIC_KEY_GLOB = "client-*.pub"
 _CLIENT_PUBLIC_KEY = re.compile(r"client-(\d+)\.pub")
+ANCHORS_DIRNAME = "anchors"
 
 # A federation folder
 FEDERATION_FILENAME = "federation.toml"
@@ -143,6 +149,11 @@ def client_data_path(run_dir: Path, index: int) -> Path:
 
 def client_key_path(run_dir: Path, index: int) -> Path:
     return Path(run_dir) / CLIENTS_DIRNAME / f"client-{index:03d}.key"
+
+
+def anchor_receipt_path(run_dir: Path, height: int) -> Path:
+    """The copy of the receipt anchoring block ``height`` (its canonical encoding)."""
+    return run_dir / ANCHORS_DIRNAME / f"{height:08d}.receipt"
 
 
 def data_key_path(run_dir: Path) -> Path:

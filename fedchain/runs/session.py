@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from fedchain.aggregation.weights import make_rule_params
+from fedchain.anchor.connect import make_run_anchoring
 from fedchain.config import RunConfig
 from fedchain.data.sources import ArrayDataset, load_source
 from fedchain.durable import write_atomically
@@ -105,6 +106,7 @@ class Session:
             rule=config.aggregation,
             params=make_rule_params(config),
             scorer=scorer,
+            anchoring=make_run_anchoring(config, self.run_dir, self.chain.verified),
         )
         coordinator.node_keys.update(node_keys or {})
         return coordinator

@@ -50,6 +50,8 @@ from fedchain.ledger.containers import (
 from fedchain.ledger.genesis import compute_genesis_block, compute_genesis_state
 from fedchain.ledger.objects import (
     SIGNING_DOMAINS,
+    AnchorReceipt,
+    AnchorStatement,
     Attestation,
     Block,
     BlockTransaction,
@@ -378,6 +380,8 @@ def vectors_document() -> dict[str, Any]:
             ),
         ),
         ("codec edge cases: negative i64, empty and non-ASCII strings", _edge_cases()),
+        ("AnchorStatement (its sha256 is the anchor digest, §9.4)", _anchor_statement(golden)),
+        ("AnchorReceipt (evm)", _anchor_receipt(golden)),
     ]
     signed: list[tuple[str, Any, bytes]] = [
         (
@@ -454,6 +458,20 @@ def vectors_document() -> dict[str, Any]:
         ],
         "decode_rejects": _reject_vectors(golden),
     }
+
+
+def _anchor_statement(golden: Golden) -> AnchorStatement:
+    """The anchor statement of block 2 of the golden ledger (final at its head)."""
+    state = golden.states[2]
+    return AnchorStatement(state.genesis_hash, 2, state.head_hash, state.model_head)
+
+
+def _anchor_receipt(golden: Golden) -> AnchorReceipt:
+    """A receipt for :func:`_anchor_statement`, with an EVM proof."""
+    statement = _anchor_statement(golden)
+    proof = b'{"chain_id":131277322940537,"contract":"0xF2E246BB76DF876Cef8b38ae84130F4F55De395b",'
+    proof += b'"tx_hash":"0x' + b"ab" * 32 + b'"}'
+    return AnchorReceipt("evm", statement, proof)
 
 
 def _edge_cases() -> Rejection:
