@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedchain.aggregation.explain import AggregationExplanation, explain_aggregation
 from fedchain.aggregation.rules import AggregationResult, RuleParams
 from fedchain.crypto.hashing import compute_update_hash
 from fedchain.errors import FedchainError, LedgerError
@@ -74,6 +75,7 @@ class RoundOutcome:
     final_height: int = 0
     weights: dict[bytes, float] = field(default_factory=dict)
     scores: dict[bytes, int] = field(default_factory=dict)  # quantised, as recorded
+    aggregation: AggregationExplanation | None = None  # what the rule did with the admitted
 
     @property
     def accepted(self) -> int:
@@ -333,6 +335,7 @@ class Coordinator:
         self.model, self.model_hash = new_model, model_hash
         shares = {keys[i]: float(result.weights[i]) for i in range(len(keys))}
         outcome.weights = shares
+        outcome.aggregation = explain_aggregation(result, keys)
         return result
 
     def _update_finality(self) -> None:
