@@ -900,3 +900,17 @@ def test_screened_keeps_slightly_negative_but_drops_harmful_and_negligible() -> 
     )
     assert result.selected == (0, 1, 2)  # -0.1 > -0.25 m kept; -0.5 harmful; 0.01 negligible
     assert result.reasons[3:] == ("harmful", "useless")
+
+
+def test_screened_keeps_sign_flippers_and_free_riders_out_when_it_measures_the_step() -> None:
+    # 40 % attackers: two flip an honest update, two free-ride; the all-updates step is
+    # measured too, and loses: the attackers stay out of the model
+    target = np.array([1.0, 0.0])
+    honest = [[0.9, 0.1], [1.0, -0.1], [1.1, 0.0], [0.95, 0.05], [1.05, -0.05], [1.0, 0.0]]
+    attackers = [[-1.0, -0.1], [-1.1, 0.1], [0.0, 0.0], [0.0, 0.0]]
+    updates = vector_updates(honest + attackers)
+    result = aggregate_screened(updates, [1.0] * 10, quadratic_loo_scorer(target))
+    assert result.selected == tuple(range(6)) and result.moved
+    assert result.reasons[6:] == ("harmful", "harmful", "useless", "useless")
+    np.testing.assert_allclose(result.arrays["w"], np.mean(honest, axis=0), rtol=1e-6)
+    assert result.note.startswith("averaged the helpful updates")

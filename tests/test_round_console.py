@@ -37,9 +37,14 @@ def test_round_line_says_what_the_rule_did_and_why() -> None:
         "round   7/20  acc 95.28%    3.2 s  model moved  accepted 2  left out 2  refused 1"
         "  head 7  final 6"
     )
-    assert lines[1].startswith("      left out node 12: harmful (score below -0.25 x")
-    assert lines[1].endswith(", score -0.06)")
-    assert lines[2].startswith("      left out node 13: useless (") and "score +0)" in lines[2]
+    assert lines[1] == (
+        "      left out, harmful (score below -0.25 x the round's mean positive score): "
+        "node 12 -0.06"
+    )
+    assert lines[2] == (
+        "      left out, useless (score within 0.05 x the round's mean positive score of zero): "
+        "node 13 +0"
+    )
     assert lines[3] == "      refused node 14: bad signature on the update"
     assert lines[4] == f"      rule: {explained.note}"
 
@@ -49,11 +54,13 @@ def test_round_line_of_a_frozen_round_says_the_model_stayed() -> None:
         moved=False,
         averaged=(),
         left_out=tuple((k, "frozen") for k in KEYS[:4]),
-        note="model unchanged: every step raised it (validation-loss gain: helpful -0.002)",
+        note="model unchanged: every step raised the validation loss (gain of each step: all -0.1)",
     )
     text = format_round(7, 20, outcome(explained), 0.95, 1.0)
     assert "model unchanged  accepted 0  left out 4  refused 1" in text.split("\n")[0]
-    assert text.count("left out node") == 4 and "raised the validation loss" in text
+    (frozen,) = [line for line in text.split("\n") if line.startswith("      left out, frozen")]
+    assert frozen.endswith("node 10 +0.12, node 11 +0.08, node 12 -0.06, node 13 +0")
+    assert "raised the validation loss" in frozen
 
 
 def test_round_line_without_the_ledger_or_with_nothing_admitted() -> None:

@@ -426,8 +426,13 @@ def aggregate_screened(
     )
     best = max(range(len(gains)), key=lambda j: (gains[j], -j), default=None)
     if best is None or gains[best] < 0:
-        why = "every update was harmful or left out" if best is None else "every step raised it"
-        note = f"model unchanged: {why} (validation-loss gain: {measured_text or 'none'})"
+        if best is None:
+            note = "model unchanged: every update that passed the norm screen was harmful"
+        else:
+            note = (
+                "model unchanged: every step raised the validation loss "
+                f"(gain of each step: {measured_text})"
+            )
         for i in screened:
             if best is not None and reasons[i] in ("", "useless"):
                 reasons[i] = "frozen"

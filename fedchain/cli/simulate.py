@@ -399,11 +399,13 @@ def format_round(
             f"  refused {len(outcome.rejected)}"
         )
     line += f"  head {outcome.head_height}  final {outcome.final_height}"
+    by_reason: dict[str, list[str]] = {}
     for key, code in explained.left_out if explained is not None else ():
         score = outcome.scores.get(key)
-        scored = "" if score is None else f", score {score / SCORE_SCALE:+.4g}"
-        why = LEFT_OUT_REASONS.get(code, code)
-        line += f"\n      left out node {nodes.get(key, '?')}: {code} ({why}{scored})"
+        scored = "" if score is None else f" {score / SCORE_SCALE:+.4g}"
+        by_reason.setdefault(code, []).append(f"node {nodes.get(key, '?')}{scored}")
+    for code, who in by_reason.items():  # one line per reason: its meaning, then who and score
+        line += f"\n      left out, {code} ({LEFT_OUT_REASONS.get(code, code)}): {', '.join(who)}"
     for decision in outcome.rejected:  # in full on the ledger and in log.txt
         line += f"\n      refused node {decision.node_id}: {brief_reason(decision.reason)}"
     if explained is not None and explained.note:
