@@ -366,7 +366,8 @@ def test_report_shows_contributions_rewards_and_slashing(scored_run):
         assert f'<figure class="plot" id="{plot}"' in page
     assert "<b>update</b>" not in page and "&lt;b&gt;update&lt;/b&gt;" in page
     assert "<i>(gain" not in page and "&lt;i&gt;(gain +0.1)&lt;/i&gt;" in page
-    assert '<span class="left-out">' in page and "<b>harmful</b>" in page
+    assert '<span class="left-out" title="score below' in page
+    assert f"<b>harmful</b>: {unmapped} (-0.05)" in page
     assert page.count('<span class="pool-decision">paid</span>') == 3
     for text in ("AttestationPair", "double_sign", "ejected"):
         assert text in page

@@ -149,7 +149,7 @@ def _participants_table(data: Mapping[str, Any]) -> Table:
         table.add_row(names[i], *key, *(values[i] for values in columns.values()))
     table.caption = (
         "stake: final; slashed: stake lost to slashing; score: total contribution; "
-        "rep.: reputation; ok/ref: updates accepted/refused"
+        "rep.: reputation; ok/ref: updates admitted/refused by the ledger"
     )
     table.caption_justify = "left"
     return table

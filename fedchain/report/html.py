@@ -92,7 +92,8 @@ table { width: 100%; border-collapse: collapse; font-size: 14px; }
 th, td { text-align: left; padding: 6px 8px; border-bottom: 1px solid var(--line);
   vertical-align: top; }
 td { white-space: nowrap; }
-td.wrap { white-space: normal; }
+td.wrap { white-space: normal; min-width: 24em; }
+.rule-note { color: var(--muted); }
 th { font-weight: 600; color: var(--muted); font-size: 12px; text-transform: uppercase;
   letter-spacing: .03em; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
@@ -352,7 +353,7 @@ def _html_participants(report: Mapping[str, Any]) -> str:
             "slashed",
             "contribution",
             "reputation",
-            "updates ok / refused",
+            "updates admitted / refused",
             "active",
         ],
         rows,
@@ -454,14 +455,19 @@ def _pool(pool: Mapping[str, Any] | None) -> str:
 
 
 def _why(r: Mapping[str, Any]) -> str:
-    """The left-out updates, one per line (who, reason, score), then the rule's sentence."""
-    lines = []
+    """The left-out updates grouped by reason (who, with its score; the reason's meaning on
+    hover), then the rule's own sentence."""
+    groups: dict[str, list[str]] = {}
+    meaning: dict[str, str] = {}
     for entry in r["left_out_updates"] or ():
-        score = "" if entry["score"] is None else f", score {entry['score']:+.4g}"
-        lines.append(
-            f'<span class="left-out">{_html_who(entry)}: <b>{_esc(entry["reason"])}</b> '
-            f"({_esc(entry['why'])}{_esc(score)})</span>"
-        )
+        score = "" if entry["score"] is None else f" ({entry['score']:+.3g})"
+        groups.setdefault(entry["reason"], []).append(_esc(entry["name"] + score))
+        meaning[entry["reason"]] = entry["why"]
+    lines = [
+        f'<span class="left-out" title="{_esc(meaning[code])}"><b>{_esc(code)}</b>: '
+        f"{', '.join(who)}</span>"
+        for code, who in groups.items()
+    ]
     if r["rule_note"]:
         lines.append(f'<span class="rule-note">{_esc(r["rule_note"])}</span>')
     return "<br>".join(lines) or _DASH

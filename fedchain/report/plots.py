@@ -180,7 +180,7 @@ def draw_contributions(figure: Figure, report: Mapping[str, Any]) -> None:
         interpolation="nearest",
     )
     figure.colorbar(image, ax=ax, fraction=0.04, pad=0.01).set_label(
-        "share of the round's total |score| (%),\neach round normalised on its own"
+        "% of the round's total |score|\n(each round normalised)"
     )
     ax.set_yticks(range(len(participants)), [p["name"] for p in participants])
     columns = _ticks(list(range(len(rounds))))
@@ -193,7 +193,7 @@ def draw_contributions(figure: Figure, report: Mapping[str, Any]) -> None:
             if np.isfinite(value):
                 colour = "white" if abs(value) > 0.6 else "#1f2933"
                 ax.text(
-                    col, row, f"{100 * value:.0f}", ha="center", va="center", fontsize=8,
+                    col, row, f"{round(100 * value):d}", ha="center", va="center", fontsize=8,
                     color=colour,
                 )  # fmt: skip
 
