@@ -28,6 +28,7 @@ from fedchain.runs.federation import (
 )
 from fedchain.runs.layout import LOG_FILENAME
 from server.federate import run_federation
+from server.strategy import compute_round_metrics
 
 
 def run_deployment(grid: Grid, fed_dir: Path) -> None:
@@ -63,15 +64,24 @@ def run_deployment(grid: Grid, fed_dir: Path) -> None:
 
 
 def _log_round(round_: int, outcome: RoundOutcome | None, accuracy: float, seconds: float) -> None:
+    """The round in the coordinator's log: whether the model moved, the updates accepted
+    (averaged into the model), left out by the rule and why, and refused by the ledger and why."""
     if outcome is None:
         return
+    counts = compute_round_metrics(outcome)
+    explained = outcome.aggregation
+    left_out = [] if explained is None else explained.left_out
     log(
         INFO,
-        "round %d: accuracy %.4f, %d accepted, %d rejected (%s), head %d, final %d",
+        "round %d: accuracy %.4f, model %s, %d accepted, %d left out (%s), %d refused (%s), "
+        "head %d, final %d",
         round_,
         accuracy,
-        outcome.accepted,
-        len(outcome.rejected),
+        "moved" if counts["moved"] else "unchanged",
+        counts["accepted"],
+        counts["left_out"],
+        "; ".join(f"{key.hex()[:16]}: {code}" for key, code in left_out) or "-",
+        counts["refused"],
         "; ".join(d.reason for d in outcome.rejected) or "-",
         outcome.head_height,
         outcome.final_height,

@@ -172,6 +172,19 @@ def _npy_layout(data: bytes, like: np.ndarray) -> tuple[int, bool]:
 _NPY_LENGTH_BYTES = {b"\x01\x00": 2, b"\x02\x00": 4, b"\x03\x00": 4}  # format version -> size
 
 
+def compute_round_metrics(outcome: RoundOutcome) -> dict[str, int]:
+    """The round's metrics for Flower: ``accepted`` (updates averaged into the model),
+    ``left_out`` (admitted, not used by the aggregation rule), ``refused`` (by the ledger's
+    admission) and ``moved`` (1 if the model changed)."""
+    explained = outcome.aggregation
+    return {
+        "accepted": 0 if explained is None else len(explained.averaged),
+        "left_out": 0 if explained is None else len(explained.left_out),
+        "refused": len(outcome.rejected),
+        "moved": int(explained is not None and explained.moved),
+    }
+
+
 def to_array_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
     return ArrayRecord({name: Array(a) for name, a in arrays.items()})
 
@@ -264,7 +277,7 @@ class FedchainStrategy(FedAvg):
         outcome = self.coordinator.run_round(server_round, parsed)
         if self.on_round is not None:
             self.on_round(outcome)
-        metrics = MetricRecord({"accepted": outcome.accepted, "rejected": len(outcome.rejected)})
+        metrics = MetricRecord(compute_round_metrics(outcome))
         return to_array_record(self.coordinator.model), metrics
 
     def seal_pending(self, replies: list[ClientReply]) -> None:

@@ -737,6 +737,8 @@ def test_screened_averages_only_the_updates_that_help() -> None:
     assert result.contributions is not None
     assert all(result.contributions[i] > 0 for i in range(3))
     assert all(result.contributions[i] < 0 for i in (3, 4)) and result.contributions[5] == 0
+    assert result.reasons == ("", "", "", "harmful", "harmful", "useless")
+    assert "helpful" in result.note
 
 
 def test_screened_norm_screen_leaves_boosted_updates_out_unscored() -> None:
@@ -745,8 +747,9 @@ def test_screened_norm_screen_leaves_boosted_updates_out_unscored() -> None:
     result = aggregate_screened(
         updates, [1.0] * 5, alignment_scorer(np.array([1.0, 0.0]), calls), norm_screen=3.0
     )
-    assert calls == [3]  # only the three that passed the norm screen were scored
+    assert calls == [3, 1]  # the three that passed the norm screen, then the step they make
     assert result.selected == (0, 1, 2)
+    assert result.reasons[3:] == ("norm", "norm")
     assert result.contributions is not None and result.contributions[3:].tolist() == [0.0, 0.0]
 
 
@@ -759,30 +762,96 @@ def test_screened_scores_with_weights_renormalised_over_the_screened() -> None:
         return np.ones(len(ups))
 
     result = aggregate_screened(updates, [1.0, 3.0, 4.0], scorer)
-    assert seen == [[0.25, 0.75]]
+    assert seen == [[0.25, 0.75], [1.0]]  # the round, then the step as one update
     assert result.weights.tolist() == [0.25, 0.75, 0.0]
 
 
-def test_screened_without_clear_evidence_leaves_the_model_alone() -> None:
-    updates = vector_updates([[1.0], [2.0], [3.0], [4.0]])
-    nothing = aggregate_screened(updates, [1.0] * 4, lambda ups, ws: np.zeros(len(ups)))
-    assert nothing.selected == () and nothing.arrays["w"].tolist() == [0.0]
-    assert nothing.weights.tolist() == [0.0] * 4
-    # one update of four helps: a quarter of the weight is not enough evidence...
-    few = aggregate_screened(updates, [1.0] * 4, lambda ups, ws: np.array([1.0, -1, -1, -1]))
-    assert few.selected == () and few.arrays["w"].tolist() == [0.0]
-    # ...a third is
-    enough = aggregate_screened(
-        updates, [1.0, 0.5, 0.5, 1.0], lambda ups, ws: np.array([1.0, -1, -1, -1])
+def quadratic_loo_scorer(target: np.ndarray):  # type: ignore[no-untyped-def]
+    """A validation-loss scorer in miniature: utility of a coalition = -|its model - target|^2
+    (the model: base 0 plus the members' weighted updates, not renormalised, as
+    :class:`~fedchain.rounds.validation.RoundScorer` builds them); score = leave-one-out. One
+    update of weight 1 scores its own gain: the loss before minus after."""
+
+    def loss(step: np.ndarray) -> float:
+        return float(np.sum((step - target) ** 2))
+
+    def score(updates, weights):  # type: ignore[no-untyped-def]
+        vectors = [w * u["w"].astype(np.float64) for u, w in zip(updates, weights, strict=True)]
+        total = np.sum(vectors, axis=0)
+        if len(vectors) == 1:
+            return np.array([loss(np.zeros_like(total)) - loss(total)])
+        return np.array([loss(total - v) - loss(total) for v in vectors])
+
+    return score
+
+
+def test_screened_step_lowers_the_validation_loss_and_says_why() -> None:
+    target = np.array([1.0, 0.0])
+    updates = vector_updates([[0.6, 3.0], [0.6, -3.0], [0.6, 0.2], [0.6, -0.2], [0.6, 0.0]])
+    result = aggregate_screened(updates, [1.0] * 5, quadratic_loo_scorer(target))
+    assert result.moved and result.selected == (2, 3, 4)
+    assert result.reasons == ("norm", "norm", "", "", "")
+    np.testing.assert_allclose(result.arrays["w"], [0.6, 0.0], atol=1e-6)
+    assert float(np.sum((result.arrays["w"] - target) ** 2)) < 1.0  # the loss before
+    assert result.note == (
+        "averaged the helpful updates (validation-loss gain of each step: helpful +0.84)"
     )
-    assert enough.selected == (0,)
-    np.testing.assert_allclose(enough.arrays["w"], [1.0])
+
+
+def test_screened_takes_the_thin_step_the_old_evidence_share_refused() -> None:
+    updates = vector_updates([[1.0], [2.0], [3.0], [4.0]])
+    step_gain = quadratic_loo_scorer(np.array([1.0]))  # the loss is lowest at 1
+    one_helps = lambda ups, ws: (  # noqa: E731
+        np.array([1.0, -1, -1, -1]) if len(ups) > 1 else step_gain(ups, ws)
+    )
+    # a quarter of the weight helps: the old rule (a third needed as evidence) froze this round
+    few = aggregate_screened(updates, [1.0] * 4, one_helps)
+    assert few.selected == (0,) and few.moved
+    np.testing.assert_allclose(few.arrays["w"], [1.0])
+    assert few.reasons == ("", "harmful", "harmful", "harmful")
+    assert few.note == (
+        "averaged the helpful updates (validation-loss gain of each step: helpful +1, all -1.25)"
+    )
+
+
+def test_screened_does_not_freeze_for_lack_of_evidence() -> None:
+    # every score within the scorer's tolerance (0), the step's too: no evidence of harm
+    updates = vector_updates([[1.0], [2.0], [3.0], [4.0]])
+    result = aggregate_screened(updates, [1.0] * 4, lambda ups, ws: np.zeros(len(ups)))
+    assert result.selected == (0, 1, 2, 3) and result.moved
+    np.testing.assert_allclose(result.arrays["w"], [2.5])
+
+
+def test_screened_freezes_only_when_every_step_raises_the_loss() -> None:
+    updates = vector_updates([[1.0], [2.0], [3.0]])
+    # each update scores well, but the step they make raises the validation loss
+    scorer = lambda ups, ws: np.ones(len(ups)) if len(ups) > 1 else np.array([-0.5])  # noqa: E731
+    result = aggregate_screened(updates, [1.0] * 3, scorer)
+    assert result.selected == () and not result.moved
+    assert result.arrays["w"].tolist() == [0.0] and result.weights.tolist() == [0.0] * 3
+    assert result.reasons == ("frozen",) * 3 and "unchanged" in result.note
+    # at the optimum every update is harmful: none is averaged, each for its own reason
+    at_optimum = aggregate_screened(updates, [1.0] * 3, quadratic_loo_scorer(np.zeros(1)))
+    assert at_optimum.selected == () and at_optimum.reasons == ("harmful",) * 3
+
+
+def test_screened_takes_the_larger_gain_of_its_two_steps() -> None:
+    # the helpful updates alone overshoot; with the useless (zero) update the step is shorter
+    # and lowers the loss more, so the rule takes that one
+    target = np.array([1.0])
+    updates = vector_updates([[1.8], [1.8], [0.0]])
+    result = aggregate_screened(updates, [1.0] * 3, quadratic_loo_scorer(target))
+    assert result.contributions is not None and result.contributions[2] == 0
+    assert result.selected == (0, 1, 2)
+    np.testing.assert_allclose(result.arrays["w"], [1.2], rtol=1e-6)
+    assert "not harmful" in result.note
 
 
 def test_screened_is_deterministic_and_leaves_inputs_alone() -> None:
     updates = random_updates(np.random.default_rng(7), 5, big=1_000)
     before = [{k: v.copy() for k, v in u.items()} for u in updates]
-    scorer = lambda ups, ws: np.array([1.0, -1.0, 1.0, 0.0, 1.0])[: len(ups)]  # noqa: E731
+    scores = np.array([1.0, -1.0, 1.0, 0.0, 1.0])
+    scorer = lambda ups, ws: scores if len(ups) > 1 else np.array([1.0])  # noqa: E731
     a = aggregate_screened(updates, [0.2] * 5, scorer, norm_screen=100.0)
     b = aggregate_screened(updates, [0.2] * 5, scorer, norm_screen=100.0)
     assert a.selected == b.selected == (0, 2, 4)
@@ -826,5 +895,22 @@ def test_invalid_screened_scorer_returns_wrong_count() -> None:
 def test_screened_keeps_slightly_negative_but_drops_harmful_and_negligible() -> None:
     updates = vector_updates([[1.0], [1.0], [1.0], [1.0], [1.0]])
     scores = np.array([1.0, 1.0, -0.1, -0.5, 0.01])  # mean positive m = 0.67
-    result = aggregate_screened(updates, [1.0] * 5, lambda ups, ws: scores)
+    result = aggregate_screened(
+        updates, [1.0] * 5, lambda ups, ws: scores if len(ups) > 1 else np.ones(1)
+    )
     assert result.selected == (0, 1, 2)  # -0.1 > -0.25 m kept; -0.5 harmful; 0.01 negligible
+    assert result.reasons[3:] == ("harmful", "useless")
+
+
+def test_screened_keeps_sign_flippers_and_free_riders_out_when_it_measures_the_step() -> None:
+    # 40 % attackers: two flip an honest update, two free-ride; the all-updates step is
+    # measured too, and loses: the attackers stay out of the model
+    target = np.array([1.0, 0.0])
+    honest = [[0.9, 0.1], [1.0, -0.1], [1.1, 0.0], [0.95, 0.05], [1.05, -0.05], [1.0, 0.0]]
+    attackers = [[-1.0, -0.1], [-1.1, 0.1], [0.0, 0.0], [0.0, 0.0]]
+    updates = vector_updates(honest + attackers)
+    result = aggregate_screened(updates, [1.0] * 10, quadratic_loo_scorer(target))
+    assert result.selected == tuple(range(6)) and result.moved
+    assert result.reasons[6:] == ("harmful", "harmful", "useless", "useless")
+    np.testing.assert_allclose(result.arrays["w"], np.mean(honest, axis=0), rtol=1e-6)
+    assert result.note.startswith("averaged the helpful updates")

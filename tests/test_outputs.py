@@ -341,7 +341,7 @@ def test_report_of_a_run_in_which_every_client_failed(failed_run, tmp_path):
     assert result.exit_code == 0, result.output
     data = report_json(run_dir)
     totals = data["totals"]
-    assert totals["accepted_updates"] == 0 and totals["rejected_updates"] == 6
+    assert totals["accepted_updates"] == 0 and totals["refused_updates"] == 6
     assert totals["rewards_paid"] == 0 and not data["contributions_recorded"]
     assert all(p["contribution"] is None and p["rewards"] == 0 for p in data["participants"])
     assert data["progress"]["finished"] is True and data["progress"]["unfinished"] is None
@@ -363,7 +363,7 @@ def test_report_at_80_columns_shows_whole_numbers(scored_run, tmp_path):
     data = report_json(run_dir)
     for p in data["participants"]:
         assert f"{p['stake']:,}" in result.output and f"{p['rewards']:,}" in result.output
-        assert f"{p['penalties'] + p['slashed']:,}" in result.output
+        assert f"{p['slashed']:,}" in result.output
         if p["contribution"] is not None:
             assert f"{p['contribution']:+.4f}" in result.output
     for r in data["rounds"]:

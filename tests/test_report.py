@@ -2,7 +2,8 @@
 
 Two run directories: a real federation run in process (no Ray: the real ServerApp logic and
 ClientApp), and a synthetic ledger that carries everything a report must show (contribution
-scores, a penalty, a slashing with its evidence, an ejection, a rejected update) with real model
+scores, an update the rule left out, a slashing with its evidence, an ejection, a rejected
+update) with real model
 files, so that every part of the report is exercised whatever the server records today.
 """
 
@@ -95,6 +96,8 @@ SCORES = {
     3: [0.60, 0.40],
 }
 REJECTION_REASON = "bad signature [red]on[/] the <b>update</b>"  # markup is shown, not obeyed
+RULE_NOTE = "averaged the helpful updates <i>(gain +0.1)</i>"  # shown as text, never as markup
+LEFT_OUT_KEY: list[bytes] = []  # set by scored_run: client 3's key
 DOUBLE_SIGN_BPS = 5_000
 
 
@@ -121,6 +124,7 @@ def scored_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         4, stake=1_000, rules=rules, run_id="scored", initial_model_hash=initial
     )
     keys = fed.keys
+    LEFT_OUT_KEY[:] = [public_key_bytes(keys[3])]
     (run_dir / "clients").mkdir()
     for i, key in enumerate(keys[:3]):
         (run_dir / "clients" / f"client-{i:03d}.pub").write_text(public_key_bytes(key).hex())
@@ -160,7 +164,9 @@ def scored_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
             if round_ == 3:
                 txs.append(Rejection(3, public_key_bytes(keys[2]), REJECTION_REASON))
             model = save_model(run_dir, {"w": np.full(4, round_, np.float32)})
-            hashes = tuple(sorted(c.update_hash for c in commits))
+            # round 1: the rule left out client 3's update (it scored -0.05: harmful)
+            used = [c for c in commits if not (round_ == 1 and c.public_key == LEFT_OUT_KEY[0])]
+            hashes = tuple(sorted(c.update_hash for c in used))
             txs.append(ModelVersion(round_, model, state.model_head, hashes, "fedavg"))
             scores = tuple(
                 sorted(
@@ -177,7 +183,17 @@ def scored_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
             {
                 "rounds": [
                     {"round": 0, "accuracy": 0.1, "loss": 2.3, "accepted": 0, "rejected": 0},
-                    {"round": 1, "accuracy": 0.62, "loss": 1.1, "accepted": 4, "rejected": 0},
+                    {
+                        "round": 1,
+                        "accuracy": 0.62,
+                        "loss": 1.1,
+                        "accepted": 3,
+                        "rejected": 0,
+                        "moved": True,
+                        "averaged": [],
+                        "left_out": {public_key_bytes(keys[3]).hex(): "harmful"},
+                        "note": RULE_NOTE,
+                    },
                     {"round": 2, "accuracy": 0.78, "loss": 0.7, "accepted": 3, "rejected": 0},
                     {"round": 3, "accuracy": 0.84, "loss": 0.5, "accepted": 2, "rejected": 1},
                 ]
@@ -215,7 +231,11 @@ def test_report_of_a_real_run(clean_run):
     assert verified.ok and verified.state is not None
     assert data["verification"]["ok"] and data["verification"]["verdict"] == "verified"
     assert [r["round"] for r in data["rounds"]] == [1, 2, 3] and data["timeline"] == [0, 1, 2, 3]
-    assert all(r["accepted"] == 3 and r["rejected"] == 0 for r in data["rounds"])
+    for r in data["rounds"]:  # admitted by the ledger = averaged + left out by the rule
+        assert r["admitted"] == 3 and r["refused"] == 0
+        assert r["accepted"] + r["left_out"] == 3 == r["accepted"] + len(r["left_out_updates"])
+        assert r["model_moved"] == (r["accepted"] > 0)
+        assert r["pool"] == {"decision": "paid", "paid": r["rewards_paid"], "reason": None}
     stakes = {p.public_key.hex(): p.stake for p in verified.state.participants.values()}
     assert {p["public_key"]: p["stake"] for p in data["participants"]} == stakes
     assert [p["name"] for p in data["participants"]] == ["client 0", "client 1", "client 2"]
@@ -223,7 +243,8 @@ def test_report_of_a_real_run(clean_run):
         assert p["fingerprint"] == fingerprint(bytes.fromhex(p["public_key"]))
         assert p["stake_by_round"][0] == 1_000_000 and p["stake_by_round"][-1] == p["stake"]
         assert p["rewards_by_round"][-1] == p["rewards"]
-        assert p["stake"] - 1_000_000 == p["rewards"] - p["penalties"] - p["slashed"]
+        assert p["stake"] - 1_000_000 == p["rewards"] - p["slashed"]  # rewards are never < 0
+        assert "penalties" not in p
     paid = [r["rewards_paid"] for r in data["rounds"]]
     assert sum(p["rewards"] for p in data["participants"]) == sum(paid) > 0
     assert all(0 <= r <= 10_000 for r in paid)
@@ -273,7 +294,7 @@ def test_report_json_only_into_another_folder(clean_run, tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------
-# Contributions, penalties, slashing, ejection, rejection
+# Contributions, left-out updates, slashing, ejection, rejection
 
 
 def test_report_shows_contributions_rewards_and_slashing(scored_run):
@@ -296,7 +317,7 @@ def test_report_shows_contributions_rewards_and_slashing(scored_run):
     # slashed for double signing (a penalty is only ever slashing evidence)
     assert sum(p["rewards"] for p in data["participants"]) == 3 * 1_000
     rider = by_name[unmapped]
-    assert rider["rewards"] == 0 and rider["penalties"] == 0
+    assert rider["rewards"] == 0 and "penalties" not in rider
     before = 1_000
     lost = before * DOUBLE_SIGN_BPS // 10_000  # 500: leaves 500, below the minimum of 600
     assert rider["stake_by_round"] == [1_000, before, before - lost, before - lost]
@@ -319,8 +340,20 @@ def test_report_shows_contributions_rewards_and_slashing(scored_run):
     assert "attested to two different blocks at height 1" in slash["reason"]
     assert data["events"][2]["reason"] == REJECTION_REASON
     rounds = {r["round"]: r for r in data["rounds"]}
-    assert (rounds[2]["accepted"], rounds[2]["rejected"], rounds[2]["slashing_events"]) == (3, 0, 1)
-    assert (rounds[3]["accepted"], rounds[3]["rejected"]) == (2, 1)
+    assert (rounds[2]["accepted"], rounds[2]["refused"], rounds[2]["slashing_events"]) == (3, 0, 1)
+    assert (rounds[3]["accepted"], rounds[3]["refused"]) == (2, 1)
+    # round 1: four admitted, three averaged, client 3 left out by the rule, and why
+    one = rounds[1]
+    assert (one["admitted"], one["accepted"], one["left_out"], one["refused"]) == (4, 3, 1, 0)
+    assert one["model_moved"] is True and one["rule_note"] == RULE_NOTE
+    (out,) = one["left_out_updates"]
+    assert (out["name"], out["reason"], out["score"]) == (unmapped, "harmful", -0.05)
+    assert "below" in out["why"]
+    assert [r["pool"]["decision"] for r in data["rounds"]] == ["paid"] * 3
+    assert data["totals"]["accepted_updates"] == 3 + 3 + 2
+    assert data["totals"]["left_out_updates"] == 1 and data["totals"]["refused_updates"] == 1
+    assert data["totals"]["rounds_model_moved"] == 3 and "penalties" not in data["totals"]
+    assert "harmful 1" in output and "left out" in output
     assert data["initial_model"] == {"accuracy": 0.1, "loss": 2.3}  # round 0 of metrics.json
     assert [r["accuracy"] for r in data["rounds"]] == [0.62, 0.78, 0.84]
     assert data["totals"]["ejections"] == 1 and data["totals"]["stake_slashed"] == rider["slashed"]
@@ -331,7 +364,11 @@ def test_report_shows_contributions_rewards_and_slashing(scored_run):
     assert_self_contained(page)
     for plot in PLOTS:
         assert f'<figure class="plot" id="{plot}"' in page
-    assert "<b>" not in page and "&lt;b&gt;update&lt;/b&gt;" in page
+    assert "<b>update</b>" not in page and "&lt;b&gt;update&lt;/b&gt;" in page
+    assert "<i>(gain" not in page and "&lt;i&gt;(gain +0.1)&lt;/i&gt;" in page
+    assert '<span class="left-out" title="score below' in page
+    assert f"<b>harmful</b>: {unmapped} (-0.05)" in page
+    assert page.count('<span class="pool-decision">paid</span>') == 3
     for text in ("AttestationPair", "double_sign", "ejected"):
         assert text in page
 
@@ -365,7 +402,8 @@ def test_invalid_altered_ledger_shows_failed_verdict_everywhere(scored_run, tmp_
     assert data["timeline"] == [0, 1, 2, 3]  # metrics.json still names rounds 2 and 3 ...
     assert all(p["stake_by_round"][2:] == [None, None] for p in data["participants"])  # ... but
     assert [m["round"] for m in data["lineage"]] == [0, 1]  # nothing past block 1 is trusted
-    assert [r["accepted"] for r in data["rounds"]] == [4, None, None]
+    assert [r["admitted"] for r in data["rounds"]] == [4, None, None]
+    assert [r["accepted"] for r in data["rounds"]] == [3, None, None]
     assert any("up to block 1" in note for note in data["notes"])
     page = (run_dir / "report.html").read_text()
     assert 'class="verdict failed"' in page and "FAILED" in page and "block 2" in page
@@ -470,3 +508,20 @@ def test_report_page_renders_in_headless_chromium(scored_run, tmp_path):
         assert dom.stdout.index("<svg", start) < dom.stdout.index("</figure>", start)
     assert dom.stdout.count("<svg") == len(PLOTS)
     assert "VERIFIED" in dom.stdout and "AttestationPair" in dom.stdout
+    # the round decisions render: who was left out and why, the rule's note, the pool
+    assert 'class="left-out"' in dom.stdout and "<b>harmful</b>" in dom.stdout
+    assert 'class="rule-note"' in dom.stdout and 'class="pool-decision"' in dom.stdout
+    assert "each round normalised on its own" in dom.stdout
+
+
+def test_heat_map_normalises_each_round_so_late_rounds_stay_readable():
+    from fedchain.report.plots import compute_round_shares
+
+    # round 1 scores are 1000x round 3's; unscored cells (NaN) stay unscored
+    grid = np.array([[0.5, 0.04, 0.0006], [0.3, -0.01, -0.0002], [0.2, np.nan, 0.0002]])
+    shares = compute_round_shares(grid)
+    np.testing.assert_allclose(shares[:, 0], [0.5, 0.3, 0.2])
+    np.testing.assert_allclose(shares[:2, 1], [0.8, -0.2])
+    np.testing.assert_allclose(shares[:, 2], [0.6, -0.2, 0.2])
+    assert np.isnan(shares[2, 1])
+    assert compute_round_shares(np.zeros((2, 1))).tolist() == [[0.0], [0.0]]

@@ -84,7 +84,10 @@ def test_the_rules_own_scores_win_and_the_scorer_runs_once() -> None:
     result = aggregate("screened", scorer)
     assert result.contributions is not None
     raw = compute_raw_scores(result, BASE, UPDATES, scorer, 3)
-    assert len(scorer.calls) == 1  # inside the rule, not again for the record
+    # the round is scored once, inside the rule, not again for the record; the rule then
+    # measures each step it considers as one update of weight 1
+    assert [count for _, count, _, _ in scorer.calls][:1] == [3]
+    assert all(count == 1 for _, count, _, _ in scorer.calls[1:])
     assert raw is result.contributions
 
 

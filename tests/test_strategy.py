@@ -126,7 +126,8 @@ def test_train_messages_carry_the_view_the_base_model_and_the_ledger_round(
 
 def test_replies_are_admitted_and_the_new_model_is_returned(world: World) -> None:
     arrays, metrics = world.train(1)
-    assert metrics is not None and dict(metrics) == {"accepted": CLIENTS, "rejected": 0}
+    assert metrics is not None
+    assert dict(metrics) == {"accepted": CLIENTS, "left_out": 0, "refused": 0, "moved": 1}
     assert arrays is not None
     for name, array in arrays.items():
         np.testing.assert_array_equal(array.numpy(), world.coordinator.model[name])
@@ -147,7 +148,8 @@ def test_the_next_rounds_train_replies_seal_the_previous_block(world: World) -> 
 def test_a_node_that_never_replies_is_recorded_and_the_round_goes_on(world: World) -> None:
     world.grid.down = {NODE_BASE + 1}
     _, metrics = world.train(1)
-    assert metrics is not None and dict(metrics) == {"accepted": 2, "rejected": 1}
+    assert metrics is not None
+    assert dict(metrics) == {"accepted": 2, "left_out": 0, "refused": 1, "moved": 1}
     (refused,) = world.outcomes[0].rejected
     assert refused.node_id == NODE_BASE + 1
     assert refused.reason == "no reply within the round timeout (5 s)"

@@ -7,7 +7,10 @@ Two pure steps, both deterministic and free of I/O:
 2. :func:`aggregate` combines the clients' updates (named tensors) with those weights under one
    of :data:`RULES` and returns an :class:`AggregationResult`: the new tensors plus which clients
    entered the estimate, so the caller can record who was excluded. :func:`aggregate_round` does
-   both for a round; ``screened`` goes through :func:`aggregate_screened`.
+   both for a round; ``screened`` goes through :func:`aggregate_screened`. Every result says which
+updates it left out and why (:attr:`AggregationResult.reasons`, codes in
+:data:`fedchain.aggregation.explain.LEFT_OUT_REASONS`); :mod:`fedchain.aggregation.explain`
+tells it by client key for the console, ``metrics.json`` and the report.
 
 The arithmetic (BLAS axpy sums, blocking and packing, precision, order statistics, Krum's Gram
 matrix) is in :mod:`fedchain.aggregation.kernels`, whose docstring says what is bit-identical.
@@ -110,13 +113,6 @@ NEGLIGIBLE_SHARE = 0.05
 """... and updates whose score is within ``NEGLIGIBLE_SHARE`` of that mean of zero: a free
 rider's zero update (score exactly 0) or noise; averaging them only shortens the step."""
 
-EVIDENCE_SHARE = 1 / 3
-"""``screened`` moves the model only when the updates it keeps carry at least this share of the
-weight of those that passed the norm screen. Late in training a round's scores are small and
-noisy (at the optimum almost any step raises the validation loss a little); a handful of
-updates that happened to score above zero, one of them an attacker's, then made the whole
-step. Without clear evidence the model stays."""
-
 UpdateScorer: TypeAlias = Callable[[Sequence[Mapping[str, Any]], Any], Any]
 """``(updates, weights) -> one raw contribution score per update`` (higher is better; float64)."""
 
@@ -147,12 +143,23 @@ class AggregationResult:
     """``screened`` only: each client's contribution score, measured to decide whom to average
     (0 for clients left out by the norm screen). The caller records these; it need not score
     the round again."""
+    reasons: tuple[str, ...] = field(default=())
+    """Per client: ``""`` if its update entered the estimate, else why not, one of
+    :data:`fedchain.aggregation.explain.LEFT_OUT_REASONS`' codes (empty tuple: not given)."""
+    note: str = field(default="")
+    """The round's decision in one sentence (``screened``: which step it took and what it
+    measured; empty for the other rules)."""
 
     @property
     def excluded(self) -> tuple[int, ...]:
         """Indices of the clients whose update did not enter the estimate, ascending."""
         chosen = set(self.selected)
         return tuple(i for i in range(len(self.weights)) if i not in chosen)
+
+    @property
+    def moved(self) -> bool:
+        """Whether the model changes: some update entered the estimate and it is not zero."""
+        return bool(self.selected) and any(np.any(a) for a in self.arrays.values())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -200,7 +207,9 @@ def aggregate(
             )
         else:
             out = weighted_average(arrays, w, active)
-    return AggregationResult(arrays=out, selected=tuple(active), weights=used)
+    return AggregationResult(
+        arrays=out, selected=tuple(active), weights=used, reasons=_reasons(w, active, "")
+    )
 
 
 def compute_krum_scores(
@@ -238,8 +247,18 @@ def _aggregate_multi_krum(
         all_scores[i] = float(scores[j])
     out = weighted_average(arrays, used, selected)
     return AggregationResult(
-        arrays=out, selected=tuple(selected), weights=used, scores=tuple(all_scores)
+        arrays=out,
+        selected=tuple(selected),
+        weights=used,
+        scores=tuple(all_scores),
+        reasons=_reasons(w, selected, "krum"),
     )
+
+
+def _reasons(w: FloatArray, selected: Sequence[int], otherwise: str) -> tuple[str, ...]:
+    """Per client: "" if selected, "weight" if its weight is 0, else ``otherwise``."""
+    chosen = set(selected)
+    return tuple("" if i in chosen else "weight" if w[i] <= 0 else otherwise for i in range(len(w)))
 
 
 def default_krum_f(n: int) -> int:
@@ -338,24 +357,36 @@ def aggregate_screened(
     *,
     norm_screen: float = NORM_SCREEN,
 ) -> AggregationResult:
-    """Average only the updates that measurably help: a norm screen, then a contribution screen.
+    """Average the updates that help, and take a step only when it measurably does not hurt.
 
     1. Norm screen: updates longer (L2, all tensors) than ``norm_screen`` times the median norm
-       of the round's positive-weight updates are left out. A boosted or noise update cannot
-       hide its length, and the median is the honest majority's as long as it is one.
+       of the round's positive-weight updates are left out (``"norm"``). A boosted or noise
+       update cannot hide its length, and the median is the honest majority's as long as it is
+       one.
     2. Contribution screen: ``scorer`` scores the remaining updates with their weights
-       (renormalised over them). Updates scoring clearly below zero (harmful) or about zero
-       (useless: a free rider's zero update) are left out (:data:`HARMFUL_SHARE`,
-       :data:`NEGLIGIBLE_SHARE`); the rest are averaged with their weights, renormalised. So
-       neither kind moves the model, whatever their number or stake.
-    3. Evidence: if no update scores above zero (a round whose total gain is within the
-       scorer's tolerance, late in training) or the kept updates carry less than
-       :data:`EVIDENCE_SHARE` of the screened weight, the round changes nothing (zero arrays,
-       no client selected).
+       (renormalised over them). Updates scoring clearly below zero are left out as harmful,
+       those scoring about zero (a free rider's zero update, noise) as useless
+       (:data:`HARMFUL_SHARE`, :data:`NEGLIGIBLE_SHARE`, measured against the round's mean
+       positive score; with no positive score, harmful means below zero and useless exactly 0).
+       So neither kind moves the model, whatever their number or stake.
+    3. The step: up to three candidates (:func:`compute_candidate_steps`), each the weighted
+       average of its updates (weights renormalised): the *helpful* updates alone, those not
+       harmful (helpful and useless), and all that passed the norm screen. ``scorer`` measures
+       each candidate step as one update of weight 1: its score is the step's own gain (with a
+       validation-loss scorer, the validation loss before minus after). The rule takes the
+       candidate with the largest gain (ties: the first, the helpful updates); a harmful
+       update enters the model only when the step with it lowers the validation loss more
+       than every step without it. The model stays only if every candidate measurably raises
+       the validation loss (gain < 0: no step helps this round), and then the screened updates
+       are left out as ``"frozen"`` (or ``"harmful"``). A gain inside the scorer's tolerance
+       (0) does not freeze the model: the rule never stops learning for lack of evidence, only
+       on evidence of harm. (The rule used to freeze the model whenever the helpful updates
+       carried less than a third of the weight: half the rounds of a clean run.)
 
     Unlike median or Krum this needs no honest majority among the updates, only a validation
     set the attackers cannot choose. The scores are returned (``contributions``) so the round
-    is scored once; clients the norm screen left out score 0.
+    is scored once; clients the norm screen left out score 0. ``reasons`` says why each left-out
+    update was left out and ``note`` which step the rule took and the gains it measured.
     """
     n = len(updates)
     if n == 0:
@@ -377,36 +408,101 @@ def aggregate_screened(
         raise ConfigError(f"the scorer returned {measured.shape[0]} scores for {len(screened)}")
     contributions = np.zeros(n, dtype=np.float64)
     contributions[screened] = measured
-    kept = _helpful(screened, contributions)
-    used = np.zeros_like(w)
-    kept_share = math.fsum(float(sw[i]) for i in kept)  # sw: normalised over the screened
-    if not kept or kept_share < EVIDENCE_SHARE:
-        # no clear evidence this round: the model stays as it is
+    verdicts = compute_score_verdicts(screened, contributions)
+    reasons = ["weight" if w[i] <= 0 else "norm" for i in range(n)]
+    for i in screened:
+        reasons[i] = verdicts[i]
+    candidates = compute_candidate_steps(screened, verdicts)
+    steps, gains = [], []
+    with single_blas_thread():
+        for _, members in candidates:
+            used = np.zeros_like(w)
+            used[members] = w[members] / math.fsum(float(w[i]) for i in members)
+            step = weighted_average(arrays, used, members)
+            steps.append((members, used, step))
+            gains.append(_step_gain(scorer, step))
+    measured_text = ", ".join(
+        f"{name} {g:+.4g}" for (name, _), g in zip(candidates, gains, strict=True)
+    )
+    best = max(range(len(gains)), key=lambda j: (gains[j], -j), default=None)
+    if best is None or gains[best] < 0:
+        if best is None:
+            note = "model unchanged: every update that passed the norm screen was harmful"
+        else:
+            note = (
+                "model unchanged: every step raised the validation loss "
+                f"(gain of each step: {measured_text})"
+            )
+        for i in screened:
+            if best is not None and reasons[i] in ("", "useless"):
+                reasons[i] = "frozen"
         zeros = {name: np.zeros_like(a) for name, a in arrays[0].items()}
         return AggregationResult(
-            arrays=zeros, selected=(), weights=used, contributions=contributions
+            arrays=zeros,
+            selected=(),
+            weights=np.zeros_like(w),
+            contributions=contributions,
+            reasons=tuple(reasons),
+            note=note,
         )
-    used[kept] = w[kept] / math.fsum(float(w[i]) for i in kept)
-    with single_blas_thread():
-        out = weighted_average(arrays, used, kept)
+    members, used, step = steps[best]
+    for i in members:  # useless or harmful updates enter when a larger candidate won
+        reasons[i] = ""
+    note = (
+        f"averaged the {candidates[best][0]} updates "
+        f"(validation-loss gain of each step: {measured_text})"
+    )
     return AggregationResult(
-        arrays=out, selected=tuple(kept), weights=used, contributions=contributions
+        arrays=step,
+        selected=tuple(members),
+        weights=used,
+        contributions=contributions,
+        reasons=tuple(reasons),
+        note=note,
     )
 
 
-def _helpful(screened: list[int], contributions: FloatArray) -> list[int]:
-    """The screened clients whose score is neither clearly harmful nor negligible, measured
-    against the round's mean positive score ``m``: kept when ``score > -HARMFUL_SHARE * m`` and
-    ``|score| > NEGLIGIBLE_SHARE * m``. None when no score is positive."""
+def compute_candidate_steps(
+    screened: Sequence[int], verdicts: Mapping[int, str]
+) -> list[tuple[str, list[int]]]:
+    """The steps ``screened`` measures, in order of preference on equal gain: (name, members):
+    the helpful updates, then those not harmful (helpful and useless), then every update that
+    passed the norm screen. Empty and repeated member lists are dropped."""
+    helpful = [i for i in screened if verdicts[i] == ""]
+    harmless = [i for i in screened if verdicts[i] in ("", "useless")]
+    out: list[tuple[str, list[int]]] = []
+    for name, members in (("helpful", helpful), ("not harmful", harmless), ("all", list(screened))):
+        if members and all(members != m for _, m in out):
+            out.append((name, members))
+    return out
+
+
+def compute_score_verdicts(screened: Sequence[int], contributions: FloatArray) -> dict[int, str]:
+    """Each screened client's verdict from its score: ``""`` (helpful), ``"harmful"`` or
+    ``"useless"``, measured against the round's mean positive score ``m``: harmful when
+    ``score <= -HARMFUL_SHARE * m``, useless when ``|score| <= NEGLIGIBLE_SHARE * m``. With no
+    positive score (``m = 0``): harmful below zero, useless at exactly zero."""
     positive = [float(contributions[i]) for i in screened if contributions[i] > 0]
-    if not positive:
-        return []
-    m = math.fsum(positive) / len(positive)
-    return [
-        i
-        for i in screened
-        if contributions[i] > -HARMFUL_SHARE * m and abs(contributions[i]) > NEGLIGIBLE_SHARE * m
-    ]
+    m = math.fsum(positive) / len(positive) if positive else 0.0
+    verdicts = {}
+    for i in screened:
+        score = float(contributions[i])
+        if score < 0 and score <= -HARMFUL_SHARE * m:
+            verdicts[i] = "harmful"
+        elif abs(score) <= NEGLIGIBLE_SHARE * m:
+            verdicts[i] = "useless"
+        else:
+            verdicts[i] = ""
+    return verdicts
+
+
+def _step_gain(scorer: UpdateScorer, step: Mapping[str, AnyArray]) -> float:
+    """The gain of applying ``step`` as the scorer measures it: the score of one update of
+    weight 1 (with a validation-loss scorer, the validation loss before minus after)."""
+    score = np.asarray(scorer([step], np.ones(1, dtype=np.float64)), dtype=np.float64).reshape(-1)
+    if score.shape != (1,):
+        raise ConfigError(f"the scorer returned {score.shape[0]} scores for 1 step")
+    return float(score[0])
 
 
 def _update_norm(update: Mapping[str, AnyArray]) -> float:

@@ -78,7 +78,7 @@ def print_summary(data: Mapping[str, Any]) -> None:
     Everything that comes from the run directory (names, reasons, the run id) is shown as
     text, never as rich markup; numbers are never cut: on a narrow terminal (below
     :data:`WIDE_TERMINAL` columns) the participants table folds the key into the name
-    column and the stake lost to penalties and slashing into one column.
+    column.
     """
     run = data["run"]
     name = (
@@ -133,11 +133,7 @@ def _participants_table(data: Mapping[str, Any]) -> Table:
         "stake": [f"{p['stake']:,}" for p in people],
         "rewards": [f"{p['rewards']:,}" for p in people],
     }
-    if wide:
-        columns["penalty"] = [f"{p['penalties']:,}" for p in people]
-        columns["slashed"] = [f"{p['slashed']:,}" for p in people]
-    else:
-        columns["lost"] = [f"{p['penalties'] + p['slashed']:,}" for p in people]
+    columns["slashed"] = [f"{p['slashed']:,}" for p in people]
     columns["score"] = [
         "-" if p["contribution"] is None else f"{p['contribution']:+.4f}" for p in people
     ]
@@ -151,12 +147,9 @@ def _participants_table(data: Mapping[str, Any]) -> Table:
     for i, p in enumerate(people):
         key = [p["fingerprint"][:chars]] if wide else []
         table.add_row(names[i], *key, *(values[i] for values in columns.values()))
-    lost = (
-        "penalty and slashed: stake lost" if wide else "lost: stake lost to penalties and slashing"
-    )
     table.caption = (
-        f"stake: final; {lost}; score: total contribution; "
-        "rep.: reputation; ok/ref: updates accepted/refused"
+        "stake: final; slashed: stake lost to slashing; score: total contribution; "
+        "rep.: reputation; ok/ref: updates admitted/refused by the ledger"
     )
     table.caption_justify = "left"
     return table
@@ -182,30 +175,51 @@ def _rounds_table(rounds: Sequence[Mapping[str, Any]]) -> Table:
     cells: list[list[str]] = []
     for r in rows:
         if r is None:
-            cells.append(["…", f"{skipped} more rounds in {REPORT_HTML_FILENAME}", *[""] * 7])
+            cells.append(["…", f"{skipped} more rounds in {REPORT_HTML_FILENAME}", *[""] * 10])
             continue
+        moved = r["model_moved"]
         cells.append(
             [
                 str(r["round"]),
                 "-" if r["accuracy"] is None else f"{r['accuracy'] * 100:.2f}%",
                 "-" if r["loss"] is None else f"{r['loss']:.4f}",
+                "-" if moved is None else "yes" if moved else "no",
                 _count(r["accepted"]),
-                _count(r["rejected"]),
+                _count(r["left_out"]),
+                _count(r["refused"]),
                 _count(r["slashing_events"]),
                 _count(r["rewards_paid"]),
-                "yes" if r["contributions_recorded"] else "-",
+                "-" if r["pool"] is None else r["pool"]["decision"],
+                as_markup_text(describe_left_out(r["left_out_updates"] or ())),
                 "-" if r["model_hash"] is None else r["model_hash"][:chars],
             ]
         )
-    headers = ("round", "accuracy", "loss", "accepted", "refused", "slashed", "rewards")
+    headers = (
+        "round", "accuracy", "loss", "moved", "accepted", "left out", "refused", "slashed",
+        "rewards",
+    )  # fmt: skip
     for i, header in enumerate(headers):
         values = [row[i] for row, r in zip(cells, rows, strict=True) if r is not None]
         _number_column(table, header, values)
-    table.add_column("scores", overflow="fold")  # these two give way first, never the numbers
+    table.add_column("pool", no_wrap=True)
+    table.add_column("why left out", overflow="fold")  # these two give way first, never numbers
     table.add_column("model", overflow="fold")
     for row in cells:
         table.add_row(*row)
+    table.caption = (
+        "moved: the model changed; accepted: updates averaged into the model; left out: "
+        "admitted but not used by the aggregation rule; refused: by the ledger's admission"
+    )
+    table.caption_justify = "left"
     return table
+
+
+def describe_left_out(entries: Sequence[Mapping[str, Any]]) -> str:
+    """``harmful 2, useless 1``: the reasons of a round's left-out updates, counted."""
+    counts: dict[str, int] = {}
+    for entry in entries:
+        counts[entry["reason"]] = counts.get(entry["reason"], 0) + 1
+    return ", ".join(f"{reason} {n}" for reason, n in sorted(counts.items())) or "-"
 
 
 def _events_table(events: Sequence[Mapping[str, Any]]) -> Table:

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Protocol
 import typer
 from rich.markup import escape
 
+from fedchain.aggregation.explain import LEFT_OUT_REASONS
 from fedchain.cli.common import console
 from fedchain.config import (
     DEFAULTS,
@@ -28,6 +29,7 @@ from fedchain.data.sources import SOURCES
 from fedchain.errors import ConfigError, FedchainError
 from fedchain.learning.attacks import ATTACKS, Attack, attacker_indices, parse_attackers
 from fedchain.ledger.chain import Chain
+from fedchain.ledger.objects import SCORE_SCALE
 from fedchain.rounds.admission import brief_reason
 from fedchain.rounds.coordinator import RoundOutcome, RoundReporter
 from fedchain.runs.federation import remove_unregistered_models
@@ -410,20 +412,48 @@ def find_launcher(name: str = "simulation") -> EntryPoint:
     return next(iter(found))
 
 
+def format_round(
+    round_: int, rounds: int, outcome: RoundOutcome | None, accuracy: float, seconds: float
+) -> str:
+    """A round's console lines: accuracy, whether the model moved, how many updates were
+    accepted (averaged into the model), left out by the aggregation rule and refused by the
+    ledger's admission; then one line per update left out or refused, saying why, and the
+    rule's own sentence."""
+    line = f"round {round_:>3}/{rounds}  acc {accuracy:6.2%}  {seconds:5.1f} s"
+    if outcome is None:
+        return line
+    explained = outcome.aggregation
+    nodes = {d.public_key: d.node_id for d in outcome.decisions if d.public_key is not None}
+    if explained is None:  # nothing admitted: the rule did not run
+        line += f"  model unchanged  accepted 0  left out 0  refused {len(outcome.rejected)}"
+    else:
+        moved = "model moved" if explained.moved else "model unchanged"
+        line += (
+            f"  {moved}  accepted {len(explained.averaged)}  left out {len(explained.left_out)}"
+            f"  refused {len(outcome.rejected)}"
+        )
+    line += f"  head {outcome.head_height}  final {outcome.final_height}"
+    by_reason: dict[str, list[str]] = {}
+    for key, code in explained.left_out if explained is not None else ():
+        score = outcome.scores.get(key)
+        scored = "" if score is None else f" {score / SCORE_SCALE:+.4g}"
+        by_reason.setdefault(code, []).append(f"node {nodes.get(key, '?')}{scored}")
+    for code, who in by_reason.items():  # one line per reason: its meaning, then who and score
+        line += f"\n      left out, {code} ({LEFT_OUT_REASONS.get(code, code)}): {', '.join(who)}"
+    for decision in outcome.rejected:  # in full on the ledger and in log.txt
+        line += f"\n      refused node {decision.node_id}: {brief_reason(decision.reason)}"
+    if explained is not None and explained.note:
+        line += f"\n      rule: {explained.note}"
+    return line
+
+
 def _run(config: RunConfig, run_dir: Path, launcher: EntryPoint) -> None:
     run_simulated: Launcher = launcher.load()
     final: dict[str, float] = {}
 
     def report(round_: int, outcome: RoundOutcome | None, accuracy: float, seconds: float) -> None:
         final["accuracy"] = accuracy
-        line = f"round {round_:>3}/{config.rounds}  acc {accuracy:6.2%}  {seconds:5.1f} s"
-        if outcome is not None:
-            line += (
-                f"  accepted {outcome.accepted}  rejected {len(outcome.rejected)}"
-                f"  head {outcome.head_height}  final {outcome.final_height}"
-            )
-            for decision in outcome.rejected:  # in full on the ledger and in log.txt
-                line += f"\n      rejected node {decision.node_id}: {brief_reason(decision.reason)}"
+        line = format_round(round_, config.rounds, outcome, accuracy, seconds)
         console.print(line, highlight=False, markup=False)
 
     try:

@@ -2,7 +2,7 @@
 
 :func:`compute_report` (pure) replays the blocks that verified through the ledger's own state
 transition (:func:`~fedchain.ledger.verify.iter_replay`, the replay ``fedchain verify`` runs),
-so every stake, reward and penalty shown is what the protocol computes, never a
+so every stake, reward and slashing shown is what the protocol computes, never a
 re-implementation of its rules, and returns a dict with bytes as hex and no NaN; the
 participants and their events are :mod:`fedchain.report.participants`. :func:`build_report`
 reads a run directory (:func:`~fedchain.report.inputs.load_report_inputs`) and builds its
@@ -28,10 +28,10 @@ from fedchain.ledger.objects import (
     Genesis,
     ModelVersion,
     RewardDeltas,
-    UpdateCommitment,
 )
 from fedchain.ledger.signatures import PLAIN, Verifier
 from fedchain.ledger.verify import ReplayStep, iter_replay
+from fedchain.report.decisions import compute_round_decision
 from fedchain.report.inputs import (
     ReportInputs,
     RoundMetrics,
@@ -95,7 +95,7 @@ def compute_report(inputs: ReportInputs, *, verifier: Verifier = PLAIN) -> dict[
     timeline = [0, *rounds]
     events = compute_events(inputs, steps, genesis)
     participants = compute_participants(inputs, steps, genesis, timeline, events)
-    rounds_json = _rounds_json(steps, timeline[1:], metrics, events)
+    rounds_json = _rounds_json(steps, timeline[1:], metrics, events, participants)
     contributions = any(
         isinstance(tx, ContributionRecord) for s in steps for tx in s.block.transactions
     )
@@ -214,10 +214,16 @@ def _rounds_json(
     rounds: Sequence[int],
     metrics: Mapping[int, RoundMetrics],
     events: Sequence[Mapping[str, Any]],
+    participants: Sequence[Mapping[str, Any]],
 ) -> list[dict[str, Any]]:
+    """Per round: what the ledger recorded, and what the rule and the pool decided
+    (:func:`~fedchain.report.decisions.compute_round_decision`). ``accepted`` counts the
+    updates averaged into the model; ``refused`` those the ledger's admission refused;
+    ``left_out`` those admitted that the rule did not use."""
     by_round: dict[int, list[Block]] = defaultdict(list)
     for block in (s.block for s in steps[1:]):
         by_round[block.header.round].append(block)
+    who = {p["public_key"]: p for p in participants}
     result = []
     for r in rounds:
         blocks = by_round.get(r, [])
@@ -227,12 +233,11 @@ def _rounds_json(
         round_events = [e for e in events if e["round"] == r]
         m = metrics.get(r)
         ledger: dict[str, Any] = {
-            "accepted": sum(isinstance(tx, UpdateCommitment) for tx in txs),
-            "rejected": sum(e["kind"] == "rejected" for e in round_events),
+            **compute_round_decision(txs, m, who),
+            "refused": sum(e["kind"] == "rejected" for e in round_events),
             "slashing_events": sum(e["kind"] == "slashed" for e in round_events),
             "stake_slashed": sum(e["stake_lost"] for e in round_events),
             "rewards_paid": sum(d for d in deltas if d > 0),
-            "penalties": -sum(d for d in deltas if d < 0),
         }
         if not blocks:  # a round only metrics.json names: the ledger says nothing of it
             ledger = dict.fromkeys(ledger)
@@ -297,10 +302,12 @@ def _totals_json(
         "active": sum(p["active"] for p in participants),
         "total_stake": sum(p["stake"] for p in participants),
         "rewards_paid": sum(p["rewards"] for p in participants),
-        "penalties": sum(p["penalties"] for p in participants),
         "stake_slashed": sum(p["slashed"] for p in participants),
+        "admitted_updates": sum(r["admitted"] or 0 for r in rounds),
         "accepted_updates": sum(r["accepted"] or 0 for r in rounds),
-        "rejected_updates": sum(r["rejected"] or 0 for r in rounds),
+        "left_out_updates": sum(r["left_out"] or 0 for r in rounds),
+        "refused_updates": sum(r["refused"] or 0 for r in rounds),
+        "rounds_model_moved": sum(bool(r["model_moved"]) for r in rounds),
         "slashing_events": sum(e["kind"] == "slashed" for e in events),
         "ejections": sum(e["kind"] == "ejected" for e in events),
         "final_accuracy": accuracies[-1] if accuracies else None,

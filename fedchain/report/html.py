@@ -92,7 +92,8 @@ table { width: 100%; border-collapse: collapse; font-size: 14px; }
 th, td { text-align: left; padding: 6px 8px; border-bottom: 1px solid var(--line);
   vertical-align: top; }
 td { white-space: nowrap; }
-td.wrap { white-space: normal; }
+td.wrap { white-space: normal; min-width: 24em; }
+.rule-note { color: var(--muted); }
 th { font-weight: 600; color: var(--muted); font-size: 12px; text-transform: uppercase;
   letter-spacing: .03em; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
@@ -201,7 +202,11 @@ def _html_cards(report: Mapping[str, Any]) -> str:
         (f"participants ({t['active']} active)", _num(t["participants"])),
         ("final accuracy", _pct(t["final_accuracy"])),
         ("rewards paid", _num(t["rewards_paid"])),
-        ("updates accepted / rejected", f"{t['accepted_updates']} / {t['rejected_updates']}"),
+        (
+            "updates accepted / left out / refused",
+            f"{t['accepted_updates']} / {t['left_out_updates']} / {t['refused_updates']}",
+        ),
+        ("rounds the model moved", f"{t['rounds_model_moved']} of {t['rounds']}"),
         ("slashing events", _num(t["slashing_events"])),
         ("stake slashed", _num(t["stake_slashed"])),
     ]
@@ -254,8 +259,10 @@ def _html_accuracy(report: Mapping[str, Any]) -> str:
 
 
 def _html_contributions(report: Mapping[str, Any]) -> str:
-    lead = "Each client's recorded contribution score per round (quantised on the ledger; "
-    lead += "blue helped the model, red hurt it, grey: not scored)."
+    lead = "Each client's share of the round's contribution: its recorded score divided by the "
+    lead += "sum of the round's absolute scores, in percent, each round normalised on its own so "
+    lead += "late rounds (far smaller scores) stay readable; blue helped the model, red hurt it, "
+    lead += "grey: not scored. The raw scores are in <code>report.json</code>."
     if not report.get("contributions_recorded"):
         content = _empty(f"{NO_CONTRIBUTIONS} on this ledger", "plot-contributions")
     else:
@@ -329,7 +336,6 @@ def _html_participants(report: Mapping[str, Any]) -> str:
                 _num(p["stake"]),
                 _signed(p["stake_change"]),
                 _num(p["rewards"]),
-                _num(p["penalties"]),
                 _num(p["slashed"]),
                 _esc(_score(p["contribution"])),
                 f"{p['reputation'] * 100:.0f} %",
@@ -344,15 +350,14 @@ def _html_participants(report: Mapping[str, Any]) -> str:
             "final stake",
             "change",
             "rewards",
-            "penalties",
             "slashed",
             "contribution",
             "reputation",
-            "updates ok / refused",
+            "updates admitted / refused",
             "active",
         ],
         rows,
-        {2, 3, 4, 5, 6, 7, 8, 9},
+        {2, 3, 4, 5, 6, 7, 8},
     )
     lead = "Participants are named by the SHA-256 fingerprint of their ledger key, and by "
     lead += "client index where the run directory holds their <code>.pub</code> file, or by "
@@ -407,35 +412,65 @@ def _html_rounds(report: Mapping[str, Any]) -> str:
             str(r["round"]),
             _esc(_pct(r["accuracy"])),
             _DASH if r["loss"] is None else f"{r['loss']:.4f}",
+            _moved(r["model_moved"]),
             _num(r["accepted"]),
-            _num(r["rejected"]),
+            _num(r["left_out"]),
+            _num(r["refused"]),
             _num(r["slashing_events"]),
             _num(r["rewards_paid"]),
-            _num(r["penalties"]),
-            "yes" if r["contributions_recorded"] else _DASH,
+            _pool(r["pool"]),
+            _why(r),
             f'<span class="mono">{_esc(_short(r["model_hash"]))}</span>',
             _DASH if r["seconds"] is None else f"{r['seconds']:.1f}",
         ]
         for r in report["rounds"]
     ]
-    table = _html_table(
-        [
-            "round",
-            "accuracy",
-            "loss",
-            "accepted",
-            "rejected",
-            "slashed",
-            "rewards",
-            "penalties",
-            "scores",
-            "model",
-            "seconds",
-        ],
-        rows,
-        {0, 1, 2, 3, 4, 5, 6, 7, 10},
+    headers = ["round", "accuracy", "loss", "model moved", "accepted", "left out", "refused"]
+    headers += ["slashed", "rewards", "pool", "why", "model", "seconds"]
+    table = _html_table(headers, rows, {0, 1, 2, 4, 5, 6, 7, 8, 12}, wrap=frozenset({10}))
+    lead = "What each round decided. <b>accepted</b>: updates averaged into the model; "
+    lead += "<b>left out</b>: admitted by the ledger but not used by the aggregation rule (why: "
+    lead += "<i>norm</i>, longer than the rule allows; <i>harmful</i>, scored clearly below "
+    lead += "zero; <i>useless</i>, scored about zero; <i>frozen</i>, every step the rule tried "
+    lead += "raised the validation loss); <b>refused</b>: by the ledger's admission (see the "
+    lead += "events); <b>pool</b>: what became of the round's reward pool."
+    return _section("rounds", "Rounds and decisions", lead, table)
+
+
+def _moved(moved: bool | None) -> str:
+    if moved is None:
+        return _DASH
+    return (
+        '<span class="tag yes">moved</span>' if moved else '<span class="tag no">unchanged</span>'
     )
-    return _section("rounds", "Rounds", "What the ledger recorded each round.", table)
+
+
+def _pool(pool: Mapping[str, Any] | None) -> str:
+    """The round's pool decision (paid / not paid; carried or withheld once the payout rule
+    records them), with its reason where there is one."""
+    if pool is None:
+        return _DASH
+    reason = f": {_esc(pool['reason'])}" if pool.get("reason") else ""
+    return f'<span class="pool-decision">{_esc(pool["decision"])}{reason}</span>'
+
+
+def _why(r: Mapping[str, Any]) -> str:
+    """The left-out updates grouped by reason (who, with its score; the reason's meaning on
+    hover), then the rule's own sentence."""
+    groups: dict[str, list[str]] = {}
+    meaning: dict[str, str] = {}
+    for entry in r["left_out_updates"] or ():
+        score = "" if entry["score"] is None else f" ({entry['score']:+.3g})"
+        groups.setdefault(entry["reason"], []).append(_esc(entry["name"] + score))
+        meaning[entry["reason"]] = entry["why"]
+    lines = [
+        f'<span class="left-out" title="{_esc(meaning[code])}"><b>{_esc(code)}</b>: '
+        f"{', '.join(who)}</span>"
+        for code, who in groups.items()
+    ]
+    if r["rule_note"]:
+        lines.append(f'<span class="rule-note">{_esc(r["rule_note"])}</span>')
+    return "<br>".join(lines) or _DASH
 
 
 def _html_lineage(report: Mapping[str, Any]) -> str:

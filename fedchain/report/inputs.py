@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedchain.aggregation.explain import LEFT_OUT_REASONS
 from fedchain.config import RunConfig, load_config_file
 from fedchain.crypto.identity import load_public_key
 from fedchain.errors import ConfigError, FedchainError, LedgerError
@@ -82,6 +83,12 @@ class RoundMetrics:
     accepted: int | None = None
     rejected: int | None = None
     seconds: float | None = None
+    moved: bool | None = None
+    """Whether the aggregation rule moved the model (None: not recorded, a run made before)."""
+    left_out: tuple[tuple[str, str], ...] | None = None
+    """(hex key, reason code) of each admitted update the rule left out."""
+    note: str | None = None
+    """The rule's own sentence for the round (written by the coordinator; shown escaped)."""
 
 
 @dataclass(frozen=True)
@@ -338,10 +345,35 @@ def _parse_round_metrics(entry: Any) -> tuple[RoundMetrics, list[str]]:
         accepted=_count(entry.get("accepted")),
         rejected=_count(entry.get("rejected")),
         seconds=_finite(entry.get("seconds")),
+        moved=entry.get("moved") if isinstance(entry.get("moved"), bool) else None,
+        left_out=_left_out(entry.get("left_out")),
+        note=printable(entry["note"])[:MAX_NOTE_CHARS]
+        if isinstance(entry.get("note"), str)
+        else None,
     )
-    fields = ("accuracy", "loss", "accepted", "rejected", "seconds")
+    fields = ("accuracy", "loss", "accepted", "rejected", "seconds", "moved", "left_out")
     missing = [k for k in fields if getattr(metrics, k) is None and entry.get(k) is not None]
     return metrics, missing
+
+
+MAX_NOTE_CHARS = 400
+"""The longest rule note shown (the rule's notes are one sentence)."""
+
+
+def _left_out(value: Any) -> tuple[tuple[str, str], ...] | None:
+    """``metrics.json``'s ``left_out`` (hex key -> reason code), or None if it is not that."""
+    if not isinstance(value, dict):
+        return None
+    out = []
+    for key, code in value.items():
+        if not (_is_hex_key(key) and isinstance(code, str) and code in LEFT_OUT_REASONS):
+            return None
+        out.append((key, code))
+    return tuple(sorted(out))
+
+
+def _is_hex_key(text: Any) -> bool:
+    return isinstance(text, str) and len(text) == 64 and all(c in "0123456789abcdef" for c in text)
 
 
 def _finite(value: Any) -> float | None:

@@ -93,7 +93,6 @@ def compute_participants(
     initial = {p.public_key: p.stake for p in genesis.participants}
     joined = dict.fromkeys(initial, 0)
     rewards: dict[PublicKey, dict[int, int]] = defaultdict(dict)
-    penalties: dict[PublicKey, int] = defaultdict(int)
     scores: dict[PublicKey, dict[int, int]] = defaultdict(dict)  # quantised, summed per round
     counts: dict[str, dict[PublicKey, int]] = defaultdict(lambda: defaultdict(int))
     for block in (s.block for s in steps[1:]):
@@ -103,11 +102,8 @@ def compute_participants(
                 initial.setdefault(tx.public_key, tx.stake)
                 joined.setdefault(tx.public_key, round_)
             elif isinstance(tx, RewardDeltas):
-                for key, delta in tx.deltas:
-                    if delta > 0:
-                        rewards[key][round_] = rewards[key].get(round_, 0) + delta
-                    else:
-                        penalties[key] -= delta
+                for key, delta in tx.deltas:  # the ledger refuses negative deltas
+                    rewards[key][round_] = rewards[key].get(round_, 0) + max(delta, 0)
             elif isinstance(tx, ContributionRecord):
                 for key, score in tx.scores:
                     scores[key][round_] = scores[key].get(round_, 0) + score
@@ -144,7 +140,6 @@ def compute_participants(
                 "stake": now.stake,
                 "stake_change": now.stake - initial.get(key, now.stake),
                 "rewards": sum(rewards[key].values()),
-                "penalties": penalties[key],
                 "slashed": slashed[key.hex()],
                 "updates": counts["updates"][key],
                 "rejections": counts["rejections"][key],

@@ -151,32 +151,37 @@ def draw_accuracy(figure: Figure, report: Mapping[str, Any]) -> None:
 
 
 def draw_contributions(figure: Figure, report: Mapping[str, Any]) -> None:
+    """The contribution heat map, each round normalised on its own: a cell is the client's
+    score divided by the sum of the round's absolute scores (a share in -100 %..100 %), so a
+    late round, whose scores are a hundred times smaller than the first round's, reads as
+    clearly as the first. The colour bar says so."""
     import numpy as np  # lazy: matplotlib costs ~1 s, paid only for a page
     from matplotlib.colors import TwoSlopeNorm
 
     rounds = report["timeline"][1:]
     participants = report["participants"]
-    grid = np.array(
-        [
-            [np.nan if v is None else v for v in p["contribution_by_round"][1:]]
-            for p in participants
-        ],
-        dtype=float,
+    grid = compute_round_shares(
+        np.array(
+            [
+                [np.nan if v is None else v for v in p["contribution_by_round"][1:]]
+                for p in participants
+            ],
+            dtype=float,
+        )
     )
-    finite = grid[np.isfinite(grid)]
-    bound = float(np.max(np.abs(finite))) if finite.size else 0.0
-    bound = bound or 1.0
     ax = figure.add_subplot()
     ax.grid(False)
     ax.set_facecolor("#e4e7eb")  # rounds without a score show through as grey
     image = ax.imshow(
-        np.ma.masked_invalid(grid),
+        np.ma.masked_invalid(100 * grid),
         cmap="RdBu",
-        norm=TwoSlopeNorm(vmin=-bound, vcenter=0.0, vmax=bound),
+        norm=TwoSlopeNorm(vmin=-100.0, vcenter=0.0, vmax=100.0),
         aspect="auto",
         interpolation="nearest",
     )
-    figure.colorbar(image, ax=ax, fraction=0.04, pad=0.01).set_label("contribution score")
+    figure.colorbar(image, ax=ax, fraction=0.04, pad=0.01).set_label(
+        "% of the round's total |score|\n(each round normalised)"
+    )
     ax.set_yticks(range(len(participants)), [p["name"] for p in participants])
     columns = _ticks(list(range(len(rounds))))
     ax.set_xticks(columns, [str(rounds[i]) for i in columns])
@@ -186,10 +191,21 @@ def draw_contributions(figure: Figure, report: Mapping[str, Any]) -> None:
     if grid.size <= 240:
         for (row, col), value in np.ndenumerate(grid):
             if np.isfinite(value):
-                colour = "white" if abs(value) > 0.6 * bound else "#1f2933"
+                colour = "white" if abs(value) > 0.6 else "#1f2933"
                 ax.text(
-                    col, row, f"{value:.3f}", ha="center", va="center", fontsize=8, color=colour
-                )
+                    col, row, f"{round(100 * value):d}", ha="center", va="center", fontsize=8,
+                    color=colour,
+                )  # fmt: skip
+
+
+def compute_round_shares(grid: Any) -> Any:
+    """Each column (round) of ``grid`` (participants x rounds, NaN: not scored) divided by the
+    sum of its absolute finite values; a round whose scores are all 0 stays 0."""
+    import numpy as np  # lazy, as above
+
+    totals = np.nansum(np.abs(grid), axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(totals > 0, grid / np.where(totals > 0, totals, 1.0), grid)
 
 
 def draw_rewards(figure: Figure, report: Mapping[str, Any]) -> None:

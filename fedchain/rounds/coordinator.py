@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedchain.aggregation.explain import AggregationExplanation, explain_aggregation
 from fedchain.aggregation.rules import AggregationResult, RuleParams
 from fedchain.anchor.receipts import Anchoring
 from fedchain.crypto.hashing import compute_update_hash
@@ -76,6 +77,7 @@ class RoundOutcome:
     final_height: int = 0
     weights: dict[bytes, float] = field(default_factory=dict)
     scores: dict[bytes, int] = field(default_factory=dict)  # quantised, as recorded
+    aggregation: AggregationExplanation | None = None  # what the rule did with the admitted
 
     @property
     def accepted(self) -> int:
@@ -339,6 +341,7 @@ class Coordinator:
         self.model, self.model_hash = new_model, model_hash
         shares = {keys[i]: float(result.weights[i]) for i in range(len(keys))}
         outcome.weights = shares
+        outcome.aggregation = explain_aggregation(result, keys)
         return result
 
     def _anchor_receipts(self) -> list[AnchorReceipt]:

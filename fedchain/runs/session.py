@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from fedchain.aggregation.explain import encode_explanation
 from fedchain.aggregation.weights import make_rule_params
 from fedchain.anchor.connect import make_run_anchoring
 from fedchain.config import RunConfig
@@ -61,7 +62,7 @@ class Session:
         self.test = test
         self.net = build_model(config.model, tuple(test.x.shape[1:]), len(test.classes), seed=0)
         self.done = chain.state.round if chain is not None else 0  # rounds already on the ledger
-        self.history: list[dict[str, float | int]] = []
+        self.history: list[dict[str, Any]] = []
         self.outcomes: list[RoundOutcome] = []
         self.last_outcome: RoundOutcome | None = None
         self.started = time.perf_counter()
@@ -123,16 +124,17 @@ class Session:
         elapsed = time.perf_counter() - self.started
         outcome = self.last_outcome
         if server_round > 0 or not self.history:  # a resumed run's round 0 is recorded already
-            self.history.append(
-                {
-                    "round": self.done + server_round,
-                    "accuracy": result.accuracy,
-                    "loss": result.loss,
-                    "accepted": outcome.accepted if outcome and server_round else 0,
-                    "rejected": len(outcome.rejected) if outcome and server_round else 0,
-                    "seconds": round(elapsed, 3) if server_round else 0.0,
-                }
-            )
+            row: dict[str, Any] = {
+                "round": self.done + server_round,
+                "accuracy": result.accuracy,
+                "loss": result.loss,
+                "accepted": outcome.accepted if outcome and server_round else 0,
+                "rejected": len(outcome.rejected) if outcome and server_round else 0,
+                "seconds": round(elapsed, 3) if server_round else 0.0,
+            }
+            if outcome and server_round and outcome.aggregation is not None:
+                row.update(encode_explanation(outcome.aggregation))  # accepted: averaged
+            self.history.append(row)
             write_metrics(self.run_dir, self.history, encode_attack_settings(self.config))
         if self.report is not None and server_round > 0:
             self.report(self.done + server_round, outcome, result.accuracy, elapsed)
@@ -174,7 +176,7 @@ def describe_nothing_accepted(outcomes: list[RoundOutcome], first: int) -> str |
     return f"no client update was accepted in {rounds}: {why}"
 
 
-def load_history(run_dir: Path, done: int) -> list[dict[str, float | int]] | None:
+def load_history(run_dir: Path, done: int) -> list[dict[str, Any]] | None:
     """``metrics.json`` rows of the rounds the ledger holds (a lost round's row is dropped);
     ``[]`` without the file, None if it is unreadable."""
     path = run_dir / METRICS_FILENAME
@@ -189,7 +191,7 @@ def load_history(run_dir: Path, done: int) -> list[dict[str, float | int]] | Non
 
 def write_metrics(
     run_dir: Path,
-    history: list[dict[str, float | int]],
+    history: list[dict[str, Any]],
     attack: Mapping[str, Any] | None = None,
 ) -> None:
     """``metrics.json``: central accuracy and loss per round (round 0: the initial model), and
