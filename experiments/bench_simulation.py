@@ -50,6 +50,7 @@ ENTRY_POINTS = {
     "server: admit replies, aggregate, prepare block": ("coordinator.py", "run_round"),
     "server: seal + append block (SQLite, fsync)": ("coordinator.py", "_try_seal"),
     "server: save model file (safetensors, fsync)": ("registry.py", "save_model"),
+    "server: archive the round's updates (one pack, fsync)": ("archive.py", "save_round_updates"),
     "server: decode replies (Flower arrays)": ("strategy.py", "parse_reply"),
     "server: ledger view in each message": ("coordinator.py", "ledger_view"),
     "client: replay blocks, re-derive pending, attest, seal": ("client_app.py", "_ledger_duties"),

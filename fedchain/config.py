@@ -62,6 +62,18 @@ _FLOWER_RULES_NEED_OFF = (
 )
 
 
+_ARCHIVE_CHOICES = (
+    "archive-updates must be all, none, or a number of rounds K >= 1 (keep the last K rounds' "
+    "updates)"
+)
+
+
+def _is_archive_choice(text: str) -> bool:
+    return text in {"all", "none"} or (
+        text.isascii() and text.isdigit() and 1 <= int(text) <= MAX_INT
+    )
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Everything that defines a simulated federation. Stakes and rewards are base units."""
@@ -97,6 +109,9 @@ class RunConfig:
     reward_per_round: int = 10_000
     slash_double_sign_bps: int = 10_000
     reputation_penalty_bps: int = 2_000
+    # which rounds' accepted client updates the run keeps in updates/ (a rule of the federation,
+    # on the genesis): all, none, or K (the last K rounds); fedchain.runs.archive
+    archive_updates: str = "all"
     round_timeout: float = 300.0
     # Anchoring the ledger to an outside witness (fedchain.anchor): off, evm or rfc3161; every
     # anchor-every final blocks; anchor-url: the EVM node's JSON-RPC URL ("memory": an in-process
@@ -156,6 +171,7 @@ class RunConfig:
                 "slash-double-sign-bps and reputation-penalty-bps are basis points: 0 .. 10000",
             ),
             (self.round_timeout > 0, "round-timeout must be positive"),
+            (_is_archive_choice(self.archive_updates), _ARCHIVE_CHOICES),
             (self.anchor in ANCHOR_CHOICES, f"anchor must be one of {', '.join(ANCHOR_CHOICES)}"),
             (self.anchor_every >= 1, "anchor-every must be at least 1 (blocks)"),
             (
@@ -198,6 +214,13 @@ class RunConfig:
     def sampled_per_round(self) -> int:
         return self.clients_per_round or self.clients
 
+    @property
+    def archive_rounds(self) -> int:
+        """``archive_updates`` as the genesis rule ``update_archive_rounds`` (-1: every round)."""
+        named = {"all": -1, "none": 0}
+        text = self.archive_updates
+        return named[text] if text in named else int(text)
+
     def to_toml_dict(self) -> dict[str, Any]:
         return {f.name.replace("_", "-"): getattr(self, f.name) for f in dataclasses.fields(self)}
 
@@ -225,6 +248,8 @@ def _coerce(name: str, value: Any) -> Any:
     expected = type(_FIELDS[name].default)
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if name == "archive_updates" and type(value) is int:  # archive-updates = 5 in a TOML file
+        return str(value)
     if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
         raise ConfigError(f"{name.replace('_', '-')} must be {expected.__name__}, got {value!r}")
     return value

@@ -34,7 +34,8 @@ from fedchain.ledger.objects import Block
 from fedchain.ledger.store import LedgerStore
 from fedchain.ledger.verify import verify_ledger
 from fedchain.runs import federation, layout
-from fedchain.runs.layout import MODELS_DIRNAME
+from fedchain.runs.archive import check_update_files, find_unnamed_update_files
+from fedchain.runs.layout import MODELS_DIRNAME, UPDATES_DIRNAME, update_pack_name
 from fedchain.runs.registration import (
     MAX_TOML_SIZE,
     ParticipantEntry,
@@ -176,6 +177,9 @@ def test_deployment_runs_and_resumes_after_a_crash(tmp_path):
         prefix = [s.block_hash for s in store.iter_blocks()]
     models_before = set((run_dir / MODELS_DIRNAME).iterdir())
     assert len(models_before) == 3  # initial, round 1, and round 2's model no block registers
+    packs = sorted(p.name for p in (run_dir / UPDATES_DIRNAME).iterdir())
+    assert packs == [update_pack_name(1), update_pack_name(2)]  # round 2's: no block names it
+    assert find_unnamed_update_files(run_dir, before) == [run_dir / UPDATES_DIRNAME / packs[1]]
 
     with pytest.raises(ConfigError, match="ledger already exists"):
         federation.add_participant(fed_dir, federation.load_federation(fed_dir).participants[0])
@@ -198,6 +202,10 @@ def test_deployment_runs_and_resumes_after_a_crash(tmp_path):
     # coordinator's own validation split.
     assert {v.rule for _, v in after.model_versions} == {RunConfig().aggregation} == {"screened"}
     assert find_unregistered_files(run_dir, after) == []
+    # round 2 ran again: its pack was replaced by the re-run's, which the ledger names
+    assert find_unnamed_update_files(run_dir, after) == []
+    archived = check_update_files(run_dir, after)
+    assert archived.problems == () and archived.checked == len(after.update_hashes)
 
     run_deployment(deployed_grid(nodes), fed_dir)  # all rounds done: nothing happens
     assert verify_ledger(run_dir).head_height == after.head_height

@@ -116,6 +116,7 @@ FIELDS: dict[int, tuple[tuple[str, Any], ...]] = {  # spec §3, transcribed
         ("contribution_method", STR),
         ("weight_cap_bps", INT),
         ("reputation_penalty_bps", INT),
+        ("update_archive_rounds", INT),
     ),
     2: (
         ("public_key", BYTES),

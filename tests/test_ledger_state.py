@@ -100,8 +100,8 @@ RULES = make_rules(  # every field given: the known answers below must not follo
 OTHER_FEDERATION = hashlib.sha256(b"another federation").digest()
 
 # Known answers (Ed25519 signatures are deterministic, so whole blocks are).
-KNOWN_GENESIS_BLOCK_HASH = "3c52061d43bf0e4c57b643479f1e544783de1f963f442b40de832b106b03e721"
-KNOWN_BLOCK_1_HASH = "ef6f9bda21e9329bccad2eeadbe75bf13de2177e6a46a6dac623d7e0e89e274b"
+KNOWN_GENESIS_BLOCK_HASH = "e37d749ec61c554cfdcfd697ab0388baa2961344c1beac141da31d7e0c1d52cb"
+KNOWN_BLOCK_1_HASH = "12c6741491399757e4dd69a945754ed0198a18d61503d28f35fa13cb3a73adc5"
 
 
 def digest(text: str) -> bytes:
@@ -264,6 +264,7 @@ def test_invalid_genesis_block_altered(genesis: Genesis) -> None:
         ),
         ({"rules": dataclasses.replace(RULES, weight_cap_bps=0)}, "weight_cap_bps"),
         ({"rules": dataclasses.replace(RULES, reputation_penalty_bps=-1)}, "reputation_penalty"),
+        ({"rules": dataclasses.replace(RULES, update_archive_rounds=-2)}, "update_archive_rounds"),
     ],
 )
 def test_invalid_genesis(genesis: Genesis, change: dict[str, Any], message: str) -> None:

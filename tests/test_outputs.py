@@ -49,7 +49,8 @@ from fedchain.runs.federation import (
 from fedchain.runs.layout import FEDERATION_FILENAME, RUN_DIRNAME
 from fedchain.runs.prepare import make_rules_for
 from fedchain.runs.registration import ParticipantEntry
-from fedchain.runs.registry import read_regular_file, save_model
+from fedchain.runs.registry import save_model
+from fedchain.runs.tensorfiles import read_regular_file
 from tests.test_report import scored_run  # noqa: F401 - scored_run is a fixture
 
 if TYPE_CHECKING:

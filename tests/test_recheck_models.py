@@ -24,6 +24,7 @@ from fedchain.config import RunConfig, load_config_file
 from fedchain.ledger.verify import verify_ledger
 from fedchain.rounds.recheck import recheck_scores
 from fedchain.rounds.scores import compute_aggregation
+from fedchain.runs.archive import UpdateArchive, save_round_updates
 from fedchain.runs.layout import CONFIG_FILENAME, UPDATES_DIRNAME
 
 SMALL = {"clients": 3, "rounds": 2, "model": "mlp"}
@@ -112,7 +113,12 @@ def test_a_round_whose_updates_are_not_all_archived_says_so(
     run_dir = run(inprocess_federation, tmp_path, monkeypatch, None)
     report = verify_ledger(run_dir)
     lost = report.round_records[1].commitments[0].update_hash
-    (run_dir / UPDATES_DIRNAME / f"{lost.hex()}.safetensors").unlink()
+    archive = UpdateArchive(run_dir)
+    pack = archive.where(lost)
+    assert pack is not None and pack.parent.name == UPDATES_DIRNAME
+    held = archive.read_file(pack)
+    del held[lost]
+    save_round_updates(run_dir, 2, held)
     check = recheck_scores(run_dir, report, report_config(run_dir))
     assert check.models_matched == 1
     assert check.problems[0].startswith("round 2: not all its updates (or its base model) are")

@@ -155,7 +155,7 @@ def test_invalid_load_model_refuses_a_corrupted_file(tmp_path):
         load_model(tmp_path, model_hash)
     assert str(path) in str(raised.value)
     path.unlink()
-    with pytest.raises(RegistryError, match="no such model file"):
+    with pytest.raises(RegistryError, match="no such file"):
         load_model(tmp_path, model_hash)
 
 

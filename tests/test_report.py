@@ -251,6 +251,15 @@ def test_report_of_a_real_run(clean_run):
     assert all(r["accuracy"] is not None and 0 < r["accuracy"] <= 1 for r in data["rounds"])
     assert [m["round"] for m in data["lineage"]] == [0, 1, 2, 3]
     assert all(m["file_present"] for m in data["lineage"])
+    packs = sorted((clean_run / "updates").iterdir())
+    assert data["archive"] == {
+        "update_archive_rounds": -1,
+        "policy": "all rounds",
+        "files": 3,
+        "bytes": sum(p.stat().st_size for p in packs),
+    }
+    assert data["run"]["rules"]["update_archive_rounds"] == -1
+    assert "update archive: 3 files, " in output and "keeps the updates of all rounds" in output
     records = [tx for tx in ledger_transactions(clean_run) if isinstance(tx, ContributionRecord)]
     assert data["contributions_recorded"] == bool(records)
     for record in records:  # each recorded score, unquantised, in its round's column

@@ -36,6 +36,8 @@ from fedchain.ledger.store import LedgerStore
 from fedchain.ledger.verify import verify_ledger
 from fedchain.rounds.admission import MISMATCH_REASON
 from fedchain.rounds.recheck import recheck_scores
+from fedchain.runs.archive import UpdateArchive
+from fedchain.runs.layout import update_pack_name
 from server.inprocess_grid import NODE_BASE
 
 FLOWER_LOGGER.setLevel(logging.ERROR)
@@ -233,13 +235,14 @@ def test_contribution_scores_split_rewards_and_updates_are_archived(
     assert [r.round for r in records] == [1, 2]
     assert len(records[1].scores) == 3  # client 0 raised in round 2: not scored
     assert any(score > 0 for _, score in records[1].scores)
-    archived = {p.name.split(".")[0] for p in (fed.setup.run_dir / "updates").iterdir()}
-    committed = {tx.update_hash.hex() for tx in txs if isinstance(tx, UpdateCommitment)}
-    assert committed <= archived
+    archive = UpdateArchive(fed.setup.run_dir)
+    committed = {tx.update_hash for tx in txs if isinstance(tx, UpdateCommitment)}
+    assert committed <= set(archive.index)
+    assert sorted(p.name for p in archive.files) == [update_pack_name(1), update_pack_name(2)]
     check = recheck_scores(fed.setup.run_dir, report, fed.setup.config)
     assert check.rounds == 2 and not check.problems and check.max_difference <= 0.005
     # an archived update that no longer holds what was committed is reported
-    victim = fed.setup.run_dir / "updates" / f"{sorted(committed)[0]}.safetensors"
+    victim = archive.index[sorted(committed)[0]]
     victim.write_bytes(victim.read_bytes()[:-8] + bytes(8))
     assert any(
         "altered" in p or "differ" in p

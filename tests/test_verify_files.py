@@ -26,6 +26,7 @@ from fedchain.ledger.checkpoints import save_checkpoint
 from fedchain.ledger.consensus import get_proposer
 from fedchain.ledger.lightclient import Checkpoint
 from fedchain.ledger.verify import VerifyReport, verify_ledger
+from fedchain.runs.archive import UpdateArchive, save_round_updates
 from fedchain.runs.layout import (
     LEDGER_FILENAME,
     METRICS_FILENAME,
@@ -34,6 +35,7 @@ from fedchain.runs.layout import (
     client_key_path,
 )
 from fedchain.runs.leftovers import compute_leftover_verdict, find_leftovers
+from fedchain.runs.tensorfiles import write_tensors
 
 CLIENTS, ROUNDS = 4, 3
 runner = CliRunner()
@@ -72,6 +74,17 @@ def copy_run(run: Path, tmp_path: Path) -> Path:
     return work
 
 
+def drop_archived_update(run_dir: Path, update_hash: bytes) -> Path:
+    """Rewrite the pack holding ``update_hash`` without it (a withheld update); its path."""
+    archive = UpdateArchive(run_dir)
+    pack = archive.where(update_hash)
+    assert pack is not None
+    held = archive.read_file(pack)
+    del held[update_hash]
+    round_ = int(pack.name.removeprefix("round-").split(".")[0])
+    return save_round_updates(run_dir, round_, held)
+
+
 def delete_blocks_above(run_dir: Path, height: int) -> None:
     with closing(sqlite3.connect(run_dir / LEDGER_FILENAME)) as db, db:
         db.execute("DELETE FROM blocks WHERE height > ?", (height,))
@@ -94,8 +107,9 @@ def test_the_honest_run_verifies_against_its_checkpoint(run: Path, checkpoint: P
 
 
 def test_the_verified_report_names_every_committed_update(run: Path, honest: VerifyReport) -> None:
-    archived = {p.name.split(".")[0] for p in (run / UPDATES_DIRNAME).iterdir()}
-    assert {h.hex() for _, h in honest.update_hashes} == archived
+    archived = set(UpdateArchive(run).index)
+    assert {h for _, h in honest.update_hashes} == archived
+    assert len(list((run / UPDATES_DIRNAME).iterdir())) == ROUNDS  # one file per round
     assert len(honest.block_hashes) == honest.blocks
 
 
@@ -184,19 +198,82 @@ def test_every_checkpoint_given_is_checked(
 def test_invalid_tampered_archived_update(run: Path, honest: VerifyReport, tmp_path: Path) -> None:
     work = copy_run(run, tmp_path)
     height, victim_hash = honest.update_hashes[0]
-    victim = work / UPDATES_DIRNAME / f"{victim_hash.hex()}.safetensors"
-    data = bytearray(victim.read_bytes())
-    data[-1] ^= 1  # one bit of one weight
-    victim.write_bytes(bytes(data))
+    archive = UpdateArchive(work)
+    victim = archive.where(victim_hash)
+    assert victim is not None
+    held = archive.read_file(victim)
+    name = next(iter(held[victim_hash]))
+    held[victim_hash][name] = held[victim_hash][name].copy()
+    held[victim_hash][name].flat[0] += 1  # one weight of one update, its pack rewritten whole
+    save_round_updates(work, int(victim.name[6:12]), held)
     code, output = verify(str(work))
     assert code == 1
     assert victim.name in output and f"update named by block {height}" in output
+    assert output.count("hashes to") == 1  # the others in its pack still match
+
+
+def test_invalid_archive_pack_bit_flipped(run: Path, tmp_path: Path) -> None:
+    work = copy_run(run, tmp_path)
+    pack = sorted((work / UPDATES_DIRNAME).iterdir())[0]
+    data = bytearray(pack.read_bytes())
+    data[-1] ^= 1  # one bit of the last weight of one of its updates
+    pack.write_bytes(bytes(data))
+    code, output = verify(str(work))
+    assert code == 1 and pack.name in output and "update named by block" in output
+
+
+def test_invalid_pack_whose_header_claims_an_update_it_does_not_hold(
+    run: Path, honest: VerifyReport, tmp_path: Path
+) -> None:
+    """A pack's header is only an index: a pack that names update X over update Y's tensors (X
+    itself withheld) is refused, not trusted for naming X."""
+    work = copy_run(run, tmp_path)
+    archive = UpdateArchive(work)
+    pack = sorted(archive.files)[0]
+    held = archive.read_file(pack)
+    victim, other = list(held)[:2]
+    held[victim] = held[other]  # X's names, Y's weights
+    save_round_updates(work, 1, held)
+    code, output = verify(str(work))
+    assert code == 1 and pack.name in output
+    assert f"the update it names {victim.hex()[:16]}… hashes to {other.hex()[:16]}…" in output
+
+
+def test_invalid_pack_claiming_another_rounds_update_it_does_not_hold(
+    run: Path, honest: VerifyReport, tmp_path: Path
+) -> None:
+    """An update withheld from its round's pack and claimed, with other weights, by a pack of
+    another round (the pack's name or round is not what makes an update archived)."""
+    work = copy_run(run, tmp_path)
+    archive = UpdateArchive(work)
+    first, last = sorted(archive.files)[0], sorted(archive.files)[-1]
+    victim = archive.files[first][0]
+    drop_archived_update(work, victim)
+    held = archive.read_file(last)
+    held[victim] = next(iter(held.values()))
+    save_round_updates(work, ROUNDS, held)
+    code, output = verify(str(work))
+    assert code == 1 and last.name in output and "hashes to" in output
+
+
+def test_old_per_update_files_still_verify(run: Path, honest: VerifyReport, tmp_path: Path) -> None:
+    """A run written before round packs: one updates/<hash>.safetensors per update."""
+    work = copy_run(run, tmp_path)
+    archive = UpdateArchive(work)
+    for pack in sorted(archive.files):
+        for update_hash, arrays in archive.read_file(pack).items():
+            write_tensors(work / UPDATES_DIRNAME / f"{update_hash.hex()}.safetensors", arrays)
+        pack.unlink()
+    code, output = verify(str(work), "--scores")
+    assert code == 0, output
+    assert f"{ROUNDS * CLIENTS} archived updates match" in output and "warning" not in output
+    assert f"scores: {ROUNDS} rounds recomputed" in output
 
 
 def test_invalid_missing_archived_update(run: Path, honest: VerifyReport, tmp_path: Path) -> None:
     work = copy_run(run, tmp_path)
     _, victim_hash = honest.update_hashes[-1]
-    (work / UPDATES_DIRNAME / f"{victim_hash.hex()}.safetensors").unlink()
+    drop_archived_update(work, victim_hash)
     code, output = verify(str(work))
     assert code == 1 and "missing (update named by block" in output
 
@@ -213,7 +290,7 @@ def test_a_stopped_rounds_files_are_warnings(run: Path, tmp_path: Path) -> None:
     leftovers = find_leftovers(work, report)
     assert leftovers.problems == ()
     assert len(leftovers.models) == 1 and leftovers.models[0].parent.name == MODELS_DIRNAME
-    assert len(leftovers.updates) == CLIENTS
+    assert [p.name for p in leftovers.updates] == ["round-000003.safetensors"]
     assert leftovers.metrics_rounds == (3,)
     code, output = verify(str(work))
     assert code == 0, output
@@ -254,3 +331,67 @@ def test_a_run_copied_without_its_updates_folder_is_a_warning(run: Path, tmp_pat
     code, output = verify(str(work))
     assert code == 0, output
     assert "not archived here" in output and "not archived" in output
+
+
+# -- the federation's retention rule ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def last_round_only(tmp_path_factory: pytest.TempPathFactory, inprocess_federation) -> Path:  # type: ignore[no-untyped-def]
+    out = tmp_path_factory.mktemp("archive-1")
+    fed = inprocess_federation(
+        out,
+        clients=CLIENTS,
+        rounds=ROUNDS,
+        aggregation="fedavg",
+        contribution="none",
+        archive_updates="1",
+    ).run()
+    return fed.setup.run_dir
+
+
+def test_a_federation_keeping_the_last_round_verifies_and_says_what_is_not_archived(
+    last_round_only: Path,
+) -> None:
+    report = verify_ledger(last_round_only)
+    assert report.state is not None and report.state.genesis.rules.update_archive_rounds == 1
+    # round 3's block is final: rounds 1 and 2's packs were deleted by the coordinator
+    assert [p.name for p in (last_round_only / UPDATES_DIRNAME).iterdir()] == [
+        "round-000003.safetensors"
+    ]
+    code, output = verify(str(last_round_only), "--scores")
+    assert code == 0, output
+    assert f"{CLIENTS} archived updates match their hashes; {2 * CLIENTS} of rounds 1-2 not" in (
+        output
+    )
+    assert "scores: 1 rounds recomputed" in output
+    assert "scores: 2 rounds not archived by policy (the federation keeps the updates of the" in (
+        output
+    )
+
+
+def test_invalid_a_kept_rounds_update_withheld_under_a_retention_rule(
+    last_round_only: Path, tmp_path: Path
+) -> None:
+    """The rule excuses only the rounds it drops: the last round's update must be there."""
+    work = copy_run(last_round_only, tmp_path)
+    victim = UpdateArchive(work).files[work / UPDATES_DIRNAME / "round-000003.safetensors"][0]
+    drop_archived_update(work, victim)
+    code, output = verify(str(work))
+    assert code == 1 and "of round 3 missing" in output and "the last 1 round" in output
+
+
+def test_a_federation_archiving_no_updates_writes_none(
+    tmp_path: Path,
+    inprocess_federation,  # type: ignore[no-untyped-def]
+) -> None:
+    fed = inprocess_federation(
+        tmp_path, clients=2, rounds=2, aggregation="fedavg", contribution="none",
+        archive_updates="none",
+    ).run()  # fmt: skip
+    run_dir = fed.setup.run_dir
+    assert not (run_dir / UPDATES_DIRNAME).exists()
+    code, output = verify(str(run_dir), "--scores")
+    assert code == 0, output
+    assert "warning" not in output and "0 archived updates match" in output
+    assert "scores: 2 rounds not archived by policy" in output

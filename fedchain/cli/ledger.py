@@ -2,7 +2,7 @@
 
 Given a run directory, ``verify`` also checks the model files and the archived updates against
 the verified ledger (:func:`fedchain.runs.registry.check_model_files`,
-:func:`~fedchain.runs.registry.check_update_files`) and the files newer than its head
+:func:`~fedchain.runs.archive.check_update_files`) and the files newer than its head
 (:mod:`fedchain.runs.leftovers`); given a bare ledger file, it checks the ledger only. Each
 ``--checkpoint`` file (:mod:`fedchain.ledger.checkpoints`) must be extended by the ledger
 (:func:`fedchain.ledger.verify.check_checkpoint`). With ``--anchors`` every anchor is checked
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
@@ -34,14 +35,11 @@ from fedchain.ledger.store import LedgerStore, open_ledger_path
 from fedchain.ledger.verify import VerifyReport, check_checkpoint, verify_ledger
 from fedchain.report.inputs import describe_unfinished, read_run_plan
 from fedchain.rounds.recheck import describe_score_tolerance, recheck_scores
+from fedchain.runs.archive import check_update_files
 from fedchain.runs.layout import CONFIG_FILENAME, LEDGER_FILENAME
 from fedchain.runs.leftovers import find_leftovers
-from fedchain.runs.registry import (
-    check_model_files,
-    check_update_files,
-    get_registered_hashes,
-    read_regular_file,
-)
+from fedchain.runs.registry import check_model_files, get_registered_hashes
+from fedchain.runs.tensorfiles import read_regular_file
 
 app = make_app("Read a ledger: list its blocks and transactions.")
 
@@ -217,6 +215,12 @@ def _recheck_scores(path: Path, report: VerifyReport) -> bool:
         f"{check.max_tolerance_used:.2g} of its round's tolerance "
         f"({describe_score_tolerance()})"
     )
+    if check.not_archived:
+        console.print(
+            f"scores: {len(check.not_archived)} rounds not archived by policy (the federation "
+            f"keeps the updates of {check.policy}): {describe_rounds(check.not_archived)}; "
+            "not re-checked"
+        )
     return True
 
 
@@ -233,9 +237,10 @@ def _check_files(path: Path, report: VerifyReport, progress: Progress) -> _Files
 
     models = check_model_files(path, report, on_file=on_file)
     counted = len(get_registered_hashes(report))
-    updates, missing = check_update_files(path, report, on_file=on_file)
+    archived = check_update_files(path, report, on_file=on_file)
+    updates = list(archived.problems)
     leftovers = find_leftovers(path, report)
-    verdict = _FilesVerdict(checked=True, warnings=[*missing, *leftovers.warnings])
+    verdict = _FilesVerdict(checked=True, warnings=[*archived.warnings, *leftovers.warnings])
     verdict.problems = [*models, *updates, *leftovers.problems]
     verdict.rows.append(
         ("models", f"{len(models)} problem(s) with {counted} registered model files")
@@ -243,15 +248,34 @@ def _check_files(path: Path, report: VerifyReport, progress: Progress) -> _Files
         else ("models", f"{counted} model files match their registered hashes and lineage")
     )
     count = len(report.update_hashes)
+    dropped = (
+        f"; {archived.dropped} of rounds {describe_rounds(archived.dropped_rounds)} not "
+        f"archived by policy (the federation keeps {archived.policy})"
+        if archived.dropped
+        else ""
+    )
     verdict.rows.append(
-        ("updates", f"{len(updates)} problem(s) with {count} archived updates")
+        ("updates", f"{len(updates)} problem(s) with {count} archived updates{dropped}")
         if updates
         else (
             "updates",
-            "not archived" if missing else f"{count} archived updates match their hashes",
+            "not archived"
+            if archived.warnings
+            else f"{archived.checked} archived updates match their hashes{dropped}",
         )
     )
     return verdict
+
+
+def describe_rounds(rounds: Sequence[int]) -> str:
+    """``1-4, 7`` for ``(1, 2, 3, 4, 7)``."""
+    spans: list[list[int]] = []
+    for round_ in sorted(rounds):
+        if spans and round_ == spans[-1][1] + 1:
+            spans[-1][1] = round_
+        else:
+            spans.append([round_, round_])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
 
 
 def _print_report(report: VerifyReport, files: _FilesVerdict) -> None:

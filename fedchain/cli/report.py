@@ -104,7 +104,28 @@ def print_summary(data: Mapping[str, Any]) -> None:
     for note in data["notes"]:
         if note != unfinished:
             console.print(f"[yellow]note[/] {as_markup_text(note)}", highlight=False)
+    archive = data.get("archive")
+    if archive:
+        console.print(describe_archive(archive), highlight=False)
     _print_verdict(data["verification"])
+
+
+def describe_archive(archive: Mapping[str, Any]) -> str:
+    """``update archive: 20 files, 30.8 MB (the federation keeps the updates of all rounds)``."""
+    files = archive["files"]
+    return (
+        f"update archive: {files} file{'s' if files != 1 else ''}, "
+        f"{format_bytes(archive['bytes'])} (the federation keeps the updates of "
+        f"{archive['policy']})"
+    )
+
+
+def format_bytes(size: int) -> str:
+    """Decimal units: ``30.8 MB``."""
+    for unit, scale in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} B"
 
 
 def _key_chars() -> int:

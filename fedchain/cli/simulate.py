@@ -190,6 +190,16 @@ def simulate(
             )
         ),
     ] = None,
+    archive_updates: Annotated[
+        str | None,
+        typer.Option(
+            help=_help(
+                "archive_updates",
+                "Which rounds' client updates the run keeps in updates/ (a rule on the genesis): "
+                "all, none, or K (the last K rounds). verify --scores re-checks the kept rounds.",
+            )
+        ),
+    ] = None,
     round_timeout: Annotated[
         float | None,
         typer.Option(help=_help("round_timeout", "Seconds a round waits for replies.")),
@@ -284,6 +294,7 @@ def simulate(
         "slash_bad_commitment_bps": slash_bad_commitment_bps,
         "slash_double_sign_bps": slash_double_sign_bps,
         "reputation_penalty_bps": reputation_penalty_bps,
+        "archive_updates": archive_updates,
         "round_timeout": round_timeout,
         "out": out,
         "run_id": run_id,

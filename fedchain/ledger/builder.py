@@ -17,6 +17,7 @@ from fedchain.ledger.codec import compute_hash
 from fedchain.ledger.consensus import compute_proposer, get_validators
 from fedchain.ledger.containers import LedgerState, compute_state_root
 from fedchain.ledger.objects import (
+    ARCHIVE_ALL_ROUNDS,
     DOUBLE_SIGN,
     Attestation,
     Block,
@@ -57,6 +58,7 @@ def make_rules(
     contribution_method: str = "leave-one-out",
     weight_cap_bps: int = 10_000,
     reputation_penalty_bps: int = 1_000,
+    update_archive_rounds: int = ARCHIVE_ALL_ROUNDS,
 ) -> Rules:
     """:class:`Rules` with mappings turned into sorted tuples.
 
@@ -74,6 +76,7 @@ def make_rules(
         contribution_method=contribution_method,
         weight_cap_bps=weight_cap_bps,
         reputation_penalty_bps=reputation_penalty_bps,
+        update_archive_rounds=update_archive_rounds,
     )
 
 

@@ -25,6 +25,7 @@ from fedchain.ledger.containers import (
     compute_state_root_of,
 )
 from fedchain.ledger.objects import (
+    ARCHIVE_ALL_ROUNDS,
     EMPTY_HASH,
     HASH_SIZE,
     SLASHING_KINDS,
@@ -145,6 +146,11 @@ def _check_genesis(genesis: Genesis) -> None:
         raise fail(
             f"reputation_penalty_bps = {rules.reputation_penalty_bps} is outside "
             f"0..{BPS_DENOMINATOR}"
+        )
+    if rules.update_archive_rounds < ARCHIVE_ALL_ROUNDS:
+        raise fail(
+            f"update_archive_rounds = {rules.update_archive_rounds}: {ARCHIVE_ALL_ROUNDS} (every "
+            "round), 0 (none) or K >= 1 (the last K rounds)"
         )
     if len(genesis.initial_model_hash) != HASH_SIZE:
         raise fail(f"initial_model_hash must be {HASH_SIZE} bytes")

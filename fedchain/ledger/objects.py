@@ -30,6 +30,7 @@ from fedchain.ledger.codec import compute_hash, encode, encode_with_empty
 
 __all__ = [
     "ANCHOR_WITNESSES",
+    "ARCHIVE_ALL_ROUNDS",
     "DOUBLE_SIGN",
     "EMPTY_HASH",
     "HASH_SIZE",
@@ -80,6 +81,9 @@ EMPTY_HASH = bytes(HASH_SIZE)
 SCORE_SCALE = 10**6
 """Contribution scores are recorded as ``round(score * SCORE_SCALE)``."""
 
+ARCHIVE_ALL_ROUNDS = -1
+"""``Rules.update_archive_rounds`` for an archive that keeps every round's updates."""
+
 DOUBLE_SIGN = "double_sign"
 SLASHING_KINDS = frozenset({DOUBLE_SIGN})
 """The offences that cost stake: only those a third party can re-check from the ledger alone.
@@ -100,6 +104,9 @@ class Rules:
 
     ``slash_bps`` is ``((kind, basis points), ...)`` sorted by kind (a kind left out slashes 0);
     ``aggregation_params`` is ``((name, value), ...)`` sorted by name.
+    ``update_archive_rounds`` is the update archive's retention: which rounds' accepted client
+    updates the run directory must keep (:data:`ARCHIVE_ALL_ROUNDS`: every round; 0: none; K:
+    the last K rounds; see :mod:`fedchain.runs.archive`).
     """
 
     TAG: ClassVar[int] = 1
@@ -111,6 +118,7 @@ class Rules:
     contribution_method: str
     weight_cap_bps: int
     reputation_penalty_bps: int
+    update_archive_rounds: int = ARCHIVE_ALL_ROUNDS
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,6 +39,7 @@ from fedchain.report.inputs import (
     load_report_inputs,
 )
 from fedchain.report.participants import compute_events, compute_participants
+from fedchain.runs.archive import describe_archive_policy
 
 __all__ = ["REPORT_FORMAT", "build_report", "compute_report"]
 
@@ -129,6 +130,7 @@ def compute_report(inputs: ReportInputs, *, verifier: Verifier = PLAIN) -> dict[
             "loss": None if initial is None else initial.loss,
         },
         "progress": progress,
+        "archive": _archive_json(inputs, genesis),
         "notes": notes,
     }
 
@@ -163,8 +165,21 @@ def _run_json(inputs: ReportInputs, genesis: Genesis) -> dict[str, Any]:
             "contribution_method": rules.contribution_method,
             "weight_cap_bps": rules.weight_cap_bps,
             "reputation_penalty_bps": rules.reputation_penalty_bps,
+            "update_archive_rounds": rules.update_archive_rounds,
         },
         "config": None if inputs.config is None else dict(inputs.config),
+    }
+
+
+def _archive_json(inputs: ReportInputs, genesis: Genesis) -> dict[str, Any]:
+    """The update archive: its retention rule (the genesis's) and its size on disk."""
+    files, size = inputs.archive_size
+    rule = genesis.rules.update_archive_rounds
+    return {
+        "update_archive_rounds": rule,
+        "policy": describe_archive_policy(rule),
+        "files": files,
+        "bytes": size,
     }
 
 

@@ -40,6 +40,7 @@ from fedchain.ledger.show import printable
 from fedchain.ledger.signatures import PLAIN, Verifier
 from fedchain.ledger.store import LedgerStore, open_ledger_path
 from fedchain.ledger.verify import VerifyReport, verify_ledger
+from fedchain.runs.archive import get_archive_size
 from fedchain.runs.federation import load_federation
 from fedchain.runs.layout import (
     CLIENT_PUBLIC_KEY_GLOB,
@@ -54,7 +55,8 @@ from fedchain.runs.layout import (
     parse_client_public_key_name,
 )
 from fedchain.runs.registration import verify_registration
-from fedchain.runs.registry import check_model_files, read_regular_file
+from fedchain.runs.registry import check_model_files
+from fedchain.runs.tensorfiles import read_regular_file
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -98,6 +100,7 @@ class ReportInputs:
     ``blocks`` are the decoded blocks in height order, up to (not including) the block where
     verification failed or the first block that cannot be read. ``models_present`` are the
     hashes of the files in ``models/`` (by name; :func:`check_model_files` checked contents).
+    ``archive_size`` is ``updates/``'s regular files and their bytes.
     ``metrics`` is None when the run has no usable ``metrics.json``; ``notes`` say why inputs
     that are optional were missing or unreadable. ``registered_names`` are a deployed
     federation's participant names (:func:`read_registered_names`) and ``plan`` the rounds the
@@ -115,6 +118,7 @@ class ReportInputs:
     notes: tuple[str, ...] = ()
     registered_names: Mapping[PublicKey, str] = field(default_factory=dict)
     plan: RunPlan | None = None
+    archive_size: tuple[int, int] = (0, 0)  # updates/: (files, bytes)
 
 
 def load_report_inputs(
@@ -164,6 +168,7 @@ def load_report_inputs(
         notes=tuple(n for n in (*metrics_notes, config_note, names_note) if n),
         registered_names=names,
         plan=plan,
+        archive_size=get_archive_size(run_dir),
     )
 
 

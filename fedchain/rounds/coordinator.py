@@ -62,7 +62,8 @@ from fedchain.rounds.scores import (
     compute_quantised_scores,
     compute_raw_scores,
 )
-from fedchain.runs.registry import save_model, save_update
+from fedchain.runs.archive import drop_old_packs, save_round_updates
+from fedchain.runs.registry import save_model
 
 Arrays = dict[str, np.ndarray]
 MAX_SEAL_ATTEMPTS = 8
@@ -137,6 +138,7 @@ class Coordinator:
             {h: dict(v) for h, v in verified.validators_by_height.items()} if verified else {}
         )
         self.final_height = verified.final_height if verified else 0
+        self._drop_old_updates()  # a coordinator stopped before it could
 
     # -- what clients are sent ------------------------------------------------------------------
 
@@ -232,6 +234,9 @@ class Coordinator:
         accepted: list[tuple[UpdateCommitment, Arrays]] = []
         for reply in replies:
             work = self._admit_update(work, reply, round_, txs, accepted, outcome)
+        if accepted and self.state.genesis.rules.update_archive_rounds != 0:
+            # archived before the block is prepared, so anyone can recompute the scores
+            save_round_updates(self.run_dir, round_, {c.update_hash: u for c, u in accepted})
         if accepted:
             base = self.model
             result = self._aggregate(accepted, round_, txs, outcome)
@@ -300,7 +305,6 @@ class Coordinator:
             self.node_keys[reply.node_id] = sender
         admission = admit_update(work, reply, round_, sender, self.model, verifier=verifier)
         if admission.accepted is not None:
-            save_update(self.run_dir, admission.accepted[1])  # so anyone can recompute the scores
             accepted.append(admission.accepted)
         txs.extend(admission.txs)
         outcome.decisions.append(admission.decision)
@@ -354,6 +358,15 @@ class Coordinator:
         return decode(Block, self.blocks[height])
 
     def _update_finality(self) -> None:
-        self.final_height = compute_finalized_height(
+        final = compute_finalized_height(
             self.validators_by_height, self.state.last_attested.items(), self.final_height
         )
+        if final != self.final_height:
+            self.final_height = final
+            self._drop_old_updates()
+
+    def _drop_old_updates(self) -> None:
+        """Delete the update packs the federation's retention rule no longer keeps, now that
+        the final block's round is known (:func:`fedchain.runs.archive.drop_old_packs`)."""
+        final_round = self.headers[self.final_height].header.round
+        drop_old_packs(self.run_dir, self.state.genesis.rules.update_archive_rounds, final_round)

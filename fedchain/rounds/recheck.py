@@ -17,7 +17,11 @@ machine that ran it (the default run's 20 rounds all match); a machine whose flo
 differ, or a ``screened`` round whose selection sits within float noise of its threshold, can
 report a round falsely, and the message gives the largest difference so that one can tell float
 noise (about 1e-7) from a change. A round whose updates are not all archived cannot be
-re-aggregated or rescored, and says so.
+re-aggregated or rescored, and says so; a round the federation's retention rule no longer keeps
+(``Rules.update_archive_rounds``: the last K rounds, or none) and whose updates are gone is
+"not archived by policy" (:attr:`ScoreCheck.not_archived`), not a problem, and is not
+re-checked: with ``last K`` only the ledger head's last K rounds are re-checked, with ``none``
+none are (the plain ledger checks still cover every round).
 
 Floating point may differ across machines (thread counts, vector units and BLAS kernels change
 the order of float32 reductions), so the comparison has a tolerance; rewards never differ, since
@@ -86,8 +90,14 @@ from fedchain.rounds.scores import (
     compute_quantised_scores,
     compute_raw_scores,
 )
+from fedchain.runs.archive import (
+    UpdateArchive,
+    compute_archive_floor,
+    describe_archive_policy,
+    get_archive_rule,
+)
 from fedchain.runs.prepare import load_split
-from fedchain.runs.registry import load_model, load_update
+from fedchain.runs.registry import load_model
 
 Arrays = dict[str, np.ndarray]
 
@@ -108,6 +118,10 @@ class ScoreCheck:
     problems: tuple[str, ...]
     max_tolerance_used: float = 0.0  # the largest difference / its round's tolerance
     models_matched: int = 0  # rounds whose re-aggregated model is the ModelVersion's
+    not_archived: tuple[int, ...] = ()
+    """Rounds not re-checked because the federation's retention rule no longer keeps their
+    updates and they are gone (``fedchain.runs.archive``): not a problem."""
+    policy: str = "all rounds"  # the retention rule, described
 
 
 @dataclass(frozen=True)
@@ -124,6 +138,7 @@ class RoundScores:
     """Why the round's model is not the re-aggregation of its updates (None: it is, or it was
     not re-aggregated: see ``model_checked``)."""
     model_checked: bool = False
+    not_archived: bool = False  # its updates are gone, as the retention rule allows
 
 
 def compute_score_tolerances(recomputed: Mapping[bytes, float]) -> dict[bytes, float]:
@@ -257,12 +272,18 @@ def iter_round_scores(
     aggregation (compared with its ModelVersion: ``model_problem``) and its scores."""
     params = make_rule_params(config)
     order = make_tensor_order(config, scorer)
+    archive = UpdateArchive(run_dir)
+    floor = compute_archive_floor(get_archive_rule(report), report.rounds)
     for record in report.round_records:
         round_ = record.model_version.round
         keys = [c.public_key for c in record.commitments]
+        hashes = [c.update_hash for c in record.commitments]
+        if round_ < floor and not all(archive.where(h) for h in hashes):
+            yield RoundScores(round_, not_archived=True)
+            continue
         try:
             loaded = load_model(run_dir, record.model_version.parent_hash)
-            loaded_updates = [load_update(run_dir, c.update_hash) for c in record.commitments]
+            loaded_updates = archive.load_many(hashes)
         except RegistryError as e:
             yield RoundScores(
                 round_,
@@ -307,7 +328,11 @@ def recheck_scores(run_dir: Path, report: VerifyReport, config: RunConfig) -> Sc
     problems: list[str] = []
     worst = used = 0.0
     matched = 0
+    not_archived: list[int] = []
     for scores in iter_round_scores(run_dir, report, config, make_scorer(config)):
+        if scores.not_archived:
+            not_archived.append(scores.round)
+            continue
         if scores.model_problem is not None:
             problems.append(scores.model_problem)
         elif scores.model_checked:
@@ -335,4 +360,12 @@ def recheck_scores(run_dir: Path, report: VerifyReport, config: RunConfig) -> Sc
                 break  # one problem a round
             if tolerance:
                 used = max(used, difference / tolerance)
-    return ScoreCheck(len(report.round_records), worst, tuple(problems), used, matched)
+    return ScoreCheck(
+        len(report.round_records) - len(not_archived),
+        worst,
+        tuple(problems),
+        used,
+        matched,
+        tuple(not_archived),
+        describe_archive_policy(get_archive_rule(report)),
+    )

@@ -8,8 +8,12 @@ federation; DESIGN.md §4)::
                                                      --ledger off; the store's own name)
     models/<hash>.safetensors    MODELS_DIRNAME      every global model version, the initial one
                                  MODEL_SUFFIX        included, named by its canonical hash
-    updates/<hash>.safetensors   UPDATES_DIRNAME     each accepted client update, by the hash it
-                                                     was committed to
+    updates/round-NNNNNN.safetensors  UPDATES_DIRNAME, update_pack_name  each round's accepted
+                                                     client updates in one file, each tensor
+                                                     named ``<update hash hex>/<name>``, for
+                                                     the rounds the federation's retention rule
+                                                     keeps (fedchain.runs.archive; runs before
+                                                     packs: updates/<hash>.safetensors)
     metrics.json                 METRICS_FILENAME    central accuracy and loss per round
     log.txt                      LOG_FILENAME        Flower's (and Ray's) log of the run
     report.json, report.html     REPORT_JSON_FILENAME, REPORT_HTML_FILENAME (``fedchain report``;
@@ -93,6 +97,7 @@ __all__ = [
     "SUPERLINK_PID_FILENAME",
     "SUPERNODES_DIRNAME",
     "UPDATES_DIRNAME",
+    "UPDATE_PACK_PREFIX",
     "anchor_receipt_path",
     "client_data_name",
     "client_data_path",
@@ -102,6 +107,7 @@ __all__ = [
     "parse_client_public_key_name",
     "run_dir_of",
     "supernode_key_path",
+    "update_pack_name",
 ]
 
 # A run directory
@@ -109,6 +115,7 @@ CONFIG_FILENAME = "config.toml"
 MODELS_DIRNAME = "models"
 UPDATES_DIRNAME = "updates"
 MODEL_SUFFIX = ".safetensors"
+UPDATE_PACK_PREFIX = "round-"  # updates/round-NNNNNN.safetensors: one round's accepted updates
 METRICS_FILENAME = "metrics.json"
 LOG_FILENAME = "log.txt"
 REPORT_JSON_FILENAME = "report.json"
@@ -186,3 +193,8 @@ def run_dir_of(fed_dir: Path) -> Path:
 def supernode_key_path(fed_dir: Path, name: str) -> Path:
     """Where the coordinator keeps participant ``name``'s SuperNode public key."""
     return Path(fed_dir) / SUPERNODES_DIRNAME / f"{name}.pub"
+
+
+def update_pack_name(round_: int) -> str:
+    """The file name of round ``round_``'s update pack in ``updates/``."""
+    return f"{UPDATE_PACK_PREFIX}{round_:06d}{MODEL_SUFFIX}"

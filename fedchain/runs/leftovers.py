@@ -1,12 +1,12 @@
 """A run directory's files that are newer than its ledger's head, and whether that is a failure.
 
 A round ``r`` writes its files before the block that records it exists: the coordinator archives
-each update in ``updates/`` when it accepts it and saves the new model in ``models/`` when it
-aggregates (:mod:`fedchain.rounds.coordinator`), the session then appends round ``r``'s row to
-``metrics.json``, and block B(r) is only appended when round ``r+1``'s replies bring its seal (the
-last round's, in the closing exchange). So a run stopped at any moment legitimately holds files of
-*one* round past its ledger's last round: the round whose block was pending. What
-:func:`find_leftovers` decides about each kind of file, and why:
+the round's accepted updates in ``updates/`` (one pack, ``round-r``) and saves the new model in
+``models/`` when it aggregates (:mod:`fedchain.rounds.coordinator`), the session then appends
+round ``r``'s row to ``metrics.json``, and block B(r) is only appended when round ``r+1``'s
+replies bring its seal (the last round's, in the closing exchange). So a run stopped at any
+moment legitimately holds files of *one* round past its ledger's last round: the round whose
+block was pending. What :func:`find_leftovers` decides about each kind of file, and why:
 
 * ``metrics.json`` rows past the ledger's last round ``k``: the row of round ``k+1`` is a
   **warning** (the round in progress when the run stopped); a row of round ``k+2`` or later is a
@@ -19,8 +19,10 @@ last round's, in the closing exchange). So a run stopped at any moment legitimat
   (:func:`fedchain.runs.federation.remove_unregistered_models`) but a restarted deployment keeps
   them, and a re-run round may aggregate a different model, so stale files of several
   interrupted rounds can accumulate honestly. Nothing on the ledger refers to them.
-* ``updates/`` files no verified block names: a **warning**, for the same reasons (archived on
-  acceptance, before the block; a re-run round may accept other updates).
+* ``updates/`` files no verified block names: a **warning**, for the same reasons (archived
+  before the block; a re-run round replaces its pack, but may accept no update at all and leave
+  the old one). A pack counts as named if any update it holds is
+  (:func:`fedchain.runs.archive.find_unnamed_update_files`).
 
 Files are a tripwire, not a proof: whoever deletes blocks can delete files too. What a data
 holder saw cannot be taken back: ``fedchain verify --checkpoint``
@@ -36,8 +38,10 @@ from pathlib import Path
 
 from fedchain.errors import ConfigError
 from fedchain.ledger.verify import VerifyReport
-from fedchain.runs.layout import METRICS_FILENAME, MODEL_SUFFIX, UPDATES_DIRNAME
-from fedchain.runs.registry import find_unregistered_files, read_regular_file
+from fedchain.runs.archive import find_unnamed_update_files
+from fedchain.runs.layout import METRICS_FILENAME
+from fedchain.runs.registry import find_unregistered_files
+from fedchain.runs.tensorfiles import read_regular_file
 
 __all__ = ["Leftovers", "compute_leftover_verdict", "find_leftovers", "read_metrics_rounds"]
 
@@ -60,13 +64,7 @@ def find_leftovers(run_dir: Path, report: VerifyReport) -> Leftovers:
     :func:`compute_leftover_verdict`'s problems and warnings."""
     run_dir = Path(run_dir)
     models = tuple(find_unregistered_files(run_dir, report))
-    named = {f"{h.hex()}{MODEL_SUFFIX}" for _, h in report.update_hashes}
-    updates_dir = run_dir / UPDATES_DIRNAME
-    updates = tuple(
-        sorted(p for p in updates_dir.iterdir() if p.name not in named)
-        if updates_dir.is_dir()
-        else ()
-    )
+    updates = tuple(find_unnamed_update_files(run_dir, report))
     notes: list[str] = []
     try:
         rounds = read_metrics_rounds(run_dir)

@@ -82,6 +82,7 @@ def make_rules_for(config: RunConfig) -> Rules:
         contribution_method=config.contribution,
         weight_cap_bps=round(config.weight_cap * 10_000),
         reputation_penalty_bps=config.reputation_penalty_bps,
+        update_archive_rounds=config.archive_rounds,
     )
 
 

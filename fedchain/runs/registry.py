@@ -20,35 +20,37 @@ Writes are atomic (:func:`fedchain.durable.write_atomically`): a model is writte
 file in ``models/``, fsynced and renamed over its final name, and the directory is fsynced, so a
 reader or a crash sees either no file or the whole file. A model already on disk is not written
 again (same hash, same content).
+
+Client updates live in ``updates/`` (:mod:`fedchain.runs.archive`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import stat
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any
 
-import numpy as np
 import numpy.typing as npt
-import safetensors.numpy
-from safetensors import SafetensorError
 
 from fedchain.crypto.hashing import compute_update_hash
-from fedchain.durable import fsync_directory, write_atomically
 from fedchain.errors import ConfigError, RegistryError
 from fedchain.ledger.objects import HASH_SIZE
 from fedchain.ledger.verify import VerifyReport, verify_ledger
-from fedchain.runs.layout import MODEL_SUFFIX, MODELS_DIRNAME, UPDATES_DIRNAME
+from fedchain.runs.layout import MODEL_SUFFIX, MODELS_DIRNAME
+from fedchain.runs.tensorfiles import (
+    Arrays,
+    as_numpy,
+    load_tensors,
+    make_run_folder,
+    write_tensors,
+)
 
 __all__ = [
     "MIN_PREFIX_HEX",
     "ModelEntry",
     "check_model_files",
-    "check_update_files",
     "find_model",
     "find_unregistered_files",
     "get_lineage",
@@ -57,17 +59,12 @@ __all__ = [
     "list_models",
     "load_model",
     "model_path",
-    "read_regular_file",
+    "require_verified",
     "save_model",
 ]
 
 MIN_PREFIX_HEX = 4
 """The shortest hash prefix (hex characters) that names a model."""
-
-_SAFETENSORS_RESERVED_NAME = "__metadata__"  # the header key of the file's metadata
-
-Arrays: TypeAlias = "Mapping[str, npt.NDArray[Any] | np.generic]"
-"""A model: named numpy arrays (what :func:`save_model` takes)."""
 
 
 @dataclass(frozen=True)
@@ -97,13 +94,13 @@ class ModelEntry:
 # Files
 
 
-def model_path(run_dir: Path, model_hash: bytes, folder: str = MODELS_DIRNAME) -> Path:
-    """Where the model (or, with ``folder=UPDATES_DIRNAME``, update) with that hash lives."""
+def model_path(run_dir: Path, model_hash: bytes) -> Path:
+    """Where the model with that hash lives."""
     _check_hash(model_hash)
-    return Path(run_dir) / folder / f"{model_hash.hex()}{MODEL_SUFFIX}"
+    return Path(run_dir) / MODELS_DIRNAME / f"{model_hash.hex()}{MODEL_SUFFIX}"
 
 
-def save_model(run_dir: Path, arrays: Arrays, folder: str = MODELS_DIRNAME) -> bytes:
+def save_model(run_dir: Path, arrays: Arrays) -> bytes:
     """Store a model's named numpy arrays in ``run_dir``; return its canonical hash.
 
     The file is written atomically (temporary file, fsync, rename, directory fsync). If the model
@@ -116,58 +113,29 @@ def save_model(run_dir: Path, arrays: Arrays, folder: str = MODELS_DIRNAME) -> b
     ``__metadata__`` that safetensors reserves, and
     :class:`~fedchain.errors.RegistryError` if the file cannot be written.
     """
-    tensors = _as_numpy(arrays)
+    tensors = as_numpy(arrays)
     model_hash = compute_update_hash(tensors)
-    path = model_path(run_dir, model_hash, folder)
+    path = model_path(run_dir, model_hash)
     if path.exists():
         with contextlib.suppress(RegistryError):  # damaged: fall through and replace it
             _load_verified(path, model_hash)
             return model_hash
-    _make_models_dir(Path(run_dir), folder)
-    # safetensors writes an array's memory as is, so a non-contiguous view would be stored
-    # scrambled; asarray(order="C") copies only those (and keeps 0-d arrays 0-d).
-    _write_model_file(path, {name: np.asarray(a, order="C") for name, a in tensors.items()})
+    make_run_folder(Path(run_dir), MODELS_DIRNAME)
+    write_tensors(path, tensors)
     return model_hash
 
 
-def load_model(
-    run_dir: Path, model_hash: bytes, folder: str = MODELS_DIRNAME
-) -> dict[str, npt.NDArray[Any]]:
+def load_model(run_dir: Path, model_hash: bytes) -> dict[str, npt.NDArray[Any]]:
     """Load the model with ``model_hash`` from ``run_dir``, checking that it hashes to it.
 
     Raises :class:`~fedchain.errors.RegistryError` naming the file when it is missing, unreadable,
     or holds other tensors than its hash says (altered, or renamed from another model's file).
     """
-    path = model_path(run_dir, model_hash, folder)
-    return _load_verified(path, model_hash)
-
-
-def save_update(run_dir: Path, arrays: Arrays) -> bytes:
-    """Archive a client's update in ``updates/`` by its canonical hash (the one it committed
-    to), so anyone can recompute the round's contribution scores."""
-    return save_model(run_dir, arrays, UPDATES_DIRNAME)
-
-
-def load_update(run_dir: Path, update_hash: bytes) -> dict[str, npt.NDArray[Any]]:
-    return load_model(run_dir, update_hash, UPDATES_DIRNAME)
-
-
-def _as_numpy(arrays: Arrays) -> dict[str, npt.NDArray[Any]]:
-    tensors: dict[str, npt.NDArray[Any]] = {}
-    for name, array in arrays.items():
-        if not isinstance(array, np.ndarray | np.generic):
-            raise ConfigError(
-                f"model tensor {name!r} is a {type(array).__name__}: save_model takes numpy "
-                "arrays (convert torch tensors with .cpu().numpy())"
-            )
-        if name == _SAFETENSORS_RESERVED_NAME:
-            raise ConfigError(f"a model tensor cannot be named {name!r} (safetensors reserves it)")
-        tensors[name] = np.asarray(array)
-    return tensors
+    return _load_verified(model_path(run_dir, model_hash), model_hash)
 
 
 def _load_verified(path: Path, model_hash: bytes) -> dict[str, npt.NDArray[Any]]:
-    arrays = _load_file(path)
+    arrays = load_tensors(path)
     try:
         actual = compute_update_hash(arrays)
     except ConfigError as e:
@@ -178,84 +146,6 @@ def _load_verified(path: Path, model_hash: bytes) -> dict[str, npt.NDArray[Any]]
             "its name says (the file was altered or renamed)"
         )
     return arrays
-
-
-def _load_file(path: Path) -> dict[str, npt.NDArray[Any]]:
-    try:
-        data = read_regular_file(path, Path(path).parent.parent)
-    except FileNotFoundError:
-        raise RegistryError(f"{path}: no such model file") from None
-    except OSError as e:
-        raise RegistryError(f"{path}: cannot read the model file ({e.strerror or e})") from None
-    except ConfigError as e:  # names the file
-        raise RegistryError(str(e)) from None
-    try:
-        arrays: dict[str, npt.NDArray[Any]] = safetensors.numpy.load(data)
-    except (SafetensorError, ValueError, TypeError, KeyError) as e:
-        raise RegistryError(f"{path}: not a readable safetensors model file ({e})") from None
-    return arrays
-
-
-_FILE_KINDS = (
-    (stat.S_ISDIR, "a directory"),
-    (stat.S_ISFIFO, "a FIFO (named pipe)"),
-    (stat.S_ISSOCK, "a socket"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-)
-
-
-def read_regular_file(path: Path, root: Path) -> bytes:
-    """The bytes of ``path``, which must be a regular file inside ``root`` (a run directory).
-
-    A run directory can come from anyone, so reading it must neither hang nor wander: a FIFO,
-    socket or device is refused without opening it for a blocking read (``O_NONBLOCK``, then
-    ``fstat`` on the open descriptor, so nothing can be swapped in between), and a symbolic
-    link is followed only when its target lies inside ``root`` (a link out of the run
-    directory, to ``/dev/zero`` or to someone's files, is a path trick; a link inside it only
-    names another file of the run, whose contents are checked like any other). Raises
-    :class:`~fedchain.errors.ConfigError` naming the file for both, and ``OSError`` (such as
-    ``FileNotFoundError``) when it cannot be read.
-    """
-    path = Path(path)
-    try:
-        target = path.resolve(strict=True)
-    except RuntimeError:  # Python < 3.13 on a loop of links
-        raise ConfigError(f"{path}: a loop of symbolic links") from None
-    inside = Path(root).resolve()
-    if not target.is_relative_to(inside):
-        raise ConfigError(
-            f"{path}: a link to {target}, outside the run directory {inside}: refused "
-            "(a run is checked from its own files only)"
-        )
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0)
-    fd = os.open(target, flags)
-    with os.fdopen(fd, "rb") as f:
-        mode = os.fstat(f.fileno()).st_mode
-        if not stat.S_ISREG(mode):
-            kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
-            raise ConfigError(f"{path}: {kind}, not a regular file: refused")
-        return f.read()
-
-
-def _make_models_dir(run_dir: Path, folder: str = MODELS_DIRNAME) -> None:
-    models_dir = run_dir / folder
-    if models_dir.is_dir():
-        return
-    try:
-        models_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise RegistryError(f"{models_dir}: cannot create ({e.strerror or e})") from None
-    fsync_directory(run_dir)
-
-
-def _write_model_file(path: Path, tensors: dict[str, npt.NDArray[Any]]) -> None:
-    # safetensors.numpy.save gives the very bytes save_file writes; the file gets the umask's mode.
-    try:
-        write_atomically(path, safetensors.numpy.save(tensors))
-    except (OSError, SafetensorError) as e:
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-        raise RegistryError(f"{path}: cannot write the model file ({reason})") from None
 
 
 def _check_hash(model_hash: bytes) -> None:
@@ -283,7 +173,7 @@ def list_models(source: Path | VerifyReport) -> list[ModelEntry]:
     blocks that fail their checks are not trustworthy.
     """
     report = source if isinstance(source, VerifyReport) else verify_ledger(Path(source))
-    _require_verified(report)
+    require_verified(report)
     run_dir = get_run_dir(report.path)
     initial = report.initial_model_hash
     entries = [_entry(run_dir, 0, 0, initial, None, None, 0)]
@@ -397,7 +287,7 @@ def check_model_files(
     :func:`find_unregistered_files`. ``on_file(done, total)`` follows progress. Raises
     :class:`~fedchain.errors.RegistryError` if the ledger itself did not verify.
     """
-    _require_verified(report)
+    require_verified(report)
     problems = _check_lineage(report)
     hashes = get_registered_hashes(report)
     names = _describe_registrations(report)
@@ -412,48 +302,9 @@ def check_model_files(
     return problems
 
 
-def check_update_files(
-    run_dir: Path,
-    report: VerifyReport,
-    *,
-    on_file: Callable[[int, int], None] | None = None,
-) -> tuple[list[str], list[str]]:
-    """``(problems, warnings)`` of ``run_dir``'s archived updates against a verified ledger.
-
-    Every update the ledger names (:attr:`VerifyReport.update_hashes`: each accepted commitment
-    and each model version's inputs) must have its file in ``updates/``, which must load and hash
-    to its name. The coordinator archives an update when it accepts it, before the block naming
-    it exists, so a missing or altered file is never a crash's doing: it withholds or replaces
-    evidence that the round's scores and model are recomputed from (a problem). A run directory
-    without any ``updates/`` folder (copied without its archive, or written before updates were
-    archived) is a warning: its ledger and models still verify, its scores cannot be re-checked
-    (``--scores`` fails). Raises :class:`~fedchain.errors.RegistryError` if the ledger itself
-    did not verify.
-    """
-    _require_verified(report)
-    updates_dir = Path(run_dir) / UPDATES_DIRNAME
-    count = len(report.update_hashes)
-    if count and not updates_dir.is_dir():
-        return [], [
-            f"no {updates_dir}: the {count} updates the ledger names are not archived here, so "
-            "the scores cannot be re-checked (--scores)"
-        ]
-    problems: list[str] = []
-    names = {h: f"update named by block {height}" for height, h in report.update_hashes}
-    for done, (_, update_hash) in enumerate(report.update_hashes, start=1):
-        path = model_path(run_dir, update_hash, UPDATES_DIRNAME)
-        if not path.exists():
-            problems.append(f"{path}: missing ({names[update_hash]})")
-        else:
-            problems += _check_file(path, update_hash, names)
-        if on_file is not None:
-            on_file(done, count)
-    return problems, []
-
-
 def _check_file(path: Path, model_hash: bytes, names: Mapping[bytes, str]) -> list[str]:
     try:
-        arrays = _load_file(path)
+        arrays = load_tensors(path)
     except RegistryError as e:  # its message names the file
         return [f"{e} ({names[model_hash]})"]
     try:
@@ -502,9 +353,11 @@ def find_unregistered_files(run_dir: Path, report: VerifyReport) -> list[Path]:
     return sorted(p for p in models_dir.iterdir() if p.name not in registered)
 
 
-def _require_verified(report: VerifyReport) -> None:
+def require_verified(report: VerifyReport) -> None:
+    """Raise :class:`~fedchain.errors.RegistryError` unless ``report``'s ledger verified: what
+    it names (models, archived updates) is only known from blocks that passed their checks."""
     if not report.ok:
         raise RegistryError(
-            f"{report.path}: the ledger does not verify ({report.failure}); its models cannot be "
-            "trusted (run `fedchain verify` for details)"
+            f"{report.path}: the ledger does not verify ({report.failure}); its models and "
+            "updates cannot be trusted (run `fedchain verify` for details)"
         )
