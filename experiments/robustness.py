@@ -461,6 +461,7 @@ def write_markdown(
         "partition and seed with no attacker. `flwr-*` are Flower's own strategies (ledger off, "
         "no rewards); the others are fedchain's stake-weighted rules with the ledger on.",
         "",
+        *([str(doc["provenance"]["note"]), ""] if doc.get("provenance", {}).get("note") else []),
         f"## Verdict per rule (target: mean drop <= {TARGET_DROP:g} points at 30 % and 40 % "
         f"for every attack and partition; attackers' reward share < {TARGET_SHARE:.0%})",
         "",
