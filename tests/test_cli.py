@@ -261,6 +261,18 @@ def test_help_explains_every_command(command):
     assert result.exit_code == 0 and "Usage" in result.output
 
 
+def test_cli_start_imports_nothing_heavy() -> None:
+    """Every command pays for what ``fedchain`` imports at start: torch, scikit-learn, scipy,
+    Flower and Ray are imported where a command needs them, not before
+    (experiments/bench_startup.py)."""
+    code = (
+        "import sys, fedchain.cli; heavy = {'torch', 'sklearn', 'scipy', 'flwr', 'ray'}; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & heavy))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
 def run_in_terminal(args: list[str], answers: list[str], timeout: float = 60.0) -> tuple[int, str]:
     """Run the CLI on a pseudo-terminal, answering each prompt in turn: (exit code, output)."""
     import pty

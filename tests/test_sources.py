@@ -74,6 +74,38 @@ def test_digits_splits_sizes_and_disjoint() -> None:
     assert split_counts == full_counts
 
 
+def test_digits_are_sklearns_and_the_frozen_split_is_train_test_split() -> None:
+    """The run reads sklearn's digits file without importing sklearn, and its split is frozen:
+    both must stay what sklearn's own loader and train_test_split give."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    full = load_source("digits", split="all")
+    assert np.array_equal(full.x.reshape(len(full), -1), bunch.data.astype(np.uint8))
+    assert np.array_equal(full.y, bunch.target)
+    train_idx, test_idx = train_test_split(
+        np.arange(1797), test_size=0.2, stratify=bunch.target, random_state=0
+    )
+    for split, idx in (("train", train_idx), ("test", test_idx)):
+        ds = load_source("digits", split=split)
+        assert np.array_equal(ds.x, full.x[np.sort(idx)]) and np.array_equal(
+            ds.y, full.y[np.sort(idx)]
+        )
+
+
+def test_loading_digits_imports_no_sklearn() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from fedchain.data.sources import load_source; load_source('digits'); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('sklearn', 'scipy')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 def test_digits_stratified() -> None:
     full = load_source("digits", split="all")
     test = load_source("digits", split="test")

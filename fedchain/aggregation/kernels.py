@@ -3,7 +3,7 @@
 Private numerics of :mod:`fedchain.aggregation.rules`: each kernel takes the validated updates
 (``list[dict[str, ndarray]]``), the normalised weights and the indices of the clients to use, and
 returns fresh arrays. No validation happens here. scipy's BLAS and ``threadpoolctl`` are imported
-in this module only.
+in this module only, when first used.
 
 Speed (DESIGN.md section 6, LIMITS.md): the weighted average reads every client tensor exactly
 once and writes one output. For each tensor it allocates the output and accumulates into it in
@@ -72,8 +72,6 @@ from typing import Any, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
-import scipy.linalg.blas as _blas
-import threadpoolctl
 
 __all__ = [
     "AnyArray",
@@ -161,9 +159,9 @@ def _pack_groups(names: list[str], sizes: list[int]) -> Iterator[list[str]]:
 
 def _average_flat(flats: list[AnyArray], coefs: list[float], dtype: np.dtype[Any]) -> AnyArray:
     if dtype == np.float32:
-        return _axpy_sum(flats, coefs, np.dtype(np.float32), _blas.saxpy)
+        return _axpy_sum(flats, coefs, np.dtype(np.float32), _blas().saxpy)
     if dtype == np.float64:
-        return _axpy_sum(flats, coefs, np.dtype(np.float64), _blas.daxpy)
+        return _axpy_sum(flats, coefs, np.dtype(np.float64), _blas().daxpy)
     if dtype.kind == "f":  # float16 (and any other small float): accumulate in float32
         return _ufunc_sum(flats, coefs, np.dtype(np.float32)).astype(dtype)
     total = _ufunc_sum(flats, coefs, np.dtype(np.float64))  # integers and bool
@@ -319,7 +317,7 @@ def squared_distances(arrays: list[dict[str, AnyArray]], candidates: list[int]) 
                 block[j] = x[start:stop]
             block -= block.mean(axis=0)
             # block.T is Fortran-ordered (elements x clients): C += block @ block.T, upper half.
-            gram = _blas.dsyrk(1.0, block.T, beta=1.0, c=gram, trans=1, overwrite_c=1)
+            gram = _blas().dsyrk(1.0, block.T, beta=1.0, c=gram, trans=1, overwrite_c=1)
     upper = np.triu(gram)
     gram = upper + np.triu(upper, 1).T
     norms = np.diag(gram)
@@ -345,7 +343,18 @@ def _blocks(size: int, width: int) -> Iterator[tuple[int, int]]:
 
 
 @functools.cache
+def _blas() -> Any:
+    """scipy's BLAS, imported on the first aggregation: scipy.linalg takes about 0.4 s to import
+    (more on a busy machine), which every ``fedchain`` command would otherwise pay at start."""
+    import scipy.linalg.blas
+
+    return scipy.linalg.blas
+
+
+@functools.cache
 def _blas_controller() -> Any:
+    import threadpoolctl
+
     return threadpoolctl.ThreadpoolController()
 
 

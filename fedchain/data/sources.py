@@ -13,11 +13,14 @@ is the default. The torchvision sources read a local ``root`` and only touch the
 the caller passes ``download=True`` (the CLI's ``--download``).
 
 torchvision is imported lazily inside the loaders that need it: importing it takes seconds, and
-``digits``/``npz`` users should not pay for that.
+``digits``/``npz`` users should not pay for that. ``digits`` does not import scikit-learn either
+(about 1 s, more than all of a run's other work with the data): it reads the data file sklearn
+ships, and its train/test split is frozen (:func:`_load_digits`).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import pickle
 import zipfile
 from collections.abc import Callable
@@ -38,7 +41,6 @@ _NPZ_SPLITS = ("train", "test", "all")
 _DIGITS_SPLITS = ("train", "test", "all")
 _NPZ_X_KEYS = ("x", "X", "features")
 _NPZ_Y_KEYS = ("y", "labels")
-_DIGITS_TEST_FRACTION = 0.2
 
 # What torchvision raises for missing, truncated or malformed files. AssertionError is included
 # because torchvision's IDX reader validates the header with bare asserts.
@@ -167,25 +169,52 @@ def _load_digits(split: str) -> ArrayDataset:
     """scikit-learn's 1797 8x8 digits, with a fixed stratified 80/20 train/test split.
 
     sklearn ships no official split, so ``random_state=0`` and stratification by label make one
-    that is identical on every machine and keeps class proportions equal in both halves. Indices
-    are sorted so examples keep sklearn's order within each split.
+    that keeps class proportions equal in both halves: ``train_test_split(arange(1797),
+    test_size=0.2, stratify=y, random_state=0)``, frozen here as :data:`_DIGITS_TEST_MASK` so
+    that it is identical on every machine and sklearn version (``tests/test_sources.py``
+    recomputes it with sklearn). Examples keep sklearn's order within each split.
     """
     _check_split("digits", split, _DIGITS_SPLITS)
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    bunch = load_digits()
+    images, labels = _read_digits()
     # Pixel values are integers 0..16 stored as float64; uint8 is exact and 8x smaller.
-    x = np.asarray(bunch.images).astype(np.uint8).reshape(-1, 1, 8, 8)
-    y = np.asarray(bunch.target, dtype=np.int64)
+    x = np.asarray(images).astype(np.uint8).reshape(-1, 1, 8, 8)
+    y = np.asarray(labels, dtype=np.int64)
     if split != "all":
-        train_idx, test_idx = train_test_split(
-            np.arange(y.shape[0]), test_size=_DIGITS_TEST_FRACTION, stratify=y, random_state=0
-        )
-        keep = np.sort(train_idx if split == "train" else test_idx)
-        x, y = x[keep], y[keep]
+        test = np.unpackbits(np.frombuffer(_DIGITS_TEST_MASK, np.uint8), bitorder="little")
+        keep = test[: y.shape[0]].astype(bool)
+        x, y = (x[keep], y[keep]) if split == "test" else (x[~keep], y[~keep])
     classes = tuple(str(c) for c in range(10))
     return ArrayDataset("digits", x, y, classes, 16.0)
+
+
+def _read_digits() -> tuple[np.ndarray, np.ndarray]:
+    """``load_digits()``'s pixels and labels, read from the file scikit-learn ships
+    (``sklearn/datasets/data/digits.csv.gz``: 64 pixels then the label per row) without
+    importing sklearn, which takes longer than everything else a run's set-up does with the
+    data (measured: ``experiments/results/startup.md``); sklearn's own loader where the file is
+    not there."""
+    spec = importlib.util.find_spec("sklearn")  # finds the package without importing it
+    if spec is not None and spec.origin is not None:
+        path = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz"
+        if path.is_file():
+            data = np.loadtxt(path, delimiter=",")
+            return data[:, :-1], data[:, -1]
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    return bunch.data, bunch.target
+
+
+_DIGITS_TEST_MASK = bytes.fromhex(
+    "00002011ac24080200608200c942a000580010800024001460344800080029500009984820041f0540810805"
+    "001050110422a824924202055000000002201b00008101040012a02300080210050800a00212000c08004070"
+    "23900040242100c115803c04651950000000d0100210200518124040028283000120026221ec568140680022"
+    "01000242052518500a0021d0a18663100801100032010304206071008010410081001c10c003109800000870"
+    "80002108058400cc1494200322030116708040c1004100114465023424208410150601098105304041404248"
+    "801c25a800"
+)
+"""Which of the 1797 digits are in the test split (bit ``i`` of byte ``i // 8``, least
+significant first): ``train_test_split``'s 360 test indices (see :func:`_load_digits`)."""
 
 
 # --- torchvision: MNIST, Fashion-MNIST, CIFAR-10 ---------------------------------------------
