@@ -352,7 +352,7 @@ def resumable_run(run_dir: Path) -> tuple[RunConfig, Path]:
     The ledger head's round ``k`` is what was done: a round in progress when the run was killed
     never reached the ledger and runs again. Its model files are removed
     (:func:`fedchain.runs.federation.remove_unregistered_models`, as a resumed deployment does);
-    archived updates are named by their hash, so the repeated round writes the same names, and
+    the round's update pack is named by its round, so the repeated round replaces it, and
     ``metrics.json`` keeps only the rows of rounds on the ledger (fedchain.runs.session).
     """
     if not (run_dir / CONFIG_FILENAME).is_file():
