@@ -125,6 +125,8 @@ NON_FINITE_FLOATS = ["lr", "beta", "alpha", "attack-scale", "weight-cap", "round
         ({"run-id": "x/../.."}, "must be a name, not a path"),
         ({"run-id": "/abs"}, "must be a name, not a path"),
         ({"run-id": ".."}, "must be a name, not a path"),
+        *[({"archive-updates": v}, "archive-updates must be all, none, or a number of rounds")
+          for v in ("0", "-1", "last", "2.5", " 3", "1" + "0" * 19)],
     ],
 )  # fmt: skip
 def test_invalid_settings_are_refused(settings, message):
@@ -224,3 +226,11 @@ def test_each_choice_the_code_knows_is_in_its_flags_help():
     ]:
         help_text = " ".join((options[flag].help or "").split())
         assert all(name in help_text for name in names), (flag, names, help_text)
+
+
+def test_archive_updates_is_the_genesis_retention_rule(tmp_path):
+    assert RunConfig().archive_updates == "all" and RunConfig().archive_rounds == -1
+    assert merge_config(RunConfig(), {"archive-updates": "none"}).archive_rounds == 0
+    assert merge_config(RunConfig(), {"archive-updates": 5}).archive_rounds == 5  # TOML: 5
+    config = RunConfig(run_id="r", out=str(tmp_path), clients=2, rounds=1, archive_updates="3")
+    assert prepare_run(config).genesis.rules.update_archive_rounds == 3
