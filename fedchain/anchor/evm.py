@@ -18,6 +18,7 @@ node's first account (a development node's, e.g. eth-tester's or ``anvil``'s fun
 from __future__ import annotations
 
 import json
+import sys
 import threading
 from collections.abc import Sequence
 from functools import cache
@@ -42,6 +43,13 @@ __all__ = [
     "load_artifact",
     "memory_chain",
 ]
+
+SAFE_RECURSION_LIMIT = 12_288
+"""The interpreter's recursion limit once this module is imported, at most. ``py_ecc`` (imported
+by web3) raises it to 100,000 for the whole process: deep enough that json's C parser overflows
+the C stack on a deeply nested document (a crash where a ``RecursionError`` was due). py-evm asks
+for 12,288 (1,024 EVM call frames), which json survives; a lower limit set before stays."""
+sys.setrecursionlimit(min(sys.getrecursionlimit(), SAFE_RECURSION_LIMIT))
 
 ARTIFACT_PATH = Path(__file__).parent / "contracts" / "FedchainAnchor.json"
 MEMORY = "memory"
