@@ -11,7 +11,8 @@ code at that address the artifact's, the transaction a successful call to it tha
 digest, and the contract's record of the digest must exist (its block and time are the stamp).
 
 Nodes: a JSON-RPC URL (:func:`connect`), or ``"memory"``: an in-memory chain in this process
-(eth-tester on py-evm, :func:`memory_chain`), for tests and trials. A digest is sent from the
+(eth-tester on py-evm, :func:`memory_chain`), for tests and trials (to share one with other
+processes, serve it: :mod:`fedchain.anchor.local_evm`). A digest is sent from the
 node's first account (a development node's, e.g. eth-tester's or ``anvil``'s funded ones).
 """
 
@@ -126,7 +127,9 @@ class EvmWitness:
             raise AnchorError(f"the anchor transaction {tx_hash.hex()} failed on the chain")
         self.gas_used.append(int(receipt["gasUsed"]))
         proof = {"chain_id": chain_id, "contract": self.address, "tx_hash": "0x" + tx_hash.hex()}
-        return json.dumps(proof, sort_keys=True, separators=(",", ":")).encode()
+        encoded = json.dumps(proof, sort_keys=True, separators=(",", ":")).encode()
+        self.check(statement, encoded)  # a call to an address without the contract succeeds too
+        return encoded
 
     def check(self, statement: AnchorStatement, proof: bytes) -> Stamp:
         digest = compute_anchor_digest(statement)
