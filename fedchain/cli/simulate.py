@@ -233,7 +233,8 @@ def simulate(
         typer.Option(
             help=_help(
                 "anchor_url",
-                "The EVM node's JSON-RPC URL (memory: an in-process test chain) or the TSA's URL.",
+                "The EVM node's JSON-RPC URL (memory: an in-process test chain, gone with the "
+                "process; `fedchain anchor serve-evm` serves one to try) or the TSA's URL.",
             )
         ),
     ] = None,

@@ -1,0 +1,134 @@
+"""The local witnesses served over HTTP (fedchain.anchor.local_http, .local_evm, and the TSA's
+``serve``) and their commands (``fedchain anchor serve-evm`` / ``serve-tsa``), in this process.
+
+The served EVM chain is checked through web3's own HTTP client, as ``simulate`` and ``verify`` in
+other processes reach it (tests/test_anchor_e2e.py does that through the commands); a host other
+than loopback is refused unless allowed.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from fedchain.anchor import evm
+from fedchain.anchor.local_evm import LocalEvmNode, serve_evm
+from fedchain.anchor.local_http import is_loopback_host, serve_http
+from fedchain.anchor.local_tsa import LocalTsa
+from fedchain.anchor.rfc3161 import Rfc3161Witness, http_transport, load_certificates
+from fedchain.cli import app
+from fedchain.errors import AnchorError, ConfigError
+from fedchain.ledger.objects import AnchorStatement
+
+runner = CliRunner()
+STATEMENT = AnchorStatement(bytes(range(32)), 3, bytes(32), b"\x01" * 32)
+
+
+@pytest.fixture(scope="module")
+def node() -> Iterator[LocalEvmNode]:
+    with serve_evm() as served:
+        yield served
+
+
+def post(url: str, body: bytes) -> Any:
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        return json.loads(answer.read())
+
+
+def test_served_chain_holds_the_contract_and_anchors_over_http(node: LocalEvmNode) -> None:
+    assert node.url.startswith("http://127.0.0.1:")
+    w3 = evm.connect(node.url)  # web3's HTTP client, not the in-process provider
+    assert w3.eth.chain_id == node.chain_id
+    assert w3.eth.accounts[0] == node.sender
+    witness = evm.EvmWitness(w3, node.contract, [node.sender])
+    proof = witness.publish(STATEMENT)
+    stamp = witness.check(STATEMENT, proof)
+    assert stamp.where.endswith(f"contract {node.contract}, block {w3.eth.block_number}")
+    (record,) = [r for r in witness.history(STATEMENT.genesis_hash, []) if r.height == 3]
+    assert record.stamp == stamp
+
+
+def test_served_chain_answers_json_rpc_as_a_node_does(node: LocalEvmNode) -> None:
+    answer = post(node.url, b'{"jsonrpc": "2.0", "id": 7, "method": "eth_chainId"}')
+    assert answer == {"jsonrpc": "2.0", "id": 7, "result": hex(node.chain_id)}
+    batch = post(node.url, b'[{"jsonrpc": "2.0", "id": 1, "method": "eth_blockNumber"}]')
+    assert batch[0]["id"] == 1 and batch[0]["result"].startswith("0x")
+    unknown = post(node.url, b'{"jsonrpc": "2.0", "id": 2, "method": "eth_mine_gold"}')
+    assert unknown["id"] == 2 and "Unknown RPC Endpoint" in unknown["error"]["message"]
+    assert post(node.url, b"{not json")["error"]["code"] == -32700
+    assert post(node.url, b'{"id": 3}')["error"]["code"] == -32600
+
+
+def test_invalid_anchor_to_a_contract_that_is_not_there_fails(node: LocalEvmNode) -> None:
+    rogue = evm.EvmWitness(evm.connect(node.url), "0x" + "12" * 20)
+    with pytest.raises(AnchorError, match="does not hold fedchain's anchor contract code"):
+        rogue.publish(STATEMENT)
+
+
+def test_served_tsa_stamps_over_http() -> None:
+    tsa = LocalTsa()
+    with tsa.serve() as url:
+        witness = Rfc3161Witness(load_certificates(tsa.root_pem), http_transport(url))
+        assert witness.check(STATEMENT, witness.publish(STATEMENT)).where.startswith("TSA CN=")
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.0.0.2", True),
+        ("::1", True),
+        ("localhost", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("192.168.1.10", False),
+        ("example.org", False),
+    ],
+)
+def test_is_loopback_host(host: str, loopback: bool) -> None:
+    assert is_loopback_host(host) is loopback
+
+
+def test_invalid_non_loopback_host_is_refused_unless_allowed() -> None:
+    with pytest.raises(ConfigError, match="not a loopback address"), serve_evm("0.0.0.0"):
+        pass
+    with pytest.raises(ConfigError, match="not a loopback address"), LocalTsa().serve("0.0.0.0"):
+        pass
+    handler = http.server.BaseHTTPRequestHandler
+    with pytest.raises(ConfigError, match="not a loopback"), serve_http(handler, "example.org"):
+        pass
+
+
+def test_serve_on_ipv6_loopback() -> None:
+    try:
+        with LocalTsa().serve("::1") as url:
+            assert url.startswith("http://[::1]:")
+    except ConfigError as e:  # a machine without IPv6
+        pytest.skip(str(e))
+
+
+def test_invalid_serve_commands_refuse_a_remote_host_and_an_existing_certificate(
+    tmp_path: Path,
+) -> None:
+    result = runner.invoke(app, ["anchor", "serve-evm", "--host", "0.0.0.0"])
+    assert result.exit_code == 1 and "not a loopback address" in result.output
+    cert = tmp_path / "tsa.pem"
+    cert.write_text("an earlier TSA's certificate")
+    result = runner.invoke(app, ["anchor", "serve-tsa", "--cert", str(cert)])
+    assert result.exit_code == 1 and "exists" in result.output
+    assert cert.read_text() == "an earlier TSA's certificate"
+
+
+def test_serve_commands_help_says_they_are_not_a_trust_anchor() -> None:
+    for command in ("serve-evm", "serve-tsa"):
+        result = runner.invoke(app, ["anchor", command, "--help"], env={"COLUMNS": "200"})
+        assert result.exit_code == 0
+        assert "not a trust anchor" in " ".join(result.output.split())
