@@ -16,16 +16,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
 from typer.testing import CliRunner
 
 from fedchain.anchor import evm
+from fedchain.anchor.check import check_anchors
+from fedchain.anchor.connect import make_evm_witness, make_run_anchoring
 from fedchain.anchor.local_evm import LocalEvmNode, serve_evm
 from fedchain.anchor.local_http import is_loopback_host, serve_http
 from fedchain.anchor.local_tsa import LocalTsa
 from fedchain.anchor.rfc3161 import Rfc3161Witness, http_transport, load_certificates
 from fedchain.cli import app
+from fedchain.config import RunConfig
 from fedchain.errors import AnchorError, ConfigError
 from fedchain.ledger.objects import AnchorStatement
+from fedchain.ledger.verify import verify_ledger
+from tests.test_anchor import EVERY, build_ledger
 
 runner = CliRunner()
 STATEMENT = AnchorStatement(bytes(range(32)), 3, bytes(32), b"\x01" * 32)
@@ -132,3 +139,90 @@ def test_serve_commands_help_says_they_are_not_a_trust_anchor() -> None:
         result = runner.invoke(app, ["anchor", command, "--help"], env={"COLUMNS": "200"})
         assert result.exit_code == 0
         assert "not a trust anchor" in " ".join(result.output.split())
+
+
+# -- anchors signed with a key file (simulate --anchor-key), on the served chain ----------------
+
+
+def write_key(path: Path, key: str, mode: int = 0o600) -> Path:
+    path.write_text(key + "\n")
+    path.chmod(mode)
+    return path
+
+
+@pytest.fixture(scope="module")
+def signer() -> LocalAccount:
+    return Account.create()
+
+
+@pytest.fixture(scope="module")
+def funded_node(signer: LocalAccount) -> Iterator[LocalEvmNode]:
+    with serve_evm(fund=[signer.address]) as served:
+        yield served
+
+
+def test_anchors_signed_with_a_key_file_come_from_its_account(
+    funded_node: LocalEvmNode, signer: LocalAccount, tmp_path: Path
+) -> None:
+    key = write_key(tmp_path / "anchor.key", signer.key.hex())
+    config = RunConfig(
+        anchor="evm",
+        anchor_url=funded_node.url,
+        anchor_contract=funded_node.contract,
+        anchor_key=str(key),
+        anchor_every=EVERY,
+    )
+    anchoring = make_run_anchoring(config, tmp_path / "run", None)
+    assert anchoring is not None
+    build_ledger(tmp_path / "run", anchoring)
+    assert not anchoring.failures
+    report = verify_ledger(tmp_path / "run")
+    assert [r.statement.height for _, r in report.anchor_receipts] == [2, 4]
+    w3 = evm.connect(funded_node.url)
+    assert signer.address not in w3.eth.accounts  # the node could not have signed them
+    trusting_the_key = evm.EvmWitness(w3, funded_node.contract, [signer.address])
+    check = check_anchors(report, {"evm": trusting_the_key})
+    assert check.ok and check.anchored_height == 4
+    listed = trusting_the_key.history(report.genesis_hash, [])  # no receipts in hand
+    assert [r.height for r in listed] == [2, 4]
+    assert evm.EvmWitness(w3, funded_node.contract).history(report.genesis_hash, []) == []
+
+
+def test_invalid_unfunded_key_cannot_anchor(funded_node: LocalEvmNode, tmp_path: Path) -> None:
+    key = write_key(tmp_path / "poor.key", Account.create().key.hex())
+    witness = make_evm_witness(funded_node.url, funded_node.contract, key_file=str(key))
+    with pytest.raises(AnchorError, match=r"did not anchor digest .* cannot afford"):
+        witness.publish(STATEMENT)
+
+
+@pytest.mark.parametrize(
+    ("content", "mode", "message"),
+    [
+        ("0x" + "11" * 32, 0o644, "can be read by others \\(mode 644\\): chmod 600"),
+        ("0x" + "11" * 32, 0o640, "can be read by others"),
+        ("not a key " + "ab" * 30, 0o600, "does not hold an EVM private key"),
+        ("0x" + "11" * 31, 0o600, "does not hold an EVM private key"),
+    ],
+)
+def test_invalid_key_file_is_refused_without_showing_it(
+    tmp_path: Path, content: str, mode: int, message: str
+) -> None:
+    path = write_key(tmp_path / "anchor.key", content, mode)
+    with pytest.raises(AnchorError, match=message) as raised:
+        evm.load_account(path)
+    assert content not in str(raised.value) and "ab" * 30 not in str(raised.value)
+
+
+def test_invalid_missing_key_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(AnchorError, match="cannot read the EVM key file"):
+        evm.load_account(tmp_path / "absent.key")
+
+
+def test_invalid_anchor_key_without_evm_is_refused() -> None:
+    with pytest.raises(ConfigError, match="anchor-key signs EVM anchors: it needs anchor evm"):
+        RunConfig(anchor="rfc3161", anchor_url="http://tsa", anchor_tsa_cert="t", anchor_key="k")
+
+
+def test_serve_evm_refuses_to_fund_a_malformed_address() -> None:
+    with pytest.raises(AnchorError, match="not an EVM address to fund"), serve_evm(fund=["0x12"]):
+        pass

@@ -18,16 +18,18 @@ import contextlib
 import http.server
 import json
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from eth_utils.address import to_checksum_address
 from web3 import EthereumTesterProvider, Web3
 
 from fedchain.anchor import evm
 from fedchain.anchor.local_http import serve_http
+from fedchain.errors import AnchorError
 
-__all__ = ["LocalEvmNode", "answer_rpc", "serve_evm"]
+__all__ = ["FUNDING_WEI", "LocalEvmNode", "answer_rpc", "serve_evm"]
 
 Rpc = Callable[[str, Any], Any]
 """Send one request (method, params) to the chain; its response dict (``result`` or ``error``)."""
@@ -109,17 +111,38 @@ def _make_handler(rpc: Rpc) -> type[http.server.BaseHTTPRequestHandler]:
     return Handler
 
 
+FUNDING_WEI = 10**19
+"""What :func:`serve_evm` gives each account it is asked to fund: 10 ether, gas for ~10⁵ anchors."""
+
+
 @contextlib.contextmanager
 def serve_evm(
-    host: str = "127.0.0.1", port: int = 0, *, allow_remote: bool = False
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    allow_remote: bool = False,
+    fund: Sequence[str] = (),
 ) -> Iterator[LocalEvmNode]:
     """A fresh in-memory chain served on ``host``:``port`` (see
     :func:`~fedchain.anchor.local_http.serve_http`) while in the block, with fedchain's anchor
-    contract deployed through the served URL itself."""
+    contract deployed through the served URL itself, and :data:`FUNDING_WEI` sent to each
+    address in ``fund`` (accounts that sign their own anchors: ``simulate --anchor-key``)."""
     provider = EthereumTesterProvider()
     bare = Web3(provider, middleware=[])  # the provider's own formatting only, as a node's
     rpc: Rpc = provider.request_func(bare, bare.middleware_onion)
     with serve_http(_make_handler(rpc), host, port, allow_remote=allow_remote) as url:
         w3 = evm.connect(url)
         contract = evm.deploy_contract(w3)
-        yield LocalEvmNode(url, int(w3.eth.chain_id), contract, str(w3.eth.accounts[0]))
+        sender = str(w3.eth.accounts[0])
+        for address in fund:
+            _send_funds(w3, sender, address)
+        yield LocalEvmNode(url, int(w3.eth.chain_id), contract, sender)
+
+
+def _send_funds(w3: Web3, sender: str, address: str) -> None:
+    try:
+        to = to_checksum_address(address)
+    except ValueError as e:
+        raise AnchorError(f"{address!r} is not an EVM address to fund") from e
+    tx = w3.eth.send_transaction({"from": sender, "to": to, "value": FUNDING_WEI})  # type: ignore[typeddict-item]
+    w3.eth.wait_for_transaction_receipt(tx)

@@ -55,6 +55,13 @@ def serve_evm(
     port: Port = 0,
     allow_remote: AllowRemote = False,
     info: Info = None,
+    fund: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Send 10 test ether to this address at start (repeatable): the account of a "
+            "`simulate --anchor-key` key file, which pays for its own anchors.",
+        ),
+    ] = None,
 ) -> None:
     """Serve an EVM test chain with fedchain's anchor contract (for trying and testing only).
 
@@ -68,7 +75,10 @@ def serve_evm(
     except ImportError as e:
         raise AnchorError(f"serve-evm needs web3: pip install 'fedchain[anchor]' ({e})") from e
 
-    with _until_stopped(), serve(host, port, allow_remote=allow_remote) as node:
+    with (
+        _until_stopped(),
+        serve(host, port, allow_remote=allow_remote, fund=tuple(fund or ())) as node,
+    ):
         _say(
             f"EVM node   {node.url} (chain id {node.chain_id}; {NOT_A_TRUST_ANCHOR})",
             f"contract   {node.contract}",

@@ -248,6 +248,16 @@ def simulate(
             help=_help("anchor_tsa_cert", "PEM certificate the TSA's tokens must verify against.")
         ),
     ] = None,
+    anchor_key: Annotated[
+        str | None,
+        typer.Option(
+            help=_help(
+                "anchor_key",
+                "A file (mode 0600) with the EVM private key that signs the anchors, for a node "
+                "that holds no unlocked account (empty: the node's first account sends them).",
+            )
+        ),
+    ] = None,
     out: Annotated[
         str | None, typer.Option(help=_help("out", "Folder for run directories."))
     ] = None,
@@ -295,6 +305,7 @@ def simulate(
         "anchor_url": anchor_url,
         "anchor_contract": anchor_contract,
         "anchor_tsa_cert": anchor_tsa_cert,
+        "anchor_key": anchor_key,
     }
     if resume is not None:
         others = {**flags, "config": config_file, "ledger": ledger, "attackers": attackers}
