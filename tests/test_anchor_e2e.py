@@ -7,65 +7,24 @@ Everything listens on loopback; every process this test starts is stopped in ``f
 
 from __future__ import annotations
 
-import json
-import os
-import signal
 import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from fedchain.ledger.verify import verify_ledger
 from tests.test_anchor_run import truncated_copy
+from tests.test_anchor_serve import ENV, fedchain, served
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
-ENV = {**os.environ, "COLUMNS": "200", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}
 RUN = ["--clients", "3", "--rounds", "3", "--model", "mlp", "--local-epochs", "1"]
-
-
-def fedchain(*args: str) -> list[str]:
-    return [sys.executable, "-m", "fedchain", *args]
 
 
 def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         fedchain(*args), env=ENV, capture_output=True, text=True, timeout=timeout, check=False
     )
-
-
-@contextmanager
-def served(info: Path, *args: str) -> Iterator[dict[str, Any]]:
-    """``fedchain anchor ARGS --info INFO`` running; yields what it wrote to INFO. It must stop
-    cleanly on SIGTERM (exit 0, INFO removed); killed if it does not."""
-    process = subprocess.Popen(
-        fedchain("anchor", *args, "--info", str(info)),
-        env=ENV,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while not info.exists():
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                pytest.fail(f"fedchain anchor {args[0]} did not start: {process.communicate()[0]}")
-            time.sleep(0.2)
-        yield json.loads(info.read_text())
-        process.send_signal(signal.SIGTERM)
-        output = process.communicate(timeout=30)[0]
-        assert process.returncode == 0, output
-        assert "stopped" in output and not info.exists()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
 
 
 def check_simulated(result: subprocess.CompletedProcess[str], run_dir: Path) -> int:

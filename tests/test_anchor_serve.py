@@ -1,17 +1,24 @@
 """The local witnesses served over HTTP (fedchain.anchor.local_http, .local_evm, and the TSA's
-``serve``) and their commands (``fedchain anchor serve-evm`` / ``serve-tsa``), in this process.
+``serve``) and their commands (``fedchain anchor serve-evm`` / ``serve-tsa``); EVM anchors signed
+with a key file (``simulate --anchor-key``).
 
 The served EVM chain is checked through web3's own HTTP client, as ``simulate`` and ``verify`` in
 other processes reach it (tests/test_anchor_e2e.py does that through the commands); a host other
-than loopback is refused unless allowed.
+than loopback is refused unless allowed; a served command stops cleanly on SIGINT and SIGTERM.
 """
 
 from __future__ import annotations
 
 import http.server
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +42,43 @@ from fedchain.ledger.verify import verify_ledger
 from tests.test_anchor import EVERY, build_ledger
 
 runner = CliRunner()
+ENV = {**os.environ, "COLUMNS": "200", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}
 STATEMENT = AnchorStatement(bytes(range(32)), 3, bytes(32), b"\x01" * 32)
+
+
+def fedchain(*args: str) -> list[str]:
+    return [sys.executable, "-m", "fedchain", *args]
+
+
+@contextmanager
+def served(
+    info: Path, *args: str, stop_with: signal.Signals = signal.SIGTERM
+) -> Iterator[dict[str, Any]]:
+    """``fedchain anchor ARGS --info INFO`` running; yields what it wrote to INFO. It must stop
+    cleanly on ``stop_with`` (exit 0, INFO removed); killed if it does not."""
+    process = subprocess.Popen(
+        fedchain("anchor", *args, "--info", str(info)),
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not info.exists():
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                pytest.fail(f"fedchain anchor {args[0]} did not start: {process.communicate()[0]}")
+            time.sleep(0.2)
+        yield json.loads(info.read_text())
+        process.send_signal(stop_with)
+        output = process.communicate(timeout=30)[0]
+        assert process.returncode == 0, output
+        assert "stopped" in output and not info.exists()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -226,3 +269,17 @@ def test_invalid_anchor_key_without_evm_is_refused() -> None:
 def test_serve_evm_refuses_to_fund_a_malformed_address() -> None:
     with pytest.raises(AnchorError, match="not an EVM address to fund"), serve_evm(fund=["0x12"]):
         pass
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop_with", [signal.SIGINT, signal.SIGTERM])
+def test_serve_command_answers_then_stops_cleanly_on_a_signal(
+    tmp_path: Path, stop_with: signal.Signals
+) -> None:
+    cert = tmp_path / "tsa.pem"
+    info = tmp_path / "tsa.json"
+    with served(info, "serve-tsa", "--cert", str(cert), stop_with=stop_with) as tsa:
+        roots = load_certificates(Path(tsa["cert"]).read_bytes())
+        witness = Rfc3161Witness(roots, http_transport(tsa["url"]))
+        witness.check(STATEMENT, witness.publish(STATEMENT))
+    assert load_certificates(cert.read_bytes()) == roots  # kept for verify --tsa-cert

@@ -24,6 +24,7 @@ from typing import Any
 
 from eth_utils.address import to_checksum_address
 from web3 import EthereumTesterProvider, Web3
+from web3.types import Wei
 
 from fedchain.anchor import evm
 from fedchain.anchor.local_http import serve_http
@@ -111,7 +112,7 @@ def _make_handler(rpc: Rpc) -> type[http.server.BaseHTTPRequestHandler]:
     return Handler
 
 
-FUNDING_WEI = 10**19
+FUNDING_WEI = Wei(10**19)
 """What :func:`serve_evm` gives each account it is asked to fund: 10 ether, gas for ~10⁵ anchors."""
 
 
@@ -133,16 +134,16 @@ def serve_evm(
     with serve_http(_make_handler(rpc), host, port, allow_remote=allow_remote) as url:
         w3 = evm.connect(url)
         contract = evm.deploy_contract(w3)
-        sender = str(w3.eth.accounts[0])
         for address in fund:
-            _send_funds(w3, sender, address)
-        yield LocalEvmNode(url, int(w3.eth.chain_id), contract, sender)
+            _send_funds(w3, address)
+        yield LocalEvmNode(url, int(w3.eth.chain_id), contract, str(w3.eth.accounts[0]))
 
 
-def _send_funds(w3: Web3, sender: str, address: str) -> None:
+def _send_funds(w3: Web3, address: str) -> None:
+    """:data:`FUNDING_WEI` from the chain's first account to ``address``."""
     try:
         to = to_checksum_address(address)
     except ValueError as e:
         raise AnchorError(f"{address!r} is not an EVM address to fund") from e
-    tx = w3.eth.send_transaction({"from": sender, "to": to, "value": FUNDING_WEI})  # type: ignore[typeddict-item]
+    tx = w3.eth.send_transaction({"from": w3.eth.accounts[0], "to": to, "value": FUNDING_WEI})
     w3.eth.wait_for_transaction_receipt(tx)

@@ -76,7 +76,7 @@ def serve_evm(
         raise AnchorError(f"serve-evm needs web3: pip install 'fedchain[anchor]' ({e})") from e
 
     with (
-        _until_stopped(),
+        _until_stopped() as stopped,
         serve(host, port, allow_remote=allow_remote, fund=tuple(fund or ())) as node,
     ):
         _say(
@@ -96,7 +96,7 @@ def serve_evm(
         }
         with _info_file(info, doc):
             _say("Ctrl-C stops it (the chain and its anchors go with it).")
-            _wait()
+            _wait(stopped)
 
 
 @app.command("serve-tsa")
@@ -135,7 +135,7 @@ def serve_tsa(
             f"{cert} exists: a new TSA's certificate would replace the one earlier runs verify "
             "against; name another file"
         ) from None
-    with _until_stopped(), tsa.serve(host, port, allow_remote=allow_remote) as url:
+    with _until_stopped() as stopped, tsa.serve(host, port, allow_remote=allow_remote) as url:
         _say(
             f"TSA        {url} ({NOT_A_TRUST_ANCHOR})",
             f"cert       {cert}",
@@ -145,7 +145,7 @@ def serve_tsa(
         )
         with _info_file(info, {"url": url, "cert": str(cert.resolve())}):
             _say("Ctrl-C stops it (the certificate file stays, for verify).")
-            _wait()
+            _wait(stopped)
 
 
 def _say(*lines: str) -> None:
@@ -154,27 +154,25 @@ def _say(*lines: str) -> None:
         console.print(line, soft_wrap=True, markup=False)
 
 
-_STOP = threading.Event()
-
-
 @contextlib.contextmanager
-def _until_stopped() -> Iterator[None]:
-    """SIGINT and SIGTERM end :func:`_wait` (and so the command, cleanly) while in the block."""
+def _until_stopped() -> Iterator[threading.Event]:
+    """An event that SIGINT or SIGTERM sets while in the block (so the command ends cleanly,
+    leaving its ``with`` blocks, instead of dying in one)."""
+    stopped = threading.Event()
 
     def stop(signum: int, frame: FrameType | None) -> None:
-        _STOP.set()
+        stopped.set()
 
-    _STOP.clear()
     previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        yield stopped
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
 
 
-def _wait() -> None:
-    while not _STOP.wait(0.5):
+def _wait(stopped: threading.Event) -> None:
+    while not stopped.wait(0.5):  # a timed wait: signal handlers run between the waits
         pass
     _say("stopped")
 
