@@ -233,7 +233,8 @@ def simulate(
         typer.Option(
             help=_help(
                 "anchor_url",
-                "The EVM node's JSON-RPC URL (memory: an in-process test chain) or the TSA's URL.",
+                "The EVM node's JSON-RPC URL (memory: an in-process test chain, gone with the "
+                "process; `fedchain anchor serve-evm` serves one to try) or the TSA's URL.",
             )
         ),
     ] = None,
@@ -245,6 +246,16 @@ def simulate(
         str | None,
         typer.Option(
             help=_help("anchor_tsa_cert", "PEM certificate the TSA's tokens must verify against.")
+        ),
+    ] = None,
+    anchor_key: Annotated[
+        str | None,
+        typer.Option(
+            help=_help(
+                "anchor_key",
+                "A file (mode 0600) with the EVM private key that signs the anchors, for a node "
+                "that holds no unlocked account (empty: the node's first account sends them).",
+            )
         ),
     ] = None,
     out: Annotated[
@@ -294,6 +305,7 @@ def simulate(
         "anchor_url": anchor_url,
         "anchor_contract": anchor_contract,
         "anchor_tsa_cert": anchor_tsa_cert,
+        "anchor_key": anchor_key,
     }
     if resume is not None:
         others = {**flags, "config": config_file, "ledger": ledger, "attackers": attackers}
