@@ -3,17 +3,23 @@
 refuses an app with another digest before any of its code runs, tells the coordinator why,
 and runs the approved app, which gets the holder's secret on a pipe, not in its environment.
 
-Also the limit of Flower's own mechanism: with ``--trusted-entities`` a SuperNode refuses every
-app that ``flwr run`` submits, the approved one too, because ``flwr run`` sends no signatures and
-a SuperLink attaches them only to apps fetched from Flower Hub.
+Also what stock Flower does: as `fedchain join` starts it, a SuperNode runs a modified app and
+hands it the holder's secret; with ``--trusted-entities`` it refuses every app that ``flwr run``
+submits, because ``flwr run`` sends no signatures and a SuperLink attaches them only to apps
+fetched from Flower Hub. A stand-in for Flower Hub's Platform API on loopback (the SuperLink
+reads its address from ``FLWR_SUPERGRID_API_URL``) makes the holder-signed app pass.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -81,7 +87,8 @@ HONEST = """
 
 @client.query()
 def answer(msg, context):
-    secret = os.read(int(os.environ["FEDCHAIN_SECRET_FD"]), 1024).decode()
+    fd = os.environ.get("FEDCHAIN_SECRET_FD")
+    secret = os.read(int(fd), 1024).decode() if fd else ""
     leaked = any("holder-passphrase" in value for value in os.environ.values())
     return Message(
         RecordDict({"m": ConfigRecord({"secret-ok": secret == "holder-passphrase-0123",
@@ -119,13 +126,49 @@ def _wait_file(path: Path, processes_alive: list[processes.ManagedProcess], time
     raise AssertionError(f"{path} not written within {timeout} s")
 
 
+class Hub(BaseHTTPRequestHandler):
+    """A stand-in for Flower Hub's Platform API, as ``request_download_link`` and
+    ``_get_remote_fab`` (``flwr/supercore/utils.py``, ``flwr/superlink/servicer/control/
+    control_handlers.py``) call it: POST ``/hub/fetch-fab`` answers the FAB's URL and its
+    verifications; GET ``/fab`` serves the FAB. ``published`` is (FAB bytes, verifications)."""
+
+    published: tuple[bytes, list[dict[str, object]]] = (b"", [])
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        host, port = self.server.server_address[:2]
+        body = {"fab_url": f"http://{host}:{port}/fab", "verifications": self.published[1]}
+        self._answer(json.dumps(body).encode(), "application/json")
+
+    def do_GET(self) -> None:
+        self._answer(self.published[0], "application/zip")
+
+    def _answer(self, data: bytes, kind: str) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
 @pytest.fixture
-def link(tmp_path):
+def link(tmp_path) -> Iterator[tuple[processes.ManagedProcess, flwr_cli.FlwrConnection]]:
     """An insecure loopback SuperLink (its apps installed in its own folder) and a flwr
-    connection to it; one per test, so that no node of another test is still listed."""
+    connection to it; one per test, so that no node of another test is still listed. Its
+    "Flower Hub" is :class:`Hub` on loopback."""
+    Hub.published = (b"", [])
+    hub = ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=hub.serve_forever, daemon=True).start()
     base = tmp_path / "link"
     port = processes.free_port()
-    env = {"FLWR_HOME": str(base / "link-home"), "FLWR_TELEMETRY_ENABLED": "0"}
+    env = {
+        "FLWR_HOME": str(base / "link-home"),
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_SUPERGRID_API_URL": f"http://127.0.0.1:{hub.server_address[1]}",
+    }
     superlink = flower.start_superlink(base / "state", port=port, certs=None, env=env)
     try:
         processes.wait_healthy(superlink, f"127.0.0.1:{port}", timeout=30)
@@ -133,6 +176,8 @@ def link(tmp_path):
         yield superlink, connection
     finally:
         processes.stop_process(superlink, timeout=5)
+        hub.shutdown()
+        hub.server_close()
 
 
 def _start_supernode(
@@ -210,17 +255,19 @@ def test_a_gated_supernode_refuses_an_unapproved_app_and_runs_the_approved_one(t
             processes.stop_process(process, timeout=5)
 
 
-def test_stock_flower_runs_a_modified_app_or_refuses_every_app(tmp_path, link):
-    """Today's limit, two SuperNodes on one SuperLink. As `fedchain join` starts it (subprocess
-    isolation), a node runs whatever app the coordinator submits, and that app reads the
-    holder's data and the secret in the environment. With Flower's ``--trusted-entities``, a node
-    refuses every app ``flwr run`` submits, whatever its code: ``flwr run`` sends no signature
-    and a SuperLink attaches signatures only to apps fetched from Flower Hub (the node's log
-    says so: the refusal is not about this app's content)."""
+def test_stock_flower_runs_a_modified_app_and_verifies_only_hub_apps(tmp_path, link):
+    """Two SuperNodes on one SuperLink. As `fedchain join` starts it (subprocess isolation), a
+    node runs whatever app the coordinator submits, and that app reads the holder's data and
+    the secret in the environment. With Flower's ``--trusted-entities``, a node refuses every
+    app ``flwr run`` submits, whatever its code: ``flwr run`` sends no signature and a SuperLink
+    attaches signatures only to apps fetched from Flower Hub (the node's log says so). Served
+    by a stand-in Hub with the holder's signature, the approved app passes Flower's own check
+    and runs, but with the secret in its environment all the same."""
     superlink, connection = link
     evil = _write_app(tmp_path / "evil", EVIL)
     (tmp_path / "data.txt").write_text("the holder's raw examples")
-    public = Ed25519PrivateKey.generate().public_key()
+    holder_key = Ed25519PrivateKey.generate()
+    public = holder_key.public_key()
     line = public.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     trusted = tmp_path / "trusted.yaml"
     trusted.write_text(f"holder: '{line.decode()}'\n")
@@ -245,6 +292,24 @@ def test_stock_flower_runs_a_modified_app_or_refuses_every_app(tmp_path, link):
         assert "App verification is not supported by the connected SuperLink" in logs.tail(
             signed_only.log_path, 80
         )
+        # Flower's own path: the holder signs signed_at (8 bytes, big-endian) | SHA-256(FAB)
+        # (flwr/supercore/primitives/asymmetric_ed25519.py), the Hub serves it with the FAB.
+        honest = _write_app(tmp_path / "honest", HONEST)
+        fab = build_fab_from_disk(honest)
+        signed_at = int(time.time())
+        signature = holder_key.sign(signed_at.to_bytes(8, "big") + hashlib.sha256(fab).digest())
+        verification = {
+            "public_key_id": "holder",
+            "signature": base64.urlsafe_b64encode(signature).rstrip(b"=").decode(),
+            "signed_at": signed_at,
+        }
+        Hub.published = (fab, [verification])
+        out = flower.format_config_args({"out": str(tmp_path / "hub.json")})
+        arguments = ["run", "@fedchain/approvaltest==1.0.0", "--run-config", out]
+        flwr_cli.run_flwr(connection, arguments, cwd=tmp_path)
+        result = _wait_file(tmp_path / "hub.json", [superlink, *nodes], timeout=60)
+        ran_with_secret_in_env = {"reply": {"secret-ok": False, "secret-in-env": True}}
+        assert result["answers"] == [ran_with_secret_in_env, ran_with_secret_in_env]
     finally:
         for node in nodes:
             processes.stop_process(node, timeout=5)
