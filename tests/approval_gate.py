@@ -1,6 +1,7 @@
 """A prototype SuperExec that runs only approved Flower apps (the proof in test_app_approval.py).
 
 Usage: ``python tests/approval_gate.py RUNTIME_ADDRESS APPROVED_SHA256[,...] EVENTS_FILE``
+(and, as its own ClientApp launcher, ``... --clientapp RUNTIME_ADDRESS TOKEN APPROVED``)
 
 A Flower 1.41 SuperNode started with ``--isolation process`` starts no ClientApp itself: it
 creates a task per message (``flwr/supernode/start_client_internal.py``, ``create_task`` with
@@ -9,8 +10,10 @@ the run's ``fab_hash``) and waits for an executor to claim it on its Runtime API
 executor (``flower-superexec``) launches ``flwr-clientapp`` for every task. This one first
 compares the task's ``fab_hash`` with the approved digests:
 
-* approved: it launches ``flwr-clientapp`` with an environment built from scratch (no secret
-  in it) and hands the secret over an inherited pipe (``FEDCHAIN_SECRET_FD`` names the fd);
+* approved: it launches Flower's ClientApp runtime (``run_clientapp``, what ``flwr-clientapp``
+  runs) with an environment built from scratch (no secret in it) and hands the secret over an
+  inherited pipe (``FEDCHAIN_SECRET_FD`` names the fd). That process checks once more, on the
+  content, before Flower installs or loads anything (:func:`run_checked_clientapp`);
 * anything else (another digest, or an AgentApp task): it never installs, imports or starts
   the app. It claims the task's input the way ``flwr-clientapp`` does (``pull_task_input``),
   answers the coordinator with an error reply naming both digests (``ErrorCode.INVALID_FAB``)
@@ -23,14 +26,17 @@ memory). Stopped by SIGTERM (it is started and stopped by PID by the test).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from flwr.app import Error, Message
+from flwr.common.config import get_fab_config, get_metadata_from_config
 from flwr.common.constant import ErrorCode, SubStatus
 from flwr.proto.runtime_pb2 import AcquireTaskRequest
 from flwr.supercore.constant import TaskType
@@ -38,6 +44,7 @@ from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVers
 from flwr.supercore.protobuf.client import ProtobufClientInterceptor
 from flwr.supercore.retry import make_simple_http_retry_invoker
 from flwr.supercore.runtime import RuntimeHttpClient
+from flwr.supernode.runtime import run_clientapp as clientapp_runtime
 from flwr.supernode.runtime.run_clientapp import (
     pull_task_input,
     push_message,
@@ -84,20 +91,44 @@ def refuse(address: str, token: str, reason: str) -> int:
         client.close()
 
 
-def launch(address: str, token: str, secret: bytes) -> subprocess.Popen[bytes]:
-    """``flwr-clientapp`` for an approved task: a clean environment, the secret on a pipe."""
+def launch(address: str, token: str, approved: set[str], secret: bytes) -> subprocess.Popen[bytes]:
+    """The ClientApp process for an approved task: a clean environment, the secret on a pipe."""
     read_fd, write_fd = os.pipe()
     os.write(write_fd, secret)  # far below a pipe's buffer: never blocks
     os.close(write_fd)
     env = {name: os.environ[name] for name in KEPT_ENV if name in os.environ}
     env[SECRET_FD_ENV] = str(read_fd)
-    bin_dir = Path(sys.executable).parent
-    command = [str(bin_dir / "flwr-clientapp"), "--runtime-api-address", address]
-    command += ["--token", token, "--insecure", "--parent-pid", str(os.getpid())]
+    command = [sys.executable, __file__, "--clientapp", address, token, ",".join(approved)]
     try:
         return subprocess.Popen(command, env=env, pass_fds=(read_fd,))
     finally:
         os.close(read_fd)
+
+
+def run_checked_clientapp(address: str, token: str, approved: set[str]) -> None:
+    """Flower's ClientApp runtime (as ``flwr-clientapp`` runs it, never installing the FAB's
+    dependencies), with one more check after it pulls the task's input and before it installs
+    or loads the FAB: the FAB's content hashes to an approved digest, and the run's
+    ``fab_id``/``fab_version`` (which Flower uses to find the installed app's folder) are the
+    FAB's own. A failure ends the process before any app code runs (no reply: fail closed)."""
+    pull = clientapp_runtime.pull_task_input
+
+    def checked_pull(client: RuntimeHttpClient) -> tuple[Message, Any, Any, Any]:
+        message, context, run, fab = pull(client)
+        digest = hashlib.sha256(fab.content).hexdigest()
+        metadata = get_metadata_from_config(get_fab_config(fab.content))
+        if digest not in approved or (run.fab_id, run.fab_version) != metadata:
+            raise RuntimeError(f"app {digest} ({run.fab_id} {run.fab_version}) not approved")
+        return message, context, run, fab
+
+    clientapp_runtime.pull_task_input = checked_pull
+    clientapp_runtime.run_clientapp(
+        runtime_api_address=address,
+        token=token,
+        insecure=True,
+        parent_pid=os.getppid(),
+        runtime_dependency_install=False,
+    )
 
 
 def main(address: str, approved: set[str], events: Path) -> None:
@@ -112,7 +143,7 @@ def main(address: str, approved: set[str], events: Path) -> None:
             continue
         task = answer.task
         if task.type == TaskType.CLIENT_APP and task.fab_hash in approved:
-            children.append(launch(address, answer.token, secret))
+            children.append(launch(address, answer.token, approved, secret))
             event = {"decision": "ran", "fab_hash": task.fab_hash, "run_id": task.run_id}
         else:
             reason = (
@@ -126,4 +157,7 @@ def main(address: str, approved: set[str], events: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], set(sys.argv[2].split(",")), Path(sys.argv[3]))
+    if sys.argv[1] == "--clientapp":
+        run_checked_clientapp(sys.argv[2], sys.argv[3], set(sys.argv[4].split(",")))
+    else:
+        main(sys.argv[1], set(sys.argv[2].split(",")), Path(sys.argv[3]))
