@@ -116,12 +116,15 @@ class RunConfig:
     # Anchoring the ledger to an outside witness (fedchain.anchor): off, evm or rfc3161; every
     # anchor-every final blocks; anchor-url: the EVM node's JSON-RPC URL ("memory": an in-process
     # test chain) or the TSA's URL; anchor-contract: the EVM anchor contract (empty: deploy one);
-    # anchor-tsa-cert: the PEM certificate the TSA's tokens must verify against.
+    # anchor-tsa-cert: the PEM certificate the TSA's tokens must verify against; anchor-key: a
+    # file (mode 0600) with the EVM private key to sign anchors with, for a node that holds no
+    # unlocked account (empty: the node's first account sends them).
     anchor: str = "off"
     anchor_every: int = 10  # experiments/bench_anchor.py: keeps anchoring near 1 % of a run
     anchor_url: str = ""
     anchor_contract: str = ""
     anchor_tsa_cert: str = ""
+    anchor_key: str = ""
 
     def __post_init__(self) -> None:
         """Refuse a configuration that cannot run, before anything is written for it.
@@ -186,6 +189,10 @@ class RunConfig:
                 self.anchor != "rfc3161" or bool(self.anchor_tsa_cert),
                 "anchor rfc3161 needs anchor-tsa-cert: the TSA certificate its tokens must "
                 "verify against",
+            ),
+            (
+                self.anchor == "evm" or not self.anchor_key,
+                "anchor-key signs EVM anchors: it needs anchor evm",
             ),
             (0 <= self.attackers <= self.clients, "attackers must be 0..clients"),
             (self.attack != "none" or self.attackers == 0, _ATTACKERS_NEED_AN_ATTACK),

@@ -149,15 +149,41 @@ def reaped_on_exit(wait: float = 30.0) -> Iterator[None]:
             watchdog.wait(timeout=wait)
 
 
+def make_ray_init_args(cpus: int | None, ray_address: str | None) -> dict[str, object]:
+    """``ray.init``'s arguments: a Ray of ``cpus`` CPUs (default: all) started here, or a
+    connection to the cluster at ``ray_address`` (whose nodes say how many CPUs they give).
+    ``address="local"`` keeps a ``RAY_ADDRESS`` in the environment from sending a run meant
+    for this machine to a cluster."""
+    quiet: dict[str, object] = {"logging_level": logging.ERROR, "log_to_driver": False}
+    if ray_address:
+        return {"address": ray_address, **quiet}
+    return {
+        "address": "local",
+        "num_cpus": cpus or os.cpu_count() or 1,
+        "num_gpus": 0,
+        "include_dashboard": False,
+        **quiet,
+    }
+
+
 def run_simulated(
     config: RunConfig,
     run_dir: Path,
     report: RoundReporter | None = None,
     *,
     cpus: int | None = None,
+    ray_address: str | None = None,
 ) -> None:
     """Run the rounds still to do (all of them, or from a resumed ledger's head) with
     ``config.clients`` virtual SuperNodes.
+
+    By default Ray starts here, on this machine, with ``cpus`` CPUs (all of them), and stops
+    with the run. With ``ray_address`` (``HOST:PORT`` of a running cluster's head, as
+    ``ray start --head`` prints it) the clients run as actors spread over the cluster's nodes,
+    one CPU each; the cluster is left running. Every node then needs the same Python
+    environment (fedchain installed at the same path: Flower hands this process's ``sys.path``
+    to the workers) and the run directory at the same path (a shared file system): the
+    simulated clients read their encrypted data and keys from it.
 
     Flower's and Ray's logs go to ``run_dir/log.txt``; the console gets ``report``'s lines. A
     failure is one :class:`FedchainError`: the run's own (every client failed, say), or Flower's
@@ -176,7 +202,6 @@ def run_simulated(
     for h in console_handlers:
         FLOWER_LOGGER.removeHandler(h)
     FLOWER_LOGGER.addHandler(handler)
-    cpus = cpus or os.cpu_count() or 1
     try:
         with reaped_on_exit():
             run_simulation(
@@ -185,13 +210,7 @@ def run_simulated(
                 num_supernodes=config.clients,
                 backend_config={
                     "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                    "init_args": {
-                        "num_cpus": cpus,
-                        "num_gpus": 0,
-                        "include_dashboard": False,
-                        "logging_level": logging.ERROR,
-                        "log_to_driver": False,
-                    },
+                    "init_args": make_ray_init_args(cpus, ray_address),
                 },
             )
     except FedchainError:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -323,3 +325,22 @@ def test_invalid_malformed_proof_is_refused(witness: EvmWitness) -> None:
     statement = AnchorStatement(bytes(32), 1, bytes(32), bytes(32))
     with pytest.raises(AnchorError, match="not \\{chain_id, contract, tx_hash\\} JSON"):
         witness.check(statement, b"not json")
+
+
+def test_importing_the_evm_witness_leaves_a_recursion_limit_json_survives() -> None:
+    """web3 imports py_ecc, which raises the process's recursion limit to 100,000; json's C parser
+    then crashed the process (SIGSEGV) on a deeply nested document instead of raising
+    RecursionError (a dataset header of 100,000 '[' did, in this test suite)."""
+    code = (
+        "import json, sys\n"
+        "import fedchain.anchor.evm\n"
+        "assert sys.getrecursionlimit() <= fedchain.anchor.evm.SAFE_RECURSION_LIMIT\n"
+        "try:\n"
+        "    json.loads('[' * 100_000)\n"
+        "except RecursionError:\n"
+        "    print('refused')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "refused", done.stderr[-2000:]

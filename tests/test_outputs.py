@@ -113,7 +113,7 @@ def fed_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     initial = save_model(run_dir, {"w": np.zeros(4, np.float32)})
     config = compute_run_config(load_federation(fed), check_participants=False)
     genesis = make_genesis(
-        "fed",
+        config.run_id,  # the federation's salted run id, which its registrations are signed for
         [e.participant for e in entries],  # the registrations as signed, names included
         initial_model_hash=initial,
         rules=make_rules_for(config),

@@ -25,9 +25,13 @@ __all__ = [
 ]
 
 
-def make_evm_witness(url: str, contract: str, trusted_senders: tuple[str, ...] = ()) -> Witness:
+def make_evm_witness(
+    url: str, contract: str, trusted_senders: tuple[str, ...] = (), key_file: str = ""
+) -> Witness:
     """The anchor contract ``contract`` on the node at ``url`` (``"memory"``: this process's
-    in-memory chain); an empty ``contract`` deploys a new one (a publisher's first run)."""
+    in-memory chain); an empty ``contract`` deploys a new one (a publisher's first run).
+    ``key_file``: sign what the witness sends with that file's EVM key (empty: the node's
+    first account sends)."""
     try:
         from fedchain.anchor import evm  # web3: only when an EVM witness is asked for
     except ImportError as e:
@@ -36,6 +40,8 @@ def make_evm_witness(url: str, contract: str, trusted_senders: tuple[str, ...] =
         ) from e
 
     w3 = evm.connect(url)
+    if key_file:
+        w3 = evm.signing_with(w3, evm.load_account(Path(key_file)))
     return evm.EvmWitness(w3, contract or evm.deploy_contract(w3), trusted_senders)
 
 
@@ -66,7 +72,9 @@ def make_run_anchoring(
         return None
     witness: Witness
     if config.anchor == "evm":
-        witness = make_evm_witness(config.anchor_url, config.anchor_contract)
+        witness = make_evm_witness(
+            config.anchor_url, config.anchor_contract, key_file=config.anchor_key
+        )
     else:
         witness = make_rfc3161_witness(Path(config.anchor_tsa_cert), config.anchor_url)
     receipts = verified.anchor_receipts if verified is not None else ()

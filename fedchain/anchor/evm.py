@@ -11,23 +11,30 @@ code at that address the artifact's, the transaction a successful call to it tha
 digest, and the contract's record of the digest must exist (its block and time are the stamp).
 
 Nodes: a JSON-RPC URL (:func:`connect`), or ``"memory"``: an in-memory chain in this process
-(eth-tester on py-evm, :func:`memory_chain`), for tests and trials. A digest is sent from the
-node's first account (a development node's, e.g. eth-tester's or ``anvil``'s funded ones).
+(eth-tester on py-evm, :func:`memory_chain`), for tests and trials (to share one with other
+processes, serve it: :mod:`fedchain.anchor.local_evm`). A digest is sent from the node's first
+account (a development node's, e.g. eth-tester's or ``anvil``'s funded ones), or, where the node
+holds no unlocked account (a public chain's), signed here with a key from a file
+(:func:`load_account`, :func:`signing_with`) and sent raw.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import threading
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
 
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
 from eth_utils.address import to_checksum_address
 from web3 import EthereumTesterProvider, Web3
 from web3.exceptions import TransactionNotFound, Web3Exception
 from web3.logs import DISCARD
+from web3.middleware import SignAndSendRawMiddlewareBuilder
 
 from fedchain.anchor.witness import Stamp, WitnessRecord, compute_anchor_digest
 from fedchain.errors import AnchorError
@@ -39,9 +46,18 @@ __all__ = [
     "EvmWitness",
     "connect",
     "deploy_contract",
+    "load_account",
     "load_artifact",
     "memory_chain",
+    "signing_with",
 ]
+
+SAFE_RECURSION_LIMIT = 12_288
+"""The interpreter's recursion limit once this module is imported, at most. ``py_ecc`` (imported
+by web3) raises it to 100,000 for the whole process: deep enough that json's C parser overflows
+the C stack on a deeply nested document (a crash where a ``RecursionError`` was due). py-evm asks
+for 12,288 (1,024 EVM call frames), which json survives; a lower limit set before stays."""
+sys.setrecursionlimit(min(sys.getrecursionlimit(), SAFE_RECURSION_LIMIT))
 
 ARTIFACT_PATH = Path(__file__).parent / "contracts" / "FedchainAnchor.json"
 MEMORY = "memory"
@@ -74,6 +90,37 @@ def connect(url: str) -> Web3:
     if not w3.is_connected():
         raise AnchorError(f"no EVM node answers at {url}")
     return w3
+
+
+def load_account(path: Path) -> LocalAccount:
+    """The EVM account whose private key is in the file ``path`` (64 hex digits, ``0x``
+    optional). Refused if others may read the file, as ssh refuses such a key: it spends the
+    account's funds. Messages never show the file's content."""
+    try:
+        mode = path.stat().st_mode & 0o777
+        text = path.read_text().strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise AnchorError(f"cannot read the EVM key file {path}: {e}") from e
+    if mode & 0o077:
+        raise AnchorError(
+            f"the EVM key file {path} can be read by others (mode {mode:o}): chmod 600 it"
+        )
+    try:
+        account: LocalAccount = Account.from_key(text)
+    except (ValueError, TypeError):
+        raise AnchorError(
+            f"{path} does not hold an EVM private key (64 hex digits, 0x optional)"
+        ) from None
+    return account
+
+
+def signing_with(w3: Web3, account: LocalAccount) -> Web3:
+    """A client of ``w3``'s node that sends from ``account``, signing each transaction here
+    with its key (web3's sign-and-send-raw middleware); ``w3`` itself is left as it was."""
+    signer = Web3(w3.provider)
+    signer.middleware_onion.inject(SignAndSendRawMiddlewareBuilder.build(account), layer=0)
+    signer.eth.default_account = account.address
+    return signer
 
 
 def deploy_contract(w3: Web3) -> str:
@@ -121,12 +168,14 @@ class EvmWitness:
                 receipt = w3.eth.wait_for_transaction_receipt(tx_hash)
                 chain_id = w3.eth.chain_id
         except Web3Exception as e:
-            raise AnchorError(f"the anchor contract refused digest {digest.hex()}: {e}") from e
+            raise AnchorError(f"the EVM node did not anchor digest {digest.hex()}: {e}") from e
         if receipt["status"] != 1:
             raise AnchorError(f"the anchor transaction {tx_hash.hex()} failed on the chain")
         self.gas_used.append(int(receipt["gasUsed"]))
         proof = {"chain_id": chain_id, "contract": self.address, "tx_hash": "0x" + tx_hash.hex()}
-        return json.dumps(proof, sort_keys=True, separators=(",", ":")).encode()
+        encoded = json.dumps(proof, sort_keys=True, separators=(",", ":")).encode()
+        self.check(statement, encoded)  # a call to an address without the contract succeeds too
+        return encoded
 
     def check(self, statement: AnchorStatement, proof: bytes) -> Stamp:
         digest = compute_anchor_digest(statement)
@@ -218,6 +267,10 @@ class EvmWitness:
 
 
 def _sender(w3: Web3) -> str:
+    """The account to send from: the client's own (:func:`signing_with`), else the node's
+    first."""
+    if isinstance(w3.eth.default_account, str):  # web3's "empty" marker when unset
+        return w3.eth.default_account
     accounts = w3.eth.accounts
     if not accounts:
         raise AnchorError("the EVM node manages no account to send the anchor from")

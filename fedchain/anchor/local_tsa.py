@@ -27,6 +27,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from fedchain.anchor.local_http import serve_http
+
 __all__ = ["LOCAL_TSA_POLICY", "LocalTsa"]
 
 LOCAL_TSA_POLICY = "1.3.6.1.4.1.57264.99.1"
@@ -145,8 +147,12 @@ class LocalTsa:
         return cms.ContentInfo({"content_type": "signed_data", "content": signed})
 
     @contextlib.contextmanager
-    def serve(self) -> Iterator[str]:
-        """Answer ``POST`` requests on a loopback port while in the block; yields the URL."""
+    def serve(
+        self, host: str = "127.0.0.1", port: int = 0, *, allow_remote: bool = False
+    ) -> Iterator[str]:
+        """Answer ``POST`` requests on ``host``:``port`` (loopback, any free port unless told
+        otherwise; see :func:`~fedchain.anchor.local_http.serve_http`) while in the block;
+        yields the URL."""
         tsa = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -165,12 +171,5 @@ class LocalTsa:
             def log_message(self, format: str, *args: object) -> None:
                 pass  # quiet: tests and benchmarks print their own lines
 
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        try:
-            yield f"http://127.0.0.1:{server.server_address[1]}/"
-        finally:
-            server.shutdown()
-            server.server_close()
-            thread.join()
+        with serve_http(Handler, host, port, allow_remote=allow_remote) as url:
+            yield url

@@ -8,6 +8,7 @@ import typer
 
 from fedchain import __version__
 from fedchain.cli import (
+    anchor,
     coordinator,
     data,
     federation,
@@ -35,6 +36,7 @@ app.add_typer(federation.app, name="federation")
 app.command("register")(federation.register)
 app.add_typer(coordinator.app, name="coordinator")
 app.command("join")(join.join)
+app.add_typer(anchor.app, name="anchor")
 
 
 def _version(value: bool) -> None:

@@ -87,7 +87,10 @@ def verify(
     ] = False,
     evm_url: Annotated[
         str,
-        typer.Option(help="--anchors: the EVM node's JSON-RPC URL (memory: this process's)."),
+        typer.Option(
+            help="--anchors: the EVM node's JSON-RPC URL (memory: this process's; a run "
+            "anchored to `fedchain anchor serve-evm` is checked at its URL while it serves)."
+        ),
     ] = "",
     evm_contract: Annotated[
         str, typer.Option(help="--anchors: the anchor contract to trust (default: the receipts').")

@@ -7,6 +7,7 @@ default, read from :data:`fedchain.config.DEFAULTS`, so ``--help`` cannot drift 
 
 from __future__ import annotations
 
+import socket
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Annotated, Any, Protocol
@@ -60,6 +61,15 @@ def simulate(
             help="Continue the unfinished run in this run directory from its ledger head, with "
             f"its own {CONFIG_FILENAME} (no other settings; a run with the ledger off cannot "
             "resume).",
+        ),
+    ] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            help="Run the clients on the Ray cluster whose head is at HOST:PORT (as `ray start "
+            "--head` prints it) instead of a Ray started here. Every node needs this Python "
+            "environment at the same path and the run directory at the same path (a shared file "
+            "system). Also with --resume.",
         ),
     ] = None,
     dataset: Annotated[
@@ -243,7 +253,8 @@ def simulate(
         typer.Option(
             help=_help(
                 "anchor_url",
-                "The EVM node's JSON-RPC URL (memory: an in-process test chain) or the TSA's URL.",
+                "The EVM node's JSON-RPC URL (memory: an in-process test chain, gone with the "
+                "process; `fedchain anchor serve-evm` serves one to try) or the TSA's URL.",
             )
         ),
     ] = None,
@@ -255,6 +266,16 @@ def simulate(
         str | None,
         typer.Option(
             help=_help("anchor_tsa_cert", "PEM certificate the TSA's tokens must verify against.")
+        ),
+    ] = None,
+    anchor_key: Annotated[
+        str | None,
+        typer.Option(
+            help=_help(
+                "anchor_key",
+                "A file (mode 0600) with the EVM private key that signs the anchors, for a node "
+                "that holds no unlocked account (empty: the node's first account sends them).",
+            )
         ),
     ] = None,
     out: Annotated[
@@ -305,7 +326,10 @@ def simulate(
         "anchor_url": anchor_url,
         "anchor_contract": anchor_contract,
         "anchor_tsa_cert": anchor_tsa_cert,
+        "anchor_key": anchor_key,
     }
+    if ray_address is not None:
+        check_ray_address(ray_address)  # before anything is written
     if resume is not None:
         others = {**flags, "config": config_file, "ledger": ledger, "attackers": attackers}
         given = [k for k, v in others.items() if v is not None]
@@ -322,7 +346,7 @@ def simulate(
         with console.status("preparing the run directory (data splits, keys, genesis)…"):
             run_dir = prepare_run(config).run_dir
     _announce(config)
-    _run(config, run_dir, launcher)
+    _run(config, run_dir, launcher, ray_address)
 
 
 def _configure(
@@ -401,7 +425,12 @@ class Launcher(Protocol):
     """Runs a prepared run directory's rounds (``server.simulation.run_simulated``)."""
 
     def __call__(
-        self, config: RunConfig, run_dir: Path, report: RoundReporter | None = None
+        self,
+        config: RunConfig,
+        run_dir: Path,
+        report: RoundReporter | None = None,
+        *,
+        ray_address: str | None = None,
     ) -> None: ...
 
 
@@ -409,6 +438,22 @@ LAUNCHERS = "fedchain.launchers"
 """The entry-point group of launchers: ``simulation = "server.simulation:run_simulated"`` in
 pyproject.toml. fedchain never imports the Flower adapters (server/, clients/); the install
 binds them, and loading one imports Flower (seconds) only when a run really starts."""
+
+
+def check_ray_address(address: str, timeout: float = 5.0) -> None:
+    """Refuse, in one line, a ``--ray-address`` that is not ``HOST:PORT`` or where nothing
+    accepts a connection (Ray itself would retry for minutes)."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--ray-address {address!r}: expected HOST:PORT of a Ray cluster's head")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as e:
+        raise ConfigError(
+            f"--ray-address {address}: no Ray cluster answers there ({e.strerror or e}); start "
+            "one with `ray start --head` and give the address it prints"
+        ) from None
 
 
 def find_launcher(name: str = "simulation") -> EntryPoint:
@@ -458,7 +503,9 @@ def format_round(
     return line
 
 
-def _run(config: RunConfig, run_dir: Path, launcher: EntryPoint) -> None:
+def _run(
+    config: RunConfig, run_dir: Path, launcher: EntryPoint, ray_address: str | None = None
+) -> None:
     run_simulated: Launcher = launcher.load()
     final: dict[str, float] = {}
 
@@ -468,7 +515,7 @@ def _run(config: RunConfig, run_dir: Path, launcher: EntryPoint) -> None:
         console.print(line, highlight=False, markup=False)
 
     try:
-        run_simulated(config, run_dir, report)
+        run_simulated(config, run_dir, report, ray_address=ray_address)
     except FedchainError as e:
         raise FedchainError(f"{e} (run directory {run_dir})") from None
     if "accuracy" in final:
