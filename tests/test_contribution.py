@@ -249,6 +249,29 @@ def test_gtg_truncates_within_a_permutation() -> None:
     assert len(set(truncated.calls)) < len(set(full.calls))
 
 
+def test_gtg_scores_a_round_whose_gain_is_below_the_truncation_tolerance() -> None:
+    # Issue 19's bug: the within-permutation cut-off (0.005) also ran before the first client,
+    # so a round gaining 0.004 (above the 0.001 round tolerance) scored [0, 0].
+    game = additive([0.003, 0.001])
+    untruncated = compute_gtg_shapley(2, game, seed=0, truncation_tolerance=0.0)
+    np.testing.assert_allclose(untruncated, [0.003, 0.001], rtol=0, atol=1e-15)
+    # at the default cut-off each client keeps its marginal when it leads (the guided cycle
+    # leads with each once); the one after it is cut off, as GTG-Shapley intends
+    default = compute_gtg_shapley(2, game, seed=0)
+    np.testing.assert_allclose(default, [0.0015, 0.0005], rtol=0, atol=1e-15)
+
+
+def test_gtg_without_truncation_is_unbiased_when_the_tail_cancels_out() -> None:
+    # Weights [1, 0.5, -0.5, 0]: after client 0 the prefix equals U(all) exactly; a cut-off
+    # (even at 0, if it truncated on equality) gives clients 1 and 2 no marginal there. A
+    # tolerance of 0 never truncates, and on an additive game every permutation is exact.
+    values = [1.0, 0.5, -0.5, 0.0]
+    phi = compute_gtg_shapley(4, additive(values), seed=0, truncation_tolerance=0.0)
+    np.testing.assert_allclose(phi, values, rtol=0, atol=1e-12)
+    biased = compute_gtg_shapley(4, additive(values), seed=0, truncation_tolerance=0.005)
+    assert abs(biased[1] - 0.5) > 0.05  # the documented bias of a positive cut-off
+
+
 def test_gtg_stops_when_estimates_converge() -> None:
     # With a huge tolerance the first possible check (end of cycle 2) stops the sampling: the
     # same result as exactly two cycles.

@@ -32,9 +32,10 @@ three savings over plain Monte Carlo:
 
 * between-round truncation: when ``|U(all) - U({})| <= round_tolerance`` the round changed
   nothing worth sharing and every score is 0 (two evaluations);
-* within-permutation truncation: walking a permutation, once the prefix's utility is within
-  ``truncation_tolerance`` of ``U(all)`` the remaining clients' marginals are taken as 0 and no
-  more coalitions are evaluated for that permutation;
+* within-permutation truncation: walking a permutation, once a non-empty prefix's utility is
+  within ``truncation_tolerance`` of ``U(all)`` the remaining clients' marginals are taken as 0
+  and no more coalitions are evaluated for that permutation (never before the first client: a
+  round's whole gain is judged by ``round_tolerance`` alone; a tolerance of 0 never truncates);
 * guided sampling: permutation ``t`` puts client ``t mod n`` first and shuffles the rest, so every
   client leads equally often (the first position carries the largest marginals early in
   training, where the base model is poor).
@@ -325,7 +326,11 @@ def _permutation_marginals(
     prefix: frozenset[int] = frozenset()
     v_prev = v_empty
     for position, client in enumerate(order):
-        if abs(v_full - v_prev) <= tolerance:
+        # never before the first client: the prefix is then the empty coalition, and a round
+        # whose whole gain is within the tolerance would score all zero (round_tolerance
+        # decides that, not this cut-off); a tolerance of 0 never truncates (a tail whose
+        # members cancel out exactly would otherwise get no marginals, a bias)
+        if position and tolerance > 0 and abs(v_full - v_prev) <= tolerance:
             break  # the rest of the permutation adds (almost) nothing: marginals stay 0
         prefix = prefix | {client}
         v = v_full if position == len(order) - 1 else u(prefix)
