@@ -99,7 +99,10 @@ class Rules:
     """The federation's rules, fixed at genesis.
 
     ``slash_bps`` is ``((kind, basis points), ...)`` sorted by kind (a kind left out slashes 0);
-    ``aggregation_params`` is ``((name, value), ...)`` sorted by name.
+    ``aggregation_params`` is ``((name, value), ...)`` sorted by name. ``payout_min_score``
+    (score quanta per pending round) is the payout rule's threshold
+    (:mod:`fedchain.rounds.rewards`); ``contribution_budget`` the sampling contribution
+    methods' coalition evaluations per scored client (0: the method's default).
     """
 
     TAG: ClassVar[int] = 1
@@ -111,6 +114,8 @@ class Rules:
     contribution_method: str
     weight_cap_bps: int
     reputation_penalty_bps: int
+    payout_min_score: int = 0
+    contribution_budget: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,9 +213,10 @@ class ContributionRecord:
 class RewardDeltas:
     """The round's rewards ``((public key, amount), ...)`` sorted by key, in base units.
 
-    Valid only right after the round's :class:`ContributionRecord` in the same block, and only
-    as exactly :func:`~fedchain.rounds.rewards.compute_reward_split` of its scores: no amount is
-    negative (stake is lost only to :class:`SlashingEvidence`), at most one per round."""
+    Valid only right after the round's :class:`ContributionRecord` in the same block, when the
+    payout rule (:func:`~fedchain.rounds.rewards.compute_round_payout`) pays the carried pool,
+    and only as exactly its split: no amount is negative (stake is lost only to
+    :class:`SlashingEvidence`), at most one per round."""
 
     TAG: ClassVar[int] = 14
     round: int
