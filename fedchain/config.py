@@ -33,7 +33,7 @@ RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 nothing absolute, so set-up and clean-up can only ever touch ``out/<run-id>``
 (fedchain.runs.prepare)."""
 ANCHOR_CHOICES = ("off", "evm", "rfc3161")
-CONTRIBUTION_NEEDS_VALIDATION = frozenset({"shapley", "gtg-shapley", "leave-one-out"})
+CONTRIBUTION_NEEDS_VALIDATION = frozenset({"shapley", "mc-shapley", "gtg-shapley", "leave-one-out"})
 """Contribution methods that evaluate coalition models on the coordinator's validation split
 (the others need none): with ``validation-fraction = 0`` that split is empty and the first
 round's scoring would fail, after the run directory was made."""
@@ -96,8 +96,12 @@ class RunConfig:
     aggregation: str = "screened"  # chosen by experiments/robustness.py (README, Results)
     beta: float = 1.0
     weight_cap: float = 1.0  # largest share of one client's weight; 1.0 = no cap
-    contribution: str = "gtg-shapley"  # or shapley, leave-one-out, gradient-similarity,
-    #                                    none (scores = the aggregation weights)
+    contribution: str = "mc-shapley"  # or shapley, gtg-shapley, leave-one-out,
+    #                        gradient-similarity, none (scores = the aggregation weights);
+    #                        chosen by experiments/reward_shares.py
+    contribution_budget: int = 10  # coalition evaluations per scored client (mc-, gtg-shapley)
+    payout_min_score: float = 0.01  # the payout rule: a round whose positive scores sum to
+    #   less pays that fraction of its pool (validation-loss gain; experiments/reward_shares.py)
     validation_fraction: float = 0.1  # of the training data, held out by the coordinator
     ledger: bool = True  # off: Flower's own strategies, nothing signed (aggregation flwr-* only)
     attack: str = "none"  # or one of fedchain.learning.attacks.ATTACKS
@@ -193,6 +197,11 @@ class RunConfig:
             (
                 self.anchor == "evm" or not self.anchor_key,
                 "anchor-key signs EVM anchors: it needs anchor evm",
+            ),
+            (self.contribution_budget >= 1, "contribution-budget must be at least 1"),
+            (
+                0 <= self.payout_min_score <= 1e6,
+                "payout-min-score must be in 0 .. 1e6 (score units: validation loss)",
             ),
             (0 <= self.attackers <= self.clients, "attackers must be 0..clients"),
             (self.attack != "none" or self.attackers == 0, _ATTACKERS_NEED_AN_ATTACK),

@@ -65,7 +65,8 @@ def run_deployment(grid: Grid, fed_dir: Path) -> None:
 
 def _log_round(round_: int, outcome: RoundOutcome | None, accuracy: float, seconds: float) -> None:
     """The round in the coordinator's log: whether the model moved, the updates accepted
-    (averaged into the model), left out by the rule and why, and refused by the ledger and why."""
+    (averaged into the model), left out by the rule and why, and refused by the ledger and why;
+    then what the payout rule did with the pool, and why."""
     if outcome is None:
         return
     counts = compute_round_metrics(outcome)
@@ -86,3 +87,15 @@ def _log_round(round_: int, outcome: RoundOutcome | None, accuracy: float, secon
         outcome.head_height,
         outcome.final_height,
     )
+    if outcome.payout is not None:
+        p = outcome.payout
+        log(
+            INFO,
+            "round %d: pool %s, %d of %d units paid, %d carried (%s)",
+            round_,
+            p.decision,
+            p.paid,
+            p.available,
+            p.carried,
+            p.reason,
+        )

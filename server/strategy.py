@@ -175,13 +175,16 @@ _NPY_LENGTH_BYTES = {b"\x01\x00": 2, b"\x02\x00": 4, b"\x03\x00": 4}  # format v
 def compute_round_metrics(outcome: RoundOutcome) -> dict[str, int]:
     """The round's metrics for Flower: ``accepted`` (updates averaged into the model),
     ``left_out`` (admitted, not used by the aggregation rule), ``refused`` (by the ledger's
-    admission) and ``moved`` (1 if the model changed)."""
+    admission), ``moved`` (1 if the model changed), and the units of the reward pool
+    ``rewards_paid`` and ``pool_carried`` to the next round by the payout rule."""
     explained = outcome.aggregation
     return {
         "accepted": 0 if explained is None else len(explained.averaged),
         "left_out": 0 if explained is None else len(explained.left_out),
         "refused": len(outcome.rejected),
         "moved": int(explained is not None and explained.moved),
+        "rewards_paid": 0 if outcome.payout is None else outcome.payout.paid,
+        "pool_carried": 0 if outcome.payout is None else outcome.payout.carried,
     }
 
 

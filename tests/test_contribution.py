@@ -23,11 +23,13 @@ from fedchain.rounds.coalitions import (
 from fedchain.rounds.contribution import (
     EXACT_SHAPLEY_MAX_CLIENTS,
     GTG_DEFAULTS,
+    MC_DEFAULTS,
     METHODS,
     compute_exact_shapley,
     compute_gradient_similarity,
     compute_gtg_shapley,
     compute_leave_one_out,
+    compute_permutation_shapley,
     compute_scores,
     quantise_scores,
 )
@@ -156,7 +158,7 @@ def test_exact_shapley_is_deterministic() -> None:
 
 def test_invalid_exact_shapley_too_many_clients() -> None:
     game = CountingGame(lambda s: 0.0)
-    with pytest.raises(ConfigError, match="gtg-shapley"):
+    with pytest.raises(ConfigError, match="mc-shapley"):
         compute_exact_shapley(EXACT_SHAPLEY_MAX_CLIENTS + 1, game)
     assert game.calls == []
 
@@ -249,6 +251,29 @@ def test_gtg_truncates_within_a_permutation() -> None:
     assert len(set(truncated.calls)) < len(set(full.calls))
 
 
+def test_gtg_scores_a_round_whose_gain_is_below_the_truncation_tolerance() -> None:
+    # Issue 19's bug: the within-permutation cut-off (0.005) also ran before the first client,
+    # so a round gaining 0.004 (above the 0.001 round tolerance) scored [0, 0].
+    game = additive([0.003, 0.001])
+    untruncated = compute_gtg_shapley(2, game, seed=0, truncation_tolerance=0.0)
+    np.testing.assert_allclose(untruncated, [0.003, 0.001], rtol=0, atol=1e-15)
+    # at the default cut-off each client keeps its marginal when it leads (the guided cycle
+    # leads with each once); the one after it is cut off, as GTG-Shapley intends
+    default = compute_gtg_shapley(2, game, seed=0)
+    np.testing.assert_allclose(default, [0.0015, 0.0005], rtol=0, atol=1e-15)
+
+
+def test_gtg_without_truncation_is_unbiased_when_the_tail_cancels_out() -> None:
+    # Weights [1, 0.5, -0.5, 0]: after client 0 the prefix equals U(all) exactly; a cut-off
+    # (even at 0, if it truncated on equality) gives clients 1 and 2 no marginal there. A
+    # tolerance of 0 never truncates, and on an additive game every permutation is exact.
+    values = [1.0, 0.5, -0.5, 0.0]
+    phi = compute_gtg_shapley(4, additive(values), seed=0, truncation_tolerance=0.0)
+    np.testing.assert_allclose(phi, values, rtol=0, atol=1e-12)
+    biased = compute_gtg_shapley(4, additive(values), seed=0, truncation_tolerance=0.005)
+    assert abs(biased[1] - 0.5) > 0.05  # the documented bias of a positive cut-off
+
+
 def test_gtg_stops_when_estimates_converge() -> None:
     # With a huge tolerance the first possible check (end of cycle 2) stops the sampling: the
     # same result as exactly two cycles.
@@ -273,6 +298,82 @@ def test_gtg_small_cases() -> None:
     np.testing.assert_allclose(
         compute_gtg_shapley(1, lambda s: 0.9 if s else 0.1, seed=0), np.array([0.8])
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# Monte-Carlo (permutation) Shapley
+
+
+@pytest.mark.parametrize("antithetic", [False, True])
+@pytest.mark.parametrize("guided", [False, True])
+def test_mc_shapley_additive_game_is_exact_and_efficient(antithetic: bool, guided: bool) -> None:
+    values = [1.0, 0.5, -0.5, 0.0, 0.003, 0.001]
+    phi = compute_permutation_shapley(
+        6, additive(values), seed=3, antithetic=antithetic, guided=guided
+    )
+    np.testing.assert_allclose(phi, values, atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_mc_shapley_is_efficient_on_any_game(seed: int) -> None:
+    n = 7
+    game = random_game(n, seed)
+    phi = compute_permutation_shapley(n, game, seed=seed)
+    full, empty = game(frozenset(range(n))), game(frozenset())
+    assert math.isclose(phi.sum(), full - empty, abs_tol=1e-12)
+
+
+def test_mc_shapley_budget_is_linear_in_clients() -> None:
+    for n, k in ((6, 4), (10, 10), (12, 3)):
+        cached = CachedUtility(learning_game(n, seed=n))
+        compute_permutation_shapley(n, cached, seed=0, evaluations_per_client=k)
+        assert k * n <= cached.evaluations <= k * n + 2 * (n - 1)  # a started pair finishes
+    cached = CachedUtility(learning_game(10, seed=0))
+    compute_permutation_shapley(10, cached, seed=0)
+    assert cached.evaluations <= 0.1 * 2**10 + 18  # the default: ~10 % of exact's 1,024
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_mc_shapley_tracks_exact_on_small_learning_games(seed: int) -> None:
+    n = 8
+    game = learning_game(n, seed)
+    estimate = compute_permutation_shapley(n, game, seed=seed, evaluations_per_client=16)
+    assert pearson(estimate, compute_exact_shapley(n, game)) >= 0.95
+
+
+def test_mc_shapley_is_deterministic_by_seed_and_dispatched() -> None:
+    game = learning_game(7, seed=2)
+    a = compute_permutation_shapley(7, game, seed=11)
+    np.testing.assert_array_equal(a, compute_scores("mc-shapley", n=7, utility=game, seed=11))
+    assert not np.array_equal(a, compute_permutation_shapley(7, game, seed=12))
+    signature = inspect.signature(compute_permutation_shapley)
+    for name, value in MC_DEFAULTS.items():
+        assert signature.parameters[name].default == value
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 6])
+def test_mc_shapley_with_a_budget_of_every_coalition_is_exact(n: int) -> None:
+    # 10 evaluations per client cover all 2**n coalitions up to n = 5 (and the budget of a
+    # one-update step, as screened measures it): exact Shapley, and the sampler never loops
+    # waiting for coalitions that do not exist
+    game = learning_game(n, seed=n)
+    k = 11 if n == 6 else 10  # 66 >= 64
+    np.testing.assert_array_equal(
+        compute_permutation_shapley(n, game, seed=0, evaluations_per_client=k),
+        compute_exact_shapley(n, game),
+    )
+
+
+def test_mc_shapley_stops_when_the_budget_is_close_to_every_coalition() -> None:
+    cached = CachedUtility(learning_game(6, seed=1))
+    compute_permutation_shapley(6, cached, seed=0, evaluations_per_client=10)  # 60 of 64
+    assert cached.evaluations <= 64
+
+
+@pytest.mark.parametrize("k", [0, -1, 1.5, True])
+def test_invalid_mc_shapley_budget(k: object) -> None:
+    with pytest.raises(ConfigError, match="evaluations_per_client"):
+        compute_permutation_shapley(3, additive([1, 2, 3]), seed=0, evaluations_per_client=k)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -491,6 +592,7 @@ def test_compute_scores_dispatches_every_method() -> None:
     weights = [1, 1, 1]
     expected = {
         "shapley": compute_exact_shapley(3, game),
+        "mc-shapley": compute_permutation_shapley(3, game, seed=5),
         "gtg-shapley": compute_gtg_shapley(3, game, seed=5, max_permutations=9),
         "leave-one-out": compute_leave_one_out(3, game),
         "gradient-similarity": compute_gradient_similarity(updates, weights),
@@ -518,3 +620,5 @@ def test_invalid_compute_scores() -> None:
         compute_scores("leave-one-out", n=2, utility=lambda s: 0.0, max_permutations=3)
     with pytest.raises(ConfigError, match="unknown gtg-shapley parameters"):
         compute_scores("gtg-shapley", n=2, utility=lambda s: 0.0, permutations=3)
+    with pytest.raises(ConfigError, match="unknown mc-shapley parameters"):
+        compute_scores("mc-shapley", n=2, utility=lambda s: 0.0, max_permutations=3)

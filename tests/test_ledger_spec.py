@@ -116,6 +116,8 @@ FIELDS: dict[int, tuple[tuple[str, Any], ...]] = {  # spec §3, transcribed
         ("contribution_method", STR),
         ("weight_cap_bps", INT),
         ("reputation_penalty_bps", INT),
+        ("payout_min_score", INT),
+        ("contribution_budget", INT),
         ("update_archive_rounds", INT),
     ),
     2: (
@@ -184,7 +186,12 @@ FIELDS: dict[int, tuple[tuple[str, Any], ...]] = {  # spec §3, transcribed
         ("num_examples", INT),
         ("active", BOOL),
     ),
-    41: (("participants", ("seq", (40,))), ("model_head", BYTES), ("round", INT)),
+    41: (
+        ("participants", ("seq", (40,))),
+        ("model_head", BYTES),
+        ("round", INT),
+        ("carried_reward", INT),
+    ),
 }
 DOMAINS = {
     2: b"fedchain/registration/v1",
@@ -280,6 +287,18 @@ def split(pool: int, scores: list[tuple[bytes, int]]) -> list[tuple[bytes, int]]
     return [(k, v) for k, v in sorted(paid.items()) if v > 0]
 
 
+def payout(
+    carried: int, pool: int, scores: list[tuple[bytes, int]], moved: bool, min_score: int
+) -> tuple[list[tuple[bytes, int]], int]:
+    """Spec §9.5: (the rewards due, the units carried on)."""
+    available = carried + pool
+    total = sum(s for _, s in scores if s > 0)
+    if not moved or total == 0:
+        return [], available
+    due = split(available if total >= min_score else available * total // min_score, scores)
+    return due, available - sum(d for _, d in due)
+
+
 def evidence_id(ev: dict[str, Any]) -> bytes:
     payload = ev["evidence"]
     if payload["_tag"] == 20:
@@ -303,13 +322,15 @@ def b(x: bytes) -> bytes:
     return struct.pack("<I", len(x)) + x
 
 
-def state_root(people: dict[bytes, list[Any]], model_head: bytes, round_: int) -> bytes:
+def state_root(
+    people: dict[bytes, list[Any]], model_head: bytes, round_: int, carried: int
+) -> bytes:
     body = bytes([41]) + struct.pack("<I", len(people))
     for key in sorted(people):
         stake, rep, data_hash, examples, active = people[key]
         body += bytes([40]) + b(key) + struct.pack("<qq", stake, rep) + b(data_hash)
         body += struct.pack("<q", examples) + bytes([active])
-    return H(body + b(model_head) + struct.pack("<q", round_))
+    return H(body + b(model_head) + struct.pack("<qq", round_, carried))
 
 
 def test_independent_reader_replays_the_golden_ledger() -> None:
@@ -327,6 +348,7 @@ def test_independent_reader_replays_the_golden_ledger() -> None:
     }
     model_head, parent, last, by_height, seen = genesis["initial_model_hash"], bytes(32), {}, {}, []
     scores: list[tuple[bytes, int]] | None = None  # this block's contribution record, if any
+    carried, moved, due = 0, False, []  # the payout rule's carried pool; the rewards it owes
     commits: set[bytes] = set()  # who committed in the current round
     round_ = 0
     for entry, block in zip(golden["blocks"], blocks, strict=True):
@@ -351,6 +373,7 @@ def test_independent_reader_replays_the_golden_ledger() -> None:
             elif tag == 10:  # participants join in the genesis only (§9.3)
                 raise AssertionError("a Registration after the genesis is refused")
             elif tag == 12:
+                moved = bool(tx["update_hashes"]) and tx["model_hash"] != tx["parent_hash"]
                 model_head = tx["model_hash"]
             elif tag == 13:  # the round's committers, each scored once
                 scores = tx["scores"]
@@ -359,9 +382,11 @@ def test_independent_reader_replays_the_golden_ledger() -> None:
                     rep = people[key][1]
                     rep = max(0, rep - penalty) if score <= -10_000 else rep
                     people[key][1] = min(10_000, rep + penalty // 2) if score > 0 else rep
-            elif tag == 14:  # exactly the split of this block's record: never a penalty
-                assert scores is not None
-                assert tx["deltas"] == split(rules["reward_per_round"], scores)
+                pool, min_score = rules["reward_per_round"], rules["payout_min_score"]
+                due, carried = payout(carried, pool, scores, moved, min_score)
+            elif tag == 14:  # exactly what the payout rule makes due: never a penalty
+                assert scores is not None and due and tx["deltas"] == due
+                due = []
                 for key, delta in tx["deltas"]:
                     people[key][0] += delta
                     people[key][4] = people[key][4] and people[key][0] >= rules["min_stake"]
@@ -382,7 +407,8 @@ def test_independent_reader_replays_the_golden_ledger() -> None:
                 seen.append(evidence_id(tx).hex())
             elif tag == 17:
                 last[tx["validator"]] = tx["height"]
-        assert header["state_root"] == state_root(people, model_head, header["round"])
+        assert not due  # a payment made due is in the same block
+        assert header["state_root"] == state_root(people, model_head, header["round"], carried)
         assert header["state_root"].hex() == entry["state_root"]
         parent = H(header["_raw"])
         scores = None
@@ -419,6 +445,13 @@ def test_independent_reader_reproduces_the_vectors() -> None:
     for case in vectors["reward_split"]:
         scores = [(bytes.fromhex(k), s) for k, s in case["scores"]]
         assert [[k.hex(), v] for k, v in split(case["pool"], scores)] == case["deltas"]
+    for case in vectors["payout"]:
+        scores = [(bytes.fromhex(k), s) for k, s in case["scores"]]
+        due, left = payout(
+            case["carried_in"], case["pool"], scores, case["model_moved"], case["payout_min_score"]
+        )
+        assert [[k.hex(), v] for k, v in due] == case["rewards"]
+        assert left == case["carried_out"]
     for case in vectors["finality"]:
         by_height = {
             int(h): {bytes.fromhex(k): s for k, s in v.items()}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -100,8 +100,8 @@ RULES = make_rules(  # every field given: the known answers below must not follo
 OTHER_FEDERATION = hashlib.sha256(b"another federation").digest()
 
 # Known answers (Ed25519 signatures are deterministic, so whole blocks are).
-KNOWN_GENESIS_BLOCK_HASH = "e37d749ec61c554cfdcfd697ab0388baa2961344c1beac141da31d7e0c1d52cb"
-KNOWN_BLOCK_1_HASH = "12c6741491399757e4dd69a945754ed0198a18d61503d28f35fa13cb3a73adc5"
+KNOWN_GENESIS_BLOCK_HASH = "f5f7b167508fbe65ac5325b6c101f01c50e27cc7d330aadcdd25d38484150138"
+KNOWN_BLOCK_1_HASH = "4e0bc3ce1584e76c93458b14581cd3c009ffc6f51cd8ee35f5be7473d65188d6"
 
 
 def digest(text: str) -> bytes:
@@ -430,7 +430,9 @@ def model_version(**changes: Any) -> ModelVersion:
 
 def test_model_version(committed: LedgerState) -> None:
     post = process_model_version(committed, model_version(), 1)
-    assert post == dataclasses.replace(committed, model_head=MODEL_1, model_round=1)
+    assert post == dataclasses.replace(
+        committed, model_head=MODEL_1, model_round=1, model_moved=True
+    )
 
 
 def test_model_version_of_a_subset(committed: LedgerState) -> None:
@@ -546,6 +548,7 @@ def test_harmful_scores_lower_reputation_and_helpful_ones_restore_it(
         commit(after, 1, round=2),
         ModelVersion(2, MODEL_2, MODEL_1, (update_hash(1, 2),), "fedavg"),
         ContributionRecord(2, ((PUB[1], 7),)),
+        RewardDeltas(2, ((PUB[1], 2_000),)),  # round 1's pool was carried: no positive score
     ]
     helpful = process_transactions(after, round_2, 2)
     assert participant(helpful, 1).reputation_bps == 10_000 - penalty + penalty // 2
@@ -575,12 +578,52 @@ def test_reward_deltas(modelled: LedgerState) -> None:
 
 
 def test_reward_deltas_empty_split(modelled: LedgerState) -> None:
-    """No positive score: the split is empty, and so must the rewards be."""
+    """No positive score: nothing is paid (no RewardDeltas, not even an empty one), the pool is
+    carried."""
     record = ContributionRecord(1, by_key([(PUB[1], 0), (PUB[2], -5)]))
-    post = process_transactions(modelled, (record, RewardDeltas(1, ())), 1)
+    post = process_transactions(modelled, (record,), 1)
     assert post == process_contribution_record(modelled, record, 1)
-    with pytest.raises(InvalidTransaction, match="is paid 1, the split gives 0"):
-        process_transactions(modelled, (record, rewards((1, 1))), 1)
+    assert post.carried_reward == modelled.genesis.rules.reward_per_round
+    for deltas in (RewardDeltas(1, ()), rewards((1, 1))):
+        with pytest.raises(
+            InvalidTransaction, match="pays nothing in round 1: its pool is carried"
+        ):
+            process_transactions(modelled, (record, deltas), 1)
+
+
+def test_reward_deltas_due_must_be_in_the_block(modelled: LedgerState) -> None:
+    """A record that makes rewards due without them in its block: the block is refused (the
+    units would be neither paid nor carried)."""
+    with pytest.raises(InvalidTransaction, match="makes 1000 units of rewards due"):
+        process_transactions(modelled, (SCORES_3_TO_1,), 1)
+
+
+@pytest.mark.parametrize(
+    "version",
+    [
+        lambda: model_version(update_hashes=()),  # lists no updates, a new model hash
+        lambda: model_version(model_hash=MODEL_0),  # lists updates, leaves the model as it was
+    ],
+    ids=["no updates listed", "model unchanged"],
+)
+def test_invalid_rewards_for_a_model_version_that_did_not_move_the_model(
+    committed: LedgerState, version: Callable[[], ModelVersion]
+) -> None:
+    """Issue 12's last gap: a coordinator registers a ModelVersion that moved nothing (no update
+    listed, or the parent's model) and pays the pool by its scores. Refused: such a round pays
+    nothing, its pool is carried to the next round (in the state root)."""
+    still = process_model_version(committed, version(), 1)
+    assert not still.model_moved
+    with pytest.raises(InvalidTransaction, match="pays nothing in round 1: its pool is carried"):
+        process_transactions(still, (SCORES_3_TO_1, rewards((1, 750), (2, 250))), 1)
+    post = process_transactions(still, (SCORES_3_TO_1,), 1)
+    assert post.carried_reward == RULES.reward_per_round
+    assert compute_state_root(post) != compute_state_root(
+        dataclasses.replace(post, carried_reward=0)
+    )
+    assert {participant(post, i).stake for i in (1, 2)} == {
+        participant(still, i).stake for i in (1, 2)
+    }
 
 
 def test_reward_deltas_do_not_revive_ejected(modelled: LedgerState) -> None:

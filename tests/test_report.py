@@ -41,7 +41,8 @@ from fedchain.ledger.objects import (
 from fedchain.ledger.store import LedgerStore
 from fedchain.ledger.synthetic import SyntheticFederation
 from fedchain.ledger.verify import verify_ledger
-from fedchain.rounds.rewards import compute_reward_split
+from fedchain.report.decisions import compute_pool_decision
+from fedchain.rounds.rewards import compute_round_payout
 from fedchain.runs.registry import save_model
 
 if TYPE_CHECKING:
@@ -175,7 +176,14 @@ def scored_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 )
             )
             txs.append(ContributionRecord(round_, scores))
-            txs.append(RewardDeltas(round_, compute_reward_split(rules.reward_per_round, scores)))
+            payout = compute_round_payout(
+                state.carried_reward,
+                pool=rules.reward_per_round,
+                scores=scores,
+                moved=True,
+                min_score=rules.payout_min_score,
+            )
+            txs.append(RewardDeltas(round_, payout.rewards))
             proposer = fed.by_public[get_proposer(state)]
             chain.append(*build_block(state, txs, proposer, round=round_))
     (run_dir / "metrics.json").write_text(
@@ -235,7 +243,9 @@ def test_report_of_a_real_run(clean_run):
         assert r["admitted"] == 3 and r["refused"] == 0
         assert r["accepted"] + r["left_out"] == 3 == r["accepted"] + len(r["left_out_updates"])
         assert r["model_moved"] == (r["accepted"] > 0)
-        assert r["pool"] == {"decision": "paid", "paid": r["rewards_paid"], "reason": None}
+        pool = r["pool"]  # the default payout rule: paid, paid in part or carried, and why
+        assert pool["decision"] in ("paid", "paid in part", "carried") and pool["reason"]
+        assert pool["paid"] == r["rewards_paid"] == pool["available"] - pool["carried"]
     stakes = {p.public_key.hex(): p.stake for p in verified.state.participants.values()}
     assert {p["public_key"]: p["stake"] for p in data["participants"]} == stakes
     assert [p["name"] for p in data["participants"]] == ["client 0", "client 1", "client 2"]
@@ -377,7 +387,7 @@ def test_report_shows_contributions_rewards_and_slashing(scored_run):
     assert "<i>(gain" not in page and "&lt;i&gt;(gain +0.1)&lt;/i&gt;" in page
     assert '<span class="left-out" title="score below' in page
     assert f"<b>harmful</b>: {unmapped} (-0.05)" in page
-    assert page.count('<span class="pool-decision">paid</span>') == 3
+    assert page.count('<span class="pool-decision">paid: positive scores sum to') == 3
     for text in ("AttestationPair", "double_sign", "ejected"):
         assert text in page
 
@@ -534,3 +544,35 @@ def test_heat_map_normalises_each_round_so_late_rounds_stay_readable():
     np.testing.assert_allclose(shares[:, 2], [0.6, -0.2, 0.2])
     assert np.isnan(shares[2, 1])
     assert compute_round_shares(np.zeros((2, 1))).tolist() == [[0.0], [0.0]]
+
+
+def test_the_pool_decision_says_paid_in_part_or_carried_and_why() -> None:
+    """The report re-runs the ledger's payout rule on the round's transactions, from the pool
+    carried into the round: paid (everything available), paid in part (scores below the
+    minimum), carried (the model did not move: a ModelVersion listing no updates)."""
+    a, b, model, parent = (bytes([i]) * 32 for i in (1, 2, 3, 4))
+    rules = make_rules(reward_per_round=10_000, payout_min_score=20_000)
+
+    def round_txs(update_hashes: tuple[bytes, ...], scores: tuple[tuple[bytes, int], ...]) -> list:
+        version = ModelVersion(5, model, parent, update_hashes, "fedavg")
+        record = ContributionRecord(5, scores)
+        payout = compute_round_payout(
+            2_000, pool=10_000, scores=scores, moved=bool(update_hashes), min_score=20_000
+        )
+        return [version, record] + ([RewardDeltas(5, payout.rewards)] if payout.rewards else [])
+
+    paid = compute_pool_decision(
+        round_txs((a,), ((a, 30_000), (b, 10_000))), carried=2_000, rules=rules
+    )
+    assert (paid["decision"], paid["paid"], paid["available"], paid["carried"]) == (
+        "paid", 12_000, 12_000, 0,
+    )  # fmt: skip
+    part = compute_pool_decision(round_txs((a,), ((a, 3_000), (b, -5))), carried=2_000, rules=rules)
+    assert (part["decision"], part["paid"], part["carried"]) == ("paid in part", 1_800, 10_200)
+    assert "below payout_min_score 20000" in part["reason"]
+    none = compute_pool_decision(
+        round_txs((), ((a, 30_000), (b, 10_000))), carried=2_000, rules=rules
+    )
+    assert (none["decision"], none["paid"], none["carried"]) == ("carried", 0, 12_000)
+    assert "the model did not move" in none["reason"]
+    assert compute_pool_decision([], carried=7, rules=rules)["decision"] == "no record"

@@ -272,7 +272,7 @@ def test_invalid_rewards_that_differ_from_the_split_by_one_unit(attacker: Attack
     stakes = {k: attacker.state.participants[k].stake + v for k, v in split.items()}
     txs = [*body, ContributionRecord(round_, scores), rewards]
     block, post = attacker.forge(txs, stakes, round_=round_, model_head=model)
-    assert_refused(attacker, block, post, "rewards are not the split")
+    assert_refused(attacker, block, post, "rewards are not the payment the payout rule makes due")
 
 
 def test_invalid_scores_naming_a_non_committer(attacker: Attacker) -> None:

@@ -127,7 +127,14 @@ def test_train_messages_carry_the_view_the_base_model_and_the_ledger_round(
 def test_replies_are_admitted_and_the_new_model_is_returned(world: World) -> None:
     arrays, metrics = world.train(1)
     assert metrics is not None
-    assert dict(metrics) == {"accepted": CLIENTS, "left_out": 0, "refused": 0, "moved": 1}
+    assert dict(metrics) == {
+        "accepted": CLIENTS,
+        "left_out": 0,
+        "refused": 0,
+        "moved": 1,
+        "rewards_paid": world.coordinator.state.genesis.rules.reward_per_round,
+        "pool_carried": 0,
+    }
     assert arrays is not None
     for name, array in arrays.items():
         np.testing.assert_array_equal(array.numpy(), world.coordinator.model[name])
@@ -149,7 +156,14 @@ def test_a_node_that_never_replies_is_recorded_and_the_round_goes_on(world: Worl
     world.grid.down = {NODE_BASE + 1}
     _, metrics = world.train(1)
     assert metrics is not None
-    assert dict(metrics) == {"accepted": 2, "left_out": 0, "refused": 1, "moved": 1}
+    assert dict(metrics) == {
+        "accepted": 2,
+        "left_out": 0,
+        "refused": 1,
+        "moved": 1,
+        "rewards_paid": 1_000,
+        "pool_carried": 0,
+    }
     (refused,) = world.outcomes[0].rejected
     assert refused.node_id == NODE_BASE + 1
     assert refused.reason == "no reply within the round timeout (5 s)"

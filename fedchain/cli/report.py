@@ -229,7 +229,8 @@ def _rounds_table(rounds: Sequence[Mapping[str, Any]]) -> Table:
         table.add_row(*row)
     table.caption = (
         "moved: the model changed; accepted: updates averaged into the model; left out: "
-        "admitted but not used by the aggregation rule; refused: by the ledger's admission"
+        "admitted but not used by the aggregation rule; refused: by the ledger's admission; "
+        "pool: what the payout rule did with the round's reward pool (report.html says why)"
     )
     table.caption_justify = "left"
     return table

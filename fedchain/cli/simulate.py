@@ -138,7 +138,29 @@ def simulate(
             help=_help(
                 "contribution",
                 "Contribution scores that split the rewards: none (= aggregation weights), "
-                "gradient-similarity, leave-one-out, gtg-shapley, shapley (exact; small rounds).",
+                "gradient-similarity, leave-one-out, mc-shapley (sampled permutations), "
+                "gtg-shapley, shapley (exact; small rounds).",
+            )
+        ),
+    ] = None,
+    contribution_budget: Annotated[
+        int | None,
+        typer.Option(
+            help=_help(
+                "contribution_budget",
+                "Coalition evaluations per client for mc-shapley and gtg-shapley (exact "
+                "Shapley needs 2^n for n clients).",
+            )
+        ),
+    ] = None,
+    payout_min_score: Annotated[
+        float | None,
+        typer.Option(
+            help=_help(
+                "payout_min_score",
+                "A round whose positive scores sum to less than this validation-loss gain pays "
+                "that fraction of its pool (carried pools included) and carries the rest; a "
+                "round whose model did not move pays nothing (0: pay every moved round in full).",
             )
         ),
     ] = None,
@@ -307,6 +329,8 @@ def simulate(
         "beta": beta,
         "weight_cap": weight_cap,
         "contribution": contribution,
+        "contribution_budget": contribution_budget,
+        "payout_min_score": payout_min_score,
         "validation_fraction": validation_fraction,
         "seed": seed,
         "stake": stake,
@@ -473,8 +497,9 @@ def format_round(
 ) -> str:
     """A round's console lines: accuracy, whether the model moved, how many updates were
     accepted (averaged into the model), left out by the aggregation rule and refused by the
-    ledger's admission; then one line per update left out or refused, saying why, and the
-    rule's own sentence."""
+    ledger's admission; then one line per update left out or refused, saying why, the rule's
+    own sentence and the payout rule's decision on the pool (paid, paid in part or carried, and
+    why)."""
     line = f"round {round_:>3}/{rounds}  acc {accuracy:6.2%}  {seconds:5.1f} s"
     if outcome is None:
         return line
@@ -500,6 +525,12 @@ def format_round(
         line += f"\n      refused node {decision.node_id}: {brief_reason(decision.reason)}"
     if explained is not None and explained.note:
         line += f"\n      rule: {explained.note}"
+    if outcome.payout is not None:
+        p = outcome.payout
+        line += (
+            f"\n      pool: {p.decision}, {p.paid:,} of {p.available:,} units paid, "
+            f"{p.carried:,} carried ({p.reason})"
+        )
     return line
 
 

@@ -58,6 +58,8 @@ def make_rules(
     contribution_method: str = "leave-one-out",
     weight_cap_bps: int = 10_000,
     reputation_penalty_bps: int = 1_000,
+    payout_min_score: int = 0,
+    contribution_budget: int = 0,
     update_archive_rounds: int = ARCHIVE_ALL_ROUNDS,
 ) -> Rules:
     """:class:`Rules` with mappings turned into sorted tuples.
@@ -76,6 +78,8 @@ def make_rules(
         contribution_method=contribution_method,
         weight_cap_bps=weight_cap_bps,
         reputation_penalty_bps=reputation_penalty_bps,
+        payout_min_score=payout_min_score,
+        contribution_budget=contribution_budget,
         update_archive_rounds=update_archive_rounds,
     )
 

@@ -77,12 +77,14 @@ class ParticipantState:
 
 @dataclass(frozen=True, slots=True)
 class StateRootBody:
-    """What the state root commits to: participants (sorted by key), model head and round."""
+    """What the state root commits to: participants (sorted by key), model head and round, and
+    the reward pool carried to the next round by the payout rule (base units)."""
 
     TAG: ClassVar[int] = 41
     participants: tuple[ParticipantState, ...]
     model_head: Hash32
     round: int
+    carried_reward: int
 
 
 class BlockHashes:
@@ -153,6 +155,11 @@ class LedgerState:
     - ``last_attested``: each validator's highest attested height.
     - ``evidence_seen``: ids (:func:`compute_evidence_id`) of slashing evidence already applied.
     - ``block_hashes``: block hashes by height, genesis block included.
+    - ``carried_reward``: the reward pool not yet paid, carried to the next round by the payout
+      rule (:mod:`fedchain.rounds.rewards`). In the state root.
+    - ``model_moved``: whether the latest model version moved the model (the payout rule pays
+      nothing for a round whose model did not move). Not in the state root: it is a function of
+      the latest ``ModelVersion``, which the chain holds.
     """
 
     genesis_hash: Hash32
@@ -169,6 +176,8 @@ class LedgerState:
     scores_round: int
     model_round: int
     block_hashes: BlockHashes
+    carried_reward: int = 0
+    model_moved: bool = False
 
 
 # --------------------------------------------------------------------------------------------------
@@ -177,15 +186,24 @@ class LedgerState:
 
 def compute_state_root(state: LedgerState) -> Hash32:
     """Hash of participants (key, stake, reputation, dataset hash, examples, active), sorted by
-    key, plus the model head and the round."""
-    return compute_state_root_of(state.participants.values(), state.model_head, state.round)
+    key, plus the model head, the round and the carried reward pool."""
+    return compute_state_root_of(
+        state.participants.values(),
+        state.model_head,
+        state.round,
+        carried_reward=state.carried_reward,
+    )
 
 
 def compute_state_root_of(
-    participants: Iterable[ParticipantState], model_head: Hash32, round: int
+    participants: Iterable[ParticipantState],
+    model_head: Hash32,
+    round: int,
+    *,
+    carried_reward: int = 0,
 ) -> Hash32:
     """The state root of these parts (participants sorted by key), before a state exists."""
-    return compute_hash(StateRootBody(tuple(participants), model_head, round))
+    return compute_hash(StateRootBody(tuple(participants), model_head, round, carried_reward))
 
 
 def compute_evidence_id(evidence: SlashingEvidence) -> Hash32:

@@ -130,6 +130,10 @@ def _check_genesis(genesis: Genesis) -> None:
         raise fail(f"min_stake must be at least 1 base unit, got {rules.min_stake}")
     if rules.reward_per_round < 0:
         raise fail(f"reward_per_round must not be negative, got {rules.reward_per_round}")
+    if rules.payout_min_score < 0:
+        raise fail(f"payout_min_score must not be negative, got {rules.payout_min_score}")
+    if rules.contribution_budget < 0:
+        raise fail(f"contribution_budget must not be negative, got {rules.contribution_budget}")
     kinds = [kind for kind, _ in rules.slash_bps]
     if not is_strictly_sorted(kinds):
         raise fail("slash_bps must be sorted by kind, each kind once")

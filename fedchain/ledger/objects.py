@@ -103,7 +103,11 @@ class Rules:
     """The federation's rules, fixed at genesis.
 
     ``slash_bps`` is ``((kind, basis points), ...)`` sorted by kind (a kind left out slashes 0);
-    ``aggregation_params`` is ``((name, value), ...)`` sorted by name.
+    ``aggregation_params`` is ``((name, value), ...)`` sorted by name. ``payout_min_score``
+    (score quanta) is the sum of a round's positive scores at which the round pays all of the
+    available pool, less paying in proportion (the payout rule, :mod:`fedchain.rounds.rewards`);
+    ``contribution_budget`` the sampling contribution methods' coalition evaluations per scored
+    client (0: the method's default).
     ``update_archive_rounds`` is the update archive's retention: which rounds' accepted client
     updates the run directory must keep (:data:`ARCHIVE_ALL_ROUNDS`: every round; 0: none; K:
     the last K rounds; see :mod:`fedchain.runs.archive`).
@@ -118,6 +122,8 @@ class Rules:
     contribution_method: str
     weight_cap_bps: int
     reputation_penalty_bps: int
+    payout_min_score: int = 0
+    contribution_budget: int = 0
     update_archive_rounds: int = ARCHIVE_ALL_ROUNDS
 
 
@@ -216,9 +222,10 @@ class ContributionRecord:
 class RewardDeltas:
     """The round's rewards ``((public key, amount), ...)`` sorted by key, in base units.
 
-    Valid only right after the round's :class:`ContributionRecord` in the same block, and only
-    as exactly :func:`~fedchain.rounds.rewards.compute_reward_split` of its scores: no amount is
-    negative (stake is lost only to :class:`SlashingEvidence`), at most one per round."""
+    Valid only right after the round's :class:`ContributionRecord` in the same block, when the
+    payout rule (:func:`~fedchain.rounds.rewards.compute_round_payout`) pays the carried pool,
+    and only as exactly its split: no amount is negative (stake is lost only to
+    :class:`SlashingEvidence`), at most one per round."""
 
     TAG: ClassVar[int] = 14
     round: int

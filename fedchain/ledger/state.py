@@ -63,6 +63,7 @@ from fedchain.ledger.transactions import (
     apply_reward_deltas,
     apply_slashing_evidence,
     apply_update_commitment,
+    check_rewards_paid,
     describe_hash,
     describe_key,
 )
@@ -259,6 +260,7 @@ def _apply_all(
             apply(work, tx, _encode_tx(tx) if encodings is None else encodings[index])
         except InvalidTransaction as exc:
             raise InvalidTransaction(f"transaction {index} ({type(tx).__name__}): {exc}") from exc
+    check_rewards_paid(work)
     return work.freeze()
 
 

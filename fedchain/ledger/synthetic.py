@@ -4,10 +4,10 @@ Keys and update hashes derive from a seed, so the same arguments give the same l
 Model hashes derive from it too, unless real ones are given (``initial_model_hash``,
 ``make_round(model_hash=...)``): tests of the model registry register models saved on disk.
 Each round every committing participant signs an update commitment, the round's model version
-aggregates them, a contribution record gives them equal scores, the reward pool is split by
-those scores (evenly: :func:`~fedchain.rounds.rewards.compute_reward_split` of equal shares,
-the remainder one unit each to the smallest keys), and every active validator attests to the
-previous block (as clients do in their replies).
+aggregates them, a contribution record gives them equal scores, the reward pool is paid by
+the payout rule (:func:`~fedchain.rounds.rewards.compute_round_payout`; with the genesis
+``payout_min_score`` 0, all of it, evenly, the remainder one unit each to the smallest keys),
+and every active validator attests to the previous block (as clients do in their replies).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from fedchain.ledger.objects import (
     compute_federation_id,
 )
 from fedchain.ledger.signatures import PLAIN, Verifier
-from fedchain.rounds.rewards import compute_reward_split
+from fedchain.rounds.rewards import compute_round_payout, has_model_moved
 
 
 def derive_key(seed: int, index: int) -> Ed25519PrivateKey:
@@ -138,8 +138,16 @@ class SyntheticFederation:
             txs.append(ModelVersion(round_, model, state.model_head, update_hashes, rule))
             scores = tuple(sorted((c.public_key, SCORE_SCALE) for c in commits))
             txs.append(ContributionRecord(round_, scores))
-            pool = self.genesis.rules.reward_per_round
-            txs.append(RewardDeltas(round_, compute_reward_split(pool, scores)))
+            rules = self.genesis.rules
+            payout = compute_round_payout(
+                state.carried_reward,
+                pool=rules.reward_per_round,
+                scores=scores,
+                moved=has_model_moved(update_hashes, model, state.model_head),
+                min_score=rules.payout_min_score,
+            )
+            if payout.rewards:
+                txs.append(RewardDeltas(round_, payout.rewards))
         proposer = self.by_public[get_proposer(state)]
         return build_block(state, txs, proposer, round=round_, verifier=verifier)
 

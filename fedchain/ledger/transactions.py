@@ -60,13 +60,14 @@ from fedchain.ledger.objects import (
     signing_message,
 )
 from fedchain.ledger.signatures import Verifier
-from fedchain.rounds.rewards import compute_reward_split
+from fedchain.rounds.rewards import compute_round_payout, has_model_moved
 
 __all__ = [
     "APPLY",
     "Apply",
     "Working",
     "check_participant_key",
+    "check_rewards_paid",
     "check_size",
     "describe_hash",
     "describe_key",
@@ -82,9 +83,12 @@ class Working:
     """A private mutable copy of a state, for applying one block's transactions."""
 
     __slots__ = (
+        "carried_reward",
+        "due",
         "evidence_seen",
         "last_attested",
         "model_head",
+        "model_moved",
         "model_round",
         "participants",
         "pre",
@@ -109,6 +113,9 @@ class Working:
         self.preverified: frozenset[int] = frozenset()  # ids of txs whose signature verified
         self.scores: tuple[tuple[PublicKey, int], ...] | None = None  # this block's record
         self.rewarded = False  # whether this block paid its record's rewards
+        self.due: tuple[tuple[PublicKey, int], ...] = ()  # the rewards this block's record owes
+        self.carried_reward = state.carried_reward
+        self.model_moved = state.model_moved
         self.scores_round = state.scores_round
         self.participants = dict(state.participants)
         self.last_attested = dict(state.last_attested)
@@ -134,6 +141,8 @@ class Working:
             round_update_hashes=frozenset(self.round_update_hashes),
             scores_round=self.scores_round,
             model_round=self.model_round,
+            carried_reward=self.carried_reward,
+            model_moved=self.model_moved,
         )
 
 
@@ -206,6 +215,7 @@ def apply_model_version(work: Working, tx: ModelVersion, encoding: bytes) -> Non
     rule = work.pre.genesis.rules.aggregation_rule
     if tx.rule != rule:
         raise InvalidTransaction(f"aggregation rule {tx.rule!r} is not the genesis rule {rule!r}")
+    work.model_moved = has_model_moved(tx.update_hashes, tx.model_hash, tx.parent_hash)
     work.model_head = tx.model_hash
     work.model_round = tx.round
 
@@ -214,8 +224,12 @@ def apply_contribution_record(work: Working, tx: ContributionRecord, encoding: b
     """The round's scores: one record per round, after its model version, scoring exactly the
     keys that committed an accepted update in the round (none left out, none added, each once).
 
-    Scores bind the reward split: the :class:`RewardDeltas` after this record in the same block
-    must pay exactly :func:`~fedchain.rounds.rewards.compute_reward_split` of them.
+    Scores bind the rewards through the payout rule
+    (:func:`~fedchain.rounds.rewards.compute_round_payout`): the carried pool plus the round's
+    pool is available; the rule pays all, part or none of it by the scores (none when the
+    round's model did not move) and carries the rest (``carried_reward``, in the state root). A
+    payment it makes due must be the :class:`RewardDeltas` after this record in the same block
+    (:func:`check_rewards_paid`), exactly.
 
     They also move reputation: a score at or below :data:`HARMFUL_SCORE` (harm beyond measurement
     noise) costs the genesis ``reputation_penalty_bps``; a positive score restores half of that,
@@ -247,6 +261,17 @@ def apply_contribution_record(work: Working, tx: ContributionRecord, encoding: b
     work.scores = tx.scores
     work.scores_round = tx.round
     rules = work.pre.genesis.rules
+    if work.carried_reward + rules.reward_per_round > MAX_INT:
+        raise InvalidTransaction("the carried reward pool would overflow")
+    payout = compute_round_payout(
+        work.carried_reward,
+        pool=rules.reward_per_round,
+        scores=tx.scores,
+        moved=work.model_moved,
+        min_score=rules.payout_min_score,
+    )
+    work.carried_reward = payout.carried
+    work.due = payout.rewards
     for key, score in tx.scores:
         participant = work.participants[key]
         reputation = participant.reputation_bps
@@ -259,11 +284,12 @@ def apply_contribution_record(work: Working, tx: ContributionRecord, encoding: b
 
 
 def apply_reward_deltas(work: Working, tx: RewardDeltas, encoding: bytes) -> None:
-    """The round's rewards: right after its contribution record in the same block, exactly
-    :func:`~fedchain.rounds.rewards.compute_reward_split` of its scores, once.
+    """The round's rewards: right after its contribution record in the same block, only when
+    the payout rule makes a payment due (:func:`~fedchain.rounds.rewards.compute_round_payout`),
+    exactly that payment, once.
 
     No amount may be negative: a stake is lost only to :class:`SlashingEvidence`, which anyone
-    can re-check, never on the coordinator's word.
+    can re-check, never on the coordinator's word. A pool the rule carries cannot be paid early.
     """
     rules = work.pre.genesis.rules
     _check_round(work, tx.round, "reward deltas")
@@ -279,11 +305,15 @@ def apply_reward_deltas(work: Working, tx: RewardDeltas, encoding: bytes) -> Non
         )
     if work.rewarded:
         raise InvalidTransaction(f"round {tx.round}'s rewards are already paid; once per round")
-    expected = compute_reward_split(rules.reward_per_round, work.scores)
-    if tx.deltas != expected:
+    if not work.due:
         raise InvalidTransaction(
-            "rewards are not the split of the round's contribution scores: "
-            + _describe_difference(tx.deltas, expected)
+            f"the payout rule pays nothing in round {tx.round}: its pool is carried "
+            f"({work.carried_reward} units)"
+        )
+    if tx.deltas != work.due:
+        raise InvalidTransaction(
+            "rewards are not the payment the payout rule makes due from the round's scores: "
+            + _describe_difference(tx.deltas, work.due)
         )
     updated = []
     for key, delta in tx.deltas:
@@ -295,6 +325,16 @@ def apply_reward_deltas(work: Working, tx: RewardDeltas, encoding: bytes) -> Non
     for participant in updated:
         work.participants[participant.public_key] = participant
     work.rewarded = True
+
+
+def check_rewards_paid(work: Working) -> None:
+    """At the end of a block: a payment the block's contribution record made due is in it.
+    Leaving it out would neither pay nor carry those units."""
+    if work.due and not work.rewarded:
+        raise InvalidTransaction(
+            f"round {work.scores_round}'s contribution record makes {sum(a for _, a in work.due)} "
+            "units of rewards due: the block must pay them (RewardDeltas after the record)"
+        )
 
 
 def _describe_difference(

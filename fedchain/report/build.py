@@ -165,6 +165,8 @@ def _run_json(inputs: ReportInputs, genesis: Genesis) -> dict[str, Any]:
             "contribution_method": rules.contribution_method,
             "weight_cap_bps": rules.weight_cap_bps,
             "reputation_penalty_bps": rules.reputation_penalty_bps,
+            "payout_min_score": rules.payout_min_score,
+            "contribution_budget": rules.contribution_budget,
             "update_archive_rounds": rules.update_archive_rounds,
         },
         "config": None if inputs.config is None else dict(inputs.config),
@@ -239,6 +241,15 @@ def _rounds_json(
     for block in (s.block for s in steps[1:]):
         by_round[block.header.round].append(block)
     who = {p["public_key"]: p for p in participants}
+    rules = steps[0].post.genesis.rules if steps else None
+    # the pool carried into each round: the state before the block holding its record
+    carried_into = {
+        tx.round: s.pre.carried_reward
+        for s in steps[1:]
+        if s.pre is not None
+        for tx in s.block.transactions
+        if isinstance(tx, ContributionRecord)
+    }
     result = []
     for r in rounds:
         blocks = by_round.get(r, [])
@@ -248,7 +259,7 @@ def _rounds_json(
         round_events = [e for e in events if e["round"] == r]
         m = metrics.get(r)
         ledger: dict[str, Any] = {
-            **compute_round_decision(txs, m, who),
+            **compute_round_decision(txs, m, who, carried=carried_into.get(r), rules=rules),
             "refused": sum(e["kind"] == "rejected" for e in round_events),
             "slashing_events": sum(e["kind"] == "slashed" for e in round_events),
             "stake_slashed": sum(e["stake_lost"] for e in round_events),
@@ -317,6 +328,7 @@ def _totals_json(
         "active": sum(p["active"] for p in participants),
         "total_stake": sum(p["stake"] for p in participants),
         "rewards_paid": sum(p["rewards"] for p in participants),
+        "reward_carried": steps[-1].post.carried_reward,  # not paid yet: the payout rule
         "stake_slashed": sum(p["slashed"] for p in participants),
         "admitted_updates": sum(r["admitted"] or 0 for r in rounds),
         "accepted_updates": sum(r["accepted"] or 0 for r in rounds),

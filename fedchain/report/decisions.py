@@ -21,9 +21,11 @@ from fedchain.ledger.objects import (
     ContributionRecord,
     ModelVersion,
     RewardDeltas,
+    Rules,
     UpdateCommitment,
 )
 from fedchain.report.inputs import RoundMetrics
+from fedchain.rounds.rewards import compute_round_payout, has_model_moved
 
 __all__ = ["NOT_RECORDED", "compute_pool_decision", "compute_round_decision"]
 
@@ -35,6 +37,9 @@ def compute_round_decision(
     txs: Sequence[object],
     metrics: RoundMetrics | None,
     who: Mapping[str, Mapping[str, Any]],
+    *,
+    carried: int | None = None,
+    rules: Rules | None = None,
 ) -> dict[str, Any]:
     """One round's decisions from its transactions (all of its blocks) and metrics row.
 
@@ -42,7 +47,8 @@ def compute_round_decision(
     Returns ``admitted`` (updates the ledger admitted), ``accepted`` (of those, averaged into the
     model), ``left_out`` (admitted but left out by the rule), ``model_moved``,
     ``left_out_updates`` (one entry per update left out: who, reason code, why, score),
-    ``rule_note`` and ``pool`` (:func:`compute_pool_decision`).
+    ``rule_note`` and ``pool`` (:func:`compute_pool_decision`, from the pool ``carried`` into
+    the round and the genesis ``rules``).
     """
     commitments = [tx for tx in txs if isinstance(tx, UpdateCommitment)]
     models = [tx for tx in txs if isinstance(tx, ModelVersion)]
@@ -80,24 +86,50 @@ def compute_round_decision(
         "model_moved": moved,
         "left_out_updates": left_out,
         "rule_note": None if metrics is None else metrics.note,
-        "pool": compute_pool_decision(txs),
+        "pool": compute_pool_decision(txs, carried=carried, rules=rules),
     }
 
 
-def compute_pool_decision(txs: Sequence[object]) -> dict[str, Any]:
-    """What became of the round's reward pool, read from its :class:`RewardDeltas`.
+def compute_pool_decision(
+    txs: Sequence[object], *, carried: int | None = None, rules: Rules | None = None
+) -> dict[str, Any]:
+    """What became of the round's reward pool: the ledger's payout rule
+    (:func:`~fedchain.rounds.rewards.compute_round_payout`) re-run on the round's model version
+    and scores, from the pool ``carried`` into the round (the state before its record's block).
 
-    ``decision``: ``"paid"`` when the round's blocks hold reward deltas, else ``"not paid"``;
-    ``paid``: the units paid; ``reason``: None for now.
-
-    The place for the payout rule's word: a rule that carries a round's pool to a later round
-    or withholds it records that on the ledger; this function is where ``decision`` becomes
-    ``"carried"`` or ``"withheld"`` and ``reason`` says why (to be wired when that rule exists).
+    ``decision``: ``"paid"`` (all available units), ``"paid in part"`` or ``"carried"`` (the
+    round has a contribution record), ``"no record"`` (nothing scored: the pool is not touched);
+    ``paid``: the units the round's :class:`RewardDeltas` pay (the ledger's word, which the
+    replay held to the rule); ``available`` and ``carried`` (to the next round) in units;
+    ``reason``: why, in words. Without ``rules`` (or ``carried``) only ``paid`` is known and
+    ``decision`` is ``"paid"`` or ``"not paid"``.
     """
     deltas = [d for tx in txs if isinstance(tx, RewardDeltas) for _, d in tx.deltas]
     paid = sum(d for d in deltas if d > 0)
+    records = [tx for tx in txs if isinstance(tx, ContributionRecord)]
+    models = [tx for tx in txs if isinstance(tx, ModelVersion)]
+    if rules is None or carried is None:
+        return {"decision": "paid" if deltas else "not paid", "paid": paid, "reason": None}
+    if not records or not models:
+        return {
+            "decision": "no record",
+            "paid": paid,
+            "available": carried,
+            "carried": carried,
+            "reason": "no contribution record this round: the pool is not touched",
+        }
+    version = models[-1]
+    payout = compute_round_payout(
+        carried,
+        pool=rules.reward_per_round,
+        scores=records[-1].scores,
+        moved=has_model_moved(version.update_hashes, version.model_hash, version.parent_hash),
+        min_score=rules.payout_min_score,
+    )
     return {
-        "decision": "paid" if deltas else "not paid",
+        "decision": payout.decision,
         "paid": paid,
-        "reason": None,
+        "available": payout.available,
+        "carried": payout.carried,
+        "reason": payout.reason,
     }

@@ -201,7 +201,10 @@ def _html_cards(report: Mapping[str, Any]) -> str:
         ("rounds", _num(t["rounds"])),
         (f"participants ({t['active']} active)", _num(t["participants"])),
         ("final accuracy", _pct(t["final_accuracy"])),
-        ("rewards paid", _num(t["rewards_paid"])),
+        (
+            f"rewards paid ({_num(t.get('reward_carried', 0))} carried)",
+            _num(t["rewards_paid"]),
+        ),
         (
             "updates accepted / left out / refused",
             f"{t['accepted_updates']} / {t['left_out_updates']} / {t['refused_updates']}",
@@ -446,8 +449,8 @@ def _moved(moved: bool | None) -> str:
 
 
 def _pool(pool: Mapping[str, Any] | None) -> str:
-    """The round's pool decision (paid / not paid; carried or withheld once the payout rule
-    records them), with its reason where there is one."""
+    """The round's pool decision (paid, paid in part or carried by the payout rule), with its
+    reason where there is one."""
     if pool is None:
         return _DASH
     reason = f": {_esc(pool['reason'])}" if pool.get("reason") else ""

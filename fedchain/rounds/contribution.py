@@ -13,6 +13,7 @@ Methods (:data:`METHODS`, chosen by configuration, dispatched by :func:`compute_
 method                 score of client ``i``                       model evaluations
 =====================  ==========================================  ===========================
 shapley                exact Shapley value                         ``2**n`` (``n`` <= 16)
+mc-shapley (default)   Monte-Carlo Shapley, antithetic pairs       ``10 n`` (budgeted)
 gtg-shapley            Monte-Carlo Shapley, GTG-Shapley style      budgeted (see below)
 leave-one-out          ``U(all) - U(all minus i)``                 ``n + 1``
 gradient-similarity    cosine(update ``i``, aggregate), >= 0        none (no validation data)
@@ -26,15 +27,25 @@ with weights renormalised over the coalition (the default) it takes weight and s
 members' step, which a Shapley value rewards whenever coalitions' average steps hurt; with
 ``renormalise=False`` it is an exact dummy and scores exactly 0.
 
+``mc-shapley`` (:func:`compute_permutation_shapley`, the default) is plain permutation sampling
+without truncation, each drawn permutation followed by its reverse, until a budget of
+``contribution_budget`` distinct coalition evaluations per client is spent (linear in ``n``;
+exact Shapley when the budget covers all ``2**n``). It is unbiased and efficient (every
+permutation's marginals sum to ``U(all) - U({})``), and the antithetic pairs cancel the
+pairwise interactions that dominate a smooth loss's coalition utility; measured against exact
+Shapley on the default federations (``experiments/results/reward_shares.md``) its per-round
+reward shares are 4-10 times closer than plain, guided or GTG sampling at the same budget.
+
 GTG-Shapley (Liu et al., 2022, "GTG-Shapley: Efficient and Accurate Participant Contribution
 Evaluation in Federated Learning") estimates Shapley values from sampled permutations, with
 three savings over plain Monte Carlo:
 
 * between-round truncation: when ``|U(all) - U({})| <= round_tolerance`` the round changed
   nothing worth sharing and every score is 0 (two evaluations);
-* within-permutation truncation: walking a permutation, once the prefix's utility is within
-  ``truncation_tolerance`` of ``U(all)`` the remaining clients' marginals are taken as 0 and no
-  more coalitions are evaluated for that permutation;
+* within-permutation truncation: walking a permutation, once a non-empty prefix's utility is
+  within ``truncation_tolerance`` of ``U(all)`` the remaining clients' marginals are taken as 0
+  and no more coalitions are evaluated for that permutation (never before the first client: a
+  round's whole gain is judged by ``round_tolerance`` alone; a tolerance of 0 never truncates);
 * guided sampling: permutation ``t`` puts client ``t mod n`` first and shuffles the rest, so every
   client leads equally often (the first position carries the largest marginals early in
   training, where the base model is poor).
@@ -96,16 +107,26 @@ from fedchain.rounds.coalitions import CachedUtility, Utility, check_update_shap
 __all__ = [
     "EXACT_SHAPLEY_MAX_CLIENTS",
     "GTG_DEFAULTS",
+    "MC_DEFAULTS",
     "METHODS",
     "compute_exact_shapley",
     "compute_gradient_similarity",
     "compute_gtg_shapley",
     "compute_leave_one_out",
+    "compute_permutation_shapley",
     "compute_scores",
+    "make_method_params",
     "quantise_scores",
 ]
 
-METHODS = ("shapley", "gtg-shapley", "leave-one-out", "gradient-similarity", "none")
+METHODS = (
+    "shapley",
+    "mc-shapley",
+    "gtg-shapley",
+    "leave-one-out",
+    "gradient-similarity",
+    "none",
+)
 """Every contribution method name :func:`compute_scores` accepts."""
 
 EXACT_SHAPLEY_MAX_CLIENTS = 16
@@ -121,6 +142,20 @@ GTG_DEFAULTS: Mapping[str, float | int | None] = {
 """Default GTG-Shapley parameters: one guided cycle; tolerances in utility units, small next to
 the per-round changes of an accuracy in ``[0, 1]`` or a loss in nats (a 300-example validation
 set resolves accuracy in steps of 0.0033)."""
+
+MC_DEFAULTS: Mapping[str, int | bool] = {
+    "evaluations_per_client": 10,
+    "antithetic": True,
+    "guided": False,
+}
+"""Default ``mc-shapley`` parameters: a budget of ``10 n`` distinct coalition evaluations (100
+of exact's 1,024 at 10 clients, 9.8 %), antithetic pairs of permutations; chosen by
+``experiments/reward_shares.py`` (``experiments/results/reward_shares.md``): at that budget,
+per round, the reward shares it pays are within total variation 0.009-0.012 (median) of exact
+Shapley's, against 0.04-0.07 for plain or guided sampling and 0.07-0.14 for GTG-Shapley's
+default truncation. Why: for a utility that is close to quadratic in the step (a smooth loss
+around the base model), a client's marginals in a permutation and in its reverse sum to twice
+its Shapley value exactly, so each pair cancels the pairwise-interaction noise."""
 
 FloatArray: TypeAlias = npt.NDArray[np.float64]
 AnyArray: TypeAlias = npt.NDArray[Any]
@@ -142,7 +177,7 @@ def compute_exact_shapley(n: int, utility: Utility) -> FloatArray:
     if n > EXACT_SHAPLEY_MAX_CLIENTS:
         raise ConfigError(
             f"exact Shapley needs 2**{n} coalition evaluations for {n} clients; it is limited "
-            f"to {EXACT_SHAPLEY_MAX_CLIENTS} clients: use 'gtg-shapley'"
+            f"to {EXACT_SHAPLEY_MAX_CLIENTS} clients: use 'mc-shapley'"
         )
     u = CachedUtility(utility)
     masks = np.arange(1 << n, dtype=np.int64)
@@ -210,6 +245,57 @@ def compute_gtg_shapley(
     return total / done
 
 
+def compute_permutation_shapley(
+    n: int,
+    utility: Utility,
+    *,
+    seed: int,
+    evaluations_per_client: int = 10,
+    antithetic: bool = True,
+    guided: bool = False,
+) -> FloatArray:
+    """Monte-Carlo Shapley: the mean marginal vector over sampled permutations, untruncated.
+
+    Permutations are drawn until ``evaluations_per_client * n`` distinct coalitions have been
+    evaluated (checked between permutations, so the count may overshoot by up to ``n - 2``;
+    memoised prefixes are free), at least one, and at most ``4 * evaluations_per_client * n``
+    permutations (a budget close to ``2**n`` is reached slowly: the last coalitions are rarely
+    drawn). When the budget covers all ``2**n`` coalitions, the result is exact Shapley
+    (:func:`compute_exact_shapley`: no more evaluations, no sampling error). ``antithetic``:
+    each drawn permutation is followed by its reverse (a client late in one is early in the
+    other, which cancels much of the position effect on the marginals); ``guided``:
+    permutation ``t`` (pair ``t`` when antithetic) puts client ``t mod n`` first, the rest
+    shuffled. No truncation, so every
+    permutation's marginals sum to exactly ``U(all) - U({})`` and the estimate is unbiased and
+    efficient. The budget grows linearly in ``n`` (exact Shapley's doubles with each client).
+    ``seed`` is the only randomness (``numpy.random.default_rng(seed)``).
+    """
+    _check_n(n)
+    _check_mc_params(seed, evaluations_per_client)
+    if n == 0:
+        return np.zeros(0, dtype=np.float64)
+    budget = max(2, evaluations_per_client * n)
+    if budget >= 1 << n:
+        return compute_exact_shapley(n, utility)
+    u = CachedUtility(utility)
+    v_empty = u(frozenset())
+    v_full = u(frozenset(range(n)))
+    rng = np.random.default_rng(seed)
+    total = np.zeros(n, dtype=np.float64)
+    done = drawn = 0
+    while done == 0 or (u.evaluations < budget and drawn < 4 * budget):
+        if guided:
+            first = drawn % n
+            order = [first, *rng.permutation([i for i in range(n) if i != first]).tolist()]
+        else:
+            order = rng.permutation(n).tolist()
+        drawn += 1
+        for walk in (order, order[::-1]) if antithetic else (order,):
+            total += _permutation_marginals(walk, u, v_empty, v_full, 0.0)
+            done += 1
+    return total / done
+
+
 def compute_leave_one_out(n: int, utility: Utility) -> FloatArray:
     """``U(all) - U(all minus i)`` for each client: ``n + 1`` evaluations."""
     _check_n(n)
@@ -270,6 +356,20 @@ def quantise_scores(scores: Sequence[float] | FloatArray) -> tuple[int, ...]:
     return tuple(out)
 
 
+def make_method_params(method: str, budget: int, n: int) -> dict[str, Any]:
+    """The keyword parameters that give ``method`` a budget of ``budget`` coalition evaluations
+    per client (the genesis rule ``contribution_budget``; 0: the method's defaults) for ``n``
+    clients: ``evaluations_per_client`` for ``mc-shapley``; for ``gtg-shapley``, permutations
+    until ``budget * n`` evaluations. Other methods take none (their cost is fixed)."""
+    if budget <= 0:
+        return {}
+    if method == "mc-shapley":
+        return {"evaluations_per_client": budget}
+    if method == "gtg-shapley":
+        return {"max_permutations": budget * max(n, 1), "max_evaluations": max(2, budget * n)}
+    return {}
+
+
 def compute_scores(
     method: str,
     *,
@@ -284,13 +384,21 @@ def compute_scores(
 
     ``utility`` is needed by the Shapley methods and leave-one-out, ``updates`` and ``weights``
     by gradient similarity; ``seed`` and ``params`` (the keyword arguments of
-    :func:`compute_gtg_shapley`) by GTG-Shapley only. ``none`` returns zeros. Raises
+    :func:`compute_permutation_shapley` or :func:`compute_gtg_shapley`) by the sampling methods
+    only. ``none`` returns zeros. Raises
     :class:`ConfigError` for an unknown method, a missing input, or parameters the method does
     not take.
     """
     if method not in METHODS:
         raise ConfigError(f"unknown contribution method {method!r}; choose one of {METHODS}")
     _check_n(n)
+    if method == "mc-shapley":
+        unknown = sorted(set(params) - set(MC_DEFAULTS))
+        if unknown:
+            raise ConfigError(
+                f"unknown mc-shapley parameters {unknown}; allowed: {sorted(MC_DEFAULTS)}"
+            )
+        return compute_permutation_shapley(n, _need_utility(method, utility), seed=seed, **params)
     if method == "gtg-shapley":
         unknown = sorted(set(params) - set(GTG_DEFAULTS))
         if unknown:
@@ -325,7 +433,11 @@ def _permutation_marginals(
     prefix: frozenset[int] = frozenset()
     v_prev = v_empty
     for position, client in enumerate(order):
-        if abs(v_full - v_prev) <= tolerance:
+        # never before the first client: the prefix is then the empty coalition, and a round
+        # whose whole gain is within the tolerance would score all zero (round_tolerance
+        # decides that, not this cut-off); a tolerance of 0 never truncates (a tail whose
+        # members cancel out exactly would otherwise get no marginals, a bias)
+        if position and tolerance > 0 and abs(v_full - v_prev) <= tolerance:
             break  # the rest of the permutation adds (almost) nothing: marginals stay 0
         prefix = prefix | {client}
         v = v_full if position == len(order) - 1 else u(prefix)
@@ -354,6 +466,19 @@ def _need_utility(method: str, utility: Utility | None) -> Utility:
 def _check_n(n: int) -> None:
     if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 0:
         raise ConfigError(f"the number of clients must be an integer >= 0, got {n!r}")
+
+
+def _check_mc_params(seed: int, evaluations_per_client: int) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise ConfigError(f"seed must be an integer >= 0, got {seed!r}")
+    if (
+        isinstance(evaluations_per_client, bool)
+        or not isinstance(evaluations_per_client, int | np.integer)
+        or evaluations_per_client < 1
+    ):
+        raise ConfigError(
+            f"evaluations_per_client must be an integer >= 1, got {evaluations_per_client!r}"
+        )
 
 
 def _check_gtg_params(

@@ -55,7 +55,7 @@ from fedchain.rounds.admission import (
     decode_commitment,
 )
 from fedchain.rounds.messages import encode_ledger_view
-from fedchain.rounds.rewards import compute_reward_split
+from fedchain.rounds.rewards import Payout, compute_round_payout, has_model_moved
 from fedchain.rounds.scores import (
     Scorer,
     compute_aggregation,
@@ -79,6 +79,7 @@ class RoundOutcome:
     weights: dict[bytes, float] = field(default_factory=dict)
     scores: dict[bytes, int] = field(default_factory=dict)  # quantised, as recorded
     aggregation: AggregationExplanation | None = None  # what the rule did with the admitted
+    payout: Payout | None = None  # the payout rule's decision on the round's pool (None: no record)
 
     @property
     def accepted(self) -> int:
@@ -245,10 +246,19 @@ class Coordinator:
             scores = compute_quantised_scores([c.public_key for c, _ in accepted], raw)
             txs.append(ContributionRecord(round_, scores))
             outcome.scores = dict(scores)
-            pool = self.state.genesis.rules.reward_per_round
-            deltas = compute_reward_split(pool, scores)
-            if deltas:
-                txs.append(RewardDeltas(round_, deltas))
+            version = next(tx for tx in reversed(txs) if isinstance(tx, ModelVersion))
+            rules = self.state.genesis.rules
+            outcome.payout = compute_round_payout(  # the ledger's payout rule
+                self.state.carried_reward,
+                pool=rules.reward_per_round,
+                scores=scores,
+                moved=has_model_moved(
+                    version.update_hashes, version.model_hash, version.parent_hash
+                ),
+                min_score=rules.payout_min_score,
+            )
+            if outcome.payout.rewards:
+                txs.append(RewardDeltas(round_, outcome.payout.rewards))
         txs.extend(self._anchor_receipts())
         header, post = prepare_block(self.state, txs, round=round_, verifier=self.chain.verifier)
         self.pending = Pending(header, tuple(txs), post)

@@ -24,7 +24,7 @@ from fedchain.data.sources import ArrayDataset
 from fedchain.learning.architectures import build_model, load_numpy_state
 from fedchain.learning.training import derive_seed, evaluate
 from fedchain.rounds.coalitions import make_coalition_utility
-from fedchain.rounds.contribution import compute_scores
+from fedchain.rounds.contribution import compute_scores, make_method_params
 
 Arrays = dict[str, np.ndarray]
 
@@ -34,6 +34,7 @@ class RoundScorer:
 
     def __init__(self, config: RunConfig, validation: ArrayDataset) -> None:
         self.method, self.seed = config.contribution, config.seed
+        self.budget = config.contribution_budget
         self.validation = validation
         shape, classes = tuple(validation.x.shape[1:]), len(validation.classes)
         self.net = build_model(config.model, shape, classes, seed=0)
@@ -59,4 +60,5 @@ class RoundScorer:
             updates=updates,
             weights=weights,
             seed=derive_seed(self.seed, round_),
+            **make_method_params(self.method, self.budget, len(updates)),
         )

@@ -32,7 +32,13 @@ from fedchain.learning.attacks import ATTACKS, NO_ATTACK, Attack, attacker_indic
 from fedchain.learning.catalog import MODELS
 from fedchain.ledger.builder import make_genesis, make_rules, sign_genesis_participant
 from fedchain.ledger.chain import Chain
-from fedchain.ledger.objects import DOUBLE_SIGN, Genesis, Rules, compute_federation_id
+from fedchain.ledger.objects import (
+    DOUBLE_SIGN,
+    SCORE_SCALE,
+    Genesis,
+    Rules,
+    compute_federation_id,
+)
 from fedchain.rounds.contribution import METHODS
 from fedchain.runs.layout import (
     ATTACKERS_FILENAME,
@@ -82,6 +88,8 @@ def make_rules_for(config: RunConfig) -> Rules:
         contribution_method=config.contribution,
         weight_cap_bps=round(config.weight_cap * 10_000),
         reputation_penalty_bps=config.reputation_penalty_bps,
+        payout_min_score=round(config.payout_min_score * SCORE_SCALE),
+        contribution_budget=config.contribution_budget,
         update_archive_rounds=config.archive_rounds,
     )
 

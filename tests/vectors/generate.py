@@ -73,7 +73,7 @@ from fedchain.ledger.objects import (
 from fedchain.ledger.synthetic import derive_key
 from fedchain.ledger.verify import verify_ledger
 from fedchain.rounds.admission import MISMATCH_REASON
-from fedchain.rounds.rewards import compute_reward_split
+from fedchain.rounds.rewards import compute_reward_split, compute_round_payout
 
 VECTORS_DIR = Path(__file__).parent
 VECTORS_FILE = VECTORS_DIR / "ledger-vectors.json"
@@ -138,7 +138,7 @@ def build_golden() -> Golden:
     pub = [public_key_bytes(k) for k in keys]
     by_public = dict(zip(pub, keys, strict=True))
     stakes, examples = (10_000, 6_000, 3_000), (100, 200, 300)
-    rules = make_rules()
+    rules = make_rules(payout_min_score=100_000)  # rounds 2 and 3 pay in part, carry the rest
     federation_id = compute_federation_id("golden", rules)
     genesis = make_genesis(
         "golden",
@@ -185,7 +185,14 @@ def build_golden() -> Golden:
             "fedavg",
         )
         record = ContributionRecord(round_, tuple(sorted((pub[i], s) for i, s in scores.items())))
-        return [model, record, RewardDeltas(round_, compute_reward_split(1_000, record.scores))]
+        payout = compute_round_payout(
+            states[-1].carried_reward,
+            pool=rules.reward_per_round,
+            scores=record.scores,
+            moved=True,
+            min_score=rules.payout_min_score,
+        )
+        return [model, record, RewardDeltas(round_, payout.rewards)]
 
     def add(txs: list[Transaction], round_: int, attempt: int = 0) -> None:
         proposer = by_public[get_proposer(states[-1], attempt)]
@@ -255,6 +262,7 @@ def _state_json(state: LedgerState) -> dict[str, Any]:
         "state_root": compute_state_root(state).hex(),
         "model_head": state.model_head.hex(),
         "model_round": state.model_round,
+        "carried_reward": state.carried_reward,
         "participants": [to_json(p) for p in state.participants.values()],
         "last_attested": {key.hex(): h for key, h in state.last_attested.items()},
         "evidence_seen": sorted(e.hex() for e in state.evidence_seen),
@@ -377,6 +385,7 @@ def vectors_document() -> dict[str, Any]:
                 tuple(golden.states[2].participants.values()),
                 golden.states[2].model_head,
                 golden.states[2].round,
+                golden.states[2].carried_reward,
             ),
         ),
         ("codec edge cases: negative i64, empty and non-ASCII strings", _edge_cases()),
@@ -446,6 +455,7 @@ def vectors_document() -> dict[str, Any]:
         "proposer": _proposer_vectors(golden),
         "finality": _finality_vectors(),
         "reward_split": _reward_vectors(),
+        "payout": _payout_vectors(),
         "update_hash": [
             {
                 "tensors": {
@@ -536,6 +546,38 @@ def _reward_vectors() -> list[dict[str, Any]]:
         }
         for pool, shares in cases
     ]
+
+
+def _payout_vectors() -> list[dict[str, Any]]:
+    """The payout rule (spec §9.5): carried units, the pool, scores, whether the model moved and
+    payout_min_score in; the rewards and the units carried on out."""
+    a, b, c = (bytes([i]) * 32 for i in (1, 2, 3))
+    cases = [
+        (0, 10_000, [(a, 120_000), (b, 80_000), (c, 0)], True, 20_000),  # paid
+        (0, 10_000, [(a, 700), (b, 400), (c, -3_000)], True, 20_000),  # paid in part
+        (9_450, 10_000, [(a, 15_000), (b, 4_000)], True, 20_000),  # in part, from a carry
+        (500, 10_000, [(a, 120_000), (b, 80_000)], False, 20_000),  # the model did not move
+        (0, 10_000, [(a, 0), (b, -2)], True, 20_000),  # no positive score
+        (0, 10_000, [(a, 2), (b, -40)], True, 20_000),  # +2 quanta: 1 unit
+        (0, 1_000, [(a, 3), (b, 1)], True, 0),  # min 0: every unit, by the scores
+    ]
+    out = []
+    for carried, pool, scores, moved, min_score in cases:
+        payout = compute_round_payout(
+            carried, pool=pool, scores=scores, moved=moved, min_score=min_score
+        )
+        out.append(
+            {
+                "carried_in": carried,
+                "pool": pool,
+                "scores": [[k.hex(), s] for k, s in scores],
+                "model_moved": moved,
+                "payout_min_score": min_score,
+                "rewards": [[k.hex(), d] for k, d in payout.rewards],
+                "carried_out": payout.carried,
+            }
+        )
+    return out
 
 
 def _reject_vectors(golden: Golden) -> list[dict[str, Any]]:
