@@ -131,3 +131,58 @@ def test_a_killed_simulation_leaves_no_process_and_resumes_to_a_ledger_that_veri
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert "model files match" in verify.stdout
     assert (run_dir / "log.txt").stat().st_size > 0 and (run_dir / "config.toml").exists()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_ctrl_c_leaves_at_once_with_how_to_resume_and_no_process(tmp_path):
+    """A terminal's Ctrl-C (SIGINT to the foreground process group) mid-run: the command exits
+    within seconds (Flower's ServerApp thread used to keep it waiting until a second Ctrl-C),
+    says how to resume, and leaves no process behind."""
+    run_dir = tmp_path / "int"
+    start = fedchain(
+        "simulate", "--clients", "3", "--rounds", "4", "--model", "mlp", "--local-epochs", "1",
+        "--out", str(tmp_path), "--run-id", "int",
+    )  # fmt: skip
+    run = subprocess.Popen(
+        start,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=ENV,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+    )
+    assert run.stdout is not None
+    tree: dict[int, str] = {}
+    lines = []
+    try:
+        deadline = time.monotonic() + 240
+        for line in run.stdout:
+            lines.append(line)
+            tree.update(descendants(run.pid))
+            if line.startswith("round   2/4") or time.monotonic() > deadline:
+                break
+        assert lines and lines[-1].startswith("round   2/4"), "".join(lines)
+        tree.update(descendants(run.pid))
+        interrupted = time.monotonic()
+        os.killpg(run.pid, signal.SIGINT)
+        rest, _ = run.communicate(timeout=60)
+        took = time.monotonic() - interrupted
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    assert run.returncode == 130, "".join(lines) + rest
+    assert took < 30, took
+    assert f"fedchain simulate --resume {run_dir}" in rest, rest
+    deadline = time.monotonic() + 30
+    while running(tree) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    left = running(tree)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, [(pid, _cmdline(pid)) for pid in left]
+    verify = subprocess.run(
+        fedchain("verify", str(run_dir)), capture_output=True, text=True, env=ENV, timeout=120
+    )
+    assert verify.returncode == 0 and "unfinished" in verify.stdout, verify.stdout + verify.stderr

@@ -7,10 +7,12 @@ default, read from :data:`fedchain.config.DEFAULTS`, so ``--help`` cannot drift 
 
 from __future__ import annotations
 
+import os
 import socket
+import sys
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any, NoReturn, Protocol
 
 import typer
 from rich.markup import escape
@@ -534,6 +536,26 @@ def format_round(
     return line
 
 
+def _leave_interrupted(config: RunConfig, run_dir: Path) -> NoReturn:
+    """Ctrl-C: say how to go on and leave at once, as a crash would. Flower's ServerApp thread
+    cannot be stopped (it waits for replies up to the round timeout, and the interpreter would
+    wait for it at exit: a first Ctrl-C used to leave the command hanging). Leaving now loses
+    nothing: every block the ledger appended is whole (one SQLite transaction each), model and
+    update files are written atomically, and a killed run resumes (tests/test_simulate_e2e.py);
+    the watchdog of :mod:`server.simulation` stops Ray's processes once this one is gone."""
+    if config.ledger:
+        message = (
+            "interrupted: the ledger keeps every block it appended; continue with\n"
+            f"  fedchain simulate --resume {run_dir}"
+        )
+    else:
+        message = f"interrupted (ledger off: this run cannot resume); its files are in {run_dir}"
+    console.print(message, markup=False, highlight=False)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)  # 128 + SIGINT, as a shell reports a command stopped by Ctrl-C
+
+
 def _run(
     config: RunConfig, run_dir: Path, launcher: EntryPoint, ray_address: str | None = None
 ) -> None:
@@ -547,6 +569,8 @@ def _run(
 
     try:
         run_simulated(config, run_dir, report, ray_address=ray_address)
+    except KeyboardInterrupt:
+        _leave_interrupted(config, run_dir)
     except FedchainError as e:
         raise FedchainError(f"{e} (run directory {run_dir})") from None
     if "accuracy" in final:
