@@ -195,6 +195,13 @@ def run_simulated(
     from flwr.simulation import run_simulation
 
     from clients.client_app import app as client_app  # imports torch; after the env above too
+    from fedchain.learning.training import configure_threads
+
+    # The ServerApp runs here, beside the clients' Ray workers on the same cores: its scoring
+    # and evaluation (many small forward passes) with torch's default of one thread per core
+    # spin-wait against them (OpenMP). Measured on 2 cores, default federation, rounds 2-4:
+    # 8-10 s a round with 2 threads, 0.8-1.1 s with 1 (python experiments/bench_headline.py).
+    configure_threads(1)
 
     handler = logging.FileHandler(run_dir / LOG_FILENAME)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
