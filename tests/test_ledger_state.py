@@ -100,8 +100,8 @@ RULES = make_rules(  # every field given: the known answers below must not follo
 OTHER_FEDERATION = hashlib.sha256(b"another federation").digest()
 
 # Known answers (Ed25519 signatures are deterministic, so whole blocks are).
-KNOWN_GENESIS_BLOCK_HASH = "3c52061d43bf0e4c57b643479f1e544783de1f963f442b40de832b106b03e721"
-KNOWN_BLOCK_1_HASH = "ef6f9bda21e9329bccad2eeadbe75bf13de2177e6a46a6dac623d7e0e89e274b"
+KNOWN_GENESIS_BLOCK_HASH = "b1e6d21409f7e40c90bdb4d9e276997dc3764a1248f6a56d44080f1005bb9621"
+KNOWN_BLOCK_1_HASH = "ac1801eebfb67d1c401bee7efb7433f3d3ff5bd2ef0f8a3622a4a9e4624352f9"
 
 
 def digest(text: str) -> bytes:

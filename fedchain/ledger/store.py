@@ -36,7 +36,8 @@ from typing import Any
 from fedchain.errors import LedgerStoreError
 
 APPLICATION_ID = 0x46434C44  # b"FCLD" (FedChain LeDger) in SQLite's application_id header field
-FORMAT_VERSION = 2  # 2: signed genesis registrations, evidence-backed stake rules (issue 12)
+FORMAT_VERSION = 3  # 2: signed genesis registrations, evidence-backed stake rules (issue 12);
+# 3: differential privacy in the rules, commitments and participant state (issue 15)
 HASH_SIZE = 32  # bytes: SHA-256 block hashes, Ed25519 public keys
 LEDGER_FILENAME = "ledger.db"  # inside a run directory (fedchain.runs.layout re-exports it)
 BUSY_TIMEOUT_S = 10.0  # how long to wait for a lock (a checkpoint, another writer) before failing
