@@ -33,6 +33,9 @@ RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 nothing absolute, so set-up and clean-up can only ever touch ``out/<run-id>``
 (fedchain.runs.prepare)."""
 ANCHOR_CHOICES = ("off", "evm", "rfc3161")
+DP_CHOICES = ("off", "client")
+"""Differential privacy a simulated run can apply (fedchain.privacy): none, or client level
+(each update clipped and noised before it is committed)."""
 CONTRIBUTION_NEEDS_VALIDATION = frozenset({"shapley", "gtg-shapley", "leave-one-out"})
 """Contribution methods that evaluate coalition models on the coordinator's validation split
 (the others need none): with ``validation-fraction = 0`` that split is empty and the first
@@ -110,6 +113,14 @@ class RunConfig:
     anchor_contract: str = ""
     anchor_tsa_cert: str = ""
     anchor_key: str = ""
+    # Differential privacy (fedchain.privacy): off or client (clip each update to dp-clip, add
+    # Gaussian noise of std dp-noise x dp-clip, before it is hashed and signed); each client may
+    # take part until its RDP epsilon at dp-delta would pass dp-max-epsilon (the ledger's cap).
+    dp: str = "off"
+    dp_noise: float = 1.0
+    dp_clip: float = 1.0
+    dp_delta: float = 1e-5
+    dp_max_epsilon: float = 8.0
 
     def __post_init__(self) -> None:
         """Refuse a configuration that cannot run, before anything is written for it.
@@ -178,6 +189,16 @@ class RunConfig:
                 self.anchor == "evm" or not self.anchor_key,
                 "anchor-key signs EVM anchors: it needs anchor evm",
             ),
+            (self.dp in DP_CHOICES, f"dp must be one of {', '.join(DP_CHOICES)}"),
+            (
+                self.dp == "off" or self.ledger,
+                "dp's budget is kept on the ledger: it needs the ledger on",
+            ),
+            (
+                min(self.dp_noise, self.dp_clip, self.dp_max_epsilon) > 0,
+                "dp-noise, dp-clip and dp-max-epsilon must be positive",
+            ),
+            (0 < self.dp_delta < 1, "dp-delta must lie in (0, 1)"),
             (0 <= self.attackers <= self.clients, "attackers must be 0..clients"),
             (self.attack != "none" or self.attackers == 0, _ATTACKERS_NEED_AN_ATTACK),
             (self.attack_scale >= 0, "attack-scale must be >= 0 (0: the attack's default)"),

@@ -34,7 +34,7 @@ from fedchain.rounds.admission import brief_reason
 from fedchain.rounds.coordinator import RoundOutcome, RoundReporter
 from fedchain.runs.federation import remove_unregistered_models
 from fedchain.runs.layout import CONFIG_FILENAME, LEDGER_FILENAME
-from fedchain.runs.prepare import new_run_id, prepare_run
+from fedchain.runs.prepare import make_rules_for, new_run_id, prepare_run
 
 
 def shown_default(name: str) -> str:
@@ -258,6 +258,37 @@ def simulate(
             )
         ),
     ] = None,
+    dp: Annotated[
+        str | None,
+        typer.Option(
+            help=_help(
+                "dp",
+                "Differential privacy: off, or client (each client clips its update to "
+                "--dp-clip and adds Gaussian noise before hashing and signing it)",
+            )
+        ),
+    ] = None,
+    dp_noise: Annotated[
+        float | None,
+        typer.Option(help=_help("dp_noise", "Noise multiplier: noise std = this x --dp-clip.")),
+    ] = None,
+    dp_clip: Annotated[
+        float | None,
+        typer.Option(help=_help("dp_clip", "Clipping norm (L2) of each client's update.")),
+    ] = None,
+    dp_delta: Annotated[
+        float | None, typer.Option(help=_help("dp_delta", "The delta of (epsilon, delta)-DP."))
+    ] = None,
+    dp_max_epsilon: Annotated[
+        float | None,
+        typer.Option(
+            help=_help(
+                "dp_max_epsilon",
+                "Each client's privacy budget: the ledger refuses a client's update once one "
+                "more participation would spend more epsilon than this",
+            )
+        ),
+    ] = None,
     out: Annotated[
         str | None, typer.Option(help=_help("out", "Folder for run directories."))
     ] = None,
@@ -306,6 +337,11 @@ def simulate(
         "anchor_contract": anchor_contract,
         "anchor_tsa_cert": anchor_tsa_cert,
         "anchor_key": anchor_key,
+        "dp": dp,
+        "dp_noise": dp_noise,
+        "dp_clip": dp_clip,
+        "dp_delta": dp_delta,
+        "dp_max_epsilon": dp_max_epsilon,
     }
     if resume is not None:
         others = {**flags, "config": config_file, "ledger": ledger, "attackers": attackers}
@@ -394,6 +430,14 @@ def _announce(config: RunConfig) -> None:
         console.print(
             f"attack {config.attack} (scale {scale:g}) by {len(chosen)} of {config.clients} "
             f"clients: {', '.join(map(str, chosen))}",
+            highlight=False,
+        )
+    if config.dp != "off":
+        cap = make_rules_for(config).dp_max_participations
+        console.print(
+            f"differential privacy ({config.dp} level): updates clipped to {config.dp_clip:g}, "
+            f"noise multiplier {config.dp_noise:g}; each client may take part in {cap} rounds "
+            f"(epsilon <= {config.dp_max_epsilon:g} at delta {config.dp_delta:g})",
             highlight=False,
         )
 

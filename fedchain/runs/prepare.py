@@ -73,6 +73,20 @@ def load_split(config: RunConfig) -> tuple[ArrayDataset, ArrayDataset]:
 
 
 def make_rules_for(config: RunConfig) -> Rules:
+    """The genesis rules of ``config``; with DP on, its privacy and the participation cap the
+    accountant derives from them (:func:`fedchain.privacy.accountant.compute_dp_rules`)."""
+    dp = None
+    if config.dp != "off":
+        # Opacus (the dp extra, seconds to import): only for a run with differential privacy
+        from fedchain.privacy.accountant import compute_dp_rules
+
+        dp = compute_dp_rules(
+            config.dp,
+            noise_multiplier=config.dp_noise,
+            clip_norm=config.dp_clip,
+            delta=config.dp_delta,
+            max_epsilon=config.dp_max_epsilon,
+        )
     return make_rules(
         min_stake=config.min_stake,
         reward_per_round=config.reward_per_round,
@@ -82,6 +96,7 @@ def make_rules_for(config: RunConfig) -> Rules:
         contribution_method=config.contribution,
         weight_cap_bps=round(config.weight_cap * 10_000),
         reputation_penalty_bps=config.reputation_penalty_bps,
+        dp=dp,
     )
 
 
