@@ -65,6 +65,7 @@ from fedchain.privacy.mechanism import (
     privatise_update,
     privatise_update_with,
 )
+from fedchain.report.build import build_report
 from fedchain.rounds import messages as m
 from fedchain.rounds.admission import compute_reason
 from fedchain.rounds.participant import check_privacy_budget
@@ -432,3 +433,19 @@ def test_a_federation_whose_budget_runs_out_goes_on_and_verifies(
     text = " ".join(result.output.split())
     assert "at most 2 participations a client (epsilon <= 8 at delta 1e-05)" in text
     assert "the most any client took part in is 2 (epsilon 7.08)" in text
+
+    data = build_report(fed.setup.run_dir)
+    assert data["privacy"]["max_participations"] == 2 and data["privacy"]["max_epsilon"] == 8.0
+    two = opacus_epsilon(1.0, 1.0, 2, 1e-5)
+    for person in data["participants"]:  # per client, per round (genesis, rounds 1-3)
+        assert person["dp_participations"] == 2
+        assert person["epsilon_by_round"] == [
+            0.0,
+            pytest.approx(opacus_epsilon(1.0, 1.0, 1, 1e-5)),
+            pytest.approx(two),
+            pytest.approx(two),
+        ]
+    result = runner.invoke(app, ["report", str(fed.setup.run_dir)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "epsilon" in result.output and "7.08" in result.output
+    assert "epsilon spent" in (fed.setup.run_dir / "report.html").read_text()

@@ -321,6 +321,7 @@ def _html_table(
 
 def _html_participants(report: Mapping[str, Any]) -> str:
     colours = participant_colours(len(report["participants"]))
+    privacy = report.get("privacy")
     rows = []
     for p, colour in zip(report["participants"], colours, strict=True):
         swatch = f'<span class="swatch" style="background:{colour}"></span>'
@@ -341,6 +342,7 @@ def _html_participants(report: Mapping[str, Any]) -> str:
                 f"{p['reputation'] * 100:.0f} %",
                 f"{p['updates']} / {p['rejections'] + p['slashings']}",
                 active,
+                *([f"{p.get('epsilon', 0.0):.3g}"] if privacy else []),
             ]
         )
     table = _html_table(
@@ -355,14 +357,23 @@ def _html_participants(report: Mapping[str, Any]) -> str:
             "reputation",
             "updates admitted / refused",
             "active",
+            *(["epsilon spent"] if privacy else []),
         ],
         rows,
-        {2, 3, 4, 5, 6, 7, 8},
+        {2, 3, 4, 5, 6, 7, 8, 10},
     )
     lead = "Participants are named by the SHA-256 fingerprint of their ledger key, and by "
     lead += "client index where the run directory holds their <code>.pub</code> file, or by "
     lead += f"the name their federation registered them under (<code>{FEDERATION_FILENAME}</code>, "
     lead += "for a registration signed by that key)."
+    if privacy:
+        lead += (
+            f" Differential privacy ({_esc(privacy['mode'])} level, noise multiplier "
+            f"{privacy['noise_multiplier']:g}, clipping norm {privacy['clip_norm']:g}): epsilon "
+            f"spent at delta {privacy['delta']:g}, by Opacus's RDP accountant, of a budget of "
+            f"{privacy['max_epsilon']:g} (at most {privacy['max_participations']} accepted "
+            "updates per client, enforced by the ledger)."
+        )
     return _section("participants", "Participants", lead, table)
 
 
