@@ -308,7 +308,7 @@ def test_invalid_commitment_past_the_budget_is_refused_with_the_reason() -> None
         r"participations, the most the genesis allows within epsilon 8 at delta 1e-05",
     ):
         process_transaction(state, commit(state, 0, 1), 1)
-    with pytest.raises(PrivacyBudgetSpent, match="2 of 2 participations used"):
+    with pytest.raises(PrivacyBudgetSpent, match=r"spent \(2 of 2 participations, epsilon 8\)"):
         check_privacy_budget(state, key)
     check_privacy_budget(state, public_key_bytes(KEYS[1]))  # another client still may
 

@@ -106,9 +106,9 @@ def check_privacy_budget(state: LedgerState, public_key: bytes) -> None:
         return
     if participant.dp_participations >= rules.dp_max_participations:
         raise PrivacyBudgetSpent(
-            f"privacy budget spent: {participant.dp_participations} of "
-            f"{rules.dp_max_participations} participations used (epsilon "
-            f"{rules.dp_max_epsilon_micro / 10**6:g}): not training or sending an update"
+            f"privacy budget spent ({participant.dp_participations} of "
+            f"{rules.dp_max_participations} participations, epsilon "
+            f"{rules.dp_max_epsilon_micro / 10**6:g}): not training"
         )
 
 
