@@ -33,8 +33,9 @@ signs nothing, keeps no replica) for comparison runs. The keys of every record a
 :mod:`fedchain.rounds.messages`'.
 
 With differential privacy in the genesis rules, a client with no participation left in its
-privacy budget refuses to train (its error reply is the coordinator's rejection), and otherwise
-clips and noises its update before it hashes and signs it (:func:`privatise`); its commitment
+privacy budget refuses to train (its error reply is the coordinator's rejection); otherwise, at
+client level it clips and noises its update before it hashes and signs it (:func:`privatise`),
+at example level it trains with DP-SGD (:mod:`fedchain.privacy.dpsgd`), and its commitment
 claims the rules' mechanism.
 
 For robustness experiments a client can be told to attack (:func:`configured_attack`): it then
@@ -312,7 +313,7 @@ def train(msg: Message, context: Context) -> Message:
     attack = configured_attack(context, config, holder.index)
     if attack is not None:
         return _attacked_reply(msg, holder, base, duties, attack, rules)
-    trained, result = _train(config, holder, base, holder.dataset)
+    trained, result = _train(config, holder, base, holder.dataset, rules)
     if duties is None or rules is None:
         return _reply(msg, trained, result.num_examples, result.loss)
     update = privatise(compute_update(base, trained), rules)
@@ -331,12 +332,31 @@ def privatise(update: Arrays, rules: Rules) -> Arrays:
 
 
 def _train(
-    config: ConfigRecord, holder: DataHolder, base: Arrays, data: ArrayDataset
+    config: ConfigRecord,
+    holder: DataHolder,
+    base: Arrays,
+    data: ArrayDataset,
+    rules: Rules | None = None,
 ) -> tuple[Arrays, TrainResult]:
-    """Local training from the global model ``base``: (trained weights, result)."""
+    """Local training from the global model ``base``: (trained weights, result); DP-SGD
+    (:func:`fedchain.privacy.dpsgd.train_dpsgd`) where the ``rules`` say example level."""
     settings = m.decode_train_settings(config)
     model = build_model(settings.model, tuple(data.x.shape[1:]), len(data.classes), seed=0)
     load_numpy_state(model, base)
+    if rules is not None and rules.dp_mode == "example":
+        # Opacus (the dp extra, seconds to import): only in a federation with DP-SGD
+        from fedchain.privacy.dpsgd import train_dpsgd
+
+        result = train_dpsgd(
+            model,
+            data,
+            lr=settings.lr,
+            noise_multiplier=rules.dp_noise_micro / 10**6,
+            clip=rules.dp_clip_micro / 10**6,
+            sample_rate=rules.dp_sample_rate_micro / 10**6,
+            steps=rules.dp_steps_per_round,
+        )
+        return state_to_numpy(model), result
     cfg = TrainConfig(
         epochs=settings.local_epochs,
         batch_size=settings.batch_size,
@@ -411,7 +431,7 @@ def _attacked_reply(
     data = holder.dataset
     if attack.trains:
         trained, result = _train(
-            config, holder, base, flip_labels(data) if attack.flips_labels else data
+            config, holder, base, flip_labels(data) if attack.flips_labels else data, rules
         )
         honest, examples, loss = compute_update(base, trained), result.num_examples, result.loss
     else:

@@ -30,7 +30,10 @@ from fedchain.cli import app
 from fedchain.config import RunConfig
 from fedchain.crypto.hashing import compute_update_hash
 from fedchain.crypto.identity import public_key_bytes
+from fedchain.data.sources import ArrayDataset
 from fedchain.errors import ConfigError, InvalidBlock, InvalidTransaction, PrivacyBudgetSpent
+from fedchain.learning.architectures import build_model, state_to_numpy
+from fedchain.learning.training import compute_update
 from fedchain.ledger.builder import (
     build_block,
     make_genesis,
@@ -59,6 +62,7 @@ from fedchain.privacy.accountant import (
     compute_max_participations,
     privacy_of,
 )
+from fedchain.privacy.dpsgd import train_dpsgd
 from fedchain.privacy.mechanism import (
     clip_update,
     compute_norm,
@@ -449,3 +453,91 @@ def test_a_federation_whose_budget_runs_out_goes_on_and_verifies(
     assert result.exit_code == 0, result.output
     assert "epsilon" in result.output and "7.08" in result.output
     assert "epsilon spent" in (fed.setup.run_dir / "report.html").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_simulate_dp_on_flower_s_simulation_engine(tmp_path: Path) -> None:
+    """The command a user types: ``fedchain simulate --dp client ...`` on Ray, then verify and
+    report; 3 clients, 3 rounds, a budget of 2 participations."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "COLUMNS": "200", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}
+    fedchain = [sys.executable, "-m", "fedchain"]
+    args = ["--clients", "3", "--rounds", "3", "--model", "mlp", "--aggregation", "fedavg"]
+    dp = ["--dp", "client", "--dp-noise", "1.0", "--dp-clip", "1.0", "--dp-delta", "1e-5"]
+    run = subprocess.run(
+        [*fedchain, "simulate", *args, *dp, "--dp-max-epsilon", "8", "--out", str(tmp_path),
+         "--run-id", "dp"],
+        capture_output=True, text=True, env=env, timeout=600, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    said = " ".join(run.stdout.split())
+    assert "each client may take part in 2 rounds (epsilon <= 8 at delta 1e-05)" in said
+    assert "privacy budget spent (2 of 2 participations, epsilon 8)" in said
+    run_dir = tmp_path / "dp"
+    verify = subprocess.run(
+        [*fedchain, "verify", str(run_dir)], capture_output=True, text=True, env=env, check=False
+    )
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert "the most any client took part in is 2 (epsilon 7.08)" in " ".join(verify.stdout.split())
+    data = build_report(run_dir)
+    assert [p["epsilon"] for p in data["participants"]] == [pytest.approx(7.0773, abs=1e-3)] * 3
+
+
+# --------------------------------------------------------------------------------------------------
+# Example level: DP-SGD through Opacus
+
+
+def small_data(n: int = 40) -> ArrayDataset:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, 1, 8, 8)).astype(np.float32)
+    labels = (np.arange(n) % 10).astype(np.int64)
+    return ArrayDataset("tiny", x, labels, tuple(map(str, range(10))), None)
+
+
+def test_dpsgd_clips_each_example_s_gradient() -> None:
+    """One step over every example (rate 1) with next to no noise moves the weights by at most
+    lr x clip: the mean of gradients each clipped to ``clip``."""
+    model = build_model("mlp", (1, 8, 8), 10, seed=0)
+    before = state_to_numpy(model)
+    lr, clip = 10.0, 1e-3
+    train_dpsgd(
+        model, small_data(), lr=lr, noise_multiplier=1e-9, clip=clip, sample_rate=1.0, steps=1,
+        seed=3,
+    )  # fmt: skip
+    moved = compute_norm(compute_update(before, state_to_numpy(model)))
+    assert 0 < moved <= lr * clip * (1 + 1e-3)
+
+
+def test_dpsgd_adds_noise_and_survives_empty_steps() -> None:
+    runs = []
+    for noise in (1e-9, 100.0):
+        model = build_model("mlp", (1, 8, 8), 10, seed=0)
+        before = state_to_numpy(model)
+        result = train_dpsgd(
+            model, small_data(5), lr=0.1, noise_multiplier=noise, clip=1.0, sample_rate=0.05,
+            steps=10, seed=4,
+        )  # fmt: skip
+        assert result.num_examples == 5
+        runs.append(compute_norm(compute_update(before, state_to_numpy(model))))
+    assert runs[1] > 10 * runs[0]  # the same draws: only the noise differs
+
+
+def test_an_example_level_federation_spends_what_opacus_says(
+    tmp_path: Path, inprocess_federation: MakeFederation
+) -> None:
+    fed = inprocess_federation(
+        tmp_path, clients=3, rounds=2, model="mlp", aggregation="fedavg", contribution="none",
+        dp="example", dp_noise=1.1, dp_clip=1.0, dp_sample_rate=0.1, dp_max_epsilon=20.0,
+    ).run()  # fmt: skip
+    assert [o.accepted for o in fed.outcomes] == [3, 3]
+    rules = fed.setup.genesis.rules
+    steps = 2 * round(2 / 0.1)  # two rounds of local-epochs / rate steps
+    assert rules.dp_steps_per_round == 20 and rules.dp_sample_rate_micro == 100_000
+    assert verify_ledger(fed.setup.run_dir).ok
+    data = build_report(fed.setup.run_dir)
+    expected = opacus_epsilon(1.1, 0.1, steps, 1e-5)
+    assert [p["epsilon"] for p in data["participants"]] == [pytest.approx(expected)] * 3

@@ -263,8 +263,9 @@ def simulate(
         typer.Option(
             help=_help(
                 "dp",
-                "Differential privacy: off, or client (each client clips its update to "
-                "--dp-clip and adds Gaussian noise before hashing and signing it)",
+                "Differential privacy: off; client (each client clips its update to --dp-clip "
+                "and adds Gaussian noise before hashing and signing it); or example (DP-SGD "
+                "through Opacus: per-example clipping and noise in local training)",
             )
         ),
     ] = None,
@@ -274,10 +275,22 @@ def simulate(
     ] = None,
     dp_clip: Annotated[
         float | None,
-        typer.Option(help=_help("dp_clip", "Clipping norm (L2) of each client's update.")),
+        typer.Option(
+            help=_help("dp_clip", "Clipping norm (L2) of each update (client) or example gradient.")
+        ),
     ] = None,
     dp_delta: Annotated[
         float | None, typer.Option(help=_help("dp_delta", "The delta of (epsilon, delta)-DP."))
+    ] = None,
+    dp_sample_rate: Annotated[
+        float | None,
+        typer.Option(
+            help=_help(
+                "dp_sample_rate",
+                "Example level: the chance each example is drawn into a DP-SGD step "
+                "(local-epochs / this steps a round)",
+            )
+        ),
     ] = None,
     dp_max_epsilon: Annotated[
         float | None,
@@ -342,6 +355,7 @@ def simulate(
         "dp_clip": dp_clip,
         "dp_delta": dp_delta,
         "dp_max_epsilon": dp_max_epsilon,
+        "dp_sample_rate": dp_sample_rate,
     }
     if resume is not None:
         others = {**flags, "config": config_file, "ledger": ledger, "attackers": attackers}
@@ -434,10 +448,17 @@ def _announce(config: RunConfig) -> None:
         )
     if config.dp != "off":
         cap = make_rules_for(config).dp_max_participations
+        clipped = "updates" if config.dp == "client" else "example gradients"
+        steps = (
+            ""
+            if config.dp == "client"
+            else f", {config.dp_steps_per_round} steps a round at rate {config.dp_sample_rate:g}"
+        )
         console.print(
-            f"differential privacy ({config.dp} level): updates clipped to {config.dp_clip:g}, "
-            f"noise multiplier {config.dp_noise:g}; each client may take part in {cap} rounds "
-            f"(epsilon <= {config.dp_max_epsilon:g} at delta {config.dp_delta:g})",
+            f"differential privacy ({config.dp} level): {clipped} clipped to "
+            f"{config.dp_clip:g}, noise multiplier {config.dp_noise:g}{steps}; each client may "
+            f"take part in {cap} rounds (epsilon <= {config.dp_max_epsilon:g} at delta "
+            f"{config.dp_delta:g})",
             highlight=False,
         )
 

@@ -86,6 +86,8 @@ def make_rules_for(config: RunConfig) -> Rules:
             clip_norm=config.dp_clip,
             delta=config.dp_delta,
             max_epsilon=config.dp_max_epsilon,
+            sample_rate=config.dp_sample_rate,
+            steps_per_round=config.dp_steps_per_round,
         )
     return make_rules(
         min_stake=config.min_stake,
