@@ -1,7 +1,7 @@
 """Differential privacy: the client-level mechanism applied before an update is committed
-(mechanism) and the RDP accountant that fixes each federation's participation cap and reports
-the epsilon a client has spent (accountant).
+(mechanism), example-level DP-SGD through Opacus (dpsgd), and the RDP accountant that fixes each
+federation's participation cap and reports the epsilon a client has spent (accountant).
 
-The accountant imports Opacus (the ``dp`` extra; several seconds to import): only code that runs
-with differential privacy on imports it.
+dpsgd and the accountant import Opacus (the ``dp`` extra; several seconds to import): only code
+that runs with differential privacy on imports them.
 """
