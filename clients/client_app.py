@@ -351,6 +351,7 @@ def _train(
             model,
             data,
             lr=settings.lr,
+            momentum=TrainConfig.momentum,  # as plain local training (post-processing)
             noise_multiplier=rules.dp_noise_micro / 10**6,
             clip=rules.dp_clip_micro / 10**6,
             sample_rate=rules.dp_sample_rate_micro / 10**6,
