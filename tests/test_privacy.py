@@ -168,19 +168,20 @@ def test_epsilon_is_opacus_s_own(
 
 @pytest.mark.parametrize(
     ("noise", "max_epsilon", "known_cap"),
-    [(1.0, 8.0, 2), (2.0, 8.0, 9), (4.0, 8.0, 39), (0.5, 1.0, 0)],
+    [(2.0, 8.0, 2), (4.0, 8.0, 9), (8.0, 8.0, 39), (1.0, 8.0, 0), (1.0, 1.0, 0)],
 )
 def test_the_participation_cap_is_the_most_opacus_allows(
     noise: float, max_epsilon: float, known_cap: int
 ) -> None:
+    """Client level is local DP: sensitivity 2C, so Opacus's Gaussian mechanism at noise / 2."""
     fields = compute_dp_rules(
         "client", noise_multiplier=noise, clip_norm=1.0, delta=1e-5, max_epsilon=max_epsilon
     )
     cap = fields["dp_max_participations"]
     assert cap == known_cap
     if cap:
-        assert opacus_epsilon(noise, 1.0, cap, 1e-5) <= max_epsilon
-    assert opacus_epsilon(noise, 1.0, cap + 1, 1e-5) > max_epsilon
+        assert opacus_epsilon(noise / 2, 1.0, cap, 1e-5) <= max_epsilon
+    assert opacus_epsilon(noise / 2, 1.0, cap + 1, 1e-5) > max_epsilon
 
 
 def test_the_cap_of_example_level_dp_counts_every_step() -> None:
@@ -205,7 +206,7 @@ def test_the_cap_of_example_level_dp_counts_every_step() -> None:
 def test_check_cap_flags_a_cap_above_the_maximum_epsilon() -> None:
     rules = make_rules(
         dp=compute_dp_rules(
-            "client", noise_multiplier=1.0, clip_norm=1.0, delta=1e-5, max_epsilon=8
+            "client", noise_multiplier=2.0, clip_norm=1.0, delta=1e-5, max_epsilon=8
         )
     )
     assert check_cap(rules) == ""
@@ -235,7 +236,7 @@ def test_max_participations_grows_with_noise() -> None:
 
 KEYS = [Ed25519PrivateKey.from_private_bytes(bytes([i + 1]) * 32) for i in range(3)]
 RUN = "dp-ledger"
-DP = compute_dp_rules("client", noise_multiplier=1.0, clip_norm=1.0, delta=1e-5, max_epsilon=8.0)
+DP = compute_dp_rules("client", noise_multiplier=2.0, clip_norm=1.0, delta=1e-5, max_epsilon=8.0)
 
 
 def dp_genesis(dp: dict[str, int | str] | None = DP) -> Genesis:
@@ -278,10 +279,10 @@ def test_a_commitment_spends_one_participation() -> None:
 @pytest.mark.parametrize(
     ("claim", "why"),
     [
-        ((2_000_000, 1_000_000, 1), "more noise"),
-        ((500_000, 1_000_000, 1), "less noise"),
-        ((1_000_000, 500_000, 1), "a smaller sampling rate"),
-        ((1_000_000, 1_000_000, 0), "fewer steps"),
+        ((4_000_000, 1_000_000, 1), "more noise"),
+        ((1_000_000, 1_000_000, 1), "less noise"),
+        ((2_000_000, 500_000, 1), "a smaller sampling rate"),
+        ((2_000_000, 1_000_000, 0), "fewer steps"),
         ((0, 0, 0), "no privacy at all"),
     ],
 )
@@ -289,7 +290,7 @@ def test_invalid_commitment_claiming_another_mechanism_than_the_rules(
     claim: tuple[int, int, int], why: str
 ) -> None:
     pre = compute_genesis_state(dp_genesis())
-    with pytest.raises(InvalidTransaction, match=r"the genesis rules require \(1, 1, 1\)"):
+    with pytest.raises(InvalidTransaction, match=r"the genesis rules require \(2, 1, 1\)"):
         process_transaction(pre, commit(pre, 0, 1, claim), 1)
 
 
@@ -378,7 +379,7 @@ def test_the_client_sends_and_commits_to_the_privatised_update(tmp_path: Path) -
 
     setup = prepare_run(
         RunConfig(run_id="dp", out=str(tmp_path), clients=2, rounds=1, model="mlp", dp="client",
-                  dp_noise=1.0, dp_clip=0.1)
+                  dp_noise=2.0, dp_clip=0.1)
     )  # fmt: skip
     model = load_model(setup.run_dir, setup.genesis.initial_model_hash)
     state = compute_genesis_state(setup.genesis)
@@ -400,12 +401,12 @@ def test_the_client_sends_and_commits_to_the_privatised_update(tmp_path: Path) -
     assert read.error == "" and read.update is not None
     commitment = decode(UpdateCommitment, read.commitment)
     assert (commitment.dp_noise_micro, commitment.dp_sample_rate_micro, commitment.dp_steps) == (
-        1_000_000, 1_000_000, 1,
+        2_000_000, 1_000_000, 1,
     )  # fmt: skip
     assert commitment.update_hash == compute_update_hash(read.update)  # the noised update
     size = sum(a.size for a in read.update.values())
-    # clipped to 0.1, then noise of std 0.1 on each of `size` coordinates: norm ~ 0.1 sqrt(size)
-    assert compute_norm(read.update) == pytest.approx(0.1 * math.sqrt(size), rel=0.05)
+    # clipped to 0.1, then noise of std 0.2 on each of `size` coordinates: norm ~ 0.2 sqrt(size)
+    assert compute_norm(read.update) == pytest.approx(0.2 * math.sqrt(size), rel=0.05)
     assert (
         process_transaction(state, commitment, 1)
         .participants[commitment.public_key]
@@ -423,7 +424,7 @@ def test_a_federation_whose_budget_runs_out_goes_on_and_verifies(
 ) -> None:
     fed = inprocess_federation(
         tmp_path, clients=3, rounds=3, model="mlp", aggregation="fedavg", contribution="none",
-        dp="client", dp_noise=1.0, dp_clip=1.0, dp_delta=1e-5, dp_max_epsilon=8.0,
+        dp="client", dp_noise=2.0, dp_clip=1.0, dp_delta=1e-5, dp_max_epsilon=8.0,
     ).run()  # fmt: skip
     assert [o.accepted for o in fed.outcomes] == [3, 3, 0]  # the cap is 2 participations
     refused = fed.outcomes[2].rejected
@@ -440,7 +441,7 @@ def test_a_federation_whose_budget_runs_out_goes_on_and_verifies(
 
     data = build_report(fed.setup.run_dir)
     assert data["privacy"]["max_participations"] == 2 and data["privacy"]["max_epsilon"] == 8.0
-    two = opacus_epsilon(1.0, 1.0, 2, 1e-5)
+    two = opacus_epsilon(1.0, 1.0, 2, 1e-5)  # noise 2 at sensitivity 2
     for person in data["participants"]:  # per client, per round (genesis, rounds 1-3)
         assert person["dp_participations"] == 2
         assert person["epsilon_by_round"] == [
@@ -467,7 +468,7 @@ def test_simulate_dp_on_flower_s_simulation_engine(tmp_path: Path) -> None:
     env = {**os.environ, "COLUMNS": "200", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}
     fedchain = [sys.executable, "-m", "fedchain"]
     args = ["--clients", "3", "--rounds", "3", "--model", "mlp", "--aggregation", "fedavg"]
-    dp = ["--dp", "client", "--dp-noise", "1.0", "--dp-clip", "1.0", "--dp-delta", "1e-5"]
+    dp = ["--dp", "client", "--dp-noise", "2.0", "--dp-clip", "1.0", "--dp-delta", "1e-5"]
     run = subprocess.run(
         [*fedchain, "simulate", *args, *dp, "--dp-max-epsilon", "8", "--out", str(tmp_path),
          "--run-id", "dp"],
@@ -541,3 +542,10 @@ def test_an_example_level_federation_spends_what_opacus_says(
     data = build_report(fed.setup.run_dir)
     expected = opacus_epsilon(1.1, 0.1, steps, 1e-5)
     assert [p["epsilon"] for p in data["participants"]] == [pytest.approx(expected)] * 3
+
+
+def test_invalid_run_whose_budget_allows_no_round(tmp_path: Path) -> None:
+    config = RunConfig(run_id="none", out=str(tmp_path), clients=2, dp="client", dp_noise=1.0)
+    with pytest.raises(ConfigError, match="no client could ever take part"):
+        prepare_run(config)
+    assert not (tmp_path / "none").exists()

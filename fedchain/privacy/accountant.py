@@ -6,6 +6,14 @@ participation is ``steps`` compositions of the sampled Gaussian mechanism with n
 the clipped update), so ``k`` participations are ``k * steps`` compositions, and their epsilon at
 ``delta`` grows with ``k``.
 
+Client level is local differential privacy: the client releases its own clipped update, so two
+datasets of one client may give updates at opposite ends of the ball of radius ``clip``, and the
+Gaussian mechanism's L2 sensitivity is ``2 clip``, not ``clip`` (the figure for one example's
+clipped gradient in DP-SGD, or for adding or removing a client in a sum the server noises). With
+noise of standard deviation ``noise x clip`` that is the Gaussian mechanism of noise multiplier
+``noise / 2`` at sensitivity 1, which is what the accountant is given
+(:func:`compute_accounted_noise`).
+
 Why the ledger decides on an integer. RDP is computed in floating point, which may round
 differently on another machine or Opacus version; a ledger decision taken from it could replay
 differently. So the float is used once, when the genesis is made: :func:`compute_dp_rules`
@@ -34,6 +42,7 @@ __all__ = [
     "PICO",
     "Privacy",
     "check_cap",
+    "compute_accounted_noise",
     "compute_dp_rules",
     "compute_epsilon",
     "compute_max_participations",
@@ -63,6 +72,14 @@ class Privacy:
     max_epsilon: float
 
 
+def compute_accounted_noise(privacy: Privacy) -> float:
+    """The noise multiplier the accountant sees: the configured one for DP-SGD (sensitivity
+    ``clip``), half of it at client level (sensitivity ``2 clip``: see the module docstring)."""
+    if privacy.mode == "client":
+        return privacy.noise_multiplier / 2
+    return privacy.noise_multiplier
+
+
 def compute_epsilon(privacy: Privacy, participations: int) -> float:
     """Epsilon at ``privacy.delta`` after ``participations`` participations (0.0 for none),
     by Opacus's RDP accountant over its default orders."""
@@ -71,7 +88,7 @@ def compute_epsilon(privacy: Privacy, participations: int) -> float:
     orders = RDPAccountant.DEFAULT_ALPHAS
     curve = rdp.compute_rdp(
         q=privacy.sample_rate,
-        noise_multiplier=privacy.noise_multiplier,
+        noise_multiplier=compute_accounted_noise(privacy),
         steps=privacy.steps_per_round * participations,
         orders=orders,
     )

@@ -1,10 +1,11 @@
 """Client-level differential privacy: clip a client's update, then add Gaussian noise.
 
 The update Δ (all tensors together, as one vector) is scaled to L2 norm at most ``clip`` and
-noise N(0, (noise_multiplier · clip)²) is added to every coordinate: the Gaussian mechanism with
-sensitivity ``clip``, whatever the client's data. The client does this before it hashes and
-signs, so the commitment, the coordinator's archive, the scores and the aggregate all see only
-the privatised update.
+noise N(0, (noise_multiplier · clip)²) is added to every coordinate: the Gaussian mechanism on a
+value of norm at most ``clip`` whatever the client's data, so of L2 sensitivity ``2 clip`` (two
+datasets may give opposite updates; :mod:`fedchain.privacy.accountant` accounts for it so).
+The client does this before it hashes and signs, so the commitment, the coordinator's archive,
+the scores and the aggregate all see only the privatised update.
 
 The noise must be unpredictable to everyone but the client: :func:`privatise_update` seeds its
 generator from the operating system (``secrets``), never from the run's seed, which the

@@ -89,6 +89,12 @@ def make_rules_for(config: RunConfig) -> Rules:
             sample_rate=config.dp_sample_rate,
             steps_per_round=config.dp_steps_per_round,
         )
+        if dp["dp_max_participations"] == 0:
+            raise ConfigError(
+                f"with dp {config.dp}, noise {config.dp_noise:g} and delta {config.dp_delta:g}, "
+                f"one round already spends more than dp-max-epsilon {config.dp_max_epsilon:g}: "
+                "no client could ever take part; raise --dp-noise or --dp-max-epsilon"
+            )
     return make_rules(
         min_stake=config.min_stake,
         reward_per_round=config.reward_per_round,

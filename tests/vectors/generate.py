@@ -135,7 +135,7 @@ class Golden:
 
 
 GOLDEN_DP = compute_dp_rules(
-    "client", noise_multiplier=2.0, clip_norm=1.0, delta=1e-5, max_epsilon=8.0
+    "client", noise_multiplier=4.0, clip_norm=1.0, delta=1e-5, max_epsilon=8.0
 )
 """The golden federation's privacy: its cap (9 participations) is above its 3 rounds."""
 
