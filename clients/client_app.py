@@ -308,8 +308,13 @@ def train(msg: Message, context: Context) -> Message:
     duties, rules = None, None
     if ledger:
         duties, state = _ledger_duties(context, holder, config, base)
-        check_privacy_budget(state, holder.public_key)  # raises: no update leaves the holder
+        released = _released(context, state)
+        check_privacy_budget(state, holder.public_key, released)  # raises: nothing leaves
         rules = state.genesis.rules
+        if rules.dp_mode != "off":  # counted before the update leaves (a retry counts again)
+            context.state[m.RELEASED] = ConfigRecord(
+                {"genesis-hash": state.genesis_hash, "count": released + 1}
+            )
     attack = configured_attack(context, config, holder.index)
     if attack is not None:
         return _attacked_reply(msg, holder, base, duties, attack, rules)
@@ -320,6 +325,18 @@ def train(msg: Message, context: Context) -> Message:
     return _signed_reply(
         msg, holder, duties, update, update, result.num_examples, result.loss, rules
     )
+
+
+def _released(context: Context, state: LedgerState) -> int:
+    """How many privatised updates this client has sent in ``state``'s federation (its own
+    count, kept in ``context.state``; a restarted deployed SuperNode starts again from the
+    ledger's count, which never exceeds it for an honest coordinator)."""
+    if m.RELEASED not in context.state:
+        return 0
+    record = context.state[m.RELEASED]
+    if bytes(record["genesis-hash"]) != state.genesis_hash:
+        return 0
+    return int(record["count"])
 
 
 def privatise(update: Arrays, rules: Rules) -> Arrays:

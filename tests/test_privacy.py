@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from flwr.app import MessageType, RecordDict
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from opacus.accountants import RDPAccountant
 from typer.testing import CliRunner
 
@@ -44,7 +44,7 @@ from fedchain.ledger.builder import (
 from fedchain.ledger.chain import Chain
 from fedchain.ledger.codec import decode
 from fedchain.ledger.containers import LedgerState
-from fedchain.ledger.genesis import compute_genesis_state
+from fedchain.ledger.genesis import compute_genesis_block, compute_genesis_state
 from fedchain.ledger.objects import (
     Genesis,
     Rejection,
@@ -73,7 +73,7 @@ from fedchain.report.build import build_report
 from fedchain.rounds import messages as m
 from fedchain.rounds.admission import compute_reason
 from fedchain.rounds.participant import check_privacy_budget
-from fedchain.runs.prepare import prepare_run
+from fedchain.runs.prepare import RunSetup, prepare_run
 from fedchain.runs.registry import load_model
 from server.inprocess_grid import NODE_BASE, InProcessGrid
 from server.strategy import parse_reply, to_array_record
@@ -374,9 +374,8 @@ def _proposer(state: LedgerState, by_key: dict[bytes, Ed25519PrivateKey]) -> Ed2
 # The client
 
 
-def test_the_client_sends_and_commits_to_the_privatised_update(tmp_path: Path) -> None:
-    from fedchain.ledger.genesis import compute_genesis_block
-
+def dp_client_run(tmp_path: Path) -> tuple[RunSetup, dict[str, np.ndarray], ConfigRecord]:
+    """A prepared client-level DP run (noise 2, clip 0.1: a cap of 2) and round 1's message."""
     setup = prepare_run(
         RunConfig(run_id="dp", out=str(tmp_path), clients=2, rounds=1, model="mlp", dp="client",
                   dp_noise=2.0, dp_clip=0.1)
@@ -392,12 +391,19 @@ def test_the_client_sends_and_commits_to_the_privatised_update(tmp_path: Path) -
         m.BASE_MODEL_HASH: setup.genesis.initial_model_hash,
         **view,
     }
-    from flwr.app import ConfigRecord, Message
+    return setup, model, ConfigRecord(record)
 
-    grid = InProcessGrid(client_app.app, 2)
-    content = RecordDict({m.CONFIG: ConfigRecord(record), m.ARRAYS: to_array_record(model)})
+
+def send_train(grid: InProcessGrid, record: ConfigRecord, model: dict[str, np.ndarray]) -> Message:
+    content = RecordDict({m.CONFIG: record, m.ARRAYS: to_array_record(model)})
     (reply,) = grid.send_and_receive([Message(content, NODE_BASE, MessageType.TRAIN)])
-    read = parse_reply(reply, model=model)
+    return reply
+
+
+def test_the_client_sends_and_commits_to_the_privatised_update(tmp_path: Path) -> None:
+    setup, model, record = dp_client_run(tmp_path)
+    state = compute_genesis_state(setup.genesis)
+    read = parse_reply(send_train(InProcessGrid(client_app.app, 2), record, model), model=model)
     assert read.error == "" and read.update is not None
     commitment = decode(UpdateCommitment, read.commitment)
     assert (commitment.dp_noise_micro, commitment.dp_sample_rate_micro, commitment.dp_steps) == (
@@ -407,12 +413,24 @@ def test_the_client_sends_and_commits_to_the_privatised_update(tmp_path: Path) -
     size = sum(a.size for a in read.update.values())
     # clipped to 0.1, then noise of std 0.2 on each of `size` coordinates: norm ~ 0.2 sqrt(size)
     assert compute_norm(read.update) == pytest.approx(0.2 * math.sqrt(size), rel=0.05)
-    assert (
-        process_transaction(state, commitment, 1)
-        .participants[commitment.public_key]
-        .dp_participations
-        == 1
-    )
+    post = process_transaction(state, commitment, 1)
+    assert post.participants[commitment.public_key].dp_participations == 1
+
+
+def test_invalid_coordinator_that_keeps_commitments_off_the_ledger_gets_no_more_updates(
+    tmp_path: Path,
+) -> None:
+    """The attack: the coordinator takes each update but records nothing (or a rejection), so
+    the ledger's count stays at 0, and asks again. The client counts what it released itself
+    and refuses once that reaches the cap of 2, whatever the ledger says."""
+    setup, model, record = dp_client_run(tmp_path)
+    assert setup.genesis.rules.dp_max_participations == 2
+    grid = InProcessGrid(client_app.app, 2)
+    for _ in range(2):
+        assert not send_train(grid, record, model).has_error()
+    refused = send_train(grid, record, model)  # the same view: the ledger shows no participation
+    assert refused.has_error()
+    assert "privacy budget spent (2 of 2 participations, epsilon 8)" in refused.error.reason
 
 
 # --------------------------------------------------------------------------------------------------

@@ -95,20 +95,24 @@ def check_view_replayed(
     return CheckedView(checkpoint, replica, state.model_head, state)
 
 
-def check_privacy_budget(state: LedgerState, public_key: bytes) -> None:
-    """Refuse to train when the ledger's rules give this client no participation left (its
-    accepted participations have reached ``dp_max_participations``): the update would leave
-    the holder past its privacy budget, and the ledger would refuse its commitment anyway.
-    Raises :class:`~fedchain.errors.PrivacyBudgetSpent`; DP off: never."""
+def check_privacy_budget(state: LedgerState, public_key: bytes, released: int = 0) -> None:
+    """Refuse to train when the ledger's rules give this client no participation left: its
+    accepted participations on the ledger, or the updates it has itself released in this
+    federation (``released``), whichever is more, have reached ``dp_max_participations``.
+    The update would leave the holder past its privacy budget (and the ledger would refuse its
+    commitment anyway). The client's own count matters: a coordinator that receives an update
+    but records a rejection, or nothing, instead of its commitment keeps the ledger's count
+    down while the privacy is spent. Raises :class:`~fedchain.errors.PrivacyBudgetSpent`; DP
+    off: never."""
     rules = state.genesis.rules
     participant = state.participants.get(public_key)
     if rules.dp_mode == DP_OFF or participant is None:
         return
-    if participant.dp_participations >= rules.dp_max_participations:
+    spent = max(participant.dp_participations, released)
+    if spent >= rules.dp_max_participations:
         raise PrivacyBudgetSpent(
-            f"privacy budget spent ({participant.dp_participations} of "
-            f"{rules.dp_max_participations} participations, epsilon "
-            f"{rules.dp_max_epsilon_micro / 10**6:g}): not training"
+            f"privacy budget spent ({spent} of {rules.dp_max_participations} participations, "
+            f"epsilon {rules.dp_max_epsilon_micro / 10**6:g}): not training"
         )
 
 
