@@ -471,7 +471,8 @@ def test_a_federation_whose_budget_runs_out_goes_on_and_verifies(
     result = runner.invoke(app, ["report", str(fed.setup.run_dir)], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "epsilon" in result.output and "7.08" in result.output
-    assert "epsilon spent" in (fed.setup.run_dir / "report.html").read_text()
+    page = (fed.setup.run_dir / "report.html").read_text()
+    assert "epsilon spent" in page and 'id="plot-epsilon"' in page and "budget 8" in page
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ from fedchain.report.participants import HASH_PREFIX_CHARS
 from fedchain.report.plots import (
     draw_accuracy,
     draw_contributions,
+    draw_epsilon,
     draw_rewards,
     draw_stake,
     participant_colours,
@@ -33,6 +34,7 @@ def render_html(report: Mapping[str, Any]) -> str:
         _html_accuracy(report),
         _html_contributions(report),
         _html_rewards_and_stake(report),
+        _html_privacy(report),
         _html_participants(report),
         _html_events(report),
         _html_rounds(report),
@@ -291,6 +293,22 @@ def _html_rewards_and_stake(report: Mapping[str, Any]) -> str:
         _figure(plot_svg(draw_stake, report, "stake", (5.6, 3.8)), "plot-stake", "stake"),
     )
     return f'<div class="grid2 pair">{rewards}\n{stake}</div>'
+
+
+def _html_privacy(report: Mapping[str, Any]) -> str:
+    privacy = report.get("privacy")
+    if not privacy or not report["participants"]:
+        return ""
+    lead = (
+        f"Differential privacy at {_esc(privacy['mode'])} level: each client's epsilon spent (at "
+        f"delta {privacy['delta']:g}) by the end of every round, by Opacus's RDP accountant over "
+        "its accepted updates; the dashed line is the genesis' budget, which the ledger enforces "
+        f"as at most {privacy['max_participations']} accepted updates per client."
+    )
+    figure = _figure(
+        plot_svg(draw_epsilon, report, "epsilon", (11, 3.8)), "plot-epsilon", "epsilon spent"
+    )
+    return _section("privacy", "Privacy spent per client per round", lead, figure)
 
 
 def _html_table(
