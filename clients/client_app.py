@@ -32,6 +32,12 @@ With the ledger off the client behaves as a plain Flower FedAvg client (sends tr
 signs nothing, keeps no replica) for comparison runs. The keys of every record are
 :mod:`fedchain.rounds.messages`'.
 
+With differential privacy in the genesis rules, a client with no participation left in its
+privacy budget refuses to train (its error reply is the coordinator's rejection); otherwise, at
+client level it clips and noises its update before it hashes and signs it (:func:`privatise`),
+at example level it trains with DP-SGD (:mod:`fedchain.privacy.dpsgd`), and its commitment
+claims the rules' mechanism.
+
 For robustness experiments a client can be told to attack (:func:`configured_attack`): it then
 sends what :mod:`fedchain.learning.attacks` makes of its honest reply, and the honest path is
 untouched.
@@ -74,13 +80,21 @@ from fedchain.learning.training import (
 from fedchain.ledger.codec import compute_hash, decode
 from fedchain.ledger.containers import LedgerState
 from fedchain.ledger.lightclient import Checkpoint
-from fedchain.ledger.objects import Block, SignedHeader, compute_block_hash
+from fedchain.ledger.objects import (
+    Block,
+    Rules,
+    SignedHeader,
+    compute_block_hash,
+    compute_dp_mechanism,
+)
 from fedchain.ledger.signatures import CachingVerifier
+from fedchain.privacy.mechanism import privatise_update
 from fedchain.rounds import messages as m
 from fedchain.rounds import replica_files
 from fedchain.rounds.participant import (
     CheckedView,
     check_base_model,
+    check_privacy_budget,
     check_view_replayed,
     compute_duties,
     plan_signing,
@@ -136,6 +150,18 @@ def ledger_duties(
     model: Mapping[str, np.ndarray] | None = None,
     pin: GenesisPin | None = None,
 ) -> m.Duties:
+    """:func:`checked_ledger_duties`' duties."""
+    return checked_ledger_duties(context, key, config, replica_dir, model, pin)[0]
+
+
+def checked_ledger_duties(
+    context: Context,
+    key: Ed25519PrivateKey,
+    config: ConfigRecord,
+    replica_dir: Path | None = None,
+    model: Mapping[str, np.ndarray] | None = None,
+    pin: GenesisPin | None = None,
+) -> tuple[m.Duties, LedgerState]:
     """Check the ledger view against the client's replica, save the replica and checkpoint,
     then attest to and maybe seal the pending block. A view that fails any check is refused
     (logged, and raised: Flower answers with an error reply) and nothing is saved or signed.
@@ -145,7 +171,9 @@ def ledger_duties(
     the same way, so no update is trained or sent. ``pin``: a deployed holder's federation
     (:func:`~fedchain.rounds.replica.check_genesis_pin`), checked on every view.
     A pending block at a height the client already attested or sealed for another block gets
-    no second signature (logged; not an error): what it signs is recorded first."""
+    no second signature (logged; not an error): what it signs is recorded first. Returns the
+    duties and the ledger state the checked view names (its rules and this client's privacy
+    budget)."""
     try:
         replica, saved = _load_replica(context, replica_dir)
         view = m.decode_ledger_view(config, compute_held_forms(replica))
@@ -165,7 +193,7 @@ def ledger_duties(
     for refusal in plan.refusals:
         log(WARNING, "not signing block %s again: %s", _pending_height(view), refusal)
     _save_signed(context, plan.record, replica_dir)
-    return compute_duties(key, public_key, view, checked.checkpoint, plan)
+    return compute_duties(key, public_key, view, checked.checkpoint, plan), checked.state
 
 
 def _pending_height(view: m.LedgerView) -> int | None:
@@ -246,11 +274,11 @@ def _save_replica(context: Context, checked: CheckedView, replica_dir: Path | No
 
 def _ledger_duties(
     context: Context, holder: DataHolder, config: ConfigRecord, model: Arrays | None = None
-) -> m.Duties:
+) -> tuple[m.Duties, LedgerState]:
     if _is_simulated(context, config):
-        return ledger_duties(context, holder.key, config, holder.replica_dir, model)
+        return checked_ledger_duties(context, holder.key, config, holder.replica_dir, model)
     replica_dir, pin = deployed_ledger_settings(context.node_config, holder)
-    return ledger_duties(context, holder.key, config, replica_dir, model, pin)
+    return checked_ledger_duties(context, holder.key, config, replica_dir, model, pin)
 
 
 def deployed_ledger_settings(
@@ -277,24 +305,76 @@ def train(msg: Message, context: Context) -> Message:
     holder = _holder(context, config)
     ledger = m.is_ledger_on(config)
     base = {name: array.numpy() for name, array in msg.content[m.ARRAYS].items()}
-    duties = _ledger_duties(context, holder, config, base) if ledger else None
+    duties, rules = None, None
+    if ledger:
+        duties, state = _ledger_duties(context, holder, config, base)
+        released = _released(context, state)
+        check_privacy_budget(state, holder.public_key, released)  # raises: nothing leaves
+        rules = state.genesis.rules
+        if rules.dp_mode != "off":  # counted before the update leaves (a retry counts again)
+            context.state[m.RELEASED] = ConfigRecord(
+                {"genesis-hash": state.genesis_hash, "count": released + 1}
+            )
     attack = configured_attack(context, config, holder.index)
     if attack is not None:
-        return _attacked_reply(msg, holder, base, duties, attack)
-    trained, result = _train(config, holder, base, holder.dataset)
-    if duties is None:
+        return _attacked_reply(msg, holder, base, duties, attack, rules)
+    trained, result = _train(config, holder, base, holder.dataset, rules)
+    if duties is None or rules is None:
         return _reply(msg, trained, result.num_examples, result.loss)
-    update = compute_update(base, trained)
-    return _signed_reply(msg, holder, duties, update, update, result.num_examples, result.loss)
+    update = privatise(compute_update(base, trained), rules)
+    return _signed_reply(
+        msg, holder, duties, update, update, result.num_examples, result.loss, rules
+    )
+
+
+def _released(context: Context, state: LedgerState) -> int:
+    """How many privatised updates this client has sent in ``state``'s federation (its own
+    count, kept in ``context.state``; a restarted deployed SuperNode starts again from the
+    ledger's count, which never exceeds it for an honest coordinator)."""
+    if m.RELEASED not in context.state:
+        return 0
+    record = context.state[m.RELEASED]
+    if bytes(record["genesis-hash"]) != state.genesis_hash:
+        return 0
+    return int(record["count"])
+
+
+def privatise(update: Arrays, rules: Rules) -> Arrays:
+    """``update`` as the federation's rules say it leaves the holder: with client-level DP,
+    clipped and noised (:mod:`fedchain.privacy.mechanism`), before it is hashed and signed."""
+    if rules.dp_mode != "client":
+        return update
+    clip, noise = rules.dp_clip_micro / 10**6, rules.dp_noise_micro / 10**6
+    return privatise_update(update, clip=clip, noise_multiplier=noise)
 
 
 def _train(
-    config: ConfigRecord, holder: DataHolder, base: Arrays, data: ArrayDataset
+    config: ConfigRecord,
+    holder: DataHolder,
+    base: Arrays,
+    data: ArrayDataset,
+    rules: Rules | None = None,
 ) -> tuple[Arrays, TrainResult]:
-    """Local training from the global model ``base``: (trained weights, result)."""
+    """Local training from the global model ``base``: (trained weights, result); DP-SGD
+    (:func:`fedchain.privacy.dpsgd.train_dpsgd`) where the ``rules`` say example level."""
     settings = m.decode_train_settings(config)
     model = build_model(settings.model, tuple(data.x.shape[1:]), len(data.classes), seed=0)
     load_numpy_state(model, base)
+    if rules is not None and rules.dp_mode == "example":
+        # Opacus (the dp extra, seconds to import): only in a federation with DP-SGD
+        from fedchain.privacy.dpsgd import train_dpsgd
+
+        result = train_dpsgd(
+            model,
+            data,
+            lr=settings.lr,
+            momentum=TrainConfig.momentum,  # as plain local training (post-processing)
+            noise_multiplier=rules.dp_noise_micro / 10**6,
+            clip=rules.dp_clip_micro / 10**6,
+            sample_rate=rules.dp_sample_rate_micro / 10**6,
+            steps=rules.dp_steps_per_round,
+        )
+        return state_to_numpy(model), result
     cfg = TrainConfig(
         epochs=settings.local_epochs,
         batch_size=settings.batch_size,
@@ -326,9 +406,11 @@ def _signed_reply(
     committed: Arrays,
     num_examples: int,
     loss: float,
+    rules: Rules,
 ) -> Message:
     """The ledger-on reply: ``sent`` with a signed commitment to ``committed`` (the same update
-    for every client but a commit-mismatch attacker) and the claimed example count."""
+    for every client but a commit-mismatch attacker), the claimed example count and the rules'
+    privacy mechanism."""
     config = msg.content[m.CONFIG]
     commitment = sign_update_commitment(
         holder.key,
@@ -337,6 +419,7 @@ def _signed_reply(
         base_model_hash=bytes(config[m.BASE_MODEL_HASH]),
         update=committed,
         num_examples=num_examples,
+        dp_mechanism=compute_dp_mechanism(rules),
     )
     signed = m.Duties(duties.checkpoint, duties.attestation, duties.seal, commitment)
     return _reply(msg, sent, num_examples, loss, m.encode_duties(signed))
@@ -354,14 +437,19 @@ def configured_attack(context: Context, config: ConfigRecord, index: int) -> Att
 
 
 def _attacked_reply(
-    msg: Message, holder: DataHolder, base: Arrays, duties: m.Duties | None, attack: Attack
+    msg: Message,
+    holder: DataHolder,
+    base: Arrays,
+    duties: m.Duties | None,
+    attack: Attack,
+    rules: Rules | None,
 ) -> Message:
     """What the attacker sends in place of :func:`train`'s honest reply."""
     config = msg.content[m.CONFIG]
     data = holder.dataset
     if attack.trains:
         trained, result = _train(
-            config, holder, base, flip_labels(data) if attack.flips_labels else data
+            config, holder, base, flip_labels(data) if attack.flips_labels else data, rules
         )
         honest, examples, loss = compute_update(base, trained), result.num_examples, result.loss
     else:
@@ -374,11 +462,11 @@ def _attacked_reply(
         round=int(config[m.SERVER_ROUND]),
         client=holder.index,
     )
-    if duties is None:  # a FedAvg client sends weights
+    if duties is None or rules is None:  # a FedAvg client sends weights
         weights = compute_sent_weights(base, attacked.sent)
         return _reply(msg, weights, attacked.num_examples, loss)
     return _signed_reply(
-        msg, holder, duties, attacked.sent, attacked.committed, attacked.num_examples, loss
+        msg, holder, duties, attacked.sent, attacked.committed, attacked.num_examples, loss, rules
     )
 
 
@@ -387,5 +475,5 @@ def seal_and_attest(msg: Message, context: Context) -> Message:
     """Outside training (a fallback proposer, or the closing exchange): ledger duties only."""
     config = msg.content[m.CONFIG]
     holder = _holder(context, config)
-    duties = m.encode_duties(_ledger_duties(context, holder, config))
+    duties = m.encode_duties(_ledger_duties(context, holder, config)[0])
     return Message(RecordDict({m.DUTIES: ConfigRecord(duties)}), reply_to=msg)

@@ -74,6 +74,7 @@ from fedchain.learning.training import (
     evaluate,
     train_local,
 )
+from fedchain.privacy.dpsgd import train_dpsgd
 from fedchain.rounds.coalitions import (
     CachedUtility,
     compute_coalition_model,
@@ -82,6 +83,7 @@ from fedchain.rounds.coalitions import (
 from fedchain.rounds.contribution import GTG_DEFAULTS, compute_scores
 
 CLIENTS = 10
+DP_SAMPLE_RATE = 0.1  # --dp-noise: DP-SGD draws each example with this chance a step
 FREE_RIDER = 9
 NOISE = tuple(k / 10 for k in range(FREE_RIDER))  # clients 0..8: 0 %, 10 %, ..., 80 %
 MODEL = "cnn"
@@ -204,7 +206,14 @@ class Experiment:
                 continue
             load_numpy_state(self.model, base)
             cfg = replace(TrainConfig(), seed=derive_seed(self.args.seed, rnd, k))
-            train_local(self.model, data, cfg)
+            if self.args.dp_noise:  # example-level DP (issue 15): DP-SGD, seeded to reproduce
+                train_dpsgd(
+                    self.model, data, lr=cfg.lr, momentum=cfg.momentum,
+                    noise_multiplier=self.args.dp_noise, clip=1.0, sample_rate=DP_SAMPLE_RATE,
+                    steps=round(cfg.epochs / DP_SAMPLE_RATE), seed=cfg.seed,
+                )  # fmt: skip
+            else:
+                train_local(self.model, data, cfg)
             updates.append(compute_update(base, state_to_numpy(self.model)))
         return updates
 
@@ -392,7 +401,14 @@ def markdown(exp: Experiment, rows: list[dict[str, Any]], runtime: float, comman
         "",
         "10 clients on digits (IID split of the train split), label noise "
         f"{', '.join(f'{p:.0%}' for p in NOISE)} on clients 0-8, client 9 a free rider (zero "
-        f"update); {args.rounds} FedAvg rounds, seed {args.seed}; utilities measured on "
+        f"update); {args.rounds} FedAvg rounds, seed {args.seed}"
+        + (
+            f", clients training with DP-SGD (noise multiplier {args.dp_noise:g}, clip 1, "
+            f"sampling rate {DP_SAMPLE_RATE:g})"
+            if args.dp_noise
+            else ""
+        )
+        + f"; utilities measured on "
         f"{args.val} validation examples of the test split. Scores summed over rounds. "
         "Evaluations = distinct coalition models evaluated (exact: 1,024 per round). Quality "
         "order: client 0 best ... client 8, free rider last (target Spearman >= "
@@ -497,6 +513,10 @@ def main() -> None:
         "--gtg-convergence-tolerance", type=float, default=default("convergence_tolerance")
     )
     parser.add_argument("--dump-utilities", type=Path, help="save coalition utilities (.npz)")
+    parser.add_argument(
+        "--dp-noise", type=float, default=0.0, help="DP-SGD noise multiplier (0: no DP)"
+    )
+    parser.add_argument("--name", default="contribution_quality", help="results' file stem")
     args = parser.parse_args()
     if args.rounds < 1 or not 1 <= args.val < 360 or args.gtg_repeats < 0:
         parser.error("--rounds must be >= 1, --val in 1..359, --gtg-repeats >= 0")
@@ -508,11 +528,11 @@ def main() -> None:
     rows = table_rows(exp)
     text = markdown(exp, rows, runtime, command)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "contribution_quality.md").write_text(text)
-    write_csv(args.out / "contribution_quality.csv", rows)
+    (args.out / f"{args.name}.md").write_text(text)
+    write_csv(args.out / f"{args.name}.csv", rows)
     print()
     print(text, end="")
-    print(f"wrote {args.out / 'contribution_quality.md'} and .csv ({runtime:.0f} s)")
+    print(f"wrote {args.out / args.name}.md and .csv ({runtime:.0f} s)")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,9 @@ RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 nothing absolute, so set-up and clean-up can only ever touch ``out/<run-id>``
 (fedchain.runs.prepare)."""
 ANCHOR_CHOICES = ("off", "evm", "rfc3161")
+DP_CHOICES = ("off", "client", "example")
+"""Differential privacy a run can apply (fedchain.privacy): none, client level (each update
+clipped and noised before it is committed) or example level (DP-SGD through Opacus)."""
 CONTRIBUTION_NEEDS_VALIDATION = frozenset({"shapley", "mc-shapley", "gtg-shapley", "leave-one-out"})
 """Contribution methods that evaluate coalition models on the coordinator's validation split
 (the others need none): with ``validation-fraction = 0`` that split is empty and the first
@@ -129,6 +132,17 @@ class RunConfig:
     anchor_contract: str = ""
     anchor_tsa_cert: str = ""
     anchor_key: str = ""
+    # Differential privacy (fedchain.privacy): off; client (clip each update to dp-clip, add
+    # Gaussian noise of std dp-noise x dp-clip, before it is hashed and signed); or example
+    # (DP-SGD: each step samples examples at dp-sample-rate, clips each one's gradient to dp-clip
+    # and adds noise; local-epochs / dp-sample-rate steps a round). Each client may take part
+    # until its RDP epsilon at dp-delta would pass dp-max-epsilon (the ledger's cap).
+    dp: str = "off"
+    dp_noise: float = 1.0
+    dp_clip: float = 1.0
+    dp_delta: float = 1e-5
+    dp_max_epsilon: float = 8.0
+    dp_sample_rate: float = 0.1
 
     def __post_init__(self) -> None:
         """Refuse a configuration that cannot run, before anything is written for it.
@@ -203,6 +217,17 @@ class RunConfig:
                 0 <= self.payout_min_score <= 1e6,
                 "payout-min-score must be in 0 .. 1e6 (score units: validation loss)",
             ),
+            (self.dp in DP_CHOICES, f"dp must be one of {', '.join(DP_CHOICES)}"),
+            (
+                self.dp == "off" or self.ledger,
+                "dp's budget is kept on the ledger: it needs the ledger on",
+            ),
+            (
+                min(self.dp_noise, self.dp_clip, self.dp_max_epsilon) > 0,
+                "dp-noise, dp-clip and dp-max-epsilon must be positive",
+            ),
+            (0 < self.dp_delta < 1, "dp-delta must lie in (0, 1)"),
+            (0 < self.dp_sample_rate <= 1, "dp-sample-rate must lie in (0, 1]"),
             (0 <= self.attackers <= self.clients, "attackers must be 0..clients"),
             (self.attack != "none" or self.attackers == 0, _ATTACKERS_NEED_AN_ATTACK),
             (self.attack_scale >= 0, "attack-scale must be >= 0 (0: the attack's default)"),
@@ -225,6 +250,12 @@ class RunConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+
+    @property
+    def dp_steps_per_round(self) -> int:
+        """DP-SGD steps in a round (example level): ``local-epochs / dp-sample-rate``, so that
+        each example is drawn ``local-epochs`` times in expectation."""
+        return max(1, round(self.local_epochs / self.dp_sample_rate))
 
     @property
     def sampled_per_round(self) -> int:

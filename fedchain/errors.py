@@ -64,6 +64,10 @@ class InvalidBlock(LedgerError):
     """A block fails a ledger check (height, parent, proposer, signature, roots, or a tx in it)."""
 
 
+class PrivacyBudgetSpent(FedchainError):
+    """A client has used every participation its federation's privacy budget allows."""
+
+
 class LedgerStoreError(LedgerError):
     """The ledger store cannot be opened, read or appended to (missing, damaged, out of order)."""
 

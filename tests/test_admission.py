@@ -30,6 +30,7 @@ from fedchain.rounds.admission import (
     admit_update,
     brief_reason,
     check_shapes,
+    compute_gist,
     compute_printable,
     compute_reply_order,
     compute_sender,
@@ -240,6 +241,17 @@ def test_printable_text_and_brief_reasons() -> None:
     traceback = "Error: start\n  frame\nValueError: \x1b[31mbad\x1b[0m"
     assert brief_reason(traceback) == "Error: … ValueError: bad"
     assert brief_reason("x" * 10, limit=5) == "xxxx…"
+
+
+def test_the_gist_of_a_ray_client_error_is_the_client_s_own_message() -> None:
+    """Ray wraps a ClientApp's exception in 60 characters of class names and Flower's
+    "occurred. Message:" wording; a capped quotation must still show the client's words."""
+    ray = (
+        "<class 'ray.exceptions.RayTaskError(ClientAppException)'>:<'ray::ClientAppActor.run()\n"
+        '  File "x.py", line 1, in run\nflwr.clientapp.client_app.ClientAppException: \n'
+        "Exception ClientAppException occurred. Message: privacy budget spent (2 of 2)"
+    )
+    assert compute_gist(ray) == "RayTaskError(ClientAppException): privacy budget spent (2 of 2)"
 
 
 def test_attestations_decode_as_the_ledger_encodes_them(w: World) -> None:

@@ -119,6 +119,14 @@ FIELDS: dict[int, tuple[tuple[str, Any], ...]] = {  # spec §3, transcribed
         ("payout_min_score", INT),
         ("contribution_budget", INT),
         ("update_archive_rounds", INT),
+        ("dp_mode", STR),
+        ("dp_noise_micro", INT),
+        ("dp_clip_micro", INT),
+        ("dp_sample_rate_micro", INT),
+        ("dp_steps_per_round", INT),
+        ("dp_delta_pico", INT),
+        ("dp_max_epsilon_micro", INT),
+        ("dp_max_participations", INT),
     ),
     2: (
         ("public_key", BYTES),
@@ -149,6 +157,9 @@ FIELDS: dict[int, tuple[tuple[str, Any], ...]] = {  # spec §3, transcribed
         ("update_hash", BYTES),
         ("num_examples", INT),
         ("public_key", BYTES),
+        ("dp_noise_micro", INT),
+        ("dp_sample_rate_micro", INT),
+        ("dp_steps", INT),
         ("signature", BYTES),
     ),
     12: (
@@ -185,6 +196,7 @@ FIELDS: dict[int, tuple[tuple[str, Any], ...]] = {  # spec §3, transcribed
         ("dataset_hash", BYTES),
         ("num_examples", INT),
         ("active", BOOL),
+        ("dp_participations", INT),
     ),
     41: (
         ("participants", ("seq", (40,))),
@@ -327,9 +339,9 @@ def state_root(
 ) -> bytes:
     body = bytes([41]) + struct.pack("<I", len(people))
     for key in sorted(people):
-        stake, rep, data_hash, examples, active = people[key]
+        stake, rep, data_hash, examples, active, participations = people[key]
         body += bytes([40]) + b(key) + struct.pack("<qq", stake, rep) + b(data_hash)
-        body += struct.pack("<q", examples) + bytes([active])
+        body += struct.pack("<q", examples) + bytes([active]) + struct.pack("<q", participations)
     return H(body + b(model_head) + struct.pack("<qq", round_, carried))
 
 
@@ -343,7 +355,7 @@ def test_independent_reader_replays_the_golden_ledger() -> None:
         check_signed(p, federation_id(genesis["run_id"], rules))
     slash, penalty = dict(rules["slash_bps"]), rules["reputation_penalty_bps"]
     people = {
-        p["public_key"]: [p["stake"], 10_000, p["dataset_hash"], p["num_examples"], True]
+        p["public_key"]: [p["stake"], 10_000, p["dataset_hash"], p["num_examples"], True, 0]
         for p in genesis["participants"]
     }
     model_head, parent, last, by_height, seen = genesis["initial_model_hash"], bytes(32), {}, {}, []
@@ -370,6 +382,17 @@ def test_independent_reader_replays_the_golden_ledger() -> None:
                 check_signed(tx, federation)
             if tag == 11:
                 commits.add(tx["public_key"])
+                mechanism = (tx["dp_noise_micro"], tx["dp_sample_rate_micro"], tx["dp_steps"])
+                if rules["dp_mode"] == "off":
+                    assert mechanism == (0, 0, 0)
+                else:  # the rules' mechanism, within the participation cap (§9.2)
+                    assert mechanism == (
+                        rules["dp_noise_micro"],
+                        rules["dp_sample_rate_micro"],
+                        rules["dp_steps_per_round"],
+                    )
+                    assert people[tx["public_key"]][5] < rules["dp_max_participations"]
+                    people[tx["public_key"]][5] += 1
             elif tag == 10:  # participants join in the genesis only (§9.3)
                 raise AssertionError("a Registration after the genesis is refused")
             elif tag == 12:

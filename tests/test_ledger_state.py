@@ -100,8 +100,8 @@ RULES = make_rules(  # every field given: the known answers below must not follo
 OTHER_FEDERATION = hashlib.sha256(b"another federation").digest()
 
 # Known answers (Ed25519 signatures are deterministic, so whole blocks are).
-KNOWN_GENESIS_BLOCK_HASH = "f5f7b167508fbe65ac5325b6c101f01c50e27cc7d330aadcdd25d38484150138"
-KNOWN_BLOCK_1_HASH = "4e0bc3ce1584e76c93458b14581cd3c009ffc6f51cd8ee35f5be7473d65188d6"
+KNOWN_GENESIS_BLOCK_HASH = "13a91854215a9940af34b5c4b467d9521c5f06a82f0cc7f9a9c1c61ba65abe2d"
+KNOWN_BLOCK_1_HASH = "9ef71546f44e561ceea456b0ca33440fbd9fecb21c171d5bdc8e04ee8b9951ba"
 
 
 def digest(text: str) -> bytes:

@@ -28,7 +28,7 @@ from fedchain.crypto.identity import fingerprint
 from fedchain.errors import ConfigError
 from fedchain.ledger.checkpoints import load_checkpoint
 from fedchain.ledger.codec import MAX_INT, decode
-from fedchain.ledger.objects import Block
+from fedchain.ledger.objects import DP_OFF, Block
 from fedchain.ledger.show import as_markup_text, block_to_json, describe_transaction
 from fedchain.ledger.signatures import CachingVerifier
 from fedchain.ledger.store import LedgerStore, open_ledger_path
@@ -130,6 +130,7 @@ def verify(
         if report.ok and (reason := check_checkpoint(report, genesis_hash, point)) is not None
     ]
     files.problems[:0] = refused
+    _check_privacy(report, files)
     if saved and report.ok:
         highest = max(point.height for _, _, point in saved)
         files.rows.append(("checkpoints", f"{len(saved)} given, up to height {highest}"))
@@ -279,6 +280,34 @@ def describe_rounds(rounds: Sequence[int]) -> str:
         else:
             spans.append([round_, round_])
     return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+
+
+def _check_privacy(report: VerifyReport, files: _FilesVerdict) -> None:
+    """With differential privacy in the genesis: the participation cap must not allow more
+    than the maximum epsilon (recomputed with the accountant), and the row says what the most
+    spent client has spent. The transition itself compared integers (docs/ledger-spec.md §9.6)."""
+    state = report.state
+    if state is None or state.genesis.rules.dp_mode == DP_OFF:
+        return
+    # Opacus (the dp extra, seconds to import): only for a ledger with differential privacy
+    from fedchain.privacy.accountant import check_cap, compute_epsilon, privacy_of
+
+    rules = state.genesis.rules
+    problem = check_cap(rules)
+    if problem:
+        files.problems.append(f"privacy: {problem}")
+        return
+    privacy = privacy_of(rules)
+    most = max((p.dp_participations for p in state.participants.values()), default=0)
+    files.rows.append(
+        (
+            "privacy",
+            f"{rules.dp_mode} level, noise {privacy.noise_multiplier:g}, clip "
+            f"{privacy.clip_norm:g}: at most {rules.dp_max_participations} participations a "
+            f"client (epsilon <= {privacy.max_epsilon:g} at delta {privacy.delta:g}); the most "
+            f"any client took part in is {most} (epsilon {compute_epsilon(privacy, most):.3g})",
+        )
+    )
 
 
 def _print_report(report: VerifyReport, files: _FilesVerdict) -> None:

@@ -160,6 +160,9 @@ def _participants_table(data: Mapping[str, Any]) -> Table:
     ]
     columns["rep."] = [f"{p['reputation'] * 100:.0f}%" for p in people]
     columns["ok/ref"] = [f"{p['updates']}/{p['rejections'] + p['slashings']}" for p in people]
+    privacy = data.get("privacy")
+    if privacy:
+        columns["epsilon"] = [f"{p.get('epsilon', 0.0):.3g}" for p in people]
     table.add_column("participant", overflow="fold")
     if wide:
         table.add_column("key", no_wrap=True)
@@ -172,6 +175,12 @@ def _participants_table(data: Mapping[str, Any]) -> Table:
         "stake: final; slashed: stake lost to slashing; score: total contribution; "
         "rep.: reputation; ok/ref: updates admitted/refused by the ledger"
     )
+    if privacy:
+        table.caption += (
+            f"; epsilon: privacy spent at delta {privacy['delta']:g} ({privacy['mode']}-level "
+            f"DP, noise {privacy['noise_multiplier']:g}, clip {privacy['clip_norm']:g}; budget "
+            f"{privacy['max_epsilon']:g}, at most {privacy['max_participations']} updates each)"
+        )
     table.caption_justify = "left"
     return table
 

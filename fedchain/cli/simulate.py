@@ -37,7 +37,7 @@ from fedchain.rounds.admission import brief_reason
 from fedchain.rounds.coordinator import RoundOutcome, RoundReporter
 from fedchain.runs.federation import remove_unregistered_models
 from fedchain.runs.layout import CONFIG_FILENAME, LEDGER_FILENAME
-from fedchain.runs.prepare import new_run_id, prepare_run
+from fedchain.runs.prepare import make_rules_for, new_run_id, prepare_run
 
 
 def shown_default(name: str) -> str:
@@ -302,6 +302,50 @@ def simulate(
             )
         ),
     ] = None,
+    dp: Annotated[
+        str | None,
+        typer.Option(
+            help=_help(
+                "dp",
+                "Differential privacy: off; client (each client clips its update to --dp-clip "
+                "and adds Gaussian noise before hashing and signing it); or example (DP-SGD "
+                "through Opacus: per-example clipping and noise in local training)",
+            )
+        ),
+    ] = None,
+    dp_noise: Annotated[
+        float | None,
+        typer.Option(help=_help("dp_noise", "Noise multiplier: noise std = this x --dp-clip.")),
+    ] = None,
+    dp_clip: Annotated[
+        float | None,
+        typer.Option(
+            help=_help("dp_clip", "Clipping norm (L2) of each update (client) or example gradient.")
+        ),
+    ] = None,
+    dp_delta: Annotated[
+        float | None, typer.Option(help=_help("dp_delta", "The delta of (epsilon, delta)-DP."))
+    ] = None,
+    dp_sample_rate: Annotated[
+        float | None,
+        typer.Option(
+            help=_help(
+                "dp_sample_rate",
+                "Example level: the chance each example is drawn into a DP-SGD step "
+                "(local-epochs / this steps a round)",
+            )
+        ),
+    ] = None,
+    dp_max_epsilon: Annotated[
+        float | None,
+        typer.Option(
+            help=_help(
+                "dp_max_epsilon",
+                "Each client's privacy budget: the ledger refuses a client's update once one "
+                "more participation would spend more epsilon than this",
+            )
+        ),
+    ] = None,
     out: Annotated[
         str | None, typer.Option(help=_help("out", "Folder for run directories."))
     ] = None,
@@ -353,6 +397,12 @@ def simulate(
         "anchor_contract": anchor_contract,
         "anchor_tsa_cert": anchor_tsa_cert,
         "anchor_key": anchor_key,
+        "dp": dp,
+        "dp_noise": dp_noise,
+        "dp_clip": dp_clip,
+        "dp_delta": dp_delta,
+        "dp_max_epsilon": dp_max_epsilon,
+        "dp_sample_rate": dp_sample_rate,
     }
     if ray_address is not None:
         check_ray_address(ray_address)  # before anything is written
@@ -443,6 +493,21 @@ def _announce(config: RunConfig) -> None:
         console.print(
             f"attack {config.attack} (scale {scale:g}) by {len(chosen)} of {config.clients} "
             f"clients: {', '.join(map(str, chosen))}",
+            highlight=False,
+        )
+    if config.dp != "off":
+        cap = make_rules_for(config).dp_max_participations
+        clipped = "updates" if config.dp == "client" else "example gradients"
+        steps = (
+            ""
+            if config.dp == "client"
+            else f", {config.dp_steps_per_round} steps a round at rate {config.dp_sample_rate:g}"
+        )
+        console.print(
+            f"differential privacy ({config.dp} level): {clipped} clipped to "
+            f"{config.dp_clip:g}, noise multiplier {config.dp_noise:g}{steps}; each client may "
+            f"take part in {cap} rounds (epsilon <= {config.dp_max_epsilon:g} at delta "
+            f"{config.dp_delta:g})",
             highlight=False,
         )
 

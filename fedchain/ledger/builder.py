@@ -61,11 +61,14 @@ def make_rules(
     payout_min_score: int = 0,
     contribution_budget: int = 0,
     update_archive_rounds: int = ARCHIVE_ALL_ROUNDS,
+    dp: Mapping[str, int | str] | None = None,
 ) -> Rules:
     """:class:`Rules` with mappings turned into sorted tuples.
 
     The defaults are small round numbers for tests, not recommendations: a real federation
-    picks its own (base units for stakes and rewards, basis points for fractions).
+    picks its own (base units for stakes and rewards, basis points for fractions). ``dp``:
+    the differential privacy fields (``dp_mode``, ``dp_noise_micro``, ...; none: DP off), e.g.
+    :func:`fedchain.privacy.accountant.compute_dp_rules`.
     """
     if slash_bps is None:
         slash_bps = {DOUBLE_SIGN: 5_000}
@@ -81,6 +84,7 @@ def make_rules(
         payout_min_score=payout_min_score,
         contribution_budget=contribution_budget,
         update_archive_rounds=update_archive_rounds,
+        **(dp or {}),  # type: ignore[arg-type]
     )
 
 
@@ -127,9 +131,12 @@ def sign_commitment(
     base_model_hash: Hash32,
     update_hash: Hash32,
     num_examples: int,
+    dp_mechanism: tuple[int, int, int] = (0, 0, 0),
 ) -> UpdateCommitment:
+    """``dp_mechanism``: the privacy mechanism applied to the update
+    (:func:`~fedchain.ledger.objects.compute_dp_mechanism` of the rules; none by default)."""
     public_key = public_key_bytes(private_key)
-    fields = (run_id, round, base_model_hash, update_hash, num_examples, public_key)
+    fields = (run_id, round, base_model_hash, update_hash, num_examples, public_key, *dp_mechanism)
     unsigned = UpdateCommitment(*fields, b"")
     signature = sign(private_key, Domain.UPDATE, signing_message(unsigned), genesis_hash)
     return UpdateCommitment(*fields, signature)

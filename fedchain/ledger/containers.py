@@ -64,7 +64,9 @@ _I64 = struct.Struct("<q")
 @dataclass(frozen=True, slots=True)
 class ParticipantState:
     """A registered participant. ``active`` turns False for good when its stake falls below the
-    minimum (ejection); reputation is in basis points, starting at 10_000."""
+    minimum (ejection); reputation is in basis points, starting at 10_000.
+    ``dp_participations``: its accepted update commitments under differential privacy (the
+    privacy it has spent, as the one integer the accountant needs; 0 with DP off)."""
 
     TAG: ClassVar[int] = 40
     public_key: PublicKey
@@ -73,6 +75,7 @@ class ParticipantState:
     dataset_hash: Hash32
     num_examples: int
     active: bool
+    dp_participations: int = 0
 
 
 @dataclass(frozen=True, slots=True)

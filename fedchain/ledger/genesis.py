@@ -26,12 +26,15 @@ from fedchain.ledger.containers import (
 )
 from fedchain.ledger.objects import (
     ARCHIVE_ALL_ROUNDS,
+    DP_MODES,
+    DP_OFF,
     EMPTY_HASH,
     HASH_SIZE,
     SLASHING_KINDS,
     Block,
     BlockHeader,
     Genesis,
+    Rules,
     SignedHeader,
     compute_federation_id,
     compute_tx_root,
@@ -156,6 +159,9 @@ def _check_genesis(genesis: Genesis) -> None:
             f"update_archive_rounds = {rules.update_archive_rounds}: {ARCHIVE_ALL_ROUNDS} (every "
             "round), 0 (none) or K >= 1 (the last K rounds)"
         )
+    reason = _check_privacy_rules(rules)
+    if reason:
+        raise fail(reason)
     if len(genesis.initial_model_hash) != HASH_SIZE:
         raise fail(f"initial_model_hash must be {HASH_SIZE} bytes")
     if not genesis.participants:
@@ -182,3 +188,34 @@ def _check_genesis(genesis: Genesis) -> None:
                 f"its key for this federation (id {federation_id.hex()[:16]}…): missing, forged, "
                 "made for another federation, or its fields changed since it was signed"
             )
+
+
+_DP_FIELDS = (
+    "dp_noise_micro",
+    "dp_clip_micro",
+    "dp_sample_rate_micro",
+    "dp_steps_per_round",
+    "dp_delta_pico",
+    "dp_max_epsilon_micro",
+    "dp_max_participations",
+)
+
+
+def _check_privacy_rules(rules: Rules) -> str:
+    """Why the rules' differential privacy settings are malformed, or ``""``: a known mode;
+    off, every ``dp_*`` number 0; on, noise, clip, steps, delta and epsilon positive, a
+    sampling rate in (0, 1] and delta below 1 (the participation cap may be 0)."""
+    values = {name: getattr(rules, name) for name in _DP_FIELDS}
+    if rules.dp_mode not in DP_MODES:
+        return f"unknown dp_mode {rules.dp_mode!r} (known: {', '.join(sorted(DP_MODES))})"
+    if rules.dp_mode == DP_OFF:
+        nonzero = [name for name, value in values.items() if value != 0]
+        return f"with dp_mode off, {nonzero[0]} must be 0" if nonzero else ""
+    for name, value in values.items():
+        if value < (0 if name == "dp_max_participations" else 1):
+            return f"with dp_mode {rules.dp_mode}, {name} = {value} must be positive"
+    if rules.dp_sample_rate_micro > 10**6:
+        return f"dp_sample_rate_micro = {rules.dp_sample_rate_micro} is above 1 (10**6)"
+    if rules.dp_delta_pico >= 10**12:
+        return f"dp_delta_pico = {rules.dp_delta_pico} is not below 1 (10**12)"
+    return ""

@@ -32,6 +32,8 @@ __all__ = [
     "ANCHOR_WITNESSES",
     "ARCHIVE_ALL_ROUNDS",
     "DOUBLE_SIGN",
+    "DP_MODES",
+    "DP_OFF",
     "EMPTY_HASH",
     "HASH_SIZE",
     "MAX_ANCHOR_PROOF_SIZE",
@@ -63,6 +65,7 @@ __all__ = [
     "Transaction",
     "UpdateCommitment",
     "compute_block_hash",
+    "compute_dp_mechanism",
     "compute_federation_id",
     "compute_tx_root",
     "compute_tx_root_of_encodings",
@@ -83,6 +86,11 @@ SCORE_SCALE = 10**6
 
 ARCHIVE_ALL_ROUNDS = -1
 """``Rules.update_archive_rounds`` for an archive that keeps every round's updates."""
+
+DP_OFF = "off"
+DP_MODES = frozenset({DP_OFF, "client", "example"})
+"""Differential privacy: none, client level (clip and noise the update), example level
+(DP-SGD)."""
 
 DOUBLE_SIGN = "double_sign"
 SLASHING_KINDS = frozenset({DOUBLE_SIGN})
@@ -111,6 +119,16 @@ class Rules:
     ``update_archive_rounds`` is the update archive's retention: which rounds' accepted client
     updates the run directory must keep (:data:`ARCHIVE_ALL_ROUNDS`: every round; 0: none; K:
     the last K rounds; see :mod:`fedchain.runs.archive`).
+
+    Differential privacy (``dp_*``, all 0 with ``dp_mode`` ``"off"``): ``dp_mode`` is
+    ``"client"`` (each update clipped to ``dp_clip_micro`` and noised before it is hashed) or
+    ``"example"`` (DP-SGD); real numbers are integers at a scale named by their suffix
+    (``_micro``: x 10**6, ``_pico``: x 10**12). One participation is ``dp_steps_per_round``
+    steps of the Gaussian mechanism with noise multiplier ``dp_noise_micro`` at sampling rate
+    ``dp_sample_rate_micro`` (client level: one step at rate 1). ``dp_max_participations`` is
+    the most participations whose RDP epsilon at ``dp_delta_pico`` stays within
+    ``dp_max_epsilon_micro`` (:mod:`fedchain.privacy.accountant`, computed once when the genesis
+    is made): the ledger enforces this integer, so its decisions replay bit-exactly.
     """
 
     TAG: ClassVar[int] = 1
@@ -125,6 +143,14 @@ class Rules:
     payout_min_score: int = 0
     contribution_budget: int = 0
     update_archive_rounds: int = ARCHIVE_ALL_ROUNDS
+    dp_mode: str = "off"
+    dp_noise_micro: int = 0
+    dp_clip_micro: int = 0
+    dp_sample_rate_micro: int = 0
+    dp_steps_per_round: int = 0
+    dp_delta_pico: int = 0
+    dp_max_epsilon_micro: int = 0
+    dp_max_participations: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +205,11 @@ class Registration:
 
 @dataclass(frozen=True, slots=True)
 class UpdateCommitment:
-    """A client's signed claim: "in this run and round, from this model, I sent this update"."""
+    """A client's signed claim: "in this run and round, from this model, I sent this update".
+
+    ``dp_noise_micro``, ``dp_sample_rate_micro`` and ``dp_steps`` are the privacy mechanism
+    the client says it applied before hashing (what the accountant needs; 0, 0, 0 without DP):
+    they must equal the genesis rules' (:class:`Rules`)."""
 
     TAG: ClassVar[int] = 11
     run_id: str
@@ -188,6 +218,9 @@ class UpdateCommitment:
     update_hash: Hash32
     num_examples: int
     public_key: PublicKey
+    dp_noise_micro: int
+    dp_sample_rate_micro: int
+    dp_steps: int
     signature: bytes
 
 
@@ -423,6 +456,14 @@ def compute_federation_id(run_id: str, rules: Rules) -> Hash32:
     (the initial model is made only when the run starts, and the participants are what is
     being signed)."""
     return compute_hash(Genesis(run_id, rules, EMPTY_HASH, ()))
+
+
+def compute_dp_mechanism(rules: Rules) -> tuple[int, int, int]:
+    """``(noise multiplier micro, sampling rate micro, steps)``: what every commitment in a
+    federation with these rules must claim (``(0, 0, 0)`` with DP off)."""
+    if rules.dp_mode == DP_OFF:
+        return (0, 0, 0)
+    return (rules.dp_noise_micro, rules.dp_sample_rate_micro, rules.dp_steps_per_round)
 
 
 def compute_block_hash(block_or_header: Block | BlockHeader) -> Hash32:

@@ -40,6 +40,7 @@ from fedchain.ledger.containers import (
 from fedchain.ledger.objects import (
     ANCHOR_WITNESSES,
     DOUBLE_SIGN,
+    DP_OFF,
     HASH_SIZE,
     MAX_ANCHOR_PROOF_SIZE,
     SIGNING_DOMAINS,
@@ -57,6 +58,7 @@ from fedchain.ledger.objects import (
     SignedObject,
     SlashingEvidence,
     UpdateCommitment,
+    compute_dp_mechanism,
     signing_message,
 )
 from fedchain.ledger.signatures import Verifier
@@ -187,9 +189,42 @@ def apply_update_commitment(work: Working, tx: UpdateCommitment, encoding: bytes
             f"commitment claims {tx.num_examples} examples; participant "
             f"{describe_key(tx.public_key)} registered {participant.num_examples} (need 1..that)"
         )
+    _check_privacy(work, tx, participant)
     _check_signature(work, tx, tx.public_key, encoding)
     work.round_commits.add(tx.public_key)
     work.round_update_hashes.add(tx.update_hash)
+    if work.pre.genesis.rules.dp_mode != DP_OFF:
+        work.participants[tx.public_key] = dataclasses.replace(
+            participant, dp_participations=participant.dp_participations + 1
+        )
+
+
+def _check_privacy(work: Working, tx: UpdateCommitment, participant: ParticipantState) -> None:
+    """The commitment claims the genesis' privacy mechanism exactly, and its client has budget
+    left: fewer accepted participations than ``dp_max_participations``. An integer count
+    against an integer cap, so every replay decides the same (the floating-point accountant
+    fixed the cap once, in the genesis)."""
+    rules = work.pre.genesis.rules
+    claimed = (tx.dp_noise_micro, tx.dp_sample_rate_micro, tx.dp_steps)
+    required = compute_dp_mechanism(rules)
+    if claimed != required:
+        raise InvalidTransaction(
+            "commitment claims privacy mechanism (noise multiplier, sampling rate, steps) = "
+            f"{_describe_mechanism(claimed)}; the genesis rules require "
+            f"{_describe_mechanism(required)}"
+        )
+    if rules.dp_mode != DP_OFF and participant.dp_participations >= rules.dp_max_participations:
+        raise InvalidTransaction(
+            f"privacy budget spent: participant {describe_key(tx.public_key)} has "
+            f"{participant.dp_participations} participations, the most the genesis allows "
+            f"within epsilon {rules.dp_max_epsilon_micro / 10**6:g} at delta "
+            f"{rules.dp_delta_pico / 10**12:g}"
+        )
+
+
+def _describe_mechanism(mechanism: tuple[int, int, int]) -> str:
+    noise, rate, steps = mechanism
+    return f"({noise / 10**6:g}, {rate / 10**6:g}, {steps})"
 
 
 def apply_model_version(work: Working, tx: ModelVersion, encoding: bytes) -> None:

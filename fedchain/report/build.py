@@ -23,6 +23,7 @@ from typing import Any
 from fedchain import __version__
 from fedchain.errors import LedgerError
 from fedchain.ledger.objects import (
+    DP_OFF,
     Block,
     ContributionRecord,
     Genesis,
@@ -96,6 +97,14 @@ def compute_report(inputs: ReportInputs, *, verifier: Verifier = PLAIN) -> dict[
     timeline = [0, *rounds]
     events = compute_events(inputs, steps, genesis)
     participants = compute_participants(inputs, steps, genesis, timeline, events)
+    privacy = None
+    if genesis.rules.dp_mode != DP_OFF:
+        # Opacus (the dp extra, seconds to import): only for a ledger with differential privacy
+        from fedchain.report.privacy import compute_privacy
+
+        privacy = compute_privacy(steps, genesis, timeline)
+        for entry in participants:
+            entry.update(privacy["clients"].get(entry["public_key"], {}))
     rounds_json = _rounds_json(steps, timeline[1:], metrics, events, participants)
     contributions = any(
         isinstance(tx, ContributionRecord) for s in steps for tx in s.block.transactions
@@ -131,6 +140,7 @@ def compute_report(inputs: ReportInputs, *, verifier: Verifier = PLAIN) -> dict[
         },
         "progress": progress,
         "archive": _archive_json(inputs, genesis),
+        "privacy": privacy,
         "notes": notes,
     }
 

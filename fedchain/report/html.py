@@ -11,6 +11,7 @@ from fedchain.report.participants import HASH_PREFIX_CHARS
 from fedchain.report.plots import (
     draw_accuracy,
     draw_contributions,
+    draw_epsilon,
     draw_rewards,
     draw_stake,
     participant_colours,
@@ -33,6 +34,7 @@ def render_html(report: Mapping[str, Any]) -> str:
         _html_accuracy(report),
         _html_contributions(report),
         _html_rewards_and_stake(report),
+        _html_privacy(report),
         _html_participants(report),
         _html_events(report),
         _html_rounds(report),
@@ -296,6 +298,22 @@ def _html_rewards_and_stake(report: Mapping[str, Any]) -> str:
     return f'<div class="grid2 pair">{rewards}\n{stake}</div>'
 
 
+def _html_privacy(report: Mapping[str, Any]) -> str:
+    privacy = report.get("privacy")
+    if not privacy or not report["participants"]:
+        return ""
+    lead = (
+        f"Differential privacy at {_esc(privacy['mode'])} level: each client's epsilon spent (at "
+        f"delta {privacy['delta']:g}) by the end of every round, by Opacus's RDP accountant over "
+        "its accepted updates; the dashed line is the genesis' budget, which the ledger enforces "
+        f"as at most {privacy['max_participations']} accepted updates per client."
+    )
+    figure = _figure(
+        plot_svg(draw_epsilon, report, "epsilon", (11, 3.8)), "plot-epsilon", "epsilon spent"
+    )
+    return _section("privacy", "Privacy spent per client per round", lead, figure)
+
+
 def _html_table(
     headers: Sequence[str],
     rows: Iterable[Sequence[str]],
@@ -324,6 +342,7 @@ def _html_table(
 
 def _html_participants(report: Mapping[str, Any]) -> str:
     colours = participant_colours(len(report["participants"]))
+    privacy = report.get("privacy")
     rows = []
     for p, colour in zip(report["participants"], colours, strict=True):
         swatch = f'<span class="swatch" style="background:{colour}"></span>'
@@ -344,6 +363,7 @@ def _html_participants(report: Mapping[str, Any]) -> str:
                 f"{p['reputation'] * 100:.0f} %",
                 f"{p['updates']} / {p['rejections'] + p['slashings']}",
                 active,
+                *([f"{p.get('epsilon', 0.0):.3g}"] if privacy else []),
             ]
         )
     table = _html_table(
@@ -358,14 +378,23 @@ def _html_participants(report: Mapping[str, Any]) -> str:
             "reputation",
             "updates admitted / refused",
             "active",
+            *(["epsilon spent"] if privacy else []),
         ],
         rows,
-        {2, 3, 4, 5, 6, 7, 8},
+        {2, 3, 4, 5, 6, 7, 8, 10},
     )
     lead = "Participants are named by the SHA-256 fingerprint of their ledger key, and by "
     lead += "client index where the run directory holds their <code>.pub</code> file, or by "
     lead += f"the name their federation registered them under (<code>{FEDERATION_FILENAME}</code>, "
     lead += "for a registration signed by that key)."
+    if privacy:
+        lead += (
+            f" Differential privacy ({_esc(privacy['mode'])} level, noise multiplier "
+            f"{privacy['noise_multiplier']:g}, clipping norm {privacy['clip_norm']:g}): epsilon "
+            f"spent at delta {privacy['delta']:g}, by Opacus's RDP accountant, of a budget of "
+            f"{privacy['max_epsilon']:g} (at most {privacy['max_participations']} accepted "
+            "updates per client, enforced by the ledger)."
+        )
     return _section("participants", "Participants", lead, table)
 
 

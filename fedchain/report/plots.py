@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 __all__ = [
     "draw_accuracy",
     "draw_contributions",
+    "draw_epsilon",
     "draw_rewards",
     "draw_stake",
     "participant_colours",
@@ -214,6 +215,20 @@ def draw_rewards(figure: Figure, report: Mapping[str, Any]) -> None:
 
 def draw_stake(figure: Figure, report: Mapping[str, Any]) -> None:
     _draw_series(figure, report, "stake_by_round", "stake")
+
+
+def draw_epsilon(figure: Figure, report: Mapping[str, Any]) -> None:
+    """Each client's epsilon spent by the end of every round, and the budget (dashed)."""
+    from matplotlib.ticker import FuncFormatter  # lazy, as above
+
+    _draw_series(figure, report, "epsilon_by_round", "epsilon spent")
+    ax = figure.axes[0]
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    budget = report["privacy"]["max_epsilon"]
+    ax.axhline(budget, color="#667085", linestyle="--", linewidth=1.2)
+    ax.annotate(
+        f"budget {budget:g}", (0, budget), xytext=(2, 3), textcoords="offset points", fontsize=8
+    )
 
 
 def _draw_series(figure: Figure, report: Mapping[str, Any], key: str, label: str) -> None:

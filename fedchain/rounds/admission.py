@@ -36,6 +36,8 @@ Arrays = dict[str, np.ndarray]
 MAX_REASON_CHARS = 200
 """Longest reason a rejection records (in characters, after escaping)."""
 _CONTROL = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|[\x00-\x1f\x7f-\x9f]")
+_CLASS_REPR = re.compile(r"<class '(?:[\w]+\.)*([\w()]+)'>")
+_FLOWER_MESSAGE = "occurred. Message: "
 MAX_CLIENT_TEXT_CHARS = 120
 """Longest quotation of a client's own text (an error message) inside a reason."""
 MISMATCH_REASON = "the hash of the update that arrived differs from its signed commitment"
@@ -247,11 +249,18 @@ def brief_reason(reason: str, limit: int = 160) -> str:
 
 def compute_gist(text: str) -> str:
     """The part of a multi-line text worth keeping: its first line's kind (before ``:``) and its
-    last line, which in a Python or Ray traceback is the exception's message."""
+    last line, which in a Python or Ray traceback is the exception's message. A kind written
+    ``<class 'a.b.Name'>`` is shortened to ``Name``, and of Flower's wording ``Exception
+    ClientAppException occurred. Message: ...`` only the client's message is kept (a
+    quotation of a client's error is capped: the message is what the reader needs)."""
     parts = [part.strip() for part in text.splitlines() if part.strip()]
     if len(parts) <= 1:
         return parts[0] if parts else text
-    return f"{parts[0].split(':', 1)[0]}: … {parts[-1]}"
+    kind = _CLASS_REPR.sub(r"\1", parts[0].split(":", 1)[0])
+    last = parts[-1]
+    if _FLOWER_MESSAGE in last:
+        return f"{kind}: {last.split(_FLOWER_MESSAGE, 1)[1]}"
+    return f"{kind}: … {last}"
 
 
 def quote_client_text(text: object, limit: int = MAX_CLIENT_TEXT_CHARS) -> str:

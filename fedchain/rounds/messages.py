@@ -412,6 +412,9 @@ def decode_checkpoint(record: Mapping[str, Any]) -> Checkpoint:
 
 SIGNED = "fedchain-signed"
 """The client's state record of what it last signed (:class:`SignedHeights`)."""
+RELEASED = "fedchain-released"
+"""The client's state record of how many privatised updates it has sent in a federation:
+``{"genesis-hash": bytes, "count": int}``."""
 
 
 def encode_signed(signed: SignedHeights) -> dict[str, object]:

@@ -21,11 +21,12 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedchain.crypto.hashing import compute_update_hash
-from fedchain.errors import InvalidBlock
+from fedchain.errors import InvalidBlock, PrivacyBudgetSpent
 from fedchain.ledger.builder import sign_attestation, sign_commitment, sign_header
 from fedchain.ledger.codec import encode
+from fedchain.ledger.containers import LedgerState
 from fedchain.ledger.lightclient import Checkpoint, check_head
-from fedchain.ledger.objects import compute_block_hash
+from fedchain.ledger.objects import DP_OFF, compute_block_hash
 from fedchain.ledger.signatures import PLAIN, Verifier
 from fedchain.rounds.messages import Duties, LedgerView, SignedHeights
 from fedchain.rounds.replica import (
@@ -41,11 +42,13 @@ from fedchain.rounds.replica import (
 class CheckedView:
     """A view that passed every check: the client's new checkpoint and replica, and
     ``model_head``, the global model the ledger names once the pending block is sealed (the
-    replica's head state's, with no pending block): the model this round trains on."""
+    replica's head state's, with no pending block): the model this round trains on. ``state``:
+    the ledger state it names (after the pending block, if any)."""
 
     checkpoint: Checkpoint
     replica: Replica
     model_head: bytes
+    state: LedgerState
 
 
 def check_view(saved: Checkpoint | None, view: LedgerView) -> Checkpoint:
@@ -89,7 +92,28 @@ def check_view_replayed(
         state = compute_pending_post_state(
             state, view.pending, view.pending_transactions, verifier=verifier, known=known
         )
-    return CheckedView(checkpoint, replica, state.model_head)
+    return CheckedView(checkpoint, replica, state.model_head, state)
+
+
+def check_privacy_budget(state: LedgerState, public_key: bytes, released: int = 0) -> None:
+    """Refuse to train when the ledger's rules give this client no participation left: its
+    accepted participations on the ledger, or the updates it has itself released in this
+    federation (``released``), whichever is more, have reached ``dp_max_participations``.
+    The update would leave the holder past its privacy budget (and the ledger would refuse its
+    commitment anyway). The client's own count matters: a coordinator that receives an update
+    but records a rejection, or nothing, instead of its commitment keeps the ledger's count
+    down while the privacy is spent. Raises :class:`~fedchain.errors.PrivacyBudgetSpent`; DP
+    off: never."""
+    rules = state.genesis.rules
+    participant = state.participants.get(public_key)
+    if rules.dp_mode == DP_OFF or participant is None:
+        return
+    spent = max(participant.dp_participations, released)
+    if spent >= rules.dp_max_participations:
+        raise PrivacyBudgetSpent(
+            f"privacy budget spent ({spent} of {rules.dp_max_participations} participations, "
+            f"epsilon {rules.dp_max_epsilon_micro / 10**6:g}): not training"
+        )
 
 
 def check_base_model(
@@ -200,9 +224,11 @@ def sign_update_commitment(
     base_model_hash: bytes,
     update: Mapping[str, np.ndarray],
     num_examples: int,
+    dp_mechanism: tuple[int, int, int] = (0, 0, 0),
 ) -> bytes:
     """The encoded, signed commitment to ``update`` (its canonical hash) and the example count
-    claimed for it, on the round's base model."""
+    claimed for it, on the round's base model; ``dp_mechanism``: the privacy mechanism applied
+    to it (:func:`~fedchain.ledger.objects.compute_dp_mechanism` of the rules)."""
     commitment = sign_commitment(
         key,
         view.genesis_hash,
@@ -211,5 +237,6 @@ def sign_update_commitment(
         base_model_hash=base_model_hash,
         update_hash=compute_update_hash(update),
         num_examples=num_examples,
+        dp_mechanism=dp_mechanism,
     )
     return encode(commitment)

@@ -79,6 +79,28 @@ def load_split(config: RunConfig) -> tuple[ArrayDataset, ArrayDataset]:
 
 
 def make_rules_for(config: RunConfig) -> Rules:
+    """The genesis rules of ``config``; with DP on, its privacy and the participation cap the
+    accountant derives from them (:func:`fedchain.privacy.accountant.compute_dp_rules`)."""
+    dp = None
+    if config.dp != "off":
+        # Opacus (the dp extra, seconds to import): only for a run with differential privacy
+        from fedchain.privacy.accountant import compute_dp_rules
+
+        dp = compute_dp_rules(
+            config.dp,
+            noise_multiplier=config.dp_noise,
+            clip_norm=config.dp_clip,
+            delta=config.dp_delta,
+            max_epsilon=config.dp_max_epsilon,
+            sample_rate=config.dp_sample_rate,
+            steps_per_round=config.dp_steps_per_round,
+        )
+        if dp["dp_max_participations"] == 0:
+            raise ConfigError(
+                f"with dp {config.dp}, noise {config.dp_noise:g} and delta {config.dp_delta:g}, "
+                f"one round already spends more than dp-max-epsilon {config.dp_max_epsilon:g}: "
+                "no client could ever take part; raise --dp-noise or --dp-max-epsilon"
+            )
     return make_rules(
         min_stake=config.min_stake,
         reward_per_round=config.reward_per_round,
@@ -91,6 +113,7 @@ def make_rules_for(config: RunConfig) -> Rules:
         payout_min_score=round(config.payout_min_score * SCORE_SCALE),
         contribution_budget=config.contribution_budget,
         update_archive_rounds=config.archive_rounds,
+        dp=dp,
     )
 
 

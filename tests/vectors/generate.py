@@ -66,12 +66,14 @@ from fedchain.ledger.objects import (
     Transaction,
     UpdateCommitment,
     compute_block_hash,
+    compute_dp_mechanism,
     compute_federation_id,
     compute_tx_root,
     signing_message,
 )
 from fedchain.ledger.synthetic import derive_key
 from fedchain.ledger.verify import verify_ledger
+from fedchain.privacy.accountant import compute_dp_rules
 from fedchain.rounds.admission import MISMATCH_REASON
 from fedchain.rounds.rewards import compute_reward_split, compute_round_payout
 
@@ -132,13 +134,21 @@ class Golden:
     attestation_pair: SlashingEvidence
 
 
+GOLDEN_DP = compute_dp_rules(
+    "client", noise_multiplier=4.0, clip_norm=1.0, delta=1e-5, max_epsilon=8.0
+)
+"""The golden federation's privacy: its cap (9 participations) is above its 3 rounds."""
+
+
 def build_golden() -> Golden:
     """Genesis + 3 rounds + a closing block of attestations, as a coordinator would write them."""
     keys = [derive_key(SEED, i) for i in range(3)]
     pub = [public_key_bytes(k) for k in keys]
     by_public = dict(zip(pub, keys, strict=True))
     stakes, examples = (10_000, 6_000, 3_000), (100, 200, 300)
-    rules = make_rules(payout_min_score=100_000)  # rounds 2 and 3 pay in part, carry the rest
+    # pays in part and carries (payout rule), and client-level differential privacy, so the
+    # replay counts participations (spec §9.5, §9.6)
+    rules = make_rules(payout_min_score=100_000, dp=GOLDEN_DP)
     federation_id = compute_federation_id("golden", rules)
     genesis = make_genesis(
         "golden",
@@ -170,6 +180,7 @@ def build_golden() -> Golden:
             base_model_hash=states[-1].model_head,
             update_hash=compute_update_hash(_model(update, -update)),
             num_examples=examples[i],
+            dp_mechanism=compute_dp_mechanism(rules),
         )
 
     def attest(i: int) -> Any:
@@ -595,9 +606,9 @@ def _reject_vectors(golden: Golden) -> list[dict[str, Any]]:
             "bytes": "10" + attestation[1:].hex(),
         },
         {
-            "why": "bool byte 2",
+            "why": "bool byte 2 (active, before the i64 dp_participations)",
             "type": "ParticipantState",
-            "bytes": (participant[:-1] + b"\2").hex(),
+            "bytes": (participant[:-9] + b"\2" + participant[-8:]).hex(),
         },
         {"why": "invalid UTF-8", "type": "Rejection", "bytes": (rejection[:-1] + b"\xff").hex()},
         {"why": "pair count 3", "type": "Rules", "bytes": (rules[:21] + b"\3" + rules[22:]).hex()},
