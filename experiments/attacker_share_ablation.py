@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import robustness  # noqa: E402  (this folder's grid runner)
+import robustness  # this folder's grid runner
 
 VARIANTS = {
     "mc-shapley, payout-min-score 0.01 (default)": {"contribution": "mc-shapley"},
