@@ -882,6 +882,28 @@ def test_aggregate_round_screened_weighs_by_reputation_and_needs_a_scorer() -> N
         )
 
 
+def test_every_reputation_at_zero_weighs_as_equal_reputations_and_the_round_goes_on() -> None:
+    # late rounds of a long clean run can score every client harmful until all reputations
+    # are 0: that stopped the run ("no client has positive weight"); now equal reputations
+    # weigh as examples x stake, and screened still measures and averages
+    np.testing.assert_allclose(
+        weights_for("reputation", [10, 30], stakes=[1, 1], reputations=[0, 0]),
+        weights_for("examples-stake", [10, 30], stakes=[1, 1]),
+    )
+    updates = vector_updates([[1.0], [1.0], [1.0]])
+    ones = lambda ups, ws: np.ones(len(ups))  # noqa: E731
+    result = aggregate_round(
+        "screened", None, updates, examples=[10, 10, 20], stakes=[1, 1, 1],
+        reputations=[0, 0, 0], scorer=ones,
+    )  # fmt: skip
+    assert result.moved and result.selected == (0, 1, 2)
+    np.testing.assert_allclose(result.weights, [1 / 4, 1 / 4, 1 / 2])
+    # one reputation above 0 still takes all the weight: only a federation-wide 0 falls back
+    np.testing.assert_allclose(
+        weights_for("reputation", [10, 30], stakes=[1, 1], reputations=[0, 1]), [0.0, 1.0]
+    )
+
+
 def test_invalid_screened_through_plain_aggregate() -> None:
     with pytest.raises(ConfigError, match="aggregate_screened"):
         aggregate(vector_updates([[1.0]]), [1.0], rule="screened")

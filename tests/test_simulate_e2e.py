@@ -151,6 +151,9 @@ def test_ctrl_c_leaves_at_once_with_how_to_resume_and_no_process(tmp_path):
         text=True,
         env=ENV,
         start_new_session=True,  # its own process group, as a terminal's foreground job
+        # as a terminal's job gets it: a shell's background job (CI's, perhaps) ignores SIGINT,
+        # and Python installs no KeyboardInterrupt handler for an ignored SIGINT
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert run.stdout is not None
     tree: dict[int, str] = {}

@@ -138,8 +138,11 @@ def compute_weights(
     per client, in the order the updates will be passed to ``rules.aggregate``. All three are
     validated whatever the rule. ``params.cap``, when set, is applied last.
 
-    Raises :class:`ConfigError` for an unknown rule, mismatched lengths, no clients, negative or
-    non-integer counts, reputations outside 0..10_000, or when every client's weight is 0.
+    Under ``reputation``, when every reputation is 0 the clients weigh as under
+    ``examples-stake`` (equal reputations: the limit of equal small ones), so a federation whose
+    every client has been scored harmful often enough goes on. Raises :class:`ConfigError` for an
+    unknown rule, mismatched lengths, no clients, negative or non-integer counts, reputations
+    outside 0..10_000, or when every client's weight is 0.
     """
     params = RuleParams() if params is None else params
     check_rule(rule)
@@ -164,6 +167,12 @@ def compute_weights(
     else:
         reps = rep if rule == "reputation" else None
         weights = _examples_stake_weights(ex, st, params.beta, reps)
+        if weights is None and reps is not None:
+            # Every client's reputation is 0 (each was scored harmful often enough, as late
+            # rounds of a long run can do to everyone): equal reputations weigh nothing, so
+            # weigh as if all were equal, the limit of equal small reputations, rather than
+            # stop the run. A client's positive score then restores its reputation.
+            weights = _examples_stake_weights(ex, st, params.beta, None)
     if weights is None:
         raise ConfigError(
             f"no client has positive weight under rule {rule!r} "
