@@ -4,7 +4,7 @@ counted apart, and why each update was left out or refused."""
 from __future__ import annotations
 
 from fedchain.aggregation.explain import AggregationExplanation
-from fedchain.cli.simulate import format_round
+from fedchain.cli.round_lines import format_round
 from fedchain.rounds.admission import Decision
 from fedchain.rounds.coordinator import RoundOutcome
 

@@ -8,17 +8,17 @@ default, read from :data:`fedchain.config.DEFAULTS`, so ``--help`` cannot drift 
 from __future__ import annotations
 
 import os
-import socket
 import sys
-from importlib.metadata import EntryPoint, entry_points
+from importlib.metadata import EntryPoint
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, Protocol
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.markup import escape
 
-from fedchain.aggregation.explain import LEFT_OUT_REASONS
 from fedchain.cli.common import console
+from fedchain.cli.launch import Launcher, check_ray_address, find_launcher
+from fedchain.cli.round_lines import format_round
 from fedchain.config import (
     DEFAULTS,
     LEDGER_OFF_RULES,
@@ -32,9 +32,7 @@ from fedchain.data.sources import SOURCES
 from fedchain.errors import ConfigError, FedchainError
 from fedchain.learning.attacks import ATTACKS, Attack, attacker_indices, parse_attackers
 from fedchain.ledger.chain import Chain
-from fedchain.ledger.objects import SCORE_SCALE
-from fedchain.rounds.admission import brief_reason
-from fedchain.rounds.coordinator import RoundOutcome, RoundReporter
+from fedchain.rounds.coordinator import RoundOutcome
 from fedchain.runs.federation import remove_unregistered_models
 from fedchain.runs.layout import CONFIG_FILENAME, LEDGER_FILENAME
 from fedchain.runs.prepare import make_rules_for, new_run_id, prepare_run
@@ -510,95 +508,6 @@ def _announce(config: RunConfig) -> None:
             f"{config.dp_delta:g})",
             highlight=False,
         )
-
-
-class Launcher(Protocol):
-    """Runs a prepared run directory's rounds (``server.simulation.run_simulated``)."""
-
-    def __call__(
-        self,
-        config: RunConfig,
-        run_dir: Path,
-        report: RoundReporter | None = None,
-        *,
-        ray_address: str | None = None,
-    ) -> None: ...
-
-
-LAUNCHERS = "fedchain.launchers"
-"""The entry-point group of launchers: ``simulation = "server.simulation:run_simulated"`` in
-pyproject.toml. fedchain never imports the Flower adapters (server/, clients/); the install
-binds them, and loading one imports Flower (seconds) only when a run really starts."""
-
-
-def check_ray_address(address: str, timeout: float = 5.0) -> None:
-    """Refuse, in one line, a ``--ray-address`` that is not ``HOST:PORT`` or where nothing
-    accepts a connection (Ray itself would retry for minutes)."""
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"--ray-address {address!r}: expected HOST:PORT of a Ray cluster's head")
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
-            pass
-    except OSError as e:
-        raise ConfigError(
-            f"--ray-address {address}: no Ray cluster answers there ({e.strerror or e}); start "
-            "one with `ray start --head` and give the address it prints"
-        ) from None
-
-
-def find_launcher(name: str = "simulation") -> EntryPoint:
-    """The launcher the install registered as ``name`` (not loaded yet: loading it imports
-    Flower), or one line saying how to get it; asked before anything is written."""
-    found = entry_points(group=LAUNCHERS, name=name)
-    if not found:
-        raise FedchainError(
-            f"no {name} launcher is installed (entry point {LAUNCHERS}:{name}): reinstall "
-            "fedchain from its checkout with pip install -e . (make install)"
-        )
-    return next(iter(found))
-
-
-def format_round(
-    round_: int, rounds: int, outcome: RoundOutcome | None, accuracy: float, seconds: float
-) -> str:
-    """A round's console lines: accuracy, whether the model moved, how many updates were
-    accepted (averaged into the model), left out by the aggregation rule and refused by the
-    ledger's admission; then one line per update left out or refused, saying why, the rule's
-    own sentence and the payout rule's decision on the pool (paid, paid in part or carried, and
-    why)."""
-    line = f"round {round_:>3}/{rounds}  acc {accuracy:6.2%}  {seconds:5.1f} s"
-    if outcome is None:
-        return line
-    explained = outcome.aggregation
-    nodes = {d.public_key: d.node_id for d in outcome.decisions if d.public_key is not None}
-    if explained is None:  # nothing admitted: the rule did not run
-        line += f"  model unchanged  accepted 0  left out 0  refused {len(outcome.rejected)}"
-    else:
-        moved = "model moved" if explained.moved else "model unchanged"
-        line += (
-            f"  {moved}  accepted {len(explained.averaged)}  left out {len(explained.left_out)}"
-            f"  refused {len(outcome.rejected)}"
-        )
-    line += f"  head {outcome.head_height}  final {outcome.final_height}"
-    by_reason: dict[str, list[str]] = {}
-    for key, code in explained.left_out if explained is not None else ():
-        score = outcome.scores.get(key)
-        scored = "" if score is None else f" {score / SCORE_SCALE:+.4g}"
-        by_reason.setdefault(code, []).append(f"node {nodes.get(key, '?')}{scored}")
-    for code, who in by_reason.items():  # one line per reason: its meaning, then who and score
-        line += f"\n      left out, {code} ({LEFT_OUT_REASONS.get(code, code)}): {', '.join(who)}"
-    for decision in outcome.rejected:  # in full on the ledger and in log.txt
-        line += f"\n      refused node {decision.node_id}: {brief_reason(decision.reason)}"
-    if explained is not None and explained.note:
-        line += f"\n      rule: {explained.note}"
-    if outcome.payout is not None:
-        p = outcome.payout
-        line += (
-            f"\n      pool: {p.decision}, {p.paid:,} of {p.available:,} units paid, "
-            f"{p.carried:,} carried ({p.reason})"
-        )
-    return line
 
 
 def _leave_interrupted(config: RunConfig, run_dir: Path) -> NoReturn:
