@@ -15,6 +15,12 @@ from collections.abc import Iterable
 from types import MappingProxyType
 
 from fedchain.errors import InvalidBlock, InvalidTransaction, LedgerError
+from fedchain.ledger.checks import (
+    check_participant_key,
+    check_size,
+    describe_key,
+    is_strictly_sorted,
+)
 from fedchain.ledger.codec import compute_hash, encode
 from fedchain.ledger.containers import (
     BPS_DENOMINATOR,
@@ -40,12 +46,6 @@ from fedchain.ledger.objects import (
     compute_tx_root,
 )
 from fedchain.ledger.signatures import is_signed_by
-from fedchain.ledger.transactions import (
-    check_participant_key,
-    check_size,
-    describe_key,
-    is_strictly_sorted,
-)
 
 __all__ = ["compute_genesis_block", "compute_genesis_state", "process_genesis_block"]
 

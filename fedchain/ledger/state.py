@@ -26,6 +26,7 @@ from typing import Any
 
 from fedchain.crypto.identity import Domain, verify_signature
 from fedchain.errors import InvalidBlock, InvalidTransaction, LedgerError, SignatureError
+from fedchain.ledger.checks import describe_hash, describe_key
 from fedchain.ledger.codec import compute_hash, encode
 from fedchain.ledger.consensus import MAX_PROPOSER_ATTEMPT, compute_proposer, get_validators
 from fedchain.ledger.containers import BPS_DENOMINATOR as BPS_DENOMINATOR
@@ -64,8 +65,6 @@ from fedchain.ledger.transactions import (
     apply_slashing_evidence,
     apply_update_commitment,
     check_rewards_paid,
-    describe_hash,
-    describe_key,
 )
 
 # Re-exported (the `X as X` imports) until fedchain/report/participants.py (BPS_DENOMINATOR,

@@ -14,7 +14,6 @@ genesis is refused (:func:`apply_registration`): participants join in the genesi
 from __future__ import annotations
 
 import dataclasses
-import itertools
 from collections.abc import Callable, Sequence
 from types import MappingProxyType
 from typing import Any
@@ -24,9 +23,15 @@ from fedchain.crypto.identity import (
     PUBLIC_KEY_SIZE,
     SIGNATURE_SIZE,
     compute_signing_root,
-    fingerprint,
 )
 from fedchain.errors import InvalidTransaction
+from fedchain.ledger.checks import (
+    check_participant_key,
+    check_size,
+    describe_hash,
+    describe_key,
+    is_strictly_sorted,
+)
 from fedchain.ledger.codec import MAX_INT, compute_hash
 from fedchain.ledger.consensus import is_active_validator
 from fedchain.ledger.containers import (
@@ -41,7 +46,6 @@ from fedchain.ledger.objects import (
     ANCHOR_WITNESSES,
     DOUBLE_SIGN,
     DP_OFF,
-    HASH_SIZE,
     MAX_ANCHOR_PROOF_SIZE,
     SIGNING_DOMAINS,
     SLASHING_KINDS,
@@ -568,21 +572,6 @@ def _check_round(work: Working, round: int, what: str) -> None:
         )
 
 
-def check_participant_key(key: PublicKey) -> None:
-    """Refuse a participant key the Ed25519 acceptance rule refuses (wrong size, small order,
-    non-canonical): every signature by it would be refused, and a small-order key would let
-    anyone sign as it under a lenient verifier."""
-    check_size(key, "public key")
-    reason = ed25519.check_public_key(key)
-    if reason is not None:
-        raise InvalidTransaction(f"participant key {describe_key(key)} is refused: {reason}")
-
-
-def check_size(value: bytes, what: str) -> None:
-    if len(value) != HASH_SIZE:
-        raise InvalidTransaction(f"{what} must be {HASH_SIZE} bytes, got {len(value)}")
-
-
 def _get_active(work: Working, key: PublicKey) -> ParticipantState:
     participant = work.participants.get(key)
     if participant is None:
@@ -602,17 +591,3 @@ def _with_stake(
         reputation_bps=reputation_bps,
         active=participant.active and stake >= min_stake,
     )
-
-
-def is_strictly_sorted(items: Sequence[Any]) -> bool:
-    return all(a < b for a, b in itertools.pairwise(items))
-
-
-def describe_key(key: bytes) -> str:
-    """A display id for a key: its :func:`~fedchain.crypto.identity.fingerprint`, as the CLI
-    shows."""
-    return fingerprint(key) if len(key) == HASH_SIZE else f"<{len(key)}-byte key>"
-
-
-def describe_hash(value: bytes) -> str:
-    return value[:8].hex() + "…" if len(value) == HASH_SIZE else f"<{len(value)} bytes>"
