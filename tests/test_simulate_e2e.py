@@ -70,6 +70,34 @@ def running(processes: dict[int, str]) -> list[int]:
     return alive
 
 
+def read_until(
+    run: subprocess.Popen[str], prefix: str, lines: list[str], tree: dict[int, str]
+) -> None:
+    """Read ``run``'s output into ``lines`` until a line starts with ``prefix`` (at most 240 s),
+    noting its process tree in ``tree`` as it grows."""
+    assert run.stdout is not None
+    deadline = time.monotonic() + 240
+    for line in run.stdout:
+        lines.append(line)
+        tree.update(descendants(run.pid))
+        if line.startswith(prefix) or time.monotonic() > deadline:
+            break
+    tree.update(descendants(run.pid))
+
+
+def leftovers(tree: dict[int, str]) -> list[tuple[int, list[str] | None, str, str]]:
+    """The processes of ``tree`` still running 30 s on (each described), SIGKILLed so they are
+    not left to the next test either."""
+    deadline = time.monotonic() + 30
+    while running(tree) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    left = running(tree)
+    described = [(pid, _stat(pid), _cmdline(pid), _comm(pid)) for pid in left]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    return described
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_a_killed_simulation_leaves_no_process_and_resumes_to_a_ledger_that_verifies(tmp_path):
     run_dir = tmp_path / "ray"
@@ -85,30 +113,18 @@ def test_a_killed_simulation_leaves_no_process_and_resumes_to_a_ledger_that_veri
         text=True,
         env=ENV,
     )
-    assert first.stdout is not None
     tree: dict[int, str] = {}
-    lines = []
+    lines: list[str] = []
     try:
-        deadline = time.monotonic() + 240
-        for line in first.stdout:  # round 1's block is on the ledger once round 2 is reported
-            lines.append(line)
-            tree.update(descendants(first.pid))
-            if line.startswith("round   2/3") or time.monotonic() > deadline:
-                break
-        tree.update(descendants(first.pid))
+        # round 1's block is on the ledger once round 2 is reported
+        read_until(first, "round   2/3", lines, tree)
         assert lines and lines[-1].startswith("round   2/3"), "".join(lines)
         assert any("ClientAppActor" in _cmdline(pid) for pid in running(tree)), "no Ray worker"
     finally:
         first.kill()  # SIGKILL: nothing of fedchain's can run
         first.wait()
-    deadline = time.monotonic() + 30
-    while running(tree) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    left = running(tree)
-    described = [(pid, _stat(pid), _cmdline(pid), _comm(pid)) for pid in left]
-    for pid in left:  # do not leave them to the next test either
-        os.kill(pid, signal.SIGKILL)
-    assert not left, described
+    left = leftovers(tree)
+    assert not left, left
 
     resumed = subprocess.run(
         fedchain("simulate", "--resume", str(run_dir)),
@@ -155,18 +171,11 @@ def test_ctrl_c_leaves_at_once_with_how_to_resume_and_no_process(tmp_path):
         # and Python installs no KeyboardInterrupt handler for an ignored SIGINT
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
-    assert run.stdout is not None
     tree: dict[int, str] = {}
-    lines = []
+    lines: list[str] = []
     try:
-        deadline = time.monotonic() + 240
-        for line in run.stdout:
-            lines.append(line)
-            tree.update(descendants(run.pid))
-            if line.startswith("round   2/60") or time.monotonic() > deadline:
-                break
+        read_until(run, "round   2/60", lines, tree)
         assert lines and lines[-1].startswith("round   2/60"), "".join(lines)
-        tree.update(descendants(run.pid))
         interrupted = time.monotonic()
         os.killpg(run.pid, signal.SIGINT)
         rest, _ = run.communicate(timeout=60)
@@ -178,13 +187,8 @@ def test_ctrl_c_leaves_at_once_with_how_to_resume_and_no_process(tmp_path):
     assert run.returncode == 130, "".join(lines) + rest
     assert took < 30, took
     assert f"fedchain simulate --resume {run_dir}" in rest, rest
-    deadline = time.monotonic() + 30
-    while running(tree) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    left = running(tree)
-    for pid in left:
-        os.kill(pid, signal.SIGKILL)
-    assert not left, [(pid, _cmdline(pid)) for pid in left]
+    left = leftovers(tree)
+    assert not left, left
     verify = subprocess.run(
         fedchain("verify", str(run_dir)), capture_output=True, text=True, env=ENV, timeout=120
     )
