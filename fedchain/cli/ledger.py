@@ -180,9 +180,7 @@ def _check_anchors(
     with console.status("checking anchors with their witnesses…"):
         check = check_anchors(report, witnesses, kept)
     if check.failures:
-        console.print(f"[bold red]FAILED[/] anchors: {as_markup_text(check.failures[0])}")
-        for failure in check.failures[1:]:
-            console.print(f"  {as_markup_text(failure)}")
+        print_failed(check.failures, "anchors: ")
         return False
     if not check.findings:
         console.print(
@@ -199,6 +197,14 @@ def _check_anchors(
     return True
 
 
+def print_failed(problems: Sequence[str], what: str = "", also: str = "") -> None:
+    """``FAILED`` and the first problem (after ``what``), then each other one indented (after
+    ``also``); client-written text in them is shown as text, never as markup."""
+    console.print(f"[bold red]FAILED[/] {what}{as_markup_text(problems[0])}")
+    for problem in problems[1:]:
+        console.print(f"  {also}{as_markup_text(problem)}")
+
+
 def _recheck_scores(path: Path, report: VerifyReport) -> bool:
     if not path.is_dir():
         console.print("scores: not checked (ledger file only)")
@@ -208,9 +214,7 @@ def _recheck_scores(path: Path, report: VerifyReport) -> bool:
     with console.status("recomputing contribution scores from the archived updates…"):
         check = recheck_scores(path, report, config)
     if check.problems:
-        console.print(f"[bold red]FAILED[/] scores: {as_markup_text(check.problems[0])}")
-        for problem in check.problems[1:]:
-            console.print(f"  {as_markup_text(problem)}")
+        print_failed(check.problems, "scores: ")
         return False
     console.print(
         f"scores: {check.rounds} rounds recomputed from the archived updates, "
@@ -349,9 +353,7 @@ def _print_report(report: VerifyReport, files: _FilesVerdict) -> None:
     if not report.ok:
         console.print(f"[bold red]FAILED[/] {as_markup_text(report.failure)}")
     elif files.problems:
-        console.print(f"[bold red]FAILED[/] {as_markup_text(files.problems[0])}")
-        for problem in files.problems[1:]:
-            console.print(f"  also: {as_markup_text(problem)}")
+        print_failed(files.problems, also="also: ")
     else:
         checked = ", and every model file and archived update" if files.checked else ""
         console.print(
