@@ -56,6 +56,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.logger import log
+from torch import nn
 
 from fedchain.crypto.identity import public_key_bytes
 from fedchain.data.holder import DataHolder, load_configured_holder, load_simulated_holder
@@ -69,6 +70,9 @@ from fedchain.learning.attacks import (
     compute_zero_update,
     flip_labels,
 )
+from fedchain.learning.base import read_base
+from fedchain.learning.record import model_from_record
+from fedchain.learning.task import Task, load_task
 from fedchain.learning.training import (
     TrainConfig,
     TrainResult,
@@ -358,7 +362,7 @@ def _train(
     """Local training from the global model ``base``: (trained weights, result); DP-SGD
     (:func:`fedchain.privacy.dpsgd.train_dpsgd`) where the ``rules`` say example level."""
     settings = m.decode_train_settings(config)
-    model = build_model(settings.model, tuple(data.x.shape[1:]), len(data.classes), seed=0)
+    model, task = _model(settings, holder, data, rules)
     load_numpy_state(model, base)
     if rules is not None and rules.dp_mode == "example":
         # Opacus (the dp extra, seconds to import): only in a federation with DP-SGD
@@ -381,8 +385,34 @@ def _train(
         lr=settings.lr,
         seed=derive_seed(settings.seed, int(config[m.SERVER_ROUND]), holder.index),
     )
-    result = train_local(model, data, cfg)
+    result = (task.train or train_local)(model, data, cfg)
     return state_to_numpy(model), result
+
+
+def _model(
+    settings: m.TrainSettings, holder: DataHolder, data: ArrayDataset, rules: Rules | None
+) -> tuple[nn.Module, Task]:
+    """The model to train and its task: with the ledger on, the model the genesis in the
+    client's own replica records, from the holder's base file checked against the genesis's
+    base hash (a mismatch is refused: nothing is trained); with it off, the one the settings
+    name."""
+    shape, classes = tuple(data.x.shape[1:]), len(data.classes)
+    if rules is not None and rules.model.architecture:
+        record = rules.model
+        model = model_from_record(record, shape, classes, holder.base_weights or None)
+        return model, load_task(record.architecture)
+    base = read_base(holder.base_weights) if holder.base_weights else None
+    model = build_model(
+        settings.model,
+        shape,
+        classes,
+        seed=0,
+        finetune=settings.finetune,
+        lora_rank=settings.lora_rank,
+        base=base,
+        base_dir=Path(holder.base_weights).parent if base else None,
+    )
+    return model, load_task(settings.model)
 
 
 def _reply(

@@ -100,8 +100,8 @@ RULES = make_rules(  # every field given: the known answers below must not follo
 OTHER_FEDERATION = hashlib.sha256(b"another federation").digest()
 
 # Known answers (Ed25519 signatures are deterministic, so whole blocks are).
-KNOWN_GENESIS_BLOCK_HASH = "13a91854215a9940af34b5c4b467d9521c5f06a82f0cc7f9a9c1c61ba65abe2d"
-KNOWN_BLOCK_1_HASH = "9ef71546f44e561ceea456b0ca33440fbd9fecb21c171d5bdc8e04ee8b9951ba"
+KNOWN_GENESIS_BLOCK_HASH = "a49be21a6c8867793be7819e4073647896d663e55021da84f2f8303276097c79"
+KNOWN_BLOCK_1_HASH = "cff15ffde06d11c3643c6dfc3be49ec25ed6eb4d4423534441ccc197f5e49d74"
 
 
 def digest(text: str) -> bytes:

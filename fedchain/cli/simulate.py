@@ -108,7 +108,51 @@ def simulate(
         int | None, typer.Option(help=_help("batch_size", "Local batch size."))
     ] = None,
     lr: Annotated[float | None, typer.Option(help=_help("lr", "Local learning rate."))] = None,
-    model: Annotated[str | None, typer.Option(help=_help("model", "cnn or mlp."))] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help=_help(
+                "model",
+                "cnn or mlp (built in); resnet18, mobilenet_v3_small, efficientnet_b0, vgg11 "
+                "(torchvision, nothing downloaded); or your own task module's import path "
+                "(package.module; contract: fedchain.learning.task)",
+            )
+        ),
+    ] = None,
+    finetune: Annotated[
+        str | None,
+        typer.Option(
+            help=_help(
+                "finetune",
+                "What trains: full (every parameter), head (the classifier head; backbone "
+                "frozen at the base) or lora (low-rank adapters through peft, and the head); "
+                "head and lora need --base-weights",
+            )
+        ),
+    ] = None,
+    lora_rank: Annotated[
+        int | None, typer.Option(help=_help("lora_rank", "The LoRA adapters' rank."))
+    ] = None,
+    base_weights: Annotated[
+        str | None,
+        typer.Option(
+            help=_help(
+                "base_weights",
+                "A local .safetensors or .pth state dict the model starts from (a pretrained "
+                "base; its hash goes on the genesis and every client checks its copy)",
+            )
+        ),
+    ] = None,
+    base_source: Annotated[
+        str | None,
+        typer.Option(
+            help=_help("base_source", "Where the base came from, as the genesis records it")
+        ),
+    ] = None,
+    base_licence: Annotated[
+        str | None,
+        typer.Option(help=_help("base_licence", "The base model's licence text (genesis)")),
+    ] = None,
     aggregation: Annotated[
         str | None,
         typer.Option(
@@ -369,6 +413,11 @@ def simulate(
         "batch_size": batch_size,
         "lr": lr,
         "model": model,
+        "finetune": finetune,
+        "lora_rank": lora_rank,
+        "base_weights": str(Path(base_weights).resolve()) if base_weights else base_weights,
+        "base_source": base_source,
+        "base_licence": base_licence,
         "aggregation": aggregation,
         "beta": beta,
         "weight_cap": weight_cap,

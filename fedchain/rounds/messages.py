@@ -58,6 +58,8 @@ TRAIN_LOSS = "train-loss"
 # -- train settings, coordinator -> client (in ``config``) ----------------------------------------
 RUN_DIR = "run-dir"
 MODEL = "model"
+FINETUNE = "finetune"
+LORA_RANK = "lora-rank"
 LOCAL_EPOCHS = "local-epochs"
 BATCH_SIZE = "batch-size"
 LR = "lr"
@@ -144,6 +146,8 @@ class TrainSettings:
     batch_size: int
     lr: float
     seed: int
+    finetune: str = "full"
+    lora_rank: int = 0
 
 
 def encode_ledger_view(
@@ -338,6 +342,8 @@ def encode_train_settings(config: RunConfig, run_dir: Path) -> dict[str, Any]:
     settings: dict[str, Any] = {
         RUN_DIR: str(run_dir.resolve()),
         MODEL: config.model,
+        FINETUNE: config.finetune,
+        LORA_RANK: config.lora_rank if config.finetune == "lora" else 0,
         LOCAL_EPOCHS: config.local_epochs,
         BATCH_SIZE: config.batch_size,
         LR: config.lr,
@@ -366,6 +372,8 @@ def decode_train_settings(config: Mapping[str, Any]) -> TrainSettings:
         batch_size=int(config[BATCH_SIZE]),
         lr=float(config[LR]),
         seed=int(config[SEED]),
+        finetune=str(config.get(FINETUNE, "full")),
+        lora_rank=int(config.get(LORA_RANK, 0)),
     )
 
 

@@ -37,7 +37,7 @@ from fedchain.runs.layout import (
     LEDGER_FILENAME,
     run_dir_of,
 )
-from fedchain.runs.prepare import make_rules_for
+from fedchain.runs.prepare import make_model_and_rules
 from fedchain.runs.registration import (
     MAX_REGISTERED_EXAMPLES,
     ParticipantEntry,
@@ -214,7 +214,9 @@ def compute_federation_id_of(fed_dir: Path, run_id: str, settings: Mapping[str, 
         config = merge_config(base, {**settings, "stake": stake})
     except ConfigError as e:
         raise ConfigError(f"{fed_dir}: {e}") from None
-    return compute_federation_id(run_id, make_rules_for(config))
+    test = load_source(config.dataset, root=config.data_root or None, split="test")
+    _, rules = make_model_and_rules(config, tuple(test.x.shape[1:]), len(test.classes))
+    return compute_federation_id(run_id, rules)
 
 
 def add_participant(fed_dir: Path, entry: ParticipantEntry) -> Federation:
@@ -374,7 +376,7 @@ def prepare_federation_run(federation: Federation) -> tuple[Path, RunConfig, boo
     coordinator's test data) and a ledger whose genesis holds every registered participant.
     """
     # torch (about 3 s): only when a federation's run is created, not for every CLI command
-    from fedchain.learning.architectures import build_model, state_to_numpy
+    from fedchain.learning.architectures import state_to_numpy
 
     config = compute_run_config(federation)
     run_dir = run_dir_of(federation.path)
@@ -383,14 +385,14 @@ def prepare_federation_run(federation: Federation) -> tuple[Path, RunConfig, boo
     run_dir.mkdir(parents=True, exist_ok=True)
     write_config(config, run_dir / CONFIG_FILENAME)
     test = load_source(config.dataset, root=config.data_root or None, split="test")
-    model = build_model(config.model, tuple(test.x.shape[1:]), len(test.classes), seed=config.seed)
+    model, rules = make_model_and_rules(config, tuple(test.x.shape[1:]), len(test.classes))
     initial_hash = save_model(run_dir, state_to_numpy(model))
     participants = [p.participant for p in federation.participants]
     genesis = make_genesis(
         federation.run_id,
         participants,
         initial_model_hash=initial_hash,
-        rules=make_rules_for(config),
+        rules=rules,
     )
     Chain.create(run_dir / LEDGER_FILENAME, genesis).close()
     return run_dir, config, True

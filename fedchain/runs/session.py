@@ -26,7 +26,8 @@ from fedchain.config import RunConfig
 from fedchain.data.sources import ArrayDataset, load_source
 from fedchain.durable import write_atomically
 from fedchain.errors import FedchainError
-from fedchain.learning.architectures import build_model, load_numpy_state
+from fedchain.learning.architectures import load_numpy_state
+from fedchain.learning.record import model_for_run
 from fedchain.learning.training import evaluate
 from fedchain.ledger.chain import Chain
 from fedchain.ledger.signatures import CachingVerifier
@@ -60,7 +61,8 @@ class Session:
         self.config, self.run_dir, self.chain = config, run_dir, chain
         self.report = report
         self.test = test
-        self.net = build_model(config.model, tuple(test.x.shape[1:]), len(test.classes), seed=0)
+        self.record = chain.state.genesis.rules.model if chain is not None else None
+        self.net = model_for_run(config, self.record, tuple(test.x.shape[1:]), len(test.classes))
         self.done = chain.state.round if chain is not None else 0  # rounds already on the ledger
         self.history: list[dict[str, Any]] = []
         self.outcomes: list[RoundOutcome] = []
@@ -99,7 +101,7 @@ class Session:
         config = self.config
         scorer = None
         if config.contribution != "none":
-            scorer = RoundScorer(config, load_split(config)[1])
+            scorer = RoundScorer(config, load_split(config)[1], self.record)
         coordinator = Coordinator(
             self.run_dir,
             self.chain,
