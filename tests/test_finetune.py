@@ -85,7 +85,7 @@ def test_invalid_task_modules_are_refused_with_the_reason(tmp_path, monkeypatch)
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(ConfigError, match="must define build_model"):
         load_task("badtasks.nohead")
-    with pytest.raises(ConfigError, match="cannot import task module badtasks.broken: boom"):
+    with pytest.raises(ConfigError, match=r"cannot import task module badtasks\.broken: boom"):
         load_task("badtasks.broken")
     with pytest.raises(ConfigError, match="unknown model 'resnet'"):
         load_task("resnet")
@@ -176,7 +176,7 @@ def test_batchnorm_statistics_stay_the_bases_and_never_travel():
 
 
 def test_invalid_modes_without_a_base_or_with_a_base_that_does_not_fit(base_file):
-    with pytest.raises(ConfigError, match="needs .*base|trains part of a pretrained base"):
+    with pytest.raises(ConfigError, match="trains part of a pretrained base"):
         build_model("cnn", DIGITS, 10, seed=0, finetune="head")
     with pytest.raises(ConfigError, match="lora-rank"):
         build_model("cnn", DIGITS, 10, seed=0, finetune="lora", base=read_base(base_file))
