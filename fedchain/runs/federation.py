@@ -28,7 +28,7 @@ from fedchain.errors import ConfigError, FedchainError, SignatureError
 from fedchain.ledger.builder import make_genesis
 from fedchain.ledger.chain import Chain
 from fedchain.ledger.codec import MAX_INT
-from fedchain.ledger.objects import HASH_SIZE, Hash32, compute_federation_id
+from fedchain.ledger.objects import HASH_SIZE, Hash32, Rules, compute_federation_id
 from fedchain.ledger.verify import verify_ledger
 from fedchain.runs.layout import (
     CONFIG_FILENAME,
@@ -61,6 +61,7 @@ __all__ = [
     "has_ledger",
     "init_federation",
     "load_federation",
+    "make_federation_rules",
     "prepare_federation_run",
     "remove_unregistered_models",
 ]
@@ -214,9 +215,14 @@ def compute_federation_id_of(fed_dir: Path, run_id: str, settings: Mapping[str, 
         config = merge_config(base, {**settings, "stake": stake})
     except ConfigError as e:
         raise ConfigError(f"{fed_dir}: {e}") from None
+    return compute_federation_id(run_id, make_federation_rules(config))
+
+
+def make_federation_rules(config: RunConfig) -> Rules:
+    """A federation's genesis rules, whose model record describes the model made for the
+    coordinator's test data (shape and classes) from ``config``."""
     test = load_source(config.dataset, root=config.data_root or None, split="test")
-    _, rules = make_model_and_rules(config, tuple(test.x.shape[1:]), len(test.classes))
-    return compute_federation_id(run_id, rules)
+    return make_model_and_rules(config, tuple(test.x.shape[1:]), len(test.classes))[1]
 
 
 def add_participant(fed_dir: Path, entry: ParticipantEntry) -> Federation:
