@@ -9,8 +9,10 @@ encryption and training never need to know where the data came from:
 * ``y`` is ``int64`` with shape ``(N,)`` and values ``0 .. len(classes) - 1``.
 
 ``digits`` (scikit-learn's embedded 8x8 digits) needs no files and no network, which is why it
-is the default. The torchvision sources read a local ``root`` and only touch the network when
-the caller passes ``download=True`` (the CLI's ``--download``).
+is the default. ``fashion-mnist`` needs no root either where Debian's ``dataset-fashion-mnist``
+package is installed (:data:`DEBIAN_FASHION_MNIST`). The torchvision sources read a local
+``root`` and only touch the network when the caller passes ``download=True`` (the CLI's
+``--download``).
 
 torchvision is imported lazily inside the loaders that need it: importing it takes seconds, and
 ``digits``/``npz`` users should not pay for that. ``digits`` does not import scikit-learn either
@@ -30,9 +32,10 @@ from typing import Any
 
 import numpy as np
 
+from fedchain.data.idx import read_idx
 from fedchain.errors import DataSourceError
 
-__all__ = ["SOURCES", "ArrayDataset", "load_source"]
+__all__ = ["DEBIAN_FASHION_MNIST", "SOURCES", "ArrayDataset", "load_source"]
 
 SOURCES: tuple[str, ...] = ("digits", "mnist", "fashion-mnist", "cifar10", "imagefolder", "npz")
 
@@ -133,7 +136,8 @@ def load_source(
     """Load data source ``name`` (one of :data:`SOURCES`) fully into memory.
 
     ``root`` is a directory for the torchvision sources and ``imagefolder``, and the ``.npz``
-    file itself for ``npz``; ``digits`` ignores it. ``split`` is ``"train"``/``"test"`` (plus
+    file itself for ``npz``; ``digits`` ignores it, and ``fashion-mnist`` without one reads
+    Debian's package (:data:`DEBIAN_FASHION_MNIST`). ``split`` is ``"train"``/``"test"`` (plus
     ``"all"`` for ``digits`` and ``npz``); ``imagefolder`` ignores it. ``download`` lets
     torchvision fetch MNIST/Fashion-MNIST/CIFAR-10 into ``root``. ``image_size`` is the side
     length in pixels that ``imagefolder`` resizes every image to.
@@ -217,13 +221,47 @@ _DIGITS_TEST_MASK = bytes.fromhex(
 significant first): ``train_test_split``'s 360 test indices (see :func:`_load_digits`)."""
 
 
-# --- torchvision: MNIST, Fashion-MNIST, CIFAR-10 ---------------------------------------------
+# --- MNIST, Fashion-MNIST (IDX files), CIFAR-10 (torchvision) --------------------------------
+
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+"""Where Debian's ``dataset-fashion-mnist`` package puts the original gzipped IDX files: the
+``fashion-mnist`` source reads them in place when no root is given."""
 
 _LAYOUTS = {
-    "mnist": "ROOT/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte",
-    "fashion-mnist": "ROOT/FashionMNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte",
+    "mnist": "ROOT/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte, "
+    "or the same files, gzipped or not, directly in ROOT",
+    "fashion-mnist": "ROOT/FashionMNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte, "
+    "or the same files, gzipped or not, directly in ROOT",
     "cifar10": "ROOT/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}",
 }
+
+# torchvision's class names (datasets.MNIST.classes, datasets.FashionMNIST.classes), written out
+# so that reading the IDX files ourselves gives the same data set without importing torchvision.
+_MNIST_CLASSES = (
+    "0 - zero",
+    "1 - one",
+    "2 - two",
+    "3 - three",
+    "4 - four",
+    "5 - five",
+    "6 - six",
+    "7 - seven",
+    "8 - eight",
+    "9 - nine",
+)
+_FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+_IDX_PREFIXES = {"train": "train", "test": "t10k"}
 
 
 def _require_root(name: str, root: str | Path | None) -> Path:
@@ -254,13 +292,31 @@ def _open_torchvision(name: str, factory: Callable[[], Any], root: Path, downloa
 def _load_mnist_like(
     name: str, root: str | Path | None, split: str, download: bool
 ) -> ArrayDataset:
-    """MNIST or Fashion-MNIST from torchvision's raw IDX files, as uint8 (N, 1, 28, 28).
+    """MNIST or Fashion-MNIST as uint8 (N, 1, 28, 28), from one of two layouts:
 
-    Reads ``.data``/``.targets`` directly instead of iterating items, which would push every
-    image through PIL and be orders of magnitude slower.
+    * the IDX files directly in a folder, gzipped or not, as their authors publish them and as
+      Debian's ``dataset-fashion-mnist`` installs them: read with :func:`read_idx`. This is
+      ``fashion-mnist``'s default when no root is given (:data:`DEBIAN_FASHION_MNIST`);
+    * torchvision's ``ROOT/<Name>/raw`` layout, which ``--download`` fills: read by torchvision.
+
+    torchvision's path reads ``.data``/``.targets`` directly instead of iterating items, which
+    would push every image through PIL and be orders of magnitude slower.
     """
     _check_split(name, split, _TRAIN_TEST)
+    if root is None and name == "fashion-mnist" and not download:
+        flat = _flat_idx_files(DEBIAN_FASHION_MNIST, split)
+        if flat is None:
+            raise DataSourceError(
+                f"fashion-mnist: no --root given and Debian's Fashion-MNIST is not installed "
+                f"(no {_IDX_PREFIXES[split]}-*-ubyte.gz in {DEBIAN_FASHION_MNIST}): install it "
+                "with 'apt-get install dataset-fashion-mnist', or pass --root DIR (layout "
+                f"{_LAYOUTS[name]}) and add --download to fetch the files into it"
+            )
+        return _idx_dataset(name, *flat)
     path = _require_root(name, root)
+    flat = None if download else _flat_idx_files(path, split)
+    if flat is not None:
+        return _idx_dataset(name, *flat)
     from torchvision import datasets
 
     cls = datasets.MNIST if name == "mnist" else datasets.FashionMNIST
@@ -272,6 +328,45 @@ def _load_mnist_like(
     x = data.reshape(data.shape[0], 1, data.shape[1], data.shape[2])
     y = ds.targets.numpy().astype(np.int64)
     return ArrayDataset(name, x, y, tuple(str(c) for c in ds.classes), 255.0)
+
+
+def _flat_idx_files(folder: Path, split: str) -> tuple[Path, Path] | None:
+    """The images and labels IDX files of ``split`` directly in ``folder`` (the gzipped name
+    first), or None when either is missing."""
+    prefix = _IDX_PREFIXES[split]
+    found = []
+    for stem in (f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"):
+        path = next(
+            (p for p in (folder / f"{stem}.gz", folder / stem) if p.is_file()),
+            None,
+        )
+        if path is None:
+            return None
+        found.append(path)
+    return found[0], found[1]
+
+
+def _idx_dataset(name: str, images_path: Path, labels_path: Path) -> ArrayDataset:
+    """An MNIST-like data set from its images (N, H, W) and labels (N,) IDX files."""
+    images, labels = read_idx(images_path), read_idx(labels_path)
+    if images.ndim != 3 or images.dtype != np.uint8:
+        raise DataSourceError(
+            f"{images_path}: expected uint8 images of shape (N, H, W); "
+            f"found {images.dtype} {images.shape}"
+        )
+    if labels.ndim != 1 or labels.dtype != np.uint8:
+        raise DataSourceError(
+            f"{labels_path}: expected uint8 labels of shape (N,); "
+            f"found {labels.dtype} {labels.shape}"
+        )
+    if labels.shape[0] != images.shape[0]:
+        raise DataSourceError(
+            f"{name}: {images.shape[0]} images in {images_path} but {labels.shape[0]} labels in "
+            f"{labels_path}; they must match"
+        )
+    x = images.reshape(images.shape[0], 1, images.shape[1], images.shape[2])
+    classes = _MNIST_CLASSES if name == "mnist" else _FASHION_MNIST_CLASSES
+    return ArrayDataset(name, x, labels.astype(np.int64), classes, 255.0)
 
 
 def _load_cifar10(root: str | Path | None, split: str, download: bool) -> ArrayDataset:
