@@ -6,6 +6,8 @@ encryption and training never need to know where the data came from:
 * ``x`` is C-contiguous, one example per row: ``(N, C, H, W)`` for images, ``(N, D)`` for
   tabular ``npz`` data. Images stay in their stored integer form (``uint8``); training
   divides by ``value_max`` to get ``[0, 1]`` floats, which keeps files small and exact.
+* Text (the ``text`` source) is ``int64`` ``(N, 2, L)``: token ids and attention mask, fixed
+  length ``L`` (:mod:`fedchain.data.labelled_text`); ``value_max`` is None.
 * ``y`` is ``int64`` with shape ``(N,)`` and values ``0 .. len(classes) - 1``.
 
 ``digits`` (scikit-learn's embedded 8x8 digits) needs no files and no network, which is why it
@@ -33,14 +35,31 @@ from typing import Any
 import numpy as np
 
 from fedchain.data.idx import read_idx
+from fedchain.data.labelled_text import (
+    TEXT_SUFFIXES,
+    TextOptions,
+    compute_classes,
+    compute_label_values,
+    read_labelled_text,
+    tokenize,
+)
 from fedchain.errors import DataSourceError
 
 __all__ = ["DEBIAN_FASHION_MNIST", "SOURCES", "ArrayDataset", "load_source"]
 
-SOURCES: tuple[str, ...] = ("digits", "mnist", "fashion-mnist", "cifar10", "imagefolder", "npz")
+SOURCES: tuple[str, ...] = (
+    "digits",
+    "mnist",
+    "fashion-mnist",
+    "cifar10",
+    "imagefolder",
+    "npz",
+    "text",
+)
 
 _TRAIN_TEST = ("train", "test")
 _NPZ_SPLITS = ("train", "test", "all")
+_TEXT_SPLITS = ("train", "test", "all")
 _DIGITS_SPLITS = ("train", "test", "all")
 _NPZ_X_KEYS = ("x", "X", "features")
 _NPZ_Y_KEYS = ("y", "labels")
@@ -132,6 +151,7 @@ def load_source(
     split: str = "train",
     download: bool = False,
     image_size: int = 32,
+    text: TextOptions | None = None,
 ) -> ArrayDataset:
     """Load data source ``name`` (one of :data:`SOURCES`) fully into memory.
 
@@ -140,7 +160,9 @@ def load_source(
     Debian's package (:data:`DEBIAN_FASHION_MNIST`). ``split`` is ``"train"``/``"test"`` (plus
     ``"all"`` for ``digits`` and ``npz``); ``imagefolder`` ignores it. ``download`` lets
     torchvision fetch MNIST/Fashion-MNIST/CIFAR-10 into ``root``. ``image_size`` is the side
-    length in pixels that ``imagefolder`` resizes every image to.
+    length in pixels that ``imagefolder`` resizes every image to. ``text`` says how the ``text``
+    source reads and tokenizes its files (:class:`~fedchain.data.labelled_text.TextOptions`;
+    its ``tokenizer`` directory is required).
 
     Raises :class:`DataSourceError` for every problem a user can fix (unknown name, missing or
     malformed files, bad split).
@@ -152,6 +174,7 @@ def load_source(
         "cifar10": lambda: _load_cifar10(root, split, download),
         "imagefolder": lambda: _load_imagefolder(root, image_size),
         "npz": lambda: _load_npz(root, split),
+        "text": lambda: _load_text(root, split, text or TextOptions()),
     }
     loader = loaders.get(name)
     if loader is None:
@@ -518,3 +541,71 @@ def _npz_dataset(name: str, x: np.ndarray, y: np.ndarray) -> ArrayDataset:
         raise DataSourceError(f"{name}: features must be numeric, got dtype {x.dtype}")
     classes = tuple(str(c) for c in range(int(y.max()) + 1))
     return ArrayDataset(name, x, y, classes, None)
+
+
+# --- text -------------------------------------------------------------------------------------
+
+
+def _load_text(root: str | Path | None, split: str, options: TextOptions) -> ArrayDataset:
+    """Labelled text, tokenized (:mod:`fedchain.data.labelled_text`), from ``root``: one
+    ``.csv``/``.jsonl`` file (splits ``train`` and ``all``), or a folder holding ``train`` and
+    ``test`` files (``train.csv`` or ``train.jsonl``, ...; ``all`` is both).
+
+    The class list is ``options.classes`` when given, else every label name in the folder's
+    train and test files (or in the one file), sorted, so that both splits agree on it.
+    """
+    _check_split("text", split, _TEXT_SPLITS)
+    if root is None:
+        raise DataSourceError(
+            "text: pass the data as --root: a .csv or .jsonl file, or a folder holding "
+            "train.csv and test.csv (or .jsonl)"
+        )
+    if options.tokenizer is None:
+        raise DataSourceError("text: a local tokenizer directory is required (--tokenizer DIR)")
+    path = Path(root)
+    files = _text_files(path)
+    if path.is_file() and split == "test":
+        raise DataSourceError(
+            f"text: {path} is one file, with no test split; put train and test files "
+            "(train.csv and test.csv, or .jsonl) in a folder and pass the folder"
+        )
+    read = {
+        name: read_labelled_text(file, options.text_column, options.label_column)
+        for name, file in files.items()
+    }
+    classes = options.classes or compute_classes(
+        label for _, labels in read.values() for label in labels
+    )
+    if len(set(classes)) != len(classes) or not classes:
+        raise DataSourceError(f"text: the class list must be non-empty and distinct: {classes}")
+    wanted = ("train", "test") if split == "all" or path.is_file() else (split,)
+    texts: list[str] = []
+    ys: list[np.ndarray] = []
+    for name in wanted:
+        if name in read:
+            texts += read[name][0]
+            ys.append(compute_label_values(files[name], read[name][1], classes))
+    x = tokenize(texts, options.tokenizer, options.max_length)
+    return ArrayDataset(f"text:{path}", x, np.concatenate(ys), tuple(classes), None)
+
+
+def _text_files(path: Path) -> dict[str, Path]:
+    """``{"train": file}`` for one file; ``{"train": ..., "test": ...}`` for a folder."""
+    if path.is_file():
+        if path.suffix not in TEXT_SUFFIXES:
+            raise DataSourceError(f"text: {path} must end in {' or '.join(TEXT_SUFFIXES)}")
+        return {"train": path}
+    if not path.is_dir():
+        raise DataSourceError(f"text: {path} does not exist")
+    files: dict[str, Path] = {}
+    for name in ("train", "test"):
+        found = [path / f"{name}{suffix}" for suffix in TEXT_SUFFIXES]
+        present = [f for f in found if f.is_file()]
+        if len(present) != 1:
+            what = "both" if present else "neither"
+            raise DataSourceError(
+                f"text: {path} must hold one {name} file, {found[0].name} or {found[1].name}; "
+                f"it has {what}"
+            )
+        files[name] = present[0]
+    return files
