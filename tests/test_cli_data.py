@@ -128,7 +128,8 @@ def test_invalid_forged_header_stops_join_before_anything_starts(sealed, tmp_pat
 def test_encrypt_a_text_folder_with_a_local_tokenizer(tmp_path):
     """`fedchain data encrypt --source text`: CSV/JSONL files and a tokenizer directory in,
     per-client files of int64 token ids and masks out, with the class list the user gave."""
-    transformers = pytest.importorskip("transformers", reason="the text source needs fedchain[nlp]")
+    import transformers  # fedchain[nlp], part of the dev extra; slow to import
+
     vocab = tmp_path / "vocab.txt"
     vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "bad"]))
     transformers.BertTokenizer(str(vocab)).save_pretrained(str(tmp_path / "tok"))

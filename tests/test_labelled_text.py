@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import transformers  # fedchain[nlp], part of the dev extra
 
 from fedchain.data import datafile, keys
 from fedchain.data.labelled_text import (
@@ -19,8 +20,6 @@ from fedchain.data.labelled_text import (
 from fedchain.data.partition import partition
 from fedchain.data.sources import load_source
 from fedchain.errors import DataSourceError
-
-transformers = pytest.importorskip("transformers", reason="the text source needs fedchain[nlp]")
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "bad", "movie", "the", "is", "very"]
 PAD, UNK, CLS, SEP = 0, 1, 2, 3
