@@ -86,6 +86,12 @@ class RunConfig:
     out: str = "runs"
     dataset: str = "digits"
     data_root: str = ""
+    # the text source (fedchain.data.labelled_text): a local tokenizer directory, the columns,
+    # the token length (ids and mask per example)
+    tokenizer: str = ""
+    text_column: str = "text"
+    label_column: str = "label"
+    max_length: int = 128
     partitioner: str = "iid"
     alpha: float = 0.5
     shards_per_client: int = 2

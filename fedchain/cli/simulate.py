@@ -79,6 +79,20 @@ def simulate(
         str | None,
         typer.Option(help="Where mnist/cifar10/... live (default: the source's own place)."),
     ] = None,
+    tokenizer: Annotated[
+        str | None,
+        typer.Option(help="--dataset text: the local tokenizer directory (save_pretrained's)."),
+    ] = None,
+    text_column: Annotated[
+        str | None, typer.Option(help=_help("text_column", "--dataset text: the text column"))
+    ] = None,
+    label_column: Annotated[
+        str | None, typer.Option(help=_help("label_column", "--dataset text: the label column"))
+    ] = None,
+    max_length: Annotated[
+        int | None,
+        typer.Option(help=_help("max_length", "--dataset text: tokens per example")),
+    ] = None,
     clients: Annotated[
         int | None, typer.Option("--clients", "-n", help=_help("clients", "Clients."))
     ] = None,
@@ -403,6 +417,10 @@ def simulate(
     flags: dict[str, Any] = {
         "dataset": dataset,
         "data_root": data_root,
+        "tokenizer": str(Path(tokenizer).resolve()) if tokenizer else tokenizer,
+        "text_column": text_column,
+        "label_column": label_column,
+        "max_length": max_length,
         "clients": clients,
         "clients_per_round": clients_per_round,
         "partitioner": partitioner,

@@ -22,7 +22,6 @@ from typing import Any
 
 from fedchain.config import RunConfig, merge_config, write_config
 from fedchain.crypto import identity
-from fedchain.data.sources import load_source
 from fedchain.durable import write_atomically
 from fedchain.errors import ConfigError, FedchainError, SignatureError
 from fedchain.ledger.builder import make_genesis
@@ -37,7 +36,7 @@ from fedchain.runs.layout import (
     LEDGER_FILENAME,
     run_dir_of,
 )
-from fedchain.runs.prepare import make_model_and_rules
+from fedchain.runs.prepare import load_run_source, make_model_and_rules
 from fedchain.runs.registration import (
     MAX_REGISTERED_EXAMPLES,
     ParticipantEntry,
@@ -221,7 +220,7 @@ def compute_federation_id_of(fed_dir: Path, run_id: str, settings: Mapping[str, 
 def make_federation_rules(config: RunConfig) -> Rules:
     """A federation's genesis rules, whose model record describes the model made for the
     coordinator's test data (shape and classes) from ``config``."""
-    test = load_source(config.dataset, root=config.data_root or None, split="test")
+    test = load_run_source(config, "test")
     return make_model_and_rules(config, tuple(test.x.shape[1:]), len(test.classes))[1]
 
 
@@ -390,7 +389,7 @@ def prepare_federation_run(federation: Federation) -> tuple[Path, RunConfig, boo
         return run_dir, config, False
     run_dir.mkdir(parents=True, exist_ok=True)
     write_config(config, run_dir / CONFIG_FILENAME)
-    test = load_source(config.dataset, root=config.data_root or None, split="test")
+    test = load_run_source(config, "test")
     model, rules = make_model_and_rules(config, tuple(test.x.shape[1:]), len(test.classes))
     initial_hash = save_model(run_dir, state_to_numpy(model))
     participants = [p.participant for p in federation.participants]

@@ -26,6 +26,7 @@ from fedchain.aggregation.rules import RULES
 from fedchain.config import FLOWER_RULES, RUN_ID_PATTERN, RunConfig, write_config
 from fedchain.crypto import identity
 from fedchain.data import datafile, keys
+from fedchain.data.labelled_text import TextOptions
 from fedchain.data.partition import PARTITIONERS, holdout_indices, partition
 from fedchain.data.sources import SOURCES, ArrayDataset, load_source
 from fedchain.errors import ConfigError
@@ -72,13 +73,26 @@ def new_run_id(config: RunConfig, now: float | None = None) -> str:
     return f"{stamp}-s{config.seed}"
 
 
+def load_run_source(config: RunConfig, split: str) -> ArrayDataset:
+    """Split ``split`` of the run's data source, as its settings say (root, text options)."""
+    text = None
+    if config.dataset == "text":
+        text = TextOptions(
+            tokenizer=Path(config.tokenizer) if config.tokenizer else None,
+            text_column=config.text_column,
+            label_column=config.label_column,
+            max_length=config.max_length,
+        )
+    return load_source(config.dataset, root=config.data_root or None, split=split, text=text)
+
+
 def load_split(config: RunConfig) -> tuple[ArrayDataset, ArrayDataset]:
     """(the clients' share, the coordinator's validation split) of the training data.
 
     Deterministic from the configuration (source and seed), so the coordinator and anyone
     re-checking its contribution scores derive the same validation split.
     """
-    train = load_source(config.dataset, root=config.data_root or None, split="train")
+    train = load_run_source(config, "train")
     kept, held = holdout_indices(train.y, config.validation_fraction, seed=config.seed)
     return train.subset(kept), train.subset(held)
 

@@ -23,7 +23,7 @@ from fedchain.aggregation.explain import encode_explanation
 from fedchain.aggregation.weights import make_rule_params
 from fedchain.anchor.connect import make_run_anchoring
 from fedchain.config import RunConfig
-from fedchain.data.sources import ArrayDataset, load_source
+from fedchain.data.sources import ArrayDataset
 from fedchain.durable import write_atomically
 from fedchain.errors import FedchainError
 from fedchain.learning.architectures import load_numpy_state
@@ -36,7 +36,7 @@ from fedchain.rounds.coordinator import Coordinator, RoundOutcome, RoundReporter
 from fedchain.rounds.messages import encode_attack_settings
 from fedchain.rounds.validation import RoundScorer
 from fedchain.runs.layout import LEDGER_FILENAME, METRICS_FILENAME, MODEL_SUFFIX, MODELS_DIRNAME
-from fedchain.runs.prepare import load_split
+from fedchain.runs.prepare import load_run_source, load_split
 from fedchain.runs.registry import load_model
 
 Arrays = dict[str, np.ndarray]
@@ -153,7 +153,7 @@ def open_session(
     config: RunConfig, run_dir: Path, report: RoundReporter | None = None
 ) -> Iterator[Session]:
     """The run's session: the test split loaded, the ledger (if on) open and verified."""
-    test = load_source(config.dataset, root=config.data_root or None, split="test")
+    test = load_run_source(config, "test")
     with contextlib.ExitStack() as stack:
         chain = None
         if config.ledger:
