@@ -25,15 +25,17 @@ from typer.testing import CliRunner
 
 from fedchain.cli import app
 from fedchain.errors import ConfigError
-from fedchain.learning.architectures import build_model
-from fedchain.learning.base import save_base
+from fedchain.learning.architectures import build_model, trainable_names
+from fedchain.learning.base import read_base, save_base
 from fedchain.learning.task import build_task_model, load_task
+from fedchain.ledger.objects import ModelRecord
 from fedchain.ledger.verify import verify_ledger
 from fedchain.report.build import build_report
 from fedchain.report.card import compute_card, render_card_markdown
 from fedchain.runs.export import (
     build_version_model,
     check_export_base,
+    compute_export_tensors,
     make_export_folder,
     write_export_file,
 )
@@ -300,3 +302,59 @@ def test_invalid_an_altered_ledger_or_model_file_is_refused(full_run, tmp_path):
     code, output = export(str(swapped), "--out", str(tmp_path / "s"))
     assert code == 1 and "the file was altered or renamed" in output, output
     assert not (tmp_path / "a").exists() and not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize(("mode", "rank"), [("head", 0), ("lora", 2)])
+def test_a_torchvision_model_with_batchnorm_exports_its_bases_statistics(tmp_path, mode, rank):
+    """resnet18 fine-tuned from a base whose BatchNorm statistics are not the defaults: the
+    export carries the frozen backbone and the statistics, so plain torch computes the logits
+    fedchain's model does."""
+    shape, classes = (1, 16, 16), 4
+    pretrained = build_model("resnet18", shape, 5, seed=3)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, buffer in pretrained.named_buffers():
+            if "running_" in name:
+                buffer.copy_(torch.rand(buffer.shape, generator=generator) + 0.5)
+    base_path = tmp_path / "resnet-base.safetensors"
+    base_hash = save_base(pretrained, base_path)
+    model = build_model(
+        "resnet18", shape, classes, seed=0, finetune=mode, lora_rank=rank, base=read_base(base_path)
+    )
+    with torch.no_grad():  # as if trained: every tensor that travels moves
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn(p.shape, generator=generator))
+    record = ModelRecord("resnet18", mode, rank, base_hash, "", "", trainable_names(model))
+    x = torch.rand(3, *shape, generator=generator)
+    with torch.no_grad():
+        expected = model.eval()(x)
+    state = compute_export_tensors(model, record)["model.safetensors"]
+    plain = build_task_model(load_task("resnet18"), shape, classes, seed=9)
+    plain.load_state_dict(state, strict=True)
+    assert torch.equal(state["bn1.running_mean"], read_base(base_path)["bn1.running_mean"])
+    with torch.no_grad():
+        assert torch.allclose(plain.eval()(x), expected, atol=1e-4)
+
+
+def test_the_card_of_a_private_federation_states_its_privacy(
+    tmp_path: Path, inprocess_federation: MakeFederation
+) -> None:
+    fed = inprocess_federation(
+        tmp_path / "dp", run_id="dp", clients=2, rounds=1, model="mlp", aggregation="fedavg",
+        contribution="none", dp="client", dp_noise=2.0, dp_clip=1.0, dp_delta=1e-5,
+        dp_max_epsilon=8.0,
+    ).run()  # fmt: skip
+    out = tmp_path / "e"
+    code, output = export(str(fed.setup.run_dir), "--out", str(out))
+    assert code == 0, output
+    card = json.loads((out / "card.json").read_text())
+    dp = card["rules"]["differential_privacy"]
+    assert dp["mode"] == "client" and dp["noise_multiplier"] == 2.0 and dp["max_epsilon"] == 8.0
+    assert "clients" not in dp and all(c["epsilon"] > 0 for c in card["contributors"])
+    text = (out / "card.md").read_text()
+    assert "differential privacy: client level, noise multiplier 2.0" in text
+    assert "| share | epsilon |" in text
+    state = load_file(str(out / "model.safetensors"))
+    plain = build_task_model(load_task("mlp"), (64,), CLASSES, seed=1)
+    plain.load_state_dict(state, strict=True)  # a built-in task: the mlp, from plain torch

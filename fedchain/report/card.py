@@ -271,20 +271,24 @@ def _data_lines(card: Mapping[str, Any]) -> list[str]:
 
 
 def _contributor_lines(card: Mapping[str, Any]) -> list[str]:
+    private = bool(card["rules"].get("differential_privacy"))
+    rounds = card["rounds"]
     lines = [
         "## Contributors",
         "",
-        f"{card['rounds']} round{'' if card['rounds'] == 1 else 's'} on the ledger; "
+        f"{rounds} round{'' if rounds == 1 else 's'} on the ledger; "
         f"{card['rewards_paid'] or 0} rewards paid.",
         "",
-        "| participant | fingerprint | updates | rewards | share |",
-        "|---|---|---:|---:|---:|",
+        "| participant | fingerprint | updates | rewards | share |"
+        + (" epsilon |" if private else ""),
+        "|---|---|---:|---:|---:|" + ("---:|" if private else ""),
     ]
-    lines += [
-        f"| {_md(c['name'])} | {_code(c['fingerprint'])} | {c['updates']} | {c['rewards']} | "
-        f"{_pct(c['reward_share'])} |"
-        for c in card["contributors"]
-    ]
+    for c in card["contributors"]:
+        cells = [_md(c["name"]), _code(c["fingerprint"]), str(c["updates"]), str(c["rewards"])]
+        cells.append(_pct(c["reward_share"]))
+        if private:
+            cells.append(_DASH if c["epsilon"] is None else f"{c['epsilon']:.3g}")
+        lines.append("| " + " | ".join(cells) + " |")
     return [*lines, ""]
 
 
