@@ -130,6 +130,12 @@ def test_a_full_model_exports_as_a_plain_state_dict_with_the_same_logits(full_ru
     assert torch.allclose(exported, fedchain_logits(full_run, 1, None, x), atol=1e-6)
     card = json.loads((tmp_path / "e" / "card.json").read_text())
     assert card["model"]["base_hash"] is None and card["version"]["round"] == 1
+    assert card["input"]["shape"] == list(DIGITS) and len(card["input"]["classes"]) == CLASSES
+    assert card["input"]["value_max"] > 0
+    assert (
+        "- one example: 1 x 8 x 8; raw values divided by"
+        in (tmp_path / "e" / "card.md").read_text()
+    )
     assert card["verification"]["verdict"] == "verified"
 
 

@@ -236,14 +236,14 @@ def export(
     config = load_config_file(run_dir / CONFIG_FILENAME)
     base = base_weights or config.base_weights or None
     with console.status("building and writing the model"):
-        files = export_version(run_dir, entry, record, config, out, base)
+        done = export_version(run_dir, entry, record, config, out, base)
     (version,) = [
         m
         for m in report["lineage"]
         if m["height"] == entry.height and m["model_hash"] == entry.model_hash.hex()
     ]
-    card = compute_card(report, version, [vars(f) for f in files])
-    paths = [out / f.name for f in files] + write_card_files(card, out)
+    card = compute_card(report, version, [vars(f) for f in done.files], done.input_json())
+    paths = [out / f.name for f in done.files] + write_card_files(card, out)
     kind = "initial model" if entry.is_initial else f"model of round {entry.round}"
     verification = card["verification"]
     console.print(f"exported the {kind} {_short(entry.model_hash)}")

@@ -44,9 +44,12 @@ def compute_card(
     report: Mapping[str, Any],
     version: Mapping[str, Any] | None = None,
     files: Sequence[Mapping[str, Any]] = (),
+    model_input: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The card of ``version`` (a lineage entry of ``report``; default the latest) and, for an
-    export, its ``files`` (``{"name", "sha256", "bytes", "contents"}``)."""
+    export, its ``files`` (``{"name", "sha256", "bytes", "contents"}``) and the input its model
+    takes (``{"shape", "classes", "value_max"}``: one example's shape, the classes in logit
+    order, what raw values are divided by; the report alone does not know it)."""
     version = version if version is not None else find_version(report)
     run = report.get("run") or {}
     rules = run.get("rules") or {}
@@ -60,6 +63,7 @@ def compute_card(
         "model": run.get("model"),
         "version": _version_json(report, version),
         "files": [dict(f) for f in files],
+        "input": None if model_input is None else dict(model_input),
         "rules": {
             "aggregation_rule": rules.get("aggregation_rule"),
             "aggregation_params": rules.get("aggregation_params"),
@@ -177,7 +181,7 @@ def _pct(value: float | None) -> str:
 def render_card_markdown(card: Mapping[str, Any]) -> str:
     """``card.md``: the card for people (the JSON holds the same facts, unrounded)."""
     lines = [f"# Model card: {_md(card['run_id'])}", ""]
-    lines += _model_lines(card) + _version_lines(card) + _rules_lines(card)
+    lines += _model_lines(card) + _input_lines(card) + _version_lines(card) + _rules_lines(card)
     lines += _data_lines(card) + _contributor_lines(card) + _ledger_lines(card)
     lines += ["", f"_{card['generator']} · {CARD_FORMAT}_", ""]
     return "\n".join(lines)
@@ -203,6 +207,26 @@ def _model_lines(card: Mapping[str, Any]) -> list[str]:
             f"- base licence: {_md(model['base_licence'] or 'not stated')}",
         ]
     return [*lines, ""]
+
+
+def _input_lines(card: Mapping[str, Any]) -> list[str]:
+    given = card.get("input")
+    if not given:
+        return []
+    shape = " x ".join(str(d) for d in given["shape"])
+    scale = (
+        "token ids and an attention mask, as the tokenizer gives them"
+        if given["value_max"] is None
+        else f"raw values divided by {given['value_max']:g} (to [0, 1])"
+    )
+    classes = ", ".join(_md(c) for c in given["classes"])
+    return [
+        "## Input",
+        "",
+        f"- one example: {shape}; {scale}",
+        f"- {len(given['classes'])} classes, in logit order: {classes}",
+        "",
+    ]
 
 
 def _version_lines(card: Mapping[str, Any]) -> list[str]:

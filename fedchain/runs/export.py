@@ -47,6 +47,7 @@ from fedchain.runs.registry import ModelEntry, load_model
 __all__ = [
     "ADAPTERS_FILENAME",
     "MODEL_FILENAME",
+    "Export",
     "ExportedFile",
     "build_version_model",
     "check_export_base",
@@ -70,6 +71,25 @@ class ExportedFile:
     sha256: str
     bytes: int
     contents: str
+
+
+@dataclass(frozen=True)
+class Export:
+    """What an export wrote, and the input its model takes: one example's ``input_shape`` (no
+    batch axis), the ``classes`` its logits score in order, and ``value_max``, what the raw
+    values were divided by to make them [0, 1] (None: token ids, used as they are)."""
+
+    files: tuple[ExportedFile, ...]
+    input_shape: tuple[int, ...]
+    classes: tuple[str, ...]
+    value_max: float | None
+
+    def input_json(self) -> dict[str, object]:
+        return {
+            "shape": list(self.input_shape),
+            "classes": list(self.classes),
+            "value_max": self.value_max,
+        }
 
 
 def make_export_folder(out: Path) -> Path:
@@ -171,15 +191,15 @@ def export_version(
     config: RunConfig,
     out: Path,
     base_weights: str | Path | None,
-) -> list[ExportedFile]:
+) -> Export:
     """Export the registered model ``entry`` of ``run_dir`` into the new folder ``out`` (see the
     module docstring); ``config`` is the run's (its data gives the input shape and the classes,
     as for ``fedchain verify``). The folder is made only once the model is built: a refused
     base leaves nothing behind."""
     arrays = load_model(run_dir, entry.model_hash)  # RegistryError naming the file if bad
     validation = load_split(config)[1]
-    shape, classes = tuple(validation.x.shape[1:]), len(validation.classes)
-    model = build_version_model(record, arrays, shape, classes, base_weights, seed=config.seed)
+    shape, classes = tuple(validation.x.shape[1:]), validation.classes
+    model = build_version_model(record, arrays, shape, len(classes), base_weights, seed=config.seed)
     metadata = {
         "format": "pt",
         "fedchain.run_id": config.run_id,
@@ -194,7 +214,8 @@ def export_version(
         for name, tensors in compute_export_tensors(model, record).items()
     ]
     folder = make_export_folder(out)
-    return [write_export_file(folder, name, data, what) for name, data, what in encoded]
+    files = [write_export_file(folder, name, data, what) for name, data, what in encoded]
+    return Export(tuple(files), shape, classes, validation.value_max)
 
 
 def encode_tensors(tensors: Tensors, metadata: Mapping[str, str]) -> bytes:
