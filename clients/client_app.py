@@ -60,7 +60,7 @@ from flwr.common.logger import log
 from fedchain.crypto.identity import public_key_bytes
 from fedchain.data.holder import DataHolder, load_configured_holder, load_simulated_holder
 from fedchain.data.sources import ArrayDataset
-from fedchain.errors import ConfigError, LedgerError
+from fedchain.errors import ConfigError, LedgerError, PrivacyBudgetSpent
 from fedchain.learning.architectures import build_model, load_numpy_state, state_to_numpy
 from fedchain.learning.attacks import (
     Attack,
@@ -309,7 +309,11 @@ def train(msg: Message, context: Context) -> Message:
     if ledger:
         duties, state = _ledger_duties(context, holder, config, base)
         released = _released(context, state)
-        check_privacy_budget(state, holder.public_key, released)  # raises: nothing leaves
+        try:
+            check_privacy_budget(state, holder.public_key, released)
+        except PrivacyBudgetSpent as exc:  # nothing leaves; the ledger duties are still done
+            log(WARNING, "fedchain client %d: %s", holder.index, exc)
+            return _refusal_reply(msg, duties, str(exc))
         rules = state.genesis.rules
         if rules.dp_mode != "off":  # counted before the update leaves (a retry counts again)
             context.state[m.RELEASED] = ConfigRecord(
@@ -325,6 +329,16 @@ def train(msg: Message, context: Context) -> Message:
     return _signed_reply(
         msg, holder, duties, update, update, result.num_examples, result.loss, rules
     )
+
+
+def _refusal_reply(msg: Message, duties: m.Duties, reason: str) -> Message:
+    """A train reply that trains nothing: the reason and the ledger duties (attestation, seal,
+    checkpoint), with no update and no commitment."""
+    records = {
+        m.REFUSAL: ConfigRecord({m.REFUSAL_REASON: reason}),
+        m.DUTIES: ConfigRecord(m.encode_duties(duties)),
+    }
+    return Message(RecordDict(records), reply_to=msg)
 
 
 def _released(context: Context, state: LedgerState) -> int:

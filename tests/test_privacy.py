@@ -38,6 +38,7 @@ from fedchain.ledger.builder import (
     build_block,
     make_genesis,
     make_rules,
+    prepare_block,
     sign_commitment,
     sign_genesis_participant,
 )
@@ -46,6 +47,7 @@ from fedchain.ledger.codec import decode
 from fedchain.ledger.containers import LedgerState
 from fedchain.ledger.genesis import compute_genesis_block, compute_genesis_state
 from fedchain.ledger.objects import (
+    Attestation,
     Genesis,
     Rejection,
     Rules,
@@ -76,7 +78,7 @@ from fedchain.rounds.participant import check_privacy_budget
 from fedchain.runs.prepare import RunSetup, prepare_run
 from fedchain.runs.registry import load_model
 from server.inprocess_grid import NODE_BASE, InProcessGrid
-from server.strategy import parse_reply, to_array_record
+from server.strategy import compute_client_reply, parse_reply, to_array_record
 from tests.conftest import MakeFederation
 
 runner = CliRunner()
@@ -431,8 +433,48 @@ def test_invalid_coordinator_that_keeps_commitments_off_the_ledger_gets_no_more_
     for _ in range(2):
         assert not send_train(grid, record, model).has_error()
     refused = send_train(grid, record, model)  # the same view: the ledger shows no participation
-    assert refused.has_error()
-    assert "privacy budget spent (2 of 2 participations, epsilon 8)" in refused.error.reason
+    read = parse_reply(refused, model=model)
+    assert read.update is None and read.commitment == b"" and m.ARRAYS not in refused.content
+    assert "client refused to train" in read.error
+    assert "privacy budget spent (2 of 2 participations, epsilon 8)" in read.error
+
+
+def test_a_client_past_its_budget_still_attests(tmp_path: Path) -> None:
+    """Refusing to train is not refusing the ledger duties: the reply carries no update and no
+    commitment, only the reason and the attestation to the pending block (finality goes on)."""
+    setup, model, record = dp_client_run(tmp_path)
+    grid = InProcessGrid(client_app.app, 2)
+    for _ in range(2):
+        assert not send_train(grid, record, model).has_error()
+    state = compute_genesis_state(setup.genesis)
+    pending, _ = prepare_block(state, [], round=1)
+    view = m.encode_ledger_view(
+        state.genesis_hash, setup.genesis.run_id, [compute_genesis_block(setup.genesis)], 0, pending
+    )
+    reply = send_train(grid, ConfigRecord({**dict(record), **view}), model)
+    assert not reply.has_error() and set(reply.content) == {m.REFUSAL, m.DUTIES}
+    read = parse_reply(reply, model=model)
+    assert read.update is None and read.commitment == b""
+    assert read.error.startswith("client refused to train, in its own words:")
+    attestation = decode(Attestation, read.attestation)
+    assert attestation.validator == setup.public_keys[0] and attestation.height == 1
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ({m.REFUSAL: ConfigRecord({"why": "x"})}, "refusal is not a record with one reason"),
+        ({m.REFUSAL: ConfigRecord({m.REFUSAL_REASON: ""})}, "refusal reason is"),
+        (
+            {m.REFUSAL: ConfigRecord({m.REFUSAL_REASON: "x"}), "extra": ConfigRecord({})},
+            "unexpected record",
+        ),
+    ],
+)
+def test_invalid_refusal_replies_are_malformed(content: dict, problem: str) -> None:  # type: ignore[type-arg]
+    read = compute_client_reply(7, {**content}, {"w": np.zeros(2, np.float32)})
+    assert read.error.startswith("malformed reply:") and problem in read.error
+    assert read.update is None
 
 
 # --------------------------------------------------------------------------------------------------
