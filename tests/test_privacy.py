@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from opacus.accountants import RDPAccountant
 from typer.testing import CliRunner
 
@@ -71,6 +71,7 @@ from fedchain.privacy.mechanism import (
     privatise_update,
     privatise_update_with,
 )
+from fedchain.privacy.tally import TALLY_FILENAME, read_released, record_released
 from fedchain.report.build import build_report
 from fedchain.rounds import messages as m
 from fedchain.rounds.admission import compute_reason
@@ -612,3 +613,35 @@ def test_invalid_run_whose_budget_allows_no_round(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no client could ever take part"):
         prepare_run(config)
     assert not (tmp_path / "none").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# The holder's tally on disk
+
+
+def test_the_tally_survives_a_restart_and_never_goes_down(tmp_path: Path) -> None:
+    """A deployed holder's SuperNode restarts (a fresh context.state): its count of released
+    updates comes back from its replica folder, so a coordinator that kept the commitments off
+    the ledger still gets no update past the cap."""
+    setup, _, _ = dp_client_run(tmp_path)
+    state = compute_genesis_state(setup.genesis)
+    folder = tmp_path / "replica"
+    record_released(folder, state.genesis_hash, 2)
+    record_released(folder, state.genesis_hash, 1)  # a lower count never replaces a higher one
+    assert read_released(folder, state.genesis_hash) == 2
+    assert read_released(folder, bytes(32)) == 0  # another federation: its own count
+    restarted = Context(1, 1, {}, RecordDict(), {})
+    released = client_app._released(restarted, state, folder)
+    assert released == 2
+    with pytest.raises(PrivacyBudgetSpent, match=r"spent \(2 of 2"):
+        check_privacy_budget(state, setup.public_keys[0], released)
+
+
+@pytest.mark.parametrize("text", ["{", '{"format": "other", "counts": {}}', '{"format": '
+                                  '"fedchain-privacy-tally/1", "counts": {"ab": -1}}'])  # fmt: skip
+def test_invalid_tally_files_stop_the_holder_rather_than_count_zero(
+    tmp_path: Path, text: str
+) -> None:
+    (tmp_path / TALLY_FILENAME).write_text(text)
+    with pytest.raises(ConfigError, match="not training"):
+        read_released(tmp_path, bytes(32))
