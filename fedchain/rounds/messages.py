@@ -32,6 +32,8 @@ CONFIG = "config"
 ARRAYS = "arrays"
 METRICS = "metrics"
 DUTIES = "fedchain"
+REFUSAL = "refusal"  # a train reply that trained nothing: {"reason": text}, beside its duties
+REFUSAL_REASON = "reason"
 """The reply's record of ledger duties (and the client's own state record's name)."""
 
 # -- ledger view, coordinator -> client (in ``config``) -------------------------------------------
@@ -286,6 +288,19 @@ def decode_duties(record: object, problems: list[str]) -> Duties:
         seal=fields.get(SEAL, b""),
         commitment=fields.get(COMMITMENT, b""),
     )
+
+
+def decode_refusal(record: object, problems: list[str]) -> str:
+    """The reason in a ``refusal`` record (a client's words: capped when shown); a malformed
+    record is a problem."""
+    if not isinstance(record, Mapping) or set(record) != {REFUSAL_REASON}:
+        problems.append("refusal is not a record with one reason")
+        return ""
+    reason = record[REFUSAL_REASON]
+    if not isinstance(reason, str) or not reason:
+        problems.append(f"refusal reason is {describe_value(reason)}, not text")
+        return ""
+    return reason
 
 
 def encode_metrics(num_examples: int, loss: float) -> dict[str, int | float]:
