@@ -43,7 +43,7 @@ def shown_default(name: str) -> str:
     value = getattr(DEFAULTS, name)
     if isinstance(value, bool):
         return "on" if value else "off"
-    return str(value)
+    return str(value) if value != "" else "none"
 
 
 def _help(name: str, text: str) -> str:
@@ -81,7 +81,11 @@ def simulate(
     ] = None,
     tokenizer: Annotated[
         str | None,
-        typer.Option(help="--dataset text: the local tokenizer directory (save_pretrained's)."),
+        typer.Option(
+            help=_help(
+                "tokenizer", "--dataset text: the local tokenizer directory (save_pretrained's)"
+            )
+        ),
     ] = None,
     text_column: Annotated[
         str | None, typer.Option(help=_help("text_column", "--dataset text: the text column"))
