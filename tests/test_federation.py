@@ -27,6 +27,7 @@ from fedchain.crypto import identity
 from fedchain.data import datafile, keys
 from fedchain.data.partition import partition
 from fedchain.data.sources import load_source
+from fedchain.deploy.app import app_digest
 from fedchain.errors import ConfigError, DatasetFileError, SignatureError
 from fedchain.ledger.builder import sign_genesis_participant
 from fedchain.ledger.codec import decode
@@ -344,6 +345,7 @@ def signed_entry(
         num_examples=num_examples,
         name=name,
         supernode_key=supernode_key,
+        app_digest=app_digest(),
     )
     return ParticipantEntry(participant, federation_id)
 

@@ -135,6 +135,8 @@ FIELDS: dict[int, tuple[tuple[str, Any], ...]] = {  # spec §3, transcribed
         ("num_examples", INT),
         ("name", STR),
         ("supernode_key", STR),
+        ("app_digest", BYTES),
+        ("fedchain_version", STR),
         ("signature", BYTES),
     ),
     3: (

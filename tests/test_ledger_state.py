@@ -100,8 +100,8 @@ RULES = make_rules(  # every field given: the known answers below must not follo
 OTHER_FEDERATION = hashlib.sha256(b"another federation").digest()
 
 # Known answers (Ed25519 signatures are deterministic, so whole blocks are).
-KNOWN_GENESIS_BLOCK_HASH = "13a91854215a9940af34b5c4b467d9521c5f06a82f0cc7f9a9c1c61ba65abe2d"
-KNOWN_BLOCK_1_HASH = "9ef71546f44e561ceea456b0ca33440fbd9fecb21c171d5bdc8e04ee8b9951ba"
+KNOWN_GENESIS_BLOCK_HASH = "38b26f10ec17374dde001e54db7e3c613e19f3eb94f5be1af613b8fc6fc1ade9"
+KNOWN_BLOCK_1_HASH = "c9d97137b4f7dc6adeddc1af667145646ff4e8755f2fde4fdf583ad1ad6ab1a6"
 
 
 def digest(text: str) -> bytes:
@@ -1200,7 +1200,7 @@ def test_invalid_ledger_built_under_the_lenient_rule_fails_verify(
     with that one signature. ``verify`` refuses the genesis (block 0)."""
     path = tmp_path / "ledger.db"
     entry = GenesisParticipant(
-        IDENTITY_POINT, 400, digest("attacker"), 80, "", "", UNIVERSAL_SIGNATURE
+        IDENTITY_POINT, 400, digest("attacker"), 80, "", "", b"", "", UNIVERSAL_SIGNATURE
     )
     entries = sorted((*genesis.participants, entry), key=lambda e: e.public_key)
     bad_genesis = dataclasses.replace(genesis, participants=tuple(entries))

@@ -160,7 +160,10 @@ class GenesisParticipant:
     hash, which every later signature binds, is computed from these registrations.
 
     ``name`` is the participant's name (empty in a simulation), ``supernode_key`` the text of its
-    SuperNode's authentication public key (one OpenSSH line; empty if none).
+    SuperNode's authentication public key (one OpenSSH line; empty if none). ``app_digest`` is
+    the SHA-256 of the Flower app bundle (FAB) the holder agrees to run on its data, the only
+    app its node runs (:mod:`fedchain.deploy.app`, :mod:`fedchain.deploy.gate`; empty in a
+    simulation, which runs no FAB), ``fedchain_version`` the fedchain release it runs.
     """
 
     TAG: ClassVar[int] = 2
@@ -170,6 +173,8 @@ class GenesisParticipant:
     num_examples: int
     name: str
     supernode_key: str
+    app_digest: bytes
+    fedchain_version: str
     signature: bytes
 
 

@@ -161,6 +161,8 @@ def build_golden() -> Golden:
                 num_examples=examples[i],
                 name=f"holder-{i}",
                 supernode_key=SUPERNODE_KEY if i == 0 else "",
+                app_digest=_digest("app") if i < 2 else b"",  # holder-2: none (a simulation's)
+                fedchain_version="0.1.0" if i < 2 else "",
             )
             for i in range(3)
         ],
