@@ -238,6 +238,7 @@ def test_cli_register_add_show_and_join_checks(tmp_path, monkeypatch):
         "--out", tmp_path / "alice.reg", "--federation-id", fed_id,
     )  # fmt: skip
     assert result.exit_code == 0, result.output
+    assert app_digest().hex() in result.output  # the app it approves, shown
     assert cli("federation", "add", fed_dir, tmp_path / "alice.reg").exit_code == 0
     again = cli("federation", "add", fed_dir, tmp_path / "alice.reg")
     assert again.exit_code == 1 and "already registered" in again.output

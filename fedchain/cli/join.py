@@ -1,9 +1,12 @@
 """``fedchain join``: take part in a federation as a data holder (runs a Flower SuperNode).
 
 Before anything starts, the dataset is decrypted and the identity unlocked once here, so a wrong
-key or passphrase is one clear error, not a failure inside every round. Secrets never go on a
-command line: passphrases reach the SuperNode (and the ClientApp processes it starts) through
-its environment, and the node config names the variables, never the values. The holder's own
+key or passphrase is one clear error, not a failure inside every round. The node runs only the
+app the holder approved (the one its registration signed: :mod:`fedchain.deploy.app`): the
+SuperNode runs with ``--isolation process`` and an environment without any secret, and this
+process claims its tasks (:class:`fedchain.deploy.gate.ApprovingExecutor`), refusing any other
+app before anything is decrypted for it and handing the secrets to approved ClientApp processes
+over a pipe, never on a command line or in an environment. The holder's own
 copy of the ledger (the blocks it replayed before signing, and the last final block it saw) is
 kept beside the dataset (``NAME.ledger/``, :func:`fedchain.runs.layout.holder_ledger_dir`;
 ``--node-config replica-dir=DIR`` puts it elsewhere, and nothing removes it), so a restarted node
@@ -30,7 +33,8 @@ from fedchain.cli.common import PASSPHRASE_ENV, console, read_passphrase
 from fedchain.cli.federation import _parse_set
 from fedchain.crypto import identity
 from fedchain.data import datafile, keys
-from fedchain.deploy import flower, flwr_cli, logs, processes
+from fedchain.deploy import app as app_bundle
+from fedchain.deploy import flower, flwr_cli, gate, logs, processes
 from fedchain.errors import ConfigError, DeployError
 from fedchain.ledger.show import printable
 from fedchain.runs.layout import CA_CERT_FILENAME, holder_ledger_dir
@@ -119,7 +123,6 @@ def join(
         raise ConfigError("give --root-cert CA.crt (TLS), or --insecure for a coordinator without")
     if insecure and auth_key is not None:
         raise ConfigError("--auth-key needs TLS: give --root-cert instead of --insecure")
-    env: dict[str, str] = {}
     config: dict[str, Any] = {
         "data-path": str(data.resolve()),
         "identity-path": str(identity_path.resolve()),
@@ -130,12 +133,8 @@ def join(
     unlock: keys.Unlock
     if data_key is not None:
         unlock = keys.load_key_file(data_key)
-        config["data-key-path"] = str(data_key.resolve())
     else:
-        secret = read_passphrase(passphrase_env, confirm=False, what=str(data))
-        unlock = keys.Passphrase(secret)
-        env[passphrase_env] = secret.decode()
-        config["passphrase-env"] = passphrase_env
+        unlock = keys.Passphrase(read_passphrase(passphrase_env, confirm=False, what=str(data)))
     with console.status(f"decrypting {data}…"):
         dataset = datafile.load_dataset(data, unlock)
     passphrase = None
@@ -144,9 +143,9 @@ def join(
         if env_name not in os.environ and data_key is not None and passphrase_env in os.environ:
             env_name = passphrase_env  # one secret in the environment: the identity's
         passphrase = read_passphrase(env_name, confirm=False, what=f"the identity {identity_path}")
-        env[env_name] = passphrase.decode()
-        config["identity-passphrase-env"] = env_name
     key = identity.load_identity(identity_path, passphrase)
+    for name in {passphrase_env, identity_passphrase_env, PASSPHRASE_ENV, IDENTITY_PASSPHRASE_ENV}:
+        os.environ.pop(name, None)  # read once: no process started from here inherits them
     if federation is None:  # after the data and identity checks: their errors come first
         raise ConfigError(
             "give --federation-id ID: the id of the federation you registered for (the one "
@@ -169,29 +168,52 @@ def join(
         f"ledger copy {config['replica-dir']}",
         markup=False,
     )
-    log_path = log or Path(f"{data.stem}.supernode.log")
-    progress = SupernodeProgress()
-    process = flower.start_supernode(
-        superlink_address=address,
-        node_config=config,
-        root_certificates=root_cert,
-        auth_private_key=auth_key,
-        clientappio_port=processes.free_port(),
-        log_path=log_path,
-        max_wait_time=max_wait,
-        env=env,
-        on_line=progress.on_line,
-    )
+    approved = app_bundle.app_digest().hex()
     console.print(
-        f"SuperNode started (pid {process.pid}), connecting to {address}; log {log_path}. "
-        "Ctrl-C stops it.",
+        f"approved app {approved} (fedchain {app_bundle.fedchain_version()}): your node runs "
+        "no other app on your data",
         markup=False,
     )
-    with tempfile.TemporaryDirectory(prefix="fedchain-join-") as flwr_home:
-        connection = flwr_cli.write_flwr_connection(
-            Path(flwr_home), "federation", address, root_cert
+    log_path = log or Path(f"{data.stem}.supernode.log")
+    progress = SupernodeProgress()
+    runtime_port = processes.free_port()
+    with tempfile.TemporaryDirectory(prefix="fedchain-join-") as home:
+        # private to this node (mode 0700): only approved apps are ever installed here
+        flwr_home = Path(home) / "node"
+        flwr_home.mkdir(mode=0o700)
+        process = flower.start_supernode(
+            superlink_address=address,
+            node_config=config,
+            root_certificates=root_cert,
+            auth_private_key=auth_key,
+            clientappio_port=runtime_port,
+            log_path=log_path,
+            max_wait_time=max_wait,
+            env={"FLWR_HOME": str(flwr_home)},
+            on_line=progress.on_line,
+            isolation="process",
         )
-        _follow(process, progress, connection)
+        executor = gate.ApprovingExecutor(
+            f"127.0.0.1:{runtime_port}",
+            [approved],
+            gate.encode_secrets(unlock, passphrase),
+            flwr_home=flwr_home,
+            log_path=log_path,
+            holder=identity.fingerprint(public),
+            on_line=progress.on_line,
+            on_decision=progress.on_decision,
+        )
+        executor.start()
+        console.print(
+            f"SuperNode started (pid {process.pid}), connecting to {address}; log {log_path}. "
+            "Ctrl-C stops it.",
+            markup=False,
+        )
+        connection = flwr_cli.write_flwr_connection(Path(home), "federation", address, root_cert)
+        try:
+            _follow(process, progress, connection)
+        finally:
+            executor.stop()
 
 
 @dataclass
@@ -213,14 +235,30 @@ class SupernodeProgress:
     started: float = field(default_factory=time.monotonic)
     printed: list[str] = field(default_factory=list)
     in_problem: bool = False  # the last leveled line was a warning or an error
+    refused_runs: set[int] = field(default_factory=set)  # runs of an app the holder refused
+
+    def on_decision(self, decision: gate.Decision) -> None:
+        """The approving executor's decision on a task: a refusal gets its own line (and its
+        run's replies are not rounds trained)."""
+        if decision.ran or decision.run_id in self.refused_runs:
+            return
+        self.refused_runs.add(decision.run_id)
+        self._print(
+            f"refused Flower run {decision.run_id}: the coordinator submitted app "
+            f"{decision.fab_hash}, not the one you approved; nothing was decrypted for it and "
+            "the coordinator was told why"
+        )
+
+    def _print(self, text: str) -> None:
+        self.printed.append(text)
+        console.print(text, markup=False, highlight=False)
 
     def on_line(self, line: str) -> None:
         self.last_line = time.monotonic()
         level, message = logs.parse_flower_log_line(line)
         text = self.describe(level, message)
         if text is not None:
-            self.printed.append(text)
-            console.print(text, markup=False, highlight=False)
+            self._print(text)
 
     def describe(self, level: str | None, message: str) -> str | None:
         """The console line for one log line, or None (most of the log stays in the file)."""
@@ -243,6 +281,8 @@ class SupernodeProgress:
             self.rounds_in_run += 1
             self.started = time.monotonic()
         elif _SENDING_TRAIN.match(message):
+            if self.run_id in self.refused_runs:
+                return None  # the refusal's error reply, not a round trained
             self.rounds_done += 1
             label = self.round_label or str(self.rounds_in_run)
             seconds = time.monotonic() - self.started
