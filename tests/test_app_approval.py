@@ -30,13 +30,19 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from flwr.cli.build import build_fab_from_disk
+from flwr.cli.build import build_fab_from_disk, build_fab_from_files
 
 from fedchain.crypto import identity
 from fedchain.data import datafile, keys
 from fedchain.data.sources import load_source
+from fedchain.deploy import app as app_bundle
 from fedchain.deploy import flower, flwr_cli, gate, logs, processes
 from fedchain.deploy.app import app_digest
+from fedchain.deploy.certs import create_supernode_keys, create_test_certificates
+from fedchain.ledger.codec import decode
+from fedchain.ledger.objects import Block, Rejection
+from fedchain.ledger.store import LedgerStore
+from fedchain.runs import approval
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -220,28 +226,32 @@ def _start_supernode(
     return node, f"127.0.0.1:{runtime_port}", env
 
 
-def _holder_files(folder: Path) -> tuple[Path, Path, str]:
-    """A holder's encrypted dataset and identity, both locked by passphrases (the ones
-    `fedchain join` reads from its environment); its identity's fingerprint."""
+def _holder_files(folder: Path, first: int = 0) -> tuple[Path, Path, str]:
+    """A holder's encrypted dataset (60 examples from ``first`` on) and identity, both locked by
+    passphrases (the ones `fedchain join` reads from its environment); its fingerprint."""
     train = load_source("digits", split="train")
     data = folder / "holder.fcd"
-    datafile.write_dataset(data, train.subset(np.arange(60)), keys.Passphrase(SECRET.encode()))
+    folder.mkdir(parents=True, exist_ok=True)
+    examples = train.subset(np.arange(first, first + 60))
+    datafile.write_dataset(data, examples, keys.Passphrase(SECRET.encode()))
     key = identity.generate_identity()
     identity.save_identity(key, folder / "holder.key", IDENTITY_SECRET.encode())
     return data, folder / "holder.key", identity.fingerprint(identity.public_key_bytes(key))
 
 
 def start_join(
-    folder: Path, address: str, federation_id: str, config: dict[str, str]
+    folder: Path, address: str, federation_id: str, config: dict[str, str], *extra: object
 ) -> subprocess.Popen[bytes]:
     """`fedchain join` as a holder runs it, its secrets in its environment, its console in
     ``folder/join.out``, its SuperNode's log in ``folder/supernode.log``."""
-    command = [*FEDCHAIN, "join", "--coordinator", address, "--insecure"]
+    command = [*FEDCHAIN, "join", "--coordinator", address]
+    command += [] if "--root-cert" in extra else ["--insecure"]
     command += ["--data", folder / "holder.fcd", "--identity", folder / "holder.key"]
     command += ["--federation-id", federation_id, "--log", folder / "supernode.log"]
     command += ["--max-wait", "120"]
     for key, value in config.items():
         command += ["--node-config", f"{key}={value}"]
+    command += list(extra)
     env = {**os.environ, **JOIN_ENV}
     out = (folder / "join.out").open("wb")
     return subprocess.Popen(list(map(str, command)), stdout=out, stderr=subprocess.STDOUT, env=env)
@@ -370,6 +380,40 @@ def fedchain_ok(*args: object, timeout: float = 180.0) -> str:
     return result.stdout
 
 
+def _registered_federation(
+    tmp_path: Path, holders: list[Path], *, secure: bool = False
+) -> tuple[Path, str, int, int]:
+    """A one-round federation, its holders (one folder each) registered with `fedchain
+    register` (which signs the app its fedchain submits), its coordinator started on loopback
+    (``secure``: TLS and SuperNode authentication, each holder's node key in its folder as
+    node.key; else insecure); its folder, id, port and the Flower run of its ServerApp."""
+    fed_dir = tmp_path / "fed"
+    created = fedchain_ok(
+        "federation", "init", fed_dir, "--rounds", 1, "--model", "mlp",
+        "--min-clients", len(holders),
+        "--round-timeout", 120, "--join-timeout", 240, "--set", "local-epochs=1",
+    )  # fmt: skip
+    fed_id = created.split("federation id: ")[1].split()[0]
+    for i, folder in enumerate(holders):
+        _holder_files(folder, 60 * i)
+        node_key = ["--supernode-key", create_supernode_keys(folder, "node")[1]] if secure else []
+        registered = fedchain_ok(
+            "register", "--identity", folder / "holder.key", "--data", folder / "holder.fcd",
+            "--stake", 1_000_000, "--name", f"holder-{i}", "--out", folder / "holder.reg",
+            "--federation-id", fed_id, *node_key,
+        )  # fmt: skip
+        assert f"approved app {app_digest().hex()}" in registered
+        fedchain_ok("federation", "add", fed_dir, folder / "holder.reg")
+    port = processes.free_port()
+    if secure:
+        create_test_certificates(fed_dir / "certs")
+    security = [] if secure else ["--insecure"]
+    started = fedchain_ok("coordinator", "start", fed_dir, *security, "--port", port)
+    assert "ledger created" in started
+    run_id = int(started.split("ServerApp submitted: Flower run ")[1].split(";")[0])
+    return fed_dir, fed_id, port, run_id
+
+
 def test_journey_a_modified_app_is_refused_and_the_approved_one_trains(tmp_path):
     """The data holder's journey, as the README tells it, against a coordinator that also
     submits a modified ClientApp (one that reads the environment, the node config and the data
@@ -378,24 +422,8 @@ def test_journey_a_modified_app_is_refused_and_the_approved_one_trains(tmp_path)
     holder's node before any of its code runs: the coordinator's ServerApp receives the refusal
     with both digests, the holder's console shows it, nothing leaks. The federation's own
     run, the app the holder approved, trains its round on the holder's data all the same."""
-    _holder_files(tmp_path)
-    fed_dir = tmp_path / "fed"
-    created = fedchain_ok(
-        "federation", "init", fed_dir, "--rounds", 1, "--model", "mlp", "--min-clients", 1,
-        "--round-timeout", 120, "--join-timeout", 240, "--set", "local-epochs=1",
-    )  # fmt: skip
-    fed_id = created.split("federation id: ")[1].split()[0]
-    registered = fedchain_ok(
-        "register", "--identity", tmp_path / "holder.key", "--data", tmp_path / "holder.fcd",
-        "--stake", 1_000_000, "--name", "holder", "--out", tmp_path / "holder.reg",
-        "--federation-id", fed_id,
-    )  # fmt: skip
+    fed_dir, fed_id, port, _run = _registered_federation(tmp_path, [tmp_path])
     approved = app_digest().hex()
-    assert f"approved app {approved}" in registered
-    fedchain_ok("federation", "add", fed_dir, tmp_path / "holder.reg")
-    port = processes.free_port()
-    started = fedchain_ok("coordinator", "start", fed_dir, "--insecure", "--port", port)
-    assert "ledger created" in started
     address = f"127.0.0.1:{port}"
     loot = tmp_path / "loot.json"
     join = start_join(tmp_path, address, fed_id, {"loot": str(loot)})
@@ -420,3 +448,64 @@ def test_journey_a_modified_app_is_refused_and_the_approved_one_trains(tmp_path)
     finally:
         stop_join(join)
         fedchain_ok("coordinator", "stop", fed_dir)
+
+
+def test_an_upgrade_is_an_explicit_signed_act_and_a_refusal_reaches_the_ledger(tmp_path):
+    """A holder approves a new app (`join --approve app-v2.fab`): join shows what changed,
+    signs the approval and keeps it; its node then runs that app and no other. The coordinator,
+    still on the app the holders registered, is refused by it: its ServerApp records the
+    holder's refusal (both digests) on the ledger as that holder's rejection (in a block the
+    other holder, who runs the registered app, proposes), and the report shows it."""
+    upgraded, other = tmp_path / "upgraded", tmp_path / "other"
+    fed_dir, fed_id, port, run_id = _registered_federation(tmp_path, [upgraded, other], secure=True)
+    new_config = app_bundle.APP_PYPROJECT + "max-local-epochs = 1\n"
+    fab, _ = build_fab_from_files({"pyproject.toml": new_config.encode()})
+    (tmp_path / "app-v2.fab").write_bytes(fab)
+    new = hashlib.sha256(fab).hexdigest()
+    address = f"127.0.0.1:{port}"
+    tls = ["--root-cert", fed_dir / "certs" / "ca.crt", "--auth-key"]  # the coordinator's CA
+    joins = [
+        start_join(
+            upgraded, address, fed_id, {}, *tls, upgraded / "node.key",
+            "--approve", tmp_path / "app-v2.fab",
+        ),
+        start_join(other, address, fed_id, {}, *tls, other / "node.key"),
+    ]  # fmt: skip
+    run_dir = fed_dir / "run"
+    public = identity.public_key_bytes(
+        identity.load_identity(upgraded / "holder.key", IDENTITY_SECRET.encode())
+    )
+
+    def refusals() -> list[str]:
+        with LedgerStore.open(run_dir / "ledger.db", readonly=True) as store:
+            blocks = [decode(Block, stored.data) for stored in store.iter_blocks()]
+        return [
+            tx.reason
+            for block in blocks
+            for tx in block.transactions
+            if isinstance(tx, Rejection) and tx.public_key == public
+        ]
+
+    try:
+        output = wait_output(joins[0], upgraded / "join.out", f"refused Flower run {run_id}", 180)
+        assert f"approving app {new}, replacing {app_digest().hex()}:" in output
+        assert "it ships no code" in output and "  +max-local-epochs = 1" in output
+        assert f"approved app {new} (your signed approval)" in output
+        kept = upgraded / "holder.ledger" / "approved-app.toml"
+        (entry,) = approval.read_approvals(kept, bytes.fromhex(fed_id), public)
+        assert entry.approval.app_digest.hex() == new
+        assert entry.approval.replaces == app_digest()
+        wait_output(joins[1], other / "join.out", "round 1: trained on your data", 240)
+        deadline = time.monotonic() + 180
+        while not refusals():
+            assert time.monotonic() < deadline, "no rejection on the coordinator's ledger"
+            time.sleep(1.0)
+        (reason,) = refusals()
+        assert gate.REFUSAL_PREFIX in reason
+        assert f"app {app_digest().hex()[:16]}… is not the app it approved ({new[:16]}…)" in reason
+    finally:
+        for join in joins:
+            stop_join(join)
+        fedchain_ok("coordinator", "stop", fed_dir)
+    report = fedchain_ok("report", run_dir, "--json-only")
+    assert "refused by the data holder" in " ".join(report.split())

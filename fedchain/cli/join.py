@@ -28,6 +28,7 @@ from types import FrameType
 from typing import Annotated, Any
 
 import typer
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedchain.cli.common import PASSPHRASE_ENV, console, read_passphrase
 from fedchain.cli.federation import _parse_set
@@ -37,7 +38,8 @@ from fedchain.deploy import app as app_bundle
 from fedchain.deploy import flower, flwr_cli, gate, logs, processes
 from fedchain.errors import ConfigError, DeployError
 from fedchain.ledger.show import printable
-from fedchain.runs.layout import CA_CERT_FILENAME, holder_ledger_dir
+from fedchain.runs import approval
+from fedchain.runs.layout import APPROVED_APP_FILENAME, CA_CERT_FILENAME, holder_ledger_dir
 from fedchain.runs.registration import parse_federation_id
 
 IDENTITY_PASSPHRASE_ENV = "FEDCHAIN_IDENTITY_PASSPHRASE"  # noqa: S105 - a variable's name
@@ -107,6 +109,15 @@ def join(
         float | None,
         typer.Option(help="Give up after this many seconds without reaching the coordinator."),
     ] = None,
+    approve: Annotated[
+        str | None,
+        typer.Option(
+            "--approve",
+            help="Approve another app to run on your data (an upgrade): its .fab file (what "
+            "changed is shown) or its digest. You sign the approval; your node then runs that "
+            "app and no other.",
+        ),
+    ] = None,
 ) -> None:
     """Join a federation: check your data and identity, then run a Flower SuperNode that
     trains on your data with your identity until the federation's run has finished (or you
@@ -168,12 +179,7 @@ def join(
         f"ledger copy {config['replica-dir']}",
         markup=False,
     )
-    approved = app_bundle.app_digest().hex()
-    console.print(
-        f"approved app {approved} (fedchain {app_bundle.fedchain_version()}): your node runs "
-        "no other app on your data",
-        markup=False,
-    )
+    approved = _approved_app(key, federation, Path(str(config["replica-dir"])), approve).hex()
     log_path = log or Path(f"{data.stem}.supernode.log")
     progress = SupernodeProgress()
     runtime_port = processes.free_port()
@@ -214,6 +220,41 @@ def join(
             _follow(process, progress, connection)
         finally:
             executor.stop()
+
+
+def _approved_app(
+    key: Ed25519PrivateKey, federation: bytes, ledger_dir: Path, approve: str | None
+) -> bytes:
+    """The app this node runs: the holder's latest signed approval, else the one its
+    registration signed (its fedchain's own); with ``--approve``, a new approval is shown
+    (what changed), signed and kept first."""
+    public = identity.public_key_bytes(key)
+    path = ledger_dir / APPROVED_APP_FILENAME
+    entries = approval.read_approvals(path, federation, public)
+    own = app_bundle.app_digest()
+    current = approval.approved_app(entries, own)
+    if approve is not None:
+        new, fab = approval.read_new_app(approve)
+        if new != current:
+            old_fab = app_bundle.build_app_fab() if current == own else None
+            console.print(f"approving app {new.hex()}, replacing {current.hex()}:", markup=False)
+            for line in approval.describe_change(old_fab, fab):
+                console.print(f"  {line}", markup=False, highlight=False)
+            version = app_bundle.fedchain_version()
+            entries.append(approval.sign_approval(key, federation, new, current, version))
+            approval.write_approvals(path, entries)
+            console.print(
+                f"signed your approval into {path} (no secret: give it to the coordinator); "
+                "your node now runs this app and no other",
+                markup=False,
+            )
+            current = new
+    how = "your signed approval" if entries else f"fedchain {app_bundle.fedchain_version()}'s own"
+    console.print(
+        f"approved app {current.hex()} ({how}): your node runs no other app on your data",
+        markup=False,
+    )
+    return current
 
 
 @dataclass

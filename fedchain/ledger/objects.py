@@ -42,6 +42,7 @@ __all__ = [
     "SLASHING_KINDS",
     "AnchorReceipt",
     "AnchorStatement",
+    "AppApproval",
     "Attestation",
     "AttestationPair",
     "Block",
@@ -421,8 +422,25 @@ class Block:
         return self.signed_header.header
 
 
+@dataclass(frozen=True, slots=True)
+class AppApproval:
+    """A data holder approves another app to run on its data (an upgrade): from now on its
+    node runs the app bundle whose SHA-256 is ``app_digest`` instead of ``replaces`` (the digest
+    it approved before: its registration's, or an earlier approval's). Signed by ``public_key``
+    under the app-approval domain with the federation id as the federation, like its
+    registration. Not a transaction: the holder keeps it (``fedchain join --approve``) and gives
+    it to the coordinator, who can check it against the genesis."""
+
+    TAG: ClassVar[int] = 50
+    public_key: PublicKey
+    app_digest: Hash32
+    replaces: Hash32
+    fedchain_version: str
+    signature: bytes
+
+
 SignedObject: TypeAlias = (
-    GenesisParticipant | Registration | UpdateCommitment | Attestation | SignedHeader
+    GenesisParticipant | Registration | UpdateCommitment | Attestation | SignedHeader | AppApproval
 )
 
 SIGNING_DOMAINS: dict[type, Domain] = {
@@ -431,10 +449,11 @@ SIGNING_DOMAINS: dict[type, Domain] = {
     UpdateCommitment: Domain.UPDATE,
     Attestation: Domain.ATTESTATION,
     SignedHeader: Domain.BLOCK,
+    AppApproval: Domain.APP_APPROVAL,
 }
-"""The signature domain of each signed class. A :class:`GenesisParticipant` signs with the
-federation id (:func:`compute_federation_id`) as the federation, every other one with the
-genesis hash."""
+"""The signature domain of each signed class. A :class:`GenesisParticipant` and an
+:class:`AppApproval` sign with the federation id (:func:`compute_federation_id`) as the
+federation, every other one with the genesis hash."""
 
 
 # --------------------------------------------------------------------------------------------------

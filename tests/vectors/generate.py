@@ -52,6 +52,7 @@ from fedchain.ledger.objects import (
     SIGNING_DOMAINS,
     AnchorReceipt,
     AnchorStatement,
+    AppApproval,
     Attestation,
     Block,
     BlockTransaction,
@@ -115,6 +116,15 @@ def _sha(data: bytes) -> str:
 
 def _digest(label: str) -> bytes:
     return hashlib.sha256(label.encode()).digest()
+
+
+def _app_approval(federation_id: bytes) -> AppApproval:
+    """holder-0 approves a new app in place of the one its registration signed."""
+    key = derive_key(SEED, 0)
+    fields = (public_key_bytes(key), _digest("app-2"), _digest("app"), "0.2.0")
+    unsigned = AppApproval(*fields, b"")
+    signature = sign(key, Domain.APP_APPROVAL, signing_message(unsigned), federation_id)
+    return AppApproval(*fields, signature)
 
 
 def _model(*values: float) -> dict[str, np.ndarray]:
@@ -404,6 +414,7 @@ def vectors_document() -> dict[str, Any]:
         ("codec edge cases: negative i64, empty and non-ASCII strings", _edge_cases()),
         ("AnchorStatement (its sha256 is the anchor digest, §9.4)", _anchor_statement(golden)),
         ("AnchorReceipt (evm)", _anchor_receipt(golden)),
+        ("AppApproval (not a transaction: kept by its holder)", _app_approval(federation_id)),
     ]
     signed: list[tuple[str, Any, bytes]] = [
         (
@@ -415,6 +426,11 @@ def vectors_document() -> dict[str, Any]:
         ("UpdateCommitment", b1.transactions[0], gh),
         ("Attestation", _first(b2, Attestation), gh),
         ("SignedHeader (block 1)", b1.signed_header, gh),
+        (
+            "AppApproval (federation: the federation id)",
+            _app_approval(federation_id),
+            federation_id,
+        ),
     ]
     tx_roots: list[tuple[str, tuple[BlockTransaction, ...]]] = [
         ("empty body", ()),
