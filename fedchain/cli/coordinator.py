@@ -213,6 +213,11 @@ def start(
         f"ServerApp submitted: Flower run {run_id}; rounds log to {run_dir / LOG_FILENAME}"
     )
     console.print(
+        f"app {app_bundle.app_digest().hex()} (fedchain {app_bundle.fedchain_version()}): the "
+        "one every participant approved when it registered",
+        markup=False,
+    )
+    console.print(
         f"participants join with: fedchain join --coordinator HOST:{port} --data FILE.fcd "
         f"--identity KEY"
         + ("" if ca is None else f" --root-cert {ca}")

@@ -217,7 +217,7 @@ def join(
         )
         connection = flwr_cli.write_flwr_connection(Path(home), "federation", address, root_cert)
         try:
-            _follow(process, progress, connection)
+            _follow(process, progress, connection, executor)
         finally:
             executor.stop()
 
@@ -347,6 +347,7 @@ def _follow(
     process: processes.ManagedProcess,
     progress: SupernodeProgress,
     connection: flwr_cli.FlwrConnection,
+    executor: gate.ApprovingExecutor,
 ) -> None:
     """Wait for the SuperNode; stop it and exit 0 once the federation's run has completed.
 
@@ -389,6 +390,7 @@ def _follow(
                     f"the federation's run {progress.run_id} has finished "
                     f"({progress.rounds_done} round(s) trained here); stopping the SuperNode"
                 )
+                executor.stop()  # its ClientApps first: they answer through the SuperNode
                 processes.stop_process(process, timeout=10.0)
                 return
         status_code = processes.wait_exit(process, 5.0)
@@ -398,6 +400,7 @@ def _follow(
         raise typer.Exit(1 if status_code or flower_code else 0)
     except KeyboardInterrupt:
         console.print("stopping the SuperNode…")
+        executor.stop()
         processes.stop_process(process, timeout=10.0)
     finally:
         signal.signal(signal.SIGTERM, previous)

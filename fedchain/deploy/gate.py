@@ -179,11 +179,12 @@ class ApprovingExecutor:
         self.children: list[subprocess.Popen[bytes]] = []
         self.stopping = threading.Event()
         self.problem: BaseException | None = None
+        self._thread: threading.Thread | None = None
 
     def start(self) -> threading.Thread:
-        thread = threading.Thread(target=self.serve, name="fedchain app gate", daemon=True)
-        thread.start()
-        return thread
+        self._thread = threading.Thread(target=self.serve, name="fedchain app gate", daemon=True)
+        self._thread.start()
+        return self._thread
 
     def serve(self) -> None:
         """Claim and decide tasks until :meth:`stop`; a failing claim is retried."""
@@ -226,6 +227,8 @@ class ApprovingExecutor:
     def stop(self, timeout: float = 5.0) -> None:
         """Stop claiming tasks and end the ClientApp processes this executor started."""
         self.stopping.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(min(timeout, 2.0))  # let a claim in progress finish first
         for child in self.children:
             if child.poll() is None:
                 child.terminate()
