@@ -426,9 +426,11 @@ def test_journey_a_modified_app_is_refused_and_the_approved_one_trains(tmp_path)
     approved = app_digest().hex()
     address = f"127.0.0.1:{port}"
     loot = tmp_path / "loot.json"
-    join = start_join(tmp_path, address, fed_id, {"loot": str(loot)})
+    limits = ("--max-rounds", 1, "--max-local-epochs", 1)  # the federation's: within them
+    join = start_join(tmp_path, address, fed_id, {"loot": str(loot)}, *limits)
     try:
-        wait_output(join, tmp_path / "join.out", "connected to the coordinator", 120)
+        output = wait_output(join, tmp_path / "join.out", "connected to the coordinator", 120)
+        assert "your limits: at most 1 rounds and 1 local epochs a round" in output
         # The coordinator (here: anyone holding its SuperLink's Control API) submits its own app.
         attacker = flwr_cli.write_flwr_connection(tmp_path / "attacker", "t", address, None)
         evil = _write_app(tmp_path / "evil", EVIL)

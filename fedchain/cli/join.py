@@ -44,6 +44,8 @@ from fedchain.runs.registration import parse_federation_id
 
 IDENTITY_PASSPHRASE_ENV = "FEDCHAIN_IDENTITY_PASSPHRASE"  # noqa: S105 - a variable's name
 FEDERATION_ID_KEY = "federation-id"  # the ClientApp's node config key (clients/client_app.py)
+MAX_ROUNDS_KEY = "max-rounds"  # the holder's limits, node config keys its ClientApp enforces
+MAX_LOCAL_EPOCHS_KEY = "max-local-epochs"  # (clients/client_app.py: check_agreed_use)
 
 
 def _check_address(address: str) -> str:
@@ -109,6 +111,16 @@ def join(
         float | None,
         typer.Option(help="Give up after this many seconds without reaching the coordinator."),
     ] = None,
+    max_rounds: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Train in no round past this one: a later round is refused, unread."
+        ),
+    ] = None,
+    max_local_epochs: Annotated[
+        int | None,
+        typer.Option(min=1, help="Train at most this many local epochs a round: more is refused."),
+    ] = None,
     approve: Annotated[
         str | None,
         typer.Option(
@@ -164,6 +176,11 @@ def join(
         )
     # the federation the holder registered for: its node refuses any other genesis
     config[FEDERATION_ID_KEY] = federation.hex()
+    # the holder's own limits, which its approved ClientApp enforces (clients/client_app.py)
+    if max_rounds is not None:
+        config[MAX_ROUNDS_KEY] = max_rounds
+    if max_local_epochs is not None:
+        config[MAX_LOCAL_EPOCHS_KEY] = max_local_epochs
     config.update(_parse_set(node_config or []))
     for name in ("replica-dir", FEDERATION_ID_KEY):
         if not str(config.get(name, "")):
@@ -179,6 +196,16 @@ def join(
         f"ledger copy {config['replica-dir']}",
         markup=False,
     )
+    limits = [
+        f"{value} {what}"
+        for value, what in ((max_rounds, "rounds"), (max_local_epochs, "local epochs a round"))
+        if value is not None
+    ]
+    if limits:
+        console.print(
+            f"your limits: at most {' and '.join(limits)}; your node refuses a round over them",
+            markup=False,
+        )
     approved = _approved_app(key, federation, Path(str(config["replica-dir"])), approve).hex()
     log_path = log or Path(f"{data.stem}.supernode.log")
     progress = SupernodeProgress()
