@@ -178,7 +178,7 @@ class ApprovingExecutor:
         self.on_decision = on_decision
         self.children: list[subprocess.Popen[bytes]] = []
         self.stopping = threading.Event()
-        self.problem: BaseException | None = None
+        self.problem: BaseException | None = None  # the last error, said once on the console
         self._thread: threading.Thread | None = None
 
     def start(self) -> threading.Thread:
@@ -210,7 +210,9 @@ class ApprovingExecutor:
                     self.on_decision(Decision(True, task.fab_hash, int(task.run_id)))
                 else:
                     self._refuse(answer.token, task.fab_hash)
-            except Exception as e:  # the node not up yet, or restarting: try again
+            except Exception as e:  # the node restarting, or a task gone: try again
+                if not self.stopping.is_set() and str(e) != str(self.problem):
+                    self.on_line(f"WARNING :   the app gate: {type(e).__name__}: {e}")
                 self.problem = e
                 self.stopping.wait(1.0)
 
