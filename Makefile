@@ -1,14 +1,17 @@
 # Two entry points for a fresh clone (each makes its own virtual environment in .venv):
 #   make demo   install, then run the main job on the embedded default data set
-#   make test   install, then lint, type-check and run the test suite (installs Chromium when
-#               missing, for the browser test: Debian's chromium package, as root with apt-get)
+#   make test   install, then lint, type-check and run the test suite (installs Chromium and
+#               Fashion-MNIST when missing, for the browser test and the real-data tests: Debian's
+#               chromium and dataset-fashion-mnist packages, as root with apt-get)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 DEMO   ?= runs/demo
 CODE    = fedchain clients server experiments tests
+# Where Debian's dataset-fashion-mnist puts its files (fedchain.data.sources.DEBIAN_FASHION_MNIST)
+FASHION_MNIST ?= /usr/share/datasets/fashion-mnist
 
-.PHONY: install demo test lint chromium clean
+.PHONY: install demo test lint chromium fashion-mnist clean
 
 $(BIN)/fedchain: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,7 +45,20 @@ chromium:
 		exit 1; \
 	fi
 
-test: chromium lint
+# The fashion-mnist source's default data, read in place by the real-data tests: Debian's package,
+# installed the way Chromium is above, or one line saying what to install.
+fashion-mnist:
+	@if [ -f "$(FASHION_MNIST)/train-images-idx3-ubyte.gz" ]; then \
+		:; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "installing Fashion-MNIST for the real-data tests: apt-get install dataset-fashion-mnist"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
+	else \
+		echo "make test: Fashion-MNIST is missing from $(FASHION_MNIST) (the real-data tests read it): install it with 'sudo apt-get install dataset-fashion-mnist' (Debian/Ubuntu), or run '$(BIN)/pytest -q -m \"not fashion_mnist\"'" >&2; \
+		exit 1; \
+	fi
+
+test: chromium fashion-mnist lint
 	$(BIN)/pytest -q
 
 clean:

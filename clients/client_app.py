@@ -56,11 +56,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.logger import log
+from torch import nn
 
 from fedchain.crypto.identity import public_key_bytes
 from fedchain.data.holder import DataHolder, load_configured_holder, load_simulated_holder
 from fedchain.data.sources import ArrayDataset
-from fedchain.errors import ConfigError, LedgerError
+from fedchain.errors import ConfigError, LedgerError, PrivacyBudgetSpent
 from fedchain.learning.architectures import build_model, load_numpy_state, state_to_numpy
 from fedchain.learning.attacks import (
     Attack,
@@ -69,6 +70,9 @@ from fedchain.learning.attacks import (
     compute_zero_update,
     flip_labels,
 )
+from fedchain.learning.base import read_base
+from fedchain.learning.record import model_from_record
+from fedchain.learning.task import Task, load_task
 from fedchain.learning.training import (
     TrainConfig,
     TrainResult,
@@ -89,6 +93,7 @@ from fedchain.ledger.objects import (
 )
 from fedchain.ledger.signatures import CachingVerifier
 from fedchain.privacy.mechanism import privatise_update
+from fedchain.privacy.tally import read_released, record_released
 from fedchain.rounds import messages as m
 from fedchain.rounds import replica_files
 from fedchain.rounds.participant import (
@@ -329,13 +334,20 @@ def train(msg: Message, context: Context) -> Message:
     duties, rules = None, None
     if ledger:
         duties, state = _ledger_duties(context, holder, config, base)
-        released = _released(context, state)
-        check_privacy_budget(state, holder.public_key, released)  # raises: nothing leaves
+        tally = _tally_dir(context, holder, config)
+        released = _released(context, state, tally)
+        try:
+            check_privacy_budget(state, holder.public_key, released)
+        except PrivacyBudgetSpent as exc:  # nothing leaves; the ledger duties are still done
+            log(WARNING, "fedchain client %d: %s", holder.index, exc)
+            return _refusal_reply(msg, duties, str(exc))
         rules = state.genesis.rules
         if rules.dp_mode != "off":  # counted before the update leaves (a retry counts again)
             context.state[m.RELEASED] = ConfigRecord(
                 {"genesis-hash": state.genesis_hash, "count": released + 1}
             )
+            if tally is not None:
+                record_released(tally, state.genesis_hash, released + 1)
     attack = configured_attack(context, config, holder.index)
     if attack is not None:
         return _attacked_reply(msg, holder, base, duties, attack, rules)
@@ -348,16 +360,36 @@ def train(msg: Message, context: Context) -> Message:
     )
 
 
-def _released(context: Context, state: LedgerState) -> int:
-    """How many privatised updates this client has sent in ``state``'s federation (its own
-    count, kept in ``context.state``; a restarted deployed SuperNode starts again from the
-    ledger's count, which never exceeds it for an honest coordinator)."""
+def _refusal_reply(msg: Message, duties: m.Duties, reason: str) -> Message:
+    """A train reply that trains nothing: the reason and the ledger duties (attestation, seal,
+    checkpoint), with no update and no commitment."""
+    records = {
+        m.REFUSAL: ConfigRecord({m.REFUSAL_REASON: reason}),
+        m.DUTIES: ConfigRecord(m.encode_duties(duties)),
+    }
+    return Message(RecordDict(records), reply_to=msg)
+
+
+def _tally_dir(context: Context, holder: DataHolder, config: ConfigRecord) -> Path | None:
+    """Where a deployed holder keeps its privacy tally (its replica folder); None for a
+    simulated client, whose count lives in ``context.state`` for the run."""
+    if _is_simulated(context, config):
+        return holder.replica_dir
+    return deployed_ledger_settings(context.node_config, holder)[0]
+
+
+def _released(context: Context, state: LedgerState, tally: Path | None) -> int:
+    """How many privatised updates this client has sent in ``state``'s federation: its own
+    count, kept in ``context.state`` and, for a holder with a replica folder, on disk
+    (:mod:`fedchain.privacy.tally`), so a restarted SuperNode does not start again from the
+    ledger's count."""
+    stored = 0 if tally is None else read_released(tally, state.genesis_hash)
     if m.RELEASED not in context.state:
-        return 0
+        return stored
     record = context.state[m.RELEASED]
     if bytes(record["genesis-hash"]) != state.genesis_hash:
-        return 0
-    return int(record["count"])
+        return stored
+    return max(stored, int(record["count"]))
 
 
 def privatise(update: Arrays, rules: Rules) -> Arrays:
@@ -379,7 +411,7 @@ def _train(
     """Local training from the global model ``base``: (trained weights, result); DP-SGD
     (:func:`fedchain.privacy.dpsgd.train_dpsgd`) where the ``rules`` say example level."""
     settings = m.decode_train_settings(config)
-    model = build_model(settings.model, tuple(data.x.shape[1:]), len(data.classes), seed=0)
+    model, task = _model(settings, holder, data, rules)
     load_numpy_state(model, base)
     if rules is not None and rules.dp_mode == "example":
         # Opacus (the dp extra, seconds to import): only in a federation with DP-SGD
@@ -402,8 +434,34 @@ def _train(
         lr=settings.lr,
         seed=derive_seed(settings.seed, int(config[m.SERVER_ROUND]), holder.index),
     )
-    result = train_local(model, data, cfg)
+    result = (task.train or train_local)(model, data, cfg)
     return state_to_numpy(model), result
+
+
+def _model(
+    settings: m.TrainSettings, holder: DataHolder, data: ArrayDataset, rules: Rules | None
+) -> tuple[nn.Module, Task]:
+    """The model to train and its task: with the ledger on, the model the genesis in the
+    client's own replica records, from the holder's base file checked against the genesis's
+    base hash (a mismatch is refused: nothing is trained); with it off, the one the settings
+    name."""
+    shape, classes = tuple(data.x.shape[1:]), len(data.classes)
+    if rules is not None and rules.model.architecture:
+        record = rules.model
+        model = model_from_record(record, shape, classes, holder.base_weights or None)
+        return model, load_task(record.architecture)
+    base = read_base(holder.base_weights) if holder.base_weights else None
+    model = build_model(
+        settings.model,
+        shape,
+        classes,
+        seed=0,
+        finetune=settings.finetune,
+        lora_rank=settings.lora_rank,
+        base=base,
+        base_dir=Path(holder.base_weights).parent if base else None,
+    )
+    return model, load_task(settings.model)
 
 
 def _reply(

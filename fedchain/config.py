@@ -18,6 +18,7 @@ from typing import Any
 
 from fedchain.errors import ConfigError
 from fedchain.ledger.codec import MAX_INT
+from fedchain.ledger.objects import FINETUNE_MODES
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -85,6 +86,12 @@ class RunConfig:
     out: str = "runs"
     dataset: str = "digits"
     data_root: str = ""
+    # the text source (fedchain.data.labelled_text): a local tokenizer directory, the columns,
+    # the token length (ids and mask per example)
+    tokenizer: str = ""
+    text_column: str = "text"
+    label_column: str = "label"
+    max_length: int = 128
     partitioner: str = "iid"
     alpha: float = 0.5
     shards_per_client: int = 2
@@ -95,7 +102,15 @@ class RunConfig:
     local_epochs: int = 2
     batch_size: int = 16
     lr: float = 0.05
-    model: str = "cnn"
+    model: str = "cnn"  # a built-in, a torchvision architecture, or a task module's import path
+    # Fine-tuning (fedchain.learning.architectures): full, head or lora; lora-rank: the adapters'
+    # rank; base-weights: a local .safetensors/.pth file the model starts from (nothing is
+    # downloaded); base-source and base-licence: what the genesis says about where it came from.
+    finetune: str = "full"
+    lora_rank: int = 8
+    base_weights: str = ""
+    base_source: str = ""
+    base_licence: str = ""
     aggregation: str = "screened"  # chosen by experiments/robustness.py (README, Results)
     beta: float = 1.0
     weight_cap: float = 1.0  # largest share of one client's weight; 1.0 = no cap
@@ -192,6 +207,12 @@ class RunConfig:
                 "slash-double-sign-bps and reputation-penalty-bps are basis points: 0 .. 10000",
             ),
             (self.round_timeout > 0, "round-timeout must be positive"),
+            (self.finetune in FINETUNE_MODES, f"finetune must be one of {FINETUNE_MODES}"),
+            (self.lora_rank >= 1, "lora-rank must be at least 1"),
+            (
+                self.finetune == "full" or bool(self.base_weights),
+                f"finetune {self.finetune} trains part of a pretrained base: give base-weights",
+            ),
             (_is_archive_choice(self.archive_updates), _ARCHIVE_CHOICES),
             (self.anchor in ANCHOR_CHOICES, f"anchor must be one of {', '.join(ANCHOR_CHOICES)}"),
             (self.anchor_every >= 1, "anchor-every must be at least 1 (blocks)"),

@@ -36,6 +36,7 @@ from fedchain.rounds.coordinator import MAX_SEAL_ATTEMPTS, Coordinator, RoundOut
 MAX_NPY_HEADER_BYTES = 10_000
 """The largest ``.npy`` header accepted (numpy's own default limit for loading one)."""
 TRAIN_RECORDS = frozenset({m.ARRAYS, m.METRICS, m.DUTIES})
+REFUSAL_RECORDS = frozenset({m.REFUSAL, m.DUTIES})
 QUERY_RECORDS = frozenset({m.DUTIES})
 
 
@@ -78,6 +79,8 @@ def compute_client_reply(
     if not isinstance(content, Mapping):
         return ClientReply(node_id, error="malformed reply: its content is not a record dict")
     problems: list[str] = []
+    if model is not None and m.REFUSAL in content:
+        return _refusal(node_id, content, problems)
     expected = QUERY_RECORDS if model is None else TRAIN_RECORDS
     extra = [name for name in content if not (type(name) is str and name in expected)]
     if extra:
@@ -96,6 +99,28 @@ def compute_client_reply(
         seal=duties.seal,
         checkpoint=duties.checkpoint,
         error="malformed reply: " + "; ".join(problems[:3]) if problems else "",
+    )
+
+
+def _refusal(node_id: int, content: Mapping[str, object], problems: list[str]) -> ClientReply:
+    """A train reply in which the client declines to train (its privacy budget is spent) but
+    still does its ledger duties: its attestation and seal count; it sends no update."""
+    extra = [name for name in content if not (type(name) is str and name in REFUSAL_RECORDS)]
+    if extra:
+        problems.append(f"unexpected record {quote_client_text(extra[0])}")
+    reason = m.decode_refusal(content.get(m.REFUSAL), problems)
+    duties = m.decode_duties(content.get(m.DUTIES), problems)
+    error = (
+        "malformed reply: " + "; ".join(problems[:3])
+        if problems
+        else f"client refused to train, in its own words: {quote_client_text(reason)}"
+    )
+    return ClientReply(
+        node_id,
+        attestation=duties.attestation,
+        seal=duties.seal,
+        checkpoint=duties.checkpoint,
+        error=error,
     )
 
 

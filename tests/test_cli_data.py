@@ -123,3 +123,57 @@ def test_invalid_forged_header_stops_join_before_anything_starts(sealed, tmp_pat
     line = error_line(result)
     assert line.startswith(f"{path}: ") and "100,000,000,000 examples" in line
     assert peak < 64 << 20 and not (tmp_path / "sn.log").exists()
+
+
+def test_encrypt_a_text_folder_with_a_local_tokenizer(tmp_path):
+    """`fedchain data encrypt --source text`: CSV/JSONL files and a tokenizer directory in,
+    per-client files of int64 token ids and masks out, with the class list the user gave."""
+    import transformers  # fedchain[nlp], part of the dev extra; slow to import
+
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "bad"]))
+    transformers.BertTokenizer(str(vocab)).save_pretrained(str(tmp_path / "tok"))
+    data = tmp_path / "reviews"
+    data.mkdir()
+    (data / "train.csv").write_text("text,stars\n" + "good,5\nbad,1\n" * 4)
+    (data / "test.csv").write_text("text,stars\nbad good,1\n")
+    key = tmp_path / "data.key"
+    result = cli(
+        "data",
+        "encrypt",
+        "--source",
+        "text",
+        "--root",
+        data,
+        "--tokenizer",
+        tmp_path / "tok",
+        "--label-column",
+        "stars",
+        "--max-length",
+        5,
+        "--classes",
+        "1,3,5",
+        "--clients",
+        2,
+        "--out",
+        tmp_path / "fcd",
+        "--key-file",
+        key,
+    )
+    assert result.exit_code == 0, result.output
+    ds = datafile.load_dataset(tmp_path / "fcd" / "client-000.fcd", keys.load_key_file(key))
+    assert ds.x.shape == (4, 2, 5) and str(ds.x.dtype) == "int64"
+    assert ds.classes == ("1", "3", "5") and set(ds.y.tolist()) <= {0, 2}
+    without = cli(
+        "data",
+        "encrypt",
+        "--source",
+        "text",
+        "--root",
+        data,
+        "--out",
+        tmp_path / "no",
+        "--key-file",
+        key,
+    )
+    assert "--tokenizer" in error_line(without)

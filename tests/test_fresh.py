@@ -26,6 +26,7 @@ import fedchain
 from fedchain.cli import app
 from fedchain.data.datafile import load_dataset
 from fedchain.data.keys import load_key_file
+from fedchain.data.sources import DEBIAN_FASHION_MNIST
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -125,7 +126,7 @@ def test_licence_is_apache_2_and_shipped():
     assert project["license-files"] == ["LICENSE"]
 
 
-@pytest.mark.parametrize("marker", ["slow", "e2e", "browser"])
+@pytest.mark.parametrize("marker", ["slow", "e2e", "browser", "fashion_mnist"])
 def test_markers_are_registered(marker):
     options = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]
     assert any(line.startswith(f"{marker}:") for line in options["ini_options"]["markers"])
@@ -175,3 +176,34 @@ def test_make_test_finds_or_installs_chromium_or_says_what_to_install(tmp_path):
     assert re.search(r"^test: .*\bchromium\b", makefile, flags=re.M)
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert ci[-1] == "make test" and not any("apt-get" in line for line in ci)
+
+
+def test_make_test_finds_or_installs_fashion_mnist_or_says_what_to_install(tmp_path):
+    """Likewise for the real-data tests' Fashion-MNIST (Debian's dataset-fashion-mnist), and
+    the Makefile looks where the fashion-mnist source does."""
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("make is not installed")
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    result = subprocess.run(
+        [
+            make,
+            "--no-print-directory",
+            "-C",
+            str(ROOT),
+            "fashion-mnist",
+            f"FASHION_MNIST={tmp_path / 'none'}",
+        ],
+        env={"PATH": str(empty), "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    said = [line for line in result.stderr.splitlines() if not line.startswith("make: ")]
+    assert len(said) == 1 and "apt-get install dataset-fashion-mnist" in said[0], result.stderr
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^test: .*\bfashion-mnist\b", makefile, flags=re.M)
+    default = re.search(r"^FASHION_MNIST \?= (\S+)$", makefile, flags=re.M)
+    assert default is not None and Path(default[1]) == DEBIAN_FASHION_MNIST

@@ -127,6 +127,16 @@ FIELDS: dict[int, tuple[tuple[str, Any], ...]] = {  # spec §3, transcribed
         ("dp_delta_pico", INT),
         ("dp_max_epsilon_micro", INT),
         ("dp_max_participations", INT),
+        ("model", (4,)),
+    ),
+    4: (
+        ("architecture", STR),
+        ("finetune", STR),
+        ("lora_rank", INT),
+        ("base_hash", BYTES),
+        ("base_source", STR),
+        ("base_licence", STR),
+        ("trainable", ("seq", STR)),
     ),
     2: (
         ("public_key", BYTES),

@@ -100,8 +100,8 @@ RULES = make_rules(  # every field given: the known answers below must not follo
 OTHER_FEDERATION = hashlib.sha256(b"another federation").digest()
 
 # Known answers (Ed25519 signatures are deterministic, so whole blocks are).
-KNOWN_GENESIS_BLOCK_HASH = "38b26f10ec17374dde001e54db7e3c613e19f3eb94f5be1af613b8fc6fc1ade9"
-KNOWN_BLOCK_1_HASH = "c9d97137b4f7dc6adeddc1af667145646ff4e8755f2fde4fdf583ad1ad6ab1a6"
+KNOWN_GENESIS_BLOCK_HASH = "6c25fd92dcc2c786b372982efb1c0fc5b35c8d01a0ab47199abbe83d9ae60877"
+KNOWN_BLOCK_1_HASH = "942950802b713e24de0bb704c232151660531248eeaf10f5c10ae61680a7bb0e"
 
 
 def digest(text: str) -> bytes:

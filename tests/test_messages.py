@@ -55,6 +55,8 @@ def test_train_settings_round_trip(tmp_path: Path) -> None:
     assert settings == {
         "run-dir": str(tmp_path.resolve()),
         "model": "mlp",
+        "finetune": "full",
+        "lora-rank": 0,
         "local-epochs": 2,
         "batch-size": 16,
         "lr": 0.1,

@@ -46,9 +46,9 @@ from fedchain.runs.federation import (
     compute_run_config,
     init_federation,
     load_federation,
+    make_federation_rules,
 )
 from fedchain.runs.layout import FEDERATION_FILENAME, RUN_DIRNAME
-from fedchain.runs.prepare import make_rules_for
 from fedchain.runs.registration import ParticipantEntry
 from fedchain.runs.registry import save_model
 from fedchain.runs.tensorfiles import read_regular_file
@@ -118,7 +118,7 @@ def fed_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         config.run_id,  # the federation's salted run id, which its registrations are signed for
         [e.participant for e in entries],  # the registrations as signed, names included
         initial_model_hash=initial,
-        rules=make_rules_for(config),
+        rules=make_federation_rules(config),
     )
     by_public = {public_key_bytes(k): k for k in keys}
     with Chain.create(run_dir / "ledger.db", genesis) as chain:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from opacus.accountants import RDPAccountant
 from typer.testing import CliRunner
 
@@ -38,6 +38,7 @@ from fedchain.ledger.builder import (
     build_block,
     make_genesis,
     make_rules,
+    prepare_block,
     sign_commitment,
     sign_genesis_participant,
 )
@@ -46,6 +47,7 @@ from fedchain.ledger.codec import decode
 from fedchain.ledger.containers import LedgerState
 from fedchain.ledger.genesis import compute_genesis_block, compute_genesis_state
 from fedchain.ledger.objects import (
+    Attestation,
     Genesis,
     Rejection,
     Rules,
@@ -69,6 +71,7 @@ from fedchain.privacy.mechanism import (
     privatise_update,
     privatise_update_with,
 )
+from fedchain.privacy.tally import TALLY_FILENAME, read_released, record_released
 from fedchain.report.build import build_report
 from fedchain.rounds import messages as m
 from fedchain.rounds.admission import compute_reason
@@ -76,7 +79,7 @@ from fedchain.rounds.participant import check_privacy_budget
 from fedchain.runs.prepare import RunSetup, prepare_run
 from fedchain.runs.registry import load_model
 from server.inprocess_grid import NODE_BASE, InProcessGrid
-from server.strategy import parse_reply, to_array_record
+from server.strategy import compute_client_reply, parse_reply, to_array_record
 from tests.conftest import MakeFederation
 
 runner = CliRunner()
@@ -431,8 +434,48 @@ def test_invalid_coordinator_that_keeps_commitments_off_the_ledger_gets_no_more_
     for _ in range(2):
         assert not send_train(grid, record, model).has_error()
     refused = send_train(grid, record, model)  # the same view: the ledger shows no participation
-    assert refused.has_error()
-    assert "privacy budget spent (2 of 2 participations, epsilon 8)" in refused.error.reason
+    read = parse_reply(refused, model=model)
+    assert read.update is None and read.commitment == b"" and m.ARRAYS not in refused.content
+    assert "client refused to train" in read.error
+    assert "privacy budget spent (2 of 2 participations, epsilon 8)" in read.error
+
+
+def test_a_client_past_its_budget_still_attests(tmp_path: Path) -> None:
+    """Refusing to train is not refusing the ledger duties: the reply carries no update and no
+    commitment, only the reason and the attestation to the pending block (finality goes on)."""
+    setup, model, record = dp_client_run(tmp_path)
+    grid = InProcessGrid(client_app.app, 2)
+    for _ in range(2):
+        assert not send_train(grid, record, model).has_error()
+    state = compute_genesis_state(setup.genesis)
+    pending, _ = prepare_block(state, [], round=1)
+    view = m.encode_ledger_view(
+        state.genesis_hash, setup.genesis.run_id, [compute_genesis_block(setup.genesis)], 0, pending
+    )
+    reply = send_train(grid, ConfigRecord({**dict(record), **view}), model)
+    assert not reply.has_error() and set(reply.content) == {m.REFUSAL, m.DUTIES}
+    read = parse_reply(reply, model=model)
+    assert read.update is None and read.commitment == b""
+    assert read.error.startswith("client refused to train, in its own words:")
+    attestation = decode(Attestation, read.attestation)
+    assert attestation.validator == setup.public_keys[0] and attestation.height == 1
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ({m.REFUSAL: ConfigRecord({"why": "x"})}, "refusal is not a record with one reason"),
+        ({m.REFUSAL: ConfigRecord({m.REFUSAL_REASON: ""})}, "refusal reason is"),
+        (
+            {m.REFUSAL: ConfigRecord({m.REFUSAL_REASON: "x"}), "extra": ConfigRecord({})},
+            "unexpected record",
+        ),
+    ],
+)
+def test_invalid_refusal_replies_are_malformed(content: dict, problem: str) -> None:  # type: ignore[type-arg]
+    read = compute_client_reply(7, {**content}, {"w": np.zeros(2, np.float32)})
+    assert read.error.startswith("malformed reply:") and problem in read.error
+    assert read.update is None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -570,3 +613,35 @@ def test_invalid_run_whose_budget_allows_no_round(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no client could ever take part"):
         prepare_run(config)
     assert not (tmp_path / "none").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# The holder's tally on disk
+
+
+def test_the_tally_survives_a_restart_and_never_goes_down(tmp_path: Path) -> None:
+    """A deployed holder's SuperNode restarts (a fresh context.state): its count of released
+    updates comes back from its replica folder, so a coordinator that kept the commitments off
+    the ledger still gets no update past the cap."""
+    setup, _, _ = dp_client_run(tmp_path)
+    state = compute_genesis_state(setup.genesis)
+    folder = tmp_path / "replica"
+    record_released(folder, state.genesis_hash, 2)
+    record_released(folder, state.genesis_hash, 1)  # a lower count never replaces a higher one
+    assert read_released(folder, state.genesis_hash) == 2
+    assert read_released(folder, bytes(32)) == 0  # another federation: its own count
+    restarted = Context(1, 1, {}, RecordDict(), {})
+    released = client_app._released(restarted, state, folder)
+    assert released == 2
+    with pytest.raises(PrivacyBudgetSpent, match=r"spent \(2 of 2"):
+        check_privacy_budget(state, setup.public_keys[0], released)
+
+
+@pytest.mark.parametrize("text", ["{", '{"format": "other", "counts": {}}', '{"format": '
+                                  '"fedchain-privacy-tally/1", "counts": {"ab": -1}}'])  # fmt: skip
+def test_invalid_tally_files_stop_the_holder_rather_than_count_zero(
+    tmp_path: Path, text: str
+) -> None:
+    (tmp_path / TALLY_FILENAME).write_text(text)
+    with pytest.raises(ConfigError, match="not training"):
+        read_released(tmp_path, bytes(32))

@@ -44,7 +44,6 @@ from fedchain.ledger.synthetic import SyntheticFederation, derive_key
 from fedchain.ledger.verify import verify_ledger
 from fedchain.runs import federation as fed
 from fedchain.runs import layout
-from fedchain.runs.prepare import make_rules_for
 from fedchain.runs.registration import (
     ParticipantEntry,
     decode_registration_file,
@@ -253,7 +252,7 @@ def test_federation_id_binds_name_salt_and_rules(tmp_path: Path) -> None:
     assert a.run_id == f"a-{salt}" and fed.load_federation(tmp_path / "a") == a
     config = fed.compute_run_config(a, check_participants=False)
     assert config.run_id == a.run_id
-    assert a.federation_id == compute_federation_id(f"a-{salt}", make_rules_for(config))
+    assert a.federation_id == compute_federation_id(f"a-{salt}", fed.make_federation_rules(config))
 
 
 def test_invalid_a_registration_replayed_into_a_federation_of_the_same_name_and_rules(

@@ -3,6 +3,7 @@ downloads)."""
 
 from __future__ import annotations
 
+import gzip
 import pickle
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fedchain.data import sources
 from fedchain.data.sources import SOURCES, ArrayDataset, load_source
 from fedchain.errors import DataSourceError
 
@@ -164,10 +166,154 @@ def test_fashion_mnist_class_names(tmp_path: Path) -> None:
     assert ds.classes[9] == "Ankle boot"
 
 
-@pytest.mark.parametrize("source", ["mnist", "fashion-mnist", "cifar10"])
+@pytest.mark.parametrize("source", ["mnist", "cifar10"])
 def test_missing_root_mentions_download(source: str) -> None:
     with pytest.raises(DataSourceError, match="--download"):
         load_source(source, root=None)
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_fashion_mnist_without_root_or_debian_package_says_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, split: str
+) -> None:
+    monkeypatch.setattr(sources, "DEBIAN_FASHION_MNIST", tmp_path / "not-installed")
+    with pytest.raises(DataSourceError) as info:
+        load_source("fashion-mnist", split=split)
+    said = str(info.value)
+    assert "apt-get install dataset-fashion-mnist" in said
+    assert "--root" in said and "--download" in said
+    assert str(tmp_path / "not-installed") in said
+
+
+def _write_flat_idx(folder: Path, n_train: int, n_test: int, gzipped: bool) -> dict[str, tuple]:
+    """The four IDX files directly in ``folder``, as their authors (and Debian) ship them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(2)
+    out = {}
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+        labels = rng.integers(0, 10, size=n).astype(np.uint8)
+        image_path = folder / f"{prefix}-images-idx3-ubyte"
+        label_path = folder / f"{prefix}-labels-idx1-ubyte"
+        _write_idx_images(image_path, images)
+        _write_idx_labels(label_path, labels)
+        if gzipped:
+            for path in (image_path, label_path):
+                path.with_name(path.name + ".gz").write_bytes(gzip.compress(path.read_bytes()))
+                path.unlink()
+        out[prefix] = (images, labels)
+    return out
+
+
+@pytest.mark.parametrize("source", ["mnist", "fashion-mnist"])
+@pytest.mark.parametrize("gzipped", [False, True])
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_mnist_like_from_idx_files_directly_in_root(
+    tmp_path: Path, source: str, gzipped: bool, split: str
+) -> None:
+    """--root may name a folder holding the four files themselves (Debian's layout): read in
+    place, with torchvision's class names, and without importing torchvision."""
+    written = _write_flat_idx(tmp_path, n_train=6, n_test=4, gzipped=gzipped)
+    images, labels = written["train" if split == "train" else "t10k"]
+    ds = load_source(source, root=tmp_path, split=split)
+    assert ds.name == source and ds.value_max == 255.0
+    assert ds.x.shape == (len(labels), 1, 28, 28) and ds.x.dtype == np.uint8
+    assert ds.y.dtype == np.int64
+    np.testing.assert_array_equal(ds.x[:, 0], images)
+    np.testing.assert_array_equal(ds.y, labels.astype(np.int64))
+    from torchvision import datasets
+
+    expected = datasets.MNIST.classes if source == "mnist" else datasets.FashionMNIST.classes
+    assert ds.classes == tuple(expected)
+
+
+def test_fashion_mnist_default_folder_is_read_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    written = _write_flat_idx(tmp_path / "debian", n_train=5, n_test=3, gzipped=True)
+    monkeypatch.setattr(sources, "DEBIAN_FASHION_MNIST", tmp_path / "debian")
+    ds = load_source("fashion-mnist", split="test")
+    np.testing.assert_array_equal(ds.x[:, 0], written["t10k"][0])
+    assert sorted(p.name for p in (tmp_path / "debian").iterdir()) == [
+        "t10k-images-idx3-ubyte.gz",
+        "t10k-labels-idx1-ubyte.gz",
+        "train-images-idx3-ubyte.gz",
+        "train-labels-idx1-ubyte.gz",
+    ]  # nothing copied or unpacked next to them
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("truncate-images", "truncated"),
+        ("labels-are-images", "expected uint8 labels of shape"),
+        ("images-are-labels", "expected uint8 images of shape"),
+        ("count-mismatch", "but 3 labels"),
+        ("label-10", "labels must lie in 0..9"),
+    ],
+)
+def test_invalid_idx_files_in_root_are_refused(tmp_path: Path, damage: str, message: str) -> None:
+    _write_flat_idx(tmp_path, n_train=4, n_test=4, gzipped=False)
+    images = tmp_path / "train-images-idx3-ubyte"
+    labels = tmp_path / "train-labels-idx1-ubyte"
+    if damage == "truncate-images":
+        images.write_bytes(images.read_bytes()[:-100])
+    elif damage == "labels-are-images":
+        labels.write_bytes(images.read_bytes())
+    elif damage == "images-are-labels":
+        images.write_bytes(labels.read_bytes())
+    elif damage == "count-mismatch":
+        _write_idx_labels(labels, np.array([1, 2, 3], dtype=np.uint8))
+    else:
+        _write_idx_labels(labels, np.array([1, 2, 3, 10], dtype=np.uint8))
+    with pytest.raises(DataSourceError, match=message):
+        load_source("fashion-mnist", root=tmp_path)
+
+
+# The real data: Debian's dataset-fashion-mnist (make test installs it when run as root).
+
+
+def _debian_fashion_mnist() -> Path:
+    folder = sources.DEBIAN_FASHION_MNIST
+    if not (folder / "train-images-idx3-ubyte.gz").is_file():
+        pytest.fail(
+            f"Debian's Fashion-MNIST is not installed in {folder}: apt-get install -y "
+            "dataset-fashion-mnist (make test installs it when run as root)"
+        )
+    return folder
+
+
+@pytest.mark.fashion_mnist
+def test_fashion_mnist_from_the_debian_package() -> None:
+    _debian_fashion_mnist()
+    for split, n in (("train", 60000), ("test", 10000)):
+        ds = load_source("fashion-mnist", split=split)
+        assert ds.x.shape == (n, 1, 28, 28) and ds.x.dtype == np.uint8
+        assert ds.y.shape == (n,) and ds.y.dtype == np.int64
+        assert np.array_equal(np.bincount(ds.y, minlength=10), np.full(10, n // 10))
+        assert ds.classes[0] == "T-shirt/top" and ds.classes[9] == "Ankle boot"
+        assert ds.value_max == 255.0 and int(ds.x.max()) == 255 and int(ds.x.min()) == 0
+
+
+@pytest.mark.fashion_mnist
+def test_fashion_mnist_debian_files_read_as_torchvision_reads_them(tmp_path: Path) -> None:
+    """Our IDX reader and torchvision's agree on the real test split (unpacked in torchvision's
+    layout), down to the class names."""
+    folder = _debian_fashion_mnist()
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for prefix in ("train", "t10k"):
+        for kind in ("images-idx3", "labels-idx1"):
+            name = f"{prefix}-{kind}-ubyte"
+            if prefix == "train":  # torchvision checks all four exist; only t10k is compared
+                (raw / name).write_bytes(b"")
+            else:
+                (raw / name).write_bytes(gzip.decompress((folder / f"{name}.gz").read_bytes()))
+    ours = load_source("fashion-mnist", split="test")
+    theirs = load_source("fashion-mnist", root=tmp_path, split="test")
+    np.testing.assert_array_equal(ours.x, theirs.x)
+    np.testing.assert_array_equal(ours.y, theirs.y)
+    assert ours.classes == theirs.classes
 
 
 @pytest.mark.parametrize("source", ["mnist", "fashion-mnist", "cifar10"])

@@ -13,6 +13,7 @@ from rich.table import Table
 from fedchain.cli.common import PASSPHRASE_ENV, console, make_app, read_passphrase
 from fedchain.data import datafile, keys
 from fedchain.data.header import MAX_CHUNK_SIZE
+from fedchain.data.labelled_text import DEFAULT_MAX_LENGTH, TextOptions
 from fedchain.data.partition import label_histogram, partition
 from fedchain.data.sources import load_source
 from fedchain.errors import ConfigError
@@ -84,8 +85,10 @@ def encrypt(
         typer.Option(
             "--source",
             "-s",
-            help="digits (embedded), mnist, fashion-mnist, cifar10 (from --root), "
-            "imagefolder (--root is the folder), npz (--root is the .npz file).",
+            help="digits (embedded), fashion-mnist (Debian's dataset-fashion-mnist, or "
+            "--root), mnist, cifar10 (from --root), imagefolder (--root is the folder), npz "
+            "(--root is the .npz file), text (--root is a .csv/.jsonl file or a folder of "
+            "train and test files; needs --tokenizer).",
         ),
     ] = "digits",
     root: Annotated[
@@ -96,6 +99,22 @@ def encrypt(
         bool, typer.Option("--download", help="Let torchvision download mnist/cifar10 into --root.")
     ] = False,
     image_size: Annotated[int, typer.Option(help="imagefolder: resize images to this size.")] = 32,
+    tokenizer: Annotated[
+        Path | None,
+        typer.Option(help="text: a local tokenizer directory (as save_pretrained writes one)."),
+    ] = None,
+    text_column: Annotated[str, typer.Option(help="text: the column with the text.")] = "text",
+    label_column: Annotated[str, typer.Option(help="text: the column with the label.")] = "label",
+    max_length: Annotated[
+        int, typer.Option(help="text: tokens per example (cut or padded to it).")
+    ] = DEFAULT_MAX_LENGTH,
+    classes: Annotated[
+        str | None,
+        typer.Option(
+            help="text: the class names in order, comma-separated (default: every label in the "
+            "files, sorted); give them when a holder's file may lack some labels."
+        ),
+    ] = None,
     clients: Annotated[int, typer.Option("--clients", "-n", min=1, help="Number of clients.")] = 10,
     client: Annotated[
         int | None, typer.Option(min=0, help="Write only this client's file (0-based index).")
@@ -126,8 +145,15 @@ def encrypt(
         raise ConfigError(f"{existing[0]}: already exists; use --force to overwrite")
 
     with console.status(f"loading {source} ({split})…"):
+        text = TextOptions(
+            tokenizer,
+            text_column,
+            label_column,
+            max_length,
+            None if classes is None else tuple(c.strip() for c in classes.split(",")),
+        )
         dataset = load_source(
-            source, root=root, split=split, download=download, image_size=image_size
+            source, root=root, split=split, download=download, image_size=image_size, text=text
         )
     parts = partition(
         dataset.y, clients, partitioner, seed=seed, alpha=alpha, shards_per_client=shards_per_client

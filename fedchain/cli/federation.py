@@ -23,7 +23,7 @@ from fedchain.config import RunConfig
 from fedchain.crypto import identity
 from fedchain.data.sources import SOURCES
 from fedchain.errors import ConfigError
-from fedchain.learning.catalog import MODELS
+from fedchain.learning.catalog import check_model_name
 from fedchain.rounds.contribution import METHODS
 from fedchain.runs import federation as fed
 from fedchain.runs.layout import FEDERATION_FILENAME
@@ -124,7 +124,14 @@ def init(
     data_root: Annotated[
         str, typer.Option(help="Where that source lives (folder, or the .npz file).")
     ] = "",
-    model: Annotated[str, typer.Option(help="cnn or mlp.")] = "cnn",
+    model: Annotated[
+        str,
+        typer.Option(
+            help="cnn or mlp; resnet18, mobilenet_v3_small, efficientnet_b0, vgg11; or your own "
+            "task module's import path (fine-tuning: --set finetune=head --set "
+            "base-weights=FILE)."
+        ),
+    ] = "cnn",
     aggregation: Annotated[
         str,
         typer.Option(
@@ -169,6 +176,8 @@ def init(
     if data_root:
         settings["data-root"] = str(Path(data_root).resolve())
     settings.update(_parse_set(set_ or []))
+    if settings.get("base-weights"):
+        settings["base-weights"] = str(Path(str(settings["base-weights"])).resolve())
     _check_names(settings)
     federation = fed.init_federation(
         fed_dir,
@@ -196,11 +205,11 @@ def _check_names(settings: dict[str, Any]) -> None:
     for key, known in (
         ("aggregation", RULES),
         ("contribution", METHODS),
-        ("model", MODELS),
         ("dataset", SOURCES),
     ):
         if key in settings and settings[key] not in known:
             raise ConfigError(f"unknown {key} {settings[key]!r}; choose one of {', '.join(known)}")
+    check_model_name(str(settings.get("model", RunConfig.model)))
 
 
 @app.command()

@@ -28,7 +28,7 @@ from fedchain.crypto.identity import fingerprint
 from fedchain.errors import ConfigError
 from fedchain.ledger.checkpoints import load_checkpoint
 from fedchain.ledger.codec import MAX_INT, decode
-from fedchain.ledger.objects import DP_OFF, Block
+from fedchain.ledger.objects import DP_OFF, EMPTY_HASH, Block
 from fedchain.ledger.show import as_markup_text, block_to_json, describe_transaction
 from fedchain.ledger.signatures import CachingVerifier
 from fedchain.ledger.store import LedgerStore, open_ledger_path
@@ -110,6 +110,13 @@ def verify(
         Path | None,
         typer.Option(help="--anchors: a folder of kept receipt files (default: RUN/anchors)."),
     ] = None,
+    base_weights: Annotated[
+        Path | None,
+        typer.Option(
+            help="The base model file the genesis names (default: the run's own base-weights, "
+            "where that file exists): check its hash and that the initial model is made from it."
+        ),
+    ] = None,
 ) -> None:
     """Re-check a ledger from genesis: hash chain, signatures, proposers, state, finality.
 
@@ -142,6 +149,8 @@ def verify(
     if anchors and report.ok:  # whatever the files say: a shortened ledger fails both
         options = AnchorOptions(evm_url, evm_contract, tuple(evm_sender or ()), tsa_cert)
         failed = not _check_anchors(path, report, receipts, options) or failed
+    if report.ok and path.is_dir() and not failed:
+        failed = not _check_base(path, report, base_weights)
     if scores and not failed:
         failed = not _recheck_scores(path, report)
     if failed:
@@ -203,6 +212,42 @@ def print_failed(problems: Sequence[str], what: str = "", also: str = "") -> Non
     console.print(f"[bold red]FAILED[/] {what}{as_markup_text(problems[0])}")
     for problem in problems[1:]:
         console.print(f"  {also}{as_markup_text(problem)}")
+
+
+def _check_base(path: Path, report: VerifyReport, given: Path | None) -> bool:
+    """The base model line: the genesis's base checked against a file (and the initial model
+    rebuilt from it), or why it was not checked. False when the check fails."""
+    record = report.state.genesis.rules.model if report.state is not None else None
+    if record is None or record.base_hash == EMPTY_HASH:
+        return True
+    read_regular_file(path / CONFIG_FILENAME, path)
+    config = load_config_file(path / CONFIG_FILENAME)
+    base = given or (Path(config.base_weights) if config.base_weights else None)
+    what = f"base: {record.architecture} {record.finetune} from {record.base_hash.hex()[:16]}…"
+    if base is None or not base.is_file():
+        console.print(f"{what} not checked (no base weights file here; give --base-weights)")
+        return True
+    # torch and the model code (seconds): only for a run that fine-tunes a base
+    from fedchain.learning.record import check_initial_model
+    from fedchain.runs.prepare import load_split
+
+    validation = load_split(config)[1]
+    with console.status("checking the base model and the initial model made from it…"):
+        problem = check_initial_model(
+            record,
+            config,
+            tuple(validation.x.shape[1:]),
+            len(validation.classes),
+            report.initial_model_hash,
+            base,
+        )
+    if problem is not None:
+        print_failed([problem], "base: ")
+        return False
+    console.print(
+        f"{what}: {as_markup_text(str(base))} matches, and round 0's model is made from it"
+    )
+    return True
 
 
 def _recheck_scores(path: Path, report: VerifyReport) -> bool:

@@ -1,7 +1,9 @@
-"""``fedchain models list`` and ``fedchain models show``: a run's registered global models.
+"""``fedchain models list``, ``show`` and ``export``: a run's registered global models.
 
-Both verify the run's ledger first (the registry's index is the verified ledger, see
+Each verifies the run's ledger first (the registry's index is the verified ledger, see
 :mod:`fedchain.runs.registry`), so a ledger that fails verification is refused here too.
+``export`` writes one model for plain torch (:mod:`fedchain.runs.export`) with its model card
+(:mod:`fedchain.report.card`), made from the run's report.
 """
 
 from __future__ import annotations
@@ -15,19 +17,27 @@ from rich import box
 from rich.table import Table
 
 from fedchain.cli.common import console, make_app
+from fedchain.config import load_config_file
+from fedchain.errors import ConfigError
 from fedchain.ledger.show import as_markup_text
 from fedchain.ledger.signatures import CachingVerifier
 from fedchain.ledger.verify import verify_ledger
-from fedchain.runs.layout import LEDGER_FILENAME, MODELS_DIRNAME
+from fedchain.report.build import compute_report
+from fedchain.report.card import compute_card
+from fedchain.report.files import write_card_files
+from fedchain.report.inputs import load_report_inputs
+from fedchain.runs.layout import CONFIG_FILENAME, LEDGER_FILENAME, MODELS_DIRNAME
 from fedchain.runs.registry import (
     ModelEntry,
     find_model,
     get_lineage,
     list_models,
     load_model,
+    require_verified,
 )
+from fedchain.runs.tensorfiles import read_regular_file
 
-app = make_app("Read a run's registered global models: list them, show one.")
+app = make_app("Read a run's registered global models: list them, show one, export one.")
 
 RunDirArg = Annotated[
     Path,
@@ -178,3 +188,66 @@ def _print_lineage(lineage: list[ModelEntry]) -> None:
             else f"{as_markup_text(e.rule)}, {e.num_updates} updates"
         )
         console.print(f"  round {e.round:>4}  block {e.height:>4}  {_short(e.model_hash)}  {what}")
+
+
+@app.command()
+def export(
+    run_dir: RunDirArg,
+    out: Annotated[
+        Path,
+        typer.Option("--out", "-o", help="A new (or empty) folder for the model and its card."),
+    ],
+    model: Annotated[
+        str | None,
+        typer.Argument(
+            help="A round number, or at least 4 hex characters of the hash (default: the "
+            "latest model)."
+        ),
+    ] = None,
+    base_weights: Annotated[
+        Path | None,
+        typer.Option(
+            "--base-weights",
+            help="Your copy of the federation's base weights (default: the run's config); "
+            "checked against the genesis's hash.",
+        ),
+    ] = None,
+) -> None:
+    """Export one model for plain torch, with its model card; overwrites nothing.
+
+    model.safetensors: the full state dict (buffers included; LoRA merged).
+    adapters.safetensors (LoRA): the trained tensors alone.
+    card.json, card.md: model, base, rules, data, contributors, accuracy, verdict.
+    """
+    # torch and the model code (seconds): only for an export
+    from fedchain.runs.export import export_version
+
+    with CachingVerifier() as verifier, console.status("verifying the ledger"):
+        inputs = load_report_inputs(run_dir, verifier=verifier)
+        require_verified(inputs.verification)
+        report = compute_report(inputs, verifier=verifier)
+    entries = list_models(inputs.verification)
+    entry = find_model(entries, model) if model is not None else entries[-1]
+    state = inputs.verification.state
+    record = state.genesis.rules.model if state is not None else None
+    if record is None or not record.architecture:
+        raise ConfigError(f"{run_dir}: its genesis names no model architecture to export")
+    read_regular_file(run_dir / CONFIG_FILENAME, run_dir)
+    config = load_config_file(run_dir / CONFIG_FILENAME)
+    base = base_weights or config.base_weights or None
+    with console.status("building and writing the model"):
+        done = export_version(run_dir, entry, record, config, out, base)
+    (version,) = [
+        m
+        for m in report["lineage"]
+        if m["height"] == entry.height and m["model_hash"] == entry.model_hash.hex()
+    ]
+    card = compute_card(report, version, [vars(f) for f in done.files], done.input_json())
+    paths = [out / f.name for f in done.files] + write_card_files(card, out)
+    kind = "initial model" if entry.is_initial else f"model of round {entry.round}"
+    verification = card["verification"]
+    console.print(f"exported the {kind} {_short(entry.model_hash)}")
+    if verification["first_failure"]:  # the ledger verified; another model file did not
+        console.print(f"[yellow]note[/] {as_markup_text(verification['first_failure'])}")
+    for path in paths:
+        console.print(f"wrote {path}", markup=False, highlight=False)

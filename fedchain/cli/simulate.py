@@ -79,6 +79,20 @@ def simulate(
         str | None,
         typer.Option(help="Where mnist/cifar10/... live (default: the source's own place)."),
     ] = None,
+    tokenizer: Annotated[
+        str | None,
+        typer.Option(help="--dataset text: the local tokenizer directory (save_pretrained's)."),
+    ] = None,
+    text_column: Annotated[
+        str | None, typer.Option(help=_help("text_column", "--dataset text: the text column"))
+    ] = None,
+    label_column: Annotated[
+        str | None, typer.Option(help=_help("label_column", "--dataset text: the label column"))
+    ] = None,
+    max_length: Annotated[
+        int | None,
+        typer.Option(help=_help("max_length", "--dataset text: tokens per example")),
+    ] = None,
     clients: Annotated[
         int | None, typer.Option("--clients", "-n", help=_help("clients", "Clients."))
     ] = None,
@@ -108,7 +122,51 @@ def simulate(
         int | None, typer.Option(help=_help("batch_size", "Local batch size."))
     ] = None,
     lr: Annotated[float | None, typer.Option(help=_help("lr", "Local learning rate."))] = None,
-    model: Annotated[str | None, typer.Option(help=_help("model", "cnn or mlp."))] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help=_help(
+                "model",
+                "cnn or mlp (built in); resnet18, mobilenet_v3_small, efficientnet_b0, vgg11 "
+                "(torchvision, nothing downloaded); or your own task module's import path "
+                "(package.module; contract: fedchain.learning.task)",
+            )
+        ),
+    ] = None,
+    finetune: Annotated[
+        str | None,
+        typer.Option(
+            help=_help(
+                "finetune",
+                "What trains: full (every parameter), head (the classifier head; backbone "
+                "frozen at the base) or lora (low-rank adapters through peft, and the head); "
+                "head and lora need --base-weights",
+            )
+        ),
+    ] = None,
+    lora_rank: Annotated[
+        int | None, typer.Option(help=_help("lora_rank", "The LoRA adapters' rank."))
+    ] = None,
+    base_weights: Annotated[
+        str | None,
+        typer.Option(
+            help=_help(
+                "base_weights",
+                "A local .safetensors or .pth state dict the model starts from (a pretrained "
+                "base; its hash goes on the genesis and every client checks its copy)",
+            )
+        ),
+    ] = None,
+    base_source: Annotated[
+        str | None,
+        typer.Option(
+            help=_help("base_source", "Where the base came from, as the genesis records it")
+        ),
+    ] = None,
+    base_licence: Annotated[
+        str | None,
+        typer.Option(help=_help("base_licence", "The base model's licence text (genesis)")),
+    ] = None,
     aggregation: Annotated[
         str | None,
         typer.Option(
@@ -359,6 +417,10 @@ def simulate(
     flags: dict[str, Any] = {
         "dataset": dataset,
         "data_root": data_root,
+        "tokenizer": str(Path(tokenizer).resolve()) if tokenizer else tokenizer,
+        "text_column": text_column,
+        "label_column": label_column,
+        "max_length": max_length,
         "clients": clients,
         "clients_per_round": clients_per_round,
         "partitioner": partitioner,
@@ -369,6 +431,11 @@ def simulate(
         "batch_size": batch_size,
         "lr": lr,
         "model": model,
+        "finetune": finetune,
+        "lora_rank": lora_rank,
+        "base_weights": str(Path(base_weights).resolve()) if base_weights else base_weights,
+        "base_source": base_source,
+        "base_licence": base_licence,
         "aggregation": aggregation,
         "beta": beta,
         "weight_cap": weight_cap,

@@ -19,11 +19,12 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from fedchain.config import load_config_file
 from fedchain.crypto import identity
 from fedchain.data import datafile, keys
 from fedchain.data.sources import ArrayDataset
 from fedchain.errors import ConfigError, KeyFileError
-from fedchain.runs.layout import client_data_path, client_key_path, data_key_path
+from fedchain.runs.layout import CONFIG_FILENAME, client_data_path, client_key_path, data_key_path
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,8 @@ class DataHolder:
     key: Ed25519PrivateKey
     replica_dir: Path | None = None
     """Where this holder keeps its replica of the ledger on disk (None: in memory only)."""
+    base_weights: str = ""
+    """This holder's copy of the federation's base model weights file ("": none)."""
 
     @property
     def public_key(self) -> bytes:
@@ -56,7 +59,8 @@ def load_simulated_holder(run_dir: Path, index: int) -> DataHolder:
         unlock = keys.load_key_file(data_key_path(run_dir))
         dataset = datafile.load_dataset(client_data_path(run_dir, index), unlock)
         key = identity.load_identity(client_key_path(run_dir, index), None)
-        _CACHE[cache_key] = DataHolder(index, dataset, key)
+        base = load_config_file(run_dir / CONFIG_FILENAME).base_weights
+        _CACHE[cache_key] = DataHolder(index, dataset, key, base_weights=base)
     return _CACHE[cache_key]
 
 
@@ -107,6 +111,7 @@ def _cache(
         datafile.load_dataset(data_path, unlock),
         key,
         Path(str(replica)) if replica else None,
+        base_weights=str(node_config.get("base-weights", "")),
     )
     _CACHE[cache_key] = holder
     return holder

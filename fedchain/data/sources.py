@@ -6,11 +6,15 @@ encryption and training never need to know where the data came from:
 * ``x`` is C-contiguous, one example per row: ``(N, C, H, W)`` for images, ``(N, D)`` for
   tabular ``npz`` data. Images stay in their stored integer form (``uint8``); training
   divides by ``value_max`` to get ``[0, 1]`` floats, which keeps files small and exact.
+* Text (the ``text`` source) is ``int64`` ``(N, 2, L)``: token ids and attention mask, fixed
+  length ``L`` (:mod:`fedchain.data.labelled_text`); ``value_max`` is None.
 * ``y`` is ``int64`` with shape ``(N,)`` and values ``0 .. len(classes) - 1``.
 
 ``digits`` (scikit-learn's embedded 8x8 digits) needs no files and no network, which is why it
-is the default. The torchvision sources read a local ``root`` and only touch the network when
-the caller passes ``download=True`` (the CLI's ``--download``).
+is the default. ``fashion-mnist`` needs no root either where Debian's ``dataset-fashion-mnist``
+package is installed (:data:`DEBIAN_FASHION_MNIST`). The torchvision sources read a local
+``root`` and only touch the network when the caller passes ``download=True`` (the CLI's
+``--download``).
 
 torchvision is imported lazily inside the loaders that need it: importing it takes seconds, and
 ``digits``/``npz`` users should not pay for that. ``digits`` does not import scikit-learn either
@@ -30,14 +34,32 @@ from typing import Any
 
 import numpy as np
 
+from fedchain.data.idx import read_idx
+from fedchain.data.labelled_text import (
+    TEXT_SUFFIXES,
+    TextOptions,
+    compute_classes,
+    compute_label_values,
+    read_labelled_text,
+    tokenize,
+)
 from fedchain.errors import DataSourceError
 
-__all__ = ["SOURCES", "ArrayDataset", "load_source"]
+__all__ = ["DEBIAN_FASHION_MNIST", "SOURCES", "ArrayDataset", "load_source"]
 
-SOURCES: tuple[str, ...] = ("digits", "mnist", "fashion-mnist", "cifar10", "imagefolder", "npz")
+SOURCES: tuple[str, ...] = (
+    "digits",
+    "mnist",
+    "fashion-mnist",
+    "cifar10",
+    "imagefolder",
+    "npz",
+    "text",
+)
 
 _TRAIN_TEST = ("train", "test")
 _NPZ_SPLITS = ("train", "test", "all")
+_TEXT_SPLITS = ("train", "test", "all")
 _DIGITS_SPLITS = ("train", "test", "all")
 _NPZ_X_KEYS = ("x", "X", "features")
 _NPZ_Y_KEYS = ("y", "labels")
@@ -129,14 +151,18 @@ def load_source(
     split: str = "train",
     download: bool = False,
     image_size: int = 32,
+    text: TextOptions | None = None,
 ) -> ArrayDataset:
     """Load data source ``name`` (one of :data:`SOURCES`) fully into memory.
 
     ``root`` is a directory for the torchvision sources and ``imagefolder``, and the ``.npz``
-    file itself for ``npz``; ``digits`` ignores it. ``split`` is ``"train"``/``"test"`` (plus
+    file itself for ``npz``; ``digits`` ignores it, and ``fashion-mnist`` without one reads
+    Debian's package (:data:`DEBIAN_FASHION_MNIST`). ``split`` is ``"train"``/``"test"`` (plus
     ``"all"`` for ``digits`` and ``npz``); ``imagefolder`` ignores it. ``download`` lets
     torchvision fetch MNIST/Fashion-MNIST/CIFAR-10 into ``root``. ``image_size`` is the side
-    length in pixels that ``imagefolder`` resizes every image to.
+    length in pixels that ``imagefolder`` resizes every image to. ``text`` says how the ``text``
+    source reads and tokenizes its files (:class:`~fedchain.data.labelled_text.TextOptions`;
+    its ``tokenizer`` directory is required).
 
     Raises :class:`DataSourceError` for every problem a user can fix (unknown name, missing or
     malformed files, bad split).
@@ -148,6 +174,7 @@ def load_source(
         "cifar10": lambda: _load_cifar10(root, split, download),
         "imagefolder": lambda: _load_imagefolder(root, image_size),
         "npz": lambda: _load_npz(root, split),
+        "text": lambda: _load_text(root, split, text or TextOptions()),
     }
     loader = loaders.get(name)
     if loader is None:
@@ -217,13 +244,47 @@ _DIGITS_TEST_MASK = bytes.fromhex(
 significant first): ``train_test_split``'s 360 test indices (see :func:`_load_digits`)."""
 
 
-# --- torchvision: MNIST, Fashion-MNIST, CIFAR-10 ---------------------------------------------
+# --- MNIST, Fashion-MNIST (IDX files), CIFAR-10 (torchvision) --------------------------------
+
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+"""Where Debian's ``dataset-fashion-mnist`` package puts the original gzipped IDX files: the
+``fashion-mnist`` source reads them in place when no root is given."""
 
 _LAYOUTS = {
-    "mnist": "ROOT/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte",
-    "fashion-mnist": "ROOT/FashionMNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte",
+    "mnist": "ROOT/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte, "
+    "or the same files, gzipped or not, directly in ROOT",
+    "fashion-mnist": "ROOT/FashionMNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte, "
+    "or the same files, gzipped or not, directly in ROOT",
     "cifar10": "ROOT/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}",
 }
+
+# torchvision's class names (datasets.MNIST.classes, datasets.FashionMNIST.classes), written out
+# so that reading the IDX files ourselves gives the same data set without importing torchvision.
+_MNIST_CLASSES = (
+    "0 - zero",
+    "1 - one",
+    "2 - two",
+    "3 - three",
+    "4 - four",
+    "5 - five",
+    "6 - six",
+    "7 - seven",
+    "8 - eight",
+    "9 - nine",
+)
+_FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+_IDX_PREFIXES = {"train": "train", "test": "t10k"}
 
 
 def _require_root(name: str, root: str | Path | None) -> Path:
@@ -254,13 +315,31 @@ def _open_torchvision(name: str, factory: Callable[[], Any], root: Path, downloa
 def _load_mnist_like(
     name: str, root: str | Path | None, split: str, download: bool
 ) -> ArrayDataset:
-    """MNIST or Fashion-MNIST from torchvision's raw IDX files, as uint8 (N, 1, 28, 28).
+    """MNIST or Fashion-MNIST as uint8 (N, 1, 28, 28), from one of two layouts:
 
-    Reads ``.data``/``.targets`` directly instead of iterating items, which would push every
-    image through PIL and be orders of magnitude slower.
+    * the IDX files directly in a folder, gzipped or not, as their authors publish them and as
+      Debian's ``dataset-fashion-mnist`` installs them: read with :func:`read_idx`. This is
+      ``fashion-mnist``'s default when no root is given (:data:`DEBIAN_FASHION_MNIST`);
+    * torchvision's ``ROOT/<Name>/raw`` layout, which ``--download`` fills: read by torchvision.
+
+    torchvision's path reads ``.data``/``.targets`` directly instead of iterating items, which
+    would push every image through PIL and be orders of magnitude slower.
     """
     _check_split(name, split, _TRAIN_TEST)
+    if root is None and name == "fashion-mnist" and not download:
+        flat = _flat_idx_files(DEBIAN_FASHION_MNIST, split)
+        if flat is None:
+            raise DataSourceError(
+                f"fashion-mnist: no --root given and Debian's Fashion-MNIST is not installed "
+                f"(no {_IDX_PREFIXES[split]}-*-ubyte.gz in {DEBIAN_FASHION_MNIST}): install it "
+                "with 'apt-get install dataset-fashion-mnist', or pass --root DIR (layout "
+                f"{_LAYOUTS[name]}) and add --download to fetch the files into it"
+            )
+        return _idx_dataset(name, *flat)
     path = _require_root(name, root)
+    flat = None if download else _flat_idx_files(path, split)
+    if flat is not None:
+        return _idx_dataset(name, *flat)
     from torchvision import datasets
 
     cls = datasets.MNIST if name == "mnist" else datasets.FashionMNIST
@@ -272,6 +351,45 @@ def _load_mnist_like(
     x = data.reshape(data.shape[0], 1, data.shape[1], data.shape[2])
     y = ds.targets.numpy().astype(np.int64)
     return ArrayDataset(name, x, y, tuple(str(c) for c in ds.classes), 255.0)
+
+
+def _flat_idx_files(folder: Path, split: str) -> tuple[Path, Path] | None:
+    """The images and labels IDX files of ``split`` directly in ``folder`` (the gzipped name
+    first), or None when either is missing."""
+    prefix = _IDX_PREFIXES[split]
+    found = []
+    for stem in (f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"):
+        path = next(
+            (p for p in (folder / f"{stem}.gz", folder / stem) if p.is_file()),
+            None,
+        )
+        if path is None:
+            return None
+        found.append(path)
+    return found[0], found[1]
+
+
+def _idx_dataset(name: str, images_path: Path, labels_path: Path) -> ArrayDataset:
+    """An MNIST-like data set from its images (N, H, W) and labels (N,) IDX files."""
+    images, labels = read_idx(images_path), read_idx(labels_path)
+    if images.ndim != 3 or images.dtype != np.uint8:
+        raise DataSourceError(
+            f"{images_path}: expected uint8 images of shape (N, H, W); "
+            f"found {images.dtype} {images.shape}"
+        )
+    if labels.ndim != 1 or labels.dtype != np.uint8:
+        raise DataSourceError(
+            f"{labels_path}: expected uint8 labels of shape (N,); "
+            f"found {labels.dtype} {labels.shape}"
+        )
+    if labels.shape[0] != images.shape[0]:
+        raise DataSourceError(
+            f"{name}: {images.shape[0]} images in {images_path} but {labels.shape[0]} labels in "
+            f"{labels_path}; they must match"
+        )
+    x = images.reshape(images.shape[0], 1, images.shape[1], images.shape[2])
+    classes = _MNIST_CLASSES if name == "mnist" else _FASHION_MNIST_CLASSES
+    return ArrayDataset(name, x, labels.astype(np.int64), classes, 255.0)
 
 
 def _load_cifar10(root: str | Path | None, split: str, download: bool) -> ArrayDataset:
@@ -423,3 +541,71 @@ def _npz_dataset(name: str, x: np.ndarray, y: np.ndarray) -> ArrayDataset:
         raise DataSourceError(f"{name}: features must be numeric, got dtype {x.dtype}")
     classes = tuple(str(c) for c in range(int(y.max()) + 1))
     return ArrayDataset(name, x, y, classes, None)
+
+
+# --- text -------------------------------------------------------------------------------------
+
+
+def _load_text(root: str | Path | None, split: str, options: TextOptions) -> ArrayDataset:
+    """Labelled text, tokenized (:mod:`fedchain.data.labelled_text`), from ``root``: one
+    ``.csv``/``.jsonl`` file (splits ``train`` and ``all``), or a folder holding ``train`` and
+    ``test`` files (``train.csv`` or ``train.jsonl``, ...; ``all`` is both).
+
+    The class list is ``options.classes`` when given, else every label name in the folder's
+    train and test files (or in the one file), sorted, so that both splits agree on it.
+    """
+    _check_split("text", split, _TEXT_SPLITS)
+    if root is None:
+        raise DataSourceError(
+            "text: pass the data as --root: a .csv or .jsonl file, or a folder holding "
+            "train.csv and test.csv (or .jsonl)"
+        )
+    if options.tokenizer is None:
+        raise DataSourceError("text: a local tokenizer directory is required (--tokenizer DIR)")
+    path = Path(root)
+    files = _text_files(path)
+    if path.is_file() and split == "test":
+        raise DataSourceError(
+            f"text: {path} is one file, with no test split; put train and test files "
+            "(train.csv and test.csv, or .jsonl) in a folder and pass the folder"
+        )
+    read = {
+        name: read_labelled_text(file, options.text_column, options.label_column)
+        for name, file in files.items()
+    }
+    classes = options.classes or compute_classes(
+        label for _, labels in read.values() for label in labels
+    )
+    if len(set(classes)) != len(classes) or not classes:
+        raise DataSourceError(f"text: the class list must be non-empty and distinct: {classes}")
+    wanted = ("train", "test") if split == "all" or path.is_file() else (split,)
+    texts: list[str] = []
+    ys: list[np.ndarray] = []
+    for name in wanted:
+        if name in read:
+            texts += read[name][0]
+            ys.append(compute_label_values(files[name], read[name][1], classes))
+    x = tokenize(texts, options.tokenizer, options.max_length)
+    return ArrayDataset(f"text:{path}", x, np.concatenate(ys), tuple(classes), None)
+
+
+def _text_files(path: Path) -> dict[str, Path]:
+    """``{"train": file}`` for one file; ``{"train": ..., "test": ...}`` for a folder."""
+    if path.is_file():
+        if path.suffix not in TEXT_SUFFIXES:
+            raise DataSourceError(f"text: {path} must end in {' or '.join(TEXT_SUFFIXES)}")
+        return {"train": path}
+    if not path.is_dir():
+        raise DataSourceError(f"text: {path} does not exist")
+    files: dict[str, Path] = {}
+    for name in ("train", "test"):
+        found = [path / f"{name}{suffix}" for suffix in TEXT_SUFFIXES]
+        present = [f for f in found if f.is_file()]
+        if len(present) != 1:
+            what = "both" if present else "neither"
+            raise DataSourceError(
+                f"text: {path} must hold one {name} file, {found[0].name} or {found[1].name}; "
+                f"it has {what}"
+            )
+        files[name] = present[0]
+    return files

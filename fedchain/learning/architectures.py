@@ -1,43 +1,49 @@
-"""Models that federated clients train, and their weights as named numpy arrays.
+"""The federated model: a task's model with the federation's base and fine-tuning mode applied,
+and the tensors that travel (its trainable parameters) as named numpy arrays.
 
-Two architectures (:data:`MODELS`), both small enough to train on two CPU cores:
+:func:`build_model` builds a task's model (:mod:`fedchain.learning.task`: a built-in, a
+torchvision architecture or the user's own module) under a seed, copies a pretrained base into
+it (:func:`fedchain.learning.base.load_base`; a head whose class count differs keeps its fresh
+initialisation), then applies the fine-tuning mode (:data:`FINETUNE_MODES`):
 
-* ``cnn``: two 3x3 convolutions (padding 1) with ReLU, a 2x2 max-pool after each convolution
-  whose input is still at least :data:`_POOL_MIN_SIDE` pixels on its short side, an adaptive
-  average pool to 4x4, and a two-layer classifier head. The pooling rule makes one definition fit
-  8x8 digits (no max-pool: the images are already tiny), 28x28 MNIST (one) and 32x32 CIFAR (two)
-  while keeping the head the same size (32 x 4 x 4 inputs). It needs image input ``(C, H, W)``.
-* ``mlp``: flatten, one hidden layer of 128 ReLU units, linear output. It takes any input shape,
-  so it is the model for flat ``(N, D)`` tabular data.
+* ``full``: every parameter trains;
+* ``head``: only the task's ``HEAD`` trains, the backbone stays at the base's values;
+* ``lora``: low-rank adapters of rank ``lora_rank`` (peft's LoRA, ``lora_alpha`` = the rank,
+  so the adapters' scale is 1; no dropout) on every linear and ungrouped convolution layer
+  outside the head (or the task's ``LORA_TARGETS``), and the head in full (peft's
+  ``modules_to_save``). The adapters start as peft makes them (A random from the seed, B zero),
+  so the initial model is the base.
 
-Neither uses BatchNorm (or any other buffer): BatchNorm's running mean and variance are not
-parameters, averaging them across clients with different data is ill-defined, and its
-``num_batches_tracked`` counter is an ``int64`` that does not belong in a float update. Without
-buffers, a model's ``state_dict`` is exactly its trainable parameters, all ``float32``.
+**What travels.** Updates, their hashes, scores, aggregation and every global model version cover
+exactly the trainable parameters (:func:`state_to_numpy`), named as ``named_parameters`` names
+them and in that order; the genesis lists these names (``ModelRecord.trainable``). Frozen
+parameters come from the base every participant holds; buffers never travel.
 
-Weights start He-normal (biases zero), which suits ReLU networks and avoids the slow start
-torch's default initialisation gives these small models (measured: FedAvg on digits needed far
-more rounds with it). Initialisation is deterministic and leaves global state alone: every
-weight is drawn from a local ``torch.Generator`` seeded with ``seed``, in module order, and every
-bias is zeroed, so nothing of torch's default initialisation survives. The layer constructors
-still draw their default initialisation from torch's global generator; they run inside
-:func:`torch.random.fork_rng`, which restores the global CPU RNG state afterwards, so building a
-model does not disturb the caller's random stream. (``fork_rng`` is process-global while it runs:
-do not build models from several threads at once; Flower runs clients in separate processes.)
-The same seed gives the same weights wherever torch's normal sampler is the same; a run still
-registers the hash of its initial model rather than trusting the seed.
+**Buffers (BatchNorm).** Frozen: a BatchNorm layer's running mean and variance stay the base's
+(or, with no base, their initial 0 and 1), because local training keeps every BatchNorm layer
+in eval mode (:func:`fedchain.learning.training.set_train_mode`), so it normalises with those
+statistics and never updates them; its affine weight and bias are parameters and train like any
+other in ``full`` mode. Averaging running statistics across clients with different data is
+ill-defined, and ``num_batches_tracked`` is an integer counter that has no place in a float
+update; frozen statistics are also what every participant can check against the base's hash.
+
+Determinism: the same name, shapes, seed, base and mode give the same model wherever torch's
+samplers are the same; the caller's global random state is left as it was.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
 from fedchain.errors import ConfigError
-from fedchain.learning.catalog import MODELS
+from fedchain.learning.base import load_base
+from fedchain.learning.catalog import FINETUNE_MODES, MODELS
+from fedchain.learning.task import Task, build_task_model, load_task
 
 __all__ = [
     "MODELS",
@@ -45,60 +51,8 @@ __all__ = [
     "default_model",
     "load_numpy_state",
     "state_to_numpy",
+    "trainable_names",
 ]
-
-
-_CNN_CHANNELS = (16, 32)
-_CNN_POOLED_SIDE = 4  # adaptive average pool output: 4x4 per channel
-_CNN_HIDDEN = 64
-_MLP_HIDDEN = 128
-# Max-pool after a convolution only while the map is at least this many pixels on its short side:
-# cheap on large images, lossless on tiny ones.
-_POOL_MIN_SIDE = 16
-
-
-class SmallCNN(nn.Module):
-    """Two convolutions, size-dependent max-pooling, adaptive pooling, two-layer head."""
-
-    def __init__(self, in_channels: int, height: int, width: int, num_classes: int) -> None:
-        super().__init__()
-        layers: list[nn.Module] = []
-        channels, side = in_channels, min(height, width)
-        for out_channels in _CNN_CHANNELS:
-            layers += [nn.Conv2d(channels, out_channels, 3, padding=1), nn.ReLU()]
-            if side >= _POOL_MIN_SIDE:
-                layers.append(nn.MaxPool2d(2))
-                side //= 2
-            channels = out_channels
-        layers.append(nn.AdaptiveAvgPool2d(_CNN_POOLED_SIDE))
-        self.features = nn.Sequential(*layers)
-        self.classifier = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(channels * _CNN_POOLED_SIDE**2, _CNN_HIDDEN),
-            nn.ReLU(),
-            nn.Linear(_CNN_HIDDEN, num_classes),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.classifier(self.features(x))
-        return out
-
-
-class MLP(nn.Module):
-    """Flatten any input, one hidden ReLU layer, linear output."""
-
-    def __init__(self, num_features: int, num_classes: int) -> None:
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(num_features, _MLP_HIDDEN),
-            nn.ReLU(),
-            nn.Linear(_MLP_HIDDEN, num_classes),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.net(x)
-        return out
 
 
 def default_model(input_shape: tuple[int, ...]) -> str:
@@ -107,56 +61,86 @@ def default_model(input_shape: tuple[int, ...]) -> str:
 
 
 def build_model(
-    name: str, input_shape: tuple[int, ...], num_classes: int, *, seed: int
+    name: str,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    *,
+    seed: int,
+    finetune: str = "full",
+    lora_rank: int = 0,
+    base: Mapping[str, torch.Tensor] | None = None,
+    base_dir: Path | None = None,
 ) -> nn.Module:
-    """Build model ``name`` for examples of ``input_shape`` (without the batch axis).
+    """Model ``name`` for examples of ``input_shape`` (without the batch axis), with ``base``
+    copied in and fine-tuning mode ``finetune`` applied (see the module docstring).
 
-    ``input_shape`` is ``ArrayDataset.x.shape[1:]``: ``(C, H, W)`` for images, ``(D,)`` for flat
-    features. Weights are a pure function of ``(name, input_shape, num_classes, seed)``; the
-    caller's global RNG state is left as it was (see the module docstring).
-    Raises :class:`ConfigError` for an unknown name, a bad shape or class count, or ``cnn`` on
-    non-image input.
+    ``input_shape`` is ``ArrayDataset.x.shape[1:]``; ``base_dir`` the folder of the base weights
+    file, for a task whose structure is described there (:mod:`fedchain.learning.task`).
+    Raises :class:`ConfigError` for an unknown name or mode, a bad shape or class count or
+    seed, a base that does not fit, or ``head`` / ``lora`` without a base (a frozen backbone of
+    random weights learns nothing).
     """
-    shape = _check_model_args(name, input_shape, num_classes, seed)
-    with torch.random.fork_rng(devices=[]):  # the constructors draw from the global RNG
-        model: nn.Module
-        if name == "cnn":
-            model = SmallCNN(shape[0], shape[1], shape[2], num_classes)
-        else:
-            model = MLP(int(np.prod(shape)), num_classes)
-    _init_he(model, torch.Generator().manual_seed(seed))
+    shape = _check_model_args(input_shape, num_classes, seed)
+    if finetune not in FINETUNE_MODES:
+        raise ConfigError(
+            f"unknown finetune {finetune!r}; choose one of {', '.join(FINETUNE_MODES)}"
+        )
+    if (finetune == "lora") != (lora_rank > 0):
+        raise ConfigError(f"lora-rank {lora_rank}: positive with finetune lora, else 0")
+    if finetune != "full" and base is None:
+        raise ConfigError(
+            f"finetune {finetune} trains part of a pretrained base: give --base-weights"
+        )
+    task = load_task(name)
+    model = build_task_model(task, shape, num_classes, seed=seed, base_dir=base_dir)
+    if base is not None:
+        load_base(model, base, task.head)
+    if finetune == "head":
+        for param_name, param in model.named_parameters():
+            param.requires_grad_(_in_module(param_name, task.head))
+    elif finetune == "lora":
+        model = _with_lora(model, task, lora_rank, seed)
     return model
 
 
-def _init_he(model: nn.Module, generator: torch.Generator) -> None:
-    """He (Kaiming) normal weights for ReLU networks, zero biases, drawn in module order.
-
-    torch's default (uniform, about 0.4x the He scale) shrinks the signal at every layer; with four
-    layers and inputs in [0, 1] the first epochs then sit on a loss plateau, which costs FedAvg
-    many rounds (measured in experiments/bench_training.py).
-    """
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d | nn.Linear):
-            nn.init.kaiming_normal_(module.weight, nonlinearity="relu", generator=generator)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
+def _in_module(name: str, module: str) -> bool:
+    return name == module or name.startswith(module + ".")
 
 
-def _check_model_args(
-    name: str, input_shape: tuple[int, ...], num_classes: int, seed: int
-) -> tuple[int, ...]:
-    if name not in MODELS:
-        raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
+def _with_lora(model: nn.Module, task: Task, rank: int, seed: int) -> nn.Module:
+    # peft (the lora extra; it imports transformers, seconds): only for a LoRA federation
+    from peft import LoraConfig, get_peft_model
+
+    targets = list(task.lora_targets or ()) or [
+        name
+        for name, module in model.named_modules()
+        if not _in_module(name, task.head)
+        and (
+            isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.groups == 1)
+        )
+    ]
+    if not targets:
+        raise ConfigError(f"model {task.name!r} has no linear or convolution layer to adapt")
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=rank,
+        lora_dropout=0.0,
+        target_modules=targets,
+        modules_to_save=[task.head],
+        bias="none",
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        adapted: nn.Module = get_peft_model(model, config)
+    return adapted
+
+
+def _check_model_args(input_shape: tuple[int, ...], num_classes: int, seed: int) -> tuple[int, ...]:
     shape = tuple(int(d) for d in input_shape)
     if not shape or any(d < 1 for d in shape):
         raise ConfigError(
             f"input_shape must be a non-empty tuple of positive sizes (one example, no batch "
             f"axis), got {input_shape}"
-        )
-    if name == "cnn" and len(shape) != 3:
-        raise ConfigError(
-            f"model 'cnn' needs image input of shape (C, H, W), got {shape}; "
-            "use model 'mlp' for flat features"
         )
     if num_classes < 2:
         raise ConfigError(f"num_classes must be >= 2, got {num_classes}")
@@ -165,32 +149,39 @@ def _check_model_args(
     return shape
 
 
+def trainable_names(model: nn.Module) -> tuple[str, ...]:
+    """The names of the tensors that travel: the trainable parameters, in the model's order."""
+    return tuple(name for name, p in model.named_parameters() if p.requires_grad)
+
+
 def state_to_numpy(model: nn.Module) -> dict[str, np.ndarray]:
-    """The model's ``state_dict`` as fresh float32, C-contiguous numpy arrays, in its order.
+    """The model's trainable parameters as fresh float32, C-contiguous numpy arrays, in order.
 
     The arrays are copies: later training does not change them, and changing them does not
-    change the model. Non-float entries (none in :data:`MODELS`) would be converted to float32.
+    change the model. (For the built-in models these are the whole ``state_dict``.)
     """
     return {
-        name: np.array(t.detach().cpu().to(torch.float32).numpy(), dtype=np.float32, order="C")
-        for name, t in model.state_dict().items()
+        name: np.array(p.detach().cpu().to(torch.float32).numpy(), dtype=np.float32, order="C")
+        for name, p in model.named_parameters()
+        if p.requires_grad
     }
 
 
 def load_numpy_state(model: nn.Module, arrays: Mapping[str, np.ndarray]) -> None:
-    """Copy ``arrays`` into the model's tensors in place (strict).
+    """Copy ``arrays`` into the model's trainable parameters in place (strict).
 
-    The names must be exactly the model's ``state_dict`` names and every shape must match;
-    otherwise :class:`ConfigError` says which names are missing, unexpected or mis-shaped and
-    nothing is changed. Values are cast to each tensor's dtype. Tensors are updated in place, so
-    an optimizer holding the model's parameters stays valid.
+    The names must be exactly :func:`trainable_names` and every shape must match; otherwise
+    :class:`ConfigError` says which names are missing, unexpected or mis-shaped and nothing is
+    changed. Values are cast to each tensor's dtype. Tensors are updated in place, so an
+    optimizer holding the model's parameters stays valid.
     """
-    state = model.state_dict()
+    state = {name: p for name, p in model.named_parameters() if p.requires_grad}
     missing = sorted(set(state) - set(arrays))
     unexpected = sorted(set(arrays) - set(state))
     if missing or unexpected:
         raise ConfigError(
-            f"model weights do not match the model: missing {missing}, unexpected {unexpected}"
+            f"model weights do not match the model: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}"
         )
     sources: dict[str, np.ndarray] = {}
     for name, tensor in state.items():

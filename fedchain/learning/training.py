@@ -40,6 +40,7 @@ __all__ = [
     "configure_threads",
     "derive_seed",
     "evaluate",
+    "set_train_mode",
     "to_tensors",
     "train_local",
 ]
@@ -152,7 +153,7 @@ def train_local(model: nn.Module, ds: ArrayDataset, cfg: TrainConfig) -> TrainRe
     generator = torch.Generator().manual_seed(cfg.seed)
     params: list[torch.Tensor] = [p for p in model.parameters() if p.requires_grad]
     momentum_buffers: list[torch.Tensor | None] = [None] * len(params)
-    model.train()
+    set_train_mode(model)
     epoch_loss = torch.zeros((), dtype=torch.float64)
     for _ in range(cfg.epochs):
         order = torch.randperm(n, generator=generator)
@@ -166,6 +167,17 @@ def train_local(model: nn.Module, ds: ArrayDataset, cfg: TrainConfig) -> TrainRe
             _sgd_step(params, momentum_buffers, cfg)
             epoch_loss += loss.detach().double() * idx.shape[0]
     return TrainResult(n, float(epoch_loss) / n, time.perf_counter() - start)
+
+
+def set_train_mode(model: nn.Module) -> None:
+    """``model.train()``, but with every BatchNorm layer in eval mode: the federation's buffer
+    policy keeps BatchNorm statistics frozen at the base's (see
+    :mod:`fedchain.learning.architectures`), so local training normalises with them and never
+    updates them."""
+    model.train()
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
 
 
 @torch.no_grad()
@@ -232,8 +244,11 @@ def _checked_tensors(
     if len(ds) == 0:
         raise ConfigError(f"cannot {action} the empty data set {ds.name!r}")
     x, y = to_tensors(ds)
+    was_training = model.training
+    model.eval()  # the probe must not move BatchNorm statistics (nor see a batch of one)
     with torch.no_grad():
         num_outputs = int(model(x[:1]).shape[1])
+    model.train(was_training)
     max_label = int(y.max())
     if max_label >= num_outputs:
         raise ConfigError(

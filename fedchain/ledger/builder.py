@@ -25,6 +25,7 @@ from fedchain.ledger.objects import (
     Genesis,
     GenesisParticipant,
     Hash32,
+    ModelRecord,
     Rules,
     SignedHeader,
     Transaction,
@@ -62,13 +63,15 @@ def make_rules(
     contribution_budget: int = 0,
     update_archive_rounds: int = ARCHIVE_ALL_ROUNDS,
     dp: Mapping[str, int | str] | None = None,
+    model: ModelRecord | None = None,
 ) -> Rules:
     """:class:`Rules` with mappings turned into sorted tuples.
 
     The defaults are small round numbers for tests, not recommendations: a real federation
     picks its own (base units for stakes and rewards, basis points for fractions). ``dp``:
     the differential privacy fields (``dp_mode``, ``dp_noise_micro``, ...; none: DP off), e.g.
-    :func:`fedchain.privacy.accountant.compute_dp_rules`.
+    :func:`fedchain.privacy.accountant.compute_dp_rules`. ``model``: the model record (none:
+    the empty record, which says nothing about the model).
     """
     if slash_bps is None:
         slash_bps = {DOUBLE_SIGN: 5_000}
@@ -85,6 +88,7 @@ def make_rules(
         contribution_budget=contribution_budget,
         update_archive_rounds=update_archive_rounds,
         **(dp or {}),  # type: ignore[arg-type]
+        model=model or ModelRecord(),
     )
 
 

@@ -35,11 +35,13 @@ from fedchain.ledger.objects import (
     DP_MODES,
     DP_OFF,
     EMPTY_HASH,
+    FINETUNE_MODES,
     HASH_SIZE,
     SLASHING_KINDS,
     Block,
     BlockHeader,
     Genesis,
+    ModelRecord,
     Rules,
     SignedHeader,
     compute_federation_id,
@@ -159,7 +161,7 @@ def _check_genesis(genesis: Genesis) -> None:
             f"update_archive_rounds = {rules.update_archive_rounds}: {ARCHIVE_ALL_ROUNDS} (every "
             "round), 0 (none) or K >= 1 (the last K rounds)"
         )
-    reason = _check_privacy_rules(rules)
+    reason = _check_privacy_rules(rules) or _check_model_record(rules.model)
     if reason:
         raise fail(reason)
     if len(genesis.initial_model_hash) != HASH_SIZE:
@@ -220,4 +222,23 @@ def _check_privacy_rules(rules: Rules) -> str:
         return f"dp_sample_rate_micro = {rules.dp_sample_rate_micro} is above 1 (10**6)"
     if rules.dp_delta_pico >= 10**12:
         return f"dp_delta_pico = {rules.dp_delta_pico} is not below 1 (10**12)"
+    return ""
+
+
+def _check_model_record(model: ModelRecord) -> str:
+    """Why the rules' model record is malformed, or ``""``: a known fine-tuning mode, a LoRA rank
+    exactly when the mode is ``lora``, a 32-byte base hash (a base is required unless every
+    parameter is trained), and the trainable tensors named once each, none empty."""
+    if model.finetune not in FINETUNE_MODES:
+        return f"unknown fine-tuning mode {model.finetune!r} (known: {', '.join(FINETUNE_MODES)})"
+    if (model.lora_rank > 0) != (model.finetune == "lora") or model.lora_rank < 0:
+        return f"lora_rank = {model.lora_rank}: positive with finetune lora, else 0"
+    if len(model.base_hash) != HASH_SIZE:
+        return f"the model's base_hash must be {HASH_SIZE} bytes"
+    if model.finetune != "full" and model.base_hash == EMPTY_HASH:
+        return f"finetune {model.finetune} trains part of a base model, but names no base"
+    if len(set(model.trainable)) != len(model.trainable) or "" in model.trainable:
+        return "the model's trainable tensors must be named once each, none empty"
+    if model.architecture and not model.trainable:
+        return f"model {model.architecture!r} names no trainable tensor"
     return ""

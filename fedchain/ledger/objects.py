@@ -35,6 +35,7 @@ __all__ = [
     "DP_MODES",
     "DP_OFF",
     "EMPTY_HASH",
+    "FINETUNE_MODES",
     "HASH_SIZE",
     "MAX_ANCHOR_PROOF_SIZE",
     "SCORE_SCALE",
@@ -54,6 +55,7 @@ __all__ = [
     "GenesisParticipant",
     "Hash32",
     "HeaderPair",
+    "ModelRecord",
     "ModelVersion",
     "PublicKey",
     "Registration",
@@ -106,6 +108,39 @@ penalty."""
 # --------------------------------------------------------------------------------------------------
 # Genesis: the federation's contract
 
+FINETUNE_MODES = ("full", "head", "lora")
+"""Which of a model's parameters the federation trains (:class:`ModelRecord`): all of them, the
+classifier head alone (the backbone frozen at the base's values), or low-rank adapters
+(LoRA) plus the head."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRecord:
+    """The model every participant trains and the base it starts from, fixed at genesis.
+
+    ``architecture`` names it (a built-in, a torchvision architecture, or a task module's import
+    path: :mod:`fedchain.learning.task`); ``finetune`` is one of :data:`FINETUNE_MODES`,
+    ``lora_rank`` the adapters' rank (0 unless ``lora``). ``base_hash`` is the canonical hash
+    (:func:`fedchain.crypto.hashing.compute_update_hash`) of every tensor in the base weights
+    file, buffers included (:data:`EMPTY_HASH`: no base, the model starts from its seeded
+    initialisation); ``base_source`` and ``base_licence`` are the coordinator's text about where
+    the base came from and under which licence. ``trainable`` names, in the model's order, the
+    tensors that travel: updates, their hashes, the scores and every global model version cover
+    exactly these (the trainable parameters; never a buffer).
+
+    An empty ``architecture`` (the default) says nothing about the model: ledgers made without
+    one (synthetic ledgers, tests of the protocol alone).
+    """
+
+    TAG: ClassVar[int] = 4
+    architecture: str = ""
+    finetune: str = "full"
+    lora_rank: int = 0
+    base_hash: Hash32 = EMPTY_HASH
+    base_source: str = ""
+    base_licence: str = ""
+    trainable: tuple[str, ...] = ()
+
 
 @dataclass(frozen=True, slots=True)
 class Rules:
@@ -130,6 +165,9 @@ class Rules:
     the most participations whose RDP epsilon at ``dp_delta_pico`` stays within
     ``dp_max_epsilon_micro`` (:mod:`fedchain.privacy.accountant`, computed once when the genesis
     is made): the ledger enforces this integer, so its decisions replay bit-exactly.
+
+    ``model`` is the model and base every participant trains (:class:`ModelRecord`): part of the
+    rules, so the federation id, and with it every registration, binds it.
     """
 
     TAG: ClassVar[int] = 1
@@ -152,6 +190,7 @@ class Rules:
     dp_delta_pico: int = 0
     dp_max_epsilon_micro: int = 0
     dp_max_participations: int = 0
+    model: ModelRecord = ModelRecord()
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,7 @@ from torch.nn import functional as F
 
 from fedchain.data.sources import ArrayDataset
 from fedchain.errors import ConfigError
-from fedchain.learning.training import TrainResult, to_tensors
+from fedchain.learning.training import TrainResult, set_train_mode, to_tensors
 
 __all__ = ["train_dpsgd"]
 
@@ -64,7 +64,7 @@ def train_dpsgd(
         expected_batch_size=max(1, round(sample_rate * n)),
         generator=noise,
     )
-    private.train()
+    set_train_mode(private)
     with warnings.catch_warnings():
         # Opacus's per-example hooks on a first layer whose input needs no gradient: expected
         warnings.filterwarnings("ignore", "Full backward hook is firing", UserWarning)

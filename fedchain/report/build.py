@@ -24,9 +24,11 @@ from fedchain import __version__
 from fedchain.errors import LedgerError
 from fedchain.ledger.objects import (
     DP_OFF,
+    EMPTY_HASH,
     Block,
     ContributionRecord,
     Genesis,
+    ModelRecord,
     ModelVersion,
     RewardDeltas,
 )
@@ -179,7 +181,32 @@ def _run_json(inputs: ReportInputs, genesis: Genesis) -> dict[str, Any]:
             "contribution_budget": rules.contribution_budget,
             "update_archive_rounds": rules.update_archive_rounds,
         },
+        "model": _model_json(rules.model),
+        "datasets": [
+            {
+                "public_key": p.public_key.hex(),
+                "name": p.name,
+                "dataset_hash": p.dataset_hash.hex(),
+                "num_examples": p.num_examples,
+            }
+            for p in genesis.participants
+        ],
         "config": None if inputs.config is None else dict(inputs.config),
+    }
+
+
+def _model_json(record: ModelRecord) -> dict[str, Any] | None:
+    """The genesis's model record (None when the ledger names no model: a synthetic ledger)."""
+    if not record.architecture:
+        return None
+    return {
+        "architecture": record.architecture,
+        "finetune": record.finetune,
+        "lora_rank": record.lora_rank,
+        "base_hash": None if record.base_hash == EMPTY_HASH else record.base_hash.hex(),
+        "base_source": record.base_source,
+        "base_licence": record.base_licence,
+        "trainable": len(record.trainable),
     }
 
 

@@ -17,7 +17,12 @@ from fedchain.report.plots import (
     participant_colours,
     plot_svg,
 )
-from fedchain.runs.layout import FEDERATION_FILENAME, METRICS_FILENAME
+from fedchain.runs.layout import (
+    CARD_JSON_FILENAME,
+    CARD_MD_FILENAME,
+    FEDERATION_FILENAME,
+    METRICS_FILENAME,
+)
 
 __all__ = ["render_html"]
 
@@ -39,6 +44,7 @@ def render_html(report: Mapping[str, Any]) -> str:
         _html_events(report),
         _html_rounds(report),
         _html_lineage(report),
+        _html_model_card(report),
         _html_notes(report),
         _html_footer(report),
     ]
@@ -527,6 +533,34 @@ def _html_lineage(report: Mapping[str, Any]) -> str:
     lead = "Every global model version registered on the ledger, with the model it was aggregated "
     lead += "from and the number of committed updates it aggregates."
     return _section("lineage", "Model lineage", lead, table)
+
+
+def _html_model_card(report: Mapping[str, Any]) -> str:
+    """The genesis's model record, and links to the model card written beside the page."""
+    model = report["run"].get("model")
+    if model:
+        rank = f", rank {model['lora_rank']}" if model["finetune"] == "lora" else ""
+        base = (
+            "no base (trained from its seeded initialisation)"
+            if model["base_hash"] is None
+            else f'base <span class="mono" title="{_esc(model["base_hash"])}">'
+            f"{_esc(_short(model['base_hash']))}</span> from "
+            f"{_esc(model['base_source'] or 'a source not stated')}, licence "
+            f"{_esc(model['base_licence'] or 'not stated')}"
+        )
+        what = (
+            f"<p><code>{_esc(model['architecture'])}</code>, fine-tuning "
+            f"{_esc(model['finetune'])}{rank}; {base}.</p>"
+        )
+    else:
+        what = "<p>The ledger names no model.</p>"
+    links = (
+        f'<p>The card of the latest model: <a href="{CARD_MD_FILENAME}">{CARD_MD_FILENAME}</a> '
+        f'and <a href="{CARD_JSON_FILENAME}">{CARD_JSON_FILENAME}</a>, beside this page; '
+        "<code>fedchain models export</code> writes a model with its card.</p>"
+    )
+    lead = "The model the federation trained, the base it started from, and its card."
+    return _section("model-card", "Model card", lead, what + links)
 
 
 def _html_notes(report: Mapping[str, Any]) -> str:

@@ -32,6 +32,8 @@ CONFIG = "config"
 ARRAYS = "arrays"
 METRICS = "metrics"
 DUTIES = "fedchain"
+REFUSAL = "refusal"  # a train reply that trained nothing: {"reason": text}, beside its duties
+REFUSAL_REASON = "reason"
 """The reply's record of ledger duties (and the client's own state record's name)."""
 
 # -- ledger view, coordinator -> client (in ``config``) -------------------------------------------
@@ -58,6 +60,8 @@ TRAIN_LOSS = "train-loss"
 # -- train settings, coordinator -> client (in ``config``) ----------------------------------------
 RUN_DIR = "run-dir"
 MODEL = "model"
+FINETUNE = "finetune"
+LORA_RANK = "lora-rank"
 LOCAL_EPOCHS = "local-epochs"
 BATCH_SIZE = "batch-size"
 LR = "lr"
@@ -144,6 +148,8 @@ class TrainSettings:
     batch_size: int
     lr: float
     seed: int
+    finetune: str = "full"
+    lora_rank: int = 0
 
 
 def encode_ledger_view(
@@ -284,6 +290,19 @@ def decode_duties(record: object, problems: list[str]) -> Duties:
     )
 
 
+def decode_refusal(record: object, problems: list[str]) -> str:
+    """The reason in a ``refusal`` record (a client's words: capped when shown); a malformed
+    record is a problem."""
+    if not isinstance(record, Mapping) or set(record) != {REFUSAL_REASON}:
+        problems.append("refusal is not a record with one reason")
+        return ""
+    reason = record[REFUSAL_REASON]
+    if not isinstance(reason, str) or not reason:
+        problems.append(f"refusal reason is {describe_value(reason)}, not text")
+        return ""
+    return reason
+
+
 def encode_metrics(num_examples: int, loss: float) -> dict[str, int | float]:
     return {NUM_EXAMPLES: num_examples, TRAIN_LOSS: loss}
 
@@ -338,6 +357,8 @@ def encode_train_settings(config: RunConfig, run_dir: Path) -> dict[str, Any]:
     settings: dict[str, Any] = {
         RUN_DIR: str(run_dir.resolve()),
         MODEL: config.model,
+        FINETUNE: config.finetune,
+        LORA_RANK: config.lora_rank if config.finetune == "lora" else 0,
         LOCAL_EPOCHS: config.local_epochs,
         BATCH_SIZE: config.batch_size,
         LR: config.lr,
@@ -366,6 +387,8 @@ def decode_train_settings(config: Mapping[str, Any]) -> TrainSettings:
         batch_size=int(config[BATCH_SIZE]),
         lr=float(config[LR]),
         seed=int(config[SEED]),
+        finetune=str(config.get(FINETUNE, "full")),
+        lora_rank=int(config.get(LORA_RANK, 0)),
     )
 
 

@@ -82,7 +82,7 @@ from fedchain.config import RunConfig
 from fedchain.crypto.hashing import compute_update_hash
 from fedchain.crypto.identity import fingerprint
 from fedchain.errors import RegistryError
-from fedchain.ledger.objects import SCORE_SCALE
+from fedchain.ledger.objects import SCORE_SCALE, ModelRecord
 from fedchain.ledger.verify import RoundRecord, VerifyReport
 from fedchain.rounds.scores import (
     Scorer,
@@ -165,14 +165,21 @@ def describe_score_tolerance() -> str:
     )
 
 
-def make_scorer(config: RunConfig) -> Scorer | None:
-    """The run's validation scorer (None when it scores without one)."""
+def make_scorer(config: RunConfig, report: VerifyReport | None = None) -> Scorer | None:
+    """The run's validation scorer (None when it scores without one), with the model the
+    verified ``report``'s genesis records (none: the one ``config`` describes)."""
     if config.contribution == "none":
         return None
     # imported here to keep torch (~3 s) out of CLI start-up: cli/ledger imports this module
     from fedchain.rounds.validation import RoundScorer
 
-    return RoundScorer(config, load_split(config)[1])
+    return RoundScorer(config, load_split(config)[1], _model_record(report))
+
+
+def _model_record(report: VerifyReport | None) -> ModelRecord | None:
+    if report is None or report.state is None:
+        return None
+    return report.state.genesis.rules.model
 
 
 def compute_aggregated_model(base: Arrays, result: AggregationResult) -> Arrays:
@@ -217,20 +224,27 @@ def check_round_model(
     )
 
 
-def make_tensor_order(config: RunConfig, scorer: Scorer | None) -> tuple[str, ...]:
-    """The run's model tensors in ``state_dict`` order: the order of the initial model, hence of
-    every model a coordinator that never restarted holds and of the updates its clients send.
-    The aggregation kernels pack small tensors in that order, and a model file keeps none, so
-    re-aggregating bit for bit needs it (:mod:`fedchain.aggregation.kernels`, "known wart")."""
+def make_tensor_order(
+    config: RunConfig, scorer: Scorer | None, record: ModelRecord | None = None
+) -> tuple[str, ...]:
+    """The run's model tensors in the model's order (the genesis record's ``trainable``): the
+    order of the initial model, hence of every model a coordinator that never restarted holds
+    and of the updates its clients send. The aggregation kernels pack small tensors in that
+    order, and a model file keeps none, so re-aggregating bit for bit needs it
+    (:mod:`fedchain.aggregation.kernels`, "known wart")."""
+    if record is not None and record.trainable:
+        return record.trainable
+    # imported here to keep torch (~3 s) out of CLI start-up: cli/ledger imports this module
+    from fedchain.learning.architectures import trainable_names
+
     net = getattr(scorer, "net", None)
     if net is None:
-        # imported here to keep torch (~3 s) out of CLI start-up: cli/ledger imports this module
-        from fedchain.learning.architectures import build_model
+        from fedchain.learning.record import model_for_run
 
         validation = load_split(config)[1]
         shape, classes = tuple(validation.x.shape[1:]), len(validation.classes)
-        net = build_model(config.model, shape, classes, seed=0)
-    return tuple(net.state_dict())
+        net = model_for_run(config, record, shape, classes)
+    return trainable_names(net)
 
 
 def _in_order(
@@ -271,7 +285,7 @@ def iter_round_scores(
     """Recompute each round of a verified ``report`` from the archived updates, in order: its
     aggregation (compared with its ModelVersion: ``model_problem``) and its scores."""
     params = make_rule_params(config)
-    order = make_tensor_order(config, scorer)
+    order = make_tensor_order(config, scorer, _model_record(report))
     archive = UpdateArchive(run_dir)
     floor = compute_archive_floor(get_archive_rule(report), report.rounds)
     for record in report.round_records:
@@ -329,7 +343,7 @@ def recheck_scores(run_dir: Path, report: VerifyReport, config: RunConfig) -> Sc
     worst = used = 0.0
     matched = 0
     not_archived: list[int] = []
-    for scores in iter_round_scores(run_dir, report, config, make_scorer(config)):
+    for scores in iter_round_scores(run_dir, report, config, make_scorer(config, report)):
         if scores.not_archived:
             not_archived.append(scores.round)
             continue

@@ -21,8 +21,10 @@ import numpy as np
 
 from fedchain.config import CONTRIBUTION_NEEDS_VALIDATION, RunConfig
 from fedchain.data.sources import ArrayDataset
-from fedchain.learning.architectures import build_model, load_numpy_state
+from fedchain.learning.architectures import load_numpy_state
+from fedchain.learning.record import model_for_run
 from fedchain.learning.training import derive_seed, evaluate
+from fedchain.ledger.objects import ModelRecord
 from fedchain.rounds.coalitions import make_coalition_utility
 from fedchain.rounds.contribution import compute_scores, make_method_params
 
@@ -32,12 +34,14 @@ Arrays = dict[str, np.ndarray]
 class RoundScorer:
     """``scorer(base, updates, weights, round) -> raw scores`` for one configured method."""
 
-    def __init__(self, config: RunConfig, validation: ArrayDataset) -> None:
+    def __init__(
+        self, config: RunConfig, validation: ArrayDataset, record: ModelRecord | None = None
+    ) -> None:
         self.method, self.seed = config.contribution, config.seed
         self.budget = config.contribution_budget
         self.validation = validation
         shape, classes = tuple(validation.x.shape[1:]), len(validation.classes)
-        self.net = build_model(config.model, shape, classes, seed=0)
+        self.net = model_for_run(config, record, shape, classes)
         self.evaluations = 0
 
     def _utility(self, arrays: dict[str, np.ndarray]) -> float:

@@ -22,13 +22,12 @@ from typing import Any
 
 from fedchain.config import RunConfig, merge_config, write_config
 from fedchain.crypto import identity
-from fedchain.data.sources import load_source
 from fedchain.durable import write_atomically
 from fedchain.errors import ConfigError, FedchainError, SignatureError
 from fedchain.ledger.builder import make_genesis
 from fedchain.ledger.chain import Chain
 from fedchain.ledger.codec import MAX_INT
-from fedchain.ledger.objects import HASH_SIZE, Hash32, compute_federation_id
+from fedchain.ledger.objects import HASH_SIZE, Hash32, Rules, compute_federation_id
 from fedchain.ledger.verify import verify_ledger
 from fedchain.runs.layout import (
     CONFIG_FILENAME,
@@ -37,7 +36,7 @@ from fedchain.runs.layout import (
     LEDGER_FILENAME,
     run_dir_of,
 )
-from fedchain.runs.prepare import make_rules_for
+from fedchain.runs.prepare import load_run_source, make_model_and_rules
 from fedchain.runs.registration import (
     MAX_REGISTERED_EXAMPLES,
     ParticipantEntry,
@@ -61,6 +60,7 @@ __all__ = [
     "has_ledger",
     "init_federation",
     "load_federation",
+    "make_federation_rules",
     "prepare_federation_run",
     "remove_unregistered_models",
 ]
@@ -214,7 +214,14 @@ def compute_federation_id_of(fed_dir: Path, run_id: str, settings: Mapping[str, 
         config = merge_config(base, {**settings, "stake": stake})
     except ConfigError as e:
         raise ConfigError(f"{fed_dir}: {e}") from None
-    return compute_federation_id(run_id, make_rules_for(config))
+    return compute_federation_id(run_id, make_federation_rules(config))
+
+
+def make_federation_rules(config: RunConfig) -> Rules:
+    """A federation's genesis rules, whose model record describes the model made for the
+    coordinator's test data (shape and classes) from ``config``."""
+    test = load_run_source(config, "test")
+    return make_model_and_rules(config, tuple(test.x.shape[1:]), len(test.classes))[1]
 
 
 def add_participant(fed_dir: Path, entry: ParticipantEntry) -> Federation:
@@ -391,7 +398,7 @@ def prepare_federation_run(federation: Federation) -> tuple[Path, RunConfig, boo
     coordinator's test data) and a ledger whose genesis holds every registered participant.
     """
     # torch (about 3 s): only when a federation's run is created, not for every CLI command
-    from fedchain.learning.architectures import build_model, state_to_numpy
+    from fedchain.learning.architectures import state_to_numpy
 
     config = compute_run_config(federation)
     run_dir = run_dir_of(federation.path)
@@ -399,17 +406,17 @@ def prepare_federation_run(federation: Federation) -> tuple[Path, RunConfig, boo
         return run_dir, config, False
     run_dir.mkdir(parents=True, exist_ok=True)
     write_config(config, run_dir / CONFIG_FILENAME)
-    test = load_source(config.dataset, root=config.data_root or None, split="test")
-    model = build_model(config.model, tuple(test.x.shape[1:]), len(test.classes), seed=config.seed)
     for entry in federation.participants:  # the genesis seals what each holder approved
         check_approved_app(entry)
+    test = load_run_source(config, "test")
+    model, rules = make_model_and_rules(config, tuple(test.x.shape[1:]), len(test.classes))
     initial_hash = save_model(run_dir, state_to_numpy(model))
     participants = [p.participant for p in federation.participants]
     genesis = make_genesis(
         federation.run_id,
         participants,
         initial_model_hash=initial_hash,
-        rules=make_rules_for(config),
+        rules=rules,
     )
     Chain.create(run_dir / LEDGER_FILENAME, genesis).close()
     return run_dir, config, True

@@ -18,6 +18,8 @@ federation; DESIGN.md §4)::
     log.txt                      LOG_FILENAME        Flower's (and Ray's) log of the run
     report.json, report.html     REPORT_JSON_FILENAME, REPORT_HTML_FILENAME (``fedchain report``;
                                                      ``--out`` may put them elsewhere)
+    card.json, card.md           CARD_JSON_FILENAME, CARD_MD_FILENAME  the model card, beside
+                                                     report.html (and in a model export)
     attackers.json               ATTACKERS_FILENAME  with an attack: its name, scale, and the
                                                      attackers' indices and public keys
     anchors/NNNNNNNN.receipt     ANCHORS_DIRNAME     with anchoring on: each anchor receipt,
@@ -72,6 +74,8 @@ __all__ = [
     "APPROVED_APP_FILENAME",
     "APP_DIRNAME",
     "ATTACKERS_FILENAME",
+    "CARD_JSON_FILENAME",
+    "CARD_MD_FILENAME",
     "CA_CERT_FILENAME",
     "CERTS_DIRNAME",
     "CLIENTS_DIRNAME",
@@ -122,6 +126,8 @@ METRICS_FILENAME = "metrics.json"
 LOG_FILENAME = "log.txt"
 REPORT_JSON_FILENAME = "report.json"
 REPORT_HTML_FILENAME = "report.html"
+CARD_JSON_FILENAME = "card.json"
+CARD_MD_FILENAME = "card.md"
 ATTACKERS_FILENAME = "attackers.json"
 CLIENTS_DIRNAME = "clients"
 DATA_KEY_FILENAME = "data.key"

@@ -20,22 +20,25 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fedchain.aggregation.rules import RULES
 from fedchain.config import FLOWER_RULES, RUN_ID_PATTERN, RunConfig, write_config
 from fedchain.crypto import identity
 from fedchain.data import datafile, keys
+from fedchain.data.labelled_text import TextOptions
 from fedchain.data.partition import PARTITIONERS, holdout_indices, partition
 from fedchain.data.sources import SOURCES, ArrayDataset, load_source
 from fedchain.errors import ConfigError
 from fedchain.learning.attacks import ATTACKS, NO_ATTACK, Attack, attacker_indices
-from fedchain.learning.catalog import MODELS
+from fedchain.learning.catalog import check_model_name
 from fedchain.ledger.builder import make_genesis, make_rules, sign_genesis_participant
 from fedchain.ledger.chain import Chain
 from fedchain.ledger.objects import (
     DOUBLE_SIGN,
     SCORE_SCALE,
     Genesis,
+    ModelRecord,
     Rules,
     compute_federation_id,
 )
@@ -50,6 +53,9 @@ from fedchain.runs.layout import (
     data_key_path,
 )
 from fedchain.runs.registry import save_model
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -67,20 +73,46 @@ def new_run_id(config: RunConfig, now: float | None = None) -> str:
     return f"{stamp}-s{config.seed}"
 
 
+def load_run_source(config: RunConfig, split: str) -> ArrayDataset:
+    """Split ``split`` of the run's data source, as its settings say (root, text options)."""
+    text = None
+    if config.dataset == "text":
+        text = TextOptions(
+            tokenizer=Path(config.tokenizer) if config.tokenizer else None,
+            text_column=config.text_column,
+            label_column=config.label_column,
+            max_length=config.max_length,
+        )
+    return load_source(config.dataset, root=config.data_root or None, split=split, text=text)
+
+
 def load_split(config: RunConfig) -> tuple[ArrayDataset, ArrayDataset]:
     """(the clients' share, the coordinator's validation split) of the training data.
 
     Deterministic from the configuration (source and seed), so the coordinator and anyone
     re-checking its contribution scores derive the same validation split.
     """
-    train = load_source(config.dataset, root=config.data_root or None, split="train")
+    train = load_run_source(config, "train")
     kept, held = holdout_indices(train.y, config.validation_fraction, seed=config.seed)
     return train.subset(kept), train.subset(held)
 
 
-def make_rules_for(config: RunConfig) -> Rules:
-    """The genesis rules of ``config``; with DP on, its privacy and the participation cap the
-    accountant derives from them (:func:`fedchain.privacy.accountant.compute_dp_rules`)."""
+def make_model_and_rules(
+    config: RunConfig, input_shape: tuple[int, ...], num_classes: int
+) -> tuple[nn.Module, Rules]:
+    """The initial model of a run with ``config`` on examples of ``input_shape`` and its
+    genesis rules, whose model record describes that model (and its base)."""
+    # torch (about 3 s): only when a run or a federation id is made, not for `fedchain --help`
+    from fedchain.learning.record import model_for_config
+
+    model, record = model_for_config(config, input_shape, num_classes, seed=config.seed)
+    return model, make_rules_for(config, record)
+
+
+def make_rules_for(config: RunConfig, model: ModelRecord | None = None) -> Rules:
+    """The genesis rules of ``config`` with the model record ``model`` (none: the empty record);
+    with DP on, its privacy and the participation cap the accountant derives from them
+    (:func:`fedchain.privacy.accountant.compute_dp_rules`)."""
     dp = None
     if config.dp != "off":
         # Opacus (the dp extra, seconds to import): only for a run with differential privacy
@@ -114,6 +146,7 @@ def make_rules_for(config: RunConfig) -> Rules:
         contribution_budget=config.contribution_budget,
         update_archive_rounds=config.archive_rounds,
         dp=dp,
+        model=model,
     )
 
 
@@ -133,13 +166,13 @@ def prepare_run(config: RunConfig) -> RunSetup:
     for name, value, known in (
         ("aggregation", config.aggregation, RULES + FLOWER_RULES),
         ("attack", config.attack, (NO_ATTACK, *ATTACKS)),
-        ("model", config.model, MODELS),
         ("partitioner", config.partitioner, PARTITIONERS),
         ("dataset", config.dataset, SOURCES),
         ("contribution method", config.contribution, METHODS),
     ):
         if value not in known:
             raise ConfigError(f"unknown {name} {value!r}; choose one of {', '.join(known)}")
+    check_model_name(config.model)
     if not RUN_ID_PATTERN.fullmatch(config.run_id):
         raise ConfigError(f"run-id {config.run_id!r} must be a name, not a path")
     out = Path(config.out)
@@ -202,7 +235,7 @@ def _make_folders(out: Path) -> list[Path]:
 
 def _populate(run_dir: Path, config: RunConfig) -> RunSetup:
     # torch (about 3 s): only when a run is made, not for `fedchain --help` or any other command
-    from fedchain.learning.architectures import build_model, state_to_numpy
+    from fedchain.learning.architectures import state_to_numpy
 
     (run_dir / CLIENTS_DIRNAME).mkdir(parents=True, exist_ok=True)
     write_config(config, run_dir / CONFIG_FILENAME)
@@ -217,7 +250,7 @@ def _populate(run_dir: Path, config: RunConfig) -> RunSetup:
         shards_per_client=config.shards_per_client,
     )
     data_key = keys.create_key_file(data_key_path(run_dir))
-    rules = make_rules_for(config)
+    model, rules = make_model_and_rules(config, tuple(train.x.shape[1:]), len(train.classes))
     # each simulated client signs its registration, as a data holder does (runs.registration)
     federation_id = compute_federation_id(config.run_id, rules)
     participants, public_keys, sizes = [], [], []
@@ -241,9 +274,6 @@ def _populate(run_dir: Path, config: RunConfig) -> RunSetup:
         public_keys.append(public)
         sizes.append(commitment.num_examples)
 
-    model = build_model(
-        config.model, tuple(train.x.shape[1:]), len(train.classes), seed=config.seed
-    )
     initial_hash = save_model(run_dir, state_to_numpy(model))
     genesis = make_genesis(
         config.run_id,

@@ -23,10 +23,11 @@ from fedchain.aggregation.explain import encode_explanation
 from fedchain.aggregation.weights import make_rule_params
 from fedchain.anchor.connect import make_run_anchoring
 from fedchain.config import RunConfig
-from fedchain.data.sources import ArrayDataset, load_source
+from fedchain.data.sources import ArrayDataset
 from fedchain.durable import write_atomically
 from fedchain.errors import FedchainError
-from fedchain.learning.architectures import build_model, load_numpy_state
+from fedchain.learning.architectures import load_numpy_state
+from fedchain.learning.record import model_for_run
 from fedchain.learning.training import evaluate
 from fedchain.ledger.chain import Chain
 from fedchain.ledger.signatures import CachingVerifier
@@ -35,7 +36,7 @@ from fedchain.rounds.coordinator import Coordinator, RoundOutcome, RoundReporter
 from fedchain.rounds.messages import encode_attack_settings
 from fedchain.rounds.validation import RoundScorer
 from fedchain.runs.layout import LEDGER_FILENAME, METRICS_FILENAME, MODEL_SUFFIX, MODELS_DIRNAME
-from fedchain.runs.prepare import load_split
+from fedchain.runs.prepare import load_run_source, load_split
 from fedchain.runs.registry import load_model
 
 Arrays = dict[str, np.ndarray]
@@ -60,7 +61,8 @@ class Session:
         self.config, self.run_dir, self.chain = config, run_dir, chain
         self.report = report
         self.test = test
-        self.net = build_model(config.model, tuple(test.x.shape[1:]), len(test.classes), seed=0)
+        self.record = chain.state.genesis.rules.model if chain is not None else None
+        self.net = model_for_run(config, self.record, tuple(test.x.shape[1:]), len(test.classes))
         self.done = chain.state.round if chain is not None else 0  # rounds already on the ledger
         self.history: list[dict[str, Any]] = []
         self.outcomes: list[RoundOutcome] = []
@@ -99,7 +101,7 @@ class Session:
         config = self.config
         scorer = None
         if config.contribution != "none":
-            scorer = RoundScorer(config, load_split(config)[1])
+            scorer = RoundScorer(config, load_split(config)[1], self.record)
         coordinator = Coordinator(
             self.run_dir,
             self.chain,
@@ -151,7 +153,7 @@ def open_session(
     config: RunConfig, run_dir: Path, report: RoundReporter | None = None
 ) -> Iterator[Session]:
     """The run's session: the test split loaded, the ledger (if on) open and verified."""
-    test = load_source(config.dataset, root=config.data_root or None, split="test")
+    test = load_run_source(config, "test")
     with contextlib.ExitStack() as stack:
         chain = None
         if config.ledger:

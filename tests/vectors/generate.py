@@ -58,6 +58,7 @@ from fedchain.ledger.objects import (
     BlockTransaction,
     ContributionRecord,
     Genesis,
+    ModelRecord,
     ModelVersion,
     Registration,
     Rejection,
@@ -150,6 +151,18 @@ GOLDEN_DP = compute_dp_rules(
 """The golden federation's privacy: its cap (9 participations) is above its 3 rounds."""
 
 
+GOLDEN_MODEL = ModelRecord(
+    architecture="cnn",
+    finetune="lora",
+    lora_rank=4,
+    base_hash=_digest("base-model"),
+    base_source="golden-base.safetensors",
+    base_licence="CC0-1.0",
+    trainable=("features.0.lora_A.default.weight", "features.0.lora_B.default.weight"),
+)
+"""The golden federation fine-tunes a base with LoRA adapters (spec §9.7)."""
+
+
 def build_golden() -> Golden:
     """Genesis + 3 rounds + a closing block of attestations, as a coordinator would write them."""
     keys = [derive_key(SEED, i) for i in range(3)]
@@ -158,7 +171,7 @@ def build_golden() -> Golden:
     stakes, examples = (10_000, 6_000, 3_000), (100, 200, 300)
     # pays in part and carries (payout rule), and client-level differential privacy, so the
     # replay counts participations (spec §9.5, §9.6)
-    rules = make_rules(payout_min_score=100_000, dp=GOLDEN_DP)
+    rules = make_rules(payout_min_score=100_000, dp=GOLDEN_DP, model=GOLDEN_MODEL)
     federation_id = compute_federation_id("golden", rules)
     genesis = make_genesis(
         "golden",
