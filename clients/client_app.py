@@ -304,9 +304,30 @@ def deployed_ledger_settings(
     return holder.replica_dir or default, GenesisPin(federation_id, holder.public_key)
 
 
+MAX_ROUNDS_KEY = "max-rounds"  # node config keys `fedchain join` sets (fedchain/cli/join.py)
+MAX_LOCAL_EPOCHS_KEY = "max-local-epochs"
+
+
+def check_agreed_use(node_config: Mapping[str, Any], config: Mapping[str, Any]) -> None:
+    """Refuse a train message over the limits the holder set when it joined (node config
+    ``max-rounds`` and ``max-local-epochs``, from ``fedchain join``; the coordinator cannot
+    change them), before its data is loaded. No limit set: none checked."""
+    asked = {
+        MAX_ROUNDS_KEY: ("round", int(config[m.SERVER_ROUND])),
+        MAX_LOCAL_EPOCHS_KEY: ("local epochs", int(config[m.LOCAL_EPOCHS])),
+    }
+    for key, (what, value) in asked.items():
+        limit = node_config.get(key)
+        if limit is not None and value > int(limit):
+            raise PermissionError(
+                f"refused by the data holder: {what} {value} is over the {int(limit)} it agreed to"
+            )
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     config = msg.content[m.CONFIG]
+    check_agreed_use(context.node_config, config)
     holder = _holder(context, config)
     ledger = m.is_ledger_on(config)
     base = {name: array.numpy() for name, array in msg.content[m.ARRAYS].items()}

@@ -161,3 +161,35 @@ def test_invalid_a_base_model_hash_claim_other_than_the_ledgers_is_not_trained(s
     for claimed, reason in ((b"\x01" * 32, "base-model-hash 0101"), (7, "base-model-hash is 7")):
         reply = train(grid, 0, config(setup, **{m.BASE_MODEL_HASH: claimed}), model)
         assert reply.has_error() and reason in reply.error.reason
+
+
+@pytest.mark.parametrize(
+    ("limits", "refused"),
+    [
+        ({"max-rounds": 2}, "round 3 is over the 2 it agreed to"),
+        ({"max-local-epochs": 1}, "local epochs 2 is over the 1 it agreed to"),
+    ],
+)
+def test_invalid_a_train_message_over_the_holders_limits_is_refused_unread(
+    limits: dict[str, int], refused: str
+) -> None:
+    """A coordinator asking for more than the holder agreed to when it joined (`fedchain join
+    --max-rounds/--max-local-epochs`, in its node config, which the coordinator cannot change):
+    the holder's ClientApp refuses before it loads its data (the data path here does not exist,
+    so reading it would fail otherwise)."""
+    from types import SimpleNamespace
+
+    from fedchain.cli import join
+
+    assert (join.MAX_ROUNDS_KEY, join.MAX_LOCAL_EPOCHS_KEY) == (
+        client_app.MAX_ROUNDS_KEY,
+        client_app.MAX_LOCAL_EPOCHS_KEY,
+    )
+    config = ConfigRecord({m.SERVER_ROUND: 3, m.LOCAL_EPOCHS: 2})
+    message = SimpleNamespace(content={m.CONFIG: config})  # what train reads of a Message
+    node_config = {"data-path": "/nonexistent/holder.fcd", "identity-path": "/x", **limits}
+    context = SimpleNamespace(node_config=node_config, state=RecordDict())
+    with pytest.raises(PermissionError, match=f"refused by the data holder: {refused}"):
+        client_app.train(message, context)
+    client_app.check_agreed_use({"max-rounds": 3, "max-local-epochs": 2}, config)  # within
+    client_app.check_agreed_use({}, config)  # no limits set: none checked

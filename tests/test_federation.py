@@ -27,6 +27,7 @@ from fedchain.crypto import identity
 from fedchain.data import datafile, keys
 from fedchain.data.partition import partition
 from fedchain.data.sources import load_source
+from fedchain.deploy.app import app_digest
 from fedchain.errors import ConfigError, DatasetFileError, SignatureError
 from fedchain.ledger.builder import sign_genesis_participant
 from fedchain.ledger.codec import decode
@@ -237,6 +238,7 @@ def test_cli_register_add_show_and_join_checks(tmp_path, monkeypatch):
         "--out", tmp_path / "alice.reg", "--federation-id", fed_id,
     )  # fmt: skip
     assert result.exit_code == 0, result.output
+    assert app_digest().hex() in result.output  # the app it approves, shown
     assert cli("federation", "add", fed_dir, tmp_path / "alice.reg").exit_code == 0
     again = cli("federation", "add", fed_dir, tmp_path / "alice.reg")
     assert again.exit_code == 1 and "already registered" in again.output
@@ -344,6 +346,7 @@ def signed_entry(
         num_examples=num_examples,
         name=name,
         supernode_key=supernode_key,
+        app_digest=app_digest(),
     )
     return ParticipantEntry(participant, federation_id)
 

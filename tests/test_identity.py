@@ -102,6 +102,7 @@ def test_domain_tags_are_fixed_and_distinct() -> None:
         b"fedchain/block-header/v1",
         b"fedchain/attestation/v1",
         b"fedchain/registration/v1",
+        b"fedchain/app-approval/v1",
     }
     roots = {compute_signing_root(d, MESSAGE) for d in Domain}
     assert len(roots) == len(Domain)

@@ -145,6 +145,8 @@ FIELDS: dict[int, tuple[tuple[str, Any], ...]] = {  # spec §3, transcribed
         ("num_examples", INT),
         ("name", STR),
         ("supernode_key", STR),
+        ("app_digest", BYTES),
+        ("fedchain_version", STR),
         ("signature", BYTES),
     ),
     3: (
@@ -214,6 +216,13 @@ FIELDS: dict[int, tuple[tuple[str, Any], ...]] = {  # spec §3, transcribed
         ("round", INT),
         ("carried_reward", INT),
     ),
+    50: (
+        ("public_key", BYTES),
+        ("app_digest", BYTES),
+        ("replaces", BYTES),
+        ("fedchain_version", STR),
+        ("signature", BYTES),
+    ),
 }
 DOMAINS = {
     2: b"fedchain/registration/v1",
@@ -221,8 +230,9 @@ DOMAINS = {
     11: b"fedchain/update-commitment/v1",
     17: b"fedchain/attestation/v1",
     31: b"fedchain/block-header/v1",
+    50: b"fedchain/app-approval/v1",
 }
-SIGNER = {2: "public_key", 10: "public_key", 11: "public_key", 17: "validator"}
+SIGNER = {2: "public_key", 10: "public_key", 11: "public_key", 17: "validator", 50: "public_key"}
 
 
 def H(data: bytes) -> bytes:

@@ -100,8 +100,8 @@ RULES = make_rules(  # every field given: the known answers below must not follo
 OTHER_FEDERATION = hashlib.sha256(b"another federation").digest()
 
 # Known answers (Ed25519 signatures are deterministic, so whole blocks are).
-KNOWN_GENESIS_BLOCK_HASH = "a49be21a6c8867793be7819e4073647896d663e55021da84f2f8303276097c79"
-KNOWN_BLOCK_1_HASH = "cff15ffde06d11c3643c6dfc3be49ec25ed6eb4d4423534441ccc197f5e49d74"
+KNOWN_GENESIS_BLOCK_HASH = "6c25fd92dcc2c786b372982efb1c0fc5b35c8d01a0ab47199abbe83d9ae60877"
+KNOWN_BLOCK_1_HASH = "942950802b713e24de0bb704c232151660531248eeaf10f5c10ae61680a7bb0e"
 
 
 def digest(text: str) -> bytes:
@@ -1200,7 +1200,7 @@ def test_invalid_ledger_built_under_the_lenient_rule_fails_verify(
     with that one signature. ``verify`` refuses the genesis (block 0)."""
     path = tmp_path / "ledger.db"
     entry = GenesisParticipant(
-        IDENTITY_POINT, 400, digest("attacker"), 80, "", "", UNIVERSAL_SIGNATURE
+        IDENTITY_POINT, 400, digest("attacker"), 80, "", "", b"", "", UNIVERSAL_SIGNATURE
     )
     entries = sorted((*genesis.participants, entry), key=lambda e: e.public_key)
     bad_genesis = dataclasses.replace(genesis, participants=tuple(entries))

@@ -32,6 +32,7 @@ from fedchain.cli import app
 from fedchain.cli.join import SupernodeProgress
 from fedchain.crypto.identity import fingerprint, public_key_bytes
 from fedchain.deploy import processes
+from fedchain.deploy.app import app_digest
 from fedchain.deploy.logs import parse_flower_log_line, strip_ansi
 from fedchain.errors import ConfigError, FedchainError
 from fedchain.ledger.builder import build_block, make_genesis, sign_genesis_participant
@@ -102,6 +103,7 @@ def fed_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
             dataset_hash=bytes([i + 1]) * 32,
             num_examples=100 + i,
             name=name,
+            app_digest=app_digest(),
         )
         entries.append(ParticipantEntry(participant, fed_id))
         add_participant(fed, entries[-1])

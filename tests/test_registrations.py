@@ -18,6 +18,7 @@ from fedchain.cli import app
 from fedchain.crypto import identity
 from fedchain.data import datafile, keys
 from fedchain.data.sources import load_source
+from fedchain.deploy.app import app_digest
 from fedchain.errors import ConfigError, InvalidBlock, SignatureError
 from fedchain.ledger.builder import make_genesis, make_rules, sign_genesis_participant
 from fedchain.ledger.chain import Chain
@@ -65,6 +66,7 @@ def signed(
         dataset_hash=compute_hash(RULES)[:-1] + bytes([i]),
         num_examples=100 + i,
         name=f"holder-{i}",
+        app_digest=app_digest(),
     )
 
 
@@ -103,6 +105,7 @@ def _other_key_signature() -> bytes:
         dataset_hash=signed(0).dataset_hash,
         num_examples=100,
         name="holder-0",
+        app_digest=app_digest(),
     ).signature
 
 
@@ -122,7 +125,35 @@ ATTACKS: dict[str, Callable[[], GenesisParticipant]] = {
     "examples changed": lambda: dataclasses.replace(signed(0), num_examples=10**6),
     "name changed": lambda: dataclasses.replace(signed(0), name="mallory"),
     "supernode key swapped": lambda: dataclasses.replace(signed(0), supernode_key="ssh x"),
+    # a coordinator swapping the app the holder approved for one of its own choosing
+    "approved app swapped": lambda: dataclasses.replace(signed(0), app_digest=bytes(32)),
+    "fedchain version changed": lambda: dataclasses.replace(signed(0), fedchain_version="9"),
 }
+
+
+def test_invalid_a_registration_approving_another_app_is_refused_before_the_genesis(
+    tmp_path: Path,
+) -> None:
+    """A holder who approved another app (another fedchain or Flower release, or a coordinator
+    that wants to submit its own app): `federation add` refuses it, naming both digests, since
+    the holder's node would refuse every round; a genesis holding it is refused too."""
+    fed_dir = tmp_path / "fed"
+    fed_id = fed.init_federation(fed_dir, name="f", settings={"model": "mlp"}).federation_id
+    participant = sign_genesis_participant(
+        derive_key(6, 0),
+        fed_id,
+        stake=10**6,
+        dataset_hash=bytes([1]) * 32,
+        num_examples=50,
+        name="h0",
+        app_digest=bytes([7]) * 32,
+        fedchain_version="0.0.9",
+    )
+    entry = ParticipantEntry(participant, fed_id)
+    with pytest.raises(ConfigError, match=f"approves app {'07' * 32} \\(fedchain 0.0.9\\)") as e:
+        fed.add_participant(fed_dir, entry)
+    assert f"this coordinator submits app {app_digest().hex()}" in str(e.value)
+    assert fed.load_federation(fed_dir).participants == ()
 
 
 def test_honest_genesis_and_the_forger_helper_agree() -> None:
@@ -190,6 +221,7 @@ def test_stake_differing_from_the_signed_one_fails_at_first_start(tmp_path: Path
             dataset_hash=bytes([i + 1]) * 32,
             num_examples=50,
             name=f"h{i}",
+            app_digest=app_digest(),
         )
         fed.add_participant(fed_dir, ParticipantEntry(participant, fed_id))
     path = fed_dir / layout.FEDERATION_FILENAME
@@ -240,6 +272,7 @@ def test_invalid_a_registration_replayed_into_a_federation_of_the_same_name_and_
         dataset_hash=b"\x05" * 32,
         num_examples=50,
         name="holder",
+        app_digest=app_digest(),
     )
     fed.add_participant(tmp_path / "one", ParticipantEntry(participant, first.federation_id))
     with pytest.raises(ConfigError, match="made for another federation"):
@@ -317,12 +350,13 @@ def test_invalid_cli_add_refuses_a_registration_for_another_federation(
 def test_invalid_old_registration_file_is_refused_with_a_hint(tmp_path: Path) -> None:
     fed_id = bytes(32)
     entry = ParticipantEntry(signed(0, fed_id), fed_id)
-    text = encode_registration_file(entry).replace(
-        "fedchain-registration/v2", "fedchain-registration/v1"
-    )
-    (tmp_path / "old.reg").write_text(text)
-    with pytest.raises(ConfigError, match="--federation-id"):
-        decode_registration_file(tmp_path / "old.reg")
+    for old, why in (("v1", "signed for no federation"), ("v2", "it approves no app")):
+        text = encode_registration_file(entry).replace(
+            "fedchain-registration/v3", f"fedchain-registration/{old}"
+        )
+        (tmp_path / "old.reg").write_text(text)
+        with pytest.raises(ConfigError, match=f"{why}.*--federation-id"):
+            decode_registration_file(tmp_path / "old.reg")
 
 
 def test_invalid_registration_signature_is_a_signature_error() -> None:
@@ -331,3 +365,28 @@ def test_invalid_registration_signature_is_a_signature_error() -> None:
     with pytest.raises(SignatureError):
         verify_registration(entry)
     verify_registration(ParticipantEntry(signed(0), fed_id))
+
+
+def test_invalid_genesis_with_a_malformed_app_digest() -> None:
+    """The ledger checks an approved app's digest is a hash (or empty: a simulated client)."""
+    short = sign_genesis_participant(
+        derive_key(5, 0),
+        compute_federation_id(RUN_ID, RULES),
+        stake=10_000,
+        dataset_hash=signed(0).dataset_hash,
+        num_examples=100,
+        name="holder-0",
+        app_digest=bytes(31),
+    )
+    with pytest.raises(InvalidBlock, match="app digest must be 32 bytes"):
+        compute_genesis_state(genesis_with(short))
+    simulated = sign_genesis_participant(
+        derive_key(5, 0),
+        compute_federation_id(RUN_ID, RULES),
+        stake=10_000,
+        dataset_hash=signed(0).dataset_hash,
+        num_examples=100,
+        name="holder-0",
+    )
+    assert simulated.app_digest == b""
+    compute_genesis_state(genesis_with(simulated))

@@ -21,6 +21,7 @@ from rich.table import Table
 
 from fedchain.cli.common import console, make_app
 from fedchain.crypto.identity import fingerprint
+from fedchain.deploy import app as app_bundle
 from fedchain.deploy import flower, flwr_cli, processes
 from fedchain.deploy.certs import DEFAULT_HOSTS, CertPaths, create_test_certificates
 from fedchain.durable import write_atomically
@@ -95,35 +96,6 @@ def _connection(fed_dir: Path, state: dict[str, Any]) -> flwr_cli.FlwrConnection
         str(state["address"]),
         Path(ca) if ca else None,
     )
-
-
-def write_app_bundle(fed_dir: Path) -> Path:
-    """A minimal Flower app whose components are fedchain's installed ServerApp and ClientApp.
-
-    ``flwr run`` ships a directory with a Flower ``pyproject.toml``; the code itself is imported
-    from the installed ``server`` and ``clients`` packages, so the bundle holds only this file.
-    """
-    app_dir = fed_dir / APP_DIRNAME
-    app_dir.mkdir(parents=True, exist_ok=True)
-    federation_dir = str(fed_dir.resolve()).replace("\\", "\\\\").replace('"', '\\"')
-    (app_dir / "pyproject.toml").write_text(
-        "# Written by `fedchain coordinator start`: the app bundle `flwr run` submits.\n"
-        "[build-system]\n"
-        'requires = ["setuptools>=69"]\n'
-        'build-backend = "setuptools.build_meta"\n\n'
-        "[project]\n"
-        'name = "fedchain-federation"\n'
-        'version = "0.1.0"\n'
-        "dependencies = []\n\n"
-        "[tool.flwr.app]\n"
-        'publisher = "fedchain"\n\n'
-        "[tool.flwr.app.components]\n"
-        'serverapp = "server.server_app:app"\n'
-        'clientapp = "clients.client_app:app"\n\n'
-        "[tool.flwr.app.config]\n"
-        f'federation-dir = "{federation_dir}"\n'
-    )
-    return app_dir
 
 
 @app.command()
@@ -229,7 +201,9 @@ def start(
         state["nodes"] = nodes
         _write_state(fed_dir, state)  # before the ServerApp starts: it reads the node ids
         _stop_stale_runs(connection)
-        run_id = flwr_cli.submit_run(write_app_bundle(fed_dir), connection)
+        bundle = app_bundle.write_app_bundle(fed_dir / APP_DIRNAME)
+        run_config = {app_bundle.FEDERATION_DIR_KEY: str(fed_dir.resolve())}
+        run_id = flwr_cli.submit_run(bundle, connection, run_config)
     except BaseException:
         processes.stop_process(process)
         raise
@@ -237,6 +211,11 @@ def start(
     _write_state(fed_dir, state)
     console.print(
         f"ServerApp submitted: Flower run {run_id}; rounds log to {run_dir / LOG_FILENAME}"
+    )
+    console.print(
+        f"app {app_bundle.app_digest().hex()} (fedchain {app_bundle.fedchain_version()}): the "
+        "one every participant approved when it registered",
+        markup=False,
     )
     console.print(
         f"participants join with: fedchain join --coordinator HOST:{port} --data FILE.fcd "

@@ -330,8 +330,9 @@ def register(
         ),
     ] = IDENTITY_PASSPHRASE_ENV,
 ) -> None:
-    """Sign a registration (identity, stake, dataset commitment, name, SuperNode key) for one
-    federation, for its coordinator to add.
+    """Sign a registration (identity, stake, dataset commitment, name, SuperNode key, and the
+    app you approve to run on your data: your installed fedchain's) for one federation, for its
+    coordinator to add.
 
     The dataset is decrypted (one chunk at a time) so that the example count you sign is the
     authenticated one, not what the file's plain header says."""
@@ -358,4 +359,8 @@ def register(
     reg = entry.registration
     console.print(f"wrote {out}: {entry.name}, identity {identity.fingerprint(reg.public_key)}")
     console.print(f"dataset {data}: {reg.num_examples} examples, sha256 {reg.dataset_hash.hex()}")
+    console.print(
+        f"approved app {reg.app_digest.hex()} (fedchain {reg.fedchain_version}'s own ClientApp, "
+        "no code shipped): `fedchain join` runs only this app on your data"
+    )
     console.print("send this file to the coordinator (it holds no secret)")

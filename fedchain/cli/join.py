@@ -1,9 +1,12 @@
 """``fedchain join``: take part in a federation as a data holder (runs a Flower SuperNode).
 
 Before anything starts, the dataset is decrypted and the identity unlocked once here, so a wrong
-key or passphrase is one clear error, not a failure inside every round. Secrets never go on a
-command line: passphrases reach the SuperNode (and the ClientApp processes it starts) through
-its environment, and the node config names the variables, never the values. The holder's own
+key or passphrase is one clear error, not a failure inside every round. The node runs only the
+app the holder approved (the one its registration signed: :mod:`fedchain.deploy.app`): the
+SuperNode runs with ``--isolation process`` and an environment without any secret, and this
+process claims its tasks (:class:`fedchain.deploy.gate.ApprovingExecutor`), refusing any other
+app before anything is decrypted for it and handing the secrets to approved ClientApp processes
+over a pipe, never on a command line or in an environment. The holder's own
 copy of the ledger (the blocks it replayed before signing, and the last final block it saw) is
 kept beside the dataset (``NAME.ledger/``, :func:`fedchain.runs.layout.holder_ledger_dir`;
 ``--node-config replica-dir=DIR`` puts it elsewhere, and nothing removes it), so a restarted node
@@ -25,19 +28,24 @@ from types import FrameType
 from typing import Annotated, Any
 
 import typer
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedchain.cli.common import PASSPHRASE_ENV, console, read_passphrase
 from fedchain.cli.federation import _parse_set
 from fedchain.crypto import identity
 from fedchain.data import datafile, keys
-from fedchain.deploy import flower, flwr_cli, logs, processes
+from fedchain.deploy import app as app_bundle
+from fedchain.deploy import flower, flwr_cli, gate, logs, processes
 from fedchain.errors import ConfigError, DeployError
 from fedchain.ledger.show import printable
-from fedchain.runs.layout import CA_CERT_FILENAME, holder_ledger_dir
+from fedchain.runs import approval
+from fedchain.runs.layout import APPROVED_APP_FILENAME, CA_CERT_FILENAME, holder_ledger_dir
 from fedchain.runs.registration import parse_federation_id
 
 IDENTITY_PASSPHRASE_ENV = "FEDCHAIN_IDENTITY_PASSPHRASE"  # noqa: S105 - a variable's name
 FEDERATION_ID_KEY = "federation-id"  # the ClientApp's node config key (clients/client_app.py)
+MAX_ROUNDS_KEY = "max-rounds"  # the holder's limits, node config keys its ClientApp enforces
+MAX_LOCAL_EPOCHS_KEY = "max-local-epochs"  # (clients/client_app.py: check_agreed_use)
 
 
 def _check_address(address: str) -> str:
@@ -103,6 +111,25 @@ def join(
         float | None,
         typer.Option(help="Give up after this many seconds without reaching the coordinator."),
     ] = None,
+    max_rounds: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Train in no round past this one: a later round is refused, unread."
+        ),
+    ] = None,
+    max_local_epochs: Annotated[
+        int | None,
+        typer.Option(min=1, help="Train at most this many local epochs a round: more is refused."),
+    ] = None,
+    approve: Annotated[
+        str | None,
+        typer.Option(
+            "--approve",
+            help="Approve another app to run on your data (an upgrade): its .fab file (what "
+            "changed is shown) or its digest. You sign the approval; your node then runs that "
+            "app and no other.",
+        ),
+    ] = None,
 ) -> None:
     """Join a federation: check your data and identity, then run a Flower SuperNode that
     trains on your data with your identity until the federation's run has finished (or you
@@ -119,7 +146,6 @@ def join(
         raise ConfigError("give --root-cert CA.crt (TLS), or --insecure for a coordinator without")
     if insecure and auth_key is not None:
         raise ConfigError("--auth-key needs TLS: give --root-cert instead of --insecure")
-    env: dict[str, str] = {}
     config: dict[str, Any] = {
         "data-path": str(data.resolve()),
         "identity-path": str(identity_path.resolve()),
@@ -130,12 +156,8 @@ def join(
     unlock: keys.Unlock
     if data_key is not None:
         unlock = keys.load_key_file(data_key)
-        config["data-key-path"] = str(data_key.resolve())
     else:
-        secret = read_passphrase(passphrase_env, confirm=False, what=str(data))
-        unlock = keys.Passphrase(secret)
-        env[passphrase_env] = secret.decode()
-        config["passphrase-env"] = passphrase_env
+        unlock = keys.Passphrase(read_passphrase(passphrase_env, confirm=False, what=str(data)))
     with console.status(f"decrypting {data}…"):
         dataset = datafile.load_dataset(data, unlock)
     passphrase = None
@@ -144,9 +166,9 @@ def join(
         if env_name not in os.environ and data_key is not None and passphrase_env in os.environ:
             env_name = passphrase_env  # one secret in the environment: the identity's
         passphrase = read_passphrase(env_name, confirm=False, what=f"the identity {identity_path}")
-        env[env_name] = passphrase.decode()
-        config["identity-passphrase-env"] = env_name
     key = identity.load_identity(identity_path, passphrase)
+    for name in {passphrase_env, identity_passphrase_env, PASSPHRASE_ENV, IDENTITY_PASSPHRASE_ENV}:
+        os.environ.pop(name, None)  # read once: no process started from here inherits them
     if federation is None:  # after the data and identity checks: their errors come first
         raise ConfigError(
             "give --federation-id ID: the id of the federation you registered for (the one "
@@ -154,6 +176,11 @@ def join(
         )
     # the federation the holder registered for: its node refuses any other genesis
     config[FEDERATION_ID_KEY] = federation.hex()
+    # the holder's own limits, which its approved ClientApp enforces (clients/client_app.py)
+    if max_rounds is not None:
+        config[MAX_ROUNDS_KEY] = max_rounds
+    if max_local_epochs is not None:
+        config[MAX_LOCAL_EPOCHS_KEY] = max_local_epochs
     config.update(_parse_set(node_config or []))
     for name in ("replica-dir", FEDERATION_ID_KEY):
         if not str(config.get(name, "")):
@@ -169,29 +196,92 @@ def join(
         f"ledger copy {config['replica-dir']}",
         markup=False,
     )
+    limits = [
+        f"{value} {what}"
+        for value, what in ((max_rounds, "rounds"), (max_local_epochs, "local epochs a round"))
+        if value is not None
+    ]
+    if limits:
+        console.print(
+            f"your limits: at most {' and '.join(limits)}; your node refuses a round over them",
+            markup=False,
+        )
+    approved = _approved_app(key, federation, Path(str(config["replica-dir"])), approve).hex()
     log_path = log or Path(f"{data.stem}.supernode.log")
     progress = SupernodeProgress()
-    process = flower.start_supernode(
-        superlink_address=address,
-        node_config=config,
-        root_certificates=root_cert,
-        auth_private_key=auth_key,
-        clientappio_port=processes.free_port(),
-        log_path=log_path,
-        max_wait_time=max_wait,
-        env=env,
-        on_line=progress.on_line,
-    )
+    runtime_port = processes.free_port()
+    with tempfile.TemporaryDirectory(prefix="fedchain-join-") as home:
+        # private to this node (mode 0700): only approved apps are ever installed here
+        flwr_home = Path(home) / "node"
+        flwr_home.mkdir(mode=0o700)
+        process = flower.start_supernode(
+            superlink_address=address,
+            node_config=config,
+            root_certificates=root_cert,
+            auth_private_key=auth_key,
+            clientappio_port=runtime_port,
+            log_path=log_path,
+            max_wait_time=max_wait,
+            env={"FLWR_HOME": str(flwr_home)},
+            on_line=progress.on_line,
+            isolation="process",
+        )
+        executor = gate.ApprovingExecutor(
+            f"127.0.0.1:{runtime_port}",
+            [approved],
+            gate.encode_secrets(unlock, passphrase),
+            flwr_home=flwr_home,
+            log_path=log_path,
+            holder=identity.fingerprint(public),
+            on_line=progress.on_line,
+            on_decision=progress.on_decision,
+        )
+        executor.start()
+        console.print(
+            f"SuperNode started (pid {process.pid}), connecting to {address}; log {log_path}. "
+            "Ctrl-C stops it.",
+            markup=False,
+        )
+        connection = flwr_cli.write_flwr_connection(Path(home), "federation", address, root_cert)
+        try:
+            _follow(process, progress, connection, executor)
+        finally:
+            executor.stop()
+
+
+def _approved_app(
+    key: Ed25519PrivateKey, federation: bytes, ledger_dir: Path, approve: str | None
+) -> bytes:
+    """The app this node runs: the holder's latest signed approval, else the one its
+    registration signed (its fedchain's own); with ``--approve``, a new approval is shown
+    (what changed), signed and kept first."""
+    public = identity.public_key_bytes(key)
+    path = ledger_dir / APPROVED_APP_FILENAME
+    entries = approval.read_approvals(path, federation, public)
+    own = app_bundle.app_digest()
+    current = approval.approved_app(entries, own)
+    if approve is not None:
+        new, fab = approval.read_new_app(approve)
+        if new != current:
+            old_fab = app_bundle.build_app_fab() if current == own else None
+            console.print(f"approving app {new.hex()}, replacing {current.hex()}:", markup=False)
+            for line in approval.describe_change(old_fab, fab):
+                console.print(f"  {line}", markup=False, highlight=False)
+            version = app_bundle.fedchain_version()
+            entries.append(approval.sign_approval(key, federation, new, current, version))
+            approval.write_approvals(path, entries)
+            console.print(
+                f"signed your approval into {path} (no secret: give it to the coordinator); "
+                "your node now runs this app and no other",
+                markup=False,
+            )
+            current = new
+    how = "your signed approval" if entries else f"fedchain {app_bundle.fedchain_version()}'s own"
     console.print(
-        f"SuperNode started (pid {process.pid}), connecting to {address}; log {log_path}. "
-        "Ctrl-C stops it.",
+        f"approved app {current.hex()} ({how}): your node runs no other app on your data",
         markup=False,
     )
-    with tempfile.TemporaryDirectory(prefix="fedchain-join-") as flwr_home:
-        connection = flwr_cli.write_flwr_connection(
-            Path(flwr_home), "federation", address, root_cert
-        )
-        _follow(process, progress, connection)
+    return current
 
 
 @dataclass
@@ -213,14 +303,30 @@ class SupernodeProgress:
     started: float = field(default_factory=time.monotonic)
     printed: list[str] = field(default_factory=list)
     in_problem: bool = False  # the last leveled line was a warning or an error
+    refused_runs: set[int] = field(default_factory=set)  # runs of an app the holder refused
+
+    def on_decision(self, decision: gate.Decision) -> None:
+        """The approving executor's decision on a task: a refusal gets its own line (and its
+        run's replies are not rounds trained)."""
+        if decision.ran or decision.run_id in self.refused_runs:
+            return
+        self.refused_runs.add(decision.run_id)
+        self._print(
+            f"refused Flower run {decision.run_id}: the coordinator submitted app "
+            f"{decision.fab_hash}, not the one you approved; nothing was decrypted for it and "
+            "the coordinator was told why"
+        )
+
+    def _print(self, text: str) -> None:
+        self.printed.append(text)
+        console.print(text, markup=False, highlight=False)
 
     def on_line(self, line: str) -> None:
         self.last_line = time.monotonic()
         level, message = logs.parse_flower_log_line(line)
         text = self.describe(level, message)
         if text is not None:
-            self.printed.append(text)
-            console.print(text, markup=False, highlight=False)
+            self._print(text)
 
     def describe(self, level: str | None, message: str) -> str | None:
         """The console line for one log line, or None (most of the log stays in the file)."""
@@ -243,6 +349,8 @@ class SupernodeProgress:
             self.rounds_in_run += 1
             self.started = time.monotonic()
         elif _SENDING_TRAIN.match(message):
+            if self.run_id in self.refused_runs:
+                return None  # the refusal's error reply, not a round trained
             self.rounds_done += 1
             label = self.round_label or str(self.rounds_in_run)
             seconds = time.monotonic() - self.started
@@ -266,6 +374,7 @@ def _follow(
     process: processes.ManagedProcess,
     progress: SupernodeProgress,
     connection: flwr_cli.FlwrConnection,
+    executor: gate.ApprovingExecutor,
 ) -> None:
     """Wait for the SuperNode; stop it and exit 0 once the federation's run has completed.
 
@@ -308,6 +417,7 @@ def _follow(
                     f"the federation's run {progress.run_id} has finished "
                     f"({progress.rounds_done} round(s) trained here); stopping the SuperNode"
                 )
+                executor.stop()  # its ClientApps first: they answer through the SuperNode
                 processes.stop_process(process, timeout=10.0)
                 return
         status_code = processes.wait_exit(process, 5.0)
@@ -317,6 +427,7 @@ def _follow(
         raise typer.Exit(1 if status_code or flower_code else 0)
     except KeyboardInterrupt:
         console.print("stopping the SuperNode…")
+        executor.stop()
         processes.stop_process(process, timeout=10.0)
     finally:
         signal.signal(signal.SIGTERM, previous)

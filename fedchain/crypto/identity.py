@@ -90,6 +90,7 @@ class Domain(bytes, enum.Enum):
     BLOCK = b"fedchain/block-header/v1"
     ATTESTATION = b"fedchain/attestation/v1"
     REGISTRATION = b"fedchain/registration/v1"
+    APP_APPROVAL = b"fedchain/app-approval/v1"
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,11 +1,13 @@
 """A data holder's resources: its decrypted dataset and identity key, loaded once per process.
 
 In simulation a client finds its files in the run directory by its partition id; in deployment
-the SuperNode's node config names them (``data-path``, ``identity-path``, and ``data-key-path``
-or a passphrase in the environment variable ``passphrase-env`` names, default
-``FEDCHAIN_PASSPHRASE``). Decryption happens only in memory. A deployed holder also keeps its
-own copy of the ledger in the folder ``replica-dir`` names (``fedchain join`` sets it beside the
-dataset); a simulated one keeps it in its Flower context only.
+the SuperNode's node config names them (``data-path``, ``identity-path``). The secrets that
+unlock them come from :func:`provide_secrets` when the process was given them (``fedchain join``
+hands them over a pipe to the approved ClientApp process only: :mod:`fedchain.deploy.gate`);
+else from ``data-key-path`` or a passphrase in the environment variable ``passphrase-env``
+names, default ``FEDCHAIN_PASSPHRASE``. Decryption happens only in memory. A deployed holder
+also keeps its own copy of the ledger in the folder ``replica-dir`` names (``fedchain join``
+sets it beside the dataset); a simulated one keeps it in its Flower context only.
 """
 
 from __future__ import annotations
@@ -41,6 +43,13 @@ class DataHolder:
 
 
 _CACHE: dict[tuple[str, ...], DataHolder] = {}
+_SECRETS: list[tuple[keys.Unlock, bytes | None]] = []  # at most one: what provide_secrets got
+
+
+def provide_secrets(unlock: keys.Unlock, identity_passphrase: bytes | None) -> None:
+    """The deployed holder's secrets, handed to this process by ``fedchain join``: they take
+    the place of ``data-key-path`` and the passphrase variables of the node config."""
+    _SECRETS[:] = [(unlock, identity_passphrase)]
 
 
 def load_simulated_holder(run_dir: Path, index: int) -> DataHolder:
@@ -66,6 +75,8 @@ def load_configured_holder(node_config: Mapping[str, object]) -> DataHolder:
     cache_key = ("node", str(data_path), str(identity_path), str(replica or ""))
     if cache_key in _CACHE:
         return _CACHE[cache_key]
+    if _SECRETS:  # given by `fedchain join` (fedchain.deploy.gate): nothing else is read
+        return _cache(cache_key, node_config, data_path, identity_path, *_SECRETS[0])
     env = str(node_config.get("passphrase-env", "FEDCHAIN_PASSPHRASE"))
     passphrase = os.environ.get(env)
     unlock: keys.Unlock
@@ -81,9 +92,20 @@ def load_configured_holder(node_config: Mapping[str, object]) -> DataHolder:
         identity_passphrase = os.environ.get(identity_env)
         if not identity_passphrase:
             raise KeyFileError(f"{identity_path}: is encrypted: set ${identity_env}")
-    key = identity.load_identity(
-        identity_path, identity_passphrase.encode() if identity_passphrase else None
-    )
+    secret = identity_passphrase.encode() if identity_passphrase else None
+    return _cache(cache_key, node_config, data_path, identity_path, unlock, secret)
+
+
+def _cache(
+    cache_key: tuple[str, ...],
+    node_config: Mapping[str, object],
+    data_path: Path,
+    identity_path: Path,
+    unlock: keys.Unlock,
+    identity_passphrase: bytes | None,
+) -> DataHolder:
+    replica = node_config.get("replica-dir")
+    key = identity.load_identity(identity_path, identity_passphrase)
     holder = DataHolder(
         _index(node_config),
         datafile.load_dataset(data_path, unlock),

@@ -159,6 +159,7 @@ def start_supernode(
     max_wait_time: float | None = None,
     env: Mapping[str, str] | None = None,
     on_line: Callable[[str], None] | None = None,
+    isolation: str = "subprocess",
 ) -> ManagedProcess:
     """Start ``flower-supernode`` connecting to ``superlink_address`` (``host:port``).
 
@@ -170,7 +171,9 @@ def start_supernode(
     SuperLink (default: forever). Nothing secret is put on the command line (argv is world-readable
     in ``/proc``): pass secrets in ``env``. The PID file defaults to ``log_path`` with ``.pid``.
     ``on_line`` sees every line of its output (see
-    :func:`~fedchain.deploy.processes.start_process`).
+    :func:`~fedchain.deploy.processes.start_process`). With ``isolation="process"`` it starts no
+    ClientApp itself: an executor claims its tasks on ``127.0.0.1:clientappio_port``
+    (``fedchain join`` runs :class:`~fedchain.deploy.gate.ApprovingExecutor`).
     """
     command = [flower_executable("flower-supernode"), "--superlink", superlink_address]
     if root_certificates is None:
@@ -180,6 +183,7 @@ def start_supernode(
     if auth_private_key is not None:
         command += ["--auth-supernode-private-key", str(Path(auth_private_key).resolve())]
     command += ["--host", "127.0.0.1", "--port", str(clientappio_port)]
+    command += ["--isolation", isolation]
     if node_config:
         command += ["--node-config", format_config_args(node_config)]
     if max_wait_time is not None:

@@ -30,6 +30,7 @@ from fedchain.errors import DeployError
 
 __all__ = [
     "ManagedProcess",
+    "copy_output",
     "free_port",
     "is_running",
     "read_pid_file",
@@ -107,12 +108,7 @@ def start_process(
         except OSError as exc:
             raise DeployError(f"cannot start {command[0]}: {exc}") from exc
     if on_line is not None and popen.stdout is not None:
-        threading.Thread(
-            target=_copy_output,
-            args=(popen.stdout, log_path, on_line),
-            name=f"output of {Path(command[0]).name}",
-            daemon=True,
-        ).start()
+        copy_output(popen.stdout, log_path, on_line, f"output of {Path(command[0]).name}")
     _CHILDREN[popen.pid] = popen
     process = ManagedProcess(
         pid=popen.pid,
@@ -129,6 +125,16 @@ def start_process(
     }
     write_atomically(pid_file, (json.dumps(record) + "\n").encode(), mode=0o644)
     return process
+
+
+def copy_output(
+    stream: IO[bytes], log_path: Path, on_line: Callable[[str], None], name: str
+) -> None:
+    """Start a thread that appends each line of ``stream`` to ``log_path`` (without ANSI
+    escapes) and hands it to ``on_line``, until the stream ends."""
+    threading.Thread(
+        target=_copy_output, args=(stream, log_path, on_line), name=name, daemon=True
+    ).start()
 
 
 def _copy_output(stream: IO[bytes], log_path: Path, on_line: Callable[[str], None]) -> None:

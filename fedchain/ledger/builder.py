@@ -117,10 +117,22 @@ def sign_genesis_participant(
     num_examples: int,
     name: str = "",
     supernode_key: str = "",
+    app_digest: bytes = b"",
+    fedchain_version: str = "",
 ) -> GenesisParticipant:
     """A registration for the genesis of the federation ``federation_id``
-    (:func:`~fedchain.ledger.objects.compute_federation_id`), signed by ``private_key``."""
-    fields = (public_key_bytes(private_key), stake, dataset_hash, num_examples, name, supernode_key)
+    (:func:`~fedchain.ledger.objects.compute_federation_id`), signed by ``private_key``;
+    ``app_digest`` is the app the holder approves (empty: none, a simulation)."""
+    fields = (
+        public_key_bytes(private_key),
+        stake,
+        dataset_hash,
+        num_examples,
+        name,
+        supernode_key,
+        app_digest,
+        fedchain_version,
+    )
     unsigned = GenesisParticipant(*fields, b"")
     signature = sign(private_key, Domain.REGISTRATION, signing_message(unsigned), federation_id)
     return GenesisParticipant(*fields, signature)

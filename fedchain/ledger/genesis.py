@@ -175,6 +175,8 @@ def _check_genesis(genesis: Genesis) -> None:
         try:
             check_participant_key(entry.public_key)
             check_size(entry.dataset_hash, "dataset hash")
+            if entry.app_digest:  # empty: a simulation, which runs no app bundle
+                check_size(entry.app_digest, "app digest")
         except InvalidTransaction as exc:
             raise fail(str(exc)) from None
         if entry.stake < rules.min_stake:

@@ -43,6 +43,7 @@ __all__ = [
     "SLASHING_KINDS",
     "AnchorReceipt",
     "AnchorStatement",
+    "AppApproval",
     "Attestation",
     "AttestationPair",
     "Block",
@@ -199,7 +200,10 @@ class GenesisParticipant:
     hash, which every later signature binds, is computed from these registrations.
 
     ``name`` is the participant's name (empty in a simulation), ``supernode_key`` the text of its
-    SuperNode's authentication public key (one OpenSSH line; empty if none).
+    SuperNode's authentication public key (one OpenSSH line; empty if none). ``app_digest`` is
+    the SHA-256 of the Flower app bundle (FAB) the holder agrees to run on its data, the only
+    app its node runs (:mod:`fedchain.deploy.app`, :mod:`fedchain.deploy.gate`; empty in a
+    simulation, which runs no FAB), ``fedchain_version`` the fedchain release it runs.
     """
 
     TAG: ClassVar[int] = 2
@@ -209,6 +213,8 @@ class GenesisParticipant:
     num_examples: int
     name: str
     supernode_key: str
+    app_digest: bytes
+    fedchain_version: str
     signature: bytes
 
 
@@ -455,8 +461,25 @@ class Block:
         return self.signed_header.header
 
 
+@dataclass(frozen=True, slots=True)
+class AppApproval:
+    """A data holder approves another app to run on its data (an upgrade): from now on its
+    node runs the app bundle whose SHA-256 is ``app_digest`` instead of ``replaces`` (the digest
+    it approved before: its registration's, or an earlier approval's). Signed by ``public_key``
+    under the app-approval domain with the federation id as the federation, like its
+    registration. Not a transaction: the holder keeps it (``fedchain join --approve``) and gives
+    it to the coordinator, who can check it against the genesis."""
+
+    TAG: ClassVar[int] = 50
+    public_key: PublicKey
+    app_digest: Hash32
+    replaces: Hash32
+    fedchain_version: str
+    signature: bytes
+
+
 SignedObject: TypeAlias = (
-    GenesisParticipant | Registration | UpdateCommitment | Attestation | SignedHeader
+    GenesisParticipant | Registration | UpdateCommitment | Attestation | SignedHeader | AppApproval
 )
 
 SIGNING_DOMAINS: dict[type, Domain] = {
@@ -465,10 +488,11 @@ SIGNING_DOMAINS: dict[type, Domain] = {
     UpdateCommitment: Domain.UPDATE,
     Attestation: Domain.ATTESTATION,
     SignedHeader: Domain.BLOCK,
+    AppApproval: Domain.APP_APPROVAL,
 }
-"""The signature domain of each signed class. A :class:`GenesisParticipant` signs with the
-federation id (:func:`compute_federation_id`) as the federation, every other one with the
-genesis hash."""
+"""The signature domain of each signed class. A :class:`GenesisParticipant` and an
+:class:`AppApproval` sign with the federation id (:func:`compute_federation_id`) as the
+federation, every other one with the genesis hash."""
 
 
 # --------------------------------------------------------------------------------------------------

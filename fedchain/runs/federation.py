@@ -258,7 +258,8 @@ def check_new_participant(
     (at least the federation's minimum, and the federation's total within the ledger's
     integers), the example count (at least 1, at most :data:`MAX_REGISTERED_EXAMPLES`), the
     signature (by the registration's own key, under the registration domain, for this
-    federation: it covers the name and SuperNode key too), the SuperNode key's format, and that
+    federation: it covers the name and SuperNode key too), the SuperNode key's format, the app
+    the holder approved (:func:`check_approved_app`), and that
     no other participant has the same identity, name, SuperNode key or dataset (one data set
     registered twice would be paid twice). What cannot be checked here is whether the count is
     true: the data stay with their holder. Raises :class:`ConfigError` or
@@ -310,6 +311,22 @@ def check_new_participant(
     total = sum(p.registration.stake for p in participants) + reg.stake
     if total > MAX_INT:
         raise ConfigError(f"{who}: the federation's total stake would exceed {MAX_INT}")
+    check_approved_app(entry)
+
+
+def check_approved_app(entry: ParticipantEntry) -> None:
+    """Refuse a registration whose holder approved another app than the one this coordinator
+    submits (:func:`fedchain.deploy.app.app_digest`): its node would refuse every round."""
+    from fedchain.deploy import app
+
+    reg, expected = entry.registration, app.app_digest()
+    if reg.app_digest != expected:
+        raise ConfigError(
+            f"registration of {entry.name!r} approves app {reg.app_digest.hex()} (fedchain "
+            f"{reg.fedchain_version or '?'}), but this coordinator submits app {expected.hex()} "
+            f"(fedchain {app.fedchain_version()}): its node would refuse every round. Use the "
+            "same fedchain and Flower versions on both sides, and register again"
+        )
 
 
 def compute_run_config(federation: Federation, *, check_participants: bool = True) -> RunConfig:
@@ -389,6 +406,8 @@ def prepare_federation_run(federation: Federation) -> tuple[Path, RunConfig, boo
         return run_dir, config, False
     run_dir.mkdir(parents=True, exist_ok=True)
     write_config(config, run_dir / CONFIG_FILENAME)
+    for entry in federation.participants:  # the genesis seals what each holder approved
+        check_approved_app(entry)
     test = load_run_source(config, "test")
     model, rules = make_model_and_rules(config, tuple(test.x.shape[1:]), len(test.classes))
     initial_hash = save_model(run_dir, state_to_numpy(model))

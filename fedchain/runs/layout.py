@@ -52,6 +52,7 @@ A deployed data holder's own copy of the ledger, beside its dataset ``NAME.fcd``
     NAME.ledger/                 holder_ledger_dir   (HOLDER_LEDGER_SUFFIX)
         ledger.db                LEDGER_FILENAME     the blocks it replayed, in the store's format
         checkpoint.json          HOLDER_CHECKPOINT_FILENAME  the last final block it saw
+        approved-app.toml        APPROVED_APP_FILENAME  its signed approval of a new app, if any
 
 Names another program dictates stay with the code that speaks to it: ``config.toml`` inside
 ``flwr-home/`` (Flower's, not a run's configuration) and ``pyproject.toml`` inside ``app/``
@@ -70,6 +71,7 @@ from fedchain.ledger.store import LEDGER_FILENAME as LEDGER_FILENAME
 
 __all__ = [
     "ANCHORS_DIRNAME",
+    "APPROVED_APP_FILENAME",
     "APP_DIRNAME",
     "ATTACKERS_FILENAME",
     "CARD_JSON_FILENAME",
@@ -181,6 +183,7 @@ def parse_client_public_key_name(name: str) -> int | None:
 
 HOLDER_LEDGER_SUFFIX = ".ledger"
 HOLDER_CHECKPOINT_FILENAME = "checkpoint.json"
+APPROVED_APP_FILENAME = "approved-app.toml"
 
 
 def holder_ledger_dir(data_path: Path) -> Path:

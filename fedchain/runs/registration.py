@@ -3,9 +3,11 @@
 Registration happens before the ledger exists. A data holder signs a
 :class:`~fedchain.ledger.objects.GenesisParticipant` (their Ed25519 identity, stake deposit,
 dataset commitment, whose example count is read from the decrypted, authenticated file, their
-participant name and SuperNode key) under the registration domain with the federation id the
-coordinator gave them (:func:`~fedchain.ledger.objects.compute_federation_id`: the hash of the
-federation's name and rules, fixed by ``fedchain federation init``). The coordinator checks the
+participant name, SuperNode key, and the digest of the app it agrees to run on its data with
+the fedchain version it runs: :mod:`fedchain.deploy.app`) under the registration domain with
+the federation id the coordinator gave them
+(:func:`~fedchain.ledger.objects.compute_federation_id`: the hash of the federation's name and
+rules, fixed by ``fedchain federation init``). The coordinator checks the
 signature and the id when it adds the participant; the genesis then holds the signed
 registration as it is, so ``fedchain verify`` re-checks it from the run directory alone, and a
 registration made for one federation is refused by any other.
@@ -60,8 +62,11 @@ __all__ = [
     "verify_registration",
 ]
 
-REGISTRATION_FORMAT = "fedchain-registration/v2"
-_OLD_FORMATS = ("fedchain-registration/v1",)  # signed for no federation: refused
+REGISTRATION_FORMAT = "fedchain-registration/v3"
+_OLD_FORMATS = {
+    "fedchain-registration/v1": "signed for no federation",
+    "fedchain-registration/v2": "it approves no app",
+}
 MAX_TOML_SIZE = 4 << 20  # bytes: a federation of thousands of participants is well under this
 MAX_REGISTERED_EXAMPLES = 1 << 40
 """A sanity bound on a registration's example count: a file holding more (each example carries
@@ -112,6 +117,7 @@ def create_registration(
     stake: int,
     name: str,
     supernode_key: str = "",
+    app_digest: bytes | None = None,
 ) -> ParticipantEntry:
     """Sign a registration for the dataset at ``data_path``, for the federation
     ``federation_id`` (which the coordinator gives out: ``fedchain federation init`` prints it).
@@ -120,7 +126,16 @@ def create_registration(
     taken from the file as authenticated by its key (``unlock``; every chunk is decrypted, one
     at a time): the plain header alone can be edited by anyone, and a signed count is what
     bounds the weight the ledger gives this participant's updates.
+
+    ``app_digest`` is the app the holder approves; by default the one its own fedchain submits
+    (:func:`fedchain.deploy.app.app_digest`), with this fedchain's version.
     """
+    from fedchain.deploy import app
+
+    if app_digest is None:
+        app_digest = app.app_digest()
+    if len(app_digest) != HASH_SIZE:
+        raise ConfigError(f"an app digest is {HASH_SIZE} bytes, got {len(app_digest)}")
     check_name(name)
     if not 1 <= stake <= MAX_INT:
         raise ConfigError(f"stake must be between 1 and {MAX_INT}, got {stake}")
@@ -136,6 +151,8 @@ def create_registration(
         num_examples=commitment.num_examples,
         name=name,
         supernode_key=supernode_key,
+        app_digest=app_digest,
+        fedchain_version=app.fedchain_version(),
     )
     return ParticipantEntry(participant, federation_id)
 
@@ -174,6 +191,8 @@ def entry_to_toml(entry: ParticipantEntry) -> dict[str, Any]:
         "stake": reg.stake,
         "dataset-hash": reg.dataset_hash.hex(),
         "num-examples": reg.num_examples,
+        "app-digest": reg.app_digest.hex(),
+        "fedchain-version": reg.fedchain_version,
         "signature": reg.signature.hex(),
     }
     if entry.supernode_key:
@@ -194,6 +213,8 @@ def entry_from_toml(table: Any, where: str) -> ParticipantEntry:
             num_examples=check_int(table["num-examples"], "num-examples", where),
             name=name,
             supernode_key=str(table.get("supernode-key", "")),
+            app_digest=_hex(table["app-digest"], "app-digest", where),
+            fedchain_version=str(table["fedchain-version"]),
             signature=_hex(table["signature"], "signature", where),
         )
         federation_id = parse_federation_id(str(table["federation-id"]), f"{where}: federation-id")
@@ -216,9 +237,10 @@ def encode_registration_file(entry: ParticipantEntry) -> str:
 
 def decode_registration_file(path: Path) -> ParticipantEntry:
     doc = read_toml(Path(path))
-    if doc.get("format") in _OLD_FORMATS:
+    old = _OLD_FORMATS.get(str(doc.get("format")))
+    if old is not None:
         raise ConfigError(
-            f"{path}: an old registration, signed for no federation; sign a new one with "
+            f"{path}: an old registration ({old}); sign a new one with "
             "`fedchain register --federation-id ID` (the id `fedchain federation init` printed)"
         )
     if doc.get("format") != REGISTRATION_FORMAT:

@@ -52,6 +52,7 @@ from fedchain.ledger.objects import (
     SIGNING_DOMAINS,
     AnchorReceipt,
     AnchorStatement,
+    AppApproval,
     Attestation,
     Block,
     BlockTransaction,
@@ -118,6 +119,15 @@ def _digest(label: str) -> bytes:
     return hashlib.sha256(label.encode()).digest()
 
 
+def _app_approval(federation_id: bytes) -> AppApproval:
+    """holder-0 approves a new app in place of the one its registration signed."""
+    key = derive_key(SEED, 0)
+    fields = (public_key_bytes(key), _digest("app-2"), _digest("app"), "0.2.0")
+    unsigned = AppApproval(*fields, b"")
+    signature = sign(key, Domain.APP_APPROVAL, signing_message(unsigned), federation_id)
+    return AppApproval(*fields, signature)
+
+
 def _model(*values: float) -> dict[str, np.ndarray]:
     return {"w": np.array(values, dtype=np.float32)}
 
@@ -174,6 +184,8 @@ def build_golden() -> Golden:
                 num_examples=examples[i],
                 name=f"holder-{i}",
                 supernode_key=SUPERNODE_KEY if i == 0 else "",
+                app_digest=_digest("app") if i < 2 else b"",  # holder-2: none (a simulation's)
+                fedchain_version="0.1.0" if i < 2 else "",
             )
             for i in range(3)
         ],
@@ -415,6 +427,7 @@ def vectors_document() -> dict[str, Any]:
         ("codec edge cases: negative i64, empty and non-ASCII strings", _edge_cases()),
         ("AnchorStatement (its sha256 is the anchor digest, §9.4)", _anchor_statement(golden)),
         ("AnchorReceipt (evm)", _anchor_receipt(golden)),
+        ("AppApproval (not a transaction: kept by its holder)", _app_approval(federation_id)),
     ]
     signed: list[tuple[str, Any, bytes]] = [
         (
@@ -426,6 +439,11 @@ def vectors_document() -> dict[str, Any]:
         ("UpdateCommitment", b1.transactions[0], gh),
         ("Attestation", _first(b2, Attestation), gh),
         ("SignedHeader (block 1)", b1.signed_header, gh),
+        (
+            "AppApproval (federation: the federation id)",
+            _app_approval(federation_id),
+            federation_id,
+        ),
     ]
     tx_roots: list[tuple[str, tuple[BlockTransaction, ...]]] = [
         ("empty body", ()),
