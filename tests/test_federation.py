@@ -638,6 +638,7 @@ def test_invalid_join_without_a_federation_id_or_a_replica_dir(tmp_path):
         (("--federation-id", fed_id, "--node-config", "replica-dir="), "replica-dir may change"),
         (("--federation-id", fed_id, "--node-config", 'federation-id=""'), "federation-id may"),
         (("--federation-id", fed_id, "--node-config", f"federation-id={'cd' * 32}"), "differs"),
+        (("--federation-id", fed_id, "--base-weights", tmp_path / "no.pth"), "no such base"),
     ):
         result = cli(*common, *extra)
         assert result.exit_code == 1 and shown in result.output, result.output

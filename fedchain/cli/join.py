@@ -121,6 +121,14 @@ def join(
         int | None,
         typer.Option(min=1, help="Train at most this many local epochs a round: more is refused."),
     ] = None,
+    base_weights: Annotated[
+        Path | None,
+        typer.Option(
+            help="Your copy of the base model a fine-tuning federation starts from (.safetensors "
+            "or .pth): your node checks it against the genesis's base hash before it trains, and "
+            "refuses another."
+        ),
+    ] = None,
     approve: Annotated[
         str | None,
         typer.Option(
@@ -181,6 +189,10 @@ def join(
         config[MAX_ROUNDS_KEY] = max_rounds
     if max_local_epochs is not None:
         config[MAX_LOCAL_EPOCHS_KEY] = max_local_epochs
+    if base_weights is not None:
+        if not base_weights.is_file():
+            raise ConfigError(f"{base_weights}: no such base weights file (--base-weights)")
+        config["base-weights"] = str(base_weights.resolve())
     config.update(_parse_set(node_config or []))
     for name in ("replica-dir", FEDERATION_ID_KEY):
         if not str(config.get(name, "")):
