@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fedchain.crypto.identity import public_key_bytes
 from fedchain.errors import InvalidBlock, LedgerError
@@ -26,6 +28,7 @@ from fedchain.ledger.builder import (
 from fedchain.ledger.codec import compute_hash
 from fedchain.ledger.consensus import (
     PROPOSER_SEED_DOMAIN,
+    FinalityTracker,
     check_extends,
     compute_finalized_height,
     compute_proposer,
@@ -211,6 +214,67 @@ def test_finality_ignores_non_validators() -> None:
 def test_finality_never_goes_back() -> None:
     assert compute_finalized_height(same_validators(3), [(D, 1)], finalized_height=2) == 2
     assert compute_finalized_height(same_validators(3), [], finalized_height=2) == 2
+
+
+# --------------------------------------------------------------------------------------------------
+# Finality followed block by block (what `fedchain verify` keeps: the heights not yet final)
+
+
+# One step: a block whose pre-state gives each of A-D a stake (0: not a validator), carrying
+# attestations (validator index, how far below the block's parent it attests).
+STEP = st.tuples(
+    st.lists(st.sampled_from([0, 10, 20, 30, 60]), min_size=4, max_size=4),
+    st.lists(st.tuples(st.integers(0, 4), st.integers(0, 3)), max_size=5),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(steps=st.lists(STEP, min_size=1, max_size=25))
+def test_finality_tracker_equals_the_whole_map(steps) -> None:
+    """After every block, the tracker's kept heights give the same final height as the map of
+    every height; its own final height is never above it, and it keeps no height at or below."""
+    outsider = hashlib.sha256(b"outsider").digest()
+    keys = [A, B, C, D, outsider]
+    tracker, every, highest = FinalityTracker(), {}, {}
+    for height, (stakes, attestations) in enumerate(steps, start=1):
+        validators = {k: s for k, s in zip(keys, stakes, strict=False) if s}
+        every[height] = validators
+        tracker.add_block(height, validators)
+        for index, below in attestations:  # in block `height`: heights 1..height-1
+            target = height - 1 - below
+            if target > highest.get(keys[index], 0):  # the ledger: attestations move up
+                highest[keys[index]] = target
+                tracker.attest(keys[index], target)
+        whole = compute_finalized_height(every, highest.items())
+        assert tracker.final_height <= whole
+        assert all(h > tracker.final_height for h in tracker.validators_by_height)
+        kept = compute_finalized_height(
+            tracker.validators_by_height, highest.items(), tracker.final_height
+        )
+        assert kept == whole
+
+
+def test_finality_tracker_keeps_only_heights_not_yet_final() -> None:
+    tracker = FinalityTracker()
+    for height in range(1, 1001):
+        tracker.add_block(height, FOUR)
+        if height > 1:  # everyone attests the parent, as clients do in their replies
+            for key in FOUR:
+                tracker.attest(key, height - 1)
+    assert tracker.final_height == 999 and list(tracker.validators_by_height) == [1000]
+
+
+def test_finality_tracker_keeps_every_height_of_a_chain_never_final() -> None:
+    tracker = FinalityTracker()
+    for height in range(1, 101):
+        tracker.add_block(height, FOUR)
+        if height > 1:
+            tracker.attest(A, height - 1)  # 10 of 120: never final
+    assert tracker.final_height == 0 and len(tracker.validators_by_height) == 100
+    tracker.attest(D, 100)  # 70 of 120 up to 99, 70 at 100: still not
+    assert tracker.final_height == 0
+    tracker.attest(B, 100)  # 90 of 120 at every height
+    assert tracker.final_height == 100 and not tracker.validators_by_height
 
 
 # --------------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from typing import IO
 import pytest
 
 from fedchain.errors import LedgerStoreError
+from fedchain.ledger import store as store_module
 from fedchain.ledger.store import (
     APPLICATION_ID,
     FORMAT_VERSION,
@@ -98,6 +99,40 @@ def test_create_append_reopen_round_trip(tmp_path: Path) -> None:
         nxt = make_next_block(chain[-1], b"more")
         reopened.append(nxt)
         assert reopened.head() == nxt
+
+
+def test_iter_blocks_reads_a_bounded_number_of_bytes_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Big blocks are fetched a few at a time (``fedchain verify``'s memory is bounded by the
+    largest block, not by READ_BATCH_BLOCKS of them); every block still comes, in order."""
+    path = tmp_path / "ledger.db"
+    store, chain = new_store(path, 9)
+    batches: list[int] = []
+    query_all = store._query_all
+
+    def recording(sql: str, params: tuple) -> list:
+        rows = query_all(sql, params)
+        if "data FROM" in sql:  # the blocks themselves, not their lengths
+            batches.append(sum(len(row[5]) for row in rows))
+        return rows
+
+    monkeypatch.setattr(store, "_query_all", recording)
+    size = len(chain[1].data)
+    assert {len(b.data) for b in chain} == {size}
+    monkeypatch.setattr(store_module, "READ_BATCH_BYTES", 2 * size + 1)
+    assert list(store.iter_blocks()) == chain
+    assert batches == [2 * size] * 4 + [size]
+    batches.clear()
+    monkeypatch.setattr(store_module, "READ_BATCH_BYTES", 1)  # smaller than any block: one
+    assert list(store.iter_blocks(start=6)) == chain[6:]
+    assert batches == [size] * 3
+    batches.clear()
+    monkeypatch.setattr(store_module, "READ_BATCH_BLOCKS", 4)
+    monkeypatch.setattr(store_module, "READ_BATCH_BYTES", 1 << 30)
+    assert list(store.iter_blocks(start=1)) == chain[1:]
+    assert batches == [4 * size, 4 * size]
+    store.close()
 
 
 def test_iter_blocks_spans_several_read_batches(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ nothing acknowledged; a coordinator resumes from the head."""
 from __future__ import annotations
 
 import dataclasses
+import gc
 import random
 import signal
 import sqlite3
@@ -20,7 +21,17 @@ from fedchain.cli import app
 from fedchain.errors import InvalidBlock, LedgerStoreError
 from fedchain.ledger.chain import Chain
 from fedchain.ledger.codec import decode, encode
-from fedchain.ledger.objects import Block, compute_block_hash, compute_tx_root
+from fedchain.ledger.containers import LedgerState, ParticipantState
+from fedchain.ledger.objects import (
+    Attestation,
+    Block,
+    ContributionRecord,
+    ModelVersion,
+    RewardDeltas,
+    UpdateCommitment,
+    compute_block_hash,
+    compute_tx_root,
+)
 from fedchain.ledger.synthetic import SyntheticFederation, write_synthetic_ledger
 from fedchain.ledger.verify import verify_ledger
 
@@ -56,6 +67,51 @@ def test_synthetic_ledger_verifies_with_expected_summary(tmp_path):
     # every block's hash by height, and every update named (commitments = model inputs here)
     assert report.block_hashes[-1] == report.head_hash and len(report.block_hashes) == 7
     assert len(report.update_hashes) == 30 and [h for h, _ in report.update_hashes][:5] == [1] * 5
+
+
+PER_ROUND = (
+    Block,
+    UpdateCommitment,
+    Attestation,
+    ModelVersion,
+    ContributionRecord,
+    RewardDeltas,
+    LedgerState,
+    ParticipantState,
+)
+
+
+def count_live(kinds: tuple[type, ...]) -> dict[str, int]:
+    gc.collect()
+    counts = dict.fromkeys((k.__name__ for k in kinds), 0)
+    for obj in gc.get_objects():
+        if type(obj) in kinds:
+            counts[type(obj).__name__] += 1
+    return counts
+
+
+@pytest.mark.parametrize("rounds", [3, 12])
+def test_verify_without_details_keeps_nothing_per_round(tmp_path, rounds):
+    """`fedchain verify` of a ledger file (details=False) keeps no block, transaction or past
+    state: what it holds afterwards is the last state (one participant table) and a few hashes a
+    block, the same objects at 3 and at 12 rounds. Were memory to grow with rounds again (a
+    list of blocks, commitments or states kept for the report), this would count them."""
+    path = tmp_path / "ledger.db"
+    write_synthetic_ledger(path, participants=4, rounds=rounds)
+    before = count_live(PER_ROUND)
+    report = verify_ledger(path, details=False)
+    after = count_live(PER_ROUND)
+    assert report.ok and report.final_height == rounds - 1
+    kept = {kind: after[kind] - before[kind] for kind in after}
+    assert kept == dict.fromkeys(kept, 0) | {"LedgerState": 1, "ParticipantState": 4}
+    assert report.model_versions == report.update_hashes == report.round_records == ()
+    assert [h for h, _ in report.model_heads] == list(range(1, rounds + 1))
+    assert list(report.validators_by_height) == [rounds]  # the heights not yet final only
+    full = verify_ledger(path)
+    assert full.round_records and len(full.update_hashes) == 4 * rounds
+    details = ("model_versions", "update_hashes", "round_records", "seconds", "state")
+    assert dataclasses.replace(full, **{f: getattr(report, f) for f in details}) == report
+    assert full.validators_by_height == report.validators_by_height
 
 
 def test_run_directory_is_accepted(tmp_path):

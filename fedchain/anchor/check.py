@@ -60,9 +60,9 @@ def compute_ledger_statement(report: VerifyReport, height: int) -> AnchorStateme
 
 
 def _model_head_at(report: VerifyReport, height: int) -> Hash32:
-    heights = [h for h, _ in report.model_versions]
+    heights = [h for h, _ in report.model_heads]
     index = bisect.bisect_right(heights, height)
-    return report.model_versions[index - 1][1].model_hash if index else report.initial_model_hash
+    return report.model_heads[index - 1][1] if index else report.initial_model_hash
 
 
 def check_anchors(

@@ -129,7 +129,9 @@ def verify(
     """
     saved = [(p, *load_checkpoint(p)) for p in checkpoint or ()]  # a bad file: fail at once
     with ledger_progress() as (progress, on_block), CachingVerifier() as verifier:
-        report = verify_ledger(path, on_block=on_block, verifier=verifier)
+        # a bare ledger file needs nothing per transaction: memory stays bounded by its largest
+        # block; a run directory's file and score checks need the updates and rounds it names
+        report = verify_ledger(path, on_block=on_block, verifier=verifier, details=path.is_dir())
         files = _check_files(path, report, progress)
     refused = [
         f"checkpoint {file} (height {point.height}): {reason}"

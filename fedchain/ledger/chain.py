@@ -68,7 +68,7 @@ class Chain:
     @classmethod
     def open(cls, path: Path, *, verifier: Verifier = PLAIN) -> Chain:
         """Reopen a ledger for appending, resuming from the state its full verification ends in."""
-        report = verify_ledger(Path(path), verifier=verifier)
+        report = verify_ledger(Path(path), verifier=verifier, details=False)
         if not report.ok or report.state is None:
             raise LedgerStoreError(
                 f"{path}: cannot resume a ledger that fails verification: {report.failure}"

@@ -35,6 +35,7 @@ __all__ = [
     "FINALITY_NUMERATOR",
     "MAX_PROPOSER_ATTEMPT",
     "PROPOSER_SEED_DOMAIN",
+    "FinalityTracker",
     "check_extends",
     "compute_finalized_height",
     "compute_proposer",
@@ -160,6 +161,64 @@ def _is_supermajority(
     total = sum(validators.values())
     attesting = sum(stake for key, stake in validators.items() if highest.get(key, -1) >= height)
     return attesting * FINALITY_DENOMINATOR >= total * FINALITY_NUMERATOR
+
+
+class FinalityTracker:
+    """Finality followed block by block, keeping the validators of heights not yet final only.
+
+    :func:`compute_finalized_height` needs each height's pre-state validators, but never looks
+    at a height at or below one already known final; a replay (``fedchain verify``) thus need
+    not keep them. Give each block's pre-state validators (:meth:`add_block`), then each
+    attestation it carries, in block order (:meth:`attest`). Each kept height holds its
+    attesting stake, raised as attestations move validators' highest heights up, and a height
+    whose attesting stake reaches the supermajority becomes :attr:`final_height`, dropping the
+    heights up to it. Attested heights only move up, so such a height stays final:
+    ``compute_finalized_height(tracker.validators_by_height, last_attested, tracker.final_height)``
+    equals the call over every height, for the same ``last_attested``.
+
+    Work: each attestation adds its validator's stake to the kept heights it newly covers, so
+    O(validators x heights) in all, like building the full map once. Memory: the validators of
+    the heights above the final one (a few on a chain whose validators attest; every height on a
+    chain that never becomes final, as the rule requires).
+    """
+
+    def __init__(self) -> None:
+        self.final_height = 0
+        self.validators_by_height: dict[int, dict[PublicKey, int]] = {}
+        self._totals: dict[int, int] = {}
+        self._attesting: dict[int, int] = {}
+        self._highest: dict[PublicKey, int] = {}
+
+    def add_block(self, height: int, validators: Mapping[PublicKey, int]) -> None:
+        """Block ``height``'s pre-state validators and their stakes."""
+        kept = dict(validators)
+        self.validators_by_height[height] = kept
+        self._totals[height] = sum(kept.values())
+        self._attesting[height] = sum(
+            stake for key, stake in kept.items() if self._highest.get(key, -1) >= height
+        )
+
+    def attest(self, validator: PublicKey, height: int) -> None:
+        """``validator`` attested block ``height`` (its highest yet, as the ledger requires)."""
+        previous = self._highest.get(validator, -1)
+        if height <= previous:
+            return
+        self._highest[validator] = height
+        final = self.final_height
+        for covered in range(max(previous, final) + 1, height + 1):
+            validators = self.validators_by_height.get(covered)
+            stake = None if validators is None else validators.get(validator)
+            if stake is None:
+                continue
+            attesting = self._attesting[covered] + stake
+            self._attesting[covered] = attesting
+            if attesting * FINALITY_DENOMINATOR >= self._totals[covered] * FINALITY_NUMERATOR:
+                final = covered
+        for dropped in range(self.final_height + 1, final + 1):
+            self.validators_by_height.pop(dropped, None)
+            self._totals.pop(dropped, None)
+            self._attesting.pop(dropped, None)
+        self.final_height = final
 
 
 # --------------------------------------------------------------------------------------------------

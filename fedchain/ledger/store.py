@@ -44,7 +44,8 @@ FORMAT_VERSION = 4
 HASH_SIZE = 32  # bytes: SHA-256 block hashes, Ed25519 public keys
 LEDGER_FILENAME = "ledger.db"  # inside a run directory (fedchain.runs.layout re-exports it)
 BUSY_TIMEOUT_S = 10.0  # how long to wait for a lock (a checkpoint, another writer) before failing
-READ_BATCH_BLOCKS = 128  # blocks fetched per query by iter_blocks (≈ 3 MiB at 25 KiB per block)
+READ_BATCH_BLOCKS = 128  # at most this many blocks fetched per query by iter_blocks
+READ_BATCH_BYTES = 4 << 20  # and at most this many bytes of them (or one block, if bigger)
 MAX_INT64 = 2**63 - 1
 
 _SCHEMA = (
@@ -70,6 +71,8 @@ _SELECT_FROM = (
     "SELECT height, hash, parent, round, proposer, data FROM blocks"
     " WHERE height >= ? ORDER BY height LIMIT ?"
 )
+# SQLite reads a blob's length from its record header, without loading the blob
+_SELECT_SIZES = "SELECT length(data) FROM blocks WHERE height >= ? ORDER BY height LIMIT ?"
 
 
 @dataclass(frozen=True)
@@ -353,6 +356,11 @@ class LedgerStore:
     def iter_blocks(self, start: int = 0) -> Iterator[StoredBlock]:
         """Blocks from ``start`` up to the head, in height order, read in batches.
 
+        A batch holds at most :data:`READ_BATCH_BLOCKS` blocks and :data:`READ_BATCH_BYTES`
+        of them (one block if it alone is bigger), sized from the blocks' lengths first, so
+        reading a ledger holds a few MiB of it at a time whatever its length or its blocks'
+        size.
+
         Raises (never skips) on a missing height or a damaged row. It stops only when no block
         is stored above the last one yielded, so blocks appended meanwhile are included. Trailing
         blocks deleted behind the store's back look like a shorter chain here; only a later final
@@ -362,7 +370,14 @@ class LedgerStore:
             raise LedgerStoreError(f"{self._path}: cannot iterate from height {start!r}")
         expected = start
         while True:
-            rows = self._query_all(_SELECT_FROM, (expected, READ_BATCH_BLOCKS))
+            sizes = self._query_all(_SELECT_SIZES, (expected, READ_BATCH_BLOCKS))
+            batch = total = 0
+            for (size,) in sizes:  # not an int: a damaged row, refused once read
+                total += size if type(size) is int else 0
+                if batch and total > READ_BATCH_BYTES:
+                    break
+                batch += 1
+            rows = self._query_all(_SELECT_FROM, (expected, batch)) if batch else []
             if not rows:
                 return
             for row in rows:
@@ -373,6 +388,7 @@ class LedgerStore:
                     )
                 yield _block_from_row(row, self._path)
                 expected += 1
+            del rows  # before the next query: one batch in memory at a time
 
     # ----------------------------------------------------------------------------------------------
     # Appending

@@ -15,6 +15,16 @@ them), the genesis initial model hash and the updates the ledger names, so the m
 (:mod:`fedchain.runs.registry`) can check a run's model and update files without reading the
 ledger a second time, and every block's hash, so that a data holder's saved checkpoint can be
 checked against the ledger (:func:`check_checkpoint`).
+
+Memory. The replay holds one block at a time (the store reads a bounded number of bytes ahead),
+the state (the participant table) and, per block, only what the protocol keeps for good: the
+block hashes (attestations, evidence and anchors name any past height) and each model version's
+model hash (anchors state the model head at their height), about 100 bytes a block. Finality
+keeps the validators of the heights not yet final only
+(:class:`~fedchain.ledger.consensus.FinalityTracker`). What grows with the transactions (the
+model versions with their update lists, the updates named, the round records:
+:attr:`VerifyReport.model_versions`, ``update_hashes``, ``round_records``) is collected only
+with ``details=True``, for the checks of a run directory's files and scores.
 """
 
 from __future__ import annotations
@@ -28,12 +38,13 @@ from pathlib import Path
 from fedchain.errors import LedgerError
 from fedchain.ledger.checkpoints import check_extends
 from fedchain.ledger.codec import compute_hash, decode
-from fedchain.ledger.consensus import compute_finalized_height, get_validators
+from fedchain.ledger.consensus import FinalityTracker, compute_finalized_height, get_validators
 from fedchain.ledger.containers import LedgerState, ParticipantState
 from fedchain.ledger.genesis import process_genesis_block
 from fedchain.ledger.lightclient import Checkpoint
 from fedchain.ledger.objects import (
     AnchorReceipt,
+    Attestation,
     Block,
     ContributionRecord,
     Genesis,
@@ -75,12 +86,16 @@ class VerifyReport:
     final_height: int = 0
     model_head: bytes = b""
     initial_model_hash: bytes = b""  # the genesis model (round 0)
+    model_heads: tuple[tuple[int, bytes], ...] = ()
+    """``(height, model hash)`` of every verified block's ModelVersion, in chain order: the
+    global model after each height (always collected)."""
     model_versions: tuple[tuple[int, ModelVersion], ...] = ()
-    """``(height, model version)`` of every verified block's ModelVersion, in chain order."""
+    """``(height, model version)`` of every verified block's ModelVersion, in chain order
+    (``details`` only)."""
     update_hashes: tuple[tuple[int, bytes], ...] = ()
     """``(height, update hash)`` of every update a verified block names (its UpdateCommitments
     and its ModelVersion's ``update_hashes``), each hash once, where first named: the updates
-    the run directory must archive (``updates/``)."""
+    the run directory must archive (``updates/``; ``details`` only)."""
     block_hashes: tuple[bytes, ...] = field(default=(), repr=False)
     """Every verified block's hash, by height."""
     rounds: int = 0
@@ -92,13 +107,16 @@ class VerifyReport:
     retried_proposals: int = 0  # blocks whose proposer is not the first choice (attempt > 0)
     seconds: float = 0.0
     state: LedgerState | None = field(default=None, repr=False, compare=False)
-    round_records: tuple[RoundRecord, ...] = field(default=(), repr=False, compare=False)
     """The state after the last verified block (what a resuming coordinator continues from)."""
+    round_records: tuple[RoundRecord, ...] = field(default=(), repr=False, compare=False)
+    """What each round's scores are recomputed from (``details`` only)."""
     validators_by_height: Mapping[int, Mapping[PublicKey, int]] = field(
         default_factory=dict, repr=False, compare=False
     )
-    """Each verified block's pre-state validators and stakes (a resuming coordinator's input to
-    :func:`~fedchain.ledger.consensus.compute_finalized_height`)."""
+    """The pre-state validators and stakes of each verified block above ``final_height`` (a
+    resuming coordinator's input to
+    :func:`~fedchain.ledger.consensus.compute_finalized_height`, which never looks at a height
+    at or below one already final)."""
     anchor_receipts: tuple[tuple[int, AnchorReceipt], ...] = field(default=(), repr=False)
     """``(height, receipt)`` of every verified block's AnchorReceipt, in chain order (checked
     against their witnesses by :mod:`fedchain.anchor.check`)."""
@@ -166,18 +184,20 @@ class _CheckedRows:
 
 
 class _Tally:
-    """The statistics collected while blocks are replayed in order."""
+    """The statistics collected while blocks are replayed in order (the per-transaction ones,
+    growing with the ledger, only with ``details``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, details: bool) -> None:
+        self.details = details
         self.state: LedgerState | None = None
-        self.validators_by_height: dict[int, dict[PublicKey, int]] = {}
+        self.finality = FinalityTracker()
         self.tx_counts: Counter[str] = Counter()
         self.signatures = 0
         self.retried = 0
         self.blocks = 0
+        self.model_heads: list[tuple[int, bytes]] = []
         self.model_versions: list[tuple[int, ModelVersion]] = []
         self.update_hashes: dict[bytes, int] = {}
-        self.block_hashes: list[bytes] = []
         self.rounds: list[RoundRecord] = []
         self.anchor_receipts: list[tuple[int, AnchorReceipt]] = []
 
@@ -192,23 +212,29 @@ class _Tally:
                     "the genesis hash in the file's metadata is not the stored genesis"
                 )
         else:
-            self.validators_by_height[height] = dict(get_validators(pre))
-            self._record_round(pre, block)
+            self.finality.add_block(height, dict(get_validators(pre)))
+            if self.details:
+                self._record_round(pre, block)
             self.signatures += 1
             self.retried += block.header.attempt > 0
+        details = self.details
         for tx in block.transactions:  # the block is valid: record what it carries
             kind = type(tx).__name__
             self.tx_counts[kind] += 1
             self.signatures += _count_signatures(tx)
-            if isinstance(tx, ModelVersion):
-                self.model_versions.append((height, tx))
-                for update_hash in tx.update_hashes:
-                    self.update_hashes.setdefault(update_hash, height)
+            if isinstance(tx, Attestation):
+                self.finality.attest(tx.validator, tx.height)
+            elif isinstance(tx, ModelVersion):
+                self.model_heads.append((height, tx.model_hash))
+                if details:
+                    self.model_versions.append((height, tx))
+                    for update_hash in tx.update_hashes:
+                        self.update_hashes.setdefault(update_hash, height)
             elif isinstance(tx, UpdateCommitment):
-                self.update_hashes.setdefault(tx.update_hash, height)
+                if details:
+                    self.update_hashes.setdefault(tx.update_hash, height)
             elif isinstance(tx, AnchorReceipt):
                 self.anchor_receipts.append((height, tx))
-        self.block_hashes.append(step.post.head_hash)
         self.blocks += 1
 
     def _record_round(self, pre: LedgerState, block: Block) -> None:
@@ -218,14 +244,16 @@ class _Tally:
             return
         record = next((tx for tx in txs if isinstance(tx, ContributionRecord)), None)
         commitments = tuple(tx for tx in txs if isinstance(tx, UpdateCommitment))
-        self.rounds.append(RoundRecord(pre.participants, commitments, version, record))
+        committers = {c.public_key: pre.participants[c.public_key] for c in commitments}
+        self.rounds.append(RoundRecord(committers, commitments, version, record))
 
 
 @dataclass(frozen=True)
 class RoundRecord:
-    """What a round's scores can be recomputed from: the participants as the round began, the
-    accepted commitments in block order (the order the coordinator scored them in), the model
-    version (its parent is the round's starting model) and the recorded scores."""
+    """What a round's scores can be recomputed from: the committers' participant states as the
+    round began (not the whole table: a round keeps what its weights need), the accepted
+    commitments in block order (the order the coordinator scored them in), the model version
+    (its parent is the round's starting model) and the recorded scores."""
 
     participants: Mapping[PublicKey, ParticipantState]
     commitments: tuple[UpdateCommitment, ...]
@@ -258,6 +286,7 @@ def verify_ledger(
     *,
     on_block: Callable[[int, int], None] | None = None,
     verifier: Verifier = PLAIN,
+    details: bool = True,
 ) -> VerifyReport:
     """Verify the ledger at ``path`` (a ledger file or a run directory) from genesis.
 
@@ -265,10 +294,13 @@ def verify_ledger(
     ``on_block(height, head_height)`` is called after each verified block (progress display).
     ``verifier`` checks the signatures: pass a
     :class:`~fedchain.ledger.signatures.CachingVerifier` for speed on a long chain.
+    ``details=False`` leaves out what grows with the transactions (``model_versions``,
+    ``update_hashes``, ``round_records``): memory then stays bounded by the largest block, the
+    state and about 100 bytes a block (see the module docstring).
     """
     started = time.perf_counter()
     path = Path(path)
-    tally = _Tally()
+    tally = _Tally(details)
     failure: VerifyFailure | None = None
     genesis_hash = b""
     rows: _CheckedRows | None = None
@@ -297,7 +329,10 @@ def _report(
     state = tally.state
     if state is None:
         return VerifyReport(path, failure or VerifyFailure(None, "no blocks"), seconds=seconds)
-    final = compute_finalized_height(tally.validators_by_height, state.last_attested.items())
+    finality = tally.finality
+    final = compute_finalized_height(
+        finality.validators_by_height, state.last_attested.items(), finality.final_height
+    )
     participants = state.participants.values()
     return VerifyReport(
         path=path,
@@ -309,9 +344,10 @@ def _report(
         final_height=final,
         model_head=state.model_head,
         initial_model_hash=state.genesis.initial_model_hash,
+        model_heads=tuple(tally.model_heads),
         model_versions=tuple(tally.model_versions),
         update_hashes=tuple((height, h) for h, height in tally.update_hashes.items()),
-        block_hashes=tuple(tally.block_hashes),
+        block_hashes=tuple(state.block_hashes),
         rounds=state.round,
         tx_counts=dict(sorted(tally.tx_counts.items())),
         signatures=tally.signatures,
@@ -322,7 +358,7 @@ def _report(
         seconds=seconds,
         state=state,
         round_records=tuple(tally.rounds),
-        validators_by_height=tally.validators_by_height,
+        validators_by_height={h: v for h, v in finality.validators_by_height.items() if h > final},
         anchor_receipts=tuple(tally.anchor_receipts),
     )
 
