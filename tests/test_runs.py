@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 import clients.client_app
 import fedchain.runs.prepare
 from fedchain.cli import app
-from fedchain.cli.simulate import resumable_run
+from fedchain.cli.resume import resumable_run
 from fedchain.config import RUN_ID_PATTERN, RunConfig
 from fedchain.errors import ConfigError, FedchainError, PartitionError
 from fedchain.ledger.verify import verify_ledger

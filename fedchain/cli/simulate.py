@@ -7,17 +7,16 @@ default, read from :data:`fedchain.config.DEFAULTS`, so ``--help`` cannot drift 
 
 from __future__ import annotations
 
-import os
-import sys
 from importlib.metadata import EntryPoint
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
 
 from fedchain.cli.common import console
 from fedchain.cli.launch import Launcher, check_ray_address, find_launcher
+from fedchain.cli.resume import leave_interrupted, resumable_run
 from fedchain.cli.round_lines import format_round
 from fedchain.config import (
     DEFAULTS,
@@ -31,10 +30,8 @@ from fedchain.data.partition import PARTITIONERS
 from fedchain.data.sources import SOURCES
 from fedchain.errors import ConfigError, FedchainError
 from fedchain.learning.attacks import ATTACKS, Attack, attacker_indices, parse_attackers
-from fedchain.ledger.chain import Chain
 from fedchain.rounds.coordinator import RoundOutcome
-from fedchain.runs.federation import remove_unregistered_models
-from fedchain.runs.layout import CONFIG_FILENAME, LEDGER_FILENAME
+from fedchain.runs.layout import CONFIG_FILENAME
 from fedchain.runs.prepare import make_rules_for, new_run_id, prepare_run
 
 
@@ -515,39 +512,6 @@ def _configure(
     return config
 
 
-def resumable_run(run_dir: Path) -> tuple[RunConfig, Path]:
-    """The configuration of an unfinished run in ``run_dir``, its lost round's leftovers gone.
-
-    The ledger head's round ``k`` is what was done: a round in progress when the run was killed
-    never reached the ledger and runs again. Its model files are removed
-    (:func:`fedchain.runs.federation.remove_unregistered_models`, as a resumed deployment does);
-    the round's update pack is named by its round, so the repeated round replaces it, and
-    ``metrics.json`` keeps only the rows of rounds on the ledger (fedchain.runs.session).
-    """
-    if not (run_dir / CONFIG_FILENAME).is_file():
-        raise ConfigError(f"{run_dir}: not a run directory (no {CONFIG_FILENAME})")
-    config = load_config_file(run_dir / CONFIG_FILENAME)
-    if not config.ledger:
-        raise ConfigError(
-            f"{run_dir}: a run with the ledger off cannot resume: nothing records which rounds "
-            "were done; start a new run"
-        )
-    if not (run_dir / LEDGER_FILENAME).is_file():
-        raise ConfigError(f"{run_dir}: no {LEDGER_FILENAME}; not a fedchain run directory")
-    with Chain.open(run_dir / LEDGER_FILENAME) as chain:
-        done = chain.state.round
-    if done >= config.rounds:
-        raise ConfigError(
-            f"{run_dir}: all {config.rounds} rounds are on the ledger; nothing to resume"
-        )
-    for path in remove_unregistered_models(run_dir):
-        console.print(f"removed {path.name} (saved by round {done + 1}, never on the ledger)")
-    console.print(
-        f"resuming run {config.run_id}: ledger at round {done} of {config.rounds}", highlight=False
-    )
-    return config, run_dir
-
-
 def _announce(config: RunConfig) -> None:
     mode = "ledger on" if config.ledger else "ledger off (Flower's own strategy)"
     console.print(
@@ -581,26 +545,6 @@ def _announce(config: RunConfig) -> None:
         )
 
 
-def _leave_interrupted(config: RunConfig, run_dir: Path) -> NoReturn:
-    """Ctrl-C: say how to go on and leave at once, as a crash would. Flower's ServerApp thread
-    cannot be stopped (it waits for replies up to the round timeout, and the interpreter would
-    wait for it at exit: a first Ctrl-C used to leave the command hanging). Leaving now loses
-    nothing: every block the ledger appended is whole (one SQLite transaction each), model and
-    update files are written atomically, and a killed run resumes (tests/test_simulate_e2e.py);
-    the watchdog of :mod:`server.simulation` stops Ray's processes once this one is gone."""
-    if config.ledger:
-        message = (
-            "interrupted: the ledger keeps every block it appended; continue with\n"
-            f"  fedchain simulate --resume {run_dir}"
-        )
-    else:
-        message = f"interrupted (ledger off: this run cannot resume); its files are in {run_dir}"
-    console.print(message, markup=False, highlight=False)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(130)  # 128 + SIGINT, as a shell reports a command stopped by Ctrl-C
-
-
 def _run(
     config: RunConfig, run_dir: Path, launcher: EntryPoint, ray_address: str | None = None
 ) -> None:
@@ -615,7 +559,7 @@ def _run(
     try:
         run_simulated(config, run_dir, report, ray_address=ray_address)
     except KeyboardInterrupt:
-        _leave_interrupted(config, run_dir)
+        leave_interrupted(config, run_dir)
     except FedchainError as e:
         raise FedchainError(f"{e} (run directory {run_dir})") from None
     if "accuracy" in final:

@@ -41,6 +41,7 @@ __all__ = [
     "compute_classes",
     "compute_label_values",
     "read_labelled_text",
+    "read_text_source",
     "tokenize",
 ]
 
@@ -240,3 +241,70 @@ def _load_tokenizer(tokenizer_dir: Path) -> Any:
         raise DataSourceError(
             f"{tokenizer_dir}: cannot load a tokenizer from this directory: {exc}"
         ) from exc
+
+
+def read_text_source(
+    root: str | Path | None, split: str, options: TextOptions
+) -> tuple[str, np.ndarray, np.ndarray, tuple[str, ...]]:
+    """Labelled text, tokenized (:mod:`fedchain.data.labelled_text`), from ``root``: one
+    ``.csv``/``.jsonl`` file (splits ``train`` and ``all``), or a folder holding ``train`` and
+    ``test`` files (``train.csv`` or ``train.jsonl``, ...; ``all`` is both).
+
+    The class list is ``options.classes`` when given, else every label name in the folder's
+    train and test files (or in the one file), sorted, so that both splits agree on it.
+    Returns ``(name, token ids and masks, labels, classes)``; ``split`` is checked by the caller.
+    """
+    if root is None:
+        raise DataSourceError(
+            "text: pass the data as --root: a .csv or .jsonl file, or a folder holding "
+            "train.csv and test.csv (or .jsonl)"
+        )
+    if options.tokenizer is None:
+        raise DataSourceError("text: a local tokenizer directory is required (--tokenizer DIR)")
+    path = Path(root)
+    files = _text_files(path)
+    if path.is_file() and split == "test":
+        raise DataSourceError(
+            f"text: {path} is one file, with no test split; put train and test files "
+            "(train.csv and test.csv, or .jsonl) in a folder and pass the folder"
+        )
+    read = {
+        name: read_labelled_text(file, options.text_column, options.label_column)
+        for name, file in files.items()
+    }
+    classes = options.classes or compute_classes(
+        label for _, labels in read.values() for label in labels
+    )
+    if len(set(classes)) != len(classes) or not classes:
+        raise DataSourceError(f"text: the class list must be non-empty and distinct: {classes}")
+    wanted = ("train", "test") if split == "all" or path.is_file() else (split,)
+    texts: list[str] = []
+    ys: list[np.ndarray] = []
+    for name in wanted:
+        if name in read:
+            texts += read[name][0]
+            ys.append(compute_label_values(files[name], read[name][1], classes))
+    x = tokenize(texts, options.tokenizer, options.max_length)
+    return f"text:{path}", x, np.concatenate(ys), tuple(classes)
+
+
+def _text_files(path: Path) -> dict[str, Path]:
+    """``{"train": file}`` for one file; ``{"train": ..., "test": ...}`` for a folder."""
+    if path.is_file():
+        if path.suffix not in TEXT_SUFFIXES:
+            raise DataSourceError(f"text: {path} must end in {' or '.join(TEXT_SUFFIXES)}")
+        return {"train": path}
+    if not path.is_dir():
+        raise DataSourceError(f"text: {path} does not exist")
+    files: dict[str, Path] = {}
+    for name in ("train", "test"):
+        found = [path / f"{name}{suffix}" for suffix in TEXT_SUFFIXES]
+        present = [f for f in found if f.is_file()]
+        if len(present) != 1:
+            what = "both" if present else "neither"
+            raise DataSourceError(
+                f"text: {path} must hold one {name} file, {found[0].name} or {found[1].name}; "
+                f"it has {what}"
+            )
+        files[name] = present[0]
+    return files
