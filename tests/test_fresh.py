@@ -154,24 +154,30 @@ def test_readme_single_client_file_has_the_same_split(tmp_path, monkeypatch):
     assert np.array_equal(full.x, alone.x) and np.array_equal(full.y, alone.y)
 
 
-def test_make_test_finds_or_installs_chromium_or_says_what_to_install(tmp_path):
-    """On a machine without Chromium (and no apt-get to install it), `make test` stops at once
-    with one line naming the package, instead of failing one test after a long run."""
+def make_on_an_empty_path(tmp_path: Path, *args: str) -> list[str]:
+    """``make ARGS`` in the repository with nothing on PATH (no Chromium, no apt-get): it must
+    fail; what it said on stderr, without make's own lines."""
     make = shutil.which("make")
     if make is None:
         pytest.skip("make is not installed")
     empty = tmp_path / "bin"
     empty.mkdir()
     result = subprocess.run(
-        [make, "--no-print-directory", "-C", str(ROOT), "chromium"],
+        [make, "--no-print-directory", "-C", str(ROOT), *args],
         env={"PATH": str(empty), "HOME": str(tmp_path)},
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert result.returncode != 0
-    said = [line for line in result.stderr.splitlines() if not line.startswith("make: ")]
-    assert len(said) == 1 and "apt-get install chromium" in said[0], result.stderr
+    return [line for line in result.stderr.splitlines() if not line.startswith("make: ")]
+
+
+def test_make_test_finds_or_installs_chromium_or_says_what_to_install(tmp_path):
+    """On a machine without Chromium (and no apt-get to install it), `make test` stops at once
+    with one line naming the package, instead of failing one test after a long run."""
+    said = make_on_an_empty_path(tmp_path, "chromium")
+    assert len(said) == 1 and "apt-get install chromium" in said[0], said
     makefile = (ROOT / "Makefile").read_text()
     assert re.search(r"^test: .*\bchromium\b", makefile, flags=re.M)
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
@@ -181,28 +187,8 @@ def test_make_test_finds_or_installs_chromium_or_says_what_to_install(tmp_path):
 def test_make_test_finds_or_installs_fashion_mnist_or_says_what_to_install(tmp_path):
     """Likewise for the real-data tests' Fashion-MNIST (Debian's dataset-fashion-mnist), and
     the Makefile looks where the fashion-mnist source does."""
-    make = shutil.which("make")
-    if make is None:
-        pytest.skip("make is not installed")
-    empty = tmp_path / "bin"
-    empty.mkdir()
-    result = subprocess.run(
-        [
-            make,
-            "--no-print-directory",
-            "-C",
-            str(ROOT),
-            "fashion-mnist",
-            f"FASHION_MNIST={tmp_path / 'none'}",
-        ],
-        env={"PATH": str(empty), "HOME": str(tmp_path)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode != 0
-    said = [line for line in result.stderr.splitlines() if not line.startswith("make: ")]
-    assert len(said) == 1 and "apt-get install dataset-fashion-mnist" in said[0], result.stderr
+    said = make_on_an_empty_path(tmp_path, "fashion-mnist", f"FASHION_MNIST={tmp_path / 'none'}")
+    assert len(said) == 1 and "apt-get install dataset-fashion-mnist" in said[0], said
     makefile = (ROOT / "Makefile").read_text()
     assert re.search(r"^test: .*\bfashion-mnist\b", makefile, flags=re.M)
     default = re.search(r"^FASHION_MNIST \?= (\S+)$", makefile, flags=re.M)
