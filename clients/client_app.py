@@ -61,7 +61,7 @@ from torch import nn
 from fedchain.crypto.identity import public_key_bytes
 from fedchain.data.holder import DataHolder, load_configured_holder, load_simulated_holder
 from fedchain.data.sources import ArrayDataset
-from fedchain.errors import ConfigError, LedgerError, PrivacyBudgetSpent
+from fedchain.errors import ConfigError, LedgerError, TrainingRefused
 from fedchain.learning.architectures import build_model, load_numpy_state, state_to_numpy
 from fedchain.learning.attacks import (
     Attack,
@@ -98,6 +98,7 @@ from fedchain.rounds import messages as m
 from fedchain.rounds import replica_files
 from fedchain.rounds.participant import (
     CheckedView,
+    check_agreed_training,
     check_base_model,
     check_privacy_budget,
     check_view_replayed,
@@ -337,8 +338,12 @@ def train(msg: Message, context: Context) -> Message:
         tally = _tally_dir(context, holder, config)
         released = _released(context, state, tally)
         try:
+            settings = m.decode_train_settings(config)
+            check_agreed_training(
+                state.genesis.rules, int(config[m.SERVER_ROUND]), settings.local_epochs
+            )
             check_privacy_budget(state, holder.public_key, released)
-        except PrivacyBudgetSpent as exc:  # nothing leaves; the ledger duties are still done
+        except TrainingRefused as exc:  # nothing leaves; the ledger duties are still done
             log(WARNING, "fedchain client %d: %s", holder.index, exc)
             return _refusal_reply(msg, duties, str(exc))
         rules = state.genesis.rules

@@ -64,8 +64,17 @@ class InvalidBlock(LedgerError):
     """A block fails a ledger check (height, parent, proposer, signature, roots, or a tx in it)."""
 
 
-class PrivacyBudgetSpent(FedchainError):
+class TrainingRefused(FedchainError):
+    """A client declines to train in a round (it still does its ledger duties)."""
+
+
+class PrivacyBudgetSpent(TrainingRefused):
     """A client has used every participation its federation's privacy budget allows."""
+
+
+class UseNotAgreed(TrainingRefused):
+    """A train message asks for more than the federation's contract allows: a round past its
+    ``max_rounds``, or more local epochs than its ``max_local_epochs``."""
 
 
 class LedgerStoreError(LedgerError):

@@ -128,6 +128,8 @@ FIELDS: dict[int, tuple[tuple[str, Any], ...]] = {  # spec §3, transcribed
         ("dp_max_epsilon_micro", INT),
         ("dp_max_participations", INT),
         ("model", (4,)),
+        ("max_rounds", INT),
+        ("max_local_epochs", INT),
     ),
     4: (
         ("architecture", STR),

@@ -100,8 +100,8 @@ RULES = make_rules(  # every field given: the known answers below must not follo
 OTHER_FEDERATION = hashlib.sha256(b"another federation").digest()
 
 # Known answers (Ed25519 signatures are deterministic, so whole blocks are).
-KNOWN_GENESIS_BLOCK_HASH = "6c25fd92dcc2c786b372982efb1c0fc5b35c8d01a0ab47199abbe83d9ae60877"
-KNOWN_BLOCK_1_HASH = "942950802b713e24de0bb704c232151660531248eeaf10f5c10ae61680a7bb0e"
+KNOWN_GENESIS_BLOCK_HASH = "ba428a3dacf64ba7fdd632d79000cb509fac762a03d9836d22ddb68de0e6b29e"
+KNOWN_BLOCK_1_HASH = "8debec100ec2efcaf0590f626622157062a81b3a967558d336874a605a8f3342"
 
 
 def digest(text: str) -> bytes:

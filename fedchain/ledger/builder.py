@@ -64,6 +64,8 @@ def make_rules(
     update_archive_rounds: int = ARCHIVE_ALL_ROUNDS,
     dp: Mapping[str, int | str] | None = None,
     model: ModelRecord | None = None,
+    max_rounds: int = 0,
+    max_local_epochs: int = 0,
 ) -> Rules:
     """:class:`Rules` with mappings turned into sorted tuples.
 
@@ -71,7 +73,8 @@ def make_rules(
     picks its own (base units for stakes and rewards, basis points for fractions). ``dp``:
     the differential privacy fields (``dp_mode``, ``dp_noise_micro``, ...; none: DP off), e.g.
     :func:`fedchain.privacy.accountant.compute_dp_rules`. ``model``: the model record (none:
-    the empty record, which says nothing about the model).
+    the empty record, which says nothing about the model). ``max_rounds``, ``max_local_epochs``:
+    the rules of data use (0: no limit).
     """
     if slash_bps is None:
         slash_bps = {DOUBLE_SIGN: 5_000}
@@ -89,6 +92,8 @@ def make_rules(
         update_archive_rounds=update_archive_rounds,
         **(dp or {}),  # type: ignore[arg-type]
         model=model or ModelRecord(),
+        max_rounds=max_rounds,
+        max_local_epochs=max_local_epochs,
     )
 
 

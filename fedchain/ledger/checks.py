@@ -1,5 +1,6 @@
 """Value checks and display ids that the genesis and the transaction rules share: key and hash
-sizes, the Ed25519 key acceptance rule, strict ordering, and short ids for error messages."""
+sizes, the Ed25519 key acceptance rule, strict ordering, the agreed rounds, and short ids for
+error messages."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ from typing import Any
 from fedchain.crypto import ed25519
 from fedchain.crypto.identity import fingerprint
 from fedchain.errors import InvalidTransaction
-from fedchain.ledger.objects import HASH_SIZE, PublicKey
+from fedchain.ledger.objects import HASH_SIZE, PublicKey, Rules
 
 __all__ = [
+    "check_agreed_round",
     "check_participant_key",
     "check_size",
     "describe_hash",
@@ -48,3 +50,13 @@ def describe_key(key: bytes) -> str:
 
 def describe_hash(value: bytes) -> str:
     return value[:8].hex() + "…" if len(value) == HASH_SIZE else f"<{len(value)} bytes>"
+
+
+def check_agreed_round(rules: Rules, round_: int, what: str) -> None:
+    """Refuse ``what`` for a round past the genesis's ``max_rounds`` (0: no limit): every
+    participant registered for that many rounds and no more."""
+    if rules.max_rounds and round_ > rules.max_rounds:
+        raise InvalidTransaction(
+            f"{what} is for round {round_}, past the {rules.max_rounds} rounds the genesis's "
+            "participants agreed to"
+        )

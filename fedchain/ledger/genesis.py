@@ -156,6 +156,8 @@ def _check_genesis(genesis: Genesis) -> None:
             f"reputation_penalty_bps = {rules.reputation_penalty_bps} is outside "
             f"0..{BPS_DENOMINATOR}"
         )
+    if rules.max_rounds < 0 or rules.max_local_epochs < 0:
+        raise fail("max_rounds and max_local_epochs must be >= 0 (0: no limit)")
     if rules.update_archive_rounds < ARCHIVE_ALL_ROUNDS:
         raise fail(
             f"update_archive_rounds = {rules.update_archive_rounds}: {ARCHIVE_ALL_ROUNDS} (every "

@@ -168,6 +168,11 @@ class Rules:
 
     ``model`` is the model and base every participant trains (:class:`ModelRecord`): part of the
     rules, so the federation id, and with it every registration, binds it.
+
+    The rules of data use every registration agrees to: ``max_rounds``, the last round any
+    update may be committed for (the ledger refuses later commitments and model versions), and
+    ``max_local_epochs``, the most local epochs a round may ask of a holder (each holder's client
+    refuses more; the ledger cannot see epochs). 0: no limit (synthetic ledgers).
     """
 
     TAG: ClassVar[int] = 1
@@ -191,6 +196,8 @@ class Rules:
     dp_max_epsilon_micro: int = 0
     dp_max_participations: int = 0
     model: ModelRecord = ModelRecord()
+    max_rounds: int = 0
+    max_local_epochs: int = 0
 
 
 @dataclass(frozen=True, slots=True)

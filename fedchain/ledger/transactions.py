@@ -26,6 +26,7 @@ from fedchain.crypto.identity import (
 )
 from fedchain.errors import InvalidTransaction
 from fedchain.ledger.checks import (
+    check_agreed_round,
     check_participant_key,
     check_size,
     describe_hash,
@@ -175,6 +176,7 @@ def apply_update_commitment(work: Working, tx: UpdateCommitment, encoding: bytes
             f"commitment is for run {tx.run_id!r}, this ledger is run {work.pre.genesis.run_id!r}"
         )
     _check_round(work, tx.round, "commitment")
+    check_agreed_round(work.pre.genesis.rules, tx.round, "a commitment")
     if tx.round <= work.model_round:
         raise InvalidTransaction(f"round {tx.round} is closed: its model version is registered")
     if tx.public_key in work.round_commits:
@@ -233,6 +235,7 @@ def _describe_mechanism(mechanism: tuple[int, int, int]) -> str:
 
 def apply_model_version(work: Working, tx: ModelVersion, encoding: bytes) -> None:
     _check_round(work, tx.round, "model version")
+    check_agreed_round(work.pre.genesis.rules, tx.round, "a model version")
     if tx.round <= work.model_round:
         raise InvalidTransaction(
             f"a model version for round {work.model_round} is already registered; one per round"

@@ -21,12 +21,12 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedchain.crypto.hashing import compute_update_hash
-from fedchain.errors import InvalidBlock, PrivacyBudgetSpent
+from fedchain.errors import InvalidBlock, PrivacyBudgetSpent, UseNotAgreed
 from fedchain.ledger.builder import sign_attestation, sign_commitment, sign_header
 from fedchain.ledger.codec import encode
 from fedchain.ledger.containers import LedgerState
 from fedchain.ledger.lightclient import Checkpoint, check_head
-from fedchain.ledger.objects import DP_OFF, compute_block_hash
+from fedchain.ledger.objects import DP_OFF, Rules, compute_block_hash
 from fedchain.ledger.signatures import PLAIN, Verifier
 from fedchain.rounds.messages import Duties, LedgerView, SignedHeights
 from fedchain.rounds.replica import (
@@ -113,6 +113,23 @@ def check_privacy_budget(state: LedgerState, public_key: bytes, released: int = 
         raise PrivacyBudgetSpent(
             f"privacy budget spent ({spent} of {rules.dp_max_participations} participations, "
             f"epsilon {rules.dp_max_epsilon_micro / 10**6:g}): not training"
+        )
+
+
+def check_agreed_training(rules: Rules, round_: int, local_epochs: int) -> None:
+    """Refuse a train message that asks for more than the genesis's rules of data use: a round
+    past ``max_rounds`` or more than ``max_local_epochs`` local epochs (0: no limit). Every
+    participant signed those rules when it registered; the coordinator's message cannot widen
+    them. Raises :class:`~fedchain.errors.UseNotAgreed`."""
+    if rules.max_rounds and round_ > rules.max_rounds:
+        raise UseNotAgreed(
+            f"round {round_} is past the {rules.max_rounds} rounds this federation's contract "
+            "allows: not training"
+        )
+    if rules.max_local_epochs and local_epochs > rules.max_local_epochs:
+        raise UseNotAgreed(
+            f"{local_epochs} local epochs asked, the federation's contract allows "
+            f"{rules.max_local_epochs}: not training"
         )
 
 

@@ -147,6 +147,8 @@ def make_rules_for(config: RunConfig, model: ModelRecord | None = None) -> Rules
         update_archive_rounds=config.archive_rounds,
         dp=dp,
         model=model,
+        max_rounds=config.rounds,
+        max_local_epochs=config.local_epochs,
     )
 
 

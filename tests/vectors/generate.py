@@ -171,7 +171,13 @@ def build_golden() -> Golden:
     stakes, examples = (10_000, 6_000, 3_000), (100, 200, 300)
     # pays in part and carries (payout rule), and client-level differential privacy, so the
     # replay counts participations (spec §9.5, §9.6)
-    rules = make_rules(payout_min_score=100_000, dp=GOLDEN_DP, model=GOLDEN_MODEL)
+    rules = make_rules(
+        payout_min_score=100_000,
+        dp=GOLDEN_DP,
+        model=GOLDEN_MODEL,
+        max_rounds=3,  # the golden federation's 3 rounds are all its participants agreed to
+        max_local_epochs=2,
+    )
     federation_id = compute_federation_id("golden", rules)
     genesis = make_genesis(
         "golden",

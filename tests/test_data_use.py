@@ -1,0 +1,119 @@
+"""The rules of data use on the genesis (issue 13, spec §9.8): how many rounds and how many
+local epochs a round every registration agreed to. The ledger refuses a commitment or a model
+version past ``max_rounds``; a holder's client refuses a train message asking for more epochs
+or a later round, and still does its ledger duties.
+
+Pre -> op -> post on real genesis states and the real ClientApp on an in-process grid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+
+from clients import client_app
+from fedchain.config import RunConfig
+from fedchain.crypto.identity import public_key_bytes
+from fedchain.errors import InvalidBlock, InvalidTransaction, UseNotAgreed
+from fedchain.ledger.builder import make_genesis, make_rules, sign_genesis_participant
+from fedchain.ledger.genesis import compute_genesis_block, compute_genesis_state
+from fedchain.ledger.objects import ModelVersion, compute_federation_id
+from fedchain.ledger.state import process_transaction
+from fedchain.rounds import messages as m
+from fedchain.rounds.participant import check_agreed_training
+from fedchain.runs.prepare import prepare_run
+from fedchain.runs.registry import load_model
+from server.inprocess_grid import NODE_BASE, InProcessGrid
+from server.strategy import parse_reply, to_array_record
+from tests.test_privacy import KEYS, RUN, commit
+
+
+def genesis_state(max_rounds: int, max_local_epochs: int = 0):  # type: ignore[no-untyped-def]
+    rules = make_rules(min_stake=100, max_rounds=max_rounds, max_local_epochs=max_local_epochs)
+    federation = compute_federation_id(RUN, rules)
+    participants = [
+        sign_genesis_participant(
+            k, federation, stake=1_000, dataset_hash=bytes(32), num_examples=50
+        )
+        for k in KEYS
+    ]
+    genesis = make_genesis(RUN, participants, initial_model_hash=bytes([9]) * 32, rules=rules)
+    return compute_genesis_state(genesis)
+
+
+def test_the_ledger_refuses_commitments_and_models_past_the_agreed_rounds() -> None:
+    state = genesis_state(max_rounds=1)
+    accepted = process_transaction(state, commit(state, 0, 1), 1)
+    assert public_key_bytes(KEYS[0]) in accepted.round_commits
+    with pytest.raises(InvalidTransaction, match="past the 1 rounds the genesis's participants"):
+        process_transaction(state, commit(state, 0, 2), 2)
+    version = ModelVersion(
+        2, bytes([7]) * 32, state.model_head, (), state.genesis.rules.aggregation_rule
+    )
+    with pytest.raises(InvalidTransaction, match="a model version is for round 2, past the 1"):
+        process_transaction(state, version, 2)
+    unlimited = genesis_state(max_rounds=0)  # 0: no limit (synthetic ledgers)
+    assert process_transaction(unlimited, commit(unlimited, 0, 5), 5).round_commits
+
+
+def test_invalid_negative_limits_make_the_genesis_invalid() -> None:
+    genesis = genesis_state(max_rounds=1).genesis
+    bad = dataclasses.replace(genesis, rules=dataclasses.replace(genesis.rules, max_rounds=-1))
+    with pytest.raises(InvalidBlock, match="max_rounds and max_local_epochs must be >= 0"):
+        compute_genesis_state(bad)
+
+
+def test_check_agreed_training_refuses_later_rounds_and_more_epochs() -> None:
+    rules = genesis_state(max_rounds=3, max_local_epochs=2).genesis.rules
+    check_agreed_training(rules, 3, 2)
+    with pytest.raises(UseNotAgreed, match="round 4 is past the 3 rounds"):
+        check_agreed_training(rules, 4, 1)
+    with pytest.raises(
+        UseNotAgreed, match="3 local epochs asked, the federation's contract allows 2"
+    ):
+        check_agreed_training(rules, 1, 3)
+
+
+def test_a_simulated_federation_records_its_rounds_and_epochs(tmp_path: Path) -> None:
+    setup = prepare_run(
+        RunConfig(run_id="use", out=str(tmp_path), clients=2, rounds=3, local_epochs=1, model="mlp")
+    )
+    assert (setup.genesis.rules.max_rounds, setup.genesis.rules.max_local_epochs) == (3, 1)
+
+
+def test_invalid_a_coordinator_asking_more_epochs_than_agreed_gets_a_refusal(
+    tmp_path: Path,
+) -> None:
+    """The coordinator's message asks 5 local epochs where the genesis says 1: the client
+    answers with its refusal and its duties, no update, no commitment."""
+    setup = prepare_run(
+        RunConfig(run_id="use", out=str(tmp_path), clients=2, rounds=2, local_epochs=1, model="mlp")
+    )
+    state = compute_genesis_state(setup.genesis)
+    view = m.encode_ledger_view(
+        state.genesis_hash, setup.genesis.run_id, [compute_genesis_block(setup.genesis)], 0, None
+    )
+    model = load_model(setup.run_dir, setup.genesis.initial_model_hash)
+    record = {
+        **m.encode_train_settings(setup.config, setup.run_dir),
+        m.SERVER_ROUND: 1,
+        m.BASE_MODEL_HASH: setup.genesis.initial_model_hash,
+        **view,
+    }
+    grid = InProcessGrid(client_app.app, 2)
+
+    def send(**changes: object) -> Message:
+        content = RecordDict(
+            {m.CONFIG: ConfigRecord({**record, **changes}), m.ARRAYS: to_array_record(model)}
+        )
+        (reply,) = grid.send_and_receive([Message(content, NODE_BASE, MessageType.TRAIN)])
+        return reply
+
+    refused = parse_reply(send(**{m.LOCAL_EPOCHS: 5}), model=model)
+    assert refused.update is None and refused.commitment == b""
+    assert "5 local epochs asked, the federation's contract allows 1" in refused.error
+    honest = parse_reply(send(), model=model)
+    assert honest.error == "" and honest.update is not None
