@@ -23,11 +23,11 @@ from typing import Any
 from fedchain.config import RunConfig, merge_config, write_config
 from fedchain.crypto import identity
 from fedchain.durable import write_atomically
-from fedchain.errors import ConfigError, FedchainError, SignatureError
+from fedchain.errors import ConfigError, FedchainError, LedgerError, SignatureError
 from fedchain.ledger.builder import make_genesis
 from fedchain.ledger.chain import Chain
-from fedchain.ledger.codec import MAX_INT
-from fedchain.ledger.objects import HASH_SIZE, Hash32, Rules, compute_federation_id
+from fedchain.ledger.codec import MAX_INT, decode, encode
+from fedchain.ledger.objects import HASH_SIZE, Hash32, ModelRecord, Rules, compute_federation_id
 from fedchain.ledger.verify import verify_ledger
 from fedchain.runs.layout import (
     CONFIG_FILENAME,
@@ -36,7 +36,7 @@ from fedchain.runs.layout import (
     LEDGER_FILENAME,
     run_dir_of,
 )
-from fedchain.runs.prepare import load_run_source, make_model_and_rules
+from fedchain.runs.prepare import load_run_source, make_model_and_rules, make_rules_for
 from fedchain.runs.registration import (
     MAX_REGISTERED_EXAMPLES,
     ParticipantEntry,
@@ -91,7 +91,8 @@ class Federation:
     join_timeout: float  # seconds the ServerApp waits for min_clients to connect
     settings: Mapping[str, Any]  # kebab-case RunConfig settings
     participants: tuple[ParticipantEntry, ...]
-    federation_id: Hash32  # what registrations sign: compute_federation_id_of(run_id, settings)
+    federation_id: Hash32  # what registrations sign: compute_federation_id_of(...)
+    model: ModelRecord  # the model record the settings gave at init (the rules' model)
 
 
 def has_ledger(fed_dir: Path) -> bool:
@@ -125,6 +126,9 @@ def init_federation(
         name, secrets.token_hex(SALT_HEX_CHARS // 2) if salt is None else salt
     )
     checked = _check_settings(settings, str(fed_dir))
+    # the model record: the model built once, here, for the coordinator's test data (torch, the
+    # data source and the base file); later loads check the id from the record kept
+    model = make_federation_rules(_settings_config(fed_dir, run_id, checked)).model
     federation = Federation(
         fed_dir,
         name,
@@ -133,7 +137,8 @@ def init_federation(
         _check_join_timeout(join_timeout, str(fed_dir)),
         checked,
         (),
-        compute_federation_id_of(fed_dir, run_id, checked),  # settings valid as a RunConfig
+        compute_federation_id_of(fed_dir, run_id, checked, model),
+        model,
     )
     fed_dir.mkdir(parents=True, exist_ok=True)
     _write_federation(federation)
@@ -165,11 +170,12 @@ def load_federation(fed_dir: Path) -> Federation:
             "register for it"
         )
     federation_id = parse_federation_id(str(meta["id"]), f"{path}: [federation] id")
+    model = _decode_model(meta.get("model"), path)
     run_id = str(meta["run-id"])
     if not run_id.startswith(f"{name}-"):
         raise ConfigError(f"{path}: the run id {run_id!r} is not the name {name!r} and a salt")
     compute_run_id_of(name, run_id[len(name) + 1 :])  # the salt's form
-    if compute_federation_id_of(fed_dir, run_id, settings) != federation_id:
+    if compute_federation_id_of(fed_dir, run_id, settings, model) != federation_id:
         raise ConfigError(
             f"{path}: the run id or rule settings changed since `fedchain federation init`: the "
             f"registrations are signed for federation {federation_id.hex()}, which these settings "
@@ -190,6 +196,7 @@ def load_federation(fed_dir: Path) -> Federation:
         settings=settings,
         participants=participants,
         federation_id=federation_id,
+        model=model,
     )
 
 
@@ -202,19 +209,36 @@ def compute_run_id_of(name: str, salt: str) -> str:
     return f"{name}-{salt}"
 
 
-def compute_federation_id_of(fed_dir: Path, run_id: str, settings: Mapping[str, Any]) -> Hash32:
+def compute_federation_id_of(
+    fed_dir: Path, run_id: str, settings: Mapping[str, Any], model: ModelRecord
+) -> Hash32:
     """The federation id (:func:`~fedchain.ledger.objects.compute_federation_id`) of the genesis
-    these settings make: ``run_id`` (:func:`compute_run_id_of`) is its run id, the settings fix
-    its rules (the participants and the initial model, made at first start, are not part of
-    it)."""
+    these settings make: ``run_id`` (:func:`compute_run_id_of`) is its run id, the settings and
+    the model record made from them at init (``model``) fix its rules (the participants and the
+    initial model, made at first start, are not part of it). Cheap: nothing is built."""
+    config = _settings_config(fed_dir, run_id, settings)
+    return compute_federation_id(run_id, make_rules_for(config, model))
+
+
+def _settings_config(fed_dir: Path, run_id: str, settings: Mapping[str, Any]) -> RunConfig:
     base = RunConfig(run_id=run_id, out=str(fed_dir), clients=1)
     # RunConfig.stake only has to pass its stake >= min-stake check (as in compute_run_config)
     stake = settings.get("min-stake", RunConfig.min_stake)
     try:
-        config = merge_config(base, {**settings, "stake": stake})
+        return merge_config(base, {**settings, "stake": stake})
     except ConfigError as e:
         raise ConfigError(f"{fed_dir}: {e}") from None
-    return compute_federation_id(run_id, make_federation_rules(config))
+
+
+def _decode_model(value: object, path: Path) -> ModelRecord:
+    """``[federation] model``: the hex encoding of the model record made at init."""
+    try:
+        return decode(ModelRecord, bytes.fromhex(str(value)))
+    except (ValueError, LedgerError):
+        raise ConfigError(
+            f"{path}: lacks a readable [federation] model record (made by an older fedchain?); "
+            "create the federation again with `fedchain federation init`"
+        ) from None
 
 
 def make_federation_rules(config: RunConfig) -> Rules:
@@ -369,6 +393,7 @@ def _write_federation(federation: Federation) -> None:
             "name": federation.name,
             "run-id": federation.run_id,
             "id": federation.federation_id.hex(),
+            "model": encode(federation.model).hex(),
             "min-clients": federation.min_clients,
             "join-timeout": federation.join_timeout,
         },
@@ -410,6 +435,13 @@ def prepare_federation_run(federation: Federation) -> tuple[Path, RunConfig, boo
         check_approved_app(entry)
     test = load_run_source(config, "test")
     model, rules = make_model_and_rules(config, tuple(test.x.shape[1:]), len(test.classes))
+    if rules.model != federation.model:
+        raise ConfigError(
+            f"{federation.path}: the model built now is not the one recorded at `fedchain "
+            "federation init` (the task module, torchvision/peft, or the base weights file "
+            "changed), so the registrations are signed for another model; restore it, or create "
+            "a new federation"
+        )
     initial_hash = save_model(run_dir, state_to_numpy(model))
     participants = [p.participant for p in federation.participants]
     genesis = make_genesis(
