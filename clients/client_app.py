@@ -62,7 +62,7 @@ from fedchain.crypto.identity import public_key_bytes
 from fedchain.data.holder import DataHolder, load_configured_holder, load_simulated_holder
 from fedchain.data.sources import ArrayDataset
 from fedchain.errors import ConfigError, LedgerError, TrainingRefused
-from fedchain.learning.architectures import build_model, load_numpy_state, state_to_numpy
+from fedchain.learning.architectures import load_numpy_state, state_to_numpy
 from fedchain.learning.attacks import (
     Attack,
     compute_attacked_reply,
@@ -70,8 +70,7 @@ from fedchain.learning.attacks import (
     compute_zero_update,
     flip_labels,
 )
-from fedchain.learning.base import read_base
-from fedchain.learning.record import model_from_record
+from fedchain.learning.record import build_from_file, model_from_record
 from fedchain.learning.task import Task, load_task
 from fedchain.learning.training import (
     TrainConfig,
@@ -455,16 +454,14 @@ def _model(
         record = rules.model
         model = model_from_record(record, shape, classes, holder.base_weights or None)
         return model, load_task(record.architecture)
-    base = read_base(holder.base_weights) if holder.base_weights else None
-    model = build_model(
+    model, _ = build_from_file(
         settings.model,
         shape,
         classes,
         seed=0,
         finetune=settings.finetune,
         lora_rank=settings.lora_rank,
-        base=base,
-        base_dir=Path(holder.base_weights).parent if base else None,
+        base_weights=holder.base_weights or None,
     )
     return model, load_task(settings.model)
 

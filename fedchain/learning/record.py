@@ -20,31 +20,68 @@ from fedchain.learning.architectures import build_model, state_to_numpy, trainab
 from fedchain.learning.base import compute_base_hash, read_base, read_checked_base
 from fedchain.ledger.objects import EMPTY_HASH, ModelRecord
 
-__all__ = ["check_initial_model", "model_for_config", "model_for_run", "model_from_record"]
+__all__ = [
+    "build_from_file",
+    "check_initial_model",
+    "model_for_config",
+    "model_for_run",
+    "model_from_record",
+]
+
+
+def build_from_file(
+    name: str,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    *,
+    seed: int,
+    finetune: str,
+    lora_rank: int,
+    base_weights: str | Path | None,
+    expected: bytes | None = None,
+) -> tuple[nn.Module, bytes]:
+    """:func:`~fedchain.learning.architectures.build_model` with the base read from the file
+    ``base_weights`` (none: no base), refused unless its hash is ``expected`` when one is given;
+    ``(model, base hash)`` (:data:`EMPTY_HASH` without a base)."""
+    if not base_weights:
+        base = None
+    elif expected is None:
+        base = read_base(base_weights)
+    else:
+        base = read_checked_base(base_weights, expected)
+    model = build_model(
+        name,
+        input_shape,
+        num_classes,
+        seed=seed,
+        finetune=finetune,
+        lora_rank=lora_rank,
+        base=base,
+        base_dir=Path(base_weights).parent if base_weights else None,
+    )
+    return model, EMPTY_HASH if base is None else compute_base_hash(base)
 
 
 def model_for_config(
     config: RunConfig, input_shape: tuple[int, ...], num_classes: int, *, seed: int
 ) -> tuple[nn.Module, ModelRecord]:
     """The initial model of a run with ``config`` (built with ``seed``) and its record."""
-    base = read_base(config.base_weights) if config.base_weights else None
     rank = config.lora_rank if config.finetune == "lora" else 0
-    model = build_model(
+    model, base_hash = build_from_file(
         config.model,
         input_shape,
         num_classes,
         seed=seed,
         finetune=config.finetune,
         lora_rank=rank,
-        base=base,
-        base_dir=Path(config.base_weights).parent if base else None,
+        base_weights=config.base_weights or None,
     )
     record = ModelRecord(
         architecture=config.model,
         finetune=config.finetune,
         lora_rank=rank,
-        base_hash=EMPTY_HASH if base is None else compute_base_hash(base),
-        base_source=config.base_source or (Path(config.base_weights).name if base else ""),
+        base_hash=base_hash,
+        base_source=config.base_source or Path(config.base_weights).name,
         base_licence=config.base_licence,
         trainable=trainable_names(model),
     )
@@ -65,24 +102,22 @@ def model_from_record(
     file's hash is not the record's, or when the model built here trains other tensors than the
     record lists (another version of the task module, torchvision or peft).
     """
-    base = None
-    if record.base_hash != EMPTY_HASH:
-        if not base_weights:
-            raise ConfigError(
-                f"this federation fine-tunes the base model {record.base_hash.hex()[:16]}… "
-                f"({record.base_source or 'source not stated'}): give your copy of its weights "
-                "file (--base-weights)"
-            )
-        base = read_checked_base(base_weights, record.base_hash)
-    model = build_model(
+    has_base = record.base_hash != EMPTY_HASH
+    if has_base and not base_weights:
+        raise ConfigError(
+            f"this federation fine-tunes the base model {record.base_hash.hex()[:16]}… "
+            f"({record.base_source or 'source not stated'}): give your copy of its weights "
+            "file (--base-weights)"
+        )
+    model, _ = build_from_file(
         record.architecture,
         input_shape,
         num_classes,
         seed=seed,
         finetune=record.finetune,
         lora_rank=record.lora_rank,
-        base=base,
-        base_dir=Path(base_weights).parent if base_weights and base else None,
+        base_weights=base_weights if has_base else None,
+        expected=record.base_hash,
     )
     names = trainable_names(model)
     if names != record.trainable:
