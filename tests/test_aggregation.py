@@ -4,6 +4,9 @@ refusals."""
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 from typing import Any
 
 import numpy as np
@@ -936,3 +939,24 @@ def test_screened_keeps_sign_flippers_and_free_riders_out_when_it_measures_the_s
     assert result.reasons[6:] == ("harmful", "harmful", "useless", "useless")
     np.testing.assert_allclose(result.arrays["w"], np.mean(honest, axis=0), rtol=1e-6, atol=1e-6)
     assert result.note.startswith("averaged the helpful updates")
+
+
+def test_the_blas_limit_holds_the_blas_the_kernels_call() -> None:
+    """In a fresh process (scipy not yet imported), the one-thread limit covers scipy's BLAS,
+    which the weighted average calls: the limit used to be made before scipy was loaded and
+    missed it (axpy then ran on two threads, up to 100x slower beside torch's workers)."""
+    probe = (
+        "import threadpoolctl\n"
+        "from fedchain.aggregation.kernels import _blas, single_blas_thread\n"
+        "with single_blas_thread():\n"
+        "    _blas()\n"
+        "    info = threadpoolctl.threadpool_info()\n"
+        "print(sorted({(i['filepath'], i['num_threads']) for i in info if i['user_api'] == 'blas'"
+        " and 'scipy.libs' in i['filepath']}))\n"
+    )
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "2"}
+    out = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    assert "scipy.libs" in out  # scipy's own OpenBLAS is the one measured
+    assert out.strip().endswith("1)]"), out
