@@ -368,8 +368,9 @@ def test_invalid_utf8() -> None:
 def test_invalid_bool_byte() -> None:
     participant = ParticipantState(b"k", 1, 2, b"d", 3, True)
     encoded = bytearray(encode(participant))
-    assert encoded[-9] == 1  # active, before the i64 dp_participations
-    encoded[-9] = 2
+    # active, before the i64 dp_participations, the empty app digest and the i64 app_approvals
+    assert encoded[-21] == 1
+    encoded[-21] = 2
     with pytest.raises(DecodeError, match="not 0 or 1"):
         decode(ParticipantState, bytes(encoded))
 

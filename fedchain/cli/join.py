@@ -280,7 +280,8 @@ def _approved_app(
             for line in approval.describe_change(old_fab, fab):
                 console.print(f"  {line}", markup=False, highlight=False)
             version = app_bundle.fedchain_version()
-            entries.append(approval.sign_approval(key, federation, new, current, version))
+            sequence = len(entries) + 1
+            entries.append(approval.sign_approval(key, federation, new, current, sequence, version))
             approval.write_approvals(path, entries)
             console.print(
                 f"signed your approval into {path} (no secret: give it to the coordinator); "

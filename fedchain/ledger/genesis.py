@@ -63,6 +63,7 @@ def compute_genesis_state(genesis: Genesis) -> LedgerState:
             entry.dataset_hash,
             entry.num_examples,
             True,
+            app_digest=entry.app_digest,
         )
         for entry in genesis.participants
     }

@@ -416,6 +416,28 @@ class AnchorReceipt:
     proof: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class AppApproval:
+    """A data holder approves another app to run on its data (an upgrade): from now on its
+    node runs the app bundle whose SHA-256 is ``app_digest`` instead of ``replaces`` (the digest
+    it approved before: its registration's, or its previous approval's). ``sequence`` counts the
+    holder's approvals (1 for its first), so an old approval can never be replayed, not even
+    after the holder went back to an app it had left. Signed by ``public_key`` under the
+    app-approval domain with the federation id as the federation, like its registration.
+
+    The holder keeps it (``fedchain join --approve``); the coordinator records it as a
+    transaction (``fedchain coordinator approve``), and from that block on the ledger's state
+    names the new digest as the holder's approved app."""
+
+    TAG: ClassVar[int] = 50
+    public_key: PublicKey
+    app_digest: Hash32
+    replaces: Hash32
+    sequence: int
+    fedchain_version: str
+    signature: bytes
+
+
 Transaction: TypeAlias = (
     Registration
     | UpdateCommitment
@@ -426,6 +448,7 @@ Transaction: TypeAlias = (
     | Rejection
     | Attestation
     | AnchorReceipt
+    | AppApproval
 )
 BlockTransaction: TypeAlias = Transaction | Genesis
 """What a block may carry: transactions, or (block 0 only) the :class:`Genesis`."""
@@ -466,23 +489,6 @@ class Block:
     @property
     def header(self) -> BlockHeader:
         return self.signed_header.header
-
-
-@dataclass(frozen=True, slots=True)
-class AppApproval:
-    """A data holder approves another app to run on its data (an upgrade): from now on its
-    node runs the app bundle whose SHA-256 is ``app_digest`` instead of ``replaces`` (the digest
-    it approved before: its registration's, or an earlier approval's). Signed by ``public_key``
-    under the app-approval domain with the federation id as the federation, like its
-    registration. Not a transaction: the holder keeps it (``fedchain join --approve``) and gives
-    it to the coordinator, who can check it against the genesis."""
-
-    TAG: ClassVar[int] = 50
-    public_key: PublicKey
-    app_digest: Hash32
-    replaces: Hash32
-    fedchain_version: str
-    signature: bytes
 
 
 SignedObject: TypeAlias = (

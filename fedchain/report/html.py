@@ -414,7 +414,8 @@ def _html_who(entry: Mapping[str, Any]) -> str:
 def _html_events(report: Mapping[str, Any]) -> str:
     events = report["events"]
     lead = "Updates the coordinator refused, slashing with the evidence kind anyone can re-check, "
-    lead += "and ejections below the minimum stake."
+    lead += "ejections below the minimum stake, and the apps data holders approved (each signed "
+    lead += "by its holder)."
     if not events:
         return _section(
             "events",

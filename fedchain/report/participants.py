@@ -22,6 +22,7 @@ from fedchain.ledger.containers import (
 )
 from fedchain.ledger.objects import (
     SCORE_SCALE,
+    AppApproval,
     Block,
     ContributionRecord,
     Genesis,
@@ -36,6 +37,7 @@ from fedchain.ledger.objects import (
 )
 from fedchain.ledger.verify import ReplayStep
 from fedchain.report.inputs import ReportInputs
+from fedchain.text import compute_printable
 
 __all__ = ["HASH_PREFIX_CHARS", "compute_events", "compute_participants"]
 
@@ -200,7 +202,8 @@ def _describe_evidence(tx: SlashingEvidence) -> tuple[str, dict[str, Any]]:
 def compute_events(
     inputs: ReportInputs, steps: Sequence[ReplayStep], genesis: Genesis
 ) -> list[dict[str, Any]]:
-    """Rejected updates, slashing (with its evidence) and ejections, in ledger order.
+    """Rejected updates, slashing (with its evidence), ejections and holders' app approvals, in
+    ledger order.
 
     A slashing's ``stake_lost`` is what its block took from the offender beyond the block's
     explicit reward deltas (several offences of one key in one block: on the first).
@@ -219,6 +222,13 @@ def compute_events(
         for tx in block.transactions:
             if isinstance(tx, Rejection):
                 add(block, "rejected", tx.public_key, tx.reason)
+            elif isinstance(tx, AppApproval):
+                reason = (
+                    f"approved app {tx.app_digest.hex()[:16]}… in place of "
+                    f"{tx.replaces.hex()[:16]}… (its approval {tx.sequence}, fedchain "
+                    f"{compute_printable(tx.fedchain_version, 40)})"
+                )
+                add(block, "app-approved", tx.public_key, reason)
             elif isinstance(tx, SlashingEvidence):
                 reason, details = _describe_evidence(tx)
                 key = tx.offender

@@ -13,7 +13,7 @@ capped (:func:`quote_client_text`), and every reason is printable (:func:`comput
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +23,7 @@ from fedchain.errors import LedgerError
 from fedchain.ledger.codec import decode
 from fedchain.ledger.containers import LedgerState
 from fedchain.ledger.objects import (
+    AppApproval,
     Attestation,
     Rejection,
     Transaction,
@@ -99,6 +100,27 @@ def admit_attestation(
         return process_transaction(state, attestation, round_, verifier=verifier), attestation
     except LedgerError:
         return state, None  # a stale or bogus attestation: it proves nothing, record nothing
+
+
+def admit_app_approvals(
+    state: LedgerState,
+    approvals: Sequence[AppApproval],
+    round_: int,
+    *,
+    verifier: Verifier = PLAIN,
+) -> tuple[LedgerState, tuple[AppApproval, ...]]:
+    """The holders' approvals (:class:`AppApproval`) the ledger records now, by (key, sequence),
+    and the state after them. Each is recorded exactly when the transition accepts it: one
+    already recorded, forged or out of turn is left out (an inbox may hold approvals the ledger
+    already has: they are never recorded twice)."""
+    recorded = []
+    for approval in sorted(approvals, key=lambda a: (a.public_key, a.sequence, a.signature)):
+        try:
+            state = process_transaction(state, approval, round_, verifier=verifier)
+        except LedgerError:
+            continue
+        recorded.append(approval)
+    return state, tuple(recorded)
 
 
 def admit_update(
