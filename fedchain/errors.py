@@ -65,7 +65,12 @@ class InvalidBlock(LedgerError):
 
 
 class TrainingRefused(FedchainError):
-    """A client declines to train in a round (it still does its ledger duties)."""
+    """A client declines to train in a round (it still does its ledger duties). ``code``: the
+    ledger's reason code for it (:data:`fedchain.ledger.objects.REFUSAL_CODES`)."""
+
+    def __init__(self, message: str, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class PrivacyBudgetSpent(TrainingRefused):

@@ -103,12 +103,13 @@ def compute_client_reply(
 
 
 def _refusal(node_id: int, content: Mapping[str, object], problems: list[str]) -> ClientReply:
-    """A train reply in which the client declines to train (its privacy budget is spent) but
-    still does its ledger duties: its attestation and seal count; it sends no update."""
+    """A train reply in which the client declines to train (its privacy budget is spent, or the
+    message asks more than the contract allows) but still does its ledger duties: its
+    attestation and seal count; it sends no update, and may send its signed refusal."""
     extra = [name for name in content if not (type(name) is str and name in REFUSAL_RECORDS)]
     if extra:
         problems.append(f"unexpected record {quote_client_text(extra[0])}")
-    reason = m.decode_refusal(content.get(m.REFUSAL), problems)
+    reason, signed = m.decode_refusal(content.get(m.REFUSAL), problems)
     duties = m.decode_duties(content.get(m.DUTIES), problems)
     error = (
         "malformed reply: " + "; ".join(problems[:3])
@@ -120,6 +121,7 @@ def _refusal(node_id: int, content: Mapping[str, object], problems: list[str]) -
         attestation=duties.attestation,
         seal=duties.seal,
         checkpoint=duties.checkpoint,
+        refusal=b"" if problems else signed,
         error=error,
     )
 

@@ -12,17 +12,34 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 
 from clients import client_app
 from fedchain.config import RunConfig
-from fedchain.crypto.identity import public_key_bytes
+from fedchain.crypto.identity import Domain, public_key_bytes, sign
 from fedchain.errors import InvalidBlock, InvalidTransaction, UseNotAgreed
-from fedchain.ledger.builder import make_genesis, make_rules, sign_genesis_participant
+from fedchain.ledger.builder import (
+    make_genesis,
+    make_rules,
+    sign_genesis_participant,
+    sign_refusal,
+)
+from fedchain.ledger.codec import decode, encode
 from fedchain.ledger.genesis import compute_genesis_block, compute_genesis_state
-from fedchain.ledger.objects import ModelVersion, compute_federation_id
+from fedchain.ledger.objects import (
+    REFUSE_EPOCHS,
+    REFUSE_PRIVACY,
+    REFUSE_ROUNDS,
+    ModelVersion,
+    Refusal,
+    Rejection,
+    compute_federation_id,
+    signing_message,
+)
 from fedchain.ledger.state import process_transaction
 from fedchain.rounds import messages as m
+from fedchain.rounds.admission import admit_update
 from fedchain.rounds.participant import check_agreed_training
 from fedchain.runs.prepare import prepare_run
 from fedchain.runs.registry import load_model
@@ -117,3 +134,78 @@ def test_invalid_a_coordinator_asking_more_epochs_than_agreed_gets_a_refusal(
     assert "5 local epochs asked, the federation's contract allows 1" in refused.error
     honest = parse_reply(send(), model=model)
     assert honest.error == "" and honest.update is not None
+    # The refusal is the holder's own, signed: the coordinator records it as itself.
+    signed = decode(Refusal, refused.refusal)
+    assert (signed.round, signed.code) == (1, REFUSE_EPOCHS)
+    assert signed.public_key in {p.public_key for p in setup.genesis.participants}
+    admission = admit_update(state, refused, 1, None, model)
+    assert admission.txs == (signed,) and not admission.decision.accepted
+    assert "refused by the data holder (epochs-past-agreed), signed" in admission.decision.reason
+    # A coordinator that puts other words in the holder's mouth has no signature for them.
+    altered = dataclasses.replace(signed, detail="I refuse to work for you")
+    reply = dataclasses.replace(refused, refusal=encode(altered))
+    (fallback,) = admit_update(state, reply, 1, signed.public_key, model).txs
+    assert isinstance(fallback, Rejection)  # the coordinator's word, not the holder's
+
+
+COORDINATOR = Ed25519PrivateKey.from_private_bytes(bytes([77]) * 32)
+
+
+def refusal(state, i: int, round_: int, code: str, *, key=None):  # type: ignore[no-untyped-def]
+    """Holder ``i``'s refusal, signed by ``key`` (its own by default)."""
+    unsigned = Refusal(public_key_bytes(KEYS[i]), round_, code, "asked too much", b"")
+    signer = KEYS[i] if key is None else key
+    signature = sign(signer, Domain.REFUSAL, signing_message(unsigned), state.genesis_hash)
+    return dataclasses.replace(unsigned, signature=signature)
+
+
+def test_a_holders_signed_refusal_is_recorded() -> None:
+    state = genesis_state(max_rounds=1, max_local_epochs=2)
+    for tx, round_ in (
+        (refusal(state, 0, 2, REFUSE_ROUNDS), 2),
+        (refusal(state, 1, 1, REFUSE_EPOCHS), 1),
+    ):
+        assert process_transaction(state, tx, round_).round == round_
+    assert refusal(state, 0, 1, REFUSE_EPOCHS) == sign_refusal(
+        KEYS[0], state.genesis_hash, round=1, code=REFUSE_EPOCHS, detail="asked too much"
+    )
+
+
+@pytest.mark.parametrize(
+    ("forge", "message"),
+    [
+        ("signed by the coordinator", "bad signature on the Refusal"),
+        ("detail changed after signing", "bad signature on the Refusal"),
+        ("another federation", "bad signature on the Refusal"),
+        ("replayed in a later round", "refusal is for round 1, but the block is round 2"),
+        ("a round within the contract", "not past the contract's max_rounds"),
+        ("epochs with no epoch limit", "sets no max_local_epochs"),
+        ("privacy without DP", "no privacy budget"),
+        ("unknown code", "unknown refusal code"),
+    ],
+)
+def test_invalid_refusal_forged_by_a_coordinator(forge: str, message: str) -> None:
+    """A coordinator that makes up a holder's refusal (to explain away a round it did not send
+    the holder, say), or reuses a real one, is refused by the transition."""
+    state = genesis_state(max_rounds=1, max_local_epochs=2)
+    tx, round_ = refusal(state, 0, 1, REFUSE_EPOCHS), 1
+    if forge == "signed by the coordinator":
+        tx = refusal(state, 0, 1, REFUSE_EPOCHS, key=COORDINATOR)
+    elif forge == "detail changed after signing":
+        tx = dataclasses.replace(tx, detail="the holder asked to be left out")
+    elif forge == "another federation":
+        other = genesis_state(max_rounds=1, max_local_epochs=3)
+        tx = refusal(other, 0, 1, REFUSE_EPOCHS)
+    elif forge == "replayed in a later round":
+        round_ = 2
+    elif forge == "a round within the contract":
+        tx = refusal(state, 0, 1, REFUSE_ROUNDS)
+    elif forge == "epochs with no epoch limit":
+        state = genesis_state(max_rounds=1)
+        tx = refusal(state, 0, 1, REFUSE_EPOCHS)
+    elif forge == "privacy without DP":
+        tx = refusal(state, 0, 1, REFUSE_PRIVACY)
+    else:
+        tx = refusal(state, 0, 1, "felt like it")
+    with pytest.raises(InvalidTransaction, match=message):
+        process_transaction(state, tx, round_)

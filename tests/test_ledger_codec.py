@@ -33,6 +33,7 @@ from fedchain.ledger.objects import (
     HeaderPair,
     ModelRecord,
     ModelVersion,
+    Refusal,
     Registration,
     Rejection,
     RewardDeltas,
@@ -68,6 +69,7 @@ ALL_CLASSES: list[type] = [
     AnchorReceipt,
     AnchorStatement,
     AppApproval,
+    Refusal,
 ]
 
 # --------------------------------------------------------------------------------------------------

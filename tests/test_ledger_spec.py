@@ -105,7 +105,7 @@ def _golden() -> dict[str, Any]:
 # An independent reader, from docs/ledger-spec.md only (no fedchain.ledger import below this line)
 
 INT, BYTES, STR, BOOL = "i64", "bytes", "str", "bool"
-TX_TAGS = (3, 10, 11, 12, 13, 14, 15, 16, 17, 18, 50)
+TX_TAGS = (3, 10, 11, 12, 13, 14, 15, 16, 17, 18, 23, 50)
 FIELDS: dict[int, tuple[tuple[str, Any], ...]] = {  # spec §3, transcribed
     1: (
         ("min_stake", INT),
@@ -192,6 +192,13 @@ FIELDS: dict[int, tuple[tuple[str, Any], ...]] = {  # spec §3, transcribed
     19: (("genesis_hash", BYTES), ("height", INT), ("block_hash", BYTES), ("model_head", BYTES)),
     20: (("first", (31,)), ("second", (31,))),
     21: (("first", (17,)), ("second", (17,))),
+    23: (
+        ("public_key", BYTES),
+        ("round", INT),
+        ("code", STR),
+        ("detail", STR),
+        ("signature", BYTES),
+    ),
     30: (
         ("height", INT),
         ("round", INT),
@@ -235,9 +242,13 @@ DOMAINS = {
     11: b"fedchain/update-commitment/v1",
     17: b"fedchain/attestation/v1",
     31: b"fedchain/block-header/v1",
+    23: b"fedchain/refusal/v1",
     50: b"fedchain/app-approval/v1",
 }
-SIGNER = {2: "public_key", 10: "public_key", 11: "public_key", 17: "validator", 50: "public_key"}
+SIGNER = {
+    **{2: "public_key", 10: "public_key", 11: "public_key", 17: "validator"},
+    **{23: "public_key", 50: "public_key"},
+}
 
 
 def H(data: bytes) -> bytes:

@@ -7,6 +7,7 @@ participant's registration, made before the genesis exists, binds the federation
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -26,6 +27,7 @@ from fedchain.ledger.objects import (
     GenesisParticipant,
     Hash32,
     ModelRecord,
+    Refusal,
     Rules,
     SignedHeader,
     Transaction,
@@ -46,6 +48,7 @@ __all__ = [
     "sign_commitment",
     "sign_genesis_participant",
     "sign_header",
+    "sign_refusal",
 ]
 
 
@@ -161,6 +164,16 @@ def sign_commitment(
     unsigned = UpdateCommitment(*fields, b"")
     signature = sign(private_key, Domain.UPDATE, signing_message(unsigned), genesis_hash)
     return UpdateCommitment(*fields, signature)
+
+
+def sign_refusal(
+    private_key: Ed25519PrivateKey, genesis_hash: Hash32, *, round: int, code: str, detail: str
+) -> Refusal:
+    """A holder's refusal to train in ``round`` (``code``: one of
+    :data:`~fedchain.ledger.objects.REFUSAL_CODES`), signed for the federation ``genesis_hash``."""
+    unsigned = Refusal(public_key_bytes(private_key), round, code, detail, b"")
+    signature = sign(private_key, Domain.REFUSAL, signing_message(unsigned), genesis_hash)
+    return dataclasses.replace(unsigned, signature=signature)
 
 
 def sign_attestation(

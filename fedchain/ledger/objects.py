@@ -38,6 +38,11 @@ __all__ = [
     "FINETUNE_MODES",
     "HASH_SIZE",
     "MAX_ANCHOR_PROOF_SIZE",
+    "MAX_REFUSAL_DETAIL_CHARS",
+    "REFUSAL_CODES",
+    "REFUSE_EPOCHS",
+    "REFUSE_PRIVACY",
+    "REFUSE_ROUNDS",
     "SCORE_SCALE",
     "SIGNING_DOMAINS",
     "SLASHING_KINDS",
@@ -58,6 +63,7 @@ __all__ = [
     "ModelRecord",
     "ModelVersion",
     "PublicKey",
+    "Refusal",
     "Registration",
     "Rejection",
     "RewardDeltas",
@@ -369,6 +375,33 @@ class Rejection:
     reason: str
 
 
+REFUSE_ROUNDS = "round-past-agreed"
+REFUSE_EPOCHS = "epochs-past-agreed"
+REFUSE_PRIVACY = "privacy-budget-spent"
+REFUSAL_CODES = frozenset({REFUSE_ROUNDS, REFUSE_EPOCHS, REFUSE_PRIVACY})
+"""Why a holder's client refuses a train message, in a :class:`Refusal`: a round past the
+genesis's ``max_rounds``, more local epochs than its ``max_local_epochs``, or its privacy budget
+spent."""
+MAX_REFUSAL_DETAIL_CHARS = 200
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A holder's own signed refusal to train in ``round``: the train message asked for more
+    than the federation's rules of data use allow. ``code`` is one of :data:`REFUSAL_CODES`,
+    ``detail`` the holder's words (what was asked, what the contract allows; at most
+    :data:`MAX_REFUSAL_DETAIL_CHARS` characters). Signed by ``public_key`` under the refusal
+    domain with the genesis hash, so, unlike a :class:`Rejection`, it is the holder's word, not
+    the coordinator's: nobody else can record a refusal in its name."""
+
+    TAG: ClassVar[int] = 23
+    public_key: PublicKey
+    round: int
+    code: str
+    detail: str
+    signature: bytes
+
+
 @dataclass(frozen=True, slots=True)
 class Attestation:
     """A validator's signed vote for the block ``block_hash`` at ``height`` (and its ancestors)."""
@@ -449,6 +482,7 @@ Transaction: TypeAlias = (
     | Attestation
     | AnchorReceipt
     | AppApproval
+    | Refusal
 )
 BlockTransaction: TypeAlias = Transaction | Genesis
 """What a block may carry: transactions, or (block 0 only) the :class:`Genesis`."""
@@ -492,7 +526,13 @@ class Block:
 
 
 SignedObject: TypeAlias = (
-    GenesisParticipant | Registration | UpdateCommitment | Attestation | SignedHeader | AppApproval
+    GenesisParticipant
+    | Registration
+    | UpdateCommitment
+    | Attestation
+    | SignedHeader
+    | AppApproval
+    | Refusal
 )
 
 SIGNING_DOMAINS: dict[type, Domain] = {
@@ -502,6 +542,7 @@ SIGNING_DOMAINS: dict[type, Domain] = {
     Attestation: Domain.ATTESTATION,
     SignedHeader: Domain.BLOCK,
     AppApproval: Domain.APP_APPROVAL,
+    Refusal: Domain.REFUSAL,
 }
 """The signature domain of each signed class. A :class:`GenesisParticipant` and an
 :class:`AppApproval` sign with the federation id (:func:`compute_federation_id`) as the

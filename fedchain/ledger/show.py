@@ -23,6 +23,7 @@ from fedchain.ledger.objects import (
     ContributionRecord,
     Genesis,
     ModelVersion,
+    Refusal,
     Registration,
     Rejection,
     RewardDeltas,
@@ -103,6 +104,11 @@ def describe_transaction(tx: object) -> str:
             return f"rejection {_who(tx.public_key)} round={tx.round}: {printable(tx.reason)}"
         case Attestation():
             return f"attestation {_who(tx.validator)} → height {tx.height}"
+        case Refusal():
+            return (
+                f"refusal {_who(tx.public_key)} round={tx.round} {printable(tx.code)} (signed by "
+                f"the holder): {printable(tx.detail)}"
+            )
         case AppApproval():
             return (
                 f"app approval {_who(tx.public_key)} #{tx.sequence}: app "

@@ -49,6 +49,11 @@ from fedchain.ledger.objects import (
     DP_OFF,
     HASH_SIZE,
     MAX_ANCHOR_PROOF_SIZE,
+    MAX_REFUSAL_DETAIL_CHARS,
+    REFUSAL_CODES,
+    REFUSE_EPOCHS,
+    REFUSE_PRIVACY,
+    REFUSE_ROUNDS,
     SIGNING_DOMAINS,
     SLASHING_KINDS,
     AnchorReceipt,
@@ -59,6 +64,7 @@ from fedchain.ledger.objects import (
     HeaderPair,
     ModelVersion,
     PublicKey,
+    Refusal,
     Registration,
     Rejection,
     RewardDeltas,
@@ -425,6 +431,35 @@ def apply_rejection(work: Working, tx: Rejection, encoding: bytes) -> None:
         raise InvalidTransaction("a rejection must give its reason")
 
 
+def apply_refusal(work: Working, tx: Refusal, encoding: bytes) -> None:
+    """A holder's signed refusal to train in this round, for a reason the genesis's rules can
+    support: a round past ``max_rounds`` (checked: the round is past it), more local epochs than
+    ``max_local_epochs`` (the limit exists; the ledger cannot see epochs), or its privacy budget
+    spent (the federation is private; the holder's own count may be ahead of the ledger's). Its
+    signature makes it the holder's word; changes nothing but the record."""
+    _check_round(work, tx.round, "refusal")
+    if tx.public_key not in work.participants:
+        raise InvalidTransaction(f"participant {describe_key(tx.public_key)} is not registered")
+    if tx.code not in REFUSAL_CODES:
+        raise InvalidTransaction(
+            f"unknown refusal code {tx.code!r} (known: {', '.join(sorted(REFUSAL_CODES))})"
+        )
+    rules = work.pre.genesis.rules
+    if tx.code == REFUSE_ROUNDS and not 0 < rules.max_rounds < tx.round:
+        raise InvalidTransaction(
+            f"round {tx.round} is not past the contract's max_rounds ({rules.max_rounds}; 0: none)"
+        )
+    if tx.code == REFUSE_EPOCHS and rules.max_local_epochs == 0:
+        raise InvalidTransaction("the contract sets no max_local_epochs to refuse by")
+    if tx.code == REFUSE_PRIVACY and rules.dp_mode == DP_OFF:
+        raise InvalidTransaction("the federation has no privacy budget to have spent")
+    if len(tx.detail) > MAX_REFUSAL_DETAIL_CHARS:
+        raise InvalidTransaction(
+            f"refusal detail is {len(tx.detail)} characters (at most {MAX_REFUSAL_DETAIL_CHARS})"
+        )
+    _check_signature(work, tx, tx.public_key, encoding)
+
+
 def apply_attestation(work: Working, tx: Attestation, encoding: bytes) -> None:
     participant = work.participants.get(tx.validator)
     if participant is None or not is_active_validator(participant, work.pre.genesis.rules):
@@ -571,6 +606,7 @@ APPLY: dict[type, Apply] = {
     Attestation: apply_attestation,
     AnchorReceipt: apply_anchor_receipt,
     AppApproval: apply_app_approval,
+    Refusal: apply_refusal,
 }
 
 

@@ -297,7 +297,7 @@ def _rounds_json(
         m = metrics.get(r)
         ledger: dict[str, Any] = {
             **compute_round_decision(txs, m, who, carried=carried_into.get(r), rules=rules),
-            "refused": sum(e["kind"] == "rejected" for e in round_events),
+            "refused": sum(e["kind"] in ("rejected", "holder-refused") for e in round_events),
             "slashing_events": sum(e["kind"] == "slashed" for e in round_events),
             "stake_slashed": sum(e["stake_lost"] for e in round_events),
             "rewards_paid": sum(d for d in deltas if d > 0),

@@ -28,6 +28,7 @@ from fedchain.ledger.objects import (
     Genesis,
     HeaderPair,
     PublicKey,
+    Refusal,
     Registration,
     Rejection,
     RewardDeltas,
@@ -202,8 +203,8 @@ def _describe_evidence(tx: SlashingEvidence) -> tuple[str, dict[str, Any]]:
 def compute_events(
     inputs: ReportInputs, steps: Sequence[ReplayStep], genesis: Genesis
 ) -> list[dict[str, Any]]:
-    """Rejected updates, slashing (with its evidence), ejections and holders' app approvals, in
-    ledger order.
+    """Rejected updates, holders' signed refusals, slashing (with its evidence), ejections and
+    holders' app approvals, in ledger order.
 
     A slashing's ``stake_lost`` is what its block took from the offender beyond the block's
     explicit reward deltas (several offences of one key in one block: on the first).
@@ -222,6 +223,9 @@ def compute_events(
         for tx in block.transactions:
             if isinstance(tx, Rejection):
                 add(block, "rejected", tx.public_key, tx.reason)
+            elif isinstance(tx, Refusal):
+                reason = f"refused to train ({tx.code}), signed by the holder: {tx.detail}"
+                add(block, "holder-refused", tx.public_key, compute_printable(reason, 240))
             elif isinstance(tx, AppApproval):
                 reason = (
                     f"approved app {tx.app_digest.hex()[:16]}… in place of "

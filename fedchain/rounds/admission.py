@@ -25,6 +25,7 @@ from fedchain.ledger.containers import LedgerState
 from fedchain.ledger.objects import (
     AppApproval,
     Attestation,
+    Refusal,
     Rejection,
     Transaction,
     UpdateCommitment,
@@ -61,6 +62,7 @@ class ClientReply:
     attestation: bytes = b""  # an encoded Attestation to the pending block
     seal: bytes = b""  # the proposer's signature over the pending header, if it is the proposer
     checkpoint: int = 0  # the final height the client now holds
+    refusal: bytes = b""  # an encoded Refusal: the holder's own signed refusal to train
     error: str = ""  # why the reply is refused, in the coordinator's words (a client's quoted)
 
 
@@ -149,6 +151,9 @@ def admit_update(
         txs = () if sender is None else (Rejection(round_, sender, reason),)
         return Admission(state, txs, Decision(reply.node_id, sender, False, reason))
 
+    signed = _admit_refusal(state, reply, round_, sender, verifier)
+    if signed is not None:
+        return signed
     if reply.error:
         return reject(reply.error)
     if commitment is None:
@@ -175,6 +180,28 @@ def admit_update(
         return reject("update has NaN or infinite values")
     decision = Decision(reply.node_id, key, True)
     return Admission(checked, (commitment,), decision, (commitment, reply.update))
+
+
+def _admit_refusal(
+    state: LedgerState, reply: ClientReply, round_: int, sender: bytes | None, verifier: Verifier
+) -> Admission | None:
+    """The holder's own signed refusal in ``reply``, recorded as itself (the holder's word,
+    not a :class:`Rejection` on the coordinator's), if the ledger accepts it and it is the
+    sender's; else None (the reply is refused like any other)."""
+    if not reply.refusal:
+        return None
+    try:
+        refusal = decode(Refusal, reply.refusal)
+        if sender is not None and refusal.public_key != sender:
+            return None
+        checked = process_transaction(state, refusal, round_, verifier=verifier)
+    except LedgerError:
+        return None
+    reason = compute_printable(
+        f"refused by the data holder ({refusal.code}), signed: {refusal.detail}", MAX_REASON_CHARS
+    )
+    decision = Decision(reply.node_id, refusal.public_key, False, reason)
+    return Admission(checked, (refusal,), decision)
 
 
 def compute_sender(

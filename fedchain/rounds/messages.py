@@ -34,6 +34,7 @@ METRICS = "metrics"
 DUTIES = "fedchain"
 REFUSAL = "refusal"  # a train reply that trained nothing: {"reason": text}, beside its duties
 REFUSAL_REASON = "reason"
+REFUSAL_SIGNED = "signed"  # and, where the holder signed it, its encoded ledger Refusal
 """The reply's record of ledger duties (and the client's own state record's name)."""
 
 # -- ledger view, coordinator -> client (in ``config``) -------------------------------------------
@@ -290,17 +291,25 @@ def decode_duties(record: object, problems: list[str]) -> Duties:
     )
 
 
-def decode_refusal(record: object, problems: list[str]) -> str:
-    """The reason in a ``refusal`` record (a client's words: capped when shown); a malformed
-    record is a problem."""
-    if not isinstance(record, Mapping) or set(record) != {REFUSAL_REASON}:
-        problems.append("refusal is not a record with one reason")
-        return ""
-    reason = record[REFUSAL_REASON]
+def decode_refusal(record: object, problems: list[str]) -> tuple[str, bytes]:
+    """The reason in a ``refusal`` record (a client's words: capped when shown) and the
+    holder's signed :class:`~fedchain.ledger.objects.Refusal`, encoded (``b""``: none; the
+    ledger checks it); a malformed record is a problem."""
+    keys = set(record) if isinstance(record, Mapping) else set()
+    if not isinstance(record, Mapping) or keys not in (
+        {REFUSAL_REASON},
+        {REFUSAL_REASON, REFUSAL_SIGNED},
+    ):
+        problems.append("refusal is not a record with one reason (and its signed refusal)")
+        return "", b""
+    reason, signed = record[REFUSAL_REASON], record.get(REFUSAL_SIGNED, b"")
     if not isinstance(reason, str) or not reason:
         problems.append(f"refusal reason is {describe_value(reason)}, not text")
-        return ""
-    return reason
+        return "", b""
+    if not isinstance(signed, bytes) or len(signed) > MAX_LEDGER_FIELD_BYTES:
+        problems.append(f"signed refusal is {describe_value(signed)}, not its encoding")
+        return "", b""
+    return reason, signed
 
 
 def encode_metrics(num_examples: int, loss: float) -> dict[str, int | float]:

@@ -26,7 +26,14 @@ from fedchain.ledger.builder import sign_attestation, sign_commitment, sign_head
 from fedchain.ledger.codec import encode
 from fedchain.ledger.containers import LedgerState
 from fedchain.ledger.lightclient import Checkpoint, check_head
-from fedchain.ledger.objects import DP_OFF, Rules, compute_block_hash
+from fedchain.ledger.objects import (
+    DP_OFF,
+    REFUSE_EPOCHS,
+    REFUSE_PRIVACY,
+    REFUSE_ROUNDS,
+    Rules,
+    compute_block_hash,
+)
 from fedchain.ledger.signatures import PLAIN, Verifier
 from fedchain.rounds.messages import Duties, LedgerView, SignedHeights
 from fedchain.rounds.replica import (
@@ -112,7 +119,8 @@ def check_privacy_budget(state: LedgerState, public_key: bytes, released: int = 
     if spent >= rules.dp_max_participations:
         raise PrivacyBudgetSpent(
             f"privacy budget spent ({spent} of {rules.dp_max_participations} participations, "
-            f"epsilon {rules.dp_max_epsilon_micro / 10**6:g}): not training"
+            f"epsilon {rules.dp_max_epsilon_micro / 10**6:g}): not training",
+            REFUSE_PRIVACY,
         )
 
 
@@ -124,12 +132,14 @@ def check_agreed_training(rules: Rules, round_: int, local_epochs: int) -> None:
     if rules.max_rounds and round_ > rules.max_rounds:
         raise UseNotAgreed(
             f"round {round_} is past the {rules.max_rounds} rounds this federation's contract "
-            "allows: not training"
+            "allows: not training",
+            REFUSE_ROUNDS,
         )
     if rules.max_local_epochs and local_epochs > rules.max_local_epochs:
         raise UseNotAgreed(
             f"{local_epochs} local epochs asked, the federation's contract allows "
-            f"{rules.max_local_epochs}: not training"
+            f"{rules.max_local_epochs}: not training",
+            REFUSE_EPOCHS,
         )
 
 

@@ -32,6 +32,7 @@ from fedchain.ledger.builder import (
     sign_commitment,
     sign_genesis_participant,
     sign_header,
+    sign_refusal,
 )
 from fedchain.ledger.chain import Chain
 from fedchain.ledger.codec import compute_hash, encode
@@ -60,6 +61,7 @@ from fedchain.ledger.objects import (
     Genesis,
     ModelRecord,
     ModelVersion,
+    Refusal,
     Registration,
     Rejection,
     RewardDeltas,
@@ -394,6 +396,15 @@ def _refused_registration(genesis_hash: bytes) -> Registration:
     return dataclasses.replace(unsigned, signature=signature)
 
 
+def _holder_refusal(genesis_hash: bytes) -> Refusal:
+    """holder-2's signed refusal to train in round 3 (the golden federation is private, so
+    its privacy budget is a reason the transition admits): not in the golden ledger."""
+    detail = "privacy budget spent (9 of 9 participations, epsilon 8): not training"
+    return sign_refusal(
+        derive_key(SEED, 2), genesis_hash, round=3, code="privacy-budget-spent", detail=detail
+    )
+
+
 def _first(block: Block, cls: type) -> Any:
     return next(tx for tx in block.transactions if isinstance(tx, cls))
 
@@ -436,6 +447,7 @@ def vectors_document() -> dict[str, Any]:
         ("AnchorStatement (its sha256 is the anchor digest, §9.4)", _anchor_statement(golden)),
         ("AnchorReceipt (evm)", _anchor_receipt(golden)),
         ("AppApproval", _first(b2, AppApproval)),
+        ("Refusal (a holder's, signed; not in the golden ledger)", _holder_refusal(gh)),
     ]
     signed: list[tuple[str, Any, bytes]] = [
         (
@@ -447,6 +459,7 @@ def vectors_document() -> dict[str, Any]:
         ("UpdateCommitment", b1.transactions[0], gh),
         ("Attestation", _first(b2, Attestation), gh),
         ("SignedHeader (block 1)", b1.signed_header, gh),
+        ("Refusal", _holder_refusal(gh), gh),
         (
             "AppApproval (federation: the federation id)",
             _app_approval(federation_id),
