@@ -101,6 +101,7 @@ from fedchain.rounds.participant import (
     CheckedView,
     check_agreed_training,
     check_base_model,
+    check_outgoing_update,
     check_privacy_budget,
     check_view_replayed,
     compute_duties,
@@ -501,7 +502,9 @@ def _signed_reply(
 ) -> Message:
     """The ledger-on reply: ``sent`` with a signed commitment to ``committed`` (the same update
     for every client but a commit-mismatch attacker), the claimed example count and the rules'
-    privacy mechanism."""
+    privacy mechanism. Nothing is sent that the genesis does not list (its model record's
+    tensors, of its update size): :func:`check_outgoing_update` is the last check."""
+    check_outgoing_update(sent, rules.model)
     config = msg.content[m.CONFIG]
     commitment = sign_update_commitment(
         holder.key,

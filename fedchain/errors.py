@@ -82,6 +82,11 @@ class UseNotAgreed(TrainingRefused):
     ``max_rounds``, or more local epochs than its ``max_local_epochs``."""
 
 
+class UpdateNotAgreed(FedchainError):
+    """What a holder's client was about to send is not what the contract says leaves it: other
+    tensors than the genesis's model record lists, or more bytes than its update size."""
+
+
 class LedgerStoreError(LedgerError):
     """The ledger store cannot be opened, read or appended to (missing, damaged, out of order)."""
 

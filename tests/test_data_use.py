@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
@@ -18,7 +19,7 @@ from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from clients import client_app
 from fedchain.config import RunConfig
 from fedchain.crypto.identity import Domain, public_key_bytes, sign
-from fedchain.errors import InvalidBlock, InvalidTransaction, UseNotAgreed
+from fedchain.errors import InvalidBlock, InvalidTransaction, UpdateNotAgreed, UseNotAgreed
 from fedchain.ledger.builder import (
     make_genesis,
     make_rules,
@@ -31,6 +32,7 @@ from fedchain.ledger.objects import (
     REFUSE_EPOCHS,
     REFUSE_PRIVACY,
     REFUSE_ROUNDS,
+    ModelRecord,
     ModelVersion,
     Refusal,
     Rejection,
@@ -39,8 +41,8 @@ from fedchain.ledger.objects import (
 )
 from fedchain.ledger.state import process_transaction
 from fedchain.rounds import messages as m
-from fedchain.rounds.admission import admit_update
-from fedchain.rounds.participant import check_agreed_training
+from fedchain.rounds.admission import ClientReply, admit_update
+from fedchain.rounds.participant import check_agreed_training, check_outgoing_update
 from fedchain.runs.prepare import prepare_run
 from fedchain.runs.registry import load_model
 from server.inprocess_grid import NODE_BASE, InProcessGrid
@@ -132,8 +134,14 @@ def test_invalid_a_coordinator_asking_more_epochs_than_agreed_gets_a_refusal(
     refused = parse_reply(send(**{m.LOCAL_EPOCHS: 5}), model=model)
     assert refused.update is None and refused.commitment == b""
     assert "5 local epochs asked, the federation's contract allows 1" in refused.error
-    honest = parse_reply(send(), model=model)
+    sent = send()
+    honest = parse_reply(sent, model=model)
     assert honest.error == "" and honest.update is not None
+    # What left the holder: the update the contract lists, of its size, its metrics and duties.
+    assert set(sent.content) == {m.ARRAYS, m.METRICS, m.DUTIES}
+    record = setup.genesis.rules.model
+    assert sorted(honest.update) == sorted(record.trainable)
+    assert sum(a.nbytes for a in honest.update.values()) == record.update_bytes > 0
     # The refusal is the holder's own, signed: the coordinator records it as itself.
     signed = decode(Refusal, refused.refusal)
     assert (signed.round, signed.code) == (1, REFUSE_EPOCHS)
@@ -209,3 +217,57 @@ def test_invalid_refusal_forged_by_a_coordinator(forge: str, message: str) -> No
         tx = refusal(state, 0, 1, "felt like it")
     with pytest.raises(InvalidTransaction, match=message):
         process_transaction(state, tx, round_)
+
+
+RECORD = ModelRecord(architecture="mlp", trainable=("w", "b"), update_bytes=4 * (6 + 2))
+
+
+def honest_update() -> dict[str, np.ndarray]:
+    return {"w": np.zeros((2, 3), np.float32), "b": np.zeros(2, np.float32)}
+
+
+def test_an_update_the_contract_lists_leaves() -> None:
+    check_outgoing_update(honest_update(), RECORD)
+    check_outgoing_update({"anything": np.zeros(9)}, ModelRecord())  # no record: no rule
+
+
+@pytest.mark.parametrize(
+    ("tamper", "message"),
+    [
+        ("an extra tensor", "other tensors than the contract lists"),
+        ("a tensor left out", "other tensors than the contract lists"),
+        ("a bigger tensor", "the update is 40 bytes, the contract's updates are 32"),
+        ("float64", "not float32"),
+    ],
+)
+def test_invalid_an_update_with_more_than_the_contract_lists_stays(
+    tamper: str, message: str
+) -> None:
+    """The holder's client is the last check before the bytes leave: a tampered update (raw
+    examples smuggled in an extra tensor, a tensor grown to carry more, a wider dtype) is not
+    sent."""
+    update = honest_update()
+    if tamper == "an extra tensor":
+        update["examples"] = np.arange(8, dtype=np.float32)
+    elif tamper == "a tensor left out":
+        del update["b"]
+    elif tamper == "a bigger tensor":
+        update["w"] = np.zeros((2, 4), np.float32)
+    else:
+        update["w"] = update["w"].astype(np.float64)
+    with pytest.raises(UpdateNotAgreed, match=message):
+        check_outgoing_update(update, RECORD)
+
+
+def test_invalid_the_coordinator_refuses_an_update_of_another_size() -> None:
+    """Admission checks the genesis's update size too (the ledger cannot: a commitment holds a
+    hash), here against a coordinator model whose tensors are bigger than the contract's."""
+    state = genesis_state(max_rounds=0)
+    genesis = state.genesis
+    rules = dataclasses.replace(genesis.rules, model=RECORD)
+    state = dataclasses.replace(state, genesis=dataclasses.replace(genesis, rules=rules))
+    model = {"w": np.zeros((2, 4), np.float32), "b": np.zeros(2, np.float32)}
+    reply = ClientReply(1, update=model, commitment=encode(commit(state, 0, 1)), num_examples=50)
+    admission = admit_update(state, reply, 1, public_key_bytes(KEYS[0]), model)
+    assert not admission.decision.accepted
+    assert "update is 40 bytes; the genesis's updates are 32" in admission.decision.reason

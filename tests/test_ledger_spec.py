@@ -139,6 +139,7 @@ FIELDS: dict[int, tuple[tuple[str, Any], ...]] = {  # spec §3, transcribed
         ("base_source", STR),
         ("base_licence", STR),
         ("trainable", ("seq", STR)),
+        ("update_bytes", INT),
     ),
     2: (
         ("public_key", BYTES),

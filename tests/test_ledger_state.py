@@ -101,8 +101,8 @@ RULES = make_rules(  # every field given: the known answers below must not follo
 OTHER_FEDERATION = hashlib.sha256(b"another federation").digest()
 
 # Known answers (Ed25519 signatures are deterministic, so whole blocks are).
-KNOWN_GENESIS_BLOCK_HASH = "f22096452ff37132f25d225dba8b3cd580fc0eca2178d28f829f712aa4c72586"
-KNOWN_BLOCK_1_HASH = "d797beac839c801de3489cf5e5aeebfa6d431d5212efe702502e253f06dfce9a"
+KNOWN_GENESIS_BLOCK_HASH = "c867e155b36fd235e358f2490369eb817a50dc30111bc838860d537d25a6e612"
+KNOWN_BLOCK_1_HASH = "64be1f937d02ee7afe191dff5a1a94e73b03a73906f4a7bad3d3308078a46f7b"
 
 
 def digest(text: str) -> bytes:

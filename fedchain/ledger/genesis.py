@@ -231,7 +231,8 @@ def _check_privacy_rules(rules: Rules) -> str:
 def _check_model_record(model: ModelRecord) -> str:
     """Why the rules' model record is malformed, or ``""``: a known fine-tuning mode, a LoRA rank
     exactly when the mode is ``lora``, a 32-byte base hash (a base is required unless every
-    parameter is trained), and the trainable tensors named once each, none empty."""
+    parameter is trained), the trainable tensors named once each, none empty, and an update
+    size exactly when tensors are named."""
     if model.finetune not in FINETUNE_MODES:
         return f"unknown fine-tuning mode {model.finetune!r} (known: {', '.join(FINETUNE_MODES)})"
     if (model.lora_rank > 0) != (model.finetune == "lora") or model.lora_rank < 0:
@@ -244,4 +245,6 @@ def _check_model_record(model: ModelRecord) -> str:
         return "the model's trainable tensors must be named once each, none empty"
     if model.architecture and not model.trainable:
         return f"model {model.architecture!r} names no trainable tensor"
+    if model.update_bytes < 0 or (model.update_bytes > 0) != bool(model.trainable):
+        return "the model's update_bytes must be positive when it names tensors, else 0"
     return ""

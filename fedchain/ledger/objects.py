@@ -132,7 +132,10 @@ class ModelRecord:
     initialisation); ``base_source`` and ``base_licence`` are the coordinator's text about where
     the base came from and under which licence. ``trainable`` names, in the model's order, the
     tensors that travel: updates, their hashes, the scores and every global model version cover
-    exactly these (the trainable parameters; never a buffer).
+    exactly these (the trainable parameters; never a buffer). ``update_bytes`` is the exact size
+    of one update, the most a holder sends of its data's influence in a round: those tensors as
+    float32, ``4 x`` their element count (0: not stated). A holder's client sends nothing else
+    and no more (:func:`fedchain.rounds.participant.check_outgoing_update`).
 
     An empty ``architecture`` (the default) says nothing about the model: ledgers made without
     one (synthetic ledgers, tests of the protocol alone).
@@ -146,6 +149,7 @@ class ModelRecord:
     base_source: str = ""
     base_licence: str = ""
     trainable: tuple[str, ...] = ()
+    update_bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -169,6 +169,10 @@ def admit_update(
     shape_problem = check_shapes(reply.update, model)
     if shape_problem:
         return reject(shape_problem)
+    agreed = state.genesis.rules.model.update_bytes
+    size = sum(int(a.nbytes) for a in reply.update.values())
+    if agreed and size != agreed:
+        return reject(f"update is {size} bytes; the genesis's updates are {agreed}")
     key = commitment.public_key
     if compute_update_hash(reply.update) != commitment.update_hash:
         return reject(MISMATCH_REASON)

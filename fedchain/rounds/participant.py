@@ -21,7 +21,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedchain.crypto.hashing import compute_update_hash
-from fedchain.errors import InvalidBlock, PrivacyBudgetSpent, UseNotAgreed
+from fedchain.errors import InvalidBlock, PrivacyBudgetSpent, UpdateNotAgreed, UseNotAgreed
 from fedchain.ledger.builder import sign_attestation, sign_commitment, sign_header
 from fedchain.ledger.codec import encode
 from fedchain.ledger.containers import LedgerState
@@ -31,6 +31,7 @@ from fedchain.ledger.objects import (
     REFUSE_EPOCHS,
     REFUSE_PRIVACY,
     REFUSE_ROUNDS,
+    ModelRecord,
     Rules,
     compute_block_hash,
 )
@@ -121,6 +122,34 @@ def check_privacy_budget(state: LedgerState, public_key: bytes, released: int = 
             f"privacy budget spent ({spent} of {rules.dp_max_participations} participations, "
             f"epsilon {rules.dp_max_epsilon_micro / 10**6:g}): not training",
             REFUSE_PRIVACY,
+        )
+
+
+def check_outgoing_update(update: Mapping[str, np.ndarray], record: ModelRecord) -> None:
+    """Refuse to send an update that is not what the genesis says leaves a holder: exactly the
+    tensors its model record lists (``trainable``), as float32, of ``update_bytes`` in all. The
+    last check before the bytes leave; a record that names no tensors (a synthetic ledger, the
+    ledger off) checks nothing. Raises :class:`~fedchain.errors.UpdateNotAgreed`."""
+    if not record.trainable:
+        return
+    names = set(update)
+    if names != set(record.trainable):
+        extra = sorted(names - set(record.trainable))[:3]
+        missing = sorted(set(record.trainable) - names)[:3]
+        raise UpdateNotAgreed(
+            f"not sending: the update holds other tensors than the contract lists (extra "
+            f"{extra}, missing {missing})"
+        )
+    odd = [name for name, a in update.items() if a.dtype != np.float32]
+    if odd:
+        raise UpdateNotAgreed(
+            f"not sending: tensor {odd[0]} is {update[odd[0]].dtype}, not float32"
+        )
+    size = sum(int(a.nbytes) for a in update.values())
+    if record.update_bytes and size != record.update_bytes:
+        raise UpdateNotAgreed(
+            f"not sending: the update is {size} bytes, the contract's updates are "
+            f"{record.update_bytes}"
         )
 
 

@@ -161,6 +161,7 @@ GOLDEN_MODEL = ModelRecord(
     base_source="golden-base.safetensors",
     base_licence="CC0-1.0",
     trainable=("features.0.lora_A.default.weight", "features.0.lora_B.default.weight"),
+    update_bytes=656,  # stated (the golden ledger's updates are stand-in tensors)
 )
 """The golden federation fine-tunes a base with LoRA adapters (spec §9.7)."""
 
