@@ -47,11 +47,13 @@ def _federation(tmp_path: Path, nodes: list[dict[str, str]]) -> tuple[Path, byte
     return fed_dir, fed_id
 
 
-def _approve(fed_dir: Path, path: Path) -> tuple[int, str]:
-    result = CliRunner().invoke(
-        app, ["coordinator", "approve", str(fed_dir), str(path)], env={"COLUMNS": "500"}
-    )
+def _cli(*args: object) -> tuple[int, str]:
+    result = CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "500"})
     return result.exit_code, " ".join(result.output.replace("│", " ").split())
+
+
+def _approve(fed_dir: Path, path: Path) -> tuple[int, str]:
+    return _cli("coordinator", "approve", fed_dir, path)
 
 
 def _key(node: dict[str, str]) -> identity.Ed25519PrivateKey:
@@ -115,3 +117,11 @@ def test_coordinator_records_a_holders_approval_and_refuses_forged_ones(tmp_path
     code, output = _approve(fed_dir, tmp_path / "h0.toml")  # given again: on the ledger already
     assert code == 0 and "nothing new" in output
     assert approval.read_inbox(run_dir) == []
+
+    # The federation's models go to its participants only (its model-access rule lists none).
+    code, output = _cli("models", "export", run_dir, "--out", tmp_path / "m")
+    assert code != 0 and "name who the model is for with --recipient KEY" in output
+    assert "lets its 2 participants be given its models" in output
+    h1_key = identity.public_key_bytes(h1).hex()
+    code, output = _cli("models", "export", run_dir, "--out", tmp_path / "m", "--recipient", h1_key)
+    assert code == 0, output

@@ -19,7 +19,13 @@ from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from clients import client_app
 from fedchain.config import RunConfig
 from fedchain.crypto.identity import Domain, public_key_bytes, sign
-from fedchain.errors import InvalidBlock, InvalidTransaction, UpdateNotAgreed, UseNotAgreed
+from fedchain.errors import (
+    ConfigError,
+    InvalidBlock,
+    InvalidTransaction,
+    UpdateNotAgreed,
+    UseNotAgreed,
+)
 from fedchain.ledger.builder import (
     make_genesis,
     make_rules,
@@ -37,13 +43,14 @@ from fedchain.ledger.objects import (
     Refusal,
     Rejection,
     compute_federation_id,
+    is_model_recipient,
     signing_message,
 )
 from fedchain.ledger.state import process_transaction
 from fedchain.rounds import messages as m
 from fedchain.rounds.admission import ClientReply, admit_update
 from fedchain.rounds.participant import check_agreed_training, check_outgoing_update
-from fedchain.runs.prepare import prepare_run
+from fedchain.runs.prepare import parse_model_access, prepare_run
 from fedchain.runs.registry import load_model
 from server.inprocess_grid import NODE_BASE, InProcessGrid
 from server.strategy import parse_reply, to_array_record
@@ -271,3 +278,32 @@ def test_invalid_the_coordinator_refuses_an_update_of_another_size() -> None:
     admission = admit_update(state, reply, 1, public_key_bytes(KEYS[0]), model)
     assert not admission.decision.accepted
     assert "update is 40 bytes; the genesis's updates are 32" in admission.decision.reason
+
+
+@pytest.mark.parametrize(
+    "access",
+    [(b"short",), (bytes([2]) * 32, bytes([1]) * 32), (bytes([1]) * 32, bytes([1]) * 32)],
+    ids=["not-a-key", "unsorted", "twice"],
+)
+def test_invalid_model_access_makes_the_genesis_invalid(access: tuple[bytes, ...]) -> None:
+    genesis = genesis_state(max_rounds=1).genesis
+    bad = dataclasses.replace(
+        genesis, rules=dataclasses.replace(genesis.rules, model_access=access)
+    )
+    with pytest.raises(InvalidBlock, match="model_access must list 32-byte public keys"):
+        compute_genesis_state(bad)
+
+
+def test_model_access_names_participants_and_the_listed_keys() -> None:
+    genesis = genesis_state(max_rounds=1).genesis
+    listed = dataclasses.replace(genesis.rules, model_access=(bytes([3]) * 32,))
+    genesis = dataclasses.replace(genesis, rules=listed)
+    assert is_model_recipient(genesis, public_key_bytes(KEYS[0]))
+    assert is_model_recipient(genesis, bytes([3]) * 32)
+    assert not is_model_recipient(genesis, bytes([4]) * 32)
+    assert parse_model_access(f" {'ab' * 32}, {'01' * 32},{'ab' * 32}") == (
+        bytes([1]) * 32,
+        bytes([0xAB]) * 32,
+    )
+    with pytest.raises(ConfigError, match="is not a public key"):
+        parse_model_access("abc")

@@ -130,6 +130,7 @@ FIELDS: dict[int, tuple[tuple[str, Any], ...]] = {  # spec §3, transcribed
         ("model", (4,)),
         ("max_rounds", INT),
         ("max_local_epochs", INT),
+        ("model_access", ("seq", BYTES)),
     ),
     4: (
         ("architecture", STR),

@@ -101,8 +101,8 @@ RULES = make_rules(  # every field given: the known answers below must not follo
 OTHER_FEDERATION = hashlib.sha256(b"another federation").digest()
 
 # Known answers (Ed25519 signatures are deterministic, so whole blocks are).
-KNOWN_GENESIS_BLOCK_HASH = "c867e155b36fd235e358f2490369eb817a50dc30111bc838860d537d25a6e612"
-KNOWN_BLOCK_1_HASH = "64be1f937d02ee7afe191dff5a1a94e73b03a73906f4a7bad3d3308078a46f7b"
+KNOWN_GENESIS_BLOCK_HASH = "932d8cac6279df51e7dc3ae4da204559f268a14547299b35d859cd657d9d26a8"
+KNOWN_BLOCK_1_HASH = "10c104778dddeadc0082ef5af7dbdd55f3843179dba4f989a309cfdb80f782d1"
 
 
 def digest(text: str) -> bytes:

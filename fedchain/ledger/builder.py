@@ -69,6 +69,7 @@ def make_rules(
     model: ModelRecord | None = None,
     max_rounds: int = 0,
     max_local_epochs: int = 0,
+    model_access: Iterable[bytes] = (),
 ) -> Rules:
     """:class:`Rules` with mappings turned into sorted tuples.
 
@@ -77,7 +78,8 @@ def make_rules(
     the differential privacy fields (``dp_mode``, ``dp_noise_micro``, ...; none: DP off), e.g.
     :func:`fedchain.privacy.accountant.compute_dp_rules`. ``model``: the model record (none:
     the empty record, which says nothing about the model). ``max_rounds``, ``max_local_epochs``:
-    the rules of data use (0: no limit).
+    the rules of data use (0: no limit); ``model_access``: the keys besides the participants
+    who may be given the models (sorted and made unique here).
     """
     if slash_bps is None:
         slash_bps = {DOUBLE_SIGN: 5_000}
@@ -97,6 +99,7 @@ def make_rules(
         model=model or ModelRecord(),
         max_rounds=max_rounds,
         max_local_epochs=max_local_epochs,
+        model_access=tuple(sorted(set(model_access))),
     )
 
 

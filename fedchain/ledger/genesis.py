@@ -159,6 +159,9 @@ def _check_genesis(genesis: Genesis) -> None:
         )
     if rules.max_rounds < 0 or rules.max_local_epochs < 0:
         raise fail("max_rounds and max_local_epochs must be >= 0 (0: no limit)")
+    access = rules.model_access
+    if any(len(key) != HASH_SIZE for key in access) or list(access) != sorted(set(access)):
+        raise fail("model_access must list 32-byte public keys, sorted, each once")
     if rules.update_archive_rounds < ARCHIVE_ALL_ROUNDS:
         raise fail(
             f"update_archive_rounds = {rules.update_archive_rounds}: {ARCHIVE_ALL_ROUNDS} (every "

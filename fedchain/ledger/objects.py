@@ -78,6 +78,7 @@ __all__ = [
     "compute_federation_id",
     "compute_tx_root",
     "compute_tx_root_of_encodings",
+    "is_model_recipient",
     "signing_message",
 ]
 
@@ -183,6 +184,12 @@ class Rules:
     update may be committed for (the ledger refuses later commitments and model versions), and
     ``max_local_epochs``, the most local epochs a round may ask of a holder (each holder's client
     refuses more; the ledger cannot see epochs). 0: no limit (synthetic ledgers).
+
+    ``model_access``: who may be given the federation's models besides its participants (who
+    receive every round's model to train on it): these public keys, sorted, each once (empty:
+    the participants alone). fedchain hands a model out only to them (``fedchain models export
+    --recipient``, :func:`is_model_recipient`); a coordinator holding the files can still copy
+    them, so the rule is a signed statement and a record, not a lock (spec §9.12).
     """
 
     TAG: ClassVar[int] = 1
@@ -208,6 +215,7 @@ class Rules:
     model: ModelRecord = ModelRecord()
     max_rounds: int = 0
     max_local_epochs: int = 0
+    model_access: tuple[PublicKey, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -577,6 +585,14 @@ def compute_federation_id(run_id: str, rules: Rules) -> Hash32:
     (the initial model is made only when the run starts, and the participants are what is
     being signed)."""
     return compute_hash(Genesis(run_id, rules, EMPTY_HASH, ()))
+
+
+def is_model_recipient(genesis: Genesis, public_key: PublicKey) -> bool:
+    """Whether the federation's contract lets ``public_key`` be given its models: one of its
+    participants, or a key its rules' ``model_access`` lists."""
+    return public_key in genesis.rules.model_access or any(
+        p.public_key == public_key for p in genesis.participants
+    )
 
 
 def compute_dp_mechanism(rules: Rules) -> tuple[int, int, int]:

@@ -180,6 +180,7 @@ def _run_json(inputs: ReportInputs, genesis: Genesis) -> dict[str, Any]:
             "payout_min_score": rules.payout_min_score,
             "contribution_budget": rules.contribution_budget,
             "update_archive_rounds": rules.update_archive_rounds,
+            "model_access": [key.hex() for key in rules.model_access],
         },
         "model": _model_json(rules.model),
         "datasets": [

@@ -180,6 +180,7 @@ def build_golden() -> Golden:
         model=GOLDEN_MODEL,
         max_rounds=3,  # the golden federation's 3 rounds are all its participants agreed to
         max_local_epochs=2,
+        model_access=[public_key_bytes(derive_key(SEED, 3))],  # one key beyond its participants
     )
     federation_id = compute_federation_id("golden", rules)
     genesis = make_genesis(
