@@ -22,7 +22,6 @@ from pathlib import Path, PurePosixPath
 from typing import Annotated, Any
 
 import typer
-from flwr.cli.build import build_fab_from_disk
 from rich.table import Table
 
 from fedchain.cli.common import console, make_app
@@ -187,7 +186,7 @@ def start(
         f"ledger {verb}: {run_dir / LEDGER_FILENAME} (genesis {report.genesis_hash.hex()[:16]}, "
         f"height {report.head_height}, round {report.rounds} of {config.rounds})"
     )
-    submitted = hashlib.sha256(build_fab_from_disk(bundle)).digest()
+    submitted = app_bundle.compute_folder_digest(bundle)
     _say_who_refuses(federation, report.state, run_dir, submitted)
     # Where this machine reaches the SuperLink (a wildcard listen address is no dial address).
     address = f"{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{port}"  # noqa: S104
@@ -273,7 +272,7 @@ def _app_folder(fed_dir: Path, fab: Path | None) -> Path:
                 (folder / name).write_bytes(archive.read(info))
     except zipfile.BadZipFile as e:
         raise ConfigError(f"--app {fab}: not a Flower app bundle ({e})") from None
-    rebuilt = hashlib.sha256(build_fab_from_disk(folder)).hexdigest()
+    rebuilt = app_bundle.compute_folder_digest(folder).hex()
     if rebuilt != hashlib.sha256(data).hexdigest():
         raise ConfigError(
             f"--app {fab}: its files build to app {rebuilt}, not to the bundle's own digest "
