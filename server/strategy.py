@@ -51,7 +51,11 @@ def parse_reply(
     """
     node_id = message.metadata.src_node_id if node_id is None else node_id
     if message.has_error():
-        return ClientReply(node_id, error=compute_error_reason(message.error.reason))
+        reason = message.error.reason
+        reason, signed = (
+            m.split_signed_refusal(reason) if isinstance(reason, str) else (reason, b"")
+        )
+        return ClientReply(node_id, refusal=signed, error=compute_error_reason(reason))
     return compute_client_reply(node_id, message.content, model)
 
 

@@ -40,7 +40,7 @@ from fedchain.deploy import flower, flwr_cli, gate, logs, processes
 from fedchain.deploy.app import app_digest
 from fedchain.deploy.certs import create_supernode_keys, create_test_certificates
 from fedchain.ledger.codec import decode
-from fedchain.ledger.objects import AppApproval, Block, Rejection
+from fedchain.ledger.objects import AppApproval, Block, Refusal, Rejection
 from fedchain.ledger.store import LedgerStore
 from fedchain.ledger.verify import verify_ledger
 from fedchain.runs import approval
@@ -456,9 +456,10 @@ def test_journey_a_modified_app_is_refused_and_the_approved_one_trains(tmp_path)
 def test_an_upgrade_is_an_explicit_signed_act_and_a_refusal_reaches_the_ledger(tmp_path):
     """A holder approves a new app (`join --approve app-v2.fab`): join shows what changed,
     signs the approval and keeps it; its node then runs that app and no other. The coordinator,
-    still on the app the holders registered, is refused by it: its ServerApp records the
-    holder's refusal (both digests) on the ledger as that holder's rejection (in a block the
-    other holder, who runs the registered app, proposes), and the report shows it."""
+    still on the app the holders registered, is refused by it: join signs the holder's refusal
+    (both digests) and its ServerApp records it on the ledger as that holder's own `Refusal`
+    (in a block the other holder, who runs the registered app, proposes); the report shows
+    it."""
     upgraded, other = tmp_path / "upgraded", tmp_path / "other"
     fed_dir, fed_id, port, run_id = _registered_federation(tmp_path, [upgraded, other], secure=True)
     new_config = app_bundle.APP_PYPROJECT + "max-local-epochs = 1\n"
@@ -479,14 +480,14 @@ def test_an_upgrade_is_an_explicit_signed_act_and_a_refusal_reaches_the_ledger(t
         identity.load_identity(upgraded / "holder.key", IDENTITY_SECRET.encode())
     )
 
-    def refusals() -> list[str]:
+    def refusals() -> list[Refusal | Rejection]:
         with LedgerStore.open(run_dir / "ledger.db", readonly=True) as store:
             blocks = [decode(Block, stored.data) for stored in store.iter_blocks()]
         return [
-            tx.reason
+            tx
             for block in blocks
             for tx in block.transactions
-            if isinstance(tx, Rejection) and tx.public_key == public
+            if isinstance(tx, Refusal | Rejection) and tx.public_key == public
         ]
 
     try:
@@ -503,15 +504,15 @@ def test_an_upgrade_is_an_explicit_signed_act_and_a_refusal_reaches_the_ledger(t
         while not refusals():
             assert time.monotonic() < deadline, "no rejection on the coordinator's ledger"
             time.sleep(1.0)
-        (reason,) = refusals()
-        assert gate.REFUSAL_PREFIX in reason
-        assert f"app {app_digest().hex()[:16]}… is not the app it approved ({new[:16]}…)" in reason
+        (refusal,) = refusals()  # the holder's own, signed by its join (spec §9.10)
+        assert isinstance(refusal, Refusal) and refusal.code == "app-not-approved"
+        assert f"app {app_digest().hex()} is not the app it approved ({new})" == refusal.detail
     finally:
         for join in joins:
             stop_join(join)
         fedchain_ok("coordinator", "stop", fed_dir)
     report = fedchain_ok("report", run_dir, "--json-only")
-    assert "refused by the data holder" in " ".join(report.split())
+    assert "refused to train (app-not-approved), signed by the holder" in " ".join(report.split())
 
 
 def test_the_upgrade_journey_the_holders_approve_the_coordinator_records_and_submits_it(tmp_path):

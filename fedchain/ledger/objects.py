@@ -40,6 +40,7 @@ __all__ = [
     "MAX_ANCHOR_PROOF_SIZE",
     "MAX_REFUSAL_DETAIL_CHARS",
     "REFUSAL_CODES",
+    "REFUSE_APP",
     "REFUSE_EPOCHS",
     "REFUSE_PRIVACY",
     "REFUSE_ROUNDS",
@@ -390,10 +391,11 @@ class Rejection:
 REFUSE_ROUNDS = "round-past-agreed"
 REFUSE_EPOCHS = "epochs-past-agreed"
 REFUSE_PRIVACY = "privacy-budget-spent"
-REFUSAL_CODES = frozenset({REFUSE_ROUNDS, REFUSE_EPOCHS, REFUSE_PRIVACY})
-"""Why a holder's client refuses a train message, in a :class:`Refusal`: a round past the
-genesis's ``max_rounds``, more local epochs than its ``max_local_epochs``, or its privacy budget
-spent."""
+REFUSE_APP = "app-not-approved"
+REFUSAL_CODES = frozenset({REFUSE_ROUNDS, REFUSE_EPOCHS, REFUSE_PRIVACY, REFUSE_APP})
+"""Why a holder refuses a train message, in a :class:`Refusal`: its client, for a round past
+the genesis's ``max_rounds``, more local epochs than its ``max_local_epochs``, or its privacy
+budget spent; its node (:mod:`fedchain.deploy.gate`), for an app it did not approve."""
 MAX_REFUSAL_DETAIL_CHARS = 200
 
 

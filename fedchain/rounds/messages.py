@@ -35,6 +35,9 @@ DUTIES = "fedchain"
 REFUSAL = "refusal"  # a train reply that trained nothing: {"reason": text}, beside its duties
 REFUSAL_REASON = "reason"
 REFUSAL_SIGNED = "signed"  # and, where the holder signed it, its encoded ledger Refusal
+SIGNED_REFUSAL_MARK = " | signed refusal: "
+"""How a holder's node appends its signed refusal (hex) to a Flower error reply's reason (an
+``Error`` carries text only): :func:`append_signed_refusal`, :func:`split_signed_refusal`."""
 """The reply's record of ledger duties (and the client's own state record's name)."""
 
 # -- ledger view, coordinator -> client (in ``config``) -------------------------------------------
@@ -310,6 +313,24 @@ def decode_refusal(record: object, problems: list[str]) -> tuple[str, bytes]:
         problems.append(f"signed refusal is {describe_value(signed)}, not its encoding")
         return "", b""
     return reason, signed
+
+
+def append_signed_refusal(reason: str, signed: bytes) -> str:
+    """``reason`` with the encoded :class:`~fedchain.ledger.objects.Refusal` ``signed`` after
+    :data:`SIGNED_REFUSAL_MARK` (none: ``reason`` unchanged)."""
+    return reason + SIGNED_REFUSAL_MARK + signed.hex() if signed else reason
+
+
+def split_signed_refusal(text: str) -> tuple[str, bytes]:
+    """An error reason and the signed refusal at its end (``b""``: none, or not hex of at most
+    :data:`MAX_LEDGER_FIELD_BYTES`; the ledger checks what it decodes to)."""
+    head, mark, tail = text.rpartition(SIGNED_REFUSAL_MARK)
+    if not mark or len(tail) > 2 * MAX_LEDGER_FIELD_BYTES:
+        return text, b""
+    try:
+        return head, bytes.fromhex(tail)
+    except ValueError:
+        return text, b""
 
 
 def encode_metrics(num_examples: int, loss: float) -> dict[str, int | float]:
