@@ -80,10 +80,12 @@ from fedchain.learning.training import (
     derive_seed,
     train_local,
 )
-from fedchain.ledger.codec import compute_hash, decode
+from fedchain.ledger.builder import sign_refusal
+from fedchain.ledger.codec import compute_hash, decode, encode
 from fedchain.ledger.containers import LedgerState
 from fedchain.ledger.lightclient import Checkpoint
 from fedchain.ledger.objects import (
+    MAX_REFUSAL_DETAIL_CHARS,
     Block,
     Rules,
     SignedHeader,
@@ -99,6 +101,7 @@ from fedchain.rounds.participant import (
     CheckedView,
     check_agreed_training,
     check_base_model,
+    check_outgoing_update,
     check_privacy_budget,
     check_view_replayed,
     compute_duties,
@@ -344,7 +347,14 @@ def train(msg: Message, context: Context) -> Message:
             check_privacy_budget(state, holder.public_key, released)
         except TrainingRefused as exc:  # nothing leaves; the ledger duties are still done
             log(WARNING, "fedchain client %d: %s", holder.index, exc)
-            return _refusal_reply(msg, duties, str(exc))
+            refusal = sign_refusal(
+                holder.key,
+                state.genesis_hash,
+                round=int(config[m.SERVER_ROUND]),
+                code=exc.code,
+                detail=str(exc)[:MAX_REFUSAL_DETAIL_CHARS],
+            )
+            return _refusal_reply(msg, duties, str(exc), encode(refusal) if exc.code else b"")
         rules = state.genesis.rules
         if rules.dp_mode != "off":  # counted before the update leaves (a retry counts again)
             context.state[m.RELEASED] = ConfigRecord(
@@ -364,11 +374,12 @@ def train(msg: Message, context: Context) -> Message:
     )
 
 
-def _refusal_reply(msg: Message, duties: m.Duties, reason: str) -> Message:
-    """A train reply that trains nothing: the reason and the ledger duties (attestation, seal,
-    checkpoint), with no update and no commitment."""
+def _refusal_reply(msg: Message, duties: m.Duties, reason: str, signed: bytes) -> Message:
+    """A train reply that trains nothing: the reason, the holder's signed refusal (an encoded
+    :class:`~fedchain.ledger.objects.Refusal`, for the ledger) and the ledger duties
+    (attestation, seal, checkpoint), with no update and no commitment."""
     records = {
-        m.REFUSAL: ConfigRecord({m.REFUSAL_REASON: reason}),
+        m.REFUSAL: ConfigRecord({m.REFUSAL_REASON: reason, m.REFUSAL_SIGNED: signed}),
         m.DUTIES: ConfigRecord(m.encode_duties(duties)),
     }
     return Message(RecordDict(records), reply_to=msg)
@@ -491,7 +502,9 @@ def _signed_reply(
 ) -> Message:
     """The ledger-on reply: ``sent`` with a signed commitment to ``committed`` (the same update
     for every client but a commit-mismatch attacker), the claimed example count and the rules'
-    privacy mechanism."""
+    privacy mechanism. Nothing is sent that the genesis does not list (its model record's
+    tensors, of its update size): :func:`check_outgoing_update` is the last check."""
+    check_outgoing_update(sent, rules.model)
     config = msg.content[m.CONFIG]
     commitment = sign_update_commitment(
         holder.key,

@@ -111,6 +111,9 @@ class RunConfig:
     base_weights: str = ""
     base_source: str = ""
     base_licence: str = ""
+    # Who may be given the resulting models besides the participants (the genesis's rule of
+    # model access): comma-separated hex Ed25519 public keys; empty: the participants alone.
+    model_access: str = ""
     aggregation: str = "screened"  # chosen by experiments/robustness.py (README, Results)
     beta: float = 1.0
     weight_cap: float = 1.0  # largest share of one client's weight; 1.0 = no cap

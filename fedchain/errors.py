@@ -65,7 +65,12 @@ class InvalidBlock(LedgerError):
 
 
 class TrainingRefused(FedchainError):
-    """A client declines to train in a round (it still does its ledger duties)."""
+    """A client declines to train in a round (it still does its ledger duties). ``code``: the
+    ledger's reason code for it (:data:`fedchain.ledger.objects.REFUSAL_CODES`)."""
+
+    def __init__(self, message: str, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class PrivacyBudgetSpent(TrainingRefused):
@@ -75,6 +80,11 @@ class PrivacyBudgetSpent(TrainingRefused):
 class UseNotAgreed(TrainingRefused):
     """A train message asks for more than the federation's contract allows: a round past its
     ``max_rounds``, or more local epochs than its ``max_local_epochs``."""
+
+
+class UpdateNotAgreed(FedchainError):
+    """What a holder's client was about to send is not what the contract says leaves it: other
+    tensors than the genesis's model record lists, or more bytes than its update size."""
 
 
 class LedgerStoreError(LedgerError):

@@ -51,7 +51,11 @@ def parse_reply(
     """
     node_id = message.metadata.src_node_id if node_id is None else node_id
     if message.has_error():
-        return ClientReply(node_id, error=compute_error_reason(message.error.reason))
+        reason = message.error.reason
+        reason, signed = (
+            m.split_signed_refusal(reason) if isinstance(reason, str) else (reason, b"")
+        )
+        return ClientReply(node_id, refusal=signed, error=compute_error_reason(reason))
     return compute_client_reply(node_id, message.content, model)
 
 
@@ -103,12 +107,13 @@ def compute_client_reply(
 
 
 def _refusal(node_id: int, content: Mapping[str, object], problems: list[str]) -> ClientReply:
-    """A train reply in which the client declines to train (its privacy budget is spent) but
-    still does its ledger duties: its attestation and seal count; it sends no update."""
+    """A train reply in which the client declines to train (its privacy budget is spent, or the
+    message asks more than the contract allows) but still does its ledger duties: its
+    attestation and seal count; it sends no update, and may send its signed refusal."""
     extra = [name for name in content if not (type(name) is str and name in REFUSAL_RECORDS)]
     if extra:
         problems.append(f"unexpected record {quote_client_text(extra[0])}")
-    reason = m.decode_refusal(content.get(m.REFUSAL), problems)
+    reason, signed = m.decode_refusal(content.get(m.REFUSAL), problems)
     duties = m.decode_duties(content.get(m.DUTIES), problems)
     error = (
         "malformed reply: " + "; ".join(problems[:3])
@@ -120,6 +125,7 @@ def _refusal(node_id: int, content: Mapping[str, object], problems: list[str]) -
         attestation=duties.attestation,
         seal=duties.seal,
         checkpoint=duties.checkpoint,
+        refusal=b"" if problems else signed,
         error=error,
     )
 

@@ -26,6 +26,7 @@ from fedchain.rounds.admission import (
     MAX_REASON_CHARS,
     MISMATCH_REASON,
     ClientReply,
+    admit_app_approvals,
     admit_attestation,
     admit_update,
     brief_reason,
@@ -37,6 +38,7 @@ from fedchain.rounds.admission import (
     decode_commitment,
     is_fresh_commitment,
 )
+from tests.test_ledger_state import APP_V1, APP_V2, approve, make_holders_state
 
 RUN_ID = "admission"
 MODEL = {"w": np.zeros((2, 3), dtype=np.float32), "b": np.zeros(3, dtype=np.float32)}
@@ -257,3 +259,16 @@ def test_the_gist_of_a_ray_client_error_is_the_client_s_own_message() -> None:
 def test_attestations_decode_as_the_ledger_encodes_them(w: World) -> None:
     signed = sign_attestation(w.keys[2], w.state.genesis_hash, height=1, block_hash=b"\x00" * 32)
     assert decode(Attestation, encode(signed)) == signed
+
+
+def test_admit_app_approvals_records_each_holders_next_approval_once() -> None:
+    """An inbox may hold an approval twice, out of order, or an old one replayed after the
+    holder went back to the app it left: only what the transition accepts is recorded."""
+    state = make_holders_state()
+    first, back = approve(1, APP_V2, APP_V1, 1), approve(1, APP_V1, APP_V2, 2)
+    other = approve(2, APP_V2, APP_V1, 1)
+    post, recorded = admit_app_approvals(state, [back, other, first, first], 1)
+    assert recorded == (first, back, other) or recorded == (other, first, back)
+    assert post.participants[first.public_key].app_approvals == 2
+    again, none = admit_app_approvals(post, [first, back, other], 1)
+    assert none == () and again == post

@@ -40,8 +40,9 @@ from fedchain.deploy import flower, flwr_cli, gate, logs, processes
 from fedchain.deploy.app import app_digest
 from fedchain.deploy.certs import create_supernode_keys, create_test_certificates
 from fedchain.ledger.codec import decode
-from fedchain.ledger.objects import Block, Rejection
+from fedchain.ledger.objects import AppApproval, Block, Refusal, Rejection
 from fedchain.ledger.store import LedgerStore
+from fedchain.ledger.verify import verify_ledger
 from fedchain.runs import approval
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -455,9 +456,10 @@ def test_journey_a_modified_app_is_refused_and_the_approved_one_trains(tmp_path)
 def test_an_upgrade_is_an_explicit_signed_act_and_a_refusal_reaches_the_ledger(tmp_path):
     """A holder approves a new app (`join --approve app-v2.fab`): join shows what changed,
     signs the approval and keeps it; its node then runs that app and no other. The coordinator,
-    still on the app the holders registered, is refused by it: its ServerApp records the
-    holder's refusal (both digests) on the ledger as that holder's rejection (in a block the
-    other holder, who runs the registered app, proposes), and the report shows it."""
+    still on the app the holders registered, is refused by it: join signs the holder's refusal
+    (both digests) and its ServerApp records it on the ledger as that holder's own `Refusal`
+    (in a block the other holder, who runs the registered app, proposes); the report shows
+    it."""
     upgraded, other = tmp_path / "upgraded", tmp_path / "other"
     fed_dir, fed_id, port, run_id = _registered_federation(tmp_path, [upgraded, other], secure=True)
     new_config = app_bundle.APP_PYPROJECT + "max-local-epochs = 1\n"
@@ -478,14 +480,14 @@ def test_an_upgrade_is_an_explicit_signed_act_and_a_refusal_reaches_the_ledger(t
         identity.load_identity(upgraded / "holder.key", IDENTITY_SECRET.encode())
     )
 
-    def refusals() -> list[str]:
+    def refusals() -> list[Refusal | Rejection]:
         with LedgerStore.open(run_dir / "ledger.db", readonly=True) as store:
             blocks = [decode(Block, stored.data) for stored in store.iter_blocks()]
         return [
-            tx.reason
+            tx
             for block in blocks
             for tx in block.transactions
-            if isinstance(tx, Rejection) and tx.public_key == public
+            if isinstance(tx, Refusal | Rejection) and tx.public_key == public
         ]
 
     try:
@@ -502,12 +504,71 @@ def test_an_upgrade_is_an_explicit_signed_act_and_a_refusal_reaches_the_ledger(t
         while not refusals():
             assert time.monotonic() < deadline, "no rejection on the coordinator's ledger"
             time.sleep(1.0)
-        (reason,) = refusals()
-        assert gate.REFUSAL_PREFIX in reason
-        assert f"app {app_digest().hex()[:16]}… is not the app it approved ({new[:16]}…)" in reason
+        (refusal,) = refusals()  # the holder's own, signed by its join (spec §9.10)
+        assert isinstance(refusal, Refusal) and refusal.code == "app-not-approved"
+        assert f"app {app_digest().hex()} is not the app it approved ({new})" == refusal.detail
     finally:
         for join in joins:
             stop_join(join)
         fedchain_ok("coordinator", "stop", fed_dir)
     report = fedchain_ok("report", run_dir, "--json-only")
-    assert "refused by the data holder" in " ".join(report.split())
+    assert "refused to train (app-not-approved), signed by the holder" in " ".join(report.split())
+
+
+def test_the_upgrade_journey_the_holders_approve_the_coordinator_records_and_submits_it(tmp_path):
+    """Upgrading, both sides, as a new user would: the coordinator's ledger exists (its first
+    start), the holders approve `app-v2.fab` (`join --approve`), the coordinator records their
+    signed approvals (`coordinator approve`) and starts with that app (`coordinator start
+    --app`): no holder refuses it, both train with it, and the ledger (replayed by `verify`
+    and the report) names the new app as each holder's."""
+    holders = [tmp_path / "a", tmp_path / "b"]
+    fed_dir, fed_id, port, _ = _registered_federation(tmp_path, holders, secure=True)
+    fedchain_ok("coordinator", "stop", fed_dir)  # the ledger is created: nothing trained yet
+    new_config = app_bundle.APP_PYPROJECT + "max-local-epochs = 1\n"
+    fab, _ = build_fab_from_files({"pyproject.toml": new_config.encode()})
+    (tmp_path / "app-v2.fab").write_bytes(fab)
+    new = hashlib.sha256(fab).hexdigest()
+    address = f"127.0.0.1:{port}"
+    tls = ["--root-cert", fed_dir / "certs" / "ca.crt", "--auth-key"]
+    joins = [
+        start_join(
+            h, address, fed_id, {}, *tls, h / "node.key", "--approve", tmp_path / "app-v2.fab"
+        )
+        for h in holders
+    ]
+    try:
+        for join, h in zip(joins, holders, strict=True):
+            wait_output(join, h / "join.out", f"approved app {new} (your signed approval)", 120)
+        for i, h in enumerate(holders):
+            recorded = fedchain_ok(
+                "coordinator", "approve", fed_dir, h / "holder.ledger" / "approved-app.toml"
+            )
+            assert f"holder-{i}: approval 1, app {new}" in " ".join(recorded.split())
+        started = fedchain_ok(
+            "coordinator", "start", fed_dir, "--port", port, "--app", tmp_path / "app-v2.fab"
+        )
+        assert f"app {new} (from " in started and "will refuse" not in started
+        for join, h in zip(joins, holders, strict=True):
+            wait_output(join, h / "join.out", "round 1: trained on your data", 240)
+        deadline = time.monotonic() + 180  # round 1's block, with the approvals, is sealed
+        while not _approvals_recorded(run_dir := fed_dir / "run"):
+            assert time.monotonic() < deadline, "no app approval on the coordinator's ledger"
+            time.sleep(1.0)
+    finally:
+        for join in joins:
+            stop_join(join)
+        fedchain_ok("coordinator", "stop", fed_dir)
+    shown = fedchain_ok("ledger", "show", run_dir)
+    assert shown.count("app approval") == 2
+    report = verify_ledger(run_dir)
+    assert report.ok, report.failure
+    assert report.state is not None
+    assert {p.app_digest.hex() for p in report.state.participants.values()} == {new}
+    events = fedchain_ok("report", run_dir, "--json-only")
+    assert "app-approved" in events
+
+
+def _approvals_recorded(run_dir: Path) -> int:
+    with LedgerStore.open(run_dir / "ledger.db", readonly=True) as store:
+        blocks = [decode(Block, stored.data) for stored in store.iter_blocks()]
+    return sum(isinstance(tx, AppApproval) for block in blocks for tx in block.transactions)

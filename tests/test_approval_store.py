@@ -21,8 +21,8 @@ OTHER_FED = hashlib.sha256(b"another federation").digest()
 
 def _chain(key, digests: list[bytes], federation: bytes = FED) -> list[approval.ApprovalEntry]:
     entries, current = [], app.app_digest()
-    for digest in digests:
-        entries.append(approval.sign_approval(key, federation, digest, current, "0.2.0"))
+    for sequence, digest in enumerate(digests, 1):
+        entries.append(approval.sign_approval(key, federation, digest, current, sequence, "0.2.0"))
         current = digest
     return entries
 
@@ -37,6 +37,14 @@ def test_approvals_round_trip_and_the_latest_is_the_app_that_runs(tmp_path: Path
     approval.write_approvals(path, entries + _chain(key, [bytes([9]) * 32], OTHER_FED))
     assert approval.read_approvals(path, FED, public) == entries  # another federation's: skipped
     assert approval.approved_app(entries, app.app_digest()) == bytes([2]) * 32
+    assert [entry.approval.sequence for entry in entries] == [1, 2]
+
+
+def test_a_v1_approval_file_is_refused_with_a_hint(tmp_path: Path) -> None:
+    path = tmp_path / "approved-app.toml"
+    path.write_text('format = "fedchain-app-approvals/v1"\n')
+    with pytest.raises(ConfigError, match="approve the app again"):
+        approval.read_approvals(path, FED, bytes(32))
 
 
 @pytest.mark.parametrize(
@@ -46,6 +54,7 @@ def test_approvals_round_trip_and_the_latest_is_the_app_that_runs(tmp_path: Path
         "signed by another key",
         "signed for another federation",
         "chain broken",
+        "an old approval replayed after going back",
     ],
 )
 def test_invalid_approval_files_are_refused(tmp_path: Path, attack: str) -> None:
@@ -67,8 +76,11 @@ def test_invalid_approval_files_are_refused(tmp_path: Path, attack: str) -> None
     elif attack == "signed for another federation":
         foreign = _chain(key, [bytes([1]) * 32], OTHER_FED)[0]
         entries[0] = approval.ApprovalEntry(foreign.approval, FED)
-    else:
+    elif attack == "chain broken":
         entries.insert(1, first)  # replaces a digest that is not the one approved before it
+    else:  # the app moved to 1 and back: its first approval (1 in place of the app) replayed
+        entries = _chain(key, [bytes([1]) * 32, app.app_digest()])
+        entries.append(entries[0])  # it follows by digest; its sequence number is spent
     path = tmp_path / "approved-app.toml"
     approval.write_approvals(path, entries)
     with pytest.raises((SignatureError, ConfigError)):

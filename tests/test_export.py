@@ -19,11 +19,13 @@ from typing import TYPE_CHECKING
 
 import pytest
 import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.common.logger import FLOWER_LOGGER
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from fedchain.cli import app
+from fedchain.crypto import identity
 from fedchain.errors import ConfigError
 from fedchain.learning.architectures import build_model, trainable_names
 from fedchain.learning.base import read_base, save_base
@@ -83,9 +85,17 @@ def lora_run(
 def full_run(
     tmp_path_factory: pytest.TempPathFactory, inprocess_federation: MakeFederation
 ) -> Path:
-    """2 clients x 1 round training the cnn in full from its seeded initialisation."""
+    """2 clients x 1 round training the cnn in full from its seeded initialisation; its
+    contract lets one key besides the participants be given its models."""
     out = tmp_path_factory.mktemp("full")
-    return inprocess_federation(out, run_id="full", clients=2, rounds=1).run().setup.run_dir
+    federation = inprocess_federation(
+        out, run_id="full", clients=2, rounds=1, model_access=LISTED.hex()
+    )
+    return federation.run().setup.run_dir
+
+
+LISTED = identity.public_key_bytes(Ed25519PrivateKey.from_private_bytes(bytes([5]) * 32))
+OUTSIDER = identity.public_key_bytes(Ed25519PrivateKey.from_private_bytes(bytes([6]) * 32))
 
 
 def export(*args: str) -> tuple[int, str]:
@@ -223,6 +233,32 @@ def test_report_writes_the_card_beside_its_page_and_links_it(lora_run, tmp_path)
 
 
 # -- refusals --------------------------------------------------------------------------------
+
+
+def test_a_model_is_exported_only_to_whom_the_contract_allows(full_run, tmp_path):
+    """The genesis's model-access rule: a participant or a listed key may be given the model
+    (the card records for whom); any other key is refused, and nothing is written."""
+    participant = full_run / "clients" / "client-000.pub"
+    cases = {
+        "p": (str(participant), identity.load_public_key(participant)),
+        "listed": (LISTED.hex(), LISTED),
+    }
+    for name, (recipient, key) in cases.items():
+        code, output = export(
+            str(full_run), "--out", str(tmp_path / name), "--recipient", recipient
+        )
+        assert code == 0, output
+        assert f"for {identity.fingerprint(key)}" in output
+        card = json.loads((tmp_path / name / "card.json").read_text())
+        assert card["recipient"] == key.hex()
+        assert card["rules"]["model_access"] == [LISTED.hex()]
+        assert "and 1 other keys" in (tmp_path / name / "card.md").read_text()
+    code, output = export(
+        str(full_run), "--out", str(tmp_path / "x"), "--recipient", OUTSIDER.hex()
+    )
+    assert code != 0 and "may not be given this federation's models" in output
+    assert "its 2 participants and 1 other key have them" in output
+    assert not (tmp_path / "x").exists()
 
 
 def test_invalid_a_missing_base_is_refused_and_nothing_is_written(lora_run, base_file, tmp_path):

@@ -195,6 +195,9 @@ def test_invalid_modes_without_a_base_or_with_a_base_that_does_not_fit(base_file
         (ModelRecord("cnn", "head", 0, EMPTY_HASH, "", "", ("a",)), "names no base"),
         (ModelRecord("cnn", "full", 0, EMPTY_HASH, "", "", ("a", "a")), "named once each"),
         (ModelRecord("cnn", "full", 0, EMPTY_HASH, "", "", ()), "names no trainable"),
+        (ModelRecord("cnn", "full", 0, EMPTY_HASH, "", "", ("a",)), "update_bytes"),
+        (ModelRecord("", "full", 0, EMPTY_HASH, "", "", (), 8), "update_bytes"),
+        (ModelRecord("cnn", "full", 0, EMPTY_HASH, "", "", ("a",), -4), "update_bytes"),
     ],
 )
 def test_invalid_model_records_make_the_genesis_invalid(record, match):
@@ -236,6 +239,18 @@ def test_invalid_a_model_built_with_other_trainable_tensors_is_refused(run):
     record = run.genesis.rules.model
     other = dataclasses.replace(record, trainable=record.trainable[:-1])
     with pytest.raises(ConfigError, match="trains other tensors than the genesis lists"):
+        model_from_record(other, DIGITS, 10, run.config.base_weights)
+
+
+def test_the_genesis_states_the_update_size_and_a_model_of_another_size_is_refused(run):
+    """What leaves a holder is fixed by the contract: the LoRA adapters and head, as float32,
+    ``update_bytes`` in all; a model whose tensors have other shapes here (a changed task
+    module, say) is refused before it trains."""
+    record = run.genesis.rules.model
+    initial = load_model(run.run_dir, run.genesis.initial_model_hash)
+    assert record.update_bytes == sum(a.nbytes for a in initial.values()) > 0
+    other = dataclasses.replace(record, update_bytes=record.update_bytes + 4)
+    with pytest.raises(ConfigError, match=r"makes updates of \d+ bytes, the genesis agreed to"):
         model_from_record(other, DIGITS, 10, run.config.base_weights)
 
 

@@ -103,6 +103,7 @@ def test_domain_tags_are_fixed_and_distinct() -> None:
         b"fedchain/attestation/v1",
         b"fedchain/registration/v1",
         b"fedchain/app-approval/v1",
+        b"fedchain/refusal/v1",
     }
     roots = {compute_signing_root(d, MESSAGE) for d in Domain}
     assert len(roots) == len(Domain)

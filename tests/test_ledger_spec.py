@@ -105,7 +105,7 @@ def _golden() -> dict[str, Any]:
 # An independent reader, from docs/ledger-spec.md only (no fedchain.ledger import below this line)
 
 INT, BYTES, STR, BOOL = "i64", "bytes", "str", "bool"
-TX_TAGS = (3, 10, 11, 12, 13, 14, 15, 16, 17, 18)
+TX_TAGS = (3, 10, 11, 12, 13, 14, 15, 16, 17, 18, 23, 50)
 FIELDS: dict[int, tuple[tuple[str, Any], ...]] = {  # spec §3, transcribed
     1: (
         ("min_stake", INT),
@@ -130,6 +130,7 @@ FIELDS: dict[int, tuple[tuple[str, Any], ...]] = {  # spec §3, transcribed
         ("model", (4,)),
         ("max_rounds", INT),
         ("max_local_epochs", INT),
+        ("model_access", ("seq", BYTES)),
     ),
     4: (
         ("architecture", STR),
@@ -139,6 +140,7 @@ FIELDS: dict[int, tuple[tuple[str, Any], ...]] = {  # spec §3, transcribed
         ("base_source", STR),
         ("base_licence", STR),
         ("trainable", ("seq", STR)),
+        ("update_bytes", INT),
     ),
     2: (
         ("public_key", BYTES),
@@ -192,6 +194,13 @@ FIELDS: dict[int, tuple[tuple[str, Any], ...]] = {  # spec §3, transcribed
     19: (("genesis_hash", BYTES), ("height", INT), ("block_hash", BYTES), ("model_head", BYTES)),
     20: (("first", (31,)), ("second", (31,))),
     21: (("first", (17,)), ("second", (17,))),
+    23: (
+        ("public_key", BYTES),
+        ("round", INT),
+        ("code", STR),
+        ("detail", STR),
+        ("signature", BYTES),
+    ),
     30: (
         ("height", INT),
         ("round", INT),
@@ -211,6 +220,8 @@ FIELDS: dict[int, tuple[tuple[str, Any], ...]] = {  # spec §3, transcribed
         ("num_examples", INT),
         ("active", BOOL),
         ("dp_participations", INT),
+        ("app_digest", BYTES),
+        ("app_approvals", INT),
     ),
     41: (
         ("participants", ("seq", (40,))),
@@ -222,6 +233,7 @@ FIELDS: dict[int, tuple[tuple[str, Any], ...]] = {  # spec §3, transcribed
         ("public_key", BYTES),
         ("app_digest", BYTES),
         ("replaces", BYTES),
+        ("sequence", INT),
         ("fedchain_version", STR),
         ("signature", BYTES),
     ),
@@ -232,9 +244,13 @@ DOMAINS = {
     11: b"fedchain/update-commitment/v1",
     17: b"fedchain/attestation/v1",
     31: b"fedchain/block-header/v1",
+    23: b"fedchain/refusal/v1",
     50: b"fedchain/app-approval/v1",
 }
-SIGNER = {2: "public_key", 10: "public_key", 11: "public_key", 17: "validator", 50: "public_key"}
+SIGNER = {
+    **{2: "public_key", 10: "public_key", 11: "public_key", 17: "validator"},
+    **{23: "public_key", 50: "public_key"},
+}
 
 
 def H(data: bytes) -> bytes:
@@ -361,9 +377,10 @@ def state_root(
 ) -> bytes:
     body = bytes([41]) + struct.pack("<I", len(people))
     for key in sorted(people):
-        stake, rep, data_hash, examples, active, participations = people[key]
+        stake, rep, data_hash, examples, active, participations, app, approvals = people[key]
         body += bytes([40]) + b(key) + struct.pack("<qq", stake, rep) + b(data_hash)
         body += struct.pack("<q", examples) + bytes([active]) + struct.pack("<q", participations)
+        body += b(app) + struct.pack("<q", approvals)
     return H(body + b(model_head) + struct.pack("<qq", round_, carried))
 
 
@@ -376,8 +393,12 @@ def test_independent_reader_replays_the_golden_ledger() -> None:
     for p in genesis["participants"]:  # each registration signed for the federation id
         check_signed(p, federation_id(genesis["run_id"], rules))
     slash, penalty = dict(rules["slash_bps"]), rules["reputation_penalty_bps"]
+    fed_id = federation_id(genesis["run_id"], rules)
     people = {
-        p["public_key"]: [p["stake"], 10_000, p["dataset_hash"], p["num_examples"], True, 0]
+        p["public_key"]: [
+            *(p["stake"], 10_000, p["dataset_hash"], p["num_examples"], True, 0),
+            *(p["app_digest"], 0),
+        ]
         for p in genesis["participants"]
     }
     model_head, parent, last, by_height, seen = genesis["initial_model_hash"], bytes(32), {}, {}, []
@@ -400,9 +421,13 @@ def test_independent_reader_replays_the_golden_ledger() -> None:
             by_height[header["height"]] = dict(validators)
         for tx in txs:
             tag = tx["_tag"]
-            if tag in SIGNER:
-                check_signed(tx, federation)
-            if tag == 11:
+            if tag in SIGNER:  # an approval, like a registration, signs the federation id
+                check_signed(tx, fed_id if tag == 50 else federation)
+            if tag == 50:  # the holder's next approval, replacing its current app (§9.2)
+                p = people[tx["public_key"]]
+                assert (tx["sequence"], tx["replaces"]) == (p[7] + 1, p[6])
+                p[6], p[7] = tx["app_digest"], tx["sequence"]
+            elif tag == 11:
                 commits.add(tx["public_key"])
                 mechanism = (tx["dp_noise_micro"], tx["dp_sample_rate_micro"], tx["dp_steps"])
                 if rules["dp_mode"] == "off":

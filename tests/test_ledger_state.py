@@ -46,6 +46,7 @@ from fedchain.ledger.genesis import (
 )
 from fedchain.ledger.objects import (
     DOUBLE_SIGN,
+    AppApproval,
     Attestation,
     AttestationPair,
     Block,
@@ -100,8 +101,8 @@ RULES = make_rules(  # every field given: the known answers below must not follo
 OTHER_FEDERATION = hashlib.sha256(b"another federation").digest()
 
 # Known answers (Ed25519 signatures are deterministic, so whole blocks are).
-KNOWN_GENESIS_BLOCK_HASH = "ba428a3dacf64ba7fdd632d79000cb509fac762a03d9836d22ddb68de0e6b29e"
-KNOWN_BLOCK_1_HASH = "8debec100ec2efcaf0590f626622157062a81b3a967558d336874a605a8f3342"
+KNOWN_GENESIS_BLOCK_HASH = "932d8cac6279df51e7dc3ae4da204559f268a14547299b35d859cd657d9d26a8"
+KNOWN_BLOCK_1_HASH = "10c104778dddeadc0082ef5af7dbdd55f3843179dba4f989a309cfdb80f782d1"
 
 
 def digest(text: str) -> bytes:
@@ -904,6 +905,122 @@ def test_invalid_rejection(pre: LedgerState) -> None:
         process_rejection(pre, Rejection(2, PUB[5], "late"), 1)
     with pytest.raises(InvalidTransaction, match="32 bytes"):
         process_rejection(pre, Rejection(1, b"short", "bad key"), 1)
+
+
+# --------------------------------------------------------------------------------------------------
+# App approvals: a holder's signed upgrade
+
+
+APP_V1, APP_V2, APP_V3 = digest("app-v1"), digest("app-v2"), digest("app-v3")
+
+
+@pytest.fixture(scope="module")
+def holders() -> LedgerState:
+    return make_holders_state()
+
+
+def make_holders_state() -> LedgerState:
+    """A federation whose holders registered app v1."""
+    federation_id = compute_federation_id(RUN_ID, RULES)
+    participants = [
+        sign_genesis_participant(
+            KEYS[i],
+            federation_id,
+            stake=stake,
+            dataset_hash=digest(f"dataset-{i}"),
+            num_examples=REGISTERED_EXAMPLES,
+            app_digest=APP_V1,
+        )
+        for i, stake in STAKES.items()
+    ]
+    genesis = make_genesis(RUN_ID, participants, initial_model_hash=MODEL_0, rules=RULES)
+    return compute_genesis_state(genesis)
+
+
+def approve(
+    signer: int, app: bytes, replaces: bytes, sequence: int, *, holder: int | None = None,
+    federation: bytes | None = None,
+) -> AppApproval:  # fmt: skip
+    """``signer``'s approval (naming ``holder``'s key, its own by default)."""
+    fields = (PUB[signer if holder is None else holder], app, replaces, sequence, "0.2.0")
+    unsigned = AppApproval(*fields, b"")
+    if federation is None:
+        federation = compute_federation_id(RUN_ID, RULES)
+    return AppApproval(
+        *fields, sign(KEYS[signer], Domain.APP_APPROVAL, signing_message(unsigned), federation)
+    )
+
+
+def test_app_approval_makes_the_new_app_the_holders(holders: LedgerState) -> None:
+    assert participant(holders, 1).app_digest == APP_V1
+    post = process_transaction(holders, approve(1, APP_V2, APP_V1, 1), 1)
+    assert (participant(post, 1).app_digest, participant(post, 1).app_approvals) == (APP_V2, 1)
+    assert participant(post, 2) == participant(holders, 2)
+    assert compute_state_root(post) != compute_state_root(dataclasses.replace(holders, round=1))
+    back = process_transaction(post, approve(1, APP_V1, APP_V2, 2), 1)  # going back is allowed
+    assert (participant(back, 1).app_digest, participant(back, 1).app_approvals) == (APP_V1, 2)
+
+
+def test_app_approval_in_a_block_replays(holders: LedgerState) -> None:
+    block, post = propose(holders, [approve(2, APP_V2, APP_V1, 1)], round=1)
+    assert process_block(holders, decode(Block, encode(block))) == post
+    assert participant(post, 2).app_digest == APP_V2
+
+
+def test_invalid_app_approval_forged(holders: LedgerState) -> None:
+    """A coordinator edits a holder's approval to another app, or makes one up."""
+    genuine = approve(1, APP_V2, APP_V1, 1)
+    for forged in (
+        dataclasses.replace(genuine, app_digest=APP_V3),
+        dataclasses.replace(genuine, signature=bytes(64)),
+        dataclasses.replace(genuine, signature=genuine.signature[:-1] + b"\x00"),
+    ):
+        with pytest.raises(InvalidTransaction, match="bad signature on the AppApproval"):
+            process_transaction(holders, forged, 1)
+
+
+def test_invalid_app_approval_of_another_participant(holders: LedgerState) -> None:
+    """Holder 2's signature cannot approve an app for holder 1, and an outsider has no app."""
+    with pytest.raises(InvalidTransaction, match="bad signature"):
+        process_transaction(holders, approve(2, APP_V2, APP_V1, 1, holder=1), 1)
+    with pytest.raises(InvalidTransaction, match="not registered"):
+        process_transaction(holders, approve(5, APP_V2, APP_V1, 1), 1)
+
+
+def test_invalid_app_approval_replayed(holders: LedgerState) -> None:
+    """An old approval cannot be replayed: not twice, and not after the holder went back to the
+    app it replaced (it would follow by digest; its sequence number is spent)."""
+    first = approve(1, APP_V2, APP_V1, 1)
+    upgraded = process_transaction(holders, first, 1)
+    with pytest.raises(InvalidTransaction, match="next approval is number 2"):
+        process_transaction(upgraded, first, 1)
+    back = process_transaction(upgraded, approve(1, APP_V1, APP_V2, 2), 1)
+    with pytest.raises(InvalidTransaction, match="cannot be replayed"):
+        process_transaction(back, first, 2)
+    with pytest.raises(InvalidTransaction, match="cannot be replayed"):
+        process_transactions(holders, [first, first], 1)
+
+
+@pytest.mark.parametrize(
+    ("approval", "message"),
+    [
+        (approve(1, APP_V3, APP_V2, 1), "replaces app"),
+        (approve(1, APP_V2, APP_V1, 2), "next approval is number 1"),
+        (approve(1, b"short", APP_V1, 1), "32 bytes"),
+        (approve(1, APP_V2, APP_V1, 1, federation=OTHER_FEDERATION), "bad signature"),
+    ],
+    ids=["replaces-another-app", "skips-a-number", "short-digest", "another-federation"],
+)
+def test_invalid_app_approval(holders: LedgerState, approval: AppApproval, message: str) -> None:
+    with pytest.raises(InvalidTransaction, match=message):
+        process_transaction(holders, approval, 1)
+
+
+def test_invalid_app_approval_signed_under_the_genesis_hash(holders: LedgerState) -> None:
+    """An approval signs the federation id, like the registration it amends."""
+    approval = approve(1, APP_V2, APP_V1, 1, federation=holders.genesis_hash)
+    with pytest.raises(InvalidTransaction, match="bad signature"):
+        process_transaction(holders, approval, 1)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -81,7 +81,9 @@ def forged_genesis_block(genesis: Genesis) -> Block:
     attacker writes into a ledger file."""
     people = [
         ParticipantState(
-            p.public_key, p.stake, INITIAL_REPUTATION_BPS, p.dataset_hash, p.num_examples, True
+            *(p.public_key, p.stake, INITIAL_REPUTATION_BPS, p.dataset_hash, p.num_examples),
+            active=True,
+            app_digest=p.app_digest,
         )
         for p in genesis.participants
     ]

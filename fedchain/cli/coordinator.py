@@ -1,4 +1,5 @@
-"""``fedchain coordinator``: a federation's SuperLink and ServerApp (certs, start, status, stop).
+"""``fedchain coordinator``: a federation's SuperLink and ServerApp (certs, start, status, stop),
+and the holders' signed app approvals it records (approve).
 
 ``start`` creates the ledger on the first start (genesis = the registered participants) or
 checks the existing one, starts Flower's SuperLink in the background (TLS and SuperNode
@@ -11,9 +12,13 @@ from any terminal.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
 import json
+import shutil
 import time
-from pathlib import Path
+import zipfile
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Any
 
 import typer
@@ -25,8 +30,13 @@ from fedchain.deploy import app as app_bundle
 from fedchain.deploy import flower, flwr_cli, processes
 from fedchain.deploy.certs import DEFAULT_HOSTS, CertPaths, create_test_certificates
 from fedchain.durable import write_atomically
-from fedchain.errors import ConfigError, DeployError
+from fedchain.errors import ConfigError, DeployError, LedgerError
+from fedchain.ledger.containers import LedgerState
+from fedchain.ledger.objects import compute_federation_id
+from fedchain.ledger.state import process_transaction
 from fedchain.ledger.verify import verify_ledger
+from fedchain.rounds.admission import admit_app_approvals, compute_reason
+from fedchain.runs import approval
 from fedchain.runs import federation as fed
 from fedchain.runs.layout import (
     APP_DIRNAME,
@@ -138,6 +148,14 @@ def start(
         typer.Option("--no-supernode-auth", help="Let any SuperNode connect (TLS stays on)."),
     ] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the SuperLink.")] = 60.0,
+    app_fab: Annotated[
+        Path | None,
+        typer.Option(
+            "--app",
+            help="Submit this app bundle (.fab) instead of your fedchain's own: the one the "
+            "holders approved in an upgrade (`fedchain coordinator approve`).",
+        ),
+    ] = None,
 ) -> None:
     """Start the SuperLink in the background and submit the federation's ServerApp."""
     federation = fed.load_federation(fed_dir)
@@ -162,11 +180,14 @@ def start(
     with console.status("preparing the ledger…"):
         run_dir, config, created = fed.prepare_federation_run(federation)
         report = _verify(run_dir)
+        bundle = _app_folder(fed_dir, app_fab)
     verb = "created" if created else "resuming"
     console.print(
         f"ledger {verb}: {run_dir / LEDGER_FILENAME} (genesis {report.genesis_hash.hex()[:16]}, "
         f"height {report.head_height}, round {report.rounds} of {config.rounds})"
     )
+    submitted = app_bundle.compute_folder_digest(bundle)
+    _say_who_refuses(federation, report.state, run_dir, submitted)
     # Where this machine reaches the SuperLink (a wildcard listen address is no dial address).
     address = f"{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{port}"  # noqa: S104
     process = flower.start_superlink(
@@ -201,7 +222,6 @@ def start(
         state["nodes"] = nodes
         _write_state(fed_dir, state)  # before the ServerApp starts: it reads the node ids
         _stop_stale_runs(connection)
-        bundle = app_bundle.write_app_bundle(fed_dir / APP_DIRNAME)
         run_config = {app_bundle.FEDERATION_DIR_KEY: str(fed_dir.resolve())}
         run_id = flwr_cli.submit_run(bundle, connection, run_config)
     except BaseException:
@@ -212,9 +232,11 @@ def start(
     console.print(
         f"ServerApp submitted: Flower run {run_id}; rounds log to {run_dir / LOG_FILENAME}"
     )
+    own = submitted == app_bundle.app_digest()
     console.print(
-        f"app {app_bundle.app_digest().hex()} (fedchain {app_bundle.fedchain_version()}): the "
-        "one every participant approved when it registered",
+        f"app {submitted.hex()} ("
+        + (f"fedchain {app_bundle.fedchain_version()}'s own" if own else f"from {app_fab}")
+        + ")",
         markup=False,
     )
     console.print(
@@ -225,6 +247,59 @@ def start(
         + (" --insecure" if insecure else "")
     )
     console.print(f"follow with `fedchain coordinator status {fed_dir}`; stop with `... stop`")
+
+
+def _app_folder(fed_dir: Path, fab: Path | None) -> Path:
+    """The app folder ``flwr run`` submits: fedchain's own, or the files of ``fab``, which must
+    build back to the same bundle (the digest the holders approved)."""
+    folder = fed_dir / APP_DIRNAME
+    if folder.exists():
+        shutil.rmtree(folder)
+    if fab is None:
+        return app_bundle.write_app_bundle(folder)
+    if not fab.is_file() or fab.stat().st_size > approval.MAX_FAB_SIZE:
+        raise ConfigError(f"--app {fab}: not a file of at most {approval.MAX_FAB_SIZE} bytes")
+    data = fab.read_bytes()
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            for info in archive.infolist():
+                name = PurePosixPath(info.filename)
+                if info.is_dir() or name.parts[0] == ".info":
+                    continue
+                if name.is_absolute() or ".." in name.parts:
+                    raise ConfigError(f"--app {fab}: the path {info.filename!r} leaves the app")
+                (folder / name).parent.mkdir(parents=True, exist_ok=True)
+                (folder / name).write_bytes(archive.read(info))
+    except zipfile.BadZipFile as e:
+        raise ConfigError(f"--app {fab}: not a Flower app bundle ({e})") from None
+    rebuilt = app_bundle.compute_folder_digest(folder).hex()
+    if rebuilt != hashlib.sha256(data).hexdigest():
+        raise ConfigError(
+            f"--app {fab}: its files build to app {rebuilt}, not to the bundle's own digest "
+            f"{hashlib.sha256(data).hexdigest()} (another Flower or zlib built it): the holders "
+            "would refuse what flwr submits"
+        )
+    return folder
+
+
+def _say_who_refuses(
+    federation: fed.Federation, state: LedgerState | None, run_dir: Path, app: bytes
+) -> None:
+    """Name the participants whose approved app, on the ledger (with the approvals waiting in
+    the inbox), is not ``app``: their nodes will refuse it."""
+    if state is None:
+        return
+    queued = [entry.approval for entry in approval.read_inbox(run_dir)]
+    state, _ = admit_app_approvals(state, queued, state.round)
+    names = {p.public_key: p.name for p in federation.participants}
+    for key, participant in state.participants.items():
+        if participant.app_digest and participant.app_digest != app:
+            console.print(
+                f"warning: {names.get(key, fingerprint(key))} approved app "
+                f"{participant.app_digest.hex()[:16]}…, not {app.hex()[:16]}…: its node will "
+                "refuse this one",
+                markup=False,
+            )
 
 
 def _verify(run_dir: Path) -> Any:
@@ -261,6 +336,69 @@ def _stop_stale_runs(connection: flwr_cli.FlwrConnection) -> None:
         if not status.startswith("finished"):
             with contextlib.suppress(DeployError, ValueError):
                 flwr_cli.stop_run(connection, int(str(run.get("run-id"))))
+
+
+@app.command()
+def approve(
+    fed_dir: FedDirArg,
+    approvals_file: Annotated[
+        Path,
+        typer.Argument(
+            help="A holder's approval file (its NAME.ledger/approved-app.toml, from "
+            "`fedchain join --approve`)."
+        ),
+    ],
+) -> None:
+    """Record a data holder's signed app approvals on the ledger: checked now against its key
+    and its approved app, kept in the run's inbox, and written into the next block (the holder's
+    approved app is then the new one for everyone who replays the ledger)."""
+    run_dir = run_dir_of(fed_dir)
+    federation = fed.load_federation(fed_dir)
+    if not fed.has_ledger(fed_dir):
+        raise ConfigError(
+            f"{fed_dir}: no ledger yet; before the first `coordinator start` the holder "
+            "registers again with the app it approves"
+        )
+    state = _verify(run_dir).state
+    genesis = state.genesis
+    federation_id = compute_federation_id(genesis.run_id, genesis.rules)
+    given = [
+        entry
+        for entry in approval.parse_approvals(approvals_file)
+        if entry.federation_id == federation_id
+    ]
+    if not given:
+        raise ConfigError(f"{approvals_file}: holds no approval for this federation")
+    names = {p.public_key: p.name for p in federation.participants}
+    waiting: list[approval.ApprovalEntry] = []
+    for entry in sorted(
+        [*approval.read_inbox(run_dir), *given],
+        key=lambda e: (e.approval.public_key, e.approval.sequence),
+    ):
+        item = entry.approval
+        holder = state.participants.get(item.public_key)
+        if holder is not None and item.sequence <= holder.app_approvals:
+            continue  # on the ledger already, or given twice
+        try:
+            state = process_transaction(state, item, state.round)
+        except LedgerError as e:
+            who = names.get(item.public_key, fingerprint(item.public_key))
+            raise ConfigError(
+                f"{approvals_file}: approval {item.sequence} of {who} refused: {compute_reason(e)}"
+            ) from None
+        waiting.append(entry)
+    approval.write_inbox(run_dir, waiting)
+    for entry in waiting:
+        item = entry.approval
+        console.print(
+            f"{names.get(item.public_key, fingerprint(item.public_key))}: approval "
+            f"{item.sequence}, app {item.app_digest.hex()} in place of {item.replaces.hex()[:16]}… "
+            "(recorded in the next block)",
+            markup=False,
+        )
+    if not waiting:
+        console.print("nothing new: these approvals are on the ledger already")
+    _say_who_refuses(federation, state, run_dir, app_bundle.app_digest())
 
 
 @app.command()

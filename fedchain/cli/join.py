@@ -17,6 +17,7 @@ registration, on first contact too.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import signal
@@ -37,6 +38,9 @@ from fedchain.data import datafile, keys
 from fedchain.deploy import app as app_bundle
 from fedchain.deploy import flower, flwr_cli, gate, logs, processes
 from fedchain.errors import ConfigError, DeployError
+from fedchain.ledger.builder import sign_refusal
+from fedchain.ledger.codec import encode
+from fedchain.ledger.objects import REFUSE_APP
 from fedchain.ledger.show import printable
 from fedchain.runs import approval
 from fedchain.runs.layout import APPROVED_APP_FILENAME, CA_CERT_FILENAME, holder_ledger_dir
@@ -247,6 +251,7 @@ def join(
             holder=identity.fingerprint(public),
             on_line=progress.on_line,
             on_decision=progress.on_decision,
+            sign=functools.partial(_sign_app_refusal, key),
         )
         executor.start()
         console.print(
@@ -259,6 +264,13 @@ def join(
             _follow(process, progress, connection, executor)
         finally:
             executor.stop()
+
+
+def _sign_app_refusal(
+    key: Ed25519PrivateKey, round_: int, genesis_hash: bytes, detail: str
+) -> bytes:
+    """The holder's signed refusal of an app it did not approve (the gate's, spec §9.10)."""
+    return encode(sign_refusal(key, genesis_hash, round=round_, code=REFUSE_APP, detail=detail))
 
 
 def _approved_app(
@@ -280,7 +292,8 @@ def _approved_app(
             for line in approval.describe_change(old_fab, fab):
                 console.print(f"  {line}", markup=False, highlight=False)
             version = app_bundle.fedchain_version()
-            entries.append(approval.sign_approval(key, federation, new, current, version))
+            sequence = len(entries) + 1
+            entries.append(approval.sign_approval(key, federation, new, current, sequence, version))
             approval.write_approvals(path, entries)
             console.print(
                 f"signed your approval into {path} (no secret: give it to the coordinator); "

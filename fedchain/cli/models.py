@@ -18,7 +18,9 @@ from rich.table import Table
 
 from fedchain.cli.common import console, make_app
 from fedchain.config import load_config_file
+from fedchain.crypto import identity
 from fedchain.errors import ConfigError
+from fedchain.ledger.objects import Genesis, is_model_recipient
 from fedchain.ledger.show import as_markup_text
 from fedchain.ledger.signatures import CachingVerifier
 from fedchain.ledger.verify import verify_ledger
@@ -166,6 +168,45 @@ def show(
     console.print(table)
 
 
+def _check_recipient(genesis: Genesis, recipient: str | None) -> bytes | None:
+    """The key an export is for; refused if the federation's contract does not let it have its
+    models (:func:`~fedchain.ledger.objects.is_model_recipient`). A deployed federation's export
+    must name its recipient (a simulation's participants are simulated: none needed)."""
+    deployed = any(p.app_digest for p in genesis.participants)
+    if recipient is None:
+        if deployed:
+            raise ConfigError(
+                "name who the model is for with --recipient KEY: this federation's contract "
+                f"lets {describe_model_access(genesis)} be given its models"
+            )
+        return None
+    path = Path(recipient)
+    key = identity.load_public_key(path) if path.is_file() else _hex_key(recipient)
+    if not is_model_recipient(genesis, key):
+        raise ConfigError(
+            f"{identity.fingerprint(key)} may not be given this federation's models: its "
+            f"contract lets {describe_model_access(genesis)} have them (rules: model-access)"
+        )
+    return key
+
+
+def _hex_key(text: str) -> bytes:
+    try:
+        key = bytes.fromhex(text.strip())
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise ConfigError(f"--recipient {text!r}: neither a .pub file nor 64 hex digits")
+    return key
+
+
+def describe_model_access(genesis: Genesis) -> str:
+    """The contract's rule of model access in words."""
+    extra = len(genesis.rules.model_access)
+    people = f"its {len(genesis.participants)} participants"
+    return people if not extra else f"{people} and {extra} other key{'s' * (extra != 1)}"
+
+
 def _print_entry(entry: ModelEntry, file_size: int) -> None:
     kind = "initial model" if entry.is_initial else f"model of round {entry.round}"
     console.print(f"[bold]{kind}[/] (block {entry.height})")
@@ -212,6 +253,15 @@ def export(
             "checked against the genesis's hash.",
         ),
     ] = None,
+    recipient: Annotated[
+        str | None,
+        typer.Option(
+            "--recipient",
+            help="Who the model is for: a public key (64 hex digits, or its .pub file). The "
+            "federation's contract says who may be given its models (its participants, and "
+            "the keys of its model-access rule); required for a deployed federation.",
+        ),
+    ] = None,
 ) -> None:
     """Export one model for plain torch, with its model card; overwrites nothing.
 
@@ -230,8 +280,9 @@ def export(
     entry = find_model(entries, model) if model is not None else entries[-1]
     state = inputs.verification.state
     record = state.genesis.rules.model if state is not None else None
-    if record is None or not record.architecture:
+    if state is None or record is None or not record.architecture:
         raise ConfigError(f"{run_dir}: its genesis names no model architecture to export")
+    recipient_key = _check_recipient(state.genesis, recipient)
     read_regular_file(run_dir / CONFIG_FILENAME, run_dir)
     config = load_config_file(run_dir / CONFIG_FILENAME)
     base = base_weights or config.base_weights or None
@@ -243,10 +294,14 @@ def export(
         if m["height"] == entry.height and m["model_hash"] == entry.model_hash.hex()
     ]
     card = compute_card(report, version, [vars(f) for f in done.files], done.input_json())
+    card["recipient"] = None if recipient_key is None else recipient_key.hex()
     paths = [out / f.name for f in done.files] + write_card_files(card, out)
     kind = "initial model" if entry.is_initial else f"model of round {entry.round}"
     verification = card["verification"]
-    console.print(f"exported the {kind} {_short(entry.model_hash)}")
+    console.print(
+        f"exported the {kind} {_short(entry.model_hash)}"
+        + ("" if recipient_key is None else f" for {identity.fingerprint(recipient_key)}")
+    )
     if verification["first_failure"]:  # the ledger verified; another model file did not
         console.print(f"[yellow]note[/] {as_markup_text(verification['first_failure'])}")
     for path in paths:

@@ -255,12 +255,18 @@ def describe_left_out(entries: Sequence[Mapping[str, Any]]) -> str:
 
 def _events_table(events: Sequence[Mapping[str, Any]]) -> Table:
     table = Table(
-        title="rejected updates, slashing and ejections",
+        title="rejected updates, holders' refusals and app approvals, slashing and ejections",
         title_justify="left",
         box=box.SIMPLE_HEAD,
         **_COMPACT,
     )
-    colour = {"rejected": "yellow", "slashed": "red", "ejected": "magenta"}
+    colour = {
+        "rejected": "yellow",
+        "holder-refused": "yellow",
+        "slashed": "red",
+        "ejected": "magenta",
+        "app-approved": "cyan",
+    }
     rows, skipped = _pick_rows(events, MAX_EVENT_ROWS)
     shown = [e for e in rows if e is not None]
     _number_column(table, "round", [str(e["round"]) for e in shown])

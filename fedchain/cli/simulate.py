@@ -168,6 +168,16 @@ def simulate(
         str | None,
         typer.Option(help=_help("base_licence", "The base model's licence text (genesis)")),
     ] = None,
+    model_access: Annotated[
+        str | None,
+        typer.Option(
+            help=_help(
+                "model_access",
+                "Who besides the participants may be given the models: comma-separated hex "
+                "public keys, recorded in the genesis",
+            )
+        ),
+    ] = None,
     aggregation: Annotated[
         str | None,
         typer.Option(
@@ -437,6 +447,7 @@ def simulate(
         "base_weights": str(Path(base_weights).resolve()) if base_weights else base_weights,
         "base_source": base_source,
         "base_licence": base_licence,
+        "model_access": model_access,
         "aggregation": aggregation,
         "beta": beta,
         "weight_cap": weight_cap,

@@ -91,6 +91,7 @@ class Domain(bytes, enum.Enum):
     ATTESTATION = b"fedchain/attestation/v1"
     REGISTRATION = b"fedchain/registration/v1"
     APP_APPROVAL = b"fedchain/app-approval/v1"
+    REFUSAL = b"fedchain/refusal/v1"
 
 
 # --------------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ __all__ = [
     "FEDERATION_DIR_KEY",
     "app_digest",
     "build_app_fab",
+    "compute_folder_digest",
     "fedchain_version",
     "write_app_bundle",
 ]
@@ -71,6 +72,14 @@ def build_app_fab() -> bytes:
 
     fab, _metadata = build_fab_from_files({"pyproject.toml": APP_PYPROJECT.encode()})
     return fab
+
+
+def compute_folder_digest(folder: Path) -> bytes:
+    """SHA-256 of the FAB ``flwr run`` builds from the app folder ``folder``: the digest the
+    holders' nodes see."""
+    from flwr.cli.build import build_fab_from_disk
+
+    return hashlib.sha256(build_fab_from_disk(folder)).digest()
 
 
 @functools.lru_cache(maxsize=1)

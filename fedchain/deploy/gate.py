@@ -45,6 +45,8 @@ from typing import Any
 
 from fedchain.data import keys
 from fedchain.deploy.processes import copy_output
+from fedchain.ledger.objects import HASH_SIZE, MAX_REFUSAL_DETAIL_CHARS
+from fedchain.rounds import messages as m
 
 __all__ = [
     "KEPT_ENV",
@@ -102,6 +104,27 @@ def refusal_reason(fab_hash: str, approved: Iterable[str], holder: str) -> str:
     )
 
 
+def signed_refusal(
+    sign: Callable[[int, bytes, str], bytes] | None, content: Any, detail: str
+) -> bytes:
+    """The holder's signed refusal of a train message's app, for the round and federation the
+    message names (``b""``: no signer, or a message that is not a fedchain train message). The
+    round and genesis hash are the coordinator's claims: a refusal for another federation is
+    good for nothing, and one for another round is refused by the ledger (spec §9.10)."""
+    if sign is None:
+        return b""
+    try:
+        config = content["config"]
+        round_, genesis_hash = config[m.SERVER_ROUND], config[m.GENESIS_HASH]
+    except (KeyError, TypeError):
+        return b""
+    if type(round_) is not int or not isinstance(genesis_hash, bytes):
+        return b""
+    if round_ < 1 or len(genesis_hash) != HASH_SIZE:
+        return b""
+    return sign(round_, genesis_hash, detail[:MAX_REFUSAL_DETAIL_CHARS])
+
+
 def encode_secrets(unlock: keys.Unlock, identity_passphrase: bytes | None) -> bytes:
     """The holder's secrets as they cross the pipe to an approved ClientApp process."""
     kind = "key" if isinstance(unlock, keys.DataKey) else "passphrase"
@@ -153,7 +176,9 @@ class ApprovingExecutor:
     ``secrets`` (:func:`encode_secrets`) go to approved ClientApp processes over a pipe;
     ``flwr_home`` is their private Flower home; their output is appended to ``log_path`` and
     handed to ``on_line``. ``holder`` names the holder in refusals; ``on_decision`` hears each
-    decision, for a refusal before the coordinator is answered.
+    decision, for a refusal before the coordinator is answered. ``sign`` (``join``'s, which
+    holds the unlocked identity) signs the holder's refusal of an app, ``(round, genesis hash,
+    detail) -> encoded Refusal``; it is appended to the error reply (:func:`signed_refusal`).
     """
 
     def __init__(
@@ -167,6 +192,7 @@ class ApprovingExecutor:
         holder: str,
         on_line: Callable[[str], None],
         on_decision: Callable[[Decision], None],
+        sign: Callable[[int, bytes, str], bytes] | None = None,
     ) -> None:
         self.address = runtime_address
         self.approved = frozenset(approved)
@@ -176,6 +202,7 @@ class ApprovingExecutor:
         self.holder = holder
         self.on_line = on_line
         self.on_decision = on_decision
+        self.sign = sign
         self.children: list[subprocess.Popen[bytes]] = []
         self.stopping = threading.Event()
         self.problem: BaseException | None = None  # the last error, said once on the console
@@ -257,6 +284,9 @@ class ApprovingExecutor:
         try:
             message, context, run, _fab = pull_task_input(client)
             self.on_decision(Decision(False, fab_hash, int(run.run_id), reason))
+            detail = f"app {fab_hash} is not the app it approved ({', '.join(self.approved)})"
+            signed = signed_refusal(self.sign, message.content, detail)
+            reason = m.append_signed_refusal(reason, signed)
             reply = Message(Error(ErrorCode.INVALID_FAB, reason), reply_to=message)
             push_message(client, reply, context)
             push_task_output(client, context, SubStatus.FAILED, reason)

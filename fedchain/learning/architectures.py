@@ -48,6 +48,7 @@ from fedchain.learning.task import Task, build_task_model, load_task
 __all__ = [
     "MODELS",
     "build_model",
+    "compute_update_bytes",
     "default_model",
     "load_numpy_state",
     "state_to_numpy",
@@ -152,6 +153,13 @@ def _check_model_args(input_shape: tuple[int, ...], num_classes: int, seed: int)
 def trainable_names(model: nn.Module) -> tuple[str, ...]:
     """The names of the tensors that travel: the trainable parameters, in the model's order."""
     return tuple(name for name, p in model.named_parameters() if p.requires_grad)
+
+
+def compute_update_bytes(model: nn.Module) -> int:
+    """The size of one update of ``model`` on the wire: its trainable tensors as float32
+    (:func:`state_to_numpy`), ``4 x`` their element count."""
+    itemsize = np.dtype(np.float32).itemsize
+    return sum(itemsize * p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def state_to_numpy(model: nn.Module) -> dict[str, np.ndarray]:

@@ -16,7 +16,12 @@ from torch import nn
 from fedchain.config import RunConfig
 from fedchain.crypto.hashing import compute_update_hash
 from fedchain.errors import ConfigError
-from fedchain.learning.architectures import build_model, state_to_numpy, trainable_names
+from fedchain.learning.architectures import (
+    build_model,
+    compute_update_bytes,
+    state_to_numpy,
+    trainable_names,
+)
 from fedchain.learning.base import compute_base_hash, read_base, read_checked_base
 from fedchain.ledger.objects import EMPTY_HASH, ModelRecord
 
@@ -84,6 +89,7 @@ def model_for_config(
         base_source=config.base_source or Path(config.base_weights).name,
         base_licence=config.base_licence,
         trainable=trainable_names(model),
+        update_bytes=compute_update_bytes(model),
     )
     return model, record
 
@@ -100,7 +106,8 @@ def model_from_record(
 
     Raises :class:`ConfigError` when the record names a base and no file is given, when the
     file's hash is not the record's, or when the model built here trains other tensors than the
-    record lists (another version of the task module, torchvision or peft).
+    record lists, or tensors of another size (another version of the task module, torchvision or
+    peft).
     """
     has_base = record.base_hash != EMPTY_HASH
     if has_base and not base_weights:
@@ -126,6 +133,12 @@ def model_from_record(
             f"model {record.architecture!r} built here trains other tensors than the genesis "
             f"lists ({len(names)} here, {len(record.trainable)} there; e.g. {differ}): another "
             "version of its task module, torchvision or peft?"
+        )
+    size = compute_update_bytes(model)
+    if record.update_bytes and size != record.update_bytes:
+        raise ConfigError(
+            f"model {record.architecture!r} built here makes updates of {size} bytes, the "
+            f"genesis agreed to {record.update_bytes}: its tensors have other shapes here"
         )
     return model
 

@@ -7,6 +7,7 @@ participant's registration, made before the genesis exists, binds the federation
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -26,6 +27,7 @@ from fedchain.ledger.objects import (
     GenesisParticipant,
     Hash32,
     ModelRecord,
+    Refusal,
     Rules,
     SignedHeader,
     Transaction,
@@ -46,6 +48,7 @@ __all__ = [
     "sign_commitment",
     "sign_genesis_participant",
     "sign_header",
+    "sign_refusal",
 ]
 
 
@@ -66,6 +69,7 @@ def make_rules(
     model: ModelRecord | None = None,
     max_rounds: int = 0,
     max_local_epochs: int = 0,
+    model_access: Iterable[bytes] = (),
 ) -> Rules:
     """:class:`Rules` with mappings turned into sorted tuples.
 
@@ -74,7 +78,8 @@ def make_rules(
     the differential privacy fields (``dp_mode``, ``dp_noise_micro``, ...; none: DP off), e.g.
     :func:`fedchain.privacy.accountant.compute_dp_rules`. ``model``: the model record (none:
     the empty record, which says nothing about the model). ``max_rounds``, ``max_local_epochs``:
-    the rules of data use (0: no limit).
+    the rules of data use (0: no limit); ``model_access``: the keys besides the participants
+    who may be given the models (sorted and made unique here).
     """
     if slash_bps is None:
         slash_bps = {DOUBLE_SIGN: 5_000}
@@ -94,6 +99,7 @@ def make_rules(
         model=model or ModelRecord(),
         max_rounds=max_rounds,
         max_local_epochs=max_local_epochs,
+        model_access=tuple(sorted(set(model_access))),
     )
 
 
@@ -161,6 +167,16 @@ def sign_commitment(
     unsigned = UpdateCommitment(*fields, b"")
     signature = sign(private_key, Domain.UPDATE, signing_message(unsigned), genesis_hash)
     return UpdateCommitment(*fields, signature)
+
+
+def sign_refusal(
+    private_key: Ed25519PrivateKey, genesis_hash: Hash32, *, round: int, code: str, detail: str
+) -> Refusal:
+    """A holder's refusal to train in ``round`` (``code``: one of
+    :data:`~fedchain.ledger.objects.REFUSAL_CODES`), signed for the federation ``genesis_hash``."""
+    unsigned = Refusal(public_key_bytes(private_key), round, code, detail, b"")
+    signature = sign(private_key, Domain.REFUSAL, signing_message(unsigned), genesis_hash)
+    return dataclasses.replace(unsigned, signature=signature)
 
 
 def sign_attestation(

@@ -66,7 +66,11 @@ class ParticipantState:
     """A registered participant. ``active`` turns False for good when its stake falls below the
     minimum (ejection); reputation is in basis points, starting at 10_000.
     ``dp_participations``: its accepted update commitments under differential privacy (the
-    privacy it has spent, as the one integer the accountant needs; 0 with DP off)."""
+    privacy it has spent, as the one integer the accountant needs; 0 with DP off).
+    ``app_digest``: the app bundle the holder approved to run on its data (its registration's,
+    then its latest recorded :class:`~fedchain.ledger.objects.AppApproval`'s; empty for a
+    simulated client); ``app_approvals``: how many approvals it has recorded (the next one's
+    ``sequence`` is this plus 1)."""
 
     TAG: ClassVar[int] = 40
     public_key: PublicKey
@@ -76,6 +80,8 @@ class ParticipantState:
     num_examples: int
     active: bool
     dp_participations: int = 0
+    app_digest: bytes = b""
+    app_approvals: int = 0
 
 
 @dataclass(frozen=True, slots=True)

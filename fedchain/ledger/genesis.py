@@ -63,6 +63,7 @@ def compute_genesis_state(genesis: Genesis) -> LedgerState:
             entry.dataset_hash,
             entry.num_examples,
             True,
+            app_digest=entry.app_digest,
         )
         for entry in genesis.participants
     }
@@ -158,6 +159,9 @@ def _check_genesis(genesis: Genesis) -> None:
         )
     if rules.max_rounds < 0 or rules.max_local_epochs < 0:
         raise fail("max_rounds and max_local_epochs must be >= 0 (0: no limit)")
+    access = rules.model_access
+    if any(len(key) != HASH_SIZE for key in access) or list(access) != sorted(set(access)):
+        raise fail("model_access must list 32-byte public keys, sorted, each once")
     if rules.update_archive_rounds < ARCHIVE_ALL_ROUNDS:
         raise fail(
             f"update_archive_rounds = {rules.update_archive_rounds}: {ARCHIVE_ALL_ROUNDS} (every "
@@ -230,7 +234,8 @@ def _check_privacy_rules(rules: Rules) -> str:
 def _check_model_record(model: ModelRecord) -> str:
     """Why the rules' model record is malformed, or ``""``: a known fine-tuning mode, a LoRA rank
     exactly when the mode is ``lora``, a 32-byte base hash (a base is required unless every
-    parameter is trained), and the trainable tensors named once each, none empty."""
+    parameter is trained), the trainable tensors named once each, none empty, and an update
+    size exactly when tensors are named."""
     if model.finetune not in FINETUNE_MODES:
         return f"unknown fine-tuning mode {model.finetune!r} (known: {', '.join(FINETUNE_MODES)})"
     if (model.lora_rank > 0) != (model.finetune == "lora") or model.lora_rank < 0:
@@ -243,4 +248,6 @@ def _check_model_record(model: ModelRecord) -> str:
         return "the model's trainable tensors must be named once each, none empty"
     if model.architecture and not model.trainable:
         return f"model {model.architecture!r} names no trainable tensor"
+    if model.update_bytes < 0 or (model.update_bytes > 0) != bool(model.trainable):
+        return "the model's update_bytes must be positive when it names tensors, else 0"
     return ""

@@ -38,6 +38,12 @@ __all__ = [
     "FINETUNE_MODES",
     "HASH_SIZE",
     "MAX_ANCHOR_PROOF_SIZE",
+    "MAX_REFUSAL_DETAIL_CHARS",
+    "REFUSAL_CODES",
+    "REFUSE_APP",
+    "REFUSE_EPOCHS",
+    "REFUSE_PRIVACY",
+    "REFUSE_ROUNDS",
     "SCORE_SCALE",
     "SIGNING_DOMAINS",
     "SLASHING_KINDS",
@@ -58,6 +64,7 @@ __all__ = [
     "ModelRecord",
     "ModelVersion",
     "PublicKey",
+    "Refusal",
     "Registration",
     "Rejection",
     "RewardDeltas",
@@ -72,6 +79,7 @@ __all__ = [
     "compute_federation_id",
     "compute_tx_root",
     "compute_tx_root_of_encodings",
+    "is_model_recipient",
     "signing_message",
 ]
 
@@ -126,7 +134,10 @@ class ModelRecord:
     initialisation); ``base_source`` and ``base_licence`` are the coordinator's text about where
     the base came from and under which licence. ``trainable`` names, in the model's order, the
     tensors that travel: updates, their hashes, the scores and every global model version cover
-    exactly these (the trainable parameters; never a buffer).
+    exactly these (the trainable parameters; never a buffer). ``update_bytes`` is the exact size
+    of one update, the most a holder sends of its data's influence in a round: those tensors as
+    float32, ``4 x`` their element count (0: not stated). A holder's client sends nothing else
+    and no more (:func:`fedchain.rounds.participant.check_outgoing_update`).
 
     An empty ``architecture`` (the default) says nothing about the model: ledgers made without
     one (synthetic ledgers, tests of the protocol alone).
@@ -140,6 +151,7 @@ class ModelRecord:
     base_source: str = ""
     base_licence: str = ""
     trainable: tuple[str, ...] = ()
+    update_bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +185,12 @@ class Rules:
     update may be committed for (the ledger refuses later commitments and model versions), and
     ``max_local_epochs``, the most local epochs a round may ask of a holder (each holder's client
     refuses more; the ledger cannot see epochs). 0: no limit (synthetic ledgers).
+
+    ``model_access``: who may be given the federation's models besides its participants (who
+    receive every round's model to train on it): these public keys, sorted, each once (empty:
+    the participants alone). fedchain hands a model out only to them (``fedchain models export
+    --recipient``, :func:`is_model_recipient`); a coordinator holding the files can still copy
+    them, so the rule is a signed statement and a record, not a lock (spec §9.12).
     """
 
     TAG: ClassVar[int] = 1
@@ -198,6 +216,7 @@ class Rules:
     model: ModelRecord = ModelRecord()
     max_rounds: int = 0
     max_local_epochs: int = 0
+    model_access: tuple[PublicKey, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -369,6 +388,34 @@ class Rejection:
     reason: str
 
 
+REFUSE_ROUNDS = "round-past-agreed"
+REFUSE_EPOCHS = "epochs-past-agreed"
+REFUSE_PRIVACY = "privacy-budget-spent"
+REFUSE_APP = "app-not-approved"
+REFUSAL_CODES = frozenset({REFUSE_ROUNDS, REFUSE_EPOCHS, REFUSE_PRIVACY, REFUSE_APP})
+"""Why a holder refuses a train message, in a :class:`Refusal`: its client, for a round past
+the genesis's ``max_rounds``, more local epochs than its ``max_local_epochs``, or its privacy
+budget spent; its node (:mod:`fedchain.deploy.gate`), for an app it did not approve."""
+MAX_REFUSAL_DETAIL_CHARS = 200
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A holder's own signed refusal to train in ``round``: the train message asked for more
+    than the federation's rules of data use allow. ``code`` is one of :data:`REFUSAL_CODES`,
+    ``detail`` the holder's words (what was asked, what the contract allows; at most
+    :data:`MAX_REFUSAL_DETAIL_CHARS` characters). Signed by ``public_key`` under the refusal
+    domain with the genesis hash, so, unlike a :class:`Rejection`, it is the holder's word, not
+    the coordinator's: nobody else can record a refusal in its name."""
+
+    TAG: ClassVar[int] = 23
+    public_key: PublicKey
+    round: int
+    code: str
+    detail: str
+    signature: bytes
+
+
 @dataclass(frozen=True, slots=True)
 class Attestation:
     """A validator's signed vote for the block ``block_hash`` at ``height`` (and its ancestors)."""
@@ -416,6 +463,28 @@ class AnchorReceipt:
     proof: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class AppApproval:
+    """A data holder approves another app to run on its data (an upgrade): from now on its
+    node runs the app bundle whose SHA-256 is ``app_digest`` instead of ``replaces`` (the digest
+    it approved before: its registration's, or its previous approval's). ``sequence`` counts the
+    holder's approvals (1 for its first), so an old approval can never be replayed, not even
+    after the holder went back to an app it had left. Signed by ``public_key`` under the
+    app-approval domain with the federation id as the federation, like its registration.
+
+    The holder keeps it (``fedchain join --approve``); the coordinator records it as a
+    transaction (``fedchain coordinator approve``), and from that block on the ledger's state
+    names the new digest as the holder's approved app."""
+
+    TAG: ClassVar[int] = 50
+    public_key: PublicKey
+    app_digest: Hash32
+    replaces: Hash32
+    sequence: int
+    fedchain_version: str
+    signature: bytes
+
+
 Transaction: TypeAlias = (
     Registration
     | UpdateCommitment
@@ -426,6 +495,8 @@ Transaction: TypeAlias = (
     | Rejection
     | Attestation
     | AnchorReceipt
+    | AppApproval
+    | Refusal
 )
 BlockTransaction: TypeAlias = Transaction | Genesis
 """What a block may carry: transactions, or (block 0 only) the :class:`Genesis`."""
@@ -468,25 +539,14 @@ class Block:
         return self.signed_header.header
 
 
-@dataclass(frozen=True, slots=True)
-class AppApproval:
-    """A data holder approves another app to run on its data (an upgrade): from now on its
-    node runs the app bundle whose SHA-256 is ``app_digest`` instead of ``replaces`` (the digest
-    it approved before: its registration's, or an earlier approval's). Signed by ``public_key``
-    under the app-approval domain with the federation id as the federation, like its
-    registration. Not a transaction: the holder keeps it (``fedchain join --approve``) and gives
-    it to the coordinator, who can check it against the genesis."""
-
-    TAG: ClassVar[int] = 50
-    public_key: PublicKey
-    app_digest: Hash32
-    replaces: Hash32
-    fedchain_version: str
-    signature: bytes
-
-
 SignedObject: TypeAlias = (
-    GenesisParticipant | Registration | UpdateCommitment | Attestation | SignedHeader | AppApproval
+    GenesisParticipant
+    | Registration
+    | UpdateCommitment
+    | Attestation
+    | SignedHeader
+    | AppApproval
+    | Refusal
 )
 
 SIGNING_DOMAINS: dict[type, Domain] = {
@@ -496,6 +556,7 @@ SIGNING_DOMAINS: dict[type, Domain] = {
     Attestation: Domain.ATTESTATION,
     SignedHeader: Domain.BLOCK,
     AppApproval: Domain.APP_APPROVAL,
+    Refusal: Domain.REFUSAL,
 }
 """The signature domain of each signed class. A :class:`GenesisParticipant` and an
 :class:`AppApproval` sign with the federation id (:func:`compute_federation_id`) as the
@@ -526,6 +587,14 @@ def compute_federation_id(run_id: str, rules: Rules) -> Hash32:
     (the initial model is made only when the run starts, and the participants are what is
     being signed)."""
     return compute_hash(Genesis(run_id, rules, EMPTY_HASH, ()))
+
+
+def is_model_recipient(genesis: Genesis, public_key: PublicKey) -> bool:
+    """Whether the federation's contract lets ``public_key`` be given its models: one of its
+    participants, or a key its rules' ``model_access`` lists."""
+    return public_key in genesis.rules.model_access or any(
+        p.public_key == public_key for p in genesis.participants
+    )
 
 
 def compute_dp_mechanism(rules: Rules) -> tuple[int, int, int]:

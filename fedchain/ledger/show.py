@@ -17,11 +17,13 @@ from rich.markup import escape
 from fedchain.crypto.identity import fingerprint
 from fedchain.ledger.objects import (
     AnchorReceipt,
+    AppApproval,
     Attestation,
     Block,
     ContributionRecord,
     Genesis,
     ModelVersion,
+    Refusal,
     Registration,
     Rejection,
     RewardDeltas,
@@ -102,6 +104,17 @@ def describe_transaction(tx: object) -> str:
             return f"rejection {_who(tx.public_key)} round={tx.round}: {printable(tx.reason)}"
         case Attestation():
             return f"attestation {_who(tx.validator)} → height {tx.height}"
+        case Refusal():
+            return (
+                f"refusal {_who(tx.public_key)} round={tx.round} {printable(tx.code)} (signed by "
+                f"the holder): {printable(tx.detail)}"
+            )
+        case AppApproval():
+            return (
+                f"app approval {_who(tx.public_key)} #{tx.sequence}: app "
+                f"{tx.app_digest.hex()[:16]} replaces {tx.replaces.hex()[:16]} "
+                f"(fedchain {printable(tx.fedchain_version)})"
+            )
         case AnchorReceipt():
             return (
                 f"anchor {printable(tx.witness)} height={tx.statement.height} "

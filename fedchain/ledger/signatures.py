@@ -34,6 +34,7 @@ from fedchain.ledger.objects import (
     BlockTransaction,
     Hash32,
     PublicKey,
+    Refusal,
     Registration,
     SignedObject,
     UpdateCommitment,
@@ -159,6 +160,7 @@ _SIGNERS: dict[type, str] = {
     Registration: "public_key",
     UpdateCommitment: "public_key",
     Attestation: "validator",
+    Refusal: "public_key",
 }
 """The block transactions that carry one signature, and the field naming their signer."""
 

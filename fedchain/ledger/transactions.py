@@ -47,16 +47,24 @@ from fedchain.ledger.objects import (
     ANCHOR_WITNESSES,
     DOUBLE_SIGN,
     DP_OFF,
+    HASH_SIZE,
     MAX_ANCHOR_PROOF_SIZE,
+    MAX_REFUSAL_DETAIL_CHARS,
+    REFUSAL_CODES,
+    REFUSE_EPOCHS,
+    REFUSE_PRIVACY,
+    REFUSE_ROUNDS,
     SIGNING_DOMAINS,
     SLASHING_KINDS,
     AnchorReceipt,
+    AppApproval,
     Attestation,
     AttestationPair,
     ContributionRecord,
     HeaderPair,
     ModelVersion,
     PublicKey,
+    Refusal,
     Registration,
     Rejection,
     RewardDeltas,
@@ -64,6 +72,7 @@ from fedchain.ledger.objects import (
     SlashingEvidence,
     UpdateCommitment,
     compute_dp_mechanism,
+    compute_federation_id,
     signing_message,
 )
 from fedchain.ledger.signatures import Verifier
@@ -422,6 +431,35 @@ def apply_rejection(work: Working, tx: Rejection, encoding: bytes) -> None:
         raise InvalidTransaction("a rejection must give its reason")
 
 
+def apply_refusal(work: Working, tx: Refusal, encoding: bytes) -> None:
+    """A holder's signed refusal to train in this round, for a reason the genesis's rules can
+    support: a round past ``max_rounds`` (checked: the round is past it), more local epochs than
+    ``max_local_epochs`` (the limit exists; the ledger cannot see epochs), or its privacy budget
+    spent (the federation is private; the holder's own count may be ahead of the ledger's). Its
+    signature makes it the holder's word; changes nothing but the record."""
+    _check_round(work, tx.round, "refusal")
+    if tx.public_key not in work.participants:
+        raise InvalidTransaction(f"participant {describe_key(tx.public_key)} is not registered")
+    if tx.code not in REFUSAL_CODES:
+        raise InvalidTransaction(
+            f"unknown refusal code {tx.code!r} (known: {', '.join(sorted(REFUSAL_CODES))})"
+        )
+    rules = work.pre.genesis.rules
+    if tx.code == REFUSE_ROUNDS and not 0 < rules.max_rounds < tx.round:
+        raise InvalidTransaction(
+            f"round {tx.round} is not past the contract's max_rounds ({rules.max_rounds}; 0: none)"
+        )
+    if tx.code == REFUSE_EPOCHS and rules.max_local_epochs == 0:
+        raise InvalidTransaction("the contract sets no max_local_epochs to refuse by")
+    if tx.code == REFUSE_PRIVACY and rules.dp_mode == DP_OFF:
+        raise InvalidTransaction("the federation has no privacy budget to have spent")
+    if len(tx.detail) > MAX_REFUSAL_DETAIL_CHARS:
+        raise InvalidTransaction(
+            f"refusal detail is {len(tx.detail)} characters (at most {MAX_REFUSAL_DETAIL_CHARS})"
+        )
+    _check_signature(work, tx, tx.public_key, encoding)
+
+
 def apply_attestation(work: Working, tx: Attestation, encoding: bytes) -> None:
     participant = work.participants.get(tx.validator)
     if participant is None or not is_active_validator(participant, work.pre.genesis.rules):
@@ -476,6 +514,39 @@ def apply_anchor_receipt(work: Working, tx: AnchorReceipt, encoding: bytes) -> N
         raise InvalidTransaction(
             f"anchor proof must be 1..{MAX_ANCHOR_PROOF_SIZE} bytes, got {len(tx.proof)}"
         )
+
+
+def apply_app_approval(work: Working, tx: AppApproval, encoding: bytes) -> None:
+    """A holder's signed approval of another app to run on its data (an upgrade): from this
+    block on, the state names ``app_digest`` as the app it approved.
+
+    Only the holder can make one (its signature, under the app-approval domain with the
+    federation id, like its registration), and only the next one: ``replaces`` is the digest
+    the state names now and ``sequence`` is one more than the approvals it has recorded. So a
+    coordinator can neither invent an upgrade, nor move a holder back by replaying one of its
+    older approvals (its sequence is spent), nor record another holder's approval for it."""
+    participant = work.participants.get(tx.public_key)
+    if participant is None:
+        raise InvalidTransaction(f"participant {describe_key(tx.public_key)} is not registered")
+    if len(tx.app_digest) != HASH_SIZE:
+        raise InvalidTransaction(f"app digest must be {HASH_SIZE} bytes, got {len(tx.app_digest)}")
+    if tx.sequence != participant.app_approvals + 1:
+        raise InvalidTransaction(
+            f"approval {tx.sequence} of {describe_key(tx.public_key)}: its next approval is "
+            f"number {participant.app_approvals + 1} (an older one cannot be replayed)"
+        )
+    if tx.replaces != participant.app_digest:
+        raise InvalidTransaction(
+            f"approval replaces app {describe_hash(tx.replaces)}, but {describe_key(tx.public_key)}"
+            f"'s approved app is {describe_hash(participant.app_digest)}"
+        )
+    genesis = work.pre.genesis
+    _check_signature(
+        work, tx, tx.public_key, encoding, compute_federation_id(genesis.run_id, genesis.rules)
+    )
+    work.participants[tx.public_key] = dataclasses.replace(
+        participant, app_digest=tx.app_digest, app_approvals=tx.sequence
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -534,13 +605,20 @@ APPLY: dict[type, Apply] = {
     Rejection: apply_rejection,
     Attestation: apply_attestation,
     AnchorReceipt: apply_anchor_receipt,
+    AppApproval: apply_app_approval,
+    Refusal: apply_refusal,
 }
 
 
 def _check_signature(
-    work: Working, obj: SignedObject, public_key: PublicKey, encoding: bytes | None = None
+    work: Working,
+    obj: SignedObject,
+    public_key: PublicKey,
+    encoding: bytes | None = None,
+    federation: bytes | None = None,
 ) -> None:
-    """Verify ``obj``'s signature by ``public_key`` in this federation (``encoding``: encode(obj)).
+    """Verify ``obj``'s signature by ``public_key`` in this federation (``encoding``: encode(obj);
+    ``federation``: what it signs as the federation, the genesis hash unless given).
 
     The same check as :func:`fedchain.crypto.identity.verify_signature`, by the working copy's
     verifier (which may cache: the ledger verifies every validator's signatures block after
@@ -555,7 +633,9 @@ def _check_signature(
     if id(obj) in work.preverified:
         return
     domain = SIGNING_DOMAINS[type(obj)]
-    root = compute_signing_root(domain, signing_message(obj, encoding), work.pre.genesis_hash)
+    if federation is None:
+        federation = work.pre.genesis_hash
+    root = compute_signing_root(domain, signing_message(obj, encoding), federation)
     if not work.verifier.verify(public_key, obj.signature, root):
         reason = ed25519.explain_refusal(public_key, obj.signature)
         raise InvalidTransaction(

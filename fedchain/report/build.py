@@ -180,6 +180,7 @@ def _run_json(inputs: ReportInputs, genesis: Genesis) -> dict[str, Any]:
             "payout_min_score": rules.payout_min_score,
             "contribution_budget": rules.contribution_budget,
             "update_archive_rounds": rules.update_archive_rounds,
+            "model_access": [key.hex() for key in rules.model_access],
         },
         "model": _model_json(rules.model),
         "datasets": [
@@ -297,7 +298,7 @@ def _rounds_json(
         m = metrics.get(r)
         ledger: dict[str, Any] = {
             **compute_round_decision(txs, m, who, carried=carried_into.get(r), rules=rules),
-            "refused": sum(e["kind"] == "rejected" for e in round_events),
+            "refused": sum(e["kind"] in ("rejected", "holder-refused") for e in round_events),
             "slashing_events": sum(e["kind"] == "slashed" for e in round_events),
             "stake_slashed": sum(e["stake_lost"] for e in round_events),
             "rewards_paid": sum(d for d in deltas if d > 0),

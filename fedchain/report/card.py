@@ -73,7 +73,9 @@ def compute_card(
             "min_stake": rules.get("min_stake"),
             "slash_bps": rules.get("slash_bps"),
             "differential_privacy": _privacy_json(report.get("privacy")),
+            "model_access": list(rules.get("model_access") or ()),
         },
+        "recipient": None,
         "datasets": list(run.get("datasets") or ()),
         "examples": sum(d["num_examples"] for d in run.get("datasets") or ()),
         "contributors": _contributors_json(report.get("participants") or ()),
@@ -271,6 +273,17 @@ def _rules_lines(card: Mapping[str, Any]) -> list[str]:
         )
     else:
         lines.append("- differential privacy: off")
+    access = rules.get("model_access") or ()
+    lines.append(
+        "- who may be given these models: the federation's participants"
+        + (
+            f" and {len(access)} other keys ({_md(', '.join(k[:16] for k in access))})"
+            if access
+            else ""
+        )
+    )
+    if card.get("recipient"):
+        lines.append(f"- exported for: {_md(card['recipient'][:16])}")
     return [*lines, ""]
 
 

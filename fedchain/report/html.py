@@ -108,7 +108,8 @@ td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 tr:last-child td { border-bottom: none; }
 .tag { display: inline-block; padding: 1px 8px; border-radius: 999px; font-size: 12px;
   font-weight: 600; }
-.tag.rejected { background: #fff4e5; color: #9a5b00; }
+.tag.rejected, .tag.holder-refused { background: #fff4e5; color: #9a5b00; }
+.tag.app-approved { background: #e5f4ff; color: #00579a; }
 .tag.slashed { background: var(--bad-bg); color: var(--bad); }
 .tag.ejected { background: #ece8ff; color: #5b3cc4; }
 .tag.yes { background: var(--ok-bg); color: var(--ok); }
@@ -414,7 +415,8 @@ def _html_who(entry: Mapping[str, Any]) -> str:
 def _html_events(report: Mapping[str, Any]) -> str:
     events = report["events"]
     lead = "Updates the coordinator refused, slashing with the evidence kind anyone can re-check, "
-    lead += "and ejections below the minimum stake."
+    lead += "ejections below the minimum stake, and the apps data holders approved (each signed "
+    lead += "by its holder)."
     if not events:
         return _section(
             "events",

@@ -22,11 +22,13 @@ from fedchain.ledger.containers import (
 )
 from fedchain.ledger.objects import (
     SCORE_SCALE,
+    AppApproval,
     Block,
     ContributionRecord,
     Genesis,
     HeaderPair,
     PublicKey,
+    Refusal,
     Registration,
     Rejection,
     RewardDeltas,
@@ -36,6 +38,7 @@ from fedchain.ledger.objects import (
 )
 from fedchain.ledger.verify import ReplayStep
 from fedchain.report.inputs import ReportInputs
+from fedchain.text import compute_printable
 
 __all__ = ["HASH_PREFIX_CHARS", "compute_events", "compute_participants"]
 
@@ -200,7 +203,8 @@ def _describe_evidence(tx: SlashingEvidence) -> tuple[str, dict[str, Any]]:
 def compute_events(
     inputs: ReportInputs, steps: Sequence[ReplayStep], genesis: Genesis
 ) -> list[dict[str, Any]]:
-    """Rejected updates, slashing (with its evidence) and ejections, in ledger order.
+    """Rejected updates, holders' signed refusals, slashing (with its evidence), ejections and
+    holders' app approvals, in ledger order.
 
     A slashing's ``stake_lost`` is what its block took from the offender beyond the block's
     explicit reward deltas (several offences of one key in one block: on the first).
@@ -219,6 +223,16 @@ def compute_events(
         for tx in block.transactions:
             if isinstance(tx, Rejection):
                 add(block, "rejected", tx.public_key, tx.reason)
+            elif isinstance(tx, Refusal):
+                reason = f"refused to train ({tx.code}), signed by the holder: {tx.detail}"
+                add(block, "holder-refused", tx.public_key, compute_printable(reason, 240))
+            elif isinstance(tx, AppApproval):
+                reason = (
+                    f"approved app {tx.app_digest.hex()[:16]}… in place of "
+                    f"{tx.replaces.hex()[:16]}… (its approval {tx.sequence}, fedchain "
+                    f"{compute_printable(tx.fedchain_version, 40)})"
+                )
+                add(block, "app-approved", tx.public_key, reason)
             elif isinstance(tx, SlashingEvidence):
                 reason, details = _describe_evidence(tx)
                 key = tx.offender

@@ -13,7 +13,7 @@ capped (:func:`quote_client_text`), and every reason is printable (:func:`comput
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,7 +23,9 @@ from fedchain.errors import LedgerError
 from fedchain.ledger.codec import decode
 from fedchain.ledger.containers import LedgerState
 from fedchain.ledger.objects import (
+    AppApproval,
     Attestation,
+    Refusal,
     Rejection,
     Transaction,
     UpdateCommitment,
@@ -60,6 +62,7 @@ class ClientReply:
     attestation: bytes = b""  # an encoded Attestation to the pending block
     seal: bytes = b""  # the proposer's signature over the pending header, if it is the proposer
     checkpoint: int = 0  # the final height the client now holds
+    refusal: bytes = b""  # an encoded Refusal: the holder's own signed refusal to train
     error: str = ""  # why the reply is refused, in the coordinator's words (a client's quoted)
 
 
@@ -101,6 +104,27 @@ def admit_attestation(
         return state, None  # a stale or bogus attestation: it proves nothing, record nothing
 
 
+def admit_app_approvals(
+    state: LedgerState,
+    approvals: Sequence[AppApproval],
+    round_: int,
+    *,
+    verifier: Verifier = PLAIN,
+) -> tuple[LedgerState, tuple[AppApproval, ...]]:
+    """The holders' approvals (:class:`AppApproval`) the ledger records now, by (key, sequence),
+    and the state after them. Each is recorded exactly when the transition accepts it: one
+    already recorded, forged or out of turn is left out (an inbox may hold approvals the ledger
+    already has: they are never recorded twice)."""
+    recorded = []
+    for approval in sorted(approvals, key=lambda a: (a.public_key, a.sequence, a.signature)):
+        try:
+            state = process_transaction(state, approval, round_, verifier=verifier)
+        except LedgerError:
+            continue
+        recorded.append(approval)
+    return state, tuple(recorded)
+
+
 def admit_update(
     state: LedgerState,
     reply: ClientReply,
@@ -127,6 +151,9 @@ def admit_update(
         txs = () if sender is None else (Rejection(round_, sender, reason),)
         return Admission(state, txs, Decision(reply.node_id, sender, False, reason))
 
+    signed = _admit_refusal(state, reply, round_, sender, verifier)
+    if signed is not None:
+        return signed
     if reply.error:
         return reject(reply.error)
     if commitment is None:
@@ -142,6 +169,10 @@ def admit_update(
     shape_problem = check_shapes(reply.update, model)
     if shape_problem:
         return reject(shape_problem)
+    agreed = state.genesis.rules.model.update_bytes
+    size = sum(int(a.nbytes) for a in reply.update.values())
+    if agreed and size != agreed:
+        return reject(f"update is {size} bytes; the genesis's updates are {agreed}")
     key = commitment.public_key
     if compute_update_hash(reply.update) != commitment.update_hash:
         return reject(MISMATCH_REASON)
@@ -153,6 +184,28 @@ def admit_update(
         return reject("update has NaN or infinite values")
     decision = Decision(reply.node_id, key, True)
     return Admission(checked, (commitment,), decision, (commitment, reply.update))
+
+
+def _admit_refusal(
+    state: LedgerState, reply: ClientReply, round_: int, sender: bytes | None, verifier: Verifier
+) -> Admission | None:
+    """The holder's own signed refusal in ``reply``, recorded as itself (the holder's word,
+    not a :class:`Rejection` on the coordinator's), if the ledger accepts it and it is the
+    sender's; else None (the reply is refused like any other)."""
+    if not reply.refusal:
+        return None
+    try:
+        refusal = decode(Refusal, reply.refusal)
+        if sender is not None and refusal.public_key != sender:
+            return None
+        checked = process_transaction(state, refusal, round_, verifier=verifier)
+    except LedgerError:
+        return None
+    reason = compute_printable(
+        f"refused by the data holder ({refusal.code}), signed: {refusal.detail}", MAX_REASON_CHARS
+    )
+    decision = Decision(reply.node_id, refusal.public_key, False, reason)
+    return Admission(checked, (refusal,), decision)
 
 
 def compute_sender(

@@ -48,6 +48,7 @@ from fedchain.ledger.objects import (
 from fedchain.rounds.admission import (
     ClientReply,
     Decision,
+    admit_app_approvals,
     admit_attestation,
     admit_update,
     compute_reply_order,
@@ -62,6 +63,7 @@ from fedchain.rounds.scores import (
     compute_quantised_scores,
     compute_raw_scores,
 )
+from fedchain.runs.approval import read_inbox
 from fedchain.runs.archive import drop_old_packs, save_round_updates
 from fedchain.runs.registry import save_model
 
@@ -225,8 +227,8 @@ class Coordinator:
         if self.pending is not None:
             raise FedchainError(f"block {self.pending.header.height} is still waiting for its seal")
         outcome = RoundOutcome(round_)
-        work = self.state
         txs: list[Transaction] = []
+        work = self._admit_app_approvals(self.state, round_, txs)
         replies = sorted(
             replies, key=compute_reply_order
         )  # arrival order must not change the model
@@ -271,7 +273,7 @@ class Coordinator:
     def close(self, replies: Sequence[ClientReply]) -> Pending:
         """After the last round: a block of the attestations to the last round's block."""
         txs: list[Transaction] = []
-        work = self.state
+        work = self._admit_app_approvals(self.state, self.state.round, txs)
         for reply in replies:
             work = self._admit_attestation(work, reply, self.state.round, txs)
         txs.extend(self._anchor_receipts())
@@ -282,6 +284,20 @@ class Coordinator:
         return self.pending
 
     # -- admission ----------------------------------------------------------------------------
+
+    def _admit_app_approvals(
+        self, work: LedgerState, round_: int, txs: list[Transaction]
+    ) -> LedgerState:
+        """The holders' app approvals in the run's inbox (``fedchain coordinator approve``) that
+        the ledger accepts now; read at every block, so one given while the run goes on is
+        recorded in its next block."""
+        try:
+            queued = [entry.approval for entry in read_inbox(self.run_dir)]
+        except FedchainError:
+            return work  # an unreadable inbox records nothing; `coordinator approve` says why
+        work, approved = admit_app_approvals(work, queued, round_, verifier=self.chain.verifier)
+        txs.extend(approved)
+        return work
 
     def _admit_attestation(
         self, work: LedgerState, reply: ClientReply, round_: int, txs: list[Transaction]

@@ -34,6 +34,10 @@ METRICS = "metrics"
 DUTIES = "fedchain"
 REFUSAL = "refusal"  # a train reply that trained nothing: {"reason": text}, beside its duties
 REFUSAL_REASON = "reason"
+REFUSAL_SIGNED = "signed"  # and, where the holder signed it, its encoded ledger Refusal
+SIGNED_REFUSAL_MARK = " | signed refusal: "
+"""How a holder's node appends its signed refusal (hex) to a Flower error reply's reason (an
+``Error`` carries text only): :func:`append_signed_refusal`, :func:`split_signed_refusal`."""
 """The reply's record of ledger duties (and the client's own state record's name)."""
 
 # -- ledger view, coordinator -> client (in ``config``) -------------------------------------------
@@ -290,17 +294,43 @@ def decode_duties(record: object, problems: list[str]) -> Duties:
     )
 
 
-def decode_refusal(record: object, problems: list[str]) -> str:
-    """The reason in a ``refusal`` record (a client's words: capped when shown); a malformed
-    record is a problem."""
-    if not isinstance(record, Mapping) or set(record) != {REFUSAL_REASON}:
-        problems.append("refusal is not a record with one reason")
-        return ""
-    reason = record[REFUSAL_REASON]
+def decode_refusal(record: object, problems: list[str]) -> tuple[str, bytes]:
+    """The reason in a ``refusal`` record (a client's words: capped when shown) and the
+    holder's signed :class:`~fedchain.ledger.objects.Refusal`, encoded (``b""``: none; the
+    ledger checks it); a malformed record is a problem."""
+    keys = set(record) if isinstance(record, Mapping) else set()
+    if not isinstance(record, Mapping) or keys not in (
+        {REFUSAL_REASON},
+        {REFUSAL_REASON, REFUSAL_SIGNED},
+    ):
+        problems.append("refusal is not a record with one reason (and its signed refusal)")
+        return "", b""
+    reason, signed = record[REFUSAL_REASON], record.get(REFUSAL_SIGNED, b"")
     if not isinstance(reason, str) or not reason:
         problems.append(f"refusal reason is {describe_value(reason)}, not text")
-        return ""
-    return reason
+        return "", b""
+    if not isinstance(signed, bytes) or len(signed) > MAX_LEDGER_FIELD_BYTES:
+        problems.append(f"signed refusal is {describe_value(signed)}, not its encoding")
+        return "", b""
+    return reason, signed
+
+
+def append_signed_refusal(reason: str, signed: bytes) -> str:
+    """``reason`` with the encoded :class:`~fedchain.ledger.objects.Refusal` ``signed`` after
+    :data:`SIGNED_REFUSAL_MARK` (none: ``reason`` unchanged)."""
+    return reason + SIGNED_REFUSAL_MARK + signed.hex() if signed else reason
+
+
+def split_signed_refusal(text: str) -> tuple[str, bytes]:
+    """An error reason and the signed refusal at its end (``b""``: none, or not hex of at most
+    :data:`MAX_LEDGER_FIELD_BYTES`; the ledger checks what it decodes to)."""
+    head, mark, tail = text.rpartition(SIGNED_REFUSAL_MARK)
+    if not mark or len(tail) > 2 * MAX_LEDGER_FIELD_BYTES:
+        return text, b""
+    try:
+        return head, bytes.fromhex(tail)
+    except ValueError:
+        return text, b""
 
 
 def encode_metrics(num_examples: int, loss: float) -> dict[str, int | float]:

@@ -21,12 +21,20 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedchain.crypto.hashing import compute_update_hash
-from fedchain.errors import InvalidBlock, PrivacyBudgetSpent, UseNotAgreed
+from fedchain.errors import InvalidBlock, PrivacyBudgetSpent, UpdateNotAgreed, UseNotAgreed
 from fedchain.ledger.builder import sign_attestation, sign_commitment, sign_header
 from fedchain.ledger.codec import encode
 from fedchain.ledger.containers import LedgerState
 from fedchain.ledger.lightclient import Checkpoint, check_head
-from fedchain.ledger.objects import DP_OFF, Rules, compute_block_hash
+from fedchain.ledger.objects import (
+    DP_OFF,
+    REFUSE_EPOCHS,
+    REFUSE_PRIVACY,
+    REFUSE_ROUNDS,
+    ModelRecord,
+    Rules,
+    compute_block_hash,
+)
 from fedchain.ledger.signatures import PLAIN, Verifier
 from fedchain.rounds.messages import Duties, LedgerView, SignedHeights
 from fedchain.rounds.replica import (
@@ -112,7 +120,36 @@ def check_privacy_budget(state: LedgerState, public_key: bytes, released: int = 
     if spent >= rules.dp_max_participations:
         raise PrivacyBudgetSpent(
             f"privacy budget spent ({spent} of {rules.dp_max_participations} participations, "
-            f"epsilon {rules.dp_max_epsilon_micro / 10**6:g}): not training"
+            f"epsilon {rules.dp_max_epsilon_micro / 10**6:g}): not training",
+            REFUSE_PRIVACY,
+        )
+
+
+def check_outgoing_update(update: Mapping[str, np.ndarray], record: ModelRecord) -> None:
+    """Refuse to send an update that is not what the genesis says leaves a holder: exactly the
+    tensors its model record lists (``trainable``), as float32, of ``update_bytes`` in all. The
+    last check before the bytes leave; a record that names no tensors (a synthetic ledger, the
+    ledger off) checks nothing. Raises :class:`~fedchain.errors.UpdateNotAgreed`."""
+    if not record.trainable:
+        return
+    names = set(update)
+    if names != set(record.trainable):
+        extra = sorted(names - set(record.trainable))[:3]
+        missing = sorted(set(record.trainable) - names)[:3]
+        raise UpdateNotAgreed(
+            f"not sending: the update holds other tensors than the contract lists (extra "
+            f"{extra}, missing {missing})"
+        )
+    odd = [name for name, a in update.items() if a.dtype != np.float32]
+    if odd:
+        raise UpdateNotAgreed(
+            f"not sending: tensor {odd[0]} is {update[odd[0]].dtype}, not float32"
+        )
+    size = sum(int(a.nbytes) for a in update.values())
+    if record.update_bytes and size != record.update_bytes:
+        raise UpdateNotAgreed(
+            f"not sending: the update is {size} bytes, the contract's updates are "
+            f"{record.update_bytes}"
         )
 
 
@@ -124,12 +161,14 @@ def check_agreed_training(rules: Rules, round_: int, local_epochs: int) -> None:
     if rules.max_rounds and round_ > rules.max_rounds:
         raise UseNotAgreed(
             f"round {round_} is past the {rules.max_rounds} rounds this federation's contract "
-            "allows: not training"
+            "allows: not training",
+            REFUSE_ROUNDS,
         )
     if rules.max_local_epochs and local_epochs > rules.max_local_epochs:
         raise UseNotAgreed(
             f"{local_epochs} local epochs asked, the federation's contract allows "
-            f"{rules.max_local_epochs}: not training"
+            f"{rules.max_local_epochs}: not training",
+            REFUSE_EPOCHS,
         )
 
 

@@ -2,12 +2,14 @@
 
 A holder's registration signs the app it approves at first (:mod:`fedchain.deploy.app`). Running
 another one is an explicit act: ``fedchain join --approve DIGEST_OR_FAB`` shows what changed,
-signs an :class:`~fedchain.ledger.objects.AppApproval` (the new digest, the one it replaces, the
-fedchain version) under the app-approval domain with the federation id, and appends it to
-``NAME.ledger/approved-app.toml`` (:data:`~fedchain.runs.layout.APPROVED_APP_FILENAME`). From
-then on the holder's node runs the latest approved app and no other; an older one is not
-replayable. The file holds no secret: the holder gives it to the coordinator, who can check each
-approval against the holder's key in the genesis.
+signs an :class:`~fedchain.ledger.objects.AppApproval` (the new digest, the one it replaces, its
+sequence number, the fedchain version) under the app-approval domain with the federation id, and
+appends it to ``NAME.ledger/approved-app.toml``
+(:data:`~fedchain.runs.layout.APPROVED_APP_FILENAME`).
+From then on the holder's node runs the latest approved app and no other; an older one is not
+replayable. The file holds no secret: the holder gives it to the coordinator, who records each
+approval on the ledger (``fedchain coordinator approve``), where the state transition checks it
+against the holder's key and its previous approval.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from fedchain.durable import write_atomically
 from fedchain.errors import ConfigError, SignatureError
 from fedchain.ledger.objects import HASH_SIZE, AppApproval, Hash32, signing_message
 from fedchain.ledger.signatures import is_signed_by
+from fedchain.runs.layout import APPROVAL_INBOX_FILENAME
 from fedchain.runs.registration import parse_federation_id, read_toml
 
 __all__ = [
@@ -34,13 +37,17 @@ __all__ = [
     "ApprovalEntry",
     "approved_app",
     "describe_change",
+    "parse_approvals",
     "read_approvals",
+    "read_inbox",
     "read_new_app",
     "sign_approval",
     "write_approvals",
+    "write_inbox",
 ]
 
-APPROVAL_FORMAT = "fedchain-app-approvals/v1"
+APPROVAL_FORMAT = "fedchain-app-approvals/v2"
+"""v2: each approval signs its sequence number (v1's did not, so a v1 file is refused)."""
 MAX_FAB_SIZE = 64 << 20  # bytes: fedchain's own FAB is under 1 KiB
 
 
@@ -57,38 +64,57 @@ def sign_approval(
     federation_id: Hash32,
     app_digest: Hash32,
     replaces: Hash32,
+    sequence: int,
     fedchain_version: str,
 ) -> ApprovalEntry:
-    fields = (public_key_bytes(key), app_digest, replaces, fedchain_version)
+    """The holder's ``sequence``-th approval (1 for its first): ``app_digest`` in place of
+    ``replaces``."""
+    fields = (public_key_bytes(key), app_digest, replaces, sequence, fedchain_version)
     unsigned = AppApproval(*fields, b"")
     signature = sign(key, Domain.APP_APPROVAL, signing_message(unsigned), federation_id)
     return ApprovalEntry(AppApproval(*fields, signature), federation_id)
 
 
-def read_approvals(path: Path, federation_id: Hash32, public_key: bytes) -> list[ApprovalEntry]:
-    """The holder's approvals for ``federation_id`` in ``path`` (none: ``[]``), each checked to
-    be signed by ``public_key`` for that federation and to replace the one before it."""
-    if not path.exists():
-        return []
+def parse_approvals(path: Path) -> list[ApprovalEntry]:
+    """Every approval in the approval file ``path``, as written (nothing checked but its form:
+    the holder's :func:`read_approvals` and the ledger check the signatures and the order)."""
     doc = read_toml(path)
     if doc.get("format") != APPROVAL_FORMAT:
-        raise ConfigError(f"{path}: not a fedchain app approval file ({APPROVAL_FORMAT})")
+        hint = ""
+        if doc.get("format") == "fedchain-app-approvals/v1":
+            hint = "; it was made before approvals were numbered: approve the app again"
+        raise ConfigError(f"{path}: not a fedchain app approval file ({APPROVAL_FORMAT}){hint}")
     entries: list[ApprovalEntry] = []
     for i, table in enumerate(doc.get("approval", [])):
         where = f"{path}: approval {i + 1}"
         try:
-            entry = ApprovalEntry(
-                AppApproval(
-                    public_key=bytes.fromhex(str(table["public-key"])),
-                    app_digest=bytes.fromhex(str(table["app-digest"])),
-                    replaces=bytes.fromhex(str(table["replaces"])),
-                    fedchain_version=str(table["fedchain-version"]),
-                    signature=bytes.fromhex(str(table["signature"])),
-                ),
-                parse_federation_id(str(table["federation-id"]), where),
+            entries.append(
+                ApprovalEntry(
+                    AppApproval(
+                        public_key=bytes.fromhex(str(table["public-key"])),
+                        app_digest=bytes.fromhex(str(table["app-digest"])),
+                        replaces=bytes.fromhex(str(table["replaces"])),
+                        sequence=int(table["sequence"]),
+                        fedchain_version=str(table["fedchain-version"]),
+                        signature=bytes.fromhex(str(table["signature"])),
+                    ),
+                    parse_federation_id(str(table["federation-id"]), where),
+                )
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ConfigError(f"{where}: malformed ({e})") from None
+    return entries
+
+
+def read_approvals(path: Path, federation_id: Hash32, public_key: bytes) -> list[ApprovalEntry]:
+    """The holder's approvals for ``federation_id`` in ``path`` (none: ``[]``), each checked to
+    be signed by ``public_key`` for that federation, numbered 1, 2, ... and to replace the one
+    before it."""
+    if not path.exists():
+        return []
+    entries: list[ApprovalEntry] = []
+    for i, entry in enumerate(parse_approvals(path)):
+        where = f"{path}: approval {i + 1}"
         if entry.federation_id != federation_id:
             continue  # made for another federation (the same dataset joined another one)
         approval = entry.approval
@@ -96,8 +122,10 @@ def read_approvals(path: Path, federation_id: Hash32, public_key: bytes) -> list
             approval, public_key, federation_id
         ):
             raise SignatureError(f"{where}: not signed by your identity for this federation")
-        if entries and approval.replaces != entries[-1].approval.app_digest:
-            raise ConfigError(f"{where}: does not replace the approval before it")
+        if approval.sequence != len(entries) + 1 or (
+            entries and approval.replaces != entries[-1].approval.app_digest
+        ):
+            raise ConfigError(f"{where}: does not follow the approval before it")
         entries.append(entry)
     return entries
 
@@ -111,6 +139,7 @@ def write_approvals(path: Path, entries: list[ApprovalEntry]) -> None:
             "public-key": entry.approval.public_key.hex(),
             "app-digest": entry.approval.app_digest.hex(),
             "replaces": entry.approval.replaces.hex(),
+            "sequence": entry.approval.sequence,
             "fedchain-version": entry.approval.fedchain_version,
             "signature": entry.approval.signature.hex(),
         }
@@ -123,6 +152,17 @@ def write_approvals(path: Path, entries: list[ApprovalEntry]) -> None:
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(path, text.encode())
+
+
+def read_inbox(run_dir: Path) -> list[ApprovalEntry]:
+    """The approvals the coordinator was given for its next block (none: ``[]``), unchecked:
+    the ledger's transition decides which it records (:mod:`fedchain.rounds.admission`)."""
+    path = Path(run_dir) / APPROVAL_INBOX_FILENAME
+    return parse_approvals(path) if path.exists() else []
+
+
+def write_inbox(run_dir: Path, entries: list[ApprovalEntry]) -> None:
+    write_approvals(Path(run_dir) / APPROVAL_INBOX_FILENAME, entries)
 
 
 def approved_app(entries: list[ApprovalEntry], default: Hash32) -> Hash32:

@@ -22,6 +22,9 @@ federation; DESIGN.md §4)::
                                                      report.html (and in a model export)
     attackers.json               ATTACKERS_FILENAME  with an attack: its name, scale, and the
                                                      attackers' indices and public keys
+    app-approvals.toml           APPROVAL_INBOX_FILENAME  holders' signed app approvals the
+                                                     coordinator was given (``coordinator
+                                                     approve``), for its next block
     anchors/NNNNNNNN.receipt     ANCHORS_DIRNAME     with anchoring on: each anchor receipt,
                                  anchor_receipt_path by anchored height (a copy an outsider can
                                                      keep: ``fedchain verify --anchors``)
@@ -71,6 +74,7 @@ from fedchain.ledger.store import LEDGER_FILENAME as LEDGER_FILENAME
 
 __all__ = [
     "ANCHORS_DIRNAME",
+    "APPROVAL_INBOX_FILENAME",
     "APPROVED_APP_FILENAME",
     "APP_DIRNAME",
     "ATTACKERS_FILENAME",
@@ -184,6 +188,7 @@ def parse_client_public_key_name(name: str) -> int | None:
 HOLDER_LEDGER_SUFFIX = ".ledger"
 HOLDER_CHECKPOINT_FILENAME = "checkpoint.json"
 APPROVED_APP_FILENAME = "approved-app.toml"
+APPROVAL_INBOX_FILENAME = "app-approvals.toml"
 
 
 def holder_ledger_dir(data_path: Path) -> Path:

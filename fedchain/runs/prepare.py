@@ -36,6 +36,7 @@ from fedchain.ledger.builder import make_genesis, make_rules, sign_genesis_parti
 from fedchain.ledger.chain import Chain
 from fedchain.ledger.objects import (
     DOUBLE_SIGN,
+    HASH_SIZE,
     SCORE_SCALE,
     Genesis,
     ModelRecord,
@@ -149,7 +150,28 @@ def make_rules_for(config: RunConfig, model: ModelRecord | None = None) -> Rules
         model=model,
         max_rounds=config.rounds,
         max_local_epochs=config.local_epochs,
+        model_access=parse_model_access(config.model_access),
     )
+
+
+def parse_model_access(text: str) -> tuple[bytes, ...]:
+    """``model-access``: comma-separated hex public keys (64 hex digits each), sorted and made
+    unique; empty: none (the participants alone)."""
+    keys = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        try:
+            key = bytes.fromhex(item)
+        except ValueError:
+            key = b""
+        if len(key) != HASH_SIZE:
+            raise ConfigError(
+                f"model-access: {item!r} is not a public key (64 hex digits: a `fedchain keygen` "
+                "KEY.pub)"
+            )
+        keys.append(key)
+    return tuple(sorted(set(keys)))
 
 
 def prepare_run(config: RunConfig) -> RunSetup:

@@ -32,6 +32,7 @@ from fedchain.ledger.builder import (
     sign_commitment,
     sign_genesis_participant,
     sign_header,
+    sign_refusal,
 )
 from fedchain.ledger.chain import Chain
 from fedchain.ledger.codec import compute_hash, encode
@@ -60,6 +61,7 @@ from fedchain.ledger.objects import (
     Genesis,
     ModelRecord,
     ModelVersion,
+    Refusal,
     Registration,
     Rejection,
     RewardDeltas,
@@ -120,9 +122,9 @@ def _digest(label: str) -> bytes:
 
 
 def _app_approval(federation_id: bytes) -> AppApproval:
-    """holder-0 approves a new app in place of the one its registration signed."""
+    """holder-0's first approval: a new app in place of the one its registration signed."""
     key = derive_key(SEED, 0)
-    fields = (public_key_bytes(key), _digest("app-2"), _digest("app"), "0.2.0")
+    fields = (public_key_bytes(key), _digest("app-2"), _digest("app"), 1, "0.2.0")
     unsigned = AppApproval(*fields, b"")
     signature = sign(key, Domain.APP_APPROVAL, signing_message(unsigned), federation_id)
     return AppApproval(*fields, signature)
@@ -159,6 +161,7 @@ GOLDEN_MODEL = ModelRecord(
     base_source="golden-base.safetensors",
     base_licence="CC0-1.0",
     trainable=("features.0.lora_A.default.weight", "features.0.lora_B.default.weight"),
+    update_bytes=656,  # stated (the golden ledger's updates are stand-in tensors)
 )
 """The golden federation fine-tunes a base with LoRA adapters (spec §9.7)."""
 
@@ -177,6 +180,7 @@ def build_golden() -> Golden:
         model=GOLDEN_MODEL,
         max_rounds=3,  # the golden federation's 3 rounds are all its participants agreed to
         max_local_epochs=2,
+        model_access=[public_key_bytes(derive_key(SEED, 3))],  # one key beyond its participants
     )
     federation_id = compute_federation_id("golden", rules)
     genesis = make_genesis(
@@ -246,11 +250,13 @@ def build_golden() -> Golden:
     commits = [commit(i, 1, 0.1 * (i + 1)) for i in range(3)]
     add([*commits, *close_round(1, commits, {0: 120_000, 1: 80_000, 2: 0})], 1)
 
-    # Block 2, round 2: attestations to block 1; a rejection; a harmful score (reputation).
+    # Block 2, round 2: holder-0's approval of a new app; attestations to block 1; a
+    # rejection; a harmful score (reputation).
     commits = [commit(i, 2, 0.2 * (i + 1)) for i in range(2)]
     rejection = Rejection(2, pub[2], "update has NaN or infinite values")
     add(
         [
+            _app_approval(federation_id),
             *(attest(i) for i in range(3)),
             *commits,
             rejection,
@@ -392,6 +398,15 @@ def _refused_registration(genesis_hash: bytes) -> Registration:
     return dataclasses.replace(unsigned, signature=signature)
 
 
+def _holder_refusal(genesis_hash: bytes) -> Refusal:
+    """holder-2's signed refusal to train in round 3 (the golden federation is private, so
+    its privacy budget is a reason the transition admits): not in the golden ledger."""
+    detail = "privacy budget spent (9 of 9 participations, epsilon 8): not training"
+    return sign_refusal(
+        derive_key(SEED, 2), genesis_hash, round=3, code="privacy-budget-spent", detail=detail
+    )
+
+
 def _first(block: Block, cls: type) -> Any:
     return next(tx for tx in block.transactions if isinstance(tx, cls))
 
@@ -433,7 +448,8 @@ def vectors_document() -> dict[str, Any]:
         ("codec edge cases: negative i64, empty and non-ASCII strings", _edge_cases()),
         ("AnchorStatement (its sha256 is the anchor digest, §9.4)", _anchor_statement(golden)),
         ("AnchorReceipt (evm)", _anchor_receipt(golden)),
-        ("AppApproval (not a transaction: kept by its holder)", _app_approval(federation_id)),
+        ("AppApproval", _first(b2, AppApproval)),
+        ("Refusal (a holder's, signed; not in the golden ledger)", _holder_refusal(gh)),
     ]
     signed: list[tuple[str, Any, bytes]] = [
         (
@@ -445,6 +461,7 @@ def vectors_document() -> dict[str, Any]:
         ("UpdateCommitment", b1.transactions[0], gh),
         ("Attestation", _first(b2, Attestation), gh),
         ("SignedHeader (block 1)", b1.signed_header, gh),
+        ("Refusal", _holder_refusal(gh), gh),
         (
             "AppApproval (federation: the federation id)",
             _app_approval(federation_id),
@@ -630,7 +647,9 @@ def _payout_vectors() -> list[dict[str, Any]]:
 
 def _reject_vectors(golden: Golden) -> list[dict[str, Any]]:
     attestation = encode(golden.blocks[2].transactions[0])
-    participant = encode(next(iter(golden.states[1].participants.values())))
+    first = next(iter(golden.states[1].participants.values()))
+    participant = encode(first)
+    active = len(participant) - (8 + 4 + len(first.app_digest) + 8) - 1  # the byte of `active`
     rejection = encode(Rejection(1, bytes(32), "x"))
     rules = encode(golden.states[0].genesis.rules)
     return [
@@ -643,9 +662,9 @@ def _reject_vectors(golden: Golden) -> list[dict[str, Any]]:
             "bytes": "10" + attestation[1:].hex(),
         },
         {
-            "why": "bool byte 2 (active, before the i64 dp_participations)",
+            "why": "bool byte 2 (active, before dp_participations, app_digest, app_approvals)",
             "type": "ParticipantState",
-            "bytes": (participant[:-9] + b"\2" + participant[-8:]).hex(),
+            "bytes": (participant[:active] + b"\2" + participant[active + 1 :]).hex(),
         },
         {"why": "invalid UTF-8", "type": "Rejection", "bytes": (rejection[:-1] + b"\xff").hex()},
         {"why": "pair count 3", "type": "Rules", "bytes": (rules[:21] + b"\3" + rules[22:]).hex()},
