@@ -155,6 +155,21 @@ def compute_coalition_model(
     w = check_weights(weights, len(updates))
     members = _check_coalition(coalition, len(updates))
     check_update_shapes(base, updates)
+    zeros = (
+        {name: np.zeros_like(np.asarray(v)) for name, v in updates[0].items()} if updates else {}
+    )
+    return _coalition_model(base, updates, w, members, zeros, renormalise)
+
+
+def _coalition_model(
+    base: Mapping[str, AnyArray],
+    updates: Sequence[Mapping[str, AnyArray]],
+    w: FloatArray,
+    members: list[int],
+    zeros: Mapping[str, AnyArray],
+    renormalise: bool,
+) -> dict[str, npt.NDArray[np.float32]]:
+    """:func:`compute_coalition_model` on checked inputs (``zeros``: a zero update, read only)."""
     active = [i for i in members if w[i] > 0]
     if not active:
         return {name: np.array(value, dtype=np.float32) for name, value in base.items()}
@@ -164,7 +179,6 @@ def compute_coalition_model(
         # Non-members stand in as zero updates with their weight kept: every member's term is
         # then the very product it is in the full round, and adding a zero update (or a zero
         # term) leaves the sum bit for bit unchanged, so a free rider is an exact dummy.
-        zeros = {name: np.zeros_like(np.asarray(v)) for name, v in updates[0].items()}
         chosen = set(active)
         padded = [updates[i] if i in chosen else zeros for i in range(len(updates))]
         average = aggregate(padded, w, rule="fedavg").arrays
@@ -185,15 +199,19 @@ def make_coalition_utility(
     """A cached utility: ``score_model`` of each coalition's :func:`compute_coalition_model`.
 
     ``score_model`` is the caller's I/O side, e.g. load the arrays into a torch model and return
-    minus its mean cross-entropy on the coordinator's validation split.
+    minus its mean cross-entropy on the coordinator's validation split. The inputs are checked
+    and the zero stand-in made once, not per coalition.
     """
-    check_weights(weights, len(updates))
+    w = check_weights(weights, len(updates))
     check_update_shapes(base, updates)
+    zeros = (
+        {name: np.zeros_like(np.asarray(v)) for name, v in updates[0].items()} if updates else {}
+    )
+    n = len(updates)
 
-    def utility(coalition: frozenset[int]) -> float:
-        return score_model(
-            compute_coalition_model(base, updates, weights, coalition, renormalise=renormalise)
-        )
+    def utility(coalition: frozenset[int]) -> float:  # inputs checked once, above
+        members = _check_coalition(coalition, n)
+        return score_model(_coalition_model(base, updates, w, members, zeros, renormalise))
 
     return CachedUtility(utility)
 
