@@ -102,6 +102,7 @@ from typing import Any, TypeAlias
 import numpy as np
 import numpy.typing as npt
 
+from fedchain.config import EXACT_SHAPLEY_MAX_CLIENTS
 from fedchain.errors import ConfigError
 from fedchain.ledger.objects import SCORE_SCALE
 from fedchain.rounds.coalitions import (
@@ -142,8 +143,6 @@ METHODS = (
 )
 """Every contribution method name :func:`compute_scores` accepts."""
 
-EXACT_SHAPLEY_MAX_CLIENTS = 16
-"""Exact Shapley evaluates ``2**n`` coalitions; beyond 16 clients (65,536) use GTG-Shapley."""
 
 GTG_DEFAULTS: Mapping[str, float | int | None] = {
     "max_permutations": None,
