@@ -125,6 +125,7 @@ class ValidationPasses:
 
     def utilities(self, models: torch.Tensor) -> list[float]:
         """Minus the mean validation loss of each row of ``models`` (``(k, size)`` float32)."""
+        models = models.to(self.x.device)
         with torch.no_grad(), _eval_mode(self.net):
             if self.passes == "vmap":
                 sums = [
