@@ -47,6 +47,7 @@ untouched.
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 from collections.abc import Mapping
 from logging import WARNING
@@ -246,8 +247,13 @@ def _load_replica(
 
 def _replayed(encodings: tuple[bytes, ...]) -> Replica:
     """The replica of ``encodings``: its state from this process's memo, else replayed."""
-    genesis = decode(Block, encodings[0]).transactions[0]
-    key = (compute_hash(genesis), compute_block_hash(decode(Block, encodings[-1])))
+    checked = _GENESES.get(hashlib.sha256(encodings[0]).digest())  # these very bytes: no decode
+    genesis_hash = (
+        checked.genesis_hash
+        if checked is not None
+        else compute_hash(decode(Block, encodings[0]).transactions[0])
+    )
+    key = (genesis_hash, compute_block_hash(decode(Block, encodings[-1])))
     state = _REPLAYED.get(key)
     finality = _FINALITY.get(key)
     if state is None or finality is None:
