@@ -30,6 +30,7 @@ import csv
 import functools
 import logging
 import os
+import subprocess
 import tempfile
 import time
 from collections import defaultdict
@@ -56,6 +57,10 @@ from server.inprocess_grid import InProcessGrid
 
 FLOWER_LOGGER.setLevel(logging.ERROR)
 
+CODE = subprocess.run(
+    ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+).stdout.strip()
+"""The commit measured (the csv's ``code`` column)."""
 TIMES: dict[str, float] = defaultdict(float)
 COUNTS: dict[str, int] = defaultdict(int)
 
@@ -162,6 +167,7 @@ def run_cell(registered: int, per_round: int, rounds: int, dataset: str) -> list
                 "prepare_s": round(prepare_s, 2),
             }
             row["rest_s"] = round(wall - row["train_s"] - row["score_s"] - row["aggregate_s"], 3)
+            row["code"] = CODE
             rows.append(row)
             print(row, flush=True)
             previous.update(t=now, times=dict(TIMES), counts=dict(COUNTS))
