@@ -394,7 +394,8 @@ def aggregate_screened(
     w = check_weight_vector(weights, n)
     arrays = _check_updates(updates)
     active = [i for i in range(n) if w[i] > 0]
-    norms = {i: _update_norm(arrays[i]) for i in active}
+    with single_blas_thread():  # numpy's dot on two threads: 250-500 ms for 30 updates here
+        norms = {i: _update_norm(arrays[i]) for i in active}
     limit = norm_screen * float(np.median([norms[i] for i in active]))
     screened = [i for i in active if norms[i] <= limit]
     if not screened:  # every update has the median's norm only when it is 0: nothing to add
