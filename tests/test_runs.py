@@ -125,10 +125,23 @@ def test_a_failing_set_up_removes_only_what_it_made(project: Path):
     after writing), in a folder holding files and a finished run: only the new run is gone."""
     before = snapshot(project)
     with pytest.raises(PartitionError):
-        prepare_run(RunConfig(run_id="new", out="runs", clients=100_000, rounds=1, model="mlp"))
+        prepare_run(
+            RunConfig(
+                run_id="new",
+                out="runs",
+                clients=100_000,
+                clients_per_round=10,
+                rounds=1,
+                model="mlp",
+            )
+        )
     assert snapshot(project) == before
     with pytest.raises(PartitionError):  # an --out that did not exist is made and unmade
-        prepare_run(RunConfig(run_id="new", out="more/runs", clients=100_000, model="mlp"))
+        prepare_run(
+            RunConfig(
+                run_id="new", out="more/runs", clients=100_000, clients_per_round=10, model="mlp"
+            )
+        )
     assert snapshot(project) == before
 
 
