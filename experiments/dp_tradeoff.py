@@ -378,7 +378,7 @@ def write_markdown(csv_path: Path, md_path: Path, args: argparse.Namespace) -> N
         "## Mean over seeds (min-max)",
         "",
         "| rule | epsilon | noise multiplier | attack | seeds | final accuracy | attackers' "
-        "reward share | fidelity (Pearson vs exact Shapley) |",
+        "reward share | fidelity (Pearson vs exact Shapley; median over the runs measured) |",
         "|---|---:|---:|---|---:|---:|---:|---:|",
     ]
     groups: dict[tuple[str, str, str, str], list[dict[str, str]]] = {}
@@ -388,6 +388,8 @@ def write_markdown(csv_path: Path, md_path: Path, args: argparse.Namespace) -> N
         ok = [r for r in members if r["accuracy"]]
         accuracy = _pct([float(r["accuracy"]) for r in ok])
         share = _pct([float(r["reward_share"]) for r in ok if r["reward_share"]])
+        if share == "-" and ok:
+            share = "nothing paid"
         aborted = len(members) - len(ok)
         if aborted:
             accuracy += f", {aborted} aborted"
@@ -406,7 +408,7 @@ def write_markdown(csv_path: Path, md_path: Path, args: argparse.Namespace) -> N
         "|---|---:|---:|---:|---|---:|---:|---|---:|",
     ]
     for r in rows:
-        share = f"{float(r['reward_share']):.1%}" if r["reward_share"] else "-"
+        share = f"{float(r['reward_share']):.1%}" if r["reward_share"] else "nothing paid"
         accuracy = (
             f"{float(r['accuracy']):.1%}" if r["accuracy"] else f"aborted: {r['aborted'][:90]}"
         )
