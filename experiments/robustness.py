@@ -28,6 +28,7 @@ stopped: rows already there are not run again); then ``robustness.md`` (tables) 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import math
 import os
@@ -131,8 +132,9 @@ def _init_worker() -> None:
     configure_threads(1)
 
 
-def run_cell(cell: Cell, base: Mapping[str, Any]) -> dict[str, Any]:
-    """Run one federation and return its CSV row."""
+def run_cell(cell: Cell, base: Mapping[str, Any], keep: Path | None = None) -> dict[str, Any]:
+    """Run one federation and return its CSV row. ``keep``: a folder to make the run
+    directory in (as ``keep/run``) and leave there, instead of a temporary one."""
     from clients.client_app import app as client_app
     from fedchain.config import RunConfig, merge_config
     from fedchain.learning.attacks import select_attackers
@@ -145,7 +147,12 @@ def run_cell(cell: Cell, base: Mapping[str, Any]) -> dict[str, Any]:
     from server.inprocess_grid import NODE_BASE, InProcessGrid
 
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="fedchain-robust-") as scratch:
+    with contextlib.ExitStack() as stack:
+        scratch = (
+            str(keep)
+            if keep is not None
+            else stack.enter_context(tempfile.TemporaryDirectory(prefix="fedchain-robust-"))
+        )
         clients = int(base.get("clients", 10))
         count = round(cell.fraction * clients)
         settings: dict[str, Any] = {

@@ -132,6 +132,10 @@ class RunConfig:
     out: str = "runs"
     dataset: str = "digits"
     data_root: str = ""
+    # a seeded, class-stratified subsample of the source's train split (before the coordinator's
+    # validation holdout) and of its test split; 0: all of it (fedchain.runs.prepare)
+    train_examples: int = 0
+    test_examples: int = 0
     # the text source (fedchain.data.labelled_text): a local tokenizer directory, the columns,
     # the token length (ids and mask per example)
     tokenizer: str = ""

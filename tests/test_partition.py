@@ -303,3 +303,26 @@ def test_invalid_holdout_fraction():
 
     with pytest.raises(PartitionError):
         holdout_indices(np.zeros(10, dtype=np.int64), 1.0, seed=0)
+
+
+def test_subsample_is_stratified_deterministic_and_seeded():
+    from fedchain.data.partition import holdout_indices, subsample_indices
+
+    labels = np.repeat(np.arange(4), [40, 30, 20, 10])
+    chosen = subsample_indices(labels, 20, seed=3)
+    assert len(chosen) == len(np.unique(chosen)) == 20
+    assert np.array_equal(chosen, np.sort(chosen))
+    assert [int((labels[chosen] == c).sum()) for c in range(4)] == [8, 6, 4, 2]
+    assert np.array_equal(subsample_indices(labels, 20, seed=3), chosen)
+    assert not np.array_equal(subsample_indices(labels, 20, seed=4), chosen)
+    # its own generator: not the holdout's draw of the same seed
+    assert np.array_equal(subsample_indices(labels, 100, seed=3), np.arange(100))
+    assert not np.array_equal(holdout_indices(labels, 0.2, seed=3)[1], chosen)
+
+
+@pytest.mark.parametrize("count", [0, 101, -1])
+def test_invalid_subsample_size(count: int):
+    from fedchain.data.partition import subsample_indices
+
+    with pytest.raises(PartitionError, match=r"1\.\.100"):
+        subsample_indices(np.zeros(100, dtype=np.int64), count, seed=0)

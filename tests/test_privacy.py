@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from opacus.accountants import RDPAccountant
@@ -589,6 +590,41 @@ def test_dpsgd_adds_noise_and_survives_empty_steps() -> None:
         assert result.num_examples == 5
         runs.append(compute_norm(compute_update(before, state_to_numpy(model))))
     assert runs[1] > 10 * runs[0]  # the same draws: only the noise differs
+
+
+def test_dpsgd_draws_its_noise_in_opacus_s_secure_mode() -> None:
+    """With gradients clipped to next to nothing, one full-batch step moves each weight by
+    -lr x noise / batch: exactly the noise Opacus's secure mode draws from the noise generator
+    (seed + 1): per parameter, one sample thrown away, then four Gaussians summed and halved."""
+    from opacus.optimizers.optimizer import _generate_noise
+
+    model = build_model("mlp", (1, 8, 8), 10, seed=0)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    noise_multiplier, clip, n = 1e6, 1e-6, 40
+    train_dpsgd(
+        model, small_data(n), lr=1.0, noise_multiplier=noise_multiplier, clip=clip,
+        sample_rate=1.0, steps=1, seed=5,
+    )  # fmt: skip
+    generator, insecure = torch.Generator().manual_seed(6), torch.Generator().manual_seed(6)
+    for name, p in model.named_parameters():
+        secure = _generate_noise(noise_multiplier * clip, p, generator, secure_mode=True)
+        plain = _generate_noise(noise_multiplier * clip, p, insecure, secure_mode=False)
+        moved = (before[name] - p.detach()) * n
+        assert torch.allclose(moved, secure, atol=1e-4), name
+        assert not torch.allclose(moved, plain, atol=1e-2), name
+
+
+def test_client_level_noise_is_the_secure_sum_of_four_draws() -> None:
+    from fedchain.privacy.mechanism import draw_noise
+
+    zero = {"w": np.zeros(10_000, dtype=np.float32)}
+    noised = privatise_update_with(
+        zero, clip=0.5, noise_multiplier=2.0, generator=np.random.default_rng(7)
+    )
+    rng = np.random.default_rng(7)
+    four = sum(rng.normal(0.0, 1.0, 10_000) for _ in range(4)) / 2
+    assert np.array_equal(noised["w"], four.astype(np.float32))
+    assert np.array_equal(draw_noise(np.random.default_rng(7), 1.0, (10_000,)), four)
 
 
 def test_an_example_level_federation_spends_what_opacus_says(

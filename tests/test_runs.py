@@ -276,3 +276,37 @@ def test_invalid_resume_of_a_finished_run(tmp_path: Path, inprocess_federation: 
     setup = inprocess_federation(tmp_path, run_id="r", **SMALL).run().setup
     with pytest.raises(ConfigError, match="all 1 rounds are on the ledger; nothing to resume"):
         resumable_run(setup.run_dir)
+
+
+def test_a_subsampled_run_is_its_configuration_and_its_scores_recheck(
+    tmp_path: Path, inprocess_federation: MakeFederation
+):
+    """train-examples/test-examples: the clients split a seeded subsample of the train split
+    (less the validation holdout), the test split is cut too, config.toml records both, and
+    `verify --scores` re-derives the same validation split from it."""
+    from fedchain.config import load_config_file
+    from fedchain.rounds.recheck import recheck_scores
+    from fedchain.runs.prepare import load_run_source, load_split
+
+    fed = inprocess_federation(
+        tmp_path, clients=3, rounds=2, model="mlp", train_examples=300, test_examples=120
+    ).run()
+    config = load_config_file(fed.setup.run_dir / "config.toml")
+    assert (config.train_examples, config.test_examples) == (300, 120)
+    kept, validation = load_split(config)
+    assert len(kept) + len(validation) == 300 and sum(fed.setup.num_examples) == len(kept)
+    assert len(load_run_source(config, "test")) == 120
+    assert fed.accuracy is not None and round(fed.accuracy["accuracy"] * 120, 6) % 1 == 0
+    report = verify_ledger(fed.setup.run_dir)
+    assert report.ok, report.failure
+    check = recheck_scores(fed.setup.run_dir, report, config)
+    assert not check.problems and check.rounds == 2
+
+
+def test_invalid_subsample_larger_than_the_split_is_refused_before_anything_is_written(
+    tmp_path: Path,
+):
+    config = RunConfig(run_id="big", out=str(tmp_path / "runs"), test_examples=361)
+    with pytest.raises(ConfigError, match="test-examples 361 is more than the 360 examples"):
+        prepare_run(config)
+    assert not (tmp_path / "runs" / "big").exists()

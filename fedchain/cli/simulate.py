@@ -76,6 +76,25 @@ def simulate(
         str | None,
         typer.Option(help="Where mnist/cifar10/... live (default: the source's own place)."),
     ] = None,
+    train_examples: Annotated[
+        int | None,
+        typer.Option(
+            help=_help(
+                "train_examples",
+                "Use a seeded, class-stratified subsample of this many examples of the source's "
+                "train split (the clients' data and the validation split come from it; 0: all)",
+            )
+        ),
+    ] = None,
+    test_examples: Annotated[
+        int | None,
+        typer.Option(
+            help=_help(
+                "test_examples",
+                "The same for the test split the accuracy is measured on (0: all)",
+            )
+        ),
+    ] = None,
     tokenizer: Annotated[
         str | None,
         typer.Option(
@@ -428,6 +447,8 @@ def simulate(
     flags: dict[str, Any] = {
         "dataset": dataset,
         "data_root": data_root,
+        "train_examples": train_examples,
+        "test_examples": test_examples,
         "tokenizer": str(Path(tokenizer).resolve()) if tokenizer else tokenizer,
         "text_column": text_column,
         "label_column": label_column,

@@ -34,6 +34,7 @@ __all__ = [
     "partition_iid",
     "partition_quantity",
     "partition_shards",
+    "subsample_indices",
 ]
 
 PARTITIONERS: tuple[str, ...] = ("iid", "dirichlet", "shards", "quantity")
@@ -302,3 +303,22 @@ def holdout_indices(
     holdout = np.sort(np.concatenate(held)).astype(np.int64) if held else np.array([], np.int64)
     kept = np.setdiff1d(np.arange(len(labels), dtype=np.int64), holdout)
     return kept, holdout
+
+
+def subsample_indices(labels: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """``count`` indices, sorted, drawn by ``seed`` with each class kept in proportion (largest
+    remainder). A run's ``train-examples``/``test-examples`` take a split's subsample from here
+    before anything else sees it, so the run stays a pure function of its configuration. The
+    generator is ``(seed, 1)``'s, not ``seed``'s, so the draw is independent of the holdout's."""
+    labels = _as_labels(labels)
+    _check_seed(seed)
+    if not 1 <= count <= len(labels):
+        raise PartitionError(f"a subsample must have 1..{len(labels)} examples, got {count}")
+    classes, sizes = np.unique(labels, return_counts=True)
+    counts = _largest_remainder(sizes.astype(np.float64), count)
+    rng = np.random.default_rng((seed, 1))
+    chosen = [
+        rng.permutation(np.flatnonzero(labels == label))[:k]
+        for label, k in zip(classes, counts, strict=True)
+    ]
+    return np.sort(np.concatenate(chosen)).astype(np.int64)

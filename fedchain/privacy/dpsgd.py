@@ -10,7 +10,14 @@ these noised steps only: it is committed as it is, with no further noise.
 
 Sampling and noise must be secret to the client (the accountant's amplification by sampling
 assumes nobody knows which examples a step used): both generators are seeded from the operating
-system, unless a test pins ``seed``. Imports Opacus.
+system, unless a test pins ``seed``. The noise is drawn in Opacus's ``secure_mode``
+(``DPOptimizer(secure_mode=True)``: each coordinate the sum of four Gaussians halved, against
+the floating-point attack on Gaussian noise). The other half of Opacus's secure mode, its
+``PrivacyEngine`` drawing from ``torchcsprng``'s cryptographically secure generator, is not
+available: torchcsprng's last release (0.2.1, March 2021) was built for torch 1.8 and the
+project is archived. Both generators here are therefore torch's Mersenne Twister, seeded with 63
+bits from ``secrets``; no raw output of either leaves the client (only the clipped gradients'
+noised sums, through the update). Imports Opacus.
 """
 
 from __future__ import annotations
@@ -63,6 +70,7 @@ def train_dpsgd(
         max_grad_norm=clip,
         expected_batch_size=max(1, round(sample_rate * n)),
         generator=noise,
+        secure_mode=True,
     )
     set_train_mode(private)
     with warnings.catch_warnings():

@@ -11,6 +11,11 @@ The noise must be unpredictable to everyone but the client: :func:`privatise_upd
 generator from the operating system (``secrets``), never from the run's seed, which the
 coordinator knows and could use to subtract the noise. :func:`privatise_update_with` takes the
 generator, for tests. A privatised run is therefore not bit-reproducible from its seed.
+
+Each coordinate's noise is drawn as Opacus's ``secure_mode`` draws it (:func:`draw_noise`): the
+sum of four float64 Gaussians halved, so the low-order bits of one floating-point sample do not
+give away the value it was added to (Holohan & Braghin 2021, Haney et al. 2022: the
+floating-point attack on Gaussian noise; fedchain.privacy.dpsgd has Opacus do the same).
 """
 
 from __future__ import annotations
@@ -23,7 +28,13 @@ import numpy as np
 
 from fedchain.errors import ConfigError
 
-__all__ = ["clip_update", "compute_norm", "privatise_update", "privatise_update_with"]
+__all__ = [
+    "clip_update",
+    "compute_norm",
+    "draw_noise",
+    "privatise_update",
+    "privatise_update_with",
+]
 
 Arrays = dict[str, np.ndarray]
 _SHRINK = 1 - 2**-20
@@ -51,6 +62,15 @@ def clip_update(update: Mapping[str, np.ndarray], clip: float) -> Arrays:
     }
 
 
+def draw_noise(generator: np.random.Generator, std: float, shape: tuple[int, ...]) -> np.ndarray:
+    """N(0, std²) of ``shape`` in float64, as (g1 + g2 + g3 + g4) / 2 with each gi ~ N(0, std²):
+    Opacus's ``secure_mode`` construction (2n draws, n = 2) against the floating-point attack."""
+    total = generator.normal(0.0, std, shape)
+    for _ in range(3):
+        total += generator.normal(0.0, std, shape)
+    return np.asarray(total / 2)
+
+
 def privatise_update_with(
     update: Mapping[str, np.ndarray],
     *,
@@ -59,7 +79,8 @@ def privatise_update_with(
     generator: np.random.Generator,
 ) -> Arrays:
     """:func:`clip_update`, then Gaussian noise of standard deviation ``noise_multiplier *
-    clip`` on every coordinate, drawn from ``generator``; dtypes and shapes kept."""
+    clip`` on every coordinate, drawn from ``generator`` by :func:`draw_noise`; dtypes and shapes
+    kept."""
     if not (math.isfinite(noise_multiplier) and noise_multiplier > 0):
         raise ConfigError(
             f"the noise multiplier must be a finite number > 0, got {noise_multiplier}"
@@ -67,7 +88,7 @@ def privatise_update_with(
     std = noise_multiplier * clip
     clipped = clip_update(update, clip)
     return {
-        name: np.ascontiguousarray(a + generator.normal(0.0, std, a.shape).astype(a.dtype))
+        name: np.ascontiguousarray(a + draw_noise(generator, std, a.shape).astype(a.dtype))
         for name, a in clipped.items()
     }
 

@@ -27,7 +27,7 @@ from fedchain.config import FLOWER_RULES, RUN_ID_PATTERN, RunConfig, write_confi
 from fedchain.crypto import identity
 from fedchain.data import datafile, keys
 from fedchain.data.labelled_text import TextOptions
-from fedchain.data.partition import PARTITIONERS, holdout_indices, partition
+from fedchain.data.partition import PARTITIONERS, holdout_indices, partition, subsample_indices
 from fedchain.data.sources import SOURCES, ArrayDataset, load_source
 from fedchain.errors import ConfigError
 from fedchain.learning.attacks import ATTACKS, NO_ATTACK, Attack, attacker_indices
@@ -75,7 +75,10 @@ def new_run_id(config: RunConfig, now: float | None = None) -> str:
 
 
 def load_run_source(config: RunConfig, split: str) -> ArrayDataset:
-    """Split ``split`` of the run's data source, as its settings say (root, text options)."""
+    """Split ``split`` of the run's data source, as its settings say (root, text options), cut
+    to its ``train-examples``/``test-examples`` subsample when one is set (seeded by the run's
+    seed, so the clients' data, the validation split and the test split are each the same
+    wherever the configuration is replayed: ``fedchain verify --scores``, export)."""
     text = None
     if config.dataset == "text":
         text = TextOptions(
@@ -84,7 +87,16 @@ def load_run_source(config: RunConfig, split: str) -> ArrayDataset:
             label_column=config.label_column,
             max_length=config.max_length,
         )
-    return load_source(config.dataset, root=config.data_root or None, split=split, text=text)
+    data = load_source(config.dataset, root=config.data_root or None, split=split, text=text)
+    count = {"train": config.train_examples, "test": config.test_examples}.get(split, 0)
+    if not count:
+        return data
+    if count > len(data):
+        raise ConfigError(
+            f"{split}-examples {count} is more than the {len(data)} examples of {config.dataset}'s "
+            f"{split} split"
+        )
+    return data.subset(subsample_indices(data.y, count, seed=config.seed))
 
 
 def load_split(config: RunConfig) -> tuple[ArrayDataset, ArrayDataset]:
@@ -265,6 +277,8 @@ def _populate(run_dir: Path, config: RunConfig) -> RunSetup:
     write_config(config, run_dir / CONFIG_FILENAME)
 
     train, _ = load_split(config)
+    if config.test_examples:  # a test subsample larger than its split fails here, not mid-run
+        load_run_source(config, "test")
     parts = partition(
         train.y,
         config.clients,
