@@ -66,7 +66,9 @@ class ParticipantState:
     """A registered participant. ``active`` turns False for good when its stake falls below the
     minimum (ejection); reputation is in basis points, starting at 10_000.
     ``dp_participations``: its accepted update commitments under differential privacy (the
-    privacy it has spent, as the one integer the accountant needs; 0 with DP off)."""
+    privacy it has spent, as the one integer the accountant needs; 0 with DP off).
+    ``score_debt``: the negative score (quanta) its positive scores must repay before they are
+    paid (:func:`~fedchain.rounds.rewards.compute_score_debts`)."""
 
     TAG: ClassVar[int] = 40
     public_key: PublicKey
@@ -76,6 +78,7 @@ class ParticipantState:
     num_examples: int
     active: bool
     dp_participations: int = 0
+    score_debt: int = 0
 
 
 @dataclass(frozen=True, slots=True)
