@@ -20,13 +20,15 @@ messages); a deployed data holder also keeps them on its own disk
 (:mod:`fedchain.rounds.replica_files`, the folder its node config names), so that a restarted
 SuperNode resumes from what it had checked and a coordinator cannot rewind it.
 
-Two explicit speed-ups, shared by the clients of one process (a simulation's): the states after
+Three explicit speed-ups, shared by the clients of one process (a simulation's): the states after
 the blocks checked here, by (genesis hash, block hash) (:data:`_REPLAYED`, passed as
 ``known``: a block hash fixes all history before it, so a stored replica is not replayed from
 genesis again, nor is the finality it derives (:data:`_FINALITY`), and a block is re-executed
 once per process, not once per client;
-:mod:`fedchain.rounds.replica` says why that is sound), and one caching signature verifier
-(:data:`_VERIFIER`, no threads: it remembers only triples that verified).
+:mod:`fedchain.rounds.replica` says why that is sound), the genesis states checked here, by the
+SHA-256 of block 0's exact bytes (:data:`_GENESES`, passed as ``geneses``: a genesis's
+registrations are checked once per process, not once per client), and one caching signature
+verifier (:data:`_VERIFIER`, no threads: it remembers only triples that verified).
 
 With the ledger off the client behaves as a plain Flower FedAvg client (sends trained weights,
 signs nothing, keeps no replica) for comparison runs. The keys of every record are
@@ -45,6 +47,7 @@ untouched.
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 from collections.abc import Mapping
 from logging import WARNING
@@ -118,6 +121,10 @@ MAX_REPLAYED = 16
 _REPLAYED: OrderedDict[tuple[bytes, bytes], LedgerState] = OrderedDict()
 """States after blocks this process checked, by (genesis hash, block hash); the newest
 MAX_REPLAYED (:data:`fedchain.rounds.replica.KnownStates`)."""
+MAX_GENESES = 4
+_GENESES: OrderedDict[bytes, LedgerState] = OrderedDict()
+"""Genesis states this process checked, by the SHA-256 of block 0's exact bytes; the newest
+MAX_GENESES (:data:`fedchain.rounds.replica.GenesisStates`)."""
 _FINALITY: OrderedDict[
     tuple[bytes, bytes],
     tuple[Mapping[int, Mapping[bytes, int]], int, tuple[SignedHeader, ...]],
@@ -183,7 +190,7 @@ def checked_ledger_duties(
         replica, saved = _load_replica(context, replica_dir)
         view = m.decode_ledger_view(config, compute_held_forms(replica))
         checked = check_view_replayed(
-            replica, saved, view, verifier=_VERIFIER, known=_REPLAYED, pin=pin
+            replica, saved, view, verifier=_VERIFIER, known=_REPLAYED, geneses=_GENESES, pin=pin
         )
         if model is not None:
             check_base_model(checked, m.decode_base_model_hash(config), model)
@@ -240,12 +247,17 @@ def _load_replica(
 
 def _replayed(encodings: tuple[bytes, ...]) -> Replica:
     """The replica of ``encodings``: its state from this process's memo, else replayed."""
-    genesis = decode(Block, encodings[0]).transactions[0]
-    key = (compute_hash(genesis), compute_block_hash(decode(Block, encodings[-1])))
+    checked = _GENESES.get(hashlib.sha256(encodings[0]).digest())  # these very bytes: no decode
+    genesis_hash = (
+        checked.genesis_hash
+        if checked is not None
+        else compute_hash(decode(Block, encodings[0]).transactions[0])
+    )
+    key = (genesis_hash, compute_block_hash(decode(Block, encodings[-1])))
     state = _REPLAYED.get(key)
     finality = _FINALITY.get(key)
     if state is None or finality is None:
-        replica = replay_replica(encodings, verifier=_VERIFIER)
+        replica = replay_replica(encodings, verifier=_VERIFIER, geneses=_GENESES)
         _remember(replica)
         return replica
     return Replica(encodings, state, *finality)
@@ -262,10 +274,12 @@ def _remember(replica: Replica) -> None:
 
 
 def _forget_oldest() -> None:
-    """Both memos keep their newest MAX_REPLAYED entries."""
+    """Both memos keep their newest MAX_REPLAYED entries, the genesis memo MAX_GENESES."""
     for memo in (_REPLAYED, _FINALITY):
         while len(memo) > MAX_REPLAYED:
             memo.popitem(last=False)
+    while len(_GENESES) > MAX_GENESES:
+        _GENESES.popitem(last=False)
 
 
 def _save_replica(context: Context, checked: CheckedView, replica_dir: Path | None) -> None:

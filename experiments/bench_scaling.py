@@ -8,8 +8,9 @@ process) and splits each round's wall time into
 
 * client training (``clients.client_app._train``, summed over the round's clients),
 * contribution scoring (:class:`fedchain.rounds.validation.RoundScorer` calls), itself split into
-  building coalition models (``compute_coalition_model``) and evaluating them on the
-  coordinator's validation split (``RoundScorer._utility``: load the arrays, torch forward),
+  building coalition models (the batched path's matrix product ``validation._models``, or the
+  per-coalition ``coalitions._coalition_model``) and evaluating them on the coordinator's
+  validation split (``ValidationPasses.utilities``, or the per-coalition ``RoundScorer._utility``),
 * aggregation (the coordinator's ``_aggregate``, less the scoring it calls for ``screened``),
 * the rest (ledger, hashing, files, central evaluation, messages).
 
@@ -29,6 +30,7 @@ import csv
 import functools
 import logging
 import os
+import subprocess
 import tempfile
 import time
 from collections import defaultdict
@@ -55,6 +57,10 @@ from server.inprocess_grid import InProcessGrid
 
 FLOWER_LOGGER.setLevel(logging.ERROR)
 
+CODE = subprocess.run(
+    ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+).stdout.strip()
+"""The commit measured (the csv's ``code`` column)."""
 TIMES: dict[str, float] = defaultdict(float)
 COUNTS: dict[str, int] = defaultdict(int)
 
@@ -72,14 +78,24 @@ def _timed(name: str, function: Any) -> Any:
     return wrapper
 
 
-def _counting(function: Any) -> Any:
-    """Count the updates a coalition model sums (weight > 0) and the model's parameters."""
+def _counting_models(function: Any) -> Any:
+    """Count the models a matrix product builds, the updates they sum and the parameters."""
 
     @functools.wraps(function)
-    def wrapper(base: Any, updates: Any, weights: Any, *args: Any, **kwargs: Any) -> Any:
-        COUNTS["weighted_updates"] += sum(1 for w in weights if w > 0)
-        COUNTS["params"] = sum(int(v.size) for v in base.values())
-        return function(base, updates, weights, *args, **kwargs)
+    def wrapper(block: Any, stacked: Any, base: Any) -> Any:
+        COUNTS["coalition_models"] += int(block.shape[0])
+        COUNTS["weighted_updates"] += int((block != 0).sum())
+        COUNTS["params"] = int(base.numel())
+        return function(block, stacked, base)
+
+    return wrapper
+
+
+def _counting_evaluations(function: Any) -> Any:
+    @functools.wraps(function)
+    def wrapper(self: Any, models: Any) -> Any:
+        COUNTS["evaluations"] += len(models)
+        return function(self, models)
 
     return wrapper
 
@@ -88,10 +104,13 @@ def install_timers() -> None:
     """Wrap the functions whose time is split out (module globals, looked up at call time)."""
     client_app_module._train = _timed("train", client_app_module._train)
     validation.RoundScorer.__call__ = _timed("score", validation.RoundScorer.__call__)  # type: ignore[method-assign]
-    validation.RoundScorer._utility = _timed("evaluate", validation.RoundScorer._utility)  # type: ignore[method-assign]
-    coalitions.compute_coalition_model = _timed(
-        "coalition", _counting(coalitions.compute_coalition_model)
+    validation.ValidationPasses.utilities = _timed(  # type: ignore[method-assign]
+        "evaluate", _counting_evaluations(validation.ValidationPasses.utilities)
     )
+    validation._models = _timed("coalition", _counting_models(validation._models))
+    # the per-coalition path (stacked updates beyond STACK_LIMIT_BYTES)
+    validation.RoundScorer._utility = _timed("evaluate_one", validation.RoundScorer._utility)  # type: ignore[method-assign]
+    coalitions._coalition_model = _timed("coalition_one", coalitions._coalition_model)
     coordinator.Coordinator._aggregate = _timed("aggregate", coordinator.Coordinator._aggregate)  # type: ignore[method-assign]
 
 
@@ -133,12 +152,14 @@ def run_cell(registered: int, per_round: int, rounds: int, dataset: str) -> list
                 "wall_s": round(wall, 3),
                 "train_s": round(delta.get("train", 0.0), 3),
                 "score_s": round(delta.get("score", 0.0), 3),
-                "evaluations": counts.get("evaluate", 0),
-                "evaluate_s": round(delta.get("evaluate", 0.0), 3),
-                "coalition_s": round(delta.get("coalition", 0.0), 3),
+                "evaluations": counts.get("evaluations", 0) + counts.get("evaluate_one", 0),
+                "evaluate_s": round(delta.get("evaluate", 0.0) + delta.get("evaluate_one", 0.0), 3),
+                "coalition_s": round(
+                    delta.get("coalition", 0.0) + delta.get("coalition_one", 0.0), 3
+                ),
                 # the screened rule scores inside _aggregate: aggregation alone is the rest
                 "weighted_per_coalition": round(
-                    counts.get("weighted_updates", 0) / max(counts.get("coalition", 0), 1), 1
+                    counts.get("weighted_updates", 0) / max(counts.get("coalition_models", 0), 1), 1
                 ),
                 "params": COUNTS.get("params", 0),
                 "aggregate_s": round(delta.get("aggregate", 0.0) - delta.get("score", 0.0), 3),
@@ -146,6 +167,7 @@ def run_cell(registered: int, per_round: int, rounds: int, dataset: str) -> list
                 "prepare_s": round(prepare_s, 2),
             }
             row["rest_s"] = round(wall - row["train_s"] - row["score_s"] - row["aggregate_s"], 3)
+            row["code"] = CODE
             rows.append(row)
             print(row, flush=True)
             previous.update(t=now, times=dict(TIMES), counts=dict(COUNTS))

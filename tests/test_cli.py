@@ -338,3 +338,14 @@ def test_invalid_missing_source_creates_no_key_file(tmp_path):
     )
     assert result.returncode == 1 and "--download" in " ".join(result.stderr.split())
     assert not (tmp_path / "new.key").exists() and not (tmp_path / "out").exists()
+
+
+def test_invalid_scoring_too_expensive_is_refused_before_anything_runs(tmp_path):
+    result = run_cli(
+        "simulate", "--contribution", "shapley", "--clients", "20", "--out", str(tmp_path / "o")
+    )
+    text = " ".join((result.stdout + result.stderr).replace("│", " ").split())
+    assert result.returncode != 0
+    assert "limited to 16: use mc-shapley" in text, text
+    assert "or use leave-one-out (21 evaluations) or gradient-similarity" in text
+    assert not (tmp_path / "o").exists()

@@ -11,7 +11,13 @@ from typer.testing import CliRunner
 
 from fedchain.cli import app
 from fedchain.cli.simulate import shown_default
-from fedchain.config import RunConfig, load_config_file, merge_config, write_config
+from fedchain.config import (
+    RunConfig,
+    count_round_evaluations,
+    load_config_file,
+    merge_config,
+    write_config,
+)
 from fedchain.errors import ConfigError
 from fedchain.runs.prepare import prepare_run
 
@@ -132,6 +138,40 @@ NON_FINITE_FLOATS = ["lr", "beta", "alpha", "attack-scale", "weight-cap", "round
 def test_invalid_settings_are_refused(settings, message):
     with pytest.raises(ConfigError, match=message):
         merge_config(RunConfig(), settings)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"contribution": "shapley", "clients": 17}, "2\\*\\*17 = 131,072 .* limited to 16: use "
+         "mc-shapley \\(about contribution-budget x clients evaluations: 170 here\\)"),
+        ({"contribution": "shapley", "clients": 300, "clients-per-round": 30}, "limited to 16"),
+        ({"contribution-budget": 2000, "clients": 100}, "up to 200,198 coalition models a round "
+         "for 100 clients .* limit of 100,000: lower contribution-budget \\(at most 998 here\\)"),
+        ({"contribution": "gtg-shapley", "contribution-budget": 500, "clients": 300},
+         "use leave-one-out \\(301 evaluations\\) or gradient-similarity"),
+    ],
+)  # fmt: skip
+def test_invalid_scoring_too_expensive_for_the_federation_names_the_cheaper_option(
+    settings, message
+):
+    with pytest.raises(ConfigError, match=message):
+        merge_config(RunConfig(), settings)
+
+
+def test_scoring_costs_within_the_limit_are_accepted() -> None:
+    for settings in (
+        {"contribution": "shapley", "clients": 16},
+        {"contribution": "shapley", "clients": 300, "clients-per-round": 16},
+        {"clients": 8_000},  # the default budget: 10 evaluations a client
+        {"contribution-budget": 998, "clients": 100},
+        {"contribution": "leave-one-out", "clients": 10_000, "contribution-budget": 10_000},
+        {"contribution": "gradient-similarity", "clients": 10_000, "contribution-budget": 10_000},
+    ):
+        merge_config(RunConfig(), settings)
+    assert count_round_evaluations("mc-shapley", 5, 10) == 32  # the budget covers all: exact
+    assert count_round_evaluations("mc-shapley", 100, 10) == 1_198
+    assert count_round_evaluations("none", 100, 10) == 0
 
 
 def test_valid_edge_settings_are_accepted():

@@ -31,7 +31,10 @@ from fedchain.rounds.contribution import (
     compute_leave_one_out,
     compute_permutation_shapley,
     compute_scores,
+    list_walk_coalitions,
+    plan_permutation_walks,
     quantise_scores,
+    sample_permutation_marginals,
 )
 
 Game = Callable[[frozenset[int]], float]
@@ -368,6 +371,102 @@ def test_mc_shapley_stops_when_the_budget_is_close_to_every_coalition() -> None:
     cached = CachedUtility(learning_game(6, seed=1))
     compute_permutation_shapley(6, cached, seed=0, evaluations_per_client=10)  # 60 of 64
     assert cached.evaluations <= 64
+
+
+def reference_permutation_shapley(
+    n: int, utility: Game, *, seed: int, evaluations_per_client: int, antithetic: bool, guided: bool
+) -> np.ndarray:
+    """The sampling loop before it was split into plan, batch evaluation and combination (commit
+    694393d), kept verbatim but for names: the split must give the same numbers."""
+    budget = max(2, evaluations_per_client * n)
+    u = CachedUtility(utility)
+    v_empty, v_full = u(frozenset()), u(frozenset(range(n)))
+    rng = np.random.default_rng(seed)
+    total = np.zeros(n, dtype=np.float64)
+    done = drawn = 0
+    while done == 0 or (u.evaluations < budget and drawn < 4 * budget):
+        if guided:
+            first = drawn % n
+            order = [first, *rng.permutation([i for i in range(n) if i != first]).tolist()]
+        else:
+            order = rng.permutation(n).tolist()
+        drawn += 1
+        for walk in (order, order[::-1]) if antithetic else (order,):
+            marginals = np.zeros(n, dtype=np.float64)
+            prefix: frozenset[int] = frozenset()
+            v_prev = v_empty
+            for position, client in enumerate(walk):
+                prefix = prefix | {client}
+                v = v_full if position == n - 1 else u(prefix)
+                marginals[client] = v - v_prev
+                v_prev = v
+            total += marginals
+            done += 1
+    return total / done
+
+
+@pytest.mark.parametrize(
+    ("n", "k", "antithetic", "guided"),
+    [(7, 10, True, False), (9, 3, True, True), (12, 10, False, False), (30, 10, True, False),
+     (8, 1, False, True), (100, 10, True, False)],
+)  # fmt: skip
+@pytest.mark.parametrize("seed", [0, 7])
+def test_mc_shapley_split_gives_the_old_loops_numbers(
+    n: int, k: int, antithetic: bool, guided: bool, seed: int
+) -> None:
+    rng = np.random.default_rng(seed + n)
+    quality = rng.normal(0.1, 0.3, size=n)
+
+    def game(s: frozenset[int]) -> float:
+        return float(-math.log1p(math.exp(-sum(quality[i] for i in s))) + 1e-3 * len(s) ** 0.5)
+
+    old, new = CountingGame(game), CountingGame(game)
+    params = {"evaluations_per_client": k, "antithetic": antithetic, "guided": guided}
+    expected = reference_permutation_shapley(n, old, seed=seed, **params)  # type: ignore[arg-type]
+    got = compute_permutation_shapley(n, new, seed=seed, **params)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(got, expected)  # bit for bit
+    assert new.calls == old.calls  # the same coalitions, in the same order
+    marginals = sample_permutation_marginals(
+        n,
+        lambda cs: [game(c) for c in cs],
+        seed=seed,
+        **params,  # type: ignore[arg-type]
+    )
+    walks = plan_permutation_walks(n, seed=seed, **params)  # type: ignore[arg-type]
+    assert marginals.shape == walks.shape == (len(walks), n)
+    assert len(walks) % 2 == 0 or not antithetic
+    np.testing.assert_allclose(marginals.mean(axis=0), expected, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(
+        marginals.sum(axis=1), game(frozenset(range(n))) - game(frozenset()), rtol=1e-9
+    )
+    assert list_walk_coalitions(walks, n) == list(dict.fromkeys(old.calls))
+
+
+def test_mc_shapley_evaluates_all_its_coalitions_in_one_batch() -> None:
+    game = learning_game(9, seed=3)
+    batches: list[int] = []
+
+    def batch(coalitions: object) -> list[float]:
+        batches.append(len(coalitions))  # type: ignore[arg-type]
+        return [game(c) for c in coalitions]  # type: ignore[attr-defined]
+
+    cached = CachedUtility(batch=batch)
+    got = compute_permutation_shapley(9, cached, seed=4)
+    np.testing.assert_array_equal(got, compute_permutation_shapley(9, game, seed=4))
+    assert batches == [cached.evaluations] and 90 <= cached.evaluations <= 90 + 16
+    compute_permutation_shapley(9, cached, seed=4)  # all cached: the batch is not called again
+    assert len(batches) == 1
+
+
+def test_invalid_batch_utility() -> None:
+    with pytest.raises(ConfigError, match="exactly one"):
+        CachedUtility()
+    with pytest.raises(ConfigError, match="returned 1 values for 2"):
+        CachedUtility(batch=lambda cs: [0.0]).evaluate_many([frozenset(), frozenset({0})])
+    with pytest.raises(ConfigError, match="finite"):
+        CachedUtility(batch=lambda cs: [math.nan] * len(cs))(frozenset())
+    with pytest.raises(ConfigError, match="finite"):
+        sample_permutation_marginals(6, lambda cs: [math.inf] * len(cs), seed=0)
 
 
 @pytest.mark.parametrize("k", [0, -1, 1.5, True])

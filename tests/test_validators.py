@@ -29,13 +29,15 @@ from typing import Any
 import pytest
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 
+import fedchain.ledger.genesis as genesis_module
+import fedchain.rounds.replica as replica_module
 from clients import client_app
 from fedchain.config import RunConfig
 from fedchain.crypto.identity import load_identity, public_key_bytes
 from fedchain.errors import FedchainError, InvalidBlock
 from fedchain.ledger.builder import build_block
 from fedchain.ledger.checkpoints import load_checkpoint
-from fedchain.ledger.codec import decode, encode
+from fedchain.ledger.codec import compute_hash, decode, encode
 from fedchain.ledger.consensus import get_proposer
 from fedchain.ledger.containers import LedgerState
 from fedchain.ledger.genesis import compute_genesis_block, compute_genesis_state
@@ -43,10 +45,12 @@ from fedchain.ledger.objects import (
     Block,
     BlockHeader,
     ContributionRecord,
+    Genesis,
     RewardDeltas,
     Transaction,
     compute_block_hash,
     compute_federation_id,
+    compute_tx_root,
 )
 from fedchain.ledger.state import process_block
 from fedchain.ledger.store import LedgerStore
@@ -262,6 +266,62 @@ def test_known_states_skip_re_execution_but_never_a_check(chain) -> None:
     for bad in (unsealed, other_body):
         with pytest.raises(InvalidBlock, match="block 3"):
             extend_replica(replica_at(chain, 2), [bad], genesis_hash, known=known)
+
+
+def with_bad_registration(block: Block) -> Block:
+    """Block 0 of the same genesis with one registration's signature changed (one bit), and the
+    header re-derived for it, so that only the signature check can refuse it."""
+    genesis = block.transactions[0]
+    assert isinstance(genesis, Genesis)
+    entry = genesis.participants[1]
+    forged = dataclasses.replace(
+        entry, signature=bytes([entry.signature[0] ^ 1]) + entry.signature[1:]
+    )
+    participants = (genesis.participants[0], forged, *genesis.participants[2:])
+    bad = dataclasses.replace(genesis, participants=participants)
+    header = dataclasses.replace(block.header, tx_root=compute_tx_root((bad,)))
+    return Block(dataclasses.replace(block.signed_header, header=header), (bad,))
+
+
+def test_a_genesis_block_is_checked_once(chain, monkeypatch: pytest.MonkeyPatch) -> None:
+    checks: list[object] = []
+    real = genesis_module._check_genesis
+    monkeypatch.setattr(genesis_module, "_check_genesis", lambda g: checks.append(g) or real(g))
+    state = genesis_module.process_genesis_block(chain[0][0])
+    assert state == chain[0][1] and len(checks) == 1
+
+
+def test_genesis_states_skip_the_registration_checks_only_for_the_same_bytes(
+    chain, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first-view speed-up clients of one process share: a genesis state is reused only for
+    block 0 of exactly the bytes that were checked; one changed signature is checked, refused."""
+    good = chain[0][0]
+    genesis_hash = chain[0][1].genesis_hash
+    processed: list[Block] = []
+    real = replica_module.process_genesis_block
+    monkeypatch.setattr(
+        replica_module, "process_genesis_block", lambda b: processed.append(b) or real(b)
+    )
+    geneses: dict[bytes, LedgerState] = {}
+    first = extend_replica(None, [b for b, _ in chain[:2]], genesis_hash, geneses=geneses)
+    second = extend_replica(None, [b for b, _ in chain[:2]], genesis_hash, geneses=geneses)
+    assert first == second == extend_replica(None, [b for b, _ in chain[:2]], genesis_hash)
+    assert processed == [good, good]  # the first two views with the mapping: one check
+    assert len(geneses) == 1 and second.state is not None
+    bad = with_bad_registration(good)
+    for cached in ({}, geneses):  # refused with nothing cached, and after the good one was
+        with pytest.raises(InvalidBlock, match="registration is not signed"):
+            compute_genesis_replica(bad, compute_hash(bad.transactions[0]), geneses=cached)
+        with pytest.raises(InvalidBlock, match="registration is not signed"):
+            replay_replica([encode(bad)], geneses=cached)
+    assert len(geneses) == 1  # nothing refused is remembered
+    resealed = Block(
+        dataclasses.replace(good.signed_header, signature=bytes(64)), good.transactions
+    )
+    with pytest.raises(InvalidBlock, match="not the canonical genesis block"):
+        compute_genesis_replica(resealed, genesis_hash, geneses=geneses)
+    assert replay_replica([encode(good)], geneses=geneses).state is geneses[next(iter(geneses))]
 
 
 # -- in process: the real ClientApp, coordinator and strategy ------------------------------------

@@ -87,9 +87,7 @@ def compute_genesis_state(genesis: Genesis) -> LedgerState:
 
 def compute_genesis_block(genesis: Genesis) -> Block:
     """Block 0: the genesis as its one transaction, zero parent and proposer, no signature."""
-    state = compute_genesis_state(genesis)
-    header = _genesis_header(genesis, state.participants.values())
-    return Block(SignedHeader(header, b""), (genesis,))
+    return _genesis_block(genesis, compute_genesis_state(genesis))
 
 
 def process_genesis_block(block: Block) -> LedgerState:
@@ -98,12 +96,18 @@ def process_genesis_block(block: Block) -> LedgerState:
     if len(block.transactions) != 1 or not isinstance(block.transactions[0], Genesis):
         raise InvalidBlock("block 0 must hold exactly one transaction, the Genesis")
     genesis = block.transactions[0]
-    if block != compute_genesis_block(genesis):
+    state = compute_genesis_state(genesis)  # checked once: every registration's signature
+    if block != _genesis_block(genesis, state):
         raise InvalidBlock(
             "block 0 is not the canonical genesis block of its Genesis "
             "(height, round, parent, roots, proposer, attempt or signature differ)"
         )
-    return compute_genesis_state(genesis)
+    return state
+
+
+def _genesis_block(genesis: Genesis, state: LedgerState) -> Block:
+    header = _genesis_header(genesis, state.participants.values())
+    return Block(SignedHeader(header, b""), (genesis,))
 
 
 def _genesis_header(genesis: Genesis, participants: Iterable[ParticipantState]) -> BlockHeader:

@@ -8,9 +8,11 @@ take the *utility* of a coalition of clients from the caller; this module builds
   *coalition model* that :func:`compute_coalition_model` builds, the round's base model plus the
   weighted average of the members' updates (``S = {}`` gives the base model, so ``U({})`` is the
   score before the round and ``U(all)`` the score after it);
-* :class:`CachedUtility` memoises a utility and counts the distinct coalitions it evaluated,
-  which is the cost that matters (one model evaluation each); :func:`make_coalition_utility`
-  joins the two for a caller-supplied ``score_model``.
+* a :data:`BatchUtility` maps a sequence of coalitions to their utilities in one call, so a
+  caller can build and score many coalition models at once (a batched pass on an accelerator);
+* :class:`CachedUtility` memoises a utility (or a batch utility) and counts the distinct
+  coalitions it evaluated, which is the cost that matters (one model evaluation each);
+  :func:`make_coalition_utility` joins the two for a caller-supplied ``score_model``.
 
 :func:`check_weights` and :func:`check_update_shapes` validate a round's weights and updates for
 coalition models and for gradient similarity alike.
@@ -29,8 +31,10 @@ from fedchain.aggregation.rules import aggregate
 from fedchain.errors import ConfigError
 
 __all__ = [
+    "BatchUtility",
     "CachedUtility",
     "Utility",
+    "batch_utility_of",
     "check_update_shapes",
     "check_weights",
     "compute_coalition_model",
@@ -40,6 +44,9 @@ __all__ = [
 Utility: TypeAlias = Callable[[frozenset[int]], float]
 """Utility of a coalition of client indices, e.g. minus the validation loss of its model."""
 
+BatchUtility: TypeAlias = Callable[[Sequence[frozenset[int]]], Sequence[float]]
+"""Utilities of several coalitions in one call, in the order given (one value per coalition)."""
+
 FloatArray: TypeAlias = npt.NDArray[np.float64]
 AnyArray: TypeAlias = npt.NDArray[Any]
 
@@ -47,27 +54,48 @@ AnyArray: TypeAlias = npt.NDArray[Any]
 class CachedUtility:
     """A utility that evaluates each distinct coalition once and counts the evaluations.
 
-    Calling it with a coalition seen before returns the stored value without calling the wrapped
-    utility. :attr:`evaluations` is the number of distinct coalitions evaluated so far, i.e. the
-    number of coalition models the caller built and scored. A non-finite utility value raises
-    :class:`ConfigError` (it would poison every score it enters).
+    Wraps a per-coalition :data:`Utility` or, with ``batch=``, a :data:`BatchUtility`. Calling
+    it (or :meth:`evaluate_many`) with a coalition seen before returns the stored value without
+    calling the wrapped utility. :attr:`evaluations` is the number of distinct coalitions
+    evaluated so far, i.e. the number of coalition models the caller built and scored. A
+    non-finite utility value raises :class:`ConfigError` (it would poison every score it
+    enters).
     """
 
-    def __init__(self, utility: Utility) -> None:
+    def __init__(self, utility: Utility | None = None, *, batch: BatchUtility | None = None):
+        if (utility is None) == (batch is None):
+            raise ConfigError("CachedUtility needs exactly one of a utility and a batch utility")
         self._utility = utility
+        self._batch = batch
         self._values: dict[frozenset[int], float] = {}
 
     def __call__(self, coalition: frozenset[int]) -> float:
-        key = frozenset(coalition)
-        value = self._values.get(key)
-        if value is None:
-            value = float(self._utility(key))
-            if not math.isfinite(value):
+        return self.evaluate_many([coalition])[0]
+
+    def evaluate_many(self, coalitions: Sequence[frozenset[int]]) -> list[float]:
+        """The utilities of ``coalitions``, in order; the ones not seen before are evaluated
+        once each, in order of first appearance (a batch utility gets them in one call)."""
+        keys = [frozenset(c) for c in coalitions]
+        missing = list(dict.fromkeys(k for k in keys if k not in self._values))
+        if missing and self._batch is not None:
+            fresh = [float(v) for v in self._batch(missing)]
+            if len(fresh) != len(missing):
                 raise ConfigError(
-                    f"the utility of coalition {sorted(key)} is {value}; it must be finite"
+                    f"the batch utility returned {len(fresh)} values for {len(missing)} coalitions"
                 )
-            self._values[key] = value
-        return value
+            for key, value in zip(missing, fresh, strict=True):
+                self._store(key, value)
+        elif missing and self._utility is not None:
+            for key in missing:
+                self._store(key, float(self._utility(key)))
+        return [self._values[k] for k in keys]
+
+    def _store(self, key: frozenset[int], value: float) -> None:
+        if not math.isfinite(value):
+            raise ConfigError(
+                f"the utility of coalition {sorted(key)} is {value}; it must be finite"
+            )
+        self._values[key] = value
 
     @property
     def evaluations(self) -> int:
@@ -78,6 +106,15 @@ class CachedUtility:
     def values(self) -> Mapping[frozenset[int], float]:
         """The values computed so far, by coalition (a copy)."""
         return dict(self._values)
+
+
+def batch_utility_of(utility: Utility) -> BatchUtility:
+    """``utility`` as a :data:`BatchUtility`: a :class:`CachedUtility`'s own
+    :meth:`~CachedUtility.evaluate_many` (so its cache and count see every coalition), else a
+    fresh cache around ``utility`` (each distinct coalition evaluated once, in order, checked
+    finite)."""
+    cached = utility if isinstance(utility, CachedUtility) else CachedUtility(utility)
+    return cached.evaluate_many
 
 
 # --------------------------------------------------------------------------------------------------
@@ -118,6 +155,21 @@ def compute_coalition_model(
     w = check_weights(weights, len(updates))
     members = _check_coalition(coalition, len(updates))
     check_update_shapes(base, updates)
+    zeros = (
+        {name: np.zeros_like(np.asarray(v)) for name, v in updates[0].items()} if updates else {}
+    )
+    return _coalition_model(base, updates, w, members, zeros, renormalise)
+
+
+def _coalition_model(
+    base: Mapping[str, AnyArray],
+    updates: Sequence[Mapping[str, AnyArray]],
+    w: FloatArray,
+    members: list[int],
+    zeros: Mapping[str, AnyArray],
+    renormalise: bool,
+) -> dict[str, npt.NDArray[np.float32]]:
+    """:func:`compute_coalition_model` on checked inputs (``zeros``: a zero update, read only)."""
     active = [i for i in members if w[i] > 0]
     if not active:
         return {name: np.array(value, dtype=np.float32) for name, value in base.items()}
@@ -127,7 +179,6 @@ def compute_coalition_model(
         # Non-members stand in as zero updates with their weight kept: every member's term is
         # then the very product it is in the full round, and adding a zero update (or a zero
         # term) leaves the sum bit for bit unchanged, so a free rider is an exact dummy.
-        zeros = {name: np.zeros_like(np.asarray(v)) for name, v in updates[0].items()}
         chosen = set(active)
         padded = [updates[i] if i in chosen else zeros for i in range(len(updates))]
         average = aggregate(padded, w, rule="fedavg").arrays
@@ -148,15 +199,19 @@ def make_coalition_utility(
     """A cached utility: ``score_model`` of each coalition's :func:`compute_coalition_model`.
 
     ``score_model`` is the caller's I/O side, e.g. load the arrays into a torch model and return
-    minus its mean cross-entropy on the coordinator's validation split.
+    minus its mean cross-entropy on the coordinator's validation split. The inputs are checked
+    and the zero stand-in made once, not per coalition.
     """
-    check_weights(weights, len(updates))
+    w = check_weights(weights, len(updates))
     check_update_shapes(base, updates)
+    zeros = (
+        {name: np.zeros_like(np.asarray(v)) for name, v in updates[0].items()} if updates else {}
+    )
+    n = len(updates)
 
-    def utility(coalition: frozenset[int]) -> float:
-        return score_model(
-            compute_coalition_model(base, updates, weights, coalition, renormalise=renormalise)
-        )
+    def utility(coalition: frozenset[int]) -> float:  # inputs checked once, above
+        members = _check_coalition(coalition, n)
+        return score_model(_coalition_model(base, updates, w, members, zeros, renormalise))
 
     return CachedUtility(utility)
 

@@ -93,16 +93,26 @@ recomputed scores within a tolerance, not bit for bit.
 
 from __future__ import annotations
 
+import itertools
 import math
+import operator
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
 
+from fedchain.config import EXACT_SHAPLEY_MAX_CLIENTS
 from fedchain.errors import ConfigError
 from fedchain.ledger.objects import SCORE_SCALE
-from fedchain.rounds.coalitions import CachedUtility, Utility, check_update_shapes, check_weights
+from fedchain.rounds.coalitions import (
+    BatchUtility,
+    CachedUtility,
+    Utility,
+    batch_utility_of,
+    check_update_shapes,
+    check_weights,
+)
 
 __all__ = [
     "EXACT_SHAPLEY_MAX_CLIENTS",
@@ -115,8 +125,12 @@ __all__ = [
     "compute_leave_one_out",
     "compute_permutation_shapley",
     "compute_scores",
+    "compute_walk_marginals",
+    "list_walk_coalitions",
     "make_method_params",
+    "plan_permutation_walks",
     "quantise_scores",
+    "sample_permutation_marginals",
 ]
 
 METHODS = (
@@ -129,8 +143,6 @@ METHODS = (
 )
 """Every contribution method name :func:`compute_scores` accepts."""
 
-EXACT_SHAPLEY_MAX_CLIENTS = 16
-"""Exact Shapley evaluates ``2**n`` coalitions; beyond 16 clients (65,536) use GTG-Shapley."""
 
 GTG_DEFAULTS: Mapping[str, float | int | None] = {
     "max_permutations": None,
@@ -158,6 +170,7 @@ around the base model), a client's marginals in a permutation and in its reverse
 its Shapley value exactly, so each pair cancels the pairwise-interaction noise."""
 
 FloatArray: TypeAlias = npt.NDArray[np.float64]
+IntArray: TypeAlias = npt.NDArray[np.int64]
 AnyArray: TypeAlias = npt.NDArray[Any]
 
 
@@ -179,9 +192,9 @@ def compute_exact_shapley(n: int, utility: Utility) -> FloatArray:
             f"exact Shapley needs 2**{n} coalition evaluations for {n} clients; it is limited "
             f"to {EXACT_SHAPLEY_MAX_CLIENTS} clients: use 'mc-shapley'"
         )
-    u = CachedUtility(utility)
     masks = np.arange(1 << n, dtype=np.int64)
-    values = np.array([u(_members(int(m), n)) for m in masks], dtype=np.float64)
+    coalitions = [_members(int(m), n) for m in masks]
+    values = np.array(batch_utility_of(utility)(coalitions), dtype=np.float64)
     sizes = np.zeros(1 << n, dtype=np.int64)
     for i in range(n):
         sizes += (masks >> i) & 1
@@ -256,34 +269,88 @@ def compute_permutation_shapley(
 ) -> FloatArray:
     """Monte-Carlo Shapley: the mean marginal vector over sampled permutations, untruncated.
 
-    Permutations are drawn until ``evaluations_per_client * n`` distinct coalitions have been
-    evaluated (checked between permutations, so the count may overshoot by up to ``n - 2``;
-    memoised prefixes are free), at least one, and at most ``4 * evaluations_per_client * n``
-    permutations (a budget close to ``2**n`` is reached slowly: the last coalitions are rarely
-    drawn). When the budget covers all ``2**n`` coalitions, the result is exact Shapley
-    (:func:`compute_exact_shapley`: no more evaluations, no sampling error). ``antithetic``:
-    each drawn permutation is followed by its reverse (a client late in one is early in the
-    other, which cancels much of the position effect on the marginals); ``guided``:
-    permutation ``t`` (pair ``t`` when antithetic) puts client ``t mod n`` first, the rest
-    shuffled. No truncation, so every
-    permutation's marginals sum to exactly ``U(all) - U({})`` and the estimate is unbiased and
-    efficient. The budget grows linearly in ``n`` (exact Shapley's doubles with each client).
-    ``seed`` is the only randomness (``numpy.random.default_rng(seed)``).
+    The column mean of :func:`sample_permutation_marginals` (see there for the sampling), except
+    when the budget covers all ``2**n`` coalitions: then the result is exact Shapley
+    (:func:`compute_exact_shapley`: no more evaluations, no sampling error). No truncation, so
+    every permutation's marginals sum to exactly ``U(all) - U({})`` and the estimate is unbiased
+    and efficient. The budget grows linearly in ``n`` (exact Shapley's doubles with each
+    client). Given a :class:`~fedchain.rounds.coalitions.CachedUtility` on a batch utility, all
+    coalitions go to it in one batch.
     """
     _check_n(n)
     _check_mc_params(seed, evaluations_per_client)
     if n == 0:
         return np.zeros(0, dtype=np.float64)
-    budget = max(2, evaluations_per_client * n)
-    if budget >= 1 << n:
+    if max(2, evaluations_per_client * n) >= 1 << n:
         return compute_exact_shapley(n, utility)
-    u = CachedUtility(utility)
-    v_empty = u(frozenset())
-    v_full = u(frozenset(range(n)))
-    rng = np.random.default_rng(seed)
+    marginals = sample_permutation_marginals(
+        n, batch_utility_of(utility), seed=seed,
+        evaluations_per_client=evaluations_per_client, antithetic=antithetic, guided=guided,
+    )  # fmt: skip
     total = np.zeros(n, dtype=np.float64)
-    done = drawn = 0
-    while done == 0 or (u.evaluations < budget and drawn < 4 * budget):
+    for row in marginals:  # row by row, in walk order: the same bits as a running sum
+        total += row
+    return total / len(marginals)
+
+
+def sample_permutation_marginals(
+    n: int,
+    utility: BatchUtility,
+    *,
+    seed: int,
+    evaluations_per_client: int = 10,
+    antithetic: bool = True,
+    guided: bool = False,
+) -> FloatArray:
+    """Each sampled walk's marginal utilities: a ``(walks, n)`` float64 matrix, row ``w``'s
+    column ``i`` being ``U(P + i) - U(P)`` for the prefix ``P`` before client ``i`` in walk
+    ``w`` (antithetic walks are separate rows; each row sums to ``U(all) - U({})`` up to
+    rounding). Three pure steps: :func:`plan_permutation_walks` (the walks, from ``n``,
+    ``seed`` and the budget alone), :func:`list_walk_coalitions` (the distinct coalitions they
+    need), one call of ``utility`` on them, then :func:`compute_walk_marginals`. The column mean
+    is the Monte-Carlo Shapley estimate; the rows give its sampling spread. This always samples,
+    also when the budget covers every coalition (where :func:`compute_permutation_shapley` is
+    exact).
+    """
+    walks = plan_permutation_walks(
+        n, seed=seed, evaluations_per_client=evaluations_per_client, antithetic=antithetic,
+        guided=guided,
+    )  # fmt: skip
+    coalitions = list_walk_coalitions(walks, n)
+    values = [float(v) for v in utility(coalitions)]
+    if len(values) != len(coalitions) or not all(map(math.isfinite, values)):
+        raise ConfigError(f"need {len(coalitions)} finite utilities, got {values}")
+    return compute_walk_marginals(walks, dict(zip(coalitions, values, strict=True)))
+
+
+def plan_permutation_walks(
+    n: int,
+    *,
+    seed: int,
+    evaluations_per_client: int = 10,
+    antithetic: bool = True,
+    guided: bool = False,
+) -> IntArray:
+    """The walks (orders of clients) Monte-Carlo Shapley visits: a ``(walks, n)`` int64 matrix.
+
+    Permutations are drawn until the walks' prefixes, ``{}`` and the full coalition make
+    ``evaluations_per_client * n`` distinct coalitions (checked between permutations: the count
+    may overshoot by up to ``2 (n - 1)``; repeated prefixes are free), at least one, at most
+    ``4 * evaluations_per_client * n`` (a budget close to ``2**n`` is reached slowly).
+    ``antithetic``: each drawn permutation is followed by its reverse (a client late in one is
+    early in the other, which cancels much of the position effect on the marginals); ``guided``:
+    permutation ``t`` (pair ``t`` when antithetic) puts client ``t mod n`` first, the rest
+    shuffled. ``seed`` is the only randomness (``numpy.random.default_rng(seed)``); no utility
+    value is needed.
+    """
+    _check_n(n)
+    _check_mc_params(seed, evaluations_per_client)
+    budget = max(2, evaluations_per_client * n)
+    seen = {0, (1 << n) - 1}  # coalitions as bit masks: {} and everyone
+    rng = np.random.default_rng(seed)
+    walks: list[list[int]] = []
+    drawn = 0
+    while n and (drawn == 0 or (len(seen) < budget and drawn < 4 * budget)):
         if guided:
             first = drawn % n
             order = [first, *rng.permutation([i for i in range(n) if i != first]).tolist()]
@@ -291,9 +358,37 @@ def compute_permutation_shapley(
             order = rng.permutation(n).tolist()
         drawn += 1
         for walk in (order, order[::-1]) if antithetic else (order,):
-            total += _permutation_marginals(walk, u, v_empty, v_full, 0.0)
-            done += 1
-    return total / done
+            seen.update(itertools.accumulate((1 << i for i in walk[:-1]), operator.or_))
+            walks.append(walk)
+    return np.array(walks, dtype=np.int64).reshape(len(walks), n)
+
+
+def list_walk_coalitions(walks: IntArray, n: int) -> list[frozenset[int]]:
+    """The distinct coalitions ``walks`` need: ``{}``, all ``n`` clients, then each walk's
+    proper prefixes in walk order (first appearance), as a per-coalition loop meets them (each
+    prefix grown by one client, so even a utility that iterates a set meets the same order)."""
+    out = dict.fromkeys([frozenset(), frozenset(range(n))])
+    for walk in walks.tolist():
+        prefix: frozenset[int] = frozenset()
+        for client in walk[:-1]:
+            prefix = prefix | {client}
+            out.setdefault(prefix)
+    return list(out)
+
+
+def compute_walk_marginals(walks: IntArray, values: Mapping[frozenset[int], float]) -> FloatArray:
+    """Row ``w``, column ``walks[w, k]``: ``U(first k + 1 of walk w) - U(first k)``, from
+    ``values`` (which must hold every prefix of every walk, ``{}`` and the full coalition)."""
+    marginals = np.zeros(walks.shape, dtype=np.float64)
+    for row, walk in enumerate(walks.tolist()):
+        prefix: frozenset[int] = frozenset()
+        v_prev = values[prefix]
+        for client in walk:
+            prefix = prefix | {client}
+            v = values[prefix]
+            marginals[row, client] = v - v_prev
+            v_prev = v
+    return marginals
 
 
 def compute_leave_one_out(n: int, utility: Utility) -> FloatArray:
@@ -301,10 +396,9 @@ def compute_leave_one_out(n: int, utility: Utility) -> FloatArray:
     _check_n(n)
     if n == 0:
         return np.zeros(0, dtype=np.float64)
-    u = CachedUtility(utility)
     everyone = frozenset(range(n))
-    v_full = u(everyone)
-    return np.array([v_full - u(everyone - {i}) for i in range(n)], dtype=np.float64)
+    v_full, *without = batch_utility_of(utility)([everyone, *(everyone - {i} for i in range(n))])
+    return np.array([v_full - v for v in without], dtype=np.float64)
 
 
 def compute_gradient_similarity(
@@ -468,17 +562,14 @@ def _check_n(n: int) -> None:
         raise ConfigError(f"the number of clients must be an integer >= 0, got {n!r}")
 
 
+def _check_int(name: str, value: object, minimum: int, hint: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}{hint}, got {value!r}")
+
+
 def _check_mc_params(seed: int, evaluations_per_client: int) -> None:
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-        raise ConfigError(f"seed must be an integer >= 0, got {seed!r}")
-    if (
-        isinstance(evaluations_per_client, bool)
-        or not isinstance(evaluations_per_client, int | np.integer)
-        or evaluations_per_client < 1
-    ):
-        raise ConfigError(
-            f"evaluations_per_client must be an integer >= 1, got {evaluations_per_client!r}"
-        )
+    _check_int("seed", seed, 0)
+    _check_int("evaluations_per_client", evaluations_per_client, 1)
 
 
 def _check_gtg_params(
@@ -489,26 +580,11 @@ def _check_gtg_params(
     truncation_tolerance: float,
     convergence_tolerance: float,
 ) -> None:
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-        raise ConfigError(f"seed must be an integer >= 0, got {seed!r}")
-    if max_permutations is not None and (
-        isinstance(max_permutations, bool)
-        or not isinstance(max_permutations, int | np.integer)
-        or max_permutations < 1
-    ):
-        raise ConfigError(
-            f"max_permutations must be an integer >= 1 or None (one cycle of n), "
-            f"got {max_permutations!r}"
-        )
-    if max_evaluations is not None and (
-        isinstance(max_evaluations, bool)
-        or not isinstance(max_evaluations, int | np.integer)
-        or max_evaluations < 2
-    ):
-        raise ConfigError(
-            f"max_evaluations must be an integer >= 2 (U(all) and U({{}})) or None, "
-            f"got {max_evaluations!r}"
-        )
+    _check_int("seed", seed, 0)
+    if max_permutations is not None:
+        _check_int("max_permutations", max_permutations, 1, " or None (one cycle of n)")
+    if max_evaluations is not None:
+        _check_int("max_evaluations", max_evaluations, 2, " (U(all) and U({})) or None")
     for name, value in (
         ("round_tolerance", round_tolerance),
         ("truncation_tolerance", truncation_tolerance),

@@ -31,6 +31,7 @@ from fedchain.ledger.signatures import PLAIN, Verifier
 from fedchain.rounds.messages import Duties, LedgerView, SignedHeights
 from fedchain.rounds.replica import (
     GenesisPin,
+    GenesisStates,
     KnownStates,
     Replica,
     compute_pending_post_state,
@@ -65,6 +66,7 @@ def check_view_replayed(
     *,
     verifier: Verifier = PLAIN,
     known: KnownStates | None = None,
+    geneses: GenesisStates | None = None,
     pin: GenesisPin | None = None,
 ) -> CheckedView:
     """Everything a client checks before it signs: its blocks replay onto its ``replica``
@@ -74,12 +76,13 @@ def check_view_replayed(
     view's claim: a claim above it is refused (the coordinator lies upward), one below it is
     ignored. Raises InvalidBlock (a
     LedgerError) saying which check failed; then the client must not attest or seal.
-    ``verifier`` and ``known`` are speed-ups (:mod:`fedchain.rounds.replica`); ``pin``, a
-    deployed holder's federation (:func:`fedchain.rounds.replica.check_genesis_pin`)."""
+    ``verifier``, ``known`` and ``geneses`` are speed-ups (:mod:`fedchain.rounds.replica`);
+    ``pin``, a deployed holder's federation (:func:`fedchain.rounds.replica.check_genesis_pin`)."""
     genesis_hash = view.genesis_hash
     replica = extend_replica(
-        replica, view.blocks, genesis_hash, verifier=verifier, known=known, pin=pin
-    )
+        replica, view.blocks, genesis_hash, verifier=verifier, known=known, geneses=geneses,
+        pin=pin,
+    )  # fmt: skip
     proven = replica.final_height
     if view.final_height > proven:
         raise InvalidBlock(

@@ -58,6 +58,13 @@ fixes the header, hence its parent and so all history before it, and its transac
 block shown with that hash and a body of that root leads to the same state, and only its proposer
 signature (not part of the hash) is left to check. Clients of one simulation process share one
 such mapping, so a block is re-executed once per process rather than once per client.
+Likewise ``geneses``, a mapping the caller owns of genesis states by the SHA-256 of block 0's
+exact encoding, each from a block 0 that passed every check (its Genesis's rules and every
+registration's signature): a first view's block 0 of those very bytes has the same state, and
+any other bytes (one signature changed) miss and are checked in full. In a simulation every
+client's first view checks the same genesis; with the mapping shared the process checks its
+registrations once, not once per client (O(registered) instead of O(registered^2) signature
+checks).
 
 What this does not check: that the coordinator included every honest commitment (censorship is
 recorded, not prevented) or that the contribution scores are what the validation data gives
@@ -69,6 +76,7 @@ deployed holder's disk: :mod:`fedchain.rounds.replica_files`).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 
@@ -95,6 +103,7 @@ from fedchain.ledger.state import process_block
 
 __all__ = [
     "GenesisPin",
+    "GenesisStates",
     "KnownStates",
     "Replica",
     "check_genesis_pin",
@@ -118,6 +127,10 @@ _HEADER_FIELDS = {
 
 KnownStates = MutableMapping[tuple[bytes, bytes], LedgerState]
 """States after fully checked blocks, by (genesis hash, block hash): the optional speed-up."""
+
+GenesisStates = MutableMapping[bytes, LedgerState]
+"""Genesis states by the SHA-256 of block 0's exact encoding, each from a block 0 that passed
+every check: the optional speed-up for first views (see the module docstring)."""
 
 
 @dataclass(frozen=True)
@@ -179,29 +192,38 @@ def compute_held_forms(replica: Replica | None) -> dict[bytes, Block]:
     return forms
 
 
-def compute_genesis_replica(block: Block, genesis_hash: bytes) -> Replica:
-    """A new replica holding only block 0, which must be federation ``genesis_hash``'s."""
+def compute_genesis_replica(
+    block: Block, genesis_hash: bytes, *, geneses: GenesisStates | None = None
+) -> Replica:
+    """A new replica holding only block 0, which must be federation ``genesis_hash``'s.
+    ``geneses``: see the module docstring (read and added to)."""
     if block.header.height != 0:
         raise InvalidBlock(
             f"this client holds no replica of the ledger yet: the view must start at the genesis "
             f"block, not at block {block.header.height}"
         )
-    state = process_genesis_block(block)
+    encoding = encode(block)
+    state = _checked_genesis_state(encoding, block, geneses)
     if state.genesis_hash != genesis_hash:
         raise InvalidBlock(
             f"the genesis block shown is federation {state.genesis_hash.hex()[:16]}'s, not "
             f"{genesis_hash.hex()[:16]}'s"
         )
-    return Replica((encode(block),), state, {}, 0, (block.signed_header,))
+    return Replica((encoding,), state, {}, 0, (block.signed_header,))
 
 
-def replay_replica(encodings: Sequence[bytes], *, verifier: Verifier = PLAIN) -> Replica:
+def replay_replica(
+    encodings: Sequence[bytes],
+    *,
+    verifier: Verifier = PLAIN,
+    geneses: GenesisStates | None = None,
+) -> Replica:
     """A stored replica replayed from genesis with every check (a replica read back from
-    storage is re-derived, never trusted)."""
+    storage is re-derived, never trusted). ``geneses``: see the module docstring."""
     if not encodings:
         raise InvalidBlock("a replica holds at least the genesis block")
     genesis_block = decode(Block, encodings[0])
-    state = process_genesis_block(genesis_block)
+    state = _checked_genesis_state(encodings[0], genesis_block, geneses)
     validators: dict[int, Mapping[PublicKey, int]] = {}
     headers = [genesis_block.signed_header]
     final = 0
@@ -221,20 +243,21 @@ def extend_replica(
     *,
     verifier: Verifier = PLAIN,
     known: KnownStates | None = None,
+    geneses: GenesisStates | None = None,
     pin: GenesisPin | None = None,
 ) -> Replica:
     """``replica`` (None: a client's first view) with the view's ``blocks`` replayed.
 
     Blocks the replica holds must be re-sent as held or as their header alone (docstring item
     3); later ones are applied in height order, with no gap; the view must reach at least the
-    replica's head. Raises :class:`InvalidBlock` saying which block failed and why. ``known``:
-    see the module docstring (read and added to). ``pin``: a deployed holder's federation
-    (:func:`check_genesis_pin`), checked before any block past genesis is replayed.
+    replica's head. Raises :class:`InvalidBlock` saying which block failed and why. ``known``
+    and ``geneses``: see the module docstring (read and added to). ``pin``: a deployed holder's
+    federation (:func:`check_genesis_pin`), checked before any block past genesis is replayed.
     """
     if not blocks:
         raise InvalidBlock("the view holds no blocks")
     if replica is None:
-        replica = compute_genesis_replica(blocks[0], genesis_hash)
+        replica = compute_genesis_replica(blocks[0], genesis_hash, geneses=geneses)
     if pin is not None:
         check_genesis_pin(replica.state, pin)
     state = replica.state
@@ -266,6 +289,20 @@ def extend_replica(
             f"{state.height}: the ledger it was shown before was cut short"
         )
     return Replica(tuple(encodings), state, validators, final, tuple(headers))
+
+
+def _checked_genesis_state(
+    encoding: bytes, block: Block, geneses: GenesisStates | None
+) -> LedgerState:
+    """:func:`process_genesis_block` of ``block`` (whose exact encoding is ``encoding``), or
+    the state stored in ``geneses`` under the SHA-256 of those very bytes."""
+    key = hashlib.sha256(encoding).digest()
+    state = None if geneses is None else geneses.get(key)
+    if state is None:
+        state = process_genesis_block(block)
+        if geneses is not None:
+            geneses[key] = state
+    return state
 
 
 def _check_held(

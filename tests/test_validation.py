@@ -1,0 +1,212 @@
+"""Tests for fedchain.rounds.validation: the batched coalition evaluation (one matrix product for
+the models, loop or vmap passes) against the per-coalition path, for the built-in models, a
+torchvision model with BatchNorm, a LoRA model and a model vmap cannot run."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import fedchain.rounds.validation as validation
+from fedchain.config import RunConfig, merge_config
+from fedchain.data.sources import ArrayDataset
+from fedchain.errors import ConfigError
+from fedchain.learning.architectures import build_model, state_to_numpy
+from fedchain.learning.training import derive_seed, evaluate
+from fedchain.rounds.coalitions import make_coalition_utility
+from fedchain.rounds.contribution import compute_scores, make_method_params
+from fedchain.rounds.recheck import compute_score_tolerances
+from fedchain.rounds.validation import RoundScorer, ValidationPasses
+from fedchain.runs.prepare import load_split
+
+
+def random_data(shape: tuple[int, ...], classes: int, n: int = 40, seed: int = 0) -> ArrayDataset:
+    rng = np.random.default_rng(seed)
+    x = rng.random((n, *shape), dtype=np.float32)
+    y = np.arange(n) % classes
+    return ArrayDataset("random", x, y, tuple(str(c) for c in range(classes)), None)
+
+
+def moved(net: nn.Module, count: int, scale: float = 0.05) -> torch.Tensor:
+    """``count`` parameter vectors near the net's own (rows), as coalition models would be."""
+    flat = torch.cat([p.detach().reshape(-1) for p in net.parameters() if p.requires_grad])
+    generator = torch.Generator().manual_seed(1)
+    return flat + scale * torch.randn(count, flat.numel(), generator=generator)
+
+
+def load_row(net: nn.Module, passes: ValidationPasses, row: torch.Tensor) -> None:
+    offset = 0
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if name in passes.names:
+                p.copy_(row[offset : offset + p.numel()].view(p.shape))
+                offset += p.numel()
+
+
+def reference(net: nn.Module, passes: ValidationPasses, rows: torch.Tensor, data: ArrayDataset):  # type: ignore[no-untyped-def]
+    out = []
+    for row in rows:
+        load_row(net, passes, row)
+        out.append(-evaluate(net, data).loss)
+    return out
+
+
+class WithBatchNorm(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.5), nn.Flatten()
+        )
+        self.head = nn.Linear(4 * 6 * 6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))  # type: ignore[no-any-return]
+
+
+class DataDependent(nn.Module):
+    """A forward pass vmap cannot vectorise (a Python branch on a tensor's value)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.layer(x)
+        return out if float(out.sum()) > -1e9 else -out
+
+
+def test_loop_passes_are_evaluate_bit_for_bit_and_leave_batchnorm_alone() -> None:
+    torch.manual_seed(0)
+    net = WithBatchNorm()
+    norm = net.body[1]
+    assert isinstance(norm, nn.BatchNorm2d) and norm.running_mean is not None
+    with torch.no_grad():
+        norm.running_mean.add_(0.3)
+    data = random_data((1, 8, 8), 3)
+    passes = ValidationPasses(net, data, "loop")
+    rows = moved(net, 5)
+    buffers = {k: v.clone() for k, v in net.named_buffers()}
+    net.train()
+    got = passes.utilities(rows)
+    assert net.training  # the mode is given back
+    assert all(torch.equal(buffers[k], v) for k, v in net.named_buffers())
+    assert got == reference(net, passes, rows, data)
+
+
+@pytest.mark.parametrize(
+    ("name", "shape", "finetune", "rank"),
+    [
+        ("cnn", (1, 8, 8), "full", 0),
+        ("mlp", (12,), "full", 0),
+        ("mobilenet_v3_small", (3, 16, 16), "full", 0),  # BatchNorm, dropout, in-place ops
+        ("cnn", (1, 8, 8), "lora", 2),  # peft: only the adapters and the head vary
+    ],
+)
+def test_vmap_passes_match_the_loop(
+    name: str, shape: tuple[int, ...], finetune: str, rank: int
+) -> None:
+    base = None
+    if finetune != "full":
+        base = build_model(name, shape, 4, seed=5).state_dict()
+    net = build_model(name, shape, 4, seed=0, finetune=finetune, lora_rank=rank, base=base)
+    data = random_data(shape, 4, n=66)  # 66 > EVAL_BATCH // VMAP_MODELS: two batches
+    vmapped = ValidationPasses(net, data, "vmap")
+    assert vmapped.passes == "vmap"
+    if finetune == "lora":
+        assert len(vmapped.names) < len(list(net.parameters()))  # the backbone is shared
+    rows = moved(net, 2 if name == "mobilenet_v3_small" else 10, scale=0.01)
+    expected = ValidationPasses(net, data, "loop").utilities(rows)
+    np.testing.assert_allclose(vmapped.utilities(rows), expected, rtol=2e-6, atol=1e-7)
+
+
+def test_vmap_falls_back_to_the_loop_where_it_cannot_run() -> None:
+    torch.manual_seed(0)
+    net = DataDependent()
+    data = random_data((6,), 3)
+    passes = ValidationPasses(net, data, "vmap")
+    assert passes.passes == "loop"
+    rows = moved(net, 3)
+    assert passes.utilities(rows) == reference(net, passes, rows, data)
+    assert ValidationPasses(net, data).passes == "loop"  # auto on the CPU
+
+
+def test_invalid_validation_passes() -> None:
+    net = DataDependent()
+    with pytest.raises(ConfigError, match="passes"):
+        ValidationPasses(net, random_data((6,), 3), "gpu")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="empty"):
+        ValidationPasses(net, random_data((6,), 3, n=0), "loop")
+    with pytest.raises(ConfigError, match="label 4"):
+        ValidationPasses(net, random_data((6,), 5), "loop")
+
+
+# --------------------------------------------------------------------------------------------------
+# The round scorer: batched against per-coalition, within verify --scores' tolerance
+
+
+def round_inputs(scorer: RoundScorer, n: int, seed: int = 0):  # type: ignore[no-untyped-def]
+    base = state_to_numpy(scorer.net)
+    rng = np.random.default_rng(seed)
+    updates = [
+        {k: rng.normal(0, 0.02, v.shape).astype(np.float32) for k, v in base.items()}
+        for _ in range(n)
+    ]
+    updates[3] = {k: np.zeros_like(v) for k, v in base.items()}  # a free rider
+    weights = rng.integers(5, 20, n).astype(float)
+    weights[5] = 0.0  # a member without weight
+    return base, updates, weights
+
+
+def per_coalition_scores(scorer: RoundScorer, method: str, base, updates, weights):  # type: ignore[no-untyped-def]
+    utility = make_coalition_utility(base, updates, weights, scorer._utility, renormalise=False)
+    n = len(updates)
+    return compute_scores(
+        method, n=n, utility=utility, seed=derive_seed(scorer.seed, 1),
+        **make_method_params(method, scorer.budget, n),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("method", "model", "n"),
+    [("mc-shapley", "cnn", 10), ("mc-shapley", "mlp", 9), ("shapley", "cnn", 6),
+     ("leave-one-out", "cnn", 8), ("gtg-shapley", "mlp", 7)],
+)  # fmt: skip
+def test_batched_scores_are_the_per_coalition_scores_within_the_tolerance(
+    method: str, model: str, n: int
+) -> None:
+    config = merge_config(
+        RunConfig(),
+        {"dataset": "digits", "model": model, "contribution": method, "run-id": "x",
+         "contribution-budget": 4},
+    )  # fmt: skip
+    held = load_split(config)[1]
+    results = {}
+    for passes in ("loop", "vmap"):
+        scorer = RoundScorer(config, held, passes=passes)
+        base, updates, weights = round_inputs(scorer, n)
+        results[passes] = scorer(base, updates, weights, 1)
+        assert scorer.evaluations > n
+    scorer = RoundScorer(config, held)
+    expected = per_coalition_scores(scorer, method, *round_inputs(scorer, n))
+    assert expected[3] == 0.0 and results["loop"][3] == 0.0  # the free rider is a dummy
+    tolerances = compute_score_tolerances({bytes([i]): float(s) for i, s in enumerate(expected)})
+    for got in results.values():
+        for i in range(n):
+            assert abs(got[i] - expected[i]) <= tolerances[bytes([i])], (i, got[i], expected[i])
+
+
+def test_the_scorer_builds_models_one_by_one_beyond_the_stack_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = merge_config(
+        RunConfig(), {"dataset": "digits", "run-id": "x", "contribution-budget": 3}
+    )
+    held = load_split(config)[1]
+    scorer = RoundScorer(config, held)
+    base, updates, weights = round_inputs(scorer, 8)
+    batched = scorer(base, updates, weights, 1)
+    monkeypatch.setattr(validation, "STACK_LIMIT_BYTES", 0)
+    assert scorer.batch_utility(base, updates, weights) is None
+    np.testing.assert_allclose(scorer(base, updates, weights, 1), batched, rtol=0, atol=2e-6)
