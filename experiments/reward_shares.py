@@ -24,7 +24,10 @@ Figures, against exact Shapley on the same table:
   end. Rules: the old one (each round's pool split by its own scores); the ledger's
   (:func:`fedchain.rounds.rewards.compute_round_payout`: a round pays ``available *
   min(1, S / M)`` over its own positive scores, nothing when its model did not move, the rest
-  carried) at several ``M`` = ``payout_min_score``; and an alternative tried and not taken
+  carried) at several ``M`` = ``payout_min_score`` without score debt ("ledger M=..."), and
+  with score debt at ``M = 0.01`` ("debt d=...": a positive score first repays the client's
+  earlier negative ones, ``score_debt_decay`` ``d`` of the debt forgiven a round; ``d = 1`` is
+  "ledger M=0.01"); and an alternative tried and not taken
   ("window": pools and positive scores accumulated until the scores reach ``M`` per pending
   round, then the carried pool split over the accumulated scores; its payment jumps when a
   nudge crosses the threshold, so a nudged score cannot be bounded as the ledger's rule is).
@@ -62,15 +65,21 @@ from fedchain.rounds.contribution import (
     quantise_scores,
 )
 from fedchain.rounds.recheck import iter_round_scores
-from fedchain.rounds.rewards import compute_reward_split, compute_round_payout
+from fedchain.rounds.rewards import (
+    compute_reward_split,
+    compute_round_payout,
+    compute_score_debts,
+)
 from fedchain.rounds.validation import RoundScorer
+from fedchain.runs.archive import load_update
 from fedchain.runs.layout import CONFIG_FILENAME
 from fedchain.runs.prepare import load_split
-from fedchain.runs.registry import load_update
 
 RUNS = {"iid": [], "dirichlet-0.5": ["--partitioner", "dirichlet", "--alpha", "0.5"]}
 PROPORTIONAL_MIN_SCORES = (0, 5_000, 10_000, 20_000, 50_000)  # payout_min_score, quanta
 WINDOW_MIN_SCORES = (5_000, 20_000)
+DEBT_DECAYS_BPS = (0, 1_000, 3_000)  # score_debt_decay, basis points, at M = 0.01
+DEBT_MIN_SCORE = 10_000
 POOL = 10_000
 
 
@@ -253,6 +262,27 @@ def paid_by_ledger_rule(
     return total, carried
 
 
+def paid_by_debt_rule(
+    rounds: list[tuple[list[str], tuple[int, ...], bool]], min_score: int, decay_bps: int
+) -> tuple[dict[str, int], int]:
+    """The ledger's payout rule with score debt: the same rule over the payable scores
+    ``max(0, s - debt)``, each client's debt carried from round to round
+    (:func:`fedchain.rounds.rewards.compute_score_debts`). (paid, left carried)."""
+    total: dict[str, int] = {}
+    carried = 0
+    debts: dict[bytes, int] = {}
+    for keys, scores, moved in rounds:
+        keyed = list(zip(_b(keys), scores, strict=True))
+        payout = compute_round_payout(
+            carried, pool=POOL, scores=keyed, moved=moved, min_score=min_score, debts=debts
+        )
+        debts.update(compute_score_debts(debts, keyed, decay_bps))
+        for key, amount in payout.rewards:
+            total[key.hex()] = total.get(key.hex(), 0) + amount
+        carried = payout.carried
+    return total, carried
+
+
 PayoutRule = Callable[[list[tuple[list[str], tuple[int, ...], bool]]], tuple[dict[str, int], int]]
 
 
@@ -261,6 +291,8 @@ def payout_rules() -> dict[str, PayoutRule]:
     rules: dict[str, PayoutRule] = {"per round (old)": lambda r: (paid_by_round_rule(r), 0)}
     for m in PROPORTIONAL_MIN_SCORES:
         rules[f"ledger M={m / SCORE_SCALE:g}"] = lambda r, m=m: paid_by_ledger_rule(r, m)
+    for d in DEBT_DECAYS_BPS:
+        rules[f"debt d={d / 10_000:g}"] = lambda r, d=d: paid_by_debt_rule(r, DEBT_MIN_SCORE, d)
     for m in WINDOW_MIN_SCORES:
         rules[f"window M={m / SCORE_SCALE:g}"] = lambda r, m=m: paid_by_window_rule(r, m)
     return rules
@@ -388,8 +420,11 @@ def markdown(results: dict[str, Any], command: str, budget: int, seeds: int, sec
         f"{POOL:,} units a round.",
         "",
         "The defaults chosen from these tables: `--contribution mc-shapley` (the row "
-        '"mc antithetic", `contribution_budget` 10) and `--payout-min-score 0.01` (the '
-        'column "ledger M=0.01").',
+        '"mc antithetic", `contribution_budget` 10), `--payout-min-score 0.01` and '
+        '`--score-debt-decay 0` (the column "debt d=0"; "ledger M=0.01" is the same rule '
+        "without score debt, `--score-debt-decay 1`). The two runs were made with "
+        "`--score-debt-decay 0.1` (stakes, which weight aggregation, follow the payouts); "
+        "every rule and sampler here is compared on the same tables.",
     ]
     for run, res in results.items():
         lines += [

@@ -173,6 +173,10 @@ class RunConfig:
     contribution_budget: int = 10  # coalition evaluations per scored client (mc-, gtg-shapley)
     payout_min_score: float = 0.01  # the payout rule: a round whose positive scores sum to
     #   less pays that fraction of its pool (validation-loss gain; experiments/reward_shares.py)
+    score_debt_decay: float = 0.0  # the share of a client's score debt (negative scores its
+    #   positive ones must repay before they are paid) forgiven each round; 1 keeps no debt
+    #   (experiments/attacker_share_ablation.py, experiments/reward_shares.py: 0 pays
+    #   attackers 0 % and keeps every client within 2 points of exact Shapley; 0.1 and 0.3 not)
     validation_fraction: float = 0.1  # of the training data, held out by the coordinator
     ledger: bool = True  # off: Flower's own strategies, nothing signed (aggregation flwr-* only)
     attack: str = "none"  # or one of fedchain.learning.attacks.ATTACKS
@@ -290,6 +294,10 @@ class RunConfig:
             (
                 0 <= self.payout_min_score <= 1e6,
                 "payout-min-score must be in 0 .. 1e6 (score units: validation loss)",
+            ),
+            (
+                0 <= self.score_debt_decay <= 1,
+                "score-debt-decay must be in 0 .. 1 (the share of a score debt forgiven a round)",
             ),
             (self.dp in DP_CHOICES, f"dp must be one of {', '.join(DP_CHOICES)}"),
             (

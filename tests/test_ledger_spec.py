@@ -117,6 +117,7 @@ FIELDS: dict[int, tuple[tuple[str, Any], ...]] = {  # spec §3, transcribed
         ("weight_cap_bps", INT),
         ("reputation_penalty_bps", INT),
         ("payout_min_score", INT),
+        ("score_debt_decay_bps", INT),
         ("contribution_budget", INT),
         ("update_archive_rounds", INT),
         ("dp_mode", STR),
@@ -222,6 +223,7 @@ FIELDS: dict[int, tuple[tuple[str, Any], ...]] = {  # spec §3, transcribed
         ("dp_participations", INT),
         ("app_digest", BYTES),
         ("app_approvals", INT),
+        ("score_debt", INT),
     ),
     41: (
         ("participants", ("seq", (40,))),
@@ -338,14 +340,20 @@ def split(pool: int, scores: list[tuple[bytes, int]]) -> list[tuple[bytes, int]]
 
 
 def payout(
-    carried: int, pool: int, scores: list[tuple[bytes, int]], moved: bool, min_score: int
+    carried: int,
+    pool: int,
+    scores: list[tuple[bytes, int]],
+    moved: bool,
+    min_score: int,
+    debts: dict[bytes, int] | None = None,
 ) -> tuple[list[tuple[bytes, int]], int]:
     """Spec §9.5: (the rewards due, the units carried on)."""
     available = carried + pool
-    total = sum(s for _, s in scores if s > 0)
+    payable = [(k, max(0, s - (debts or {}).get(k, 0))) for k, s in scores]
+    total = sum(p for _, p in payable)
     if not moved or total == 0:
         return [], available
-    due = split(available if total >= min_score else available * total // min_score, scores)
+    due = split(available if total >= min_score else available * total // min_score, payable)
     return due, available - sum(d for _, d in due)
 
 
@@ -377,10 +385,10 @@ def state_root(
 ) -> bytes:
     body = bytes([41]) + struct.pack("<I", len(people))
     for key in sorted(people):
-        stake, rep, data_hash, examples, active, participations, app, approvals = people[key]
+        stake, rep, data_hash, examples, active, participations, app, approvals, debt = people[key]
         body += bytes([40]) + b(key) + struct.pack("<qq", stake, rep) + b(data_hash)
         body += struct.pack("<q", examples) + bytes([active]) + struct.pack("<q", participations)
-        body += b(app) + struct.pack("<q", approvals)
+        body += b(app) + struct.pack("<qq", approvals, debt)
     return H(body + b(model_head) + struct.pack("<qq", round_, carried))
 
 
@@ -397,7 +405,7 @@ def test_independent_reader_replays_the_golden_ledger() -> None:
     people = {
         p["public_key"]: [
             *(p["stake"], 10_000, p["dataset_hash"], p["num_examples"], True, 0),
-            *(p["app_digest"], 0),
+            *(p["app_digest"], 0, 0),
         ]
         for p in genesis["participants"]
     }
@@ -453,7 +461,11 @@ def test_independent_reader_replays_the_golden_ledger() -> None:
                     rep = max(0, rep - penalty) if score <= -10_000 else rep
                     people[key][1] = min(10_000, rep + penalty // 2) if score > 0 else rep
                 pool, min_score = rules["reward_per_round"], rules["payout_min_score"]
-                due, carried = payout(carried, pool, scores, moved, min_score)
+                debts = {key: people[key][8] for key, _ in scores}
+                due, carried = payout(carried, pool, scores, moved, min_score, debts)
+                forgive = rules["score_debt_decay_bps"]
+                for key, score in scores:  # a positive score repays the debt first
+                    people[key][8] = max(0, debts[key] - score) * (10_000 - forgive) // 10_000
             elif tag == 14:  # exactly what the payout rule makes due: never a penalty
                 assert scores is not None and due and tx["deltas"] == due
                 due = []
@@ -517,8 +529,14 @@ def test_independent_reader_reproduces_the_vectors() -> None:
         assert [[k.hex(), v] for k, v in split(case["pool"], scores)] == case["deltas"]
     for case in vectors["payout"]:
         scores = [(bytes.fromhex(k), s) for k, s in case["scores"]]
+        debts = {bytes.fromhex(k): d for k, d in case["debts"]}
         due, left = payout(
-            case["carried_in"], case["pool"], scores, case["model_moved"], case["payout_min_score"]
+            case["carried_in"],
+            case["pool"],
+            scores,
+            case["model_moved"],
+            case["payout_min_score"],
+            debts,
         )
         assert [[k.hex(), v] for k, v in due] == case["rewards"]
         assert left == case["carried_out"]

@@ -101,8 +101,8 @@ RULES = make_rules(  # every field given: the known answers below must not follo
 OTHER_FEDERATION = hashlib.sha256(b"another federation").digest()
 
 # Known answers (Ed25519 signatures are deterministic, so whole blocks are).
-KNOWN_GENESIS_BLOCK_HASH = "932d8cac6279df51e7dc3ae4da204559f268a14547299b35d859cd657d9d26a8"
-KNOWN_BLOCK_1_HASH = "10c104778dddeadc0082ef5af7dbdd55f3843179dba4f989a309cfdb80f782d1"
+KNOWN_GENESIS_BLOCK_HASH = "4963cb74bbeb50faea5466655bdf29ff5114c4dcae6fe73cfc71069c624b0149"
+KNOWN_BLOCK_1_HASH = "0d80c9f8eb600fc45b5c5cd7c27783a677bd410837e1d764c37bdde37ad2658a"
 
 
 def digest(text: str) -> bytes:
@@ -650,6 +650,52 @@ def test_invalid_reward_deltas_not_the_split(
 ) -> None:
     with pytest.raises(InvalidTransaction, match=message):
         process_transactions(modelled, (SCORES_3_TO_1, deltas()), 1)
+
+
+def with_score_debt(state: LedgerState, debt: int, decay_bps: int) -> LedgerState:
+    """``state`` under rules that keep score debt (``decay_bps`` forgiven a round), with
+    participant 2 owing ``debt`` quanta from earlier harmful scores."""
+    rules = dataclasses.replace(state.genesis.rules, score_debt_decay_bps=decay_bps)
+    state = dataclasses.replace(state, genesis=dataclasses.replace(state.genesis, rules=rules))
+    return replace_participants(state, dataclasses.replace(participant(state, 2), score_debt=debt))
+
+
+def test_score_debt_is_repaid_before_a_score_is_paid(modelled: LedgerState) -> None:
+    """Pre: participant 2 owes 2 quanta (no forgiveness). Op: scores +3 / +3, then the split
+    of the payable scores 3 : 1. Post: stakes +750 / +250, the debt repaid (0)."""
+    pre = with_score_debt(modelled, 2, 0)
+    record = ContributionRecord(1, by_key([(PUB[1], 3), (PUB[2], 3)]))
+    post = process_transactions(pre, (record, rewards((1, 750), (2, 250))), 1)
+    assert participant(post, 1).stake == participant(pre, 1).stake + 750
+    assert participant(post, 2).stake == participant(pre, 2).stake + 250
+    assert participant(post, 2).score_debt == 0
+
+
+def test_invalid_reward_deltas_ignoring_score_debt(modelled: LedgerState) -> None:
+    """The attack the debt stops: a coordinator pays a client with a debt for its lucky
+    positive score as if it owed nothing (the split of the raw scores 1 : 1). Refused; and a
+    client whose positive score does not cover its debt is due nothing."""
+    pre = with_score_debt(modelled, 2, 0)
+    record = ContributionRecord(1, by_key([(PUB[1], 3), (PUB[2], 3)]))
+    with pytest.raises(InvalidTransaction, match=r"is paid 500, the split gives (250|750)"):
+        process_transactions(pre, (record, rewards((1, 500), (2, 500))), 1)
+    deep = with_score_debt(modelled, 40, 0)
+    with pytest.raises(InvalidTransaction, match="is paid 1, the split gives 0"):
+        process_transactions(deep, (record, rewards((1, 999), (2, 1))), 1)
+    post = process_transactions(deep, (record, rewards((1, 1_000))), 1)
+    assert participant(post, 2).score_debt == 37
+
+
+def test_negative_scores_add_to_the_debt_and_the_decay_forgives_it(
+    modelled: LedgerState,
+) -> None:
+    """Pre: participant 2 owes 6 quanta, half forgiven a round. Op: scores +3 / -4.
+    Post: its debt is (6 + 4) // 2 = 5; participant 1's stays 0."""
+    pre = with_score_debt(modelled, 6, 5_000)
+    record = ContributionRecord(1, by_key([(PUB[1], 3), (PUB[2], -4)]))
+    post = process_transactions(pre, (record, rewards((1, 1_000))), 1)
+    assert participant(post, 2).score_debt == 5
+    assert participant(post, 1).score_debt == 0
 
 
 def test_invalid_reward_deltas_without_the_rounds_record(modelled: LedgerState) -> None:

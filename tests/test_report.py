@@ -41,7 +41,7 @@ from fedchain.ledger.objects import (
 from fedchain.ledger.store import LedgerStore
 from fedchain.ledger.synthetic import SyntheticFederation
 from fedchain.ledger.verify import verify_ledger
-from fedchain.report.decisions import compute_pool_decision
+from fedchain.report.decisions import compute_pool_decision, compute_round_decision
 from fedchain.rounds.rewards import compute_round_payout
 from fedchain.runs.registry import save_model
 
@@ -576,3 +576,19 @@ def test_the_pool_decision_says_paid_in_part_or_carried_and_why() -> None:
     assert (none["decision"], none["paid"], none["carried"]) == ("carried", 0, 12_000)
     assert "the model did not move" in none["reason"]
     assert compute_pool_decision([], carried=7, rules=rules)["decision"] == "no record"
+
+
+def test_the_pool_decision_says_when_score_debt_withheld_payment() -> None:
+    """A round whose only positive score is a client's that owes more than it scored (an
+    attacker's lucky late round): the report replays the rule from the debts the round began
+    with, says the pool was carried because no score is payable, and names who repaid debt."""
+    a, b, model, parent = (bytes([i]) * 32 for i in (1, 2, 3, 4))
+    rules = make_rules(reward_per_round=10_000, payout_min_score=10_000, score_debt_decay_bps=0)
+    txs = [ModelVersion(5, model, parent, (a, b), "fedavg"), ContributionRecord(5, ((a, 3_400),))]
+    who = {a.hex(): {"name": "node-a", "fingerprint": "fa"}}
+    decision = compute_round_decision(txs, None, who, carried=0, rules=rules, debts={a: 12_000})
+    pool = decision["pool"]
+    assert (pool["decision"], pool["paid"], pool["carried"]) == ("carried", 0, 10_000)
+    assert "no score is payable" in pool["reason"] and "score debt" in pool["reason"]
+    assert pool["withheld_score"] == pytest.approx(0.0034)
+    assert pool["repaying_debt"] == [{"public_key": a.hex(), "name": "node-a"}]

@@ -21,6 +21,7 @@ from fedchain.rounds.rewards import (
     compute_nudge_bound,
     compute_reward_split,
     compute_round_payout,
+    compute_score_debts,
     has_model_moved,
 )
 from fedchain.rounds.scores import compute_quantised_scores
@@ -174,6 +175,98 @@ def test_every_unit_is_paid_or_carried(
 
 
 # --------------------------------------------------------------------------------------------------
+# Score debt: a positive score first repays the client's earlier negative ones
+
+
+def test_a_debt_is_repaid_before_a_positive_score_is_paid() -> None:
+    """Pre: B owes 30,000 quanta. Op: scores +30,000 / +34,000. Post: B is payable for 4,000
+    only; the round's payable scores (34,000) still reach M, so all 10,000 units are paid 30 : 4,
+    and the reason says what the debt kept back."""
+    payout = compute_round_payout(
+        0,
+        pool=10_000,
+        scores=[(A, 30_000), (B, 34_000)],
+        moved=True,
+        min_score=20_000,
+        debts={B: 30_000},
+    )
+    assert payout.rewards == ((A, 8_824), (B, 1_176)) and payout.carried == 0
+    assert payout.withheld == 30_000
+    assert "30000 quanta of positive scores repaid the score debt of 1 client" in payout.reason
+
+
+def test_a_round_whose_positive_scores_only_repay_debt_pays_nothing() -> None:
+    """The late-round case of the ablation: the only positive score is an attacker's lucky one,
+    smaller than what it owes. Nothing is paid; the pool is carried."""
+    payout = compute_round_payout(
+        500,
+        pool=10_000,
+        scores=[(A, 3_400), (B, -1_000)],
+        moved=True,
+        min_score=10_000,
+        debts={A: 12_000},
+    )
+    assert payout.rewards == () and payout.carried == 10_500 and payout.decision == "carried"
+    assert "no score is payable" in payout.reason and "score debt" in payout.reason
+
+
+def test_debts_grow_with_negative_scores_shrink_with_positive_ones_and_decay() -> None:
+    debts = {A: 5_000, B: 1_000}
+    scores = [(A, -3_000), (B, 4_000), (C, -10_001)]
+    assert compute_score_debts(debts, scores, 0) == {A: 8_000, B: 0, C: 10_001}
+    assert compute_score_debts(debts, scores, 2_500) == {A: 6_000, B: 0, C: 7_500}  # floor
+    assert compute_score_debts(debts, scores, 10_000) == {A: 0, B: 0, C: 0}  # no debt kept
+
+
+def test_no_debt_is_the_rule_without_debt() -> None:
+    scores = [(A, 3_000), (B, 1_000), (C, -500)]
+    plain = compute_round_payout(0, pool=10_000, scores=scores, moved=True, min_score=20_000)
+    zero = compute_round_payout(
+        0, pool=10_000, scores=scores, moved=True, min_score=20_000, debts={A: 0, C: 0}
+    )
+    assert plain == zero and plain.withheld == 0 and "debt" not in plain.reason
+
+
+def test_invalid_debts_and_decay() -> None:
+    with pytest.raises(ValueError, match="debts must not be negative"):
+        compute_round_payout(0, pool=1, scores=[(A, 1)], moved=True, min_score=0, debts={A: -1})
+    for bad in (-1, 10_001):
+        with pytest.raises(ValueError, match="score_debt_decay_bps"):
+            compute_score_debts({}, [(A, 1)], bad)
+
+
+@given(
+    carried=st.integers(0, 10**6),
+    pool=st.integers(0, 10**6),
+    scored=st.lists(
+        st.tuples(st.integers(-(10**6), 10**6), st.integers(0, 10**6)), min_size=1, max_size=12
+    ),
+    moved=st.booleans(),
+    min_score=st.integers(0, 10**5),
+)
+def test_every_unit_is_paid_or_carried_with_debts(
+    carried: int, pool: int, scored: list[tuple[int, int]], moved: bool, min_score: int
+) -> None:
+    keyed = [(bytes([i]) * 32, s) for i, (s, _) in enumerate(scored)]
+    debts = {bytes([i]) * 32: d for i, (_, d) in enumerate(scored)}
+    payout = compute_round_payout(
+        carried, pool=pool, scores=keyed, moved=moved, min_score=min_score, debts=debts
+    )
+    available = carried + pool
+    payable = sum(max(0, s - d) for s, d in scored)
+    assert payout.paid + payout.carried == available
+    assert payout.withheld == sum(s for s, _ in scored if s > 0) - payable
+    if not moved or payable == 0:
+        assert payout.paid == 0
+    else:
+        assert payout.paid == (
+            available if payable >= min_score else available * payable // min_score
+        )
+    for key, amount in payout.rewards:  # no one is paid beyond what it owes
+        assert amount > 0 and dict(keyed)[key] > debts[key]
+
+
+# --------------------------------------------------------------------------------------------------
 # Attacks: a coordinator that records scores inside verify --scores' tolerance
 
 
@@ -260,3 +353,49 @@ def test_invalid_no_positive_honest_score_does_not_pay_the_pool_to_a_plus_two_sc
         0, pool=10_000, scores=sorted(honest.items()), moved=True, min_score=10_000
     )
     assert fair.rewards == () and fair.carried == 10_000
+
+
+@given(
+    raw=st.lists(
+        st.tuples(
+            st.one_of(st.floats(-0.3, 1.5), st.floats(-0.01, 0.01)),
+            st.integers(0, 50_000),  # the honest debt
+            st.integers(-50, 50),  # how far the recorded debt drifted from it
+        ),
+        min_size=2,
+        max_size=10,
+    ),
+    carried=st.integers(0, 100_000),
+    target=st.integers(0, 9),
+)
+def test_a_nudge_and_a_drifted_debt_move_at_most_the_stated_fraction(
+    raw: list[tuple[float, int, int]], carried: int, target: int
+) -> None:
+    """Spec §9.5 step 5: with score debts that earlier nudges moved by at most ``delta``
+    quanta each, a nudge inside this round's tolerance moves the payments by at most
+    ``2 phi(delta)`` of what is available, plus ``4 n`` units."""
+    pool, min_score = 10_000, 10_000
+    keys = [bytes([i]) * 32 for i in range(len(raw))]
+    keyed = {k: x for k, (x, _, _) in zip(keys, raw, strict=True)}
+    honest_debts = {k: d for k, (_, d, _) in zip(keys, raw, strict=True)}
+    drifted = {k: max(0, d + e) for k, (_, d, e) in zip(keys, raw, strict=True)}
+    delta = max(abs(drifted[k] - honest_debts[k]) for k in keys)
+    victim = keys[target % len(keys)]
+    honest = compute_quantised_scores(keys, [keyed[k] for k in keys])
+    fair = compute_round_payout(
+        carried, pool=pool, scores=honest, moved=True, min_score=min_score, debts=honest_debts
+    )
+    n = len(raw)
+    limit = 2 * compute_nudge_bound(n, min_score, debt_drift=delta) * fair.available + 4 * n
+    for recorded in _nudges_inside_the_tolerance(keyed, victim):
+        nudged = compute_round_payout(
+            carried,
+            pool=pool,
+            scores=sorted(recorded.items()),
+            moved=True,
+            min_score=min_score,
+            debts=drifted,
+        )
+        a, b = dict(fair.rewards), dict(nudged.rewards)
+        assert sum(abs(a.get(k, 0) - b.get(k, 0)) for k in keys) <= limit
+        assert abs(nudged.carried - fair.carried) <= limit

@@ -7,6 +7,7 @@ from fedchain.aggregation.explain import AggregationExplanation
 from fedchain.cli.round_lines import format_round
 from fedchain.rounds.admission import Decision
 from fedchain.rounds.coordinator import RoundOutcome
+from fedchain.rounds.rewards import compute_round_payout
 
 KEYS = [bytes([i]) * 32 for i in range(5)]
 
@@ -67,3 +68,22 @@ def test_round_line_without_the_ledger_or_with_nothing_admitted() -> None:
     assert format_round(3, 5, None, 0.5, 2.0) == "round   3/5  acc 50.00%    2.0 s"
     text = format_round(3, 5, outcome(None), 0.5, 2.0)
     assert "model unchanged  accepted 0  left out 0  refused 1" in text
+
+
+def test_round_line_says_who_repaid_score_debt_instead_of_being_paid() -> None:
+    explained = AggregationExplanation(moved=True, averaged=tuple(KEYS[:4]), left_out=(), note="")
+    result = outcome(explained)
+    result.payout = compute_round_payout(
+        0,
+        pool=10_000,
+        scores=result.scores.items(),
+        moved=True,
+        min_score=10_000,
+        debts={KEYS[1]: 100_000},  # node 11's +0.08 repays part of its debt
+    )
+    lines = format_round(7, 20, result, 0.95, 1.0).split("\n")
+    assert "80000 quanta of positive scores repaid the score debt of 1 client" in lines[-2]
+    assert lines[-1] == (
+        "      score debt: node 11 scored above 0 but first repaid the negative scores of "
+        "earlier rounds"
+    )

@@ -249,11 +249,19 @@ def test_a_score_nudged_inside_the_tolerance_passes_and_moves_at_most_the_stated
     payouts: list[tuple[Payout, Payout, int]] = []
     real_payout = coordinator_module.compute_round_payout
 
-    def both(carried, *, pool, scores, moved, min_score):  # type: ignore[no-untyped-def]
-        paid = real_payout(carried, pool=pool, scores=scores, moved=moved, min_score=min_score)
+    def both(carried, *, pool, scores, moved, min_score, debts):  # type: ignore[no-untyped-def]
+        # only the last round is nudged: the debts it starts from are the honest ones
+        paid = real_payout(
+            carried, pool=pool, scores=scores, moved=moved, min_score=min_score, debts=debts
+        )
         if "last" in honest_scores:
             fair = real_payout(
-                carried, pool=pool, scores=honest_scores["last"], moved=moved, min_score=min_score
+                carried,
+                pool=pool,
+                scores=honest_scores["last"],
+                moved=moved,
+                min_score=min_score,
+                debts=debts,
             )
             payouts.append((fair, paid, min_score))
         return paid

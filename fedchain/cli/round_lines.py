@@ -50,4 +50,10 @@ def format_round(
             f"\n      pool: {p.decision}, {p.paid:,} of {p.available:,} units paid, "
             f"{p.carried:,} carried ({p.reason})"
         )
+        if p.repaying:  # who was not paid (in full) for a positive score, and why
+            owing = ", ".join(f"node {nodes.get(key, '?')}" for key in p.repaying)
+            line += (
+                f"\n      score debt: {owing} scored above 0 but first repaid the negative "
+                "scores of earlier rounds"
+            )
     return line

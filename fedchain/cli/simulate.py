@@ -252,6 +252,17 @@ def simulate(
             )
         ),
     ] = None,
+    score_debt_decay: Annotated[
+        float | None,
+        typer.Option(
+            help=_help(
+                "score_debt_decay",
+                "A client's negative scores are a debt its positive scores repay before they "
+                "are paid (so a harmful client is not paid for a lucky round); this share of "
+                "the debt is forgiven each round (1: keep no debt).",
+            )
+        ),
+    ] = None,
     validation_fraction: Annotated[
         float | None,
         typer.Option(
@@ -475,6 +486,7 @@ def simulate(
         "contribution": contribution,
         "contribution_budget": contribution_budget,
         "payout_min_score": payout_min_score,
+        "score_debt_decay": score_debt_decay,
         "validation_fraction": validation_fraction,
         "seed": seed,
         "stake": stake,

@@ -63,6 +63,7 @@ def make_rules(
     weight_cap_bps: int = 10_000,
     reputation_penalty_bps: int = 1_000,
     payout_min_score: int = 0,
+    score_debt_decay_bps: int = 10_000,
     contribution_budget: int = 0,
     update_archive_rounds: int = ARCHIVE_ALL_ROUNDS,
     dp: Mapping[str, int | str] | None = None,
@@ -93,6 +94,7 @@ def make_rules(
         weight_cap_bps=weight_cap_bps,
         reputation_penalty_bps=reputation_penalty_bps,
         payout_min_score=payout_min_score,
+        score_debt_decay_bps=score_debt_decay_bps,
         contribution_budget=contribution_budget,
         update_archive_rounds=update_archive_rounds,
         **(dp or {}),  # type: ignore[arg-type]

@@ -70,7 +70,9 @@ class ParticipantState:
     ``app_digest``: the app bundle the holder approved to run on its data (its registration's,
     then its latest recorded :class:`~fedchain.ledger.objects.AppApproval`'s; empty for a
     simulated client); ``app_approvals``: how many approvals it has recorded (the next one's
-    ``sequence`` is this plus 1)."""
+    ``sequence`` is this plus 1);
+    ``score_debt``: the negative score (quanta) its positive scores must repay before they are
+    paid (:func:`~fedchain.rounds.rewards.compute_score_debts`)."""
 
     TAG: ClassVar[int] = 40
     public_key: PublicKey
@@ -82,6 +84,7 @@ class ParticipantState:
     dp_participations: int = 0
     app_digest: bytes = b""
     app_approvals: int = 0
+    score_debt: int = 0
 
 
 @dataclass(frozen=True, slots=True)

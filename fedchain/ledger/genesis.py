@@ -142,6 +142,11 @@ def _check_genesis(genesis: Genesis) -> None:
         raise fail(f"reward_per_round must not be negative, got {rules.reward_per_round}")
     if rules.payout_min_score < 0:
         raise fail(f"payout_min_score must not be negative, got {rules.payout_min_score}")
+    if not 0 <= rules.score_debt_decay_bps <= BPS_DENOMINATOR:
+        raise fail(
+            f"score_debt_decay_bps must be in 0..{BPS_DENOMINATOR}, "
+            f"got {rules.score_debt_decay_bps}"
+        )
     if rules.contribution_budget < 0:
         raise fail(f"contribution_budget must not be negative, got {rules.contribution_budget}")
     kinds = [kind for kind, _ in rules.slash_bps]

@@ -162,6 +162,9 @@ class Rules:
     ``aggregation_params`` is ``((name, value), ...)`` sorted by name. ``payout_min_score``
     (score quanta) is the sum of a round's positive scores at which the round pays all of the
     available pool, less paying in proportion (the payout rule, :mod:`fedchain.rounds.rewards`);
+    ``score_debt_decay_bps`` the share of a participant's score debt (the negative score a
+    positive one must first repay before it is paid) forgiven after each round (10_000: no
+    debt is kept, each round pays its own positive scores);
     ``contribution_budget`` the sampling contribution methods' coalition evaluations per scored
     client (0: the method's default).
     ``update_archive_rounds`` is the update archive's retention: which rounds' accepted client
@@ -203,6 +206,7 @@ class Rules:
     weight_cap_bps: int
     reputation_penalty_bps: int
     payout_min_score: int = 0
+    score_debt_decay_bps: int = 10_000
     contribution_budget: int = 0
     update_archive_rounds: int = ARCHIVE_ALL_ROUNDS
     dp_mode: str = "off"

@@ -145,6 +145,7 @@ class SyntheticFederation:
                 scores=scores,
                 moved=has_model_moved(update_hashes, model, state.model_head),
                 min_score=rules.payout_min_score,
+                debts={key: state.participants[key].score_debt for key, _ in scores},
             )
             if payout.rewards:
                 txs.append(RewardDeltas(round_, payout.rewards))

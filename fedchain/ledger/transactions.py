@@ -76,7 +76,7 @@ from fedchain.ledger.objects import (
     signing_message,
 )
 from fedchain.ledger.signatures import Verifier
-from fedchain.rounds.rewards import compute_round_payout, has_model_moved
+from fedchain.rounds.rewards import compute_round_payout, compute_score_debts, has_model_moved
 
 __all__ = [
     "APPLY",
@@ -282,7 +282,10 @@ def apply_contribution_record(work: Working, tx: ContributionRecord, encoding: b
     payment it makes due must be the :class:`RewardDeltas` after this record in the same block
     (:func:`check_rewards_paid`), exactly.
 
-    They also move reputation: a score at or below :data:`HARMFUL_SCORE` (harm beyond measurement
+    They also move each scored participant's score debt
+    (:func:`~fedchain.rounds.rewards.compute_score_debts`: a positive score first repays it, and
+    only what is left is payable; the genesis ``score_debt_decay_bps`` of it is forgiven each
+    round), and reputation: a score at or below :data:`HARMFUL_SCORE` (harm beyond measurement
     noise) costs the genesis ``reputation_penalty_bps``; a positive score restores half of that,
     up to the maximum. So repeated harmful contributions lower a client's reputation, and with it
     its weight under the ``reputation`` aggregation rule.
@@ -314,15 +317,18 @@ def apply_contribution_record(work: Working, tx: ContributionRecord, encoding: b
     rules = work.pre.genesis.rules
     if work.carried_reward + rules.reward_per_round > MAX_INT:
         raise InvalidTransaction("the carried reward pool would overflow")
+    debts = {key: work.participants[key].score_debt for key, _ in tx.scores}
     payout = compute_round_payout(
         work.carried_reward,
         pool=rules.reward_per_round,
         scores=tx.scores,
         moved=work.model_moved,
         min_score=rules.payout_min_score,
+        debts=debts,
     )
     work.carried_reward = payout.carried
     work.due = payout.rewards
+    new_debts = compute_score_debts(debts, tx.scores, rules.score_debt_decay_bps)
     for key, score in tx.scores:
         participant = work.participants[key]
         reputation = participant.reputation_bps
@@ -330,8 +336,10 @@ def apply_contribution_record(work: Working, tx: ContributionRecord, encoding: b
             reputation = max(0, reputation - rules.reputation_penalty_bps)
         elif score > 0:
             reputation = min(MAX_REPUTATION_BPS, reputation + rules.reputation_penalty_bps // 2)
-        if reputation != participant.reputation_bps:
-            work.participants[key] = dataclasses.replace(participant, reputation_bps=reputation)
+        if reputation != participant.reputation_bps or new_debts[key] != participant.score_debt:
+            work.participants[key] = dataclasses.replace(
+                participant, reputation_bps=reputation, score_debt=new_debts[key]
+            )
 
 
 def apply_reward_deltas(work: Working, tx: RewardDeltas, encoding: bytes) -> None:

@@ -178,6 +178,7 @@ def _run_json(inputs: ReportInputs, genesis: Genesis) -> dict[str, Any]:
             "weight_cap_bps": rules.weight_cap_bps,
             "reputation_penalty_bps": rules.reputation_penalty_bps,
             "payout_min_score": rules.payout_min_score,
+            "score_debt_decay_bps": rules.score_debt_decay_bps,
             "contribution_budget": rules.contribution_budget,
             "update_archive_rounds": rules.update_archive_rounds,
             "model_access": [key.hex() for key in rules.model_access],
@@ -288,6 +289,13 @@ def _rounds_json(
         for tx in s.block.transactions
         if isinstance(tx, ContributionRecord)
     }
+    debts_into = {  # and each participant's score debt
+        tx.round: {key: p.score_debt for key, p in s.pre.participants.items()}
+        for s in steps[1:]
+        if s.pre is not None
+        for tx in s.block.transactions
+        if isinstance(tx, ContributionRecord)
+    }
     result = []
     for r in rounds:
         blocks = by_round.get(r, [])
@@ -297,7 +305,9 @@ def _rounds_json(
         round_events = [e for e in events if e["round"] == r]
         m = metrics.get(r)
         ledger: dict[str, Any] = {
-            **compute_round_decision(txs, m, who, carried=carried_into.get(r), rules=rules),
+            **compute_round_decision(
+                txs, m, who, carried=carried_into.get(r), rules=rules, debts=debts_into.get(r)
+            ),
             "refused": sum(e["kind"] in ("rejected", "holder-refused") for e in round_events),
             "slashing_events": sum(e["kind"] == "slashed" for e in round_events),
             "stake_slashed": sum(e["stake_lost"] for e in round_events),

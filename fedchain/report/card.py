@@ -70,6 +70,7 @@ def compute_card(
             "contribution_method": rules.get("contribution_method"),
             "reward_per_round": rules.get("reward_per_round"),
             "payout_min_score": rules.get("payout_min_score"),
+            "score_debt_decay_bps": rules.get("score_debt_decay_bps"),
             "min_stake": rules.get("min_stake"),
             "slash_bps": rules.get("slash_bps"),
             "differential_privacy": _privacy_json(report.get("privacy")),
@@ -262,8 +263,14 @@ def _rules_lines(card: Mapping[str, Any]) -> list[str]:
         f"- aggregation: {_md(rules['aggregation_rule'])}{f' ({_md(params)})' if params else ''}",
         f"- contribution method: {_md(rules['contribution_method'])}",
         f"- payout: {rules['reward_per_round']} per round, all of the pool once a round's "
-        f"positive scores reach {rules['payout_min_score']} score quanta",
+        f"payable scores reach {rules['payout_min_score']} score quanta",
     ]
+    if rules.get("score_debt_decay_bps") not in (None, 10_000):
+        lines.append(
+            "- score debt: a client's negative scores are repaid by its positive ones before "
+            f"they are paid; {rules['score_debt_decay_bps'] / 100:g} % of the debt is forgiven "
+            "each round"
+        )
     dp = rules.get("differential_privacy")
     if dp:
         lines.append(

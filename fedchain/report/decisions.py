@@ -40,6 +40,7 @@ def compute_round_decision(
     *,
     carried: int | None = None,
     rules: Rules | None = None,
+    debts: Mapping[bytes, int] | None = None,
 ) -> dict[str, Any]:
     """One round's decisions from its transactions (all of its blocks) and metrics row.
 
@@ -48,7 +49,7 @@ def compute_round_decision(
     model), ``left_out`` (admitted but left out by the rule), ``model_moved``,
     ``left_out_updates`` (one entry per update left out: who, reason code, why, score),
     ``rule_note`` and ``pool`` (:func:`compute_pool_decision`, from the pool ``carried`` into
-    the round and the genesis ``rules``).
+    the round, the participants' score ``debts`` as it began and the genesis ``rules``).
     """
     commitments = [tx for tx in txs if isinstance(tx, UpdateCommitment)]
     models = [tx for tx in txs if isinstance(tx, ModelVersion)]
@@ -79,6 +80,12 @@ def compute_round_decision(
         )
     # no model version: nothing was admitted, the model stayed
     moved = bool(models) and models[-1].model_hash != models[-1].parent_hash
+    pool = compute_pool_decision(txs, carried=carried, rules=rules, debts=debts)
+    if "repaying_debt" in pool:  # named as the report names participants
+        pool["repaying_debt"] = [
+            {"public_key": key, "name": who.get(key, {}).get("name", key[:16])}
+            for key in pool["repaying_debt"]
+        ]
     return {
         "admitted": len(commitments),
         "accepted": len(averaged),
@@ -86,12 +93,16 @@ def compute_round_decision(
         "model_moved": moved,
         "left_out_updates": left_out,
         "rule_note": None if metrics is None else metrics.note,
-        "pool": compute_pool_decision(txs, carried=carried, rules=rules),
+        "pool": pool,
     }
 
 
 def compute_pool_decision(
-    txs: Sequence[object], *, carried: int | None = None, rules: Rules | None = None
+    txs: Sequence[object],
+    *,
+    carried: int | None = None,
+    rules: Rules | None = None,
+    debts: Mapping[bytes, int] | None = None,
 ) -> dict[str, Any]:
     """What became of the round's reward pool: the ledger's payout rule
     (:func:`~fedchain.rounds.rewards.compute_round_payout`) re-run on the round's model version
@@ -101,7 +112,10 @@ def compute_pool_decision(
     round has a contribution record), ``"no record"`` (nothing scored: the pool is not touched);
     ``paid``: the units the round's :class:`RewardDeltas` pay (the ledger's word, which the
     replay held to the rule); ``available`` and ``carried`` (to the next round) in units;
-    ``reason``: why, in words. Without ``rules`` (or ``carried``) only ``paid`` is known and
+    ``reason``: why, in words; ``withheld_score``: the positive score (validation-loss units)
+    that repaid score debt instead of being paid (``debts``: each participant's score debt as
+    the round began, quanta; missing: 0), and ``repaying_debt`` the hex keys whose positive
+    score it was. Without ``rules`` (or ``carried``) only ``paid`` is known and
     ``decision`` is ``"paid"`` or ``"not paid"``.
     """
     deltas = [d for tx in txs if isinstance(tx, RewardDeltas) for _, d in tx.deltas]
@@ -125,6 +139,7 @@ def compute_pool_decision(
         scores=records[-1].scores,
         moved=has_model_moved(version.update_hashes, version.model_hash, version.parent_hash),
         min_score=rules.payout_min_score,
+        debts=debts,
     )
     return {
         "decision": payout.decision,
@@ -132,4 +147,6 @@ def compute_pool_decision(
         "available": payout.available,
         "carried": payout.carried,
         "reason": payout.reason,
+        "withheld_score": payout.withheld / SCORE_SCALE,
+        "repaying_debt": [key.hex() for key in payout.repaying],
     }

@@ -491,7 +491,14 @@ def _pool(pool: Mapping[str, Any] | None) -> str:
     if pool is None:
         return _DASH
     reason = f": {_esc(pool['reason'])}" if pool.get("reason") else ""
-    return f'<span class="pool-decision">{_esc(pool["decision"])}{reason}</span>'
+    owing = [entry["name"] for entry in pool.get("repaying_debt") or ()]
+    debt = (
+        f'<br><span class="pool-debt">positive score first repaid score debt (negative '
+        f"scores of earlier rounds), so paid less or nothing: {_esc(', '.join(owing))}</span>"
+        if owing
+        else ""
+    )
+    return f'<span class="pool-decision">{_esc(pool["decision"])}{reason}</span>{debt}'
 
 
 def _why(r: Mapping[str, Any]) -> str:

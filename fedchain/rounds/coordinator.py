@@ -258,6 +258,7 @@ class Coordinator:
                     version.update_hashes, version.model_hash, version.parent_hash
                 ),
                 min_score=rules.payout_min_score,
+                debts={key: self.state.participants[key].score_debt for key, _ in scores},
             )
             if outcome.payout.rewards:
                 txs.append(RewardDeltas(round_, outcome.payout.rewards))

@@ -156,6 +156,7 @@ def make_rules_for(config: RunConfig, model: ModelRecord | None = None) -> Rules
         weight_cap_bps=round(config.weight_cap * 10_000),
         reputation_penalty_bps=config.reputation_penalty_bps,
         payout_min_score=round(config.payout_min_score * SCORE_SCALE),
+        score_debt_decay_bps=round(config.score_debt_decay * 10_000),
         contribution_budget=config.contribution_budget,
         update_archive_rounds=config.archive_rounds,
         dp=dp,

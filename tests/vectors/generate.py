@@ -176,6 +176,7 @@ def build_golden() -> Golden:
     # replay counts participations (spec §9.5, §9.6)
     rules = make_rules(
         payout_min_score=100_000,
+        score_debt_decay_bps=5_000,  # round 2's negative score is a debt round 3 repays first
         dp=GOLDEN_DP,
         model=GOLDEN_MODEL,
         max_rounds=3,  # the golden federation's 3 rounds are all its participants agreed to
@@ -237,6 +238,7 @@ def build_golden() -> Golden:
             scores=record.scores,
             moved=True,
             min_score=rules.payout_min_score,
+            debts={k: states[-1].participants[k].score_debt for k, _ in record.scores},
         )
         return [model, record, RewardDeltas(round_, payout.rewards)]
 
@@ -284,7 +286,7 @@ def build_golden() -> Golden:
             double_sign,
             attestation_pair,
             *commits,
-            *close_round(3, commits, {0: 30_000, 1: 10_000}),
+            *close_round(3, commits, {0: 30_000, 1: 15_000}),  # 1 repays 10_000 of debt
         ],
         3,
         attempt=1,
@@ -615,21 +617,24 @@ def _reward_vectors() -> list[dict[str, Any]]:
 
 def _payout_vectors() -> list[dict[str, Any]]:
     """The payout rule (spec §9.5): carried units, the pool, scores, whether the model moved and
-    payout_min_score in; the rewards and the units carried on out."""
+    payout_min_score and the score debts in; the rewards and the units carried on out."""
     a, b, c = (bytes([i]) * 32 for i in (1, 2, 3))
+    none: dict[bytes, int] = {}
     cases = [
-        (0, 10_000, [(a, 120_000), (b, 80_000), (c, 0)], True, 20_000),  # paid
-        (0, 10_000, [(a, 700), (b, 400), (c, -3_000)], True, 20_000),  # paid in part
-        (9_450, 10_000, [(a, 15_000), (b, 4_000)], True, 20_000),  # in part, from a carry
-        (500, 10_000, [(a, 120_000), (b, 80_000)], False, 20_000),  # the model did not move
-        (0, 10_000, [(a, 0), (b, -2)], True, 20_000),  # no positive score
-        (0, 10_000, [(a, 2), (b, -40)], True, 20_000),  # +2 quanta: 1 unit
-        (0, 1_000, [(a, 3), (b, 1)], True, 0),  # min 0: every unit, by the scores
+        (0, 10_000, [(a, 120_000), (b, 80_000), (c, 0)], True, 20_000, none),  # paid
+        (0, 10_000, [(a, 700), (b, 400), (c, -3_000)], True, 20_000, none),  # paid in part
+        (9_450, 10_000, [(a, 15_000), (b, 4_000)], True, 20_000, none),  # in part, from a carry
+        (500, 10_000, [(a, 120_000), (b, 80_000)], False, 20_000, none),  # did not move
+        (0, 10_000, [(a, 0), (b, -2)], True, 20_000, none),  # no positive score
+        (0, 10_000, [(a, 2), (b, -40)], True, 20_000, none),  # +2 quanta: 1 unit
+        (0, 1_000, [(a, 3), (b, 1)], True, 0, none),  # min 0: every unit, by the scores
+        (0, 10_000, [(a, 30_000), (b, 3_400)], True, 20_000, {b: 5_000}),  # b repays its debt
+        (0, 10_000, [(a, 12_000), (b, 9_000)], True, 20_000, {a: 2_000, b: 20_000}),  # in part
     ]
     out = []
-    for carried, pool, scores, moved, min_score in cases:
+    for carried, pool, scores, moved, min_score, debts in cases:
         payout = compute_round_payout(
-            carried, pool=pool, scores=scores, moved=moved, min_score=min_score
+            carried, pool=pool, scores=scores, moved=moved, min_score=min_score, debts=debts
         )
         out.append(
             {
@@ -638,6 +643,7 @@ def _payout_vectors() -> list[dict[str, Any]]:
                 "scores": [[k.hex(), s] for k, s in scores],
                 "model_moved": moved,
                 "payout_min_score": min_score,
+                "debts": [[k.hex(), d] for k, d in sorted(debts.items())],
                 "rewards": [[k.hex(), d] for k, d in payout.rewards],
                 "carried_out": payout.carried,
             }
@@ -649,7 +655,7 @@ def _reject_vectors(golden: Golden) -> list[dict[str, Any]]:
     attestation = encode(golden.blocks[2].transactions[0])
     first = next(iter(golden.states[1].participants.values()))
     participant = encode(first)
-    active = len(participant) - (8 + 4 + len(first.app_digest) + 8) - 1  # the byte of `active`
+    active = len(participant) - (8 + 4 + len(first.app_digest) + 8 + 8) - 1  # the byte of `active`
     rejection = encode(Rejection(1, bytes(32), "x"))
     rules = encode(golden.states[0].genesis.rules)
     return [
@@ -662,7 +668,7 @@ def _reject_vectors(golden: Golden) -> list[dict[str, Any]]:
             "bytes": "10" + attestation[1:].hex(),
         },
         {
-            "why": "bool byte 2 (active, before dp_participations, app_digest, app_approvals)",
+            "why": "bool byte 2 (active, before dp_participations, app_digest, app_approvals, score_debt)",
             "type": "ParticipantState",
             "bytes": (participant[:active] + b"\2" + participant[active + 1 :]).hex(),
         },
