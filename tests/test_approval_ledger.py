@@ -20,9 +20,8 @@ from fedchain.ledger.objects import AppApproval, Block
 from fedchain.ledger.store import LedgerStore
 from fedchain.ledger.verify import verify_ledger
 from fedchain.runs import approval, federation, layout
-from fedchain.runs.registration import create_registration
 from server.deployment import run_deployment
-from tests.test_federation import data_key, deployed_grid, make_holders
+from tests.test_federation import deployed_grid, make_federation, make_holders
 
 SETTINGS = {"rounds": 1, "model": "mlp", "local-epochs": 1, "round-timeout": 30.0}
 APP_V2 = hashlib.sha256(b"app v2").digest()
@@ -30,21 +29,8 @@ APP_V3 = hashlib.sha256(b"app v3").digest()
 
 
 def _federation(tmp_path: Path, nodes: list[dict[str, str]]) -> tuple[Path, bytes]:
-    fed_dir = tmp_path / "fed"
-    fed_id = federation.init_federation(fed_dir, name="upgrade", settings=SETTINGS).federation_id
-    for i, node in enumerate(nodes):
-        key = identity.load_identity(Path(node["identity-path"]), None)
-        entry = create_registration(
-            key,
-            Path(node["data-path"]),
-            federation_id=fed_id,
-            unlock=data_key(node),
-            stake=1_000_000,
-            name=f"h{i}",
-        )
-        federation.add_participant(fed_dir, entry)
-        node["federation-id"] = fed_id.hex()
-    return fed_dir, fed_id
+    fed_dir = make_federation(tmp_path, nodes, name="upgrade", settings=SETTINGS)
+    return fed_dir, bytes.fromhex(nodes[0]["federation-id"])
 
 
 def _cli(*args: object) -> tuple[int, str]:

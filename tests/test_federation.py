@@ -82,9 +82,17 @@ def make_holders(tmp_path: Path, count: int) -> list[dict[str, str]]:
     return nodes
 
 
-def make_federation(tmp_path: Path, nodes: list[dict[str, str]]) -> Path:
+def make_federation(
+    tmp_path: Path,
+    nodes: list[dict[str, str]],
+    name: str = "fed-test",
+    settings: dict[str, Any] | None = None,
+) -> Path:
+    """A federation in ``tmp_path / "fed"`` with every node registered (each node's
+    ``federation-id`` set)."""
     fed_dir = tmp_path / "fed"
-    fed_id = federation.init_federation(fed_dir, name="fed-test", settings=SETTINGS).federation_id
+    settings = SETTINGS if settings is None else settings
+    fed_id = federation.init_federation(fed_dir, name=name, settings=settings).federation_id
     for i, node in enumerate(nodes):
         key = identity.load_identity(Path(node["identity-path"]), None)
         entry = create_registration(
