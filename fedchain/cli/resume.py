@@ -3,8 +3,11 @@ interrupted one at once with the command that resumes it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
 
@@ -15,7 +18,7 @@ from fedchain.ledger.chain import Chain
 from fedchain.runs.federation import remove_unregistered_models
 from fedchain.runs.layout import CONFIG_FILENAME, LEDGER_FILENAME
 
-__all__ = ["leave_interrupted", "resumable_run"]
+__all__ = ["leave_interrupted", "leaving_on_ctrl_c", "resumable_run"]
 
 
 def resumable_run(run_dir: Path) -> tuple[RunConfig, Path]:
@@ -69,3 +72,20 @@ def leave_interrupted(config: RunConfig, run_dir: Path) -> NoReturn:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(130)  # 128 + SIGINT, as a shell reports a command stopped by Ctrl-C
+
+
+@contextlib.contextmanager
+def leaving_on_ctrl_c(config: RunConfig, run_dir: Path) -> Iterator[None]:
+    """Inside the block, Ctrl-C calls :func:`leave_interrupted` from the signal handler itself,
+    instead of raising ``KeyboardInterrupt`` through Flower's and Ray's clean-up: on a loaded
+    machine that clean-up shut Ray down while another thread still used it, and Ray's core
+    worker then ended the process with status 1 before the message was printed (seen once in
+    tests/test_simulate_e2e.py's Ctrl-C test). The previous handler is restored on leaving."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        yield  # Ctrl-C is ignored here (a background job): keep it so
+        return
+    previous = signal.signal(signal.SIGINT, lambda *_: leave_interrupted(config, run_dir))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

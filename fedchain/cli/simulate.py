@@ -7,17 +7,15 @@ default, read from :data:`fedchain.config.DEFAULTS`, so ``--help`` cannot drift 
 
 from __future__ import annotations
 
-from importlib.metadata import EntryPoint
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 
 from fedchain.cli.common import console
-from fedchain.cli.launch import Launcher, check_ray_address, find_launcher
-from fedchain.cli.resume import leave_interrupted, resumable_run
-from fedchain.cli.round_lines import format_round
+from fedchain.cli.launch import check_ray_address, find_launcher
+from fedchain.cli.resume import resumable_run
+from fedchain.cli.running import announce_run, run_on_console
 from fedchain.config import (
     DEFAULTS,
     LEDGER_OFF_RULES,
@@ -28,11 +26,10 @@ from fedchain.config import (
 )
 from fedchain.data.partition import PARTITIONERS
 from fedchain.data.sources import SOURCES
-from fedchain.errors import ConfigError, FedchainError
-from fedchain.learning.attacks import ATTACKS, Attack, attacker_indices, parse_attackers
-from fedchain.rounds.coordinator import RoundOutcome
+from fedchain.errors import ConfigError
+from fedchain.learning.attacks import ATTACKS, parse_attackers
 from fedchain.runs.layout import CONFIG_FILENAME
-from fedchain.runs.prepare import make_rules_for, new_run_id, prepare_run
+from fedchain.runs.prepare import new_run_id, prepare_run
 
 
 def shown_default(name: str) -> str:
@@ -531,8 +528,8 @@ def simulate(
         launcher = find_launcher()  # before the run directory is written
         with console.status("preparing the run directory (data splits, keys, genesis)…"):
             run_dir = prepare_run(config).run_dir
-    _announce(config)
-    _run(config, run_dir, launcher, ray_address)
+    announce_run(config)
+    run_on_console(config, run_dir, launcher, ray_address)
 
 
 def _configure(
@@ -554,60 +551,3 @@ def _configure(
     if not config.run_id:
         config = merge_config(config, {"run_id": new_run_id(config)})
     return config
-
-
-def _announce(config: RunConfig) -> None:
-    mode = "ledger on" if config.ledger else "ledger off (Flower's own strategy)"
-    console.print(
-        f"run {config.run_id}: {config.clients} clients, {config.rounds} rounds, "
-        f"{config.dataset}/{config.partitioner}, rule {config.aggregation}, {mode}",
-        highlight=False,
-        markup=False,
-    )
-    chosen = attacker_indices(config)
-    if chosen:
-        scale = Attack(config.attack, config.attack_scale).scale
-        console.print(
-            f"attack {config.attack} (scale {scale:g}) by {len(chosen)} of {config.clients} "
-            f"clients: {', '.join(map(str, chosen))}",
-            highlight=False,
-        )
-    if config.dp != "off":
-        cap = make_rules_for(config).dp_max_participations
-        clipped = "updates" if config.dp == "client" else "example gradients"
-        steps = (
-            ""
-            if config.dp == "client"
-            else f", {config.dp_steps_per_round} steps a round at rate {config.dp_sample_rate:g}"
-        )
-        console.print(
-            f"differential privacy ({config.dp} level): {clipped} clipped to "
-            f"{config.dp_clip:g}, noise multiplier {config.dp_noise:g}{steps}; each client may "
-            f"take part in {cap} rounds (epsilon <= {config.dp_max_epsilon:g} at delta "
-            f"{config.dp_delta:g})",
-            highlight=False,
-        )
-
-
-def _run(
-    config: RunConfig, run_dir: Path, launcher: EntryPoint, ray_address: str | None = None
-) -> None:
-    run_simulated: Launcher = launcher.load()
-    final: dict[str, float] = {}
-
-    def report(round_: int, outcome: RoundOutcome | None, accuracy: float, seconds: float) -> None:
-        final["accuracy"] = accuracy
-        line = format_round(round_, config.rounds, outcome, accuracy, seconds)
-        console.print(line, highlight=False, markup=False)
-
-    try:
-        run_simulated(config, run_dir, report, ray_address=ray_address)
-    except KeyboardInterrupt:
-        leave_interrupted(config, run_dir)
-    except FedchainError as e:
-        raise FedchainError(f"{e} (run directory {run_dir})") from None
-    if "accuracy" in final:
-        console.print(f"final accuracy {final['accuracy']:.2%}")
-    console.print(f"run directory: [bold]{escape(str(run_dir))}[/]", highlight=False)
-    if config.ledger:
-        console.print(f"check it:      fedchain verify {run_dir}", markup=False)
