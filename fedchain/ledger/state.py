@@ -55,7 +55,6 @@ from fedchain.ledger.signatures import PLAIN, Verifier, compute_preverified
 from fedchain.ledger.transactions import (
     APPLY,
     Apply,
-    Working,
     apply_attestation,
     apply_contribution_record,
     apply_model_version,
@@ -66,6 +65,7 @@ from fedchain.ledger.transactions import (
     apply_update_commitment,
     check_rewards_paid,
 )
+from fedchain.ledger.working import Working
 
 # Re-exported (the `X as X` imports) until fedchain/report/participants.py (BPS_DENOMINATOR,
 # LedgerState, ParticipantState), fedchain/rounds/coordinator.py and tests/test_admission.py

@@ -15,15 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from types import MappingProxyType
 from typing import Any
 
-from fedchain.crypto import ed25519
-from fedchain.crypto.identity import (
-    PUBLIC_KEY_SIZE,
-    SIGNATURE_SIZE,
-    compute_signing_root,
-)
 from fedchain.errors import InvalidTransaction
 from fedchain.ledger.checks import (
     check_agreed_round,
@@ -39,7 +32,6 @@ from fedchain.ledger.containers import (
     BPS_DENOMINATOR,
     HARMFUL_SCORE,
     MAX_REPUTATION_BPS,
-    LedgerState,
     ParticipantState,
     compute_evidence_id,
 )
@@ -54,7 +46,6 @@ from fedchain.ledger.objects import (
     REFUSE_EPOCHS,
     REFUSE_PRIVACY,
     REFUSE_ROUNDS,
-    SIGNING_DOMAINS,
     SLASHING_KINDS,
     AnchorReceipt,
     AppApproval,
@@ -68,20 +59,23 @@ from fedchain.ledger.objects import (
     Registration,
     Rejection,
     RewardDeltas,
-    SignedObject,
     SlashingEvidence,
     UpdateCommitment,
     compute_dp_mechanism,
     compute_federation_id,
-    signing_message,
 )
-from fedchain.ledger.signatures import Verifier
+from fedchain.ledger.working import (
+    Working,
+    check_round,
+    check_signature,
+    get_active,
+    with_stake,
+)
 from fedchain.rounds.rewards import compute_round_payout, compute_score_debts, has_model_moved
 
 __all__ = [
     "APPLY",
     "Apply",
-    "Working",
     "check_participant_key",
     "check_rewards_paid",
     "check_size",
@@ -89,77 +83,6 @@ __all__ = [
     "describe_key",
     "is_strictly_sorted",
 ]
-
-
-# --------------------------------------------------------------------------------------------------
-# The working copy
-
-
-class Working:
-    """A private mutable copy of a state, for applying one block's transactions."""
-
-    __slots__ = (
-        "carried_reward",
-        "due",
-        "evidence_seen",
-        "last_attested",
-        "model_head",
-        "model_moved",
-        "model_round",
-        "participants",
-        "pre",
-        "preverified",
-        "rewarded",
-        "round",
-        "round_commits",
-        "round_update_hashes",
-        "scores",
-        "scores_round",
-        "verifier",
-    )
-
-    def __init__(self, state: LedgerState, block_round: int, verifier: Verifier) -> None:
-        if type(block_round) is not int or block_round < state.round:
-            raise InvalidTransaction(
-                f"block round {block_round} is before the head's round {state.round}"
-            )
-        self.pre = state
-        self.round = block_round
-        self.verifier = verifier
-        self.preverified: frozenset[int] = frozenset()  # ids of txs whose signature verified
-        self.scores: tuple[tuple[PublicKey, int], ...] | None = None  # this block's record
-        self.rewarded = False  # whether this block paid its record's rewards
-        self.due: tuple[tuple[PublicKey, int], ...] = ()  # the rewards this block's record owes
-        self.carried_reward = state.carried_reward
-        self.model_moved = state.model_moved
-        self.scores_round = state.scores_round
-        self.participants = dict(state.participants)
-        self.last_attested = dict(state.last_attested)
-        self.evidence_seen = state.evidence_seen  # copied on write: rarely changes
-        self.model_head = state.model_head
-        self.model_round = state.model_round
-        if block_round == state.round:
-            self.round_commits = set(state.round_commits)
-            self.round_update_hashes = set(state.round_update_hashes)
-        else:
-            self.round_commits, self.round_update_hashes = set(), set()
-
-    def freeze(self) -> LedgerState:
-        participants = self.participants  # no transaction adds a key, so still sorted
-        return dataclasses.replace(
-            self.pre,
-            round=self.round,
-            model_head=self.model_head,
-            participants=MappingProxyType(participants),
-            round_commits=frozenset(self.round_commits),
-            last_attested=MappingProxyType(dict(sorted(self.last_attested.items()))),
-            evidence_seen=self.evidence_seen,
-            round_update_hashes=frozenset(self.round_update_hashes),
-            scores_round=self.scores_round,
-            model_round=self.model_round,
-            carried_reward=self.carried_reward,
-            model_moved=self.model_moved,
-        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -179,12 +102,12 @@ def apply_registration(work: Working, tx: Registration, encoding: bytes) -> None
 
 
 def apply_update_commitment(work: Working, tx: UpdateCommitment, encoding: bytes) -> None:
-    participant = _get_active(work, tx.public_key)
+    participant = get_active(work, tx.public_key)
     if tx.run_id != work.pre.genesis.run_id:
         raise InvalidTransaction(
             f"commitment is for run {tx.run_id!r}, this ledger is run {work.pre.genesis.run_id!r}"
         )
-    _check_round(work, tx.round, "commitment")
+    check_round(work, tx.round, "commitment")
     check_agreed_round(work.pre.genesis.rules, tx.round, "a commitment")
     if tx.round <= work.model_round:
         raise InvalidTransaction(f"round {tx.round} is closed: its model version is registered")
@@ -205,7 +128,7 @@ def apply_update_commitment(work: Working, tx: UpdateCommitment, encoding: bytes
             f"{describe_key(tx.public_key)} registered {participant.num_examples} (need 1..that)"
         )
     _check_privacy(work, tx, participant)
-    _check_signature(work, tx, tx.public_key, encoding)
+    check_signature(work, tx, tx.public_key, encoding)
     work.round_commits.add(tx.public_key)
     work.round_update_hashes.add(tx.update_hash)
     if work.pre.genesis.rules.dp_mode != DP_OFF:
@@ -243,7 +166,7 @@ def _describe_mechanism(mechanism: tuple[int, int, int]) -> str:
 
 
 def apply_model_version(work: Working, tx: ModelVersion, encoding: bytes) -> None:
-    _check_round(work, tx.round, "model version")
+    check_round(work, tx.round, "model version")
     check_agreed_round(work.pre.genesis.rules, tx.round, "a model version")
     if tx.round <= work.model_round:
         raise InvalidTransaction(
@@ -290,7 +213,7 @@ def apply_contribution_record(work: Working, tx: ContributionRecord, encoding: b
     up to the maximum. So repeated harmful contributions lower a client's reputation, and with it
     its weight under the ``reputation`` aggregation rule.
     """
-    _check_round(work, tx.round, "contribution record")
+    check_round(work, tx.round, "contribution record")
     if tx.round <= work.scores_round:
         raise InvalidTransaction(
             f"a contribution record for round {work.scores_round} is already registered; one "
@@ -351,7 +274,7 @@ def apply_reward_deltas(work: Working, tx: RewardDeltas, encoding: bytes) -> Non
     can re-check, never on the coordinator's word. A pool the rule carries cannot be paid early.
     """
     rules = work.pre.genesis.rules
-    _check_round(work, tx.round, "reward deltas")
+    check_round(work, tx.round, "reward deltas")
     for key, delta in tx.deltas:
         if delta < 0:
             raise InvalidTransaction(
@@ -380,7 +303,7 @@ def apply_reward_deltas(work: Working, tx: RewardDeltas, encoding: bytes) -> Non
         stake = participant.stake + delta
         if stake > MAX_INT:
             raise InvalidTransaction(f"stake of {describe_key(key)} would overflow")
-        updated.append(_with_stake(participant, stake, participant.reputation_bps, rules.min_stake))
+        updated.append(with_stake(participant, stake, participant.reputation_bps, rules.min_stake))
     for participant in updated:
         work.participants[participant.public_key] = participant
     work.rewarded = True
@@ -411,7 +334,7 @@ def _describe_difference(
 
 def apply_slashing_evidence(work: Working, tx: SlashingEvidence, encoding: bytes) -> None:
     rules = work.pre.genesis.rules
-    _check_round(work, tx.round, "slashing evidence")
+    check_round(work, tx.round, "slashing evidence")
     if tx.kind not in SLASHING_KINDS:
         raise InvalidTransaction(
             f"unknown slashing kind {tx.kind!r} (known: {', '.join(sorted(SLASHING_KINDS))})"
@@ -428,12 +351,12 @@ def apply_slashing_evidence(work: Working, tx: SlashingEvidence, encoding: bytes
     slash_bps = dict(rules.slash_bps).get(tx.kind, 0)
     stake = participant.stake - participant.stake * slash_bps // BPS_DENOMINATOR
     reputation = max(0, participant.reputation_bps - rules.reputation_penalty_bps)
-    work.participants[tx.offender] = _with_stake(participant, stake, reputation, rules.min_stake)
+    work.participants[tx.offender] = with_stake(participant, stake, reputation, rules.min_stake)
     work.evidence_seen = work.evidence_seen | {evidence_id}
 
 
 def apply_rejection(work: Working, tx: Rejection, encoding: bytes) -> None:
-    _check_round(work, tx.round, "rejection")
+    check_round(work, tx.round, "rejection")
     check_size(tx.public_key, "public key")
     if not tx.reason:
         raise InvalidTransaction("a rejection must give its reason")
@@ -445,7 +368,7 @@ def apply_refusal(work: Working, tx: Refusal, encoding: bytes) -> None:
     ``max_local_epochs`` (the limit exists; the ledger cannot see epochs), or its privacy budget
     spent (the federation is private; the holder's own count may be ahead of the ledger's). Its
     signature makes it the holder's word; changes nothing but the record."""
-    _check_round(work, tx.round, "refusal")
+    check_round(work, tx.round, "refusal")
     if tx.public_key not in work.participants:
         raise InvalidTransaction(f"participant {describe_key(tx.public_key)} is not registered")
     if tx.code not in REFUSAL_CODES:
@@ -465,7 +388,7 @@ def apply_refusal(work: Working, tx: Refusal, encoding: bytes) -> None:
         raise InvalidTransaction(
             f"refusal detail is {len(tx.detail)} characters (at most {MAX_REFUSAL_DETAIL_CHARS})"
         )
-    _check_signature(work, tx, tx.public_key, encoding)
+    check_signature(work, tx, tx.public_key, encoding)
 
 
 def apply_attestation(work: Working, tx: Attestation, encoding: bytes) -> None:
@@ -487,7 +410,7 @@ def apply_attestation(work: Working, tx: Attestation, encoding: bytes) -> None:
             f"validator {describe_key(tx.validator)} already attested height {previous}; "
             "attestations must move up"
         )
-    _check_signature(work, tx, tx.validator, encoding)
+    check_signature(work, tx, tx.validator, encoding)
     work.last_attested[tx.validator] = tx.height
 
 
@@ -549,7 +472,7 @@ def apply_app_approval(work: Working, tx: AppApproval, encoding: bytes) -> None:
             f"'s approved app is {describe_hash(participant.app_digest)}"
         )
     genesis = work.pre.genesis
-    _check_signature(
+    check_signature(
         work, tx, tx.public_key, encoding, compute_federation_id(genesis.run_id, genesis.rules)
     )
     work.participants[tx.public_key] = dataclasses.replace(
@@ -592,12 +515,12 @@ def _check_evidence(work: Working, tx: SlashingEvidence) -> None:
         raise InvalidTransaction("the two votes are for the same block: no offence")
     if not ordered:
         raise InvalidTransaction(f"the pair must be in canonical order ({order}, ascending)")
-    _check_signature(work, payload.first, tx.offender)
-    _check_signature(work, payload.second, tx.offender)
+    check_signature(work, payload.first, tx.offender)
+    check_signature(work, payload.second, tx.offender)
 
 
 # --------------------------------------------------------------------------------------------------
-# The table and the signature check
+# The table
 
 
 Apply = Callable[[Working, Any, bytes], None]
@@ -616,69 +539,3 @@ APPLY: dict[type, Apply] = {
     AppApproval: apply_app_approval,
     Refusal: apply_refusal,
 }
-
-
-def _check_signature(
-    work: Working,
-    obj: SignedObject,
-    public_key: PublicKey,
-    encoding: bytes | None = None,
-    federation: bytes | None = None,
-) -> None:
-    """Verify ``obj``'s signature by ``public_key`` in this federation (``encoding``: encode(obj);
-    ``federation``: what it signs as the federation, the genesis hash unless given).
-
-    The same check as :func:`fedchain.crypto.identity.verify_signature`, by the working copy's
-    verifier (which may cache: the ledger verifies every validator's signatures block after
-    block), skipped for the transactions whose signature the block's batch already verified.
-    """
-    what = type(obj).__name__
-    if len(public_key) != PUBLIC_KEY_SIZE or len(obj.signature) != SIGNATURE_SIZE:
-        raise InvalidTransaction(
-            f"bad signature on the {what}: key and signature must be {PUBLIC_KEY_SIZE} and "
-            f"{SIGNATURE_SIZE} bytes, got {len(public_key)} and {len(obj.signature)}"
-        )
-    if id(obj) in work.preverified:
-        return
-    domain = SIGNING_DOMAINS[type(obj)]
-    if federation is None:
-        federation = work.pre.genesis_hash
-    root = compute_signing_root(domain, signing_message(obj, encoding), federation)
-    if not work.verifier.verify(public_key, obj.signature, root):
-        reason = ed25519.explain_refusal(public_key, obj.signature)
-        raise InvalidTransaction(
-            f"bad signature on the {what}: it does not verify for key {describe_key(public_key)} "
-            f"in this federation" + ("" if reason is None else f": {reason}")
-        )
-
-
-# --------------------------------------------------------------------------------------------------
-# Small helpers
-
-
-def _check_round(work: Working, round: int, what: str) -> None:
-    if round != work.round:
-        raise InvalidTransaction(
-            f"{what} is for round {round}, but the block is round {work.round}"
-        )
-
-
-def _get_active(work: Working, key: PublicKey) -> ParticipantState:
-    participant = work.participants.get(key)
-    if participant is None:
-        raise InvalidTransaction(f"participant {describe_key(key)} is not registered")
-    if not participant.active:
-        raise InvalidTransaction(f"participant {describe_key(key)} has been ejected")
-    return participant
-
-
-def _with_stake(
-    participant: ParticipantState, stake: int, reputation_bps: int, min_stake: int
-) -> ParticipantState:
-    """The participant with a new stake and reputation, ejected if below ``min_stake``."""
-    return dataclasses.replace(
-        participant,
-        stake=stake,
-        reputation_bps=reputation_bps,
-        active=participant.active and stake >= min_stake,
-    )
