@@ -14,7 +14,9 @@ import pytest
 
 from fedchain.aggregation.rules import (
     SCREENED_RULES,
+    STEP_TOLERANCE,
     AggregationResult,
+    UpdateScorer,
     aggregate,
     aggregate_round,
     aggregate_screened,
@@ -838,6 +840,49 @@ def test_screened_freezes_only_when_every_step_raises_the_loss() -> None:
     assert at_optimum.selected == () and at_optimum.reasons == ("harmful",) * 3
 
 
+def test_screened_does_not_freeze_on_a_rise_inside_the_tolerance() -> None:
+    # late in a clean run FedAvg's step raises a small validation split's loss by a few
+    # hundredths of a nat while test accuracy still rises: no evidence of harm, so it moves
+    updates = vector_updates([[1.0], [2.0], [3.0]])
+    for gain, moved in ((-0.5 * STEP_TOLERANCE, True), (-1.5 * STEP_TOLERANCE, False)):
+        scorer = lambda ups, ws, g=gain: np.ones(len(ups)) if len(ups) > 1 else np.array([g])  # noqa: E731
+        result = aggregate_screened(updates, [1.0] * 3, scorer)
+        assert result.moved is moved
+        assert result.selected == ((0, 1, 2) if moved else ())
+    assert f"by more than {STEP_TOLERANCE:g}" in result.note
+    strict = aggregate_screened(updates, [1.0] * 3, scorer, step_tolerance=0.0)
+    assert not strict.moved
+    with pytest.raises(ConfigError, match="step_tolerance"):
+        aggregate_screened(updates, [1.0] * 3, scorer, step_tolerance=-1.0)
+
+
+def test_screened_ties_inside_the_tolerance_go_to_the_larger_step() -> None:
+    # a harmful-scored update enters only when the step with it is about as good as without
+    updates = vector_updates([[1.0], [1.0], [-1.0]])
+    scores = np.array([1.0, 1.0, -1.0])
+
+    def scorer_with(all_gain: float) -> UpdateScorer:
+        return lambda ups, ws: (
+            scores if len(ups) > 1 else [0.1 if float(ups[0]["w"][0]) == 1.0 else all_gain]
+        )
+
+    near = aggregate_screened(updates, [1.0] * 3, scorer_with(0.1 - 0.5 * STEP_TOLERANCE))
+    assert near.selected == (0, 1, 2) and near.reasons == ("", "", "")
+    worse = aggregate_screened(updates, [1.0] * 3, scorer_with(0.1 - 1.5 * STEP_TOLERANCE))
+    assert worse.selected == (0, 1) and worse.reasons == ("", "", "harmful")
+
+
+def test_screened_ties_never_let_free_riders_in() -> None:
+    # 40 % free riders: their zero updates only shorten the step; on a tie (the step measures
+    # as well with them) the rule averages the fewest useless updates, so they stay out
+    updates = vector_updates([[1.0], [1.0], [1.2], [0.0], [0.0]])
+    scores = np.array([1.0, 1.0, 1.0, 0.0, 0.0])
+    scorer = lambda ups, ws: scores if len(ups) > 1 else np.array([0.1])  # noqa: E731
+    result = aggregate_screened(updates, [1.0] * 5, scorer)
+    assert result.selected == (0, 1, 2)
+    assert result.reasons == ("", "", "", "useless", "useless")
+
+
 def test_screened_takes_the_larger_gain_of_its_two_steps() -> None:
     # the helpful updates alone overshoot; with the useless (zero) update the step is shorter
     # and lowers the loss more, so the rule takes that one
@@ -857,7 +902,7 @@ def test_screened_is_deterministic_and_leaves_inputs_alone() -> None:
     scorer = lambda ups, ws: scores if len(ups) > 1 else np.array([1.0])  # noqa: E731
     a = aggregate_screened(updates, [0.2] * 5, scorer, norm_screen=100.0)
     b = aggregate_screened(updates, [0.2] * 5, scorer, norm_screen=100.0)
-    assert a.selected == b.selected == (0, 2, 4)
+    assert a.selected == b.selected == (0, 1, 2, 4)  # equal gains: all but the useless one
     for name in a.arrays:
         assert a.arrays[name].tobytes() == b.arrays[name].tobytes()
         assert not any(np.shares_memory(a.arrays[name], u[name]) for u in updates)
@@ -918,10 +963,12 @@ def test_invalid_screened_scorer_returns_wrong_count() -> None:
 
 
 def test_screened_keeps_slightly_negative_but_drops_harmful_and_negligible() -> None:
-    updates = vector_updates([[1.0], [1.0], [1.0], [1.0], [1.0]])
+    updates = vector_updates([[1.0], [1.0], [1.0], [2.0], [0.5]])
     scores = np.array([1.0, 1.0, -0.1, -0.5, 0.01])  # mean positive m = 0.67
-    result = aggregate_screened(
-        updates, [1.0] * 5, lambda ups, ws: scores if len(ups) > 1 else np.ones(1)
+    result = aggregate_screened(  # a step's gain: -10 (step - 1)^2, measurable in every step
+        updates,
+        [1.0] * 5,
+        lambda ups, ws: scores if len(ups) > 1 else [-10 * (float(ups[0]["w"][0]) - 1) ** 2],
     )
     assert result.selected == (0, 1, 2)  # -0.1 > -0.25 m kept; -0.5 harmful; 0.01 negligible
     assert result.reasons[3:] == ("harmful", "useless")
