@@ -476,10 +476,9 @@ def aggregate_screened(
     members, used, step = steps[best]
     for i in members:  # useless or harmful updates enter when a larger candidate won
         reasons[i] = ""
-    note = (
-        f"averaged the {candidates[best][0]} updates "
-        f"(validation-loss gain of each step: {measured_text})"
-    )
+    name = candidates[best][0]
+    which = "all the" if name == "all" else f"the {name}"  # not "the all updates"
+    note = f"averaged {which} updates (validation-loss gain of each step: {measured_text})"
     return AggregationResult(
         arrays=step,
         selected=tuple(members),
