@@ -668,7 +668,7 @@ def _reject_vectors(golden: Golden) -> list[dict[str, Any]]:
             "bytes": "10" + attestation[1:].hex(),
         },
         {
-            "why": "bool byte 2 (active, before dp_participations, app_digest, app_approvals, score_debt)",
+            "why": "bool byte 2 (active; then dp_participations, app_digest, app_approvals, debt)",
             "type": "ParticipantState",
             "bytes": (participant[:active] + b"\2" + participant[active + 1 :]).hex(),
         },
