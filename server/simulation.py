@@ -209,6 +209,9 @@ def run_simulated(
     for h in console_handlers:
         FLOWER_LOGGER.removeHandler(h)
     FLOWER_LOGGER.addHandler(handler)
+    # Flower's records go to log.txt only: not also to a root handler some library installed
+    # (importing Opacus adds one: its DEBUG lines reached the console of a --dp example run).
+    propagate, FLOWER_LOGGER.propagate = FLOWER_LOGGER.propagate, False
     try:
         with reaped_on_exit():
             run_simulation(
@@ -230,6 +233,7 @@ def run_simulated(
             f"(details in {run_dir / LOG_FILENAME})"
         ) from e
     finally:
+        FLOWER_LOGGER.propagate = propagate
         FLOWER_LOGGER.removeHandler(handler)
         handler.close()
         for h in console_handlers:

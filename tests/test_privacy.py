@@ -541,6 +541,7 @@ def test_simulate_dp_on_flower_s_simulation_engine(tmp_path: Path) -> None:
     )  # fmt: skip
     assert run.returncode == 0, run.stdout + run.stderr
     said = " ".join(run.stdout.split())
+    assert "DEBUG" not in run.stdout + run.stderr  # Flower's log goes to log.txt, not the console
     assert "each client may take part in 2 rounds (epsilon <= 8 at delta 1e-05)" in said
     assert "privacy budget spent (2 of 2 participations, epsilon 8)" in said
     run_dir = tmp_path / "dp"
