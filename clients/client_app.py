@@ -86,15 +86,9 @@ from fedchain.learning.training import (
 from fedchain.ledger.builder import sign_refusal
 from fedchain.ledger.codec import compute_hash, decode, encode
 from fedchain.ledger.containers import LedgerState
+from fedchain.ledger.derived import compute_block_hash, compute_dp_mechanism
 from fedchain.ledger.lightclient import Checkpoint
-from fedchain.ledger.objects import (
-    MAX_REFUSAL_DETAIL_CHARS,
-    Block,
-    Rules,
-    SignedHeader,
-    compute_block_hash,
-    compute_dp_mechanism,
-)
+from fedchain.ledger.objects import MAX_REFUSAL_DETAIL_CHARS, Block, Rules, SignedHeader
 from fedchain.ledger.signatures import CachingVerifier
 from fedchain.privacy.mechanism import privatise_update
 from fedchain.privacy.tally import read_released, record_released

@@ -35,7 +35,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fedchain.crypto.identity import Domain, compute_signing_root
 from fedchain.ledger.chain import Chain, compute_stored_block
 from fedchain.ledger.codec import compute_hash
-from fedchain.ledger.objects import Attestation, UpdateCommitment, signing_message
+from fedchain.ledger.derived import signing_message
+from fedchain.ledger.objects import Attestation, UpdateCommitment
 from fedchain.ledger.signatures import CachingVerifier, Verifier
 from fedchain.ledger.synthetic import SyntheticFederation
 from fedchain.ledger.verify import verify_ledger

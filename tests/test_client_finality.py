@@ -13,7 +13,8 @@ import pytest
 
 from fedchain.ledger.checkpoints import load_checkpoint
 from fedchain.ledger.codec import decode
-from fedchain.ledger.objects import Block, compute_block_hash
+from fedchain.ledger.derived import compute_block_hash
+from fedchain.ledger.objects import Block
 from fedchain.ledger.verify import verify_ledger
 from fedchain.rounds import messages as m
 from fedchain.rounds import replica_files

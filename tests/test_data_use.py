@@ -33,6 +33,7 @@ from fedchain.ledger.builder import (
     sign_refusal,
 )
 from fedchain.ledger.codec import decode, encode
+from fedchain.ledger.derived import compute_federation_id, is_model_recipient, signing_message
 from fedchain.ledger.genesis import compute_genesis_block, compute_genesis_state
 from fedchain.ledger.objects import (
     REFUSE_EPOCHS,
@@ -42,9 +43,6 @@ from fedchain.ledger.objects import (
     ModelVersion,
     Refusal,
     Rejection,
-    compute_federation_id,
-    is_model_recipient,
-    signing_message,
 )
 from fedchain.ledger.state import process_transaction
 from fedchain.rounds import messages as m

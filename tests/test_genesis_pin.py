@@ -21,8 +21,9 @@ from fedchain.config import RunConfig
 from fedchain.crypto.identity import load_identity
 from fedchain.ledger.builder import make_genesis, sign_genesis_participant
 from fedchain.ledger.codec import compute_hash
+from fedchain.ledger.derived import compute_federation_id
 from fedchain.ledger.genesis import compute_genesis_block
-from fedchain.ledger.objects import Genesis, compute_federation_id
+from fedchain.ledger.objects import Genesis
 from fedchain.rounds import messages as m
 from fedchain.runs.layout import client_data_path, client_key_path, holder_ledger_dir
 from fedchain.runs.prepare import RunSetup, prepare_run

@@ -19,6 +19,7 @@ from fedchain.ledger import containers, objects
 from fedchain.ledger.builder import sign_commitment, sign_genesis_participant
 from fedchain.ledger.codec import MAX_INT, MIN_INT, compute_hash, decode, encode, encode_with_empty
 from fedchain.ledger.containers import ParticipantState, StateRootBody
+from fedchain.ledger.derived import compute_federation_id, signing_message
 from fedchain.ledger.objects import (
     AnchorReceipt,
     AnchorStatement,
@@ -42,8 +43,6 @@ from fedchain.ledger.objects import (
     SlashingEvidence,
     Transaction,
     UpdateCommitment,
-    compute_federation_id,
-    signing_message,
 )
 
 ALL_CLASSES: list[type] = [

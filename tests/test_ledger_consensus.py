@@ -38,6 +38,7 @@ from fedchain.ledger.consensus import (
     is_descendant,
 )
 from fedchain.ledger.containers import LedgerState
+from fedchain.ledger.derived import compute_federation_id
 from fedchain.ledger.genesis import compute_genesis_state
 from fedchain.ledger.objects import (
     DOUBLE_SIGN,
@@ -47,7 +48,6 @@ from fedchain.ledger.objects import (
     HeaderPair,
     SignedHeader,
     Transaction,
-    compute_federation_id,
 )
 
 KEYS = {i: Ed25519PrivateKey.from_private_bytes(bytes([i]) * 32) for i in range(1, 5)}

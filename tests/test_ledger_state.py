@@ -39,6 +39,12 @@ from fedchain.ledger.containers import (
     compute_evidence_id,
     compute_state_root,
 )
+from fedchain.ledger.derived import (
+    compute_block_hash,
+    compute_federation_id,
+    compute_tx_root,
+    signing_message,
+)
 from fedchain.ledger.genesis import (
     compute_genesis_block,
     compute_genesis_state,
@@ -62,10 +68,6 @@ from fedchain.ledger.objects import (
     SignedHeader,
     SlashingEvidence,
     Transaction,
-    compute_block_hash,
-    compute_federation_id,
-    compute_tx_root,
-    signing_message,
 )
 from fedchain.ledger.state import (
     process_attestation,

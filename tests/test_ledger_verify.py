@@ -22,6 +22,7 @@ from fedchain.errors import InvalidBlock, LedgerStoreError
 from fedchain.ledger.chain import Chain
 from fedchain.ledger.codec import decode, encode
 from fedchain.ledger.containers import LedgerState, ParticipantState
+from fedchain.ledger.derived import compute_block_hash, compute_tx_root
 from fedchain.ledger.objects import (
     Attestation,
     Block,
@@ -29,8 +30,6 @@ from fedchain.ledger.objects import (
     ModelVersion,
     RewardDeltas,
     UpdateCommitment,
-    compute_block_hash,
-    compute_tx_root,
 )
 from fedchain.ledger.synthetic import SyntheticFederation, write_synthetic_ledger
 from fedchain.ledger.verify import verify_ledger

@@ -16,9 +16,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fedchain.crypto.identity import public_key_bytes
 from fedchain.errors import InvalidBlock
 from fedchain.ledger.builder import sign_header
+from fedchain.ledger.derived import compute_block_hash
 from fedchain.ledger.genesis import compute_genesis_block, compute_genesis_state
 from fedchain.ledger.lightclient import Checkpoint, check_head
-from fedchain.ledger.objects import Block, Genesis, SignedHeader, compute_block_hash
+from fedchain.ledger.objects import Block, Genesis, SignedHeader
 from fedchain.ledger.synthetic import SyntheticFederation
 
 

@@ -46,16 +46,9 @@ from fedchain.ledger.builder import (
 from fedchain.ledger.chain import Chain
 from fedchain.ledger.codec import decode
 from fedchain.ledger.containers import LedgerState
+from fedchain.ledger.derived import compute_dp_mechanism, compute_federation_id
 from fedchain.ledger.genesis import compute_genesis_block, compute_genesis_state
-from fedchain.ledger.objects import (
-    Attestation,
-    Genesis,
-    Rejection,
-    Rules,
-    UpdateCommitment,
-    compute_dp_mechanism,
-    compute_federation_id,
-)
+from fedchain.ledger.objects import Attestation, Genesis, Rejection, Rules, UpdateCommitment
 from fedchain.ledger.state import process_transaction
 from fedchain.ledger.verify import verify_ledger
 from fedchain.privacy.accountant import (

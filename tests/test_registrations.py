@@ -28,6 +28,7 @@ from fedchain.ledger.containers import (
     ParticipantState,
     compute_state_root_of,
 )
+from fedchain.ledger.derived import compute_block_hash, compute_federation_id, compute_tx_root
 from fedchain.ledger.genesis import compute_genesis_block, compute_genesis_state
 from fedchain.ledger.objects import (
     EMPTY_HASH,
@@ -36,9 +37,6 @@ from fedchain.ledger.objects import (
     Genesis,
     GenesisParticipant,
     SignedHeader,
-    compute_block_hash,
-    compute_federation_id,
-    compute_tx_root,
 )
 from fedchain.ledger.synthetic import SyntheticFederation, derive_key
 from fedchain.ledger.verify import verify_ledger

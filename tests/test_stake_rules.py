@@ -34,6 +34,7 @@ from fedchain.ledger.containers import (
     ParticipantState,
     compute_state_root_of,
 )
+from fedchain.ledger.derived import compute_tx_root, compute_tx_root_of_encodings, signing_message
 from fedchain.ledger.objects import (
     DOUBLE_SIGN,
     SCORE_SCALE,
@@ -46,9 +47,6 @@ from fedchain.ledger.objects import (
     SlashingEvidence,
     Transaction,
     UpdateCommitment,
-    compute_tx_root,
-    compute_tx_root_of_encodings,
-    signing_message,
 )
 from fedchain.ledger.state import compute_state_with_head, process_block
 from fedchain.ledger.store import StoredBlock

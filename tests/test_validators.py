@@ -40,6 +40,7 @@ from fedchain.ledger.checkpoints import load_checkpoint
 from fedchain.ledger.codec import compute_hash, decode, encode
 from fedchain.ledger.consensus import get_proposer
 from fedchain.ledger.containers import LedgerState
+from fedchain.ledger.derived import compute_block_hash, compute_federation_id, compute_tx_root
 from fedchain.ledger.genesis import compute_genesis_block, compute_genesis_state
 from fedchain.ledger.objects import (
     Block,
@@ -48,9 +49,6 @@ from fedchain.ledger.objects import (
     Genesis,
     RewardDeltas,
     Transaction,
-    compute_block_hash,
-    compute_federation_id,
-    compute_tx_root,
 )
 from fedchain.ledger.state import process_block
 from fedchain.ledger.store import LedgerStore

@@ -18,6 +18,7 @@ from fedchain.anchor.witness import Witness
 from fedchain.durable import write_atomically
 from fedchain.errors import AnchorError, DecodeError
 from fedchain.ledger.codec import compute_hash, decode, encode
+from fedchain.ledger.derived import compute_block_hash
 from fedchain.ledger.objects import (
     AnchorReceipt,
     AnchorStatement,
@@ -25,7 +26,6 @@ from fedchain.ledger.objects import (
     Genesis,
     Hash32,
     ModelVersion,
-    compute_block_hash,
 )
 from fedchain.runs.layout import ANCHORS_DIRNAME, anchor_receipt_path
 

@@ -32,7 +32,7 @@ from fedchain.deploy.certs import DEFAULT_HOSTS, CertPaths, create_test_certific
 from fedchain.durable import write_atomically
 from fedchain.errors import ConfigError, DeployError, LedgerError
 from fedchain.ledger.containers import LedgerState
-from fedchain.ledger.objects import compute_federation_id
+from fedchain.ledger.derived import compute_federation_id
 from fedchain.ledger.state import process_transaction
 from fedchain.ledger.verify import verify_ledger
 from fedchain.rounds.admission import admit_app_approvals, compute_reason

@@ -20,7 +20,8 @@ from fedchain.cli.common import console, make_app
 from fedchain.config import load_config_file
 from fedchain.crypto import identity
 from fedchain.errors import ConfigError
-from fedchain.ledger.objects import Genesis, is_model_recipient
+from fedchain.ledger.derived import is_model_recipient
+from fedchain.ledger.objects import Genesis
 from fedchain.ledger.show import as_markup_text
 from fedchain.ledger.signatures import CachingVerifier
 from fedchain.ledger.verify import verify_ledger
@@ -170,7 +171,7 @@ def show(
 
 def _check_recipient(genesis: Genesis, recipient: str | None) -> bytes | None:
     """The key an export is for; refused if the federation's contract does not let it have its
-    models (:func:`~fedchain.ledger.objects.is_model_recipient`). A deployed federation's export
+    models (:func:`~fedchain.ledger.derived.is_model_recipient`). A deployed federation's export
     must name its recipient (a simulation's participants are simulated: none needed)."""
     deployed = any(p.app_digest for p in genesis.participants)
     if recipient is None:

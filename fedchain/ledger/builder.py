@@ -17,6 +17,7 @@ from fedchain.errors import InvalidBlock, LedgerError, SignatureError
 from fedchain.ledger.codec import compute_hash
 from fedchain.ledger.consensus import compute_proposer, get_validators
 from fedchain.ledger.containers import LedgerState, compute_state_root
+from fedchain.ledger.derived import compute_tx_root, signing_message
 from fedchain.ledger.objects import (
     ARCHIVE_ALL_ROUNDS,
     DOUBLE_SIGN,
@@ -32,8 +33,6 @@ from fedchain.ledger.objects import (
     SignedHeader,
     Transaction,
     UpdateCommitment,
-    compute_tx_root,
-    signing_message,
 )
 from fedchain.ledger.signatures import PLAIN, Verifier
 from fedchain.ledger.state import compute_state_with_head, process_transactions
@@ -134,7 +133,7 @@ def sign_genesis_participant(
     fedchain_version: str = "",
 ) -> GenesisParticipant:
     """A registration for the genesis of the federation ``federation_id``
-    (:func:`~fedchain.ledger.objects.compute_federation_id`), signed by ``private_key``;
+    (:func:`~fedchain.ledger.derived.compute_federation_id`), signed by ``private_key``;
     ``app_digest`` is the app the holder approves (empty: none, a simulation)."""
     fields = (
         public_key_bytes(private_key),
@@ -163,7 +162,7 @@ def sign_commitment(
     dp_mechanism: tuple[int, int, int] = (0, 0, 0),
 ) -> UpdateCommitment:
     """``dp_mechanism``: the privacy mechanism applied to the update
-    (:func:`~fedchain.ledger.objects.compute_dp_mechanism` of the rules; none by default)."""
+    (:func:`~fedchain.ledger.derived.compute_dp_mechanism` of the rules; none by default)."""
     public_key = public_key_bytes(private_key)
     fields = (run_id, round, base_model_hash, update_hash, num_examples, public_key, *dp_mechanism)
     unsigned = UpdateCommitment(*fields, b"")

@@ -14,8 +14,9 @@ from pathlib import Path
 from fedchain.errors import InvalidBlock, LedgerStoreError
 from fedchain.ledger.codec import compute_hash, encode
 from fedchain.ledger.containers import LedgerState
+from fedchain.ledger.derived import compute_block_hash
 from fedchain.ledger.genesis import compute_genesis_block, process_genesis_block
-from fedchain.ledger.objects import Block, Genesis, compute_block_hash
+from fedchain.ledger.objects import Block, Genesis
 from fedchain.ledger.signatures import PLAIN, Verifier
 from fedchain.ledger.state import process_block
 from fedchain.ledger.store import LedgerStore, StoredBlock

@@ -1,7 +1,7 @@
 """Genesis: the state after block 0, the canonical block 0, and the checks a Genesis must pass.
 
 Every participant's registration must carry its own signature under the registration domain
-with the federation id (:func:`~fedchain.ledger.objects.compute_federation_id`, recomputed from
+with the federation id (:func:`~fedchain.ledger.derived.compute_federation_id`, recomputed from
 the genesis's run id and rules), so the genesis alone proves who registered what.
 
 Block 0 is fully determined by its :class:`~fedchain.ledger.objects.Genesis` (zero parent and
@@ -30,6 +30,7 @@ from fedchain.ledger.containers import (
     ParticipantState,
     compute_state_root_of,
 )
+from fedchain.ledger.derived import compute_federation_id, compute_tx_root
 from fedchain.ledger.objects import (
     ARCHIVE_ALL_ROUNDS,
     DP_MODES,
@@ -44,8 +45,6 @@ from fedchain.ledger.objects import (
     ModelRecord,
     Rules,
     SignedHeader,
-    compute_federation_id,
-    compute_tx_root,
 )
 from fedchain.ledger.signatures import is_signed_by
 

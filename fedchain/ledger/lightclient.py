@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 from fedchain.crypto.identity import Domain, verify_signature
 from fedchain.errors import InvalidBlock, SignatureError
-from fedchain.ledger.objects import BlockHeader, SignedHeader, compute_block_hash, signing_message
+from fedchain.ledger.derived import compute_block_hash, signing_message
+from fedchain.ledger.objects import BlockHeader, SignedHeader
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from typing import Any
 from rich.markup import escape
 
 from fedchain.crypto.identity import fingerprint
+from fedchain.ledger.derived import compute_block_hash
 from fedchain.ledger.objects import (
     AnchorReceipt,
     AppApproval,
@@ -29,7 +30,6 @@ from fedchain.ledger.objects import (
     RewardDeltas,
     SlashingEvidence,
     UpdateCommitment,
-    compute_block_hash,
 )
 from fedchain.text import compute_printable
 

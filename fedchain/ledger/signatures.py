@@ -28,8 +28,8 @@ from typing import Protocol
 
 from fedchain.crypto import ed25519
 from fedchain.crypto.identity import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, compute_signing_root
+from fedchain.ledger.derived import SIGNING_DOMAINS, signing_message
 from fedchain.ledger.objects import (
-    SIGNING_DOMAINS,
     Attestation,
     BlockTransaction,
     Hash32,
@@ -38,7 +38,6 @@ from fedchain.ledger.objects import (
     Registration,
     SignedObject,
     UpdateCommitment,
-    signing_message,
 )
 
 __all__ = [

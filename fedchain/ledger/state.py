@@ -33,6 +33,7 @@ from fedchain.ledger.containers import BPS_DENOMINATOR as BPS_DENOMINATOR
 from fedchain.ledger.containers import LedgerState as LedgerState
 from fedchain.ledger.containers import ParticipantState as ParticipantState
 from fedchain.ledger.containers import compute_state_root
+from fedchain.ledger.derived import compute_tx_root_of_encodings, signing_message
 from fedchain.ledger.objects import (
     Attestation,
     Block,
@@ -48,8 +49,6 @@ from fedchain.ledger.objects import (
     SlashingEvidence,
     Transaction,
     UpdateCommitment,
-    compute_tx_root_of_encodings,
-    signing_message,
 )
 from fedchain.ledger.signatures import PLAIN, Verifier, compute_preverified
 from fedchain.ledger.transactions import (

@@ -30,6 +30,7 @@ from fedchain.ledger.builder import (
 from fedchain.ledger.chain import Chain
 from fedchain.ledger.consensus import get_proposer
 from fedchain.ledger.containers import LedgerState
+from fedchain.ledger.derived import compute_federation_id
 from fedchain.ledger.objects import (
     SCORE_SCALE,
     Block,
@@ -38,7 +39,6 @@ from fedchain.ledger.objects import (
     RewardDeltas,
     Rules,
     Transaction,
-    compute_federation_id,
 )
 from fedchain.ledger.signatures import PLAIN, Verifier
 from fedchain.rounds.rewards import compute_round_payout, has_model_moved

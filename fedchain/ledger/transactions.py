@@ -35,6 +35,7 @@ from fedchain.ledger.containers import (
     ParticipantState,
     compute_evidence_id,
 )
+from fedchain.ledger.derived import compute_dp_mechanism, compute_federation_id
 from fedchain.ledger.objects import (
     ANCHOR_WITNESSES,
     DOUBLE_SIGN,
@@ -61,8 +62,6 @@ from fedchain.ledger.objects import (
     RewardDeltas,
     SlashingEvidence,
     UpdateCommitment,
-    compute_dp_mechanism,
-    compute_federation_id,
 )
 from fedchain.ledger.working import (
     Working,

@@ -40,6 +40,7 @@ from fedchain.ledger.checkpoints import check_extends
 from fedchain.ledger.codec import compute_hash, decode
 from fedchain.ledger.consensus import FinalityTracker, compute_finalized_height, get_validators
 from fedchain.ledger.containers import LedgerState, ParticipantState
+from fedchain.ledger.derived import compute_block_hash
 from fedchain.ledger.genesis import process_genesis_block
 from fedchain.ledger.lightclient import Checkpoint
 from fedchain.ledger.objects import (
@@ -52,7 +53,6 @@ from fedchain.ledger.objects import (
     PublicKey,
     SlashingEvidence,
     UpdateCommitment,
-    compute_block_hash,
 )
 from fedchain.ledger.signatures import PLAIN, Verifier
 from fedchain.ledger.state import process_block

@@ -15,7 +15,8 @@ from fedchain.crypto.identity import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, compute_si
 from fedchain.errors import InvalidTransaction
 from fedchain.ledger.checks import describe_key
 from fedchain.ledger.containers import LedgerState, ParticipantState
-from fedchain.ledger.objects import SIGNING_DOMAINS, PublicKey, SignedObject, signing_message
+from fedchain.ledger.derived import SIGNING_DOMAINS, signing_message
+from fedchain.ledger.objects import PublicKey, SignedObject
 from fedchain.ledger.signatures import Verifier
 
 __all__ = ["Working", "check_round", "check_signature", "get_active", "with_stake"]

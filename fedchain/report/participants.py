@@ -20,6 +20,7 @@ from fedchain.ledger.containers import (
     LedgerState,
     ParticipantState,
 )
+from fedchain.ledger.derived import compute_block_hash
 from fedchain.ledger.objects import (
     SCORE_SCALE,
     AppApproval,
@@ -34,7 +35,6 @@ from fedchain.ledger.objects import (
     RewardDeltas,
     SlashingEvidence,
     UpdateCommitment,
-    compute_block_hash,
 )
 from fedchain.ledger.verify import ReplayStep
 from fedchain.report.inputs import ReportInputs

@@ -25,6 +25,7 @@ from fedchain.errors import InvalidBlock, PrivacyBudgetSpent, UpdateNotAgreed, U
 from fedchain.ledger.builder import sign_attestation, sign_commitment, sign_header
 from fedchain.ledger.codec import encode
 from fedchain.ledger.containers import LedgerState
+from fedchain.ledger.derived import compute_block_hash
 from fedchain.ledger.lightclient import Checkpoint, check_head
 from fedchain.ledger.objects import (
     DP_OFF,
@@ -33,7 +34,6 @@ from fedchain.ledger.objects import (
     REFUSE_ROUNDS,
     ModelRecord,
     Rules,
-    compute_block_hash,
 )
 from fedchain.ledger.signatures import PLAIN, Verifier
 from fedchain.rounds.messages import Duties, LedgerView, SignedHeights
@@ -287,7 +287,7 @@ def sign_update_commitment(
 ) -> bytes:
     """The encoded, signed commitment to ``update`` (its canonical hash) and the example count
     claimed for it, on the round's base model; ``dp_mechanism``: the privacy mechanism applied
-    to it (:func:`~fedchain.ledger.objects.compute_dp_mechanism` of the rules)."""
+    to it (:func:`~fedchain.ledger.derived.compute_dp_mechanism` of the rules)."""
     commitment = sign_commitment(
         key,
         view.genesis_hash,

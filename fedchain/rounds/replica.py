@@ -86,18 +86,14 @@ from fedchain.ledger.builder import prepare_block
 from fedchain.ledger.codec import decode, encode
 from fedchain.ledger.consensus import compute_finalized_height, get_validators
 from fedchain.ledger.containers import LedgerState
-from fedchain.ledger.genesis import process_genesis_block
-from fedchain.ledger.objects import (
-    Block,
-    BlockHeader,
-    PublicKey,
-    SignedHeader,
-    Transaction,
+from fedchain.ledger.derived import (
     compute_block_hash,
     compute_federation_id,
     compute_tx_root,
     signing_message,
 )
+from fedchain.ledger.genesis import process_genesis_block
+from fedchain.ledger.objects import Block, BlockHeader, PublicKey, SignedHeader, Transaction
 from fedchain.ledger.signatures import PLAIN, Verifier
 from fedchain.ledger.state import process_block
 
@@ -161,7 +157,7 @@ class GenesisPin:
 def check_genesis_pin(state: LedgerState, pin: GenesisPin) -> None:
     """Refuse a ledger (``state``, any state of it) that is not the federation ``pin`` names:
     its genesis's run id and rules must give ``pin.federation_id``
-    (:func:`~fedchain.ledger.objects.compute_federation_id`), and ``pin.public_key`` must be a
+    (:func:`~fedchain.ledger.derived.compute_federation_id`), and ``pin.public_key`` must be a
     genesis participant (the genesis checks each participant's registration signature under
     that id, so this is the holder's own signed registration). Raises :class:`InvalidBlock`."""
     genesis = state.genesis

@@ -26,7 +26,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fedchain.crypto.identity import Domain, public_key_bytes, sign
 from fedchain.durable import write_atomically
 from fedchain.errors import ConfigError, SignatureError
-from fedchain.ledger.objects import HASH_SIZE, AppApproval, Hash32, signing_message
+from fedchain.ledger.derived import signing_message
+from fedchain.ledger.objects import HASH_SIZE, AppApproval, Hash32
 from fedchain.ledger.signatures import is_signed_by
 from fedchain.runs.layout import APPROVAL_INBOX_FILENAME
 from fedchain.runs.registration import parse_federation_id, read_toml

@@ -27,7 +27,8 @@ from fedchain.errors import ConfigError, FedchainError, LedgerError, SignatureEr
 from fedchain.ledger.builder import make_genesis
 from fedchain.ledger.chain import Chain
 from fedchain.ledger.codec import MAX_INT, decode, encode
-from fedchain.ledger.objects import HASH_SIZE, Hash32, ModelRecord, Rules, compute_federation_id
+from fedchain.ledger.derived import compute_federation_id
+from fedchain.ledger.objects import HASH_SIZE, Hash32, ModelRecord, Rules
 from fedchain.ledger.verify import verify_ledger
 from fedchain.runs.layout import (
     CONFIG_FILENAME,
@@ -212,7 +213,7 @@ def compute_run_id_of(name: str, salt: str) -> str:
 def compute_federation_id_of(
     fed_dir: Path, run_id: str, settings: Mapping[str, Any], model: ModelRecord
 ) -> Hash32:
-    """The federation id (:func:`~fedchain.ledger.objects.compute_federation_id`) of the genesis
+    """The federation id (:func:`~fedchain.ledger.derived.compute_federation_id`) of the genesis
     these settings make: ``run_id`` (:func:`compute_run_id_of`) is its run id, the settings and
     the model record made from them at init (``model``) fix its rules (the participants and the
     initial model, made at first start, are not part of it). Cheap: nothing is built."""

@@ -34,15 +34,8 @@ from fedchain.learning.attacks import ATTACKS, NO_ATTACK, Attack, attacker_indic
 from fedchain.learning.catalog import check_model_name
 from fedchain.ledger.builder import make_genesis, make_rules, sign_genesis_participant
 from fedchain.ledger.chain import Chain
-from fedchain.ledger.objects import (
-    DOUBLE_SIGN,
-    HASH_SIZE,
-    SCORE_SCALE,
-    Genesis,
-    ModelRecord,
-    Rules,
-    compute_federation_id,
-)
+from fedchain.ledger.derived import compute_federation_id
+from fedchain.ledger.objects import DOUBLE_SIGN, HASH_SIZE, SCORE_SCALE, Genesis, ModelRecord, Rules
 from fedchain.rounds.contribution import METHODS
 from fedchain.runs.layout import (
     ATTACKERS_FILENAME,

@@ -6,7 +6,7 @@ dataset commitment, whose example count is read from the decrypted, authenticate
 participant name, SuperNode key, and the digest of the app it agrees to run on its data with
 the fedchain version it runs: :mod:`fedchain.deploy.app`) under the registration domain with
 the federation id the coordinator gave them
-(:func:`~fedchain.ledger.objects.compute_federation_id`: the hash of the federation's name and
+(:func:`~fedchain.ledger.derived.compute_federation_id`: the hash of the federation's name and
 rules, fixed by ``fedchain federation init``). The coordinator checks the
 signature and the id when it adds the participant; the genesis then holds the signed
 registration as it is, so ``fedchain verify`` re-checks it from the run directory alone, and a

@@ -48,9 +48,16 @@ from fedchain.ledger.containers import (
     compute_evidence_id,
     compute_state_root,
 )
+from fedchain.ledger.derived import (
+    SIGNING_DOMAINS,
+    compute_block_hash,
+    compute_dp_mechanism,
+    compute_federation_id,
+    compute_tx_root,
+    signing_message,
+)
 from fedchain.ledger.genesis import compute_genesis_block, compute_genesis_state
 from fedchain.ledger.objects import (
-    SIGNING_DOMAINS,
     AnchorReceipt,
     AnchorStatement,
     AppApproval,
@@ -69,11 +76,6 @@ from fedchain.ledger.objects import (
     SlashingEvidence,
     Transaction,
     UpdateCommitment,
-    compute_block_hash,
-    compute_dp_mechanism,
-    compute_federation_id,
-    compute_tx_root,
-    signing_message,
 )
 from fedchain.ledger.synthetic import derive_key
 from fedchain.ledger.verify import verify_ledger
