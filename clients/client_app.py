@@ -20,15 +20,17 @@ messages); a deployed data holder also keeps them on its own disk
 (:mod:`fedchain.rounds.replica_files`, the folder its node config names), so that a restarted
 SuperNode resumes from what it had checked and a coordinator cannot rewind it.
 
-Three explicit speed-ups, shared by the clients of one process (a simulation's): the states after
+Four explicit speed-ups, shared by the clients of one process (a simulation's): the states after
 the blocks checked here, by (genesis hash, block hash) (:data:`_REPLAYED`, passed as
 ``known``: a block hash fixes all history before it, so a stored replica is not replayed from
 genesis again, nor is the finality it derives (:data:`_FINALITY`), and a block is re-executed
 once per process, not once per client;
 :mod:`fedchain.rounds.replica` says why that is sound), the genesis states checked here, by the
 SHA-256 of block 0's exact bytes (:data:`_GENESES`, passed as ``geneses``: a genesis's
-registrations are checked once per process, not once per client), and one caching signature
-verifier (:data:`_VERIFIER`, no threads: it remembers only triples that verified).
+registrations are checked once per process, not once per client), the blocks and pending
+transactions decoded here, by their exact bytes (:data:`_DECODED`: a view's bytes are decoded
+once per process), and one caching signature verifier (:data:`_VERIFIER`, no threads: it
+remembers only triples that verified).
 
 With the ledger off the client behaves as a plain Flower FedAvg client (sends trained weights,
 signs nothing, keeps no replica) for comparison runs. The keys of every record are
@@ -88,7 +90,13 @@ from fedchain.ledger.codec import compute_hash, decode, encode
 from fedchain.ledger.containers import LedgerState
 from fedchain.ledger.derived import compute_block_hash, compute_dp_mechanism
 from fedchain.ledger.lightclient import Checkpoint
-from fedchain.ledger.objects import MAX_REFUSAL_DETAIL_CHARS, Block, Rules, SignedHeader
+from fedchain.ledger.objects import (
+    MAX_REFUSAL_DETAIL_CHARS,
+    Block,
+    Rules,
+    SignedHeader,
+    Transaction,
+)
 from fedchain.ledger.signatures import CachingVerifier
 from fedchain.privacy.mechanism import privatise_update
 from fedchain.privacy.tally import read_released, record_released
@@ -105,7 +113,13 @@ from fedchain.rounds.participant import (
     plan_signing,
     sign_update_commitment,
 )
-from fedchain.rounds.replica import GenesisPin, Replica, compute_held_forms, replay_replica
+from fedchain.rounds.replica import (
+    GenesisPin,
+    KnownBlock,
+    Replica,
+    compute_held_forms,
+    replay_replica,
+)
 from fedchain.runs.layout import holder_ledger_dir
 from fedchain.runs.registration import parse_federation_id
 
@@ -115,9 +129,13 @@ _threads_set = False
 FEDERATION_ID_KEY = "federation-id"
 """The node config key of the federation id a deployed holder registered under (hex)."""
 MAX_REPLAYED = 16
-_REPLAYED: OrderedDict[tuple[bytes, bytes], LedgerState] = OrderedDict()
-"""States after blocks this process checked, by (genesis hash, block hash); the newest
-MAX_REPLAYED (:data:`fedchain.rounds.replica.KnownStates`)."""
+_REPLAYED: OrderedDict[tuple[bytes, bytes], KnownBlock] = OrderedDict()
+"""Blocks this process checked and the states after them, by (genesis hash, block hash); the
+newest MAX_REPLAYED (:data:`fedchain.rounds.replica.KnownStates`)."""
+MAX_DECODED = 256
+_DECODED: OrderedDict[bytes, Block | Transaction] = OrderedDict()
+"""Blocks and pending transactions this process decoded from views, by their exact bytes; the
+newest MAX_DECODED (``decoded`` of :func:`fedchain.rounds.messages.decode_ledger_view`)."""
 MAX_GENESES = 4
 _GENESES: OrderedDict[bytes, LedgerState] = OrderedDict()
 """Genesis states this process checked, by the SHA-256 of block 0's exact bytes; the newest
@@ -185,7 +203,7 @@ def checked_ledger_duties(
     budget)."""
     try:
         replica, saved = _load_replica(context, replica_dir)
-        view = m.decode_ledger_view(config, compute_held_forms(replica))
+        view = m.decode_ledger_view(config, compute_held_forms(replica), _DECODED)
         checked = check_view_replayed(
             replica, saved, view, verifier=_VERIFIER, known=_REPLAYED, geneses=_GENESES, pin=pin
         )
@@ -250,20 +268,24 @@ def _replayed(encodings: tuple[bytes, ...]) -> Replica:
         if checked is not None
         else compute_hash(decode(Block, encodings[0]).transactions[0])
     )
-    key = (genesis_hash, compute_block_hash(decode(Block, encodings[-1])))
-    state = _REPLAYED.get(key)
+    head = _DECODED.get(encodings[-1])
+    if not isinstance(head, Block):
+        head = decode(Block, encodings[-1])
+    key = (genesis_hash, compute_block_hash(head))
+    known = _REPLAYED.get(key)
     finality = _FINALITY.get(key)
-    if state is None or finality is None:
+    if known is None or finality is None:
         replica = replay_replica(encodings, verifier=_VERIFIER, geneses=_GENESES)
         _remember(replica)
         return replica
-    return Replica(encodings, state, *finality)
+    return Replica(encodings, known.state, *finality)
 
 
 def _remember(replica: Replica) -> None:
     state = replica.state
     key = (state.genesis_hash, state.head_hash)
-    _REPLAYED[key] = state
+    if key not in _REPLAYED:  # an entry there is this block's, with what was checked of it
+        _REPLAYED[key] = KnownBlock(state)
     _FINALITY[key] = (replica.validators_by_height, replica.final_height, replica.headers)
     for memo in (_REPLAYED, _FINALITY):
         memo.move_to_end(key)
@@ -271,10 +293,13 @@ def _remember(replica: Replica) -> None:
 
 
 def _forget_oldest() -> None:
-    """Both memos keep their newest MAX_REPLAYED entries, the genesis memo MAX_GENESES."""
+    """Both memos keep their newest MAX_REPLAYED entries, the genesis memo MAX_GENESES, the
+    decoded objects MAX_DECODED."""
     for memo in (_REPLAYED, _FINALITY):
         while len(memo) > MAX_REPLAYED:
             memo.popitem(last=False)
+    while len(_DECODED) > MAX_DECODED:
+        _DECODED.popitem(last=False)
     while len(_GENESES) > MAX_GENESES:
         _GENESES.popitem(last=False)
 

@@ -18,7 +18,7 @@ from fedchain.ledger.builder import prepare_block
 from fedchain.ledger.chain import Chain
 from fedchain.ledger.codec import decode
 from fedchain.ledger.lightclient import Checkpoint
-from fedchain.ledger.objects import Attestation, Block, UpdateCommitment
+from fedchain.ledger.objects import Attestation, Block, Transaction, UpdateCommitment
 from fedchain.ledger.synthetic import SyntheticFederation
 from fedchain.rounds import messages as m
 from fedchain.rounds.participant import (
@@ -235,6 +235,32 @@ def test_blocks_the_client_holds_are_taken_by_their_bytes_without_decoding(three
         assert all(view.blocks[i] is forms[wire["blocks"][i]] for i in range(2))
         assert view.blocks[2] == blocks[2]
         assert check_view_replayed(replica, None, view).replica.state.height == 2
+
+
+def test_a_decoded_memo_shares_objects_and_gives_what_decoding_gives(three_blocks) -> None:
+    """Two clients of one process decode the same view: the second gets the very objects the
+    first decoded (blocks and pending transactions), equal to a fresh decode; an entry of the
+    wrong kind under some bytes is not taken for them."""
+    blocks, genesis_hash = three_blocks
+    pending = blocks[2]
+    wire = m.encode_ledger_view(
+        genesis_hash, "memo", blocks[:2], 0, pending.header, pending.transactions
+    )
+    memo: dict[bytes, Block | Transaction] = {}
+    first = m.decode_ledger_view(wire, None, memo)
+    assert len(memo) == 2 + len(pending.transactions)
+    second = m.decode_ledger_view(wire, None, memo)
+    fresh = m.decode_ledger_view(wire)
+    assert second == fresh == first
+    assert all(a is b for a, b in zip(first.blocks, second.blocks, strict=True))
+    assert all(
+        a is b for a, b in zip(first.pending_transactions, second.pending_transactions, strict=True)
+    )
+    wrong_kind: dict[bytes, Block | Transaction] = {
+        raw: blocks[0] for raw in wire[m.PENDING_TRANSACTIONS]
+    }
+    third = m.decode_ledger_view(wire, None, wrong_kind)
+    assert third.pending_transactions == pending.transactions
 
 
 def test_invalid_a_held_block_re_sent_with_another_body_or_signature(three_blocks) -> None:

@@ -57,6 +57,7 @@ from fedchain.ledger.verify import verify_ledger
 from fedchain.rounds import messages as m
 from fedchain.rounds.coordinator import Coordinator
 from fedchain.rounds.replica import (
+    KnownBlock,
     Replica,
     compute_genesis_replica,
     compute_pending_post_state,
@@ -243,9 +244,10 @@ def test_known_states_skip_re_execution_but_never_a_check(chain) -> None:
     reused only for a block of that hash, with a body of its root and a valid seal."""
     genesis_hash = chain[0][1].genesis_hash
     block = chain[3][0]
-    known: dict[tuple[bytes, bytes], LedgerState] = {}
+    known: dict[tuple[bytes, bytes], KnownBlock] = {}
     post = compute_pending_post_state(chain[2][1], block.header, block.transactions, known=known)
-    assert known == {(genesis_hash, compute_block_hash(block)): post}
+    key = (genesis_hash, compute_block_hash(block))
+    assert known == {key: KnownBlock(post, block.transactions)}
     assert (
         compute_pending_post_state(chain[2][1], block.header, block.transactions, known=known)
         is post
@@ -264,6 +266,33 @@ def test_known_states_skip_re_execution_but_never_a_check(chain) -> None:
     for bad in (unsealed, other_body):
         with pytest.raises(InvalidBlock, match="block 3"):
             extend_replica(replica_at(chain, 2), [bad], genesis_hash, known=known)
+    # the sealed block's signature checked once: kept with the entry, which still refuses both
+    assert known[key] == KnownBlock(post, block.transactions, block.signed_header)
+    assert extend_replica(replica_at(chain, 2), [block], genesis_hash, known=known) == sealed
+    # an entry kept without its body (a stored replica's head) checks the body by its root
+    known[key] = KnownBlock(post)
+    for bad in (unsealed, other_body):
+        with pytest.raises(InvalidBlock, match="block 3"):
+            extend_replica(replica_at(chain, 2), [bad], genesis_hash, known=known)
+    assert extend_replica(replica_at(chain, 2), [block], genesis_hash, known=known) == sealed
+
+
+def test_known_bodies_compare_by_value_not_only_by_identity(chain) -> None:
+    """A body decoded afresh from the same bytes is the known body; one transaction changed
+    in a single field is not, and the block is then checked in full (and refused)."""
+    genesis_hash = chain[0][1].genesis_hash
+    block = chain[3][0]
+    known: dict[tuple[bytes, bytes], KnownBlock] = {}
+    extend_replica(replica_at(chain, 2), [block], genesis_hash, known=known)
+    again = decode(Block, encode(block))
+    assert again.transactions is not block.transactions
+    assert extend_replica(replica_at(chain, 2), [again], genesis_hash, known=known).state is (
+        known[(genesis_hash, compute_block_hash(block))].state
+    )
+    _, txs = changed_score(block.header, block.transactions)
+    changed = Block(block.signed_header, txs)
+    with pytest.raises(InvalidBlock, match="block 3"):
+        extend_replica(replica_at(chain, 2), [changed], genesis_hash, known=known)
 
 
 def with_bad_registration(block: Block) -> Block:

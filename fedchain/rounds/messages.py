@@ -14,7 +14,7 @@ the same way (:func:`decode_ledger_view`): the coordinator chooses those bytes.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -176,7 +176,9 @@ def encode_ledger_view(
 
 
 def decode_ledger_view(
-    config: Mapping[str, Any], held: Mapping[bytes, Block] | None = None
+    config: Mapping[str, Any],
+    held: Mapping[bytes, Block] | None = None,
+    decoded: MutableMapping[bytes, Block | Transaction] | None = None,
 ) -> LedgerView:
     """The ledger view in a message's ``config``; raises :class:`DecodeError` (a LedgerError)
     if it does not decode. Sizes and types are checked before anything is decoded, the total
@@ -186,6 +188,10 @@ def decode_ledger_view(
     (:func:`fedchain.rounds.replica.compute_held_forms`). An item of ``blocks`` with those
     bytes is that block, taken without decoding it; any other item is decoded, and one at a
     height the client holds is then refused by the replica (its bytes are not the block held).
+    ``decoded``: a mapping the caller owns (read and added to) of blocks and pending
+    transactions by the exact bytes they were decoded from, so that the clients of one process
+    decode a view's bytes once, and share the very objects (the replica then compares them by
+    identity first). Decoding is a pure function of the bytes; a hit is what decoding would give.
     """
     genesis_hash = _field(config, GENESIS_HASH, bytes)
     run_id = _field(config, RUN_ID, str)
@@ -207,11 +213,21 @@ def decode_ledger_view(
     return LedgerView(
         genesis_hash=genesis_hash,
         run_id=run_id,
-        blocks=tuple(held[b] if b in held else decode(Block, b) for b in blocks),
+        blocks=tuple(held[b] if b in held else _decoded(Block, b, decoded) for b in blocks),
         final_height=final_height,
         pending=decode(BlockHeader, pending) if pending else None,
-        pending_transactions=tuple(decode(Transaction, tx) for tx in txs),
+        pending_transactions=tuple(_decoded(Transaction, tx, decoded) for tx in txs),
     )
+
+
+def _decoded(cls: Any, data: bytes, memo: MutableMapping[bytes, Block | Transaction] | None) -> Any:
+    """``decode(cls, data)``, or the object ``memo`` holds for those bytes if it is a ``cls``."""
+    obj = None if memo is None else memo.get(data)
+    if obj is None or not isinstance(obj, cls):
+        obj = decode(cls, data)
+        if memo is not None:
+            memo[data] = obj
+    return obj
 
 
 def decode_view_federation(config: Mapping[str, Any]) -> LedgerView:

@@ -51,13 +51,15 @@ checking against it would approve what ``verify`` refuses. Replaying from genesi
 transition leaves nothing to trust but the genesis hash, and two honest clients shown the same view
 reach the same verdict, since the transition is deterministic.
 
-Speed-up (explicit and opt-in): a caller may pass ``known``, a mapping it owns of states by
-(genesis hash, block hash), each the state after a block that passed every check above in this
-process (a pending block's, once it re-derived, is the state its seal leads to). A block hash
-fixes the header, hence its parent and so all history before it, and its transactions root; so a
-block shown with that hash and a body of that root leads to the same state, and only its proposer
-signature (not part of the hash) is left to check. Clients of one simulation process share one
-such mapping, so a block is re-executed once per process rather than once per client.
+Speed-up (explicit and opt-in): a caller may pass ``known``, a mapping it owns of
+:class:`KnownBlock` entries by (genesis hash, block hash), each the state after a block that
+passed every check above in this process (a pending block's, once it re-derived, is the state its
+seal leads to), with the transactions and signed header it was checked with. A block hash fixes
+the header, hence its parent and so all history before it, and its transactions root; so a block
+shown with that hash and a body of that root (equal to the transactions kept: equal values encode
+alike) leads to the same state, and only its proposer signature (not part of the hash) is left to
+check, unless the signed header is the one already checked. Clients of one simulation process
+share one such mapping, so a block is re-executed once per process rather than once per client.
 Likewise ``geneses``, a mapping the caller owns of genesis states by the SHA-256 of block 0's
 exact encoding, each from a block 0 that passed every check (its Genesis's rules and every
 registration's signature): a first view's block 0 of those very bytes has the same state, and
@@ -93,13 +95,21 @@ from fedchain.ledger.derived import (
     signing_message,
 )
 from fedchain.ledger.genesis import process_genesis_block
-from fedchain.ledger.objects import Block, BlockHeader, PublicKey, SignedHeader, Transaction
+from fedchain.ledger.objects import (
+    Block,
+    BlockHeader,
+    BlockTransaction,
+    PublicKey,
+    SignedHeader,
+    Transaction,
+)
 from fedchain.ledger.signatures import PLAIN, Verifier
 from fedchain.ledger.state import process_block
 
 __all__ = [
     "GenesisPin",
     "GenesisStates",
+    "KnownBlock",
     "KnownStates",
     "Replica",
     "check_genesis_pin",
@@ -121,8 +131,19 @@ _HEADER_FIELDS = {
 }
 
 
-KnownStates = MutableMapping[tuple[bytes, bytes], LedgerState]
-"""States after fully checked blocks, by (genesis hash, block hash): the optional speed-up."""
+@dataclass(frozen=True)
+class KnownBlock:
+    """A block this process checked in full: the ``state`` after it, and what of it was checked
+    besides its hash: the ``transactions`` whose root is the header's (None: not kept) and the
+    ``signed_header`` whose proposer signature verified (None: a pending block, not sealed)."""
+
+    state: LedgerState
+    transactions: tuple[BlockTransaction, ...] | None = None
+    signed_header: SignedHeader | None = None
+
+
+KnownStates = MutableMapping[tuple[bytes, bytes], KnownBlock]
+"""Fully checked blocks by (genesis hash, block hash): the optional speed-up."""
 
 GenesisStates = MutableMapping[bytes, LedgerState]
 """Genesis states by the SHA-256 of block 0's exact encoding, each from a block 0 that passed
@@ -323,27 +344,41 @@ def _check_held(
 def _apply_block(
     state: LedgerState, block: Block, verifier: Verifier, known: KnownStates | None
 ) -> LedgerState:
-    """:func:`process_block`, or the known state after a block of this hash and body root
-    (whose proposer signature is then checked here, the one part the hash does not fix)."""
+    """:func:`process_block`, or the known state after a block of this hash and body (whose
+    proposer signature is then checked here, the one part the hash does not fix, unless it is
+    the very signed header that was checked)."""
     header = block.header
     key = (state.genesis_hash, compute_block_hash(header))
-    after = None if known is None else known.get(key)
+    entry = None if known is None else known.get(key)
     if (
-        after is None
+        entry is None
         or header.parent_hash != state.head_hash
-        or compute_tx_root(block.transactions) != header.tx_root
+        or not _is_known_body(entry, block.transactions, header)
     ):
-        after = process_block(state, block, verifier=verifier)
-    else:
+        entry = KnownBlock(
+            process_block(state, block, verifier=verifier), block.transactions, block.signed_header
+        )
+    elif entry.signed_header != block.signed_header:
         try:
             message = signing_message(block.signed_header)
             signature = block.signed_header.signature
             verify_signature(header.proposer, signature, Domain.BLOCK, message, state.genesis_hash)
         except SignatureError as exc:
             raise InvalidBlock(f"block {header.height}: {exc}") from exc
+        entry = KnownBlock(entry.state, block.transactions, block.signed_header)
     if known is not None:
-        known[key] = after
-    return after
+        known[key] = entry
+    return entry.state
+
+
+def _is_known_body(
+    entry: KnownBlock, transactions: Sequence[BlockTransaction], header: BlockHeader
+) -> bool:
+    """Whether ``transactions`` are the body the known block was checked with: equal to the
+    transactions kept (equal values have equal encodings), else of the header's root."""
+    if entry.transactions is not None:
+        return entry.transactions == tuple(transactions)
+    return compute_tx_root(transactions) == header.tx_root
 
 
 def compute_pending_post_state(
@@ -359,16 +394,16 @@ def compute_pending_post_state(
     :class:`InvalidBlock` naming the header fields that differ, or the transaction the ledger's
     rules refuse. ``known``: see the module docstring (read and added to)."""
     key = (state.genesis_hash, compute_block_hash(header))
-    after = None if known is None else known.get(key)
+    entry = None if known is None else known.get(key)
     if (
-        after is not None
+        entry is not None
         and header.parent_hash == state.head_hash
-        and compute_tx_root(transactions) == header.tx_root
+        and _is_known_body(entry, transactions, header)
     ):
-        return after
+        return entry.state
     post = _re_derive(state, header, transactions, verifier)
     if known is not None:
-        known[key] = post
+        known[key] = KnownBlock(post, tuple(transactions))
     return post
 
 
