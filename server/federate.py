@@ -24,6 +24,7 @@ from flwr.serverapp.strategy import (
     MultiKrum,
 )
 
+from fedchain.aggregation.kernels import load_in_background
 from fedchain.aggregation.rules import default_krum_f
 from fedchain.config import RunConfig
 from fedchain.errors import FedchainError
@@ -107,6 +108,7 @@ def run_federation(
         if session.chain is None:
             strategy = flower_strategy(config)
         else:
+            load_in_background()  # the aggregation kernels' BLAS, while round 1 trains
             strategy = FedchainStrategy(
                 session.make_coordinator(initial, node_keys),
                 fraction_train=fraction_train,

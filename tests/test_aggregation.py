@@ -988,13 +988,16 @@ def test_screened_keeps_sign_flippers_and_free_riders_out_when_it_measures_the_s
     assert result.note.startswith("averaged the helpful updates")
 
 
-def test_the_blas_limit_holds_the_blas_the_kernels_call() -> None:
+@pytest.mark.parametrize("preload", ["", "load_in_background()\n"], ids=["cold", "preloaded"])
+def test_the_blas_limit_holds_the_blas_the_kernels_call(preload: str) -> None:
     """In a fresh process (scipy not yet imported), the one-thread limit covers scipy's BLAS,
     which the weighted average calls: the limit used to be made before scipy was loaded and
-    missed it (axpy then ran on two threads, up to 100x slower beside torch's workers)."""
+    missed it (axpy then ran on two threads, up to 100x slower beside torch's workers). Also
+    when a coordinator started loading it in the background and the kernel runs at once."""
     probe = (
         "import threadpoolctl\n"
-        "from fedchain.aggregation.kernels import _blas, single_blas_thread\n"
+        "from fedchain.aggregation.kernels import _blas, load_in_background, single_blas_thread\n"
+        f"{preload}"
         "with single_blas_thread():\n"
         "    _blas()\n"
         "    info = threadpoolctl.threadpool_info()\n"
