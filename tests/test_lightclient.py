@@ -9,6 +9,7 @@ client's checkpoint where it was.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -20,6 +21,7 @@ from fedchain.ledger.derived import compute_block_hash
 from fedchain.ledger.genesis import compute_genesis_block, compute_genesis_state
 from fedchain.ledger.lightclient import Checkpoint, check_head
 from fedchain.ledger.objects import Block, Genesis, SignedHeader
+from fedchain.ledger.signatures import PLAIN, CachingVerifier, Verifier
 from fedchain.ledger.synthetic import SyntheticFederation
 
 
@@ -80,24 +82,40 @@ def test_invalid_a_header_that_does_not_link_to_its_parent(
         check_head(None, shown, 1, None, genesis_hash)
 
 
+@pytest.fixture(params=["plain", "caching"])
+def verifier(request: pytest.FixtureRequest) -> Iterator[Verifier]:
+    """Both ways a client checks proposer signatures; the caching one has just checked the
+    honest headers (so a forgery meets a warm cache)."""
+    if request.param == "plain":
+        yield PLAIN
+        return
+    with CachingVerifier(threads=1) as caching:
+        yield caching
+
+
 def test_invalid_a_header_whose_proposer_did_not_sign_it(
-    blocks: list[Block], genesis_hash: bytes
+    blocks: list[Block], genesis_hash: bytes, verifier: Verifier
 ) -> None:
+    check_head(None, headers(blocks, 0), 1, None, genesis_hash, verifier=verifier)
     shown = headers(blocks, 0)
     shown[2] = dataclasses.replace(shown[2], signature=bytes(64))
-    with pytest.raises(InvalidBlock, match="header 2"):
-        check_head(None, shown, 1, None, genesis_hash)
+    with pytest.raises(InvalidBlock, match=r"header 2: .*small-order point"):
+        check_head(None, shown, 1, None, genesis_hash, verifier=verifier)
 
 
 def test_invalid_a_header_signed_by_another_participant(
-    blocks: list[Block], genesis_hash: bytes, participant_keys: list[Ed25519PrivateKey]
+    blocks: list[Block],
+    genesis_hash: bytes,
+    participant_keys: list[Ed25519PrivateKey],
+    verifier: Verifier,
 ) -> None:
+    check_head(None, headers(blocks, 0), 1, None, genesis_hash, verifier=verifier)
     shown = headers(blocks, 0)
     proposer = shown[2].header.proposer
     other = next(k for k in participant_keys if public_key_bytes(k) != proposer)
     shown[2] = sign_header(other, genesis_hash, shown[2].header)
     with pytest.raises(InvalidBlock, match="header 2"):
-        check_head(None, shown, 1, None, genesis_hash)
+        check_head(None, shown, 1, None, genesis_hash, verifier=verifier)
 
 
 def test_invalid_headers_of_another_federation(blocks: list[Block]) -> None:

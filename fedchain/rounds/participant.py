@@ -97,7 +97,9 @@ def check_view_replayed(
             f"the view claims block {view.final_height} final, but this client's replica makes "
             f"only block {proven} final"
         )
-    checkpoint = check_head(saved, view.headers, proven, view.pending, genesis_hash)
+    checkpoint = check_head(
+        saved, view.headers, proven, view.pending, genesis_hash, verifier=verifier
+    )
     state = replica.state
     if view.pending is not None:
         state = compute_pending_post_state(
