@@ -203,7 +203,8 @@ def checked_ledger_duties(
     budget)."""
     try:
         replica, saved = _load_replica(context, replica_dir)
-        view = m.decode_ledger_view(config, compute_held_forms(replica), _DECODED)
+        since = 0 if saved is None else saved.height  # a view starts at the checkpoint
+        view = m.decode_ledger_view(config, compute_held_forms(replica, since), _DECODED)
         checked = check_view_replayed(
             replica, saved, view, verifier=_VERIFIER, known=_REPLAYED, geneses=_GENESES, pin=pin
         )

@@ -274,12 +274,29 @@ def test_invalid_a_held_block_re_sent_with_another_body_or_signature(three_block
     junk_body = Block(block1.signed_header, (*block1.transactions, *blocks[2].transactions))
     other_body = Block(block1.signed_header, blocks[2].transactions)
     resigned = Block(replace(block1.signed_header, signature=bytes(64)), ())
-    for forged, reason in (
-        (junk_body, "carries a body other than the one this client replayed"),
-        (other_body, "carries a body other than the one this client replayed"),
-        (resigned, "not the block 1 this client replayed"),
-    ):
-        wire = m.encode_ledger_view(genesis_hash, "held", [forged, blocks[2]], 0, None)
+    for held_forms in (forms, compute_held_forms(replica, since=2)):  # block 1 decoded, or not
+        for forged, reason in (
+            (junk_body, "carries a body other than the one this client replayed"),
+            (other_body, "carries a body other than the one this client replayed"),
+            (resigned, "not the block 1 this client replayed"),
+        ):
+            wire = m.encode_ledger_view(genesis_hash, "held", [forged, blocks[2]], 0, None)
+            view = m.decode_ledger_view(wire, held_forms)
+            with pytest.raises(InvalidBlock, match=reason):
+                check_view_replayed(replica, None, view)
+
+
+def test_held_forms_from_the_checkpoint_on_and_older_blocks_still_compared(three_blocks) -> None:
+    """Forms only from the checkpoint's height on (a view starts there); a coordinator that
+    re-sends older blocks anyway has them decoded and compared with the held ones: as held or
+    bare, accepted; the held encodings are the client's own objects only where forms exist."""
+    blocks, genesis_hash = three_blocks
+    first = m.encode_ledger_view(genesis_hash, "held", blocks[:2], 0, None)
+    replica = check_view_replayed(None, None, m.decode_ledger_view(first)).replica
+    forms = compute_held_forms(replica, since=1)
+    assert len(forms) == 2 and all(b.header.height == 1 for b in forms.values())
+    for resent in (blocks[:2], [Block(b.signed_header, ()) for b in blocks[:2]]):
+        wire = m.encode_ledger_view(genesis_hash, "held", [*resent, blocks[2]], 0, None)
         view = m.decode_ledger_view(wire, forms)
-        with pytest.raises(InvalidBlock, match=reason):
-            check_view_replayed(replica, None, view)
+        assert view.blocks[0] not in forms.values() and view.blocks[1] is forms[wire["blocks"][1]]
+        assert check_view_replayed(replica, None, view).replica.state.height == 2

@@ -196,14 +196,17 @@ def check_genesis_pin(state: LedgerState, pin: GenesisPin) -> None:
         )
 
 
-def compute_held_forms(replica: Replica | None) -> dict[bytes, Block]:
-    """The replica's blocks by the bytes a coordinator may re-send each as: its encoding as
-    held, and its encoding with an empty body; each maps to the block with an empty body (what
-    :func:`extend_replica` compares with the block held). None: nothing held."""
+def compute_held_forms(replica: Replica | None, since: int = 0) -> dict[bytes, Block]:
+    """The replica's blocks from height ``since`` on by the bytes a coordinator may re-send
+    each as: its encoding as held, and its encoding with an empty body; each maps to the block
+    with an empty body (what :func:`extend_replica` compares with the block held). None:
+    nothing held. A view starts at the client's checkpoint, so ``since`` is its height: older
+    blocks re-sent are decoded and compared with the held ones like any other (a speed-up only:
+    the forms spare the decoding, not a check)."""
     if replica is None:
         return {}
     forms: dict[bytes, Block] = {}
-    for encoding, header in zip(replica.encodings, replica.headers, strict=True):
+    for encoding, header in zip(replica.encodings[since:], replica.headers[since:], strict=True):
         bare = Block(header, ())
         forms[encoding] = forms[encode(bare)] = bare
     return forms
