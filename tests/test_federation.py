@@ -540,6 +540,55 @@ def test_cli_register_binary_supernode_key_is_one_line(tmp_path):
     assert_one_line_error(result, "not an OpenSSH public key")
 
 
+def test_cli_register_shows_the_contract_of_the_coordinators_file(tmp_path, monkeypatch):
+    """`register --federation FILE`: the id is re-derived from the file's rules and the
+    contract printed before anything is signed; an id that is not the file's, or a file whose
+    rules were changed after init (so its id no longer follows from them), is refused and
+    nothing is written."""
+    monkeypatch.setenv("FEDCHAIN_PASSPHRASE", "pass phrase")
+    node = make_holders(tmp_path, 1)[0]
+    fed_dir = tmp_path / "fed"
+    reader = identity.public_key_bytes(identity.generate_identity()).hex()
+    created = cli(
+        "federation", "init", fed_dir, "--rounds", 2, "--set", "local-epochs=1",
+        "--set", f"model-access={reader}",
+    )  # fmt: skip
+    assert created.exit_code == 0, created.output
+    fed_id = federation.load_federation(fed_dir).federation_id
+    common = (
+        "register", "--identity", node["identity-path"], "--data", node["data-path"],
+        "--data-key", node["data-key-path"], "--stake", 10**6,
+    )  # fmt: skip
+    toml = fed_dir / "federation.toml"
+    result = cli(*common, "--federation", toml, "--out", tmp_path / "r.reg")
+    assert result.exit_code == 0, result.output
+    assert decode_registration_file(tmp_path / "r.reg").federation_id == fed_id
+    for needle in (
+        f"id {fed_id.hex()}: the contract you sign",
+        "rounds: at most 2 (no update is accepted for a later round)",
+        "local epochs a round may ask of you: at most 1",
+        "what leaves your machine: one model update a round, ",
+        "who may be given the models: the participants and 1 other key (",
+        "differential privacy: off",
+    ):
+        assert needle in result.output, (needle, result.output)
+    both = cli(
+        *common, "--federation", fed_dir, "--federation-id", fed_id.hex(),
+        "--out", tmp_path / "both.reg",
+    )  # fmt: skip
+    assert both.exit_code == 0, both.output
+    other = cli(*common, "--federation", toml, *FED_ARGS, "--out", tmp_path / "other.reg")
+    assert_one_line_error(other, "is not the id of")
+    assert not (tmp_path / "other.reg").exists()
+    # the coordinator edits the rounds after init (the id it hands out stays): refused
+    toml.write_text(toml.read_text().replace("rounds = 2", "rounds = 200"))
+    changed = cli(*common, "--federation", toml, "--out", tmp_path / "changed.reg")
+    assert changed.exit_code == 1 and "rule settings changed" in changed.output  # long: wraps
+    assert not (tmp_path / "changed.reg").exists()
+    neither = cli(*common, "--out", tmp_path / "neither.reg")
+    assert_one_line_error(neither, "--federation-id", "--federation")
+
+
 def test_cli_register_help_names_only_real_commands():
     shown = cli("register", "--help", env={"COLUMNS": "200"}).output
     assert "--new-auth-key" not in shown

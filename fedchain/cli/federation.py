@@ -24,6 +24,7 @@ from fedchain.crypto import identity
 from fedchain.data.sources import SOURCES
 from fedchain.errors import ConfigError
 from fedchain.learning.catalog import check_model_name
+from fedchain.ledger.show import as_markup_text, describe_contract
 from fedchain.rounds.contribution import METHODS
 from fedchain.runs import federation as fed
 from fedchain.runs.layout import FEDERATION_FILENAME
@@ -247,6 +248,34 @@ def show(fed_dir: FedDirArg) -> None:
         console.print("no participants yet: add registrations with `fedchain federation add`")
 
 
+def _federation_to_sign(federation_id: str | None, federation_file: Path | None) -> bytes:
+    """The federation id a registration signs, from ``--federation-id``, from the coordinator's
+    ``--federation`` file (whose contract is printed), or both when they agree."""
+    if federation_file is None:
+        if federation_id is None:
+            raise ConfigError("give --federation-id, or the coordinator's --federation file")
+        return parse_federation_id(federation_id, "--federation-id")
+    folder = federation_file.parent if federation_file.is_file() else federation_file
+    federation = fed.load_federation(folder)  # its id re-derived from its rules
+    if federation_id is not None:
+        given = parse_federation_id(federation_id, "--federation-id")
+        if given != federation.federation_id:
+            raise ConfigError(
+                f"--federation-id {given.hex()[:16]}… is not the id of "
+                f"{folder / FEDERATION_FILENAME} ({federation.federation_id.hex()[:16]}…): ask "
+                "the coordinator which is meant"
+            )
+    rules = fed.compute_rules_of(folder, federation.run_id, federation.settings, federation.model)
+    console.print(
+        f"federation {as_markup_text(federation.name)}, id {federation.federation_id.hex()}: "
+        "the contract you sign",
+        soft_wrap=True,
+    )
+    for line in describe_contract(rules):
+        console.print(f"  {as_markup_text(line)}", soft_wrap=True)
+    return federation.federation_id
+
+
 def _participants_table(participants: tuple[ParticipantEntry, ...]) -> Table:
     """Every value whole at 80 columns: no box edges, numbers and ids never cut (no_wrap with
     their full width as minimum); only a long name folds onto a second line."""
@@ -291,13 +320,23 @@ def register(
     stake: Annotated[int, typer.Option(min=1, help="Stake deposit in base units.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Registration file to write.")],
     federation_id: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--federation-id",
             help="The federation's id (64 hex digits), from its coordinator (`fedchain "
-            "federation init` and `show` print it): the registration is valid for it alone.",
+            "federation init` and `show` print it): the registration is valid for it alone. "
+            "Give it, --federation, or both (then they must agree).",
         ),
-    ],
+    ] = None,
+    federation_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--federation",
+            help=f"The coordinator's {FEDERATION_FILENAME} (or its folder): its id is checked "
+            "against its rules, and the contract you sign (rounds, epochs, what leaves your "
+            "machine, privacy, who may be given the models) is printed before you sign.",
+        ),
+    ] = None,
     data_key: Annotated[
         Path | None,
         typer.Option(
@@ -338,7 +377,7 @@ def register(
     authenticated one, not what the file's plain header says."""
     if out.exists():
         raise ConfigError(f"{out}: already exists")
-    federation = parse_federation_id(federation_id, "--federation-id")
+    federation = _federation_to_sign(federation_id, federation_file)
     supernode_text = read_supernode_key(supernode_key) if supernode_key is not None else ""
     unlock = unlock_for_reading(data, data_key, passphrase_env)
     identity_env = identity_passphrase_env_for(

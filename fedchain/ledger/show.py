@@ -17,6 +17,9 @@ from rich.markup import escape
 from fedchain.crypto.identity import fingerprint
 from fedchain.ledger.derived import compute_block_hash
 from fedchain.ledger.objects import (
+    ARCHIVE_ALL_ROUNDS,
+    DP_OFF,
+    EMPTY_HASH,
     AnchorReceipt,
     AppApproval,
     Attestation,
@@ -28,6 +31,7 @@ from fedchain.ledger.objects import (
     Registration,
     Rejection,
     RewardDeltas,
+    Rules,
     SlashingEvidence,
     UpdateCommitment,
 )
@@ -121,3 +125,80 @@ def describe_transaction(tx: object) -> str:
                 f"block={tx.statement.block_hash.hex()[:16]} proof={len(tx.proof)} bytes"
             )
     return type(tx).__name__
+
+
+def describe_contract(rules: Rules) -> list[str]:
+    """The federation's rules as a data holder reads them before it signs a registration (which
+    binds them through the federation id): the rules of data use first, then the model, the
+    stake and the payout. One line each, :func:`printable` (the coordinator wrote the model's
+    source and licence)."""
+    model = rules.model
+    tensors = len(model.trainable)
+    lines = [
+        "rounds: "
+        + (
+            f"at most {rules.max_rounds} (no update is accepted for a later round)"
+            if rules.max_rounds
+            else "no limit"
+        ),
+        "local epochs a round may ask of you: "
+        + (f"at most {rules.max_local_epochs}" if rules.max_local_epochs else "no limit"),
+        "what leaves your machine: one model update a round"
+        + (
+            f", {model.update_bytes:,} bytes ({tensors} trainable tensors as float32)"
+            if model.update_bytes
+            else ""
+        )
+        + "; never your examples",
+    ]
+    if rules.dp_mode == DP_OFF:
+        lines.append("differential privacy: off (the coordinator sees each update as trained)")
+    else:
+        lines.append(
+            f"differential privacy: {rules.dp_mode} level, noise multiplier "
+            f"{rules.dp_noise_micro / 10**6:g}, clip {rules.dp_clip_micro / 10**6:g}, delta "
+            f"{rules.dp_delta_pico / 10**12:g}, epsilon at most "
+            f"{rules.dp_max_epsilon_micro / 10**6:g} ({rules.dp_max_participations} "
+            "participations)"
+        )
+    access = rules.model_access
+    lines.append(
+        "who may be given the models: the participants"
+        + (
+            f" and {len(access)} other key{'s' if len(access) != 1 else ''} ("
+            + ", ".join(fingerprint(key) for key in access)
+            + ")"
+            if access
+            else ""
+        )
+    )
+    archive = rules.update_archive_rounds
+    lines.append(
+        "updates the coordinator archives: "
+        + (
+            "every round's"
+            if archive == ARCHIVE_ALL_ROUNDS
+            else "none"
+            if archive == 0
+            else f"the last {archive} rounds'"
+        )
+    )
+    base = (
+        "its seeded initialisation"
+        if model.base_hash == EMPTY_HASH
+        else (
+            f"base {model.base_hash.hex()[:16]} ({model.base_source or 'source not stated'}; "
+            f"licence {model.base_licence or 'not stated'})"
+        )
+    )
+    lines += [
+        f"model: {model.architecture or 'not stated'}, {model.finetune} fine-tuning from {base}",
+        f"stake: at least {rules.min_stake:,}; "
+        + (
+            ", ".join(f"{kind} slashes {bps / 100:g} %" for kind, bps in rules.slash_bps)
+            or "no slashing"
+        ),
+        f"aggregation: {rules.aggregation_rule}; contribution: {rules.contribution_method}; "
+        f"{rules.reward_per_round:,} reward units a round",
+    ]
+    return [printable(line) for line in lines]

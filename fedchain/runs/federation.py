@@ -56,6 +56,7 @@ __all__ = [
     "Federation",
     "add_participant",
     "compute_federation_id_of",
+    "compute_rules_of",
     "compute_run_config",
     "compute_run_id_of",
     "has_ledger",
@@ -217,8 +218,15 @@ def compute_federation_id_of(
     these settings make: ``run_id`` (:func:`compute_run_id_of`) is its run id, the settings and
     the model record made from them at init (``model``) fix its rules (the participants and the
     initial model, made at first start, are not part of it). Cheap: nothing is built."""
-    config = _settings_config(fed_dir, run_id, settings)
-    return compute_federation_id(run_id, make_rules_for(config, model))
+    return compute_federation_id(run_id, compute_rules_of(fed_dir, run_id, settings, model))
+
+
+def compute_rules_of(
+    fed_dir: Path, run_id: str, settings: Mapping[str, Any], model: ModelRecord
+) -> Rules:
+    """The genesis rules these settings and the model record made at init give: the contract
+    every registration for the federation signs (through its id)."""
+    return make_rules_for(_settings_config(fed_dir, run_id, settings), model)
 
 
 def _settings_config(fed_dir: Path, run_id: str, settings: Mapping[str, Any]) -> RunConfig:
