@@ -184,6 +184,20 @@ def test_a_holders_signed_refusal_is_recorded() -> None:
     )
 
 
+def test_invalid_a_refusal_recorded_twice_in_its_round() -> None:
+    """The same signed refusal recorded again in its round (it would count as two): refused;
+    the holder's refusal of the next round is its own record."""
+    state = genesis_state(max_rounds=1, max_local_epochs=2)
+    tx = refusal(state, 0, 1, REFUSE_EPOCHS)
+    after = process_transaction(state, tx, 1)
+    assert after.round_refusals == {tx.public_key}
+    with pytest.raises(InvalidTransaction, match="already has a refusal in round 1"):
+        process_transaction(after, tx, 1)
+    assert process_transaction(after, refusal(state, 1, 1, REFUSE_EPOCHS), 1).round == 1
+    later = process_transaction(after, refusal(state, 0, 2, REFUSE_ROUNDS), 2)
+    assert later.round_refusals == {tx.public_key}  # round 2's, the set emptied for it
+
+
 @pytest.mark.parametrize(
     ("forge", "message"),
     [

@@ -172,6 +172,7 @@ class LedgerState:
     - ``model_moved``: whether the latest model version moved the model (the payout rule pays
       nothing for a round whose model did not move). Not in the state root: it is a function of
       the latest ``ModelVersion``, which the chain holds.
+    - ``round_refusals``: who recorded a signed refusal in ``round`` (one each a round).
     """
 
     genesis_hash: Hash32
@@ -190,6 +191,7 @@ class LedgerState:
     block_hashes: BlockHashes
     carried_reward: int = 0
     model_moved: bool = False
+    round_refusals: frozenset[PublicKey] = frozenset()
 
 
 # --------------------------------------------------------------------------------------------------

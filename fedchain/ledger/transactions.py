@@ -366,10 +366,15 @@ def apply_refusal(work: Working, tx: Refusal, encoding: bytes) -> None:
     support: a round past ``max_rounds`` (checked: the round is past it), more local epochs than
     ``max_local_epochs`` (the limit exists; the ledger cannot see epochs), or its privacy budget
     spent (the federation is private; the holder's own count may be ahead of the ledger's). Its
-    signature makes it the holder's word; changes nothing but the record."""
+    signature makes it the holder's word; one a participant a round (the same signed refusal
+    recorded twice would count as two); changes nothing but the record."""
     check_round(work, tx.round, "refusal")
     if tx.public_key not in work.participants:
         raise InvalidTransaction(f"participant {describe_key(tx.public_key)} is not registered")
+    if tx.public_key in work.round_refusals:
+        raise InvalidTransaction(
+            f"participant {describe_key(tx.public_key)} already has a refusal in round {tx.round}"
+        )
     if tx.code not in REFUSAL_CODES:
         raise InvalidTransaction(
             f"unknown refusal code {tx.code!r} (known: {', '.join(sorted(REFUSAL_CODES))})"
@@ -388,6 +393,7 @@ def apply_refusal(work: Working, tx: Refusal, encoding: bytes) -> None:
             f"refusal detail is {len(tx.detail)} characters (at most {MAX_REFUSAL_DETAIL_CHARS})"
         )
     check_signature(work, tx, tx.public_key, encoding)
+    work.round_refusals.add(tx.public_key)
 
 
 def apply_attestation(work: Working, tx: Attestation, encoding: bytes) -> None:

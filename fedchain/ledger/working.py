@@ -39,6 +39,7 @@ class Working:
         "rewarded",
         "round",
         "round_commits",
+        "round_refusals",
         "round_update_hashes",
         "scores",
         "scores_round",
@@ -68,8 +69,10 @@ class Working:
         if block_round == state.round:
             self.round_commits = set(state.round_commits)
             self.round_update_hashes = set(state.round_update_hashes)
+            self.round_refusals = set(state.round_refusals)
         else:
             self.round_commits, self.round_update_hashes = set(), set()
+            self.round_refusals = set()
 
     def freeze(self) -> LedgerState:
         participants = self.participants  # no transaction adds a key, so still sorted
@@ -86,6 +89,7 @@ class Working:
             model_round=self.model_round,
             carried_reward=self.carried_reward,
             model_moved=self.model_moved,
+            round_refusals=frozenset(self.round_refusals),
         )
 
 
