@@ -15,22 +15,9 @@ The checkpoint is the last block the client's own replica makes final (the ledge
 applied to what it replayed); a view claiming a higher final height is refused, a lower claim is
 ignored, so a coordinator can neither hold a holder's checkpoint back nor push it past finality.
 
-The replica and the checkpoint live in ``context.state`` (the SuperNode keeps it between
-messages); a deployed data holder also keeps them on its own disk
-(:mod:`fedchain.rounds.replica_files`, the folder its node config names), so that a restarted
-SuperNode resumes from what it had checked and a coordinator cannot rewind it.
-
-Four explicit speed-ups, shared by the clients of one process (a simulation's): the states after
-the blocks checked here, by (genesis hash, block hash) (:data:`_REPLAYED`, passed as
-``known``: a block hash fixes all history before it, so a stored replica is not replayed from
-genesis again, nor is the finality it derives (:data:`_FINALITY`), and a block is re-executed
-once per process, not once per client;
-:mod:`fedchain.rounds.replica` says why that is sound), the genesis states checked here, by the
-SHA-256 of block 0's exact bytes (:data:`_GENESES`, passed as ``geneses``: a genesis's
-registrations are checked once per process, not once per client), the blocks and pending
-transactions decoded here, by their exact bytes (:data:`_DECODED`: a view's bytes are decoded
-once per process), and one caching signature verifier (:data:`_VERIFIER`, no threads: it
-remembers only triples that verified).
+The replica, the checkpoint and what the client signed are kept by
+:mod:`clients.replica_store` (``context.state``, and a deployed holder's own disk), with the
+memos that let the clients of one process (a simulation's) check each block once.
 
 With the ledger off the client behaves as a plain Flower FedAvg client (sends trained weights,
 signs nothing, keeps no replica) for comparison runs. The keys of every record are
@@ -49,8 +36,6 @@ untouched.
 
 from __future__ import annotations
 
-import hashlib
-from collections import OrderedDict
 from collections.abc import Mapping
 from logging import WARNING
 from pathlib import Path
@@ -63,6 +48,7 @@ from flwr.clientapp import ClientApp
 from flwr.common.logger import log
 from torch import nn
 
+from clients import replica_store as store
 from fedchain.crypto.identity import public_key_bytes
 from fedchain.data.holder import DataHolder, load_configured_holder, load_simulated_holder
 from fedchain.data.sources import ArrayDataset
@@ -86,39 +72,27 @@ from fedchain.learning.training import (
     train_local,
 )
 from fedchain.ledger.builder import sign_refusal
-from fedchain.ledger.codec import compute_hash, decode, encode
+from fedchain.ledger.codec import encode
 from fedchain.ledger.containers import LedgerState
-from fedchain.ledger.derived import compute_block_hash, compute_dp_mechanism
-from fedchain.ledger.lightclient import Checkpoint
+from fedchain.ledger.derived import compute_dp_mechanism
 from fedchain.ledger.objects import (
     MAX_REFUSAL_DETAIL_CHARS,
-    Block,
     Rules,
-    SignedHeader,
-    Transaction,
 )
-from fedchain.ledger.signatures import CachingVerifier
 from fedchain.privacy.mechanism import privatise_update
 from fedchain.privacy.tally import read_released, record_released
 from fedchain.rounds import messages as m
-from fedchain.rounds import replica_files
 from fedchain.rounds.participant import (
-    CheckedView,
     check_agreed_training,
     check_base_model,
     check_outgoing_update,
     check_privacy_budget,
-    check_view_replayed,
     compute_duties,
     plan_signing,
     sign_update_commitment,
 )
 from fedchain.rounds.replica import (
     GenesisPin,
-    KnownBlock,
-    Replica,
-    compute_held_forms,
-    replay_replica,
 )
 from fedchain.runs.layout import holder_ledger_dir
 from fedchain.runs.registration import parse_federation_id
@@ -128,29 +102,6 @@ app = ClientApp()
 _threads_set = False
 FEDERATION_ID_KEY = "federation-id"
 """The node config key of the federation id a deployed holder registered under (hex)."""
-MAX_REPLAYED = 16
-_REPLAYED: OrderedDict[tuple[bytes, bytes], KnownBlock] = OrderedDict()
-"""Blocks this process checked and the states after them, by (genesis hash, block hash); the
-newest MAX_REPLAYED (:data:`fedchain.rounds.replica.KnownStates`)."""
-MAX_DECODED = 256
-_DECODED: OrderedDict[bytes, Block | Transaction] = OrderedDict()
-"""Blocks and pending transactions this process decoded from views, by their exact bytes; the
-newest MAX_DECODED (``decoded`` of :func:`fedchain.rounds.messages.decode_ledger_view`)."""
-MAX_GENESES = 4
-_GENESES: OrderedDict[bytes, LedgerState] = OrderedDict()
-"""Genesis states this process checked, by the SHA-256 of block 0's exact bytes; the newest
-MAX_GENESES (:data:`fedchain.rounds.replica.GenesisStates`)."""
-_FINALITY: OrderedDict[
-    tuple[bytes, bytes],
-    tuple[Mapping[int, Mapping[bytes, int]], int, tuple[SignedHeader, ...]],
-] = OrderedDict()
-"""What a replica derives beside its state, by the same key as :data:`_REPLAYED`: its validators
-by height, final height and headers (:class:`fedchain.rounds.replica.Replica`); a stored replica
-is taken from the memo only when both are there, and both are fixed by the head's hash as the
-state is."""
-_VERIFIER = CachingVerifier(threads=1)
-"""Remembers only exact (key, signature, message) triples that verified: a hit accepts nothing
-new (:mod:`fedchain.ledger.signatures`)."""
 
 
 def _holder(context: Context, config: ConfigRecord) -> DataHolder:
@@ -202,116 +153,25 @@ def checked_ledger_duties(
     duties and the ledger state the checked view names (its rules and this client's privacy
     budget)."""
     try:
-        replica, saved = _load_replica(context, replica_dir)
-        since = 0 if saved is None else saved.height  # a view starts at the checkpoint
-        view = m.decode_ledger_view(config, compute_held_forms(replica, since), _DECODED)
-        checked = check_view_replayed(
-            replica, saved, view, verifier=_VERIFIER, known=_REPLAYED, geneses=_GENESES, pin=pin
-        )
+        view, checked = store.check_view(context, config, replica_dir, pin)
         if model is not None:
             check_base_model(checked, m.decode_base_model_hash(config), model)
     except LedgerError as e:
         log(WARNING, "refusing to attest, seal or train: %s", e)
         raise
     finally:
-        _forget_oldest()
-    _save_replica(context, checked, replica_dir)
+        store.forget_oldest()
+    store.save_replica(context, checked, replica_dir)
     public_key = public_key_bytes(key)
-    plan = plan_signing(_load_signed(context, replica_dir), public_key, view)
+    plan = plan_signing(store.load_signed(context, replica_dir), public_key, view)
     for refusal in plan.refusals:
         log(WARNING, "not signing block %s again: %s", _pending_height(view), refusal)
-    _save_signed(context, plan.record, replica_dir)
+    store.save_signed(context, plan.record, replica_dir)
     return compute_duties(key, public_key, view, checked.checkpoint, plan), checked.state
 
 
 def _pending_height(view: m.LedgerView) -> int | None:
     return view.pending.height if view.pending is not None else None
-
-
-def _load_signed(context: Context, replica_dir: Path | None) -> m.SignedHeights | None:
-    """What the client last signed: from ``context.state``, else (a restarted SuperNode) from
-    its disk, else nothing."""
-    if m.SIGNED in context.state:
-        return m.decode_signed(context.state[m.SIGNED])
-    if replica_dir is not None:
-        return replica_files.load_signed(replica_dir)
-    return None
-
-
-def _save_signed(context: Context, signed: m.SignedHeights, replica_dir: Path | None) -> None:
-    """Disk first (durably), then ``context.state``: before any signature leaves the client."""
-    if m.SIGNED in context.state and m.decode_signed(context.state[m.SIGNED]) == signed:
-        return
-    if replica_dir is not None:
-        replica_files.save_signed(replica_dir, signed)
-    context.state[m.SIGNED] = ConfigRecord(m.encode_signed(signed))
-
-
-def _load_replica(
-    context: Context, replica_dir: Path | None
-) -> tuple[Replica | None, Checkpoint | None]:
-    """The client's replica and checkpoint: from ``context.state``, else (a restarted
-    SuperNode) from its disk, else none (a first view)."""
-    state = context.state
-    saved = m.decode_checkpoint(state[m.DUTIES]) if m.DUTIES in state else None
-    if m.REPLICA in state:
-        return _replayed(m.decode_replica(state[m.REPLICA])), saved
-    if replica_dir is not None and (stored := replica_files.load_replica(replica_dir)):
-        return _replayed(stored.encodings), stored.checkpoint
-    return None, saved
-
-
-def _replayed(encodings: tuple[bytes, ...]) -> Replica:
-    """The replica of ``encodings``: its state from this process's memo, else replayed."""
-    checked = _GENESES.get(hashlib.sha256(encodings[0]).digest())  # these very bytes: no decode
-    genesis_hash = (
-        checked.genesis_hash
-        if checked is not None
-        else compute_hash(decode(Block, encodings[0]).transactions[0])
-    )
-    head = _DECODED.get(encodings[-1])
-    if not isinstance(head, Block):
-        head = decode(Block, encodings[-1])
-    key = (genesis_hash, compute_block_hash(head))
-    known = _REPLAYED.get(key)
-    finality = _FINALITY.get(key)
-    if known is None or finality is None:
-        replica = replay_replica(encodings, verifier=_VERIFIER, geneses=_GENESES)
-        _remember(replica)
-        return replica
-    return Replica(encodings, known.state, *finality)
-
-
-def _remember(replica: Replica) -> None:
-    state = replica.state
-    key = (state.genesis_hash, state.head_hash)
-    if key not in _REPLAYED:  # an entry there is this block's, with what was checked of it
-        _REPLAYED[key] = KnownBlock(state)
-    _FINALITY[key] = (replica.validators_by_height, replica.final_height, replica.headers)
-    for memo in (_REPLAYED, _FINALITY):
-        memo.move_to_end(key)
-    _forget_oldest()
-
-
-def _forget_oldest() -> None:
-    """Both memos keep their newest MAX_REPLAYED entries, the genesis memo MAX_GENESES, the
-    decoded objects MAX_DECODED."""
-    for memo in (_REPLAYED, _FINALITY):
-        while len(memo) > MAX_REPLAYED:
-            memo.popitem(last=False)
-    while len(_DECODED) > MAX_DECODED:
-        _DECODED.popitem(last=False)
-    while len(_GENESES) > MAX_GENESES:
-        _GENESES.popitem(last=False)
-
-
-def _save_replica(context: Context, checked: CheckedView, replica_dir: Path | None) -> None:
-    """Disk first (a deployed holder's), then ``context.state``, before anything is signed."""
-    if replica_dir is not None:
-        replica_files.save_replica(replica_dir, checked.replica, checked.checkpoint)
-    context.state[m.REPLICA] = ConfigRecord(m.encode_replica(checked.replica.encodings))
-    context.state[m.DUTIES] = ConfigRecord(m.encode_checkpoint(checked.checkpoint))
-    _remember(checked.replica)
 
 
 def _ledger_duties(

@@ -31,7 +31,7 @@ from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 
 import fedchain.ledger.genesis as genesis_module
 import fedchain.rounds.replica as replica_module
-from clients import client_app
+from clients import client_app, replica_store
 from fedchain.config import RunConfig
 from fedchain.crypto.identity import load_identity, public_key_bytes
 from fedchain.errors import FedchainError, InvalidBlock
@@ -479,8 +479,7 @@ def deployed_node_config(setup: RunSetup, index: int, folder: Path) -> dict[str,
 def deployed_grid(setup: RunSetup, folder: Path) -> InProcessGrid:
     """The real ClientApp as deployed SuperNodes: holders configured by their node config (no
     partition id), each with its own replica folder; a fresh grid is a restart of all of them."""
-    client_app._REPLAYED.clear()  # a new process holds nothing in memory
-    client_app._FINALITY.clear()
+    replica_store.forget_all()  # a new process holds nothing in memory
     grid = InProcessGrid(client_app.app, setup.config.clients)
     for node, context in grid.contexts.items():
         context.node_config = deployed_node_config(setup, node - NODE_BASE, folder)
@@ -581,7 +580,7 @@ def test_invalid_a_restarted_holder_refuses_a_view_cut_below_what_it_replayed(de
 RESTARTED_HOLDER = """
 import pickle, sys
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
-from clients import client_app
+from clients import client_app, replica_store
 from server.inprocess_grid import NODE_BASE, InProcessGrid
 
 node_config, config = pickle.loads(open(sys.argv[1], "rb").read())
