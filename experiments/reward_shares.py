@@ -88,12 +88,20 @@ from fedchain.runs.prepare import load_split
 RUNS = {"iid": [], "dirichlet-0.5": ["--partitioner", "dirichlet", "--alpha", "0.5"]}
 PROPORTIONAL_MIN_SCORES = (0, 5_000, 10_000, 20_000, 50_000)  # payout_min_score, quanta
 WINDOW_MIN_SCORES = (5_000, 20_000)
-DEBT_DECAYS_BPS = (0, 1_000, 3_000)  # score_debt_decay, basis points, at M = 0.01
+DEBT_DECAYS_BPS = (0, 1_000, 3_000, 5_000, 7_000)  # score_debt_decay, basis points, M = 0.01
 DEBT_MIN_SCORE = 10_000
 POOL = 10_000
 SWEEP_BUDGETS = (1, 2, 3, 4, 6, 8, 10, 12, 16, 20)
 SWEEP_SAMPLER = "mc antithetic"  # the ledger's sampler (mc-shapley's defaults)
-SWEEP_RULES = ("per round (old)", "ledger M=0.01", "debt d=0", "debt d=0.1", "debt d=0.3")
+SWEEP_RULES = (
+    "per round (old)",
+    "ledger M=0.01",
+    "debt d=0",
+    "debt d=0.1",
+    "debt d=0.3",
+    "debt d=0.5",
+    "debt d=0.7",
+)
 SWEEP_LARGE_N = 100  # the sweep also gives the walks' distinct coalitions at this many clients
 
 
