@@ -3,20 +3,26 @@
 One cell of the robustness grid (``screened``, IID, 30 % sign flippers, seeds 0-9, digits,
 ``mlp``, 10 clients, 10 rounds, in process), run with ``mc-shapley`` or GTG-Shapley scores,
 with ``payout-min-score`` 0.01 (the default) or 0, and with ``score-debt-decay`` 0 (the
-default), 0.1, 0.3 or 1 (1: no score debt, the rule before it); prints the attackers' share of
-the rewards paid per seed and its mean over seeds 0-2 and 0-9.
+default), 0.1, 0.3, 0.5, 0.7 or 1 (1: no score debt, the rule before it); prints the attackers'
+share of the rewards paid per seed and its mean over seeds 0-2 and 0-9. ``--budget`` sets
+``contribution-budget`` (default: the configuration's); ``--only`` runs the variants whose
+name contains it.
 
     python experiments/attacker_share_ablation.py
+    python experiments/attacker_share_ablation.py --budget 2 --only mc-shapley
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 import robustness  # this folder's grid runner
+
+from fedchain.config import RunConfig
 
 VARIANTS = {
     "mc-shapley, payout-min-score 0.01, score-debt-decay 0 (default)": {
@@ -34,6 +40,14 @@ VARIANTS = {
         "contribution": "mc-shapley",
         "score-debt-decay": 0.3,
     },
+    "mc-shapley, payout-min-score 0.01, score-debt-decay 0.5": {
+        "contribution": "mc-shapley",
+        "score-debt-decay": 0.5,
+    },
+    "mc-shapley, payout-min-score 0.01, score-debt-decay 0.7": {
+        "contribution": "mc-shapley",
+        "score-debt-decay": 0.7,
+    },
     "mc-shapley, payout-min-score 0, score-debt-decay 0": {
         "contribution": "mc-shapley",
         "payout-min-score": 0.0,
@@ -49,8 +63,21 @@ BASE = {"dataset": "digits", "model": "mlp", "clients": 10, "rounds": 10}
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--budget",
+        type=int,
+        default=RunConfig.contribution_budget,
+        help=f"contribution-budget (default {RunConfig.contribution_budget})",
+    )
+    parser.add_argument("--only", default="", help="run the variants whose name contains this")
+    args = parser.parse_args()
     robustness._init_worker()
+    print(f"contribution-budget {args.budget}", flush=True)
     for name, extra in VARIANTS.items():
+        if args.only not in name:
+            continue
+        extra = {**extra, "contribution-budget": args.budget}
         shares = []
         for seed in SEEDS:
             cell = robustness.Cell(

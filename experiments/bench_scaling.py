@@ -20,7 +20,9 @@ Nothing in fedchain is changed: the timers wrap functions from outside. Torch us
     python experiments/bench_scaling.py --cell 10:10 --cell 30:30 --cell 100:100 --rounds 2
     python experiments/bench_scaling.py --cell 300:30 --rounds 2
 
-A cell is ``registered:per-round``. Rows are appended to ``--csv`` as they finish.
+A cell is ``registered:per-round``. ``--budget`` sets ``contribution-budget`` (default: the
+configuration's). Rows are appended to ``--csv`` as they finish (column ``budget``: the budget
+measured; a csv written before that column existed needs a new file).
 """
 
 from __future__ import annotations
@@ -114,13 +116,16 @@ def install_timers() -> None:
     coordinator.Coordinator._aggregate = _timed("aggregate", coordinator.Coordinator._aggregate)  # type: ignore[method-assign]
 
 
-def run_cell(registered: int, per_round: int, rounds: int, dataset: str) -> list[dict[str, Any]]:
+def run_cell(
+    registered: int, per_round: int, rounds: int, dataset: str, budget: int
+) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="fedchain-scaling-") as scratch:
         config = merge_config(
             RunConfig(),
             {
                 "dataset": dataset,
+                "contribution-budget": budget,
                 "clients": registered,
                 "clients-per-round": 0 if per_round == registered else per_round,
                 "rounds": rounds,
@@ -168,6 +173,7 @@ def run_cell(registered: int, per_round: int, rounds: int, dataset: str) -> list
             }
             row["rest_s"] = round(wall - row["train_s"] - row["score_s"] - row["aggregate_s"], 3)
             row["code"] = CODE
+            row["budget"] = config.contribution_budget
             rows.append(row)
             print(row, flush=True)
             previous.update(t=now, times=dict(TIMES), counts=dict(COUNTS))
@@ -185,12 +191,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--dataset", default="digits")
     parser.add_argument("--csv", type=Path, default=Path("experiments/results/scaling.csv"))
+    parser.add_argument(
+        "--budget",
+        type=int,
+        default=RunConfig.contribution_budget,
+        help="contribution-budget (coalition evaluations per scored client); "
+        f"default {RunConfig.contribution_budget}, fedchain simulate's",
+    )
     args = parser.parse_args()
     configure_threads(1)
     install_timers()
     for cell in args.cell:
         registered, per_round = (int(x) for x in cell.split(":"))
-        rows = run_cell(registered, per_round, args.rounds, args.dataset)
+        rows = run_cell(registered, per_round, args.rounds, args.dataset, args.budget)
         new = not args.csv.exists()
         with args.csv.open("a", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))

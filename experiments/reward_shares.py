@@ -32,6 +32,14 @@ Figures, against exact Shapley on the same table:
   round, then the carried pool split over the accumulated scores; its payment jumps when a
   nudge crosses the threshold, so a nudged score cannot be bounded as the ledger's rule is).
 
+Budget sweep (``--sweep``): the ledger's sampler ("mc antithetic") alone at each of several
+budgets, the same seeds and rules (a few seconds each on cached tables), with the distinct
+coalitions its walks need at 10 and at 100 clients: at every ``n`` a budget of ``b`` per client
+draws about ``b / 2 + 1`` antithetic pairs (1 and 2 both draw one), each pair needing up to
+``2 (n - 1)`` new coalitions. So a budget buys about the same number of walks at 10 and at 100
+clients; the fidelity of those walks at 100 clients is not measured (exact Shapley is out of
+reach there).
+
 Writes ``reward_shares.md`` and ``reward_shares.json`` into ``--out`` and prints the tables.
 """
 
@@ -52,7 +60,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedchain.config import load_config_file
+from fedchain.config import DEFAULTS, load_config_file
 from fedchain.learning.training import derive_seed
 from fedchain.ledger.objects import SCORE_SCALE
 from fedchain.ledger.verify import verify_ledger
@@ -62,6 +70,8 @@ from fedchain.rounds.contribution import (
     compute_gtg_shapley,
     compute_leave_one_out,
     compute_permutation_shapley,
+    list_walk_coalitions,
+    plan_permutation_walks,
     quantise_scores,
 )
 from fedchain.rounds.recheck import iter_round_scores
@@ -78,9 +88,21 @@ from fedchain.runs.prepare import load_split
 RUNS = {"iid": [], "dirichlet-0.5": ["--partitioner", "dirichlet", "--alpha", "0.5"]}
 PROPORTIONAL_MIN_SCORES = (0, 5_000, 10_000, 20_000, 50_000)  # payout_min_score, quanta
 WINDOW_MIN_SCORES = (5_000, 20_000)
-DEBT_DECAYS_BPS = (0, 1_000, 3_000)  # score_debt_decay, basis points, at M = 0.01
+DEBT_DECAYS_BPS = (0, 1_000, 3_000, 5_000, 7_000)  # score_debt_decay, basis points, M = 0.01
 DEBT_MIN_SCORE = 10_000
 POOL = 10_000
+SWEEP_BUDGETS = (1, 2, 3, 4, 6, 8, 10, 12, 16, 20)
+SWEEP_SAMPLER = "mc antithetic"  # the ledger's sampler (mc-shapley's defaults)
+SWEEP_RULES = (
+    "per round (old)",
+    "ledger M=0.01",
+    "debt d=0",
+    "debt d=0.1",
+    "debt d=0.3",
+    "debt d=0.5",
+    "debt d=0.7",
+)
+SWEEP_LARGE_N = 100  # the sweep also gives the walks' distinct coalitions at this many clients
 
 
 @dataclass
@@ -320,7 +342,9 @@ def round_shares(scores: tuple[int, ...]) -> np.ndarray | None:
 # The experiment
 
 
-def evaluate_run(tables: list[RoundTable], seeds: int, budget: int) -> dict[str, Any]:
+def evaluate_run(
+    tables: list[RoundTable], seeds: int, budget: int, only: str | None = None
+) -> dict[str, Any]:
     keys = sorted({k for t in tables for k in t.keys})
     exact_rounds = []
     for t in tables:
@@ -334,6 +358,8 @@ def evaluate_run(tables: list[RoundTable], seeds: int, budget: int) -> dict[str,
     exact_shares = {name: shares(paid, keys) for name, (paid, _) in exact_paid.items()}
     out: dict[str, Any] = {"rounds": len(tables), "clients": len(keys), "samplers": {}}
     for name, sampler in samplers().items():
+        if only is not None and name != only:
+            continue
         pearsons, tvs, evaluations = [], [], []
         per_rule: dict[str, list[tuple[float, ...]]] = {r: [] for r in payout_rules()}
         left: dict[str, list[float]] = {r: [] for r in payout_rules()}
@@ -380,6 +406,35 @@ def evaluate_run(tables: list[RoundTable], seeds: int, budget: int) -> dict[str,
     return out
 
 
+def sweep_budgets(
+    tables: list[RoundTable], seeds: int, budgets: Sequence[int]
+) -> dict[str, dict[str, Any]]:
+    """The ledger's sampler alone at each budget (see the module docstring)."""
+    out = {}
+    for budget in budgets:
+        res = evaluate_run(tables, seeds, budget, only=SWEEP_SAMPLER)["samplers"][SWEEP_SAMPLER]
+        large = [
+            len(list_walk_coalitions(plan_permutation_walks(
+                SWEEP_LARGE_N, seed=derive_seed(seed, 1), evaluations_per_client=budget
+            ), SWEEP_LARGE_N))
+            for seed in range(seeds)
+        ]  # fmt: skip
+        res["coalitions_at_large_n"] = statistics.fmean(large)
+        out[str(budget)] = res
+    return out
+
+
+def run_settings(run_dir: Path) -> dict[str, Any]:
+    """The settings a run was made with that the comparison depends on (its config.toml)."""
+    config = load_config_file(run_dir / CONFIG_FILENAME)
+    return {
+        "contribution": config.contribution,
+        "contribution_budget": config.contribution_budget,
+        "payout_min_score": config.payout_min_score,
+        "score_debt_decay": config.score_debt_decay,
+    }
+
+
 def _compare(got: np.ndarray, want: np.ndarray) -> tuple[float, ...]:
     """(max |share difference| in percentage points, total variation distance)."""
     return (100 * float(np.abs(got - want).max()), 0.5 * float(np.abs(got - want).sum()))
@@ -407,6 +462,7 @@ def _lookup(table: np.ndarray, coalition: frozenset[int]) -> float:
 
 
 def markdown(results: dict[str, Any], command: str, budget: int, seeds: int, secs: float) -> str:
+    ledger_rule = f"debt d={DEFAULTS.score_debt_decay:g}"
     lines = [
         "# Reward shares against exact Shapley (issue 19)",
         "",
@@ -419,12 +475,33 @@ def markdown(results: dict[str, Any], command: str, budget: int, seeds: int, sec
         f"{budget * 10 / 1024:.1%}), {seeds} sampling seeds per round. Pool "
         f"{POOL:,} units a round.",
         "",
-        "The defaults chosen from these tables: `--contribution mc-shapley` (the row "
-        '"mc antithetic", `contribution_budget` 10), `--payout-min-score 0.01` and '
-        '`--score-debt-decay 0` (the column "debt d=0"; "ledger M=0.01" is the same rule '
-        "without score debt, `--score-debt-decay 1`). The two runs were made with "
-        "`--score-debt-decay 0.1` (stakes, which weight aggregation, follow the payouts); "
-        "every rule and sampler here is compared on the same tables.",
+        f"`fedchain simulate`'s defaults, chosen with this experiment: `--contribution "
+        f'{DEFAULTS.contribution}` (the row "mc antithetic"), `--contribution-budget '
+        f"{DEFAULTS.contribution_budget}`, `--payout-min-score {DEFAULTS.payout_min_score:g}` "
+        f"and `--score-debt-decay {DEFAULTS.score_debt_decay:g}` (the ledger's payout rule: the "
+        'column "debt d=0"; "ledger M=0.01" is the same rule without score debt, '
+        "`--score-debt-decay 1`). The two runs were made by `fedchain simulate` with "
+        + "; ".join(
+            f"{run}: `--contribution {r['settings']['contribution']} --contribution-budget "
+            f"{r['settings']['contribution_budget']} --payout-min-score "
+            f"{r['settings']['payout_min_score']:g} --score-debt-decay "
+            f"{r['settings']['score_debt_decay']:g}`"
+            for run, r in results.items()
+        )
+        + " (read from their `config.toml`; the scores decide which updates the `screened` rule "
+        "averages, and stakes, which weight aggregation, follow the payouts); every rule and "
+        "sampler here is compared on the same tables.",
+        "",
+        f"At this budget, with the ledger's sampler and payout rule (mc antithetic, debt "
+        f"d={DEFAULTS.score_debt_decay:g}), the largest difference between a client's share of "
+        "a run and its exact-Shapley share is "
+        + ", ".join(
+            f"{r['samplers'][SWEEP_SAMPLER]['run'][ledger_rule]['max_pp_worst']:.2f} (mean "
+            f"{r['samplers'][SWEEP_SAMPLER]['run'][ledger_rule]['max_pp_mean']:.2f}) "
+            f"percentage points ({run})"
+            for run, r in results.items()
+        )
+        + ", worst (mean) over the seeds; issue 19's target: at most 2.",
     ]
     for run, res in results.items():
         lines += [
@@ -473,6 +550,29 @@ def markdown(results: dict[str, Any], command: str, budget: int, seeds: int, sec
                     + (f", left {c['left_carried_mean']:.0%}" if c["left_carried_mean"] else "")
                 )
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        if res.get("sweep"):
+            lines += [
+                "",
+                f"By budget, the ledger's sampler ({SWEEP_SAMPLER}): the distinct coalitions "
+                f"evaluated at 10 clients (mean over rounds and seeds) and those its walks need "
+                f"at {SWEEP_LARGE_N} clients (mean over seeds); the median per-round TV; per "
+                "run, max |share - exact's share| in percentage points, mean / worst over "
+                "seeds, by payout rule:",
+                "",
+                "| budget | evaluations (10 clients) | % of exact | coalitions at "
+                f"{SWEEP_LARGE_N} clients | round TV median | " + " | ".join(SWEEP_RULES) + " |",
+                "|--:|--:|--:|--:|--:|" + "--:|" * len(SWEEP_RULES),
+            ]
+            for budget, s in res["sweep"].items():
+                cells = [
+                    f"{s['run'][r]['max_pp_mean']:.2f} / {s['run'][r]['max_pp_worst']:.2f}"
+                    for r in SWEEP_RULES
+                ]
+                lines.append(
+                    f"| {budget} | {s['evaluations_mean']:.0f} | "
+                    f"{s['evaluations_mean'] / 1024:.1%} | {s['coalitions_at_large_n']:,.0f} | "
+                    f"{s['round_tv_median']:.3f} | " + " | ".join(cells) + " |"
+                )
     return "\n".join(lines) + "\n"
 
 
@@ -483,6 +583,13 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=10, help="evaluations per client")
     parser.add_argument("--runs", nargs="*", default=list(RUNS), choices=list(RUNS))
     parser.add_argument("--out", type=Path, default=Path("experiments/results"))
+    parser.add_argument(
+        "--sweep",
+        type=int,
+        nargs="*",
+        default=list(SWEEP_BUDGETS),
+        help="budgets at which to run the ledger's sampler alone (none: no sweep)",
+    )
     args = parser.parse_args()
     command = "python experiments/reward_shares.py " + shlex.join(sys.argv[1:])
     args.work.mkdir(parents=True, exist_ok=True)
@@ -492,6 +599,8 @@ def main() -> None:
         tables = load_tables(args.work, name)
         print(f"{name}: sampling ...", flush=True)
         results[name] = evaluate_run(tables, args.seeds, args.budget)
+        results[name]["settings"] = run_settings(args.work / name)
+        results[name]["sweep"] = sweep_budgets(tables, args.seeds, args.sweep)
     secs = time.perf_counter() - start
     text = markdown(results, command, args.budget, args.seeds, secs)
     print(text)
