@@ -85,6 +85,16 @@ def _is_archive_choice(text: str) -> bool:
     )
 
 
+def compute_evaluations_per_client(budget: int, min_evaluations: int, n: int) -> int:
+    """The sampling methods' coalition evaluations per client in a round of ``n`` scored
+    clients: the genesis rule ``contribution_budget`` (``budget``), raised so that the round
+    evaluates at least ``contribution_min_evaluations`` coalitions: ``max(budget,
+    ceil(min_evaluations / n))``. The round's total, about ``n`` times this, grows linearly in
+    ``n``, and a round of few clients still evaluates enough coalitions for its scores to pay
+    close to exact Shapley's shares. 0: the method's default (both rules 0)."""
+    return max(budget, -(-min_evaluations // max(n, 1)))
+
+
 def count_round_evaluations(method: str, n: int, budget: int) -> int:
     """The most coalition models ``method`` evaluates scoring ``n`` clients with a budget of
     ``budget`` evaluations per client (:mod:`fedchain.rounds.contribution`): ``2**n`` for exact
@@ -101,8 +111,11 @@ def count_round_evaluations(method: str, n: int, budget: int) -> int:
     return 0
 
 
-def _check_scoring_cost(method: str, n: int, budget: int) -> tuple[bool, str]:
+def _check_scoring_cost(
+    method: str, n: int, budget: int, min_evaluations: int = 0
+) -> tuple[bool, str]:
     """(ok, why not): a scoring method too expensive for ``n`` clients a round, and what to use."""
+    budget = compute_evaluations_per_client(budget, min_evaluations, n)
     cost = count_round_evaluations(method, n, budget)
     cheaper = f"leave-one-out ({n + 1:,} evaluations) or gradient-similarity (no validation passes)"
     if method == "shapley" and n > EXACT_SHAPLEY_MAX_CLIENTS:
@@ -110,7 +123,7 @@ def _check_scoring_cost(method: str, n: int, budget: int) -> tuple[bool, str]:
             f"contribution shapley evaluates 2**{n}{f' = {cost:,}' if n <= 30 else ''} coalition "
             f"models a round for {n} "
             f"clients a round; it is limited to {EXACT_SHAPLEY_MAX_CLIENTS}: use mc-shapley "
-            f"(about contribution-budget x clients evaluations: {budget * n:,} here), set "
+            f"(about {budget * n:,} coalition evaluations a round here), set "
             f"clients-per-round to at most {EXACT_SHAPLEY_MAX_CLIENTS}, or use {cheaper}"
         )
     if cost > MAX_ROUND_EVALUATIONS:
@@ -170,7 +183,10 @@ class RunConfig:
     contribution: str = "mc-shapley"  # or shapley, gtg-shapley, leave-one-out,
     #                        gradient-similarity, none (scores = the aggregation weights);
     #                        chosen by experiments/reward_shares.py
-    contribution_budget: int = 10  # coalition evaluations per scored client (mc-, gtg-shapley)
+    contribution_budget: int = 2  # coalition evaluations per scored client (mc-, gtg-shapley),
+    #   at least contribution_min_evaluations a round: 100 (10 a client) at 10 clients, 200 (one
+    #   antithetic pair) at 100 (experiments/results/scaling.md, reward_shares.md)
+    contribution_min_evaluations: int = 100
     payout_min_score: float = 0.01  # the payout rule: a round whose positive scores sum to
     #   less pays that fraction of its pool (validation-loss gain; experiments/reward_shares.py)
     score_debt_decay: float = 0.0  # the share of a client's score debt (negative scores its
@@ -294,6 +310,11 @@ class RunConfig:
             ),
             (self.contribution_budget >= 1, "contribution-budget must be at least 1"),
             (
+                0 <= self.contribution_min_evaluations <= MAX_ROUND_EVALUATIONS,
+                "contribution-min-evaluations must be in 0 .. "
+                f"{MAX_ROUND_EVALUATIONS:,} (coalition evaluations a round)",
+            ),
+            (
                 0 <= self.payout_min_score <= 1e6,
                 "payout-min-score must be in 0 .. 1e6 (score units: validation loss)",
             ),
@@ -327,7 +348,8 @@ class RunConfig:
             ),
         ]
         checks.append(_check_scoring_cost(self.contribution, self.sampled_per_round,
-                                          self.contribution_budget))  # fmt: skip
+                                          self.contribution_budget,
+                                          self.contribution_min_evaluations))  # fmt: skip
         checks += [  # after the specific checks above, whose messages say more
             (0 <= value <= MAX_INT, f"{name} must be an integer in 0 .. 2**63 - 1, got {value}")
             for name, value in fields.items()

@@ -13,6 +13,7 @@ from fedchain.cli import app
 from fedchain.cli.simulate import shown_default
 from fedchain.config import (
     RunConfig,
+    compute_evaluations_per_client,
     count_round_evaluations,
     load_config_file,
     merge_config,
@@ -144,7 +145,7 @@ def test_invalid_settings_are_refused(settings, message):
     ("settings", "message"),
     [
         ({"contribution": "shapley", "clients": 17}, "2\\*\\*17 = 131,072 .* limited to 16: use "
-         "mc-shapley \\(about contribution-budget x clients evaluations: 170 here\\)"),
+         "mc-shapley \\(about 102 coalition evaluations a round here\\)"),
         ({"contribution": "shapley", "clients": 300, "clients-per-round": 30}, "limited to 16"),
         ({"contribution-budget": 2000, "clients": 100}, "up to 200,198 coalition models a round "
          "for 100 clients .* limit of 100,000: lower contribution-budget \\(at most 998 here\\)"),
@@ -163,7 +164,7 @@ def test_scoring_costs_within_the_limit_are_accepted() -> None:
     for settings in (
         {"contribution": "shapley", "clients": 16},
         {"contribution": "shapley", "clients": 300, "clients-per-round": 16},
-        {"clients": 8_000},  # the default budget: 10 evaluations a client
+        {"clients": 8_000},  # the default budget: 2 evaluations a client
         {"contribution-budget": 998, "clients": 100},
         {"contribution": "leave-one-out", "clients": 10_000, "contribution-budget": 10_000},
         {"contribution": "gradient-similarity", "clients": 10_000, "contribution-budget": 10_000},
@@ -172,6 +173,30 @@ def test_scoring_costs_within_the_limit_are_accepted() -> None:
     assert count_round_evaluations("mc-shapley", 5, 10) == 32  # the budget covers all: exact
     assert count_round_evaluations("mc-shapley", 100, 10) == 1_198
     assert count_round_evaluations("none", 100, 10) == 0
+
+
+@pytest.mark.parametrize(
+    ("budget", "floor", "n", "per_client"),
+    [(2, 100, 10, 10), (2, 100, 30, 4), (2, 100, 50, 2), (2, 100, 100, 2), (10, 100, 100, 10),
+     (2, 0, 10, 2), (0, 0, 10, 0), (1, 100, 7, 15), (2, 100, 0, 100)],
+)  # fmt: skip
+def test_the_evaluation_floor_raises_the_budget_of_a_small_round(
+    budget: int, floor: int, n: int, per_client: int
+) -> None:
+    """max(budget, ceil(floor / n)) per client: at least ``floor`` a round, linear in n."""
+    assert compute_evaluations_per_client(budget, floor, n) == per_client
+    assert n == 0 or per_client * n >= floor
+
+
+def test_the_default_scoring_budget_is_a_floor_of_100_and_2_a_client() -> None:
+    """The defaults make 10 evaluations a client at 10 clients (the budget reward_shares.md
+    measured against exact Shapley) and one antithetic pair from 50 clients on."""
+    config = RunConfig()
+    assert (config.contribution_budget, config.contribution_min_evaluations) == (2, 100)
+    assert (
+        count_round_evaluations("mc-shapley", 100, compute_evaluations_per_client(2, 100, 100))
+        == 398
+    )  # at most: 200 and a pair's overshoot
 
 
 def test_valid_edge_settings_are_accepted():

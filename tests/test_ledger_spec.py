@@ -119,6 +119,7 @@ FIELDS: dict[int, tuple[tuple[str, Any], ...]] = {  # spec §3, transcribed
         ("payout_min_score", INT),
         ("score_debt_decay_bps", INT),
         ("contribution_budget", INT),
+        ("contribution_min_evaluations", INT),
         ("update_archive_rounds", INT),
         ("dp_mode", STR),
         ("dp_noise_micro", INT),

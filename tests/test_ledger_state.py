@@ -103,8 +103,8 @@ RULES = make_rules(  # every field given: the known answers below must not follo
 OTHER_FEDERATION = hashlib.sha256(b"another federation").digest()
 
 # Known answers (Ed25519 signatures are deterministic, so whole blocks are).
-KNOWN_GENESIS_BLOCK_HASH = "4963cb74bbeb50faea5466655bdf29ff5114c4dcae6fe73cfc71069c624b0149"
-KNOWN_BLOCK_1_HASH = "0d80c9f8eb600fc45b5c5cd7c27783a677bd410837e1d764c37bdde37ad2658a"
+KNOWN_GENESIS_BLOCK_HASH = "dffe95383dede3ca2efc9fb50a1ed2217133703e88f8a76995f2ffb6d1f1be5a"
+KNOWN_BLOCK_1_HASH = "5817428ff2b0d052f1bc6a8fe9a49a5dba7a2c156a28320715385235d9b2f455"
 
 
 def digest(text: str) -> bytes:

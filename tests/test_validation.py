@@ -164,7 +164,7 @@ def per_coalition_scores(scorer: RoundScorer, method: str, base, updates, weight
     n = len(updates)
     return compute_scores(
         method, n=n, utility=utility, seed=derive_seed(scorer.seed, 1),
-        **make_method_params(method, scorer.budget, n),
+        **make_method_params(method, scorer.budget, n, scorer.min_evaluations),
     )  # fmt: skip
 
 

@@ -234,7 +234,18 @@ def simulate(
             help=_help(
                 "contribution_budget",
                 "Coalition evaluations per client for mc-shapley and gtg-shapley (exact "
-                "Shapley needs 2^n for n clients).",
+                "Shapley needs 2^n for n clients), raised to reach --contribution-min-evaluations "
+                "a round.",
+            )
+        ),
+    ] = None,
+    contribution_min_evaluations: Annotated[
+        int | None,
+        typer.Option(
+            help=_help(
+                "contribution_min_evaluations",
+                "The fewest coalition evaluations a round of mc-shapley or gtg-shapley makes "
+                "(a round of few clients: more per client).",
             )
         ),
     ] = None,
@@ -482,6 +493,7 @@ def simulate(
         "weight_cap": weight_cap,
         "contribution": contribution,
         "contribution_budget": contribution_budget,
+        "contribution_min_evaluations": contribution_min_evaluations,
         "payout_min_score": payout_min_score,
         "score_debt_decay": score_debt_decay,
         "validation_fraction": validation_fraction,

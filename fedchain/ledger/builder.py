@@ -64,6 +64,7 @@ def make_rules(
     payout_min_score: int = 0,
     score_debt_decay_bps: int = 10_000,
     contribution_budget: int = 0,
+    contribution_min_evaluations: int = 0,
     update_archive_rounds: int = ARCHIVE_ALL_ROUNDS,
     dp: Mapping[str, int | str] | None = None,
     model: ModelRecord | None = None,
@@ -95,6 +96,7 @@ def make_rules(
         payout_min_score=payout_min_score,
         score_debt_decay_bps=score_debt_decay_bps,
         contribution_budget=contribution_budget,
+        contribution_min_evaluations=contribution_min_evaluations,
         update_archive_rounds=update_archive_rounds,
         **(dp or {}),  # type: ignore[arg-type]
         model=model or ModelRecord(),

@@ -148,6 +148,11 @@ def _check_genesis(genesis: Genesis) -> None:
         )
     if rules.contribution_budget < 0:
         raise fail(f"contribution_budget must not be negative, got {rules.contribution_budget}")
+    if rules.contribution_min_evaluations < 0:
+        raise fail(
+            "contribution_min_evaluations must not be negative, got "
+            f"{rules.contribution_min_evaluations}"
+        )
     kinds = [kind for kind, _ in rules.slash_bps]
     if not is_strictly_sorted(kinds):
         raise fail("slash_bps must be sorted by kind, each kind once")

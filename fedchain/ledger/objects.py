@@ -152,7 +152,9 @@ class Rules:
     positive one must first repay before it is paid) forgiven after each round (10_000: no
     debt is kept, each round pays its own positive scores);
     ``contribution_budget`` the sampling contribution methods' coalition evaluations per scored
-    client (0: the method's default).
+    client (0: the method's default), raised for a round of few clients so that it evaluates at
+    least ``contribution_min_evaluations`` coalitions
+    (:func:`fedchain.rounds.contribution.compute_evaluations_per_client`).
     ``update_archive_rounds`` is the update archive's retention: which rounds' accepted client
     updates the run directory must keep (:data:`ARCHIVE_ALL_ROUNDS`: every round; 0: none; K:
     the last K rounds; see :mod:`fedchain.runs.archive`).
@@ -194,6 +196,7 @@ class Rules:
     payout_min_score: int = 0
     score_debt_decay_bps: int = 10_000
     contribution_budget: int = 0
+    contribution_min_evaluations: int = 0
     update_archive_rounds: int = ARCHIVE_ALL_ROUNDS
     dp_mode: str = "off"
     dp_noise_micro: int = 0

@@ -36,6 +36,8 @@ from typing import Any
 from fedchain.errors import LedgerStoreError
 
 APPLICATION_ID = 0x46434C44  # b"FCLD" (FedChain LeDger) in SQLite's application_id header field
+# 6: a floor on a round's coalition evaluations (Rules.contribution_min_evaluations; issue 17),
+# one signed refusal per participant a round;
 # 5: score debt (Rules.score_debt_decay_bps, ParticipantState.score_debt; issue 19);
 # 4: the model record in the rules (the base model, fine-tuning mode, trainable tensors; issue
 # 14), the approved app in registrations and the rules of data use (max rounds and local
@@ -43,7 +45,7 @@ APPLICATION_ID = 0x46434C44  # b"FCLD" (FedChain LeDger) in SQLite's application
 # 19), the update archive's retention (issue 17), differential privacy in the rules, commitments
 # and participant state (issue 15); 2: signed genesis registrations, evidence-backed stake rules
 # (issue 12)
-FORMAT_VERSION = 5
+FORMAT_VERSION = 6
 HASH_SIZE = 32  # bytes: SHA-256 block hashes, Ed25519 public keys
 LEDGER_FILENAME = "ledger.db"  # inside a run directory (fedchain.runs.layout re-exports it)
 BUSY_TIMEOUT_S = 10.0  # how long to wait for a lock (a checkpoint, another writer) before failing

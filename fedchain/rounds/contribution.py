@@ -102,7 +102,7 @@ from typing import Any, TypeAlias
 import numpy as np
 import numpy.typing as npt
 
-from fedchain.config import EXACT_SHAPLEY_MAX_CLIENTS
+from fedchain.config import EXACT_SHAPLEY_MAX_CLIENTS, compute_evaluations_per_client
 from fedchain.errors import ConfigError
 from fedchain.ledger.objects import SCORE_SCALE
 from fedchain.rounds.coalitions import (
@@ -453,11 +453,17 @@ def quantise_scores(scores: Sequence[float] | FloatArray) -> tuple[int, ...]:
     return tuple(out)
 
 
-def make_method_params(method: str, budget: int, n: int) -> dict[str, Any]:
+def make_method_params(
+    method: str, budget: int, n: int, min_evaluations: int = 0
+) -> dict[str, Any]:
     """The keyword parameters that give ``method`` a budget of ``budget`` coalition evaluations
-    per client (the genesis rule ``contribution_budget``; 0: the method's defaults) for ``n``
-    clients: ``evaluations_per_client`` for ``mc-shapley``; for ``gtg-shapley``, permutations
-    until ``budget * n`` evaluations. Other methods take none (their cost is fixed)."""
+    per client with a floor of ``min_evaluations`` a round (the genesis rules
+    ``contribution_budget`` and ``contribution_min_evaluations``,
+    :func:`fedchain.config.compute_evaluations_per_client`; 0: the method's defaults) for
+    ``n`` clients: ``evaluations_per_client`` for ``mc-shapley``; for ``gtg-shapley``,
+    permutations until that many times ``n`` evaluations. Other methods take none (their cost
+    is fixed)."""
+    budget = compute_evaluations_per_client(budget, min_evaluations, n)
     if budget <= 0:
         return {}
     if method == "mc-shapley":

@@ -199,6 +199,7 @@ class RoundScorer:
     ) -> None:
         self.method, self.seed = config.contribution, config.seed
         self.budget = config.contribution_budget
+        self.min_evaluations = config.contribution_min_evaluations
         self.validation = validation
         shape, classes = tuple(validation.x.shape[1:]), len(validation.classes)
         self.net = model_for_run(config, record, shape, classes)
@@ -266,7 +267,7 @@ class RoundScorer:
             updates=updates,
             weights=weights,
             seed=derive_seed(self.seed, round_),
-            **make_method_params(self.method, self.budget, len(updates)),
+            **make_method_params(self.method, self.budget, len(updates), self.min_evaluations),
         )
 
 
