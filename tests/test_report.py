@@ -120,6 +120,7 @@ def scored_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         reward_per_round=1_000,
         slash_bps={DOUBLE_SIGN: DOUBLE_SIGN_BPS},
         contribution_method="shapley",
+        score_debt_decay_bps=0,  # client 3's -0.05 of round 1 stays owed: the default
     )
     fed = SyntheticFederation(
         4, stake=1_000, rules=rules, run_id="scored", initial_model_hash=initial
@@ -182,6 +183,7 @@ def scored_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 scores=scores,
                 moved=True,
                 min_score=rules.payout_min_score,
+                debts={key: state.participants[key].score_debt for key, _ in scores},
             )
             txs.append(RewardDeltas(round_, payout.rewards))
             proposer = fed.by_public[get_proposer(state)]
@@ -342,6 +344,10 @@ def test_report_shows_contributions_rewards_and_slashing(scored_run):
     assert rider["stake_by_round"] == [1_000, before, before - lost, before - lost]
     assert rider["slashed"] == lost
     assert not rider["active"] and rider["reputation_bps"] < 10_000
+    # score debt at the end: the rider's negative score of round 1, never repaid
+    assert rider["score_debt_quanta"] == round(0.05 * SCORE_SCALE)
+    assert rider["score_debt"] == pytest.approx(0.05)
+    assert [by_name[f"client {i}"]["score_debt"] for i in range(3)] == [0.0] * 3
     # events: the slashing with its evidence, the ejection it caused, the rejection
     kinds = [(e["round"], e["kind"], e["name"]) for e in data["events"]]
     assert kinds == [
@@ -373,6 +379,7 @@ def test_report_shows_contributions_rewards_and_slashing(scored_run):
     assert data["totals"]["left_out_updates"] == 1 and data["totals"]["refused_updates"] == 1
     assert data["totals"]["rounds_model_moved"] == 3 and "penalties" not in data["totals"]
     assert "harmful 1" in output and "left out" in output
+    assert "-0.0500  0.0500" in output and "debt: score debt" in output  # score, debt
     assert data["initial_model"] == {"accuracy": 0.1, "loss": 2.3}  # round 0 of metrics.json
     assert [r["accuracy"] for r in data["rounds"]] == [0.62, 0.78, 0.84]
     assert data["totals"]["ejections"] == 1 and data["totals"]["stake_slashed"] == rider["slashed"]
@@ -387,6 +394,7 @@ def test_report_shows_contributions_rewards_and_slashing(scored_run):
     assert "<i>(gain" not in page and "&lt;i&gt;(gain +0.1)&lt;/i&gt;" in page
     assert '<span class="left-out" title="score below' in page
     assert f"<b>harmful</b>: {unmapped} (-0.05)" in page
+    assert '<th class="num">score debt</th>' in page and '<td class="num">0.0500</td>' in page
     assert page.count('<span class="pool-decision">paid: positive scores sum to') == 3
     for text in ("AttestationPair", "double_sign", "ejected"):
         assert text in page
@@ -531,6 +539,10 @@ def test_report_page_renders_in_headless_chromium(scored_run, tmp_path):
     assert 'class="left-out"' in dom.stdout and "<b>harmful</b>" in dom.stdout
     assert 'class="rule-note"' in dom.stdout and 'class="pool-decision"' in dom.stdout
     assert "each round normalised on its own" in dom.stdout
+    # the participants table shows each participant's score debt (the rider owes 0.05)
+    table = dom.stdout[dom.stdout.index('id="participants"') :]
+    table = table[: table.index("</table>")]
+    assert "score debt" in table and "0.0500" in table
 
 
 def test_heat_map_normalises_each_round_so_late_rounds_stay_readable():

@@ -158,6 +158,7 @@ def _participants_table(data: Mapping[str, Any]) -> Table:
     columns["score"] = [
         "-" if p["contribution"] is None else f"{p['contribution']:+.4f}" for p in people
     ]
+    columns["debt"] = [f"{p['score_debt']:.4f}" for p in people]
     columns["rep."] = [f"{p['reputation'] * 100:.0f}%" for p in people]
     columns["ok/ref"] = [f"{p['updates']}/{p['rejections'] + p['slashings']}" for p in people]
     privacy = data.get("privacy")
@@ -173,7 +174,8 @@ def _participants_table(data: Mapping[str, Any]) -> Table:
         table.add_row(names[i], *key, *(values[i] for values in columns.values()))
     table.caption = (
         "stake: final; slashed: stake lost to slashing; score: total contribution; "
-        "rep.: reputation; ok/ref: updates admitted/refused by the ledger"
+        "debt: score debt (negative scores its positive scores must repay before they are "
+        "paid); rep.: reputation; ok/ref: updates admitted/refused by the ledger"
     )
     if privacy:
         table.caption += (

@@ -367,6 +367,7 @@ def _html_participants(report: Mapping[str, Any]) -> str:
                 _num(p["rewards"]),
                 _num(p["slashed"]),
                 _esc(_score(p["contribution"])),
+                f"{p['score_debt']:.4f}",
                 f"{p['reputation'] * 100:.0f} %",
                 f"{p['updates']} / {p['rejections'] + p['slashings']}",
                 active,
@@ -382,18 +383,20 @@ def _html_participants(report: Mapping[str, Any]) -> str:
             "rewards",
             "slashed",
             "contribution",
+            "score debt",
             "reputation",
             "updates admitted / refused",
             "active",
             *(["epsilon spent"] if privacy else []),
         ],
         rows,
-        {2, 3, 4, 5, 6, 7, 8, 10},
+        {2, 3, 4, 5, 6, 7, 8, 9, 11},
     )
     lead = "Participants are named by the SHA-256 fingerprint of their ledger key, and by "
     lead += "client index where the run directory holds their <code>.pub</code> file, or by "
     lead += f"the name their federation registered them under (<code>{FEDERATION_FILENAME}</code>, "
-    lead += "for a registration signed by that key)."
+    lead += "for a registration signed by that key). <i>Score debt</i>: the negative scores of "
+    lead += "earlier rounds its positive scores must repay before they are paid."
     if privacy:
         lead += (
             f" Differential privacy ({_esc(privacy['mode'])} level, noise multiplier "

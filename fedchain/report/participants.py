@@ -88,9 +88,10 @@ def compute_participants(
     timeline: Sequence[int],
     events: Sequence[Mapping[str, Any]],
 ) -> list[dict[str, Any]]:
-    """Every participant of the last replayed state, simulated clients first: totals, and
-    stake, cumulative rewards and contribution at each ``timeline`` round (None where the
-    participant had not joined, or the ledger says nothing of that round)."""
+    """Every participant of the last replayed state, simulated clients first: totals (with its
+    score debt at the end: the negative score its positive scores must repay before they are
+    paid), and stake, cumulative rewards and contribution at each ``timeline`` round (None
+    where the participant had not joined, or the ledger says nothing of that round)."""
     indices = inputs.client_indices
     final = steps[-1].post
     initial = {p.public_key: p.stake for p in genesis.participants}
@@ -150,6 +151,8 @@ def compute_participants(
                 "contribution": _unquantise(sum(scores[key].values()) if scores[key] else None),
                 "reputation_bps": now.reputation_bps,
                 "reputation": now.reputation_bps / BPS_DENOMINATOR,
+                "score_debt_quanta": now.score_debt,
+                "score_debt": now.score_debt / SCORE_SCALE,
                 "active": now.active,
                 "stake_by_round": stake_series,
                 "rewards_by_round": cumulative,
