@@ -2,8 +2,8 @@
 
 One cell of the robustness grid (``screened``, IID, 30 % sign flippers, seeds 0-9, digits,
 ``mlp``, 10 clients, 10 rounds, in process), run with ``mc-shapley`` or GTG-Shapley scores,
-with ``payout-min-score`` 0.01 (the default) or 0, and with ``score-debt-decay`` 0 (the
-default), 0.1, 0.3, 0.5, 0.7 or 1 (1: no score debt, the rule before it); prints the attackers'
+with ``payout-min-score`` 0.01 (the default) or 0, and with ``score-debt-decay`` 0, 0.1, 0.3
+(the default), 0.5, 0.7 or 1 (1: no score debt, the rule before it); prints the attackers'
 share of the rewards paid per seed and its mean over seeds 0-2 and 0-9. ``--budget`` sets
 ``contribution-budget`` (default: the configuration's); ``--only`` runs the variants whose
 name contains it.
@@ -25,8 +25,9 @@ import robustness  # this folder's grid runner
 from fedchain.config import RunConfig
 
 VARIANTS = {
-    "mc-shapley, payout-min-score 0.01, score-debt-decay 0 (default)": {
-        "contribution": "mc-shapley"
+    "mc-shapley, payout-min-score 0.01, score-debt-decay 0": {
+        "contribution": "mc-shapley",
+        "score-debt-decay": 0.0,
     },
     "mc-shapley, payout-min-score 0.01, score-debt-decay 1 (no debt)": {
         "contribution": "mc-shapley",
@@ -36,7 +37,7 @@ VARIANTS = {
         "contribution": "mc-shapley",
         "score-debt-decay": 0.1,
     },
-    "mc-shapley, payout-min-score 0.01, score-debt-decay 0.3": {
+    "mc-shapley, payout-min-score 0.01, score-debt-decay 0.3 (default)": {
         "contribution": "mc-shapley",
         "score-debt-decay": 0.3,
     },
@@ -51,8 +52,12 @@ VARIANTS = {
     "mc-shapley, payout-min-score 0, score-debt-decay 0": {
         "contribution": "mc-shapley",
         "payout-min-score": 0.0,
+        "score-debt-decay": 0.0,
     },
-    "gtg-shapley, payout-min-score 0.01, score-debt-decay 0": {"contribution": "gtg-shapley"},
+    "gtg-shapley, payout-min-score 0.01, score-debt-decay 0": {
+        "contribution": "gtg-shapley",
+        "score-debt-decay": 0.0,
+    },
     "gtg-shapley, payout-min-score 0.01, score-debt-decay 1 (no debt)": {
         "contribution": "gtg-shapley",
         "score-debt-decay": 1.0,

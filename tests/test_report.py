@@ -120,7 +120,7 @@ def scored_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         reward_per_round=1_000,
         slash_bps={DOUBLE_SIGN: DOUBLE_SIGN_BPS},
         contribution_method="shapley",
-        score_debt_decay_bps=0,  # client 3's -0.05 of round 1 stays owed: the default
+        score_debt_decay_bps=0,  # client 3's -0.05 of round 1 stays owed: none forgiven
     )
     fed = SyntheticFederation(
         4, stake=1_000, rules=rules, run_id="scored", initial_model_hash=initial
