@@ -60,7 +60,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedchain.config import DEFAULTS, load_config_file
+from fedchain.config import DEFAULTS, compute_evaluations_per_client, load_config_file
 from fedchain.learning.training import derive_seed
 from fedchain.ledger.objects import SCORE_SCALE
 from fedchain.ledger.verify import verify_ledger
@@ -86,6 +86,10 @@ from fedchain.runs.layout import CONFIG_FILENAME
 from fedchain.runs.prepare import load_split
 
 RUNS = {"iid": [], "dirichlet-0.5": ["--partitioner", "dirichlet", "--alpha", "0.5"]}
+DEFAULT_BUDGET = compute_evaluations_per_client(
+    DEFAULTS.contribution_budget, DEFAULTS.contribution_min_evaluations, 10
+)
+"""The default rules' evaluations per client at 10 clients (the federations measured here)."""
 PROPORTIONAL_MIN_SCORES = (0, 5_000, 10_000, 20_000, 50_000)  # payout_min_score, quanta
 WINDOW_MIN_SCORES = (5_000, 20_000)
 DEBT_DECAYS_BPS = (0, 1_000, 3_000, 5_000, 7_000)  # score_debt_decay, basis points, M = 0.01
@@ -477,10 +481,12 @@ def markdown(results: dict[str, Any], command: str, budget: int, seeds: int, sec
         "",
         f"`fedchain simulate`'s defaults, chosen with this experiment: `--contribution "
         f'{DEFAULTS.contribution}` (the row "mc antithetic"), `--contribution-budget '
-        f"{DEFAULTS.contribution_budget}`, `--payout-min-score {DEFAULTS.payout_min_score:g}` "
+        f"{DEFAULTS.contribution_budget} --contribution-min-evaluations "
+        f"{DEFAULTS.contribution_min_evaluations}` ({DEFAULT_BUDGET} a client at 10 clients), "
+        f"`--payout-min-score {DEFAULTS.payout_min_score:g}` "
         f"and `--score-debt-decay {DEFAULTS.score_debt_decay:g}` (the ledger's payout rule: the "
-        'column "debt d=0"; "ledger M=0.01" is the same rule without score debt, '
-        "`--score-debt-decay 1`). The two runs were made by `fedchain simulate` with "
+        f'column "debt d={DEFAULTS.score_debt_decay:g}"; "ledger M=0.01" is the same rule without '
+        "score debt, `--score-debt-decay 1`). The two runs were made by `fedchain simulate` with "
         + "; ".join(
             f"{run}: `--contribution {r['settings']['contribution']} --contribution-budget "
             f"{r['settings']['contribution_budget']} --payout-min-score "
@@ -580,7 +586,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/reward-shares"))
     parser.add_argument("--seeds", type=int, default=20)
-    parser.add_argument("--budget", type=int, default=10, help="evaluations per client")
+    parser.add_argument(
+        "--budget",
+        type=int,
+        default=DEFAULT_BUDGET,
+        help=f"evaluations per client (default {DEFAULT_BUDGET}: the defaults' at 10 clients)",
+    )
     parser.add_argument("--runs", nargs="*", default=list(RUNS), choices=list(RUNS))
     parser.add_argument("--out", type=Path, default=Path("experiments/results"))
     parser.add_argument(
