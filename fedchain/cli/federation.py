@@ -195,8 +195,9 @@ def init(
     # soft_wrap: the id must stay one line, whole, to be copied
     console.print(f"federation id: {federation.federation_id.hex()}", soft_wrap=True)
     console.print(
-        "next: give participants the federation id; they run `fedchain register "
-        "--federation-id ID ...` and you add each file with "
+        f"next: give participants the federation id and {fed_dir / FEDERATION_FILENAME}; they "
+        "run `fedchain register --federation-id ID --federation federation.toml ...` (which "
+        "shows them the contract they sign) and you add each file with "
         f"`fedchain federation add {fed_dir} FILE`"
     )
 
