@@ -160,17 +160,11 @@ MC_DEFAULTS: Mapping[str, int | bool] = {
     "antithetic": True,
     "guided": False,
 }
-"""Default ``mc-shapley`` parameters: a budget of ``10 n`` distinct coalition evaluations (100
-of exact's 1,024 at 10 clients, 9.8 %), antithetic pairs of permutations; chosen by
-``experiments/reward_shares.py`` (``experiments/results/reward_shares.md``): at that budget,
-per round, the reward shares it pays are within total variation 0.008-0.010 (median) of exact
-Shapley's, against 0.036-0.056 for plain or guided sampling and 0.09-0.15 for GTG-Shapley's
-default truncation. A budget ``b`` draws about ``b / 2 + 1`` pairs whatever ``n`` (one at 1 or
-2, six at 10: each pair needs up to ``2 (n - 1)`` new coalitions); smaller budgets pay further
-from exact Shapley's shares under the ledger's score debt (the same file's budget sweep). Why:
-for a utility that is close to quadratic in the step (a smooth loss around the base model), a
-client's marginals in a permutation and in its reverse sum to twice its Shapley value exactly,
-so each pair cancels the pairwise-interaction noise."""
+"""Default ``mc-shapley`` parameters where the genesis names no budget (``10 n`` evaluations);
+a federation's budget replaces it (:func:`fedchain.config.compute_evaluations_per_client`: 8 a
+client at 10 clients by default; measured in ``experiments/results/reward_shares.md``). Why
+antithetic pairs: for a utility close to quadratic in the step, a client's marginals in a
+permutation and its reverse sum to twice its Shapley value, cancelling pairwise interactions."""
 
 FloatArray: TypeAlias = npt.NDArray[np.float64]
 IntArray: TypeAlias = npt.NDArray[np.int64]
