@@ -3,10 +3,10 @@
 One cell of the robustness grid (``screened``, IID, 30 % sign flippers, seeds 0-9, digits,
 ``mlp``, 10 clients, 10 rounds, in process), run with ``mc-shapley`` or GTG-Shapley scores,
 with ``payout-min-score`` 0.01 (the default) or 0, and with ``score-debt-decay`` 0, 0.1, 0.3
-(the default), 0.5, 0.7 or 1 (1: no score debt, the rule before it); prints the attackers'
-share of the rewards paid per seed and its mean over seeds 0-2 and 0-9. ``--budget`` sets
-``contribution-budget`` (default: the configuration's); ``--only`` runs the variants whose
-name contains it.
+(the default), 0.5, 0.7 or 1 (1: only harm is kept, the part of a score below -0.01); prints
+the attackers' share of the rewards paid per seed and its mean over seeds 0-2 and 0-9.
+``--budget`` sets ``contribution-budget`` (default: the configuration's); ``--only`` runs the
+variants whose name contains it.
 
     python experiments/attacker_share_ablation.py
     python experiments/attacker_share_ablation.py --budget 2 --only mc-shapley
@@ -29,7 +29,7 @@ VARIANTS = {
         "contribution": "mc-shapley",
         "score-debt-decay": 0.0,
     },
-    "mc-shapley, payout-min-score 0.01, score-debt-decay 1 (no debt)": {
+    "mc-shapley, payout-min-score 0.01, score-debt-decay 1 (harm only)": {
         "contribution": "mc-shapley",
         "score-debt-decay": 1.0,
     },
@@ -58,7 +58,7 @@ VARIANTS = {
         "contribution": "gtg-shapley",
         "score-debt-decay": 0.0,
     },
-    "gtg-shapley, payout-min-score 0.01, score-debt-decay 1 (no debt)": {
+    "gtg-shapley, payout-min-score 0.01, score-debt-decay 1 (harm only)": {
         "contribution": "gtg-shapley",
         "score-debt-decay": 1.0,
     },

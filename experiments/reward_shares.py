@@ -26,8 +26,8 @@ Figures, against exact Shapley on the same table:
   min(1, S / M)`` over its own positive scores, nothing when its model did not move, the rest
   carried) at several ``M`` = ``payout_min_score`` without score debt ("ledger M=..."), and
   with score debt at ``M = 0.01`` ("debt d=...": a positive score first repays the client's
-  earlier negative ones, ``score_debt_decay`` ``d`` of the debt forgiven a round; ``d = 1`` is
-  "ledger M=0.01"); and an alternative tried and not taken
+  earlier negative ones, ``score_debt_decay`` ``d`` of the debt forgiven a round, harm (the part
+  of a score below -0.01) never; ``d = 1`` keeps only harm); and an alternative tried and not taken
   ("window": pools and positive scores accumulated until the scores reach ``M`` per pending
   round, then the carried pool split over the accumulated scores; its payment jumps when a
   nudge crosses the threshold, so a nudged score cannot be bounded as the ledger's rule is).
@@ -296,11 +296,12 @@ def paid_by_debt_rule(
     (:func:`fedchain.rounds.rewards.compute_score_debts`). (paid, left carried)."""
     total: dict[str, int] = {}
     carried = 0
-    debts: dict[bytes, int] = {}
+    debts: dict[bytes, tuple[int, int]] = {}  # key: (debt, of which harm)
     for keys, scores, moved in rounds:
         keyed = list(zip(_b(keys), scores, strict=True))
+        owed = {key: debt for key, (debt, _) in debts.items()}
         payout = compute_round_payout(
-            carried, pool=POOL, scores=keyed, moved=moved, min_score=min_score, debts=debts
+            carried, pool=POOL, scores=keyed, moved=moved, min_score=min_score, debts=owed
         )
         debts.update(compute_score_debts(debts, keyed, decay_bps))
         for key, amount in payout.rewards:

@@ -150,7 +150,8 @@ def errors_by_key(round_: dict[str, Any]) -> dict[bytes, float]:
 
 def replay(run: dict[str, Any], k: float | None, debt: bool) -> float:
     """The attackers' share of what the rule pays over the run's recorded scores."""
-    carried, paid, debts = 0, {}, {}
+    carried, paid = 0, {}
+    debts: dict[bytes, tuple[int, int]] = {}  # key: (debt, of which harm)
     for r in run["rounds"]:
         scores = list(r["scores"])
         if k is not None:
@@ -158,7 +159,7 @@ def replay(run: dict[str, Any], k: float | None, debt: bool) -> float:
             scores = [(key, max(0, s - math.ceil(k * se[key]))) for key, s in scores]
         payout = compute_round_payout(
             carried, pool=POOL, scores=scores, moved=r["moved"], min_score=MIN_SCORE,
-            debts=debts if debt else None,
+            debts={key: owed for key, (owed, _) in debts.items()} if debt else None,
         )  # fmt: skip
         if debt:
             debts.update(compute_score_debts(debts, r["scores"], DEBT_DECAY_BPS))

@@ -191,7 +191,8 @@ class RunConfig:
     payout_min_score: float = 0.01  # the payout rule: a round whose positive scores sum to
     #   less pays that fraction of its pool (validation-loss gain; experiments/reward_shares.py)
     score_debt_decay: float = 0.3  # the share of a client's score debt (negative scores its
-    #   positive ones must repay before they are paid) forgiven each round; 1 keeps no debt
+    #   positive ones must repay before they are paid) forgiven each round, harm (the part of a
+    #   score below -0.01) never; 1 keeps only harm
     #   (experiments/attacker_share_ablation.py: 0, 0.1 and 0.3 pay attackers 0 %, 0.5 0.03 %
     #   at budgets 2-3; experiments/results/reward_shares.md, budget 10: a client's run share
     #   differs from exact Shapley's by at most 0.86 / 2.24 points, iid / dirichlet-0.5, at 0;

@@ -371,9 +371,9 @@ def test_invalid_bool_byte() -> None:
     participant = ParticipantState(b"k", 1, 2, b"d", 3, True)
     encoded = bytearray(encode(participant))
     # active, before the i64 dp_participations, the empty app digest and the i64s
-    # app_approvals and score_debt
-    assert encoded[-29] == 1
-    encoded[-29] = 2
+    # app_approvals, score_debt and harm_debt
+    assert encoded[-37] == 1
+    encoded[-37] = 2
     with pytest.raises(DecodeError, match="not 0 or 1"):
         decode(ParticipantState, bytes(encoded))
 

@@ -225,6 +225,7 @@ FIELDS: dict[int, tuple[tuple[str, Any], ...]] = {  # spec §3, transcribed
         ("app_digest", BYTES),
         ("app_approvals", INT),
         ("score_debt", INT),
+        ("harm_debt", INT),
     ),
     41: (
         ("participants", ("seq", (40,))),
@@ -386,10 +387,11 @@ def state_root(
 ) -> bytes:
     body = bytes([41]) + struct.pack("<I", len(people))
     for key in sorted(people):
-        stake, rep, data_hash, examples, active, participations, app, approvals, debt = people[key]
+        stake, rep, data_hash, examples, active, participations, app, approvals = people[key][:8]
+        debt, harm = people[key][8:]
         body += bytes([40]) + b(key) + struct.pack("<qq", stake, rep) + b(data_hash)
         body += struct.pack("<q", examples) + bytes([active]) + struct.pack("<q", participations)
-        body += b(app) + struct.pack("<qq", approvals, debt)
+        body += b(app) + struct.pack("<qqq", approvals, debt, harm)
     return H(body + b(model_head) + struct.pack("<qq", round_, carried))
 
 
@@ -406,7 +408,7 @@ def test_independent_reader_replays_the_golden_ledger() -> None:
     people = {
         p["public_key"]: [
             *(p["stake"], 10_000, p["dataset_hash"], p["num_examples"], True, 0),
-            *(p["app_digest"], 0, 0),
+            *(p["app_digest"], 0, 0, 0),
         ]
         for p in genesis["participants"]
     }
@@ -465,8 +467,12 @@ def test_independent_reader_replays_the_golden_ledger() -> None:
                 debts = {key: people[key][8] for key, _ in scores}
                 due, carried = payout(carried, pool, scores, moved, min_score, debts)
                 forgive = rules["score_debt_decay_bps"]
-                for key, score in scores:  # a positive score repays the debt first
-                    people[key][8] = max(0, debts[key] - score) * (10_000 - forgive) // 10_000
+                for key, score in scores:  # a positive score repays the debt first, noise first
+                    owed = max(0, debts[key] - score)
+                    harm = people[key][9]  # harm (beyond -10 000) is never forgiven
+                    harm = harm + max(0, -score - 10_000) if score < 0 else min(harm, owed)
+                    people[key][8] = harm + (owed - harm) * (10_000 - forgive) // 10_000
+                    people[key][9] = harm
             elif tag == 14:  # exactly what the payout rule makes due: never a penalty
                 assert scores is not None and due and tx["deltas"] == due
                 due = []

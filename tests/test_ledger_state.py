@@ -103,8 +103,8 @@ RULES = make_rules(  # every field given: the known answers below must not follo
 OTHER_FEDERATION = hashlib.sha256(b"another federation").digest()
 
 # Known answers (Ed25519 signatures are deterministic, so whole blocks are).
-KNOWN_GENESIS_BLOCK_HASH = "dffe95383dede3ca2efc9fb50a1ed2217133703e88f8a76995f2ffb6d1f1be5a"
-KNOWN_BLOCK_1_HASH = "5817428ff2b0d052f1bc6a8fe9a49a5dba7a2c156a28320715385235d9b2f455"
+KNOWN_GENESIS_BLOCK_HASH = "e8050667c10c20f90e77d2817775ee608cd015fc4e07a399f5492afd88afa61f"
+KNOWN_BLOCK_1_HASH = "ace5bd0f84361891ffb771228f637fe8c0e911a632c0ee7176a7c6c4574befca"
 
 
 def digest(text: str) -> bytes:
@@ -541,20 +541,29 @@ def test_harmful_scores_lower_reputation_and_helpful_ones_restore_it(
     modelled: LedgerState,
 ) -> None:
     """Pre: full reputation. Op: a harmful score, then a helpful one the next round.
-    Post: -penalty, then +penalty/2."""
+    Post: -penalty, then +penalty/2; the harm (the part below -10 000) stays owed even though
+    these rules forgive every noise debt (score_debt_decay_bps 10 000)."""
     penalty = modelled.genesis.rules.reputation_penalty_bps
+    assert modelled.genesis.rules.score_debt_decay_bps == 10_000
     harmful = by_key([(PUB[1], -50_000), (PUB[2], -9_999)])  # PUB[2] is within measurement noise
     after = process_transactions(modelled, (ContributionRecord(1, harmful),), 1)
     assert participant(after, 1).reputation_bps == 10_000 - penalty
     assert participant(after, 2).reputation_bps == 10_000
+    assert (participant(after, 1).score_debt, participant(after, 1).harm_debt) == (40_000, 40_000)
+    assert (participant(after, 2).score_debt, participant(after, 2).harm_debt) == (0, 0)
     round_2 = [
         commit(after, 1, round=2),
         ModelVersion(2, MODEL_2, MODEL_1, (update_hash(1, 2),), "fedavg"),
         ContributionRecord(2, ((PUB[1], 7),)),
-        RewardDeltas(2, ((PUB[1], 2_000),)),  # round 1's pool was carried: no positive score
     ]
     helpful = process_transactions(after, round_2, 2)
     assert participant(helpful, 1).reputation_bps == 10_000 - penalty + penalty // 2
+    assert (participant(helpful, 1).score_debt, participant(helpful, 1).harm_debt) == (
+        39_993,
+        39_993,
+    )
+    with pytest.raises(InvalidTransaction, match="pays nothing in round 2"):  # +7 repays harm
+        process_transactions(after, [*round_2, RewardDeltas(2, ((PUB[1], 2_000),))], 2)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -586,3 +586,11 @@ def test_crash_loses_no_acked_block_and_resumes(tmp_path: Path) -> None:
         assert head.height == head_height
         store.append(make_next_block(head, b"after the crashes"))
         assert store.head().height == head_height + 1
+
+
+def test_the_spec_names_this_format_version() -> None:
+    """docs/ledger-spec.md states the version a reader accepts; it must be this code's."""
+    spec = (Path(__file__).parent.parent / "docs" / "ledger-spec.md").read_text()
+    assert f"(format version {FORMAT_VERSION})" in spec.splitlines()[0]
+    assert f"`PRAGMA user_version = {FORMAT_VERSION}`" in spec
+    assert f"('format_version', X'{str(FORMAT_VERSION).encode().hex()}')" in spec

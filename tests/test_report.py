@@ -347,6 +347,7 @@ def test_report_shows_contributions_rewards_and_slashing(scored_run):
     # score debt at the end: the rider's negative score of round 1, never repaid
     assert rider["score_debt_quanta"] == round(0.05 * SCORE_SCALE)
     assert rider["score_debt"] == pytest.approx(0.05)
+    assert rider["harm_debt_quanta"] == round(0.04 * SCORE_SCALE)  # the part below -0.01
     assert [by_name[f"client {i}"]["score_debt"] for i in range(3)] == [0.0] * 3
     # events: the slashing with its evidence, the ejection it caused, the rejection
     kinds = [(e["round"], e["kind"], e["name"]) for e in data["events"]]

@@ -21,6 +21,7 @@ from fedchain.rounds.rewards import (
     compute_nudge_bound,
     compute_reward_split,
     compute_round_payout,
+    compute_score_debt,
     compute_score_debts,
     has_model_moved,
 )
@@ -211,11 +212,67 @@ def test_a_round_whose_positive_scores_only_repay_debt_pays_nothing() -> None:
 
 
 def test_debts_grow_with_negative_scores_shrink_with_positive_ones_and_decay() -> None:
-    debts = {A: 5_000, B: 1_000}
-    scores = [(A, -3_000), (B, 4_000), (C, -10_001)]
-    assert compute_score_debts(debts, scores, 0) == {A: 8_000, B: 0, C: 10_001}
-    assert compute_score_debts(debts, scores, 2_500) == {A: 6_000, B: 0, C: 7_500}  # floor
-    assert compute_score_debts(debts, scores, 10_000) == {A: 0, B: 0, C: 0}  # no debt kept
+    debts = {A: (5_000, 0), B: (1_000, 0)}
+    scores = [(A, -3_000), (B, 4_000), (C, -9_999)]
+    assert compute_score_debts(debts, scores, 0) == {A: (8_000, 0), B: (0, 0), C: (9_999, 0)}
+    assert compute_score_debts(debts, scores, 2_500) == {  # floor
+        A: (6_000, 0),
+        B: (0, 0),
+        C: (7_499, 0),
+    }
+    assert compute_score_debts(debts, scores, 10_000) == {A: (0, 0), B: (0, 0), C: (0, 0)}
+
+
+def test_harm_beyond_the_threshold_is_never_forgiven() -> None:
+    # -25,000: 15,000 of harm (beyond -10,000) and 10,000 of noise, of which half is forgiven
+    assert compute_score_debt(0, 0, -25_000, 5_000) == (20_000, 15_000)
+    assert compute_score_debt(0, 0, -25_000, 10_000) == (15_000, 15_000)
+    debt, harm = 15_000, 15_000
+    for _ in range(50):  # rounds of no score do not forgive harm at any decay
+        debt, harm = compute_score_debt(debt, harm, 0, 10_000)
+    assert (debt, harm) == (15_000, 15_000)
+    # a positive score repays the noise first, then the harm
+    assert compute_score_debt(20_000, 15_000, 3_000, 0) == (17_000, 15_000)
+    assert compute_score_debt(20_000, 15_000, 8_000, 0) == (12_000, 12_000)
+    assert compute_score_debt(20_000, 15_000, 30_000, 0) == (0, 0)
+    # a noise-sized negative score adds no harm
+    assert compute_score_debt(12_000, 12_000, -10_000, 10_000) == (12_000, 12_000)
+
+
+def test_a_sign_flippers_early_harm_outlasts_its_late_lucky_rounds() -> None:
+    """The 7.2 % case (Fashion-MNIST subsample, decay 0.3): harmful early rounds, then small
+    lucky positive scores. Forgiving the whole debt paid the attacker; keeping harm does not."""
+    attacker = [-60_000, -40_000, -20_000] + [-1_000, 2_500, 3_000, -500, 2_000] * 3
+    honest = [90_000, 60_000, 30_000] + [4_000, 3_000, 2_000, 3_500, 1_000] * 3
+    paid = {A: 0, B: 0}
+    carried, debts = 0, {}
+    for a, h in zip(attacker, honest, strict=True):
+        scores = [(A, a), (B, h)]
+        owed = {key: debt for key, (debt, _) in debts.items()}
+        payout = compute_round_payout(
+            carried, pool=10_000, scores=scores, moved=True, min_score=10_000, debts=owed
+        )
+        debts.update(compute_score_debts(debts, scores, 3_000))
+        carried = payout.carried
+        for key, amount in payout.rewards:
+            paid[key] += amount
+    assert paid[A] == 0 and paid[B] > 0
+    old_debt, old_paid = 0, 0  # the format-6 rule: the whole debt decays
+    for a in attacker:
+        old_paid += max(0, a - old_debt)
+        old_debt = max(0, old_debt - a) * 7_000 // 10_000
+    assert old_paid > 0  # what the old rule would have paid on
+
+
+def test_score_debt_moves_by_at_most_the_nudge() -> None:
+    """The payout bound needs a debt 1-Lipschitz in the score (plus 1 quantum of flooring),
+    across the harm threshold too."""
+    for debt, harm in ((0, 0), (30_000, 12_000), (5_000, 0)):
+        for score in range(-10_010, -9_990):
+            for nudge in (-2, -1, 1, 2):
+                a = compute_score_debt(debt, harm, score, 3_000)
+                b = compute_score_debt(debt, harm, score + nudge, 3_000)
+                assert abs(a[0] - b[0]) <= abs(nudge) + 1 and abs(a[1] - b[1]) <= abs(nudge)
 
 
 def test_no_debt_is_the_rule_without_debt() -> None:
@@ -233,6 +290,8 @@ def test_invalid_debts_and_decay() -> None:
     for bad in (-1, 10_001):
         with pytest.raises(ValueError, match="score_debt_decay_bps"):
             compute_score_debts({}, [(A, 1)], bad)
+    with pytest.raises(ValueError, match="harm must be in"):
+        compute_score_debt(5, 6, 1, 0)
 
 
 @given(

@@ -267,7 +267,8 @@ def simulate(
                 "score_debt_decay",
                 "A client's negative scores are a debt its positive scores repay before they "
                 "are paid (so a harmful client is not paid for a lucky round); this share of "
-                "the debt is forgiven each round (1: keep no debt).",
+                "the debt is forgiven each round, except harm (the part of a score below -0.01), "
+                "which is never forgiven (1: keep only harm).",
             )
         ),
     ] = None,

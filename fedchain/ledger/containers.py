@@ -72,7 +72,8 @@ class ParticipantState:
     simulated client); ``app_approvals``: how many approvals it has recorded (the next one's
     ``sequence`` is this plus 1);
     ``score_debt``: the negative score (quanta) its positive scores must repay before they are
-    paid (:func:`~fedchain.rounds.rewards.compute_score_debts`)."""
+    paid, and ``harm_debt`` the part of it that is harm, never forgiven
+    (:func:`~fedchain.rounds.rewards.compute_score_debt`)."""
 
     TAG: ClassVar[int] = 40
     public_key: PublicKey
@@ -85,6 +86,7 @@ class ParticipantState:
     app_digest: bytes = b""
     app_approvals: int = 0
     score_debt: int = 0
+    harm_debt: int = 0
 
 
 @dataclass(frozen=True, slots=True)

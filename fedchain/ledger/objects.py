@@ -149,8 +149,8 @@ class Rules:
     (score quanta) is the sum of a round's positive scores at which the round pays all of the
     available pool, less paying in proportion (the payout rule, :mod:`fedchain.rounds.rewards`);
     ``score_debt_decay_bps`` the share of a participant's score debt (the negative score a
-    positive one must first repay before it is paid) forgiven after each round (10_000: no
-    debt is kept, each round pays its own positive scores);
+    positive one must first repay before it is paid) forgiven after each round, harm (negative
+    scores beyond 0.01) excepted (10_000: only harm is kept);
     ``contribution_budget`` the sampling contribution methods' coalition evaluations per scored
     client (0: the method's default), raised for a round of few clients so that it evaluates at
     least ``contribution_min_evaluations`` coalitions

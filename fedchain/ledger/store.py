@@ -36,6 +36,7 @@ from typing import Any
 from fedchain.errors import LedgerStoreError
 
 APPLICATION_ID = 0x46434C44  # b"FCLD" (FedChain LeDger) in SQLite's application_id header field
+# 7: harm debt, never forgiven (ParticipantState.harm_debt; issue 19);
 # 6: a floor on a round's coalition evaluations (Rules.contribution_min_evaluations; issue 17),
 # one signed refusal per participant a round;
 # 5: score debt (Rules.score_debt_decay_bps, ParticipantState.score_debt; issue 19);
@@ -45,7 +46,7 @@ APPLICATION_ID = 0x46434C44  # b"FCLD" (FedChain LeDger) in SQLite's application
 # 19), the update archive's retention (issue 17), differential privacy in the rules, commitments
 # and participant state (issue 15); 2: signed genesis registrations, evidence-backed stake rules
 # (issue 12)
-FORMAT_VERSION = 6
+FORMAT_VERSION = 7
 HASH_SIZE = 32  # bytes: SHA-256 block hashes, Ed25519 public keys
 LEDGER_FILENAME = "ledger.db"  # inside a run directory (fedchain.runs.layout re-exports it)
 BUSY_TIMEOUT_S = 10.0  # how long to wait for a lock (a checkpoint, another writer) before failing

@@ -205,11 +205,12 @@ def apply_contribution_record(work: Working, tx: ContributionRecord, encoding: b
     (:func:`check_rewards_paid`), exactly.
 
     They also move each scored participant's score debt
-    (:func:`~fedchain.rounds.rewards.compute_score_debts`: a positive score first repays it, and
-    only what is left is payable; the genesis ``score_debt_decay_bps`` of it is forgiven each
-    round), and reputation: a score at or below :data:`HARMFUL_SCORE` (harm beyond measurement
-    noise) costs the genesis ``reputation_penalty_bps``; a positive score restores half of that,
-    up to the maximum. So repeated harmful contributions lower a client's reputation, and with it
+    (:func:`~fedchain.rounds.rewards.compute_score_debt`: a positive score first repays it, and
+    only what is left is payable; harm, the part of negative scores beyond 0.01, is never
+    forgiven, and the genesis ``score_debt_decay_bps`` of the rest is, each round), and
+    reputation: a score at or below :data:`HARMFUL_SCORE` (harm beyond measurement noise) costs
+    the genesis ``reputation_penalty_bps``; a positive score restores half of that, up to the
+    maximum. So repeated harmful contributions lower a client's reputation, and with it
     its weight under the ``reputation`` aggregation rule.
     """
     check_round(work, tx.round, "contribution record")
@@ -240,6 +241,7 @@ def apply_contribution_record(work: Working, tx: ContributionRecord, encoding: b
     if work.carried_reward + rules.reward_per_round > MAX_INT:
         raise InvalidTransaction("the carried reward pool would overflow")
     debts = {key: work.participants[key].score_debt for key, _ in tx.scores}
+    harms = {key: work.participants[key].harm_debt for key, _ in tx.scores}
     payout = compute_round_payout(
         work.carried_reward,
         pool=rules.reward_per_round,
@@ -250,7 +252,9 @@ def apply_contribution_record(work: Working, tx: ContributionRecord, encoding: b
     )
     work.carried_reward = payout.carried
     work.due = payout.rewards
-    new_debts = compute_score_debts(debts, tx.scores, rules.score_debt_decay_bps)
+    new_debts = compute_score_debts(
+        {key: (debts[key], harms[key]) for key in debts}, tx.scores, rules.score_debt_decay_bps
+    )
     for key, score in tx.scores:
         participant = work.participants[key]
         reputation = participant.reputation_bps
@@ -258,9 +262,14 @@ def apply_contribution_record(work: Working, tx: ContributionRecord, encoding: b
             reputation = max(0, reputation - rules.reputation_penalty_bps)
         elif score > 0:
             reputation = min(MAX_REPUTATION_BPS, reputation + rules.reputation_penalty_bps // 2)
-        if reputation != participant.reputation_bps or new_debts[key] != participant.score_debt:
+        debt, harm = new_debts[key]
+        if (reputation, debt, harm) != (
+            participant.reputation_bps,
+            participant.score_debt,
+            participant.harm_debt,
+        ):
             work.participants[key] = dataclasses.replace(
-                participant, reputation_bps=reputation, score_debt=new_debts[key]
+                participant, reputation_bps=reputation, score_debt=debt, harm_debt=harm
             )
 
 

@@ -265,11 +265,11 @@ def _rules_lines(card: Mapping[str, Any]) -> list[str]:
         f"- payout: {rules['reward_per_round']} per round, all of the pool once a round's "
         f"payable scores reach {rules['payout_min_score']} score quanta",
     ]
-    if rules.get("score_debt_decay_bps") not in (None, 10_000):
+    if rules.get("score_debt_decay_bps") is not None:
         lines.append(
             "- score debt: a client's negative scores are repaid by its positive ones before "
-            f"they are paid; {rules['score_debt_decay_bps'] / 100:g} % of the debt is forgiven "
-            "each round"
+            "they are paid; harm (the part of a score below -0.01) is never forgiven, "
+            f"{rules['score_debt_decay_bps'] / 100:g} % of the rest is forgiven each round"
         )
     dp = rules.get("differential_privacy")
     if dp:

@@ -153,6 +153,8 @@ def compute_participants(
                 "reputation": now.reputation_bps / BPS_DENOMINATOR,
                 "score_debt_quanta": now.score_debt,
                 "score_debt": now.score_debt / SCORE_SCALE,
+                "harm_debt_quanta": now.harm_debt,
+                "harm_debt": now.harm_debt / SCORE_SCALE,
                 "active": now.active,
                 "stake_by_round": stake_series,
                 "rewards_by_round": cumulative,

@@ -657,7 +657,7 @@ def _reject_vectors(golden: Golden) -> list[dict[str, Any]]:
     attestation = encode(golden.blocks[2].transactions[0])
     first = next(iter(golden.states[1].participants.values()))
     participant = encode(first)
-    active = len(participant) - (8 + 4 + len(first.app_digest) + 8 + 8) - 1  # the byte of `active`
+    active = len(participant) - (8 + 4 + len(first.app_digest) + 8 + 8 + 8) - 1  # `active`
     rejection = encode(Rejection(1, bytes(32), "x"))
     rules = encode(golden.states[0].genesis.rules)
     return [
@@ -670,7 +670,7 @@ def _reject_vectors(golden: Golden) -> list[dict[str, Any]]:
             "bytes": "10" + attestation[1:].hex(),
         },
         {
-            "why": "bool byte 2 (active; then dp_participations, app_digest, app_approvals, debt)",
+            "why": "bool byte 2 (active; then dp_participations, app_digest, app_approvals, debts)",
             "type": "ParticipantState",
             "bytes": (participant[:active] + b"\2" + participant[active + 1 :]).hex(),
         },
