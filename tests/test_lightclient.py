@@ -114,7 +114,16 @@ def test_invalid_a_header_signed_by_another_participant(
     proposer = shown[2].header.proposer
     other = next(k for k in participant_keys if public_key_bytes(k) != proposer)
     shown[2] = sign_header(other, genesis_hash, shown[2].header)
-    with pytest.raises(InvalidBlock, match="header 2"):
+    with pytest.raises(InvalidBlock, match="header 2: the proposer's signature does not verify"):
+        check_head(None, shown, 1, None, genesis_hash, verifier=verifier)
+
+
+def test_invalid_a_malformed_header_signature_says_why(
+    blocks: list[Block], genesis_hash: bytes, verifier: Verifier
+) -> None:
+    shown = headers(blocks, 0)
+    shown[1] = dataclasses.replace(shown[1], signature=shown[1].signature[:-1])
+    with pytest.raises(InvalidBlock, match="header 1: .*does not verify.*: .*64 bytes"):
         check_head(None, shown, 1, None, genesis_hash, verifier=verifier)
 
 
