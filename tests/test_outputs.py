@@ -12,6 +12,7 @@ terminal, a deployed federation's participant names, and a run killed before its
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import re
@@ -536,3 +537,46 @@ def test_invalid_read_regular_file_refuses_what_is_not_a_file_of_the_run(tmp_pat
         read_regular_file(run_dir / "dir", run_dir)
     with pytest.raises(FileNotFoundError):
         read_regular_file(run_dir / "absent", run_dir)
+
+
+def _people(slashed: int) -> list[dict]:  # type: ignore[type-arg]
+    return [
+        {
+            "name": f"client {i}",
+            "fingerprint": str(i) * 16,
+            "active": True,
+            "stake": 123_456,
+            "rewards": 23_456,
+            "slashed": slashed if i == 3 else 0,
+            "contribution": 0.1234,
+            "score_debt": 0.0123,
+            "reputation": 1.0,
+            "updates": 20,
+            "rejections": 0,
+            "slashings": 0,
+            "epsilon": 3.07,
+        }
+        for i in range(10)
+    ]
+
+
+@pytest.mark.parametrize(("slashed", "dp"), [(0, True), (5_000, False)])
+def test_participants_table_keeps_one_line_a_participant_at_80_columns(monkeypatch, slashed, dp):
+    """A narrow terminal shows each name with 8 fingerprint characters on one line; the
+    slashed column only when stake was slashed (its zeros folded every name with DP on)."""
+    from rich.console import Console
+
+    from fedchain.cli import report as report_cli
+
+    console = Console(width=80, record=True, file=io.StringIO())
+    monkeypatch.setattr(report_cli, "console", console)
+    data: dict = {"participants": _people(slashed)}  # type: ignore[type-arg]
+    if dp:
+        data["privacy"] = {"delta": 1e-5, "mode": "example", "noise_multiplier": 1.5}
+        data["privacy"] |= {"clip_norm": 1.0, "max_epsilon": 8.0, "max_participations": 20}
+    console.print(report_cli._participants_table(data))
+    lines = console.export_text().splitlines()
+    rows = [line for line in lines if line.startswith("client ")]
+    assert [row.split()[:3] for row in rows] == [["client", str(i), str(i) * 8] for i in range(10)]
+    assert ("slashed" in lines[1]) == bool(slashed) and ("epsilon" in lines[1]) == dp
+    assert ("no stake was slashed" in "".join(lines)) == (not slashed)

@@ -154,7 +154,9 @@ def _participants_table(data: Mapping[str, Any]) -> Table:
         "stake": [f"{p['stake']:,}" for p in people],
         "rewards": [f"{p['rewards']:,}" for p in people],
     }
-    columns["slashed"] = [f"{p['slashed']:,}" for p in people]
+    slashed = any(p["slashed"] for p in people)
+    if slashed:  # a column of zeros would push the names onto two lines at 80 columns
+        columns["slashed"] = [f"{p['slashed']:,}" for p in people]
     columns["score"] = [
         "-" if p["contribution"] is None else f"{p['contribution']:+.4f}" for p in people
     ]
@@ -173,7 +175,9 @@ def _participants_table(data: Mapping[str, Any]) -> Table:
         key = [p["fingerprint"][:chars]] if wide else []
         table.add_row(names[i], *key, *(values[i] for values in columns.values()))
     table.caption = (
-        "stake: final; slashed: stake lost to slashing; score: total contribution; "
+        "stake: final; "
+        + ("slashed: stake lost to slashing; " if slashed else "no stake was slashed; ")
+        + "score: total contribution; "
         "debt: score debt (negative scores its positive scores must repay before they are "
         "paid); rep.: reputation; ok/ref: updates admitted/refused by the ledger"
     )
