@@ -25,12 +25,13 @@ Figures, against exact Shapley on the same table:
   (:func:`fedchain.rounds.rewards.compute_round_payout`: a round pays ``available *
   min(1, S / M)`` over its own positive scores, nothing when its model did not move, the rest
   carried) at several ``M`` = ``payout_min_score`` without score debt ("ledger M=..."), and
-  with score debt at ``M = 0.01`` ("debt d=...": a positive score first repays the client's
-  earlier negative ones, ``score_debt_decay`` ``d`` of the debt forgiven a round, harm (the part
-  of a score below -0.01) never; ``d = 1`` keeps only harm); and an alternative tried and not taken
-  ("window": pools and positive scores accumulated until the scores reach ``M`` per pending
-  round, then the carried pool split over the accumulated scores; its payment jumps when a
-  nudge crosses the threshold, so a nudged score cannot be bounded as the ledger's rule is).
+  with score debt at ``M = 0.01`` ("debt d=... h=...": a positive score first repays the
+  client's earlier negative ones; each round ``harm_debt_decay`` ``h`` of its harm, the part of
+  its scores below -0.01, is forgiven and ``score_debt_decay`` ``d`` of the rest); and an
+  alternative tried and not taken ("window": pools and positive scores accumulated until the
+  scores reach ``M`` per pending round, then the carried pool split over the accumulated
+  scores; its payment jumps when a nudge crosses the threshold, so a nudged score cannot be
+  bounded as the ledger's rule is).
 
 Budget sweep (``--sweep``): the ledger's sampler ("mc antithetic") alone at each of several
 budgets, the same seeds and rules (a few seconds each on cached tables), with the distinct
@@ -92,7 +93,16 @@ DEFAULT_BUDGET = compute_evaluations_per_client(
 """The default rules' evaluations per client at 10 clients (the federations measured here)."""
 PROPORTIONAL_MIN_SCORES = (0, 5_000, 10_000, 20_000, 50_000)  # payout_min_score, quanta
 WINDOW_MIN_SCORES = (5_000, 20_000)
-DEBT_DECAYS_BPS = (0, 1_000, 3_000, 5_000, 7_000)  # score_debt_decay, basis points, M = 0.01
+DEBT_DECAYS_BPS = (  # (score_debt_decay, harm_debt_decay), basis points, M = 0.01
+    (0, 0),
+    (1_000, 1_000),
+    (3_000, 0),
+    (3_000, 1_000),
+    (3_000, 2_000),
+    (3_000, 3_000),
+    (5_000, 2_000),
+    (7_000, 2_000),
+)
 DEBT_MIN_SCORE = 10_000
 POOL = 10_000
 SWEEP_BUDGETS = (1, 2, 3, 4, 6, 8, 10, 12, 16, 20)
@@ -100,11 +110,11 @@ SWEEP_SAMPLER = "mc antithetic"  # the ledger's sampler (mc-shapley's defaults)
 SWEEP_RULES = (
     "per round (old)",
     "ledger M=0.01",
-    "debt d=0",
-    "debt d=0.1",
-    "debt d=0.3",
-    "debt d=0.5",
-    "debt d=0.7",
+    "debt d=0 h=0",
+    "debt d=0.3 h=0",
+    "debt d=0.3 h=0.2",
+    "debt d=0.3 h=0.3",
+    "debt d=0.5 h=0.2",
 )
 SWEEP_LARGE_N = 100  # the sweep also gives the walks' distinct coalitions at this many clients
 
@@ -289,7 +299,10 @@ def paid_by_ledger_rule(
 
 
 def paid_by_debt_rule(
-    rounds: list[tuple[list[str], tuple[int, ...], bool]], min_score: int, decay_bps: int
+    rounds: list[tuple[list[str], tuple[int, ...], bool]],
+    min_score: int,
+    decay_bps: int,
+    harm_decay_bps: int,
 ) -> tuple[dict[str, int], int]:
     """The ledger's payout rule with score debt: the same rule over the payable scores
     ``max(0, s - debt)``, each client's debt carried from round to round
@@ -303,7 +316,7 @@ def paid_by_debt_rule(
         payout = compute_round_payout(
             carried, pool=POOL, scores=keyed, moved=moved, min_score=min_score, debts=owed
         )
-        debts.update(compute_score_debts(debts, keyed, decay_bps))
+        debts.update(compute_score_debts(debts, keyed, decay_bps, harm_decay_bps))
         for key, amount in payout.rewards:
             total[key.hex()] = total.get(key.hex(), 0) + amount
         carried = payout.carried
@@ -318,8 +331,10 @@ def payout_rules() -> dict[str, PayoutRule]:
     rules: dict[str, PayoutRule] = {"per round (old)": lambda r: (paid_by_round_rule(r), 0)}
     for m in PROPORTIONAL_MIN_SCORES:
         rules[f"ledger M={m / SCORE_SCALE:g}"] = lambda r, m=m: paid_by_ledger_rule(r, m)
-    for d in DEBT_DECAYS_BPS:
-        rules[f"debt d={d / 10_000:g}"] = lambda r, d=d: paid_by_debt_rule(r, DEBT_MIN_SCORE, d)
+    for d, h in DEBT_DECAYS_BPS:
+        rules[f"debt d={d / 10_000:g} h={h / 10_000:g}"] = lambda r, d=d, h=h: paid_by_debt_rule(
+            r, DEBT_MIN_SCORE, d, h
+        )
     for m in WINDOW_MIN_SCORES:
         rules[f"window M={m / SCORE_SCALE:g}"] = lambda r, m=m: paid_by_window_rule(r, m)
     return rules
@@ -437,6 +452,7 @@ def run_settings(run_dir: Path) -> dict[str, Any]:
         "contribution_budget": config.contribution_budget,
         "payout_min_score": config.payout_min_score,
         "score_debt_decay": config.score_debt_decay,
+        "harm_debt_decay": config.harm_debt_decay,
     }
 
 
@@ -467,7 +483,7 @@ def _lookup(table: np.ndarray, coalition: frozenset[int]) -> float:
 
 
 def markdown(results: dict[str, Any], command: str, budget: int, seeds: int, secs: float) -> str:
-    ledger_rule = f"debt d={DEFAULTS.score_debt_decay:g}"
+    ledger_rule = f"debt d={DEFAULTS.score_debt_decay:g} h={DEFAULTS.harm_debt_decay:g}"
     lines = [
         "# Reward shares against exact Shapley (issue 19)",
         "",
@@ -485,22 +501,25 @@ def markdown(results: dict[str, Any], command: str, budget: int, seeds: int, sec
         f"{DEFAULTS.contribution_budget} --contribution-min-evaluations "
         f"{DEFAULTS.contribution_min_evaluations}` ({DEFAULT_BUDGET} a client at 10 clients), "
         f"`--payout-min-score {DEFAULTS.payout_min_score:g}` "
-        f"and `--score-debt-decay {DEFAULTS.score_debt_decay:g}` (the ledger's payout rule: the "
-        f'column "debt d={DEFAULTS.score_debt_decay:g}"; "ledger M=0.01" is the same rule without '
-        "score debt, `--score-debt-decay 1`). The two runs were made by `fedchain simulate` with "
+        f"`--score-debt-decay {DEFAULTS.score_debt_decay:g}` and `--harm-debt-decay "
+        f"{DEFAULTS.harm_debt_decay:g}` (the ledger's payout rule: the column "
+        f'"{ledger_rule}"; "ledger M=0.01" is the same rule without score debt, '
+        "`--score-debt-decay 1 --harm-debt-decay 1`). The two runs were made by `fedchain "
+        "simulate` with "
         + "; ".join(
             f"{run}: `--contribution {r['settings']['contribution']} --contribution-budget "
             f"{r['settings']['contribution_budget']} --payout-min-score "
             f"{r['settings']['payout_min_score']:g} --score-debt-decay "
-            f"{r['settings']['score_debt_decay']:g}`"
+            f"{r['settings']['score_debt_decay']:g} --harm-debt-decay "
+            f"{r['settings'].get('harm_debt_decay', 'none (the rule before it)')}`"
             for run, r in results.items()
         )
         + " (read from their `config.toml`; the scores decide which updates the `screened` rule "
         "averages, and stakes, which weight aggregation, follow the payouts); every rule and "
         "sampler here is compared on the same tables.",
         "",
-        f"At this budget, with the ledger's sampler and payout rule (mc antithetic, debt "
-        f"d={DEFAULTS.score_debt_decay:g}), the largest difference between a client's share of "
+        f"At this budget, with the ledger's sampler and payout rule (mc antithetic, "
+        f"{ledger_rule}), the largest difference between a client's share of "
         "a run and its exact-Shapley share is "
         + ", ".join(
             f"{r['samplers'][SWEEP_SAMPLER]['run'][ledger_rule]['max_pp_worst']:.2f} (mean "

@@ -40,7 +40,7 @@ from fedchain.rounds.rewards import compute_round_payout, compute_score_debts
 
 BASE = {"dataset": "digits", "model": "mlp", "clients": 10, "rounds": 10}
 CELL = ("screened", "iid", (("partitioner", "iid"),))
-POOL, MIN_SCORE, DEBT_DECAY_BPS = 10_000, 10_000, 0
+POOL, MIN_SCORE, DEBT_DECAY_BPS, HARM_DECAY_BPS = 10_000, 10_000, 0, 0
 OUT = Path(__file__).parent / "results" / "score_noise.md"
 
 LOG: dict[str, Any] = {}
@@ -162,7 +162,7 @@ def replay(run: dict[str, Any], k: float | None, debt: bool) -> float:
             debts={key: owed for key, (owed, _) in debts.items()} if debt else None,
         )  # fmt: skip
         if debt:
-            debts.update(compute_score_debts(debts, r["scores"], DEBT_DECAY_BPS))
+            debts.update(compute_score_debts(debts, r["scores"], DEBT_DECAY_BPS, HARM_DECAY_BPS))
         for key, amount in payout.rewards:
             paid[key] = paid.get(key, 0) + amount
         carried = payout.carried

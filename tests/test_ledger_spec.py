@@ -118,6 +118,7 @@ FIELDS: dict[int, tuple[tuple[str, Any], ...]] = {  # spec §3, transcribed
         ("reputation_penalty_bps", INT),
         ("payout_min_score", INT),
         ("score_debt_decay_bps", INT),
+        ("harm_debt_decay_bps", INT),
         ("contribution_budget", INT),
         ("contribution_min_evaluations", INT),
         ("update_archive_rounds", INT),
@@ -466,12 +467,14 @@ def test_independent_reader_replays_the_golden_ledger() -> None:
                 pool, min_score = rules["reward_per_round"], rules["payout_min_score"]
                 debts = {key: people[key][8] for key, _ in scores}
                 due, carried = payout(carried, pool, scores, moved, min_score, debts)
-                forgive = rules["score_debt_decay_bps"]
+                forgive, forgive_harm = rules["score_debt_decay_bps"], rules["harm_debt_decay_bps"]
                 for key, score in scores:  # a positive score repays the debt first, noise first
                     owed = max(0, debts[key] - score)
-                    harm = people[key][9]  # harm (beyond -10 000) is never forgiven
+                    harm = people[key][9]  # harm: the part of a score below -10 000
                     harm = harm + max(0, -score - 10_000) if score < 0 else min(harm, owed)
-                    people[key][8] = harm + (owed - harm) * (10_000 - forgive) // 10_000
+                    noise = owed - harm
+                    harm = harm * (10_000 - forgive_harm) // 10_000
+                    people[key][8] = harm + noise * (10_000 - forgive) // 10_000
                     people[key][9] = harm
             elif tag == 14:  # exactly what the payout rule makes due: never a penalty
                 assert scores is not None and due and tx["deltas"] == due

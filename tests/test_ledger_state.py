@@ -103,8 +103,8 @@ RULES = make_rules(  # every field given: the known answers below must not follo
 OTHER_FEDERATION = hashlib.sha256(b"another federation").digest()
 
 # Known answers (Ed25519 signatures are deterministic, so whole blocks are).
-KNOWN_GENESIS_BLOCK_HASH = "e8050667c10c20f90e77d2817775ee608cd015fc4e07a399f5492afd88afa61f"
-KNOWN_BLOCK_1_HASH = "ace5bd0f84361891ffb771228f637fe8c0e911a632c0ee7176a7c6c4574befca"
+KNOWN_GENESIS_BLOCK_HASH = "09704d9fb8f696dab1337ecfadfce38770ff739e03421acc93a261516b9a8833"
+KNOWN_BLOCK_1_HASH = "ab6fed05e87eead1461bc003060491c0a270c9840e881741a06331eb9617b740"
 
 
 def digest(text: str) -> bytes:
@@ -541,10 +541,10 @@ def test_harmful_scores_lower_reputation_and_helpful_ones_restore_it(
     modelled: LedgerState,
 ) -> None:
     """Pre: full reputation. Op: a harmful score, then a helpful one the next round.
-    Post: -penalty, then +penalty/2; the harm (the part below -10 000) stays owed even though
-    these rules forgive every noise debt (score_debt_decay_bps 10 000)."""
+    Post: -penalty, then +penalty/2; the harm (the part below -10 000) stays owed under rules
+    that forgive every noise debt but no harm."""
+    modelled = with_debt_rules(modelled, 10_000, 0)
     penalty = modelled.genesis.rules.reputation_penalty_bps
-    assert modelled.genesis.rules.score_debt_decay_bps == 10_000
     harmful = by_key([(PUB[1], -50_000), (PUB[2], -9_999)])  # PUB[2] is within measurement noise
     after = process_transactions(modelled, (ContributionRecord(1, harmful),), 1)
     assert participant(after, 1).reputation_bps == 10_000 - penalty
@@ -666,9 +666,17 @@ def test_invalid_reward_deltas_not_the_split(
 def with_score_debt(state: LedgerState, debt: int, decay_bps: int) -> LedgerState:
     """``state`` under rules that keep score debt (``decay_bps`` forgiven a round), with
     participant 2 owing ``debt`` quanta from earlier harmful scores."""
-    rules = dataclasses.replace(state.genesis.rules, score_debt_decay_bps=decay_bps)
-    state = dataclasses.replace(state, genesis=dataclasses.replace(state.genesis, rules=rules))
-    return replace_participants(state, dataclasses.replace(participant(state, 2), score_debt=debt))
+    return replace_participants(
+        with_debt_rules(state, decay_bps, decay_bps),
+        dataclasses.replace(participant(state, 2), score_debt=debt),
+    )
+
+
+def with_debt_rules(state: LedgerState, decay_bps: int, harm_decay_bps: int) -> LedgerState:
+    rules = dataclasses.replace(
+        state.genesis.rules, score_debt_decay_bps=decay_bps, harm_debt_decay_bps=harm_decay_bps
+    )
+    return dataclasses.replace(state, genesis=dataclasses.replace(state.genesis, rules=rules))
 
 
 def test_score_debt_is_repaid_before_a_score_is_paid(modelled: LedgerState) -> None:

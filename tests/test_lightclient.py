@@ -123,7 +123,7 @@ def test_invalid_a_malformed_header_signature_says_why(
 ) -> None:
     shown = headers(blocks, 0)
     shown[1] = dataclasses.replace(shown[1], signature=shown[1].signature[:-1])
-    with pytest.raises(InvalidBlock, match="header 1: .*does not verify.*: .*64 bytes"):
+    with pytest.raises(InvalidBlock, match=r"header 1: .*does not verify.*: .*64 bytes"):
         check_head(None, shown, 1, None, genesis_hash, verifier=verifier)
 
 

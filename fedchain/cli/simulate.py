@@ -267,8 +267,19 @@ def simulate(
                 "score_debt_decay",
                 "A client's negative scores are a debt its positive scores repay before they "
                 "are paid (so a harmful client is not paid for a lucky round); this share of "
-                "the debt is forgiven each round, except harm (the part of a score below -0.01), "
-                "which is never forgiven (1: keep only harm).",
+                "the debt is forgiven each round, its harm excepted (--harm-debt-decay; 1 and "
+                "1: keep no debt).",
+            )
+        ),
+    ] = None,
+    harm_debt_decay: Annotated[
+        float | None,
+        typer.Option(
+            help=_help(
+                "harm_debt_decay",
+                "The share of a client's harm (the part of its negative scores below -0.01) "
+                "forgiven each round; kept longer than small negative scores, so an attacker's "
+                "early harm outlasts its late lucky rounds (0: never forgiven).",
             )
         ),
     ] = None,
@@ -497,6 +508,7 @@ def simulate(
         "contribution_min_evaluations": contribution_min_evaluations,
         "payout_min_score": payout_min_score,
         "score_debt_decay": score_debt_decay,
+        "harm_debt_decay": harm_debt_decay,
         "validation_fraction": validation_fraction,
         "seed": seed,
         "stake": stake,

@@ -63,6 +63,7 @@ def make_rules(
     reputation_penalty_bps: int = 1_000,
     payout_min_score: int = 0,
     score_debt_decay_bps: int = 10_000,
+    harm_debt_decay_bps: int | None = None,
     contribution_budget: int = 0,
     contribution_min_evaluations: int = 0,
     update_archive_rounds: int = ARCHIVE_ALL_ROUNDS,
@@ -80,7 +81,8 @@ def make_rules(
     :func:`fedchain.privacy.accountant.compute_dp_rules`. ``model``: the model record (none:
     the empty record, which says nothing about the model). ``max_rounds``, ``max_local_epochs``:
     the rules of data use (0: no limit); ``model_access``: the keys besides the participants
-    who may be given the models (sorted and made unique here).
+    who may be given the models (sorted and made unique here). ``harm_debt_decay_bps``: none
+    forgives harm as fast as the rest of a score debt (``score_debt_decay_bps``).
     """
     if slash_bps is None:
         slash_bps = {DOUBLE_SIGN: 5_000}
@@ -95,6 +97,9 @@ def make_rules(
         reputation_penalty_bps=reputation_penalty_bps,
         payout_min_score=payout_min_score,
         score_debt_decay_bps=score_debt_decay_bps,
+        harm_debt_decay_bps=(
+            score_debt_decay_bps if harm_debt_decay_bps is None else harm_debt_decay_bps
+        ),
         contribution_budget=contribution_budget,
         contribution_min_evaluations=contribution_min_evaluations,
         update_archive_rounds=update_archive_rounds,

@@ -141,10 +141,10 @@ def _check_genesis(genesis: Genesis) -> None:
         raise fail(f"reward_per_round must not be negative, got {rules.reward_per_round}")
     if rules.payout_min_score < 0:
         raise fail(f"payout_min_score must not be negative, got {rules.payout_min_score}")
-    if not 0 <= rules.score_debt_decay_bps <= BPS_DENOMINATOR:
-        raise fail(
-            f"score_debt_decay_bps must be in 0..{BPS_DENOMINATOR}, "
-            f"got {rules.score_debt_decay_bps}"
+    if not 0 <= rules.harm_debt_decay_bps <= rules.score_debt_decay_bps <= BPS_DENOMINATOR:
+        raise fail(  # harm is forgiven no faster than noise (and a debt moves by at most a nudge)
+            f"need 0 <= harm_debt_decay_bps ({rules.harm_debt_decay_bps}) <= score_debt_decay_bps "
+            f"({rules.score_debt_decay_bps}) <= {BPS_DENOMINATOR}"
         )
     if rules.contribution_budget < 0:
         raise fail(f"contribution_budget must not be negative, got {rules.contribution_budget}")

@@ -149,8 +149,9 @@ class Rules:
     (score quanta) is the sum of a round's positive scores at which the round pays all of the
     available pool, less paying in proportion (the payout rule, :mod:`fedchain.rounds.rewards`);
     ``score_debt_decay_bps`` the share of a participant's score debt (the negative score a
-    positive one must first repay before it is paid) forgiven after each round, harm (negative
-    scores beyond 0.01) excepted (10_000: only harm is kept);
+    positive one must first repay before it is paid) forgiven after each round, harm (the part
+    of negative scores beyond 0.01) excepted, of which ``harm_debt_decay_bps`` is forgiven
+    (both 10_000: no debt is kept, each round pays its own positive scores);
     ``contribution_budget`` the sampling contribution methods' coalition evaluations per scored
     client (0: the method's default), raised for a round of few clients so that it evaluates at
     least ``contribution_min_evaluations`` coalitions
@@ -195,6 +196,7 @@ class Rules:
     reputation_penalty_bps: int
     payout_min_score: int = 0
     score_debt_decay_bps: int = 10_000
+    harm_debt_decay_bps: int = 10_000
     contribution_budget: int = 0
     contribution_min_evaluations: int = 0
     update_archive_rounds: int = ARCHIVE_ALL_ROUNDS

@@ -206,8 +206,9 @@ def apply_contribution_record(work: Working, tx: ContributionRecord, encoding: b
 
     They also move each scored participant's score debt
     (:func:`~fedchain.rounds.rewards.compute_score_debt`: a positive score first repays it, and
-    only what is left is payable; harm, the part of negative scores beyond 0.01, is never
-    forgiven, and the genesis ``score_debt_decay_bps`` of the rest is, each round), and
+    only what is left is payable; each round the genesis ``harm_debt_decay_bps`` of its harm,
+    the part of negative scores beyond 0.01, is forgiven, and ``score_debt_decay_bps`` of the
+    rest), and
     reputation: a score at or below :data:`HARMFUL_SCORE` (harm beyond measurement noise) costs
     the genesis ``reputation_penalty_bps``; a positive score restores half of that, up to the
     maximum. So repeated harmful contributions lower a client's reputation, and with it
@@ -253,7 +254,10 @@ def apply_contribution_record(work: Working, tx: ContributionRecord, encoding: b
     work.carried_reward = payout.carried
     work.due = payout.rewards
     new_debts = compute_score_debts(
-        {key: (debts[key], harms[key]) for key in debts}, tx.scores, rules.score_debt_decay_bps
+        {key: (debts[key], harms[key]) for key in debts},
+        tx.scores,
+        rules.score_debt_decay_bps,
+        rules.harm_debt_decay_bps,
     )
     for key, score in tx.scores:
         participant = work.participants[key]

@@ -179,6 +179,7 @@ def _run_json(inputs: ReportInputs, genesis: Genesis) -> dict[str, Any]:
             "reputation_penalty_bps": rules.reputation_penalty_bps,
             "payout_min_score": rules.payout_min_score,
             "score_debt_decay_bps": rules.score_debt_decay_bps,
+            "harm_debt_decay_bps": rules.harm_debt_decay_bps,
             "contribution_budget": rules.contribution_budget,
             "contribution_min_evaluations": rules.contribution_min_evaluations,
             "update_archive_rounds": rules.update_archive_rounds,

@@ -71,6 +71,7 @@ def compute_card(
             "reward_per_round": rules.get("reward_per_round"),
             "payout_min_score": rules.get("payout_min_score"),
             "score_debt_decay_bps": rules.get("score_debt_decay_bps"),
+            "harm_debt_decay_bps": rules.get("harm_debt_decay_bps"),
             "min_stake": rules.get("min_stake"),
             "slash_bps": rules.get("slash_bps"),
             "differential_privacy": _privacy_json(report.get("privacy")),
@@ -268,8 +269,10 @@ def _rules_lines(card: Mapping[str, Any]) -> list[str]:
     if rules.get("score_debt_decay_bps") is not None:
         lines.append(
             "- score debt: a client's negative scores are repaid by its positive ones before "
-            "they are paid; harm (the part of a score below -0.01) is never forgiven, "
-            f"{rules['score_debt_decay_bps'] / 100:g} % of the rest is forgiven each round"
+            "they are paid; each round "
+            f"{rules.get('harm_debt_decay_bps', 10_000) / 100:g} % of the harm (the part of a "
+            f"score below -0.01) is forgiven and {rules['score_debt_decay_bps'] / 100:g} % of "
+            "the rest"
         )
     dp = rules.get("differential_privacy")
     if dp:

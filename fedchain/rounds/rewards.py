@@ -9,13 +9,14 @@ functions to build them (docs/ledger-spec.md, §9.5).
 Score debt. A client is paid for what its scores add to its running total beyond what earlier
 rounds took away: its *payable* score is ``p_i = max(0, s_i - D_i)``, where ``D_i`` (quanta, in
 the state) is the negative score it has not yet earned back. Of it, ``H_i <= D_i`` is *harm*:
-the part of its negative scores beyond :data:`HARM_THRESHOLD` (a score ``s < -h`` adds ``-s -
-h`` to ``H_i``, ``h = 10,000`` quanta = 0.01 of validation loss, the ledger's harmful-score
-line), which is never forgiven; the rest, ``D_i - H_i``, is noise, of which the genesis
-``score_debt_decay_bps`` (``d``) is forgiven each round. After each contribution record
-(:func:`compute_score_debt`): ``D' = max(0, D - s)``; ``H' = H + max(0, -s - h)`` when ``s < 0``,
-else ``min(H, D')`` (a positive score repays the noise first); then ``D := H' + floor((D' - H')
-x (10,000 - d) / 10,000)``, ``H := H'``. ``d = 10,000`` keeps only harm (no noise debt).
+the part of its negative scores beyond :data:`HARM_THRESHOLD` (a score ``s < -10,000`` quanta,
+0.01 of validation loss, the ledger's harmful-score line, adds ``-s - 10,000`` to ``H_i``); the
+rest, ``D_i - H_i``, is noise. Each round the genesis ``harm_debt_decay_bps`` (``h``) of the
+harm is forgiven and ``score_debt_decay_bps`` (``d >= h``) of the noise. After each contribution
+record (:func:`compute_score_debt`): ``O = max(0, D - s)``; ``H' = H + max(0, -s - 10,000)``
+when ``s < 0``, else ``min(H, O)`` (a positive score repays the noise first); then ``H :=
+floor(H' x (10,000 - h) / 10,000)`` and ``D := H + floor((O - H') x (10,000 - d) / 10,000)``.
+``d = h = 10,000`` keeps no debt (each round pays its own positive scores).
 Why: a validation-loss score is a measurement on a finite validation split, and in late
 rounds, when every step is small, an attacker's update can score a little above zero by chance
 (measured: a sign flipper +0.0034 in round 8, above most honest clients); paid on its own, such
@@ -23,11 +24,13 @@ a round gave an attacker 21 % of its pool. The sampler's own error is no guide t
 antithetic walk pairs agree to about 1e-5 on those scores: the noise is in the validation split,
 not the sampling), but the attacker's earlier harmful scores are: a positive score first pays
 back the debt they left. An honest client's occasional small negative score is noise, repaid by
-its next positive round and forgiven at ``d`` a round. Forgiving harm too (format 6: the whole
-debt decayed) let sign flippers take 7.2 % of the rewards on a 100-example validation split
-(Fashion-MNIST subsample, decay 0.3), their early harm forgotten before their late lucky
-rounds. The split is continuous in the score (no threshold jump), so a nudged score moves a
-debt by at most the nudge, as the bound below needs.
+its next positive round and forgiven at ``d`` a round. Forgiving harm as fast (format 6: one
+rate for the whole debt) let sign flippers take 7.2 % of the rewards on a 100-example
+validation split (Fashion-MNIST subsample, decay 0.3), their early harm forgotten before their
+late lucky rounds; never forgiving it starves honest clients whose one early update overshot
+(a -0.11 in round 2 of a clean run) and makes their late payments hang on the sampler's error
+in that one large score. The split is continuous in the score (no threshold jump), so a nudged
+score moves a debt by at most the nudge, as the bound below needs.
 
 The payout rule. Each round with a contribution record makes ``available = carried + pool``
 (``pool``: the genesis ``reward_per_round``). Let ``S`` be the sum of the round's payable scores
@@ -63,9 +66,10 @@ particular a round with no positive honest score pays a score recorded as ``+2``
 reads ``max(0, x - D)``: 1-Lipschitz in the score and in the debt, so the per-client bound gains
 the debt's drift ``delta`` (``phi = n ((2 + 5e-5 + delta) / M + 1e-4)``,
 ``compute_nudge_bound(n, M, debt_drift=delta)``). A debt is 1-Lipschitz in each earlier score
-(``max(0, .)``, ``min``, and the decay's convex mix of harm and debt; the floor adds at most 1
-quantum a round), so ``delta`` is at most the sum of that client's earlier nudges, each within
-its round's tolerance, plus 1 quantum a round. A client with no debt
+(``max(0, .)``, ``min``, and ``D = (1 - d) O + (d - h) H'`` with non-negative weights summing
+to at most 1 since ``h <= d``; the floors add at most 2 quanta a round), so ``delta`` is at
+most the sum of that client's earlier nudges, each within its round's tolerance, plus 2 quanta
+a round. A client with no debt
 in either record (no negative score) has ``delta = 0``.
 """
 
@@ -211,28 +215,41 @@ def compute_payable_scores(
     return out
 
 
-def compute_score_debt(debt: int, harm: int, score: int, decay_bps: int) -> tuple[int, int]:
+def compute_score_debt(
+    debt: int, harm: int, score: int, decay_bps: int, harm_decay_bps: int
+) -> tuple[int, int]:
     """One client's score debt after a contribution record: ``(debt, harm)`` (quanta) from its
-    debt and harm as the round began, its ``score`` and the genesis ``score_debt_decay_bps``
-    (see the module docstring: harm, the part of negative scores beyond
-    :data:`HARM_THRESHOLD`, is never forgiven; ``decay_bps`` of the rest is, each round)."""
-    if not 0 <= decay_bps <= BPS:
-        raise ValueError(f"score_debt_decay_bps must be in 0..{BPS}, got {decay_bps}")
+    debt and harm as the round began, its ``score``, the genesis ``score_debt_decay_bps``
+    (``decay_bps``) and ``harm_debt_decay_bps`` (``harm_decay_bps``, at most ``decay_bps``).
+    See the module docstring: harm is the part of negative scores beyond
+    :data:`HARM_THRESHOLD`; ``harm_decay_bps`` of it is forgiven each round, ``decay_bps`` of
+    the rest."""
+    if not 0 <= harm_decay_bps <= decay_bps <= BPS:
+        raise ValueError(
+            f"need 0 <= harm_debt_decay_bps ({harm_decay_bps}) <= score_debt_decay_bps "
+            f"({decay_bps}) <= {BPS}"
+        )
     if not 0 <= harm <= debt:
         raise ValueError(f"harm must be in 0..debt ({debt}), got {harm}")
     owed = max(0, debt - score)
     harm = harm + max(0, -score - HARM_THRESHOLD) if score < 0 else min(harm, owed)
-    return harm + (owed - harm) * (BPS - decay_bps) // BPS, harm
+    noise = owed - harm
+    harm = harm * (BPS - harm_decay_bps) // BPS
+    return harm + noise * (BPS - decay_bps) // BPS, harm
 
 
 def compute_score_debts(
-    debts: Mapping[bytes, tuple[int, int]], scores: Iterable[tuple[bytes, int]], decay_bps: int
+    debts: Mapping[bytes, tuple[int, int]],
+    scores: Iterable[tuple[bytes, int]],
+    decay_bps: int,
+    harm_decay_bps: int,
 ) -> dict[bytes, tuple[int, int]]:
     """Each scored client's ``(debt, harm)`` after a contribution record
     (:func:`compute_score_debt`), from ``debts`` as the round began (missing: ``(0, 0)``).
     Returns the scored keys only; the others' are unchanged."""
     return {
-        key: compute_score_debt(*debts.get(key, (0, 0)), score, decay_bps) for key, score in scores
+        key: compute_score_debt(*debts.get(key, (0, 0)), score, decay_bps, harm_decay_bps)
+        for key, score in scores
     }
 
 

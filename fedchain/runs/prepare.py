@@ -150,6 +150,7 @@ def make_rules_for(config: RunConfig, model: ModelRecord | None = None) -> Rules
         reputation_penalty_bps=config.reputation_penalty_bps,
         payout_min_score=round(config.payout_min_score * SCORE_SCALE),
         score_debt_decay_bps=round(config.score_debt_decay * 10_000),
+        harm_debt_decay_bps=round(config.harm_debt_decay * 10_000),
         contribution_budget=config.contribution_budget,
         contribution_min_evaluations=config.contribution_min_evaluations,
         update_archive_rounds=config.archive_rounds,
