@@ -302,3 +302,24 @@ def test_archive_updates_is_the_genesis_retention_rule(tmp_path):
     assert merge_config(RunConfig(), {"archive-updates": 5}).archive_rounds == 5  # TOML: 5
     config = RunConfig(run_id="r", out=str(tmp_path), clients=2, rounds=1, archive_updates="3")
     assert prepare_run(config).genesis.rules.update_archive_rounds == 3
+
+
+@pytest.mark.parametrize(
+    ("score", "harm", "expected"),
+    [(0.3, 0.3, (3_000, 3_000)), (0.3, 0.0, (3_000, 0)), (0.1, 0.3, (1_000, 1_000))],
+)
+def test_harm_debt_decay_reaches_the_rules_at_most_the_score_debt_decay(score, harm, expected):
+    """The genesis requires harm_debt_decay_bps <= score_debt_decay_bps; a larger setting is
+    taken as the score-debt decay rather than refused (lowering one flag alone still works)."""
+    from fedchain.runs.prepare import make_rules_for
+
+    config = dataclasses.replace(RunConfig(), score_debt_decay=score, harm_debt_decay=harm)
+    rules = make_rules_for(config)
+    assert (rules.score_debt_decay_bps, rules.harm_debt_decay_bps) == expected
+
+
+def test_harm_debt_decay_out_of_range_is_refused(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("harm-debt-decay = 1.5\n")
+    with pytest.raises(ConfigError, match="harm-debt-decay must be in 0 .. 1"):
+        load_config_file(path)

@@ -268,6 +268,15 @@ def test_invalid_genesis_block_altered(genesis: Genesis) -> None:
         ({"rules": dataclasses.replace(RULES, weight_cap_bps=0)}, "weight_cap_bps"),
         ({"rules": dataclasses.replace(RULES, reputation_penalty_bps=-1)}, "reputation_penalty"),
         ({"rules": dataclasses.replace(RULES, update_archive_rounds=-2)}, "update_archive_rounds"),
+        (  # harm forgiven faster than noise: the nudge bound's h <= d would not hold
+            {
+                "rules": dataclasses.replace(
+                    RULES, score_debt_decay_bps=1_000, harm_debt_decay_bps=2_000
+                )
+            },
+            "harm_debt_decay_bps",
+        ),
+        ({"rules": dataclasses.replace(RULES, harm_debt_decay_bps=-1)}, "harm_debt_decay_bps"),
     ],
 )
 def test_invalid_genesis(genesis: Genesis, change: dict[str, Any], message: str) -> None:

@@ -264,11 +264,10 @@ def _attackers_share(attacker: list[int], honest: list[int], decay: int, harm_de
 def test_a_sign_flippers_early_harm_outlasts_its_late_lucky_rounds() -> None:
     """The 7.2 % case (Fashion-MNIST subsample, decay 0.3): one very harmful first round, a few
     harmful ones, then small lucky positive scores. Forgiving harm as fast as noise paid the
-    attacker; forgiving it more slowly (0.2) or never does not."""
+    attacker; never forgiving it does not."""
     attacker = [-300_000, -25_000, -12_000, -24_000] + [-1_000, 2_500, 3_000, -500, 2_000] * 3
     honest = [250_000, 60_000, 30_000, 20_000] + [4_000, 3_000, 2_000, 3_500, 1_000] * 3
     assert _attackers_share(attacker, honest, 3_000, 3_000) > 0
-    assert _attackers_share(attacker, honest, 3_000, 2_000) == 0
     assert _attackers_share(attacker, honest, 3_000, 0) == 0
 
 

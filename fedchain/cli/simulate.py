@@ -278,8 +278,9 @@ def simulate(
             help=_help(
                 "harm_debt_decay",
                 "The share of a client's harm (the part of its negative scores below -0.01) "
-                "forgiven each round; kept longer than small negative scores, so an attacker's "
-                "early harm outlasts its late lucky rounds (0: never forgiven).",
+                "forgiven each round, at most --score-debt-decay (a larger value counts as it); "
+                "0 never forgives it: for a small validation split, where an attacker's late "
+                "rounds look like noise and only its early harm tells it apart.",
             )
         ),
     ] = None,
