@@ -321,5 +321,5 @@ def test_harm_debt_decay_reaches_the_rules_at_most_the_score_debt_decay(score, h
 def test_harm_debt_decay_out_of_range_is_refused(tmp_path):
     path = tmp_path / "bad.toml"
     path.write_text("harm-debt-decay = 1.5\n")
-    with pytest.raises(ConfigError, match="harm-debt-decay must be in 0 .. 1"):
+    with pytest.raises(ConfigError, match=r"harm-debt-decay must be in 0 \.\. 1"):
         load_config_file(path)
