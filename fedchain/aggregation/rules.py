@@ -129,7 +129,14 @@ stage: a rise that is small but on most examples is harm, a mean rise that is a 
 swing is not. It comes on top of :data:`STEP_TOLERANCE`, never instead: a mean rise above the
 tolerance is harm however noisy, so an update that spreads its per-example effect wide (noise
 on the validation examples) cannot widen the standard error to tie a worse step with the best
-(the attacker test in ``tests/test_aggregation.py``)."""
+(the attacker test in ``tests/test_aggregation.py``). Measured (seeds 0-2, digits, 10 rounds;
+``experiments/robustness.py``, worst mean drop at IID 30 / 40 %, Dirichlet 0.5 30 / 40 %
+attackers): tolerance alone 1.1 / 1.4 / 2.1 / 2.7 points, the paired test alone 0.6 / 0.6 /
+1.7 / 3.1, both (this rule) 0.6 / 0.6 / 1.6 / 2.6; attackers' largest reward share 0.22, 0.21
+and 0.21 %. Clean (``experiments/clean_learning.py``, 20 / 50 rounds) both paired variants
+froze none of 420 seed-rounds and ended -0.37 / +0.00 / +0.18 / -0.09 points against FedAvg
+(IID 20 / 50, Dirichlet 20 / 50), the tolerance alone -0.37 / +0.00 / +0.18 / +0.09: one image
+in one seed."""
 
 STEP_TOLERANCE = 0.02
 """``screened`` calls a step worse than another (or than no step) when its mean validation
