@@ -52,7 +52,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,17 +60,18 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fedchain.aggregation.rules import AggregationResult
+from fedchain.aggregation.rules import AggregationResult, StepTester
 from fedchain.aggregation.weights import make_rule_params
 from fedchain.config import RunConfig, load_config_file
 from fedchain.crypto.hashing import compute_update_hash
 from fedchain.data.sources import ArrayDataset, load_source
+from fedchain.errors import ConfigError
 from fedchain.learning.architectures import build_model, state_to_numpy
 from fedchain.learning.base import save_base
 from fedchain.learning.training import TrainConfig, configure_threads, evaluate, train_local
 from fedchain.ledger.verify import RoundRecord, verify_ledger
 from fedchain.rounds.recheck import compute_aggregated_model, make_scorer
-from fedchain.rounds.scores import compute_aggregation, compute_raw_scores
+from fedchain.rounds.scores import bind_step_tester, compute_aggregation, compute_raw_scores
 from fedchain.runs.archive import UpdateArchive
 from fedchain.runs.layout import CONFIG_FILENAME, METRICS_FILENAME
 from fedchain.runs.registry import load_model
@@ -299,6 +300,26 @@ class TimedScorer:
             self.seconds += time.perf_counter() - t0
         self.results.append(result)
         return result
+
+    def step_tester(self, base: Arrays) -> StepTester:
+        """The scorer's step tester (``screened``'s paired step test), timed and replayed the
+        same way."""
+        inner = bind_step_tester(self.scorer, base)
+
+        def test(step: Mapping[str, np.ndarray]) -> np.ndarray:
+            if self.replay is not None:
+                return self.replay.pop(0)
+            if inner is None:
+                raise ConfigError("the scorer measures no per-example losses")
+            t0 = time.perf_counter()
+            try:
+                result = np.asarray(inner(step))
+            finally:
+                self.seconds += time.perf_counter() - t0
+            self.results.append(result)
+            return result
+
+        return test
 
 
 def measure_run(

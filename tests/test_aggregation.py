@@ -7,6 +7,7 @@ import math
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -14,14 +15,17 @@ import pytest
 
 from fedchain.aggregation.rules import (
     SCREENED_RULES,
+    STEP_STANDARD_ERRORS,
     STEP_TOLERANCE,
     AggregationResult,
     UpdateScorer,
     aggregate,
     aggregate_round,
     aggregate_screened,
+    choose_step,
     compute_krum_scores,
     default_krum_f,
+    raises_loss,
 )
 from fedchain.aggregation.weights import (
     RULES,
@@ -1010,3 +1014,140 @@ def test_the_blas_limit_holds_the_blas_the_kernels_call(preload: str) -> None:
     ).stdout
     assert "scipy.libs" in out  # scipy's own OpenBLAS is the one measured
     assert out.strip().endswith("1)]"), out
+
+
+# --------------------------------------------------------------------------------------------------
+# screened: the paired step test (per-example validation-loss differences)
+
+EXAMPLES = 144  # the default federation's validation split
+
+
+def jitter(seed: int, scale: float, m: int = EXAMPLES) -> np.ndarray:
+    return scale * np.random.default_rng(seed).standard_normal(m)
+
+
+def per_example_tester(by_step: dict[float, np.ndarray]):  # type: ignore[no-untyped-def]
+    """A step tester in miniature: a step (one-coordinate updates) -> its differences, looked
+    up by the step's value (as the coordinator's tester measures the step it is given)."""
+
+    def test(step):  # type: ignore[no-untyped-def]
+        return by_step[round(float(step["w"][0]), 4)]
+
+    return test
+
+
+def test_raises_loss_is_a_paired_test_of_the_mean_against_its_standard_error() -> None:
+    tiny_everywhere = 0.001 + jitter(0, 0.0005)  # a rise of a thousandth nat on most examples
+    assert raises_loss(tiny_everywhere)
+    noisy = jitter(1, 0.5)
+    noisy += 0.01 - noisy.mean()  # mean +0.01, spread 0.5: SE 0.042, the split's noise
+    assert math.isclose(float(noisy.mean()), 0.01) and not raises_loss(noisy)
+    assert not raises_loss(-tiny_everywhere) and not raises_loss(np.zeros(EXAMPLES))
+    assert raises_loss(np.full(EXAMPLES, 1e-9))  # the same rise everywhere: SE 0
+    se = float(np.std(noisy, ddof=1)) / math.sqrt(EXAMPLES)
+    assert raises_loss(noisy, k=0.9 * 0.01 / se) and not raises_loss(noisy, k=1.1 * 0.01 / se)
+    assert STEP_STANDARD_ERRORS == 2.0
+
+
+def test_screened_paired_test_freezes_on_a_consistent_rise_the_tolerance_let_through() -> None:
+    updates = vector_updates([[1.0], [2.0], [3.0]])
+    scorer = lambda ups, ws: np.ones(len(ups)) if len(ups) > 1 else np.array([-0.001])  # noqa: E731
+    rise = 0.001 + jitter(0, 0.0005)  # the one candidate (all helpful) raises it everywhere
+    tester = per_example_tester({2.0: rise})
+    frozen = aggregate_screened(updates, [1.0] * 3, scorer, step_tester=tester)
+    assert not frozen.moved and frozen.reasons == ("frozen",) * 3
+    assert "standard errors" in frozen.note
+    assert aggregate_screened(updates, [1.0] * 3, scorer).moved  # the scalar test: within 0.02
+
+
+def test_screened_paired_test_moves_on_a_noisy_rise() -> None:
+    updates = vector_updates([[1.0], [2.0], [3.0]])
+    scorer = lambda ups, ws: np.ones(len(ups))  # noqa: E731
+    noisy = jitter(1, 0.5)
+    noisy += 0.01 - noisy.mean()  # mean +0.01 (a rise), spread 0.5: no evidence of harm
+    result = aggregate_screened(
+        updates, [1.0] * 3, scorer, step_tester=per_example_tester({2.0: noisy})
+    )
+    assert result.moved and result.selected == (0, 1, 2)
+    assert result.note == (
+        "averaged the helpful updates (validation-loss gain of each step: helpful -0.01)"
+    )
+
+
+def test_screened_paired_ties_need_the_larger_step_not_measurably_worse() -> None:
+    # two helpful updates and one harmful-scored one: it enters only when the step with it
+    # is no worse than the step without it, paired example by example
+    updates = vector_updates([[1.0], [1.0], [-1.0]])
+    scores = np.array([1.0, 1.0, -1.0])
+    scorer = lambda ups, ws: scores  # noqa: E731
+    helpful = -0.05 + jitter(2, 0.01)  # the helpful step (1.0) lowers the loss everywhere
+    for extra, enters in ((jitter(3, 0.2), True), (0.005 + jitter(3, 0.001), False)):
+        tester = per_example_tester({1.0: helpful, round(1 / 3, 4): helpful + extra})
+        result = aggregate_screened(updates, [1.0] * 3, scorer, step_tester=tester)
+        assert result.selected == ((0, 1, 2) if enters else (0, 1))
+        # the scalar test ties both: each is within 0.02 of the best
+        assert abs(float(extra.mean())) < STEP_TOLERANCE
+
+
+def test_attacker_cannot_widen_the_standard_error_to_tie_a_worse_step() -> None:
+    # a hostile update spreads its effect wide on the validation examples (noise, or helping
+    # a few examples a lot while hurting most): the step with it is 0.04 nats worse on the
+    # mean, but the paired differences' spread (0.3) would hide that from the test alone
+    updates = vector_updates([[1.0], [1.0], [-1.0]])
+    scores = np.array([1.0, 1.0, -1.0])
+    scorer = lambda ups, ws: scores  # noqa: E731
+    helpful = -0.05 + jitter(2, 0.01)
+    hostile = jitter(4, 0.3)
+    hostile += 0.04 - hostile.mean()
+    assert not raises_loss(hostile)  # the paired test alone would tie them ...
+    tester = per_example_tester({1.0: helpful, round(1 / 3, 4): helpful + hostile})
+    result = aggregate_screened(updates, [1.0] * 3, scorer, step_tester=tester)
+    assert result.selected == (0, 1) and result.reasons[2] == "harmful"  # ... the rule does not
+    # and it cannot keep the model moving with a noisy step that raises the mean loss: with
+    # every honest step worse than no step, the noisy one is too (mean rise > the tolerance)
+    rise = 0.03 + jitter(5, 0.001)
+    tester = per_example_tester({1.0: rise, round(1 / 3, 4): 0.03 + hostile})
+    frozen = aggregate_screened(updates, [1.0] * 3, scorer, step_tester=tester)
+    assert not frozen.moved and frozen.reasons == ("frozen", "frozen", "harmful")
+    # a step worse on most examples but better on a few, 0.01 worse on the mean: a tie, as
+    # under the scalar test (the rule judges the mean loss; a consistent 0.01 is kept out,
+    # above); the paired test opens no way in the tolerance kept shut
+    few = np.full(EXAMPLES, 0.03)
+    few[:4] = 0.03 - (0.03 * EXAMPLES - 0.01 * EXAMPLES) / 4  # -0.69 on 4 examples
+    assert math.isclose(float(few.mean()), 0.01) and not raises_loss(few)
+    tester = per_example_tester({1.0: helpful, round(1 / 3, 4): helpful + few})
+    paired = aggregate_screened(updates, [1.0] * 3, scorer, step_tester=tester)
+    gains = {1.0: 0.05, round(1 / 3, 4): 0.04}
+    scalar = aggregate_screened(
+        updates,
+        [1.0] * 3,
+        lambda ups, ws: scores if len(ups) > 1 else [gains[round(float(ups[0]["w"][0]), 4)]],
+    )
+    assert paired.selected == scalar.selected == (0, 1, 2)
+
+
+def test_choose_step_without_differences_is_the_scalar_tolerance() -> None:
+    candidates = [("helpful", [0]), ("all", [0, 1])]
+    verdicts = {0: "", 1: "harmful"}
+    for gains, best in (
+        ([0.1, 0.09], 1),  # within the tolerance: the larger step
+        ([0.1, 0.07], 0),
+        ([-0.01, -0.015], 1),  # rises within the tolerance: no evidence of harm
+        ([-0.03, -0.025], None),  # every step worse than no step: freeze
+        ([], None),
+    ):
+        assert choose_step(gains, None, candidates[: len(gains)], verdicts) == best
+
+
+def test_invalid_step_tester_answers() -> None:
+    updates = vector_updates([[1.0], [2.0]])
+    ones = lambda ups, ws: np.ones(len(ups))  # noqa: E731
+    for answer, match in ((np.zeros(1), ">= 2"), (np.array([0.0, math.nan]), "finite")):
+
+        def tester(step: Mapping[str, Any], answer: np.ndarray = answer) -> np.ndarray:
+            return answer
+
+        with pytest.raises(ConfigError, match=match):
+            aggregate_screened(updates, [1.0] * 2, ones, step_tester=tester)
+    with pytest.raises(ConfigError, match="standard_errors"):
+        aggregate_screened(updates, [1.0] * 2, ones, standard_errors=-1.0)

@@ -19,6 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 import fedchain.rounds.coordinator as coordinator_module
+import fedchain.rounds.scores as scores_module
 from fedchain.cli import app
 from fedchain.config import RunConfig, load_config_file
 from fedchain.ledger.verify import verify_ledger
@@ -122,3 +123,26 @@ def test_a_round_whose_updates_are_not_all_archived_says_so(
     check = recheck_scores(run_dir, report, report_config(run_dir))
     assert check.models_matched == 1
     assert check.problems[0].startswith("round 2: not all its updates (or its base model) are")
+
+
+def test_the_coordinator_and_verify_both_take_the_paired_step_test(
+    inprocess_federation: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # screened (the default rule) with the run's validation scorer: both the coordinator and
+    # ``verify --scores`` bind its per-example step tester, and reach the same models
+    bound: list[bool] = []
+    real = scores_module.bind_step_tester
+
+    def spying(scorer: Any, base: Any) -> Any:
+        tester = real(scorer, base)
+        bound.append(tester is not None)
+        return tester
+
+    monkeypatch.setattr(scores_module, "bind_step_tester", spying)
+    run_dir = inprocess_federation(tmp_path, **SMALL).run().setup.run_dir
+    assert report_config(run_dir).aggregation == "screened"
+    assert bound == [True, True]  # the coordinator, rounds 1 and 2
+    report = verify_ledger(run_dir)
+    check = recheck_scores(run_dir, report, report_config(run_dir))
+    assert bound == [True] * 4  # and verify, the same rounds
+    assert check.problems == () and check.models_matched == check.rounds == 2

@@ -31,6 +31,7 @@ from fedchain.rounds.recheck import (
 from fedchain.rounds.rewards import Payout, compute_nudge_bound
 from fedchain.rounds.scores import (
     bind_scorer,
+    bind_step_tester,
     compute_aggregation,
     compute_quantised_scores,
     compute_raw_scores,
@@ -284,3 +285,29 @@ def test_a_score_nudged_inside_the_tolerance_passes_and_moves_at_most_the_stated
         abs(paid.carried - fair.carried)
         <= 2 * compute_nudge_bound(n, min_score) * fair.available + 4 * n
     )
+
+
+class PairedScorer(RecordingScorer):
+    """A scorer that also measures per-example loss differences (as RoundScorer does)."""
+
+    def __init__(self, scores: list[float], differences: list[float]) -> None:
+        super().__init__(scores)
+        self.differences = differences
+        self.bases: list[dict[str, np.ndarray]] = []
+
+    def step_tester(self, base):  # type: ignore[no-untyped-def]
+        self.bases.append(base)
+        return lambda step: np.array(self.differences)
+
+
+def test_screened_takes_the_scorers_step_tester_where_it_has_one() -> None:
+    rise = [0.001, 0.002, 0.001, 0.0015]  # a small rise on every example: harm
+    paired = PairedScorer([0.5, 0.25, 0.125], rise)
+    assert bind_step_tester(paired, BASE) is not None and paired.bases == [BASE]
+    result = aggregate("screened", paired)
+    assert not result.moved and "standard errors" in result.note
+    assert [count for _, count, _, _ in paired.calls] == [3]  # no scalar step gains measured
+    plain = RecordingScorer([0.5, 0.25, 0.125])  # no per-example losses: the scalar test
+    assert bind_step_tester(plain, BASE) is None and bind_step_tester(None, BASE) is None
+    assert aggregate("screened", plain).moved
+    assert aggregate("fedavg", paired).moved and len(paired.bases) == 2  # only screened binds

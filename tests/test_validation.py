@@ -4,9 +4,12 @@ torchvision model with BatchNorm, a LoRA model and a model vmap cannot run."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import fedchain.rounds.validation as validation
@@ -210,3 +213,59 @@ def test_the_scorer_builds_models_one_by_one_beyond_the_stack_limit(
     monkeypatch.setattr(validation, "STACK_LIMIT_BYTES", 0)
     assert scorer.batch_utility(base, updates, weights) is None
     np.testing.assert_allclose(scorer(base, updates, weights, 1), batched, rtol=0, atol=2e-6)
+
+
+# --------------------------------------------------------------------------------------------------
+# Per-example losses: the paired step test's measurement
+
+
+@pytest.mark.parametrize(
+    ("name", "shape", "finetune", "rank"),
+    [("cnn", (1, 8, 8), "full", 0), ("mlp", (12,), "full", 0), ("cnn", (1, 8, 8), "lora", 2)],
+)
+def test_per_example_losses_match_the_summed_utilities_in_both_passes(
+    name: str, shape: tuple[int, ...], finetune: str, rank: int
+) -> None:
+    base = None
+    if finetune != "full":
+        base = build_model(name, shape, 4, seed=5).state_dict()
+    net = build_model(name, shape, 4, seed=0, finetune=finetune, lora_rank=rank, base=base)
+    data = random_data(shape, 4, n=66)  # two vmap batches
+    rows = moved(net, 10, scale=0.01)  # more than VMAP_MODELS: two vectorised passes
+    loop = ValidationPasses(net, data, "loop")
+    vmapped = ValidationPasses(net, data, "vmap")
+    assert vmapped.passes == "vmap"
+    losses = loop.losses(rows)
+    assert losses.shape == (10, 66) and losses.dtype == np.float64
+    np.testing.assert_allclose(vmapped.losses(rows), losses, rtol=1e-5, atol=1e-6)
+    mean = [-math.fsum(row) / 66 for row in losses.tolist()]  # the summed utilities' figure
+    np.testing.assert_allclose(mean, loop.utilities(rows), rtol=2e-6, atol=1e-7)
+    # the loop's losses are the net's own on each example (as evaluate computes them)
+    load_row(net, loop, rows[3])
+    net.eval()
+    with torch.no_grad():
+        x, y = torch.from_numpy(data.x), torch.from_numpy(data.y).long()
+        own = F.cross_entropy(net(x), y, reduction="none").double().numpy()
+    np.testing.assert_allclose(losses[3], own, rtol=1e-6, atol=1e-7)
+
+
+def test_the_step_tester_measures_the_model_the_coordinator_registers() -> None:
+    config = merge_config(RunConfig(), {"dataset": "digits", "run-id": "x"})
+    held = load_split(config)[1]
+    scorer = RoundScorer(config, held, passes="loop")
+    base, updates, _ = round_inputs(scorer, 6)
+    test = scorer.step_tester(base)
+    differences = test(updates[0])
+    assert differences.shape == (len(held),) and scorer.evaluations == 2  # base once, the step
+    assert test(updates[3]).tolist() == [0.0] * len(held)  # a zero step changes nothing
+    assert scorer.evaluations == 3
+    registered = {k: (base[k] + updates[0][k]).astype(np.float32) for k in base}
+    flat = scorer.passes.flatten
+    after = scorer.passes.losses(flat(registered)[None])[0]
+    before = scorer.passes.losses(flat(base)[None])[0]
+    assert differences.tolist() == (after - before).tolist()
+    gain = scorer.passes.utilities(flat(registered)[None])[0]
+    gain -= scorer.passes.utilities(flat(base)[None])[0]
+    assert -float(differences.mean()) == pytest.approx(gain, rel=1e-4, abs=1e-6)
+    with pytest.raises(ConfigError, match="tensors"):
+        scorer.step_tester({"other": np.zeros(1, dtype=np.float32)})

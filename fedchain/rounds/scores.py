@@ -9,15 +9,41 @@ ledger, no clock; the scorer (a validation-loss utility, say) is passed in.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from fedchain.aggregation.rules import AggregationResult, RuleParams, UpdateScorer, aggregate_round
+from fedchain.aggregation.rules import (
+    SCREENED_RULES,
+    AggregationResult,
+    RuleParams,
+    StepTester,
+    UpdateScorer,
+    aggregate_round,
+)
 from fedchain.rounds.contribution import quantise_scores
 
 Arrays = dict[str, np.ndarray]
 Scorer = Callable[[Arrays, list[Arrays], list[float], int], np.ndarray]
 """(base model, accepted updates, their aggregation weights, round) -> one raw score each."""
+
+
+@runtime_checkable
+class StepTesting(Protocol):
+    """A :data:`Scorer` that also measures a step's per-example validation-loss differences
+    (:class:`fedchain.rounds.validation.RoundScorer`), for ``screened``'s paired step test."""
+
+    def __call__(
+        self, base: Arrays, updates: list[Arrays], weights: list[float], round_: int
+    ) -> np.ndarray: ...
+
+    def step_tester(self, base: Arrays) -> StepTester: ...
+
+
+def bind_step_tester(scorer: Scorer | None, base: Arrays) -> StepTester | None:
+    """``scorer``'s step tester for a round over ``base``, or None for a scorer without one
+    (``screened`` then falls back to its scalar step tolerance)."""
+    return scorer.step_tester(base) if isinstance(scorer, StepTesting) else None
 
 
 def bind_scorer(scorer: Scorer, base: Arrays, round_: int) -> UpdateScorer:
@@ -42,7 +68,8 @@ def compute_aggregation(
     round_: int,
 ) -> AggregationResult:
     """The round's aggregation of ``updates`` (accepted, in commitment order) over ``base``;
-    a rule that scores the round to aggregate it (``screened``) gets ``scorer`` bound to it."""
+    a rule that scores the round to aggregate it (``screened``) gets ``scorer`` bound to it,
+    and its step tester where it has one (:func:`bind_step_tester`)."""
     return aggregate_round(
         rule,
         params,
@@ -51,6 +78,7 @@ def compute_aggregation(
         stakes=stakes,
         reputations=reputations,
         scorer=None if scorer is None else bind_scorer(scorer, base, round_),
+        step_tester=bind_step_tester(scorer, base) if rule in SCREENED_RULES else None,
     )
 
 

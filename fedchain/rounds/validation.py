@@ -34,6 +34,11 @@ model) and level for the ``mlp``; hence ``loop`` on the CPU, ``vmap`` for an acc
 The per-coalition path (:func:`~fedchain.rounds.coalitions.make_coalition_utility`) remains
 where the stacked updates would exceed :data:`STACK_LIMIT_BYTES`.
 
+**Per example.** :meth:`ValidationPasses.losses` gives each validation example's loss (the same
+passes, ``reduction="none"``), and :meth:`RoundScorer.step_tester` a round's per-example loss
+differences of a step: the ``screened`` rule's paired step test
+(:func:`~fedchain.aggregation.rules.aggregate_screened`).
+
 This module imports torch (~3 s): modules on the CLI's start-up path import it inside functions.
 """
 
@@ -41,7 +46,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Literal
 
 import numpy as np
@@ -49,6 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedchain.aggregation.rules import StepTester
 from fedchain.config import CONTRIBUTION_NEEDS_VALIDATION, RunConfig
 from fedchain.data.sources import ArrayDataset
 from fedchain.errors import ConfigError
@@ -138,11 +144,54 @@ class ValidationPasses:
         n = int(self.y.shape[0])
         return [-math.fsum(batches) / n for batches in sums]
 
-    def _loop_sum(self, row: torch.Tensor) -> list[float]:
+    def losses(self, models: torch.Tensor) -> np.ndarray:
+        """Each validation example's loss under each row of ``models`` (``(k, size)`` float32):
+        ``(k, examples)`` float64 from float32 cross-entropies, in the split's order, by the
+        same passes and batches as :meth:`utilities` (whose utility of a row is minus the
+        mean of its losses, up to float32 rounding of the batch sums)."""
+        models = models.to(self.x.device)
+        with torch.no_grad(), _eval_mode(self.net):
+            if self.passes == "vmap":
+                rows = [
+                    self._vmap_losses(models[start : start + VMAP_MODELS])
+                    for start in range(0, len(models), VMAP_MODELS)
+                ]
+                out = torch.cat(rows) if rows else torch.empty(0, int(self.y.shape[0]))
+            else:
+                out = torch.stack([self._loop_losses(row) for row in models])
+        return out.to("cpu", torch.float64).numpy()
+
+    def _load(self, row: torch.Tensor) -> None:
         offset = 0
         for param, shape, size in zip(self._params, self.shapes, self.sizes, strict=True):
             param.copy_(row[offset : offset + size].view(shape))
             offset += size
+
+    def _loop_losses(self, row: torch.Tensor) -> torch.Tensor:
+        self._load(row)
+        return torch.cat([
+            F.cross_entropy(self.net(self.x[b : b + EVAL_BATCH]), self.y[b : b + EVAL_BATCH],
+                            reduction="none")
+            for b in range(0, int(self.y.shape[0]), EVAL_BATCH)
+        ])  # fmt: skip
+
+    def _vmap_losses(self, rows: torch.Tensor) -> torch.Tensor:
+        """``(len(rows), examples)`` per-example losses, ``VMAP_MODELS`` models in one pass."""
+        batch = max(1, EVAL_BATCH // VMAP_MODELS)
+        starts = range(0, int(self.y.shape[0]), batch)
+
+        def losses(params: dict[str, torch.Tensor]) -> torch.Tensor:
+            call = torch.func.functional_call
+            return torch.cat([
+                F.cross_entropy(call(self.net, params, (self.x[b : b + batch],)),
+                                self.y[b : b + batch], reduction="none")
+                for b in starts
+            ])  # fmt: skip
+
+        return torch.func.vmap(losses)(self._split(rows))
+
+    def _loop_sum(self, row: torch.Tensor) -> list[float]:
+        self._load(row)
         return [
             float(F.cross_entropy(self.net(self.x[b : b + EVAL_BATCH]), self.y[b : b + EVAL_BATCH],
                                   reduction="sum"))
@@ -247,6 +296,27 @@ class RoundScorer:
             return out
 
         return batch
+
+    def step_tester(self, base: Arrays) -> StepTester:
+        """The paired step test's measurement for a round over ``base``
+        (:data:`~fedchain.aggregation.rules.StepTester`): a step's per-example validation-loss
+        differences, the loss of each example under ``base + step`` (float32, as the
+        coordinator adds it) minus under ``base``. ``base``'s losses are evaluated once, at
+        the first step."""
+        if set(base) != set(self.passes.names):
+            raise ConfigError(f"the round's tensors {sorted(base)} are not the model's")
+        flat_base = self.passes.flatten(base)
+        before: list[np.ndarray] = []
+
+        def test(step: Mapping[str, np.ndarray]) -> np.ndarray:
+            if not before:
+                before.append(self.passes.losses(flat_base[None])[0])
+                self.evaluations += 1
+            after = self.passes.losses((flat_base + self.passes.flatten(dict(step)))[None])[0]
+            self.evaluations += 1
+            return after - before[0]  # type: ignore[no-any-return]
+
+        return test
 
     def __call__(
         self, base: Arrays, updates: list[Arrays], weights: Sequence[float], round_: int
