@@ -101,7 +101,7 @@ def report(rows: Sequence[Mapping[str, Any]], base: Mapping[str, Any], command: 
         "contribution scores; accuracy is the global model's on the test split after each round "
         "(360 images: one image is 0.28 points). A frozen round is one in which the rule left "
         "the model unchanged because every step it measured raised the validation loss (by more "
-        "than the rule's step tolerance, fedchain.aggregation.rules.STEP_TOLERANCE, or by more "
+        "than the rule's step tolerance, fedchain.aggregation.screened.STEP_TOLERANCE, or by more "
         "than 2 standard errors of its per-example differences: the paired step test, "
         "STEP_STANDARD_ERRORS).",
         "",

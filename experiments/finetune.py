@@ -60,7 +60,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fedchain.aggregation.rules import AggregationResult, StepTester
+from fedchain.aggregation.rules import AggregationResult
+from fedchain.aggregation.screened import StepTester
 from fedchain.aggregation.weights import make_rule_params
 from fedchain.config import RunConfig, load_config_file
 from fedchain.crypto.hashing import compute_update_hash

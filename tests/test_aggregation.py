@@ -13,18 +13,20 @@ from typing import Any
 import numpy as np
 import pytest
 
+from fedchain.aggregation.round import aggregate_round
 from fedchain.aggregation.rules import (
     SCREENED_RULES,
-    STEP_STANDARD_ERRORS,
-    STEP_TOLERANCE,
     AggregationResult,
-    UpdateScorer,
     aggregate,
-    aggregate_round,
-    aggregate_screened,
-    choose_step,
     compute_krum_scores,
     default_krum_f,
+)
+from fedchain.aggregation.screened import (
+    STEP_STANDARD_ERRORS,
+    STEP_TOLERANCE,
+    UpdateScorer,
+    aggregate_screened,
+    choose_step,
     raises_loss,
 )
 from fedchain.aggregation.weights import (

@@ -13,12 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fedchain.aggregation.rules import (
-    HARMFUL_SHARE,
-    NEGLIGIBLE_SHARE,
-    NORM_SCREEN,
-    AggregationResult,
-)
+from fedchain.aggregation.rules import AggregationResult
+from fedchain.aggregation.screened import HARMFUL_SHARE, NEGLIGIBLE_SHARE, NORM_SCREEN
 from fedchain.errors import ConfigError
 
 __all__ = [

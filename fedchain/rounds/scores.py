@@ -13,14 +13,9 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from fedchain.aggregation.rules import (
-    SCREENED_RULES,
-    AggregationResult,
-    RuleParams,
-    StepTester,
-    UpdateScorer,
-    aggregate_round,
-)
+from fedchain.aggregation.round import aggregate_round
+from fedchain.aggregation.rules import SCREENED_RULES, AggregationResult, RuleParams
+from fedchain.aggregation.screened import StepTester, UpdateScorer
 from fedchain.rounds.contribution import quantise_scores
 
 Arrays = dict[str, np.ndarray]

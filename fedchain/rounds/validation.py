@@ -37,7 +37,7 @@ where the stacked updates would exceed :data:`STACK_LIMIT_BYTES`.
 **Per example.** :meth:`ValidationPasses.losses` gives each validation example's loss (the same
 passes, ``reduction="none"``), and :meth:`RoundScorer.step_tester` a round's per-example loss
 differences of a step: the ``screened`` rule's paired step test
-(:func:`~fedchain.aggregation.rules.aggregate_screened`).
+(:func:`~fedchain.aggregation.screened.aggregate_screened`).
 
 This module imports torch (~3 s): modules on the CLI's start-up path import it inside functions.
 """
@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedchain.aggregation.rules import StepTester
+from fedchain.aggregation.screened import StepTester
 from fedchain.config import CONTRIBUTION_NEEDS_VALIDATION, RunConfig
 from fedchain.data.sources import ArrayDataset
 from fedchain.errors import ConfigError
@@ -299,7 +299,7 @@ class RoundScorer:
 
     def step_tester(self, base: Arrays) -> StepTester:
         """The paired step test's measurement for a round over ``base``
-        (:data:`~fedchain.aggregation.rules.StepTester`): a step's per-example validation-loss
+        (:data:`~fedchain.aggregation.screened.StepTester`): a step's per-example validation-loss
         differences, the loss of each example under ``base + step`` (float32, as the
         coordinator adds it) minus under ``base``. ``base``'s losses are evaluated once, at
         the first step."""
