@@ -580,3 +580,44 @@ def test_participants_table_keeps_one_line_a_participant_at_80_columns(monkeypat
     assert [row.split()[:3] for row in rows] == [["client", str(i), str(i) * 8] for i in range(10)]
     assert ("slashed" in lines[1]) == bool(slashed) and ("epsilon" in lines[1]) == dp
     assert ("no stake was slashed" in "".join(lines)) == (not slashed)
+
+
+def _round(i: int, slashed: int) -> dict:  # type: ignore[type-arg]
+    return {
+        "round": i,
+        "accuracy": 0.9612,
+        "loss": 0.1234,
+        "model_moved": True,
+        "accepted": 10,
+        "left_out": 0,
+        "refused": 0,
+        "slashing_events": slashed if i == 2 else 0,
+        "rewards_paid": 10_000,
+        "pool": {"decision": "paid in part"},
+        "left_out_updates": [{"reason": "harmful"}],
+        "model_hash": "ab" * 32,
+    }
+
+
+@pytest.mark.parametrize(("width", "slashed"), [(80, 0), (80, 1), (120, 0)])
+def test_rounds_table_fits_the_terminal(monkeypatch, width, slashed):
+    """At 80 columns every shown column fits uncut: columns of zeros and the reasons and
+    model hashes give way (named in the caption), never the numbers or the pool."""
+    from rich.console import Console
+
+    from fedchain.cli import report as report_cli
+
+    console = Console(width=width, record=True, file=io.StringIO())
+    monkeypatch.setattr(report_cli, "console", console)
+    console.print(report_cli._rounds_table([_round(i, slashed) for i in range(1, 4)]))
+    lines = console.export_text().splitlines()
+    assert all(len(line.rstrip()) <= width for line in lines)
+    header, rows = lines[1], [line for line in lines if line.lstrip().startswith(("1 ", "2 "))]
+    assert len(rows) == 2 and all("paid in" in row and "96.12%" in row for row in rows)
+    assert "paid in part" in " ".join(lines) or all(  # wrapped at its space, never cut
+        lines[lines.index(row) + 1].rstrip().endswith("part") for row in rows
+    )
+    assert ("slashed" in header) == bool(slashed) and "refused" not in header
+    assert ("why left out" in header) == (width >= report_cli.WIDE_TERMINAL)
+    caption = " ".join(lines)
+    assert "not shown here: refused" in caption

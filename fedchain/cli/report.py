@@ -232,20 +232,35 @@ def _rounds_table(rounds: Sequence[Mapping[str, Any]]) -> Table:
         )
     headers = (
         "round", "accuracy", "loss", "moved", "accepted", "left out", "refused", "slashed",
-        "rewards",
+        "rewards", "pool", "why left out", "model",
     )  # fmt: skip
-    for i, header in enumerate(headers):
-        values = [row[i] for row, r in zip(cells, rows, strict=True) if r is not None]
-        _number_column(table, header, values)
-    table.add_column("pool", no_wrap=True)
-    table.add_column("why left out", overflow="fold")  # these two give way first, never numbers
-    table.add_column("model", overflow="fold")
+    # What fits 80 columns: columns of zeros (refused, slashed) only when something happened,
+    # and the reasons and model hashes only on a wide terminal (report.html has them all).
+    shown = [
+        i
+        for i, header in enumerate(headers)
+        if not (
+            header in ("refused", "slashed")
+            and not any(row[i] not in ("0", "-") for row, r in zip(cells, rows, strict=True) if r)
+        )
+        and (console.width >= WIDE_TERMINAL or header not in ("why left out", "model"))
+    ]
+    for i in shown:
+        if headers[i] == "pool":
+            table.add_column("pool", min_width=4)  # wraps at its spaces rather than be cut
+        elif headers[i] in ("why left out", "model"):  # these give way first, never numbers
+            table.add_column(headers[i], overflow="fold")
+        else:
+            values = [row[i] for row, r in zip(cells, rows, strict=True) if r is not None]
+            _number_column(table, headers[i], values)
     for row in cells:
-        table.add_row(*row)
+        table.add_row(*(row[i] for i in shown))
+    hidden = [headers[i] for i in range(len(headers)) if i not in shown]
     table.caption = (
         "moved: the model changed; accepted: updates averaged into the model; left out: "
         "admitted but not used by the aggregation rule; refused: by the ledger's admission; "
         "pool: what the payout rule did with the round's reward pool (report.html says why)"
+        + (f"; not shown here: {', '.join(hidden)} (report.html)" if hidden else "")
     )
     table.caption_justify = "left"
     return table
