@@ -5,11 +5,12 @@
 Set-up. The Fashion-MNIST subsample of ``dp_tradeoff.py``'s ε = ∞ row (``screened``, 10
 clients, 20 rounds, two local epochs, ``--train-examples 1000 --test-examples 500``: 100
 validation examples), 30 % sign flippers, one run per seed and per ``--made-at`` pair of
-``score-debt-decay`` ``d`` and ``harm-debt-decay`` ``h`` (default: the defaults, 0.3 / 0.3,
-and 0.3 / 0.2 and 0.3 / 0), made in ``--work`` unless already there (about 35 s each on a quiet
-machine). The figure is the sign flippers' share of what the run paid (its ledger's reward
-deltas): the real rule, stake feedback included (payouts move stakes, and stakes weight
-aggregation, so each pair's runs differ from the others' after the first payout).
+``score-debt-decay`` ``d`` and ``harm-debt-decay`` ``h`` (default: 0.3 / 0.3, format 6's rule,
+0.3 / 0.2, and 0.3 / 0, the defaults), made in ``--work`` unless already there (about 35 s
+each on a quiet machine). The figure is the sign flippers' share of what the run paid (its
+ledger's reward deltas): the real rule, stake feedback included (payouts move stakes, and
+stakes weight aggregation, so each pair's runs differ from the others' after the first
+payout).
 
 Second table, indicative only: the runs made at the first ``--made-at`` pair, their payouts
 replayed under other pairs (:func:`fedchain.rounds.rewards.compute_round_payout` and

@@ -279,8 +279,8 @@ def simulate(
                 "harm_debt_decay",
                 "The share of a client's harm (the part of its negative scores below -0.01) "
                 "forgiven each round, at most --score-debt-decay (a larger value counts as it); "
-                "0 never forgives it: for a small validation split, where an attacker's late "
-                "rounds look like noise and only its early harm tells it apart.",
+                "0 never forgives it, so an attacker's early harm outlasts its late rounds, "
+                "which on a small validation split look like honest noise.",
             )
         ),
     ] = None,
