@@ -12,7 +12,11 @@ Variants:
 
 * ``aten-pool``: the ``cnn`` model's adaptive pool computed by ATen's kernel
   (``nn.AdaptiveAvgPool2d.forward``: the code before the exact tensor-op pool);
-* ``current``: the code as it is.
+* ``one-thread``: the code as it is, the passes on one thread (``RoundScorer(threads=1)``,
+  as ``verify --scores`` runs them);
+* ``current``: the code as it is, the passes on
+  :func:`~fedchain.rounds.validation.count_pass_threads` threads, as the coordinator of
+  ``fedchain simulate`` runs them.
 
 Prints per variant the scorer's time a round (the time inside the scorer's calls: wall seconds,
 and CPU seconds by ``time.process_time``; the replay's loading, hashing and aggregation are not
@@ -39,7 +43,7 @@ from fedchain.config import load_config_file
 from fedchain.learning.training import configure_threads
 from fedchain.ledger.verify import verify_ledger
 from fedchain.rounds.recheck import iter_round_scores, make_scorer
-from fedchain.rounds.validation import RoundScorer
+from fedchain.rounds.validation import PassThreads, RoundScorer, count_pass_threads
 from fedchain.tasks.cnn import UniformAveragePool
 
 
@@ -49,10 +53,23 @@ def aten_pool(scorer: RoundScorer) -> Iterator[None]:
     for m in pools:
         m.forward = nn.AdaptiveAvgPool2d.forward.__get__(m)  # type: ignore[method-assign]
     try:
-        yield
+        with threads(1)(scorer):
+            yield
     finally:
         for m in pools:
             del m.forward
+
+
+def threads(count: int) -> Callable[[RoundScorer], contextlib.AbstractContextManager[None]]:
+    @contextlib.contextmanager
+    def use(scorer: RoundScorer) -> Iterator[None]:
+        kept, scorer.threads = scorer.threads, PassThreads(scorer.passes, scorer.validation, count)
+        try:
+            yield
+        finally:
+            scorer.threads = kept
+
+    return use
 
 
 class TimedScorer:
@@ -73,7 +90,8 @@ class TimedScorer:
 
 VARIANTS: dict[str, Callable[[RoundScorer], contextlib.AbstractContextManager[None]]] = {
     "aten-pool": aten_pool,
-    "current": lambda scorer: contextlib.nullcontext(),
+    "one-thread": threads(1),
+    "current": threads(count_pass_threads()),
 }
 
 
@@ -99,8 +117,9 @@ def main() -> None:
         raw = [s.raw for s in iter_round_scores(args.run_dir, report, config, timed)]
         return raw, timed.wall, timed.cpu
 
-    with VARIANTS["current"](scorer):
-        replay()  # warm-up: imports, the first allocations
+    for variant in VARIANTS.values():
+        with variant(scorer):
+            replay()  # warm-up: imports, the first allocations, the threads
     reference = None
     rounds = 0
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in VARIANTS}
@@ -115,7 +134,10 @@ def main() -> None:
                 raise SystemExit(f"variant {name!r} changed the scores")
             evaluations[name] = scorer.evaluations
             times[name].append((wall / rounds, cpu / rounds))
-    print(f"{args.run_dir}: {rounds} rounds, {args.repeats} repeats, scores bit-identical")
+    print(
+        f"{args.run_dir}: {rounds} rounds, {args.repeats} repeats, scores bit-identical; "
+        f"current: {count_pass_threads()} pass threads"
+    )
     print("| variant | evaluations a round | wall s a round | CPU s a round | wall / first |")
     print("|---|---|---|---|---|")
     first = next(iter(VARIANTS))
