@@ -10,7 +10,8 @@ process) and splits each round's wall time into
 * contribution scoring (:class:`fedchain.rounds.validation.RoundScorer` calls), itself split into
   building coalition models (the batched path's matrix product ``validation._models``, or the
   per-coalition ``coalitions._coalition_model``) and evaluating them on the coordinator's
-  validation split (``ValidationPasses.utilities``, or the per-coalition ``RoundScorer._utility``),
+  validation split (``PassThreads.utilities``: the passes, over their threads; or the
+  per-coalition ``RoundScorer._utility``),
 * aggregation (the coordinator's ``_aggregate``, less the scoring it calls for ``screened``),
 * the rest (ledger, hashing, files, central evaluation, messages).
 
@@ -106,8 +107,8 @@ def install_timers() -> None:
     """Wrap the functions whose time is split out (module globals, looked up at call time)."""
     client_app_module._train = _timed("train", client_app_module._train)
     validation.RoundScorer.__call__ = _timed("score", validation.RoundScorer.__call__)  # type: ignore[method-assign]
-    validation.ValidationPasses.utilities = _timed(  # type: ignore[method-assign]
-        "evaluate", _counting_evaluations(validation.ValidationPasses.utilities)
+    validation.PassThreads.utilities = _timed(  # type: ignore[method-assign]
+        "evaluate", _counting_evaluations(validation.PassThreads.utilities)
     )
     validation._models = _timed("coalition", _counting_models(validation._models))
     # the per-coalition path (stacked updates beyond STACK_LIMIT_BYTES)

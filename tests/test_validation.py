@@ -269,3 +269,56 @@ def test_the_step_tester_measures_the_model_the_coordinator_registers() -> None:
     assert -float(differences.mean()) == pytest.approx(gain, rel=1e-4, abs=1e-6)
     with pytest.raises(ConfigError, match="tensors"):
         scorer.step_tester({"other": np.zeros(1, dtype=np.float32)})
+
+
+# --------------------------------------------------------------------------------------------------
+# Passes spread over threads: the one-thread values, bit for bit
+
+
+@pytest.fixture
+def one_torch_thread():  # type: ignore[no-untyped-def]
+    """Torch on one thread, as in ``fedchain simulate``'s server (and put back after)."""
+    kept = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(kept)
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_pass_threads_give_the_one_thread_scores_bit_for_bit() -> None:
+    config = merge_config(
+        RunConfig(), {"dataset": "digits", "run-id": "x", "contribution-budget": 4}
+    )
+    held = load_split(config)[1]
+    alone, spread = RoundScorer(config, held, threads=1), RoundScorer(config, held, threads=3)
+    assert len(alone.threads.replicas) == 1 and len(spread.threads.replicas) == 3
+    inputs = round_inputs(alone, 10)
+    expected = alone(*inputs, 1)
+    got = spread(*inputs, 1)
+    assert np.array_equal(got, expected) and spread.evaluations == alone.evaluations
+    assert torch.get_num_threads() == 1  # the threads run torch as this one does
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_pass_threads_keep_each_copy_s_buffers_and_the_row_order() -> None:
+    torch.manual_seed(0)
+    net = WithBatchNorm()
+    data = random_data((1, 8, 8), 3)
+    passes = ValidationPasses(net, data, "loop")
+    rows = moved(net, 7)
+    threads = validation.PassThreads(passes, data, 3)
+    assert threads.utilities(rows) == passes.utilities(rows)
+    assert threads.utilities(rows[:1]) == passes.utilities(rows[:1])  # fewer rows than threads
+
+
+def test_pass_threads_only_for_loop_passes_within_the_memory_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    net = build_model("mlp", (12,), 4, seed=0)
+    data = random_data((12,), 4)
+    assert len(validation.PassThreads(ValidationPasses(net, data, "vmap"), data, 4).replicas) == 1
+    monkeypatch.setattr(validation, "REPLICA_LIMIT_BYTES", 1)
+    assert len(validation.PassThreads(ValidationPasses(net, data, "loop"), data, 4).replicas) == 1
+    with pytest.raises(ConfigError, match="threads"):
+        validation.PassThreads(ValidationPasses(net, data, "loop"), data, 0)
+    assert 1 <= validation.count_pass_threads() <= validation.MAX_PASS_THREADS

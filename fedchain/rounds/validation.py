@@ -39,14 +39,22 @@ passes, ``reduction="none"``), and :meth:`RoundScorer.step_tester` a round's per
 differences of a step: the ``screened`` rule's paired step test
 (:func:`~fedchain.aggregation.screened.aggregate_screened`).
 
+**Threads.** Where torch runs on fewer threads than the cores (``fedchain simulate``'s server
+runs it on one, beside its clients), :class:`PassThreads` spreads the loop passes over the idle
+cores, a copy of the net each: the same values bit for bit, since each model's passes are the
+same kernels on the same torch thread count whichever thread runs them.
+
 This module imports torch (~3 s): modules on the CLI's start-up path import it inside functions.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
+import os
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Literal
 
 import numpy as np
@@ -85,6 +93,12 @@ MODEL_BLOCK_BYTES = 64 << 20
 
 STACK_LIMIT_BYTES = 1 << 30
 """Largest stacked copy of a round's updates (float32); beyond it, models are built one by one."""
+
+MAX_PASS_THREADS = 4
+"""Most threads :class:`PassThreads` spreads a round's loop passes over."""
+
+REPLICA_LIMIT_BYTES = 256 << 20
+"""Most memory :class:`PassThreads`' copies of the net (parameters and buffers) may take."""
 
 
 class ValidationPasses:
@@ -245,6 +259,7 @@ class RoundScorer:
         record: ModelRecord | None = None,
         *,
         passes: Passes = "auto",
+        threads: int = 1,
     ) -> None:
         self.method, self.seed = config.contribution, config.seed
         self.budget = config.contribution_budget
@@ -253,6 +268,7 @@ class RoundScorer:
         shape, classes = tuple(validation.x.shape[1:]), len(validation.classes)
         self.net = model_for_run(config, record, shape, classes)
         self.passes = ValidationPasses(self.net, validation, passes)
+        self.threads = PassThreads(self.passes, validation, threads)
         self.evaluations = 0
 
     def _utility(self, arrays: dict[str, np.ndarray]) -> float:
@@ -291,7 +307,7 @@ class RoundScorer:
             out: list[float] = []
             for start in range(0, len(coalitions), rows):
                 block = torch.from_numpy(weights_matrix[start : start + rows])
-                out += self.passes.utilities(_models(block, stacked, flat_base))
+                out += self.threads.utilities(_models(block, stacked, flat_base))
             self.evaluations += len(coalitions)
             return out
 
@@ -339,6 +355,62 @@ class RoundScorer:
             seed=derive_seed(self.seed, round_),
             **make_method_params(self.method, self.budget, len(updates), self.min_evaluations),
         )
+
+
+class PassThreads:
+    """:meth:`ValidationPasses.utilities` spread over ``threads`` threads, each with its own copy
+    of the net: the same values, since each model's passes run the same kernels, on the same
+    number of torch threads, whichever thread runs them (``tests/test_validation.py`` pins it).
+
+    Where torch runs on one thread and the other cores are idle (``fedchain simulate``'s server
+    while its clients wait for the round's model), a round's loop passes take about
+    ``1 / threads`` of the time. The caller chooses ``threads`` (:func:`count_pass_threads`);
+    loop passes only (vmap runs many models at once already), at most
+    :data:`REPLICA_LIMIT_BYTES` of copies. The rows go in contiguous chunks, the first to the
+    calling thread.
+    """
+
+    def __init__(self, passes: ValidationPasses, validation: ArrayDataset, threads: int) -> None:
+        if threads < 1:
+            raise ConfigError(f"threads must be >= 1, got {threads}")
+        self.replicas = [passes]
+        net_bytes = sum(t.numel() * t.element_size() for t in passes.net.state_dict().values())
+        copies = min(threads - 1, REPLICA_LIMIT_BYTES // max(1, net_bytes))
+        if passes.passes == "loop" and copies > 0:
+            self.replicas += [
+                ValidationPasses(copy.deepcopy(passes.net), validation, "loop")
+                for _ in range(copies)
+            ]
+        self._pool = None
+        if len(self.replicas) > 1:  # its threads run torch on as many threads as this one
+            self._pool = ThreadPoolExecutor(
+                len(self.replicas) - 1,
+                thread_name_prefix="fedchain validation passes",
+                initializer=torch.set_num_threads,
+                initargs=(torch.get_num_threads(),),
+            )
+
+    def utilities(self, models: torch.Tensor) -> list[float]:
+        """:meth:`ValidationPasses.utilities` of ``models``, the rows spread over the threads."""
+        chunks = [c for c in torch.tensor_split(models, len(self.replicas)) if len(c)]
+        if self._pool is None or len(chunks) < 2:
+            return self.replicas[0].utilities(models)
+        futures: list[Future[list[float]]] = [
+            self._pool.submit(replica.utilities, chunk)
+            for replica, chunk in zip(self.replicas[1:], chunks[1:], strict=False)
+        ]
+        try:
+            out = self.replicas[0].utilities(chunks[0])
+        finally:
+            done = [f.result() for f in futures]  # every thread finished before anything else
+        return out + [u for part in done for u in part]
+
+
+def count_pass_threads() -> int:
+    """Threads for :class:`PassThreads`: the cores this process may use that torch's own
+    threads leave (one thread per core), at most :data:`MAX_PASS_THREADS`."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(MAX_PASS_THREADS, (cores or 1) // max(1, torch.get_num_threads())))
 
 
 def _models(block: torch.Tensor, stacked: torch.Tensor, base: torch.Tensor) -> torch.Tensor:

@@ -34,7 +34,7 @@ from fedchain.ledger.signatures import CachingVerifier
 from fedchain.rounds.admission import brief_reason
 from fedchain.rounds.coordinator import Coordinator, RoundOutcome, RoundReporter
 from fedchain.rounds.messages import encode_attack_settings
-from fedchain.rounds.validation import RoundScorer
+from fedchain.rounds.validation import RoundScorer, count_pass_threads
 from fedchain.runs.layout import LEDGER_FILENAME, METRICS_FILENAME, MODEL_SUFFIX, MODELS_DIRNAME
 from fedchain.runs.prepare import load_run_source, load_split
 from fedchain.runs.registry import load_model
@@ -101,7 +101,9 @@ class Session:
         config = self.config
         scorer = None
         if config.contribution != "none":
-            scorer = RoundScorer(config, load_split(config)[1], self.record)
+            # the passes on the cores torch leaves idle (simulate: the clients' while they wait)
+            validation = load_split(config)[1]
+            scorer = RoundScorer(config, validation, self.record, threads=count_pass_threads())
         coordinator = Coordinator(
             self.run_dir,
             self.chain,
