@@ -98,6 +98,18 @@ def test_loop_passes_are_evaluate_bit_for_bit_and_leave_batchnorm_alone() -> Non
     assert got == reference(net, passes, rows, data)
 
 
+def finetuned_net(
+    name: str, shape: tuple[int, ...], finetune: str, rank: int
+) -> tuple[torch.nn.Module, ArrayDataset]:
+    """A 4-class net (over a seeded base unless fully trained) and 66 random examples: more
+    than EVAL_BATCH // VMAP_MODELS, so two vmap batches."""
+    base = None
+    if finetune != "full":
+        base = build_model(name, shape, 4, seed=5).state_dict()
+    net = build_model(name, shape, 4, seed=0, finetune=finetune, lora_rank=rank, base=base)
+    return net, random_data(shape, 4, n=66)
+
+
 @pytest.mark.parametrize(
     ("name", "shape", "finetune", "rank"),
     [
@@ -110,11 +122,7 @@ def test_loop_passes_are_evaluate_bit_for_bit_and_leave_batchnorm_alone() -> Non
 def test_vmap_passes_match_the_loop(
     name: str, shape: tuple[int, ...], finetune: str, rank: int
 ) -> None:
-    base = None
-    if finetune != "full":
-        base = build_model(name, shape, 4, seed=5).state_dict()
-    net = build_model(name, shape, 4, seed=0, finetune=finetune, lora_rank=rank, base=base)
-    data = random_data(shape, 4, n=66)  # 66 > EVAL_BATCH // VMAP_MODELS: two batches
+    net, data = finetuned_net(name, shape, finetune, rank)
     vmapped = ValidationPasses(net, data, "vmap")
     assert vmapped.passes == "vmap"
     if finetune == "lora":
@@ -226,11 +234,7 @@ def test_the_scorer_builds_models_one_by_one_beyond_the_stack_limit(
 def test_per_example_losses_match_the_summed_utilities_in_both_passes(
     name: str, shape: tuple[int, ...], finetune: str, rank: int
 ) -> None:
-    base = None
-    if finetune != "full":
-        base = build_model(name, shape, 4, seed=5).state_dict()
-    net = build_model(name, shape, 4, seed=0, finetune=finetune, lora_rank=rank, base=base)
-    data = random_data(shape, 4, n=66)  # two vmap batches
+    net, data = finetuned_net(name, shape, finetune, rank)
     rows = moved(net, 10, scale=0.01)  # more than VMAP_MODELS: two vectorised passes
     loop = ValidationPasses(net, data, "loop")
     vmapped = ValidationPasses(net, data, "vmap")

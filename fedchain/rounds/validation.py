@@ -151,10 +151,10 @@ class ValidationPasses:
                 sums = [
                     row
                     for start in range(0, len(models), VMAP_MODELS)
-                    for row in self._vmap_sums(models[start : start + VMAP_MODELS]).tolist()
+                    for row in self._vmap_pass(models[start : start + VMAP_MODELS], "sum").tolist()
                 ]
             else:
-                sums = [self._loop_sum(row) for row in models]
+                sums = [[float(t) for t in self._loop_pass(row, "sum")] for row in models]
         n = int(self.y.shape[0])
         return [-math.fsum(batches) / n for batches in sums]
 
@@ -167,12 +167,12 @@ class ValidationPasses:
         with torch.no_grad(), _eval_mode(self.net):
             if self.passes == "vmap":
                 rows = [
-                    self._vmap_losses(models[start : start + VMAP_MODELS])
+                    self._vmap_pass(models[start : start + VMAP_MODELS], "none")
                     for start in range(0, len(models), VMAP_MODELS)
                 ]
                 out = torch.cat(rows) if rows else torch.empty(0, int(self.y.shape[0]))
             else:
-                out = torch.stack([self._loop_losses(row) for row in models])
+                out = torch.stack([torch.cat(self._loop_pass(row, "none")) for row in models])
         return out.to("cpu", torch.float64).numpy()
 
     def _load(self, row: torch.Tensor) -> None:
@@ -181,51 +181,32 @@ class ValidationPasses:
             param.copy_(row[offset : offset + size].view(shape))
             offset += size
 
-    def _loop_losses(self, row: torch.Tensor) -> torch.Tensor:
-        self._load(row)
-        return torch.cat([
-            F.cross_entropy(self.net(self.x[b : b + EVAL_BATCH]), self.y[b : b + EVAL_BATCH],
-                            reduction="none")
-            for b in range(0, int(self.y.shape[0]), EVAL_BATCH)
-        ])  # fmt: skip
-
-    def _vmap_losses(self, rows: torch.Tensor) -> torch.Tensor:
-        """``(len(rows), examples)`` per-example losses, ``VMAP_MODELS`` models in one pass."""
-        batch = max(1, EVAL_BATCH // VMAP_MODELS)
-        starts = range(0, int(self.y.shape[0]), batch)
-
-        def losses(params: dict[str, torch.Tensor]) -> torch.Tensor:
-            call = torch.func.functional_call
-            return torch.cat([
-                F.cross_entropy(call(self.net, params, (self.x[b : b + batch],)),
-                                self.y[b : b + batch], reduction="none")
-                for b in starts
-            ])  # fmt: skip
-
-        return torch.func.vmap(losses)(self._split(rows))
-
-    def _loop_sum(self, row: torch.Tensor) -> list[float]:
+    def _loop_pass(self, row: torch.Tensor, reduction: str) -> list[torch.Tensor]:
+        """Row ``row``'s cross-entropies, one tensor a batch: summed (``"sum"``) or per example
+        (``"none"``)."""
         self._load(row)
         return [
-            float(F.cross_entropy(self.net(self.x[b : b + EVAL_BATCH]), self.y[b : b + EVAL_BATCH],
-                                  reduction="sum"))
+            F.cross_entropy(self.net(self.x[b : b + EVAL_BATCH]), self.y[b : b + EVAL_BATCH],
+                            reduction=reduction)
             for b in range(0, int(self.y.shape[0]), EVAL_BATCH)
         ]  # fmt: skip
 
-    def _vmap_sums(self, rows: torch.Tensor) -> torch.Tensor:
-        """``(len(rows), batches)`` summed losses, ``VMAP_MODELS`` models in one pass."""
+    def _vmap_pass(self, rows: torch.Tensor, reduction: str) -> torch.Tensor:
+        """``VMAP_MODELS`` models in one pass: ``(len(rows), batches)`` summed losses
+        (``"sum"``) or ``(len(rows), examples)`` per-example ones (``"none"``)."""
         batch = max(1, EVAL_BATCH // VMAP_MODELS)
         starts = range(0, int(self.y.shape[0]), batch)
+        join = torch.stack if reduction == "sum" else torch.cat
 
-        def sums(params: dict[str, torch.Tensor]) -> torch.Tensor:
+        def per_model(params: dict[str, torch.Tensor]) -> torch.Tensor:
             call = torch.func.functional_call
-            return torch.stack([
+            return join([
                 F.cross_entropy(call(self.net, params, (self.x[b : b + batch],)),
-                                self.y[b : b + batch], reduction="sum")
+                                self.y[b : b + batch], reduction=reduction)
                 for b in starts
             ])  # fmt: skip
 
-        return torch.func.vmap(sums)(self._split(rows))
+        return torch.func.vmap(per_model)(self._split(rows))
 
     def _split(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
         out, offset = {}, 0
