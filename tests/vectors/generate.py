@@ -178,7 +178,8 @@ def build_golden() -> Golden:
     # replay counts participations (spec §9.5, §9.6)
     rules = make_rules(
         payout_min_score=100_000,
-        score_debt_decay_bps=5_000,  # round 2's negative score is a debt round 3 repays first
+        score_debt_decay_bps=5_000,  # round 2's negative score is a debt round 3 repays first,
+        harm_debt_decay_bps=0,  # its harm (below -10 000) never forgiven, as by default
         dp=GOLDEN_DP,
         model=GOLDEN_MODEL,
         max_rounds=3,  # the golden federation's 3 rounds are all its participants agreed to
