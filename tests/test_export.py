@@ -208,6 +208,10 @@ def test_the_card_names_the_model_base_rules_data_contributors_and_verdict(lora_
     text = (out / "card.md").read_text()
     assert record.base_hash.hex() in text and "base licence: CC0-1.0" in text
     assert "verification: verified" in text and "| client 0 | 6" in text
+    assert card["rules"]["harm_debt_decay_bps"] == genesis.rules.harm_debt_decay_bps
+    harm = genesis.rules.harm_debt_decay_bps
+    said = "never forgiven" if harm == 0 else f"{harm / 100:g} % forgiven a round"
+    assert f"harm (the part of a score below -0.01) is {said}" in text
 
 
 def test_invalid_a_hostile_name_cannot_inject_markdown_or_html_into_the_card(lora_run):

@@ -267,12 +267,13 @@ def _rules_lines(card: Mapping[str, Any]) -> list[str]:
         f"payable scores reach {rules['payout_min_score']} score quanta",
     ]
     if rules.get("score_debt_decay_bps") is not None:
+        decay = rules["score_debt_decay_bps"]
+        harm = rules.get("harm_debt_decay_bps", decay)  # before format 7: one rate for both
         lines.append(
             "- score debt: a client's negative scores are repaid by its positive ones before "
-            "they are paid; each round "
-            f"{rules.get('harm_debt_decay_bps', 10_000) / 100:g} % of the harm (the part of a "
-            f"score below -0.01) is forgiven and {rules['score_debt_decay_bps'] / 100:g} % of "
-            "the rest"
+            "they are paid; harm (the part of a score below -0.01) is "
+            + ("never forgiven" if harm == 0 else f"{harm / 100:g} % forgiven a round")
+            + f", the rest {decay / 100:g} % a round"
         )
     dp = rules.get("differential_privacy")
     if dp:
