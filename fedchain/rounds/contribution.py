@@ -27,8 +27,9 @@ with weights renormalised over the coalition (the default) it takes weight and s
 members' step, which a Shapley value rewards whenever coalitions' average steps hurt; with
 ``renormalise=False`` it is an exact dummy and scores exactly 0.
 
-``mc-shapley`` (:func:`compute_permutation_shapley`, the default) is plain permutation sampling
-without truncation, each drawn permutation followed by its reverse, until a budget of
+``mc-shapley`` (:func:`compute_permutation_shapley`, the default) is permutation sampling
+without truncation, each drawn permutation (led by client ``t mod n``, the rest shuffled:
+guided) followed by its reverse, until a budget of
 ``contribution_budget`` distinct coalition evaluations per client is spent (linear in ``n``;
 exact Shapley when the budget covers all ``2**n``). It is unbiased and efficient (every
 permutation's marginals sum to ``U(all) - U({})``), and the antithetic pairs cancel the
@@ -158,13 +159,13 @@ set resolves accuracy in steps of 0.0033)."""
 MC_DEFAULTS: Mapping[str, int | bool] = {
     "evaluations_per_client": 10,
     "antithetic": True,
-    "guided": False,
+    "guided": True,
 }
-"""Default ``mc-shapley`` parameters where the genesis names no budget (``10 n`` evaluations);
-a federation's budget replaces it (:func:`fedchain.config.compute_evaluations_per_client`: 8 a
-client at 10 clients by default; measured in ``experiments/results/reward_shares.md``). Why
-antithetic pairs: for a utility close to quadratic in the step, a client's marginals in a
-permutation and its reverse sum to twice its Shapley value, cancelling pairwise interactions."""
+"""``mc-shapley``'s defaults (the budget where the genesis names none; 8 a client at 10 clients
+from config). Antithetic: a client's marginals in a permutation and its reverse sum to twice
+its Shapley value for a near-quadratic utility. Guided: each client leads a walk in turn;
+under score debt run shares stayed within 0.96 / 0.93 points of exact Shapley's, unguided 3.09
+/ 0.89 (iid / dirichlet-0.5; ``experiments/results/reward_shares.md``)."""
 
 FloatArray: TypeAlias = npt.NDArray[np.float64]
 IntArray: TypeAlias = npt.NDArray[np.int64]
@@ -262,7 +263,7 @@ def compute_permutation_shapley(
     seed: int,
     evaluations_per_client: int = 10,
     antithetic: bool = True,
-    guided: bool = False,
+    guided: bool = True,
 ) -> FloatArray:
     """Monte-Carlo Shapley: the mean marginal vector over sampled permutations, untruncated.
 
@@ -297,7 +298,7 @@ def sample_permutation_marginals(
     seed: int,
     evaluations_per_client: int = 10,
     antithetic: bool = True,
-    guided: bool = False,
+    guided: bool = True,
 ) -> FloatArray:
     """Each sampled walk's marginal utilities: a ``(walks, n)`` float64 matrix, row ``w``'s
     column ``i`` being ``U(P + i) - U(P)`` for the prefix ``P`` before client ``i`` in walk
@@ -326,7 +327,7 @@ def plan_permutation_walks(
     seed: int,
     evaluations_per_client: int = 10,
     antithetic: bool = True,
-    guided: bool = False,
+    guided: bool = True,
 ) -> IntArray:
     """The walks (orders of clients) Monte-Carlo Shapley visits: a ``(walks, n)`` int64 matrix.
 
