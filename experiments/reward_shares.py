@@ -33,7 +33,7 @@ Figures, against exact Shapley on the same table:
   scores; its payment jumps when a nudge crosses the threshold, so a nudged score cannot be
   bounded as the ledger's rule is).
 
-Budget sweep (``--sweep``): the ledger's sampler ("mc antithetic") alone at each of several
+Budget sweep (``--sweep``): the ledger's sampler ("mc antithetic + guided") alone at each of several
 budgets, the same seeds and rules (a few seconds each on cached tables), with the distinct
 coalitions its walks need at 10 and at 100 clients: at every ``n`` a budget of ``b`` per client
 draws about ``b / 2 + 1`` antithetic pairs (1 and 2 both draw one), each pair needing up to
@@ -106,7 +106,7 @@ DEBT_DECAYS_BPS = (  # (score_debt_decay, harm_debt_decay), basis points, M = 0.
 DEBT_MIN_SCORE = 10_000
 POOL = 10_000
 SWEEP_BUDGETS = (1, 2, 3, 4, 6, 8, 10, 12, 16, 20)
-SWEEP_SAMPLER = "mc antithetic"  # the ledger's sampler (mc-shapley's defaults)
+SWEEP_SAMPLER = "mc antithetic + guided"  # the ledger's sampler (mc-shapley's defaults)
 SWEEP_RULES = (
     "per round (old)",
     "ledger M=0.01",
@@ -497,7 +497,7 @@ def markdown(results: dict[str, Any], command: str, budget: int, seeds: int, sec
         f"{POOL:,} units a round.",
         "",
         f"`fedchain simulate`'s defaults, chosen with this experiment: `--contribution "
-        f'{DEFAULTS.contribution}` (the row "mc antithetic"), `--contribution-budget '
+        f'{DEFAULTS.contribution}` (the row "{SWEEP_SAMPLER}"), `--contribution-budget '
         f"{DEFAULTS.contribution_budget} --contribution-min-evaluations "
         f"{DEFAULTS.contribution_min_evaluations}` ({DEFAULT_BUDGET} a client at 10 clients), "
         f"`--payout-min-score {DEFAULTS.payout_min_score:g}` "
