@@ -518,7 +518,7 @@ def markdown(results: dict[str, Any], command: str, budget: int, seeds: int, sec
         "averages, and stakes, which weight aggregation, follow the payouts); every rule and "
         "sampler here is compared on the same tables.",
         "",
-        f"At this budget, with the ledger's sampler and payout rule (mc antithetic, "
+        f"At this budget, with the ledger's sampler and payout rule ({SWEEP_SAMPLER}, "
         f"{ledger_rule}), the largest difference between a client's share of "
         "a run and its exact-Shapley share is "
         + ", ".join(

@@ -205,10 +205,8 @@ class RunConfig:
     #   flippers, seeds 0-8; experiments/results/harm_decay.md) runs at 0 paid the attackers
     #   nothing in every seed, at 0.2 7.5 % on average (45 % in one seed), at 0.3 3.8 % (21.7 %):
     #   their early harm was forgotten before their late lucky rounds. On the default federation
-    #   0 keeps every client's run share within 0.61 / 0.73 points of exact Shapley's (iid /
-    #   dirichlet-0.5; reward_shares.md), 0.3 within 1.53 / 0.66; on an earlier pair of runs 0
-    #   reached 3.09 (an honest client's one large early negative score repaid, or not, by its
-    #   last rounds' small scores)
+    #   (reward_shares.md, guided walks) 0 keeps every client's run share within 1.09 / 0.74
+    #   points of exact Shapley's (iid / dirichlet-0.5); unguided walks reached 3.09 / 0.89
     validation_fraction: float = 0.1  # of the training data, held out by the coordinator
     ledger: bool = True  # off: Flower's own strategies, nothing signed (aggregation flwr-* only)
     attack: str = "none"  # or one of fedchain.learning.attacks.ATTACKS
