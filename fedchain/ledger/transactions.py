@@ -70,7 +70,7 @@ from fedchain.ledger.working import (
     get_active,
     with_stake,
 )
-from fedchain.rounds.rewards import compute_round_payout, compute_score_debts, has_model_moved
+from fedchain.rounds.rewards import compute_round_payout, compute_score_debt, has_model_moved
 
 __all__ = [
     "APPLY",
@@ -242,7 +242,6 @@ def apply_contribution_record(work: Working, tx: ContributionRecord, encoding: b
     if work.carried_reward + rules.reward_per_round > MAX_INT:
         raise InvalidTransaction("the carried reward pool would overflow")
     debts = {key: work.participants[key].score_debt for key, _ in tx.scores}
-    harms = {key: work.participants[key].harm_debt for key, _ in tx.scores}
     payout = compute_round_payout(
         work.carried_reward,
         pool=rules.reward_per_round,
@@ -253,12 +252,6 @@ def apply_contribution_record(work: Working, tx: ContributionRecord, encoding: b
     )
     work.carried_reward = payout.carried
     work.due = payout.rewards
-    new_debts = compute_score_debts(
-        {key: (debts[key], harms[key]) for key in debts},
-        tx.scores,
-        rules.score_debt_decay_bps,
-        rules.harm_debt_decay_bps,
-    )
     for key, score in tx.scores:
         participant = work.participants[key]
         reputation = participant.reputation_bps
@@ -266,7 +259,13 @@ def apply_contribution_record(work: Working, tx: ContributionRecord, encoding: b
             reputation = max(0, reputation - rules.reputation_penalty_bps)
         elif score > 0:
             reputation = min(MAX_REPUTATION_BPS, reputation + rules.reputation_penalty_bps // 2)
-        debt, harm = new_debts[key]
+        debt, harm = compute_score_debt(
+            participant.score_debt,
+            participant.harm_debt,
+            score,
+            rules.score_debt_decay_bps,
+            rules.harm_debt_decay_bps,
+        )
         if (reputation, debt, harm) != (
             participant.reputation_bps,
             participant.score_debt,
