@@ -236,14 +236,15 @@ def _rounds_table(rounds: Sequence[Mapping[str, Any]]) -> Table:
     )  # fmt: skip
     # What fits 80 columns: columns of zeros (refused, slashed) only when something happened,
     # and the reasons and model hashes only on a wide terminal (report.html has them all).
+    happened = {
+        "refused": any(r and r["refused"] for r in rows),
+        "slashed": any(r and r["slashing_events"] for r in rows),
+    }
+    wide = console.width >= WIDE_TERMINAL
     shown = [
         i
         for i, header in enumerate(headers)
-        if not (
-            header in ("refused", "slashed")
-            and not any(row[i] not in ("0", "-") for row, r in zip(cells, rows, strict=True) if r)
-        )
-        and (console.width >= WIDE_TERMINAL or header not in ("why left out", "model"))
+        if happened.get(header, True) and (wide or header not in ("why left out", "model"))
     ]
     for i in shown:
         if headers[i] == "pool":
